@@ -1,0 +1,63 @@
+"""Prometheus metrics of one node.
+
+Each node owns a :class:`Metrics` with its own registry, so several nodes can live in one process (tests) without
+sharing counters. Services receive the object and update the instruments they own; ``/metrics`` renders it.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The instruments of one node. Add an instrument here when a service needs one; name it ``overlay_*``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.up = Gauge("overlay_up", "1 while the node is ready", registry=r)
+        self.peer_links = Gauge("overlay_peer_links", "Authenticated peer links open now", registry=r)
+        self.peer_links_opened = Counter(
+            "overlay_peer_links_opened", "Peer links authenticated", ["direction"], registry=r
+        )
+        self.peer_drops = Counter(
+            "overlay_peer_drops", "Peer links closed because the peer broke the protocol", ["reason"], registry=r
+        )
+        self.frames = Counter("overlay_frames", "Peer frames", ["direction"], registry=r)
+        self.frame_bytes = Counter("overlay_frame_bytes", "Peer frame bytes", ["direction"], registry=r)
+        self.requests = Counter("overlay_peer_requests", "Peer requests served", ["method", "outcome"], registry=r)
+        self.dials = Counter("overlay_dials", "Outgoing dials", ["outcome"], registry=r)
+        # DHT (services/dht.py)
+        self.dht_datagrams = Counter("overlay_dht_datagrams", "DHT datagrams", ["direction"], registry=r)
+        self.dht_bytes = Counter("overlay_dht_bytes", "DHT datagram bytes", ["direction"], registry=r)
+        self.dht_drops = Counter(
+            "overlay_dht_drops",
+            "DHT datagrams dropped (rate limit, malformed, bad signature...)",
+            ["reason"],
+            registry=r,
+        )
+        self.dht_record_refusals = Counter(
+            "overlay_dht_record_refusals",
+            "DHT records refused (forged, oversized, over a limit...)",
+            ["reason"],
+            registry=r,
+        )
+        self.dht_requests = Counter(
+            "overlay_dht_requests", "DHT requests sent, by method and outcome", ["method", "outcome"], registry=r
+        )
+        self.dht_evictions = Counter(
+            "overlay_dht_evictions", "Contacts evicted from the routing table", ["reason"], registry=r
+        )
+        self.dht_lookups = Counter("overlay_dht_lookups", "Iterative DHT lookups run", ["kind"], registry=r)
+        self.dht_contacts = Gauge("overlay_dht_contacts", "Contacts in the DHT routing table", registry=r)
+        self.dht_records = Gauge("overlay_dht_records", "Records held for the DHT (tombstones included)", registry=r)
+        self.dht_own_records = Gauge("overlay_dht_own_records", "Records this node publishes", registry=r)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every instrument."""
+        return bytes(generate_latest(self.registry))

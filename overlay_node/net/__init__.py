@@ -1,0 +1,1 @@
+"""The only code that touches sockets: authenticated websocket peer links (``link``) and the peer manager."""
