@@ -1,0 +1,322 @@
+"""Named schema migrations, applied in order when the store opens (sqlite-utils ``Migrations`` style).
+
+Each migration and the row recording it in ``_migrations(name, applied_at)`` commit in one transaction, so a crash
+leaves a migration either fully applied and recorded or not at all. Re-opening a migrated database is a no-op. A
+database that records a migration this code does not know was written by newer software and is refused.
+
+To change the schema, append a function to the end of this module::
+
+    @MIGRATIONS.register("0003_adverts")
+    def _adverts(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE adverts (...)")
+
+Rules: names are ``NNNN_words`` and strictly increasing; never edit or remove a migration that has shipped (add a
+new one); use ``conn.execute`` per statement, never ``executescript`` (it commits and would break the one
+transaction rule).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from overlay_node.clock import wall_time
+from overlay_node.errors import StoreError
+
+if TYPE_CHECKING:
+    from overlay_node.store.engine import Database
+
+logger = logging.getLogger(__name__)
+
+MigrationFn = Callable[[sqlite3.Connection], None]
+
+_NAME = re.compile(r"^[0-9]{4}_[a-z0-9_]+$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Migration:
+    """One named schema step."""
+
+    name: str
+    fn: MigrationFn
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppliedMigration:
+    """A row of ``_migrations``: which migration ran and when (wall-clock seconds)."""
+
+    name: str
+    applied_at: float
+
+
+class Migrations:
+    """An ordered set of named migrations."""
+
+    def __init__(self) -> None:
+        self._items: list[Migration] = []
+
+    def register(self, name: str) -> Callable[[MigrationFn], MigrationFn]:
+        """Decorator: append ``fn`` as migration ``name``.
+
+        Raises:
+            StoreError: the name is malformed, already used, or not after the last registered name.
+        """
+        if not _NAME.match(name):
+            raise StoreError(f"migration name {name!r} must look like 0003_words")
+        if self._items and name <= self._items[-1].name:
+            raise StoreError(f"migration {name!r} must sort after {self._items[-1].name!r}")
+
+        def decorator(fn: MigrationFn) -> MigrationFn:
+            self._items.append(Migration(name=name, fn=fn))
+            return fn
+
+        return decorator
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self._items)
+
+    def __iter__(self) -> Iterator[Migration]:
+        return iter(tuple(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def copy(self, *, stop_before: str | None = None) -> Migrations:
+        """A new set holding these migrations, up to (not including) ``stop_before`` when given."""
+        out = Migrations()
+        for m in self._items:
+            if m.name == stop_before:
+                break
+            out._items.append(m)
+        return out
+
+    async def apply(self, db: Database) -> list[str]:
+        """Apply the pending migrations, each in its own transaction with its record.
+
+        Returns:
+            The names applied by this call (empty when the database was up to date).
+
+        Raises:
+            StoreError: the database records a migration we do not know (newer software), or a migration failed
+                (that migration is rolled back; the ones before it stay applied).
+        """
+        applied = await db.write(_prepare)
+        unknown = sorted(set(applied) - set(self.names()))
+        if unknown:
+            raise StoreError(
+                f"{db.path} was written by a newer overlay-node (unknown migrations: {', '.join(unknown)}): "
+                "upgrade overlay-node or use another data dir"
+            )
+        done: list[str] = []
+        for m in self._items:
+            if m.name in applied:
+                continue
+            try:
+                ran = await db.write(functools.partial(_apply_one, m))
+            except StoreError as exc:
+                raise StoreError(f"migration {m.name} failed on {db.path}: {exc}") from exc
+            if ran:
+                logger.info("applied migration %s to %s", m.name, db.path)
+                done.append(m.name)
+        return done
+
+
+async def applied_migrations(db: Database) -> list[AppliedMigration]:
+    """The rows of ``_migrations`` in the order they were applied."""
+
+    def query(conn: sqlite3.Connection) -> list[AppliedMigration]:
+        rows = conn.execute("SELECT name, applied_at FROM _migrations ORDER BY rowid").fetchall()
+        return [AppliedMigration(name=str(r["name"]), applied_at=float(r["applied_at"])) for r in rows]
+
+    return await db.read(query)
+
+
+def _prepare(conn: sqlite3.Connection) -> list[str]:
+    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    return [str(r["name"]) for r in conn.execute("SELECT name FROM _migrations")]
+
+
+def _apply_one(m: Migration, conn: sqlite3.Connection) -> bool:
+    # Re-check inside the write transaction: the list read by _prepare may be stale.
+    if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (m.name,)).fetchone() is not None:
+        return False
+    m.fn(conn)
+    conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (m.name, wall_time()))
+    return True
+
+
+#: the node's migrations, in order
+MIGRATIONS = Migrations()
+
+
+@MIGRATIONS.register("0001_meta")
+def _meta(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+
+
+@MIGRATIONS.register("0002_peers")
+def _peers(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE known_peers (
+            identity_key TEXT PRIMARY KEY,
+            address      TEXT NOT NULL,
+            first_seen   REAL,
+            last_seen    REAL,
+            failures     INTEGER DEFAULT 0
+        )
+        """
+    )
+
+
+@MIGRATIONS.register("0003_dht")
+def _dht(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE dht_records (
+            key       BLOB NOT NULL,
+            publisher BLOB NOT NULL,
+            value     BLOB NOT NULL,
+            seq       INTEGER NOT NULL,
+            expires   INTEGER NOT NULL,
+            sig       BLOB NOT NULL,
+            PRIMARY KEY (key, publisher)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute("CREATE INDEX dht_records_expires ON dht_records (expires)")
+    conn.execute(
+        """
+        CREATE TABLE dht_own_records (
+            key       BLOB PRIMARY KEY,
+            publisher BLOB NOT NULL,
+            value     BLOB NOT NULL,
+            seq       INTEGER NOT NULL,
+            expires   INTEGER NOT NULL,
+            sig       BLOB NOT NULL,
+            ttl       REAL NOT NULL
+        )
+        """
+    )
+
+
+@MIGRATIONS.register("0004_wallet")
+def _wallet(conn: sqlite3.Connection) -> None:
+    # transactions the wallet holds outputs of, or needs as unproven ancestors to build BEEF; ``parents``
+    # lists the txids its inputs spend (space separated), ``merkle_path`` is its BUMP once mined
+    conn.execute(
+        """
+        CREATE TABLE wallet_txs (
+            txid         TEXT PRIMARY KEY,
+            raw          BLOB NOT NULL,
+            parents      TEXT NOT NULL,
+            merkle_path  BLOB,
+            block_height INTEGER,
+            state        TEXT NOT NULL,
+            created_at   REAL NOT NULL
+        )
+        """
+    )
+    # our outputs; the private key is derived again from (protocol, key_id, counterparty)
+    conn.execute(
+        """
+        CREATE TABLE wallet_utxos (
+            txid         TEXT NOT NULL,
+            vout         INTEGER NOT NULL,
+            satoshis     INTEGER NOT NULL,
+            script       BLOB NOT NULL,
+            protocol     TEXT NOT NULL,
+            key_id       TEXT NOT NULL,
+            counterparty TEXT NOT NULL,
+            origin       TEXT NOT NULL,
+            state        TEXT NOT NULL,
+            spent_by     TEXT,
+            created_at   REAL NOT NULL,
+            PRIMARY KEY (txid, vout)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute("CREATE INDEX wallet_utxos_state ON wallet_utxos (state)")
+    conn.execute("CREATE INDEX wallet_utxos_spent_by ON wallet_utxos (spent_by) WHERE spent_by IS NOT NULL")
+    conn.execute(
+        """
+        CREATE TABLE wallet_history (
+            id           INTEGER PRIMARY KEY,
+            txid         TEXT NOT NULL,
+            direction    TEXT NOT NULL,
+            kind         TEXT NOT NULL,
+            amount       INTEGER NOT NULL,
+            fee          INTEGER NOT NULL,
+            counterparty TEXT,
+            quote_id     TEXT,
+            resource     TEXT,
+            status       TEXT NOT NULL,
+            detail       TEXT NOT NULL DEFAULT '',
+            receipt      BLOB,
+            created_at   REAL NOT NULL,
+            updated_at   REAL NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX wallet_history_txid ON wallet_history (txid)")
+    # the settlement queue: transactions to submit to ARC and follow until mined (or failed)
+    conn.execute(
+        """
+        CREATE TABLE settlement (
+            id          INTEGER PRIMARY KEY,
+            txid        TEXT NOT NULL UNIQUE,
+            beef        BLOB NOT NULL,
+            kind        TEXT NOT NULL,
+            state       TEXT NOT NULL,
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            next_at     REAL NOT NULL,
+            deadline    REAL,
+            arc_status  TEXT,
+            detail      TEXT NOT NULL DEFAULT '',
+            created_at  REAL NOT NULL,
+            updated_at  REAL NOT NULL
+        )
+        """
+    )
+    conn.execute(
+        "CREATE INDEX settlement_due ON settlement (next_at) "
+        "WHERE state NOT IN ('mined', 'failed', 'abandoned')"
+    )
+    # payments received: one per quote; the derivation prefix is unique, so a replay cannot be recorded twice
+    conn.execute(
+        """
+        CREATE TABLE payments (
+            quote_id          TEXT PRIMARY KEY,
+            derivation_prefix TEXT NOT NULL UNIQUE,
+            derivation_suffix TEXT NOT NULL,
+            payer             TEXT NOT NULL,
+            resource          TEXT NOT NULL,
+            price             INTEGER NOT NULL,
+            amount            INTEGER NOT NULL,
+            txid              TEXT NOT NULL,
+            status            TEXT NOT NULL,
+            detail            TEXT NOT NULL DEFAULT '',
+            receipt           BLOB NOT NULL,
+            accepted_at       REAL NOT NULL,
+            updated_at        REAL NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX payments_txid ON payments (txid)")
+    conn.execute("CREATE INDEX payments_resource ON payments (resource)")
+    # outputs spent by accepted payments: a second payment spending one of them is a double spend
+    conn.execute(
+        """
+        CREATE TABLE payment_spends (
+            txid         TEXT NOT NULL,
+            vout         INTEGER NOT NULL,
+            payment_txid TEXT NOT NULL,
+            PRIMARY KEY (txid, vout)
+        ) WITHOUT ROWID
+        """
+    )

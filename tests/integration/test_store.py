@@ -1,0 +1,260 @@
+"""The SQLite store on real files: migrations, repositories, concurrency under trio, errors, durability."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from overlay_node.config import StoreSection
+from overlay_node.errors import StoreError
+from overlay_node.store import MIGRATIONS, KnownPeer, Migrations, open_store
+
+CONFIG = StoreSection(busy_timeout=5.0, read_connections=4)
+LIMIT = 10  # seconds per test, on trio's clock
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "node.db"
+
+
+async def test_migrations_apply_from_empty(db_path: Path) -> None:
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG) as store:
+            applied = await store.applied_migrations()
+            assert [m.name for m in applied] == list(MIGRATIONS.names())
+            assert [m.name for m in applied][:2] == ["0001_meta", "0002_peers"]
+            assert all(m.applied_at > 0 for m in applied)
+            assert await store.meta.get("anything") is None
+            assert await store.peers.list() == []
+            assert store.path == db_path
+        assert await trio.Path(db_path).exists()
+
+
+async def test_reopen_is_a_noop(db_path: Path) -> None:
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG) as store:
+            first = await store.applied_migrations()
+        async with open_store(db_path, CONFIG) as store:
+            assert await store.applied_migrations() == first
+
+
+async def test_upgrade_from_an_older_schema_keeps_data(db_path: Path) -> None:
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG, migrations=MIGRATIONS.copy(stop_before="0002_peers")) as store:
+            assert [m.name for m in await store.applied_migrations()] == ["0001_meta"]
+            await store.meta.set("k", "v")
+        async with open_store(db_path, CONFIG) as store:
+            assert [m.name for m in await store.applied_migrations()] == list(MIGRATIONS.names())
+            assert await store.meta.get("k") == "v"
+            await store.peers.upsert("02aa", "ws://127.0.0.1:1/p2p/1", 1.0)
+
+
+async def test_unknown_migration_is_refused(db_path: Path) -> None:
+    newer = MIGRATIONS.copy()
+
+    @newer.register("9999_from_the_future")
+    def _future(conn: sqlite3.Connection) -> None:
+        pass
+
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG, migrations=newer):
+            pass
+        with pytest.raises(StoreError, match=r"newer overlay-node.*9999_from_the_future"):
+            async with open_store(db_path, CONFIG):
+                pass  # pragma: no cover
+
+
+async def test_failed_migration_is_rolled_back_whole(db_path: Path) -> None:
+    broken = MIGRATIONS.copy()
+
+    @broken.register("9000_half")
+    def _half(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE half_done (x INTEGER)")
+        conn.execute("THIS IS NOT SQL")
+
+    with trio.fail_after(LIMIT):
+        with pytest.raises(StoreError, match="migration 9000_half failed") as info:
+            async with open_store(db_path, CONFIG, migrations=broken):
+                pass  # pragma: no cover
+        assert isinstance(info.value.__cause__, StoreError)
+        assert isinstance(info.value.__cause__.__cause__, sqlite3.Error)
+        async with open_store(db_path, CONFIG) as store:
+            assert [m.name for m in await store.applied_migrations()] == list(MIGRATIONS.names())
+            tables = await store._read(
+                lambda c: [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            )
+            assert "half_done" not in tables
+
+
+def test_migration_names_are_checked() -> None:
+    m = Migrations()
+    m.register("0001_a")(lambda conn: None)
+    with pytest.raises(StoreError, match="must sort after"):
+        m.register("0001_a")
+    with pytest.raises(StoreError, match="must look like"):
+        m.register("two")
+    assert m.names() == ("0001_a",)
+
+
+async def test_meta_and_peers_repositories(db_path: Path) -> None:
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG) as store:
+            await store.meta.set("k", "v1")
+            await store.meta.set("k", "v2")
+            assert await store.meta.get("k") == "v2"
+
+            await store.peers.upsert("02aa", "ws://a/p2p/1", 100.0)
+            await store.peers.upsert("02bb", "ws://b/p2p/1", 200.0)
+            assert await store.peers.record_failure("02aa") == 1
+            assert await store.peers.record_failure("02aa") == 2
+            assert await store.peers.record_failure("02zz") is None
+            assert await store.peers.list() == [
+                KnownPeer(identity_key="02bb", address="ws://b/p2p/1", first_seen=200.0, last_seen=200.0, failures=0),
+                KnownPeer(identity_key="02aa", address="ws://a/p2p/1", first_seen=100.0, last_seen=100.0, failures=2),
+            ]
+            # seen again: new address, failures reset, first_seen kept, last_seen never goes back
+            await store.peers.upsert("02aa", "ws://a2/p2p/1", 300.0)
+            await store.peers.upsert("02aa", "ws://a3/p2p/1", 250.0)
+            assert await store.peers.get("02aa") == KnownPeer(
+                identity_key="02aa", address="ws://a3/p2p/1", first_seen=100.0, last_seen=300.0, failures=0
+            )
+            assert await store.peers.forget("02aa") is True
+            assert await store.peers.forget("02aa") is False
+            assert await store.peers.get("02aa") is None
+            assert [p.identity_key for p in await store.peers.list()] == ["02bb"]
+
+
+async def test_concurrent_writes_from_many_tasks_all_land(db_path: Path) -> None:
+    def increment(conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'counter'").fetchone()
+        n = 0 if row is None else int(row[0])
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('counter', ?)", (str(n + 1),))
+
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG) as store:
+
+            async def worker(i: int) -> None:
+                await store.peers.upsert(f"02{i:04x}", f"ws://127.0.0.1:{i}/p2p/1", float(i))
+                await store._write(increment)  # read-modify-write: only atomic if writes are serialised
+                await store.peers.record_failure(f"02{i:04x}")
+
+            async with trio.open_nursery() as nursery:
+                for i in range(60):
+                    nursery.start_soon(worker, i)
+
+            peers = await store.peers.list()
+            assert len(peers) == 60 and all(p.failures == 1 for p in peers)
+            assert await store.meta.get("counter") == "60"
+
+
+async def test_reads_run_while_a_write_is_open(db_path: Path) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    def slow_write(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('k', 'new')")
+        entered.set()
+        if not release.wait(timeout=LIMIT):
+            raise AssertionError("never released")  # pragma: no cover
+
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG) as store, trio.open_nursery() as nursery:
+            nursery.start_soon(store._write, slow_write)
+            await trio.to_thread.run_sync(entered.wait)  # the writer thread holds its open transaction
+            # Readers are not blocked by the writer and see the last committed state, many at once.
+            results: list[str | None] = []
+
+            async def reader() -> None:
+                results.append(await store.meta.get("k"))
+
+            async with trio.open_nursery() as readers:
+                for _ in range(10):
+                    readers.start_soon(reader)
+            assert results == [None] * 10
+            release.set()
+        # the nursery waited for the write to commit
+        async with open_store(db_path, CONFIG) as store:
+            assert await store.meta.get("k") == "new"
+
+
+async def test_a_failing_write_rolls_back_whole(db_path: Path) -> None:
+    def half(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('a', '1')")
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    def python_error(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('b', '1')")
+        raise KeyError("not a database error")
+
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG) as store:
+            with pytest.raises(StoreError, match="no such table: no_such_table") as info:
+                await store._write(half)
+            assert isinstance(info.value.__cause__, sqlite3.Error)
+            with pytest.raises(KeyError):
+                await store._write(python_error)  # our own errors pass through unchanged
+            assert await store.meta.get("a") is None
+            assert await store.meta.get("b") is None
+            await store.meta.set("c", "still writable")
+            assert await store.meta.get("c") == "still writable"
+
+
+async def test_bad_reads_are_store_errors(db_path: Path) -> None:
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG) as store:
+            with pytest.raises(StoreError, match="no such column"):
+                await store._read(lambda c: c.execute("SELECT nope FROM meta").fetchall())
+            with pytest.raises(StoreError, match="readonly"):
+                await store._read(lambda c: c.execute("DELETE FROM meta").rowcount)
+            assert await store.meta.get("x") is None  # the read connection is still usable
+
+
+async def test_durable_write_restores_normal_sync(db_path: Path) -> None:
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG) as store:
+            level = await store._write(lambda c: c.execute("PRAGMA synchronous").fetchone()[0], durable=True)
+            assert level == 2  # FULL inside the durable commit
+            assert await store._write(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 1  # NORMAL
+            mode = await store._read(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
+            assert mode == "wal"
+            assert await store._read(lambda c: c.execute("PRAGMA foreign_keys").fetchone()[0]) == 1
+
+
+async def test_data_survives_close_and_reopen(db_path: Path) -> None:
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG) as store:
+            await store.meta.set("node_name", "alpha")
+            await store.peers.upsert("02aa", "ws://a/p2p/1", 1.5)
+        async with open_store(db_path, CONFIG) as store:
+            assert await store.meta.get("node_name") == "alpha"
+            assert await store.peers.list() == [
+                KnownPeer(identity_key="02aa", address="ws://a/p2p/1", first_seen=1.5, last_seen=1.5, failures=0)
+            ]
+
+
+async def test_closed_store_refuses_calls(db_path: Path) -> None:
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG) as store:
+            pass
+        with pytest.raises(StoreError, match="closed"):
+            await store.meta.get("k")
+        with pytest.raises(StoreError, match="closed"):
+            await store.meta.set("k", "v")
+
+
+async def test_not_a_database_is_a_store_error(db_path: Path) -> None:
+    await trio.Path(db_path).write_bytes(b"this is not an sqlite file" * 100)
+    with trio.fail_after(LIMIT), pytest.raises(StoreError, match="not a database"):
+        async with open_store(db_path, CONFIG):
+            pass  # pragma: no cover
+
+
+async def test_missing_directory_is_a_store_error(tmp_path: Path) -> None:
+    with trio.fail_after(LIMIT), pytest.raises(StoreError, match="cannot open database"):
+        async with open_store(tmp_path / "absent" / "node.db", CONFIG):
+            pass  # pragma: no cover
