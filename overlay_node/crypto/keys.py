@@ -1,0 +1,159 @@
+"""secp256k1 identity keys: the node's private key, its 33-byte compressed public key, ECDH and raw ECDSA.
+
+Pure (no I/O) and fast: every curve operation goes through coincurve (libsecp256k1). A node's public key, hex in
+text, is its name everywhere (peer id, payee, signer). Malformed key material raises
+:class:`~overlay_node.errors.BadRequest` with a message that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from coincurve import PrivateKey, PublicKey
+from coincurve.ecdsa import cdata_to_der, der_to_cdata, signature_normalize
+
+from overlay_node.errors import BadRequest
+
+__all__ = [
+    "PUBLIC_KEY_LEN",
+    "SECP256K1_N",
+    "Identity",
+    "ecdsa_verify_digest",
+    "parse_public_key",
+    "public_key_hex",
+]
+
+#: order of the secp256k1 group
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+#: length of a compressed public key
+PUBLIC_KEY_LEN = 33
+#: at most this many ECDH results are remembered per identity (peers talk to us repeatedly)
+_ECDH_CACHE_SIZE = 4096
+
+
+def parse_public_key(key: bytes | str) -> PublicKey:
+    """Parse a compressed (33 bytes) public key given as bytes or hex text.
+
+    Raises:
+        BadRequest: wrong length, not hex, or not a point on the curve.
+    """
+    if isinstance(key, str):
+        if len(key) != 2 * PUBLIC_KEY_LEN:
+            raise BadRequest(f"public key must be {2 * PUBLIC_KEY_LEN} hex characters, got {len(key)}")
+        try:
+            raw = bytes.fromhex(key)
+        except ValueError:
+            raise BadRequest("public key is not hex") from None
+    else:
+        raw = bytes(key)
+    if len(raw) != PUBLIC_KEY_LEN or raw[0] not in (2, 3):
+        raise BadRequest("public key must be a 33-byte compressed secp256k1 point")
+    try:
+        return PublicKey(raw)
+    except ValueError:
+        raise BadRequest("public key is not a point on secp256k1") from None
+
+
+def public_key_hex(key: bytes | str) -> str:
+    """The canonical (lower-case hex) form of a public key; validates it on the way."""
+    return parse_public_key(key).format(compressed=True).hex()
+
+
+def ecdsa_verify_digest(public_key: PublicKey, signature: bytes, digest: bytes) -> bool:
+    """Verify a DER ECDSA signature over a 32-byte digest; high-S signatures are accepted (normalised first).
+
+    libsecp256k1 only accepts low-S signatures, while other BSV libraries may produce either form, so the signature
+    is normalised before it is checked. A signature that is not DER is simply invalid.
+    """
+    if len(digest) != 32 or not 8 <= len(signature) <= 73:
+        return False
+    try:
+        cdata = der_to_cdata(signature)
+    except ValueError:
+        return False
+    _, normalised = signature_normalize(cdata)
+    return public_key.verify(cdata_to_der(normalised), digest, hasher=None)
+
+
+class Identity:
+    """A secp256k1 private key with the operations a node performs with it.
+
+    The private key never appears in ``repr`` or logs.
+    """
+
+    __slots__ = ("_ecdh", "_private", "_public", "_public_hex")
+
+    def __init__(self, private_key: PrivateKey) -> None:
+        self._private = private_key
+        self._public = private_key.public_key.format(compressed=True)
+        self._public_hex = self._public.hex()
+        self._ecdh: dict[bytes, bytes] = {}
+
+    @classmethod
+    def generate(cls) -> Identity:
+        """A new random identity."""
+        while True:
+            raw = secrets.token_bytes(32)
+            if 0 < int.from_bytes(raw, "big") < SECP256K1_N:
+                return cls(PrivateKey(raw))
+
+    @classmethod
+    def from_private_bytes(cls, raw: bytes) -> Identity:
+        """The identity for a 32-byte big-endian private key.
+
+        Raises:
+            BadRequest: not 32 bytes, zero, or not below the group order.
+        """
+        if len(raw) != 32:
+            raise BadRequest(f"private key must be 32 bytes, got {len(raw)}")
+        if not 0 < int.from_bytes(raw, "big") < SECP256K1_N:
+            raise BadRequest("private key is out of range for secp256k1")
+        return cls(PrivateKey(bytes(raw)))
+
+    @property
+    def private_key(self) -> PrivateKey:
+        """The coincurve private key (for signing with derived keys)."""
+        return self._private
+
+    @property
+    def private_bytes(self) -> bytes:
+        """The 32-byte private key."""
+        return bytes(self._private.secret)
+
+    @property
+    def public_key(self) -> bytes:
+        """The 33-byte compressed public key."""
+        return self._public
+
+    @property
+    def public_key_hex(self) -> str:
+        """The public key as 66 lower-case hex characters."""
+        return self._public_hex
+
+    def shared_secret(self, peer_pub: bytes | str) -> bytes:
+        """The BRC-42 ECDH shared secret ``priv * Pub`` as a 33-byte compressed point.
+
+        Raises:
+            BadRequest: ``peer_pub`` is not a valid compressed public key.
+        """
+        if isinstance(peer_pub, bytes):
+            cached = self._ecdh.get(peer_pub)
+            if cached is not None:
+                return cached
+        point = parse_public_key(peer_pub)
+        raw = point.format(compressed=True)
+        cached = self._ecdh.get(raw)
+        if cached is not None:
+            return cached
+        secret = point.multiply(self._private.secret).format(compressed=True)
+        if len(self._ecdh) >= _ECDH_CACHE_SIZE:
+            self._ecdh.clear()
+        self._ecdh[raw] = secret
+        return secret
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """A DER ECDSA signature (low-S, RFC 6979 nonce) over a 32-byte digest with the root key."""
+        return self._private.sign(digest, hasher=None)
+
+    def __repr__(self) -> str:
+        return f"Identity({self._public_hex})"

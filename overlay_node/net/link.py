@@ -1,0 +1,807 @@
+"""One authenticated peer link over one websocket: the I/O shell around :class:`~overlay_node.protocol.session.Session`.
+
+Resource handling: a :class:`PeerLink` owns its websocket. :meth:`PeerLink.run` performs the handshake under the
+handshake deadline, then runs one reader task, one keepalive task and one notice worker in its own nursery; request
+and transfer handlers run in that nursery too (each in its own task, at most ``max_inflight`` at once), so they are
+cancelled when the link ends. Notices are handled one at a time in arrival order (a stream's packets stay in order);
+when ``max_inflight`` notices are waiting, the reader stops reading and TCP pushes back on the peer. The websocket
+is always closed when ``run`` returns (with a short shielded grace for the close handshake).
+
+Error handling:
+
+- A :class:`~overlay_node.errors.RemoteProtocolError` from the session (or from transfer bookkeeping) drops the
+  link: a websocket close with code 1008 and the reason, ``metrics.peer_drops{reason}``, a WARNING log naming the
+  peer. Only that link ends. The same happens for ``handshake_timeout`` and ``idle_timeout``.
+- Before the link is established, ``run`` raises (``RemoteProtocolError``, :class:`~overlay_node.errors.PeerTimeout`,
+  :class:`~overlay_node.errors.ConnectionLost`, or :class:`LinkSuperseded` when the manager keeps another link to
+  the same peer); afterwards it returns normally and the reason is in :attr:`PeerLink.close_reason`.
+- Handlers that raise an :class:`~overlay_node.errors.OverlayError` produce an error answer with its ``code``; any
+  other exception gives ``internal`` and is logged with its traceback. Neither ends the link.
+- Sending on a closed link raises :class:`~overlay_node.errors.ConnectionLost`; trio-websocket's
+  ``ConnectionClosed`` never escapes this module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from overlay_node.clock import wall_time
+from overlay_node.config import SwarmSection
+from overlay_node.errors import (
+    ConnectionLost,
+    LocalProtocolError,
+    OverlayError,
+    PeerTimeout,
+    ProtocolError,
+    RemoteProtocolError,
+    TransportError,
+)
+from overlay_node.metrics import Metrics
+from overlay_node.net.transfers import TransferReceiver, TransferSender
+from overlay_node.protocol.session import Established, Session
+from overlay_node.protocol.transfer import (
+    IncomingTransfer,
+    LocalIdSpace,
+    OutgoingTransfer,
+    PeerIdSpace,
+    TransferState,
+)
+from overlay_node.wire.frames import (
+    MAX_CODE_LEN,
+    MAX_MESSAGE_LEN,
+    Close,
+    ErrorResponse,
+    Frame,
+    Hello,
+    Notice,
+    Ping,
+    Pong,
+    Request,
+    Response,
+    TransferAbort,
+    TransferAck,
+    TransferCancel,
+    TransferChunk,
+    TransferCredit,
+    TransferEnd,
+    TransferOpen,
+)
+
+__all__ = [
+    "CLOSE_GRACE",
+    "WS_SLACK",
+    "Direction",
+    "Handlers",
+    "LinkInfo",
+    "LinkSuperseded",
+    "NoticeHandler",
+    "PeerError",
+    "PeerLink",
+    "RequestHandler",
+    "TransferHandler",
+    "TransferReceiver",
+    "TransferSender",
+    "rebuild_error",
+]
+
+logger = logging.getLogger(__name__)
+
+#: how long a closing link waits for the websocket close handshake (shielded) before it drops the TCP stream
+CLOSE_GRACE: Final = 1.0
+#: the same when the link is cancelled (node shutdown): our websocket reader is being cancelled too, so the
+#: peer's answer could not be read anyway; send the close frame and go
+SHUTDOWN_GRACE: Final = 0.05
+#: the websocket layer accepts messages this much larger than ``max_frame + FRAME_OVERHEAD`` so that our own size
+#: check answers with ``frame_too_large``; beyond it trio-websocket closes with 1009 (counted the same way)
+WS_SLACK: Final = 64 * 1024
+#: CBOR bytes around the data of a chunk frame (map, kind, id) -- kept out of a chunk's payload size
+_CHUNK_FRAME_OVERHEAD: Final = 64
+
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_POLICY: Final = 1008
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_TRY_LATER: Final = 1013
+
+Direction = Literal["in", "out"]
+RequestHandler = Callable[["PeerLink", dict[str, Any]], Awaitable[dict[str, Any]]]
+NoticeHandler = Callable[["PeerLink", dict[str, Any]], Awaitable[None]]
+TransferHandler = Callable[["PeerLink", dict[str, Any], "TransferReceiver"], Awaitable[None]]
+#: called when the link is established; returns the link to keep for the peer (this one or an older one) or a
+#: refusal reason (e.g. ``too_many_links``)
+EstablishedCallback = Callable[["PeerLink"], "PeerLink | str"]
+
+
+class PeerError(OverlayError):
+    """The peer answered with an error whose code has no class of its own here (``busy``, ``internal``, ...)."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class LinkSuperseded(Exception):
+    """Internal: the manager keeps ``winner`` for this peer, so the new link closed itself (``duplicate_link``)."""
+
+    def __init__(self, winner: PeerLink) -> None:
+        super().__init__("duplicate link")
+        self.winner = winner
+
+
+def rebuild_error(code: str, message: str) -> OverlayError:
+    """The local error for a peer's ``(code, message)``: the OverlayError class with that code, else PeerError.
+
+    Transport and protocol errors are never rebuilt as such (they describe *our* link, not the peer's answer).
+    """
+    found: dict[str, type[OverlayError]] = {}
+    queue: list[type[OverlayError]] = list(OverlayError.__subclasses__())
+    while queue:
+        cls = queue.pop(0)
+        queue.extend(cls.__subclasses__())
+        if issubclass(cls, TransportError | ProtocolError) or cls.__init__ is not OverlayError.__init__:
+            continue
+        found.setdefault(cls.code, cls)
+    cls_for_code = found.get(code)
+    if cls_for_code is None:
+        return PeerError(message or code, code=code)
+    return cls_for_code(message)
+
+
+@dataclass
+class Handlers:
+    """The application's handlers by method name; shared by every link of a manager."""
+
+    requests: dict[str, RequestHandler] = field(default_factory=dict)
+    notices: dict[str, NoticeHandler] = field(default_factory=dict)
+    transfers: dict[str, TransferHandler] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkInfo:
+    """A snapshot of one link for status pages and the control API."""
+
+    identity_key: str
+    address: str
+    direction: Direction
+    connected_at: float
+    frames_in: int
+    frames_out: int
+    bytes_in: int
+    bytes_out: int
+    rtt_ms: float | None
+
+
+class _Waiter:
+    __slots__ = ("event", "frame")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.frame: Response | ErrorResponse | None = None
+
+
+class _DropLink(Exception):
+    """Internal: end the link for a local reason (timeouts) that still counts as a peer drop."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class PeerLink:
+    """One authenticated websocket session with a peer.
+
+    Built and run by :class:`~overlay_node.net.peers.PeerManager`; the application gets it once established.
+    """
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        session: Session,
+        *,
+        config: SwarmSection,
+        metrics: Metrics,
+        handlers: Handlers,
+        direction: Direction,
+        address: str,
+        local_key: str,
+        on_established: EstablishedCallback | None = None,
+        on_closed: Callable[[PeerLink], None] | None = None,
+    ) -> None:
+        self._ws = ws
+        self._session = session
+        self._config = config
+        self._metrics = metrics
+        self._handlers = handlers
+        self.direction: Direction = direction
+        self.address = address
+        self._local_key = local_key
+        self._on_established = on_established
+        self._on_closed = on_closed
+        #: hex identity key of the other side (set once authenticated)
+        self.peer_key = ""
+        self.connected_at = 0.0
+        self._send_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._established = False
+        self._closing = False
+        self._stopping = False
+        self._closed = trio.Event()
+        self.close_reason: str | None = None
+        self._request_ids = LocalIdSpace()
+        self._transfer_ids = LocalIdSpace()
+        self._peer_transfer_ids = PeerIdSpace()
+        self._waiters: dict[int, _Waiter] = {}
+        self._out: dict[int, TransferSender] = {}
+        self._in: dict[int, TransferReceiver] = {}
+        self._inflight = 0
+        self._notice_tx, self._notice_rx = trio.open_memory_channel[tuple[NoticeHandler, Notice]](config.max_inflight)
+        self._ping_nonces = itertools.count()
+        self._ping_sent: tuple[int, float] | None = None
+        self.rtt_ms: float | None = None
+        self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
+        self._m_frames_in = metrics.frames.labels("in")
+        self._m_frames_out = metrics.frames.labels("out")
+        self._m_bytes_in = metrics.frame_bytes.labels("in")
+        self._m_bytes_out = metrics.frame_bytes.labels("out")
+
+    # -- inspection ---------------------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether the link is closing or closed (no new requests)."""
+        return self._closing or self._closed.is_set()
+
+    @property
+    def established(self) -> bool:
+        return self._established
+
+    @property
+    def initiator_key(self) -> str:
+        """The identity key of the side that dialed."""
+        return self.peer_key if self.direction == "in" else self._local_key
+
+    @property
+    def peer_hello(self) -> Hello | None:
+        return self._session.peer_hello
+
+    @property
+    def listen_addresses(self) -> tuple[str, ...]:
+        """The swarm addresses the peer says it listens on (from its Hello)."""
+        hello = self._session.peer_hello
+        return () if hello is None else hello.listen
+
+    def info(self) -> LinkInfo:
+        return LinkInfo(
+            identity_key=self.peer_key,
+            address=self.address,
+            direction=self.direction,
+            connected_at=self.connected_at,
+            frames_in=self.frames_in,
+            frames_out=self.frames_out,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            rtt_ms=self.rtt_ms,
+        )
+
+    async def wait_closed(self) -> None:
+        """Wait until the link has ended."""
+        await self._closed.wait()
+
+    def __repr__(self) -> str:
+        return f"PeerLink({self.peer_key[:16] or '?'}, {self.direction}, {self.address})"
+
+    # -- application API ----------------------------------------------------------------------------------------
+
+    async def request(self, method: str, body: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """Ask the peer to run ``method`` with ``body`` and return its answer.
+
+        Raises:
+            PeerTimeout: no answer within ``timeout`` (default ``swarm.request_timeout``).
+            ConnectionLost: the link closed first.
+            OverlayError: the peer answered with an error (rebuilt from its code and message, see
+                :func:`rebuild_error`).
+            LocalProtocolError: ``body`` holds values a frame cannot carry.
+        """
+        if self.closed:
+            raise ConnectionLost(f"link to {self.peer_key[:16]} is closed ({self.close_reason})")
+        rid = self._request_ids.allocate()
+        frame = Request(id=rid, method=method, body=body)
+        waiter = _Waiter()
+        self._waiters[rid] = waiter
+        limit = self._config.request_timeout if timeout is None else timeout
+        try:
+            with trio.move_on_after(limit) as scope:
+                await self._send_frame(frame)
+                await waiter.event.wait()
+        finally:
+            self._waiters.pop(rid, None)
+        answer = waiter.frame
+        if answer is None:
+            if scope.cancelled_caught:
+                raise PeerTimeout(f"{method} to {self.peer_key[:16]} timed out after {limit:g}s")
+            raise ConnectionLost(f"link to {self.peer_key[:16]} closed during {method} ({self.close_reason})")
+        if isinstance(answer, ErrorResponse):
+            raise rebuild_error(answer.code, answer.message)
+        return answer.body
+
+    async def notify(self, method: str, body: dict[str, Any]) -> None:
+        """Send a one-way notice. Raises ConnectionLost when the link is closed."""
+        await self._send_frame(Notice(method=method, body=body))
+
+    def open_transfer(self, method: str, header: dict[str, Any]) -> AbstractAsyncContextManager[TransferSender]:
+        """Open a chunked transfer to the peer's ``on_transfer`` handler for ``method``.
+
+        ``async with link.open_transfer("m", {...}) as tx: await tx.send(chunk)``. Leaving the block normally sends
+        ``end`` and waits (up to ``swarm.request_timeout``) until the receiver's handler finished; leaving it with
+        an exception sends ``abort``.
+
+        Raises (on entry, from ``send`` or on exit):
+            ConnectionLost, PeerTimeout, or the receiver's error rebuilt from its code (e.g. ``unknown_method``).
+        """
+        return self._transfer(method, header)
+
+    async def aclose(self, reason: str = "normal") -> None:
+        """Close the link on purpose: a ``close`` frame with ``reason``, then the websocket close (code 1000).
+
+        Returns once the link has ended (at once if it already had).
+        """
+        if not self.closed and self._established:
+            try:
+                with trio.move_on_after(CLOSE_GRACE):
+                    await self._send_frame(Close(reason=_short(reason, MAX_CODE_LEN)))
+            except ConnectionLost:
+                pass
+        await self._close_ws(CLOSE_NORMAL, reason)
+        if self._nursery is not None:
+            await self._closed.wait()
+
+    # -- running ------------------------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        handshake_deadline: float,
+        task_status: trio.TaskStatus[PeerLink] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Handshake, then serve the link until it ends.
+
+        Args:
+            handshake_deadline: trio time by which the handshake must be complete.
+
+        Raises (only before ``task_status.started``):
+            RemoteProtocolError: the peer failed the handshake (the link was dropped with that reason).
+            PeerTimeout: the handshake did not complete in time.
+            ConnectionLost: the peer closed during the handshake (the message names its close reason).
+            LinkSuperseded: the manager keeps an older link to this peer.
+        """
+        try:
+            try:
+                with trio.fail_at(handshake_deadline):
+                    await self._handshake()
+            except trio.TooSlowError:
+                await self._drop("handshake_timeout", "handshake not complete in time")
+                raise PeerTimeout(f"handshake with {self.address} timed out") from None
+            except RemoteProtocolError as exc:
+                await self._drop(exc.reason, str(exc))
+                raise
+            except LinkSuperseded:
+                await self._close_ws(CLOSE_NORMAL, "duplicate_link")
+                raise
+            except _DropLink as exc:
+                await self._close_ws(CLOSE_TRY_LATER, exc.reason)
+                raise ConnectionLost(f"link to {self.address} refused locally: {exc.reason}") from None
+            task_status.started(self)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._keepalive)
+                nursery.start_soon(self._serve_notices)
+                await self._serve()
+                nursery.cancel_scope.cancel()
+        finally:
+            # cancelled from outside (node shutdown)? then don't wait for the peer's close answer (see SHUTDOWN_GRACE)
+            self._stopping = trio.current_effective_deadline() == -math.inf
+            with trio.CancelScope(shield=True):
+                await self._finish()
+
+    async def _handshake(self) -> None:
+        session = self._session
+        session.start()
+        await self._flush()
+        while True:
+            try:
+                message = await self._ws.get_message()
+            except ConnectionClosed as exc:
+                reason = (exc.reason.reason if exc.reason is not None else None) or "closed"
+                self.close_reason = reason
+                self.peer_key = session.peer_key or ""
+                raise ConnectionLost(f"{self.address} closed the link during the handshake: {reason}") from None
+            self._count_in(message)
+            event = session.receive_message(message)
+            if isinstance(event, Established):
+                self.peer_key = event.peer_key
+                self.connected_at = wall_time()
+                self._established = True
+                if self._on_established is not None:
+                    verdict = self._on_established(self)
+                    if isinstance(verdict, str):
+                        self._established = False
+                        raise _DropLink(verdict, f"link refused: {verdict}")
+                    if verdict is not self:
+                        self._established = False
+                        raise LinkSuperseded(verdict)
+                # flushed after registration: the initiator is established only once we are (module rule)
+                await self._flush()
+                return
+            await self._flush()
+
+    async def _serve(self) -> None:
+        """The reader: one message at a time, until the websocket closes or the peer breaks the protocol."""
+        idle = self._config.idle_timeout
+        session = self._session
+        try:
+            with trio.CancelScope(deadline=trio.current_time() + idle) as idle_scope:
+                while True:
+                    try:
+                        message = await self._ws.get_message()
+                    except ConnectionClosed as exc:
+                        await self._on_ws_closed(exc)
+                        return
+                    # the idle clock runs only while we wait for the peer, not while a slow handler holds us up
+                    idle_scope.deadline = math.inf
+                    self._count_in(message)
+                    frame = session.receive_message(message)
+                    assert not isinstance(frame, Established) and frame is not None
+                    if await self._dispatch(frame):
+                        return
+                    idle_scope.deadline = trio.current_time() + idle
+            raise _DropLink("idle_timeout", f"nothing received for {idle:g}s")
+        except ConnectionLost:
+            return  # our own send failed: the websocket is gone
+        except RemoteProtocolError as exc:
+            await self._drop(exc.reason, str(exc))
+        except _DropLink as exc:
+            await self._drop(exc.reason, str(exc))
+
+    async def _keepalive(self) -> None:
+        interval = self._config.keepalive_interval
+        while not self.closed:
+            await trio.sleep(interval)
+            nonce = next(self._ping_nonces)
+            self._ping_sent = (nonce, trio.current_time())
+            try:
+                await self._send_frame(Ping(nonce=nonce))
+            except ConnectionLost:
+                return
+
+    # -- receiving ----------------------------------------------------------------------------------------------
+
+    def _count_in(self, message: str | bytes) -> None:
+        size = len(message)
+        self.frames_in += 1
+        self.bytes_in += size
+        self._m_frames_in.inc()
+        self._m_bytes_in.inc(size)
+
+    async def _dispatch(self, frame: Frame) -> bool:
+        """Act on one frame; returns True when the peer closed the link. Raises RemoteProtocolError."""
+        if isinstance(frame, TransferChunk):  # the hot path first
+            receiver = self._in.get(frame.id)
+            if receiver is None:
+                self._peer_transfer_ids.check_known(frame.id)
+                return False  # stale: the transfer finished on our side
+            receiver._on_chunk(frame.data)
+        elif isinstance(frame, Request):
+            self._start_request(frame)
+        elif isinstance(frame, Response | ErrorResponse):
+            waiter = self._waiters.get(frame.id)
+            if waiter is None:
+                if not self._request_ids.issued(frame.id):
+                    raise RemoteProtocolError(f"answer to unknown request {frame.id}", reason="unknown_request")
+                return False  # late answer after a timeout
+            waiter.frame = frame
+            waiter.event.set()
+        elif isinstance(frame, Notice):
+            await self._queue_notice(frame)
+        elif isinstance(frame, TransferCredit):
+            sender = self._outgoing(frame.id)
+            if sender is not None:
+                sender._on_credit(frame.credit)
+        elif isinstance(frame, TransferOpen):
+            await self._open_incoming(frame)
+        elif isinstance(frame, TransferEnd):
+            receiver = self._incoming(frame.id)
+            if receiver is not None:
+                receiver._on_end()
+        elif isinstance(frame, TransferAbort):
+            receiver = self._incoming(frame.id)
+            if receiver is not None:
+                receiver._on_abort(rebuild_error(frame.code, frame.message))
+        elif isinstance(frame, TransferAck):
+            sender = self._outgoing(frame.id)
+            if sender is not None:
+                sender._on_ack()
+        elif isinstance(frame, TransferCancel):
+            sender = self._outgoing(frame.id)
+            if sender is not None:
+                sender._on_cancel(rebuild_error(frame.code, frame.message))
+        elif isinstance(frame, Ping):
+            try:
+                await self._send_frame(Pong(nonce=frame.nonce))
+            except ConnectionLost:
+                return True
+        elif isinstance(frame, Pong):
+            sent = self._ping_sent
+            if sent is not None and sent[0] == frame.nonce:
+                self.rtt_ms = round((trio.current_time() - sent[1]) * 1000, 3)
+                self._ping_sent = None
+        elif isinstance(frame, Close):
+            self.close_reason = frame.reason
+            logger.info("peer %s closed the link: %s", self.peer_key[:16], frame.reason)
+            await self._close_ws(CLOSE_NORMAL, frame.reason)
+            return True
+        else:  # pragma: no cover - Hello is handled by the session
+            raise RemoteProtocolError(f"unexpected {type(frame).__name__}", reason="unexpected_frame")
+        return False
+
+    def _incoming(self, transfer_id: int) -> TransferReceiver | None:
+        receiver = self._in.get(transfer_id)
+        if receiver is None:
+            self._peer_transfer_ids.check_known(transfer_id)
+        return receiver
+
+    def _outgoing(self, transfer_id: int) -> TransferSender | None:
+        sender = self._out.get(transfer_id)
+        if sender is None and not self._transfer_ids.issued(transfer_id):
+            raise RemoteProtocolError(f"frame for unknown transfer {transfer_id}", reason="unknown_transfer")
+        return sender
+
+    def _admit(self) -> bool:
+        if self._inflight >= self._config.max_inflight:
+            return False
+        self._inflight += 1
+        return True
+
+    def _start_request(self, frame: Request) -> None:
+        handler = self._handlers.requests.get(frame.method)
+        assert self._nursery is not None
+        if handler is None:
+            self._metrics.requests.labels("unknown", "unknown_method").inc()
+            reply = ErrorResponse(id=frame.id, code="unknown_method", message=f"no handler for {frame.method!r}")
+            self._nursery.start_soon(self._reply, reply)
+        elif not self._admit():
+            self._metrics.requests.labels(frame.method, "busy").inc()
+            busy = ErrorResponse(id=frame.id, code="busy", message=f"more than {self._config.max_inflight} in flight")
+            self._nursery.start_soon(self._reply, busy)
+        else:
+            self._nursery.start_soon(self._serve_request, handler, frame)
+
+    async def _reply(self, frame: Frame) -> None:
+        try:
+            await self._send_frame(frame)
+        except ConnectionLost:
+            pass
+        except LocalProtocolError as exc:  # e.g. an answer larger than the peer's max_frame
+            logger.warning("cannot answer %s: %s", self.peer_key[:16], exc)
+            if isinstance(frame, Response):
+                await self._reply(ErrorResponse(id=frame.id, code=exc.reason, message=_short(str(exc), 200)))
+
+    async def _serve_request(self, handler: RequestHandler, frame: Request) -> None:
+        reply: Response | ErrorResponse
+        try:
+            body = await handler(self, frame.body)
+            if not isinstance(body, dict):
+                raise TypeError(f"handler for {frame.method!r} returned {type(body).__name__}, not a dict")
+            reply = Response(id=frame.id, body=body)
+            outcome = "ok"
+        except OverlayError as exc:
+            reply = ErrorResponse(id=frame.id, code=exc.code, message=_short(str(exc), MAX_MESSAGE_LEN))
+            outcome = exc.code
+        except Exception:
+            # one failing handler must not take the link (or the node) down; the traceback goes to the log
+            logger.exception("handler for %s from %s failed", frame.method, self.peer_key[:16])
+            reply = ErrorResponse(id=frame.id, code="internal", message=f"{frame.method} failed")
+            outcome = "internal"
+        finally:
+            self._inflight -= 1
+        self._metrics.requests.labels(frame.method, outcome).inc()
+        await self._reply(reply)
+
+    async def _queue_notice(self, frame: Notice) -> None:
+        handler = self._handlers.notices.get(frame.method)
+        if handler is None:
+            logger.debug("no handler for notice %s from %s", frame.method, self.peer_key[:16])
+            return
+        # waits when max_inflight notices are queued: the reader stops reading, TCP pushes back on the peer
+        await self._notice_tx.send((handler, frame))
+
+    async def _serve_notices(self) -> None:
+        """Run notice handlers one at a time, in arrival order (streams rely on the order)."""
+        async for handler, frame in self._notice_rx:
+            try:
+                await handler(self, frame.body)
+            except OverlayError as exc:
+                logger.info("notice %s from %s failed: %s", frame.method, self.peer_key[:16], exc)
+            except Exception:
+                # a failing handler must not take the link down; the traceback goes to the log
+                logger.exception("notice handler for %s from %s failed", frame.method, self.peer_key[:16])
+
+    async def _open_incoming(self, frame: TransferOpen) -> None:
+        self._peer_transfer_ids.open(frame.id)
+        assert self._nursery is not None
+        handler = self._handlers.transfers.get(frame.method)
+        if handler is None:
+            refusal = TransferCancel(id=frame.id, code="unknown_method", message=f"no handler for {frame.method!r}")
+            self._nursery.start_soon(self._reply, refusal)
+            return
+        if not self._admit():
+            busy = f"more than {self._config.max_inflight} in flight"
+            self._nursery.start_soon(self._reply, TransferCancel(id=frame.id, code="busy", message=busy))
+            return
+        state = IncomingTransfer(frame.id, self._config.transfer_window)
+        receiver = TransferReceiver(self, state, frame.method, frame.header)
+        self._in[frame.id] = receiver
+        self._nursery.start_soon(self._serve_transfer, handler, receiver)
+        await self._send_frame(TransferCredit(id=frame.id, credit=state.initial_credit()))
+
+    async def _serve_transfer(self, handler: TransferHandler, receiver: TransferReceiver) -> None:
+        state = receiver._state
+        answer: Frame | None = None
+        try:
+            await handler(self, receiver.header, receiver)
+            if receiver.complete:
+                answer = TransferAck(id=receiver.id)
+                outcome = "ok"
+            else:
+                answer = TransferCancel(id=receiver.id, code="cancelled", message="receiver stopped before the end")
+                outcome = "cancelled"
+        except OverlayError as exc:
+            answer = TransferCancel(id=receiver.id, code=exc.code, message=_short(str(exc), MAX_MESSAGE_LEN))
+            outcome = exc.code
+        except Exception:
+            logger.exception("transfer handler for %s from %s failed", receiver.method, self.peer_key[:16])
+            answer = TransferCancel(id=receiver.id, code="internal", message=f"{receiver.method} failed")
+            outcome = "internal"
+        finally:
+            self._inflight -= 1
+            self._in.pop(receiver.id, None)
+        self._metrics.requests.labels(receiver.method, outcome).inc()
+        if state.state is TransferState.ABORTED:
+            return  # the sender gave up; nothing to answer
+        state.finish(TransferState.DONE if isinstance(answer, TransferAck) else TransferState.CANCELLED)
+        await self._reply(answer)
+
+    async def _on_ws_closed(self, exc: ConnectionClosed) -> None:
+        reason = exc.reason
+        code = reason.code if reason is not None else None
+        text = reason.reason if reason is not None else None
+        if code == CLOSE_TOO_BIG and self._closing is False and self.close_reason is None:
+            # trio-websocket refused a message beyond max_frame + slack and already sent 1009
+            self._count_drop("frame_too_large", text or "message too big")
+        if self.close_reason is None:
+            self.close_reason = text or (f"closed ({code})" if code is not None else "closed")
+        logger.info("link to %s closed: %s", self.peer_key[:16], self.close_reason)
+
+    # -- sending ------------------------------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            for message in self._session.data_to_send():
+                await self._ws_send(message)
+
+    async def _send_frame(self, frame: Frame) -> None:
+        if self.closed:
+            raise ConnectionLost(f"link to {self.peer_key[:16]} is closed ({self.close_reason})")
+        async with self._send_lock:
+            if self.closed or not self._session.is_open:
+                raise ConnectionLost(f"link to {self.peer_key[:16]} is closed ({self.close_reason})")
+            # anything the session queued (its Hello) goes first: sequence numbers follow sealing order
+            pending = self._session.data_to_send()
+            for message in pending:
+                await self._ws_send(message)
+            await self._ws_send(self._session.send(frame))
+
+    async def _ws_send(self, message: str | bytes) -> None:
+        try:
+            await self._ws.send_message(message)
+        except ConnectionClosed as exc:
+            reason = (exc.reason.reason if exc.reason is not None else None) or "closed"
+            if self.close_reason is None:
+                self.close_reason = reason
+            raise ConnectionLost(f"link to {self.peer_key[:16] or self.address} is closed: {reason}") from None
+        size = len(message)
+        self.frames_out += 1
+        self.bytes_out += size
+        self._m_frames_out.inc()
+        self._m_bytes_out.inc(size)
+
+    # -- closing ------------------------------------------------------------------------------------------------
+
+    def _count_drop(self, reason: str, message: str) -> None:
+        self._metrics.peer_drops.labels(reason).inc()
+        if self._established:
+            who = self.peer_key
+        elif self._session.peer_key:
+            who = f"{self._session.peer_key} (unproven)"
+        else:
+            who = "(unauthenticated)"
+        logger.warning("dropping peer %s at %s (%s): %s", who, self.address, reason, message)
+
+    async def _drop(self, reason: str, message: str) -> None:
+        """The peer broke the protocol: count, log, close with 1008 and the reason."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._count_drop(reason, message)
+        await self._close_ws(CLOSE_POLICY, reason)
+
+    async def _close_ws(self, code: int, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._closing = True
+        grace = SHUTDOWN_GRACE if self._stopping else CLOSE_GRACE
+        with trio.CancelScope(shield=True), trio.move_on_after(grace):
+            await self._ws.aclose(code, _short(reason, 120))
+
+    async def _finish(self) -> None:
+        """Release everything: fail waiters and transfers, close the websocket, tell the manager."""
+        if self._closed.is_set():
+            return
+        self._closing = True
+        if self.close_reason is None:
+            self.close_reason = "shutdown" if self._stopping else "closed"
+        lost = ConnectionLost(f"link to {self.peer_key[:16] or self.address} closed ({self.close_reason})")
+        for waiter in self._waiters.values():
+            waiter.event.set()
+        for sender in self._out.values():
+            sender._on_lost(lost)
+        for receiver in self._in.values():
+            receiver._on_lost()
+        await self._close_ws(CLOSE_GOING_AWAY if self._stopping else CLOSE_NORMAL, self.close_reason)
+        self._closed.set()
+        if self._on_closed is not None and self._established:
+            self._on_closed(self)
+
+    # -- transfers (sender side) --------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _transfer(self, method: str, header: dict[str, Any]) -> AsyncIterator[TransferSender]:
+        tid = self._transfer_ids.allocate()
+        state = OutgoingTransfer(tid)
+        peer_limit = self._session.peer_max_frame - _CHUNK_FRAME_OVERHEAD
+        sender = TransferSender(self, state, max(1, min(self._config.chunk_size, peer_limit)))
+        self._out[tid] = sender
+        try:
+            await self._send_frame(TransferOpen(id=tid, method=method, header=header))
+            try:
+                yield sender
+            except BaseException:
+                if state.state is TransferState.OPEN:
+                    state.abort()
+                    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+                        try:
+                            await self._send_frame(TransferAbort(id=tid, code="aborted", message="sender gave up"))
+                        except ConnectionLost:
+                            pass
+                raise
+            sender._raise_if_failed()
+            state.end()
+            await self._send_frame(TransferEnd(id=tid))
+            with trio.move_on_after(self._config.request_timeout) as scope:
+                await sender._finished.wait()
+            if scope.cancelled_caught:
+                raise PeerTimeout(f"transfer {method} to {self.peer_key[:16]}: no answer after its end")
+            sender._raise_if_failed()
+        finally:
+            self._out.pop(tid, None)

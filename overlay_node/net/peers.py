@@ -1,0 +1,596 @@
+"""The peer manager: the swarm listener, dialing, one link per peer, reconnects, and the handler registry.
+
+Invariants:
+
+1. At most one established link per peer key is registered. When a second one is established, the rule is the
+   same on both sides, so both keep the same link: links in the same direction -> the newer one wins (the older one
+   is probably dead); links in opposite directions -> the one dialed by the lower identity key wins. The loser is
+   closed with reason ``duplicate_link`` (before its Hello is sent when it is still being set up, so a dialer
+   whose link lost gets the winner from :meth:`PeerManager.connect`).
+2. At most ``max_links`` links, counting handshakes in progress; extra inbound connections are closed with code
+   1013 and reason ``too_many_links``; dialing beyond it raises :class:`~overlay_node.errors.DialError`.
+3. Concurrent dials of one address share one attempt.
+4. A link's failure never escapes its own task: links run in the manager's nursery and end on their own.
+
+Resource handling: :meth:`PeerManager.run` owns a nursery holding the websocket server, every link and the
+reconnect loops; cancelling it closes every link (each with a short shielded close handshake).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, Final, NoReturn
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    Endpoint,
+    HandshakeError,
+    WebSocketConnection,
+    WebSocketRequest,
+    serve_websocket,
+    wrap_client_stream,
+)
+
+from overlay_node import __version__
+from overlay_node.config import SwarmSection
+from overlay_node.crypto.keys import Identity, public_key_hex
+from overlay_node.errors import (
+    BadRequest,
+    ConfigError,
+    ConnectionLost,
+    DialError,
+    OverlayError,
+    PeerTimeout,
+    RemoteProtocolError,
+)
+from overlay_node.metrics import Metrics
+from overlay_node.net.link import (
+    CLOSE_GRACE,
+    CLOSE_TRY_LATER,
+    WS_SLACK,
+    Direction,
+    Handlers,
+    LinkInfo,
+    LinkSuperseded,
+    NoticeHandler,
+    PeerError,
+    PeerLink,
+    RequestHandler,
+    TransferHandler,
+    TransferReceiver,
+    TransferSender,
+)
+from overlay_node.protocol.session import FRAME_OVERHEAD, Session
+from overlay_node.wire.frames import MAX_ADDRESS_LEN, MAX_LISTEN, Hello
+
+__all__ = [
+    "PROTOCOL_PATH",
+    "LinkInfo",
+    "PeerError",
+    "PeerLink",
+    "PeerManager",
+    "TransferReceiver",
+    "TransferSender",
+    "parse_address",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the websocket path of the peer-link protocol, version 1
+PROTOCOL_PATH: Final = "/p2p/1"
+#: bytes read from a peer's socket at once (trio-websocket's default of 4 KiB costs throughput on transfers)
+RECEIVE_BUFFER: Final = 64 * 1024
+AGENT: Final = f"overlay-node/{__version__}"
+
+
+def parse_address(address: str) -> str:
+    """The websocket URL for ``ws://host:port/p2p/1``, ``wss://...`` or ``host:port``.
+
+    Raises:
+        DialError: not one of those forms.
+    """
+    text = address.strip()
+    if "://" not in text:
+        text = f"ws://{text}"
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise DialError(f"bad peer address {address!r}: expected host:port or ws://host:port/p2p/1") from None
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or port is None or port == 0:
+        raise DialError(f"bad peer address {address!r}: expected host:port or ws://host:port/p2p/1")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    path = parts.path or PROTOCOL_PATH
+    return f"{parts.scheme}://{host}:{port}{path}"
+
+
+@contextmanager
+def _single_error() -> Iterator[None]:
+    """Re-raise a one-exception group from our own nurseries as that exception (strict groups wrap everything)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1 and isinstance(leaves[0], Exception):
+            raise leaves[0] from leaves[0].__cause__
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc))
+        elif not isinstance(exc, trio.Cancelled):
+            out.append(exc)
+    return out
+
+
+def _dial_error(url: str, exc: BaseException) -> DialError:
+    if isinstance(exc, ConnectionRejected):
+        return DialError(f"{url} rejected the websocket (HTTP {exc.status_code})")
+    return DialError(f"cannot reach {url}: {exc}")
+
+
+class _WatchedStream(trio.abc.Stream):
+    """Forwards to a stream and sets ``ended`` once it closes or breaks.
+
+    trio-websocket's client waits for the upgrade answer without noticing that the connection ended (for example
+    a plain ws:// dial to a TLS port); the dialer races that wait against ``ended``.
+    """
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.ended = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self.inner.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.ended.set()
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self.inner.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.ended.set()
+            raise
+        if not data:
+            self.ended.set()
+        return data
+
+    async def aclose(self) -> None:
+        self.ended.set()
+        await self.inner.aclose()
+
+
+class _PendingDial:
+    """One dial in progress; later callers for the same address wait for its outcome."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.link: PeerLink | None = None
+        self.error: BaseException | None = None
+
+    async def wait(self) -> PeerLink:
+        await self.done.wait()
+        if self.link is None:
+            assert self.error is not None
+            raise self.error
+        return self.link
+
+
+class PeerManager:
+    """Owns the swarm port and every peer link of a node.
+
+    Args:
+        identity: the node's key (its public key names it to peers).
+        config: the ``[swarm]`` section.
+        metrics: the node's instruments.
+        client_ssl: how ``wss://`` dials verify the peer's certificate (default: the system's CAs).
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: SwarmSection,
+        metrics: Metrics,
+        *,
+        client_ssl: ssl.SSLContext | None = None,
+    ) -> None:
+        self._identity = identity
+        self._config = config
+        self._metrics = metrics
+        self._handlers = Handlers()
+        self._on_link: list[Callable[[PeerLink], None]] = []
+        self._links: dict[str, PeerLink] = {}
+        self._link_events: dict[str, trio.Event] = {}
+        self._handshaking: set[PeerLink] = set()
+        self._dials: dict[str, _PendingDial] = {}
+        self._keepers: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+        self._listen: list[str] = []
+        self._server_ssl: ssl.SSLContext | None = None
+        self._client_ssl = client_ssl
+        # websocket messages up to this size reach our own checks (which answer frame_too_large)
+        self._max_message = config.max_frame + FRAME_OVERHEAD + WS_SLACK
+
+    # -- registration ---------------------------------------------------------------------------------------------
+
+    def on_request(self, method: str, handler: RequestHandler) -> None:
+        """Serve peer requests for ``method``: ``await handler(link, body) -> answer body``."""
+        self._handlers.requests[method] = handler
+
+    def on_notice(self, method: str, handler: NoticeHandler) -> None:
+        """Handle one-way notices for ``method``."""
+        self._handlers.notices[method] = handler
+
+    def on_transfer(self, method: str, handler: TransferHandler) -> None:
+        """Receive transfers for ``method``: ``await handler(link, header, receiver)``; iterate ``receiver``."""
+        self._handlers.transfers[method] = handler
+
+    def on_link(self, callback: Callable[[PeerLink], None]) -> None:
+        """Call ``callback(link)`` (synchronously) each time a link is authenticated and registered."""
+        self._on_link.append(callback)
+
+    # -- inspection -----------------------------------------------------------------------------------------------
+
+    @property
+    def identity_key(self) -> str:
+        return self._identity.public_key_hex
+
+    @property
+    def listen_addresses(self) -> list[str]:
+        """The dialable swarm URLs (after :meth:`run` started)."""
+        return list(self._listen)
+
+    def link(self, identity_key: str) -> PeerLink | None:
+        """The established link to ``identity_key`` (hex), if any."""
+        link = self._links.get(identity_key.lower())
+        return None if link is None or link.closed else link
+
+    def links(self) -> list[LinkInfo]:
+        """A snapshot of every established link."""
+        return [link.info() for link in self._links.values() if not link.closed]
+
+    async def wait_linked(self, identity_key: str) -> PeerLink:
+        """Wait until a link to ``identity_key`` is established and return it."""
+        key = identity_key.lower()
+        while True:
+            link = self.link(key)
+            if link is not None:
+                return link
+            event = self._link_events.get(key)
+            if event is None:
+                event = self._link_events[key] = trio.Event()
+            await event.wait()
+
+    # -- running --------------------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on ``host:port``, report the listen URLs, dial the bootstrap peers, serve until cancelled.
+
+        Raises:
+            ConfigError: the TLS certificate or key cannot be loaded.
+            OSError: the port cannot be bound.
+        """
+        cfg = self._config
+        self._setup_tls()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            server = await nursery.start(
+                partial(
+                    serve_websocket,
+                    self._serve_connection,
+                    cfg.host or None,
+                    cfg.port,
+                    self._server_ssl,
+                    max_message_size=self._max_message,
+                    receive_buffer_size=RECEIVE_BUFFER,
+                    connect_timeout=cfg.handshake_timeout,
+                    disconnect_timeout=CLOSE_GRACE,
+                )
+            )
+            scheme = "wss" if self._server_ssl is not None else "ws"
+            self._listen = [self._listen_url(scheme, ep.address, ep.port) for ep in server.listeners][:MAX_LISTEN]
+            logger.info("swarm listening on %s as %s", ", ".join(self._listen), self.identity_key[:16])
+            for address in cfg.bootstrap:
+                nursery.start_soon(self._keep_linked, address, None)
+            task_status.started(list(self._listen))
+            await trio.sleep_forever()
+
+    def _setup_tls(self) -> None:
+        cfg = self._config
+        if bool(cfg.tls_cert) != bool(cfg.tls_key):
+            raise ConfigError("swarm.tls_cert and swarm.tls_key must be set together")
+        if cfg.tls_cert:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"swarm.tls_cert/tls_key: cannot load: {exc}") from exc
+            self._server_ssl = context
+
+    def _listen_url(self, scheme: str, host: Any, port: int) -> str:
+        name = self._config.advertise_host or str(host)
+        if name in ("0.0.0.0", ""):
+            name = "127.0.0.1"
+        elif name == "::":
+            name = "::1"
+        if ":" in name:
+            name = f"[{name}]"
+        return f"{scheme}://{name}:{port}{PROTOCOL_PATH}"[:MAX_ADDRESS_LEN]
+
+    def _hello(self) -> Hello:
+        return Hello(agent=AGENT, listen=tuple(self._listen), max_frame=self._config.max_frame)
+
+    def _new_link(self, ws: WebSocketConnection, *, initiator: bool, address: str, expect_key: str | None) -> PeerLink:
+        session = Session(self._identity, initiator=initiator, hello=self._hello(), expect_key=expect_key)
+        direction: Direction = "out" if initiator else "in"
+        return PeerLink(
+            ws,
+            session,
+            config=self._config,
+            metrics=self._metrics,
+            handlers=self._handlers,
+            direction=direction,
+            address=address,
+            local_key=self.identity_key,
+            on_established=self._register,
+            on_closed=self._unregister,
+        )
+
+    # -- inbound --------------------------------------------------------------------------------------------------
+
+    async def _serve_connection(self, request: WebSocketRequest) -> None:
+        """One inbound websocket (runs in trio-websocket's handler task; must not raise for a peer's sake)."""
+        remote = request.remote
+        address = f"{remote.address}:{remote.port}" if isinstance(remote, Endpoint) else str(remote)
+        try:
+            if request.path != PROTOCOL_PATH:
+                await request.reject(404, body=b"not a peer-link endpoint\n")
+                return
+            deadline = trio.current_time() + self._config.handshake_timeout
+            ws = await request.accept()
+            if len(self._links) + len(self._handshaking) >= self._config.max_links:
+                logger.info("refusing link from %s: %d links already", address, self._config.max_links)
+                with trio.move_on_after(CLOSE_GRACE):
+                    await ws.aclose(CLOSE_TRY_LATER, "too_many_links")
+                return
+            link = self._new_link(ws, initiator=False, address=address, expect_key=None)
+            self._handshaking.add(link)
+            try:
+                await link.run(handshake_deadline=deadline)
+            finally:
+                self._handshaking.discard(link)
+        except (RemoteProtocolError, PeerTimeout, LinkSuperseded):
+            pass  # logged and counted by the link
+        except (ConnectionLost, ConnectionClosed, HandshakeError, trio.BrokenResourceError, OSError) as exc:
+            logger.debug("inbound link from %s ended during setup: %s", address, exc)
+
+    # -- registry -------------------------------------------------------------------------------------------------
+
+    def _register(self, link: PeerLink) -> PeerLink | str:
+        """Called by a link once established: keep it, keep an older one, or refuse (invariant 1 and 2)."""
+        key = link.peer_key
+        self._handshaking.discard(link)
+        old = self._links.get(key)
+        if old is not None and not old.closed:
+            if self._prefer(link, old) is old:
+                logger.info("keeping the existing link to %s; closing the new %s one", key[:16], link.direction)
+                return old
+            logger.info("link to %s replaced by a new %s link", key[:16], link.direction)
+            assert self._nursery is not None
+            self._nursery.start_soon(old.aclose, "duplicate_link")
+        elif len(self._links) >= self._config.max_links:
+            return "too_many_links"
+        self._links[key] = link
+        self._metrics.peer_links.set(len(self._links))
+        self._metrics.peer_links_opened.labels(link.direction).inc()
+        logger.info("linked with %s (%s, %s)", key[:16], link.direction, link.address)
+        event = self._link_events.pop(key, None)
+        if event is not None:
+            event.set()
+        for callback in self._on_link:
+            callback(link)
+        return link
+
+    @staticmethod
+    def _prefer(new: PeerLink, old: PeerLink) -> PeerLink:
+        if new.initiator_key == old.initiator_key:
+            return new
+        return new if new.initiator_key < old.initiator_key else old
+
+    def _unregister(self, link: PeerLink) -> None:
+        if self._links.get(link.peer_key) is link:
+            del self._links[link.peer_key]
+            self._metrics.peer_links.set(len(self._links))
+
+    # -- outbound -------------------------------------------------------------------------------------------------
+
+    async def connect(self, address: str, *, expect_key: str | None = None, persistent: bool = False) -> PeerLink:
+        """Return an authenticated link to the peer at ``address``, dialing it if needed.
+
+        Args:
+            address: ``ws://host:port/p2p/1``, ``wss://...`` or ``host:port``.
+            expect_key: the peer's identity key when known; a different key fails with ``unexpected_identity``.
+            persistent: keep the peer linked: redial with backoff (``reconnect_min`` .. ``reconnect_max``)
+                whenever the link ends, until the manager stops.
+
+        Raises:
+            DialError: bad address, unreachable, refused, or the manager is not running.
+            PeerTimeout: the handshake did not finish within ``handshake_timeout``.
+            RemoteProtocolError: the peer failed the handshake (``bad_signature``, ``unexpected_identity``, ...).
+        """
+        url = parse_address(address)
+        key: str | None = None
+        if expect_key is not None:
+            try:
+                key = public_key_hex(expect_key)
+            except BadRequest as exc:
+                raise DialError(f"bad expected identity key: {exc}") from None
+        link = self._existing(url, key)
+        if link is None:
+            link = await self._dial(url, key)
+        if persistent and url not in self._keepers:
+            assert self._nursery is not None
+            self._keepers.add(url)
+            self._nursery.start_soon(self._keep_linked, url, link)
+        return link
+
+    def _existing(self, url: str, key: str | None) -> PeerLink | None:
+        if key is not None:
+            return self.link(key)
+        for link in self._links.values():
+            if not link.closed and (link.address == url or url in link.listen_addresses):
+                return link
+        return None
+
+    async def _dial(self, url: str, key: str | None) -> PeerLink:
+        if self._nursery is None:
+            raise DialError("the peer manager is not running")
+        pending = self._dials.get(url)
+        if pending is not None:
+            return await pending.wait()
+        pending = self._dials[url] = _PendingDial()
+        try:
+            link: PeerLink = await self._nursery.start(self._outbound, url, key)
+        except BaseException as exc:
+            pending.error = exc
+            if isinstance(exc, RemoteProtocolError):
+                outcome = exc.reason
+            else:
+                outcome = exc.code if isinstance(exc, OverlayError) else "cancelled"
+            self._metrics.dials.labels(outcome).inc()
+            raise
+        else:
+            pending.link = link
+            self._metrics.dials.labels("ok").inc()
+            return link
+        finally:
+            pending.done.set()
+            del self._dials[url]
+
+    async def _outbound(self, url: str, key: str | None, *, task_status: trio.TaskStatus[PeerLink]) -> None:
+        """Dial ``url`` and run the link; reports the established link (or the one kept instead) via started()."""
+        cfg = self._config
+        if len(self._links) + len(self._handshaking) >= cfg.max_links:
+            raise DialError(f"cannot dial {url}: {cfg.max_links} links already")
+        deadline = trio.current_time() + cfg.handshake_timeout
+        link: PeerLink | None = None
+        try:
+            with _single_error():
+                async with trio.open_nursery() as ws_nursery:
+                    ws = await self._open_ws(ws_nursery, url, deadline)
+                    link = self._new_link(ws, initiator=True, address=url, expect_key=key)
+                    self._handshaking.add(link)
+                    try:
+                        await link.run(handshake_deadline=deadline, task_status=task_status)
+                    finally:
+                        self._handshaking.discard(link)
+                    ws_nursery.cancel_scope.cancel()
+        except LinkSuperseded as exc:
+            task_status.started(exc.winner)
+        except ConnectionLost as exc:
+            # the responder refused this link because it keeps another one with us: use that one
+            if link is not None and link.close_reason == "duplicate_link" and link.peer_key:
+                kept = self.link(link.peer_key)
+                if kept is not None:
+                    task_status.started(kept)
+                    return
+            raise DialError(f"{url} refused the link: {exc}") from None
+        except (ConnectionClosed, HandshakeError, trio.BrokenResourceError, OSError) as exc:
+            if link is not None and link.established:
+                logger.debug("link to %s ended: %s", url, exc)  # after started(): nobody waits for an error
+                return
+            raise _dial_error(url, exc) from exc
+
+    async def _open_ws(self, nursery: trio.Nursery, url: str, deadline: float) -> WebSocketConnection:
+        """TCP (+ TLS for wss://) and the websocket upgrade, all before ``deadline``; failures are DialError."""
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname or "", parts.port or 0
+        try:
+            with trio.fail_at(deadline):
+                stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+                if parts.scheme == "wss":
+                    # the certificate is verified (system CAs unless client_ssl says otherwise): without that an
+                    # active man in the middle could read the traffic, though never alter or forge it
+                    context = self._client_ssl or ssl.create_default_context()
+                    tls = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
+                    await tls.do_handshake()
+                    stream = tls
+                watched = _WatchedStream(stream)
+                opened: list[WebSocketConnection] = []
+
+                async def upgrade() -> None:
+                    ws = await wrap_client_stream(
+                        nursery,
+                        watched,  # type: ignore[arg-type]  # any trio Stream works; the hint is narrower
+                        f"{host}:{port}",
+                        parts.path or PROTOCOL_PATH,
+                        max_message_size=self._max_message,
+                        receive_buffer_size=RECEIVE_BUFFER,
+                    )
+                    opened.append(ws)
+                    race.cancel_scope.cancel()
+
+                async def watch() -> None:
+                    await watched.ended.wait()
+                    race.cancel_scope.cancel()
+
+                async with trio.open_nursery() as race:
+                    race.start_soon(upgrade)
+                    race.start_soon(watch)
+                if not opened:
+                    raise DialError(f"{url} closed the connection during the websocket upgrade")
+                return opened[0]
+        except trio.TooSlowError:
+            raise PeerTimeout(f"connecting to {url} timed out") from None
+        except trio.BrokenResourceError as exc:
+            raise DialError(f"cannot reach {url}: {exc.__cause__ or exc}") from exc
+        except (OSError, HandshakeError, ConnectionClosed) as exc:
+            raise _dial_error(url, exc) from exc
+
+    async def _keep_linked(self, address: str, link: PeerLink | None) -> NoReturn:
+        """Keep a link to ``address`` up: redial with exponential backoff and jitter whenever it ends."""
+        cfg = self._config
+        try:
+            url = parse_address(address)
+        except DialError as exc:
+            logger.warning("not dialing bootstrap peer: %s", exc)
+            await trio.sleep_forever()
+        self._keepers.add(url)  # (bootstrap peers; connect() adds its own)
+        delay = cfg.reconnect_min
+        key = link.peer_key if link is not None else None
+        while True:
+            if link is None and key is not None:
+                link = self.link(key)  # the peer may have dialed us meanwhile
+            if link is not None:
+                since = trio.current_time()
+                await link.wait_closed()
+                key = link.peer_key
+                link = None
+                if trio.current_time() - since >= cfg.reconnect_max:
+                    delay = cfg.reconnect_min
+                await trio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, cfg.reconnect_max)
+                continue
+            try:
+                link = await self._dial(url, key)
+                key = link.peer_key
+            except (DialError, PeerTimeout, RemoteProtocolError, ConnectionLost) as exc:
+                logger.info("dial %s failed (%s); retrying in %.2gs", url, exc, delay)
+                await trio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, cfg.reconnect_max)
