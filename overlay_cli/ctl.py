@@ -1,0 +1,119 @@
+"""``overlay-node ctl ...``: commands that act on a running daemon through its control socket."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from overlay_cli.client import ControlClient
+from overlay_cli.output import CliState, cli_errors, emit, print_fields, table
+
+app = typer.Typer(help="Act on the running daemon of the data dir.", no_args_is_help=True)
+
+
+def _client(ctx: typer.Context) -> ControlClient:
+    from overlay_cli.main import data_dir_of
+
+    return ControlClient(data_dir_of(ctx.obj))
+
+
+def _short(key: str) -> str:
+    return key[:16] + "…" if len(key) > 20 else key
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Identity, addresses, readiness and peer count of the daemon."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        data = client.call("GET", "/v1/status")
+
+        def human(out: Console) -> None:
+            rows = [
+                ("identity key", data["identity_key"]),
+                ("name", data.get("name") or "-"),
+                ("version", data.get("version")),
+                ("ready", "yes" if data.get("ready") else "no"),
+                ("swarm", " ".join(data.get("swarm", []))),
+                ("http", data.get("http")),
+                ("control", data.get("control")),
+                ("data dir", data.get("data_dir")),
+                ("peers", data.get("peers")),
+                ("uptime", f"{data.get('uptime', 0):.0f}s"),
+            ]
+            print_fields(out, rows)
+
+        emit(state, data, human)
+
+
+@app.command()
+def peers(ctx: typer.Context) -> None:
+    """The authenticated peer links of the daemon."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        data = client.call("GET", "/v1/peers")
+
+        def human(out: Console) -> None:
+            items: list[dict[str, Any]] = data["peers"]
+            if not items:
+                out.print("no peers linked")
+                return
+            now = time.time()
+            rows = [
+                (
+                    _short(p["identity_key"]),
+                    p["address"],
+                    p["direction"],
+                    f"{now - p['connected_at']:.0f}s",
+                    p["frames_in"],
+                    p["frames_out"],
+                    "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.1f}",
+                )
+                for p in items
+            ]
+            out.print(table(None, ["identity", "address", "dir", "age", "frames in", "frames out", "rtt ms"], rows))
+
+        emit(state, data, human)
+
+
+@app.command()
+def connect(
+    ctx: typer.Context,
+    address: Annotated[str, typer.Argument(help="Peer address: host:port or ws://host:port/p2p/1.")],
+) -> None:
+    """Link the daemon to a peer (authenticated) and keep the link."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        data = client.call("POST", "/v1/peers/connect", {"address": address})
+        emit(state, data, lambda out: out.print(f"linked to {data['identity_key']} at {address}"))
+
+
+@app.command()
+def stop(
+    ctx: typer.Context,
+    wait: Annotated[bool, typer.Option(help="Wait until the daemon has exited.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the exit.")] = 30.0,
+) -> None:
+    """Stop the daemon gracefully."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        data = client.call("POST", "/v1/shutdown")
+        api = client.data_dir / "api.json"
+        stopped = not wait or _wait_gone(api, timeout)
+        result = {"status": "stopped" if stopped and wait else data.get("status", "stopping")}
+        emit(state, result, lambda out: out.print(f"daemon {result['status']}"))
+
+
+def _wait_gone(path: Path, timeout: float) -> bool:
+    """Wait for the daemon to remove its api.json (it does so as its last step)."""
+    # the CLI is synchronous and has no event to wait on; the daemon's file removal is the signal
+    deadline = time.monotonic() + timeout
+    while path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

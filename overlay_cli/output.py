@@ -1,0 +1,70 @@
+"""How the CLI speaks: JSON for scripts, rich tables for people, one-line errors with distinct exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from overlay_node.errors import OverlayError
+
+#: exit codes by error family (also listed in docs/cli.md); OverlayError subclasses carry their own ``exit_code``
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+@dataclass(slots=True)
+class CliState:
+    """Global options, kept in ``ctx.obj`` by the root callback."""
+
+    data_dir: str | None = None
+    json: bool = False
+    debug: bool = False
+
+    @property
+    def out(self) -> Console:
+        return Console(highlight=False, soft_wrap=True)
+
+
+def emit(state: CliState, data: Any, human: Callable[[Console], None]) -> None:
+    """Print ``data`` as JSON with ``--json``, else call ``human`` to print it for people."""
+    if state.json:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        human(state.out)
+
+
+def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
+    """A plain rich table."""
+    t = Table(title=title, show_lines=False)
+    for col in columns:
+        t.add_column(col, overflow="fold")
+    for row in rows:
+        t.add_row(*("" if v is None else str(v) for v in row))
+    return t
+
+
+@contextmanager
+def cli_errors(state: CliState) -> Iterator[None]:
+    """Turn our errors into a one-line message on stderr and the family's exit code (traceback with --debug)."""
+    try:
+        yield
+    except OverlayError as exc:
+        if state.debug:
+            raise
+        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {exc}", markup=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def print_fields(out: Console, rows: Sequence[tuple[str, object]]) -> None:
+    """Aligned ``field  value`` lines; values are never wrapped or cut, so keys and URLs stay copyable."""
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        out.print(f"{key:<{width}}  {'-' if value is None else value}", markup=False, overflow="ignore", crop=False)

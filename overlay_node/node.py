@@ -1,0 +1,263 @@
+"""The node: owns the data dir, the store and every service, and runs them in dependency order.
+
+Theory of operation:
+1. ``Node.run`` takes the data-dir lock, loads the identity, opens the store (migrations run before anything
+   serves), then starts each service with ``await nursery.start(...)`` so that readiness is real: peer links,
+   public HTTP, control socket. Only then is ``api.json`` written and ``task_status.started(info)`` called.
+2. A shutdown request (signal in the CLI, ``ctl stop``, or :meth:`Node.request_shutdown`) sets one event. The HTTP
+   servers drain on it within ``node.shutdown_grace`` seconds; the background services are cancelled at once
+   (each store write is its own transaction, so there is nothing to flush).
+3. ``api.json`` is removed and the lock released whatever way ``run`` ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import trio
+
+from overlay_node import __version__
+from overlay_node.api.control import control_app
+from overlay_node.api.public import public_app
+from overlay_node.api.server import bind_tcp, bind_unix, serve_app
+from overlay_node.clock import wall_time
+from overlay_node.config import Config
+from overlay_node.crypto.keys import Identity
+from overlay_node.datadir import DataDir
+from overlay_node.errors import BadRequest, PeerTimeout
+from overlay_node.metrics import Metrics
+from overlay_node.net.peers import PeerLink, PeerManager
+from overlay_node.store.db import Store, open_store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeInfo:
+    """What a started node reports: its name and where it listens."""
+
+    identity_key: str
+    swarm: tuple[str, ...]
+    http: str
+    control: str
+    data_dir: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "identity_key": self.identity_key,
+            "swarm": list(self.swarm),
+            "http": self.http,
+            "control": self.control,
+            "data_dir": self.data_dir,
+        }
+
+
+class Node:
+    """One overlay node. Create it, then ``await nursery.start(node.run)``; it returns its :class:`NodeInfo`."""
+
+    def __init__(self, data_dir: DataDir, config: Config) -> None:
+        self.data_dir = data_dir
+        self.config = config
+        self.metrics = Metrics()
+        self._shutdown = trio.Event()
+        self._stopped = trio.Event()
+        self._ready = False
+        self._started_at = 0.0
+        self._info: NodeInfo | None = None
+        self._identity: Identity | None = None
+        self._peers: PeerManager | None = None
+        self._store: Store | None = None
+        # authenticated links waiting to be recorded in known_peers (bounded: a burst past it is simply not recorded)
+        self._new_links, self._new_links_rx = trio.open_memory_channel[PeerLink](256)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every service until shutdown is requested.
+
+        Raises:
+            DataDirError: the data dir is locked by another daemon, or the identity is missing or unsafe.
+            TransportError: a listening port cannot be bound.
+            StoreError: the database cannot be opened or migrated.
+        """
+        with self.data_dir.lock():
+            identity = Identity.from_private_bytes(self.data_dir.load_identity())
+            self._identity = identity
+            try:
+                async with open_store(self.data_dir.db_path, self.config.store) as store:
+                    self._store = store
+                    await self._run_services(identity, store, task_status)
+            finally:
+                self._ready = False
+                self.metrics.up.set(0)
+                self.data_dir.remove_api()
+                self._stopped.set()
+                logger.info("node %s stopped", identity.public_key_hex[:16])
+
+    async def _run_services(self, identity: Identity, store: Store, task_status: trio.TaskStatus[NodeInfo]) -> None:
+        cfg = self.config
+        http_sock = bind_tcp(cfg.http.host, cfg.http.port)
+        control_path = self.data_dir.control_socket_path(cfg.control.socket)
+        control_sock = bind_unix(control_path)
+        peers = PeerManager(identity, cfg.swarm, self.metrics)
+        self._peers = peers
+        peers.on_request("node.info", self._serve_node_info)
+        peers.on_link(self._remember_link)
+        grace = cfg.node.shutdown_grace
+
+        # the peer manager and other background services live in their own (inner) nursery so that the HTTP
+        # servers can drain first and the rest is then cancelled with a deadline
+        async with trio.open_nursery() as nursery, trio.open_nursery() as services:
+            swarm = await services.start(peers.run)
+            services.start_soon(self._record_links, store)
+            await nursery.start(
+                partial(
+                    serve_app,
+                    public_app(self),
+                    http_sock,
+                    shutdown_trigger=self._shutdown.wait,
+                    graceful_timeout=grace,
+                )
+            )
+            await nursery.start(
+                partial(
+                    serve_app,
+                    control_app(self),
+                    control_sock,
+                    shutdown_trigger=self._shutdown.wait,
+                    graceful_timeout=grace,
+                )
+            )
+            host, port = http_sock.getsockname()[:2]
+            info = NodeInfo(
+                identity_key=identity.public_key_hex,
+                swarm=tuple(swarm),
+                http=f"http://{host}:{port}",
+                control=str(control_path),
+                data_dir=str(self.data_dir.path),
+            )
+            self._info = info
+            self._started_at = time.monotonic()
+            self.data_dir.write_api({"pid": os.getpid(), "version": __version__, **info.as_dict()})
+            self._ready = True
+            self.metrics.up.set(1)
+            logger.info("node %s ready: swarm %s, http %s", identity.public_key_hex[:16], swarm, info.http)
+            task_status.started(info)
+            await self._shutdown.wait()
+            logger.info("node %s shutting down", identity.public_key_hex[:16])
+            self._ready = False
+            self.metrics.up.set(0)
+            # background services hold no state that needs flushing (every store write is its own transaction),
+            # so they stop at once; the HTTP servers drain their requests within `grace` on the same event
+            services.cancel_scope.cancel()
+
+    def request_shutdown(self) -> None:
+        """Ask the node to stop gracefully; returns at once."""
+        self._shutdown.set()
+
+    async def wait_stopped(self) -> None:
+        """Wait until :meth:`run` has finished (``api.json`` removed, lock released)."""
+        await self._stopped.wait()
+
+    # -- what the APIs read ------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def info(self) -> NodeInfo:
+        if self._info is None:
+            raise RuntimeError("node not started")
+        return self._info
+
+    @property
+    def peers(self) -> PeerManager:
+        if self._peers is None:
+            raise RuntimeError("node not started")
+        return self._peers
+
+    def status(self) -> dict[str, Any]:
+        info = self.info
+        return {
+            **info.as_dict(),
+            "name": self.config.node.name,
+            "version": __version__,
+            "pid": os.getpid(),
+            "ready": self._ready,
+            "uptime": round(time.monotonic() - self._started_at, 3),
+            "peers": len(self.peers.links()),
+        }
+
+    def peer_list(self) -> list[dict[str, Any]]:
+        return [link_info_dict(link) for link in self.peers.links()]
+
+    async def connect_peer(self, address: str) -> dict[str, Any]:
+        if address.strip() != address or " " in address:
+            raise BadRequest(f"bad peer address {address!r}: expected host:port or ws://host:port/p2p/1")
+        link = await self.peers.connect(address, persistent=True)
+        return {"identity_key": link.peer_key, "address": address}
+
+    async def wait_peers(self, identity_keys: list[str], timeout: float) -> dict[str, Any]:
+        """Wait until a link to every key in ``identity_keys`` is authenticated.
+
+        Raises:
+            PeerTimeout: not all were linked within ``timeout`` seconds (the message lists the missing ones).
+        """
+        linked: set[str] = set()
+
+        async def wait_one(key: str) -> None:
+            await self.peers.wait_linked(key)
+            linked.add(key)
+
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                for key in identity_keys:
+                    nursery.start_soon(wait_one, key)
+        missing = [k for k in identity_keys if k not in linked]
+        if missing:
+            raise PeerTimeout(f"not linked after {timeout:g}s: {', '.join(k[:16] for k in missing)}")
+        return {"linked": identity_keys}
+
+    # -- peer request handlers ---------------------------------------------------------------------------------
+
+    async def _serve_node_info(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+        info = self.info
+        return {"identity_key": info.identity_key, "swarm": list(info.swarm), "name": self.config.node.name}
+
+    def _remember_link(self, link: PeerLink) -> None:
+        try:
+            self._new_links.send_nowait(link)
+        except trio.WouldBlock:
+            logger.debug("link record queue full; not recording %s", link.peer_key[:16])
+
+    async def _record_links(self, store: Store) -> None:
+        """Persist every authenticated peer so a restarted node can find its neighbours again."""
+        async for link in self._new_links_rx:
+            # only dialled links carry an address others can dial; an inbound link shows the peer's ephemeral port
+            address = next(
+                (li.address for li in self.peers.links() if li.identity_key == link.peer_key and li.direction == "out"),
+                "",
+            )
+            if address:
+                await store.peers.upsert(link.peer_key, address, wall_time())
+
+
+def link_info_dict(info: Any) -> dict[str, Any]:
+    """A LinkInfo as JSON-ready data."""
+    return {
+        "identity_key": info.identity_key,
+        "address": info.address,
+        "direction": info.direction,
+        "connected_at": info.connected_at,
+        "frames_in": info.frames_in,
+        "frames_out": info.frames_out,
+        "bytes_in": info.bytes_in,
+        "bytes_out": info.bytes_out,
+        "rtt_ms": info.rtt_ms,
+    }

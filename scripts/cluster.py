@@ -1,0 +1,286 @@
+#!/usr/bin/env python3
+"""Start and stop a cluster of overlay-node daemons on 127.0.0.1.
+
+    python scripts/cluster.py up 5 [--dir D] [--base-port P]   # start 5 daemons, link them, print a table
+    python scripts/cluster.py down [--dir D]                    # stop every daemon of the cluster
+
+Every daemon is a real ``overlay-node run`` subprocess with its own data dir under the cluster dir (default
+``./.cluster``), bootstrapped to the first. While the cluster is small (N <= 10) every pair is linked explicitly;
+larger clusters rely on the bootstrap links until the DHT takes over discovery. ``cluster.json`` in the cluster dir
+records the members so that ``down`` (or another script) finds them.
+
+From tests, use :class:`Cluster` as a context manager::
+
+    with Cluster(3, root=tmp_path) as cluster:
+        cluster.ctl(0, "status")
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from overlay_cli.client import ControlClient  # noqa: E402
+
+FULL_MESH_MAX = 10
+START_TIMEOUT = 60.0
+
+
+def _cli() -> list[str]:
+    """How to invoke the CLI: the console script next to this interpreter, else ``python -m``."""
+    script = Path(sys.executable).with_name("overlay-node")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "overlay_cli.main"]
+
+
+@dataclass(slots=True)
+class Member:
+    name: str
+    data_dir: str
+    pid: int
+    identity_key: str
+    swarm: list[str]
+    http: str
+    control: str
+
+
+class Cluster:
+    """N daemons as subprocesses; a context manager that stops them all on exit."""
+
+    def __init__(
+        self, n: int, *, root: Path, base_port: int | None = None, extra_args: list[str] | None = None
+    ) -> None:
+        if n < 1:
+            raise ValueError("a cluster needs at least one node")
+        self.n = n
+        self.root = root
+        self.base_port = base_port
+        self.extra_args = extra_args or []
+        self.members: list[Member] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Cluster:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def _start(self, i: int, bootstrap: str | None) -> Member:
+        data_dir = self.root / f"node{i}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        ports = ("0", "0") if self.base_port is None else (str(self.base_port + 2 * i), str(self.base_port + 2 * i + 1))
+        args = [
+            *_cli(), "--data-dir", str(data_dir), "--json", "run",
+            "--name", f"node{i}", "--swarm-host", "127.0.0.1", "--swarm-port", ports[0], "--http-port", ports[1],
+            *self.extra_args,
+        ]  # fmt: skip
+        if bootstrap:
+            args += ["--bootstrap", bootstrap]
+        log = open(data_dir / "daemon.log", "ab")  # noqa: SIM115 - handed to the child, closed below
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+        log.close()
+        self._procs.append(proc)
+        assert proc.stdout is not None
+        # the daemon prints one JSON line when every service is ready; that line is our readiness event
+        line = proc.stdout.readline()
+        if not line:
+            code = proc.wait(timeout=START_TIMEOUT)
+            tail = (data_dir / "daemon.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"node{i} exited with {code} before it was ready:\n{tail}")
+        proc.stdout.close()
+        info = json.loads(line)
+        return Member(
+            name=f"node{i}",
+            data_dir=str(data_dir),
+            pid=proc.pid,
+            identity_key=info["identity_key"],
+            swarm=info["swarm"],
+            http=info["http"],
+            control=info["control"],
+        )
+
+    def up(self) -> list[Member]:
+        """Start every node, link them, and wait until they are all linked."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        first = self._start(0, None)
+        self.members = [first]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            rest = list(pool.map(lambda i: self._start(i, first.swarm[0]), range(1, self.n)))
+        self.members += rest
+        self._save()
+        if self.n <= FULL_MESH_MAX:
+            self._link_all()
+        return self.members
+
+    def _link_all(self) -> None:
+        pairs = [(i, j) for i in range(self.n) for j in range(i + 1, self.n)]
+
+        def link(pair: tuple[int, int]) -> None:
+            i, j = pair
+            self.control(i, "POST", "/v1/peers/connect", {"address": self.members[j].swarm[0]})
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(link, pairs))
+        # each node waits (server side, on events) until it has authenticated links to all the others
+        everyone = [m.identity_key for m in self.members]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(
+                pool.map(
+                    lambda i: self.control(
+                        i,
+                        "POST",
+                        "/v1/peers/wait",
+                        {"identity_keys": [k for k in everyone if k != self.members[i].identity_key], "timeout": 30},
+                    ),
+                    range(self.n),
+                )
+            )
+
+    def down(self) -> None:
+        """Stop every node (SIGTERM, then SIGKILL after a grace period)."""
+        procs = self._procs or [_Pid(m.pid) for m in self.members]
+        for proc in procs:
+            _signal(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                _signal(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        self._procs = []
+        state = self.root / "cluster.json"
+        if state.exists():
+            state.unlink()
+
+    def kill(self, i: int) -> None:
+        """kill -9 one node (for failure tests)."""
+        _signal(self.members[i].pid, signal.SIGKILL)
+        for proc in self._procs:
+            if proc.pid == self.members[i].pid:
+                proc.wait(timeout=10)
+
+    # -- acting on members -------------------------------------------------------------------------------------
+
+    def control(self, i: int, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Call one member's control API."""
+        with ControlClient(Path(self.members[i].data_dir)) as client:
+            return client.call(method, path, body)
+
+    def ctl(self, i: int, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``overlay-node --data-dir <node i> <args...>`` and return the finished process."""
+        return subprocess.run(
+            [*_cli(), "--data-dir", self.members[i].data_dir, *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
+        )
+
+    def _save(self) -> None:
+        (self.root / "cluster.json").write_text(json.dumps([asdict(m) for m in self.members], indent=2))
+
+    @classmethod
+    def load(cls, root: Path) -> Cluster:
+        members = [Member(**m) for m in json.loads((root / "cluster.json").read_text())]
+        cluster = cls(len(members), root=root)
+        cluster.members = members
+        return cluster
+
+
+@dataclass(slots=True)
+class _Pid:
+    """A process we did not start ourselves (``down`` from another invocation)."""
+
+    pid: int
+
+    def wait(self, timeout: float) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while _alive(self.pid):
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _print_table(members: list[Member]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"overlay-node cluster ({len(members)} nodes)")
+    for col in ("name", "identity key", "swarm", "http", "data dir"):
+        t.add_column(col, overflow="fold")
+    for m in members:
+        t.add_row(m.name, m.identity_key, " ".join(m.swarm), m.http, m.data_dir)
+    Console().print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start N daemons")
+    up.add_argument("n", type=int)
+    up.add_argument("--dir", type=Path, default=Path(".cluster"))
+    up.add_argument("--base-port", type=int, default=None, help="node i uses base+2i (swarm) and base+2i+1 (http)")
+    up.add_argument("--json", action="store_true")
+    down = sub.add_parser("down", help="stop the cluster's daemons")
+    down.add_argument("--dir", type=Path, default=Path(".cluster"))
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        if args.n < 1:
+            parser.error("N must be at least 1")
+        if (args.dir / "cluster.json").exists():
+            parser.error(f"a cluster is already up in {args.dir}: run `down` first")
+        cluster = Cluster(args.n, root=args.dir.resolve(), base_port=args.base_port)
+        try:
+            members = cluster.up()
+        except BaseException:
+            cluster.down()
+            raise
+        if args.json:
+            print(json.dumps([asdict(m) for m in members], indent=2))
+        else:
+            _print_table(members)
+        return 0
+    if not (args.dir / "cluster.json").exists():
+        print(f"no cluster in {args.dir}", file=sys.stderr)
+        return 1
+    Cluster.load(args.dir.resolve()).down()
+    print("cluster stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

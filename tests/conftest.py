@@ -1,0 +1,56 @@
+"""Fixtures shared by every test level: data dirs and in-process nodes on 127.0.0.1 with port 0."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from overlay_node.config import Config, load_config, starter_config_text
+from overlay_node.datadir import DataDir
+from overlay_node.node import Node
+
+NodeFactory = Callable[..., Awaitable[Node]]
+
+
+def test_config(**overrides: Any) -> Config:
+    """A config for tests: loopback, free ports, short timeouts."""
+    base: dict[str, Any] = {
+        "swarm.host": "127.0.0.1",
+        "swarm.port": 0,
+        "http.port": 0,
+        "node.shutdown_grace": 2.0,
+    }
+    base.update(overrides)
+    return load_config(env={}, overrides=base)
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+def new_data_dir(root: Path, name: str) -> DataDir:
+    dd = DataDir(root / name)
+    dd.init(config_text=starter_config_text())
+    return dd
+
+
+@pytest.fixture
+async def start_node(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[NodeFactory]:
+    """Start nodes in the test's nursery: ``node = await start_node("a", **config_overrides)``."""
+    nodes: list[Node] = []
+
+    async def factory(name: str = "node", **overrides: Any) -> Node:
+        node = Node(new_data_dir(tmp_path, name), test_config(**overrides))
+        await nursery.start(node.run)
+        nodes.append(node)
+        return node
+
+    yield factory
+    for node in nodes:
+        node.request_shutdown()
+    with trio.fail_after(10):
+        for node in nodes:
+            await node.wait_stopped()
