@@ -1,0 +1,384 @@
+"""The DHT's datagram layer on trio: signing, verification, per-source rate limits, and requests with retries.
+
+Theory of operation: :meth:`DhtRpc.serve` is the one task that reads the UDP endpoint. For each datagram it
+checks the source's rate budget (before any parsing, so a flood costs a dictionary lookup per datagram), decodes
+and verifies it (``wire.dht.decode``: size, canonical CBOR, fields, timestamp, signature), and then
+
+- an answer (PONG, NODES, VALUES, STORE_ACK) resolves the pending request with its rpc id, if it came from the
+  node asked and is the answer type the request expects; otherwise it is dropped (``unexpected``/``bad_node_id``);
+- a request (PING, FIND_NODE, FIND_VALUE, STORE) goes to the handler, whose answer is signed and sent back.
+
+Every verified sender is reported to the handler (``on_heard``), which feeds the routing table. A dropped datagram
+is counted in ``overlay_dht_drops{reason}`` and changes nothing else.
+
+Invariants:
+
+1. Every datagram we send is signed with our identity over SHA-256 of ``SIGNING_DOMAIN + inner`` (in
+   ``wire.dht``); every one we accept carries a valid signature of the key its sender id derives from.
+2. A request is outstanding under a fresh random rpc id until answered or given up, after at most
+   ``request_retries + 1`` sends of the same bytes, ``request_timeout`` apart. A retry reuses the rpc id, so an
+   answer to any of the sends completes the request.
+3. The rate limiter keeps one counter per source address ``(ip, port)`` for the current whole second of protocol
+   time; its memory is bounded by the datagrams of one second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import trio
+from coincurve import PublicKey
+
+from overlay_node.config import DhtSection
+from overlay_node.crypto.keys import Identity, ecdsa_verify_digest, parse_public_key
+from overlay_node.errors import BadRequest, DialError, LocalProtocolError, PeerTimeout
+from overlay_node.metrics import Metrics
+from overlay_node.net.udp import Address, UdpEndpoint, format_address
+from overlay_node.wire.dht import (
+    DhtDropped,
+    Envelope,
+    FindNode,
+    FindValue,
+    Message,
+    Nodes,
+    Ping,
+    Pong,
+    Store,
+    StoreAck,
+    Values,
+    decode,
+    encode,
+    node_id_of,
+)
+
+__all__ = ["Deliver", "DhtHandler", "DhtRpc", "RpcStats", "Signer", "SourceRateLimiter"]
+
+logger = logging.getLogger(__name__)
+
+#: public keys parsed and kept for verification (parsing costs about a sixth of a verify)
+_KEY_CACHE: Final = 4096
+
+#: the answer each request expects
+_ANSWER: Final[dict[type[Message], type[Message]]] = {
+    Ping: Pong,
+    FindNode: Nodes,
+    FindValue: Values,
+    Store: StoreAck,
+}
+_METHOD: Final[dict[type[Message], str]] = {
+    Ping: "ping",
+    FindNode: "find_node",
+    FindValue: "find_value",
+    Store: "store",
+}
+
+
+class Signer:
+    """Signs with our identity and verifies others' signatures: ECDSA over SHA-256 of the message."""
+
+    def __init__(self, identity: Identity) -> None:
+        self._identity = identity
+        self._keys: OrderedDict[bytes, PublicKey] = OrderedDict()
+
+    def sign(self, message: bytes) -> bytes:
+        """Our DER signature over SHA-256(message)."""
+        return self._identity.sign_digest(hashlib.sha256(message).digest())
+
+    def verify(self, pubkey: bytes, message: bytes, signature: bytes) -> bool:
+        """True if ``signature`` is ``pubkey``'s over SHA-256(message); False for any malformed input."""
+        return self.verify_digest(pubkey, hashlib.sha256(message).digest(), signature)
+
+    def verify_digest(self, pubkey: bytes, digest: bytes, signature: bytes) -> bool:
+        """True if ``signature`` is ``pubkey``'s over the 32-byte ``digest``; False for any malformed input."""
+        key = self._keys.get(pubkey)
+        if key is None:
+            try:
+                key = parse_public_key(pubkey)
+            except BadRequest:
+                return False
+            self._keys[pubkey] = key
+            if len(self._keys) > _KEY_CACHE:
+                self._keys.popitem(last=False)
+        return ecdsa_verify_digest(key, signature, digest)
+
+
+class SourceRateLimiter:
+    """At most ``per_second`` datagrams per source address in each whole second of protocol time."""
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self._window = -1
+        self._counts: dict[Address, int] = {}
+
+    def allow(self, source: Address, now: float) -> bool:
+        """Count one datagram from ``source`` at ``now``; False once its budget for this second is spent."""
+        window = int(now)
+        if window != self._window:
+            self._window = window
+            self._counts.clear()
+        count = self._counts.get(source, 0) + 1
+        self._counts[source] = count
+        return count <= self.per_second
+
+
+class DhtHandler(Protocol):
+    """What the DHT service provides to the datagram layer."""
+
+    def handle_request(self, envelope: Envelope, source: Address) -> Message | None:
+        """The answer to a verified request (None: no answer)."""
+
+    def on_heard(self, envelope: Envelope, source: Address, *, answer: bool) -> None:
+        """A verified datagram arrived: a request from ``source``, or an answer to a request we sent there."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RpcStats:
+    """Datagram counters."""
+
+    datagrams_in: int
+    datagrams_out: int
+    pending: int
+    drops: dict[str, int]
+
+
+#: receives the verified answer to a request
+Deliver = Callable[[Envelope], None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    address: Address
+    expect_id: bytes | None
+    answer: type[Message]
+    method: str
+    deliver: Deliver
+    answered: bool = False
+
+
+class DhtRpc:
+    """Datagrams in and out for one DHT node (see the module docstring).
+
+    Args:
+        identity: our identity; its public key is the sender key of every datagram.
+        config: the ``[dht]`` section (timeouts, retries, skew, rate limit).
+        metrics: the node's instruments (``overlay_dht_*``).
+        handler: the DHT service.
+        wall_clock: wall-clock seconds, for datagram timestamps.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: DhtSection,
+        metrics: Metrics,
+        handler: DhtHandler,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self._identity = identity
+        self._pub = identity.public_key
+        self._own_id = node_id_of(self._pub)
+        self._config = config
+        self._metrics = metrics
+        self._handler = handler
+        self._wall = wall_clock
+        self.signer = Signer(identity)
+        self._limiter = SourceRateLimiter(config.max_datagrams_per_source)
+        self._pending: dict[bytes, _Pending] = {}
+        self._endpoint: UdpEndpoint | None = None
+        self._in = 0
+        self._out = 0
+        self._drops: dict[str, int] = {}
+        # the hot counters, resolved once (a labels() lookup costs more than the increment)
+        self._m_in = metrics.dht_datagrams.labels("in")
+        self._m_out = metrics.dht_datagrams.labels("out")
+        self._m_in_bytes = metrics.dht_bytes.labels("in")
+        self._m_out_bytes = metrics.dht_bytes.labels("out")
+        self._m_ok = {method: metrics.dht_requests.labels(method, "ok") for method in _METHOD.values()}
+
+    # -- counters --------------------------------------------------------------------------------------------
+
+    def _drop(self, reason: str) -> None:
+        self._drops[reason] = self._drops.get(reason, 0) + 1
+        self._metrics.dht_drops.labels(reason).inc()
+
+    def statistics(self) -> RpcStats:
+        """Datagrams in and out, requests outstanding, drops by reason."""
+        return RpcStats(
+            datagrams_in=self._in,
+            datagrams_out=self._out,
+            pending=len(self._pending),
+            drops=dict(self._drops),
+        )
+
+    # -- sending ---------------------------------------------------------------------------------------------
+
+    def encode(self, msg: Message) -> bytes:
+        """``msg`` as a signed datagram stamped with our wall clock."""
+        return encode(msg, sender_pub=self._pub, now=self._wall(), sign=self.signer.sign)
+
+    async def _send_bytes(self, data: bytes, address: Address) -> None:
+        if self._endpoint is None:
+            raise RuntimeError("the dht endpoint is not open")
+        await self._endpoint.send(data, address)
+        self._out += 1
+        self._m_out.inc()
+        self._m_out_bytes.inc(len(data))
+
+    async def start_request(
+        self, address: Address, msg: Message, *, expect_id: bytes | None, deliver: Deliver
+    ) -> bytes:
+        """Send a request once and return its datagram (for :meth:`resend`); do not wait for the answer.
+
+        The answer, once verified, goes to ``deliver`` (called once, from the receiving task). The caller owns the
+        timeout: it calls :meth:`resend` or :meth:`finish_request`, and must call :meth:`finish_request` in the
+        end whatever happened. :meth:`request` is the waiting form.
+
+        Args:
+            address: where to send it.
+            msg: a PING, FIND_NODE, FIND_VALUE or STORE with a fresh rpc id.
+            expect_id: the node id that must answer (None when bootstrapping from an address).
+            deliver: called with the answer envelope; its message is of the type the request expects.
+
+        Raises:
+            DialError: the kernel refused the send (the request is forgotten).
+        """
+        if msg.rpc_id in self._pending:
+            raise RuntimeError("rpc id already in use")
+        method = _METHOD[type(msg)]
+        data = self.encode(msg)
+        self._pending[msg.rpc_id] = _Pending(address, expect_id, _ANSWER[type(msg)], method, deliver)
+        try:
+            await self._send_bytes(data, address)
+        except BaseException as exc:  # a refused send, or a cancellation: the request never started
+            del self._pending[msg.rpc_id]
+            if isinstance(exc, DialError):
+                self._metrics.dht_requests.labels(method, "send_failed").inc()
+            raise
+        return data
+
+    async def resend(self, data: bytes, address: Address) -> None:
+        """Send a request's datagram again (same rpc id: an answer to either send completes it).
+
+        Raises:
+            DialError: the kernel refused the send.
+        """
+        await self._send_bytes(data, address)
+
+    def finish_request(self, rpc_id: bytes, *, timed_out: bool) -> None:
+        """Forget a request started with :meth:`start_request` (``timed_out``: it is given up as unanswered, and
+        counted so; otherwise it was answered or is simply no longer wanted)."""
+        pending = self._pending.pop(rpc_id, None)
+        if pending is not None and timed_out and not pending.answered:
+            self._metrics.dht_requests.labels(pending.method, "timeout").inc()
+
+    async def request(self, address: Address, msg: Message, *, expect_id: bytes | None) -> Envelope:
+        """Send a request and wait for its answer, sending it again after each ``request_timeout``.
+
+        Args:
+            address: where to send it.
+            msg: a PING, FIND_NODE, FIND_VALUE or STORE with a fresh rpc id.
+            expect_id: the node id that must answer (None when bootstrapping from an address).
+
+        Returns:
+            The verified answer envelope; its message is of the type the request expects.
+
+        Raises:
+            PeerTimeout: no answer after ``request_retries + 1`` sends.
+            DialError: the kernel refused the first send (nothing was sent).
+        """
+        cfg = self._config
+        done = trio.Event()
+        answers: list[Envelope] = []
+
+        def deliver(envelope: Envelope) -> None:
+            answers.append(envelope)
+            done.set()
+
+        data = await self.start_request(address, msg, expect_id=expect_id, deliver=deliver)
+        timed_out = False
+        try:
+            for attempt in range(cfg.request_retries + 1):
+                if attempt:
+                    try:
+                        await self.resend(data, address)
+                    except DialError:
+                        pass  # counts as one more unanswered send
+                with trio.move_on_after(cfg.request_timeout):
+                    await done.wait()
+                if answers:
+                    return answers[0]
+            timed_out = True
+        finally:
+            self.finish_request(msg.rpc_id, timed_out=timed_out)
+        method = _METHOD[type(msg)]
+        raise PeerTimeout(f"dht {method} to {format_address(address)}: no answer after {cfg.request_retries + 1} sends")
+
+    # -- receiving -------------------------------------------------------------------------------------------
+
+    async def serve(self, endpoint: UdpEndpoint) -> None:
+        """Read and handle datagrams from ``endpoint`` until cancelled."""
+        self._endpoint = endpoint
+        try:
+            while True:
+                data, source = await endpoint.receive()
+                await self._handle_datagram(data, source)
+        finally:
+            self._endpoint = None
+
+    async def _handle_datagram(self, data: bytes, source: Address) -> None:
+        self._in += 1
+        self._m_in.inc()
+        self._m_in_bytes.inc(len(data))
+        if not self._limiter.allow(source, trio.current_time()):
+            self._drop("rate_limited")
+            return
+        try:
+            envelope = decode(data, now=self._wall(), verify=self.signer.verify, max_skew=self._config.max_skew)
+        except DhtDropped as exc:
+            self._drop(exc.reason)
+            logger.debug("dht: dropped datagram from %s: %s", format_address(source), exc)
+            return
+        if envelope.sender_id == self._own_id:
+            self._drop("own_id")  # our own datagram reflected back at us
+            return
+        msg = envelope.message
+        if isinstance(msg, Pong | Nodes | Values | StoreAck):
+            self._resolve(envelope, msg)
+            return
+        self._handler.on_heard(envelope, source, answer=False)
+        reply = self._handler.handle_request(envelope, source)
+        if reply is None:
+            return
+        try:
+            data = self.encode(reply)
+        except LocalProtocolError:
+            # our bug (an answer that does not fit): this request goes unanswered, the node carries on
+            logger.exception("dht: cannot encode the answer to %s", type(msg).__name__)
+            self._drop("answer_too_large")
+            return
+        try:
+            await self._send_bytes(data, source)
+        except DialError as exc:
+            self._drop("send_failed")
+            logger.debug("dht: %s", exc)
+
+    def _resolve(self, envelope: Envelope, msg: Message) -> None:
+        pending = self._pending.get(msg.rpc_id)
+        if pending is None or pending.answered:
+            self._drop("unexpected")
+            return
+        if pending.expect_id is not None and envelope.sender_id != pending.expect_id:
+            self._drop("bad_node_id")
+            return
+        if type(msg) is not pending.answer:
+            self._drop("unexpected")
+            return
+        pending.answered = True
+        self._m_ok[pending.method].inc()
+        pending.deliver(envelope)
+        self._handler.on_heard(envelope, pending.address, answer=True)

@@ -1,0 +1,79 @@
+"""Saving the DHT's record changes to SQLite from one task, coalesced, so that datagram handling never waits for
+the database.
+
+Invariants:
+
+1. Changes are kept per ``(key, publisher)`` (held records) and per key (own records); a later change replaces an
+   earlier unsaved one, so a burst of STOREs for one record costs one row write.
+2. One batch is written at a time (a lock), in one transaction (``DhtRepository.apply``); :meth:`RecordSaver.flush`
+   returns once every change queued before it was called is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from overlay_node.store.dht import DhtRepository, DhtWrites, OwnRecord
+from overlay_node.wire.dht import Record
+
+__all__ = ["RecordSaver"]
+
+logger = logging.getLogger(__name__)
+
+
+class RecordSaver:
+    """Queues record changes for ``repository`` and writes them (``run`` in a task, or ``flush``)."""
+
+    def __init__(self, repository: DhtRepository) -> None:
+        self._repository = repository
+        self._save: dict[tuple[bytes, bytes], Record] = {}
+        self._delete: set[tuple[bytes, bytes]] = set()
+        self._own: dict[bytes, OwnRecord | None] = {}
+        self._dirty = trio.Event()
+        self._lock = trio.Lock()
+
+    def save(self, record: Record) -> None:
+        """Queue a held record (inserted, or replacing an older one of its publisher)."""
+        slot = (record.key, record.publisher)
+        self._delete.discard(slot)
+        self._save[slot] = record
+        self._dirty.set()
+
+    def delete(self, record: Record) -> None:
+        """Queue the removal of a held record (expired, or not valid any more)."""
+        slot = (record.key, record.publisher)
+        self._save.pop(slot, None)
+        self._delete.add(slot)
+        self._dirty.set()
+
+    def save_own(self, key: bytes, own: OwnRecord | None) -> None:
+        """Queue our own record under ``key`` (None: we no longer publish there)."""
+        self._own[key] = own
+        self._dirty.set()
+
+    async def run(self) -> None:
+        """Write changes as they come, until cancelled."""
+        while True:
+            await self._dirty.wait()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write every change queued so far; returns once it is committed.
+
+        Raises:
+            StoreError: the database failed (that batch is lost; the records stay in memory).
+        """
+        async with self._lock:
+            self._dirty = trio.Event()
+            writes = DhtWrites(
+                save=tuple(self._save.values()),
+                delete=tuple(self._delete),
+                save_own=tuple(o for o in self._own.values() if o is not None),
+                delete_own=tuple(key for key, o in self._own.items() if o is None),
+            )
+            self._save, self._delete, self._own = {}, set(), {}
+            if writes:
+                logger.debug("dht: saving %d records, deleting %d", len(writes.save), len(writes.delete))
+            await self._repository.apply(writes)

@@ -1,0 +1,637 @@
+"""The DHT datagram codec: every Kademlia RPC as a frozen dataclass, and its signed CBOR envelope.
+
+Invariants:
+
+1. A datagram is the canonical CBOR array ``[inner, sig]``; ``inner`` is the canonical CBOR array
+   ``[version, type, sender_pub, timestamp, rpc_id, body]`` and ``sig`` is the sender's signature over
+   ``SIGNING_DOMAIN + inner``. Only one byte string decodes to a given message (canonical form is checked on
+   decode), so a relayed datagram cannot be re-encoded into a different but still valid one.
+2. The sender's node id is ``SHA-256(sender_pub)``; it is derived, never carried, so a datagram cannot claim an id
+   that its key does not own. The same holds for every contact in ``NODES``/``VALUES``.
+3. No datagram is larger than :data:`MAX_DATAGRAM` bytes, on encode (``LocalProtocolError``) or decode
+   (``DhtDropped("oversized")``). A ``FIND_VALUE`` answer that would not fit is paged: the responder packs what
+   fits with :func:`pack_values` and returns a cursor; the asker repeats ``FIND_VALUE`` with that cursor.
+4. :func:`decode` raises nothing but :class:`DhtDropped` for any input bytes, whatever their content.
+5. Signing and verifying are injected callables, so this module has no crypto dependency; time is passed in.
+   A datagram replayed within ``max_skew`` still decodes: matching answers to our own rpc ids is the service's job.
+
+Theory of operation: the DHT service calls :func:`encode` with its key's ``sign`` for each outgoing message and
+:func:`decode` with a ``verify`` for each incoming datagram, counts ``DhtDropped.reason`` in metrics and moves on.
+Paging of ``FIND_VALUE``: a request with ``cursor=None`` asks for closer contacts plus the first records (ordered
+by publisher); ``Values.next_cursor`` is ``None`` when nothing is left, else the asker sends ``FIND_VALUE`` with
+that cursor (records whose publisher sorts after it; ``b""`` means from the first record) and gets records only.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import ipaddress
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import cbor2
+
+from overlay_node.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "MAX_CONTACTS",
+    "MAX_DATAGRAM",
+    "MAX_SIGNATURE",
+    "MAX_VALUE",
+    "NODE_ID_LEN",
+    "PUBKEY_LEN",
+    "RPC_ID_LEN",
+    "SIGNING_DOMAIN",
+    "Contact",
+    "DhtDropped",
+    "DropReason",
+    "Envelope",
+    "FindNode",
+    "FindValue",
+    "Message",
+    "MessageType",
+    "Nodes",
+    "Ping",
+    "Pong",
+    "Record",
+    "Store",
+    "StoreAck",
+    "Values",
+    "decode",
+    "encode",
+    "new_rpc_id",
+    "node_id_of",
+    "pack_values",
+]
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION: Final = 1
+#: Largest datagram we send or accept. "About 1,200 bytes" in DESIGN.md; it has to carry one record with a
+#: 1 KiB value plus the envelope (about 1,330 bytes), and stays below the 1,452 bytes of a 1,500-byte MTU.
+MAX_DATAGRAM: Final = 1400
+#: Largest signature accepted (a DER ECDSA signature is at most 72 bytes).
+MAX_SIGNATURE: Final = 80
+#: Largest record value the wire carries; a store may set a lower limit, never a higher one.
+MAX_VALUE: Final = 1024
+RPC_ID_LEN: Final = 8
+NODE_ID_LEN: Final = 32
+PUBKEY_LEN: Final = 33
+#: Most contacts in one NODES/VALUES answer (Kademlia's k).
+MAX_CONTACTS: Final = 20
+#: A paging cursor is a publisher key.
+MAX_CURSOR: Final = PUBKEY_LEN
+MAX_SEQ: Final = 2**63 - 1
+MAX_REASON: Final = 32
+SIGNING_DOMAIN: Final = b"overlay-node/dht/v1\n"
+
+DropReason = Literal["oversized", "malformed", "version", "stale", "bad_signature", "bad_node_id"]
+
+
+class DhtDropped(RemoteProtocolError):
+    """An incoming datagram was dropped; ``reason`` is one of :data:`DropReason` (a metrics label)."""
+
+    def __init__(self, reason: DropReason, detail: str = "") -> None:
+        super().__init__(f"dht datagram dropped: {reason}" + (f" ({detail})" if detail else ""), reason=reason)
+
+
+def node_id_of(pubkey: bytes) -> bytes:
+    """The 32-byte node id of a 33-byte compressed public key: SHA-256 of the key."""
+    return hashlib.sha256(pubkey).digest()
+
+
+def new_rpc_id() -> bytes:
+    """A fresh random rpc id."""
+    return os.urandom(RPC_ID_LEN)
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise LocalProtocolError(f"invalid dht message: {what}", reason="malformed")
+
+
+def _is_bytes(value: object, size: int | None = None, *, max_size: int | None = None) -> bool:
+    if type(value) is not bytes:
+        return False
+    if size is not None and len(value) != size:
+        return False
+    return max_size is None or len(value) <= max_size
+
+
+def _check_pubkey(pubkey: object, what: str) -> None:
+    ok = isinstance(pubkey, bytes) and _is_bytes(pubkey, PUBKEY_LEN) and pubkey[0] in (2, 3)
+    _need(ok, f"{what} must be a 33-byte compressed key")
+
+
+def _check_int(value: object, lo: int, hi: int, what: str) -> None:
+    ok = isinstance(value, int) and type(value) is int and lo <= value <= hi
+    _need(ok, f"{what} must be an int in [{lo}, {hi}]")
+
+
+# Contacts repeat in every NODES/VALUES answer: their IP conversions are memoised (parsing an address costs more
+# than the rest of a contact's checks). Invalid input raises ValueError, which lru_cache does not store.
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_host(host: str) -> str:
+    return str(ipaddress.ip_address(host))
+
+
+@functools.lru_cache(maxsize=4096)
+def _packed_host(host: str) -> bytes:
+    return ipaddress.ip_address(host).packed
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_of_packed(packed: bytes) -> str:
+    return str(ipaddress.ip_address(packed))
+
+
+# -- data carried by messages ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Contact:
+    """A DHT node as others can reach it: its key, and the UDP endpoint (an IP literal, not a host name)."""
+
+    pubkey: bytes
+    host: str
+    port: int
+    node_id: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_pubkey(self.pubkey, "contact pubkey")
+        _need(type(self.host) is str, "contact host must be a str")
+        try:
+            # one spelling per address, so that contacts compare equal after a round trip
+            object.__setattr__(self, "host", _canonical_host(self.host))
+        except ValueError:
+            _need(False, f"contact host {self.host!r} is not an IP address")
+        _check_int(self.port, 1, 65535, "contact port")
+        object.__setattr__(self, "node_id", node_id_of(self.pubkey))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Record:
+    """A signed DHT record; see ``protocol/dht_records.py`` for signing and the storage rules.
+
+    An empty ``value`` is a tombstone: it revokes the publisher's earlier records under ``key``.
+    ``expires`` is in whole wall-clock seconds since the epoch.
+    """
+
+    key: bytes
+    value: bytes
+    publisher: bytes
+    seq: int
+    expires: int
+    sig: bytes
+
+    def __post_init__(self) -> None:
+        _need(_is_bytes(self.key, NODE_ID_LEN), "record key must be 32 bytes")
+        _need(_is_bytes(self.value, max_size=MAX_VALUE), f"record value must be bytes of at most {MAX_VALUE}")
+        _check_pubkey(self.publisher, "record publisher")
+        _check_int(self.seq, 0, MAX_SEQ, "record seq")
+        _check_int(self.expires, 0, MAX_SEQ, "record expires")
+        _need(_is_bytes(self.sig, max_size=MAX_SIGNATURE) and len(self.sig) > 0, "record sig")
+
+    @property
+    def is_tombstone(self) -> bool:
+        """True if this record revokes earlier ones of its publisher."""
+        return not self.value
+
+
+# -- messages ----------------------------------------------------------------------------------------------------
+
+
+class MessageType(enum.IntEnum):
+    """The type code of each message on the wire."""
+
+    PING = 1
+    PONG = 2
+    FIND_NODE = 3
+    NODES = 4
+    FIND_VALUE = 5
+    VALUES = 6
+    STORE = 7
+    STORE_ACK = 8
+
+
+def _check_rpc(rpc_id: object) -> None:
+    _need(_is_bytes(rpc_id, RPC_ID_LEN), f"rpc_id must be {RPC_ID_LEN} bytes")
+
+
+def _check_contacts(contacts: object) -> None:
+    ok = isinstance(contacts, tuple) and len(contacts) <= MAX_CONTACTS and all(type(c) is Contact for c in contacts)
+    _need(ok, f"contacts must be a tuple of at most {MAX_CONTACTS} Contact")
+
+
+def _check_cursor(cursor: object, what: str) -> None:
+    _need(cursor is None or _is_bytes(cursor, max_size=MAX_CURSOR), f"{what} must be None or short bytes")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping:
+    """Are you alive? Answered by :class:`Pong`."""
+
+    rpc_id: bytes
+
+    def __post_init__(self) -> None:
+        _check_rpc(self.rpc_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pong:
+    """Answer to :class:`Ping`."""
+
+    rpc_id: bytes
+
+    def __post_init__(self) -> None:
+        _check_rpc(self.rpc_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FindNode:
+    """Ask for the contacts closest to ``target``; answered by :class:`Nodes`."""
+
+    rpc_id: bytes
+    target: bytes
+
+    def __post_init__(self) -> None:
+        _check_rpc(self.rpc_id)
+        _need(_is_bytes(self.target, NODE_ID_LEN), "target must be 32 bytes")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Nodes:
+    """Answer to :class:`FindNode`: up to k contacts."""
+
+    rpc_id: bytes
+    contacts: tuple[Contact, ...]
+
+    def __post_init__(self) -> None:
+        _check_rpc(self.rpc_id)
+        _check_contacts(self.contacts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FindValue:
+    """Ask for the records under ``key``; ``cursor=None`` also asks for closer contacts (the first page)."""
+
+    rpc_id: bytes
+    key: bytes
+    cursor: bytes | None = None
+
+    def __post_init__(self) -> None:
+        _check_rpc(self.rpc_id)
+        _need(_is_bytes(self.key, NODE_ID_LEN), "key must be 32 bytes")
+        _check_cursor(self.cursor, "cursor")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Values:
+    """Answer to :class:`FindValue`: one page of records (all under ``key``), closer contacts on the first page."""
+
+    rpc_id: bytes
+    key: bytes
+    records: tuple[Record, ...]
+    next_cursor: bytes | None
+    contacts: tuple[Contact, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_rpc(self.rpc_id)
+        _need(_is_bytes(self.key, NODE_ID_LEN), "key must be 32 bytes")
+        _need(type(self.records) is tuple, "records must be a tuple")
+        _need(all(type(r) is Record and r.key == self.key for r in self.records), "records must be under key")
+        _check_cursor(self.next_cursor, "next_cursor")
+        _check_contacts(self.contacts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Store:
+    """Store one record; answered by :class:`StoreAck`."""
+
+    rpc_id: bytes
+    record: Record
+
+    def __post_init__(self) -> None:
+        _check_rpc(self.rpc_id)
+        _need(type(self.record) is Record, "record must be a Record")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreAck:
+    """Answer to :class:`Store`: whether it was kept and, if not, a short reason (a store refusal code)."""
+
+    rpc_id: bytes
+    stored: bool
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _check_rpc(self.rpc_id)
+        _need(type(self.stored) is bool, "stored must be a bool")
+        _need(type(self.reason) is str and len(self.reason) <= MAX_REASON, "reason must be a short str")
+
+
+Message = Ping | Pong | FindNode | Nodes | FindValue | Values | Store | StoreAck
+
+_TYPE_OF: Final[dict[type[Message], MessageType]] = {
+    Ping: MessageType.PING,
+    Pong: MessageType.PONG,
+    FindNode: MessageType.FIND_NODE,
+    Nodes: MessageType.NODES,
+    FindValue: MessageType.FIND_VALUE,
+    Values: MessageType.VALUES,
+    Store: MessageType.STORE,
+    StoreAck: MessageType.STORE_ACK,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    """A decoded, verified datagram: who sent it, when (their wall clock), and the message."""
+
+    sender_pub: bytes
+    timestamp: float
+    message: Message
+    sender_id: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_pubkey(self.sender_pub, "sender pubkey")
+        object.__setattr__(self, "sender_id", node_id_of(self.sender_pub))
+
+
+# -- body encoding -----------------------------------------------------------------------------------------------
+
+_Raw = list[object]
+
+
+def _contact_raw(c: Contact) -> _Raw:
+    return [c.pubkey, _packed_host(c.host), c.port]
+
+
+def _record_raw(r: Record, *, with_key: bool) -> _Raw:
+    fields: _Raw = [r.value, r.publisher, r.seq, r.expires, r.sig]
+    return [r.key, *fields] if with_key else fields
+
+
+def _body(msg: Message) -> _Raw:
+    match msg:
+        case Ping() | Pong():
+            return []
+        case FindNode(target=target):
+            return [target]
+        case Nodes(contacts=contacts):
+            return [[_contact_raw(c) for c in contacts]]
+        case FindValue(key=key, cursor=cursor):
+            return [key, cursor]
+        case Values(key=key, records=records, next_cursor=cursor, contacts=contacts):
+            return [
+                key,
+                [_record_raw(r, with_key=False) for r in records],
+                cursor,
+                [_contact_raw(c) for c in contacts],
+            ]
+        case Store(record=record):
+            return [_record_raw(record, with_key=True)]
+        case StoreAck(stored=stored, reason=reason):
+            return [stored, reason]
+
+
+def _inner(msg: Message, sender_pub: bytes, now: float) -> bytes:
+    raw = [PROTOCOL_VERSION, int(_TYPE_OF[type(msg)]), sender_pub, float(now), msg.rpc_id, _body(msg)]
+    return cbor2.dumps(raw, canonical=True)
+
+
+def encode(msg: Message, *, sender_pub: bytes, now: float, sign: Callable[[bytes], bytes]) -> bytes:
+    """Encode and sign one message as a datagram.
+
+    Args:
+        msg: the message.
+        sender_pub: our 33-byte compressed public key.
+        now: wall-clock seconds (``clock.wall_time()``), checked by the receiver against its clock.
+        sign: signs ``SIGNING_DOMAIN + inner`` with the key of ``sender_pub``.
+
+    Returns:
+        The datagram bytes.
+
+    Raises:
+        LocalProtocolError: the datagram would be larger than :data:`MAX_DATAGRAM` (page with
+            :func:`pack_values`), the signature is too long, or ``sender_pub``/``now`` are invalid.
+    """
+    _check_pubkey(sender_pub, "sender_pub")
+    _need(math.isfinite(now), "now must be finite")
+    inner = _inner(msg, sender_pub, now)
+    sig = sign(SIGNING_DOMAIN + inner)
+    _need(_is_bytes(sig, max_size=MAX_SIGNATURE) and len(sig) > 0, "signature must be 1..80 bytes")
+    data = cbor2.dumps([inner, sig], canonical=True)
+    if len(data) > MAX_DATAGRAM:
+        raise LocalProtocolError(
+            f"dht datagram of {len(data)} bytes exceeds {MAX_DATAGRAM} ({type(msg).__name__})", reason="oversized"
+        )
+    return data
+
+
+# -- decoding ----------------------------------------------------------------------------------------------------
+
+
+def _loads_canonical(data: bytes) -> object:
+    """Decode CBOR that must be in canonical form with no trailing bytes; raise DhtDropped otherwise."""
+    try:
+        obj = cbor2.loads(data, max_depth=6, allow_indefinite=False, allow_duplicate_keys=False)
+        again = cbor2.dumps(obj, canonical=True)
+    except Exception as exc:  # any parser failure on foreign bytes is a malformed datagram
+        raise DhtDropped("malformed", f"cbor: {type(exc).__name__}") from None
+    if again != data:
+        raise DhtDropped("malformed", "not canonical cbor")
+    return obj
+
+
+def _list(raw: object, size: int | None = None) -> list[object]:
+    if type(raw) is not list or (size is not None and len(raw) != size):
+        raise DhtDropped("malformed", "wrong shape")
+    return raw
+
+
+# Decoded values go to the dataclasses as they are: their __post_init__ checks every type and size (hence the
+# arg-type ignores) and raises LocalProtocolError, which decode() turns into DhtDropped("malformed").
+
+
+def _contact_from(raw: object) -> Contact:
+    pubkey, packed, port = _list(raw, 3)
+    if type(packed) is not bytes or len(packed) not in (4, 16):
+        raise DhtDropped("malformed", "contact address")
+    host = _host_of_packed(packed)
+    return Contact(pubkey=pubkey, host=host, port=port)  # type: ignore[arg-type]
+
+
+def _record_from(raw: object, key: bytes | None) -> Record:
+    fields = _list(raw, 5 if key is not None else 6)
+    if key is None:
+        key_obj, *fields = fields
+    else:
+        key_obj = key
+    value, publisher, seq, expires, sig = fields
+    return Record(key=key_obj, value=value, publisher=publisher, seq=seq, expires=expires, sig=sig)  # type: ignore[arg-type]
+
+
+def _message_from(mtype: MessageType, rpc_id: bytes, body: list[object]) -> Message:
+    match mtype:
+        case MessageType.PING:
+            _list(body, 0)
+            return Ping(rpc_id=rpc_id)
+        case MessageType.PONG:
+            _list(body, 0)
+            return Pong(rpc_id=rpc_id)
+        case MessageType.FIND_NODE:
+            (target,) = _list(body, 1)
+            return FindNode(rpc_id=rpc_id, target=target)  # type: ignore[arg-type]
+        case MessageType.NODES:
+            (contacts,) = _list(body, 1)
+            return Nodes(rpc_id=rpc_id, contacts=tuple(_contact_from(c) for c in _list(contacts)))
+        case MessageType.FIND_VALUE:
+            key, cursor = _list(body, 2)
+            return FindValue(rpc_id=rpc_id, key=key, cursor=cursor)  # type: ignore[arg-type]
+        case MessageType.VALUES:
+            key, records, cursor, contacts = _list(body, 4)
+            if type(key) is not bytes:
+                raise DhtDropped("malformed", "values key")
+            return Values(
+                rpc_id=rpc_id,
+                key=key,
+                records=tuple(_record_from(r, key) for r in _list(records)),
+                next_cursor=cursor,  # type: ignore[arg-type]
+                contacts=tuple(_contact_from(c) for c in _list(contacts)),
+            )
+        case MessageType.STORE:
+            (record,) = _list(body, 1)
+            return Store(rpc_id=rpc_id, record=_record_from(record, None))
+        case MessageType.STORE_ACK:
+            stored, reason = _list(body, 2)
+            return StoreAck(rpc_id=rpc_id, stored=stored, reason=reason)  # type: ignore[arg-type]
+
+
+def decode(
+    data: bytes,
+    *,
+    now: float,
+    verify: Callable[[bytes, bytes, bytes], bool],
+    max_skew: float,
+    expect_node_id: bytes | None = None,
+) -> Envelope:
+    """Parse, check and verify one datagram.
+
+    Checks run cheapest first: size, CBOR shape and canonical form, message fields, timestamp, expected sender,
+    signature.
+
+    Args:
+        data: the datagram as received.
+        now: our wall-clock seconds.
+        verify: ``verify(pubkey, message, signature) -> bool``; must return False (not raise) for bad input.
+        max_skew: largest accepted difference, in seconds, between the sender's timestamp and ``now``.
+        expect_node_id: if given (an answer to a request we sent), the sender must have this node id.
+
+    Returns:
+        The verified envelope.
+
+    Raises:
+        DhtDropped: the datagram is oversized, malformed, of another version, stale or from the future, not from
+            ``expect_node_id`` (``bad_node_id``), or its signature does not verify.
+    """
+    if type(data) is not bytes:
+        raise DhtDropped("malformed", "not bytes")
+    if len(data) > MAX_DATAGRAM:
+        raise DhtDropped("oversized", f"{len(data)} bytes")
+    outer = _list(_loads_canonical(data), 2)
+    inner, sig = outer
+    if not _is_bytes(inner) or not _is_bytes(sig, max_size=MAX_SIGNATURE) or not sig:
+        raise DhtDropped("malformed", "envelope fields")
+    assert isinstance(inner, bytes) and isinstance(sig, bytes)  # narrowed for mypy by the check above
+    fields = _list(_loads_canonical(inner), 6)
+    version, mtype, sender_pub, timestamp, rpc_id, body = fields
+    if version != PROTOCOL_VERSION or type(version) is not int:
+        raise DhtDropped("version", f"version {version!r}")
+    if type(mtype) is not int or not MessageType.PING <= mtype <= MessageType.STORE_ACK:
+        raise DhtDropped("malformed", "unknown message type")
+    if type(timestamp) is not float or not math.isfinite(timestamp):
+        raise DhtDropped("malformed", "timestamp")
+    try:
+        message = _message_from(MessageType(mtype), rpc_id, _list(body))  # type: ignore[arg-type]
+        envelope = Envelope(sender_pub=sender_pub, timestamp=timestamp, message=message)  # type: ignore[arg-type]
+    except LocalProtocolError as exc:
+        raise DhtDropped("malformed", str(exc)) from None
+    except ValueError:  # unpacking a list of the wrong length
+        raise DhtDropped("malformed", "wrong shape") from None
+    if abs(timestamp - now) > max_skew:
+        raise DhtDropped("stale", f"timestamp off by {timestamp - now:.1f}s")
+    if expect_node_id is not None and envelope.sender_id != expect_node_id:
+        raise DhtDropped("bad_node_id", "answer from another node than the one asked")
+    try:
+        ok = verify(envelope.sender_pub, SIGNING_DOMAIN + inner, sig)
+    except ValueError:  # a verifier that rejects a malformed key by raising
+        ok = False
+    if not ok:
+        raise DhtDropped("bad_signature")
+    return envelope
+
+
+# -- paging ------------------------------------------------------------------------------------------------------
+
+_DUMMY_PUB: Final = b"\x02" + b"\x00" * 32
+_MAX_CURSOR_BYTES: Final = b"\x00" * MAX_CURSOR
+
+
+def _worst_case_size(msg: Message) -> int:
+    """Encoded datagram size of ``msg`` with the longest accepted signature."""
+    inner = _inner(msg, _DUMMY_PUB, 1.0e9 + 0.5)
+    return len(cbor2.dumps([inner, b"\x00" * MAX_SIGNATURE], canonical=True))
+
+
+def pack_values(
+    *,
+    rpc_id: bytes,
+    key: bytes,
+    records: Iterable[Record],
+    contacts: Iterable[Contact] = (),
+    first_page: bool,
+) -> Values:
+    """Build the largest :class:`Values` page that fits in one datagram.
+
+    Args:
+        rpc_id: the rpc id of the :class:`FindValue` being answered.
+        key: the record key asked for.
+        records: the records to send, ordered by publisher and starting after the request's cursor.
+        contacts: closer contacts; sent only on the first page (request cursor ``None``).
+        first_page: whether the request had ``cursor=None``.
+
+    Returns:
+        A page with as many records as fit and ``next_cursor`` set when some did not (``b""`` if none fit on a
+        first page, so the next request starts from the first record).
+
+    Raises:
+        LocalProtocolError: a single record does not fit even on its own (cannot happen for valid records).
+    """
+    page_contacts = tuple(contacts)[:MAX_CONTACTS] if first_page else ()
+    taken: list[Record] = []
+    more = False
+    for record in records:
+        # sized with the longest cursor: the page sent may carry one (a publisher key) if more records follow
+        trial = Values(
+            rpc_id=rpc_id, key=key, records=(*taken, record), next_cursor=_MAX_CURSOR_BYTES, contacts=page_contacts
+        )
+        if _worst_case_size(trial) <= MAX_DATAGRAM:
+            taken.append(record)
+            continue
+        if not taken and not page_contacts:
+            raise LocalProtocolError("a single dht record does not fit in a datagram", reason="oversized")
+        more = True
+        break
+    cursor: bytes | None = None
+    if more:
+        cursor = taken[-1].publisher if taken else b""
+    return Values(rpc_id=rpc_id, key=key, records=tuple(taken), next_cursor=cursor, contacts=page_contacts)

@@ -1,0 +1,202 @@
+"""DhtService behaviour beyond put/get: bootstrap, timeouts and retries, restarts, re-replication, republishing."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+
+import pytest
+import trio
+
+from overlay_node.crypto.keys import Identity
+from overlay_node.errors import BadRequest, PeerTimeout
+from overlay_node.protocol.dht_records import PutResult, make_record
+from overlay_node.services.dht import dht_key
+from overlay_node.services.dht_rpc import Signer
+from overlay_node.wire.dht import node_id_of
+from tests.integration.dht_fixtures import DhtNet, dht_net, settle
+
+__all__ = ["dht_net"]
+
+LIMIT = 15  # seconds per test
+
+
+async def test_bootstrap_from_config_joins_both_ways(dht_net: DhtNet) -> None:
+    with trio.fail_after(LIMIT):
+        seed = await dht_net.start("seed")
+        port = seed.address.rsplit(":", 1)[1]
+        # a host name is resolved; unusable entries are skipped with a warning
+        joiner = await dht_net.start("joiner", bootstrap=("nonsense", "127.0.0.1:99999", f"localhost:{port}"))
+        await joiner.service.wait_bootstrapped()
+        await settle()  # the seed confirms the joiner's address with a ping before it takes the joiner in
+        assert [c.node_id for c in joiner.service.contacts()] == [seed.service.node_id]
+        assert [c.node_id for c in seed.service.contacts()] == [joiner.service.node_id]
+        assert seed.service.contacts()[0].port == int(joiner.address.rsplit(":", 1)[1])
+
+
+async def test_requests_time_out_after_their_retries(dht_net: DhtNet) -> None:
+    with trio.fail_after(LIMIT):
+        node = await dht_net.start("node", request_timeout=0.2, request_retries=2)
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
+        silent.setblocking(False)
+        try:
+            started = trio.current_time()
+            assert await node.service.bootstrap([f"127.0.0.1:{silent.getsockname()[1]}"]) == 0
+            assert trio.current_time() - started >= 3 * 0.2 * 0.9
+            received = []
+            while True:
+                try:
+                    received.append(silent.recv(4096))
+                except BlockingIOError:
+                    break
+            # the same signed PING, sent once and then twice more
+            assert len(received) == 3 and len(set(received)) == 1
+        finally:
+            silent.close()
+        timeouts = node.metrics.registry.get_sample_value(
+            "overlay_dht_requests_total", {"method": "ping", "outcome": "timeout"}
+        )
+        assert timeouts == 1
+
+
+async def test_bad_arguments_are_refused(dht_net: DhtNet) -> None:
+    with trio.fail_after(LIMIT):
+        node = await dht_net.start("node", max_value=100)
+        key = dht_key("tag", "x")
+        with pytest.raises(BadRequest, match="32 bytes"):
+            await node.service.put(b"short", b"v", ttl=60)
+        with pytest.raises(BadRequest, match=r"1\.\.100 bytes"):
+            await node.service.put(key, b"x" * 101, ttl=60)
+        with pytest.raises(BadRequest, match=r"1\.\.100 bytes"):
+            await node.service.put(key, b"", ttl=60)
+        with pytest.raises(BadRequest, match="ttl"):
+            await node.service.put(key, b"v", ttl=10**9)
+        with pytest.raises(BadRequest, match="32 bytes"):
+            await node.service.get(b"")
+
+
+async def test_records_survive_a_restart(dht_net: DhtNet) -> None:
+    with trio.fail_after(LIMIT):
+        a, b, c = await dht_net.form(3)
+        own_key, held_key = dht_key("ship", "tm_own"), dht_key("ship", "tm_held")
+        put = await a.service.put(own_key, b"mine", ttl=600)
+        await b.service.put(held_key, b"theirs", ttl=600)
+        await dht_net.stop(a)  # the stop writes whatever was not saved yet
+
+        again = await dht_net.start("n0", identity=a.identity)
+        assert [r.value for r in again.service.local_records(own_key)] == [b"mine"]
+        assert [(r.value, r.publisher) for r in again.service.local_records(held_key)] == [
+            (b"theirs", b.identity.public_key)
+        ]
+        stats = again.service.statistics()
+        assert (stats.records, stats.own_records) == (2, 1)
+        # back in the network (on a new port), it still answers for the records it holds and its own
+        await again.service.bootstrap([b.address])
+        assert [r.value for r in await c.service.get(own_key)] == [b"mine"]
+        # its next seq is above the one used before the restart
+        removed = await again.service.remove(own_key)
+        assert removed.seq > put.seq
+        assert await c.service.get(own_key) == []
+
+
+async def test_records_are_re_replicated_to_a_closer_node_that_joins(dht_net: DhtNet) -> None:
+    with trio.fail_after(LIMIT):
+        peers = await dht_net.form(6, k=3)
+        newcomer = Identity.generate()
+        key = node_id_of(newcomer.public_key)  # the newcomer will be the closest node to this key
+        outcome = await peers[0].service.put(key, b"replicate me", ttl=600)
+        assert outcome.stored == 3
+        joined = await dht_net.start("newcomer", identity=newcomer, k=3)
+        assert joined.service.local_records(key) == []
+        await joined.service.bootstrap([peers[0].address])
+        record = await joined.wait_seen(lambda r: r.key == key)  # pushed by a holder that saw it join
+        assert record.value == b"replicate me"
+        assert [r.value for r in joined.service.local_records(key)] == [b"replicate me"]
+
+
+async def test_own_records_are_renewed_before_they_expire(dht_net: DhtNet) -> None:
+    with trio.fail_after(LIMIT):
+        peers = await dht_net.form(4)
+        publisher, others = peers[0], peers[1:]
+        key = dht_key("slap", "ls_renewed")
+        first = await publisher.service.put(key, b"renew me", ttl=100)
+        await publisher.service.run_maintenance()  # nothing is due yet
+        assert all(p.service.local_records(key)[0].seq == first.seq for p in others)
+        # with less than a quarter of its lifetime left, maintenance re-signs it with a later expiry and pushes it
+        dht_net.clock.advance(80)
+        await publisher.service.run_maintenance()
+        for peer in others:
+            (held,) = peer.service.local_records(key)
+            assert held.seq == first.seq + 1 and held.expires >= first.expires + 79
+        # past the first expiry, the renewed record is what everyone finds
+        dht_net.clock.advance(40)
+        for peer in others:
+            await peer.service.run_maintenance()
+            assert [r.value for r in await peer.service.get(key)] == [b"renew me"]
+
+
+async def test_unchanged_records_are_pushed_again_to_a_node_that_lost_them(dht_net: DhtNet) -> None:
+    with trio.fail_after(LIMIT):
+        peers = await dht_net.form(4, republish_interval=30.0)
+        publisher, holder = peers[0], peers[2]
+        key = dht_key("tag", "republished")
+        first = await publisher.service.put(key, b"again", ttl=3600)
+        # the holder restarts with an empty database (same identity, new port)
+        await dht_net.stop(holder)
+        fresh = await dht_net.start("fresh", identity=holder.identity, republish_interval=30.0)
+        await fresh.service.bootstrap([peers[1].address])
+        await publisher.service.bootstrap([fresh.address])  # the publisher learns the holder's new address
+        assert fresh.service.local_records(key) == []
+        dht_net.clock.advance(31)
+        await publisher.service.run_maintenance()
+        (held,) = fresh.service.local_records(key)
+        assert (held.value, held.seq) == (b"again", first.seq)  # pushed unchanged, not renewed
+
+
+async def test_many_publishers_are_returned_across_pages(dht_net: DhtNet) -> None:
+    with trio.fail_after(LIMIT):
+        peers = await dht_net.form(5)
+        key = dht_key("ship", "tm_crowded")
+        # 12 records of about 1 KiB: each VALUES datagram carries one, so every node answers in many pages
+        values = sorted(b"%02d" % i + bytes([i]) * 1000 for i in range(12))
+        publishers = [*peers, *[await dht_net.start(f"publisher{i}") for i in range(7)]]
+        for publisher in publishers[5:]:
+            await publisher.service.bootstrap([peers[0].address])
+        for publisher, value in zip(publishers, values, strict=True):
+            await publisher.service.put(key, value, ttl=600)
+        for peer in peers:
+            for _ in range(2):  # the second time, pages come from the layout cache
+                assert sorted(r.value for r in await peer.service.get(key)) == values
+
+
+async def test_ping_own_records_and_ingest_for_the_adverts_service(dht_net: DhtNet) -> None:
+    with trio.fail_after(LIMIT):
+        a, b = await dht_net.form(2, request_timeout=0.1, request_retries=0)
+        assert await a.service.ping(b.address, expect_key=b.identity.public_key) >= 0
+        with pytest.raises(PeerTimeout):  # the answer comes from another node than the one expected
+            await a.service.ping(b.address, expect_key=Identity.generate().public_key)
+        assert a.drops("bad_node_id") == 1
+        key = dht_key("ship", "tm_pushed")
+        await a.service.put(key, b"mine", ttl=600)
+        await a.service.remove(dht_key("ship", "tm_gone"))
+        assert sorted((r.key, r.is_tombstone) for r in a.service.own_records()) == sorted(
+            [(key, False), (dht_key("ship", "tm_gone"), True)]
+        )
+        # a record pushed over a peer link is taken like a STORE: held, saved, announced
+        publisher = Identity.generate()
+        record = make_record(
+            key=key,
+            value=b"pushed",
+            publisher=publisher.public_key,
+            seq=1,
+            expires=int(dht_net.clock() + 600),
+            sign=Signer(publisher).sign,
+        )
+        assert b.service.ingest(record) is PutResult.STORED
+        assert b.service.ingest(record) is PutResult.STALE
+        assert b.seen[-1] == record
+        forged = dataclasses.replace(record, seq=2)
+        assert b.service.ingest(forged) is PutResult.BAD_SIGNATURE
+        assert b.refusals("bad_signature") == 1
+        assert sorted(r.value for r in await b.service.get(key)) == [b"mine", b"pushed"]
