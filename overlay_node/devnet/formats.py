@@ -1,0 +1,362 @@
+"""The transaction formats ARC takes, parsed with hard bounds: raw (BRC-12), Extended Format (BRC-30), BEEF
+V1/V2 (BRC-62/96) and Atomic BEEF (BRC-95); plus a BEEF V1 writer. Pure functions, no I/O.
+
+The framing (lengths, counts, markers) is read here with explicit bounds so that any byte string gives either
+a parsed value or a :class:`~overlay_node.devnet.refusals.Refusal`, never a crash; the transactions and merkle
+paths themselves are then built with bsv-sdk (``Transaction.from_hex``, ``MerklePath.from_binary``), whose own
+exceptions are mapped once, here. The py-sdk BEEF readers are not used: ``parse_beef`` drops V1 ancestors and
+``Transaction.from_beef`` reads V1 only (BRC.md section 2).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bsv.merkle_path import MerklePath
+from bsv.transaction import Transaction
+
+from overlay_node.devnet.chain import txid_of
+from overlay_node.devnet.refusals import ArcCode, Refusal
+
+EF_MARKER = b"\x00\x00\x00\x00\x00\xef"
+BEEF_V1 = bytes.fromhex("0100beef")
+BEEF_V2 = bytes.fromhex("0200beef")
+ATOMIC_BEEF = b"\x01\x01\x01\x01"
+
+#: what bsv-sdk raises on bytes it cannot make sense of
+_SDK_ERRORS = (ValueError, IndexError, KeyError, TypeError, OverflowError, StopIteration, AttributeError)
+
+Format = Literal["raw", "ef", "beef"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceOutput:
+    """The output an input spends: its value and locking script."""
+
+    satoshis: int
+    locking_script: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParsedTx:
+    """One transaction of a submission.
+
+    ``raw`` is the plain serialization (what the txid hashes), even when the transaction came in Extended
+    Format; ``ef_sources`` then holds the source outputs the submitter claimed. ``bump`` is the merkle path a
+    BEEF gave it, and ``bump_root`` the merkle root that path computes for this txid.
+    """
+
+    txid: str
+    raw: bytes
+    tx: Any  # bsv.transaction.Transaction (untyped library)
+    ef_sources: tuple[SourceOutput, ...] | None = None
+    bump: Any = None  # bsv.merkle_path.MerklePath
+    bump_root: str | None = None
+
+    @property
+    def block_height(self) -> int | None:
+        return None if self.bump is None else int(self.bump.block_height)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Submission:
+    """One item of a request body: a transaction, or a BEEF of a subject transaction with its ancestors.
+
+    ``txs`` are in dependency order (parents first), the subject last. ``txid_only`` are the BEEF V2 entries
+    that name a transaction without carrying it.
+    """
+
+    format: Format
+    txs: tuple[ParsedTx, ...]
+    txid_only: frozenset[str] = frozenset()
+
+    @property
+    def subject(self) -> ParsedTx:
+        return self.txs[-1]
+
+
+class _Cursor:
+    """A bounded reader: every read past the end is a MALFORMED refusal."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def peek(self, n: int) -> bytes:
+        return self.data[self.pos : self.pos + n]
+
+    def take(self, n: int) -> bytes:
+        if n > self.remaining:
+            raise Refusal(ArcCode.MALFORMED, f"truncated data: {n} bytes needed at offset {self.pos}")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u32(self) -> int:
+        return int(struct.unpack("<I", self.take(4))[0])
+
+    def u64(self) -> int:
+        return int(struct.unpack("<Q", self.take(8))[0])
+
+    def varint(self) -> int:
+        first = self.u8()
+        if first < 0xFD:
+            return first
+        size = {0xFD: 2, 0xFE: 4, 0xFF: 8}[first]
+        return int.from_bytes(self.take(size), "little")
+
+    def count(self, what: str, min_size: int) -> int:
+        """A varint item count, refused when that many items of ``min_size`` bytes cannot fit."""
+        n = self.varint()
+        if n * min_size > self.remaining:
+            raise Refusal(ArcCode.MALFORMED, f"{what} count {n} at offset {self.pos} exceeds the data")
+        return n
+
+
+def varint_bytes(n: int) -> bytes:
+    """Bitcoin's VarInt encoding of ``n``."""
+    if n < 0xFD:
+        return bytes([n])
+    if n <= 0xFFFF:
+        return b"\xfd" + n.to_bytes(2, "little")
+    if n <= 0xFFFFFFFF:
+        return b"\xfe" + n.to_bytes(4, "little")
+    return b"\xff" + n.to_bytes(8, "little")
+
+
+# -- transactions --------------------------------------------------------------------------------------------
+
+
+def _read_tx_frame(cur: _Cursor, *, allow_ef: bool) -> tuple[bytes, tuple[SourceOutput, ...] | None]:
+    """Read one raw or Extended Format transaction: its plain serialization and the EF source outputs."""
+    start = cur.pos
+    version = cur.take(4)
+    ef = allow_ef and cur.peek(6) == EF_MARKER
+    if ef:
+        cur.take(6)
+    n_in = cur.count("input", 41)
+    inputs: list[bytes] = []
+    sources: list[SourceOutput] = []
+    for _ in range(n_in):
+        at = cur.pos
+        cur.take(36)
+        cur.take(cur.varint())
+        cur.take(4)
+        inputs.append(cur.data[at : cur.pos])
+        if ef:
+            satoshis = cur.u64()
+            sources.append(SourceOutput(satoshis=satoshis, locking_script=cur.take(cur.varint())))
+    outputs_at = cur.pos
+    n_out = cur.count("output", 9)
+    for _ in range(n_out):
+        cur.take(8)
+        cur.take(cur.varint())
+    cur.take(4)
+    if not ef:
+        return cur.data[start : cur.pos], None
+    raw = version + varint_bytes(n_in) + b"".join(inputs) + cur.data[outputs_at : cur.pos]
+    return raw, tuple(sources)
+
+
+def _parsed(raw: bytes, ef_sources: tuple[SourceOutput, ...] | None = None) -> ParsedTx:
+    txid = txid_of(raw)
+    try:
+        tx = Transaction.from_hex(raw)
+        same = tx is not None and tx.serialize() == raw
+    except _SDK_ERRORS as exc:
+        raise Refusal(ArcCode.MALFORMED, f"transaction cannot be parsed: {exc}", txid=txid) from exc
+    if not same:
+        raise Refusal(ArcCode.MALFORMED, "transaction does not re-serialize to the same bytes", txid=txid)
+    return ParsedTx(txid=txid, raw=raw, tx=tx, ef_sources=ef_sources)
+
+
+def parse_transaction(data: bytes) -> ParsedTx:
+    """One raw or Extended Format transaction filling ``data`` exactly.
+
+    Raises:
+        Refusal: MALFORMED (463) for truncated, trailing or unparseable bytes.
+    """
+    cur = _Cursor(data)
+    raw, sources = _read_tx_frame(cur, allow_ef=True)
+    if cur.remaining:
+        raise Refusal(ArcCode.MALFORMED, f"{cur.remaining} unexpected bytes after the transaction")
+    return _parsed(raw, sources)
+
+
+# -- BEEF ----------------------------------------------------------------------------------------------------
+
+
+def _read_bump(cur: _Cursor) -> Any:
+    start = cur.pos
+    cur.varint()
+    tree_height = cur.u8()
+    if tree_height > 64:
+        raise Refusal(ArcCode.CALCULATING_MERKLE_ROOTS, f"BUMP tree height {tree_height} is not possible")
+    for _ in range(tree_height):
+        for _ in range(cur.count("BUMP leaf", 2)):
+            cur.varint()
+            flags = cur.u8()
+            if flags > 3:
+                raise Refusal(ArcCode.CALCULATING_MERKLE_ROOTS, f"BUMP leaf flags {flags} are not defined")
+            if not flags & 1:
+                cur.take(32)
+    blob = cur.data[start : cur.pos]
+    try:
+        return MerklePath.from_binary(blob)
+    except _SDK_ERRORS as exc:
+        raise Refusal(ArcCode.CALCULATING_MERKLE_ROOTS, f"invalid BUMP: {exc}") from exc
+
+
+def _with_bump(ptx: ParsedTx, bump: Any) -> ParsedTx:
+    try:
+        root = str(bump.compute_root(ptx.txid))
+    except _SDK_ERRORS as exc:
+        raise Refusal(
+            ArcCode.CALCULATING_MERKLE_ROOTS,
+            f"the BUMP given for {ptx.txid} does not prove it",
+            txid=ptx.txid,
+        ) from exc
+    return ParsedTx(txid=ptx.txid, raw=ptx.raw, tx=ptx.tx, bump=bump, bump_root=root)
+
+
+def _read_beef(cur: _Cursor) -> Submission:
+    magic = cur.take(4)
+    atomic_subject: str | None = None
+    if magic == ATOMIC_BEEF:
+        atomic_subject = cur.take(32)[::-1].hex()
+        magic = cur.take(4)
+    if magic not in (BEEF_V1, BEEF_V2):
+        raise Refusal(ArcCode.MALFORMED, f"unknown BEEF version {magic.hex()}")
+    v2 = magic == BEEF_V2
+    bumps = [_read_bump(cur) for _ in range(cur.count("BUMP", 2))]
+    txs: list[ParsedTx] = []
+    txid_only: set[str] = set()
+    for _ in range(cur.count("BEEF transaction", 1 if v2 else 10)):
+        bump_index: int | None = None
+        if v2:
+            kind = cur.u8()
+            if kind == 2:
+                txid_only.add(cur.take(32)[::-1].hex())
+                continue
+            if kind not in (0, 1):
+                raise Refusal(ArcCode.MALFORMED, f"unknown BEEF V2 entry format {kind}")
+            if kind == 1:
+                bump_index = cur.varint()
+            ptx = _parsed(_read_tx_frame(cur, allow_ef=False)[0])
+        else:
+            ptx = _parsed(_read_tx_frame(cur, allow_ef=False)[0])
+            has_bump = cur.u8()
+            if has_bump not in (0, 1):
+                raise Refusal(ArcCode.MALFORMED, f"BEEF has-BUMP flag {has_bump} is not 0 or 1")
+            if has_bump:
+                bump_index = cur.varint()
+        if bump_index is not None:
+            if bump_index >= len(bumps):
+                raise Refusal(ArcCode.CALCULATING_MERKLE_ROOTS, f"BUMP index {bump_index} is out of range")
+            ptx = _with_bump(ptx, bumps[bump_index])
+        if ptx.txid in txid_only or any(t.txid == ptx.txid for t in txs):
+            raise Refusal(ArcCode.MALFORMED, f"BEEF holds {ptx.txid} twice", txid=ptx.txid)
+        txs.append(ptx)
+    if not txs:
+        raise Refusal(ArcCode.MALFORMED, "BEEF holds no transaction")
+    _check_order(txs)
+    if atomic_subject is not None:
+        _check_atomic(txs, atomic_subject)
+    return Submission(format="beef", txs=tuple(txs), txid_only=frozenset(txid_only))
+
+
+def _check_order(txs: Sequence[ParsedTx]) -> None:
+    position = {t.txid: i for i, t in enumerate(txs)}
+    for i, t in enumerate(txs):
+        for tx_in in t.tx.inputs:
+            j = position.get(str(tx_in.source_txid))
+            if j is not None and j >= i:
+                raise Refusal(ArcCode.MALFORMED, f"BEEF lists {t.txid} before its parent {tx_in.source_txid}")
+
+
+def _check_atomic(txs: Sequence[ParsedTx], subject: str) -> None:
+    if txs[-1].txid != subject:
+        raise Refusal(ArcCode.MALFORMED, f"Atomic BEEF subject {subject} is not its last transaction")
+    by_id = {t.txid: t for t in txs}
+    needed = {subject}
+    todo = [subject]
+    while todo:
+        t = by_id[todo.pop()]
+        if t.bump is not None:
+            continue
+        for tx_in in t.tx.inputs:
+            parent = str(tx_in.source_txid)
+            if parent in by_id and parent not in needed:
+                needed.add(parent)
+                todo.append(parent)
+    extra = [t.txid for t in txs if t.txid not in needed]
+    if extra:
+        raise Refusal(ArcCode.MALFORMED, f"Atomic BEEF holds transactions that are not ancestors: {extra[0]}")
+
+
+def parse_stream(data: bytes, *, max_items: int) -> list[Submission]:
+    """Every item of a request body: raw, Extended Format or BEEF, one after another (ARC's ``/v1/txs`` form).
+
+    Raises:
+        Refusal: BAD_REQUEST (400) for an empty body or more than ``max_items`` items; MALFORMED (463) or an
+            invalid-BUMP code (468) for bad bytes.
+    """
+    cur = _Cursor(data)
+    items: list[Submission] = []
+    while cur.remaining:
+        if len(items) >= max_items:
+            raise Refusal(ArcCode.BAD_REQUEST, f"more than {max_items} transactions in one request")
+        if cur.peek(4) in (BEEF_V1, BEEF_V2, ATOMIC_BEEF):
+            items.append(_read_beef(cur))
+        else:
+            raw, sources = _read_tx_frame(cur, allow_ef=True)
+            items.append(Submission(format="raw" if sources is None else "ef", txs=(_parsed(raw, sources),)))
+    if not items:
+        raise Refusal(ArcCode.BAD_REQUEST, "no transaction found - empty request body")
+    return items
+
+
+def parse_submission(data: bytes) -> Submission:
+    """Exactly one raw, Extended Format or BEEF item (ARC's ``/v1/tx`` form)."""
+    items = parse_stream(data, max_items=1)
+    return items[0]
+
+
+def subject_txid(data: bytes) -> str:
+    """The txid of the transaction a raw, EF or BEEF submission is about.
+
+    Raises:
+        Refusal: ``data`` is not one well-formed item.
+    """
+    return parse_submission(data).subject.txid
+
+
+def encode_beef_v1(entries: Sequence[tuple[bytes, bytes | None]]) -> bytes:
+    """A BEEF V1 of ``(raw transaction, serialized BUMP or None)`` entries, parents first, subject last.
+
+    Identical BUMPs are written once.
+    """
+    bumps: list[bytes] = []
+    body = bytearray()
+    for raw, bump in entries:
+        body += raw
+        if bump is None:
+            body += b"\x00"
+        else:
+            if bump not in bumps:
+                bumps.append(bump)
+            body += b"\x01" + varint_bytes(bumps.index(bump))
+    head = BEEF_V1 + varint_bytes(len(bumps)) + b"".join(bumps) + varint_bytes(len(entries))
+    return head + bytes(body)
