@@ -1,0 +1,327 @@
+"""SHIP/SLAP adverts (BRC-88) as values of signed DHT records: the fields, the signature, the checks.
+
+Theory of operation:
+1. An advert carries the five fields of the official SHIP/SLAP PushDrop token: protocol (``SHIP`` for a topic
+   ``tm_*``, ``SLAP`` for a service ``ls_*``), the advertiser's identity key, the advertised URI, the topic or
+   service name, and the BRC-88 signature over ``f0 || f1 || f2 || f3``. The signature is made the way the reference
+   advertiser makes it and the reference topic managers check it: BRC-42 protocol
+   ``[2, "service host interconnect"]`` (SHIP) or ``[2, "service lookup availability"]`` (SLAP), key id ``"1"``,
+   counterparty ``anyone``, signing with our own child key (``forSelf``). The token's locking key is that child
+   public key; a verifier derives ``f1 + HMAC(f1, invoice)·G`` and requires it to equal the locking key and the
+   signature to verify under it.
+2. Beside the token fields, an advert carries what discovery needs: the node's endpoints, service type, pricing
+   model and price, capabilities, region and an expiry. These are covered by the DHT record signature (the record's
+   publisher must be the advert's identity key), not by the BRC-88 signature, exactly as an overlay host's own
+   metadata would be.
+3. Revocation is a DHT tombstone by the same publisher; expiry is the record's and the advert's ``expires``.
+4. Everything here is pure: bytes in, dataclasses out, :class:`AdvertError` (a RemoteProtocolError) for anything
+   a peer could have forged or mangled.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import cbor2
+
+from overlay_node.crypto.brc42 import ProtocolID, create_signature, derive_public_key, verify_signature
+from overlay_node.crypto.keys import Identity, public_key_hex
+from overlay_node.errors import BadRequest, RemoteProtocolError
+
+Kind = Literal["SHIP", "SLAP"]
+
+SHIP_PROTOCOL: Final[ProtocolID] = (2, "service host interconnect")
+SLAP_PROTOCOL: Final[ProtocolID] = (2, "service lookup availability")
+KEY_ID: Final = "1"
+#: BRC-87 names as the reference SHIP/SLAP topic managers enforce them (no digits)
+NAME_RE: Final = re.compile(r"^(?=.{1,50}$)(?:tm_|ls_)[a-z]+(?:_[a-z]+)*$")
+PRICING_MODELS: Final = ("free", "per-packet", "per-second", "per-request", "per-byte", "flat")
+MAX_URI: Final = 200
+MAX_CAPABILITIES: Final = 16
+MAX_TEXT: Final = 40
+ANYONE: Final = Identity.from_private_bytes((1).to_bytes(32, "big"))
+
+
+class AdvertError(RemoteProtocolError):
+    """An advert value is malformed, forged or inconsistent with its record."""
+
+    def __init__(self, message: str, *, reason: str = "bad_advert") -> None:
+        super().__init__(message, reason=reason)
+
+
+def kind_of(name: str) -> Kind:
+    """``SHIP`` for a topic ``tm_*``, ``SLAP`` for a service ``ls_*``.
+
+    Raises:
+        BadRequest: the name breaks the BRC-87 rules.
+    """
+    if not NAME_RE.match(name):
+        raise BadRequest(
+            f"bad topic or service name {name!r}: tm_ or ls_ then lower-case words joined by single underscores "
+            "(letters only, at most 50 characters)"
+        )
+    return "SHIP" if name.startswith("tm_") else "SLAP"
+
+
+def protocol_of(kind: Kind) -> ProtocolID:
+    return SHIP_PROTOCOL if kind == "SHIP" else SLAP_PROTOCOL
+
+
+def dht_name(kind: Kind, name: str) -> tuple[str, str]:
+    """The DHT namespace and name an advert is stored under: ``ship:<topic>`` or ``slap:<service>``."""
+    return ("ship" if kind == "SHIP" else "slap", name)
+
+
+def token_fields(kind: Kind, identity_key: bytes, uri: str, name: str) -> list[bytes]:
+    """The four signed PushDrop fields f0..f3 of the official token."""
+    return [kind.encode(), identity_key, uri.encode(), name.encode()]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoints:
+    """Where the advertising node answers."""
+
+    swarm: tuple[str, ...] = ()
+    http: str = ""
+    dht: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Advert:
+    """One SHIP or SLAP advert. ``signature`` and ``locking_key`` are the BRC-88 token's f4 and locking key."""
+
+    kind: Kind
+    identity_key: bytes
+    uri: str
+    name: str
+    signature: bytes
+    locking_key: bytes
+    endpoints: Endpoints = field(default_factory=Endpoints)
+    service_type: str = ""
+    pricing_model: str = "free"
+    price: int = 0
+    capabilities: tuple[str, ...] = ()
+    region: str = ""
+    expires: int = 0
+
+    @property
+    def identity_hex(self) -> str:
+        return self.identity_key.hex()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view for the control API."""
+        return {
+            "protocol": self.kind,
+            "identity_key": self.identity_hex,
+            "uri": self.uri,
+            "topic" if self.kind == "SHIP" else "service": self.name,
+            "endpoints": {"swarm": list(self.endpoints.swarm), "http": self.endpoints.http, "dht": self.endpoints.dht},
+            "service_type": self.service_type,
+            "pricing_model": self.pricing_model,
+            "price": self.price,
+            "capabilities": list(self.capabilities),
+            "region": self.region,
+            "expires": self.expires,
+            "signature": self.signature.hex(),
+            "locking_key": self.locking_key.hex(),
+        }
+
+
+def _check_text(what: str, value: str, limit: int = MAX_TEXT) -> str:
+    if len(value) > limit or any(ord(c) < 0x20 for c in value):
+        raise BadRequest(f"{what} must be at most {limit} printable characters")
+    return value
+
+
+def make_advert(
+    identity: Identity,
+    *,
+    name: str,
+    uri: str,
+    endpoints: Endpoints,
+    expires: int,
+    service_type: str = "",
+    pricing_model: str = "free",
+    price: int = 0,
+    capabilities: tuple[str, ...] = (),
+    region: str = "",
+) -> Advert:
+    """Create and sign an advert for ``name`` (a ``tm_`` topic or ``ls_`` service).
+
+    Raises:
+        BadRequest: a bad name, URI, pricing model, price or metadata.
+    """
+    kind = kind_of(name)
+    if not uri or len(uri) > MAX_URI or not re.match(r"^[a-z][a-z0-9+.-]*:", uri):
+        raise BadRequest(f"bad advertised URI {uri!r}: a URI with a scheme, at most {MAX_URI} characters")
+    if pricing_model not in PRICING_MODELS:
+        raise BadRequest(f"bad pricing model {pricing_model!r}: one of {', '.join(PRICING_MODELS)}")
+    if not 0 <= price <= 21_000_000 * 100_000_000:
+        raise BadRequest("price must be a non-negative number of satoshis")
+    if len(capabilities) > MAX_CAPABILITIES:
+        raise BadRequest(f"at most {MAX_CAPABILITIES} capabilities")
+    for cap in capabilities:
+        _check_text("a capability", cap)
+    _check_text("service type", service_type)
+    _check_text("region", region)
+    protocol = protocol_of(kind)
+    data = b"".join(token_fields(kind, identity.public_key, uri, name))
+    signature = create_signature(identity, data, protocol=protocol, key_id=KEY_ID, counterparty="anyone")
+    locking_key = derive_public_key(identity, protocol, KEY_ID, "anyone", for_self=True)
+    return Advert(
+        kind=kind,
+        identity_key=identity.public_key,
+        uri=uri,
+        name=name,
+        signature=signature,
+        locking_key=locking_key,
+        endpoints=endpoints,
+        service_type=service_type,
+        pricing_model=pricing_model,
+        price=price,
+        capabilities=tuple(capabilities),
+        region=region,
+        expires=expires,
+    )
+
+
+def signature_is_linked(advert: Advert) -> bool:
+    """The reference check (``isTokenSignatureCorrectlyLinked``): as ``anyone``, derive the advertiser's child key
+    for the protocol, require it to equal the locking key, and require the signature to verify under it."""
+    protocol = protocol_of(advert.kind)
+    try:
+        expected = derive_public_key(ANYONE, protocol, KEY_ID, advert.identity_key, for_self=False)
+        if expected != advert.locking_key:
+            return False
+        data = b"".join(token_fields(advert.kind, advert.identity_key, advert.uri, advert.name))
+        return verify_signature(
+            ANYONE, data, advert.signature, protocol=protocol, key_id=KEY_ID, counterparty=advert.identity_key
+        )
+    except BadRequest:
+        return False
+
+
+# -- value codec -------------------------------------------------------------------------------------------------
+
+
+def encode_advert(advert: Advert) -> bytes:
+    """The DHT record value: canonical CBOR with short keys (a record value is at most about 1 KiB)."""
+    return bytes(
+        cbor2.dumps(
+            {
+                "p": advert.kind,
+                "k": advert.identity_key,
+                "u": advert.uri,
+                "n": advert.name,
+                "s": advert.signature,
+                "l": advert.locking_key,
+                "e": [list(advert.endpoints.swarm), advert.endpoints.http, advert.endpoints.dht],
+                "t": advert.service_type,
+                "m": advert.pricing_model,
+                "c": advert.price,
+                "a": list(advert.capabilities),
+                "r": advert.region,
+                "x": advert.expires,
+            },
+            canonical=True,
+        )
+    )
+
+
+def _get(data: dict[Any, Any], key: str, typ: type[Any]) -> Any:
+    value = data.get(key)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise AdvertError(f"advert field {key!r} missing or not {typ.__name__}", reason="malformed_advert")
+    return value
+
+
+def decode_advert(value: bytes, *, publisher: bytes) -> Advert:
+    """Parse and fully check a DHT record value as an advert published by ``publisher``.
+
+    Raises:
+        AdvertError: malformed CBOR or fields, a name or protocol that do not agree, a publisher that is not the
+            advertised identity, or a BRC-88 signature that does not check out.
+    """
+    if len(value) > 4096:
+        raise AdvertError("advert value too large", reason="malformed_advert")
+    try:
+        data = cbor2.loads(value)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError, OverflowError) as exc:
+        raise AdvertError(f"advert is not CBOR: {exc}", reason="malformed_advert") from exc
+    if not isinstance(data, dict):
+        raise AdvertError("advert is not a map", reason="malformed_advert")
+    endpoints = _get(data, "e", list)
+    if len(endpoints) != 3 or not isinstance(endpoints[0], list):
+        raise AdvertError("advert endpoints malformed", reason="malformed_advert")
+    swarm, http, dht = endpoints
+    if not all(isinstance(x, str) for x in swarm) or not isinstance(http, str) or not isinstance(dht, str):
+        raise AdvertError("advert endpoints malformed", reason="malformed_advert")
+    caps = _get(data, "a", list)
+    if not all(isinstance(c, str) for c in caps):
+        raise AdvertError("advert capabilities malformed", reason="malformed_advert")
+    kind = _get(data, "p", str)
+    name = _get(data, "n", str)
+    if kind not in ("SHIP", "SLAP"):
+        raise AdvertError(f"advert protocol {kind!r} is neither SHIP nor SLAP", reason="malformed_advert")
+    try:
+        if kind_of(name) != kind:
+            raise AdvertError(f"{kind} advert for {name!r}", reason="malformed_advert")
+    except BadRequest as exc:
+        raise AdvertError(str(exc), reason="malformed_advert") from exc
+    advert = Advert(
+        kind=kind,
+        identity_key=_get(data, "k", bytes),
+        uri=_get(data, "u", str),
+        name=name,
+        signature=_get(data, "s", bytes),
+        locking_key=_get(data, "l", bytes),
+        endpoints=Endpoints(swarm=tuple(swarm), http=http, dht=dht),
+        service_type=_get(data, "t", str),
+        pricing_model=_get(data, "m", str),
+        price=_get(data, "c", int),
+        capabilities=tuple(caps),
+        region=_get(data, "r", str),
+        expires=_get(data, "x", int),
+    )
+    if advert.identity_key != publisher:
+        raise AdvertError(
+            f"advert for {public_key_hex(advert.identity_key)[:16]} published by {publisher.hex()[:16]}",
+            reason="publisher_mismatch",
+        )
+    if not signature_is_linked(advert):
+        raise AdvertError("advert BRC-88 signature does not check out", reason="bad_advert_signature")
+    return advert
+
+
+# -- discovery ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Filter:
+    """What a consumer asks of discovery; empty fields match everything."""
+
+    capabilities: tuple[str, ...] = ()
+    max_price: int | None = None
+    region: str = ""
+    service_type: str = ""
+
+    def matches(self, advert: Advert) -> bool:
+        if self.max_price is not None and advert.price > self.max_price:
+            return False
+        if self.region and advert.region != self.region:
+            return False
+        if self.service_type and advert.service_type != self.service_type:
+            return False
+        return all(cap in advert.capabilities for cap in self.capabilities)
+
+
+def host_score(latency_ms: float | None, failures: int, successes: int) -> float:
+    """A host's score in [0, 1]: higher is better. Unknown hosts sit in the middle; latency and failures lower it,
+    successes raise confidence (the spirit of the reference HostReputationTracker)."""
+    if latency_ms is None and failures == 0 and successes == 0:
+        return 0.5
+    speed = 1.0 / (1.0 + (latency_ms or 0.0) / 100.0)
+    reliability = (successes + 1) / (successes + failures + 2)
+    return round(speed * reliability, 4)
