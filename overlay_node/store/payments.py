@@ -1,0 +1,207 @@
+"""The ``payments`` repository: payments this node received, recorded durably before any receipt is sent.
+
+Tables ``payments`` and ``payment_spends`` (migration ``0004_wallet``). Recording a payment writes, in one
+transaction, its ``payments`` row (quote id and derivation prefix unique: a replay cannot be recorded twice),
+the outputs its transaction spends (``payment_spends``: a second payment spending one of them is a double
+spend), the transactions of its BEEF, the output it pays us, a history entry and the settlement job
+(``store.wallet`` helpers). :meth:`PaymentsRepository.record` takes a batch (group commit): every record is
+applied or refused on its own (a savepoint each) and the batch is committed with one fsync.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from overlay_node.store.wallet import (
+    HistoryRecord,
+    NewJob,
+    Outpoint,
+    TxRecord,
+    UtxoRecord,
+    insert_history,
+    insert_job,
+    insert_txs,
+    insert_utxo,
+)
+
+if TYPE_CHECKING:
+    from overlay_node.store.engine import Database
+
+__all__ = ["IncomingPayment", "IncomingRecord", "PaymentsRepository", "RecordOutcome"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IncomingRecord:
+    """A checked payment to record (everything one transaction writes)."""
+
+    quote_id: str
+    prefix: str
+    suffix: str
+    payer: str
+    resource: str
+    price: int
+    amount: int
+    txid: str
+    receipt: bytes
+    accepted_at: float
+    spends: tuple[Outpoint, ...]
+    txs: tuple[TxRecord, ...]
+    utxo: UtxoRecord
+    history: HistoryRecord
+    job: NewJob
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordOutcome:
+    """What became of one record: ``recorded``, ``replayed`` (its quote or prefix was used already), or
+    ``double_spend`` (``conflict`` names an input already spent by the accepted payment ``other_txid``)."""
+
+    result: Literal["recorded", "replayed", "double_spend"]
+    conflict: Outpoint | None = None
+    other_txid: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IncomingPayment:
+    """A row of ``payments``: ``status`` is ``accepted``, ``settled`` (ARC took it), ``mined`` or
+    ``failed``."""
+
+    quote_id: str
+    prefix: str
+    suffix: str
+    payer: str
+    resource: str
+    price: int
+    amount: int
+    txid: str
+    status: str
+    detail: str
+    receipt: bytes
+    accepted_at: float
+    updated_at: float
+
+
+def _payment(row: sqlite3.Row) -> IncomingPayment:
+    return IncomingPayment(
+        quote_id=str(row["quote_id"]),
+        prefix=str(row["derivation_prefix"]),
+        suffix=str(row["derivation_suffix"]),
+        payer=str(row["payer"]),
+        resource=str(row["resource"]),
+        price=int(row["price"]),
+        amount=int(row["amount"]),
+        txid=str(row["txid"]),
+        status=str(row["status"]),
+        detail=str(row["detail"]),
+        receipt=bytes(row["receipt"]),
+        accepted_at=float(row["accepted_at"]),
+        updated_at=float(row["updated_at"]),
+    )
+
+
+def _record_one(conn: sqlite3.Connection, rec: IncomingRecord) -> RecordOutcome:
+    used = conn.execute(
+        "SELECT 1 FROM payments WHERE quote_id = ? OR derivation_prefix = ?", (rec.quote_id, rec.prefix)
+    ).fetchone()
+    if used is not None:
+        return RecordOutcome(result="replayed")
+    for txid, vout in rec.spends:
+        row = conn.execute(
+            "SELECT payment_txid FROM payment_spends WHERE txid = ? AND vout = ?", (txid, vout)
+        ).fetchone()
+        if row is not None and str(row["payment_txid"]) != rec.txid:
+            return RecordOutcome(
+                result="double_spend", conflict=(txid, vout), other_txid=str(row["payment_txid"])
+            )
+    conn.execute(
+        "INSERT INTO payments (quote_id, derivation_prefix, derivation_suffix, payer, resource, price, "
+        "amount, txid, status, receipt, accepted_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?, ?)",
+        (
+            rec.quote_id,
+            rec.prefix,
+            rec.suffix,
+            rec.payer,
+            rec.resource,
+            rec.price,
+            rec.amount,
+            rec.txid,
+            rec.receipt,
+            rec.accepted_at,
+            rec.accepted_at,
+        ),
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO payment_spends (txid, vout, payment_txid) VALUES (?, ?, ?)",
+        [(txid, vout, rec.txid) for txid, vout in rec.spends],
+    )
+    insert_txs(conn, rec.txs, rec.accepted_at)
+    insert_utxo(conn, rec.utxo, rec.accepted_at)
+    insert_history(conn, rec.history, rec.accepted_at)
+    insert_job(conn, rec.job, rec.accepted_at)
+    return RecordOutcome(result="recorded")
+
+
+class PaymentsRepository:
+    """Typed access to the payments received. Reach it as ``store.payments``."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def record(self, records: Sequence[IncomingRecord]) -> list[RecordOutcome]:
+        """Record a batch of checked payments durably (``synchronous=FULL``), each on its own.
+
+        Returns:
+            One outcome per record, in order; only ``recorded`` ones changed the database.
+
+        Raises:
+            StoreError: the database failed; nothing of the batch was recorded.
+        """
+
+        def txn(conn: sqlite3.Connection) -> list[RecordOutcome]:
+            outcomes: list[RecordOutcome] = []
+            for rec in records:
+                conn.execute("SAVEPOINT rec")
+                try:
+                    outcome = _record_one(conn, rec)
+                except sqlite3.IntegrityError:
+                    # a constraint we did not pre-check (the output is already ours): refuse this one only
+                    conn.execute("ROLLBACK TO rec")
+                    outcome = RecordOutcome(result="replayed")
+                conn.execute("RELEASE rec")
+                outcomes.append(outcome)
+            return outcomes
+
+        return await self._db.write(txn, durable=True)
+
+    async def get(self, quote_id: str) -> IncomingPayment | None:
+        def txn(conn: sqlite3.Connection) -> IncomingPayment | None:
+            row = conn.execute("SELECT * FROM payments WHERE quote_id = ?", (quote_id,)).fetchone()
+            return None if row is None else _payment(row)
+
+        return await self._db.read(txn)
+
+    async def by_prefix(self, prefix: str) -> IncomingPayment | None:
+        def txn(conn: sqlite3.Connection) -> IncomingPayment | None:
+            row = conn.execute("SELECT * FROM payments WHERE derivation_prefix = ?", (prefix,)).fetchone()
+            return None if row is None else _payment(row)
+
+        return await self._db.read(txn)
+
+    async def recent(self, *, limit: int = 100, resource: str | None = None) -> list[IncomingPayment]:
+        """Payments received, newest first (optionally for one resource)."""
+
+        def txn(conn: sqlite3.Connection) -> list[IncomingPayment]:
+            if resource is None:
+                rows = conn.execute("SELECT * FROM payments ORDER BY accepted_at DESC LIMIT ?", (limit,))
+            else:
+                rows = conn.execute(
+                    "SELECT * FROM payments WHERE resource = ? ORDER BY accepted_at DESC LIMIT ?",
+                    (resource, limit),
+                )
+            return [_payment(r) for r in rows.fetchall()]
+
+        return await self._db.read(txn)
