@@ -1,0 +1,541 @@
+"""Payments over peer links: quotes, BRC-29 payments and signed receipts (DESIGN.md section 10), the engine
+paid content and paid streams use.
+
+Peer methods (request/response over an authenticated link; the peer's identity is the link's key):
+
+- ``pay.quote`` ``{resource, amount?}`` -> ``{quote}``: the payee prices the resource (a registered pricer,
+  else the amount asked) and signs a quote with a fresh derivation prefix, bound to the asking peer.
+- ``pay.submit`` ``{quote, derivation_prefix, derivation_suffix, sender_identity_key, transaction}`` ->
+  ``{receipt}``: the payee checks the payment (:meth:`Payments.accept_payment`), commits it durably with its
+  settlement job, and only then signs and returns the receipt.
+- ``pay.receipt`` ``{quote_id}`` -> ``{receipt}``: a receipt already issued to the asking peer (for a payer
+  whose link broke before the answer came).
+
+In-process API: :meth:`Payments.request_quote`, :meth:`Payments.pay` (payer), :meth:`Payments.issue_quote`,
+:meth:`Payments.accept_payment` (payee), :meth:`Payments.register_pricer`.
+
+Hot path (a paid stream may pay every packet): quotes issued are kept in memory (an LRU) and checked by
+identity, so a payment costs one parse of its BEEF, one script check per unproven transaction (libsecp256k1
+through bsv-sdk's native interpreter), one key derivation, one signature, and a share of a group commit:
+accepted payments waiting to be recorded are written together in one durable transaction
+(``wallet.record_batch`` at most), so many payments share one fsync.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import trio
+
+from overlay_node.clock import wall_time
+from overlay_node.config import WalletSection
+from overlay_node.crypto.keys import Identity, public_key_hex
+from overlay_node.devnet.formats import SourceOutput
+from overlay_node.errors import (
+    BadRequest,
+    ConnectionLost,
+    InvalidPayment,
+    NotFound,
+    OverlayError,
+    PaymentError,
+    PaymentReplayed,
+    PeerTimeout,
+    QuoteExpired,
+    RemoteProtocolError,
+    StoreError,
+)
+from overlay_node.metrics import Metrics
+from overlay_node.net.peers import PeerLink, PeerManager
+from overlay_node.protocol.payments import (
+    PaymentMessage,
+    Quote,
+    Receipt,
+    check_amount,
+    check_payment_output,
+    check_resource,
+    new_nonce,
+    payee_locking_script,
+    payer_locking_script,
+)
+from overlay_node.services.wallet import LruMap, PreparedTx, Wallet, instrument
+from overlay_node.services.wallet_beef import check_payment_beef, parse_payment_beef
+from overlay_node.store.db import Store
+from overlay_node.store.payments import IncomingRecord, RecordOutcome
+from overlay_node.store.wallet import HistoryRecord, NewJob
+
+__all__ = ["Payments", "Pricer"]
+
+logger = logging.getLogger(__name__)
+
+#: ``await pricer(resource, payer, amount_asked)`` -> the price in satoshis (raise an OverlayError to refuse)
+Pricer = Callable[[str, str, int | None], Awaitable[int]]
+
+
+@dataclass(slots=True)
+class _Issued:
+    quote: Quote
+    state: Literal["open", "inflight", "used"] = "open"
+
+
+@dataclass(slots=True)
+class _Slot:
+    record: IncomingRecord
+    outputs: list[SourceOutput]
+    done: trio.Event = field(default_factory=trio.Event)
+    outcome: RecordOutcome | None = None
+    error: OverlayError | None = None
+
+
+class Payments:
+    """Quotes, payments and receipts over peer links. Start it with ``await nursery.start(payments.run)``.
+
+    The peer handlers are registered at construction, so a payee answers as soon as its peer manager runs;
+    recording accepted payments needs :meth:`run` (the group-commit task).
+
+    Args:
+        identity: the node's key (payee of its quotes, signer of its receipts, payer of its payments).
+        config: the ``[wallet]`` section.
+        store: the node's store.
+        metrics: the node's metrics.
+        peers: the peer manager (links to payers and payees).
+        wallet: the running wallet.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: WalletSection,
+        store: Store,
+        metrics: Metrics,
+        peers: PeerManager,
+        wallet: Wallet,
+    ) -> None:
+        self._identity = identity
+        self._me = identity.public_key_hex
+        self._config = config
+        self._store = store
+        self._peers = peers
+        self._wallet = wallet
+        self._issued = LruMap(config.max_quotes)  # quote id -> _Issued
+        self._received = LruMap(config.max_quotes)  # quote id -> Quote
+        self._pricers: dict[str, Pricer] = {}
+        self._queue_send, self._queue_recv = trio.open_memory_channel[_Slot](4 * config.record_batch)
+        self._recording = False
+        counter = _counter(metrics)
+        self._accepted, self._refused = counter.labels("in", "accepted"), counter.labels("in", "refused")
+        self._paid, self._unanswered = counter.labels("out", "paid"), counter.labels("out", "unanswered")
+        self._declined = counter.labels("out", "refused")
+        peers.on_request("pay.quote", self._serve_quote)
+        peers.on_request("pay.submit", self._serve_submit)
+        peers.on_request("pay.receipt", self._serve_receipt)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the group-commit task until cancelled."""
+        self._recording = True
+        try:
+            task_status.started()
+            await self._serve_records()
+        finally:
+            self._recording = False
+
+    # -- pricing and quotes (payee) --------------------------------------------------------------------------
+
+    def register_pricer(self, prefix: str, pricer: Pricer) -> None:
+        """Price resources whose id starts with ``prefix`` (the longest matching prefix wins). Resources no
+        pricer matches are sold at the amount the payer asks for (explicit payments)."""
+        self._pricers[prefix] = pricer
+
+    async def price(self, resource: str, payer: str, amount: int | None) -> int:
+        """The price of ``resource`` for ``payer`` (asked ``amount``).
+
+        Raises:
+            BadRequest: no pricer takes the resource and no amount was given, or a bad price.
+        """
+        match = max((p for p in self._pricers if resource.startswith(p)), key=len, default=None)
+        if match is None:
+            if amount is None:
+                raise BadRequest(f"resource {resource!r} has no price here: give the amount to pay")
+            return check_amount(amount)
+        return check_amount(await self._pricers[match](resource, payer, amount), "price")
+
+    def issue_quote(self, payer: str, resource: str, amount: int) -> Quote:
+        """Issue (sign and remember) a quote for ``payer`` to pay ``amount`` for ``resource``.
+
+        Raises:
+            BadRequest: a malformed payer key, resource or amount.
+        """
+        now_ms = _now_ms()
+        quote = Quote.issue(
+            self._identity,
+            payer=payer,
+            resource=resource,
+            amount=amount,
+            now_ms=now_ms,
+            ttl_ms=int(self._config.quote_ttl * 1000),
+        )
+        self._issued.put(quote.quote_id, _Issued(quote))
+        return quote
+
+    async def _serve_quote(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+        resource = check_resource(body.get("resource"))
+        asked = body.get("amount")
+        amount = None if asked is None else check_amount(asked)
+        price = await self.price(resource, link.peer_key, amount)
+        quote = self.issue_quote(link.peer_key, resource, price)
+        logger.debug("quote %s to %s: %d satoshis for %s", quote.quote_id, link.peer_key[:16], price, resource)
+        return {"quote": quote.to_wire()}
+
+    # -- accepting payments (payee) --------------------------------------------------------------------------
+
+    async def _serve_submit(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+        message = PaymentMessage.from_wire(body, max_bytes=self._config.max_payment_bytes)
+        receipt = await self.accept_payment(link.peer_key, message)
+        return {"receipt": receipt.to_wire()}
+
+    async def _serve_receipt(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+        quote_id = body.get("quote_id")
+        if not isinstance(quote_id, str) or len(quote_id) > 64:
+            raise BadRequest("'quote_id' must be a quote id")
+        payment = await self._store.payments.get(quote_id)
+        if payment is None or payment.payer != link.peer_key:
+            raise NotFound(f"no payment of quote {quote_id} by this peer")
+        return {"receipt": Receipt.from_bytes(payment.receipt).to_wire(), "status": payment.status}
+
+    async def accept_payment(self, payer: str, message: PaymentMessage) -> Receipt:
+        """Check a payment from ``payer`` (an authenticated identity key), record it durably with its
+        settlement job, and return the signed receipt.
+
+        Checks, in order: the quote is ours, issued to ``payer``, unexpired and unused, and the message uses
+        its prefix; the Atomic BEEF parses; every merkle path matches the chain; every unproven transaction
+        is valid (inputs resolved in the BEEF or from transactions we hold, scripts, amounts, fee); output 0
+        pays our key derived for the prefix, suffix and payer at least the price; no input was already spent
+        by a payment we accepted.
+
+        Raises:
+            InvalidPayment, InsufficientPayment, PaymentReplayed, QuoteExpired: the payment is refused;
+                nothing was recorded and the quote stays open (except for a replay).
+            StoreError: the database failed (nothing recorded).
+        """
+        quote = message.quote
+        entry = self._check_quote(payer, message)
+        entry.state = "inflight"
+        try:
+            receipt = await self._verify_and_record(payer, message)
+        except PaymentReplayed:
+            entry.state = "used"  # the database knew better than our memory (a restart in between)
+            self._refused.inc()
+            raise
+        except BaseException:
+            entry.state = "open"  # a refused payment leaves the quote open for a correct one
+            self._refused.inc()
+            raise
+        entry.state = "used"
+        self._accepted.inc()
+        logger.debug(
+            "payment %s accepted from %s: %d satoshis for %s",
+            receipt.txid,
+            payer[:16],
+            receipt.amount,
+            quote.resource,
+        )
+        return receipt
+
+    def _check_quote(self, payer: str, message: PaymentMessage) -> _Issued:
+        quote = message.quote
+        if message.sender_identity_key != payer:
+            raise InvalidPayment("sender_identity_key is not the key of the peer that sent the payment")
+        if quote.payee != self._me:
+            raise InvalidPayment("the quote was issued by another node")
+        if quote.payer != payer:
+            raise InvalidPayment("the quote was issued to another payer")
+        if message.derivation_prefix != quote.prefix:
+            raise InvalidPayment("the derivation prefix is not the one this quote issued")
+        entry: _Issued | None = self._issued.get(quote.quote_id)
+        if entry is not None:
+            if entry.quote != quote:
+                raise InvalidPayment("the quote differs from the one issued")
+            if entry.state != "open":
+                raise PaymentReplayed(f"quote {quote.quote_id} (prefix {quote.prefix}) was already paid")
+        elif quote.verify():
+            # issued before a restart, or forgotten by the LRU: our own signature vouches for it
+            entry = _Issued(quote)
+            self._issued.put(quote.quote_id, entry)
+        else:
+            raise InvalidPayment("the quote does not carry this node's signature")
+        if quote.expired(_now_ms()):
+            raise QuoteExpired(f"quote {quote.quote_id} expired: ask for a new one")
+        return entry
+
+    async def _verify_and_record(self, payer: str, message: PaymentMessage) -> Receipt:
+        quote = message.quote
+        submission = parse_payment_beef(message.transaction, max_txs=self._config.max_beef_txs)
+        heights = {t.block_height for t in submission.txs if t.block_height is not None}
+        roots = await self._wallet.merkle_roots(heights) if heights else {}
+        inside = {t.txid for t in submission.txs}
+        outside = {str(i.source_txid) for t in submission.txs if t.bump is None for i in t.tx.inputs} - inside
+        needed = set(submission.txid_only) | outside
+        held = await self._wallet.held_outputs(needed) if needed else {}
+        checked = check_payment_beef(submission, roots=roots, held=held, policy=self._wallet.policy)
+        expected = payee_locking_script(self._identity, payer, quote.prefix, message.derivation_suffix)
+        check_payment_output(
+            checked.output_script, checked.output_satoshis, expected_script=expected, price=quote.amount
+        )
+        now = wall_time()
+        receipt = Receipt.issue(
+            self._identity, quote, txid=checked.txid, amount=checked.output_satoshis, paid_ms=int(now * 1000)
+        )
+        coin = self._wallet.payment_coin(
+            txid=checked.txid,
+            satoshis=checked.output_satoshis,
+            script=checked.output_script,
+            prefix=quote.prefix,
+            suffix=message.derivation_suffix,
+            payer=payer,
+        )
+        record = IncomingRecord(
+            quote_id=quote.quote_id,
+            prefix=quote.prefix,
+            suffix=message.derivation_suffix,
+            payer=payer,
+            resource=quote.resource,
+            price=quote.amount,
+            amount=checked.output_satoshis,
+            txid=checked.txid,
+            receipt=receipt.to_bytes(),
+            accepted_at=now,
+            spends=checked.spends,
+            txs=checked.txs,
+            utxo=coin,
+            history=HistoryRecord(
+                txid=checked.txid,
+                direction="in",
+                kind="payment",
+                amount=checked.output_satoshis,
+                counterparty=payer,
+                quote_id=quote.quote_id,
+                resource=quote.resource,
+                receipt=receipt.to_bytes(),
+            ),
+            job=NewJob(txid=checked.txid, beef=message.transaction, next_at=now),
+        )
+        outputs = [
+            SourceOutput(satoshis=int(o.satoshis), locking_script=bytes(o.locking_script.serialize()))
+            for o in submission.subject.tx.outputs
+        ]
+        outcome = await self._record(record, outputs)
+        if outcome.result == "replayed":
+            raise PaymentReplayed(f"quote {quote.quote_id} (prefix {quote.prefix}) was already paid")
+        if outcome.result == "double_spend":
+            assert outcome.conflict is not None
+            txid, vout = outcome.conflict
+            raise InvalidPayment(
+                f"double spend: output {txid}:{vout} was already spent by payment {outcome.other_txid}"
+            )
+        return receipt
+
+    async def _record(self, record: IncomingRecord, outputs: list[SourceOutput]) -> RecordOutcome:
+        if not self._recording:
+            with trio.CancelScope(shield=True):
+                (outcome,) = await self._store.payments.record([record])
+                self._recorded(record, outputs, outcome)
+            return outcome
+        slot = _Slot(record, outputs)
+        await self._queue_send.send(slot)
+        await slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+        assert slot.outcome is not None
+        return slot.outcome
+
+    async def _serve_records(self) -> None:
+        """The group commit: record the waiting payments in one durable transaction, then wake each waiter."""
+        batch_max = self._config.record_batch
+        async for first in self._queue_recv:
+            batch = [first]
+            while len(batch) < batch_max:
+                try:
+                    batch.append(self._queue_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                with trio.CancelScope(shield=True):
+                    outcomes = await self._store.payments.record([s.record for s in batch])
+                    for slot, outcome in zip(batch, outcomes, strict=True):
+                        slot.outcome = outcome
+                        self._recorded(slot.record, slot.outputs, outcome)
+            except StoreError as exc:
+                for slot in batch:
+                    slot.error = exc
+            for slot in batch:
+                slot.done.set()
+
+    def _recorded(self, record: IncomingRecord, outputs: list[SourceOutput], outcome: RecordOutcome) -> None:
+        if outcome.result == "recorded":
+            self._wallet.note_received(record.utxo, record.txs, outputs)
+
+    # -- paying (payer) --------------------------------------------------------------------------------------
+
+    def received_quote(self, quote_id: str) -> Quote:
+        """A quote this node received (from :meth:`request_quote`).
+
+        Raises:
+            QuoteExpired: unknown here (never asked, or forgotten after a restart).
+        """
+        quote: Quote | None = self._received.get(quote_id)
+        if quote is None:
+            raise QuoteExpired(f"no quote {quote_id} here: request a new quote")
+        return quote
+
+    async def _link(self, peer_key: str) -> PeerLink:
+        key = public_key_hex(peer_key)
+        if key == self._me:
+            raise BadRequest("a node cannot pay itself")
+        link = self._peers.link(key)
+        if link is not None and not link.closed:
+            return link
+        known = await self._store.peers.get(key)
+        if known is None:
+            raise NotFound(f"no link to {key[:16]}… and no known address: connect to the peer first")
+        return await self._peers.connect(known.address, expect_key=key)
+
+    async def request_quote(
+        self, peer_key: str, resource: str, amount: int | None = None, *, max_price: int | None = None
+    ) -> Quote:
+        """Ask ``peer_key`` for a quote for ``resource`` (at ``amount``, if given).
+
+        Raises:
+            NotFound, DialError: the peer cannot be reached.
+            RemoteProtocolError: the answer is not a valid quote of that peer for this request.
+            PaymentError: the price is above ``max_price``.
+            OverlayError: the peer refused (its error, rebuilt).
+        """
+        resource = check_resource(resource)
+        if amount is not None:
+            check_amount(amount)
+        link = await self._link(peer_key)
+        answer = await link.request("pay.quote", {"resource": resource, "amount": amount})
+        try:
+            quote = Quote.from_wire(answer.get("quote"))
+        except BadRequest as exc:
+            raise RemoteProtocolError(f"the peer's quote is malformed: {exc}", reason="bad_quote") from None
+        problem = None
+        if not quote.verify():
+            problem = "it is not signed by the peer"
+        elif quote.payee != link.peer_key or quote.payer != self._me:
+            problem = "it names another payee or payer"
+        elif quote.resource != resource or (amount is not None and quote.amount != amount):
+            problem = "it is for another resource or amount"
+        elif quote.expired(_now_ms()):
+            problem = "it has expired already"
+        if problem is not None:
+            raise RemoteProtocolError(f"the peer's quote is invalid: {problem}", reason="bad_quote")
+        if max_price is not None and quote.amount > max_price:
+            raise PaymentError(f"the price {quote.amount} is above the maximum {max_price}")
+        self._received.put(quote.quote_id, quote)
+        return quote
+
+    async def prepare_payment(self, quote: Quote, *, amount: int | None = None) -> tuple[PaymentMessage, PreparedTx]:
+        """Build (and reserve the coins of) a payment for ``quote``, paying ``amount`` (default: the price).
+
+        The caller sends it with :meth:`send_payment` or gives the coins back with ``wallet.release``.
+
+        Raises:
+            BadRequest: the quote is not for this node to pay.
+            QuoteExpired: the quote has expired.
+            InsufficientFunds: the wallet cannot pay it.
+        """
+        if quote.payer != self._me:
+            raise BadRequest("the quote was issued to another payer")
+        if quote.expired(_now_ms()):
+            raise QuoteExpired(f"quote {quote.quote_id} expired: request a new one")
+        suffix = new_nonce()
+        script = payer_locking_script(self._identity, quote.payee, quote.prefix, suffix)
+        prepared = await self._wallet.prepare([(script, amount or quote.amount)], recipient=quote.payee)
+        message = PaymentMessage(
+            quote=quote,
+            derivation_prefix=quote.prefix,
+            derivation_suffix=suffix,
+            sender_identity_key=self._me,
+            transaction=prepared.beef,
+        )
+        return message, prepared
+
+    async def pay(self, quote: Quote | str) -> Receipt:
+        """Pay a quote (or a quote id this node received) and return the payee's receipt.
+
+        Outcomes: a receipt -> our coins are spent and the change is ours (committed); a refusal -> nothing
+        changed (the coins are released) and the payee's error is raised; no answer (link lost, timeout,
+        cancellation) -> the payment is committed as ``unknown`` and watched: if ARC never sees it by
+        ``unanswered_timeout``, the coins come back.
+
+        Raises:
+            QuoteExpired, InsufficientFunds, PaymentError (and subclasses): refused here or by the payee.
+            ConnectionLost, PeerTimeout: no answer (see above).
+            RemoteProtocolError: the payee answered with an invalid receipt (the payment is committed).
+        """
+        if isinstance(quote, str):
+            quote = self.received_quote(quote)
+        link = await self._link(quote.payee)
+        message, prepared = await self.prepare_payment(quote)
+        return await self.send_payment(link, message, prepared)
+
+    async def send_payment(self, link: PeerLink, message: PaymentMessage, prepared: PreparedTx) -> Receipt:
+        """Send a prepared payment over ``link`` and commit or release it (see :meth:`pay`)."""
+        quote = message.quote
+        history = HistoryRecord(
+            txid=prepared.txid,
+            direction="out",
+            kind="payment",
+            amount=prepared.amount,
+            fee=prepared.fee,
+            counterparty=quote.payee,
+            quote_id=quote.quote_id,
+            resource=quote.resource,
+        )
+        await self._wallet.begin(prepared, history)
+        try:
+            answer = await link.request("pay.submit", message.to_wire())
+        except (ConnectionLost, PeerTimeout) as exc:
+            self._unanswered.inc()
+            self._wallet.unanswered(prepared, str(exc))
+            raise
+        except trio.Cancelled:
+            self._wallet.unanswered(prepared, "cancelled while waiting for the payee")
+            raise
+        except BaseException:
+            self._declined.inc()
+            await self._wallet.abort(prepared)  # shielded inside
+            raise
+        try:
+            receipt = Receipt.from_wire(answer.get("receipt"))
+            valid = receipt.verify() and receipt.matches(quote, prepared.txid)
+        except BadRequest:
+            valid = False
+        if not valid:
+            self._wallet.sent(prepared, None, detail="the payee's receipt is invalid")
+            raise RemoteProtocolError("the payee accepted the payment with an invalid receipt", reason="bad_receipt")
+        self._wallet.sent(prepared, receipt.to_bytes())
+        self._paid.inc()
+        logger.debug(
+            "paid %d satoshis to %s in %s for %s",
+            receipt.amount,
+            quote.payee[:16],
+            receipt.txid,
+            quote.resource,
+        )
+        return receipt
+
+
+def _now_ms() -> int:
+    return int(wall_time() * 1000)
+
+
+def _counter(metrics: Metrics) -> Any:
+    from prometheus_client import Counter
+
+    return instrument(
+        metrics, Counter, "overlay_payments", "Payments, by direction and outcome", ["direction", "outcome"]
+    )

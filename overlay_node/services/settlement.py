@@ -1,0 +1,257 @@
+"""The settlement queue: every transaction the wallet makes or receives is submitted to ARC, with retry and
+exponential backoff, and followed until it is mined (its merkle path then proves the wallet's coins) or fails.
+
+Theory of operation:
+
+1. Jobs live in SQLite (``store.settlement``), written in the same transaction as the payment they settle, so
+   nothing queued is lost across a restart: :meth:`Settlement.run` simply carries on with every open job.
+2. One task works the queue: it takes the due jobs (oldest first), submits the ``pending`` ones in one
+   ``POST /v1/txs`` (in queue order: a later transaction may spend an earlier one) and asks ARC the status of
+   the others, then sleeps until the next job is due or a new one is queued (:meth:`Settlement.kick`).
+3. :func:`decide` (pure) turns each ARC answer into the job's next state with DESIGN.md section 9's
+   semantics: MINED -> ``mined`` with the merkle path; SEEN_ON_NETWORK -> ``seen`` (settled; polled again
+   until mined); PROGRESSING (SEEN_IN_ORPHAN_MEMPOOL included) -> ``progressing``, polled again; FAILED
+   (DOUBLE_SPEND_ATTEMPTED even with HTTP 200, REJECTED, 4xx refusals) -> ``failed``; RETRY (network errors,
+   5xx, 429) -> same state, retried after ``settle_retry_min`` doubling up to ``settle_retry_max``; NOT_FOUND
+   on a status query -> ``pending`` again (submitted anew). A resubmission of a transaction ARC already holds
+   is answered with its status, so it counts as success. Nothing is ever marked settled before ARC accepted
+   it.
+4. ``watch`` jobs (payments the payee never answered) are never submitted: they are only polled, and when ARC
+   still does not know the transaction at their deadline they are ``abandoned`` (the coins come back).
+5. A job's new state and its effects on the wallet (proofs, dead coins, coins given back, payment and history
+   status) commit in one durable write; then the wallet's memory follows (:meth:`Wallet.apply_effects`).
+
+Payer side (decided here): the payer writes its payment ahead of sending it, with a ``watch`` job; when the
+payee's receipt arrives the job becomes a ``submit`` job, so the payer broadcasts its own copy too (a
+resubmission of a transaction ARC already holds is answered with its status, which counts as success). It
+thereby learns the merkle path of its change, and any failure, without depending on the payee's
+settlement. A payment whose answer never came stays a ``watch`` job (see point 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import trio
+
+from overlay_node.clock import wall_time
+from overlay_node.config import WalletSection
+from overlay_node.metrics import Metrics
+from overlay_node.services.arc import ArcOutcome, ArcResult
+from overlay_node.services.wallet import Wallet, instrument
+from overlay_node.store.db import Store
+from overlay_node.store.wallet import JobState, JobUpdate, SettlementJob
+
+__all__ = ["Settlement", "backoff", "decide"]
+
+logger = logging.getLogger(__name__)
+
+#: status queries in flight at once
+_POLL_CONCURRENCY = 16
+
+
+def backoff(attempts: int, *, low: float, high: float) -> float:
+    """Seconds to wait before try number ``attempts + 1``: ``low`` doubling per attempt, at most ``high``."""
+    if attempts <= 0:
+        return 0.0
+    return min(high, low * 2.0 ** min(attempts - 1, 60))
+
+
+def decide(job: SettlementJob, result: ArcResult, *, now: float, config: WalletSection) -> JobUpdate:
+    """The next state of ``job`` after ARC answered ``result`` (pure; see the module docstring, point 3).
+
+    Args:
+        job: the job as stored.
+        result: ARC's interpreted answer to a submission or a status query of ``job.txid``.
+        now: wall-clock seconds.
+        config: retry and poll intervals.
+    """
+    poll = now + config.settle_poll_interval
+    status = result.tx_status
+    if result.outcome is ArcOutcome.MINED:
+        assert result.merkle_path is not None  # interpret() only says MINED with a path
+        return JobUpdate(
+            state="mined",
+            attempts=0,
+            next_at=now,
+            arc_status=status,
+            detail=f"mined in block {result.block_height}",
+            merkle_path=bytes.fromhex(result.merkle_path),
+            block_height=result.block_height,
+        )
+    if result.outcome is ArcOutcome.SEEN:
+        return JobUpdate(state="seen", attempts=0, next_at=poll, arc_status=status, detail=result.detail)
+    if result.outcome is ArcOutcome.PROGRESSING:
+        state: JobState = "seen" if job.state == "seen" else "progressing"
+        return JobUpdate(state=state, attempts=0, next_at=poll, arc_status=status, detail=result.detail)
+    if result.outcome is ArcOutcome.FAILED:
+        double = bool(result.competing_txs) or status == "DOUBLE_SPEND_ATTEMPTED"
+        return JobUpdate(
+            state="failed",
+            attempts=job.attempts,
+            next_at=now,
+            arc_status=status,
+            detail=result.detail,
+            double_spend=double,
+        )
+    attempts = job.attempts + 1
+    delay = backoff(attempts, low=config.settle_retry_min, high=config.settle_retry_max)
+    if result.outcome is ArcOutcome.NOT_FOUND:
+        if job.kind == "watch":
+            if job.deadline is not None and now >= job.deadline:
+                return JobUpdate(
+                    state="abandoned",
+                    attempts=attempts,
+                    next_at=now,
+                    arc_status=None,
+                    detail="the payee never answered and ARC never saw the transaction",
+                )
+            wait = max(delay, config.settle_poll_interval)
+            return JobUpdate(
+                state=job.state, attempts=attempts, next_at=now + wait, detail="ARC does not know it (yet)"
+            )
+        # ARC lost it (or never had it): submit it again, at once the first time, then with backoff
+        again = now if job.state != "pending" else now + delay
+        return JobUpdate(state="pending", attempts=attempts, next_at=again, detail=result.detail)
+    # RETRY: nothing was learnt
+    return JobUpdate(
+        state=job.state,
+        attempts=attempts,
+        next_at=now + delay,
+        arc_status=job.arc_status,
+        detail=result.detail,
+    )
+
+
+class Settlement:
+    """The settlement queue worker. Start it with ``await nursery.start(settlement.run)`` after the wallet.
+
+    Args:
+        config: the ``[wallet]`` section.
+        store: the node's store.
+        metrics: the node's metrics (instruments are registered on its registry).
+        wallet: the running wallet (its ARC client is used, and its coins follow the jobs).
+    """
+
+    def __init__(self, config: WalletSection, store: Store, metrics: Metrics, wallet: Wallet) -> None:
+        self._config = config
+        self._store = store
+        self._wallet = wallet
+        self._kicked = trio.Event()
+        self._changed = trio.Event()
+        self._lock = trio.Lock()
+        self._results = _counter(metrics)
+        wallet.on_job_queued = self.kick
+
+    def kick(self) -> None:
+        """Wake the worker (a job was queued)."""
+        self._kicked.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Work the queue until cancelled; open jobs from before a restart are taken up at once."""
+        await self._wallet.wait_ready()
+        counts = await self._store.settlement.counts()
+        logger.info("settlement queue started (%s)", ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+        task_status.started()
+        while True:
+            self._kicked = trio.Event()
+            await self.process()
+            next_due = await self._store.settlement.next_due()
+            delay = math.inf if next_due is None else max(0.0, next_due - wall_time())
+            with trio.move_on_after(delay):
+                await self._kicked.wait()
+
+    async def process(self, *, everything: bool = False) -> int:
+        """Work the due jobs now (every open job with ``everything``, e.g. right after a block in tests).
+
+        Returns:
+            How many jobs were handled.
+        """
+        async with self._lock:
+            now = math.inf if everything else wall_time()
+            jobs = await self._store.settlement.due(now, limit=self._config.settle_batch)
+            # a read in a worker thread is not a cancellation point: if we are being stopped (and the wallet
+            # with us), stop here rather than reach for an ARC client that is closing
+            await trio.lowlevel.checkpoint_if_cancelled()
+            submit = [j for j in jobs if j.state == "pending" and j.kind == "submit" and j.beef]
+            poll = [j for j in jobs if j not in submit]
+            if submit:
+                await self._submit(submit)
+            if poll:
+                await self._poll(poll)
+            return len(jobs)
+
+    async def _submit(self, jobs: list[SettlementJob]) -> None:
+        arc = self._wallet.arc
+        if len(jobs) == 1:
+            results = [await arc.submit(jobs[0].beef)]
+        else:
+            results = await arc.submit_many([j.beef for j in jobs])
+        for job, result in zip(jobs, results, strict=True):
+            await self._apply(job, result)
+
+    async def _poll(self, jobs: list[SettlementJob]) -> None:
+        arc = self._wallet.arc
+        limiter = trio.CapacityLimiter(_POLL_CONCURRENCY)
+        answers: dict[int, ArcResult] = {}
+
+        async def ask(job: SettlementJob) -> None:
+            async with limiter:
+                answers[job.id] = await arc.status(job.txid)
+
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                nursery.start_soon(ask, job)
+        for job in jobs:
+            await self._apply(job, answers[job.id])
+
+    async def _apply(self, job: SettlementJob, result: ArcResult) -> None:
+        now = wall_time()
+        update = decide(job, result, now=now, config=self._config)
+        with trio.CancelScope(shield=True):  # the write and the wallet's memory must not part ways
+            effects = await self._store.settlement.apply(job, update, now=now)
+            self._wallet.apply_effects(effects)
+        self._results.labels(update.state).inc()
+        if update.state != job.state:
+            # per-payment detail is DEBUG (a paid stream makes many); a failure is worth a WARNING
+            log = logger.warning if update.state in ("failed", "abandoned") else logger.debug
+            log("settlement of %s: %s -> %s (%s)", job.txid, job.state, update.state, update.detail)
+        elif result.outcome is ArcOutcome.RETRY:
+            quiet = update.attempts not in (1, 5) and update.attempts % 20
+            (logger.debug if quiet else logger.info)(
+                "settlement of %s: retry in %.1fs (%s)", job.txid, update.next_at - now, result.detail
+            )
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, txid: str, *states: str) -> SettlementJob:
+        """Wait until the job of ``txid`` is in one of ``states``; return it.
+
+        Raises:
+            KeyError: no job settles ``txid``.
+        """
+        while True:
+            changed = self._changed
+            job = await self._store.settlement.get(txid)
+            if job is None:
+                raise KeyError(txid)
+            if job.state in states:
+                # the state was read from the database; the batch that wrote it may still be bringing the
+                # wallet's memory in line: wait for the batch to end
+                async with self._lock:
+                    return job
+            await changed.wait()
+
+
+def _counter(metrics: Metrics) -> Any:
+    from prometheus_client import Counter
+
+    return instrument(
+        metrics,
+        Counter,
+        "overlay_settlement_updates",
+        "Settlement job updates, by resulting state",
+        ["state"],
+    )

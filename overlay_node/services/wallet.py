@@ -1,0 +1,627 @@
+"""The wallet service: the node's coins (UTXOs in SQLite with their transactions and derivation data), coin
+selection and reservation, building and signing payments as Atomic BEEF, the devnet faucet, and the ARC client
+the settlement queue uses.
+
+Theory of operation:
+
+1. SQLite (``store.wallet``) is the truth; the service keeps the spendable coins in memory (loaded at start)
+   and changes that copy only right after a committed write, in the same task, with no ``await`` in between.
+2. Coins being spent are *reserved* in memory the moment they are selected (synchronously, so two concurrent
+   payments never pick the same coin) and released when the payment is refused or fails before commit. A
+   crash forgets reservations: nothing was committed, so the coins are simply spendable again.
+3. Keys are never stored: every coin records how its key is derived (BRC-42: protocol, key id, counterparty).
+   Faucet deposits use the self-derived key ``(2, "overlay node wallet")``/``receive``, change a fresh
+   self-derived key per transaction, and received BRC-29 payments the payee key for ``"<prefix> <suffix>"``
+   with the payer as counterparty, recomputed when the coin is spent.
+4. BEEF stays small: a proven transaction (merkle path known) ends the ancestry; a transaction the recipient
+   already holds (we sent it to them before) is written as a BEEF V2 txid-only entry.
+5. A payment is written ahead (:meth:`Wallet.begin`: coins spent, change pending, a job watching for it)
+   before it is sent; the payee's answer makes the change spendable at once in memory, and the database
+   follows in batches off the critical path (:meth:`Wallet.sent`); a refusal undoes the write
+   (:meth:`Wallet.abort`); no answer leaves it to the watch (:meth:`Wallet.unanswered`). A crash at any
+   point loses nothing: the watch finds out from ARC whether the payee took it.
+6. Every transaction we make or receive goes into the settlement queue in the same write that records it;
+   the settlement service reports back through :meth:`Wallet.apply_effects`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from bsv.keys import PublicKey as BsvPublicKey
+
+from overlay_node.clock import wall_time
+from overlay_node.config import WalletSection
+from overlay_node.crypto.keys import Identity
+from overlay_node.devnet.formats import SourceOutput, parse_submission
+from overlay_node.devnet.refusals import Refusal
+from overlay_node.devnet.validation import Policy
+from overlay_node.errors import ApiError, BadRequest, ConfigError, DialError, OverlayError
+from overlay_node.metrics import Metrics
+from overlay_node.protocol.payments import WALLET_PROTOCOL, child_secret, own_child_public, p2pkh_script
+from overlay_node.services.arc import DevnetClient
+from overlay_node.services.wallet_beef import atomic_beef, beef_entries, outputs_of, tx_record
+from overlay_node.services.wallet_build import BuiltTx, CoinSet, build_transaction, select_coins
+from overlay_node.store.db import Store
+from overlay_node.store.wallet import (
+    Deposit,
+    HistoryEntry,
+    HistoryRecord,
+    NewJob,
+    Outgoing,
+    SentUpdate,
+    SettlementEffects,
+    TxRecord,
+    UtxoRecord,
+)
+
+__all__ = ["RECEIVE_KEY_ID", "Balance", "LruMap", "PreparedTx", "Wallet", "instrument"]
+
+logger = logging.getLogger(__name__)
+
+#: the key id of the wallet's deposit key (faucet payouts and `wallet receive`)
+RECEIVE_KEY_ID = "receive"
+_WALLET_PROTOCOL_TEXT = f"{WALLET_PROTOCOL[0]}-{WALLET_PROTOCOL[1]}"
+#: transactions (and their outputs) kept in memory for building and checking BEEF without the database
+_TX_CACHE = 20_000
+#: txids remembered per peer as "already holds it" (BEEF txid-only entries)
+_KNOWN_PER_PEER = 20_000
+
+
+class LruMap(OrderedDict[str, Any]):
+    """A small LRU map (most recent last)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: str, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Balance:
+    """The wallet's coins in satoshis: ``satoshis`` is what can be spent now (confirmed + unconfirmed, minus
+    reserved), ``confirmed`` the part in mined transactions, ``unconfirmed`` the rest."""
+
+    satoshis: int
+    confirmed: int
+    unconfirmed: int
+    reserved: int
+    coins: int
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "satoshis": self.satoshis,
+            "confirmed": self.confirmed,
+            "unconfirmed": self.unconfirmed,
+            "reserved": self.reserved,
+            "coins": self.coins,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreparedTx:
+    """A signed transaction whose coins are reserved, not yet committed: commit or release it.
+
+    ``beef`` is the Atomic BEEF for ``recipient`` (txid-only entries for what it holds); ``settle_beef`` the
+    one our settlement queue submits.
+    """
+
+    txid: str
+    raw: bytes
+    beef: bytes
+    settle_beef: bytes
+    spends: tuple[UtxoRecord, ...]
+    change: UtxoRecord | None
+    fee: int
+    amount: int
+    recipient: str | None
+    sent_txids: tuple[str, ...]
+    record: TxRecord
+    tx: Any  # bsv.transaction.Transaction
+
+
+class Wallet:
+    """The node's wallet. Start it with ``await nursery.start(wallet.run)``.
+
+    Args:
+        identity: the node's key (every wallet key is derived from it).
+        config: the ``[wallet]`` section.
+        store: the node's store.
+        metrics: the node's metrics (the wallet registers its own instruments on its registry).
+        arc_url: the ledger to use when ``config.arc_url`` is empty (the devnet the node started or was
+            given).
+
+    Raises:
+        ConfigError: neither ``config.arc_url`` nor ``arc_url`` names a ledger.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: WalletSection,
+        store: Store,
+        metrics: Metrics,
+        *,
+        arc_url: str | None = None,
+    ) -> None:
+        url = config.arc_url or arc_url or ""
+        if not url:
+            raise ConfigError("wallet.arc_url: empty, and no devnet ledger was given to the wallet")
+        self._identity = identity
+        self._config = config
+        self._store = store
+        self._url = url
+        self._arc: DevnetClient | None = None
+        self._coins = CoinSet()
+        self._txs: LruMap = LruMap(_TX_CACHE)  # txid -> TxRecord
+        self._outputs: LruMap = LruMap(_TX_CACHE)  # txid -> list[SourceOutput]
+        self._queued: LruMap = LruMap(_TX_CACHE)  # txid -> True: in our settlement queue (submitted in order)
+        self._known: dict[str, LruMap] = {}  # peer -> txids it holds
+        self._roots: dict[int, str] = {}
+        self._fee_rate = config.fee_rate
+        self._ready = trio.Event()
+        self._sent_queue: list[SentUpdate] = []
+        self._sent_wakeup = trio.Event()
+        self._sent_done = trio.Event()
+        self._sent_writing = False
+        #: called after a job was queued (the settlement service sets it to wake itself)
+        self.on_job_queued: Callable[[], None] = lambda: None
+        gauge = _gauge(metrics)
+        self._gauges = (gauge.labels("confirmed"), gauge.labels("unconfirmed"), gauge.labels("reserved"))
+        receive_pub = self._own_key(RECEIVE_KEY_ID)
+        self._receive_pub = receive_pub
+        self._receive_script = p2pkh_script(receive_pub)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    @property
+    def arc(self) -> DevnetClient:
+        """The ARC client (a devnet client: its extra routes are only used against a devnet)."""
+        if self._arc is None:
+            raise OverlayError("the wallet is not running")
+        return self._arc
+
+    @property
+    def arc_url(self) -> str:
+        return self._url
+
+    @property
+    def identity_key(self) -> str:
+        return self._identity.public_key_hex
+
+    @property
+    def policy(self) -> Policy:
+        """The fee policy payments must meet (the higher of ours and ARC's)."""
+        return Policy(mining_fee_satoshis=self._fee_rate, mining_fee_bytes=1000)
+
+    @property
+    def fee_rate(self) -> int:
+        return self._fee_rate
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the ARC client, load the coins and ARC's fee policy, then serve until cancelled."""
+        async with DevnetClient(self._url, api_key=self._config.arc_api_key, timeout=self._config.arc_timeout) as arc:
+            self._arc = arc
+            try:
+                await self._load()
+                await self._refresh_policy()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._serve_sent)
+                    self._ready.set()
+                    logger.info(
+                        "wallet ready: %d coins, %d satoshis, ARC %s, fee rate %d sat/kB",
+                        len(self._coins),
+                        self.balance().satoshis,
+                        self._url,
+                        self._fee_rate,
+                    )
+                    task_status.started()
+            finally:
+                self._arc = None
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def _load(self) -> None:
+        self._coins = CoinSet()
+        for coin in await self._store.wallet.spendable():
+            self._coins.add(coin)
+        self._update_gauge()
+
+    async def _refresh_policy(self) -> None:
+        try:
+            policy = await self.arc.policy()
+        except (ApiError, DialError) as exc:
+            logger.warning("ARC policy unavailable at %s (%s); using fee rate %d", self._url, exc, self._fee_rate)
+            return
+        arc_rate = -(-policy.mining_fee_satoshis * 1000 // policy.mining_fee_bytes)
+        self._fee_rate = max(self._config.fee_rate, arc_rate)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    def balance(self) -> Balance:
+        confirmed, unconfirmed, reserved = self._coins.totals()
+        return Balance(
+            satoshis=confirmed + unconfirmed,
+            confirmed=confirmed,
+            unconfirmed=unconfirmed,
+            reserved=reserved,
+            coins=len(self._coins),
+        )
+
+    def coins(self) -> list[UtxoRecord]:
+        """The spendable coins (reserved ones included)."""
+        return self._coins.all()
+
+    def receive(self) -> dict[str, str]:
+        """Where to send money to this wallet: the deposit key, its P2PKH address and script."""
+        return {
+            "identity_key": self._identity.public_key_hex,
+            "pubkey": self._receive_pub.hex(),
+            "address": str(BsvPublicKey(self._receive_pub.hex()).address()),
+            "locking_script": self._receive_script.hex(),
+            "derivation": f"{_WALLET_PROTOCOL_TEXT}-{RECEIVE_KEY_ID} (self)",
+        }
+
+    async def history(self, *, limit: int = 100, before_id: int | None = None) -> list[HistoryEntry]:
+        """History entries, newest first (payment outcomes noted so far included)."""
+        await self.flush()
+        return await self._store.wallet.history(limit=limit, before_id=before_id)
+
+    # -- faucet ----------------------------------------------------------------------------------------------
+
+    async def faucet(self, satoshis: int) -> dict[str, Any]:
+        """Have the devnet faucet pay ``satoshis`` to the deposit key, and record the coin.
+
+        Raises:
+            BadRequest: ``satoshis`` is not a positive integer.
+            ApiError: the ledger refused (not a devnet, amount too large, faucet empty).
+            DialError: the ledger cannot be reached.
+        """
+        if not isinstance(satoshis, int) or isinstance(satoshis, bool) or satoshis < 1:
+            raise BadRequest("satoshis must be a positive integer")
+        payout = await self.arc.faucet(satoshis, pubkey=self._receive_pub.hex())
+        if payout.locking_script != self._receive_script or payout.satoshis != satoshis:
+            raise ApiError("the faucet paid another script or amount", code="bad_answer", status=200)
+        try:
+            submission = parse_submission(payout.beef)
+        except Refusal as exc:
+            raise ApiError(f"the faucet's BEEF is malformed: {exc}", code="bad_answer", status=200) from exc
+        records = tuple(tx_record(t) for t in submission.txs)
+        subject = next((r for r in records if r.txid == payout.txid), None)
+        if subject is None:
+            raise ApiError("the faucet's BEEF does not hold its payout", code="bad_answer", status=200)
+        utxo = UtxoRecord(
+            txid=payout.txid,
+            vout=payout.vout,
+            satoshis=payout.satoshis,
+            script=payout.locking_script,
+            protocol=_WALLET_PROTOCOL_TEXT,
+            key_id=RECEIVE_KEY_ID,
+            counterparty="self",
+            origin="faucet",
+            proven=subject.proven,
+        )
+        deposit = Deposit(
+            txs=records,
+            utxo=utxo,
+            history=HistoryRecord(txid=payout.txid, direction="in", kind="faucet", amount=satoshis),
+            job=NewJob(txid=payout.txid, beef=payout.beef, state="seen", next_at=wall_time()),
+        )
+        await self._store.wallet.add_deposit(deposit, now=wall_time())
+        self._coins.add(utxo)
+        self._remember_txs(records)
+        self._queued.put(payout.txid, True)
+        self._update_gauge()
+        self.on_job_queued()
+        logger.debug("faucet paid %d satoshis to the wallet in %s", satoshis, payout.txid)
+        return {"txid": payout.txid, "vout": payout.vout, "satoshis": satoshis}
+
+    # -- paying ----------------------------------------------------------------------------------------------
+
+    async def prepare(self, outputs: Sequence[tuple[bytes, int]], *, recipient: str | None) -> PreparedTx:
+        """Select and reserve coins, and build and sign a transaction paying ``outputs`` (script, satoshis)
+        plus change to a fresh key, with its Atomic BEEF for ``recipient`` (a peer identity key, or None).
+
+        Cancellation and errors: the reservation is released before the exception leaves.
+
+        Raises:
+            InsufficientFunds: not enough spendable, unreserved coins.
+        """
+        amount = sum(s for _, s in outputs)
+        free = self._coins.free()
+        picked, fee, change_sats = select_coins(free, amount, [len(s) for s, _ in outputs], self._fee_rate)
+        reservation = [c.outpoint for c in picked]
+        self._coins.reserve(picked)
+        try:
+            change: UtxoRecord | None = None
+            all_outputs = list(outputs)
+            if change_sats:
+                key_id = f"change {secrets.token_hex(12)}"
+                script = p2pkh_script(self._own_key(key_id))
+                all_outputs.append((script, change_sats))
+                vout = len(all_outputs) - 1
+                change = UtxoRecord(
+                    txid="",
+                    vout=vout,
+                    satoshis=change_sats,
+                    script=script,
+                    protocol=_WALLET_PROTOCOL_TEXT,
+                    key_id=key_id,
+                    counterparty="self",
+                    origin="change",
+                )
+            built: BuiltTx = build_transaction(picked, all_outputs, self._private_key, fee=fee)
+            if change is not None:
+                change = dataclasses.replace(change, txid=built.txid)
+            record = TxRecord(txid=built.txid, raw=built.raw, parents=tuple(dict.fromkeys(c.txid for c in picked)))
+            peer_known: Collection[str] = (self._known.get(recipient) or ()) if recipient else ()
+            txs = await self._ancestry(record, peer_known)
+            entries = beef_entries(built.txid, txs, known=peer_known)
+            # our queue submits in order, so what it holds already can be named by txid only
+            settle_entries = beef_entries(built.txid, txs, known=self._queued)
+            return PreparedTx(
+                txid=built.txid,
+                raw=built.raw,
+                beef=atomic_beef(built.txid, entries),
+                settle_beef=atomic_beef(built.txid, settle_entries),
+                spends=tuple(picked),
+                change=change,
+                fee=fee,
+                amount=amount,
+                recipient=recipient,
+                sent_txids=tuple(e.txid for e in entries if e.raw is not None),
+                record=record,
+                tx=built.tx,
+            )
+        except BaseException:
+            self._coins.release(reservation)
+            raise
+
+    def release(self, prepared: PreparedTx) -> None:
+        """Give back the coins of a transaction that will not be committed."""
+        self._coins.release(c.outpoint for c in prepared.spends)
+
+    async def begin(self, prepared: PreparedTx, history: HistoryRecord) -> None:
+        """Write a payment ahead of sending it: its coins spent, its change pending, its history entry
+        (``sending``) and a settlement job that watches for it. Then send it and call :meth:`sent`,
+        :meth:`unanswered` or :meth:`abort`.
+
+        Written ahead so that a crash at any point after this loses nothing: if the payee took the payment,
+        the watch finds the transaction and the change becomes spendable; if not, the coins come back
+        after ``unanswered_timeout``.
+
+        Raises:
+            Conflict: a coin is no longer spendable (the reservation is released).
+        """
+        now = wall_time()
+        job = NewJob(
+            txid=prepared.txid,
+            beef=prepared.settle_beef,
+            kind="watch",
+            next_at=now + self._config.settle_poll_interval,
+            deadline=now + self._config.unanswered_timeout,
+        )
+        out = Outgoing(
+            txid=prepared.txid,
+            spends=tuple(c.outpoint for c in prepared.spends),
+            txs=(prepared.record,),
+            change=(prepared.change,) if prepared.change is not None else (),
+            history=dataclasses.replace(history, status="sending"),
+            job=job,
+            change_state="pending",
+        )
+        try:
+            with trio.CancelScope(shield=True):
+                await self._store.wallet.commit_outgoing(out, now=now)
+        except BaseException:
+            self.release(prepared)
+            raise
+
+    def sent(self, prepared: PreparedTx, receipt: bytes | None, *, detail: str = "") -> None:
+        """The payee took a payment written with :meth:`begin`: its change is ours to spend now and its job
+        submits it. The database follows in the background (:meth:`flush` waits for it)."""
+        self._spent(prepared)
+        if prepared.change is not None:
+            self._coins.add(prepared.change)
+        self._queued.put(prepared.txid, True)
+        if prepared.recipient is not None:
+            known = self._known.setdefault(prepared.recipient, LruMap(_KNOWN_PER_PEER))
+            for txid in prepared.sent_txids:
+                known.put(txid, True)
+        self._note_sent(SentUpdate(txid=prepared.txid, answered=True, receipt=receipt, detail=detail))
+
+    def unanswered(self, prepared: PreparedTx, detail: str) -> None:
+        """A payment written with :meth:`begin` got no answer: its coins stay spent and its change pending
+        while the settlement queue watches for the transaction (history ``unknown``)."""
+        self._spent(prepared)
+        self._note_sent(SentUpdate(txid=prepared.txid, answered=False, detail=detail))
+
+    async def abort(self, prepared: PreparedTx) -> None:
+        """The payee refused a payment written with :meth:`begin`: undo it, its coins are spendable again."""
+        try:
+            with trio.CancelScope(shield=True):
+                await self._store.wallet.abort_outgoing(prepared.txid)
+        finally:
+            self.release(prepared)
+
+    async def flush(self) -> None:
+        """Wait until the outcomes of payments noted so far are in the database."""
+        while self._sent_queue or self._sent_writing:
+            await self._sent_done.wait()
+
+    def _spent(self, prepared: PreparedTx) -> None:
+        for coin in prepared.spends:
+            self._coins.remove(coin.outpoint)
+        self._txs.put(prepared.txid, prepared.record)
+        self._outputs.put(prepared.txid, _outputs(prepared.tx))
+        self._update_gauge()
+
+    def _note_sent(self, update: SentUpdate) -> None:
+        self._sent_queue.append(update)
+        self._sent_wakeup.set()
+
+    async def _serve_sent(self) -> None:
+        """Write the outcomes of sent payments, many at a time, off the payer's critical path."""
+        while True:
+            while not self._sent_queue:
+                await self._sent_wakeup.wait()
+                self._sent_wakeup = trio.Event()
+            batch, self._sent_queue = self._sent_queue, []
+            self._sent_writing = True
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._store.wallet.record_sent(batch, now=wall_time())
+            finally:
+                self._sent_writing = False
+                done, self._sent_done = self._sent_done, trio.Event()
+                done.set()
+            self.on_job_queued()
+
+    def _private_key(self, coin: UtxoRecord) -> bytes:
+        counterparty = self._identity.public_key if coin.counterparty == "self" else coin.counterparty
+        return child_secret(self._identity, counterparty, coin.invoice)
+
+    def _own_key(self, key_id: str) -> bytes:
+        """Our self-derived wallet public key for ``key_id``."""
+        return own_child_public(self._identity, self._identity.public_key, f"{_WALLET_PROTOCOL_TEXT}-{key_id}")
+
+    async def _ancestry(self, record: TxRecord, stop: Collection[str]) -> dict[str, TxRecord]:
+        """``record`` and its unproven ancestors (memory first, then the database), not past ``stop``."""
+        found: dict[str, TxRecord] = {record.txid: record}
+        missing: set[str] = set()
+        todo = list(record.parents)
+        while todo:
+            txid = todo.pop()
+            if txid in found or txid in stop:
+                continue
+            tx = self._txs.get(txid)
+            if tx is None:
+                missing.add(txid)
+                continue
+            found[txid] = tx
+            if not tx.proven:
+                todo.extend(tx.parents)
+        if missing:
+            found.update(await self._store.wallet.ancestry(missing, stop={*stop, *found}))
+        return found
+
+    # -- receiving (the payments service) --------------------------------------------------------------------
+
+    def payment_coin(
+        self, *, txid: str, satoshis: int, script: bytes, prefix: str, suffix: str, payer: str
+    ) -> UtxoRecord:
+        """The coin a received BRC-29 payment gives us (output 0)."""
+        return UtxoRecord(
+            txid=txid,
+            vout=0,
+            satoshis=satoshis,
+            script=script,
+            protocol="2-3241645161d8",
+            key_id=f"{prefix} {suffix}",
+            counterparty=payer,
+            origin="payment",
+        )
+
+    def note_received(self, coin: UtxoRecord, txs: Iterable[TxRecord], outputs: Sequence[SourceOutput]) -> None:
+        """A received payment was committed (with its job): make its coin spendable and remember its txs."""
+        self._coins.add(coin)
+        self._remember_txs(txs)
+        self._outputs.put(coin.txid, list(outputs))
+        self._queued.put(coin.txid, True)
+        self._update_gauge()
+        self.on_job_queued()
+
+    async def held_outputs(self, txids: Collection[str]) -> dict[str, list[SourceOutput]]:
+        """The outputs of the transactions among ``txids`` that we hold (for BEEF txid-only entries)."""
+        out: dict[str, list[SourceOutput]] = {}
+        missing = []
+        for txid in txids:
+            cached = self._outputs.get(txid)
+            if cached is not None:
+                out[txid] = cached
+            else:
+                missing.append(txid)
+        if missing:
+            for txid, tx in (await self._store.wallet.txs(missing)).items():
+                outputs = outputs_of(tx.raw)
+                self._outputs.put(txid, outputs)
+                out[txid] = outputs
+        return out
+
+    async def merkle_roots(self, heights: Collection[int]) -> dict[int, str | None]:
+        """The merkle root of the block at each height (None: no such block), from the ledger's headers.
+
+        Raises:
+            DialError: the ledger cannot be reached.
+        """
+        out: dict[int, str | None] = {}
+        for height in heights:
+            root = self._roots.get(height)
+            if root is None:
+                try:
+                    root = (await self.arc.header(height)).merkle_root
+                except ApiError as exc:
+                    if exc.http_status != 404:
+                        raise
+                else:
+                    self._roots[height] = root
+            out[height] = root
+        return out
+
+    # -- settlement ------------------------------------------------------------------------------------------
+
+    def apply_effects(self, effects: SettlementEffects) -> None:
+        """Bring the in-memory coins in line with a settlement change already committed."""
+        for txid in effects.proven:
+            self._coins.mark_proven(txid)
+            self._txs.pop(txid, None)  # the database copy has the merkle path
+        for op in effects.dead:
+            self._coins.remove(op)
+        for coin in effects.restored:
+            self._coins.add(coin)
+        if effects.dead or effects.restored:
+            for txid in {op[0] for op in effects.dead}:
+                self._queued.pop(txid, None)
+        self._update_gauge()
+
+    def _remember_txs(self, txs: Iterable[TxRecord]) -> None:
+        for tx in txs:
+            self._txs.put(tx.txid, tx)
+
+    def _update_gauge(self) -> None:
+        for gauge, value in zip(self._gauges, self._coins.totals(), strict=True):
+            gauge.set(value)
+
+
+def _outputs(tx: Any) -> list[SourceOutput]:
+    return [
+        SourceOutput(satoshis=int(o.satoshis), locking_script=bytes(o.locking_script.serialize())) for o in tx.outputs
+    ]
+
+
+def instrument(metrics: Metrics, kind: type[Any], name: str, doc: str, labels: Sequence[str]) -> Any:
+    """A Prometheus instrument of these services on the node's registry, created once per registry (a service
+    built again on the same metrics, e.g. after a restart in one process, gets the existing one)."""
+    try:
+        return kind(name, doc, list(labels), registry=metrics.registry)
+    except ValueError:  # already registered on this registry
+        return metrics.registry._names_to_collectors[name]
+
+
+def _gauge(metrics: Metrics) -> Any:
+    from prometheus_client import Gauge
+
+    return instrument(metrics, Gauge, "overlay_wallet_satoshis", "Satoshis in the wallet", ["state"])

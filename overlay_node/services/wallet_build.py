@@ -1,0 +1,225 @@
+"""Coin selection, fees, and building and signing P2PKH transactions with bsv-sdk. Synchronous and pure (the
+caller supplies the coins and the keys).
+
+Fees: a transaction's size is estimated with the largest P2PKH unlocking script (107 bytes), so the real size
+never exceeds the estimate and the fee always meets ``rate`` satoshis per 1000 bytes (rounded up, as ARC and
+the devnet compute it).
+
+Selection: proven coins before unproven ones (a payment's BEEF then stops at them), the smallest single coin
+that covers the payment, else the largest coins until they cover it. Change goes to a fresh key; change that
+would be 0 is left to the fee.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bsv.keys import PrivateKey as BsvPrivateKey
+from bsv.script.script import Script
+from bsv.script.type import P2PKH
+from bsv.transaction import Transaction, TransactionInput, TransactionOutput
+
+from overlay_node.devnet.formats import varint_bytes
+from overlay_node.errors import InsufficientFunds
+from overlay_node.store.wallet import Outpoint, UtxoRecord
+
+__all__ = ["BuiltTx", "CoinSet", "build_transaction", "estimate_size", "required_fee", "select_coins"]
+
+#: the largest P2PKH unlocking script: push(72-byte DER signature + sighash byte) + push(33-byte key)
+P2PKH_UNLOCK_MAX = 107
+#: a P2PKH locking script's length
+P2PKH_SCRIPT_LEN = 25
+
+
+def required_fee(size: int, rate: int) -> int:
+    """The fee for ``size`` bytes at ``rate`` satoshis per 1000 bytes, rounded up."""
+    return -(-size * rate // 1000)
+
+
+def estimate_size(n_inputs: int, output_script_lens: Sequence[int]) -> int:
+    """An upper bound of the size of a transaction spending ``n_inputs`` P2PKH outputs."""
+    inputs = n_inputs * (32 + 4 + 1 + P2PKH_UNLOCK_MAX + 4)
+    outputs = sum(8 + len(varint_bytes(n)) + n for n in output_script_lens)
+    return 4 + len(varint_bytes(n_inputs)) + inputs + len(varint_bytes(len(output_script_lens))) + outputs + 4
+
+
+def select_coins(
+    coins: Sequence[UtxoRecord], amount: int, output_script_lens: Sequence[int], rate: int
+) -> tuple[list[UtxoRecord], int, int]:
+    """Pick coins paying ``amount`` plus the fee.
+
+    Args:
+        coins: the spendable, unreserved coins.
+        amount: what the outputs pay in total.
+        output_script_lens: the lengths of the outputs' locking scripts (the change output is added here).
+        rate: satoshis per 1000 bytes.
+
+    Returns:
+        ``(coins, fee, change)``: ``change`` is 0 when no change output is needed.
+
+    Raises:
+        InsufficientFunds: the coins cannot cover ``amount`` and the fee.
+    """
+    with_change = [*output_script_lens, P2PKH_SCRIPT_LEN]
+
+    def fee_for(n: int, lens: Sequence[int]) -> int:
+        return required_fee(estimate_size(n, lens), rate)
+
+    ordered = sorted(coins, key=lambda c: (not c.proven, c.satoshis))
+    single = next((c for c in ordered if c.satoshis >= amount + fee_for(1, with_change)), None)
+    if single is None:
+        # an exact single coin needs no change
+        single = next((c for c in ordered if c.satoshis == amount + fee_for(1, output_script_lens)), None)
+    picked = [single] if single is not None else []
+    if not picked:
+        total = 0
+        for coin in sorted(coins, key=lambda c: (-c.satoshis, not c.proven)):
+            picked.append(coin)
+            total += coin.satoshis
+            if total >= amount + fee_for(len(picked), output_script_lens):
+                break
+    total = sum(c.satoshis for c in picked)
+    fee_no_change = fee_for(len(picked), output_script_lens)
+    if not picked or total < amount + fee_no_change:
+        have = sum(c.satoshis for c in coins)
+        raise InsufficientFunds(
+            f"the wallet has {have} spendable satoshis, {amount + fee_no_change} are needed "
+            f"({amount} plus a fee of {fee_no_change}): fund it (e.g. `overlay-node ctl wallet faucet`)"
+        )
+    fee_change = fee_for(len(picked), with_change)
+    change = total - amount - fee_change
+    if change >= 1:
+        return picked, fee_change, change
+    return picked, total - amount, 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuiltTx:
+    """A signed transaction: its bytes, txid, the outputs it spends and its fee."""
+
+    txid: str
+    raw: bytes
+    tx: Any  # bsv.transaction.Transaction (untyped library)
+    spends: tuple[UtxoRecord, ...]
+    fee: int
+
+
+def build_transaction(
+    coins: Sequence[UtxoRecord],
+    outputs: Sequence[tuple[bytes, int]],
+    key_for: Callable[[UtxoRecord], bytes],
+    *,
+    fee: int,
+) -> BuiltTx:
+    """Build and sign a transaction spending ``coins`` (all P2PKH) to ``outputs`` (script, satoshis).
+
+    Args:
+        coins: the inputs, in order.
+        outputs: the outputs, in order (the change output included, if any).
+        key_for: the 32-byte private key of a coin.
+        fee: the fee the caller computed (recorded, and checked against the amounts).
+
+    Raises:
+        ValueError: the outputs and fee do not add up to the inputs (a bug in the caller).
+    """
+    if sum(c.satoshis for c in coins) != sum(s for _, s in outputs) + fee:
+        raise ValueError("inputs, outputs and fee do not balance")
+    inputs = []
+    for coin in coins:
+        key = BsvPrivateKey(key_for(coin))
+        tx_in = TransactionInput(
+            source_txid=coin.txid,
+            source_output_index=coin.vout,
+            unlocking_script_template=P2PKH().unlock(key),
+        )
+        tx_in.satoshis = coin.satoshis
+        tx_in.locking_script = Script(coin.script)
+        inputs.append(tx_in)
+    tx = Transaction(inputs, [TransactionOutput(Script(script), sats) for script, sats in outputs])
+    tx.sign()
+    raw = bytes(tx.serialize())
+    return BuiltTx(txid=str(tx.txid()), raw=raw, tx=tx, spends=tuple(coins), fee=fee)
+
+
+class CoinSet:
+    """The wallet's spendable coins in memory, with reservations and running totals (so that a balance, a
+    reservation or a proof costs O(1) per coin touched, however many coins there are)."""
+
+    def __init__(self) -> None:
+        self._coins: dict[Outpoint, UtxoRecord] = {}
+        self._by_txid: dict[str, set[Outpoint]] = {}
+        self._reserved: set[Outpoint] = set()
+        # satoshis by (proven, reserved)
+        self._sums = {(False, False): 0, (False, True): 0, (True, False): 0, (True, True): 0}
+
+    def __len__(self) -> int:
+        return len(self._coins)
+
+    def __contains__(self, op: object) -> bool:
+        return op in self._coins
+
+    def _account(self, coin: UtxoRecord, sign: int) -> None:
+        self._sums[(coin.proven, coin.outpoint in self._reserved)] += sign * coin.satoshis
+
+    def add(self, coin: UtxoRecord) -> None:
+        """Add a coin, unreserved; a coin already here is replaced and keeps its reservation."""
+        reserved = coin.outpoint in self._reserved
+        self.remove(coin.outpoint)
+        self._coins[coin.outpoint] = coin
+        self._by_txid.setdefault(coin.txid, set()).add(coin.outpoint)
+        if reserved:
+            self._reserved.add(coin.outpoint)
+        self._account(coin, 1)
+
+    def remove(self, op: Outpoint) -> UtxoRecord | None:
+        coin = self._coins.pop(op, None)
+        if coin is None:
+            return None
+        self._account(coin, -1)
+        self._reserved.discard(op)
+        ops = self._by_txid.get(coin.txid)
+        if ops is not None:
+            ops.discard(op)
+            if not ops:
+                del self._by_txid[coin.txid]
+        return coin
+
+    def reserve(self, coins: Iterable[UtxoRecord]) -> None:
+        for given in coins:
+            coin = self._coins.get(given.outpoint)  # the stored record: it may be proven by now
+            if coin is not None and coin.outpoint not in self._reserved:
+                self._account(coin, -1)
+                self._reserved.add(coin.outpoint)
+                self._account(coin, 1)
+
+    def release(self, ops: Iterable[Outpoint]) -> None:
+        for op in ops:
+            coin = self._coins.get(op)
+            if coin is not None and op in self._reserved:
+                self._account(coin, -1)
+                self._reserved.discard(op)
+                self._account(coin, 1)
+
+    def mark_proven(self, txid: str) -> None:
+        """The coins of ``txid`` are in a mined transaction now."""
+        for op in list(self._by_txid.get(txid, ())):
+            coin = self._coins[op]
+            if not coin.proven:
+                self._account(coin, -1)
+                self._coins[op] = dataclasses.replace(coin, proven=True)
+                self._account(self._coins[op], 1)
+
+    def free(self) -> list[UtxoRecord]:
+        """The unreserved coins."""
+        return [c for op, c in self._coins.items() if op not in self._reserved]
+
+    def all(self) -> list[UtxoRecord]:
+        return list(self._coins.values())
+
+    def totals(self) -> tuple[int, int, int]:
+        """``(confirmed, unconfirmed, reserved)`` satoshis (the first two unreserved)."""
+        s = self._sums
+        return s[(True, False)], s[(False, False)], s[(True, True)] + s[(False, True)]

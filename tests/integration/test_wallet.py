@@ -1,0 +1,258 @@
+"""The wallet on a real SQLite file against a real devnet over HTTP: faucet, balances, history, restarts,
+reservations, proven coins and small BEEF, unanswered payments; the control routes and the CLI commands over
+a real unix socket."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import typer
+from starlette.applications import Starlette
+from typer.testing import CliRunner, Result
+
+from overlay_cli import wallet_cmd
+from overlay_cli.output import CliState
+from overlay_node.api.common import HTTP_EXCEPTION_HANDLERS
+from overlay_node.api.control_wallet import wallet_routes
+from overlay_node.api.server import bind_unix, serve_app
+from overlay_node.crypto.keys import Identity
+from overlay_node.devnet.formats import parse_submission
+from overlay_node.errors import InsufficientFunds, PeerTimeout
+from overlay_node.net.peers import PeerLink
+from overlay_node.services.payments import Payments
+from overlay_node.services.wallet import Wallet
+
+from .test_payments import LIMIT, DevnetFactory, PayNode, link, start_devnet, start_paynode, wallet_config
+
+__all__ = ["start_devnet"]  # a fixture, imported to be used here
+
+
+async def test_faucet_balance_history_and_restart(
+    tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory
+) -> None:
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        ident = Identity.generate()
+        a = await start_paynode(nursery, tmp_path, "a", devnet.url, identity=ident)
+        assert a.wallet.balance().as_json() == {
+            "satoshis": 0,
+            "confirmed": 0,
+            "unconfirmed": 0,
+            "reserved": 0,
+            "coins": 0,
+        }
+        receive = a.wallet.receive()
+        assert receive["identity_key"] == a.key and receive["address"].startswith("1")
+        await a.fund(3_000)
+        await a.fund(4_000)
+        assert a.wallet.balance().unconfirmed == 7_000 and a.wallet.balance().confirmed == 0
+        await devnet.mine()
+        await a.settle_all()
+        assert a.wallet.balance().confirmed == 7_000
+        history = await a.wallet.history()
+        assert [(h.direction, h.kind, h.amount, h.status) for h in history] == [
+            ("in", "faucet", 4_000, "confirmed"),
+            ("in", "faucet", 3_000, "confirmed"),
+        ]
+        # the coins and their proofs come back from the database
+        await a.stop()
+        again = await start_paynode(nursery, tmp_path, "a", devnet.url, identity=ident)
+        assert again.wallet.balance().confirmed == 7_000 and again.wallet.balance().coins == 2
+
+
+async def test_reserved_coins_are_never_picked_twice(
+    tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory
+) -> None:
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        a = await start_paynode(nursery, tmp_path, "a", devnet.url)
+        b = await start_paynode(nursery, tmp_path, "b", devnet.url)
+        await link(a, b)
+        await a.fund(5_000)
+        await a.fund(5_000)
+        script = bytes.fromhex(b.wallet.receive()["locking_script"])
+        first = await a.wallet.prepare([(script, 3_000)], recipient=None)
+        second = await a.wallet.prepare([(script, 3_000)], recipient=None)
+        assert {c.outpoint for c in first.spends}.isdisjoint(c.outpoint for c in second.spends)
+        assert a.wallet.balance().reserved == 10_000 and a.wallet.balance().satoshis == 0
+        with pytest.raises(InsufficientFunds, match="0 spendable satoshis"):
+            await a.wallet.prepare([(script, 1)], recipient=None)
+        a.wallet.release(first)
+        a.wallet.release(second)
+        assert a.wallet.balance().satoshis == 10_000
+
+        # two payments at once: each gets its own coin and both go through
+        quotes = [await a.payments.request_quote(b.key, f"file:{i}", 3_000) for i in range(2)]
+        receipts = []
+
+        async def pay(i: int) -> None:
+            receipts.append(await a.payments.pay(quotes[i]))
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(pay, 0)
+            inner.start_soon(pay, 1)
+        assert len({r.txid for r in receipts}) == 2
+        assert b.wallet.balance().satoshis == 6_000
+        assert a.wallet.balance().satoshis == 10_000 - 6_000 - sum(
+            h.fee for h in await a.wallet.history() if h.direction == "out"
+        )
+
+
+async def test_proven_coins_make_small_beef(tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory) -> None:
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        a = await start_paynode(nursery, tmp_path, "a", devnet.url)
+        b = await start_paynode(nursery, tmp_path, "b", devnet.url)
+        await link(a, b)
+        await a.fund(8_000)
+        quote = await a.payments.request_quote(b.key, "file:big", 1_000)
+        receipt = await a.payments.pay(quote)
+        await a.settlement.wait_for(receipt.txid, "seen")
+        await devnet.mine()
+        await a.settle_all()
+        assert a.wallet.balance().confirmed > 0
+        # the change is proven now: a BEEF for a new recipient holds the payment and its parent with a merkle
+        # path, nothing older
+        script = bytes.fromhex(b.wallet.receive()["locking_script"])
+        fresh = await a.wallet.prepare([(script, 1_000)], recipient=None)
+        parsed = parse_submission(fresh.beef)
+        assert [t.txid for t in parsed.txs][-1] == fresh.txid
+        assert len(parsed.txs) == 2 and parsed.txs[0].bump is not None and not parsed.txid_only
+        a.wallet.release(fresh)
+        # and B, which got that parent in the first payment, gets it as a txid-only entry
+        quote = await a.payments.request_quote(b.key, "file:next", 1_000)
+        message, prepared = await a.payments.prepare_payment(quote)
+        parsed = parse_submission(message.transaction)
+        assert len(parsed.txs) == 1 and parsed.txid_only == {receipt.txid}
+        await a.payments.send_payment(a.peers.link(b.key), message, prepared)  # type: ignore[arg-type]
+        assert b.wallet.balance().satoshis == 2_000
+
+
+async def test_unanswered_payment_is_watched_then_abandoned(
+    tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory
+) -> None:
+    """The payee takes the payment and never answers: the payer commits it as ``unknown`` and watches the
+    ledger; ARC never sees it, so at the deadline the coins come back."""
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        cfg = wallet_config(settle_poll_interval=0.05, unanswered_timeout=0.3)
+        a = await start_paynode(nursery, tmp_path, "a", devnet.url, config=cfg, request_timeout=0.3)
+        b = await start_paynode(nursery, tmp_path, "b", devnet.url)
+        await link(a, b)
+        swallowed = trio.Event()
+
+        async def black_hole(link_: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+            swallowed.set()
+            await trio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        b.peers.on_request("pay.submit", black_hole)
+        await a.fund(6_000)
+        quote = await a.payments.request_quote(b.key, "file:void", 2_000)
+        with pytest.raises(PeerTimeout):
+            await a.payments.pay(quote)
+        assert swallowed.is_set()
+        history = await a.wallet.history()
+        assert history[0].status == "unknown"
+        assert a.wallet.balance().satoshis < 6_000  # spent, as far as the wallet can tell
+        job = await a.settlement.wait_for(history[0].txid, "abandoned")
+        assert job.kind == "watch"
+        assert a.wallet.balance().satoshis == 6_000
+        assert (await a.wallet.history())[0].status == "abandoned"
+
+
+# -- control routes and CLI ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Target:
+    wallet: Wallet
+    payments: Payments
+
+
+def _cli() -> typer.Typer:
+    """The CLI as the lead mounts it: ``ctl wallet ...``, ``ctl quote``, ``ctl pay``."""
+    root = typer.Typer()
+
+    @root.callback()
+    def main(ctx: typer.Context, data_dir: str = typer.Option(..., "--data-dir")) -> None:
+        ctx.obj = CliState(data_dir=data_dir)
+
+    ctl = typer.Typer()
+    ctl.add_typer(wallet_cmd.app, name="wallet")
+    ctl.command()(wallet_cmd.quote)
+    ctl.command()(wallet_cmd.pay)
+    root.add_typer(ctl, name="ctl")
+    return root
+
+
+async def _serve_control(nursery: trio.Nursery, node: PayNode, data_dir: Path) -> None:
+    app = Starlette(
+        routes=wallet_routes(_Target(node.wallet, node.payments)), exception_handlers=HTTP_EXCEPTION_HANDLERS
+    )
+    sock = bind_unix(_data_dir_with_api_json(data_dir))
+    stop = trio.Event()
+    await nursery.start(functools.partial(serve_app, app, sock, shutdown_trigger=stop.wait, graceful_timeout=0.2))
+
+
+def _data_dir_with_api_json(data_dir: Path) -> Path:
+    """Make a data dir whose api.json names the control socket, as the daemon does; returns the socket."""
+    data_dir.mkdir()
+    sock_path = data_dir / "control.sock"
+    (data_dir / "api.json").write_text(json.dumps({"control": str(sock_path)}))
+    return sock_path
+
+
+async def test_cli_wallet_quote_and_pay(tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory) -> None:
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        a = await start_paynode(nursery, tmp_path, "a", devnet.url)
+        b = await start_paynode(nursery, tmp_path, "b", devnet.url)
+        await link(a, b)
+        data_dir = tmp_path / "ctl"
+        await _serve_control(nursery, a, data_dir)
+        cli = _cli()
+        runner = CliRunner()
+
+        async def run(*args: str) -> Result:
+            return await trio.to_thread.run_sync(
+                lambda: runner.invoke(cli, ["--data-dir", str(data_dir), "ctl", *args])
+            )
+
+        def as_json(result: Result) -> Any:
+            assert result.exit_code == 0, result.output
+            return json.loads(result.stdout)
+
+        assert as_json(await run("wallet", "balance", "--json"))["satoshis"] == 0
+        funded = as_json(await run("wallet", "faucet", "9000", "--json"))
+        assert funded["satoshis"] == 9_000 and funded["balance"]["satoshis"] == 9_000
+        assert as_json(await run("wallet", "receive", "--json"))["identity_key"] == a.key
+        quote = as_json(await run("quote", "--provider", b.key, "--resource", "file:cli", "--amount", "700", "--json"))
+        assert quote["amount"] == 700 and quote["payee"] == b.key
+        receipt = as_json(await run("pay", "--quote-id", quote["quote_id"], "--json"))
+        assert receipt["amount"] == 700 and receipt["quote_id"] == quote["quote_id"]
+        history = as_json(await run("wallet", "history", "--json"))
+        assert [(h["direction"], h["amount"], h["status"]) for h in history] == [
+            ("out", 700, "unconfirmed"),
+            ("in", 9_000, "unconfirmed"),
+        ]
+        assert history[0]["txid"] == receipt["txid"]
+        # people get tables and aligned fields
+        human = await run("wallet", "balance")
+        assert human.exit_code == 0 and "spendable" in human.stdout
+        listing = await run("wallet", "history")
+        assert listing.exit_code == 0 and "payment" in listing.stdout
+        # a clear one-line error, a non-zero exit code and no balance change
+        again = await run("pay", "--quote-id", quote["quote_id"])
+        assert again.exit_code != 0
+        unknown = await run("pay", "--quote-id", "0" * 32)
+        assert unknown.exit_code != 0 and "request a new quote" in unknown.output
+        bad = await run("wallet", "faucet", "0")
+        assert bad.exit_code != 0
+        assert b.wallet.balance().satoshis == 700

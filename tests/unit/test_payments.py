@@ -1,0 +1,470 @@
+"""Payments as data and the pure pieces around them: quotes and receipts (signing bytes, signatures, wire
+parsing), the payee's output check, BEEF V2 writing and payment BEEF checks, coin selection and fees, and how
+the settlement queue reads ARC's answers (``settlement.decide``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from overlay_node.config import WalletSection
+from overlay_node.crypto.keys import SECP256K1_N, Identity
+from overlay_node.devnet.chain import block_merkle_paths, merkle_root, txid_of
+from overlay_node.devnet.formats import SourceOutput, parse_submission
+from overlay_node.devnet.validation import Policy
+from overlay_node.errors import (
+    BadRequest,
+    InsufficientFunds,
+    InsufficientPayment,
+    InvalidPayment,
+    PaymentError,
+)
+from overlay_node.protocol.payments import (
+    PaymentMessage,
+    Quote,
+    Receipt,
+    check_payment_output,
+    p2pkh_script,
+    payee_locking_script,
+    payer_locking_script,
+)
+from overlay_node.services.arc import ArcOutcome, ArcResult, interpret, transport_failure
+from overlay_node.services.settlement import backoff, decide
+from overlay_node.services.wallet_beef import (
+    BeefEntry,
+    atomic_beef,
+    beef_entries,
+    check_payment_beef,
+    encode_beef_v2,
+    fast_check,
+    parse_payment_beef,
+)
+from overlay_node.services.wallet_build import (
+    CoinSet,
+    build_transaction,
+    estimate_size,
+    required_fee,
+    select_coins,
+)
+from overlay_node.store.wallet import SettlementJob, TxRecord, UtxoRecord
+
+PAYEE, PAYER = Identity.generate(), Identity.generate()
+NOW_MS = 1_800_000_000_000
+
+
+def _quote(**overrides: Any) -> Quote:
+    kwargs: dict[str, Any] = {
+        "payer": PAYER.public_key_hex,
+        "resource": "file:data.csv",
+        "amount": 1_000,
+        "now_ms": NOW_MS,
+        "ttl_ms": 60_000,
+    }
+    kwargs.update(overrides)
+    return Quote.issue(PAYEE, **kwargs)
+
+
+# -- quotes, receipts, messages ------------------------------------------------------------------------------
+
+
+def test_quote_is_signed_by_the_payee_and_round_trips() -> None:
+    quote = _quote()
+    assert quote.payee == PAYEE.public_key_hex and quote.verify()
+    again = Quote.from_wire(cbor2.loads(cbor2.dumps(quote.to_wire())))
+    assert again == quote and again.verify()
+    assert not quote.expired(NOW_MS + 59_999) and quote.expired(NOW_MS + 60_000)
+    assert quote.as_json()["sig"] == quote.sig.hex()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"amount": 1},
+        {"resource": "file:other"},
+        {"prefix": "AAAAAAAA"},
+        {"expires_ms": NOW_MS + 10**9},
+        {"payer": Identity.generate().public_key_hex},
+    ],
+)
+def test_a_tampered_quote_fails_its_signature(change: dict[str, Any]) -> None:
+    assert not dataclasses.replace(_quote(), **change).verify()
+
+
+def test_a_quote_signed_by_someone_else_fails() -> None:
+    other = Quote.issue(Identity.generate(), payer=PAYER.public_key_hex, resource="r", amount=5, now_ms=0, ttl_ms=1)
+    assert not dataclasses.replace(other, payee=PAYEE.public_key_hex).verify()
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (None, "must be a map"),
+        ({}, "quote id"),
+        ({**_quote().to_wire(), "amount": 0}, "price"),
+        ({**_quote().to_wire(), "amount": True}, "price"),
+        ({**_quote().to_wire(), "payee": "zz"}, "public key"),
+        ({**_quote().to_wire(), "resource": "a\nb"}, "resource"),
+        ({**_quote().to_wire(), "prefix": "has space"}, "derivation prefix"),
+        ({**_quote().to_wire(), "sig": "nope"}, "sig"),
+        ({**_quote().to_wire(), "expires_ms": -1}, "expires_ms"),
+    ],
+)
+def test_malformed_quotes_are_bad_requests(body: Any, fragment: str) -> None:
+    with pytest.raises(BadRequest, match=fragment):
+        Quote.from_wire(body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from([*_quote().to_wire(), "x"]),
+        st.one_of(st.none(), st.integers(), st.text(), st.binary()),
+    )
+)
+def test_quote_parser_never_crashes(body: dict[str, Any]) -> None:
+    try:
+        Quote.from_wire(body)
+    except BadRequest:
+        pass
+
+
+def test_receipt_signature_binds_every_field() -> None:
+    quote = _quote()
+    txid = "ab" * 32
+    receipt = Receipt.issue(PAYEE, quote, txid=txid, amount=1_200, paid_ms=NOW_MS + 5)
+    assert receipt.verify() and receipt.matches(quote, txid)
+    assert Receipt.from_bytes(receipt.to_bytes()) == receipt
+    assert not receipt.matches(quote, "cd" * 32)
+    for change in ({"amount": 1_201}, {"txid": "cd" * 32}, {"payer": PAYEE.public_key_hex}, {"paid_ms": 1}):
+        assert not dataclasses.replace(receipt, **change).verify()
+
+
+def test_payment_message_limits() -> None:
+    message = PaymentMessage(
+        quote=_quote(),
+        derivation_prefix=_quote().prefix,
+        derivation_suffix="c3VmZml4",
+        sender_identity_key=PAYER.public_key_hex,
+        transaction=b"\x01" * 100,
+    )
+    assert PaymentMessage.from_wire(message.to_wire(), max_bytes=100) == message
+    with pytest.raises(BadRequest, match="limit is 99"):
+        PaymentMessage.from_wire(message.to_wire(), max_bytes=99)
+    with pytest.raises(BadRequest, match="Atomic BEEF"):
+        PaymentMessage.from_wire({**message.to_wire(), "transaction": "text"}, max_bytes=100)
+
+
+def test_output_check() -> None:
+    prefix, suffix = "cHJlZml4", "c3VmZml4"
+    script = payer_locking_script(PAYER, PAYEE.public_key_hex, prefix, suffix)
+    assert script == payee_locking_script(PAYEE, PAYER.public_key_hex, prefix, suffix)
+    check_payment_output(script, 500, expected_script=script, price=500)
+    with pytest.raises(InsufficientPayment, match="pays 499 satoshis, the quoted price is 500"):
+        check_payment_output(script, 499, expected_script=script, price=500)
+    other = payer_locking_script(PAYER, PAYEE.public_key_hex, prefix, "b3RoZXI=")
+    with pytest.raises(InvalidPayment, match="does not pay the key derived"):
+        check_payment_output(other, 10**6, expected_script=script, price=500)
+
+
+# -- BEEF ----------------------------------------------------------------------------------------------------
+
+
+def _coin(txid: str, vout: int, satoshis: int, owner: Identity, *, proven: bool = False) -> UtxoRecord:
+    return UtxoRecord(
+        txid=txid,
+        vout=vout,
+        satoshis=satoshis,
+        script=p2pkh_script(owner.public_key),
+        protocol="2-test wallet",
+        key_id="k",
+        counterparty="self",
+        origin="test",
+        proven=proven,
+    )
+
+
+def _root_key(_: UtxoRecord) -> bytes:
+    return PAYER.private_bytes
+
+
+def _chain() -> tuple[TxRecord, TxRecord, TxRecord, dict[int, str | None]]:
+    """A proven funding transaction (in block 7 next to another one), an unproven child, and a payment."""
+    seed = _coin("11" * 32, 0, 10_000, PAYER)
+    funding = build_transaction([seed], [(seed.script, 9_999)], _root_key, fee=1)
+    paths = block_merkle_paths([funding.txid, "22" * 32], 7)
+    root = merkle_root([funding.txid, "22" * 32])
+    f_rec = TxRecord(txid=funding.txid, raw=funding.raw, parents=(seed.txid,), merkle_path=paths[0], block_height=7)
+    mid = build_transaction([_coin(funding.txid, 0, 9_999, PAYER)], [(seed.script, 9_998)], _root_key, fee=1)
+    m_rec = TxRecord(txid=mid.txid, raw=mid.raw, parents=(funding.txid,))
+    out = payer_locking_script(PAYER, PAYEE.public_key_hex, "cHJlZml4", "c3VmZml4")
+    pay = build_transaction([_coin(mid.txid, 0, 9_998, PAYER)], [(out, 1_000), (seed.script, 8_997)], _root_key, fee=1)
+    p_rec = TxRecord(txid=pay.txid, raw=pay.raw, parents=(mid.txid,))
+    return f_rec, m_rec, p_rec, {7: root}
+
+
+def test_beef_entries_stop_at_proven_and_known_transactions() -> None:
+    f, m, p, _ = _chain()
+    txs = {t.txid: t for t in (f, m, p)}
+    assert beef_entries(p.txid, txs) == [
+        BeefEntry(f.txid, f.raw, f.merkle_path),
+        BeefEntry(m.txid, m.raw),
+        BeefEntry(p.txid, p.raw),
+    ]
+    assert beef_entries(p.txid, txs, known={m.txid}) == [BeefEntry(m.txid), BeefEntry(p.txid, p.raw)]
+    with pytest.raises(PaymentError, match=f"ancestor {m.txid} is not in the wallet"):
+        beef_entries(p.txid, {p.txid: p})
+
+
+def test_atomic_beef_v2_round_trips_through_the_parser() -> None:
+    f, m, p, _ = _chain()
+    data = atomic_beef(p.txid, beef_entries(p.txid, {t.txid: t for t in (f, m, p)}, known={f.txid}))
+    parsed = parse_payment_beef(data, max_txs=10)
+    assert [t.txid for t in parsed.txs] == [m.txid, p.txid] and parsed.txid_only == {f.txid}
+    with pytest.raises(InvalidPayment, match="more than 2"):
+        parse_payment_beef(data, max_txs=2)
+    with pytest.raises(InvalidPayment, match="Atomic BEEF"):
+        parse_payment_beef(encode_beef_v2([BeefEntry(p.txid, p.raw)]), max_txs=10)
+    with pytest.raises(InvalidPayment, match="malformed"):
+        parse_payment_beef(data[:-3], max_txs=10)
+    assert parse_submission(data).subject.txid == txid_of(p.raw)
+
+
+def test_payment_beef_checks() -> None:
+    f, m, p, roots = _chain()
+    txs = {t.txid: t for t in (f, m, p)}
+    full = parse_payment_beef(atomic_beef(p.txid, beef_entries(p.txid, txs)), max_txs=10)
+    policy = Policy()
+    checked = check_payment_beef(full, roots=roots, held={}, policy=policy)
+    assert checked.txid == p.txid and checked.output_satoshis == 1_000 and checked.fee == 1
+    assert checked.spends == ((m.txid, 0),)
+    assert [t.txid for t in checked.txs] == [f.txid, m.txid, p.txid] and checked.txs[0].block_height == 7
+    # a merkle path the chain does not know
+    with pytest.raises(InvalidPayment, match="does not match block 7"):
+        check_payment_beef(full, roots={7: "00" * 32}, held={}, policy=policy)
+    # a fee policy the payment does not meet
+    with pytest.raises(InvalidPayment, match="fee 1 is below"):
+        check_payment_beef(full, roots=roots, held={}, policy=Policy(mining_fee_satoshis=50))
+    # a txid-only entry: fine when we hold that transaction, refused when we do not
+    short = parse_payment_beef(atomic_beef(p.txid, beef_entries(p.txid, txs, known={m.txid})), max_txs=10)
+    with pytest.raises(InvalidPayment, match="by txid only, and this node does not hold it"):
+        check_payment_beef(short, roots=roots, held={}, policy=policy)
+    held = {m.txid: [SourceOutput(satoshis=9_998, locking_script=p2pkh_script(PAYER.public_key))]}
+    assert check_payment_beef(short, roots=roots, held=held, policy=policy).txid == p.txid
+    # an ancestor missing altogether
+    gap = parse_payment_beef(atomic_beef(p.txid, [BeefEntry(p.txid, p.raw)]), max_txs=10)
+    with pytest.raises(InvalidPayment, match="spends unknown output"):
+        check_payment_beef(gap, roots=roots, held={}, policy=policy)
+
+
+# -- coins and fees ------------------------------------------------------------------------------------------
+
+
+def test_fee_estimate_covers_the_real_size() -> None:
+    coins = [_coin(f"{i:02x}" * 32, 0, 5_000, PAYER) for i in range(3)]
+    lens = [25, 25]
+    built = build_transaction(coins, [(coins[0].script, 10_000), (coins[0].script, 4_000)], _root_key, fee=1_000)
+    assert len(built.raw) <= estimate_size(3, lens)
+    assert required_fee(1000, 1) == 1 and required_fee(1001, 1) == 2 and required_fee(250, 0) == 0
+    with pytest.raises(ValueError, match="do not balance"):
+        build_transaction(coins, [(coins[0].script, 1)], _root_key, fee=0)
+
+
+def test_coin_selection() -> None:
+    small, mid = _coin("aa" * 32, 0, 1_000, PAYER), _coin("bb" * 32, 0, 5_000, PAYER)
+    big = _coin("cc" * 32, 0, 9_000, PAYER, proven=True)
+    # a proven coin first, then the smallest that covers it
+    picked, fee, change = select_coins([small, mid, big], 800, [25], 1)
+    assert picked == [big] and fee == 1 and change == 9_000 - 800 - 1
+    picked, _, _ = select_coins([small, mid], 800, [25], 1)
+    assert picked == [small]
+    # no single coin is enough: the largest ones together
+    picked, fee, change = select_coins([small, mid, big], 13_000, [25], 1)
+    assert picked == [big, mid] and fee == 1 and change == 999
+    picked, fee, change = select_coins([small, mid, big], 14_000, [25], 1)
+    assert picked == [big, mid, small] and sum(c.satoshis for c in picked) == 14_000 + fee + change
+    # an exact coin needs no change
+    picked, fee, change = select_coins([small], 999, [25], 1)
+    assert picked == [small] and fee == 1 and change == 0
+    with pytest.raises(InsufficientFunds, match="has 6000 spendable satoshis, 7001 are needed"):
+        select_coins([small, mid], 7_000, [25], 1)
+
+
+# -- settlement: ARC's answers -> job states -----------------------------------------------------------------
+
+CFG = WalletSection(settle_retry_min=1.0, settle_retry_max=60.0, settle_poll_interval=5.0)
+TXID = "ab" * 32
+NOW = 1_000.0
+
+
+def _job(
+    state: str = "pending", kind: str = "submit", attempts: int = 0, deadline: float | None = None
+) -> SettlementJob:
+    return SettlementJob(
+        id=1,
+        txid=TXID,
+        beef=b"x",
+        kind=kind,  # type: ignore[arg-type]
+        state=state,  # type: ignore[arg-type]
+        attempts=attempts,
+        next_at=0.0,
+        deadline=deadline,
+        arc_status=None,
+        detail="",
+        created_at=0.0,
+    )
+
+
+def _arc(status: str, **extra: Any) -> ArcResult:
+    return interpret(200, {"txid": TXID, "txStatus": status, "extraInfo": "", **extra}, txid=TXID)
+
+
+def test_mined_stores_the_merkle_path() -> None:
+    paths = block_merkle_paths([TXID, "cd" * 32], 12)
+    result = _arc("MINED", merklePath=paths[0].hex(), blockHeight=12, blockHash="ef" * 32)  # type: ignore[union-attr]
+    assert result.outcome is ArcOutcome.MINED
+    update = decide(_job("seen"), result, now=NOW, config=CFG)
+    assert update.state == "mined" and update.merkle_path == paths[0] and update.block_height == 12
+
+
+def test_seen_settles_and_polls_again_later() -> None:
+    update = decide(_job(), _arc("SEEN_ON_NETWORK"), now=NOW, config=CFG)
+    assert update.state == "seen" and update.next_at == NOW + 5.0 and update.attempts == 0
+
+
+@pytest.mark.parametrize("status", ["SEEN_IN_ORPHAN_MEMPOOL", "QUEUED", "STORED", "ACCEPTED_BY_NETWORK"])
+def test_progressing_is_kept_and_polled(status: str) -> None:
+    assert decide(_job(), _arc(status), now=NOW, config=CFG).state == "progressing"
+    # a transaction the network has seen does not fall back
+    assert decide(_job("seen"), _arc(status), now=NOW, config=CFG).state == "seen"
+
+
+def test_double_spend_with_http_200_fails_and_loses_the_inputs() -> None:
+    update = decide(_job(), _arc("DOUBLE_SPEND_ATTEMPTED", competingTxs=["cd" * 32]), now=NOW, config=CFG)
+    assert update.state == "failed" and update.double_spend and update.arc_status == "DOUBLE_SPEND_ATTEMPTED"
+
+
+def test_rejected_and_refusals_fail() -> None:
+    rejected = decide(_job(), _arc("REJECTED", extraInfo="script failed"), now=NOW, config=CFG)
+    assert rejected.state == "failed" and not rejected.double_spend and "script failed" in rejected.detail
+    refusal = interpret(465, {"status": 465, "title": "Fee too low", "extraInfo": "fee 0"}, txid=TXID)
+    assert decide(_job(), refusal, now=NOW, config=CFG).state == "failed"
+
+
+def test_retry_backs_off_exponentially_up_to_the_ceiling() -> None:
+    job = _job()
+    waits = []
+    for _ in range(9):
+        update = decide(job, transport_failure(OSError("refused"), txid=TXID), now=NOW, config=CFG)
+        assert update.state == "pending"
+        waits.append(update.next_at - NOW)
+        job = dataclasses.replace(job, attempts=update.attempts)
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+    for status in (500, 503, 429, 409):
+        assert decide(_job("seen"), interpret(status, None, txid=TXID), now=NOW, config=CFG).state == "seen"
+    assert backoff(0, low=1, high=5) == 0 and backoff(100, low=1, high=5) == 5
+
+
+def test_not_found_resubmits_or_abandons_a_watch() -> None:
+    missing = interpret(404, {"status": 404}, txid=TXID, query=True)
+    assert missing.outcome is ArcOutcome.NOT_FOUND
+    again = decide(_job("seen"), missing, now=NOW, config=CFG)
+    assert again.state == "pending" and again.next_at == NOW
+    watched = decide(_job("pending", kind="watch", deadline=NOW + 100), missing, now=NOW, config=CFG)
+    assert watched.state == "pending" and watched.next_at >= NOW + 5.0
+    abandoned = decide(_job("pending", kind="watch", deadline=NOW), missing, now=NOW, config=CFG)
+    assert abandoned.state == "abandoned"
+    # a watched transaction ARC does know settles like any other
+    assert decide(_job("pending", kind="watch"), _arc("SEEN_ON_NETWORK"), now=NOW, config=CFG).state == "seen"
+
+
+# -- the P2PKH fast path only accepts what the interpreter accepts -------------------------------------------
+
+
+def _signed(n_inputs: int = 2) -> tuple[bytes, dict[tuple[str, int], SourceOutput]]:
+    coins = [_coin(f"{i + 1:02x}" * 32, i, 4_000, PAYER) for i in range(n_inputs)]
+    out = payer_locking_script(PAYER, PAYEE.public_key_hex, "cHJlZml4", "c3VmZml4")
+    built = build_transaction(coins, [(out, 1_000), (coins[0].script, 4_000 * n_inputs - 1_001)], _root_key, fee=1)
+    sources = {c.outpoint: SourceOutput(satoshis=c.satoshis, locking_script=c.script) for c in coins}
+    return built.raw, sources
+
+
+def _interpreter_fee(raw: bytes, sources: dict[tuple[str, int], SourceOutput]) -> int | None:
+    from overlay_node.devnet.formats import parse_transaction
+    from overlay_node.devnet.refusals import Refusal
+    from overlay_node.devnet.validation import check_transaction
+
+    try:
+        return check_transaction(parse_transaction(raw), sources, Policy()).fee
+    except Refusal:
+        return None
+
+
+def test_fast_path_agrees_with_the_interpreter_on_a_valid_payment() -> None:
+    raw, sources = _signed()
+    assert fast_check(raw, sources, Policy()) == _interpreter_fee(raw, sources) == 1
+
+
+def test_fast_path_declines_what_it_does_not_check() -> None:
+    raw, sources = _signed(1)
+    policy = Policy()
+    high_fee = Policy(mining_fee_satoshis=10_000)
+    assert fast_check(raw, sources, high_fee) is None
+    assert fast_check(raw, {}, policy) is None  # unknown source
+    other_script = {op: SourceOutput(satoshis=s.satoshis, locking_script=b"\x51") for op, s in sources.items()}
+    assert fast_check(raw, other_script, policy) is None  # not P2PKH: the interpreter decides
+    poorer = {op: SourceOutput(satoshis=100, locking_script=s.locking_script) for op, s in sources.items()}
+    assert fast_check(raw, poorer, policy) is None  # outputs above inputs
+    assert fast_check(raw[:-1], sources, policy) is None  # truncated
+
+
+@settings(max_examples=300, deadline=None)
+@given(position=st.integers(min_value=0, max_value=10_000), flip=st.integers(min_value=1, max_value=255))
+def test_fast_path_never_accepts_a_mutated_transaction_the_interpreter_refuses(position: int, flip: int) -> None:
+    raw, sources = _signed(1)
+    mutated = bytearray(raw)
+    mutated[position % len(raw)] ^= flip
+    fast = fast_check(bytes(mutated), sources, Policy())
+    if fast is not None:
+        assert fast == _interpreter_fee(bytes(mutated), sources)
+
+
+def test_high_s_signatures_go_to_the_interpreter() -> None:
+    raw, sources = _signed(1)
+    tx = bytearray(raw)
+    sig_len = tx[42]  # version 4 + count 1 + outpoint 36 + script length 1 -> push length of the signature
+    der = bytes(tx[43 : 43 + sig_len - 1])
+    r_len = der[3]
+    s_value = int.from_bytes(der[6 + r_len :], "big")
+    high = (SECP256K1_N - s_value).to_bytes(33, "big").lstrip(b"\x00")
+    if high[0] & 0x80:
+        high = b"\x00" + high
+    new_der = der[: 5 + r_len] + bytes([len(high)]) + high
+    new_der = b"\x30" + bytes([len(new_der) - 2]) + new_der[2:]
+    unlock = bytes([len(new_der) + 1]) + new_der + b"\x41" + bytes(tx[43 + sig_len :][:34])
+    script_len_at = 41
+    rebuilt = bytes(tx[:script_len_at]) + bytes([len(unlock)]) + unlock + bytes(tx[43 + sig_len + 34 :])
+    assert fast_check(rebuilt, sources, Policy()) is None
+    assert _interpreter_fee(rebuilt, sources) is None  # bsv-sdk requires low S too
+
+
+def test_coin_set_keeps_running_totals() -> None:
+    coins = CoinSet()
+    a, b = _coin("aa" * 32, 0, 100, PAYER, proven=True), _coin("bb" * 32, 1, 50, PAYER)
+    coins.add(a)
+    coins.add(b)
+    assert coins.totals() == (100, 50, 0) and len(coins) == 2
+    coins.reserve([a])
+    assert coins.totals() == (0, 50, 100) and coins.free() == [b]
+    coins.mark_proven(b.txid)
+    assert coins.totals() == (50, 0, 100)
+    coins.release([a.outpoint])
+    assert coins.totals() == (150, 0, 0)
+    coins.reserve([b])
+    assert coins.remove(b.outpoint) == dataclasses.replace(b, proven=True)
+    assert coins.totals() == (100, 0, 0) and b.outpoint not in coins
+    assert coins.remove(b.outpoint) is None
