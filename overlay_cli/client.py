@@ -27,6 +27,12 @@ _EXIT_BY_CODE = {
     "not_found": 9,
     "conflict": 10,
     "bad_request": 2,
+    "payment_refused": 11,
+    "payment_invalid": 11,
+    "payment_insufficient": 11,
+    "payment_replayed": 11,
+    "quote_expired": 11,
+    "insufficient_funds": 11,
 }
 
 

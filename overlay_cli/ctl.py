@@ -9,10 +9,18 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from overlay_cli import adverts_cmd, wallet_cmd
 from overlay_cli.client import ControlClient
 from overlay_cli.output import CliState, cli_errors, emit, print_fields, table
 
 app = typer.Typer(help="Act on the running daemon of the data dir.", no_args_is_help=True)
+app.command()(adverts_cmd.advertise)
+app.command()(adverts_cmd.adverts)
+app.command()(adverts_cmd.discover)
+app.add_typer(adverts_cmd.dht_app, name="dht")
+app.add_typer(wallet_cmd.app, name="wallet")
+app.command()(wallet_cmd.quote)
+app.command()(wallet_cmd.pay)
 
 
 def _client(ctx: typer.Context) -> ControlClient:

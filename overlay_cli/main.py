@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from overlay_cli import ctl
+from overlay_cli import ctl, devnet_cmd
 from overlay_cli.output import CliState, cli_errors
 from overlay_node.errors import ConfigError
 
@@ -22,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(ctl.app, name="ctl")
+app.command("devnet")(devnet_cmd.devnet)
 
 
 def data_dir_of(state: CliState) -> Path:
@@ -86,6 +87,10 @@ def run(
     bootstrap: Annotated[
         list[str] | None, typer.Option("--bootstrap", help="Peer to dial and keep linked (repeatable).")
     ] = None,
+    dht_port: Annotated[int | None, typer.Option("--dht-port", help="DHT UDP port (0: any free port).")] = None,
+    dht_bootstrap: Annotated[
+        list[str] | None, typer.Option("--dht-bootstrap", help="DHT node host:port to bootstrap from (repeatable).")
+    ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Node name shown in status.")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any config key: --set swarm.max_links=64 (repeatable).")
@@ -107,12 +112,15 @@ def run(
             ("swarm.host", swarm_host),
             ("http.port", http_port),
             ("http.host", http_host),
+            ("dht.port", dht_port),
             ("node.name", name),
         ):
             if value is not None:
                 overrides[key] = value
         if bootstrap:
             overrides["swarm.bootstrap"] = tuple(bootstrap)
+        if dht_bootstrap:
+            overrides["dht.bootstrap"] = tuple(dht_bootstrap)
         path = config if config is not None else (dd.config_path if dd.config_path.exists() else None)
         cfg = load_config(path, overrides=overrides)
         setup_logging("debug" if state.debug else cfg.node.log_level)

@@ -89,7 +89,7 @@ class DhtSection:
     """The Kademlia DHT over UDP: endpoint, protocol constants, timeouts, schedules and abuse limits."""
 
     host: str = "0.0.0.0"
-    port: int = field(default=4762, metadata=_range(0, 65535))
+    port: int = field(default=4760, metadata=_range(0, 65535))
     bootstrap: tuple[str, ...] = ()
     k: int = field(default=20, metadata=_range(1, 20))
     alpha: int = field(default=3, metadata=_range(1, 20))
@@ -117,6 +117,17 @@ class DhtSection:
 
 
 @dataclass(frozen=True, slots=True)
+class AdvertsSection:
+    """SHIP/SLAP adverts over the DHT and the janitor that health-checks advertised hosts."""
+
+    ttl: float = field(default=3600.0, metadata=_range(1, 86_400))
+    uri: str = ""
+    janitor_interval: float = field(default=60.0, metadata=_range(0, 86_400))
+    janitor_failures: int = field(default=3, metadata=_range(1, 100))
+    check_timeout: float = field(default=2.0, metadata=_range(0.01, 60))
+
+
+@dataclass(frozen=True, slots=True)
 class WalletSection:
     """The wallet, BRC-29 payments and the settlement queue (ARC)."""
 
@@ -134,6 +145,7 @@ class WalletSection:
     settle_retry_max: float = field(default=300.0, metadata=_range(0.01, 86_400))
     settle_poll_interval: float = field(default=5.0, metadata=_range(0.01, 86_400))
     unanswered_timeout: float = field(default=600.0, metadata=_range(1, 86_400 * 30))
+    devnet_block_interval: float = field(default=5.0, metadata=_range(0, 86_400))
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +158,7 @@ class Config:
     control: ControlSection = field(default_factory=ControlSection)
     store: StoreSection = field(default_factory=StoreSection)
     dht: DhtSection = field(default_factory=DhtSection)
+    adverts: AdvertsSection = field(default_factory=AdvertsSection)
     wallet: WalletSection = field(default_factory=WalletSection)
 
 

@@ -58,6 +58,11 @@ class Metrics:
         self.dht_records = Gauge("overlay_dht_records", "Records held for the DHT (tombstones included)", registry=r)
         self.dht_own_records = Gauge("overlay_dht_own_records", "Records this node publishes", registry=r)
 
+        self.adverts_published = Counter("overlay_adverts_published", "Adverts published", ["kind"], registry=r)
+        self.adverts_pushed_in = Counter("overlay_adverts_pushed_in", "Adverts accepted from peer pushes", registry=r)
+        self.advert_drops = Counter("overlay_advert_drops", "Adverts refused", ["reason"], registry=r)
+        self.adverts_banned_hosts = Gauge("overlay_adverts_banned_hosts", "Hosts suppressed by the janitor", registry=r)
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every instrument."""
         return bytes(generate_latest(self.registry))

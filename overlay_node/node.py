@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -23,15 +24,24 @@ import trio
 
 from overlay_node import __version__
 from overlay_node.api.control import control_app
+from overlay_node.api.control_adverts import adverts_routes
+from overlay_node.api.control_wallet import wallet_routes
 from overlay_node.api.public import public_app
 from overlay_node.api.server import bind_tcp, bind_unix, serve_app
 from overlay_node.clock import wall_time
 from overlay_node.config import Config
 from overlay_node.crypto.keys import Identity
 from overlay_node.datadir import DataDir
+from overlay_node.devnet.runner import DevnetSettings, run_devnet
 from overlay_node.errors import BadRequest, PeerTimeout
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
+from overlay_node.protocol.adverts import Endpoints
+from overlay_node.services.adverts import AdvertService
+from overlay_node.services.dht import DhtService
+from overlay_node.services.payments import Payments
+from overlay_node.services.settlement import Settlement
+from overlay_node.services.wallet import Wallet
 from overlay_node.store.db import Store, open_store
 
 logger = logging.getLogger(__name__)
@@ -43,6 +53,7 @@ class NodeInfo:
 
     identity_key: str
     swarm: tuple[str, ...]
+    dht: str
     http: str
     control: str
     data_dir: str
@@ -51,6 +62,7 @@ class NodeInfo:
         return {
             "identity_key": self.identity_key,
             "swarm": list(self.swarm),
+            "dht": self.dht,
             "http": self.http,
             "control": self.control,
             "data_dir": self.data_dir,
@@ -60,9 +72,11 @@ class NodeInfo:
 class Node:
     """One overlay node. Create it, then ``await nursery.start(node.run)``; it returns its :class:`NodeInfo`."""
 
-    def __init__(self, data_dir: DataDir, config: Config) -> None:
+    def __init__(self, data_dir: DataDir, config: Config, *, wall_clock: Callable[[], float] = wall_time) -> None:
         self.data_dir = data_dir
         self.config = config
+        #: wall-clock seconds for signed and stored values (tests share a clock they can move)
+        self.wall_clock = wall_clock
         self.metrics = Metrics()
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
@@ -71,6 +85,11 @@ class Node:
         self._info: NodeInfo | None = None
         self._identity: Identity | None = None
         self._peers: PeerManager | None = None
+        self._dht: DhtService | None = None
+        self._adverts: AdvertService | None = None
+        self._wallet: Wallet | None = None
+        self._payments: Payments | None = None
+        self._ledger = ""
         self._store: Store | None = None
         # authenticated links waiting to be recorded in known_peers (bounded: a burst past it is simply not recorded)
         self._new_links, self._new_links_rx = trio.open_memory_channel[PeerLink](256)
@@ -106,6 +125,12 @@ class Node:
         control_sock = bind_unix(control_path)
         peers = PeerManager(identity, cfg.swarm, self.metrics)
         self._peers = peers
+        dht = DhtService(identity, cfg.dht, store, self.metrics, wall_clock=self.wall_clock)
+        self._dht = dht
+        adverts = AdvertService(
+            identity, cfg.adverts, dht, peers, self.metrics, self._endpoints, wall_clock=self.wall_clock
+        )
+        self._adverts = adverts
         peers.on_request("node.info", self._serve_node_info)
         peers.on_link(self._remember_link)
         grace = cfg.node.shutdown_grace
@@ -114,6 +139,25 @@ class Node:
         # servers can drain first and the rest is then cancelled with a deadline
         async with trio.open_nursery() as nursery, trio.open_nursery() as services:
             swarm = await services.start(peers.run)
+            dht_address = await services.start(dht.run)
+            await services.start(adverts.run)
+            # the ledger payments settle on: the configured ARC, else a devnet embedded in this node
+            ledger = cfg.wallet.arc_url
+            if not ledger:
+                devnet = DevnetSettings(
+                    data_dir=self.data_dir.path / "devnet", port=0, block_interval=cfg.wallet.devnet_block_interval
+                )
+                ledger = (await services.start(partial(run_devnet, devnet, shutdown=self._shutdown))).url
+            self._ledger = ledger
+            wallet = Wallet(identity, cfg.wallet, store, self.metrics, arc_url=ledger)
+            settlement = Settlement(cfg.wallet, store, self.metrics, wallet)
+            payments = Payments(identity, cfg.wallet, store, self.metrics, peers, wallet)
+            for service in (wallet, payments, settlement):
+                await services.start(service.run)
+            self._wallet, self._payments = wallet, payments
+            # readiness includes having joined the DHT, bounded so that a dead bootstrap list cannot hold us back
+            with trio.move_on_after(cfg.dht.request_timeout * (cfg.dht.request_retries + 1) * 2 + 1):
+                await dht.wait_bootstrapped()
             services.start_soon(self._record_links, store)
             await nursery.start(
                 partial(
@@ -127,7 +171,7 @@ class Node:
             await nursery.start(
                 partial(
                     serve_app,
-                    control_app(self),
+                    control_app(self, [*adverts_routes(self), *wallet_routes(self)]),
                     control_sock,
                     shutdown_trigger=self._shutdown.wait,
                     graceful_timeout=grace,
@@ -137,6 +181,7 @@ class Node:
             info = NodeInfo(
                 identity_key=identity.public_key_hex,
                 swarm=tuple(swarm),
+                dht=dht_address,
                 http=f"http://{host}:{port}",
                 control=str(control_path),
                 data_dir=str(self.data_dir.path),
@@ -177,6 +222,34 @@ class Node:
         return self._info
 
     @property
+    def dht(self) -> DhtService:
+        if self._dht is None:
+            raise RuntimeError("node not started")
+        return self._dht
+
+    @property
+    def adverts(self) -> AdvertService:
+        if self._adverts is None:
+            raise RuntimeError("node not started")
+        return self._adverts
+
+    @property
+    def wallet(self) -> Wallet:
+        if self._wallet is None:
+            raise RuntimeError("node not started")
+        return self._wallet
+
+    @property
+    def payments(self) -> Payments:
+        if self._payments is None:
+            raise RuntimeError("node not started")
+        return self._payments
+
+    def _endpoints(self) -> Endpoints:
+        info = self.info
+        return Endpoints(swarm=info.swarm, http=info.http, dht=info.dht)
+
+    @property
     def peers(self) -> PeerManager:
         if self._peers is None:
             raise RuntimeError("node not started")
@@ -192,6 +265,8 @@ class Node:
             "ready": self._ready,
             "uptime": round(time.monotonic() - self._started_at, 3),
             "peers": len(self.peers.links()),
+            "dht_contacts": len(self.dht.contacts()),
+            "ledger": self._ledger,
         }
 
     def peer_list(self) -> list[dict[str, Any]]:
@@ -245,7 +320,7 @@ class Node:
                 "",
             )
             if address:
-                await store.peers.upsert(link.peer_key, address, wall_time())
+                await store.peers.upsert(link.peer_key, address, self.wall_clock())
 
 
 def link_info_dict(info: Any) -> dict[str, Any]:

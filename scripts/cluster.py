@@ -5,7 +5,8 @@
     python scripts/cluster.py down [--dir D]                    # stop every daemon of the cluster
 
 Every daemon is a real ``overlay-node run`` subprocess with its own data dir under the cluster dir (default
-``./.cluster``), bootstrapped to the first. While the cluster is small (N <= 10) every pair is linked explicitly;
+``./.cluster``), bootstrapped (peer link and DHT) to the first, and every one settles payments through one shared
+``overlay-node devnet`` ledger process. While the cluster is small (N <= 10) every pair is linked explicitly;
 larger clusters rely on the bootstrap links until the DHT takes over discovery. ``cluster.json`` in the cluster dir
 records the members so that ``down`` (or another script) finds them.
 
@@ -50,6 +51,7 @@ class Member:
     pid: int
     identity_key: str
     swarm: list[str]
+    dht: str
     http: str
     control: str
 
@@ -58,7 +60,13 @@ class Cluster:
     """N daemons as subprocesses; a context manager that stops them all on exit."""
 
     def __init__(
-        self, n: int, *, root: Path, base_port: int | None = None, extra_args: list[str] | None = None
+        self,
+        n: int,
+        *,
+        root: Path,
+        base_port: int | None = None,
+        extra_args: list[str] | None = None,
+        block_interval: float = 2.0,
     ) -> None:
         if n < 1:
             raise ValueError("a cluster needs at least one node")
@@ -66,7 +74,10 @@ class Cluster:
         self.root = root
         self.base_port = base_port
         self.extra_args = extra_args or []
+        self.block_interval = block_interval
         self.members: list[Member] = []
+        self.ledger = ""
+        self.ledger_pid = 0
         self._procs: list[subprocess.Popen[bytes]] = []
 
     # -- life cycle ------------------------------------------------------------------------------------------
@@ -82,36 +93,56 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.down()
 
-    def _start(self, i: int, bootstrap: str | None) -> Member:
-        data_dir = self.root / f"node{i}"
+    def _start_devnet(self) -> str:
+        """One devnet ledger for the whole cluster; every node settles through it."""
+        data_dir = self.root / "devnet"
         data_dir.mkdir(parents=True, exist_ok=True)
-        ports = ("0", "0") if self.base_port is None else (str(self.base_port + 2 * i), str(self.base_port + 2 * i + 1))
-        args = [
-            *_cli(), "--data-dir", str(data_dir), "--json", "run",
-            "--name", f"node{i}", "--swarm-host", "127.0.0.1", "--swarm-port", ports[0], "--http-port", ports[1],
-            *self.extra_args,
-        ]  # fmt: skip
-        if bootstrap:
-            args += ["--bootstrap", bootstrap]
+        port = "0" if self.base_port is None else str(self.base_port - 1)
+        args = [*_cli(), "devnet", "--json", "--port", port, "--data-dir", str(data_dir)]
+        args += ["--block-interval", str(self.block_interval)]
+        info, self.ledger_pid = self._spawn(args, data_dir, "devnet")
+        return str(info["url"])
+
+    def _spawn(self, args: list[str], data_dir: Path, name: str) -> tuple[dict[str, Any], int]:
+        """Start a process that prints one JSON line when it is ready; return that line and the pid."""
         log = open(data_dir / "daemon.log", "ab")  # noqa: SIM115 - handed to the child, closed below
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, start_new_session=True)
         log.close()
         self._procs.append(proc)
         assert proc.stdout is not None
-        # the daemon prints one JSON line when every service is ready; that line is our readiness event
+        # the process prints one JSON line when every service is ready; that line is our readiness event
         line = proc.stdout.readline()
         if not line:
             code = proc.wait(timeout=START_TIMEOUT)
             tail = (data_dir / "daemon.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"node{i} exited with {code} before it was ready:\n{tail}")
+            raise RuntimeError(f"{name} exited with {code} before it was ready:\n{tail}")
         proc.stdout.close()
-        info = json.loads(line)
+        info: dict[str, Any] = json.loads(line)
+        return info, proc.pid
+
+    def _start(self, i: int, bootstrap: Member | None) -> Member:
+        data_dir = self.root / f"node{i}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        base = self.base_port
+        ports = ("0", "0") if base is None else (str(base + 2 * i), str(base + 2 * i + 1))
+        args = [
+            *_cli(), "--data-dir", str(data_dir), "--json", "run",
+            "--name", f"node{i}", "--swarm-host", "127.0.0.1", "--swarm-port", ports[0], "--http-port", ports[1],
+            "--set", "dht.host=127.0.0.1", "--dht-port", ports[0],
+            *self.extra_args,
+        ]  # fmt: skip
+        if bootstrap:
+            args += ["--bootstrap", bootstrap.swarm[0], "--dht-bootstrap", bootstrap.dht]
+        if self.ledger:
+            args += ["--set", f"wallet.arc_url={self.ledger}"]
+        info, pid = self._spawn(args, data_dir, f"node{i}")
         return Member(
             name=f"node{i}",
             data_dir=str(data_dir),
-            pid=proc.pid,
+            pid=pid,
             identity_key=info["identity_key"],
             swarm=info["swarm"],
+            dht=info["dht"],
             http=info["http"],
             control=info["control"],
         )
@@ -119,10 +150,11 @@ class Cluster:
     def up(self) -> list[Member]:
         """Start every node, link them, and wait until they are all linked."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.ledger = self._start_devnet()
         first = self._start(0, None)
         self.members = [first]
         with ThreadPoolExecutor(max_workers=8) as pool:
-            rest = list(pool.map(lambda i: self._start(i, first.swarm[0]), range(1, self.n)))
+            rest = list(pool.map(lambda i: self._start(i, first), range(1, self.n)))
         self.members += rest
         self._save()
         if self.n <= FULL_MESH_MAX:
@@ -155,7 +187,9 @@ class Cluster:
 
     def down(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL after a grace period)."""
-        procs = self._procs or [_Pid(m.pid) for m in self.members]
+        procs: list[subprocess.Popen[bytes]] | list[_Pid] = self._procs or [
+            _Pid(pid) for pid in [m.pid for m in self.members] + [self.ledger_pid] if pid
+        ]
         for proc in procs:
             _signal(proc.pid, signal.SIGTERM)
         for proc in procs:
@@ -194,13 +228,17 @@ class Cluster:
         )
 
     def _save(self) -> None:
-        (self.root / "cluster.json").write_text(json.dumps([asdict(m) for m in self.members], indent=2))
+        state = {"ledger": self.ledger, "ledger_pid": self.ledger_pid, "members": [asdict(m) for m in self.members]}
+        (self.root / "cluster.json").write_text(json.dumps(state, indent=2))
 
     @classmethod
     def load(cls, root: Path) -> Cluster:
-        members = [Member(**m) for m in json.loads((root / "cluster.json").read_text())]
+        state = json.loads((root / "cluster.json").read_text())
+        members = [Member(**m) for m in state["members"]]
         cluster = cls(len(members), root=root)
         cluster.members = members
+        cluster.ledger = state["ledger"]
+        cluster.ledger_pid = state["ledger_pid"]
         return cluster
 
 
@@ -243,7 +281,7 @@ def _print_table(members: list[Member]) -> None:
     for col in ("name", "identity key", "swarm", "http", "data dir"):
         t.add_column(col, overflow="fold")
     for m in members:
-        t.add_row(m.name, m.identity_key, " ".join(m.swarm), m.http, m.data_dir)
+        t.add_row(m.name, m.identity_key[:16] + "…", " ".join(m.swarm), m.http, m.data_dir)
     Console().print(t)
 
 
@@ -253,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start N daemons")
     up.add_argument("n", type=int)
     up.add_argument("--dir", type=Path, default=Path(".cluster"))
-    up.add_argument("--base-port", type=int, default=None, help="node i uses base+2i (swarm) and base+2i+1 (http)")
+    up.add_argument(
+        "--base-port", type=int, default=None, help="node i uses base+2i (swarm TCP, DHT UDP) and base+2i+1 (http)"
+    )
     up.add_argument("--json", action="store_true")
     down = sub.add_parser("down", help="stop the cluster's daemons")
     down.add_argument("--dir", type=Path, default=Path(".cluster"))
@@ -270,9 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             cluster.down()
             raise
         if args.json:
-            print(json.dumps([asdict(m) for m in members], indent=2))
+            print(json.dumps({"ledger": cluster.ledger, "members": [asdict(m) for m in members]}, indent=2))
         else:
             _print_table(members)
+            print(f"devnet ledger: {cluster.ledger}")
         return 0
     if not (args.dir / "cluster.json").exists():
         print(f"no cluster in {args.dir}", file=sys.stderr)

@@ -22,6 +22,8 @@ def test_config(**overrides: Any) -> Config:
         "swarm.host": "127.0.0.1",
         "swarm.port": 0,
         "http.port": 0,
+        "dht.host": "127.0.0.1",
+        "dht.port": 0,
         "node.shutdown_grace": 2.0,
     }
     base.update(overrides)
@@ -42,8 +44,10 @@ async def start_node(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Nod
     """Start nodes in the test's nursery: ``node = await start_node("a", **config_overrides)``."""
     nodes: list[Node] = []
 
-    async def factory(name: str = "node", **overrides: Any) -> Node:
-        node = Node(new_data_dir(tmp_path, name), test_config(**overrides))
+    async def factory(name: str = "node", *, wall_clock: Callable[[], float] | None = None, **overrides: Any) -> Node:
+        config = test_config(**overrides)
+        data_dir = new_data_dir(tmp_path, name)
+        node = Node(data_dir, config) if wall_clock is None else Node(data_dir, config, wall_clock=wall_clock)
         await nursery.start(node.run)
         nodes.append(node)
         return node

@@ -6,12 +6,13 @@ and optional fields is fine; renaming or removing them breaks scripts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from overlay_node.api.common import HTTP_EXCEPTION_HANDLERS, guarded, read_json, require_str
 from overlay_node.errors import BadRequest
@@ -33,8 +34,8 @@ class ControlTarget(Protocol):
     def request_shutdown(self) -> None: ...
 
 
-def control_app(node: ControlTarget) -> Starlette:
-    """Build the control app over ``node``."""
+def control_app(node: ControlTarget, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """Build the control app over ``node``; feature modules (``control_<feature>.py``) add ``extra_routes``."""
 
     @guarded
     async def status(_: Request) -> Response:
@@ -73,5 +74,6 @@ def control_app(node: ControlTarget) -> Starlette:
             Route("/v1/peers/connect", connect, methods=["POST"]),
             Route("/v1/peers/wait", wait, methods=["POST"]),
             Route("/v1/shutdown", shutdown, methods=["POST"]),
+            *extra_routes,
         ],
     )

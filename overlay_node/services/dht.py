@@ -246,7 +246,7 @@ class DhtService:
                 self._address = format_address((host, port))
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    nursery.start_soon(self._rpc.serve, endpoint)
+                    await nursery.start(self._rpc.serve, endpoint)
                     nursery.start_soon(self._saver.run)
                     nursery.start_soon(self._maintenance_loop)
                     logger.info("dht listening on %s as %s", self._address, self._own_id.hex()[:16])
@@ -412,7 +412,8 @@ class DhtService:
 
     async def ping(self, address: str, *, expect_key: bytes | None = None) -> float:
         """PING the DHT node at ``host:port`` (which must be ``expect_key``'s node, if given); returns the round
-        trip in seconds. A node that answers is taken into the routing table.
+        trip in seconds. A node that answers is taken into the routing table; a known node that does not has the
+        failure counted (``max_failures`` in a row evict it).
 
         Raises:
             BadRequest: ``address`` is not ``host:port``.
@@ -425,7 +426,14 @@ class DhtService:
         target = await endpoint.resolve(address)
         expect_id = node_id_of(expect_key) if expect_key is not None else None
         started = trio.current_time()
-        await self._rpc.request(target, Ping(rpc_id=new_rpc_id()), expect_id=expect_id)
+        try:
+            await self._rpc.request(target, Ping(rpc_id=new_rpc_id()), expect_id=expect_id)
+        except PeerTimeout:
+            # a failed health check of a known node counts against it like any failed request
+            known = self._table.get(expect_id) if expect_id is not None else None
+            if known is not None:
+                self._request_failed(known)
+            raise
         return trio.current_time() - started
 
     def contacts(self) -> list[Contact]:

@@ -320,9 +320,12 @@ class DhtRpc:
 
     # -- receiving -------------------------------------------------------------------------------------------
 
-    async def serve(self, endpoint: UdpEndpoint) -> None:
-        """Read and handle datagrams from ``endpoint`` until cancelled."""
+    async def serve(
+        self, endpoint: UdpEndpoint, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Read and handle datagrams from ``endpoint`` until cancelled; requests may be sent once started."""
         self._endpoint = endpoint
+        task_status.started()
         try:
             while True:
                 data, source = await endpoint.receive()

@@ -284,8 +284,7 @@ def _wallet(conn: sqlite3.Connection) -> None:
         """
     )
     conn.execute(
-        "CREATE INDEX settlement_due ON settlement (next_at) "
-        "WHERE state NOT IN ('mined', 'failed', 'abandoned')"
+        "CREATE INDEX settlement_due ON settlement (next_at) WHERE state NOT IN ('mined', 'failed', 'abandoned')"
     )
     # payments received: one per quote; the derivation prefix is unique, so a replay cannot be recorded twice
     conn.execute(

@@ -113,9 +113,7 @@ def _record_one(conn: sqlite3.Connection, rec: IncomingRecord) -> RecordOutcome:
             "SELECT payment_txid FROM payment_spends WHERE txid = ? AND vout = ?", (txid, vout)
         ).fetchone()
         if row is not None and str(row["payment_txid"]) != rec.txid:
-            return RecordOutcome(
-                result="double_spend", conflict=(txid, vout), other_txid=str(row["payment_txid"])
-            )
+            return RecordOutcome(result="double_spend", conflict=(txid, vout), other_txid=str(row["payment_txid"]))
     conn.execute(
         "INSERT INTO payments (quote_id, derivation_prefix, derivation_suffix, payer, resource, price, "
         "amount, txid, status, receipt, accepted_at, updated_at) "

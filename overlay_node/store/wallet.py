@@ -389,9 +389,7 @@ class WalletRepository:
         """Every spendable output, oldest first."""
 
         def txn(conn: sqlite3.Connection) -> list[UtxoRecord]:
-            rows = conn.execute(
-                f"{_UTXO_SELECT} WHERE u.state = 'spendable' ORDER BY u.created_at"
-            ).fetchall()
+            rows = conn.execute(f"{_UTXO_SELECT} WHERE u.state = 'spendable' ORDER BY u.created_at").fetchall()
             return [_utxo(r) for r in rows]
 
         return await self._db.read(txn)
@@ -493,8 +491,7 @@ class WalletRepository:
 
         def txn(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE wallet_utxos SET state = 'spendable', spent_by = NULL "
-                "WHERE spent_by = ? AND state = 'spent'",
+                "UPDATE wallet_utxos SET state = 'spendable', spent_by = NULL WHERE spent_by = ? AND state = 'spent'",
                 (txid,),
             )
             conn.execute("DELETE FROM wallet_utxos WHERE txid = ?", (txid,))
@@ -692,8 +689,7 @@ class SettlementRepository:
             restored = _apply_found(conn, job.txid, now)
             if update.state == "seen":
                 conn.execute(
-                    "UPDATE payments SET status = 'settled', updated_at = ? "
-                    "WHERE txid = ? AND status = 'accepted'",
+                    "UPDATE payments SET status = 'settled', updated_at = ? WHERE txid = ? AND status = 'accepted'",
                     (now, job.txid),
                 )
             if update.state == "mined":
@@ -707,9 +703,7 @@ class SettlementRepository:
 def _apply_found(conn: sqlite3.Connection, txid: str, now: float) -> tuple[UtxoRecord, ...]:
     rows = conn.execute(f"{_UTXO_SELECT} WHERE u.txid = ? AND u.state = 'pending'", (txid,)).fetchall()
     if rows:
-        conn.execute(
-            "UPDATE wallet_utxos SET state = 'spendable' WHERE txid = ? AND state = 'pending'", (txid,)
-        )
+        conn.execute("UPDATE wallet_utxos SET state = 'spendable' WHERE txid = ? AND state = 'pending'", (txid,))
     conn.execute(
         "UPDATE wallet_history SET status = 'unconfirmed', updated_at = ? "
         "WHERE txid = ? AND status IN ('sending', 'unknown')",
@@ -740,17 +734,14 @@ def _apply_failed(conn: sqlite3.Connection, txid: str, update: JobUpdate, now: f
         "SELECT vout FROM wallet_utxos WHERE txid = ? AND state IN ('spendable', 'pending')", (txid,)
     ).fetchall()
     dead: list[Outpoint] = [(txid, int(r["vout"])) for r in dead_rows]
-    conn.execute(
-        "UPDATE wallet_utxos SET state = 'dead' WHERE txid = ? AND state IN ('spendable', 'pending')", (txid,)
-    )
+    conn.execute("UPDATE wallet_utxos SET state = 'dead' WHERE txid = ? AND state IN ('spendable', 'pending')", (txid,))
     restored: list[UtxoRecord] = []
     inputs = conn.execute("SELECT txid, vout FROM wallet_utxos WHERE spent_by = ?", (txid,)).fetchall()
     if update.double_spend:
         conn.execute("UPDATE wallet_utxos SET state = 'dead' WHERE spent_by = ?", (txid,))
     else:
         conn.execute(
-            "UPDATE wallet_utxos SET state = 'spendable', spent_by = NULL "
-            "WHERE spent_by = ? AND state = 'spent'",
+            "UPDATE wallet_utxos SET state = 'spendable', spent_by = NULL WHERE spent_by = ? AND state = 'spent'",
             (txid,),
         )
         for r in inputs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,32 @@ def test_three_daemons_link_and_answer_the_cli(tmp_path: Path) -> None:
         stopped = cluster.ctl(1, "ctl", "stop")
         assert "stopped" in stopped.stdout
         assert not (Path(cluster.members[1].data_dir) / "api.json").exists()
+
+
+def test_adverts_survive_kill_9_of_two_nodes_during_publishing(tmp_path: Path) -> None:
+    with Cluster(10, root=tmp_path / "c") as cluster:
+        victims = {8, 9}
+        keys = [m.identity_key for m in cluster.members]
+
+        def publish(i: int) -> None:
+            if i in victims:
+                cluster.kill(i)
+                return
+            cluster.ctl(i, "--json", "ctl", "advertise", "--service", "ls_feed", "--price", str(i))
+
+        # every node publishes while two of them are killed with SIGKILL at the same moment
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            list(pool.map(publish, range(10)))
+        survivors = [i for i in range(10) if i not in victims]
+        expected = {keys[i] for i in survivors}
+
+        def discover(i: int) -> set[str]:
+            found = json.loads(cluster.ctl(i, "--json", "ctl", "discover", "--service", "ls_feed").stdout)["hosts"]
+            return {h["identity_key"] for h in found}
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            seen = dict(zip(survivors, pool.map(discover, survivors), strict=True))
+        assert seen == dict.fromkeys(survivors, expected)
+        # the CLI of a killed node says so, with its exit code
+        dead = cluster.ctl(8, "ctl", "status", check=False)
+        assert dead.returncode == 5

@@ -55,7 +55,7 @@ def test_lower_layers_do_not_import_upper_ones() -> None:
 
 def test_cli_control_commands_import_no_daemon_internals() -> None:
     allowed = ("overlay_node.errors",)
-    for name in ("ctl.py", "client.py", "output.py"):
+    for name in ("ctl.py", "client.py", "output.py", "adverts_cmd.py"):
         path = ROOT / "overlay_cli" / name
         bad = {n for n in _imports(path) if n.startswith("overlay_node") and not n.startswith(allowed)}
         assert not bad, f"overlay_cli/{name} imports {sorted(bad)}"
