@@ -189,3 +189,17 @@ def pay(
             )
 
         emit(state, data, human)
+
+
+@app.command("settlement-wait")
+def settlement_wait(
+    ctx: typer.Context,
+    txid: Annotated[str, typer.Argument(help="Transaction id of a payment or spend.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.", min=0.1, max=3600)] = 30.0,
+    json_: JsonOption = False,
+) -> None:
+    """Wait until the settlement of TXID has an outcome (seen, mined, failed or abandoned)."""
+    state = _state(ctx, json_)
+    with cli_errors(state), _client(ctx) as client:
+        data = client.call("POST", "/v1/wallet/settlement/wait", {"txid": txid, "timeout": timeout})
+        emit(state, data, lambda out: print_fields(out, [(k, v) for k, v in data.items()]))

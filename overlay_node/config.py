@@ -146,6 +146,7 @@ class WalletSection:
     settle_poll_interval: float = field(default=5.0, metadata=_range(0.01, 86_400))
     unanswered_timeout: float = field(default=600.0, metadata=_range(1, 86_400 * 30))
     devnet_block_interval: float = field(default=5.0, metadata=_range(0, 86_400))
+    settle_delay: float = field(default=0.0, metadata=_range(0, 86_400))
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,7 @@ class Node:
         self._adverts: AdvertService | None = None
         self._wallet: Wallet | None = None
         self._payments: Payments | None = None
+        self._settlement: Settlement | None = None
         self._ledger = ""
         self._store: Store | None = None
         # authenticated links waiting to be recorded in known_peers (bounded: a burst past it is simply not recorded)
@@ -154,7 +155,7 @@ class Node:
             payments = Payments(identity, cfg.wallet, store, self.metrics, peers, wallet)
             for service in (wallet, payments, settlement):
                 await services.start(service.run)
-            self._wallet, self._payments = wallet, payments
+            self._wallet, self._payments, self._settlement = wallet, payments, settlement
             # readiness includes having joined the DHT, bounded so that a dead bootstrap list cannot hold us back
             with trio.move_on_after(cfg.dht.request_timeout * (cfg.dht.request_retries + 1) * 2 + 1):
                 await dht.wait_bootstrapped()
@@ -244,6 +245,12 @@ class Node:
         if self._payments is None:
             raise RuntimeError("node not started")
         return self._payments
+
+    @property
+    def settlement(self) -> Settlement:
+        if self._settlement is None:
+            raise RuntimeError("node not started")
+        return self._settlement
 
     def _endpoints(self) -> Endpoints:
         info = self.info

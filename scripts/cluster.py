@@ -120,6 +120,17 @@ class Cluster:
         info: dict[str, Any] = json.loads(line)
         return info, proc.pid
 
+    def restart(self, i: int, extra_args: list[str] | None = None) -> Member:
+        """Start node ``i`` again on its data dir (after ``kill``), optionally with other flags."""
+        saved, self.extra_args = self.extra_args, extra_args if extra_args is not None else self.extra_args
+        try:
+            member = self._start(i, self.members[0] if i else None)
+        finally:
+            self.extra_args = saved
+        self.members[i] = member
+        self._save()
+        return member
+
     def _start(self, i: int, bootstrap: Member | None) -> Member:
         data_dir = self.root / f"node{i}"
         data_dir.mkdir(parents=True, exist_ok=True)

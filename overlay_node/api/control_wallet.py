@@ -15,15 +15,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from overlay_node.api.common import guarded, read_json, require_str
-from overlay_node.errors import BadRequest
+from overlay_node.errors import BadRequest, NotFound, PeerTimeout
 
 if TYPE_CHECKING:
     from overlay_node.services.payments import Payments
+    from overlay_node.services.settlement import Settlement
     from overlay_node.services.wallet import Wallet
     from overlay_node.store.wallet import HistoryEntry
 
@@ -41,6 +43,9 @@ class WalletTarget(Protocol):
 
     @property
     def payments(self) -> Payments: ...
+
+    @property
+    def settlement(self) -> Settlement: ...
 
 
 def history_json(entry: HistoryEntry) -> dict[str, Any]:
@@ -113,6 +118,21 @@ def wallet_routes(target: WalletTarget) -> list[Route]:
         receipt = await target.payments.pay(quote_id)
         return JSONResponse(receipt.as_json())
 
+    @guarded
+    async def settlement_wait(request: Request) -> Response:
+        body = await read_json(request, 4096)
+        txid = require_str(body, "txid", max_len=64)
+        timeout = body.get("timeout", 30)
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 3600:
+            raise BadRequest("field 'timeout' must be a number of seconds in (0, 3600]")
+        with trio.move_on_after(float(timeout)):
+            try:
+                job = await target.settlement.wait_for(txid, "seen", "mined", "failed", "abandoned")
+            except KeyError:
+                raise NotFound(f"no settlement job for {txid}") from None
+            return JSONResponse({"txid": job.txid, "state": job.state, "arc_status": job.arc_status})
+        raise PeerTimeout(f"settlement of {txid} not finished after {timeout}s")
+
     return [
         Route("/v1/wallet/balance", balance, methods=["GET"]),
         Route("/v1/wallet/faucet", faucet, methods=["POST"]),
@@ -120,4 +140,5 @@ def wallet_routes(target: WalletTarget) -> list[Route]:
         Route("/v1/wallet/history", history, methods=["GET"]),
         Route("/v1/quote", quote, methods=["POST"]),
         Route("/v1/pay", pay, methods=["POST"]),
+        Route("/v1/wallet/settlement/wait", settlement_wait, methods=["POST"]),
     ]

@@ -155,6 +155,9 @@ class Settlement:
         counts = await self._store.settlement.counts()
         logger.info("settlement queue started (%s)", ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
         task_status.started()
+        if self._config.settle_delay:
+            logger.info("settlement held back for %.1fs (wallet.settle_delay)", self._config.settle_delay)
+            await trio.sleep(self._config.settle_delay)
         while True:
             self._kicked = trio.Event()
             await self.process()
