@@ -47,10 +47,13 @@ def status(ctx: typer.Context) -> None:
                 ("version", data.get("version")),
                 ("ready", "yes" if data.get("ready") else "no"),
                 ("swarm", " ".join(data.get("swarm", []))),
+                ("dht", data.get("dht")),
                 ("http", data.get("http")),
+                ("ledger", data.get("ledger")),
                 ("control", data.get("control")),
                 ("data dir", data.get("data_dir")),
                 ("peers", data.get("peers")),
+                ("dht contacts", data.get("dht_contacts")),
                 ("uptime", f"{data.get('uptime', 0):.0f}s"),
             ]
             print_fields(out, rows)
