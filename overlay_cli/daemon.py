@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 
 import trio
 
 from overlay_node.config import Config
 from overlay_node.datadir import DataDir
-from overlay_node.errors import OverlayError
+from overlay_node.errors import first_overlay_error
 from overlay_node.node import Node, NodeInfo
+from overlay_node.signals import relay_stop_signals
 
 
 def _announce(info: NodeInfo, *, as_json: bool) -> None:
@@ -31,25 +31,13 @@ def _announce(info: NodeInfo, *, as_json: bool) -> None:
 
 async def _main(dd: DataDir, cfg: Config, as_json: bool) -> None:
     node = Node(dd, cfg)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def on_signals() -> None:
-                count = 0
-                async for _ in signals:
-                    count += 1
-                    if count == 1:
-                        sys.stderr.write("shutting down (signal again to force)\n")
-                        node.request_shutdown()
-                    else:
-                        nursery.cancel_scope.cancel()
-
-            nursery.start_soon(on_signals)
-            info = await nursery.start(node.run)
-            _announce(info, as_json=as_json)
-            # node.run returns after a graceful shutdown; then stop listening for signals
-            await node.wait_stopped()
-            nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(relay_stop_signals, node.request_shutdown, nursery.cancel_scope, "overlay-node")
+        info = await nursery.start(node.run)
+        _announce(info, as_json=as_json)
+        # node.run returns after a graceful shutdown; then stop listening for signals
+        await node.wait_stopped()
+        nursery.cancel_scope.cancel()
 
 
 def run_daemon(dd: DataDir, cfg: Config, *, as_json: bool) -> None:
@@ -66,15 +54,3 @@ def run_daemon(dd: DataDir, cfg: Config, *, as_json: bool) -> None:
         if ours is None:
             raise
         raise ours from group
-
-
-def first_overlay_error(exc: BaseException) -> OverlayError | None:
-    """The first OverlayError inside (possibly nested) exception groups."""
-    if isinstance(exc, OverlayError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = first_overlay_error(inner)
-            if found is not None:
-                return found
-    return None

@@ -175,3 +175,16 @@ class InsufficientFunds(PaymentError):
     """Our wallet does not hold enough spendable satoshis for a payment and its fee."""
 
     code = "insufficient_funds"
+
+
+def first_overlay_error(exc: BaseException) -> OverlayError | None:
+    """The first OverlayError inside (possibly nested) exception groups, so that a process can report the error
+    that stopped it as one line instead of trio's group traceback."""
+    if isinstance(exc, OverlayError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = first_overlay_error(inner)
+            if found is not None:
+                return found
+    return None

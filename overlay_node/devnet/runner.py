@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,8 @@ from overlay_node.datadir import DataDir
 from overlay_node.devnet.app import devnet_app
 from overlay_node.devnet.ledger import Ledger
 from overlay_node.devnet.validation import Policy
-from overlay_node.errors import ConfigError, DataDirError, OverlayError
+from overlay_node.errors import ConfigError, DataDirError, first_overlay_error
+from overlay_node.signals import relay_stop_signals
 from overlay_node.store.ledger import open_ledger_store
 
 if TYPE_CHECKING:
@@ -170,17 +170,6 @@ async def run_devnet(
             logger.info("devnet ledger on %s stopped", info.url)
 
 
-def _first_overlay_error(exc: BaseException) -> OverlayError | None:
-    if isinstance(exc, OverlayError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _first_overlay_error(inner)
-            if found is not None:
-                return found
-    return None
-
-
 def _announce(info: DevnetInfo, *, as_json: bool, out: TextIO) -> None:
     if as_json:
         out.write(json.dumps(info.as_dict()) + "\n")
@@ -192,26 +181,15 @@ def _announce(info: DevnetInfo, *, as_json: bool, out: TextIO) -> None:
 
 async def _foreground(settings: DevnetSettings, as_json: bool, out: TextIO) -> None:
     stop = trio.Event()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(relay_stop_signals, stop.set, nursery.cancel_scope, "devnet")
 
-            async def on_signals() -> None:
-                count = 0
-                async for _ in signals:
-                    count += 1
-                    if count == 1:
-                        sys.stderr.write("devnet shutting down (signal again to force)\n")
-                        stop.set()
-                    else:
-                        nursery.cancel_scope.cancel()
+        async def devnet(*, task_status: trio.TaskStatus[DevnetInfo] = trio.TASK_STATUS_IGNORED) -> None:
+            await run_devnet(settings, shutdown=stop, task_status=task_status)
+            nursery.cancel_scope.cancel()  # stopped: stop listening for signals too
 
-            async def devnet(*, task_status: trio.TaskStatus[DevnetInfo] = trio.TASK_STATUS_IGNORED) -> None:
-                await run_devnet(settings, shutdown=stop, task_status=task_status)
-                nursery.cancel_scope.cancel()  # stopped: stop listening for signals too
-
-            nursery.start_soon(on_signals)
-            info: DevnetInfo = await nursery.start(devnet)
-            _announce(info, as_json=as_json, out=out)
+        info: DevnetInfo = await nursery.start(devnet)
+        _announce(info, as_json=as_json, out=out)
 
 
 def serve_foreground(settings: DevnetSettings, *, as_json: bool = False, out: TextIO | None = None) -> None:
@@ -226,7 +204,7 @@ def serve_foreground(settings: DevnetSettings, *, as_json: bool = False, out: Te
     try:
         trio.run(_foreground, settings, as_json, out if out is not None else sys.stdout)
     except BaseExceptionGroup as group:
-        ours = _first_overlay_error(group)
+        ours = first_overlay_error(group)
         if ours is None:
             raise
         raise ours from group
