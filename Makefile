@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint types unit venv bench clean
+.PHONY: run test lint types unit venv bench clean tools
 
 venv: $(STAMP)
 
@@ -24,7 +24,11 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
-test: lint types
+# @bsv/sdk for the UHRP codec cross-check (tests/unit/test_uhrp.py); installed once
+tools:
+	test -d .tools/node_modules/@bsv/sdk || npm install --silent --no-audit --no-fund --prefix .tools @bsv/sdk@2.1.0
+
+test: lint types tools
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

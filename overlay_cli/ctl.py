@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from overlay_cli import adverts_cmd, wallet_cmd
+from overlay_cli import adverts_cmd, content_cmd, wallet_cmd
 from overlay_cli.client import ControlClient
 from overlay_cli.output import CliState, cli_errors, emit, print_fields, table
 
@@ -21,6 +21,12 @@ app.add_typer(adverts_cmd.dht_app, name="dht")
 app.add_typer(wallet_cmd.app, name="wallet")
 app.command()(wallet_cmd.quote)
 app.command()(wallet_cmd.pay)
+app.command()(content_cmd.publish)
+app.command()(content_cmd.distribute)
+app.command()(content_cmd.access)
+app.command("get")(content_cmd.access)
+app.command()(content_cmd.search)
+app.add_typer(content_cmd.app, name="content")
 
 
 def _client(ctx: typer.Context) -> ControlClient:
@@ -128,3 +134,10 @@ def _wait_gone(path: Path, timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+# paid live streams (issue 6): `ctl stream ...` for producers, `ctl subscribe` for consumers
+from overlay_cli import streams_cmd  # noqa: E402
+
+app.add_typer(streams_cmd.app, name="stream")
+app.command("subscribe")(streams_cmd.subscribe)

@@ -150,6 +150,45 @@ class WalletSection:
 
 
 @dataclass(frozen=True, slots=True)
+class ContentSection:
+    """UHRP content: the blob store budget, replication, retrieval and repair (issue 5)."""
+
+    replication: int = field(default=3, metadata=_range(0, 64))
+    chunk_size: int = field(default=1 * MiB, metadata=_range(64 * KiB, 64 * MiB))
+    read_piece: int = field(default=512 * KiB, metadata=_range(4 * KiB, 16 * MiB))
+    max_object: int = field(default=16 * 1024 * MiB, metadata=_range(1, 1 << 50))
+    storage_budget: int = field(default=32 * 1024 * MiB, metadata=_range(0, 1 << 50))
+    holders: int = field(default=4, metadata=_range(1, 64))
+    per_holder: int = field(default=4, metadata=_range(1, 64))
+    request_timeout: float = field(default=30.0, metadata=_range(0.1, 3600))
+    check_timeout: float = field(default=3.0, metadata=_range(0.01, 600))
+    provider_ttl: float = field(default=3600.0, metadata=_range(1, 86_400))
+    repair_interval: float = field(default=60.0, metadata=_range(0, 86_400))
+    repair_jitter: float = field(default=0.2, metadata=_range(0, 1))
+    trim_grace: float = field(default=600.0, metadata=_range(0, 86_400 * 30))
+    trim_margin: int = field(default=0, metadata=_range(0, 64))
+    grant_ttl: float = field(default=86_400.0, metadata=_range(1, 86_400 * 365))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamsSection:
+    """Paid live streams (issue 6): buffers, batching, the unpaid grace period and the consumer's reconnects."""
+
+    grace_period: float = field(default=10.0, metadata=_range(0.01, 3600))
+    buffer_packets: int = field(default=10_000, metadata=_range(1, 10_000_000))
+    max_packet: int = field(default=64 * KiB, metadata=_range(1, 16 * MiB))
+    batch_packets: int = field(default=256, metadata=_range(1, 100_000))
+    batch_bytes: int = field(default=256 * KiB, metadata=_range(1 * KiB, 64 * MiB))
+    max_consumers: int = field(default=100, metadata=_range(1, 1_000_000))
+    advert_ttl: float = field(default=3600.0, metadata=_range(1, 86_400))
+    flush_interval: float = field(default=1.0, metadata=_range(0.01, 3600))
+    consumer_queue: int = field(default=4096, metadata=_range(1, 10_000_000))
+    reconnect_min: float = field(default=0.1, metadata=_range(0.01, 3600))
+    reconnect_max: float = field(default=5.0, metadata=_range(0.01, 3600))
+    resume_timeout: float = field(default=60.0, metadata=_range(0.1, 86_400))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole node configuration."""
 
@@ -161,6 +200,8 @@ class Config:
     dht: DhtSection = field(default_factory=DhtSection)
     adverts: AdvertsSection = field(default_factory=AdvertsSection)
     wallet: WalletSection = field(default_factory=WalletSection)
+    content: ContentSection = field(default_factory=ContentSection)
+    streams: StreamsSection = field(default_factory=StreamsSection)
 
 
 def _section_types() -> dict[str, type[Any]]:

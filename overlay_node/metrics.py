@@ -63,6 +63,20 @@ class Metrics:
         self.advert_drops = Counter("overlay_advert_drops", "Adverts refused", ["reason"], registry=r)
         self.adverts_banned_hosts = Gauge("overlay_adverts_banned_hosts", "Hosts suppressed by the janitor", registry=r)
 
+        self.content_bytes = Gauge("overlay_content_bytes", "Bytes of content held in the blob store", registry=r)
+        self.content_objects = Gauge("overlay_content_objects", "Content objects held in the blob store", registry=r)
+        self.content_transfers = Counter(
+            "overlay_content_transfers", "Content replications and downloads", ["kind", "outcome"], registry=r
+        )
+        self.content_transfer_bytes = Counter(
+            "overlay_content_transfer_bytes", "Content bytes moved", ["direction"], registry=r
+        )
+        self.content_bad_chunks = Counter(
+            "overlay_content_bad_chunks", "Chunks that failed their hash check on download", registry=r
+        )
+        self.content_repairs = Counter("overlay_content_repairs", "Repair actions", ["action"], registry=r)
+        self.gateway_requests = Counter("overlay_gateway_requests", "UHRP gateway requests", ["status"], registry=r)
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every instrument."""
         return bytes(generate_latest(self.registry))

@@ -25,7 +25,10 @@ import trio
 from overlay_node import __version__
 from overlay_node.api.control import control_app
 from overlay_node.api.control_adverts import adverts_routes
+from overlay_node.api.control_content import content_routes
+from overlay_node.api.control_streams import streams_routes
 from overlay_node.api.control_wallet import wallet_routes
+from overlay_node.api.gateway import gateway_routes
 from overlay_node.api.public import public_app
 from overlay_node.api.server import bind_tcp, bind_unix, serve_app
 from overlay_node.clock import wall_time
@@ -38,9 +41,11 @@ from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.adverts import Endpoints
 from overlay_node.services.adverts import AdvertService
+from overlay_node.services.content import ContentService
 from overlay_node.services.dht import DhtService
 from overlay_node.services.payments import Payments
 from overlay_node.services.settlement import Settlement
+from overlay_node.services.streams_node import Streams
 from overlay_node.services.wallet import Wallet
 from overlay_node.store.db import Store, open_store
 
@@ -89,6 +94,7 @@ class Node:
         self._adverts: AdvertService | None = None
         self._wallet: Wallet | None = None
         self._payments: Payments | None = None
+        self._content: ContentService | None = None
         self._settlement: Settlement | None = None
         self._ledger = ""
         self._store: Store | None = None
@@ -156,6 +162,24 @@ class Node:
             for service in (wallet, payments, settlement):
                 await services.start(service.run)
             self._wallet, self._payments, self._settlement = wallet, payments, settlement
+            # content (issue 5): blob store, replication, retrieval, repair
+            content = ContentService(
+                identity,
+                cfg.content,
+                store,
+                dht,
+                peers,
+                self.metrics,
+                self.data_dir.path / "blobs",
+                self._endpoints,
+                wall_clock=self.wall_clock,
+                payments=payments,
+            )
+            await services.start(content.run)
+            self._content = content
+            # paid live streams (issue 6): producer and consumer sides
+            self.streams = Streams(identity, cfg, store, self.metrics, peers, dht, payments, wallet)
+            await services.start(self.streams.run)
             # readiness includes having joined the DHT, bounded so that a dead bootstrap list cannot hold us back
             with trio.move_on_after(cfg.dht.request_timeout * (cfg.dht.request_retries + 1) * 2 + 1):
                 await dht.wait_bootstrapped()
@@ -163,7 +187,7 @@ class Node:
             await nursery.start(
                 partial(
                     serve_app,
-                    public_app(self),
+                    public_app(self, gateway_routes(self)),
                     http_sock,
                     shutdown_trigger=self._shutdown.wait,
                     graceful_timeout=grace,
@@ -172,7 +196,15 @@ class Node:
             await nursery.start(
                 partial(
                     serve_app,
-                    control_app(self, [*adverts_routes(self), *wallet_routes(self)]),
+                    control_app(
+                        self,
+                        [
+                            *adverts_routes(self),
+                            *wallet_routes(self),
+                            *content_routes(self),
+                            *streams_routes(self.streams),
+                        ],
+                    ),
                     control_sock,
                     shutdown_trigger=self._shutdown.wait,
                     graceful_timeout=grace,
@@ -191,6 +223,7 @@ class Node:
             self._started_at = time.monotonic()
             self.data_dir.write_api({"pid": os.getpid(), "version": __version__, **info.as_dict()})
             self._ready = True
+            content.node_ready()
             self.metrics.up.set(1)
             logger.info("node %s ready: swarm %s, http %s", identity.public_key_hex[:16], swarm, info.http)
             task_status.started(info)
@@ -239,6 +272,12 @@ class Node:
         if self._wallet is None:
             raise RuntimeError("node not started")
         return self._wallet
+
+    @property
+    def content(self) -> ContentService:
+        if self._content is None:
+            raise RuntimeError("node not started")
+        return self._content
 
     @property
     def payments(self) -> Payments:

@@ -121,25 +121,28 @@ class Cluster:
         return info, proc.pid
 
     def restart(self, i: int, extra_args: list[str] | None = None) -> Member:
-        """Start node ``i`` again on its data dir (after ``kill``), optionally with other flags."""
+        """Start node ``i`` again on its data dir and ports (after ``kill``), optionally with other flags."""
+        old = self.members[i]
+        ports = (_port(old.swarm[0]), _port(old.http), _port(old.dht))
         saved, self.extra_args = self.extra_args, extra_args if extra_args is not None else self.extra_args
         try:
-            member = self._start(i, self.members[0] if i else None)
+            member = self._start(i, self.members[0] if i else None, ports=ports)
         finally:
             self.extra_args = saved
         self.members[i] = member
         self._save()
         return member
 
-    def _start(self, i: int, bootstrap: Member | None) -> Member:
+    def _start(self, i: int, bootstrap: Member | None, *, ports: tuple[str, str, str] | None = None) -> Member:
         data_dir = self.root / f"node{i}"
         data_dir.mkdir(parents=True, exist_ok=True)
         base = self.base_port
-        ports = ("0", "0") if base is None else (str(base + 2 * i), str(base + 2 * i + 1))
+        if ports is None:
+            ports = ("0", "0", "0") if base is None else (str(base + 2 * i), str(base + 2 * i + 1), str(base + 2 * i))
         args = [
             *_cli(), "--data-dir", str(data_dir), "--json", "run",
             "--name", f"node{i}", "--swarm-host", "127.0.0.1", "--swarm-port", ports[0], "--http-port", ports[1],
-            "--set", "dht.host=127.0.0.1", "--dht-port", ports[0],
+            "--set", "dht.host=127.0.0.1", "--dht-port", ports[2],
             *self.extra_args,
         ]  # fmt: skip
         if bootstrap:
@@ -267,6 +270,11 @@ class _Pid:
             if time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(str(self.pid), timeout)
             time.sleep(0.05)
+
+
+def _port(address: str) -> str:
+    """The port of ``ws://host:port/...``, ``http://host:port`` or ``host:port``."""
+    return address.split("://")[-1].split("/")[0].rsplit(":", 1)[1]
 
 
 def _alive(pid: int) -> bool:

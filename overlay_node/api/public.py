@@ -5,12 +5,13 @@ Later issues add the UHRP gateway and the overlay API (``/submit``, ``/lookup``)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from overlay_node.api.common import HTTP_EXCEPTION_HANDLERS
 from overlay_node.metrics import CONTENT_TYPE, Metrics
@@ -26,8 +27,8 @@ class PublicTarget(Protocol):
     def metrics(self) -> Metrics: ...
 
 
-def public_app(node: PublicTarget) -> Starlette:
-    """Build the public app over ``node``."""
+def public_app(node: PublicTarget, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """Build the public app over ``node``; feature modules (the UHRP gateway) add ``extra_routes``."""
 
     async def live(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -46,5 +47,6 @@ def public_app(node: PublicTarget) -> Starlette:
             Route("/health/live", live, methods=["GET"]),
             Route("/health/ready", ready, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *extra_routes,
         ],
     )

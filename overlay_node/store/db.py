@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
+from overlay_node.store.content import ContentRepository
 from overlay_node.store.dht import DhtRepository
 from overlay_node.store.engine import Database, TxnFn
 from overlay_node.store.meta import MetaRepository
 from overlay_node.store.migrations import MIGRATIONS, AppliedMigration, Migrations, applied_migrations
 from overlay_node.store.payments import PaymentsRepository
 from overlay_node.store.peers import PeersRepository
+from overlay_node.store.streams import StreamsRepository
 from overlay_node.store.wallet import SettlementRepository, WalletRepository
 
 if TYPE_CHECKING:
@@ -38,9 +40,11 @@ class Store:
         self.meta = MetaRepository(db)
         self.peers = PeersRepository(db)
         self.dht = DhtRepository(db)
+        self.content = ContentRepository(db)
         self.wallet = WalletRepository(db)
         self.settlement = SettlementRepository(db)
         self.payments = PaymentsRepository(db)
+        self.streams = StreamsRepository(db)
 
     @property
     def path(self) -> Path:

@@ -319,3 +319,18 @@ def _wallet(conn: sqlite3.Connection) -> None:
         ) WITHOUT ROWID
         """
     )
+
+
+@MIGRATIONS.register("0006_streams")
+def _streams(conn: sqlite3.Connection) -> None:
+    # paid live streams (store/streams.py): streams produced here and each subscription's accounting
+    from overlay_node.store.streams import create_tables
+
+    create_tables(conn)
+
+
+@MIGRATIONS.register("0007_content")
+def _content(conn: sqlite3.Connection) -> None:
+    from overlay_node.store.content import create_tables
+
+    create_tables(conn)

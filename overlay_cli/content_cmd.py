@@ -1,0 +1,244 @@
+"""``ctl publish | distribute | access | get | search`` and ``ctl content status | list | repair``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from overlay_cli.client import ControlClient
+from overlay_cli.output import CliState, cli_errors, emit, print_fields, table
+from overlay_node.errors import ApiError
+
+app = typer.Typer(help="UHRP content held and published by this node.", no_args_is_help=True)
+
+
+def _client(ctx: typer.Context) -> ControlClient:
+    from overlay_cli.main import data_dir_of
+
+    return ControlClient(data_dir_of(ctx.obj))
+
+
+def _run_stream(state: CliState, events: Iterator[dict[str, Any]], label: str) -> dict[str, Any]:
+    """Follow an NDJSON operation with a progress bar (not with --json); return its result or raise its error."""
+    show = not state.json
+    console = Console(stderr=True, highlight=False)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        disable=not show,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def task(name: str, total: int | None) -> Any:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            return tasks[name]
+
+        for event in events:
+            kind = event.get("event")
+            if kind == "result":
+                return event
+            if kind == "error":
+                raise ApiError(
+                    str(event.get("message", "")),
+                    code=str(event.get("code", "error")),
+                    status=0,
+                    exit_code=int(event.get("exit_code", 1)),
+                )
+            if kind == "import":
+                bar.update(task(f"{label}: import", event.get("total")), completed=event.get("done", 0))
+            elif kind == "transfer":
+                name = f"replica {str(event.get('identity_key', ''))[:12]}"
+                bar.update(task(name, event.get("total")), completed=event.get("done", 0))
+            elif kind == "start":
+                task(f"{label}: download", event.get("size"))
+            elif kind == "chunk" and f"{label}: download" in tasks:
+                bar.update(tasks[f"{label}: download"], completed=event.get("done", 0))
+            elif kind == "replica" and show:
+                key = str(event.get("identity_key", ""))[:16]
+                detail = f" ({event['detail']})" if event.get("detail") else ""
+                console.print(f"replica {key}: {event.get('state')}{detail}")
+    raise ApiError("the daemon ended the operation without a result", code="truncated", status=0)
+
+
+def _replica_rows(out: Console, data: dict[str, Any]) -> None:
+    rows = [(r["identity_key"], r["state"], r.get("detail", "")) for r in data.get("replicas", [])]
+    if rows:
+        out.print(table(None, ["replica", "state", "detail"], rows))
+
+
+def publish(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="The file to publish.", exists=True, dir_okay=False, readable=True)],
+    title: Annotated[str, typer.Option("--title", help="A title.")] = "",
+    tags: Annotated[str, typer.Option("--tags", help="Comma-separated tags (searchable in the DHT).")] = "",
+    content_type: Annotated[str, typer.Option("--content-type", help="MIME type.")] = "application/octet-stream",
+    price: Annotated[int, typer.Option("--price", min=0, help="Price in satoshis (0: free).")] = 0,
+    replication: Annotated[int | None, typer.Option("--replication", min=0, max=64, help="Replicas to place.")] = None,
+    ttl: Annotated[float | None, typer.Option("--ttl", min=1, help="Seconds until the content expires.")] = None,
+    parent: Annotated[list[str] | None, typer.Option("--parent", help="UHRP URL or hash of a parent.")] = None,
+    relationship: Annotated[
+        str, typer.Option("--relationship", help="derived, processed or enriched (with --parent).")
+    ] = "",
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the replicas are placed.")] = False,
+) -> None:
+    """Publish a file: store it, announce it in the DHT, place replicas; prints its hash and UHRP URL."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        body: dict[str, Any] = {
+            "path": str(file.resolve()),
+            "title": title,
+            "tags": [t.strip() for t in tags.split(",") if t.strip()],
+            "content_type": content_type,
+            "price": price,
+            "parents": parent or [],
+            "relationship": relationship,
+            "wait": wait,
+        }
+        if replication is not None:
+            body["replication"] = replication
+        if ttl is not None:
+            body["ttl"] = ttl
+        data = _run_stream(state, client.stream("POST", "/v1/content/publish", body), "publish")
+        data.pop("event", None)
+
+        def human(out: Console) -> None:
+            print_fields(
+                out,
+                [
+                    ("hash", data["hash"]),
+                    ("uhrp url", data["uhrp_url"]),
+                    ("size", data["size"]),
+                    ("replication", data["replication"]),
+                ],
+            )
+            _replica_rows(out, data)
+
+        emit(state, data, human)
+
+
+def distribute(
+    ctx: typer.Context,
+    content: Annotated[str, typer.Argument(help="Hash or UHRP URL of content held here.")],
+    replication: Annotated[int | None, typer.Option("--replication", min=0, max=64, help="Replicas wanted.")] = None,
+    nodes: Annotated[str, typer.Option("--nodes", help="Comma-separated identity keys to place on.")] = "",
+) -> None:
+    """Place replicas of content on the closest nodes (or the given ones) and show each replica's state."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        body: dict[str, Any] = {"hash": content, "nodes": [n.strip() for n in nodes.split(",") if n.strip()]}
+        if replication is not None:
+            body["replication"] = replication
+        data = _run_stream(state, client.stream("POST", "/v1/content/distribute", body), "distribute")
+        data.pop("event", None)
+
+        def human(out: Console) -> None:
+            out.print(f"{data['available']} replicas available (target {data['replication']})")
+            _replica_rows(out, data)
+
+        emit(state, data, human)
+
+
+def access(
+    ctx: typer.Context,
+    content: Annotated[str, typer.Argument(help="UHRP URL or hex SHA-256.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write (default: ./<hash>).")] = None,
+    max_price: Annotated[int | None, typer.Option("--max-price", min=0, help="Pay at most this (satoshis).")] = None,
+) -> None:
+    """Download content from its holders with integrity checks (paying the producer for priced content)."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        target = output if output is not None else Path(content.split("/")[-1].split(":")[-1])
+        body: dict[str, Any] = {"content": content, "output": str(target.resolve())}
+        if max_price is not None:
+            body["max_price"] = max_price
+        data = _run_stream(state, client.stream("POST", "/v1/content/access", body), "access")
+        data.pop("event", None)
+        emit(state, data, lambda out: out.print(f"wrote {data['size']} bytes to {data['output']} (verified)"))
+
+
+def search(
+    ctx: typer.Context,
+    tags: Annotated[str, typer.Option("--tags", help="Comma-separated tags to look up in the DHT.")] = "",
+    content_type: Annotated[str, typer.Option("--content-type", help="Only this MIME type.")] = "",
+    producer: Annotated[str, typer.Option("--producer", help="Only this producer's identity key.")] = "",
+    max_price: Annotated[int | None, typer.Option("--max-price", min=0, help="Highest price.")] = None,
+) -> None:
+    """Find content by tags (DHT) or, without tags, among what this node knows."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        body: dict[str, Any] = {
+            "tags": [t.strip() for t in tags.split(",") if t.strip()],
+            "content_type": content_type,
+            "producer": producer,
+        }
+        if max_price is not None:
+            body["max_price"] = max_price
+        data = client.call("POST", "/v1/content/search", body)
+
+        def human(out: Console) -> None:
+            rows = [
+                (r["uhrp_url"], r["title"], r["content_type"], r["size"], r["price"], r["producer"][:16])
+                for r in data["results"]
+            ]
+            if not rows:
+                out.print("nothing found")
+                return
+            out.print(table(None, ["uhrp url", "title", "type", "size", "price", "producer"], rows))
+
+        emit(state, data, human)
+
+
+@app.command()
+def status(ctx: typer.Context, content: Annotated[str, typer.Argument(help="Hash or UHRP URL.")]) -> None:
+    """Metadata of content and the state of each replica (pending, transferring, available, failed)."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        data = client.call("GET", f"/v1/content/{content}/status")
+
+        def human(out: Console) -> None:
+            print_fields(
+                out,
+                [
+                    ("hash", data["hash"]),
+                    ("uhrp url", data["uhrp_url"]),
+                    ("size", data["size"]),
+                    ("held here", "yes" if data["local"] else "no"),
+                    ("replicas", f"{data['available']} available of {data['replication']}"),
+                ],
+            )
+            _replica_rows(out, data)
+
+        emit(state, data, human)
+
+
+@app.command("list")
+def list_content(ctx: typer.Context) -> None:
+    """Content known to this node."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        data = client.call("GET", "/v1/content")
+
+        def human(out: Console) -> None:
+            rows = [(c["uhrp_url"], c["title"], c["size"], "yes" if c["local"] else "no") for c in data["content"]]
+            out.print(table(None, ["uhrp url", "title", "size", "held"], rows) if rows else "no content")
+
+        emit(state, data, human)
+
+
+@app.command()
+def repair(ctx: typer.Context) -> None:
+    """Run one repair pass now (count live replicas, recruit or trim)."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        data = client.call("POST", "/v1/content/repair")
+        emit(state, data, lambda out: print_fields(out, list(data.items())))

@@ -1,0 +1,218 @@
+"""``ctl stream create | push | list | close | status`` (producer) and ``ctl subscribe`` (consumer)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from overlay_cli.client import ControlClient
+from overlay_cli.output import CliState, cli_errors, emit, print_fields, table
+from overlay_node.errors import BadRequest
+
+app = typer.Typer(help="Produce paid live streams.", no_args_is_help=True)
+
+#: lines sent per push request
+PUSH_BATCH = 2000
+
+
+def _client(ctx: typer.Context) -> ControlClient:
+    from overlay_cli.main import data_dir_of
+
+    return ControlClient(data_dir_of(ctx.obj))
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    stream_id: Annotated[str, typer.Option("--stream-id", help="The stream's id (letters, digits, . _ : -).")],
+    pricing_model: Annotated[str, typer.Option("--pricing-model", help="per-packet or per-second.")] = "per-packet",
+    rate: Annotated[int, typer.Option("--rate", min=1, help="Satoshis per packet (or per second).")] = 1,
+    title: Annotated[str, typer.Option("--title", help="A title for listings.")] = "",
+    tags: Annotated[str, typer.Option("--tags", help="Comma-separated tags.")] = "",
+    max_consumers: Annotated[int | None, typer.Option("--max-consumers", min=1, help="Subscriber limit.")] = None,
+) -> None:
+    """Create a stream and advertise it through the DHT."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        body: dict[str, Any] = {
+            "stream_id": stream_id,
+            "pricing_model": pricing_model,
+            "rate": rate,
+            "title": title,
+            "tags": [t.strip() for t in tags.split(",") if t.strip()],
+        }
+        if max_consumers is not None:
+            body["max_consumers"] = max_consumers
+        data = client.call("POST", "/v1/streams", body)
+        emit(state, data, lambda out: out.print(f"stream {data['stream_id']} created ({pricing_model}, {rate} sat)"))
+
+
+@app.command("push")
+def push(
+    ctx: typer.Context,
+    stream_id: Annotated[str, typer.Argument(help="The stream.")],
+    file: Annotated[Path | None, typer.Option("--file", help="Read packets from this file (default: stdin).")] = None,
+) -> None:
+    """Push packets: one per line (NDJSON or raw text) from --file or stdin."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        pushed, head = 0, 0
+        source: IO[str]
+        try:
+            source = open(file, encoding="utf-8") if file is not None else sys.stdin  # noqa: SIM115
+        except OSError as exc:
+            raise BadRequest(f"cannot read {file}: {exc.strerror}") from None
+        try:
+            batch: list[str] = []
+            for line in source:
+                text = line.rstrip("\r\n")
+                if text:
+                    batch.append(text)
+                if len(batch) >= PUSH_BATCH:
+                    head = client.call("POST", f"/v1/streams/{stream_id}/push", {"packets": batch})["head"]
+                    pushed += len(batch)
+                    batch = []
+            if batch or not pushed:
+                head = client.call("POST", f"/v1/streams/{stream_id}/push", {"packets": batch})["head"]
+                pushed += len(batch)
+        except UnicodeDecodeError:
+            raise BadRequest("packets must be UTF-8 text") from None
+        finally:
+            if file is not None:
+                source.close()
+        data = {"stream_id": stream_id, "pushed": pushed, "head": head}
+        emit(state, data, lambda out: out.print(f"pushed {pushed} packets to {stream_id} (head {head})"))
+
+
+@app.command("list")
+def listing(ctx: typer.Context) -> None:
+    """The streams this node produces."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        data = client.call("GET", "/v1/streams")
+
+        def human(out: Console) -> None:
+            rows = [
+                (
+                    s["stream_id"],
+                    s["pricing_model"],
+                    s["rate"],
+                    s["head"],
+                    s["subscribers"],
+                    "closed" if s["closed"] else "open",
+                )
+                for s in data["streams"]
+            ]
+            if not rows:
+                out.print("no streams")
+                return
+            out.print(table(None, ["stream", "pricing", "rate", "head", "subscribers", "state"], rows))
+
+        emit(state, data, human)
+
+
+@app.command("close")
+def close(ctx: typer.Context, stream_id: Annotated[str, typer.Argument(help="The stream.")]) -> None:
+    """Close a stream: subscribers get what is buffered, then the end; the advert is revoked."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        data = client.call("POST", f"/v1/streams/{stream_id}/close")
+        emit(state, data, lambda out: out.print(f"stream {stream_id} closed at seq {data['head']}"))
+
+
+@app.command("status")
+def status(ctx: typer.Context, stream_id: Annotated[str, typer.Argument(help="The stream.")]) -> None:
+    """A stream's subscribers: packets, paid and unsettled satoshis."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        data = client.call("GET", f"/v1/streams/{stream_id}")
+
+        def human(out: Console) -> None:
+            print_fields(
+                out,
+                [
+                    ("stream", data["stream_id"]),
+                    ("pricing", f"{data['pricing_model']} at {data['rate']} sat"),
+                    ("head", data["head"]),
+                    ("revenue", f"{data['revenue_satoshis']} sat ({data['unsettled_satoshis']} unsettled)"),
+                ],
+            )
+            rows = [
+                (s["identity_key"][:16] + "…", s["packets"], s["paid_satoshis"], s["payments"], s["state"])
+                for s in data["subscribers"]
+            ]
+            if rows:
+                out.print(table(None, ["subscriber", "packets", "paid", "payments", "state"], rows))
+
+        emit(state, data, human)
+
+
+def subscribe(
+    ctx: typer.Context,
+    stream_id: Annotated[str, typer.Argument(help="The stream to subscribe to.")],
+    max_price: Annotated[int | None, typer.Option("--max-price", min=0, help="Highest satoshis per unit.")] = None,
+    auto_pay_interval: Annotated[
+        int, typer.Option("--auto-pay-interval", min=1, help="W: units paid per payment (credit up to 2W).")
+    ] = 10,
+    duration: Annotated[
+        float | None, typer.Option("--duration", min=0.001, help="Stop after this many seconds.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Write packets (NDJSON) here (default: stdout).")
+    ] = None,
+    producer: Annotated[str | None, typer.Option("--producer", help="The producer's identity key.")] = None,
+) -> None:
+    """Subscribe to a paid stream, paying as packets arrive; writes one {"seq", "payload"} line per packet."""
+    state: CliState = ctx.obj
+    with cli_errors(state), _client(ctx) as client:
+        body: dict[str, Any] = {"stream_id": stream_id, "window": auto_pay_interval}
+        if max_price is not None:
+            body["max_price"] = max_price
+        if duration is not None:
+            body["duration"] = duration
+        if producer is not None:
+            body["producer"] = producer
+        try:
+            sink: IO[str] = open(output, "w", encoding="utf-8") if output is not None else sys.stdout  # noqa: SIM115
+        except OSError as exc:
+            raise BadRequest(f"cannot write {output}: {exc.strerror}") from None
+        summary: dict[str, Any] | None = None
+        try:
+            try:
+                for item in client.stream("POST", "/v1/subscribe", body):
+                    if "summary" in item:
+                        summary = item["summary"]
+                        break
+                    sink.write(json.dumps({"seq": item["seq"], "payload": item["payload"]}) + "\n")
+                    if output is None or state.json:
+                        sink.flush()
+            except KeyboardInterrupt:
+                summary = client.call("POST", "/v1/subscriptions/stop", {"stream_id": stream_id})
+        finally:
+            if output is not None:
+                sink.close()
+            else:
+                sink.flush()
+        if summary is None:
+            summary = client.call("POST", "/v1/subscriptions/stop", {"stream_id": stream_id})
+        final = summary
+
+        def human(out: Console) -> None:
+            err = Console(stderr=True)
+            err.print(
+                f"{final['packets']} packets, {final['paid_satoshis']} satoshis in {final['payments']} payments "
+                f"(fees {final['fees']}); ended: {final['reason']}"
+            )
+            if final.get("error"):
+                err.print(f"error: {final['error']['message']}")
+            del out
+
+        emit(state, final, human)
+        if final.get("error") and final["reason"] not in ("duration", "closed", "stopped", "reader_gone"):
+            code = final["error"]["code"]
+            raise typer.Exit(11 if code.startswith("payment") or final["reason"] == "price_exceeded" else 1)

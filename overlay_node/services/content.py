@@ -1,0 +1,953 @@
+"""The content service: publish UHRP content, replicate it to the nodes closest to its id, serve it to peers,
+repair the replica count, and (with :mod:`.content_fetch`) retrieve it with integrity checks.
+
+Theory of operation:
+1. Publishing imports a file into the blob store (hashed while copied; see :mod:`.content_blobs`), records the
+   metadata, publishes a provider record under ``uhrp:<hex>`` and tag records under ``tag:<tag>``, then places
+   ``replication`` replicas in the background.
+2. Every node announces itself under ``node:<identity hex>`` (swarm and http addresses), so that a placing node
+   can dial a DHT contact it has never linked with.
+3. Placement ranks DHT contacts by XOR distance to the content id and offers the content to the closest first
+   (``content.offer``: size, budget and limits are checked before any byte moves); an accepting node receives it
+   as one peer-link transfer (``content.replicate``, credit flow control), verifies size and SHA-256 before it
+   keeps a byte, records it and publishes its own provider record. The placing node keeps each replica's state.
+4. Holders serve ``content.manifest`` (size, chunk hashes) and ``content.read`` (one piece of a range); priced
+   content is served only to its producer or with the producer's signed access grant naming the asking peer.
+5. Repair (every ``repair_interval``, jittered) on every holder: expired content is deleted and its record
+   revoked; live holders are counted with a ``content.has`` check; below the target, the closest live holder
+   recruits new replicas; above target + margin, the farthest unpinned holder past ``trim_grace`` drops its copy.
+   A downloader that saw a bad chunk from a holder tells it (``content.bad``); the holder re-hashes its copy and
+   drops it when corrupt, and repair restores the count.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from overlay_node.clock import wall_time
+from overlay_node.config import ContentSection
+from overlay_node.crypto.keys import Identity
+from overlay_node.crypto.uhrp import parse_uhrp, url_for_hash
+from overlay_node.errors import BadRequest, Conflict, NotFound, OverlayError
+from overlay_node.metrics import Metrics
+from overlay_node.net.peers import PeerLink, PeerManager
+from overlay_node.net.transfers import TransferReceiver
+from overlay_node.protocol.adverts import Endpoints
+from overlay_node.protocol.content import (
+    MAX_CONTENT_TYPE,
+    RELATIONSHIPS,
+    AccessGrant,
+    ChunkPlan,
+    ProviderRecord,
+    ReplicaState,
+    TagItem,
+    decode_provider,
+    decode_tag_items,
+    encode_provider,
+    encode_tag_items,
+    rank_by_distance,
+    sign_grant,
+    verify_grant,
+)
+from overlay_node.protocol.payments import Receipt
+from overlay_node.services.content_blobs import BlobStore, Written
+from overlay_node.services.dht import DhtService, dht_key
+from overlay_node.store.content import ContentItem, ReplicaRow
+from overlay_node.store.db import Store
+
+if TYPE_CHECKING:
+    from overlay_node.services.payments import Payments
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ContentService", "Progress", "StorageFull"]
+
+OFFER: Final = "content.offer"
+REPLICATE: Final = "content.replicate"
+MANIFEST: Final = "content.manifest"
+READ: Final = "content.read"
+HAS: Final = "content.has"
+BAD: Final = "content.bad"
+GRANT: Final = "content.grant"
+MAX_TAGS: Final = 16
+MAX_TAG_LEN: Final = 64
+MAX_TITLE: Final = 256
+
+#: progress callback: one JSON-ready event per step
+Progress = Callable[[dict[str, Any]], None]
+
+
+def _no_progress(_: dict[str, Any]) -> None:
+    return None
+
+
+class StorageFull(OverlayError):
+    """This node's storage budget cannot take the content (a refusal of an offer, not a fault)."""
+
+    code = "storage_full"
+    exit_code = 12
+    http_status = 507
+
+
+def _hex_id(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise BadRequest("field 'hash' must be a hex SHA-256 or a UHRP URL")
+    return parse_uhrp(value)
+
+
+def _int_field(body: dict[str, Any], key: str, lo: int = 0, hi: int = 1 << 62) -> int:
+    value = body.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise BadRequest(f"field {key!r} must be an integer in [{lo}, {hi}]")
+    return value
+
+
+class ContentService:
+    """UHRP content of one node (see the module docstring).
+
+    Args:
+        identity: the node identity (producer key, record publisher).
+        config: the ``[content]`` section.
+        store: the node's database (``store.content``).
+        dht: the running DHT service.
+        peers: the peer manager.
+        metrics: the node's instruments.
+        blobs_root: ``<data_dir>/blobs``.
+        endpoints: this node's endpoints (valid once the node is ready; see :meth:`node_ready`).
+        wall_clock: wall-clock seconds for expiries and grants.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: ContentSection,
+        store: Store,
+        dht: DhtService,
+        peers: PeerManager,
+        metrics: Metrics,
+        blobs_root: Path,
+        endpoints: Callable[[], Endpoints],
+        *,
+        wall_clock: Callable[[], float] = wall_time,
+        rng: random.Random | None = None,
+        payments: Payments | None = None,
+    ) -> None:
+        self.identity = identity
+        self.config = config
+        self.store = store
+        self.dht = dht
+        self.peers = peers
+        self.metrics = metrics
+        self.blobs = BlobStore(blobs_root)
+        self._endpoints = endpoints
+        self.wall = wall_clock
+        self._rng = rng or random.Random()
+        self._ready = trio.Event()
+        self._reserved = 0
+        self._receiving: set[bytes] = set()
+        self._held_since: dict[bytes, float] = {}
+        self._nursery: trio.Nursery | None = None
+        self._repair_lock = trio.Lock()
+        self.repair_passes = 0
+        peers.on_request(OFFER, self._serve_offer)
+        peers.on_transfer(REPLICATE, self._serve_replicate)
+        peers.on_request(MANIFEST, self._serve_manifest)
+        peers.on_request(READ, self._serve_read)
+        peers.on_request(HAS, self._serve_has)
+        peers.on_notice(BAD, self._on_bad)
+        peers.on_request(GRANT, self._serve_grant)
+        self.payments = payments
+        if payments is not None:
+            payments.register_pricer("uhrp:", self._price)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled: gauges, the node record once the node is ready, the repair loop."""
+        await self._update_gauges()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await self._ready.wait()
+            await self._announce()
+            if self.config.repair_interval > 0:
+                nursery.start_soon(self._repair_loop)
+            await trio.sleep_forever()  # the nursery stays open for replications and control operations
+
+    def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``fn`` in the service's nursery (long operations started by the control API).
+
+        Raises:
+            RuntimeError: the service is not running.
+        """
+        if self._nursery is None:
+            raise RuntimeError("the content service is not running")
+        self._nursery.start_soon(fn)
+
+    def node_ready(self) -> None:
+        """Called by the node once its endpoints are known: announce this node for placement."""
+        self._ready.set()
+
+    @property
+    def identity_key(self) -> str:
+        return self.identity.public_key_hex
+
+    async def _announce(self) -> None:
+        endpoints = self._endpoints()
+        value = encode_provider(
+            ProviderRecord(content_id=bytes(32), size=0, swarm=endpoints.swarm[:4], http=endpoints.http)
+        )
+        try:
+            await self.dht.put(dht_key("node", self.identity_key), value, ttl=self.config.provider_ttl)
+        except OverlayError as exc:
+            logger.warning("content: node record not published: %s", exc)
+
+    async def _update_gauges(self) -> None:
+        held = await self.store.content.list(local_only=True)
+        self.metrics.content_objects.set(len(held))
+        self.metrics.content_bytes.set(sum(i.size for i in held))
+
+    # -- publish -------------------------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        path: Path,
+        *,
+        title: str = "",
+        tags: tuple[str, ...] = (),
+        content_type: str = "application/octet-stream",
+        price: int = 0,
+        replication: int | None = None,
+        ttl: float | None = None,
+        parents: tuple[str, ...] = (),
+        relationship: str = "",
+        pinned: bool = True,
+        progress: Progress = _no_progress,
+        replicate: bool = True,
+    ) -> ContentItem:
+        """Import ``path`` and publish it; replication runs in the background (``replicate=False``: not at all).
+
+        Raises:
+            BadRequest: a bad file, metadata or lineage; over ``max_object``.
+            StorageFull: over the storage budget.
+        """
+        tags = tuple(dict.fromkeys(t.strip().lower() for t in tags if t.strip()))
+        if len(tags) > MAX_TAGS or any(len(t) > MAX_TAG_LEN for t in tags):
+            raise BadRequest(f"at most {MAX_TAGS} tags of at most {MAX_TAG_LEN} characters")
+        if len(title) > MAX_TITLE:
+            raise BadRequest(f"title longer than {MAX_TITLE} characters")
+        if not content_type or len(content_type) > MAX_CONTENT_TYPE or "/" not in content_type:
+            raise BadRequest(f"bad content type {content_type!r}")
+        if price < 0:
+            raise BadRequest("price must not be negative")
+        if replication is not None and not 0 <= replication <= 64:
+            raise BadRequest("replication must be between 0 and 64")
+        if ttl is not None and ttl <= 0:
+            raise BadRequest("ttl must be positive seconds")
+        parent_ids = tuple(parse_uhrp(p).hex() for p in parents)
+        if parent_ids and relationship not in RELATIONSHIPS:
+            raise BadRequest(f"relationship must be one of {', '.join(RELATIONSHIPS)} when parents are given")
+        if relationship and not parent_ids:
+            raise BadRequest("a relationship needs --parent")
+        try:
+            size = (await trio.to_thread.run_sync(path.stat)).st_size
+        except OSError as exc:
+            raise BadRequest(f"cannot read {path}: {exc.strerror}") from None
+        await self._reserve(size)
+        try:
+
+            def imported(done: int, total: int) -> None:
+                progress({"event": "import", "done": done, "total": total})
+
+            written = await self.blobs.import_file(
+                path, chunk_size=self.config.chunk_size, max_size=self.config.max_object, progress=imported
+            )
+        finally:
+            self._reserved -= size
+        existing = await self.store.content.get(written.content_id.hex())
+        item = ContentItem(
+            hash=written.content_id.hex(),
+            size=written.size,
+            content_type=content_type,
+            title=title,
+            tags=tags,
+            price=price,
+            expires=int(self.wall() + ttl) if ttl else 0,
+            parents=parent_ids,
+            relationship=relationship,
+            chunk_size=written.plan.chunk_size,
+            manifest=written.manifest,
+            producer=self.identity_key,
+            replication=self.config.replication if replication is None else replication,
+            pinned=pinned or (existing.pinned if existing else False),
+            local=True,
+            published=True,
+            created_at=self.wall(),
+        )
+        await self.store.content.upsert(item)
+        self._held_since[written.content_id] = trio.current_time()
+        await self._update_gauges()
+        stored = await self._publish_provider(item)
+        for tag in tags:
+            await self._publish_tag(tag, item)
+        progress({"event": "published", "hash": item.hash, "uhrp_url": url_for_hash(written.content_id)})
+        logger.info("published %s (%d bytes, provider record at %d nodes)", item.hash[:16], item.size, stored)
+        if replicate and item.replication > 0 and self._nursery is not None:
+            self._nursery.start_soon(self._distribute_quietly, item.hash)
+        return item
+
+    async def _distribute_quietly(self, content_hash: str) -> None:
+        try:
+            await self.distribute(content_hash)
+        except OverlayError as exc:
+            logger.warning("replication of %s failed: %s", content_hash[:16], exc)
+
+    def _record_ttl(self, item: ContentItem) -> float:
+        ttl = self.config.provider_ttl
+        if item.expires:
+            ttl = min(ttl, item.expires - self.wall())
+        return max(1.0, min(ttl, self.dht_max_ttl))
+
+    @property
+    def dht_max_ttl(self) -> float:
+        return 86_400.0
+
+    async def _publish_provider(self, item: ContentItem) -> int:
+        endpoints = self._endpoints()
+        record = ProviderRecord(
+            content_id=bytes.fromhex(item.hash),
+            size=item.size,
+            content_type=item.content_type,
+            price=item.price,
+            producer=bytes.fromhex(item.producer) if item.producer else b"",
+            expires=item.expires,
+            chunk_size=item.chunk_size,
+            swarm=endpoints.swarm[:4],
+            http=endpoints.http,
+        )
+        outcome = await self.dht.put(dht_key("uhrp", item.hash), encode_provider(record), ttl=self._record_ttl(item))
+        return outcome.stored
+
+    async def _publish_tag(self, tag: str, item: ContentItem) -> None:
+        mine = [i for i in await self.store.content.list() if i.published and tag in i.tags and i.hash != item.hash]
+        items = [item, *mine]
+        value = encode_tag_items(
+            [
+                TagItem(
+                    content_id=bytes.fromhex(i.hash),
+                    size=i.size,
+                    price=i.price,
+                    content_type=i.content_type,
+                    title=i.title,
+                )
+                for i in items
+            ]
+        )
+        await self.dht.put(dht_key("tag", tag), value, ttl=self.config.provider_ttl)
+
+    # -- local reads ---------------------------------------------------------------------------------------------
+
+    async def item(self, content: str) -> ContentItem:
+        """The metadata of a content id (hex or UHRP URL). Raises NotFound / BadRequest."""
+        cid = parse_uhrp(content)
+        item = await self.store.content.get(cid.hex())
+        if item is None:
+            raise NotFound(f"content {cid.hex()} is not known here")
+        return item
+
+    async def list_items(self) -> list[ContentItem]:
+        return await self.store.content.list()
+
+    async def status(self, content: str) -> dict[str, Any]:
+        """The metadata and each replica's state as this node knows it (what ``ctl content status`` shows)."""
+        item = await self.item(content)
+        replicas = await self.store.content.replicas(item.hash)
+        return {
+            **item.as_dict(),
+            "uhrp_url": url_for_hash(bytes.fromhex(item.hash)),
+            "replicas": [r.as_dict() for r in replicas],
+            "available": sum(r.state == ReplicaState.AVAILABLE for r in replicas),
+        }
+
+    # -- providers and addresses ---------------------------------------------------------------------------------
+
+    async def providers(self, content_id: bytes) -> dict[str, ProviderRecord]:
+        """Live provider records by holder identity (hex), this node included when it holds the content."""
+        out: dict[str, ProviderRecord] = {}
+        for record in await self.dht.get(dht_key("uhrp", content_id.hex())):
+            try:
+                provider = decode_provider(record.value)
+            except BadRequest:
+                continue
+            if provider.content_id == content_id:
+                out[record.publisher.hex()] = provider
+        return out
+
+    async def _address_of(self, identity_key: str) -> tuple[str, ...]:
+        for record in await self.dht.get(dht_key("node", identity_key)):
+            if record.publisher.hex() == identity_key:
+                try:
+                    return decode_provider(record.value).swarm
+                except BadRequest:
+                    return ()
+        return ()
+
+    async def link_to(self, identity_key: str, addresses: tuple[str, ...] = ()) -> PeerLink:
+        """A link to ``identity_key``, dialing one of ``addresses`` (or its node record's) if not linked.
+
+        Raises:
+            NotFound: no address known. TransportError: every address failed.
+        """
+        link = self.peers.link(identity_key)
+        if link is not None and not link.closed:
+            return link
+        if not addresses:
+            addresses = await self._address_of(identity_key)
+        if not addresses:
+            raise NotFound(f"no address known for node {identity_key[:16]}")
+        error: OverlayError | None = None
+        for address in addresses:
+            try:
+                return await self.peers.connect(address, expect_key=identity_key)
+            except OverlayError as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    # -- replication (placing side) ------------------------------------------------------------------------------
+
+    async def distribute(
+        self,
+        content: str,
+        *,
+        replication: int | None = None,
+        nodes: tuple[str, ...] = (),
+        exclude: frozenset[str] = frozenset(),
+        progress: Progress = _no_progress,
+    ) -> list[ReplicaRow]:
+        """Place replicas of local content until ``replication`` are available (default: the content's own).
+
+        Candidates are ``nodes`` when given, else the DHT contacts closest to the content id; nodes already
+        providing it count. Returns the replica rows.
+
+        Raises:
+            NotFound: the content is not held here. BadRequest: a bad replication factor or node key.
+        """
+        item = await self.item(content)
+        if not item.local:
+            raise NotFound(f"content {item.hash} is not held here; nothing to distribute")
+        target = item.replication if replication is None else replication
+        if not 0 <= target <= 64:
+            raise BadRequest("replication must be between 0 and 64")
+        cid = bytes.fromhex(item.hash)
+        me = self.identity_key
+        providers = await self.providers(cid)
+        now = self.wall()
+        others = {k: p for k, p in providers.items() if k != me and k != item.producer and k not in exclude}
+        live = await self._live(cid, others)  # a dead holder's record outlives it in the DHT
+        if me != item.producer:
+            live.add(me)  # a replica holder that recruits counts its own copy
+        for key in live:
+            await self.store.content.set_replica(item.hash, key, ReplicaState.AVAILABLE, "provider record", now)
+        if nodes:
+            for key in nodes:
+                if len(key) != 66:
+                    raise BadRequest(f"bad node identity key {key!r}")
+            candidates = [k for k in nodes if k not in live]
+        else:
+            pool = [c.pubkey.hex() for c in self.dht.contacts()]
+            candidates = [
+                k for k in rank_by_distance(cid, pool) if k not in live and k != item.producer and k not in exclude
+            ]
+        candidates = [k for k in candidates if k != me]
+        need = max(0, target - len(live))
+        progress({"event": "placing", "hash": item.hash, "target": target, "have": len(live), "need": need})
+        queue = iter(candidates)
+        placed: list[str] = []
+
+        async def slot() -> None:
+            # each slot places one replica: it walks the shared candidate list until one accepts
+            for key in queue:
+                if await self._place_one(item, key, progress):
+                    placed.append(key)
+                    return
+
+        if need:
+            async with trio.open_nursery() as nursery:
+                for _ in range(need):
+                    nursery.start_soon(slot)
+        rows = await self.store.content.replicas(item.hash)
+        available = sum(r.state == ReplicaState.AVAILABLE for r in rows)
+        progress({"event": "done", "hash": item.hash, "available": available, "target": target})
+        return rows
+
+    async def _place_one(self, item: ContentItem, key: str, progress: Progress) -> bool:
+        set_state = self.store.content.set_replica
+        await set_state(item.hash, key, ReplicaState.PENDING, "", self.wall())
+        progress({"event": "replica", "identity_key": key, "state": "pending"})
+        try:
+            link = await self.link_to(key)
+            answer = await link.request(
+                OFFER, {"hash": item.hash, "size": item.size}, timeout=self.config.request_timeout
+            )
+            if answer.get("have"):
+                await set_state(item.hash, key, ReplicaState.AVAILABLE, "already held", self.wall())
+                progress({"event": "replica", "identity_key": key, "state": "available"})
+                return True
+            await set_state(item.hash, key, ReplicaState.TRANSFERRING, "", self.wall())
+            progress({"event": "replica", "identity_key": key, "state": "transferring"})
+            await self._send_blob(link, item, key, progress)
+        except (OverlayError, trio.TooSlowError) as exc:
+            await set_state(item.hash, key, ReplicaState.FAILED, str(exc), self.wall())
+            progress({"event": "replica", "identity_key": key, "state": "failed", "detail": str(exc)})
+            self.metrics.content_transfers.labels("replicate", "failed").inc()
+            logger.info("replica of %s on %s failed: %s", item.hash[:16], key[:16], exc)
+            return False
+        await set_state(item.hash, key, ReplicaState.AVAILABLE, "verified by holder", self.wall())
+        progress({"event": "replica", "identity_key": key, "state": "available"})
+        self.metrics.content_transfers.labels("replicate", "ok").inc()
+        return True
+
+    async def _send_blob(self, link: PeerLink, item: ContentItem, key: str, progress: Progress) -> None:
+        header = {
+            "hash": item.hash,
+            "size": item.size,
+            "chunk_size": item.chunk_size,
+            "content_type": item.content_type,
+            "title": item.title,
+            "tags": list(item.tags),
+            "price": item.price,
+            "expires": item.expires,
+            "producer": item.producer,
+            "replication": item.replication,
+        }
+        cid = bytes.fromhex(item.hash)
+        step = 4 * 1024 * 1024
+        sent = 0
+        async with link.open_transfer(REPLICATE, header) as tx:
+            while sent < item.size:
+                data = await self.blobs.read(cid, sent, step)
+                if not data:
+                    raise NotFound(f"blob {item.hash[:16]} is shorter than its size")
+                await tx.send(data)
+                sent += len(data)
+                self.metrics.content_transfer_bytes.labels("out").inc(len(data))
+                progress({"event": "transfer", "identity_key": key, "done": sent, "total": item.size})
+
+    # -- replication (receiving side) ----------------------------------------------------------------------------
+
+    async def _check_offer(self, cid: bytes, size: int) -> bool:
+        """True when already held; raises when the offer is refused."""
+        if size > self.config.max_object:
+            raise BadRequest(f"offered content of {size} bytes is over the limit of {self.config.max_object}")
+        existing = await self.store.content.get(cid.hex())
+        if existing is not None and existing.local and self.blobs.has(cid):
+            return True
+        if cid in self._receiving:
+            raise Conflict(f"content {cid.hex()[:16]} is being received already")
+        used = await self.store.content.local_bytes()
+        if used + self._reserved + size > self.config.storage_budget:
+            raise StorageFull(
+                f"storage budget full: {used + self._reserved} of {self.config.storage_budget} bytes used"
+            )
+        return False
+
+    async def _reserve(self, size: int) -> None:
+        used = await self.store.content.local_bytes()
+        if used + self._reserved + size > self.config.storage_budget:
+            raise StorageFull(f"storage budget full: {used + self._reserved} of {self.config.storage_budget} used")
+        self._reserved += size
+
+    async def _serve_offer(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+        cid = _hex_id(body.get("hash"))
+        size = _int_field(body, "size")
+        return {"have": await self._check_offer(cid, size)}
+
+    async def _serve_replicate(self, link: PeerLink, header: dict[str, Any], rx: TransferReceiver) -> None:
+        cid = _hex_id(header.get("hash"))
+        size = _int_field(header, "size")
+        chunk_size = _int_field(header, "chunk_size", 1, 1 << 40)
+        plan = ChunkPlan(size=size, chunk_size=chunk_size)
+        meta = _replica_meta(header)
+        if await self._check_offer(cid, size):
+            return await _drain(rx)
+        self._receiving.add(cid)
+        self._reserved += size
+        try:
+            written = await self.blobs.receive(_counted(rx, self.metrics), content_id=cid, plan=plan)
+        except BadRequest:
+            self.metrics.content_transfers.labels("receive", "rejected").inc()
+            raise
+        finally:
+            self._reserved -= size
+            self._receiving.discard(cid)
+        await self._keep_replica(written, meta)
+        logger.info("replica of %s from %s verified and kept", cid.hex()[:16], link.peer_key[:16])
+
+    async def _keep_replica(self, written: Written, meta: dict[str, Any]) -> None:
+        item = ContentItem(
+            hash=written.content_id.hex(),
+            size=written.size,
+            content_type=meta["content_type"],
+            title=meta["title"],
+            tags=meta["tags"],
+            price=meta["price"],
+            expires=meta["expires"],
+            parents=(),
+            relationship="",
+            chunk_size=written.plan.chunk_size,
+            manifest=written.manifest,
+            producer=meta["producer"],
+            replication=meta["replication"],
+            pinned=False,
+            local=True,
+            published=False,
+            created_at=self.wall(),
+        )
+        await self.store.content.upsert(item)
+        self._held_since[written.content_id] = trio.current_time()
+        self.metrics.content_transfers.labels("receive", "ok").inc()
+        await self._update_gauges()
+        await self._publish_provider(item)
+
+    # -- serving holders' data -----------------------------------------------------------------------------------
+
+    async def _local_item(self, cid: bytes) -> ContentItem:
+        item = await self.store.content.get(cid.hex())
+        if item is None or not item.local:
+            raise NotFound(f"content {cid.hex()} is not held here")
+        if item.expires and item.expires <= self.wall():
+            raise NotFound(f"content {cid.hex()} has expired")
+        return item
+
+    def check_access(self, item: ContentItem, consumer: str, grant: object) -> None:
+        """Raise unless ``consumer`` may read priced ``item``: free, the producer itself, or a valid grant.
+
+        Raises:
+            PaymentRequired: priced content without a valid grant for ``consumer``.
+        """
+        if item.price <= 0 or consumer == item.producer or (consumer == self.identity_key and item.published):
+            return
+        if grant is None:
+            raise PaymentRequired(f"content {item.hash[:16]} costs {item.price} satoshis: pay the producer first")
+        try:
+            parsed = AccessGrant.from_wire(grant)
+            verify_grant(
+                parsed,
+                content_id=bytes.fromhex(item.hash),
+                consumer=bytes.fromhex(consumer),
+                producer=bytes.fromhex(item.producer),
+                now=self.wall(),
+            )
+        except BadRequest as exc:
+            raise PaymentRequired(f"access grant refused: {exc}") from None
+
+    async def _serve_manifest(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+        cid = _hex_id(body.get("hash"))
+        item = await self._local_item(cid)
+        self.check_access(item, link.peer_key, body.get("grant"))
+        return {
+            "size": item.size,
+            "chunk_size": item.chunk_size,
+            "manifest": item.manifest,
+            "content_type": item.content_type,
+            "price": item.price,
+            "producer": item.producer,
+            "title": item.title,
+        }
+
+    async def _serve_read(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+        cid = _hex_id(body.get("hash"))
+        offset = _int_field(body, "offset")
+        length = _int_field(body, "length", 1, self.config.read_piece)
+        item = await self._local_item(cid)
+        self.check_access(item, link.peer_key, body.get("grant"))
+        if offset + length > item.size:
+            raise BadRequest(f"range {offset}+{length} is past the end ({item.size} bytes)")
+        data = await self.blobs.read(cid, offset, length)
+        self.metrics.content_transfer_bytes.labels("out").inc(len(data))
+        return {"data": data}
+
+    async def _serve_has(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+        cid = _hex_id(body.get("hash"))
+        item = await self.store.content.get(cid.hex())
+        return {"have": bool(item is not None and item.local and self.blobs.has(cid))}
+
+    async def _on_bad(self, link: PeerLink, body: dict[str, Any]) -> None:
+        cid = _hex_id(body.get("hash"))
+        await self.check_local(cid)
+
+    async def check_local(self, cid: bytes) -> bool:
+        """Re-hash our copy of ``cid``; a corrupt copy is dropped (record revoked). Returns whether it is good."""
+        item = await self.store.content.get(cid.hex())
+        if item is None or not item.local:
+            return False
+        if await self.blobs.verify(cid):
+            return True
+        logger.warning("content %s: local copy is corrupt; dropping it", cid.hex()[:16])
+        self.metrics.content_repairs.labels("drop_corrupt").inc()
+        await self.drop_local(item)
+        return False
+
+    async def drop_local(self, item: ContentItem) -> None:
+        """Delete our copy of ``item`` and revoke our provider record (metadata kept for published content)."""
+        cid = bytes.fromhex(item.hash)
+        await self.blobs.delete(cid)
+        if item.published:
+            await self.store.content.upsert(item.with_(local=False))
+        else:
+            await self.store.content.delete(item.hash)
+        self._held_since.pop(cid, None)
+        await self._update_gauges()
+        try:
+            await self.dht.remove(dht_key("uhrp", item.hash))
+        except OverlayError as exc:
+            logger.info("content %s: provider record not revoked: %s", item.hash[:16], exc)
+
+    # -- priced content -------------------------------------------------------------------------------------------
+
+    async def _price(self, resource: str, payer: str, amount: int | None) -> int:
+        item = await self.store.content.get(parse_uhrp(resource.removeprefix("uhrp:")).hex())
+        if item is None or not item.published or item.price <= 0:
+            raise NotFound(f"{resource} is not priced content of this node")
+        return item.price
+
+    async def _serve_grant(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+        cid = _hex_id(body.get("hash"))
+        receipt = Receipt.from_wire(body.get("receipt"))
+        item = await self.store.content.get(cid.hex())
+        if item is None or not item.published:
+            raise NotFound(f"content {cid.hex()} is not published here")
+        if not receipt.verify() or receipt.payee != self.identity_key:
+            raise PaymentRequired("the receipt is not one of ours")
+        if receipt.payer != link.peer_key or receipt.resource != f"uhrp:{cid.hex()}" or receipt.amount < item.price:
+            raise PaymentRequired("the receipt does not pay for this content by this peer")
+        expires = int(self.wall() + self.config.grant_ttl)
+        grant = sign_grant(self.identity, cid, bytes.fromhex(link.peer_key), expires)
+        return {"grant": grant.to_wire()}
+
+    async def grant_for(
+        self, content: str, *, max_price: int | None = None, progress: Progress = _no_progress
+    ) -> dict[str, Any] | None:
+        """The access grant needed to download ``content``: None for free, local or own content; else quote,
+        pay the producer (up to ``max_price``) and get its signed grant.
+
+        Raises:
+            PaymentRequired: over ``max_price``, or no wallet. PaymentError and link errors from paying.
+        """
+        cid = parse_uhrp(content)
+        item = await self.store.content.get(cid.hex())
+        if item is not None and item.local:
+            return None
+        priced = [p for p in (await self.providers(cid)).values() if p.price > 0 and p.producer]
+        if not priced:
+            return None
+        provider = priced[0]
+        producer = provider.producer.hex()
+        if producer == self.identity_key:
+            return None
+        if max_price is not None and provider.price > max_price:
+            raise PaymentRequired(f"content costs {provider.price} satoshis, over --max-price {max_price}")
+        if self.payments is None:
+            raise PaymentRequired("this node has no wallet to pay for priced content")
+        link = await self.link_to(producer)
+        progress({"event": "paying", "producer": producer, "price": provider.price})
+        quote = await self.payments.request_quote(producer, f"uhrp:{cid.hex()}", max_price=max_price)
+        receipt = await self.payments.pay(quote)
+        answer = await link.request(GRANT, {"hash": cid.hex(), "receipt": receipt.to_wire()})
+        grant = answer.get("grant")
+        if not isinstance(grant, dict):
+            raise BadRequest("the producer answered without a grant")
+        progress({"event": "granted", "producer": producer, "txid": receipt.txid})
+        return grant
+
+    # -- search --------------------------------------------------------------------------------------------------
+
+    async def search(
+        self,
+        *,
+        tags: tuple[str, ...] = (),
+        content_type: str = "",
+        producer: str = "",
+        max_price: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Content listed under any of ``tags`` in the DHT (and local metadata), filtered; without tags, only
+        what this node knows."""
+        found: dict[str, dict[str, Any]] = {}
+        for tag in tags:
+            tag = tag.strip().lower()
+            if not tag:
+                continue
+            for record in await self.dht.get(dht_key("tag", tag)):
+                try:
+                    items = decode_tag_items(record.value)
+                except BadRequest:
+                    continue
+                for it in items:
+                    entry = found.setdefault(
+                        it.content_id.hex(), {**it.as_dict(), "producer": record.publisher.hex(), "tags": []}
+                    )
+                    entry["tags"] = sorted({*entry["tags"], tag})
+        if not tags:
+            for item in await self.store.content.list():
+                found[item.hash] = {
+                    "hash": item.hash,
+                    "size": item.size,
+                    "price": item.price,
+                    "content_type": item.content_type,
+                    "title": item.title,
+                    "producer": item.producer,
+                    "tags": list(item.tags),
+                }
+        out = []
+        for entry in found.values():
+            if content_type and entry["content_type"] != content_type:
+                continue
+            if producer and entry["producer"] != producer:
+                continue
+            if max_price is not None and entry["price"] > max_price:
+                continue
+            entry["uhrp_url"] = url_for_hash(bytes.fromhex(entry["hash"]))
+            out.append(entry)
+        out.sort(key=lambda e: (e["price"], e["hash"]))
+        return out
+
+    # -- repair --------------------------------------------------------------------------------------------------
+
+    async def _repair_loop(self) -> None:
+        cfg = self.config
+        while True:
+            spread = cfg.repair_interval * cfg.repair_jitter
+            await trio.sleep(max(0.01, cfg.repair_interval + self._rng.uniform(-spread, spread)))
+            await self.repair_pass()
+
+    async def _is_live(self, key: str, provider: ProviderRecord, cid: bytes) -> bool:
+        if key == self.identity_key:
+            return self.blobs.has(cid)
+        try:
+            with trio.fail_after(self.config.check_timeout):
+                link = await self.link_to(key, provider.swarm)
+                answer = await link.request(HAS, {"hash": cid.hex()}, timeout=self.config.check_timeout)
+        except (OverlayError, trio.TooSlowError):
+            return False
+        return bool(answer.get("have"))
+
+    async def _live(self, cid: bytes, providers: dict[str, ProviderRecord]) -> set[str]:
+        """The holders among ``providers`` that answer a ``content.has`` check (concurrently, bounded)."""
+        live: set[str] = set()
+
+        async def check(key: str, provider: ProviderRecord) -> None:
+            if await self._is_live(key, provider, cid):
+                live.add(key)
+
+        async with trio.open_nursery() as nursery:
+            for key, provider in providers.items():
+                nursery.start_soon(check, key, provider)
+        return live
+
+    async def repair_pass(self) -> dict[str, int]:
+        """One repair pass over every content held here (see the module docstring); returns action counts."""
+        counts = {"expired": 0, "recruited": 0, "trimmed": 0, "checked": 0}
+        async with self._repair_lock:
+            for item in await self.store.content.list(local_only=True):
+                try:
+                    await self._repair_one(item, counts)
+                except (OverlayError, trio.TooSlowError) as exc:
+                    logger.info("repair of %s: %s", item.hash[:16], exc)
+        self.repair_passes += 1
+        return counts
+
+    async def _repair_one(self, item: ContentItem, counts: dict[str, int]) -> None:
+        cid = bytes.fromhex(item.hash)
+        counts["checked"] += 1
+        if item.expires and item.expires <= self.wall():
+            counts["expired"] += 1
+            self.metrics.content_repairs.labels("expire").inc()
+            await self.drop_local(item)
+            if item.published:
+                await self.store.content.delete(item.hash)
+            return
+        providers = await self.providers(cid)
+        me = self.identity_key
+        providers.setdefault(me, ProviderRecord(content_id=cid, size=item.size))
+        live = list(await self._live(cid, providers))
+        replicas = [k for k in live if k != item.producer]
+        target = item.replication
+        ranked = rank_by_distance(cid, live)
+        if len(replicas) < target:
+            # the closest live holder recruits, so that holders do not all recruit at once
+            if ranked and ranked[0] == me:
+                rows = await self.distribute(
+                    item.hash, replication=target, exclude=frozenset(k for k in providers if k not in live)
+                )
+                counts["recruited"] += 1
+                self.metrics.content_repairs.labels("recruit").inc()
+                logger.info(
+                    "repair %s: %d live replicas of %d; recruited (%d rows)",
+                    item.hash[:16],
+                    len(replicas),
+                    target,
+                    len(rows),
+                )
+        elif len(replicas) > target + self.config.trim_margin and me in replicas and not item.pinned:
+            farthest = [k for k in ranked if k in replicas][-1]
+            held = trio.current_time() - self._held_since.get(cid, trio.current_time() - self.config.trim_grace)
+            if farthest == me and held >= self.config.trim_grace:
+                counts["trimmed"] += 1
+                self.metrics.content_repairs.labels("trim").inc()
+                logger.info(
+                    "repair %s: %d replicas over target %d; dropping ours", item.hash[:16], len(replicas), target
+                )
+                await self.drop_local(item)
+
+
+class PaymentRequired(OverlayError):
+    """Priced content asked for without a valid access grant."""
+
+    code = "payment_required"
+    exit_code = 11
+    http_status = 402
+
+
+def _replica_meta(header: dict[str, Any]) -> dict[str, Any]:
+    """The metadata an offer carries, checked (a replica keeps the producer's title, tags, price, expiry)."""
+    ct = header.get("content_type", "application/octet-stream")
+    title = header.get("title", "")
+    tags = header.get("tags", [])
+    producer = header.get("producer", "")
+    if not isinstance(ct, str) or not ct or len(ct) > MAX_CONTENT_TYPE:
+        raise BadRequest("bad content type in offer")
+    if not isinstance(title, str) or len(title) > MAX_TITLE:
+        raise BadRequest("bad title in offer")
+    if not isinstance(tags, list) or len(tags) > MAX_TAGS or not all(isinstance(t, str) for t in tags):
+        raise BadRequest("bad tags in offer")
+    if not isinstance(producer, str) or len(producer) not in (0, 66):
+        raise BadRequest("bad producer in offer")
+    return {
+        "content_type": ct,
+        "title": title,
+        "tags": tuple(str(t)[:MAX_TAG_LEN] for t in tags),
+        "price": _int_field(header, "price") if "price" in header else 0,
+        "expires": _int_field(header, "expires") if "expires" in header else 0,
+        "producer": producer,
+        "replication": _int_field(header, "replication", 0, 64) if "replication" in header else 0,
+    }
+
+
+async def _drain(rx: TransferReceiver) -> None:
+    async for _ in rx:
+        pass
+
+
+async def _counted(rx: TransferReceiver, metrics: Metrics) -> Any:
+    async for data in rx:
+        if not isinstance(data, bytes):
+            raise BadRequest("transfer chunk is not bytes")
+        metrics.content_transfer_bytes.labels("in").inc(len(data))
+        yield data

@@ -1,0 +1,314 @@
+"""Retrieval: fetch content from the holders found in the DHT, chunk ranges in parallel from several holders,
+each chunk checked against the manifest and the whole against the content id; resumable.
+
+Theory of operation:
+1. Content held here is copied out. Otherwise the provider records under ``uhrp:<hex>`` name the holders; the
+   first holder that answers ``content.manifest`` gives the size, chunk size and chunk hashes.
+2. The download goes to ``<output>.part``. Chunks of an existing part file that already match the manifest are
+   kept (this is the resume), the rest are queued.
+3. Up to ``holders`` holders are used at once, each with ``per_holder`` workers; a worker takes a chunk from the
+   queue, reads it in pieces of ``read_piece`` bytes, and checks its hash. A chunk that fails the check goes
+   back to the queue, the holder is dropped from this download and told (``content.bad``) so it can check its
+   copy; a holder that errors or disappears is dropped the same way (without the notice).
+4. When every chunk is in, the whole part file is hashed: only an exact match is renamed to ``output``. A wrong
+   manifest (a lying holder) can therefore never produce a wrong file, only a failed download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from overlay_node.crypto.uhrp import parse_uhrp, url_for_hash
+from overlay_node.errors import BadRequest, NotFound, OverlayError
+from overlay_node.protocol.content import ChunkPlan, ProviderRecord
+
+if TYPE_CHECKING:
+    from overlay_node.services.content import ContentService, Progress
+
+__all__ = ["ContentUnavailable", "FetchResult", "fetch"]
+
+logger = logging.getLogger(__name__)
+
+_HASH_STEP: Final = 4 * 1024 * 1024
+
+
+class ContentUnavailable(NotFound):
+    """No holder could deliver the content (none found, all failed, or every copy was bad)."""
+
+    code = "content_unavailable"
+
+
+@dataclass(slots=True)
+class FetchResult:
+    """What a download did."""
+
+    hash: str
+    size: int
+    output: str
+    holders_used: list[str] = field(default_factory=list)
+    bad_holders: list[str] = field(default_factory=list)
+    resumed_chunks: int = 0
+    local: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "hash": self.hash,
+            "uhrp_url": url_for_hash(bytes.fromhex(self.hash)),
+            "size": self.size,
+            "output": self.output,
+            "holders_used": self.holders_used,
+            "bad_holders": self.bad_holders,
+            "resumed_chunks": self.resumed_chunks,
+            "local": self.local,
+        }
+
+
+def _noop(_: dict[str, Any]) -> None:
+    return None
+
+
+async def fetch(
+    service: ContentService,
+    content: str,
+    output: Path,
+    *,
+    grant: dict[str, Any] | None = None,
+    progress: Progress = _noop,
+    max_chunks: int | None = None,
+) -> FetchResult:
+    """Download ``content`` (hex or UHRP URL) to ``output`` (see the module docstring).
+
+    Args:
+        max_chunks: stop after this many chunks were fetched (tests of resume); the part file stays.
+
+    Raises:
+        BadRequest: a bad id or output path.
+        ContentUnavailable: no holder, or no holder could deliver good bytes.
+    """
+    cid = parse_uhrp(content)
+    hex_id = cid.hex()
+    if await trio.Path(output).is_dir():
+        raise BadRequest(f"{output} is a directory")
+    if not await trio.Path(output.parent).is_dir():
+        raise BadRequest(f"directory {output.parent} does not exist")
+    item = await service.store.content.get(hex_id)
+    if item is not None and item.local and service.blobs.has(cid):
+        await trio.to_thread.run_sync(_copy_out, service.blobs.path(cid), output)
+        progress({"event": "done", "hash": hex_id, "size": item.size, "local": True})
+        return FetchResult(hash=hex_id, size=item.size, output=str(output), local=True)
+
+    providers = {k: p for k, p in (await service.providers(cid)).items() if k != service.identity_key}
+    if not providers:
+        raise ContentUnavailable(f"no node provides {hex_id}")
+    progress({"event": "providers", "count": len(providers)})
+    manifest = await _manifest(service, cid, providers, grant)
+    size, chunk_size, hashes = manifest
+    plan = ChunkPlan(size=size, chunk_size=chunk_size)
+    result = FetchResult(hash=hex_id, size=size, output=str(output))
+    part = output.with_name(output.name + ".part")
+    done = await trio.to_thread.run_sync(_resume, part, plan, hashes)
+    result.resumed_chunks = len(done)
+    todo = [i for i in range(plan.count) if i not in done]
+    progress({"event": "start", "size": size, "chunks": plan.count, "resumed": len(done)})
+    if not todo and not part.exists():
+        part.touch(mode=0o600)
+    if todo:
+        await _download(service, cid, plan, hashes, providers, part, todo, grant, progress, result, max_chunks)
+    digest = await trio.to_thread.run_sync(_hash_file, part)
+    if digest != cid:
+        await trio.to_thread.run_sync(lambda: part.unlink(missing_ok=True))
+        raise ContentUnavailable(f"downloaded bytes hash to {digest.hex()}, not {hex_id}: a holder lied; retry")
+    os.replace(part, output)
+    service.metrics.content_transfers.labels("download", "ok").inc()
+    progress({"event": "done", "hash": hex_id, "size": size, "local": False})
+    return result
+
+
+async def _manifest(
+    service: ContentService, cid: bytes, providers: dict[str, ProviderRecord], grant: dict[str, Any] | None
+) -> tuple[int, int, list[bytes]]:
+    errors: list[str] = []
+    body: dict[str, Any] = {"hash": cid.hex()}
+    if grant is not None:
+        body["grant"] = grant
+    for key, provider in providers.items():
+        try:
+            link = await service.link_to(key, provider.swarm)
+            answer = await link.request("content.manifest", body, timeout=service.config.request_timeout)
+            size, chunk_size, raw = answer.get("size"), answer.get("chunk_size"), answer.get("manifest")
+            if not isinstance(size, int) or not isinstance(chunk_size, int) or not isinstance(raw, bytes):
+                raise BadRequest("malformed manifest answer")
+            plan = ChunkPlan(size=size, chunk_size=chunk_size)
+            if len(raw) != 32 * plan.count:
+                raise BadRequest(f"manifest of {len(raw)} bytes for {plan.count} chunks")
+            return size, chunk_size, [raw[i : i + 32] for i in range(0, len(raw), 32)]
+        except OverlayError as exc:
+            if exc.code == "payment_required":
+                raise
+            errors.append(f"{key[:16]}: {exc}")
+    raise ContentUnavailable(f"no holder of {cid.hex()} answered: {'; '.join(errors)}")
+
+
+async def _download(
+    service: ContentService,
+    cid: bytes,
+    plan: ChunkPlan,
+    hashes: list[bytes],
+    providers: dict[str, ProviderRecord],
+    part: Path,
+    todo: list[int],
+    grant: dict[str, Any] | None,
+    progress: Progress,
+    result: FetchResult,
+    max_chunks: int | None,
+) -> None:
+    cfg = service.config
+    send, receive = trio.open_memory_channel[int](len(todo))
+    for index in todo:
+        send.send_nowait(index)
+    remaining = len(todo)
+    fetched = 0
+    received_bytes = 0
+    alive = 0
+    bad: set[str] = set()
+    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
+    errors: list[str] = []
+    try:
+        os.ftruncate(fd, plan.size)
+
+        async def holder(key: str, provider: ProviderRecord) -> None:
+            nonlocal alive
+            try:
+                link = await service.link_to(key, provider.swarm)
+            except OverlayError as exc:
+                errors.append(f"{key[:16]}: {exc}")
+                alive -= cfg.per_holder
+                if alive <= 0 and remaining:
+                    send.close()
+                return
+            result.holders_used.append(key)
+            async with trio.open_nursery() as nursery:
+                for _ in range(cfg.per_holder):
+                    nursery.start_soon(worker, key, link)
+
+        async def worker(key: str, link: Any) -> None:
+            nonlocal remaining, fetched, alive, received_bytes
+            try:
+                async for index in receive:
+                    if key in bad:
+                        await send.send(index)
+                        return
+                    try:
+                        data = await _read_chunk(service, link, cid, plan, index, grant)
+                    except OverlayError as exc:
+                        errors.append(f"{key[:16]}: {exc}")
+                        bad.add(key)
+                        await send.send(index)
+                        return
+                    if hashlib.sha256(data).digest() != hashes[index]:
+                        service.metrics.content_bad_chunks.inc()
+                        logger.warning("chunk %d of %s from %s is corrupt", index, cid.hex()[:16], key[:16])
+                        if key not in bad:
+                            bad.add(key)
+                            result.bad_holders.append(key)
+                            try:
+                                await link.notify("content.bad", {"hash": cid.hex()})
+                            except OverlayError:
+                                pass
+                        await send.send(index)
+                        return
+                    offset, _ = plan.bounds(index)
+                    await trio.to_thread.run_sync(os.pwrite, fd, data, offset)
+                    remaining -= 1
+                    fetched += 1
+                    received_bytes += len(data)
+                    service.metrics.content_transfer_bytes.labels("in").inc(len(data))
+                    progress({"event": "chunk", "index": index, "done": received_bytes, "remaining": remaining})
+                    if remaining == 0 or (max_chunks is not None and fetched >= max_chunks):
+                        send.close()
+                        return
+            except (trio.ClosedResourceError, trio.EndOfChannel):
+                return
+            finally:
+                alive -= 1
+                if alive <= 0 and remaining:
+                    send.close()
+
+        chosen = list(providers.items())[: cfg.holders]
+        alive = len(chosen) * cfg.per_holder
+        async with trio.open_nursery() as nursery:
+            for key, provider in chosen:
+                nursery.start_soon(holder, key, provider)
+        await trio.to_thread.run_sync(os.fsync, fd)
+    finally:
+        os.close(fd)
+    if remaining:
+        if max_chunks is not None and fetched >= max_chunks:
+            raise ContentUnavailable(f"stopped after {fetched} chunks (max_chunks); the download can resume")
+        service.metrics.content_transfers.labels("download", "failed").inc()
+        raise ContentUnavailable(
+            f"{remaining} of {plan.count} chunks of {cid.hex()} could not be fetched: {'; '.join(errors[:4])}"
+        )
+
+
+async def _read_chunk(
+    service: ContentService, link: Any, cid: bytes, plan: ChunkPlan, index: int, grant: dict[str, Any] | None
+) -> bytes:
+    offset, length = plan.bounds(index)
+    piece = service.config.read_piece
+    parts: list[bytes] = []
+    pos = offset
+    end = offset + length
+    while pos < end:
+        want = min(piece, end - pos)
+        body: dict[str, Any] = {"hash": cid.hex(), "offset": pos, "length": want}
+        if grant is not None:
+            body["grant"] = grant
+        answer = await link.request("content.read", body, timeout=service.config.request_timeout)
+        data = answer.get("data")
+        if not isinstance(data, bytes) or len(data) != want:
+            raise BadRequest(f"holder answered {len(data) if isinstance(data, bytes) else '?'} bytes, asked {want}")
+        parts.append(data)
+        pos += want
+    return b"".join(parts)
+
+
+def _resume(part: Path, plan: ChunkPlan, hashes: list[bytes]) -> set[int]:
+    """The chunks of an existing part file that already match the manifest."""
+    done: set[int] = set()
+    try:
+        with part.open("rb") as f:
+            for index in range(plan.count):
+                offset, length = plan.bounds(index)
+                f.seek(offset)
+                data = f.read(length)
+                if len(data) == length and hashlib.sha256(data).digest() == hashes[index]:
+                    done.add(index)
+    except FileNotFoundError:
+        pass
+    return done
+
+
+def _hash_file(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while data := f.read(_HASH_STEP):
+            h.update(data)
+    return h.digest()
+
+
+def _copy_out(source: Path, output: Path) -> None:
+    temp = output.with_name(output.name + ".part")
+    with source.open("rb") as src, temp.open("wb") as dst:
+        while data := src.read(_HASH_STEP):
+            dst.write(data)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(temp, output)

@@ -1,0 +1,576 @@
+"""Paid live streams: the service (producer and consumer side, DESIGN.md section 10) over peer links.
+
+Producer (this module): ``create`` a stream (stored, advertised as a DHT record under
+``dht_key("stream", id)`` holding the producer's swarm endpoints and terms), ``push`` packets into its buffer,
+``close`` it. Peer methods ``stream.subscribe`` and ``stream.pay`` (requests), notice ``stream.unsubscribe``.
+Consumer: :class:`~overlay_node.services.streams_consumer.StreamConsumer` (``subscribe``).
+
+Theory of operation (producer):
+
+1. Each stream keeps its last ``streams.buffer_packets`` packets in a ring buffer. Each subscriber has one
+   sender task and a cursor into that buffer; a push only appends and wakes the senders, so pushing never
+   waits for a subscriber and one slow subscriber never holds back the others.
+2. **Drop/disconnect policy**: the per-subscriber queue is the part of the buffer between its cursor and the
+   head, bounded by ``buffer_packets``. A subscriber whose cursor falls out of the buffer is closed with
+   reason ``lagging`` (it may subscribe again; the answer says where it restarts). Packets are never
+   skipped silently inside a subscription.
+3. The sender runs the subscription's :class:`~overlay_node.protocol.streams.ProducerCredit`: it sends
+   batches of up to ``batch_packets`` / ``batch_bytes`` per notice (one peer frame), pauses with
+   ``stream.paused`` when the credit is gone and closes after ``grace_period``.
+4. ``stream.pay`` checks the payment is for this stream and the subscription's current window quote and
+   that the credit is at most one window, then :meth:`Payments.accept_payment` checks and commits it durably
+   (settlement queued) before the receipt goes back with the next window's quote.
+5. Accounting: revenue per subscriber is read from the durable ``payments`` table; packet counts and
+   positions are flushed every ``flush_interval`` and at shutdown. A resumed subscriber's ``from_seq`` is
+   never charged again (and repairs counts a crash lost).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from overlay_node.clock import wall_time
+from overlay_node.config import StreamsSection, WalletSection
+from overlay_node.crypto.keys import Identity
+from overlay_node.errors import (
+    BadRequest,
+    Conflict,
+    ConnectionLost,
+    InvalidPayment,
+    NotFound,
+    OverlayError,
+    PaymentReplayed,
+)
+from overlay_node.metrics import Metrics
+from overlay_node.net.peers import PeerLink, PeerManager
+from overlay_node.protocol.payments import PaymentMessage
+from overlay_node.protocol.streams import (
+    Close,
+    PacketBatch,
+    Pause,
+    ProducerCredit,
+    SendPackets,
+    StreamTerms,
+    check_payload,
+    check_stream_id,
+    check_window,
+    stream_resource,
+)
+from overlay_node.services.dht import DhtService, dht_key
+from overlay_node.services.payments import Payments
+from overlay_node.services.wallet import instrument
+from overlay_node.store.db import Store
+from overlay_node.store.streams import StreamRow, SubRow
+
+__all__ = ["StreamProducer", "stream_metrics"]
+
+logger = logging.getLogger(__name__)
+
+
+def stream_metrics(metrics: Metrics) -> tuple[Any, Any, Any]:
+    """The streams instruments: packets (by direction), payments (by side and outcome), subscribers gauge."""
+    from prometheus_client import Counter, Gauge
+
+    packets = instrument(metrics, Counter, "overlay_stream_packets", "Stream packets", ["direction"])
+    payments = instrument(metrics, Counter, "overlay_stream_payments", "Stream window payments", ["side", "outcome"])
+    subs = instrument(metrics, Gauge, "overlay_stream_subscribers", "Subscribers attached now", ["stream"])
+    return packets, payments, subs
+
+
+@dataclass(eq=False)
+class _Sub:
+    stream: _Stream
+    key: str
+    window: int
+    start_seq: int
+    credit: ProducerCredit
+    quote: Any = None  # the Quote of the next window
+    link: PeerLink | None = None
+    scope: trio.CancelScope | None = None
+    wake: trio.Event = field(default_factory=trio.Event)
+    reason: str = ""
+    dirty: bool = True
+
+    def row(self) -> SubRow:
+        c = self.credit
+        return SubRow(
+            stream_id=self.stream.terms.stream_id,
+            peer=self.key,
+            role="producer",
+            window=self.window,
+            start_seq=self.start_seq,
+            charged_through=c.charged_through,
+            packets=c.packets,
+            paid=c.paid,
+            payments=0,
+            state=c.state,
+            reason=self.reason,
+            updated_at=wall_time(),
+        )
+
+
+@dataclass(eq=False)
+class _Stream:
+    terms: StreamTerms
+    max_consumers: int
+    created_at: float
+    next_seq: int
+    buffer: deque[str]
+    closed_at: float | None = None
+    subs: dict[str, _Sub] = field(default_factory=dict)
+    dirty: bool = False
+
+    @property
+    def oldest(self) -> int:
+        return self.next_seq - len(self.buffer)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.terms.to_wire(),
+            "tags": list(self.terms.tags),
+            "max_consumers": self.max_consumers,
+            "created_at": self.created_at,
+            "closed": self.closed_at is not None,
+            "head": self.next_seq,
+            "buffered": len(self.buffer),
+            "subscribers": sum(1 for s in self.subs.values() if s.link is not None),
+        }
+
+
+class StreamProducer:
+    """The producer side. Start it with ``await nursery.start(producer.run)``.
+
+    Args:
+        identity: the node's key (producer of its streams).
+        config: the ``[streams]`` section.
+        wallet_config: the ``[wallet]`` section (payment size limit).
+        store, metrics, peers, dht, payments: the node's services.
+        endpoints: returns this node's dialable swarm addresses (for the DHT record).
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: StreamsSection,
+        wallet_config: WalletSection,
+        store: Store,
+        metrics: Metrics,
+        peers: PeerManager,
+        dht: DhtService,
+        payments: Payments,
+        endpoints: Any,
+    ) -> None:
+        self._identity = identity
+        self._me = identity.public_key_hex
+        self._config = config
+        self._max_payment = wallet_config.max_payment_bytes
+        self._store = store
+        self._peers = peers
+        self._dht = dht
+        self._payments = payments
+        self._endpoints = endpoints
+        self._streams: dict[str, _Stream] = {}
+        self._nursery: trio.Nursery | None = None
+        self._m_packets, self._m_payments, self._m_subs = stream_metrics(metrics)
+        peers.on_request("stream.subscribe", self._serve_subscribe)
+        peers.on_request("stream.pay", self._serve_pay)
+        peers.on_notice("stream.unsubscribe", self._on_unsubscribe)
+        payments.register_pricer("stream:", self._refuse_direct)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load the streams, advertise the open ones, and flush accounting until cancelled (then once more)."""
+        for row in await self._store.streams.streams():
+            terms = StreamTerms(
+                stream_id=row.stream_id,
+                producer=self._me,
+                pricing_model=row.pricing_model,  # type: ignore[arg-type]
+                rate=row.rate,
+                title=row.title,
+                tags=row.tags,
+            )
+            stream = _Stream(
+                terms=terms,
+                max_consumers=row.max_consumers,
+                created_at=row.created_at,
+                next_seq=row.next_seq,
+                buffer=deque(maxlen=self._config.buffer_packets),
+                closed_at=row.closed_at,
+            )
+            self._streams[row.stream_id] = stream
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                for stream in self._streams.values():
+                    if stream.closed_at is None:
+                        nursery.start_soon(self._advertise, stream)
+                while True:
+                    await trio.sleep(self._config.flush_interval)
+                    await self.flush()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                for stream in self._streams.values():
+                    for sub in stream.subs.values():
+                        sub.credit.detach(trio.current_time())
+                        sub.dirty = True
+                    stream.dirty = True
+                await self.flush()
+
+    async def flush(self) -> None:
+        """Write changed positions and counts (one durable transaction)."""
+        streams, subs = [], []
+        for stream in self._streams.values():
+            if stream.dirty:
+                stream.dirty = False
+                streams.append((stream.terms.stream_id, stream.next_seq, stream.closed_at))
+            for sub in stream.subs.values():
+                if sub.dirty:
+                    sub.dirty = False
+                    subs.append(sub.row())
+        if streams or subs:
+            await self._store.streams.save(streams, subs)
+
+    # -- producer API --------------------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        stream_id: str,
+        *,
+        pricing_model: str = "per-packet",
+        rate: int = 1,
+        title: str = "",
+        tags: tuple[str, ...] = (),
+        max_consumers: int | None = None,
+    ) -> dict[str, Any]:
+        """Create and advertise a stream.
+
+        Raises:
+            BadRequest: bad id, pricing model, rate, title or tags.
+            Conflict: the id exists (open or closed).
+        """
+        terms = StreamTerms(
+            stream_id=check_stream_id(stream_id),
+            producer=self._me,
+            pricing_model=pricing_model,  # type: ignore[arg-type]  # checked in __post_init__
+            rate=rate,
+            title=title,
+            tags=tags,
+        )
+        limit = self._config.max_consumers if max_consumers is None else max_consumers
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise BadRequest("max consumers must be a positive integer")
+        now = wall_time()
+        row = StreamRow(
+            stream_id=stream_id,
+            title=title,
+            tags=tags,
+            pricing_model=pricing_model,
+            rate=rate,
+            max_consumers=limit,
+            created_at=now,
+            closed_at=None,
+            next_seq=0,
+        )
+        if stream_id in self._streams or not await self._store.streams.create(row):
+            raise Conflict(f"stream {stream_id!r} exists already: pick another id")
+        stream = _Stream(
+            terms=terms,
+            max_consumers=limit,
+            created_at=now,
+            next_seq=0,
+            buffer=deque(maxlen=self._config.buffer_packets),
+        )
+        self._streams[stream_id] = stream
+        await self._advertise(stream)
+        logger.info("stream %s created (%s, %d satoshis)", stream_id, pricing_model, rate)
+        return stream.as_dict()
+
+    @property
+    def max_packet(self) -> int:
+        return self._config.max_packet
+
+    def _stream(self, stream_id: str) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise NotFound(f"no stream {stream_id!r} on this node: create it first")
+        return stream
+
+    def push(self, stream_id: str, payloads: list[str]) -> dict[str, int]:
+        """Append packets (all or none) and wake the subscribers; returns the sequence range.
+
+        Raises:
+            NotFound: no such stream. Conflict: it is closed. BadRequest: a payload over ``max_packet``.
+        """
+        stream = self._stream(stream_id)
+        if stream.closed_at is not None:
+            raise Conflict(f"stream {stream_id!r} is closed")
+        for i, payload in enumerate(payloads):
+            try:
+                check_payload(payload, self._config.max_packet)
+            except BadRequest as exc:
+                raise BadRequest(f"packet {i} of the push: {exc}") from None
+        first = stream.next_seq
+        stream.buffer.extend(payloads)
+        stream.next_seq += len(payloads)
+        stream.dirty = True
+        self._m_packets.labels("pushed").inc(len(payloads))
+        for sub in stream.subs.values():
+            sub.wake.set()
+        return {"first": first, "count": len(payloads), "head": stream.next_seq}
+
+    async def close(self, stream_id: str) -> dict[str, Any]:
+        """Close a stream: subscribers get what is buffered, then ``stream.closed``; the DHT record is revoked."""
+        stream = self._stream(stream_id)
+        if stream.closed_at is None:
+            stream.closed_at = wall_time()
+            stream.dirty = True
+            for sub in stream.subs.values():
+                sub.wake.set()
+            await self.flush()
+            try:
+                await self._dht.remove(dht_key("stream", stream_id))
+            except OverlayError as exc:
+                logger.warning("could not revoke the DHT record of stream %s: %s", stream_id, exc)
+        return stream.as_dict()
+
+    def list(self) -> list[dict[str, Any]]:
+        return [s.as_dict() for s in self._streams.values()]
+
+    async def status(self, stream_id: str) -> dict[str, Any]:
+        """The stream with its subscribers: packets, paid satoshis, payments, unsettled amount, state."""
+        stream = self._stream(stream_id)
+        paid = await self._store.streams.paid_by_payer(stream_resource(stream_id))
+        rows = {r.peer: r for r in await self._store.streams.subs(stream_id, role="producer")}
+        keys = sorted(set(paid) | set(rows) | set(stream.subs))
+        subscribers = []
+        for key in keys:
+            sub, row, totals = stream.subs.get(key), rows.get(key), paid.get(key)
+            packets = sub.credit.packets if sub is not None else (row.packets if row is not None else 0)
+            subscribers.append(
+                {
+                    "identity_key": key,
+                    "packets": packets,
+                    "paid_satoshis": totals.amount if totals else 0,
+                    "payments": totals.payments if totals else 0,
+                    "unsettled_satoshis": totals.unsettled if totals else 0,
+                    "credit_satoshis": sub.credit.credit if sub is not None else 0,
+                    "window": sub.window if sub is not None else (row.window if row is not None else 0),
+                    "next_seq": sub.credit.cursor if sub is not None else None,
+                    "state": ("attached" if sub.link is not None else sub.credit.state) if sub else "detached",
+                    "reason": sub.reason if sub is not None else (row.reason if row is not None else ""),
+                }
+            )
+        revenue = sum(t.amount for t in paid.values())
+        return {
+            **stream.as_dict(),
+            "subscribers": subscribers,
+            "revenue_satoshis": revenue,
+            "unsettled_satoshis": sum(t.unsettled for t in paid.values()),
+            "packets": sum(s["packets"] for s in subscribers),
+        }
+
+    async def _advertise(self, stream: _Stream) -> None:
+        value = json.dumps(
+            {
+                "v": 1,
+                "swarm": list(self._endpoints())[:4],
+                "model": stream.terms.pricing_model,
+                "rate": stream.terms.rate,
+                "title": stream.terms.title[:100],
+            },
+            separators=(",", ":"),
+        ).encode()
+        try:
+            await self._dht.put(dht_key("stream", stream.terms.stream_id), value, ttl=self._config.advert_ttl)
+        except OverlayError as exc:
+            logger.warning("could not advertise stream %s: %s", stream.terms.stream_id, exc)
+
+    # -- peer handlers -------------------------------------------------------------------------------------------
+
+    async def _refuse_direct(self, resource: str, payer: str, amount: int | None) -> int:
+        raise BadRequest("stream windows are paid through stream.subscribe / stream.pay, not pay.quote")
+
+    async def _serve_subscribe(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+        stream = self._stream(check_stream_id(body.get("stream_id")))
+        if stream.closed_at is not None and body.get("from_seq") is None:
+            raise Conflict(f"stream {stream.terms.stream_id!r} is closed")
+        window = check_window(body.get("window"))
+        from_seq = body.get("from_seq")
+        key = link.peer_key
+        now = trio.current_time()
+        sub = stream.subs.get(key)
+        if sub is None:
+            attached = sum(1 for s in stream.subs.values() if s.link is not None)
+            if attached >= stream.max_consumers:
+                raise Conflict(
+                    f"stream {stream.terms.stream_id!r} has its maximum of {stream.max_consumers} subscribers"
+                )
+            paid = (await self._store.streams.paid_by_payer(stream_resource(stream.terms.stream_id))).get(key)
+            rows = await self._store.streams.subs(stream.terms.stream_id, role="producer")
+            row = next((r for r in rows if r.peer == key), None)
+            start = stream.oldest if from_seq is None else from_seq
+            if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= stream.next_seq:
+                raise BadRequest(f"'from_seq' must be a sequence number up to the head {stream.next_seq}")
+            credit = ProducerCredit(
+                pricing_model=stream.terms.pricing_model,
+                rate=stream.terms.rate,
+                window=window,
+                cursor=start,
+                charged_through=row.charged_through if row is not None else start,
+                paid=paid.amount if paid is not None else 0,
+                packets=row.packets if row is not None else 0,
+                grace=self._config.grace_period,
+                now=now,
+            )
+            sub = _Sub(stream=stream, key=key, window=window, start_seq=row.start_seq if row else start, credit=credit)
+            stream.subs[key] = sub
+        else:
+            start = sub.credit.cursor if from_seq is None else from_seq
+            sub.window = sub.credit.window = window
+        if from_seq is None:
+            from_seq = max(min(start, stream.next_seq), stream.oldest)
+        begin = sub.credit.resume_at(from_seq, oldest=stream.oldest, head=stream.next_seq)
+        sub.credit.on_paid(0, now)
+        sub.reason = ""
+        sub.dirty = True
+        sub.quote = self._payments.issue_quote(
+            key, stream_resource(stream.terms.stream_id), stream.terms.window_price(window)
+        )
+        self._attach(sub, link)
+        return {
+            "terms": stream.terms.to_wire(),
+            "quote": sub.quote.to_wire(),
+            "start_seq": begin,
+            "head": stream.next_seq,
+            "paid": sub.credit.paid,
+            "packets": sub.credit.packets,
+            "credit": sub.credit.credit,
+        }
+
+    def _attach(self, sub: _Sub, link: PeerLink) -> None:
+        if sub.scope is not None:
+            sub.scope.cancel()
+        if sub.link is None:
+            self._m_subs.labels(sub.stream.terms.stream_id).inc()
+        sub.link = link
+        if self._nursery is None:
+            raise ConnectionLost("the streams service is not running")
+        scope = trio.CancelScope()
+        sub.scope = scope
+        self._nursery.start_soon(self._send_loop, sub, link, scope)
+
+    async def _serve_pay(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+        stream = self._stream(check_stream_id(body.get("stream_id")))
+        sub = stream.subs.get(link.peer_key)
+        if sub is None or sub.link is not link:
+            raise NotFound(f"no subscription to {stream.terms.stream_id!r} on this link: subscribe first")
+        message = PaymentMessage.from_wire(body.get("payment"), max_bytes=self._max_payment)
+        quote = message.quote
+        try:
+            if quote.resource != stream_resource(stream.terms.stream_id):
+                raise InvalidPayment(f"the payment is for {quote.resource!r}, not stream {stream.terms.stream_id!r}")
+            if sub.quote is None or quote.quote_id != sub.quote.quote_id:
+                if quote.resource == stream_resource(stream.terms.stream_id) and quote.payee == self._me:
+                    raise PaymentReplayed(f"quote {quote.quote_id} is not this subscription's open window quote")
+                raise InvalidPayment("the payment does not answer this subscription's window quote")
+            sub.credit.check_payment(quote.amount)
+            receipt = await self._payments.accept_payment(link.peer_key, message)
+        except OverlayError:
+            self._m_payments.labels("producer", "refused").inc()
+            raise
+        sub.credit.on_paid(receipt.amount, trio.current_time())
+        sub.quote = self._payments.issue_quote(
+            link.peer_key, stream_resource(stream.terms.stream_id), stream.terms.window_price(sub.window)
+        )
+        sub.dirty = True
+        sub.wake.set()
+        self._m_payments.labels("producer", "accepted").inc()
+        return {"receipt": receipt.to_wire(), "quote": sub.quote.to_wire(), "credit": sub.credit.credit}
+
+    async def _on_unsubscribe(self, link: PeerLink, body: dict[str, Any]) -> None:
+        stream = self._streams.get(str(body.get("stream_id")))
+        sub = stream.subs.get(link.peer_key) if stream is not None else None
+        if sub is not None and sub.link is link:
+            sub.reason = "unsubscribed"
+            self._detach(sub)
+
+    def _detach(self, sub: _Sub) -> None:
+        if sub.scope is not None:
+            sub.scope.cancel()
+        if sub.link is not None:
+            self._m_subs.labels(sub.stream.terms.stream_id).dec()
+        sub.link = None
+        sub.scope = None
+        sub.credit.detach(trio.current_time())
+        sub.dirty = True
+
+    # -- sending -------------------------------------------------------------------------------------------------
+
+    async def _send_loop(self, sub: _Sub, link: PeerLink, scope: trio.CancelScope) -> None:
+        stream = sub.stream
+        sid = stream.terms.stream_id
+        cfg = self._config
+        with scope:
+            try:
+                while not link.closed:
+                    sub.wake = trio.Event()
+                    now = trio.current_time()
+                    # the batch may hold at most batch_bytes of payload
+                    limit, size = 0, 0
+                    base = sub.credit.cursor - stream.oldest
+                    while limit < cfg.batch_packets and 0 <= base + limit < len(stream.buffer):
+                        size += len(stream.buffer[base + limit]) + 8
+                        if limit and size > cfg.batch_bytes:
+                            break
+                        limit += 1
+                    actions = sub.credit.plan(
+                        head=stream.next_seq,
+                        oldest=stream.oldest,
+                        closed=stream.closed_at is not None,
+                        now=now,
+                        max_batch=max(limit, 1),
+                    )
+                    for action in actions:
+                        match action:
+                            case SendPackets(first=first, count=count):
+                                offset = first - stream.oldest
+                                payloads = tuple(stream.buffer[offset + i] for i in range(count))
+                                batch = PacketBatch(stream_id=sid, first=first, payloads=payloads, head=stream.next_seq)
+                                sub.dirty = True
+                                await link.notify("stream.packets", batch.to_wire())
+                                self._m_packets.labels("sent").inc(count)
+                            case Pause(reason=reason, credit=credit, paid=paid):
+                                body = {
+                                    "stream_id": sid,
+                                    "reason": reason,
+                                    "head": stream.next_seq,
+                                    "credit": credit,
+                                    "paid": paid,
+                                }
+                                await link.notify("stream.paused", body)
+                            case Close(reason=reason):
+                                sub.reason = reason
+                                logger.info("stream %s: subscription of %s closed (%s)", sid, sub.key[:16], reason)
+                                with trio.move_on_after(1):
+                                    await link.notify("stream.closed", {"stream_id": sid, "reason": reason})
+                                return
+                    if not actions:
+                        deadline = sub.credit.deadline()
+                        with trio.move_on_at(deadline if math.isfinite(deadline) else math.inf):
+                            await sub.wake.wait()
+                    else:
+                        # let other subscribers' senders run between batches
+                        await trio.lowlevel.checkpoint()
+            except OverlayError as exc:  # this subscriber's link failed; the others go on
+                logger.info("stream %s: sending to %s stopped: %s", sid, sub.key[:16], exc)
+            finally:
+                if sub.scope is scope:
+                    self._detach(sub)

@@ -1,0 +1,631 @@
+"""Paid live streams, consumer side: find a stream's producer through the DHT, subscribe over a peer link,
+pay each window ahead (BRC-29 through the wallet), hand packets to a reader in order, and resume after a
+dropped link (DESIGN.md section 10; the protocol is in ``protocol/streams.py``).
+
+Theory of operation:
+
+1. :meth:`StreamConsumer.subscribe` looks the stream up (``dht_key("stream", id)``), links to the producer
+   and sends ``stream.subscribe``; errors so far (unknown stream, unreachable producer, price above
+   ``max_price``) are raised to the caller. Then a task in the service's nursery runs the subscription and
+   the caller reads packets from :meth:`Subscription.packets` (a bounded channel: a slow reader pushes back on
+   the link, and so on the producer's sender for this subscriber only).
+2. Packets arrive as ``stream.packets`` notices (handled in order per link) and go through the
+   :class:`~overlay_node.protocol.streams.ConsumerCredit`; a payer task pays a window whenever the credit says
+   so, one payment at a time, with the quote the previous receipt brought (no extra round trip).
+3. A payment is written ahead in the wallet (``Wallet.begin``) and sent with ``stream.pay``; the receipt makes
+   it ``sent``; a refusal undoes it; no answer leaves it to the settlement watch and, after a reconnect, the
+   consumer asks ``pay.receipt`` for it, so an accepted payment is counted once and a lost one never.
+4. If the link drops, the subscription redials (DHT lookup again: a restarted producer may listen elsewhere)
+   with backoff for up to ``resume_timeout`` and subscribes again from its next sequence number, which the
+   producer never charges again.
+5. The subscription ends at its duration, when the reader stops, when the producer closes it (end of the
+   stream, ``payment_timeout``, ``lagging``), when a price exceeds ``max_price``, or on a protocol error;
+   its accounting is written to ``stream_subs`` (role ``consumer``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+
+from overlay_node.clock import wall_time
+from overlay_node.config import StreamsSection
+from overlay_node.crypto.keys import Identity
+from overlay_node.errors import (
+    BadRequest,
+    Conflict,
+    ConnectionLost,
+    DialError,
+    NotFound,
+    OverlayError,
+    PaymentError,
+    PeerTimeout,
+    ProtocolError,
+    QuoteExpired,
+    RemoteProtocolError,
+)
+from overlay_node.metrics import Metrics
+from overlay_node.net.peers import PeerLink, PeerManager
+from overlay_node.protocol.payments import Quote, Receipt
+from overlay_node.protocol.streams import (
+    ConsumerCredit,
+    Packet,
+    PacketBatch,
+    StreamTerms,
+    check_stream_id,
+    check_window,
+)
+from overlay_node.services.dht import DhtService, dht_key
+from overlay_node.services.payments import Payments
+from overlay_node.services.streams import stream_metrics
+from overlay_node.services.wallet import LruMap, PreparedTx, Wallet
+from overlay_node.store.db import Store
+from overlay_node.store.streams import SubRow
+from overlay_node.store.wallet import HistoryRecord
+
+__all__ = ["StreamConsumer", "Subscription"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_ADDRESSES = 8
+#: final summaries of ended subscriptions kept for `stop` and the status listing
+_RECENT = 100
+
+
+class _Finished(Exception):
+    """Internal: the subscription ends with ``reason``."""
+
+    def __init__(self, reason: str, error: OverlayError | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+class Subscription:
+    """One running subscription. Read packets with ``async for packet in sub.packets()``; :meth:`summary`
+    reports the accounting; :meth:`stop` ends it."""
+
+    def __init__(
+        self,
+        consumer: StreamConsumer,
+        stream_id: str,
+        producer: str,
+        addresses: list[str],
+        *,
+        window: int,
+        max_price: int | None,
+        duration: float | None,
+        withhold_after: int | None,
+    ) -> None:
+        self._consumer = consumer
+        self.stream_id = stream_id
+        self.producer = producer
+        self.addresses = addresses
+        self.window = window
+        self.max_price = max_price
+        self.duration = duration
+        self.withhold_after = withhold_after
+        self.credit: ConsumerCredit | None = None
+        self.quote: Quote | None = None
+        self.link: PeerLink | None = None
+        self.fees = 0
+        self.skipped = 0
+        self.reconnects = 0
+        self.reason = ""
+        self.error: OverlayError | None = None
+        self.started_at = wall_time()
+        self._send, self._recv = trio.open_memory_channel[Packet](consumer.config.consumer_queue)
+        self._changed = trio.Event()
+        self._done = trio.Event()
+        self._finished = trio.Event()
+        self._unanswered: tuple[Quote, str] | None = None
+        self._last_tick = trio.current_time()
+
+    # -- reader API ----------------------------------------------------------------------------------------------
+
+    async def packets(self) -> AsyncIterator[Packet]:
+        """The packets in order, until the subscription ends."""
+        async with self._recv:
+            async for packet in self._recv:
+                yield packet
+
+    def queued(self) -> int:
+        """Packets waiting for the reader."""
+        return self._recv.statistics().current_buffer_used
+
+    def stop(self, reason: str = "stopped") -> None:
+        """End the subscription (returns at once; :meth:`wait_finished` waits for the end)."""
+        if not self._done.is_set():
+            self.reason = self.reason or reason
+            self._done.set()
+
+    async def wait_finished(self) -> None:
+        await self._finished.wait()
+
+    def summary(self) -> dict[str, Any]:
+        c = self.credit
+        return {
+            "stream_id": self.stream_id,
+            "producer": self.producer,
+            "window": self.window,
+            "packets": c.packets if c else 0,
+            "paid_satoshis": c.paid if c else 0,
+            "payments": c.payments if c else 0,
+            "fees": self.fees,
+            "credit_satoshis": c.credit if c else 0,
+            "next_seq": c.next_seq if c else 0,
+            "skipped": self.skipped,
+            "reconnects": self.reconnects,
+            "reason": self.reason or ("running" if not self._finished.is_set() else "stopped"),
+            "error": None if self.error is None else {"code": self.error.code, "message": str(self.error)},
+        }
+
+    # -- running -------------------------------------------------------------------------------------------------
+
+    async def _subscribe(self, link: PeerLink) -> None:
+        """Send ``stream.subscribe`` (from our next sequence number when resuming) and take the answer."""
+        body: dict[str, Any] = {"stream_id": self.stream_id, "window": self.window}
+        if self.credit is not None:
+            body["from_seq"] = self.credit.next_seq
+        answer = await link.request("stream.subscribe", body)
+        try:
+            terms = StreamTerms.from_wire(answer.get("terms"))
+            quote = Quote.from_wire(answer.get("quote"))
+            start, head = answer.get("start_seq"), answer.get("head")
+            if not isinstance(start, int) or not isinstance(head, int) or not 0 <= start <= head:
+                raise BadRequest("bad start_seq or head")
+        except BadRequest as exc:
+            raise RemoteProtocolError(
+                f"the producer's subscribe answer is malformed: {exc}", reason="bad_answer"
+            ) from None
+        if terms.producer != link.peer_key or terms.stream_id != self.stream_id:
+            raise RemoteProtocolError("the producer answered for another stream or key", reason="bad_answer")
+        if self.credit is None:
+            self.credit = ConsumerCredit(
+                terms=terms, me=self._consumer.me, window=self.window, next_seq=start, max_price=self.max_price
+            )
+            self.credit.check_price()
+        else:
+            if terms.rate != self.credit.terms.rate or terms.pricing_model != self.credit.terms.pricing_model:
+                self.credit.terms = terms
+                self.credit.check_price()
+            if start > self.credit.next_seq:
+                self.skipped += start - self.credit.next_seq
+                self.credit.next_seq = start
+            self.credit.in_flight = False
+        self.credit.head = max(self.credit.head, head)
+        self.quote = self.credit.check_quote(quote, int(wall_time() * 1000))
+        self.link = link
+
+    @property
+    def consumer_cfg(self) -> StreamsSection:
+        return self._consumer.config
+
+    async def run(self) -> None:
+        """Run until the subscription ends (never raises: the outcome is in :meth:`summary`)."""
+        try:
+            with trio.move_on_after(self.duration if self.duration is not None else math.inf) as timer:
+                await self._run()
+            if timer.cancelled_caught and not self.reason:
+                self.reason = "duration"
+        except _Finished as fin:
+            self.reason = self.reason or fin.reason
+            self.error = fin.error
+        except OverlayError as exc:
+            self.reason = self.reason or "error"
+            self.error = exc
+        finally:
+            self._send.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await self._consumer._finish(self)
+            self._finished.set()
+
+    async def _run(self) -> None:
+        while True:
+            link = self.link
+            assert link is not None
+            try:
+                await self._session(link)
+            except (ConnectionLost, PeerTimeout) as exc:
+                logger.info("stream %s: link to the producer lost (%s); resuming", self.stream_id, exc)
+            if self._done.is_set():
+                return
+            await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        cfg = self.consumer_cfg
+        delay = cfg.reconnect_min
+        with trio.move_on_after(cfg.resume_timeout) as scope:
+            while True:
+                try:
+                    if self._done.is_set():
+                        raise _Finished(self.reason or "stopped")
+                    link = await self._consumer._link_to(self.stream_id, self.producer, self.addresses)
+                    await self._subscribe(link)
+                    await self._collect_unanswered(link)
+                    self.reconnects += 1
+                    return
+                except (DialError, ConnectionLost, PeerTimeout, NotFound) as exc:
+                    logger.debug("stream %s: reconnect failed: %s", self.stream_id, exc)
+                with trio.move_on_after(delay):
+                    await self._done.wait()
+                delay = min(delay * 2, cfg.reconnect_max)
+        if scope.cancelled_caught:
+            raise _Finished(
+                "producer_unreachable", ConnectionLost(f"no link to the producer for {cfg.resume_timeout:g}s")
+            )
+
+    async def _collect_unanswered(self, link: PeerLink) -> None:
+        """A payment sent before the link dropped: count it if the producer has it (its receipt), else not."""
+        if self._unanswered is None or self.credit is None:
+            return
+        quote, txid = self._unanswered
+        self._unanswered = None
+        try:
+            answer = await link.request("pay.receipt", {"quote_id": quote.quote_id})
+            receipt = Receipt.from_wire(answer.get("receipt"))
+            self.credit.on_receipt(receipt, quote, txid)
+            logger.info("stream %s: a payment sent before the link dropped was accepted", self.stream_id)
+        except NotFound:
+            pass  # the producer never took it: the wallet's watch gives the coins back
+        except (BadRequest, RemoteProtocolError) as exc:
+            logger.warning("stream %s: bad receipt for an unanswered payment: %s", self.stream_id, exc)
+
+    async def _session(self, link: PeerLink) -> None:
+        failure: OverlayError | _Finished | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def watch_link() -> None:
+                await link.wait_closed()
+                nursery.cancel_scope.cancel()
+
+            async def watch_done() -> None:
+                await self._done.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_link)
+            nursery.start_soon(watch_done)
+            try:
+                await self._payer(link)
+            except (OverlayError, _Finished) as exc:  # raised bare, not inside the nursery's exception group
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if not self._done.is_set():
+            raise ConnectionLost("link to the producer closed")
+
+    async def _payer(self, link: PeerLink) -> None:
+        while True:
+            self._changed = trio.Event()
+            credit = self.credit
+            assert credit is not None
+            self._tick()
+            if credit.wants_payment() and not self._withholding():
+                await self._pay(link)
+            else:
+                with trio.move_on_after(self._tick_interval()):
+                    await self._changed.wait()
+
+    def _tick(self) -> None:
+        now = trio.current_time()
+        if self.credit is not None:
+            self.credit.on_time(now - self._last_tick)
+        self._last_tick = now
+
+    def _tick_interval(self) -> float:
+        c = self.credit
+        if c is None or c.terms.pricing_model != "per-second":
+            return math.inf
+        return max(0.01, (c.credit - c.window_price) / c.terms.rate) if c.credit > c.window_price else 0.05
+
+    def _withholding(self) -> bool:
+        return (
+            self.withhold_after is not None and self.credit is not None and self.credit.payments >= self.withhold_after
+        )
+
+    async def _pay(self, link: PeerLink) -> None:
+        credit, quote = self.credit, self.quote
+        assert credit is not None and quote is not None
+        consumer = self._consumer
+        credit.begin_payment()
+        try:
+            message, prepared = await consumer.payments.prepare_payment(quote)
+        except QuoteExpired:
+            credit.payment_failed()
+            await self._subscribe(link)  # a fresh quote
+            return
+        except BaseException:
+            credit.payment_failed()
+            raise
+        history = HistoryRecord(
+            txid=prepared.txid,
+            direction="out",
+            kind="payment",
+            amount=prepared.amount,
+            fee=prepared.fee,
+            counterparty=quote.payee,
+            quote_id=quote.quote_id,
+            resource=quote.resource,
+        )
+        await consumer.wallet.begin(prepared, history)
+        try:
+            answer = await link.request("stream.pay", {"stream_id": self.stream_id, "payment": message.to_wire()})
+        except (ConnectionLost, PeerTimeout) as exc:
+            consumer.wallet.unanswered(prepared, str(exc))
+            credit.payment_failed()
+            self._unanswered = (quote, prepared.txid)
+            consumer.m_payments.labels("consumer", "unanswered").inc()
+            raise
+        except trio.Cancelled:
+            consumer.wallet.unanswered(prepared, "cancelled while waiting for the producer")
+            credit.payment_failed()
+            self._unanswered = (quote, prepared.txid)
+            raise
+        except OverlayError as exc:
+            await consumer.wallet.abort(prepared)
+            credit.payment_failed()
+            consumer.m_payments.labels("consumer", "refused").inc()
+            if isinstance(exc, PaymentError) and "more than one window" in str(exc):
+                with trio.move_on_after(0.05):  # our estimate ran ahead of the producer's; wait for news
+                    await self._changed.wait()
+                return
+            raise _Finished("payment_refused", exc) from None
+        await self._receipt(prepared, quote, answer)
+
+    async def _receipt(self, prepared: PreparedTx, quote: Quote, answer: dict[str, Any]) -> None:
+        credit = self.credit
+        assert credit is not None
+        wallet = self._consumer.wallet
+        try:
+            receipt = Receipt.from_wire(answer.get("receipt"))
+            credit.on_receipt(receipt, quote, prepared.txid)
+        except (BadRequest, RemoteProtocolError) as exc:
+            credit.payment_failed()
+            wallet.sent(prepared, None, detail="the producer's receipt is invalid")
+            error = exc if isinstance(exc, RemoteProtocolError) else RemoteProtocolError(str(exc), reason="bad_receipt")
+            raise _Finished("bad_receipt", error) from None
+        wallet.sent(prepared, receipt.to_bytes())
+        self.fees += prepared.fee
+        self._consumer.m_payments.labels("consumer", "paid").inc()
+        try:
+            self.quote = credit.check_quote(Quote.from_wire(answer.get("quote")), int(wall_time() * 1000))
+        except PaymentError as exc:
+            raise _Finished("price_exceeded", exc) from None
+        except BadRequest as exc:
+            raise _Finished("bad_quote", RemoteProtocolError(str(exc), reason="bad_quote")) from None
+        producer_credit = answer.get("credit")
+        if credit.terms.pricing_model == "per-second" and isinstance(producer_credit, int):
+            credit.seconds = max(0.0, (credit.paid - producer_credit) / credit.terms.rate)
+
+    # -- notices (called by the consumer service) --------------------------------------------------------------
+
+    async def on_packets(self, batch: PacketBatch) -> None:
+        credit = self.credit
+        if credit is None or self._done.is_set():
+            return
+        try:
+            packets = credit.on_packets(batch)
+        except ProtocolError as exc:
+            self.error = exc
+            self.stop("protocol_error")
+            return
+        self._changed.set()
+        self._consumer.m_packets.labels("received").inc(len(packets))
+        for packet in packets:
+            try:
+                await self._send.send(packet)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.stop("reader_gone")
+                return
+
+    def on_paused(self, head: object, paid: object) -> None:
+        if self.credit is not None and isinstance(head, int) and isinstance(paid, int):
+            self.credit.on_pause(head, paid)
+            self._changed.set()
+
+    def on_closed(self, reason: str) -> None:
+        self.reason = self.reason or {"end": "closed"}.get(reason, reason)
+        self._done.set()
+
+    def row(self) -> SubRow:
+        c = self.credit
+        return SubRow(
+            stream_id=self.stream_id,
+            peer=self.producer,
+            role="consumer",
+            window=self.window,
+            start_seq=0,
+            charged_through=c.next_seq if c else 0,
+            packets=c.packets if c else 0,
+            paid=c.paid if c else 0,
+            payments=c.payments if c else 0,
+            state="closed" if self._done.is_set() else "active",
+            reason=self.reason,
+            updated_at=wall_time(),
+        )
+
+
+class StreamConsumer:
+    """The consumer side of paid streams. Start it with ``await nursery.start(consumer.run)``."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: StreamsSection,
+        store: Store,
+        metrics: Metrics,
+        peers: PeerManager,
+        dht: DhtService,
+        payments: Payments,
+        wallet: Wallet,
+    ) -> None:
+        self.me = identity.public_key_hex
+        self.config = config
+        self.store = store
+        self.peers = peers
+        self.dht = dht
+        self.payments = payments
+        self.wallet = wallet
+        self.m_packets, self.m_payments, _ = stream_metrics(metrics)
+        self._subs: dict[tuple[str, str], Subscription] = {}
+        self._recent = LruMap(_RECENT)  # stream id -> final summary
+        self._nursery: trio.Nursery | None = None
+        peers.on_notice("stream.packets", self._on_packets)
+        peers.on_notice("stream.paused", self._on_paused)
+        peers.on_notice("stream.closed", self._on_closed)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        """The running subscriptions, then the recently ended ones (their final summaries)."""
+        return [s.summary() for s in self._subs.values()] + list(self._recent.values())
+
+    async def stop(self, stream_id: str) -> dict[str, Any]:
+        """Stop the subscription to ``stream_id`` and return its final summary (or the summary of the one that
+        ended last).
+
+        Raises:
+            NotFound: no subscription to that stream here.
+        """
+        for (_, sid), sub in list(self._subs.items()):
+            if sid == stream_id:
+                sub.stop("stopped")
+                with trio.move_on_after(5):
+                    await sub.wait_finished()
+                return sub.summary()
+        if stream_id in self._recent:
+            return dict(self._recent[stream_id])
+        raise NotFound(f"no subscription to {stream_id!r} here")
+
+    async def subscribe(
+        self,
+        stream_id: str,
+        *,
+        window: int = 10,
+        max_price: int | None = None,
+        duration: float | None = None,
+        producer: str | None = None,
+        withhold_after: int | None = None,
+    ) -> Subscription:
+        """Find the stream, subscribe, and start paying and receiving (see the module doc).
+
+        Raises:
+            BadRequest: bad arguments. NotFound: no producer advertises the stream. Conflict: already
+                subscribed. DialError, PeerTimeout: the producer cannot be reached. PaymentError: the price
+                is above ``max_price``. OverlayError: the producer refused (its error).
+        """
+        stream_id = check_stream_id(stream_id)
+        window = check_window(window)
+        if max_price is not None and (not isinstance(max_price, int) or max_price < 0):
+            raise BadRequest("max price must be a non-negative number of satoshis")
+        if duration is not None and not 0 < duration <= 86_400 * 365:
+            raise BadRequest("duration must be a positive number of seconds")
+        if self._nursery is None:
+            raise ConnectionLost("the streams service is not running")
+        key, addresses = await self._find(stream_id, producer)
+        if (key, stream_id) in self._subs:
+            raise Conflict(f"already subscribed to {stream_id!r}: stop that subscription first")
+        sub = Subscription(
+            self,
+            stream_id,
+            key,
+            addresses,
+            window=window,
+            max_price=max_price,
+            duration=duration,
+            withhold_after=withhold_after,
+        )
+        link = await self._link_to(stream_id, key, addresses)
+        await sub._subscribe(link)
+        self._subs[(key, stream_id)] = sub
+        self._nursery.start_soon(sub.run)
+        return sub
+
+    async def _find(self, stream_id: str, producer: str | None) -> tuple[str, list[str]]:
+        records = await self.dht.get(dht_key("stream", stream_id))
+        best: tuple[int, str, list[str]] | None = None
+        for record in records:
+            key = record.publisher.hex()
+            if producer is not None and key != producer.lower():
+                continue
+            try:
+                value = json.loads(record.value)
+                swarm = value["swarm"]
+                if not isinstance(swarm, list) or not all(isinstance(a, str) and len(a) < 300 for a in swarm):
+                    continue
+            except (ValueError, KeyError, TypeError):
+                continue
+            if best is None or record.seq > best[0]:
+                best = (record.seq, key, swarm[:_MAX_ADDRESSES])
+        if best is None:
+            if producer is not None and self.peers.link(producer) is not None:
+                return producer.lower(), []
+            raise NotFound(f"no producer advertises stream {stream_id!r} in the DHT")
+        return best[1], best[2]
+
+    async def _link_to(self, stream_id: str, key: str, addresses: list[str]) -> PeerLink:
+        link = self.peers.link(key)
+        if link is not None:
+            return link
+        try:
+            _, addresses = await self._find(stream_id, key)
+        except NotFound:
+            pass
+        last: OverlayError = DialError(f"the producer of {stream_id!r} advertises no address")
+        for address in addresses:
+            try:
+                return await self.peers.connect(address, expect_key=key)
+            except (DialError, PeerTimeout, RemoteProtocolError, ConnectionLost) as exc:
+                last = exc
+        raise last
+
+    async def _finish(self, sub: Subscription) -> None:
+        self._subs.pop((sub.producer, sub.stream_id), None)
+        self._recent.put(sub.stream_id, sub.summary())
+        link = sub.link
+        if link is not None and not link.closed and sub.reason not in ("closed", "payment_timeout", "lagging"):
+            try:
+                await link.notify("stream.unsubscribe", {"stream_id": sub.stream_id})
+            except ConnectionLost:
+                pass
+        await self.store.streams.save([], [sub.row()])
+        logger.info("stream %s: subscription ended (%s): %s", sub.stream_id, sub.reason, sub.summary())
+
+    def _sub(self, link: PeerLink, body: dict[str, Any]) -> Subscription | None:
+        stream_id = body.get("stream_id")
+        return self._subs.get((link.peer_key, stream_id)) if isinstance(stream_id, str) else None
+
+    async def _on_packets(self, link: PeerLink, body: dict[str, Any]) -> None:
+        sub = self._sub(link, body)
+        if sub is None:
+            return
+        try:
+            batch = PacketBatch.from_wire(
+                body, max_packet=self.config.max_packet, max_batch=max(self.config.batch_packets, 100_000)
+            )
+        except RemoteProtocolError as exc:
+            sub.error = exc
+            sub.stop("protocol_error")
+            return
+        await sub.on_packets(batch)
+
+    async def _on_paused(self, link: PeerLink, body: dict[str, Any]) -> None:
+        sub = self._sub(link, body)
+        if sub is not None:
+            sub.on_paused(body.get("head"), body.get("paid"))
+
+    async def _on_closed(self, link: PeerLink, body: dict[str, Any]) -> None:
+        sub = self._sub(link, body)
+        reason = body.get("reason")
+        if sub is not None:
+            sub.on_closed(reason if isinstance(reason, str) and len(reason) < 64 else "closed")

@@ -1,0 +1,254 @@
+"""The ``streams`` repository: streams this node produces, and the accounting of each subscription on both
+sides (migration ``0006_streams``, tables ``streams`` and ``stream_subs``).
+
+The producer's revenue per subscriber is read from the durable ``payments`` table (resource
+``stream:<id>``), never from a counter of ours, so a restart cannot lose or double count a payment. Packet
+counts and sequence positions are written by the streams service when they change (batched by its flush
+task, and at shutdown); a consumer's resume position repairs what a crash lost (see ``protocol/streams.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from overlay_node.store.engine import Database
+
+__all__ = ["PaidTotals", "StreamRow", "StreamsRepository", "SubRow"]
+
+Role = Literal["producer", "consumer"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamRow:
+    """A stream this node produces. ``next_seq`` is the sequence number of the next packet pushed."""
+
+    stream_id: str
+    title: str
+    tags: tuple[str, ...]
+    pricing_model: str
+    rate: int
+    max_consumers: int
+    created_at: float
+    closed_at: float | None
+    next_seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubRow:
+    """One subscription's accounting, on the producer's side (``peer`` = the subscriber) or the consumer's
+    (``peer`` = the producer). ``charged_through``: packets below it were paid for (consumer: received)."""
+
+    stream_id: str
+    peer: str
+    role: Role
+    window: int
+    start_seq: int
+    charged_through: int
+    packets: int
+    paid: int
+    payments: int
+    state: str
+    reason: str
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PaidTotals:
+    """What one payer paid for a resource (from ``payments``): total, count, and not yet settled."""
+
+    amount: int
+    payments: int
+    unsettled: int
+
+
+def _stream(row: sqlite3.Row) -> StreamRow:
+    return StreamRow(
+        stream_id=str(row["stream_id"]),
+        title=str(row["title"]),
+        tags=tuple(json.loads(row["tags"])),
+        pricing_model=str(row["pricing_model"]),
+        rate=int(row["rate"]),
+        max_consumers=int(row["max_consumers"]),
+        created_at=float(row["created_at"]),
+        closed_at=None if row["closed_at"] is None else float(row["closed_at"]),
+        next_seq=int(row["next_seq"]),
+    )
+
+
+def _sub(row: sqlite3.Row) -> SubRow:
+    return SubRow(
+        stream_id=str(row["stream_id"]),
+        peer=str(row["peer"]),
+        role=row["role"],
+        window=int(row["window"]),
+        start_seq=int(row["start_seq"]),
+        charged_through=int(row["charged_through"]),
+        packets=int(row["packets"]),
+        paid=int(row["paid"]),
+        payments=int(row["payments"]),
+        state=str(row["state"]),
+        reason=str(row["reason"]),
+        updated_at=float(row["updated_at"]),
+    )
+
+
+def create_tables(conn: sqlite3.Connection) -> None:
+    """The schema (called by migration ``0006_streams``)."""
+    conn.execute(
+        """
+        CREATE TABLE streams (
+            stream_id     TEXT PRIMARY KEY,
+            title         TEXT NOT NULL DEFAULT '',
+            tags          TEXT NOT NULL DEFAULT '[]',
+            pricing_model TEXT NOT NULL,
+            rate          INTEGER NOT NULL,
+            max_consumers INTEGER NOT NULL,
+            created_at    REAL NOT NULL,
+            closed_at     REAL,
+            next_seq      INTEGER NOT NULL DEFAULT 0
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE stream_subs (
+            stream_id       TEXT NOT NULL,
+            peer            TEXT NOT NULL,
+            role            TEXT NOT NULL CHECK (role IN ('producer', 'consumer')),
+            window          INTEGER NOT NULL,
+            start_seq       INTEGER NOT NULL,
+            charged_through INTEGER NOT NULL,
+            packets         INTEGER NOT NULL,
+            paid            INTEGER NOT NULL,
+            payments        INTEGER NOT NULL,
+            state           TEXT NOT NULL,
+            reason          TEXT NOT NULL DEFAULT '',
+            updated_at      REAL NOT NULL,
+            PRIMARY KEY (stream_id, peer, role)
+        )
+        """
+    )
+
+
+class StreamsRepository:
+    """Typed access to ``streams`` and ``stream_subs``. Reach it as ``store.streams``."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(self, row: StreamRow) -> bool:
+        """Insert a stream; False when the id exists (open or closed)."""
+
+        def txn(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                """
+                INSERT INTO streams (stream_id, title, tags, pricing_model, rate, max_consumers, created_at,
+                                     closed_at, next_seq)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (stream_id) DO NOTHING
+                """,
+                (
+                    row.stream_id,
+                    row.title,
+                    json.dumps(list(row.tags)),
+                    row.pricing_model,
+                    row.rate,
+                    row.max_consumers,
+                    row.created_at,
+                    row.closed_at,
+                    row.next_seq,
+                ),
+            )
+            return cur.rowcount == 1
+
+        return await self._db.write(txn)
+
+    async def streams(self) -> list[StreamRow]:
+        """Every stream, oldest first."""
+
+        def txn(conn: sqlite3.Connection) -> list[StreamRow]:
+            return [_stream(r) for r in conn.execute("SELECT * FROM streams ORDER BY created_at, stream_id")]
+
+        return await self._db.read(txn)
+
+    async def save(self, streams: list[tuple[str, int, float | None]], subs: list[SubRow]) -> None:
+        """Write stream positions ``(stream_id, next_seq, closed_at)`` and subscription rows in one transaction
+        (durable: called at shutdown and by the flush task)."""
+
+        def txn(conn: sqlite3.Connection) -> None:
+            for stream_id, next_seq, closed_at in streams:
+                conn.execute(
+                    "UPDATE streams SET next_seq = max(next_seq, ?), closed_at = coalesce(closed_at, ?) "
+                    "WHERE stream_id = ?",
+                    (next_seq, closed_at, stream_id),
+                )
+            for s in subs:
+                conn.execute(
+                    """
+                    INSERT INTO stream_subs (stream_id, peer, role, window, start_seq, charged_through, packets,
+                                             paid, payments, state, reason, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (stream_id, peer, role) DO UPDATE SET
+                        window = excluded.window,
+                        charged_through = max(charged_through, excluded.charged_through),
+                        packets = max(packets, excluded.packets),
+                        paid = excluded.paid,
+                        payments = excluded.payments,
+                        state = excluded.state,
+                        reason = excluded.reason,
+                        updated_at = excluded.updated_at
+                    """,
+                    (
+                        s.stream_id,
+                        s.peer,
+                        s.role,
+                        s.window,
+                        s.start_seq,
+                        s.charged_through,
+                        s.packets,
+                        s.paid,
+                        s.payments,
+                        s.state,
+                        s.reason,
+                        s.updated_at,
+                    ),
+                )
+
+        await self._db.write(txn, durable=True)
+
+    async def subs(self, stream_id: str | None = None, *, role: Role | None = None) -> list[SubRow]:
+        """Subscription rows (of one stream, of one role), by stream and peer."""
+
+        def txn(conn: sqlite3.Connection) -> list[SubRow]:
+            query, args = "SELECT * FROM stream_subs WHERE 1 = 1", []
+            if stream_id is not None:
+                query += " AND stream_id = ?"
+                args.append(stream_id)
+            if role is not None:
+                query += " AND role = ?"
+                args.append(role)
+            return [_sub(r) for r in conn.execute(query + " ORDER BY stream_id, peer", args)]
+
+        return await self._db.read(txn)
+
+    async def paid_by_payer(self, resource: str) -> dict[str, PaidTotals]:
+        """Accepted payments for ``resource`` by payer (from the durable ``payments`` table)."""
+
+        def txn(conn: sqlite3.Connection) -> dict[str, PaidTotals]:
+            rows = conn.execute(
+                """
+                SELECT payer, count(*) AS n, coalesce(sum(amount), 0) AS total,
+                       coalesce(sum(CASE WHEN status = 'accepted' THEN amount ELSE 0 END), 0) AS open
+                FROM payments WHERE resource = ? GROUP BY payer
+                """,
+                (resource,),
+            )
+            return {
+                str(r["payer"]): PaidTotals(amount=int(r["total"]), payments=int(r["n"]), unsettled=int(r["open"]))
+                for r in rows
+            }
+
+        return await self._db.read(txn)

@@ -1,0 +1,76 @@
+"""The live-streaming seed scenario through the CLI: daemons and a devnet as subprocesses, a producer pushing a
+file, a consumer paying per window and writing NDJSON, both sides' accounting equal."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+from cluster import Cluster
+
+pytestmark = pytest.mark.cluster
+
+RATE = 3
+
+
+def test_stream_create_push_subscribe_status_close(tmp_path: Path) -> None:
+    with Cluster(2, root=tmp_path / "c") as cluster:
+        producer, consumer = 0, 1
+        cluster.ctl(consumer, "--json", "ctl", "wallet", "faucet", "100000")
+        created = json.loads(
+            cluster.ctl(
+                producer,
+                "--json",
+                "ctl",
+                "stream",
+                "create",
+                "--stream-id",
+                "ticker",
+                "--pricing-model",
+                "per-packet",
+                "--rate",
+                str(RATE),
+            ).stdout
+        )
+        assert created["stream_id"] == "ticker"
+        source = tmp_path / "packets.ndjson"
+        source.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(200)))
+        cluster.ctl(producer, "ctl", "stream", "push", "ticker", "--file", str(source))
+
+        out = tmp_path / "got.ndjson"
+        run = cluster.ctl(
+            consumer,
+            "--json",
+            "ctl",
+            "subscribe",
+            "ticker",
+            "--auto-pay-interval",
+            "10",
+            "--duration",
+            "4",
+            "--max-price",
+            str(RATE),
+            "--output",
+            str(out),
+        )
+        summary = json.loads(run.stdout)
+        got = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [g["seq"] for g in got] == list(range(200))
+        assert [json.loads(g["payload"]) for g in got] == [{"n": i} for i in range(200)]
+        assert summary["packets"] == 200 and summary["paid_satoshis"] == 200 * RATE and summary["payments"] == 20
+
+        status = json.loads(cluster.ctl(producer, "--json", "ctl", "stream", "status", "ticker").stdout)
+        (row,) = status["subscribers"]
+        assert row["identity_key"] == cluster.members[consumer].identity_key
+        assert row["packets"] == 200 and row["paid_satoshis"] == 200 * RATE
+
+        # a price above --max-price stops cleanly with a payment exit code
+        dear = cluster.ctl(consumer, "ctl", "subscribe", "ticker", "--max-price", "1", "--duration", "2", check=False)
+        assert dear.returncode == 11, dear.stderr
+        closed = json.loads(cluster.ctl(producer, "--json", "ctl", "stream", "close", "ticker").stdout)
+        assert closed["closed"] is True

@@ -1,0 +1,349 @@
+"""UHRP content on whole nodes in one process: publish, replicate to R, verify, download, corruption, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from overlay_node.crypto.uhrp import url_for_hash
+from overlay_node.errors import BadRequest, OverlayError
+from overlay_node.node import Node
+from overlay_node.protocol.content import ReplicaState
+from overlay_node.services.content import OFFER, REPLICATE, PaymentRequired, StorageFull
+from overlay_node.services.content_fetch import ContentUnavailable, fetch
+from tests.conftest import NodeFactory
+
+MiB = 1024 * 1024
+FAST = {"content.repair_interval": 0, "dht.request_timeout": 0.3}
+
+
+async def start_network(start_node: NodeFactory, n: int, **overrides: Any) -> list[Node]:
+    first = await start_node("n0", **FAST, **overrides)
+    shared = {"wallet.arc_url": first.status()["ledger"], "dht.bootstrap": [first.info.dht]}
+    rest: list[Node] = []
+    async with trio.open_nursery() as nursery:
+
+        async def one(i: int) -> None:
+            rest.append(await start_node(f"n{i}", **FAST, **shared, **overrides))
+
+        for i in range(1, n):
+            nursery.start_soon(one, i)
+    nodes = [first, *rest]
+    # every node announces itself once ready: make sure the node records are in before placing
+    for node in nodes:
+        await node.content._announce()
+    return nodes
+
+
+def write_random(path: Path, size: int) -> bytes:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).digest()
+
+
+def file_hash(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(4 * MiB):
+            h.update(block)
+    return h.digest()
+
+
+async def test_publish_replicate_three_download_and_survive_a_corrupt_replica(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    with trio.fail_after(60):
+        nodes = await start_network(start_node, 6)
+        producer = nodes[0]
+        source = tmp_path / "big.bin"
+        cid = write_random(source, 50 * MiB)
+
+        item = await producer.content.publish(
+            source,
+            title="big",
+            tags=("science", "big"),
+            content_type="application/x-test",
+            replication=3,
+            replicate=False,
+        )
+        assert item.hash == cid.hex() and item.size == 50 * MiB
+        rows = await producer.content.distribute(item.hash)
+        available = [r.identity_key for r in rows if r.state == ReplicaState.AVAILABLE]
+        assert len(available) == 3
+        status = await producer.content.status(url_for_hash(cid))
+        assert sorted(r["identity_key"] for r in status["replicas"] if r["state"] == "available") == sorted(available)
+
+        by_key = {n.info.identity_key: n for n in nodes}
+        for key in available:
+            holder = by_key[key]
+            assert await holder.content.blobs.verify(cid)
+            held = await holder.content.store.content.get(cid.hex())
+            assert held is not None and held.local and held.content_type == "application/x-test"
+        providers = await nodes[5].content.providers(cid)
+        assert set(providers) == {producer.info.identity_key, *available}
+
+        # a node that holds nothing downloads the exact bytes from several holders
+        reader = next(n for n in nodes[1:] if n.info.identity_key not in available)
+        out = tmp_path / "copy.bin"
+        result = await fetch(reader.content, cid.hex(), out)
+        assert file_hash(out) == cid and out.stat().st_size == 50 * MiB
+        assert len(result.holders_used) >= 2 and result.bad_holders == []
+
+        # flip a byte in every chunk of one replica on disk: the download detects it and uses other holders
+        bad = by_key[available[0]]
+        blob = bad.content.blobs.path(cid)
+        with blob.open("r+b") as f:
+            for offset in range(0, 50 * MiB, item.chunk_size):
+                f.seek(offset + 7)
+                byte = f.read(1)
+                f.seek(offset + 7)
+                f.write(bytes([byte[0] ^ 0xFF]))
+        out2 = tmp_path / "copy2.bin"
+        result2 = await fetch(reader.content, url_for_hash(cid), out2)
+        assert file_hash(out2) == cid
+        assert result2.bad_holders == [bad.info.identity_key]
+        # the holder checks its copy (told by the downloader); the corrupt copy is gone either way
+        assert not await bad.content.check_local(cid)
+        assert not bad.content.blobs.has(cid)
+
+        # search by tag from another node
+        found = await nodes[4].content.search(tags=("science",))
+        assert [f["hash"] for f in found] == [cid.hex()]
+        assert await nodes[4].content.search(tags=("science",), max_price=-1 + 1, content_type="text/plain") == []
+
+
+async def test_resume_gateway_and_bad_input(start_node: NodeFactory, tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        nodes = await start_network(start_node, 2, **{"content.max_object": 8 * MiB, "content.chunk_size": 65536})
+        a, b = nodes
+        source = tmp_path / "small.bin"
+        cid = write_random(source, 1 * MiB + 123)
+        item = await a.content.publish(source, content_type="text/plain", replication=0)
+
+        # resume: stop after 3 chunks, then finish; the kept chunks are not fetched again
+        out = tmp_path / "resumed.bin"
+        with pytest.raises(ContentUnavailable):
+            await fetch(b.content, cid.hex(), out, max_chunks=3)
+        assert (tmp_path / "resumed.bin.part").exists() and not out.exists()
+        result = await fetch(b.content, cid.hex(), out)
+        assert result.resumed_chunks >= 3 and file_hash(out) == cid
+
+        # gateway: full, range, etag, 304, 404, 416, bad checksum
+        http = a.info.http
+        async with httpx.AsyncClient(base_url=http) as client:
+            r = await client.get(f"/uhrp/{cid.hex()}")
+            assert r.status_code == 200 and hashlib.sha256(r.content).digest() == cid
+            assert r.headers["etag"] == f'"{cid.hex()}"' and r.headers["content-type"].startswith("text/plain")
+            r = await client.get(f"/uhrp/uhrp://{url_for_hash(cid)}", headers={"Range": "bytes=10-19"})
+            assert r.status_code == 206 and r.content == source.read_bytes()[10:20]
+            assert r.headers["content-range"] == f"bytes 10-19/{item.size}"
+            r = await client.get(f"/uhrp/{cid.hex()}", headers={"Range": "bytes=-5"})
+            assert r.content == source.read_bytes()[-5:]
+            r = await client.get(f"/uhrp/{cid.hex()}", headers={"If-None-Match": f'"{cid.hex()}"'})
+            assert r.status_code == 304
+            r = await client.get(f"/uhrp/{cid.hex()}", headers={"Range": f"bytes={item.size}-"})
+            assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{item.size}"
+            assert r.json()["code"] == "range_not_satisfiable"
+            r = await client.get(f"/uhrp/{cid.hex()}", headers={"Range": "bytes=1-2,5-6"})
+            assert r.status_code == 400
+            r = await client.get(f"/uhrp/{'ab' * 32}")
+            assert r.status_code == 404 and r.json()["code"] == "not_found"
+            url = url_for_hash(cid)
+            broken = url[:-1] + ("1" if url[-1] != "1" else "2")
+            r = await client.get(f"/uhrp/{broken}")
+            assert r.status_code == 400 and "checksum" in r.json()["message"]
+
+        # bad replication input from a peer: nothing that does not match its hash is ever stored
+        link = await a.content.link_to(b.info.identity_key)
+        other = os.urandom(200_000)
+        other_id = hashlib.sha256(other).hexdigest()
+        header = {"hash": other_id, "size": len(other), "chunk_size": 65536}
+
+        async def push(data: bytes, **changes: Any) -> None:
+            async with link.open_transfer(REPLICATE, header | changes) as tx:
+                await tx.send(data)
+
+        with pytest.raises(OverlayError, match="hash mismatch"):
+            await push(b"x" * len(other))  # wrong chunks
+        with pytest.raises(OverlayError, match="truncated"):
+            await push(other[:-1000])
+        with pytest.raises(OverlayError, match="more bytes than"):
+            await push(other + b"extra")
+        with pytest.raises(OverlayError, match="over the limit"):
+            await link.request(OFFER, {"hash": other_id, "size": 9 * MiB})
+        with pytest.raises(OverlayError, match="not a UHRP URL"):
+            await link.request(OFFER, {"hash": "zz", "size": 1})
+        assert await b.content.store.content.get(other_id) is None
+        assert not b.content.blobs.has(bytes.fromhex(other_id))
+        assert list(b.content.blobs.tmp.iterdir()) == []
+        # the right bytes are accepted, verified and announced
+        await push(other)
+        assert b.content.blobs.has(bytes.fromhex(other_id))
+        assert b.info.identity_key in await a.content.providers(bytes.fromhex(other_id))
+
+        with pytest.raises(BadRequest, match="checksum"):
+            await b.content.item(broken)
+
+
+async def test_storage_budget_refuses_offers_and_placement_moves_on(start_node: NodeFactory, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        a = await start_node("a", **FAST)
+        shared = {"wallet.arc_url": a.status()["ledger"], "dht.bootstrap": [a.info.dht]}
+        small = await start_node("small", **FAST, **shared, **{"content.storage_budget": 1000})
+        big = await start_node("big", **FAST, **shared)
+        for node in (a, small, big):
+            await node.content._announce()
+        source = tmp_path / "f.bin"
+        write_random(source, 300_000)
+        # the small node cannot take it; placement with R=1 over both lands on the one that can
+        item = await a.content.publish(source, replication=1, replicate=False)
+        rows = await a.content.distribute(item.hash, nodes=(small.info.identity_key, big.info.identity_key))
+        states = {r.identity_key: r.state for r in rows}
+        assert states == {small.info.identity_key: ReplicaState.FAILED, big.info.identity_key: ReplicaState.AVAILABLE}
+        detail = next(r.detail for r in rows if r.identity_key == small.info.identity_key)
+        assert "storage budget" in detail
+        assert not small.content.blobs.has(bytes.fromhex(item.hash))
+        with pytest.raises(StorageFull):
+            await small.content.publish(source)
+
+
+async def test_cli_publish_status_access_search(start_node: NodeFactory, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from overlay_cli.main import app
+
+    async def cli(*args: str) -> Any:
+        runner = CliRunner()
+        return await trio.to_thread.run_sync(lambda: runner.invoke(app, list(args)))
+
+    with trio.fail_after(40):
+        a, _b, c = await start_network(start_node, 3)
+        source = tmp_path / "doc.txt"
+        cid = write_random(source, 300_000)
+        dir_a, dir_c = str(a.data_dir.path), str(c.data_dir.path)
+
+        out = await cli(
+            "--data-dir",
+            dir_a,
+            "--json",
+            "ctl",
+            "publish",
+            str(source),
+            "--replication",
+            "1",
+            "--tags",
+            "docs",
+            "--content-type",
+            "text/plain",
+            "--wait",
+        )
+        assert out.exit_code == 0, out.output
+        data = json.loads(out.stdout)
+        assert data["hash"] == cid.hex() and data["uhrp_url"] == url_for_hash(cid)
+        assert [r["state"] for r in data["replicas"]] == ["available"]
+
+        st = await cli("--data-dir", dir_a, "--json", "ctl", "content", "status", data["uhrp_url"])
+        assert st.exit_code == 0, st.output
+        replicas = json.loads(st.stdout)["replicas"]
+        assert [r["state"] for r in replicas] == ["available"] and len(replicas[0]["identity_key"]) == 66
+        human = await cli("--data-dir", dir_a, "ctl", "content", "status", cid.hex())
+        assert human.exit_code == 0 and "available" in human.stdout
+
+        target = tmp_path / "fetched.txt"
+        got = await cli("--data-dir", dir_c, "--json", "ctl", "access", data["uhrp_url"], "--output", str(target))
+        assert got.exit_code == 0, got.output
+        assert target.read_bytes() == source.read_bytes()
+        alias = await cli("--data-dir", dir_c, "ctl", "get", cid.hex(), "--output", str(tmp_path / "again.txt"))
+        assert alias.exit_code == 0 and (tmp_path / "again.txt").read_bytes() == source.read_bytes()
+
+        found = await cli("--data-dir", dir_c, "--json", "ctl", "search", "--tags", "docs")
+        assert [r["hash"] for r in json.loads(found.stdout)["results"]] == [cid.hex()]
+
+        missing = await cli("--data-dir", dir_c, "ctl", "access", "ab" * 32, "--output", str(tmp_path / "none"))
+        assert missing.exit_code != 0 and "no node provides" in missing.stderr
+        bad = await cli("--data-dir", dir_c, "ctl", "content", "status", "XUnotaurl")
+        assert bad.exit_code == 2 and "UHRP" in bad.stderr
+
+
+async def repair_all(nodes: list[Node]) -> None:
+    async with trio.open_nursery() as nursery:
+        for node in nodes:
+            nursery.start_soon(node.content.repair_pass)
+
+
+async def test_repair_recruits_after_a_holder_dies_and_trims_surplus(start_node: NodeFactory, tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        nodes = await start_network(
+            start_node, 5, **{"content.trim_grace": 0, "content.check_timeout": 1.0, "swarm.handshake_timeout": 1.0}
+        )
+        producer = nodes[0]
+        by_key = {n.info.identity_key: n for n in nodes}
+        source = tmp_path / "r.bin"
+        cid = write_random(source, 400_000)
+        item = await producer.content.publish(source, replication=2, replicate=False)
+        rows = await producer.content.distribute(item.hash)
+        holders = [r.identity_key for r in rows if r.state == ReplicaState.AVAILABLE]
+        assert len(holders) == 2
+
+        # one holder dies: the closest live holder recruits a new replica on a node that has none
+        dead = by_key[holders[0]]
+        dead.request_shutdown()
+        await dead.wait_stopped()
+        survivors = [n for n in nodes if n is not dead]
+        await repair_all(survivors)
+
+        async def live_holders() -> set[str]:
+            return {n.info.identity_key for n in survivors if n.content.blobs.has(cid)} - {producer.info.identity_key}
+
+        now_live = await live_holders()
+        assert len(now_live) == 2 and holders[1] in now_live
+
+        # one replica too many (placed by hand): the farthest unpinned holder drops its copy
+        spare = next(n for n in survivors if n.info.identity_key not in now_live and n is not producer)
+        await producer.content.distribute(item.hash, nodes=(spare.info.identity_key,), replication=3)
+        assert len(await live_holders()) == 3
+        await repair_all(survivors)
+        assert len(await live_holders()) == 2
+        assert producer.content.blobs.has(cid)  # the producer's own copy is pinned
+
+
+async def test_priced_content_needs_a_grant_and_payment_buys_one(start_node: NodeFactory, tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        producer, consumer, holder = await start_network(start_node, 3)
+        source = tmp_path / "premium.bin"
+        cid = write_random(source, 200_000)
+        await producer.content.publish(source, price=50, replication=0)
+        await producer.content.distribute(cid.hex(), nodes=(holder.info.identity_key,), replication=1)
+
+        # no grant: holders refuse, the gateway answers 402 with the price (and a quote for a named payer)
+        with pytest.raises(OverlayError, match="costs 50 satoshis"):
+            await fetch(consumer.content, cid.hex(), tmp_path / "x.bin")
+        async with httpx.AsyncClient(base_url=producer.info.http) as client:
+            r = await client.get(f"/uhrp/{cid.hex()}", headers={"X-Payer": consumer.info.identity_key})
+            assert r.status_code == 402 and r.json()["price"] == 50 and r.json()["quote"]["amount"] == 50
+
+        # pay the producer, get its grant, download from the holder and the producer with it
+        await consumer.wallet.faucet(10_000)
+        with pytest.raises(OverlayError, match="over --max-price"):
+            await consumer.content.grant_for(cid.hex(), max_price=10)
+        grant = await consumer.content.grant_for(cid.hex(), max_price=100)
+        assert grant is not None and grant["consumer"] == consumer.info.identity_key
+        out = tmp_path / "paid.bin"
+        await fetch(consumer.content, cid.hex(), out, grant=grant)
+        assert file_hash(out) == cid
+        # a grant is bound to its consumer: a holder refuses it for another peer
+        held = await holder.content.item(cid.hex())
+        holder.content.check_access(held, consumer.info.identity_key, grant)
+        with pytest.raises(PaymentRequired, match="another consumer"):
+            holder.content.check_access(held, producer.info.identity_key[:2] + "1" * 64, grant)
+        forged = grant | {"expires": grant["expires"] + 1}
+        with pytest.raises(PaymentRequired, match="signature"):
+            holder.content.check_access(held, consumer.info.identity_key, forged)

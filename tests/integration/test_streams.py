@@ -1,0 +1,246 @@
+"""Paid live streams between whole nodes in one process: real websockets, real SQLite, one real devnet ledger
+(embedded in a "bank" node that is also the DHT bootstrap), real BRC-29 payments for every window.
+
+Every test has a trio-clock limit and waits on events (packets arriving, settlement jobs changing state);
+nothing sleeps and polls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from overlay_node.errors import BadRequest, InvalidPayment, OverlayError, PaymentReplayed
+from overlay_node.node import Node
+from overlay_node.protocol.payments import PaymentMessage, Quote, Receipt
+from overlay_node.protocol.streams import Packet, stream_resource
+from overlay_node.services.streams_consumer import Subscription
+from tests.conftest import NodeFactory
+
+RATE = 2
+
+
+async def network(start_node: NodeFactory, consumers: int, **overrides: Any) -> tuple[Node, Node, list[Node]]:
+    """A bank (ledger + DHT bootstrap), a producer and funded consumers sharing the bank's ledger."""
+    bank = await start_node("bank", **{"wallet.devnet_block_interval": 0})
+    shared = {
+        "wallet.arc_url": bank.status()["ledger"],
+        "dht.bootstrap": [bank.info.dht],
+        "wallet.settle_retry_min": 0.05,
+        **overrides,
+    }
+    producer = await start_node("producer", **shared)
+    nodes: list[Node] = []
+    for i in range(consumers):
+        node = await start_node(f"consumer{i}", **shared)
+        await node.wallet.faucet(200_000)
+        nodes.append(node)
+    return bank, producer, nodes
+
+
+async def collect(sub: Subscription, count: int, into: list[Packet]) -> None:
+    """Read packets until ``count`` arrived (then stop) or the subscription ends."""
+    async for packet in sub.packets():
+        into.append(packet)
+        if len(into) >= count:
+            sub.stop("enough")
+    await sub.wait_finished()
+
+
+def lines(n: int, start: int = 0) -> list[str]:
+    return [f'{{"i": {i}, "data": "{"x" * 40}"}}' for i in range(start, start + n)]
+
+
+async def test_three_subscribers_w1_w10_w100_every_packet_paid_and_settled(start_node: NodeFactory) -> None:
+    with trio.fail_after(45):
+        bank, producer, consumers = await network(start_node, 3)
+        await producer.streams.producer.create("ticks", pricing_model="per-packet", rate=RATE)
+        before = [c.wallet.balance().satoshis for c in consumers]
+        windows = (1, 10, 100)
+        subs = [
+            await c.streams.consumer.subscribe("ticks", window=w, max_price=RATE)
+            for c, w in zip(consumers, windows, strict=True)
+        ]
+        total = 300
+        received: list[list[Packet]] = [[], [], []]
+        async with trio.open_nursery() as nursery:
+            for sub, got in zip(subs, received, strict=True):
+                nursery.start_soon(collect, sub, total, got)
+            await trio.testing.wait_all_tasks_blocked()
+            producer.streams.producer.push("ticks", lines(200))
+            producer.streams.producer.push("ticks", lines(100, 200))
+
+        expected = lines(total)
+        for got in received:
+            assert [p.seq for p in got] == list(range(total))  # in order, no gaps, no duplicates
+            assert [p.payload for p in got] == expected
+        status = await producer.streams.producer.status("ticks")
+        by_key = {s["identity_key"]: s for s in status["subscribers"]}
+        for consumer, sub, w, start in zip(consumers, subs, windows, before, strict=True):
+            summary = sub.summary()
+            assert summary["packets"] == total
+            assert summary["paid_satoshis"] == total * RATE
+            assert summary["payments"] == total // w
+            row = by_key[consumer.info.identity_key]
+            assert row["packets"] == total and row["paid_satoshis"] == total * RATE and row["payments"] == total // w
+            await consumer.wallet.flush()
+            assert consumer.wallet.balance().satoshis == start - total * RATE - summary["fees"]
+        assert status["revenue_satoshis"] == 3 * total * RATE
+
+        # every payment reaches the ledger and is accepted there
+        assert producer._store is not None
+        payments = [
+            p.txid for p in await producer._store.payments.recent(limit=10_000, resource=stream_resource("ticks"))
+        ]
+        assert len(payments) == sum(total // w for w in windows)
+        async with httpx.AsyncClient(base_url=bank.status()["ledger"]) as ledger:
+            for txid in payments:
+                await producer.settlement.wait_for(txid, "seen", "mined")
+                answer = await ledger.get(f"/v1/tx/{txid}")
+                assert answer.status_code == 200, answer.text
+
+
+class Reader:
+    """Reads a subscription's packets in the background; ``await reader.reached(n)`` waits for n packets."""
+
+    def __init__(self, sub: Subscription) -> None:
+        self.sub = sub
+        self.packets: list[Packet] = []
+        self._waiters: dict[int, trio.Event] = {}
+
+    async def run(self) -> None:
+        async for packet in self.sub.packets():
+            self.packets.append(packet)
+            for n, event in list(self._waiters.items()):
+                if len(self.packets) >= n:
+                    event.set()
+        for event in self._waiters.values():
+            event.set()
+
+    async def reached(self, n: int) -> None:
+        if len(self.packets) < n:
+            await self._waiters.setdefault(n, trio.Event()).wait()
+        assert len(self.packets) >= n, self.sub.summary()
+
+
+async def test_non_payer_is_paused_and_closed_others_unaffected(start_node: NodeFactory) -> None:
+    with trio.fail_after(30):
+        _, producer, (payer, cheat) = await network(start_node, 2, **{"streams.grace_period": 0.3})
+        await producer.streams.producer.create("news", rate=RATE)
+        good = await payer.streams.consumer.subscribe("news", window=10)
+        bad = await cheat.streams.consumer.subscribe("news", window=10, withhold_after=2)
+        readers = [Reader(good), Reader(bad)]
+        async with trio.open_nursery() as nursery:
+            for r in readers:
+                nursery.start_soon(r.run)
+            producer.streams.producer.push("news", lines(100))
+            await readers[0].reached(100)
+            await bad.wait_finished()
+            good.stop()
+        summary = bad.summary()
+        assert summary["reason"] == "payment_timeout"
+        assert summary["payments"] == 2 and summary["paid_satoshis"] == 20 * RATE
+        # every packet it got was paid for: at most the two windows it paid, nothing unpaid
+        assert [p.seq for p in readers[1].packets] == list(range(20))
+        assert [p.seq for p in readers[0].packets] == list(range(100))
+        status = await producer.streams.producer.status("news")
+        rows = {s["identity_key"]: s for s in status["subscribers"]}
+        assert rows[cheat.info.identity_key]["packets"] == 20
+        assert rows[cheat.info.identity_key]["reason"] == "payment_timeout"
+        assert rows[payer.info.identity_key]["paid_satoshis"] == 100 * RATE
+
+
+async def test_dropped_link_resumes_from_last_seq_without_paying_twice(start_node: NodeFactory) -> None:
+    with trio.fail_after(30):
+        _, producer, (consumer,) = await network(start_node, 1)
+        await producer.streams.producer.create("feed", rate=RATE)
+        sub = await consumer.streams.consumer.subscribe("feed", window=10)
+        reader = Reader(sub)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            producer.streams.producer.push("feed", lines(50))
+            await reader.reached(50)
+            link = consumer.peers.link(producer.info.identity_key)
+            assert link is not None
+            await link.aclose("test: drop the link")
+            producer.streams.producer.push("feed", lines(50, 50))
+            await reader.reached(100)
+            sub.stop()
+        assert [p.seq for p in reader.packets] == list(range(100))
+        summary = sub.summary()
+        assert summary["reconnects"] >= 1
+        assert summary["paid_satoshis"] == 100 * RATE and summary["payments"] == 10
+        status = await producer.streams.producer.status("feed")
+        (row,) = status["subscribers"]
+        assert row["packets"] == 100 and row["paid_satoshis"] == 100 * RATE
+
+
+async def test_producer_restart_consumers_reconnect_nothing_double_counted(start_node: NodeFactory) -> None:
+    with trio.fail_after(40):
+        bank, producer, consumers = await network(start_node, 2)
+        shared = {"wallet.arc_url": bank.status()["ledger"], "dht.bootstrap": [bank.info.dht]}
+        await producer.streams.producer.create("live", rate=RATE)
+        subs = [await c.streams.consumer.subscribe("live", window=10) for c in consumers]
+        readers = [Reader(s) for s in subs]
+        async with trio.open_nursery() as nursery:
+            for r in readers:
+                nursery.start_soon(r.run)
+            producer.streams.producer.push("live", lines(50))
+            for r in readers:
+                await r.reached(50)
+            producer.request_shutdown()
+            await producer.wait_stopped()
+            producer = await start_node("producer", **shared)
+            producer.streams.producer.push("live", lines(50, 50))
+            for r in readers:
+                await r.reached(100)
+            for s in subs:
+                s.stop()
+        status = await producer.streams.producer.status("live")
+        rows = {s["identity_key"]: s for s in status["subscribers"]}
+        for consumer, sub, reader in zip(consumers, subs, readers, strict=True):
+            assert [p.seq for p in reader.packets] == list(range(100))
+            assert sub.summary()["paid_satoshis"] == 100 * RATE
+            row = rows[consumer.info.identity_key]
+            assert row["packets"] == 100 and row["paid_satoshis"] == 100 * RATE and row["payments"] == 10
+
+
+async def test_bad_input_gets_clear_errors_and_no_credit(start_node: NodeFactory) -> None:
+    with trio.fail_after(30):
+        _, producer, (consumer,) = await network(start_node, 1, **{"streams.max_packet": 1000})
+        streams = producer.streams.producer
+        await streams.create("s1", rate=RATE)
+        await streams.create("s2", rate=RATE)
+        # oversized packets: the whole push is refused, nothing appended
+        with pytest.raises(BadRequest, match="over the limit"):
+            streams.push("s1", ["ok", "x" * 1001])
+        assert streams.list()[0]["head"] == 0
+        streams.push("s1", lines(5))
+
+        link = await consumer.peers.connect(producer.info.swarm[0], expect_key=producer.info.identity_key)
+        with pytest.raises(BadRequest, match="up to the head 5"):
+            await link.request("stream.subscribe", {"stream_id": "s1", "window": 1, "from_seq": 99})
+        q1 = Quote.from_wire((await link.request("stream.subscribe", {"stream_id": "s1", "window": 1}))["quote"])
+        q2 = Quote.from_wire((await link.request("stream.subscribe", {"stream_id": "s2", "window": 1}))["quote"])
+        assert q2.resource == stream_resource("s2")
+        message, prepared = await consumer.payments.prepare_payment(q1)
+        # a payment for another stream
+        with pytest.raises(InvalidPayment, match="not stream 's2'"):
+            await link.request("stream.pay", {"stream_id": "s2", "payment": message.to_wire()})
+        # the right one, then the same payment replayed
+        answer = await link.request("stream.pay", {"stream_id": "s1", "payment": message.to_wire()})
+        assert Receipt.from_wire(answer["receipt"]).verify()
+        with pytest.raises(PaymentReplayed):
+            await link.request("stream.pay", {"stream_id": "s1", "payment": message.to_wire()})
+        # a direct quote for a stream resource is refused (windows go through stream.pay)
+        with pytest.raises(OverlayError, match=r"stream\.pay"):
+            await consumer.payments.request_quote(producer.info.identity_key, stream_resource("s1"), 2)
+        consumer.wallet.release(prepared)
+        status1, status2 = await streams.status("s1"), await streams.status("s2")
+        assert [s["paid_satoshis"] for s in status1["subscribers"]] == [RATE]
+        assert [s["paid_satoshis"] for s in status2["subscribers"]] == [0]
+        assert isinstance(message, PaymentMessage)

@@ -1,0 +1,221 @@
+"""The paid-stream state machines (protocol/streams.py): credit, pauses, resumes, per-second pricing, and the
+consumer's checks on batches, quotes and receipts."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from overlay_node.crypto.keys import Identity
+from overlay_node.errors import BadRequest, InvalidPayment, PaymentError, RemoteProtocolError
+from overlay_node.protocol.payments import Quote, Receipt
+from overlay_node.protocol.streams import (
+    Close,
+    ConsumerCredit,
+    PacketBatch,
+    Pause,
+    ProducerCredit,
+    SendPackets,
+    StreamTerms,
+    stream_resource,
+)
+
+PRODUCER, CONSUMER, OTHER = Identity.generate(), Identity.generate(), Identity.generate()
+NOW_MS = 1_700_000_000_000
+
+
+def producer(window: int = 10, rate: int = 2, model: str = "per-packet", grace: float = 5.0) -> ProducerCredit:
+    return ProducerCredit(
+        pricing_model=model,  # type: ignore[arg-type]
+        rate=rate,
+        window=window,
+        cursor=0,
+        charged_through=0,
+        grace=grace,
+        now=0.0,
+    )
+
+
+def terms(rate: int = 2, model: str = "per-packet") -> StreamTerms:
+    return StreamTerms(stream_id="s", producer=PRODUCER.public_key_hex, pricing_model=model, rate=rate)  # type: ignore[arg-type]
+
+
+def quote(amount: int = 20, resource: str = "stream:s", signer: Identity = PRODUCER) -> Quote:
+    return Quote.issue(
+        signer, payer=CONSUMER.public_key_hex, resource=resource, amount=amount, now_ms=NOW_MS, ttl_ms=60_000
+    )
+
+
+def test_no_packet_leaves_without_credit_then_pause_then_close_after_grace() -> None:
+    p = producer(grace=5.0)
+    assert p.plan(head=100, oldest=0, closed=False, now=1.0, max_batch=50) == [
+        Pause(reason="payment_required", credit=0, paid=0)
+    ]
+    assert p.plan(head=100, oldest=0, closed=False, now=3.0, max_batch=50) == []
+    assert p.deadline() == 6.0
+    assert p.plan(head=100, oldest=0, closed=False, now=6.0, max_batch=50) == [Close(reason="payment_timeout")]
+    with pytest.raises(PaymentError, match="closed"):
+        p.check_payment(20)
+
+
+def test_a_window_buys_w_packets_and_credit_never_exceeds_two_windows() -> None:
+    p = producer(window=10, rate=2)
+    p.check_payment(20)
+    p.on_paid(20, 0.0)
+    p.check_payment(20)  # one window in credit: the next may be paid ahead
+    p.on_paid(20, 0.0)
+    with pytest.raises(PaymentError, match="more than one window"):
+        p.check_payment(20)
+    with pytest.raises(InvalidPayment, match="a window costs 20"):
+        producer().check_payment(19)
+    assert p.plan(head=100, oldest=0, closed=False, now=1.0, max_batch=15) == [SendPackets(first=0, count=15, free=0)]
+    assert p.plan(head=100, oldest=0, closed=False, now=1.0, max_batch=15) == [SendPackets(first=15, count=5, free=0)]
+    assert p.packets == 20 and p.credit == 0
+    assert isinstance(p.plan(head=100, oldest=0, closed=False, now=1.0, max_batch=15)[0], Pause)
+    p.on_paid(20, 2.0)
+    assert p.plan(head=100, oldest=0, closed=False, now=2.0, max_batch=50) == [SendPackets(first=20, count=10, free=0)]
+
+
+def test_resume_resends_paid_packets_free_and_repairs_lost_counts() -> None:
+    p = producer(window=10, rate=1)
+    p.on_paid(10, 0.0)
+    p.plan(head=10, oldest=0, closed=False, now=0.0, max_batch=100)
+    p.detach(1.0)
+    # the consumer got only 6 of the 10 before the link dropped: 6..9 are resent free
+    assert p.resume_at(6, oldest=0, head=10) == 6
+    assert p.plan(head=10, oldest=0, closed=False, now=1.0, max_batch=100) == [SendPackets(first=6, count=4, free=4)]
+    assert p.packets == 10 and p.paid == 10
+    # a crash lost our count, the consumer holds 0..14: they are charged once, here
+    q = producer(window=10, rate=1)
+    q.paid = 20
+    q.resume_at(15, oldest=0, head=20)
+    assert q.packets == 15 and q.credit == 5
+    with pytest.raises(BadRequest, match="beyond the stream head"):
+        q.resume_at(21, oldest=0, head=20)
+
+
+def test_lagging_subscriber_is_closed_and_a_closed_stream_ends() -> None:
+    p = producer(rate=1)
+    p.on_paid(10, 0.0)
+    assert p.plan(head=20, oldest=5, closed=False, now=0.0, max_batch=10) == [Close(reason="lagging")]
+    q = producer(rate=1)
+    assert q.plan(head=0, oldest=0, closed=True, now=0.0, max_batch=10) == [Close(reason="end")]
+
+
+def test_per_second_pricing_charges_active_time_through_the_same_credit() -> None:
+    p = producer(window=10, rate=3, model="per-second")
+    p.on_paid(30, 0.0)  # ten seconds
+    assert p.plan(head=5, oldest=0, closed=False, now=0.0, max_batch=10) == [SendPackets(first=0, count=5, free=0)]
+    assert p.deadline() == pytest.approx(10.0)
+    p.plan(head=5, oldest=0, closed=False, now=4.0, max_batch=10)
+    assert p.credit == 30 - 12
+    assert p.plan(head=6, oldest=0, closed=False, now=10.0, max_batch=10) == [
+        Pause(reason="payment_required", credit=0, paid=30)
+    ]
+    p.plan(head=6, oldest=0, closed=False, now=12.0, max_batch=10)
+    assert p.credit == 0  # no charge while paused
+
+
+def test_consumer_pays_only_for_packets_that_exist_and_checks_sequence() -> None:
+    c = ConsumerCredit(terms=terms(rate=2), me=CONSUMER.public_key_hex, window=10, next_seq=0, max_price=None)
+    assert not c.wants_payment()  # nothing published yet
+    c.on_pause(head=30, paid=0)
+    assert c.wants_payment()
+    c.begin_payment()
+    assert not c.wants_payment()  # one payment at a time
+    q = quote()
+    receipt = Receipt.issue(PRODUCER, q, txid="ab" * 32, amount=20, paid_ms=NOW_MS)
+    c.on_receipt(receipt, q, "ab" * 32)
+    assert c.paid == 20 and c.wants_payment()  # 10 paid, 30 exist: the next window may go ahead
+    c.on_pause(head=30, paid=0)  # a pause from before our payment: stale
+    assert not c.paused
+    c.on_packets(PacketBatch(stream_id="s", first=0, payloads=("a",) * 10, head=30))
+    with pytest.raises(RemoteProtocolError, match="expected"):
+        c.on_packets(PacketBatch(stream_id="s", first=11, payloads=("b",), head=30))
+    with pytest.raises(RemoteProtocolError, match="expected"):
+        c.on_packets(PacketBatch(stream_id="s", first=5, payloads=("b",), head=30))
+    with pytest.raises(RemoteProtocolError, match="another stream"):
+        c.on_packets(PacketBatch(stream_id="t", first=10, payloads=("b",), head=30))
+    assert c.next_seq == 10 and c.packets == 10
+
+
+def test_forged_or_mismatched_receipts_and_quotes_grant_nothing() -> None:
+    c = ConsumerCredit(terms=terms(), me=CONSUMER.public_key_hex, window=10, next_seq=0, max_price=3)
+    q = quote()
+    forged = Receipt.issue(OTHER, q, txid="ab" * 32, amount=20, paid_ms=NOW_MS)
+    with pytest.raises(RemoteProtocolError, match="receipt is invalid"):
+        c.on_receipt(forged, q, "ab" * 32)
+    other_tx = Receipt.issue(PRODUCER, q, txid="cd" * 32, amount=20, paid_ms=NOW_MS)
+    with pytest.raises(RemoteProtocolError, match="receipt is invalid"):
+        c.on_receipt(other_tx, q, "ab" * 32)
+    assert c.paid == 0 and c.payments == 0
+    assert c.check_quote(q, NOW_MS) == q
+    with pytest.raises(RemoteProtocolError, match="another payee"):
+        c.check_quote(quote(signer=OTHER), NOW_MS)
+    with pytest.raises(RemoteProtocolError, match="another stream"):
+        c.check_quote(quote(resource=stream_resource("t")), NOW_MS)
+    with pytest.raises(PaymentError, match="max-price"):
+        c.check_quote(quote(amount=40), NOW_MS)
+    with pytest.raises(RemoteProtocolError, match="expired"):
+        c.check_quote(q, NOW_MS + 61_000)
+    dear = ConsumerCredit(terms=terms(rate=5), me=CONSUMER.public_key_hex, window=1, next_seq=0, max_price=4)
+    with pytest.raises(PaymentError, match="above --max-price"):
+        dear.check_price()
+
+
+def test_batches_from_the_wire_are_bounded() -> None:
+    good: dict[str, object] = {"stream_id": "s", "first": 0, "payloads": ["a", "b"], "head": 2}
+    assert PacketBatch.from_wire(good, max_packet=10, max_batch=5).packets()[1].seq == 1
+    bad: object
+    for bad in (
+        {**good, "payloads": ["x" * 11]},
+        {**good, "payloads": ["a"] * 6},
+        {**good, "head": 1},
+        {**good, "first": -1},
+        {**good, "payloads": [b"bytes"]},
+        {**good, "stream_id": ""},
+        [],
+    ):
+        with pytest.raises(RemoteProtocolError):
+            PacketBatch.from_wire(bad, max_packet=10, max_batch=5)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["stream_id", "first", "payloads", "head", "x"]),
+        st.recursive(
+            st.none() | st.integers() | st.text(max_size=5) | st.binary(max_size=5), lambda c: st.lists(c, max_size=3)
+        ),
+    )
+)
+def test_garbage_batches_raise_our_error(body: dict[str, object]) -> None:
+    try:
+        PacketBatch.from_wire(body, max_packet=10, max_batch=5)
+    except RemoteProtocolError:
+        pass
+
+
+@given(st.lists(st.integers(min_value=1, max_value=40), max_size=30), st.integers(min_value=1, max_value=8))
+def test_every_packet_sent_is_paid_and_credit_stays_within_two_windows(pushes: list[int], window: int) -> None:
+    p = producer(window=window, rate=3)
+    c = ConsumerCredit(terms=terms(rate=3), me=CONSUMER.public_key_hex, window=window, next_seq=0, max_price=None)
+    head = 0
+    for n in pushes:
+        head += n
+        for _ in range(4 * n + 4):
+            actions = p.plan(head=head, oldest=0, closed=False, now=0.0, max_batch=7)
+            for a in actions:
+                if isinstance(a, SendPackets):
+                    c.on_packets(PacketBatch(stream_id="s", first=a.first, payloads=("x",) * a.count, head=head))
+                elif isinstance(a, Pause):
+                    c.on_pause(head, a.paid)
+            if c.wants_payment():
+                p.check_payment(c.window_price)
+                p.on_paid(c.window_price, 0.0)
+                c.paid += c.window_price
+                c.paused = False
+            assert p.credit <= 2 * window * 3
+            assert p.packets * 3 <= p.paid
+    # paid exactly for what exists, rounded up to a window
+    assert c.paid == -(-head // window) * window * 3 or c.packets < head
