@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -50,6 +50,7 @@ from overlay_node.services.wallet import Wallet
 from overlay_node.store.db import Store, open_store
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +97,7 @@ class Node:
         self._payments: Payments | None = None
         self._content: ContentService | None = None
         self._settlement: Settlement | None = None
+        self._streams: Streams | None = None
         self._ledger = ""
         self._store: Store | None = None
         # authenticated links waiting to be recorded in known_peers (bounded: a burst past it is simply not recorded)
@@ -178,8 +180,9 @@ class Node:
             await services.start(content.run)
             self._content = content
             # paid live streams (issue 6): producer and consumer sides
-            self.streams = Streams(identity, cfg, store, self.metrics, peers, dht, payments, wallet)
-            await services.start(self.streams.run)
+            streams = Streams(identity, cfg, store, self.metrics, peers, dht, payments, wallet)
+            await services.start(streams.run)
+            self._streams = streams
             # readiness includes having joined the DHT, bounded so that a dead bootstrap list cannot hold us back
             with trio.move_on_after(cfg.dht.request_timeout * (cfg.dht.request_retries + 1) * 2 + 1):
                 await dht.wait_bootstrapped()
@@ -202,7 +205,7 @@ class Node:
                             *adverts_routes(self),
                             *wallet_routes(self),
                             *content_routes(self),
-                            *streams_routes(self.streams),
+                            *streams_routes(streams),
                         ],
                     ),
                     control_sock,
@@ -231,8 +234,9 @@ class Node:
             logger.info("node %s shutting down", identity.public_key_hex[:16])
             self._ready = False
             self.metrics.up.set(0)
-            # background services hold no state that needs flushing (every store write is its own transaction),
-            # so they stop at once; the HTTP servers drain their requests within `grace` on the same event
+            # the HTTP servers drain their requests within `grace` on the same event; background services are
+            # cancelled at once and save what they must in shielded, time-bounded cleanup (DHT records, stream
+            # positions); everything acknowledged was committed before it was acknowledged
             services.cancel_scope.cancel()
 
     def request_shutdown(self) -> None:
@@ -251,45 +255,35 @@ class Node:
 
     @property
     def info(self) -> NodeInfo:
-        if self._info is None:
-            raise RuntimeError("node not started")
-        return self._info
+        return _started(self._info)
 
     @property
     def dht(self) -> DhtService:
-        if self._dht is None:
-            raise RuntimeError("node not started")
-        return self._dht
+        return _started(self._dht)
 
     @property
     def adverts(self) -> AdvertService:
-        if self._adverts is None:
-            raise RuntimeError("node not started")
-        return self._adverts
+        return _started(self._adverts)
 
     @property
     def wallet(self) -> Wallet:
-        if self._wallet is None:
-            raise RuntimeError("node not started")
-        return self._wallet
+        return _started(self._wallet)
 
     @property
     def content(self) -> ContentService:
-        if self._content is None:
-            raise RuntimeError("node not started")
-        return self._content
+        return _started(self._content)
 
     @property
     def payments(self) -> Payments:
-        if self._payments is None:
-            raise RuntimeError("node not started")
-        return self._payments
+        return _started(self._payments)
 
     @property
     def settlement(self) -> Settlement:
-        if self._settlement is None:
-            raise RuntimeError("node not started")
-        return self._settlement
+        return _started(self._settlement)
+
+    @property
+    def streams(self) -> Streams:
+        return _started(self._streams)
 
     def _endpoints(self) -> Endpoints:
         info = self.info
@@ -297,9 +291,7 @@ class Node:
 
     @property
     def peers(self) -> PeerManager:
-        if self._peers is None:
-            raise RuntimeError("node not started")
-        return self._peers
+        return _started(self._peers)
 
     def status(self) -> dict[str, Any]:
         info = self.info
@@ -367,6 +359,13 @@ class Node:
             )
             if address:
                 await store.peers.upsert(link.peer_key, address, self.wall_clock())
+
+
+def _started(service: _T | None) -> _T:
+    """A service of a running node (they exist only while ``Node.run`` is running)."""
+    if service is None:
+        raise RuntimeError("node not started")
+    return service
 
 
 def link_info_dict(info: Any) -> dict[str, Any]:
