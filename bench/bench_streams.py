@@ -1,4 +1,4 @@
-"""Benchmark of paid live streams: whole nodes in one process on loopback, one devnet ledger, real payments.
+"""Benchmark of paid live streams: nodes on loopback, a devnet ledger in its own process, real payments.
 
 Run from the repository root::
 
@@ -12,11 +12,12 @@ and commits before its receipt):
 - the same to ``--subscribers`` subscribers at once (aggregate packets/s over all of them);
 - packet latency (push -> read by the subscriber) p50/p99 at 1,000 packets/s with W = 100.
 
-All nodes share one trio loop (and so one core): the producer, the subscribers and the ledger compete for it,
-so the figures are a lower bound for separate daemons. It prints a table against the targets of issue 6 and
-saves ``bench/results/bench_streams.json`` (``bench_streams_deferred.json`` with ``--defer-settlement``:
-ARC submissions held back, so the in-process ledger does not share the loop during the run); it never fails
-on time.
+The devnet ledger runs as a separate process (``python -m overlay_node.devnet --port 0 --json``, blocks every
+``--block-interval`` seconds) and settlement is live: every payment is submitted to it, and mined, during the
+run. The producer and the subscribers share one trio loop (and so one core), so the figures are a lower bound
+for separate daemons. It prints a table against the targets of issue 6 and saves
+``bench/results/bench_streams.json`` (``bench_streams_deferred.json`` with ``--defer-settlement``: ARC
+submissions held back during the run); it never fails on time.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -146,30 +148,54 @@ async def latency(producer: Node, consumer: Node, window: int, rate: int, second
     }
 
 
+def start_ledger(root: Path, block_interval: float) -> tuple[subprocess.Popen[str], str]:
+    """The devnet ledger in its own process; returns it and its URL (from its ``--json`` ready line)."""
+    command = [sys.executable, "-m", "overlay_node.devnet", "--port", "0", "--json", "--log-level", "warning"]
+    command += ["--data-dir", str(root / "devnet"), "--block-interval", str(block_interval)]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait()
+        raise SystemExit(f"the devnet ledger did not start (exit status {proc.returncode})")
+    return proc, str(json.loads(line)["url"])
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        async with trio.open_nursery() as nursery:
-            bank = await start(nursery, root, "bank", **{"wallet.devnet_block_interval": 0})
-            shared: dict[str, Any] = {"wallet.arc_url": bank.status()["ledger"], "dht.bootstrap": [bank.info.dht]}
-            if args.defer_settlement:
-                # the ledger and both sides' settlement workers share this one loop; holding settlement back
-                # shows what the stream path itself costs (payments are still checked and committed)
-                shared["wallet.settle_delay"] = 3600
-            producer = await start(nursery, root, "producer", **shared)
-            consumers = [await start(nursery, root, f"c{i}", **shared) for i in range(args.subscribers)]
-            for c in consumers:
-                await c.wallet.faucet(5_000_000)
-            results["w100_1"] = await throughput(producer, consumers[:1], "w100", 100, args.packets)
-            results["w1_1"] = await throughput(producer, consumers[:1], "w1", 1, args.w1_packets)
-            results["w100_n"] = await throughput(producer, consumers, "w100n", 100, args.packets // 4)
-            results["w1_n"] = await throughput(producer, consumers, "w1n", 1, args.w1_packets // 4)
-            results["latency"] = await latency(producer, consumers[0], 100, 1000, args.latency_seconds)
-            for node in (producer, *consumers, bank):
-                node.request_shutdown()
-    results["settlement"] = "deferred" if args.defer_settlement else "live (in-process devnet)"
+        ledger, url = start_ledger(root, args.block_interval)
+        try:
+            results.update(await run_nodes(args, root, url))
+        finally:
+            ledger.terminate()
+            ledger.wait(10)
+    results["settlement"] = "deferred" if args.defer_settlement else "live (devnet ledger in its own process)"
     results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "load": os.getloadavg()}
+    return results
+
+
+async def run_nodes(args: argparse.Namespace, root: Path, url: str) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        shared: dict[str, Any] = {"wallet.arc_url": url}
+        if args.defer_settlement:
+            # holding settlement back shows what the stream path itself costs (payments are still checked
+            # and committed durably before their receipts)
+            shared["wallet.settle_delay"] = 3600
+        producer = await start(nursery, root, "producer", **shared)
+        shared["dht.bootstrap"] = [producer.info.dht]
+        consumers = [await start(nursery, root, f"c{i}", **shared) for i in range(args.subscribers)]
+        for c in consumers:
+            await c.wallet.faucet(5_000_000)
+        results["w100_1"] = await throughput(producer, consumers[:1], "w100", 100, args.packets)
+        results["w1_1"] = await throughput(producer, consumers[:1], "w1", 1, args.w1_packets)
+        results["w100_n"] = await throughput(producer, consumers, "w100n", 100, args.packets // 4)
+        results["w1_n"] = await throughput(producer, consumers, "w1n", 1, args.w1_packets // 4)
+        results["latency"] = await latency(producer, consumers[0], 100, 1000, args.latency_seconds)
+        for node in (producer, *consumers):
+            node.request_shutdown()
     return results
 
 
@@ -194,6 +220,7 @@ def main() -> None:
     parser.add_argument("--w1-packets", type=int, default=1_000)
     parser.add_argument("--subscribers", type=int, default=10)
     parser.add_argument("--latency-seconds", type=float, default=3.0)
+    parser.add_argument("--block-interval", type=float, default=2.0, help="seconds between devnet blocks")
     parser.add_argument("--defer-settlement", action="store_true", help="hold ARC submissions back during the run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -5,9 +5,11 @@ Theory of operation:
 
 1. Jobs live in SQLite (``store.settlement``), written in the same transaction as the payment they settle, so
    nothing queued is lost across a restart: :meth:`Settlement.run` simply carries on with every open job.
-2. One task works the queue: it takes the due jobs (oldest first), submits the ``pending`` ones in one
-   ``POST /v1/txs`` (in queue order: a later transaction may spend an earlier one) and asks ARC the status of
-   the others, then sleeps until the next job is due or a new one is queued (:meth:`Settlement.kick`).
+2. One task works the queue: it takes the due jobs (oldest first), submits the ``submit`` jobs (``pending``,
+   and those ARC accepted already, to learn their status: a resubmission is answered with it) in one
+   ``POST /v1/txs`` (in queue order: a later transaction may spend an earlier one), asks ARC the status of
+   the ``watch`` jobs, applies all answers in one durable write, then sleeps until the next job is due or a
+   new one is queued (:meth:`Settlement.kick`).
 3. :func:`decide` (pure) turns each ARC answer into the job's next state with DESIGN.md section 9's
    semantics: MINED -> ``mined`` with the merkle path; SEEN_ON_NETWORK -> ``seen`` (settled; polled again
    until mined); PROGRESSING (SEEN_IN_ORPHAN_MEMPOOL included) -> ``progressing``, polled again; FAILED
@@ -178,7 +180,12 @@ class Settlement:
             # a read in a worker thread is not a cancellation point: if we are being stopped (and the wallet
             # with us), stop here rather than reach for an ARC client that is closing
             await trio.lowlevel.checkpoint_if_cancelled()
-            submit = [j for j in jobs if j.state == "pending" and j.kind == "submit" and j.beef]
+            # a transaction ARC accepted already is asked about again by submitting it once more, many in one
+            # POST /v1/txs (ARC answers a known transaction with its current status, merkle path included)
+            # instead of one GET per job; a watched payment is only ever asked about, never broadcast by us
+            submit = [
+                j for j in jobs if j.kind == "submit" and j.beef and j.state in ("pending", "progressing", "seen")
+            ]
             poll = [j for j in jobs if j not in submit]
             if submit:
                 await self._submit(submit)
@@ -192,8 +199,7 @@ class Settlement:
             results = [await arc.submit(jobs[0].beef)]
         else:
             results = await arc.submit_many([j.beef for j in jobs])
-        for job, result in zip(jobs, results, strict=True):
-            await self._apply(job, result)
+        await self._apply_all(list(zip(jobs, results, strict=True)))
 
     async def _poll(self, jobs: list[SettlementJob]) -> None:
         arc = self._wallet.arc
@@ -207,15 +213,22 @@ class Settlement:
         async with trio.open_nursery() as nursery:
             for job in jobs:
                 nursery.start_soon(ask, job)
-        for job in jobs:
-            await self._apply(job, answers[job.id])
+        await self._apply_all([(job, answers[job.id]) for job in jobs])
 
-    async def _apply(self, job: SettlementJob, result: ArcResult) -> None:
+    async def _apply_all(self, answered: list[tuple[SettlementJob, ArcResult]]) -> None:
+        """Apply ARC's answers for a batch of jobs in one durable transaction (one commit, not one per job)."""
         now = wall_time()
-        update = decide(job, result, now=now, config=self._config)
+        updates = [(job, decide(job, result, now=now, config=self._config)) for job, result in answered]
         with trio.CancelScope(shield=True):  # the write and the wallet's memory must not part ways
-            effects = await self._store.settlement.apply(job, update, now=now)
-            self._wallet.apply_effects(effects)
+            all_effects = await self._store.settlement.apply_many(updates, now=now)
+            for effects in all_effects:
+                self._wallet.apply_effects(effects)
+        for (job, result), (_, update) in zip(answered, updates, strict=True):
+            self._noted(job, result, update, now)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _noted(self, job: SettlementJob, result: ArcResult, update: JobUpdate, now: float) -> None:
         self._results.labels(update.state).inc()
         if update.state != job.state:
             # per-payment detail is DEBUG (a paid stream makes many); a failure is worth a WARNING
@@ -226,8 +239,6 @@ class Settlement:
             (logger.debug if quiet else logger.info)(
                 "settlement of %s: retry in %.1fs (%s)", job.txid, update.next_at - now, result.detail
             )
-        self._changed.set()
-        self._changed = trio.Event()
 
     async def wait_for(self, txid: str, *states: str) -> SettlementJob:
         """Wait until the job of ``txid`` is in one of ``states``; return it.

@@ -663,39 +663,17 @@ class SettlementRepository:
         """
 
         def txn(conn: sqlite3.Connection) -> SettlementEffects:
-            row = conn.execute("SELECT state FROM settlement WHERE id = ?", (job.id,)).fetchone()
-            if row is None or str(row["state"]) in TERMINAL_STATES:
-                return SettlementEffects()
-            terminal = update.state in TERMINAL_STATES
-            conn.execute(
-                "UPDATE settlement SET state = ?, attempts = ?, next_at = ?, arc_status = ?, detail = ?, "
-                "updated_at = ?, beef = CASE WHEN ? THEN x'' ELSE beef END WHERE id = ?",
-                (
-                    update.state,
-                    update.attempts,
-                    update.next_at,
-                    update.arc_status,
-                    update.detail,
-                    now,
-                    terminal,
-                    job.id,
-                ),
-            )
-            if update.state in ("failed", "abandoned"):
-                return _apply_failed(conn, job.txid, update, now)
-            if update.state not in ("progressing", "seen", "mined"):
-                return SettlementEffects()  # pending again: nothing learnt about the transaction
-            # ARC holds the transaction: a payment we wrote ahead and never heard back about went through
-            restored = _apply_found(conn, job.txid, now)
-            if update.state == "seen":
-                conn.execute(
-                    "UPDATE payments SET status = 'settled', updated_at = ? WHERE txid = ? AND status = 'accepted'",
-                    (now, job.txid),
-                )
-            if update.state == "mined":
-                mined = _apply_mined(conn, job.txid, update, now)
-                return dataclasses.replace(mined, restored=restored)
-            return SettlementEffects(restored=restored)
+            return _apply_job(conn, job, update, now)
+
+        return await self._db.write(txn, durable=True)
+
+    async def apply_many(
+        self, items: Sequence[tuple[SettlementJob, JobUpdate]], *, now: float
+    ) -> list[SettlementEffects]:
+        """:meth:`apply` for several jobs in one durable transaction (one commit for a batch of ARC answers)."""
+
+        def txn(conn: sqlite3.Connection) -> list[SettlementEffects]:
+            return [_apply_job(conn, job, update, now) for job, update in items]
 
         return await self._db.write(txn, durable=True)
 
@@ -766,3 +744,39 @@ def _apply_failed(conn: sqlite3.Connection, txid: str, update: JobUpdate, now: f
         restored=tuple(restored),
         failed_payments=tuple(str(r["quote_id"]) for r in failed),
     )
+
+
+def _apply_job(conn: sqlite3.Connection, job: SettlementJob, update: JobUpdate, now: float) -> SettlementEffects:
+    row = conn.execute("SELECT state FROM settlement WHERE id = ?", (job.id,)).fetchone()
+    if row is None or str(row["state"]) in TERMINAL_STATES:
+        return SettlementEffects()
+    terminal = update.state in TERMINAL_STATES
+    conn.execute(
+        "UPDATE settlement SET state = ?, attempts = ?, next_at = ?, arc_status = ?, detail = ?, "
+        "updated_at = ?, beef = CASE WHEN ? THEN x'' ELSE beef END WHERE id = ?",
+        (
+            update.state,
+            update.attempts,
+            update.next_at,
+            update.arc_status,
+            update.detail,
+            now,
+            terminal,
+            job.id,
+        ),
+    )
+    if update.state in ("failed", "abandoned"):
+        return _apply_failed(conn, job.txid, update, now)
+    if update.state not in ("progressing", "seen", "mined"):
+        return SettlementEffects()  # pending again: nothing learnt about the transaction
+    # ARC holds the transaction: a payment we wrote ahead and never heard back about went through
+    restored = _apply_found(conn, job.txid, now)
+    if update.state == "seen":
+        conn.execute(
+            "UPDATE payments SET status = 'settled', updated_at = ? WHERE txid = ? AND status = 'accepted'",
+            (now, job.txid),
+        )
+    if update.state == "mined":
+        mined = _apply_mined(conn, job.txid, update, now)
+        return dataclasses.replace(mined, restored=restored)
+    return SettlementEffects(restored=restored)
