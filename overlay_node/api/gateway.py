@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, Final, Protocol
 
@@ -28,6 +29,9 @@ _RANGE: Final = re.compile(r"^bytes=(\d*)-(\d*)$")
 _PIECE: Final = 1024 * 1024
 #: bodies up to this size are read in one go (fast path for small objects)
 _SMALL: Final = 4 * 1024 * 1024
+#: whole objects up to this size are kept in memory once read (content is immutable: the id is its hash)
+_CACHED_BODY: Final = 64 * 1024
+_CACHE_BUDGET: Final = 16 * 1024 * 1024
 
 
 class GatewayTarget(Protocol):
@@ -38,6 +42,35 @@ class GatewayTarget(Protocol):
 class RangeNotSatisfiable(OverlayError):
     code = "range_not_satisfiable"
     http_status = 416
+
+
+class _BodyCache:
+    """Bodies of small objects, least recently used dropped first, at most ``budget`` bytes.
+
+    A body is only ever served after the request found the item held and its blob file present, so dropping
+    content stops it being served at once; the bytes themselves cannot go stale (content-addressed, verified on
+    write).
+    """
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._used = 0
+        self._bodies: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def get(self, cid: bytes) -> bytes | None:
+        body = self._bodies.get(cid)
+        if body is not None:
+            self._bodies.move_to_end(cid)
+        return body
+
+    def put(self, cid: bytes, body: bytes) -> None:
+        if cid in self._bodies or len(body) > self._budget:
+            return
+        self._bodies[cid] = body
+        self._used += len(body)
+        while self._used > self._budget:
+            _, dropped = self._bodies.popitem(last=False)
+            self._used -= len(dropped)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -70,6 +103,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 def gateway_routes(node: GatewayTarget) -> list[Route]:
     """The gateway route over ``node.content``."""
+    small_bodies = _BodyCache(_CACHE_BUDGET)
 
     def error(exc: OverlayError, headers: dict[str, str] | None = None, **extra: Any) -> Response:
         node.content.metrics.gateway_requests.labels(str(exc.http_status)).inc()
@@ -83,7 +117,7 @@ def gateway_routes(node: GatewayTarget) -> list[Route]:
         except BadRequest as exc:
             return error(exc)
         hex_id = cid.hex()
-        item = await service.store.content.get(hex_id)
+        item = await service.held_item(hex_id)
         if (
             item is None
             or not item.local
@@ -129,7 +163,16 @@ def gateway_routes(node: GatewayTarget) -> list[Route]:
             headers["Content-Length"] = str(length)
             return Response(status_code=status, headers=headers, media_type=item.content_type)
         if length <= _SMALL:
-            data = await service.blobs.read(cid, start, length) if length else b""
+            if not length:
+                data = b""
+            elif item.size <= _CACHED_BODY:
+                whole = small_bodies.get(cid)
+                if whole is None:
+                    whole = await service.blobs.read(cid, 0, item.size)
+                    small_bodies.put(cid, whole)
+                data = whole[start : end + 1] if status == 206 else whole
+            else:
+                data = await service.blobs.read(cid, start, length)
             return Response(data, status_code=status, headers=headers, media_type=item.content_type)
 
         async def body() -> AsyncIterator[bytes]:

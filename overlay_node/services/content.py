@@ -34,7 +34,7 @@ from overlay_node.clock import wall_time
 from overlay_node.config import ContentSection
 from overlay_node.crypto.keys import Identity
 from overlay_node.crypto.uhrp import parse_uhrp, url_for_hash
-from overlay_node.errors import BadRequest, Conflict, NotFound, OverlayError
+from overlay_node.errors import BadRequest, Conflict, ConnectionLost, NotFound, OverlayError
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.net.transfers import TransferReceiver
@@ -77,6 +77,9 @@ BAD: Final = "content.bad"
 GRANT: Final = "content.grant"
 MAX_TAGS: Final = 16
 MAX_TAG_LEN: Final = 64
+#: how long :meth:`ContentService.held_item` trusts a cached row, and how many rows it keeps
+_HELD_ROW_TTL: Final = 1.0
+_HELD_ROWS_MAX: Final = 4096
 MAX_TITLE: Final = 256
 
 #: progress callback: one JSON-ready event per step
@@ -152,6 +155,8 @@ class ContentService:
         self._reserved = 0
         self._receiving: set[bytes] = set()
         self._held_since: dict[bytes, float] = {}
+        # hot-path cache of held items' rows (the gateway and holders' reads ask for the same row per request)
+        self._held_rows: dict[str, tuple[float, ContentItem]] = {}
         self._nursery: trio.Nursery | None = None
         self._repair_lock = trio.Lock()
         self.repair_passes = 0
@@ -291,6 +296,7 @@ class ContentService:
             created_at=self.wall(),
         )
         await self.store.content.upsert(item)
+        self._forget_row(item.hash)
         self._held_since[written.content_id] = trio.current_time()
         await self._update_gauges()
         stored = await self._publish_provider(item)
@@ -419,6 +425,24 @@ class ContentService:
                 error = exc
         assert error is not None
         raise error
+
+    async def ask(
+        self, identity_key: str, addresses: tuple[str, ...], method: str, body: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """An idempotent request to ``identity_key``.
+
+        When two nodes dial each other at once, one of the two links is closed as ``duplicate_link`` moments after
+        it was handed out; a request that met that closing link is asked again, once, on the link the peer manager
+        kept.
+        """
+        link = await self.link_to(identity_key, addresses)
+        try:
+            return await link.request(method, body, timeout=timeout)
+        except ConnectionLost:
+            kept = self.peers.link(identity_key)
+            if kept is None or kept is link or kept.closed:
+                raise
+            return await kept.request(method, body, timeout=timeout)
 
     # -- replication (placing side) ------------------------------------------------------------------------------
 
@@ -611,6 +635,7 @@ class ContentService:
             created_at=self.wall(),
         )
         await self.store.content.upsert(item)
+        self._forget_row(item.hash)
         self._held_since[written.content_id] = trio.current_time()
         self.metrics.content_transfers.labels("receive", "ok").inc()
         await self._update_gauges()
@@ -618,8 +643,30 @@ class ContentService:
 
     # -- serving holders' data -----------------------------------------------------------------------------------
 
+    async def held_item(self, hex_id: str) -> ContentItem | None:
+        """The row of content held here (``local``), or None; served from a short-lived cache.
+
+        A row is cached for at most :data:`_HELD_ROW_TTL` seconds and dropped at once by this service's own
+        changes (publish, replica kept, drop); callers still check the blob file and the expiry themselves.
+        """
+        now = trio.current_time()
+        hit = self._held_rows.get(hex_id)
+        if hit is not None and now - hit[0] < _HELD_ROW_TTL:
+            return hit[1]
+        item = await self.store.content.get(hex_id)
+        if item is None or not item.local:
+            self._held_rows.pop(hex_id, None)
+            return None
+        if len(self._held_rows) >= _HELD_ROWS_MAX:
+            self._held_rows.clear()
+        self._held_rows[hex_id] = (now, item)
+        return item
+
+    def _forget_row(self, hex_id: str) -> None:
+        self._held_rows.pop(hex_id, None)
+
     async def _local_item(self, cid: bytes) -> ContentItem:
-        item = await self.store.content.get(cid.hex())
+        item = await self.held_item(cid.hex())
         if item is None or not item.local:
             raise NotFound(f"content {cid.hex()} is not held here")
         if item.expires and item.expires <= self.wall():
@@ -698,6 +745,7 @@ class ContentService:
     async def drop_local(self, item: ContentItem) -> None:
         """Delete our copy of ``item`` and revoke our provider record (metadata kept for published content)."""
         cid = bytes.fromhex(item.hash)
+        self._forget_row(item.hash)
         await self.blobs.delete(cid)
         if item.published:
             await self.store.content.upsert(item.with_(local=False))
@@ -832,8 +880,7 @@ class ContentService:
             return self.blobs.has(cid)
         try:
             with trio.fail_after(self.config.check_timeout):
-                link = await self.link_to(key, provider.swarm)
-                answer = await link.request(HAS, {"hash": cid.hex()}, timeout=self.config.check_timeout)
+                answer = await self.ask(key, provider.swarm, HAS, {"hash": cid.hex()}, self.config.check_timeout)
         except (OverlayError, trio.TooSlowError):
             return False
         return bool(answer.get("have"))
@@ -872,6 +919,7 @@ class ContentService:
             await self.drop_local(item)
             if item.published:
                 await self.store.content.delete(item.hash)
+                self._forget_row(item.hash)
             return
         providers = await self.providers(cid)
         me = self.identity_key
@@ -880,6 +928,11 @@ class ContentService:
         replicas = [k for k in live if k != item.producer]
         target = item.replication
         ranked = rank_by_distance(cid, live)
+        logger.debug(
+            "repair %s at %s: providers %s live %s replicas %s target %d pinned %s",
+            item.hash[:16], me[:8], sorted(k[:8] for k in providers), sorted(k[:8] for k in live),
+            sorted(k[:8] for k in replicas), target, item.pinned,
+        )  # fmt: skip
         if len(replicas) < target:
             # the closest live holder recruits, so that holders do not all recruit at once
             if ranked and ranked[0] == me:

@@ -29,6 +29,8 @@ __all__ = ["BlobStore", "ManifestHasher", "Written"]
 logger = logging.getLogger(__name__)
 
 _IMPORT_STEP: Final = 4 * 1024 * 1024
+#: bytes of received chunks hashed and written per worker-thread hop
+_RECEIVE_BATCH: Final = 1024 * 1024
 
 
 class ManifestHasher:
@@ -160,8 +162,18 @@ class BlobStore:
         temp = self._new_temp()
         try:
             with temp.open("wb") as dst:
+                # chunks are gathered up to _RECEIVE_BATCH bytes per worker-thread hop (taking a chunk already
+                # returns its credit, so the sender keeps sending meanwhile)
+                batch: list[bytes] = []
+                batched = 0
                 async for data in chunks:
-                    await trio.to_thread.run_sync(_hash_and_write, hasher, dst, data)
+                    batch.append(data)
+                    batched += len(data)
+                    if batched >= _RECEIVE_BATCH:
+                        await trio.to_thread.run_sync(_hash_and_write_all, hasher, dst, batch)
+                        batch, batched = [], 0
+                if batch:
+                    await trio.to_thread.run_sync(_hash_and_write_all, hasher, dst, batch)
                 await trio.to_thread.run_sync(_flush, dst)
             digest, manifest = hasher.finish()
             if digest != content_id:
@@ -205,6 +217,12 @@ class BlobStore:
 def _hash_and_write(hasher: ManifestHasher, dst: object, data: bytes) -> None:
     hasher.update(data)
     dst.write(data)  # type: ignore[attr-defined]
+
+
+def _hash_and_write_all(hasher: ManifestHasher, dst: object, batch: list[bytes]) -> None:
+    for data in batch:
+        hasher.update(data)
+        dst.write(data)  # type: ignore[attr-defined]
 
 
 def _flush(dst: object) -> None:

@@ -7,11 +7,14 @@ Theory of operation:
 2. The download goes to ``<output>.part``. Chunks of an existing part file that already match the manifest are
    kept (this is the resume), the rest are queued.
 3. Up to ``holders`` holders are used at once, each with ``per_holder`` workers; a worker takes a chunk from the
-   queue, reads it in pieces of ``read_piece`` bytes, and checks its hash. A chunk that fails the check goes
+   queue, reads it in pieces of ``read_piece`` bytes, and checks its hash and writes it in one worker-thread
+   hop (the event loop never hashes). A chunk that fails the check goes
    back to the queue, the holder is dropped from this download and told (``content.bad``) so it can check its
    copy; a holder that errors or disappears is dropped the same way (without the notice).
-4. When every chunk is in, the whole part file is hashed: only an exact match is renamed to ``output``. A wrong
-   manifest (a lying holder) can therefore never produce a wrong file, only a failed download.
+4. The whole part file is hashed in file order while the download runs (each chunk as soon as it and all
+   before it are written, read back from the file), so the check at the end costs no second pass: only an exact
+   match of every byte of the part file is renamed to ``output``. A wrong manifest (a lying holder) can
+   therefore never produce a wrong file, only a failed download.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ __all__ = ["ContentUnavailable", "FetchResult", "fetch"]
 logger = logging.getLogger(__name__)
 
 _HASH_STEP: Final = 4 * 1024 * 1024
+#: chunks hashed per worker-thread hop by the in-order hasher
+_HASH_RUN: Final = 16
 
 
 class ContentUnavailable(NotFound):
@@ -120,8 +125,9 @@ async def fetch(
     if not todo and not part.exists():
         part.touch(mode=0o600)
     if todo:
-        await _download(service, cid, plan, hashes, providers, part, todo, grant, progress, result, max_chunks)
-    digest = await trio.to_thread.run_sync(_hash_file, part)
+        digest = await _download(service, cid, plan, hashes, providers, part, todo, grant, progress, result, max_chunks)
+    else:
+        digest = await trio.to_thread.run_sync(_hash_file, part)
     if digest != cid:
         await trio.to_thread.run_sync(lambda: part.unlink(missing_ok=True))
         raise ContentUnavailable(f"downloaded bytes hash to {digest.hex()}, not {hex_id}: a holder lied; retry")
@@ -140,8 +146,7 @@ async def _manifest(
         body["grant"] = grant
     for key, provider in providers.items():
         try:
-            link = await service.link_to(key, provider.swarm)
-            answer = await link.request("content.manifest", body, timeout=service.config.request_timeout)
+            answer = await service.ask(key, provider.swarm, "content.manifest", body, service.config.request_timeout)
             size, chunk_size, raw = answer.get("size"), answer.get("chunk_size"), answer.get("manifest")
             if not isinstance(size, int) or not isinstance(chunk_size, int) or not isinstance(raw, bytes):
                 raise BadRequest("malformed manifest answer")
@@ -168,7 +173,9 @@ async def _download(
     progress: Progress,
     result: FetchResult,
     max_chunks: int | None,
-) -> None:
+) -> bytes:
+    """Fetch the ``todo`` chunks into ``part``; returns the SHA-256 of the whole part file, hashed in order as
+    the chunks come in (so no second pass over the file is needed at the end)."""
     cfg = service.config
     send, receive = trio.open_memory_channel[int](len(todo))
     for index in todo:
@@ -212,7 +219,9 @@ async def _download(
                         bad.add(key)
                         await send.send(index)
                         return
-                    if hashlib.sha256(data).digest() != hashes[index]:
+                    offset, _ = plan.bounds(index)
+                    # hash and write in one worker-thread hop: the event loop keeps serving meanwhile
+                    if not await trio.to_thread.run_sync(_check_and_write, fd, data, offset, hashes[index]):
                         service.metrics.content_bad_chunks.inc()
                         logger.warning("chunk %d of %s from %s is corrupt", index, cid.hex()[:16], key[:16])
                         if key not in bad:
@@ -224,8 +233,7 @@ async def _download(
                                 pass
                         await send.send(index)
                         return
-                    offset, _ = plan.bounds(index)
-                    await trio.to_thread.run_sync(os.pwrite, fd, data, offset)
+                    whole.mark(index)
                     remaining -= 1
                     fetched += 1
                     received_bytes += len(data)
@@ -243,19 +251,25 @@ async def _download(
 
         chosen = list(providers.items())[: cfg.holders]
         alive = len(chosen) * cfg.per_holder
-        async with trio.open_nursery() as nursery:
-            for key, provider in chosen:
-                nursery.start_soon(holder, key, provider)
+        whole = _InOrderHasher(fd, plan, set(range(plan.count)) - set(todo))
+        async with trio.open_nursery() as outer:
+            outer.start_soon(whole.run)
+            async with trio.open_nursery() as nursery:
+                for key, provider in chosen:
+                    nursery.start_soon(holder, key, provider)
+            if remaining:
+                outer.cancel_scope.cancel()
         await trio.to_thread.run_sync(os.fsync, fd)
     finally:
         os.close(fd)
-    if remaining:
-        if max_chunks is not None and fetched >= max_chunks:
-            raise ContentUnavailable(f"stopped after {fetched} chunks (max_chunks); the download can resume")
-        service.metrics.content_transfers.labels("download", "failed").inc()
-        raise ContentUnavailable(
-            f"{remaining} of {plan.count} chunks of {cid.hex()} could not be fetched: {'; '.join(errors[:4])}"
-        )
+    if not remaining:
+        return whole.digest()
+    if max_chunks is not None and fetched >= max_chunks:
+        raise ContentUnavailable(f"stopped after {fetched} chunks (max_chunks); the download can resume")
+    service.metrics.content_transfers.labels("download", "failed").inc()
+    raise ContentUnavailable(
+        f"{remaining} of {plan.count} chunks of {cid.hex()} could not be fetched: {'; '.join(errors[:4])}"
+    )
 
 
 async def _read_chunk(
@@ -278,6 +292,62 @@ async def _read_chunk(
         parts.append(data)
         pos += want
     return b"".join(parts)
+
+
+class _InOrderHasher:
+    """The SHA-256 of a part file, computed while it is downloaded: chunks are hashed (read back from the file,
+    usually from the page cache) in file order as soon as they and all chunks before them are written."""
+
+    def __init__(self, fd: int, plan: ChunkPlan, written: set[int]) -> None:
+        self._fd = fd
+        self._plan = plan
+        self._written = written
+        self._next = 0
+        self._hash = hashlib.sha256()
+        self._wake = trio.Event()
+
+    def mark(self, index: int) -> None:
+        """Chunk ``index`` is written (and verified) and will not change again."""
+        self._written.add(index)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Hash until every chunk is in; cancelled when the download stops short."""
+        count = self._plan.count
+        while self._next < count:
+            if self._next not in self._written:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            stop = self._next
+            while stop < count and stop in self._written and stop - self._next < _HASH_RUN:
+                stop += 1
+            await trio.to_thread.run_sync(self._hash_chunks, self._next, stop)
+            self._next = stop
+
+    def _hash_chunks(self, first: int, stop: int) -> None:
+        start, _ = self._plan.bounds(first)
+        last_offset, last_length = self._plan.bounds(stop - 1)
+        end = last_offset + last_length
+        while start < end:
+            data = os.pread(self._fd, min(_HASH_STEP, end - start), start)
+            if not data:
+                raise OSError(f"part file shorter than {end} bytes")
+            self._hash.update(data)
+            start += len(data)
+
+    def digest(self) -> bytes:
+        if self._next != self._plan.count:
+            raise RuntimeError("digest asked before every chunk was hashed")
+        return self._hash.digest()
+
+
+def _check_and_write(fd: int, data: bytes, offset: int, expected: bytes) -> bool:
+    """Write ``data`` at ``offset`` when its SHA-256 is ``expected``; False (nothing written) otherwise."""
+    if hashlib.sha256(data).digest() != expected:
+        return False
+    os.pwrite(fd, data, offset)
+    return True
 
 
 def _resume(part: Path, plan: ChunkPlan, hashes: list[bytes]) -> set[int]:

@@ -19,7 +19,7 @@ from cluster import Cluster
 
 pytestmark = pytest.mark.cluster
 
-SETTINGS = ["--set", "content.repair_interval=0", "--set", "content.trim_grace=0", "--set", "content.check_timeout=1"]
+SETTINGS = ["--set", "content.repair_interval=0", "--set", "content.trim_grace=0", "--set", "content.check_timeout=5"]
 
 
 def holders(cluster: Cluster, content: str, alive: list[int]) -> set[int]:

@@ -159,6 +159,19 @@ async def test_resume_gateway_and_bad_input(start_node: NodeFactory, tmp_path: P
             r = await client.get(f"/uhrp/{broken}")
             assert r.status_code == 400 and "checksum" in r.json()["message"]
 
+            # a small object is served from memory once read, ranges too; dropping it stops serving at once
+            tiny = tmp_path / "tiny.bin"
+            tiny_id = write_random(tiny, 1000)
+            tiny_item = await a.content.publish(tiny, replication=0)
+            for _ in range(2):
+                r = await client.get(f"/uhrp/{tiny_id.hex()}")
+                assert r.status_code == 200 and r.content == tiny.read_bytes()
+            r = await client.get(f"/uhrp/{tiny_id.hex()}", headers={"Range": "bytes=990-"})
+            assert r.status_code == 206 and r.content == tiny.read_bytes()[990:]
+            await a.content.drop_local(tiny_item)
+            r = await client.get(f"/uhrp/{tiny_id.hex()}")
+            assert r.status_code == 404
+
         # bad replication input from a peer: nothing that does not match its hash is ever stored
         link = await a.content.link_to(b.info.identity_key)
         other = os.urandom(200_000)
@@ -282,7 +295,7 @@ async def repair_all(nodes: list[Node]) -> None:
 async def test_repair_recruits_after_a_holder_dies_and_trims_surplus(start_node: NodeFactory, tmp_path: Path) -> None:
     with trio.fail_after(40):
         nodes = await start_network(
-            start_node, 5, **{"content.trim_grace": 0, "content.check_timeout": 1.0, "swarm.handshake_timeout": 1.0}
+            start_node, 5, **{"content.trim_grace": 0, "content.check_timeout": 10.0, "swarm.handshake_timeout": 5.0}
         )
         producer = nodes[0]
         by_key = {n.info.identity_key: n for n in nodes}
