@@ -6,7 +6,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from overlay_node.errors import BadRequest, OverlayError
@@ -37,10 +37,13 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise BadRequest(f"request body too large (limit {limit} bytes)")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BadRequest(f"request body too large (limit {limit} bytes)")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise BadRequest(f"request body too large (limit {limit} bytes)")
+    except ClientDisconnect:
+        raise BadRequest("client disconnected before the body was complete") from None
     if not body:
         return {}
     try:

@@ -22,7 +22,7 @@ from bsv.hash import hash160
 from bsv.keys import PublicKey
 from bsv.utils.address import decode_address
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -122,12 +122,16 @@ def devnet_app(ledger: Ledger, *, max_body: int, max_batch: int, api_key: str = 
             raise too_large  # not worth reading: the connection closes after the answer
         body = bytearray()
         seen = 0
-        async for chunk in request.stream():
-            seen += len(chunk)
-            if seen > drain_limit:
-                raise too_large
-            if seen <= max_body:
-                body += chunk
+        try:
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen > drain_limit:
+                    raise too_large
+                if seen <= max_body:
+                    body += chunk
+        except ClientDisconnect:
+            # the client went away mid-body: nothing was applied, and nobody is left to answer
+            raise Refusal(ArcCode.BAD_REQUEST, "client disconnected before the body was complete") from None
         # a body a little too large is read to its end first, so that the client gets the answer cleanly
         if seen > max_body:
             raise too_large
