@@ -69,15 +69,16 @@ def test_replicas_survive_two_kills_are_repaired_and_trimmed(tmp_path: Path) -> 
         assert len(holders(cluster, content, alive) - {0}) == 3
         assert repair_seconds < 60, repair_seconds
 
-        # the killed holders come back with their copies; each pass drops the farthest surplus copy (one at a time,
-        # so that concurrent passes never drop below R), so two passes bring five replicas back to three
+        # the killed holders come back with their copies; in a pass each holder drops its own copy only when it is
+        # the farthest of more than R live ones, so copies go one at a time and never below R: within two passes
+        # the five replicas are back to three (how many a pass drops depends on how the nodes' passes interleave)
         for i in victims:
             cluster.restart(i)
         counts = [len(holders(cluster, content, everyone) - {0})]
         for _ in range(2):
             repair_everywhere(cluster, everyone)
             counts.append(len(holders(cluster, content, everyone) - {0}))
-        assert counts == [5, 4, 3]
+        assert counts[0] == 5 and counts[-1] == 3 and min(counts) == 3, counts
         out.unlink()
         cluster.ctl(5 if 5 not in victims else 6, "--json", "ctl", "access", content, "--output", str(out))
         assert out.read_bytes() == data
