@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint types unit venv bench clean tools
+.PHONY: run test lint types venv bench clean tools
 
 venv: $(STAMP)
 
