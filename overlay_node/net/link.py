@@ -14,7 +14,8 @@ Error handling:
   peer. Only that link ends. The same happens for ``handshake_timeout`` and ``idle_timeout``.
 - Before the link is established, ``run`` raises (``RemoteProtocolError``, :class:`~overlay_node.errors.PeerTimeout`,
   :class:`~overlay_node.errors.ConnectionLost`, or :class:`LinkSuperseded` when the manager keeps another link to
-  the same peer); afterwards it returns normally and the reason is in :attr:`PeerLink.close_reason`.
+  the same peer: a dialer learns that before it sends its Hello, a responder before it sends its own); afterwards
+  it returns normally and the reason is in :attr:`PeerLink.close_reason`.
 - Handlers that raise an :class:`~overlay_node.errors.OverlayError` produce an error answer with its ``code``; any
   other exception gives ``internal`` and is logged with its traceback. Neither ends the link.
 - Sending on a closed link raises :class:`~overlay_node.errors.ConnectionLost`; trio-websocket's
@@ -116,9 +117,12 @@ Direction = Literal["in", "out"]
 RequestHandler = Callable[["PeerLink", dict[str, Any]], Awaitable[dict[str, Any]]]
 NoticeHandler = Callable[["PeerLink", dict[str, Any]], Awaitable[None]]
 TransferHandler = Callable[["PeerLink", dict[str, Any], "TransferReceiver"], Awaitable[None]]
-#: called when the link is established; returns the link to keep for the peer (this one or an older one) or a
-#: refusal reason (e.g. ``too_many_links``)
+#: called when the link is established; returns the link to keep for the peer (this one, an older one, or -- for an
+#: inbound link -- the manager's own dial to that peer, still being set up) or a refusal reason (``too_many_links``)
 EstablishedCallback = Callable[["PeerLink"], "PeerLink | str"]
+#: called on a dialer once the responder proved its key (given as hex), before our Hello goes out; returns a link
+#: the manager already keeps for that peer (this one is then abandoned: ``duplicate_link``) or None to go on
+PeerKeyCallback = Callable[["PeerLink", str], "PeerLink | None"]
 
 
 class PeerError(OverlayError):
@@ -218,6 +222,7 @@ class PeerLink:
         address: str,
         local_key: str,
         on_established: EstablishedCallback | None = None,
+        on_peer_key: PeerKeyCallback | None = None,
         on_closed: Callable[[PeerLink], None] | None = None,
     ) -> None:
         self._ws = ws
@@ -229,6 +234,7 @@ class PeerLink:
         self.address = address
         self._local_key = local_key
         self._on_established = on_established
+        self._on_peer_key = on_peer_key
         self._on_closed = on_closed
         #: hex identity key of the other side (set once authenticated)
         self.peer_key = ""
@@ -385,7 +391,8 @@ class PeerLink:
             RemoteProtocolError: the peer failed the handshake (the link was dropped with that reason).
             PeerTimeout: the handshake did not complete in time.
             ConnectionLost: the peer closed during the handshake (the message names its close reason).
-            LinkSuperseded: the manager keeps an older link to this peer.
+            LinkSuperseded: the manager keeps another link to this peer (an older one, or for an inbound link its
+                own dial to the peer, which wins the tie-break).
         """
         try:
             try:
@@ -429,7 +436,15 @@ class PeerLink:
                 self.peer_key = session.peer_key or ""
                 raise ConnectionLost(f"{self.address} closed the link during the handshake: {reason}") from None
             self._count_in(message)
+            knew_key = session.peer_key is not None
             event = session.receive_message(message)
+            if session.initiator and not knew_key and session.peer_key is not None and self._on_peer_key is not None:
+                # the responder's key is proven and our Hello is queued, not sent: the last moment a dialer can
+                # step back without the responder ever registering this link
+                kept = self._on_peer_key(self, session.peer_key)
+                if kept is not None:
+                    self.peer_key = session.peer_key
+                    raise LinkSuperseded(kept)
             if isinstance(event, Established):
                 self.peer_key = event.peer_key
                 self.connected_at = wall_time()

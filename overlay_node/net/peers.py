@@ -2,11 +2,27 @@
 
 Invariants:
 
-1. At most one established link per peer key is registered. When a second one is established, the rule is the
-   same on both sides, so both keep the same link: links in the same direction -> the newer one wins (the older one
-   is probably dead); links in opposite directions -> the one dialed by the lower identity key wins. The loser is
-   closed with reason ``duplicate_link`` (before its Hello is sent when it is still being set up, so a dialer
-   whose link lost gets the winner from :meth:`PeerManager.connect`).
+1. At most one established link per peer key is registered, and both sides keep the same one. A registered link
+   is never displaced by a link that was being set up at the same time, so whatever a caller got (from
+   :meth:`PeerManager.connect`, :meth:`PeerManager.link`, :meth:`PeerManager.wait_linked` or an ``on_link``
+   callback) stays the link to that peer. Every decision is taken before the deciding side sends its Hello, so a
+   losing link is never established on the other side (the handshake order makes this possible: the responder
+   registers a link before it sends its Hello, the dialer only once that Hello arrives):
+
+   - a dial *claims* the peer's key while it is set up: from the start when the caller named the key
+     (``expect_key``), else from the moment the responder proved it;
+   - a dialer whose claimed key got a registered link meanwhile abandons its dial before sending its Hello and
+     hands its caller the registered link;
+   - a responder with a registered link to that peer keeps it when it is the better one (same direction -> the
+     newer link wins, the older one is probably dead; opposite directions -> the one dialed by the lower identity
+     key wins -- which, with the rules here on both sides, displaces only a link the dialer had already dropped);
+   - a responder without one, but with its own dial to that peer in progress (a claim), keeps its own dial when
+     its identity key is the lower one, and else accepts the inbound link (its own dial then loses on the other
+     side, or abandons itself when it learns the peer's key).
+
+   The loser is closed with reason ``duplicate_link`` before its Hello is sent; a dialer whose link lost that way
+   waits (up to ``handshake_timeout``) for the link the peer keeps, so :meth:`PeerManager.connect` returns the
+   kept link, never the loser.
 2. At most ``max_links`` links, counting handshakes in progress; extra inbound connections are closed with code
    1013 and reason ``too_many_links``; dialing beyond it raises :class:`~overlay_node.errors.DialError`.
 3. Concurrent dials of one address share one attempt.
@@ -219,6 +235,8 @@ class PeerManager:
         self._link_events: dict[str, trio.Event] = {}
         self._handshaking: set[PeerLink] = set()
         self._dials: dict[str, _PendingDial] = {}
+        # our dials in progress whose peer key is known (their claims; invariant 1)
+        self._claims: dict[PeerLink, str] = {}
         self._keepers: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self._listen: list[str] = []
@@ -349,6 +367,7 @@ class PeerManager:
             address=address,
             local_key=self.identity_key,
             on_established=self._register,
+            on_peer_key=self._claim if initiator else None,
             on_closed=self._unregister,
         )
 
@@ -382,10 +401,33 @@ class PeerManager:
 
     # -- registry -------------------------------------------------------------------------------------------------
 
+    def _claim(self, link: PeerLink, key: str) -> PeerLink | None:
+        """Called by a dialing link once the responder proved ``key``, before its Hello: go on (None), or abandon it
+        for the link already registered for that peer (invariant 1)."""
+        kept = self.link(key)
+        if kept is not None:
+            logger.info(
+                "linked with %s meanwhile (%s); abandoning the dial to %s", key[:16], kept.direction, link.address
+            )
+            self._claims.pop(link, None)
+            return kept
+        self._claims[link] = key
+        return None
+
+    def _rival_dial(self, link: PeerLink) -> PeerLink | None:
+        """Our own dial in progress to the peer of the inbound ``link`` when it wins the tie-break (lower key)."""
+        if self.identity_key >= link.peer_key:
+            return None
+        for own, key in self._claims.items():
+            if key == link.peer_key and own is not link and not own.closed:
+                return own
+        return None
+
     def _register(self, link: PeerLink) -> PeerLink | str:
-        """Called by a link once established: keep it, keep an older one, or refuse (invariant 1 and 2)."""
+        """Called by a link once established: keep it, keep another one, or refuse (invariant 1 and 2)."""
         key = link.peer_key
         self._handshaking.discard(link)
+        self._claims.pop(link, None)
         old = self._links.get(key)
         if old is not None and not old.closed:
             if self._prefer(link, old) is old:
@@ -394,6 +436,9 @@ class PeerManager:
             logger.info("link to %s replaced by a new %s link", key[:16], link.direction)
             assert self._nursery is not None
             self._nursery.start_soon(old.aclose, "duplicate_link")
+        elif link.direction == "in" and (own := self._rival_dial(link)) is not None:
+            logger.info("keeping our own dial to %s (%s); closing its inbound link", key[:16], own.address)
+            return own
         elif len(self._links) >= self._config.max_links:
             return "too_many_links"
         self._links[key] = link
@@ -496,17 +541,24 @@ class PeerManager:
                     ws = await self._open_ws(ws_nursery, url, deadline)
                     link = self._new_link(ws, initiator=True, address=url, expect_key=key)
                     self._handshaking.add(link)
+                    if key is not None:
+                        self._claims[link] = key
                     try:
                         await link.run(handshake_deadline=deadline, task_status=task_status)
                     finally:
                         self._handshaking.discard(link)
+                        self._claims.pop(link, None)
                     ws_nursery.cancel_scope.cancel()
         except LinkSuperseded as exc:
             task_status.started(exc.winner)
         except ConnectionLost as exc:
-            # the responder refused this link because it keeps another one with us: use that one
+            # the responder refused this link because it keeps another one with us: use that one. It is registered
+            # here already, or it is the responder's own dial to us, whose Hello is on its way (invariant 1)
             if link is not None and link.close_reason == "duplicate_link" and link.peer_key:
                 kept = self.link(link.peer_key)
+                if kept is None:
+                    with trio.move_on_after(cfg.handshake_timeout):
+                        kept = await self.wait_linked(link.peer_key)
                 if kept is not None:
                     task_status.started(kept)
                     return
