@@ -18,13 +18,18 @@ Theory of operation:
    recruits new replicas; above target + margin, the farthest unpinned holder past ``trim_grace`` drops its copy.
    A downloader that saw a bad chunk from a holder tells it (``content.bad``); the holder re-hashes its copy and
    drops it when corrupt, and repair restores the count.
+
+This module keeps the service itself (lifecycle, publish, records, local reads, serving holders' data, priced
+content, search); its parts live beside it: :mod:`.content_place` (3, placing side), :mod:`.content_receive`
+(3, receiving side and the storage budget), :mod:`.content_repair` (5), :mod:`.content_blobs`, :mod:`.content_fetch`,
+and :mod:`.content_common` (method names, limits, errors; re-exported here).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -34,16 +39,14 @@ from overlay_node.clock import wall_time
 from overlay_node.config import ContentSection
 from overlay_node.crypto.keys import Identity
 from overlay_node.crypto.uhrp import parse_uhrp, url_for_hash
-from overlay_node.errors import BadRequest, Conflict, ConnectionLost, NotFound, OverlayError
+from overlay_node.errors import BadRequest, ConnectionLost, NotFound, OverlayError
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
-from overlay_node.net.transfers import TransferReceiver
 from overlay_node.protocol.adverts import Endpoints
 from overlay_node.protocol.content import (
     MAX_CONTENT_TYPE,
     RELATIONSHIPS,
     AccessGrant,
-    ChunkPlan,
     ProviderRecord,
     ReplicaState,
     TagItem,
@@ -51,12 +54,32 @@ from overlay_node.protocol.content import (
     decode_tag_items,
     encode_provider,
     encode_tag_items,
-    rank_by_distance,
     sign_grant,
     verify_grant,
 )
 from overlay_node.protocol.payments import Receipt
-from overlay_node.services.content_blobs import BlobStore, Written
+from overlay_node.services import content_place
+from overlay_node.services.content_blobs import BlobStore
+from overlay_node.services.content_common import (
+    BAD,
+    GRANT,
+    HAS,
+    MANIFEST,
+    MAX_TAG_LEN,
+    MAX_TAGS,
+    MAX_TITLE,
+    OFFER,
+    READ,
+    REPLICATE,
+    PaymentRequired,
+    Progress,
+    StorageFull,
+)
+from overlay_node.services.content_common import hex_id as _hex_id
+from overlay_node.services.content_common import int_field as _int_field
+from overlay_node.services.content_common import no_progress as _no_progress
+from overlay_node.services.content_receive import ReplicaReceiver
+from overlay_node.services.content_repair import Repairer
 from overlay_node.services.dht import DhtService, dht_key
 from overlay_node.store.content import ContentItem, ReplicaRow
 from overlay_node.store.db import Store
@@ -66,49 +89,27 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ContentService", "Progress", "StorageFull"]
+# the peer-link method names, limits and errors live in content_common; they are re-exported here
+__all__ = [
+    "BAD",
+    "GRANT",
+    "HAS",
+    "MANIFEST",
+    "MAX_TAGS",
+    "MAX_TAG_LEN",
+    "MAX_TITLE",
+    "OFFER",
+    "READ",
+    "REPLICATE",
+    "ContentService",
+    "PaymentRequired",
+    "Progress",
+    "StorageFull",
+]
 
-OFFER: Final = "content.offer"
-REPLICATE: Final = "content.replicate"
-MANIFEST: Final = "content.manifest"
-READ: Final = "content.read"
-HAS: Final = "content.has"
-BAD: Final = "content.bad"
-GRANT: Final = "content.grant"
-MAX_TAGS: Final = 16
-MAX_TAG_LEN: Final = 64
 #: how long :meth:`ContentService.held_item` trusts a cached row, and how many rows it keeps
 _HELD_ROW_TTL: Final = 1.0
 _HELD_ROWS_MAX: Final = 4096
-MAX_TITLE: Final = 256
-
-#: progress callback: one JSON-ready event per step
-Progress = Callable[[dict[str, Any]], None]
-
-
-def _no_progress(_: dict[str, Any]) -> None:
-    return None
-
-
-class StorageFull(OverlayError):
-    """This node's storage budget cannot take the content (a refusal of an offer, not a fault)."""
-
-    code = "storage_full"
-    exit_code = 12
-    http_status = 507
-
-
-def _hex_id(value: object) -> bytes:
-    if not isinstance(value, str):
-        raise BadRequest("field 'hash' must be a hex SHA-256 or a UHRP URL")
-    return parse_uhrp(value)
-
-
-def _int_field(body: dict[str, Any], key: str, lo: int = 0, hi: int = 1 << 62) -> int:
-    value = body.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise BadRequest(f"field {key!r} must be an integer in [{lo}, {hi}]")
-    return value
 
 
 class ContentService:
@@ -150,18 +151,15 @@ class ContentService:
         self.blobs = BlobStore(blobs_root)
         self._endpoints = endpoints
         self.wall = wall_clock
-        self._rng = rng or random.Random()
         self._ready = trio.Event()
-        self._reserved = 0
-        self._receiving: set[bytes] = set()
+        self._receiver = ReplicaReceiver(self)
+        self._repairer = Repairer(self, rng or random.Random())
         self._held_since: dict[bytes, float] = {}
         # hot-path cache of held items' rows (the gateway and holders' reads ask for the same row per request)
         self._held_rows: dict[str, tuple[float, ContentItem]] = {}
         self._nursery: trio.Nursery | None = None
-        self._repair_lock = trio.Lock()
-        self.repair_passes = 0
-        peers.on_request(OFFER, self._serve_offer)
-        peers.on_transfer(REPLICATE, self._serve_replicate)
+        peers.on_request(OFFER, self._receiver.serve_offer)
+        peers.on_transfer(REPLICATE, self._receiver.serve_replicate)
         peers.on_request(MANIFEST, self._serve_manifest)
         peers.on_request(READ, self._serve_read)
         peers.on_request(HAS, self._serve_has)
@@ -182,7 +180,7 @@ class ContentService:
             await self._ready.wait()
             await self._announce()
             if self.config.repair_interval > 0:
-                nursery.start_soon(self._repair_loop)
+                nursery.start_soon(self._repairer.loop)
             await trio.sleep_forever()  # the nursery stays open for replications and control operations
 
     def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
@@ -264,7 +262,7 @@ class ContentService:
             size = (await trio.to_thread.run_sync(path.stat)).st_size
         except OSError as exc:
             raise BadRequest(f"cannot read {path}: {exc.strerror}") from None
-        await self._reserve(size)
+        await self._receiver.reserve(size)
         try:
 
             def imported(done: int, total: int) -> None:
@@ -274,7 +272,7 @@ class ContentService:
                 path, chunk_size=self.config.chunk_size, max_size=self.config.max_object, progress=imported
             )
         finally:
-            self._reserved -= size
+            self._receiver.release(size)
         existing = await self.store.content.get(written.content_id.hex())
         item = ContentItem(
             hash=written.content_id.hex(),
@@ -295,11 +293,7 @@ class ContentService:
             published=True,
             created_at=self.wall(),
         )
-        await self.store.content.upsert(item)
-        self._forget_row(item.hash)
-        self._held_since[written.content_id] = trio.current_time()
-        await self._update_gauges()
-        stored = await self._publish_provider(item)
+        stored = await self.hold(item)
         for tag in tags:
             await self._publish_tag(tag, item)
         progress({"event": "published", "hash": item.hash, "uhrp_url": url_for_hash(written.content_id)})
@@ -307,6 +301,15 @@ class ContentService:
         if replicate and item.replication > 0 and self._nursery is not None:
             self._nursery.start_soon(self._distribute_quietly, item.hash)
         return item
+
+    async def hold(self, item: ContentItem) -> int:
+        """Record ``item`` as held here (its row, the row cache, when the copy was taken, the gauges) and publish
+        this node's provider record for it; returns how many nodes stored the record."""
+        await self.store.content.upsert(item)
+        self.forget_row(item.hash)
+        self._held_since[bytes.fromhex(item.hash)] = trio.current_time()
+        await self._update_gauges()
+        return await self._publish_provider(item)
 
     async def _distribute_quietly(self, content_hash: str) -> None:
         try:
@@ -444,7 +447,7 @@ class ContentService:
                 raise
             return await kept.request(method, body, timeout=timeout)
 
-    # -- replication (placing side) ------------------------------------------------------------------------------
+    # -- replication (placing side: content_place; receiving side: content_receive) ------------------------------
 
     async def distribute(
         self,
@@ -463,183 +466,25 @@ class ContentService:
         Raises:
             NotFound: the content is not held here. BadRequest: a bad replication factor or node key.
         """
-        item = await self.item(content)
-        if not item.local:
-            raise NotFound(f"content {item.hash} is not held here; nothing to distribute")
-        target = item.replication if replication is None else replication
-        if not 0 <= target <= 64:
-            raise BadRequest("replication must be between 0 and 64")
-        cid = bytes.fromhex(item.hash)
-        me = self.identity_key
-        providers = await self.providers(cid)
-        now = self.wall()
-        others = {k: p for k, p in providers.items() if k != me and k != item.producer and k not in exclude}
-        live = await self._live(cid, others)  # a dead holder's record outlives it in the DHT
-        if me != item.producer:
-            live.add(me)  # a replica holder that recruits counts its own copy
-        for key in live:
-            await self.store.content.set_replica(item.hash, key, ReplicaState.AVAILABLE, "provider record", now)
-        if nodes:
-            for key in nodes:
-                if len(key) != 66:
-                    raise BadRequest(f"bad node identity key {key!r}")
-            candidates = [k for k in nodes if k not in live]
-        else:
-            pool = [c.pubkey.hex() for c in self.dht.contacts()]
-            candidates = [
-                k for k in rank_by_distance(cid, pool) if k not in live and k != item.producer and k not in exclude
-            ]
-        candidates = [k for k in candidates if k != me]
-        need = max(0, target - len(live))
-        progress({"event": "placing", "hash": item.hash, "target": target, "have": len(live), "need": need})
-        queue = iter(candidates)
-        placed: list[str] = []
-
-        async def slot() -> None:
-            # each slot places one replica: it walks the shared candidate list until one accepts
-            for key in queue:
-                if await self._place_one(item, key, progress):
-                    placed.append(key)
-                    return
-
-        if need:
-            async with trio.open_nursery() as nursery:
-                for _ in range(need):
-                    nursery.start_soon(slot)
-        rows = await self.store.content.replicas(item.hash)
-        available = sum(r.state == ReplicaState.AVAILABLE for r in rows)
-        progress({"event": "done", "hash": item.hash, "available": available, "target": target})
-        return rows
-
-    async def _place_one(self, item: ContentItem, key: str, progress: Progress) -> bool:
-        set_state = self.store.content.set_replica
-        await set_state(item.hash, key, ReplicaState.PENDING, "", self.wall())
-        progress({"event": "replica", "identity_key": key, "state": "pending"})
-        try:
-            link = await self.link_to(key)
-            answer = await link.request(
-                OFFER, {"hash": item.hash, "size": item.size}, timeout=self.config.request_timeout
-            )
-            if answer.get("have"):
-                await set_state(item.hash, key, ReplicaState.AVAILABLE, "already held", self.wall())
-                progress({"event": "replica", "identity_key": key, "state": "available"})
-                return True
-            await set_state(item.hash, key, ReplicaState.TRANSFERRING, "", self.wall())
-            progress({"event": "replica", "identity_key": key, "state": "transferring"})
-            await self._send_blob(link, item, key, progress)
-        except (OverlayError, trio.TooSlowError) as exc:
-            await set_state(item.hash, key, ReplicaState.FAILED, str(exc), self.wall())
-            progress({"event": "replica", "identity_key": key, "state": "failed", "detail": str(exc)})
-            self.metrics.content_transfers.labels("replicate", "failed").inc()
-            logger.info("replica of %s on %s failed: %s", item.hash[:16], key[:16], exc)
-            return False
-        await set_state(item.hash, key, ReplicaState.AVAILABLE, "verified by holder", self.wall())
-        progress({"event": "replica", "identity_key": key, "state": "available"})
-        self.metrics.content_transfers.labels("replicate", "ok").inc()
-        return True
-
-    async def _send_blob(self, link: PeerLink, item: ContentItem, key: str, progress: Progress) -> None:
-        header = {
-            "hash": item.hash,
-            "size": item.size,
-            "chunk_size": item.chunk_size,
-            "content_type": item.content_type,
-            "title": item.title,
-            "tags": list(item.tags),
-            "price": item.price,
-            "expires": item.expires,
-            "producer": item.producer,
-            "replication": item.replication,
-        }
-        cid = bytes.fromhex(item.hash)
-        step = 4 * 1024 * 1024
-        sent = 0
-        async with link.open_transfer(REPLICATE, header) as tx:
-            while sent < item.size:
-                data = await self.blobs.read(cid, sent, step)
-                if not data:
-                    raise NotFound(f"blob {item.hash[:16]} is shorter than its size")
-                await tx.send(data)
-                sent += len(data)
-                self.metrics.content_transfer_bytes.labels("out").inc(len(data))
-                progress({"event": "transfer", "identity_key": key, "done": sent, "total": item.size})
-
-    # -- replication (receiving side) ----------------------------------------------------------------------------
-
-    async def _check_offer(self, cid: bytes, size: int) -> bool:
-        """True when already held; raises when the offer is refused."""
-        if size > self.config.max_object:
-            raise BadRequest(f"offered content of {size} bytes is over the limit of {self.config.max_object}")
-        existing = await self.store.content.get(cid.hex())
-        if existing is not None and existing.local and self.blobs.has(cid):
-            return True
-        if cid in self._receiving:
-            raise Conflict(f"content {cid.hex()[:16]} is being received already")
-        used = await self.store.content.local_bytes()
-        if used + self._reserved + size > self.config.storage_budget:
-            raise StorageFull(
-                f"storage budget full: {used + self._reserved} of {self.config.storage_budget} bytes used"
-            )
-        return False
-
-    async def _reserve(self, size: int) -> None:
-        used = await self.store.content.local_bytes()
-        if used + self._reserved + size > self.config.storage_budget:
-            raise StorageFull(f"storage budget full: {used + self._reserved} of {self.config.storage_budget} used")
-        self._reserved += size
-
-    async def _serve_offer(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
-        cid = _hex_id(body.get("hash"))
-        size = _int_field(body, "size")
-        return {"have": await self._check_offer(cid, size)}
-
-    async def _serve_replicate(self, link: PeerLink, header: dict[str, Any], rx: TransferReceiver) -> None:
-        cid = _hex_id(header.get("hash"))
-        size = _int_field(header, "size")
-        chunk_size = _int_field(header, "chunk_size", 1, 1 << 40)
-        plan = ChunkPlan(size=size, chunk_size=chunk_size)
-        meta = _replica_meta(header)
-        if await self._check_offer(cid, size):
-            return await _drain(rx)
-        self._receiving.add(cid)
-        self._reserved += size
-        try:
-            written = await self.blobs.receive(_counted(rx, self.metrics), content_id=cid, plan=plan)
-        except BadRequest:
-            self.metrics.content_transfers.labels("receive", "rejected").inc()
-            raise
-        finally:
-            self._reserved -= size
-            self._receiving.discard(cid)
-        await self._keep_replica(written, meta)
-        logger.info("replica of %s from %s verified and kept", cid.hex()[:16], link.peer_key[:16])
-
-    async def _keep_replica(self, written: Written, meta: dict[str, Any]) -> None:
-        item = ContentItem(
-            hash=written.content_id.hex(),
-            size=written.size,
-            content_type=meta["content_type"],
-            title=meta["title"],
-            tags=meta["tags"],
-            price=meta["price"],
-            expires=meta["expires"],
-            parents=(),
-            relationship="",
-            chunk_size=written.plan.chunk_size,
-            manifest=written.manifest,
-            producer=meta["producer"],
-            replication=meta["replication"],
-            pinned=False,
-            local=True,
-            published=False,
-            created_at=self.wall(),
+        return await content_place.distribute(
+            self, content, replication=replication, nodes=nodes, exclude=exclude, progress=progress
         )
-        await self.store.content.upsert(item)
-        self._forget_row(item.hash)
-        self._held_since[written.content_id] = trio.current_time()
-        self.metrics.content_transfers.labels("receive", "ok").inc()
-        await self._update_gauges()
-        await self._publish_provider(item)
+
+    # -- repair (see content_repair) -----------------------------------------------------------------------------
+
+    async def repair_pass(self) -> dict[str, int]:
+        """One repair pass over every content held here (see the module docstring); returns action counts."""
+        return await self._repairer.repair_pass()
+
+    @property
+    def repair_passes(self) -> int:
+        """Repair passes completed so far."""
+        return self._repairer.passes
+
+    @property
+    def held_since(self) -> Mapping[bytes, float]:
+        """When (trio time) each copy held here was taken, for copies taken since this service started."""
+        return self._held_since
 
     # -- serving holders' data -----------------------------------------------------------------------------------
 
@@ -662,7 +507,8 @@ class ContentService:
         self._held_rows[hex_id] = (now, item)
         return item
 
-    def _forget_row(self, hex_id: str) -> None:
+    def forget_row(self, hex_id: str) -> None:
+        """Drop the cached row of ``hex_id`` (after any change to it)."""
         self._held_rows.pop(hex_id, None)
 
     async def _local_item(self, cid: bytes) -> ContentItem:
@@ -745,7 +591,7 @@ class ContentService:
     async def drop_local(self, item: ContentItem) -> None:
         """Delete our copy of ``item`` and revoke our provider record (metadata kept for published content)."""
         cid = bytes.fromhex(item.hash)
-        self._forget_row(item.hash)
+        self.forget_row(item.hash)
         await self.blobs.delete(cid)
         if item.published:
             await self.store.content.upsert(item.with_(local=False))
@@ -865,142 +711,3 @@ class ContentService:
             out.append(entry)
         out.sort(key=lambda e: (e["price"], e["hash"]))
         return out
-
-    # -- repair --------------------------------------------------------------------------------------------------
-
-    async def _repair_loop(self) -> None:
-        cfg = self.config
-        while True:
-            spread = cfg.repair_interval * cfg.repair_jitter
-            await trio.sleep(max(0.01, cfg.repair_interval + self._rng.uniform(-spread, spread)))
-            await self.repair_pass()
-
-    async def _is_live(self, key: str, provider: ProviderRecord, cid: bytes) -> bool:
-        if key == self.identity_key:
-            return self.blobs.has(cid)
-        try:
-            with trio.fail_after(self.config.check_timeout):
-                answer = await self.ask(key, provider.swarm, HAS, {"hash": cid.hex()}, self.config.check_timeout)
-        except (OverlayError, trio.TooSlowError):
-            return False
-        return bool(answer.get("have"))
-
-    async def _live(self, cid: bytes, providers: dict[str, ProviderRecord]) -> set[str]:
-        """The holders among ``providers`` that answer a ``content.has`` check (concurrently, bounded)."""
-        live: set[str] = set()
-
-        async def check(key: str, provider: ProviderRecord) -> None:
-            if await self._is_live(key, provider, cid):
-                live.add(key)
-
-        async with trio.open_nursery() as nursery:
-            for key, provider in providers.items():
-                nursery.start_soon(check, key, provider)
-        return live
-
-    async def repair_pass(self) -> dict[str, int]:
-        """One repair pass over every content held here (see the module docstring); returns action counts."""
-        counts = {"expired": 0, "recruited": 0, "trimmed": 0, "checked": 0}
-        async with self._repair_lock:
-            for item in await self.store.content.list(local_only=True):
-                try:
-                    await self._repair_one(item, counts)
-                except (OverlayError, trio.TooSlowError) as exc:
-                    logger.info("repair of %s: %s", item.hash[:16], exc)
-        self.repair_passes += 1
-        return counts
-
-    async def _repair_one(self, item: ContentItem, counts: dict[str, int]) -> None:
-        cid = bytes.fromhex(item.hash)
-        counts["checked"] += 1
-        if item.expires and item.expires <= self.wall():
-            counts["expired"] += 1
-            self.metrics.content_repairs.labels("expire").inc()
-            await self.drop_local(item)
-            if item.published:
-                await self.store.content.delete(item.hash)
-                self._forget_row(item.hash)
-            return
-        providers = await self.providers(cid)
-        me = self.identity_key
-        providers.setdefault(me, ProviderRecord(content_id=cid, size=item.size))
-        live = list(await self._live(cid, providers))
-        replicas = [k for k in live if k != item.producer]
-        target = item.replication
-        ranked = rank_by_distance(cid, live)
-        logger.debug(
-            "repair %s at %s: providers %s live %s replicas %s target %d pinned %s",
-            item.hash[:16], me[:8], sorted(k[:8] for k in providers), sorted(k[:8] for k in live),
-            sorted(k[:8] for k in replicas), target, item.pinned,
-        )  # fmt: skip
-        if len(replicas) < target:
-            # the closest live holder recruits, so that holders do not all recruit at once
-            if ranked and ranked[0] == me:
-                rows = await self.distribute(
-                    item.hash, replication=target, exclude=frozenset(k for k in providers if k not in live)
-                )
-                counts["recruited"] += 1
-                self.metrics.content_repairs.labels("recruit").inc()
-                logger.info(
-                    "repair %s: %d live replicas of %d; recruited (%d rows)",
-                    item.hash[:16],
-                    len(replicas),
-                    target,
-                    len(rows),
-                )
-        elif len(replicas) > target + self.config.trim_margin and me in replicas and not item.pinned:
-            farthest = [k for k in ranked if k in replicas][-1]
-            held = trio.current_time() - self._held_since.get(cid, trio.current_time() - self.config.trim_grace)
-            if farthest == me and held >= self.config.trim_grace:
-                counts["trimmed"] += 1
-                self.metrics.content_repairs.labels("trim").inc()
-                logger.info(
-                    "repair %s: %d replicas over target %d; dropping ours", item.hash[:16], len(replicas), target
-                )
-                await self.drop_local(item)
-
-
-class PaymentRequired(OverlayError):
-    """Priced content asked for without a valid access grant."""
-
-    code = "payment_required"
-    exit_code = 11
-    http_status = 402
-
-
-def _replica_meta(header: dict[str, Any]) -> dict[str, Any]:
-    """The metadata an offer carries, checked (a replica keeps the producer's title, tags, price, expiry)."""
-    ct = header.get("content_type", "application/octet-stream")
-    title = header.get("title", "")
-    tags = header.get("tags", [])
-    producer = header.get("producer", "")
-    if not isinstance(ct, str) or not ct or len(ct) > MAX_CONTENT_TYPE:
-        raise BadRequest("bad content type in offer")
-    if not isinstance(title, str) or len(title) > MAX_TITLE:
-        raise BadRequest("bad title in offer")
-    if not isinstance(tags, list) or len(tags) > MAX_TAGS or not all(isinstance(t, str) for t in tags):
-        raise BadRequest("bad tags in offer")
-    if not isinstance(producer, str) or len(producer) not in (0, 66):
-        raise BadRequest("bad producer in offer")
-    return {
-        "content_type": ct,
-        "title": title,
-        "tags": tuple(str(t)[:MAX_TAG_LEN] for t in tags),
-        "price": _int_field(header, "price") if "price" in header else 0,
-        "expires": _int_field(header, "expires") if "expires" in header else 0,
-        "producer": producer,
-        "replication": _int_field(header, "replication", 0, 64) if "replication" in header else 0,
-    }
-
-
-async def _drain(rx: TransferReceiver) -> None:
-    async for _ in rx:
-        pass
-
-
-async def _counted(rx: TransferReceiver, metrics: Metrics) -> Any:
-    async for data in rx:
-        if not isinstance(data, bytes):
-            raise BadRequest("transfer chunk is not bytes")
-        metrics.content_transfer_bytes.labels("in").inc(len(data))
-        yield data
