@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import http.client
 import json
-import multiprocessing
 import os
 import platform
 import statistics
@@ -28,14 +27,12 @@ import sys
 import tempfile
 import threading
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import trio
+from nodeproc import Host, NodeHost, NodeSpec, open_host  # bench/ is on sys.path when run as a script
 
-from overlay_node.config import load_config, starter_config_text
-from overlay_node.datadir import DataDir
 from overlay_node.node import Node
 from overlay_node.services.content_fetch import fetch
 
@@ -43,25 +40,8 @@ MiB = 1024 * 1024
 RESULTS = Path(__file__).parent / "results" / "bench_content.json"
 
 
-def _config(**overrides: Any) -> Any:
-    base: dict[str, Any] = {
-        "swarm.host": "127.0.0.1",
-        "swarm.port": 0,
-        "http.port": 0,
-        "dht.host": "127.0.0.1",
-        "dht.port": 0,
-        "content.repair_interval": 0,
-        "node.log_level": "warning",
-    }
-    return load_config(env={}, overrides=base | overrides)
-
-
-async def _start(nursery: trio.Nursery, root: Path, name: str, **overrides: Any) -> Node:
-    dd = DataDir(root / name)
-    dd.init(config_text=starter_config_text())
-    node = Node(dd, _config(**overrides))
-    await nursery.start(node.run)
-    return node
+# on top of nodeproc.LOOPBACK
+BASE: dict[str, Any] = {"content.repair_interval": 0, "node.log_level": "warning"}
 
 
 # -- what the benchmark asks of a node (the same calls in-process or in a node process) ---------------------------
@@ -77,7 +57,8 @@ def _describe(node: Node) -> dict[str, Any]:
     }
 
 
-async def _op(node: Node, op: str, args: list[Any]) -> Any:
+async def _op(host: Host, op: str, args: list[Any]) -> Any:
+    node = host.nodes[0]
     if op == "announce":
         await node.content._announce()
         return None
@@ -98,66 +79,7 @@ async def _op(node: Node, op: str, args: list[Any]) -> Any:
     raise ValueError(f"unknown op {op}")
 
 
-def _node_process(root: str, name: str, overrides: dict[str, Any], conn: Connection) -> None:
-    """A node process: starts one node, then runs the commands that come over ``conn`` until ``stop``."""
-
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            node = await _start(nursery, Path(root), name, **overrides)
-            conn.send(_describe(node))
-            while True:
-                op, args = await trio.to_thread.run_sync(conn.recv)
-                if op == "stop":
-                    node.request_shutdown()
-                    return
-                try:
-                    conn.send(("ok", await _op(node, op, args)))
-                except Exception as exc:  # reported to the benchmark, which stops
-                    conn.send(("error", repr(exc)))
-
-    trio.run(run)
-
-
-class _Remote:
-    """A node in its own process."""
-
-    def __init__(self, root: Path, name: str, overrides: dict[str, Any]) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_node_process, args=(str(root), name, overrides, child), daemon=True)
-        self._proc.start()
-        self.info: dict[str, Any] = self._conn.recv()
-
-    async def call(self, op: str, *args: Any) -> Any:
-        def roundtrip() -> Any:
-            self._conn.send((op, list(args)))
-            return self._conn.recv()
-
-        status, value = await trio.to_thread.run_sync(roundtrip)
-        if status != "ok":
-            raise RuntimeError(f"{op} failed in node process: {value}")
-        return value
-
-    def stop(self) -> None:
-        self._conn.send(("stop", []))
-        self._proc.join(timeout=30)
-
-
-class _Local:
-    """A node in the benchmark's own event loop."""
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-        self.info = _describe(node)
-
-    async def call(self, op: str, *args: Any) -> Any:
-        return await _op(self._node, op, list(args))
-
-    def stop(self) -> None:
-        self._node.request_shutdown()
-
-
-def _blob_path(node: _Remote | _Local, content_hash: str) -> Path:
+def _blob_path(node: NodeHost, content_hash: str) -> Path:
     h = content_hash
     return Path(node.info["blobs"]) / h[:2] / h[2:4] / h
 
@@ -168,12 +90,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         async with trio.open_nursery() as nursery:
-            nodes: list[_Remote | _Local] = []
+            nodes: list[NodeHost] = []
 
-            async def start(name: str, overrides: dict[str, Any]) -> _Remote | _Local:
-                if args.one_process:
-                    return _Local(await _start(nursery, root, name, **overrides))
-                return await trio.to_thread.run_sync(_Remote, root, name, overrides)
+            async def start(name: str, overrides: dict[str, Any]) -> NodeHost:
+                spec = NodeSpec(str(root), name, BASE | overrides)
+                return await open_host(nursery, [spec], _op, _describe, in_process=args.one_process)
 
             first = await start("n0", {})
             shared = {"wallet.arc_url": first.info["ledger"], "dht.bootstrap": [first.info["dht"]]}
@@ -182,14 +103,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 await _run(args, root, nodes, out)
             finally:
                 for node in nodes:
-                    if isinstance(node, _Local):
-                        node.stop()
-                    else:
-                        await trio.to_thread.run_sync(node.stop)
+                    await node.stop()
     return out
 
 
-async def _run(args: argparse.Namespace, root: Path, nodes: list[_Remote | _Local], out: dict[str, Any]) -> None:
+async def _run(args: argparse.Namespace, root: Path, nodes: list[NodeHost], out: dict[str, Any]) -> None:
     for node in nodes:
         await node.call("announce")
     producer = nodes[0]

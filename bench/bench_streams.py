@@ -1,8 +1,10 @@
-"""Benchmark of paid live streams: nodes on loopback, a devnet ledger in its own process, real payments.
+"""Benchmark of paid live streams: nodes on loopback in separate processes, a devnet ledger in its own process,
+real payments.
 
 Run from the repository root::
 
     .venv/bin/python bench/bench_streams.py [--packets 20000] [--w1-packets 1000] [--subscribers 10]
+        [--defer-settlement] [--one-process] [--prepay N]
 
 Measures, with 1 KiB packets at 1 satoshi each (every window paid by a BRC-29 transaction the producer checks
 and commits before its receipt):
@@ -12,12 +14,23 @@ and commits before its receipt):
 - the same to ``--subscribers`` subscribers at once (aggregate packets/s over all of them);
 - packet latency (push -> read by the subscriber) p50/p99 at 1,000 packets/s with W = 100.
 
-The devnet ledger runs as a separate process (``python -m overlay_node.devnet --port 0 --json``, blocks every
-``--block-interval`` seconds) and settlement is live: every payment is submitted to it, and mined, during the
-run. The producer and the subscribers share one trio loop (and so one core), so the figures are a lower bound
-for separate daemons. It prints a table against the targets of issue 6 and saves
+Processes: the devnet ledger runs as a separate process (``python -m overlay_node.devnet --port 0 --json``, blocks
+every ``--block-interval`` seconds) and settlement is live: every payment is submitted to it, and mined, during the
+run. The producer node runs in a process of its own, and all the consumer nodes together in one other process (one
+trio loop), started with ``bench/nodeproc.py``. ``--one-process`` runs the producer and the consumers in the
+benchmark's own trio loop instead (one core for everyone: a lower bound for separate daemons).
+
+Timing across processes: ``time.perf_counter()`` is ``clock_gettime(CLOCK_MONOTONIC)`` on Linux, one clock for
+the whole system, so a stamp taken in the producer process can be compared with one taken in the consumer process
+(the clock in use is recorded in the results). Throughput: the consumer process subscribes and starts its readers,
+answers "ready"; the producer process then pushes the burst and answers with its push start time t0; the consumer
+process answers with the time each subscriber read its last packet; elapsed = last finish - t0. Latency: every
+packet carries its push stamp, and the subscriber subtracts it from the time it reads the packet.
+
+``--prepay N`` is passed to ``Consumer.subscribe`` as ``prepay=N`` (only when given; every subscribe call takes the
+keyword arguments of :func:`subscribe_kwargs`). It prints a table against the targets of issue 6 and saves
 ``bench/results/bench_streams.json`` (``bench_streams_deferred.json`` with ``--defer-settlement``: ARC
-submissions held back during the run); it never fails on time.
+submissions held back during the run), recording which mode ran; it never fails on time.
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,30 +54,17 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from overlay_node.config import load_config, starter_config_text  # noqa: E402
-from overlay_node.datadir import DataDir  # noqa: E402
+from nodeproc import Host, NodeHost, NodeSpec, OpFunction, open_host  # noqa: E402  # bench/ is on sys.path as a script
+
 from overlay_node.node import Node  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "bench_streams.json"
 PAYLOAD = "x" * 1000
-
-
-async def start(nursery: trio.Nursery, root: Path, name: str, **overrides: Any) -> Node:
-    base: dict[str, Any] = {
-        "swarm.host": "127.0.0.1",
-        "swarm.port": 0,
-        "http.port": 0,
-        "dht.host": "127.0.0.1",
-        "dht.port": 0,
-        "node.shutdown_grace": 1.0,
-        "streams.buffer_packets": 100_000,  # the whole burst stays buffered (else: "lagging")
-        **overrides,
-    }
-    dd = DataDir(root / name)
-    dd.init(config_text=starter_config_text())
-    node = Node(dd, load_config(env={}, overrides=base))
-    await nursery.start(node.run)
-    return node
+# on top of nodeproc.LOOPBACK, for every node
+BASE: dict[str, Any] = {
+    "node.shutdown_grace": 1.0,
+    "streams.buffer_packets": 100_000,  # the whole burst stays buffered (else: "lagging")
+}
 
 
 def packet(i: int) -> str:
@@ -71,73 +72,151 @@ def packet(i: int) -> str:
     return f"{i} {stamp} " + PAYLOAD[: 1024 - 12 - len(stamp)]
 
 
-async def throughput(producer: Node, consumers: list[Node], stream: str, window: int, count: int) -> dict[str, Any]:
-    await producer.streams.producer.create(stream, rate=1)
-    subs = [await c.streams.consumer.subscribe(stream, window=window) for c in consumers]
-    done = trio.Event()
-    remaining = len(subs)
-    finished: list[float] = []
+def subscribe_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments every ``subscribe`` call gets on top of ``window`` (only the options given)."""
+    kwargs: dict[str, Any] = {}
+    if args.prepay is not None:
+        kwargs["prepay"] = args.prepay
+    return kwargs
 
-    received: list[int] = []
 
-    async def read(sub: Any) -> None:
-        nonlocal remaining
-        n = 0
-        async for _ in sub.packets():
-            n += 1
-            if n >= count:
-                break
-        received.append(n)
-        finished.append(time.perf_counter())
-        sub.stop()
-        remaining -= 1
-        if remaining == 0:
-            done.set()
+def describe(node: Node) -> dict[str, Any]:
+    return {"identity_key": node.info.identity_key, "dht": node.info.dht}
 
-    async with trio.open_nursery() as nursery:
-        for sub in subs:
-            nursery.start_soon(read, sub)
-        await trio.sleep(0.05)  # let the subscriptions settle before the clock starts
+
+# -- the producer's operations (run in the producer's host) -------------------------------------------------------
+
+
+async def producer_ops(host: Host, op: str, args: list[Any]) -> Any:
+    producer = host.nodes[0].streams.producer
+    if op == "create":
+        (stream,) = args
+        await producer.create(stream, rate=1)
+        return None
+    if op == "burst":  # push ``count`` packets at once; returns the push start time
+        stream, count = args
         t0 = time.perf_counter()
-        push = producer.streams.producer.push
         for first in range(0, count, 1000):
-            push(stream, [PAYLOAD + "x" * 24] * min(1000, count - first))
-        await done.wait()
-    elapsed = max(finished) - t0
-    payments = sum(s.summary()["payments"] for s in subs)
+            producer.push(stream, [PAYLOAD + "x" * 24] * min(1000, count - first))
+        return t0
+    if op == "pace":  # push ``total`` stamped packets at ``rate`` per second; returns when all are pushed
+        stream, rate, total = args
+        start = trio.current_time()
+        for i in range(total):
+            await trio.sleep_until(start + i / rate)
+            producer.push(stream, [packet(i)])
+        return None
+    raise ValueError(f"unknown op {op}")
+
+
+# -- the consumers' operations (run in the consumers' host) -------------------------------------------------------
+
+
+@dataclass
+class _Readers:
+    """The readers of one measurement, kept in ``host.state`` between its operations."""
+
+    remaining: int
+    done: trio.Event = field(default_factory=trio.Event)
+    finished: list[float] = field(default_factory=list)
+    received: list[int] = field(default_factory=list)
+    delays: list[float] = field(default_factory=list)
+    subs: list[Any] = field(default_factory=list)
+
+    def one_done(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done.set()
+
+
+async def consumer_ops(host: Host, op: str, args: list[Any]) -> Any:
+    if op == "faucet":
+        (satoshis,) = args
+        for node in host.nodes:
+            await node.wallet.faucet(satoshis)
+        return None
+    if op == "subscribe":  # the first ``n`` consumers subscribe and start reading ``count`` packets each
+        stream, window, count, n, kwargs = args
+        readers = host.state["readers"] = _Readers(remaining=n)
+        for node in host.nodes[:n]:
+            sub = await node.streams.consumer.subscribe(stream, window=window, **kwargs)
+            readers.subs.append(sub)
+            host.nursery.start_soon(_read, readers, sub, count)
+        await trio.sleep(0.05)  # let the subscriptions settle before the producer starts the clock
+        return None
+    if op == "latency_subscribe":  # the first consumer subscribes and stamps ``total`` packets on arrival
+        stream, window, total, kwargs = args
+        readers = host.state["readers"] = _Readers(remaining=1)
+        sub = await host.nodes[0].streams.consumer.subscribe(stream, window=window, **kwargs)
+        readers.subs.append(sub)
+        host.nursery.start_soon(_read_delays, readers, sub, total)
+        return None
+    if op == "wait":  # until every reader of the measurement is done
+        readers = host.state.pop("readers")
+        await readers.done.wait()
+        return {
+            "finished": readers.finished,
+            "received": readers.received,
+            "delays": readers.delays,
+            "payments": sum(s.summary()["payments"] for s in readers.subs),
+        }
+    raise ValueError(f"unknown op {op}")
+
+
+async def _read(readers: _Readers, sub: Any, count: int) -> None:
+    n = 0
+    async for _ in sub.packets():
+        n += 1
+        if n >= count:
+            break
+    readers.received.append(n)
+    readers.finished.append(time.perf_counter())
+    sub.stop()
+    readers.one_done()
+
+
+async def _read_delays(readers: _Readers, sub: Any, total: int) -> None:
+    async for p in sub.packets():
+        readers.delays.append(time.perf_counter() - float(p.payload.split(" ", 2)[1]))
+        if len(readers.delays) >= total:
+            break
+    sub.stop()
+    readers.one_done()
+
+
+# -- the measurements (the same calls whether the hosts are processes or in this loop) -----------------------------
+
+
+async def throughput(
+    producer: NodeHost, consumers: NodeHost, stream: str, window: int, count: int, n: int, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    await producer.call("create", stream)
+    await consumers.call("subscribe", stream, window, count, n, kwargs)
+    t0 = await producer.call("burst", stream, count)
+    read = await consumers.call("wait")
+    elapsed = max(read["finished"]) - t0
+    payments = read["payments"]
     return {
         "window": window,
-        "subscribers": len(subs),
+        "subscribers": n,
         "packets_each": count,
         "seconds": round(elapsed, 3),
-        "paid_packets_per_s": round(count * len(subs) / elapsed, 1),
+        "paid_packets_per_s": round(count * n / elapsed, 1),
         "payments": payments,
-        "complete": all(n == count for n in received),
+        "complete": all(r == count for r in read["received"]),
         "payments_per_s": round(payments / elapsed, 1),
     }
 
 
-async def latency(producer: Node, consumer: Node, window: int, rate: int, seconds: float) -> dict[str, Any]:
-    await producer.streams.producer.create("latency", rate=1)
-    sub = await consumer.streams.consumer.subscribe("latency", window=window)
+async def latency(
+    producer: NodeHost, consumers: NodeHost, window: int, rate: int, seconds: float, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    await producer.call("create", "latency")
     total = int(rate * seconds)
-    delays: list[float] = []
-
-    async def read() -> None:
-        async for p in sub.packets():
-            delays.append(time.perf_counter() - float(p.payload.split(" ", 2)[1]))
-            if len(delays) >= total:
-                break
-        sub.stop()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(read)
-        start = trio.current_time()
-        for i in range(total):
-            await trio.sleep_until(start + i / rate)
-            producer.streams.producer.push("latency", [packet(i)])
-    delays.sort()
-    ms = [d * 1000 for d in delays]
+    await consumers.call("latency_subscribe", "latency", window, total, kwargs)
+    await producer.call("pace", "latency", rate, total)
+    read = await consumers.call("wait")
+    ms = sorted(d * 1000 for d in read["delays"])
     return {
         "window": window,
         "rate": rate,
@@ -172,30 +251,54 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ledger.terminate()
             ledger.wait(10)
     results["settlement"] = "deferred" if args.defer_settlement else "live (devnet ledger in its own process)"
-    results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "load": os.getloadavg()}
+    results["nodes"] = (
+        "one process (producer and consumers in the benchmark's loop)"
+        if args.one_process
+        else "producer in its own process, consumers together in another"
+    )
+    results["subscribe_kwargs"] = subscribe_kwargs(args)
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "load": os.getloadavg(),
+        "clock": time.get_clock_info("perf_counter").implementation,
+    }
     return results
 
 
 async def run_nodes(args: argparse.Namespace, root: Path, url: str) -> dict[str, Any]:
     results: dict[str, Any] = {}
+    kwargs = subscribe_kwargs(args)
+    shared: dict[str, Any] = BASE | {"wallet.arc_url": url}
+    if args.defer_settlement:
+        # holding settlement back shows what the stream path itself costs (payments are still checked
+        # and committed durably before their receipts)
+        shared["wallet.settle_delay"] = 3600
+    hosts: list[NodeHost] = []
     async with trio.open_nursery() as nursery:
-        shared: dict[str, Any] = {"wallet.arc_url": url}
-        if args.defer_settlement:
-            # holding settlement back shows what the stream path itself costs (payments are still checked
-            # and committed durably before their receipts)
-            shared["wallet.settle_delay"] = 3600
-        producer = await start(nursery, root, "producer", **shared)
-        shared["dht.bootstrap"] = [producer.info.dht]
-        consumers = [await start(nursery, root, f"c{i}", **shared) for i in range(args.subscribers)]
-        for c in consumers:
-            await c.wallet.faucet(5_000_000)
-        results["w100_1"] = await throughput(producer, consumers[:1], "w100", 100, args.packets)
-        results["w1_1"] = await throughput(producer, consumers[:1], "w1", 1, args.w1_packets)
-        results["w100_n"] = await throughput(producer, consumers, "w100n", 100, args.packets // 4)
-        results["w1_n"] = await throughput(producer, consumers, "w1n", 1, args.w1_packets // 4)
-        results["latency"] = await latency(producer, consumers[0], 100, 1000, args.latency_seconds)
-        for node in (producer, *consumers):
-            node.request_shutdown()
+
+        async def start(specs: list[NodeSpec], ops: OpFunction) -> NodeHost:
+            host = await open_host(
+                nursery, specs, ops, describe, in_process=args.one_process, log_level=logging.WARNING
+            )
+            hosts.append(host)
+            return host
+
+        try:
+            producer = await start([NodeSpec(str(root), "producer", shared)], producer_ops)
+            shared["dht.bootstrap"] = [producer.info["dht"]]
+            specs = [NodeSpec(str(root), f"c{i}", shared) for i in range(args.subscribers)]
+            consumers = await start(specs, consumer_ops)
+            await consumers.call("faucet", 5_000_000)
+            n = args.subscribers
+            results["w100_1"] = await throughput(producer, consumers, "w100", 100, args.packets, 1, kwargs)
+            results["w1_1"] = await throughput(producer, consumers, "w1", 1, args.w1_packets, 1, kwargs)
+            results["w100_n"] = await throughput(producer, consumers, "w100n", 100, args.packets // 4, n, kwargs)
+            results["w1_n"] = await throughput(producer, consumers, "w1n", 1, args.w1_packets // 4, n, kwargs)
+            results["latency"] = await latency(producer, consumers, 100, 1000, args.latency_seconds, kwargs)
+        finally:
+            for host in reversed(hosts):
+                await host.stop()
     return results
 
 
@@ -212,6 +315,7 @@ def print_table(r: dict[str, Any]) -> None:
     row("payments/s (W=1, 1 subscriber)", f"{w1['payments_per_s']:.0f}", ">= 100")
     row("latency p50 at 1000 packets/s, W=100 (ms)", f"{lat['p50_ms']:.2f}")
     row("latency p99 at 1000 packets/s, W=100 (ms)", f"{lat['p99_ms']:.2f}", "< 10")
+    print(f"nodes: {r['nodes']}; settlement: {r['settlement']}; subscribe extras: {r['subscribe_kwargs'] or 'none'}")
 
 
 def main() -> None:
@@ -222,6 +326,10 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=3.0)
     parser.add_argument("--block-interval", type=float, default=2.0, help="seconds between devnet blocks")
     parser.add_argument("--defer-settlement", action="store_true", help="hold ARC submissions back during the run")
+    parser.add_argument("--one-process", action="store_true", help="run all nodes in this process's event loop")
+    parser.add_argument(
+        "--prepay", type=int, default=None, help="pay-ahead depth in packets, passed to subscribe (default: not passed)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     results = trio.run(run, args)

@@ -1,0 +1,265 @@
+"""Hosts for benchmark nodes: a separate OS process with its own trio loop (as separate daemons would run), or the
+benchmark's own loop. Both run the same operations, so a benchmark is written once and runs either way.
+
+A host starts one or more nodes, each built from a :class:`NodeSpec` (data-dir root, name, config overrides on top
+of :data:`LOOPBACK`), and then runs the operations the benchmark sends it, one at a time, through an *op function*
+the benchmark supplies::
+
+    async def ops(host: Host, op: str, args: list[Any]) -> Any: ...
+
+An operation may start tasks that outlive it in ``host.nursery`` and keep values for later operations in
+``host.state`` (for example: subscribe and start readers, answer "ready"; a later operation waits for the readers).
+The nodes of a host are described once at start by a *describe function* (``Node -> dict``); the descriptions are
+``host.infos`` (``host.info`` for the first node).
+
+In a process host the op and describe functions travel to the child by reference (the ``spawn`` start method
+re-imports them there), so they must be module-level functions, or their dotted names (``"module:function"`` or
+``"module.function"``). Arguments and results must be picklable. Operations on one host are sequential; different
+hosts run in parallel.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import trio
+
+from overlay_node.config import load_config, starter_config_text
+from overlay_node.datadir import DataDir
+from overlay_node.node import Node
+
+#: Config every benchmark node starts from: loopback addresses, ports chosen by the system.
+LOOPBACK: dict[str, Any] = {
+    "swarm.host": "127.0.0.1",
+    "swarm.port": 0,
+    "http.port": 0,
+    "dht.host": "127.0.0.1",
+    "dht.port": 0,
+}
+
+
+class NodeSpec(NamedTuple):
+    """One node to start: its data dir is ``root / name`` (created), its config ``LOOPBACK | overrides``."""
+
+    root: str
+    name: str
+    overrides: dict[str, Any]
+
+
+@dataclass
+class Host:
+    """What an operation sees: the host's nodes (in spec order), a nursery for tasks that outlive an operation
+    (cancelled when the host stops), and a dict kept between operations."""
+
+    nodes: list[Node]
+    nursery: trio.Nursery
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+OpFunction = Callable[[Host, str, list[Any]], Awaitable[Any]]
+DescribeFunction = Callable[[Node], dict[str, Any]]
+
+
+class NodeHost(Protocol):
+    """What the benchmark holds: a process host or a local host."""
+
+    infos: list[dict[str, Any]]
+
+    @property
+    def info(self) -> dict[str, Any]: ...
+
+    async def call(self, op: str, *args: Any) -> Any: ...
+
+    async def stop(self) -> None: ...
+
+
+async def start_node(nursery: trio.Nursery, spec: NodeSpec) -> Node:
+    """Create the spec's data dir and run its node in ``nursery``; returns once the node is ready."""
+    dd = DataDir(Path(spec.root) / spec.name)
+    dd.init(config_text=starter_config_text())
+    node = Node(dd, load_config(env={}, overrides=LOOPBACK | spec.overrides))
+    await nursery.start(node.run)
+    return node
+
+
+def _resolve(ref: Callable[..., Any] | str) -> Callable[..., Any]:
+    if not isinstance(ref, str):
+        return ref
+    module, sep, name = ref.partition(":")
+    if not sep:
+        module, _, name = ref.rpartition(".")
+    fn = getattr(importlib.import_module(module), name)
+    if not callable(fn):
+        raise TypeError(f"{ref} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+async def _task_nursery(*, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
+    """Hands back a nursery for the operations' own tasks; it lives until its cancel scope is cancelled."""
+    async with trio.open_nursery() as tasks:
+        task_status.started(tasks)
+        await trio.sleep_forever()
+
+
+# -- a host in its own process ------------------------------------------------------------------------------------
+
+
+def _serve(
+    specs: list[NodeSpec],
+    ops_ref: OpFunction | str,
+    describe_ref: DescribeFunction | str,
+    conn: Connection,
+    log_level: int | None,
+) -> None:
+    """The child process: start the nodes, send their descriptions, then run operations until ``stop``."""
+    if log_level is not None:
+        logging.basicConfig(level=log_level)
+    ops = _resolve(ops_ref)
+    describe = _resolve(describe_ref)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            nodes = [await start_node(nursery, spec) for spec in specs]
+            tasks: trio.Nursery = await nursery.start(_task_nursery)
+            host = Host(nodes=nodes, nursery=tasks)
+            conn.send([describe(node) for node in nodes])
+            while True:
+                op, args = await trio.to_thread.run_sync(conn.recv)
+                if op == "stop":
+                    break
+                try:
+                    conn.send(("ok", await ops(host, op, args)))
+                except Exception as exc:  # reported to the benchmark, which stops
+                    conn.send(("error", repr(exc)))
+            tasks.cancel_scope.cancel()
+            for node in nodes:
+                node.request_shutdown()
+
+    trio.run(run)
+
+
+class NodeProcess:
+    """A host in its own OS process (``spawn``), driven over a pipe.
+
+    The constructor blocks until the nodes are ready: call it through ``trio.to_thread.run_sync`` (or use
+    :func:`open_host`).
+    """
+
+    def __init__(
+        self,
+        specs: list[NodeSpec],
+        ops: OpFunction | str,
+        describe: DescribeFunction | str,
+        *,
+        log_level: int | None = None,
+    ) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(specs, ops, describe, child, log_level), daemon=True)
+        self._proc.start()
+        child.close()  # so that a child that dies shows here as EOFError instead of a hang
+        try:
+            self.infos: list[dict[str, Any]] = self._conn.recv()
+        except EOFError:
+            self._proc.join()
+            raise RuntimeError(f"the node process failed to start (exit status {self._proc.exitcode})") from None
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.infos[0]
+
+    async def call(self, op: str, *args: Any) -> Any:
+        """Run ``op`` in the process; returns its result. Raises RuntimeError if it raised there."""
+
+        def roundtrip() -> Any:
+            self._conn.send((op, list(args)))
+            return self._conn.recv()
+
+        status, value = await trio.to_thread.run_sync(roundtrip)
+        if status != "ok":
+            raise RuntimeError(f"{op} failed in node process: {value}")
+        return value
+
+    def stop_blocking(self) -> None:
+        """Stop the nodes and wait (up to 30 s) for the process to end."""
+        try:
+            self._conn.send(("stop", []))
+        except (BrokenPipeError, OSError):
+            pass
+        self._proc.join(timeout=30)
+        self._conn.close()
+
+    async def stop(self) -> None:
+        await trio.to_thread.run_sync(self.stop_blocking)
+
+
+# -- a host in the benchmark's loop -------------------------------------------------------------------------------
+
+
+class LocalHost:
+    """A host in the benchmark's own trio loop (same operations, no process boundary). Use :meth:`open`."""
+
+    def __init__(self, host: Host, ops: OpFunction, describe: DescribeFunction) -> None:
+        self._host = host
+        self._ops = ops
+        self.infos = [describe(node) for node in host.nodes]
+
+    @classmethod
+    async def open(
+        cls,
+        nursery: trio.Nursery,
+        specs: list[NodeSpec],
+        ops: OpFunction | str,
+        describe: DescribeFunction | str,
+    ) -> LocalHost:
+        """Start the nodes in ``nursery`` (they run until :meth:`stop`)."""
+        nodes = [await start_node(nursery, spec) for spec in specs]
+        tasks: trio.Nursery = await nursery.start(_task_nursery)
+        return cls(Host(nodes=nodes, nursery=tasks), _resolve(ops), _resolve(describe))
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.infos[0]
+
+    @property
+    def nodes(self) -> list[Node]:
+        return self._host.nodes
+
+    async def call(self, op: str, *args: Any) -> Any:
+        return await self._ops(self._host, op, list(args))
+
+    async def stop(self) -> None:
+        self._host.nursery.cancel_scope.cancel()
+        for node in self._host.nodes:
+            node.request_shutdown()
+
+
+async def open_host(
+    nursery: trio.Nursery,
+    specs: list[NodeSpec],
+    ops: OpFunction | str,
+    describe: DescribeFunction | str,
+    *,
+    in_process: bool,
+    log_level: int | None = None,
+) -> NodeHost:
+    """Start a host: in this loop (``in_process``, nodes run in ``nursery``) or in its own process.
+
+    Args:
+        nursery: where local nodes run (unused for a process host).
+        specs: the nodes, started one after the other.
+        ops: the op function (see the module doc), or its dotted name.
+        describe: ``Node -> dict`` for :attr:`NodeHost.infos`, or its dotted name.
+        in_process: run in the benchmark's loop instead of a new process.
+        log_level: for a process host, ``logging.basicConfig`` level in the child (None: left alone).
+    """
+    if in_process:
+        return await LocalHost.open(nursery, specs, ops, describe)
+    return await trio.to_thread.run_sync(lambda: NodeProcess(specs, ops, describe, log_level=log_level))
