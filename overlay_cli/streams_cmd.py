@@ -157,8 +157,17 @@ def subscribe(
     stream_id: Annotated[str, typer.Argument(help="The stream to subscribe to.")],
     max_price: Annotated[int | None, typer.Option("--max-price", min=0, help="Highest satoshis per unit.")] = None,
     auto_pay_interval: Annotated[
-        int, typer.Option("--auto-pay-interval", min=1, help="W: units paid per payment (credit up to 2W).")
+        int, typer.Option("--auto-pay-interval", min=1, help="W: units paid per payment.")
     ] = 10,
+    prepay: Annotated[
+        int | None,
+        typer.Option(
+            "--prepay",
+            min=1,
+            help="Units that may be paid ahead, payments in flight at once included (default: the daemon's "
+            "streams.pay_ahead; at least 2W).",
+        ),
+    ] = None,
     duration: Annotated[
         float | None, typer.Option("--duration", min=0.001, help="Stop after this many seconds.")
     ] = None,
@@ -177,6 +186,8 @@ def subscribe(
             body["duration"] = duration
         if producer is not None:
             body["producer"] = producer
+        if prepay is not None:
+            body["prepay"] = prepay
         try:
             sink: IO[str] = open(output, "w", encoding="utf-8") if output is not None else sys.stdout  # noqa: SIM115
         except OSError as exc:

@@ -141,6 +141,7 @@ class WalletSection:
     max_beef_txs: int = field(default=1000, metadata=_range(1, 1_000_000))
     record_batch: int = field(default=256, metadata=_range(1, 100_000))
     settle_batch: int = field(default=100, metadata=_range(1, 10_000))
+    settle_linger: float = field(default=0.1, metadata=_range(0, 60))
     settle_retry_min: float = field(default=1.0, metadata=_range(0.01, 3600))
     settle_retry_max: float = field(default=300.0, metadata=_range(0.01, 86_400))
     settle_poll_interval: float = field(default=5.0, metadata=_range(0.01, 86_400))
@@ -186,6 +187,8 @@ class StreamsSection:
     reconnect_min: float = field(default=0.1, metadata=_range(0.01, 3600))
     reconnect_max: float = field(default=5.0, metadata=_range(0.01, 3600))
     resume_timeout: float = field(default=60.0, metadata=_range(0.1, 86_400))
+    pay_ahead: int = field(default=16, metadata=_range(1, 1_000_000))
+    max_pay_ahead: int = field(default=1024, metadata=_range(1, 1_000_000))
 
 
 @dataclass(frozen=True, slots=True)

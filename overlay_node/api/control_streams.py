@@ -125,6 +125,7 @@ def streams_routes(streams: Streams) -> list[Route]:
             duration=None if duration is None else float(duration),
             producer=producer_key,
             withhold_after=_opt_int(body, "withhold_after"),
+            prepay=_opt_int(body, "prepay", minimum=1),
         )
 
         async def lines() -> AsyncIterator[bytes]:

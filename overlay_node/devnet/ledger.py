@@ -320,7 +320,7 @@ class Ledger:
         return TxAnswer(
             txid=txid,
             tx_status=DOUBLE_SPEND_ATTEMPTED,
-            extra_info="an input is already spent by a competing transaction",
+            extra_info="double spend: an input is already spent by a competing transaction",
             competing_txs=record.competing,
         )
 

@@ -5,8 +5,9 @@ batches on the wire, and the checks on quotes and receipts (DESIGN.md section 10
 Exchange (over one authenticated peer link; the consumer's identity is the link's key)::
 
     consumer                                   producer
-    stream.subscribe {stream_id, window W, from_seq?}  ->
-                                           <-  {terms, quote(W units), start_seq, head, paid, packets}
+    stream.subscribe {stream_id, window W, ahead A, from_seq?}  ->
+                                           <-  {terms, quotes (A open, W units each), ahead (granted),
+                                                start_seq, head, paid, packets}
     stream.pay {stream_id, payment}            ->    (BRC-29 payment of the quote, W units)
                                            <-  {receipt (signed), quote (next window), credit}
                                            <-  notice stream.packets {stream_id, first, payloads, head}
@@ -20,12 +21,16 @@ Invariants:
    ``rate`` for each packet sequence number delivered for the first time; a per-second stream charges
    ``rate`` per second elapsed while the subscription is active (not paused). A packet is sent only while
    ``credit > 0`` (per-packet: ``credit >= rate``), so every packet delivered is paid for before it leaves.
-2. A payment covers one window of ``W`` units (``W * rate`` satoshis) and is accepted only while the credit
-   is at most one window (:meth:`ProducerCredit.check_payment`): credit never exceeds ``2W`` units, so at
-   most one window is paid ahead and one payment is in flight while a window is consumed.
-3. The consumer pays when its credit is at most one window **and** the producer has more packets than the
-   credit covers (``head`` is announced with every batch and pause). A stream whose length is a multiple
-   of ``W`` is therefore paid exactly: ``paid == packets * rate``.
+2. A payment covers one window of ``W`` units (``W * rate`` satoshis). A subscription may be paid ``A``
+   windows ahead (``ahead``, at least 2; agreed at subscribe, :func:`ahead_windows`): a payment is accepted
+   only while the credit plus the payments still being checked is at most ``A - 1`` windows
+   (:meth:`ProducerCredit.check_payment`), so credit never exceeds ``A * W``. With ``A = 2`` (every window
+   of ``W >= pay_ahead`` packets) one window is paid ahead and one payment is in flight while a window is
+   consumed; a small window (``W = 1``) gets a deeper pipeline, up to ``A - 1`` payments in flight at once,
+   so that the stream runs at ``A - 1`` windows per payment round trip instead of one.
+3. The consumer pays when its credit plus its payments in flight is at most ``A - 1`` windows **and** the
+   producer has more packets than that covers (``head`` is announced with every batch and pause). A stream
+   whose length is a multiple of ``W`` is therefore paid exactly: ``paid == packets * rate``.
 4. Sequence numbers are contiguous per stream, from 0. The producer sends a subscriber the packets from its
    cursor on, in order; the consumer accepts a batch only if it starts exactly at the next sequence number it
    expects (a gap, a repeat or a reorder is a protocol error and grants nothing).
@@ -55,6 +60,8 @@ from overlay_node.errors import BadRequest, InvalidPayment, PaymentError, Remote
 from overlay_node.protocol.payments import MAX_SATOSHIS, Quote, Receipt
 
 __all__ = [
+    "MAX_AHEAD",
+    "PAID_TOO_EARLY",
     "PRICING_MODELS",
     "Close",
     "ConsumerCredit",
@@ -66,6 +73,7 @@ __all__ = [
     "ProducerCredit",
     "SendPackets",
     "StreamTerms",
+    "ahead_windows",
     "check_payload",
     "check_stream_id",
     "check_window",
@@ -79,6 +87,16 @@ MAX_WINDOW: Final = 1_000_000
 _STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _MAX_TITLE: Final = 200
 _MAX_TAGS: Final = 16
+#: the most windows a subscription may be paid ahead
+MAX_AHEAD: Final = 64
+#: the words of the refusal of a payment that came before the credit was used (the consumer waits, then pays)
+PAID_TOO_EARLY: Final = "pay when it is used"
+
+
+def ahead_windows(window: int, packets: int) -> int:
+    """How many windows of ``window`` units to pay ahead so that at least ``packets`` units are covered:
+    at least 2 (one consumed while the next is paid), at most :data:`MAX_AHEAD`."""
+    return max(2, min(MAX_AHEAD, -(-packets // window)))
 
 
 def check_stream_id(value: object) -> str:
@@ -269,6 +287,7 @@ class ProducerCredit:
     Args:
         pricing_model, rate: the stream's terms.
         window: the subscriber's W.
+        ahead: how many windows may be paid ahead (invariant 2).
         cursor: the next sequence number to send.
         charged_through: packets below it were charged already (resent for free).
         paid: satoshis accepted so far for this subscriber (from the durable payments).
@@ -283,6 +302,7 @@ class ProducerCredit:
         pricing_model: PricingModel,
         rate: int,
         window: int,
+        ahead: int = 2,
         cursor: int,
         charged_through: int,
         paid: int = 0,
@@ -293,6 +313,8 @@ class ProducerCredit:
         self.pricing_model: PricingModel = pricing_model
         self.rate = rate
         self.window = check_window(window)
+        self.ahead = ahead
+        self.pending = 0  # satoshis of payments being checked
         self.cursor = cursor
         self.charged_through = max(charged_through, 0)
         self.paid = paid
@@ -351,16 +373,20 @@ class ProducerCredit:
         return start
 
     def check_payment(self, amount: int) -> None:
-        """Whether a payment of ``amount`` may be accepted now (before accepting it).
+        """Whether a payment of ``amount`` may be checked now; the caller adds it to :attr:`pending` while it
+        checks it, and takes it off after.
 
         Raises:
-            PaymentError: the subscription is closed, or the credit is more than one window (paid too early).
+            PaymentError: the subscription is closed, or the credit and the payments being checked are more
+                than ``ahead - 1`` windows (paid too early).
         """
         if self.state == "closed":
             raise PaymentError("the subscription is closed: subscribe again")
-        if self.credit > self.window_price:
+        limit = (self.ahead - 1) * self.window_price
+        if self.credit + self.pending > limit:
             raise PaymentError(
-                f"credit {self.credit} is more than one window ({self.window_price} satoshis): pay when it is used"
+                f"credit {self.credit} and {self.pending} being paid are more than {self.ahead - 1} window(s) "
+                f"({limit} satoshis): {PAID_TOO_EARLY}"
             )
         if amount != self.window_price:
             raise InvalidPayment(f"a window costs {self.window_price} satoshis, not {amount}")
@@ -443,12 +469,16 @@ class ConsumerCredit:
         window: W.
         next_seq: the next sequence number expected.
         max_price: the highest rate (satoshis per unit) this consumer pays, or None.
+        ahead: how many windows may be paid ahead (the producer's answer; invariant 2).
     """
 
-    def __init__(self, *, terms: StreamTerms, me: str, window: int, next_seq: int, max_price: int | None) -> None:
+    def __init__(
+        self, *, terms: StreamTerms, me: str, window: int, next_seq: int, max_price: int | None, ahead: int = 2
+    ) -> None:
         self.terms = terms
         self.me = me
         self.window = check_window(window)
+        self.ahead = ahead
         self.next_seq = next_seq
         self.max_price = max_price
         self.paid = 0
@@ -456,7 +486,7 @@ class ConsumerCredit:
         self.packets = 0
         self.seconds = 0.0
         self.head = next_seq
-        self.in_flight = False
+        self.in_flight = 0  # payments sent, not yet answered
         self.paused = False
 
     @property
@@ -510,15 +540,16 @@ class ConsumerCredit:
 
     def wants_payment(self) -> bool:
         """Whether to pay the next window now (invariant 3)."""
-        if self.in_flight:
+        if self.in_flight >= self.ahead - 1:
             return False
-        if self.paused:
+        if self.paused and not self.in_flight:
             return True
-        if self.credit > self.window_price:
+        prepaid = self.credit + self.in_flight * self.window_price
+        if prepaid > (self.ahead - 1) * self.window_price:
             return False
         if self.terms.pricing_model == "per-second":
             return True
-        return self.head * self.terms.rate > (self.next_seq * self.terms.rate + self.credit)
+        return self.head * self.terms.rate > (self.next_seq * self.terms.rate + prepaid)
 
     def on_packets(self, batch: PacketBatch, now_seconds: float = 0.0) -> list[Packet]:
         """Accept a batch; returns its packets.
@@ -552,10 +583,10 @@ class ConsumerCredit:
             self.paused = True
 
     def begin_payment(self) -> None:
-        self.in_flight = True
+        self.in_flight += 1
 
     def payment_failed(self) -> None:
-        self.in_flight = False
+        self.in_flight = max(0, self.in_flight - 1)
 
     def on_receipt(self, receipt: Receipt, quote: Quote, txid: str) -> None:
         """A receipt for the window paid with ``quote`` by ``txid``.
@@ -564,7 +595,7 @@ class ConsumerCredit:
             RemoteProtocolError: the receipt is not the producer's, or does not acknowledge this payment
                 (no credit is added).
         """
-        self.in_flight = False
+        self.in_flight = max(0, self.in_flight - 1)
         if not (receipt.verify() and receipt.matches(quote, txid) and receipt.payee == self.terms.producer):
             raise RemoteProtocolError(
                 "the producer's receipt is invalid (forged or for another payment)", reason="bad_receipt"

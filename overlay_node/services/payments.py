@@ -437,8 +437,11 @@ class Payments:
         self._received.put(quote.quote_id, quote)
         return quote
 
-    async def prepare_payment(self, quote: Quote, *, amount: int | None = None) -> tuple[PaymentMessage, PreparedTx]:
-        """Build (and reserve the coins of) a payment for ``quote``, paying ``amount`` (default: the price).
+    async def prepare_payment(
+        self, quote: Quote, *, amount: int | None = None, change_parts: int = 1
+    ) -> tuple[PaymentMessage, PreparedTx]:
+        """Build (and reserve the coins of) a payment for ``quote``, paying ``amount`` (default: the price),
+        its change split into ``change_parts`` coins (see ``Wallet.prepare``).
 
         The caller sends it with :meth:`send_payment` or gives the coins back with ``wallet.release``.
 
@@ -453,7 +456,9 @@ class Payments:
             raise QuoteExpired(f"quote {quote.quote_id} expired: request a new one")
         suffix = new_nonce()
         script = payer_locking_script(self._identity, quote.payee, quote.prefix, suffix)
-        prepared = await self._wallet.prepare([(script, amount or quote.amount)], recipient=quote.payee)
+        prepared = await self._wallet.prepare(
+            [(script, amount or quote.amount)], recipient=quote.payee, change_parts=change_parts
+        )
         message = PaymentMessage(
             quote=quote,
             derivation_prefix=quote.prefix,

@@ -9,7 +9,8 @@ Theory of operation:
    and those ARC accepted already, to learn their status: a resubmission is answered with it) in one
    ``POST /v1/txs`` (in queue order: a later transaction may spend an earlier one), asks ARC the status of
    the ``watch`` jobs, applies all answers in one durable write, then sleeps until the next job is due or a
-   new one is queued (:meth:`Settlement.kick`).
+   new one is queued (:meth:`Settlement.kick`), and then ``settle_linger`` more so that a busy stream's
+   payments travel many per request.
 3. :func:`decide` (pure) turns each ARC answer into the job's next state with DESIGN.md section 9's
    semantics: MINED -> ``mined`` with the merkle path; SEEN_ON_NETWORK -> ``seen`` (settled; polled again
    until mined); PROGRESSING (SEEN_IN_ORPHAN_MEMPOOL included) -> ``progressing``, polled again; FAILED
@@ -167,6 +168,8 @@ class Settlement:
             delay = math.inf if next_due is None else max(0.0, next_due - wall_time())
             with trio.move_on_after(delay):
                 await self._kicked.wait()
+                # let more jobs gather: one request and one durable write for many payments
+                await trio.sleep(self._config.settle_linger)
 
     async def process(self, *, everything: bool = False) -> int:
         """Work the due jobs now (every open job with ``everything``, e.g. right after a block in tests).

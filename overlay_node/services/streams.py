@@ -50,14 +50,16 @@ from overlay_node.errors import (
 )
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
-from overlay_node.protocol.payments import PaymentMessage
+from overlay_node.protocol.payments import PaymentMessage, Quote
 from overlay_node.protocol.streams import (
+    MAX_AHEAD,
     Close,
     PacketBatch,
     Pause,
     ProducerCredit,
     SendPackets,
     StreamTerms,
+    ahead_windows,
     check_payload,
     check_stream_id,
     check_window,
@@ -91,7 +93,7 @@ class _Sub:
     window: int
     start_seq: int
     credit: ProducerCredit
-    quote: Any = None  # the Quote of the next window
+    quotes: dict[str, Quote] = field(default_factory=dict)  # open window quotes, by id (at most `ahead`)
     link: PeerLink | None = None
     scope: trio.CancelScope | None = None
     wake: trio.Event = field(default_factory=trio.Event)
@@ -403,6 +405,12 @@ class StreamProducer:
         if stream.closed_at is not None and body.get("from_seq") is None:
             raise Conflict(f"stream {stream.terms.stream_id!r} is closed")
         window = check_window(body.get("window"))
+        asked = body.get("ahead", 2)
+        if not isinstance(asked, int) or isinstance(asked, bool) or not 1 <= asked <= MAX_AHEAD:
+            raise BadRequest(f"'ahead' must be an integer in [1, {MAX_AHEAD}]")
+        ahead = min(max(asked, 2), ahead_windows(window, self._config.max_pay_ahead))
+        if stream.terms.pricing_model == "per-second":
+            ahead = 2  # time is sold a window at a time; a pipeline of payments buys nothing
         from_seq = body.get("from_seq")
         key = link.peer_key
         now = trio.current_time()
@@ -423,6 +431,7 @@ class StreamProducer:
                 pricing_model=stream.terms.pricing_model,
                 rate=stream.terms.rate,
                 window=window,
+                ahead=ahead,
                 cursor=start,
                 charged_through=row.charged_through if row is not None else start,
                 paid=paid.amount if paid is not None else 0,
@@ -435,19 +444,24 @@ class StreamProducer:
         else:
             start = sub.credit.cursor if from_seq is None else from_seq
             sub.window = sub.credit.window = window
+            sub.credit.ahead = ahead
         if from_seq is None:
             from_seq = max(min(start, stream.next_seq), stream.oldest)
         begin = sub.credit.resume_at(from_seq, oldest=stream.oldest, head=stream.next_seq)
         sub.credit.on_paid(0, now)
         sub.reason = ""
         sub.dirty = True
-        sub.quote = self._payments.issue_quote(
-            key, stream_resource(stream.terms.stream_id), stream.terms.window_price(window)
-        )
+        now_ms = int(wall_time() * 1000)
+        sub.quotes = {
+            q.quote_id: q for q in sub.quotes.values() if not q.expired(now_ms) and q.amount == sub.credit.window_price
+        }
+        while len(sub.quotes) < ahead:
+            self._issue_quote(sub)
         self._attach(sub, link)
         return {
             "terms": stream.terms.to_wire(),
-            "quote": sub.quote.to_wire(),
+            "quotes": [q.to_wire() for q in sub.quotes.values()],
+            "ahead": ahead,
             "start_seq": begin,
             "head": stream.next_seq,
             "paid": sub.credit.paid,
@@ -477,23 +491,37 @@ class StreamProducer:
         try:
             if quote.resource != stream_resource(stream.terms.stream_id):
                 raise InvalidPayment(f"the payment is for {quote.resource!r}, not stream {stream.terms.stream_id!r}")
-            if sub.quote is None or quote.quote_id != sub.quote.quote_id:
-                if quote.resource == stream_resource(stream.terms.stream_id) and quote.payee == self._me:
-                    raise PaymentReplayed(f"quote {quote.quote_id} is not this subscription's open window quote")
-                raise InvalidPayment("the payment does not answer this subscription's window quote")
-            sub.credit.check_payment(quote.amount)
-            receipt = await self._payments.accept_payment(link.peer_key, message)
+            if quote.quote_id not in sub.quotes:
+                if quote.payee == self._me:
+                    raise PaymentReplayed(f"quote {quote.quote_id} is not an open window quote of this subscription")
+                raise InvalidPayment("the payment does not answer this subscription's window quotes")
+            credit = sub.credit
+            credit.check_payment(quote.amount)
+            credit.pending += quote.amount
+            try:
+                # shielded: a payment that gets recorded must also be credited, even if the link drops meanwhile
+                # (the consumer then collects its receipt with pay.receipt after resuming)
+                with trio.CancelScope(shield=True):
+                    receipt = await self._payments.accept_payment(link.peer_key, message)
+            finally:
+                credit.pending -= quote.amount
         except OverlayError:
             self._m_payments.labels("producer", "refused").inc()
             raise
-        sub.credit.on_paid(receipt.amount, trio.current_time())
-        sub.quote = self._payments.issue_quote(
-            link.peer_key, stream_resource(stream.terms.stream_id), stream.terms.window_price(sub.window)
-        )
+        del sub.quotes[quote.quote_id]
+        credit.on_paid(receipt.amount, trio.current_time())
         sub.dirty = True
         sub.wake.set()
         self._m_payments.labels("producer", "accepted").inc()
-        return {"receipt": receipt.to_wire(), "quote": sub.quote.to_wire(), "credit": sub.credit.credit}
+        fresh = self._issue_quote(sub)
+        return {"receipt": receipt.to_wire(), "quote": fresh.to_wire(), "credit": credit.credit}
+
+    def _issue_quote(self, sub: _Sub) -> Quote:
+        """A new window quote for ``sub`` (kept among its open quotes)."""
+        terms = sub.stream.terms
+        quote = self._payments.issue_quote(sub.key, stream_resource(terms.stream_id), terms.window_price(sub.window))
+        sub.quotes[quote.quote_id] = quote
+        return quote
 
     async def _on_unsubscribe(self, link: PeerLink, body: dict[str, Any]) -> None:
         stream = self._streams.get(str(body.get("stream_id")))

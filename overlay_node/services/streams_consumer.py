@@ -11,10 +11,13 @@ Theory of operation:
    the link, and so on the producer's sender for this subscriber only).
 2. Packets arrive as ``stream.packets`` notices (handled in order per link) and go through the
    :class:`~overlay_node.protocol.streams.ConsumerCredit`; a payer task pays a window whenever the credit says
-   so, one payment at a time, with the quote the previous receipt brought (no extra round trip).
-3. A payment is written ahead in the wallet (``Wallet.begin``) and sent with ``stream.pay``; the receipt makes
-   it ``sent``; a refusal undoes it; no answer leaves it to the settlement watch and, after a reconnect, the
-   consumer asks ``pay.receipt`` for it, so an accepted payment is counted once and a lost one never.
+   so, with one of the open quotes the subscribe answer and the receipts brought (no extra round trip). Up to
+   ``ahead`` payments may be in flight at once (``streams.pay_ahead`` packets, at least two windows); each
+   spends its own coin: the first payment splits its change into that many coins.
+3. A payment is built and written ahead in the wallet (``Wallet.begin``) by the payer task, in order, and
+   sent with ``stream.pay`` by a task of its own; the receipt makes it ``sent``; a refusal undoes it; no answer
+   leaves it to the settlement watch and, after a reconnect, the consumer asks ``pay.receipt`` for it, so an
+   accepted payment is counted once and a lost one never.
 4. If the link drops, the subscription redials (DHT lookup again: a restarted producer may listen elsewhere)
    with backoff for up to ``resume_timeout`` and subscribes again from its next sequence number, which the
    producer never charges again.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,6 +45,7 @@ from overlay_node.errors import (
     Conflict,
     ConnectionLost,
     DialError,
+    InsufficientFunds,
     NotFound,
     OverlayError,
     PaymentError,
@@ -51,12 +56,15 @@ from overlay_node.errors import (
 )
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
-from overlay_node.protocol.payments import Quote, Receipt
+from overlay_node.protocol.payments import PaymentMessage, Quote, Receipt
 from overlay_node.protocol.streams import (
+    MAX_AHEAD,
+    PAID_TOO_EARLY,
     ConsumerCredit,
     Packet,
     PacketBatch,
     StreamTerms,
+    ahead_windows,
     check_stream_id,
     check_window,
 )
@@ -98,6 +106,7 @@ class Subscription:
         addresses: list[str],
         *,
         window: int,
+        ahead: int,
         max_price: int | None,
         duration: float | None,
         withhold_after: int | None,
@@ -107,11 +116,12 @@ class Subscription:
         self.producer = producer
         self.addresses = addresses
         self.window = window
+        self.ahead = ahead
         self.max_price = max_price
         self.duration = duration
         self.withhold_after = withhold_after
         self.credit: ConsumerCredit | None = None
-        self.quote: Quote | None = None
+        self.quotes: deque[Quote] = deque()  # open window quotes, oldest first
         self.link: PeerLink | None = None
         self.fees = 0
         self.skipped = 0
@@ -123,7 +133,9 @@ class Subscription:
         self._changed = trio.Event()
         self._done = trio.Event()
         self._finished = trio.Event()
-        self._unanswered: tuple[Quote, str] | None = None
+        self._unanswered: list[tuple[Quote, str]] = []
+        self._failure: OverlayError | _Finished | None = None
+        self._hold = False  # a payment came too early: wait for news before the next
         self._last_tick = trio.current_time()
 
     # -- reader API ----------------------------------------------------------------------------------------------
@@ -169,16 +181,21 @@ class Subscription:
 
     async def _subscribe(self, link: PeerLink) -> None:
         """Send ``stream.subscribe`` (from our next sequence number when resuming) and take the answer."""
-        body: dict[str, Any] = {"stream_id": self.stream_id, "window": self.window}
+        body: dict[str, Any] = {"stream_id": self.stream_id, "window": self.window, "ahead": self.ahead}
         if self.credit is not None:
             body["from_seq"] = self.credit.next_seq
         answer = await link.request("stream.subscribe", body)
         try:
             terms = StreamTerms.from_wire(answer.get("terms"))
-            quote = Quote.from_wire(answer.get("quote"))
-            start, head = answer.get("start_seq"), answer.get("head")
+            wire_quotes = answer.get("quotes")
+            if not isinstance(wire_quotes, list) or not 1 <= len(wire_quotes) <= MAX_AHEAD:
+                raise BadRequest(f"'quotes' must be a list of 1-{MAX_AHEAD} quotes")
+            quotes = [Quote.from_wire(q) for q in wire_quotes]
+            start, head, ahead = answer.get("start_seq"), answer.get("head"), answer.get("ahead")
             if not isinstance(start, int) or not isinstance(head, int) or not 0 <= start <= head:
                 raise BadRequest("bad start_seq or head")
+            if not isinstance(ahead, int) or not 2 <= ahead <= max(2, self.ahead):
+                raise BadRequest(f"'ahead' must be an integer in [2, {max(2, self.ahead)}]")
         except BadRequest as exc:
             raise RemoteProtocolError(
                 f"the producer's subscribe answer is malformed: {exc}", reason="bad_answer"
@@ -187,7 +204,12 @@ class Subscription:
             raise RemoteProtocolError("the producer answered for another stream or key", reason="bad_answer")
         if self.credit is None:
             self.credit = ConsumerCredit(
-                terms=terms, me=self._consumer.me, window=self.window, next_seq=start, max_price=self.max_price
+                terms=terms,
+                me=self._consumer.me,
+                window=self.window,
+                next_seq=start,
+                max_price=self.max_price,
+                ahead=ahead,
             )
             self.credit.check_price()
         else:
@@ -197,9 +219,12 @@ class Subscription:
             if start > self.credit.next_seq:
                 self.skipped += start - self.credit.next_seq
                 self.credit.next_seq = start
-            self.credit.in_flight = False
+            self.credit.in_flight = 0
+            self.credit.ahead = ahead
         self.credit.head = max(self.credit.head, head)
-        self.quote = self.credit.check_quote(quote, int(wall_time() * 1000))
+        now_ms = int(wall_time() * 1000)
+        sent = {q.quote_id for q, _ in self._unanswered}  # paid, answer unknown: not to be paid again
+        self.quotes = deque(self.credit.check_quote(q, now_ms) for q in quotes if q.quote_id not in sent)
         self.link = link
 
     @property
@@ -261,20 +286,21 @@ class Subscription:
             )
 
     async def _collect_unanswered(self, link: PeerLink) -> None:
-        """A payment sent before the link dropped: count it if the producer has it (its receipt), else not."""
-        if self._unanswered is None or self.credit is None:
+        """Payments sent before the link dropped: count each the producer has (its receipt), the others not."""
+        unanswered, self._unanswered = self._unanswered, []
+        if self.credit is None:
             return
-        quote, txid = self._unanswered
-        self._unanswered = None
-        try:
-            answer = await link.request("pay.receipt", {"quote_id": quote.quote_id})
-            receipt = Receipt.from_wire(answer.get("receipt"))
-            self.credit.on_receipt(receipt, quote, txid)
-            logger.info("stream %s: a payment sent before the link dropped was accepted", self.stream_id)
-        except NotFound:
-            pass  # the producer never took it: the wallet's watch gives the coins back
-        except (BadRequest, RemoteProtocolError) as exc:
-            logger.warning("stream %s: bad receipt for an unanswered payment: %s", self.stream_id, exc)
+        for quote, txid in unanswered:
+            try:
+                answer = await link.request("pay.receipt", {"quote_id": quote.quote_id})
+                receipt = Receipt.from_wire(answer.get("receipt"))
+                self.credit.in_flight += 1  # on_receipt counts it out again
+                self.credit.on_receipt(receipt, quote, txid)
+                logger.info("stream %s: a payment sent before the link dropped was accepted", self.stream_id)
+            except NotFound:
+                pass  # the producer never took it: the wallet's watch gives the coins back
+            except (BadRequest, RemoteProtocolError) as exc:
+                logger.warning("stream %s: bad receipt for an unanswered payment: %s", self.stream_id, exc)
 
     async def _session(self, link: PeerLink) -> None:
         failure: OverlayError | _Finished | None = None
@@ -301,16 +327,39 @@ class Subscription:
             raise ConnectionLost("link to the producer closed")
 
     async def _payer(self, link: PeerLink) -> None:
-        while True:
-            self._changed = trio.Event()
-            credit = self.credit
-            assert credit is not None
-            self._tick()
-            if credit.wants_payment() and not self._withholding():
-                await self._pay(link)
-            else:
-                with trio.move_on_after(self._tick_interval()):
-                    await self._changed.wait()
+        """Pay windows as the credit asks, up to ``ahead`` at once; returns (raises) the first failure."""
+        self._reset_payer()
+        async with trio.open_nursery() as nursery:
+            while self._failure is None:
+                self._changed = trio.Event()
+                credit = self.credit
+                assert credit is not None
+                self._tick()
+                if self.quotes and not self._hold and credit.wants_payment() and not self._withholding():
+                    try:
+                        await self._start_payment(link, nursery)
+                    except (OverlayError, _Finished) as exc:
+                        self._fail(exc)
+                else:
+                    with trio.move_on_after(self._tick_interval()):
+                        await self._changed.wait()
+            nursery.cancel_scope.cancel()  # payments still in flight are left unanswered (collected on resume)
+        raise self._failure
+
+    def _reset_payer(self) -> None:
+        self._failure = None
+        self._hold = False
+
+    def _fail(self, failure: OverlayError | _Finished) -> None:
+        if self._failure is None:
+            self._failure = failure
+        self._changed.set()
+
+    def _change_parts(self) -> int:
+        """How many coins the change of the next payment becomes: enough for ``ahead`` payments in flight."""
+        credit = self.credit
+        assert credit is not None
+        return max(1, credit.ahead - self._consumer.wallet.free_coins())
 
     def _tick(self) -> None:
         now = trio.current_time()
@@ -329,19 +378,31 @@ class Subscription:
             self.withhold_after is not None and self.credit is not None and self.credit.payments >= self.withhold_after
         )
 
-    async def _pay(self, link: PeerLink) -> None:
-        credit, quote = self.credit, self.quote
-        assert credit is not None and quote is not None
+    async def _start_payment(self, link: PeerLink, nursery: trio.Nursery) -> None:
+        """Build and write ahead the next payment (in order: coins are picked one payment at a time), then send
+        it from a task of its own."""
+        credit = self.credit
+        assert credit is not None
         consumer = self._consumer
+        quote = self.quotes.popleft()
         credit.begin_payment()
         try:
-            message, prepared = await consumer.payments.prepare_payment(quote)
+            message, prepared = await consumer.payments.prepare_payment(quote, change_parts=self._change_parts())
         except QuoteExpired:
             credit.payment_failed()
-            await self._subscribe(link)  # a fresh quote
+            if not self.quotes and not credit.in_flight:
+                await self._subscribe(link)  # fresh quotes
+            return
+        except InsufficientFunds:
+            credit.payment_failed()
+            self.quotes.appendleft(quote)
+            if not credit.in_flight:
+                raise
+            self._hold = True  # coins come back with the answers to the payments in flight
             return
         except BaseException:
             credit.payment_failed()
+            self.quotes.appendleft(quote)
             raise
         history = HistoryRecord(
             txid=prepared.txid,
@@ -353,32 +414,57 @@ class Subscription:
             quote_id=quote.quote_id,
             resource=quote.resource,
         )
-        await consumer.wallet.begin(prepared, history)
+        try:
+            await consumer.wallet.begin(prepared, history)
+        except BaseException:
+            credit.payment_failed()
+            self.quotes.appendleft(quote)
+            raise
+        nursery.start_soon(self._send_payment, link, quote, message, prepared)
+
+    async def _send_payment(self, link: PeerLink, quote: Quote, message: PaymentMessage, prepared: PreparedTx) -> None:
+        try:
+            await self._pay_one(link, quote, message, prepared)
+        except (OverlayError, _Finished) as exc:
+            self._fail(exc)
+
+    async def _pay_one(self, link: PeerLink, quote: Quote, message: PaymentMessage, prepared: PreparedTx) -> None:
+        """Send one payment and take its answer: a receipt adds credit, a refusal undoes it, no answer leaves
+        it to be collected on resume."""
+        credit = self.credit
+        assert credit is not None
+        consumer = self._consumer
         try:
             answer = await link.request("stream.pay", {"stream_id": self.stream_id, "payment": message.to_wire()})
         except (ConnectionLost, PeerTimeout) as exc:
             consumer.wallet.unanswered(prepared, str(exc))
             credit.payment_failed()
-            self._unanswered = (quote, prepared.txid)
+            self._unanswered.append((quote, prepared.txid))
             consumer.m_payments.labels("consumer", "unanswered").inc()
-            raise
+            self._fail(exc)
+            return
         except trio.Cancelled:
             consumer.wallet.unanswered(prepared, "cancelled while waiting for the producer")
             credit.payment_failed()
-            self._unanswered = (quote, prepared.txid)
+            self._unanswered.append((quote, prepared.txid))
             raise
         except OverlayError as exc:
             await consumer.wallet.abort(prepared)
             credit.payment_failed()
             consumer.m_payments.labels("consumer", "refused").inc()
-            if isinstance(exc, PaymentError) and "more than one window" in str(exc):
-                with trio.move_on_after(0.05):  # our estimate ran ahead of the producer's; wait for news
-                    await self._changed.wait()
+            if isinstance(exc, PaymentError) and PAID_TOO_EARLY in str(exc):
+                # our estimate ran ahead of the producer's: the quote is still open; pay it after news
+                self.quotes.appendleft(quote)
+                self._hold = True
+                self._changed.set()
                 return
-            raise _Finished("payment_refused", exc) from None
-        await self._receipt(prepared, quote, answer)
+            self._fail(_Finished("payment_refused", exc))
+            return
+        self._hold = False
+        self._receipt(prepared, quote, answer)
+        self._changed.set()
 
-    async def _receipt(self, prepared: PreparedTx, quote: Quote, answer: dict[str, Any]) -> None:
+    def _receipt(self, prepared: PreparedTx, quote: Quote, answer: dict[str, Any]) -> None:
         credit = self.credit
         assert credit is not None
         wallet = self._consumer.wallet
@@ -386,7 +472,6 @@ class Subscription:
             receipt = Receipt.from_wire(answer.get("receipt"))
             credit.on_receipt(receipt, quote, prepared.txid)
         except (BadRequest, RemoteProtocolError) as exc:
-            credit.payment_failed()
             wallet.sent(prepared, None, detail="the producer's receipt is invalid")
             error = exc if isinstance(exc, RemoteProtocolError) else RemoteProtocolError(str(exc), reason="bad_receipt")
             raise _Finished("bad_receipt", error) from None
@@ -394,13 +479,13 @@ class Subscription:
         self.fees += prepared.fee
         self._consumer.m_payments.labels("consumer", "paid").inc()
         try:
-            self.quote = credit.check_quote(Quote.from_wire(answer.get("quote")), int(wall_time() * 1000))
+            self.quotes.append(credit.check_quote(Quote.from_wire(answer.get("quote")), int(wall_time() * 1000)))
         except PaymentError as exc:
             raise _Finished("price_exceeded", exc) from None
         except BadRequest as exc:
             raise _Finished("bad_quote", RemoteProtocolError(str(exc), reason="bad_quote")) from None
         producer_credit = answer.get("credit")
-        if credit.terms.pricing_model == "per-second" and isinstance(producer_credit, int):
+        if credit.terms.pricing_model == "per-second" and isinstance(producer_credit, int) and not credit.in_flight:
             credit.seconds = max(0.0, (credit.paid - producer_credit) / credit.terms.rate)
 
     # -- notices (called by the consumer service) --------------------------------------------------------------
@@ -415,6 +500,7 @@ class Subscription:
             self.error = exc
             self.stop("protocol_error")
             return
+        self._hold = False
         self._changed.set()
         self._consumer.m_packets.labels("received").inc(len(packets))
         for packet in packets:
@@ -427,6 +513,7 @@ class Subscription:
     def on_paused(self, head: object, paid: object) -> None:
         if self.credit is not None and isinstance(head, int) and isinstance(paid, int):
             self.credit.on_pause(head, paid)
+            self._hold = False
             self._changed.set()
 
     def on_closed(self, reason: str) -> None:
@@ -516,8 +603,10 @@ class StreamConsumer:
         duration: float | None = None,
         producer: str | None = None,
         withhold_after: int | None = None,
+        prepay: int | None = None,
     ) -> Subscription:
-        """Find the stream, subscribe, and start paying and receiving (see the module doc).
+        """Find the stream, subscribe, and start paying and receiving (see the module doc). ``prepay``: how
+        many packets may be paid ahead (default ``streams.pay_ahead``; at least two windows).
 
         Raises:
             BadRequest: bad arguments. NotFound: no producer advertises the stream. Conflict: already
@@ -530,6 +619,8 @@ class StreamConsumer:
             raise BadRequest("max price must be a non-negative number of satoshis")
         if duration is not None and not 0 < duration <= 86_400 * 365:
             raise BadRequest("duration must be a positive number of seconds")
+        if prepay is not None and (not isinstance(prepay, int) or isinstance(prepay, bool) or prepay < 1):
+            raise BadRequest("prepay must be a positive number of packets")
         if self._nursery is None:
             raise ConnectionLost("the streams service is not running")
         key, addresses = await self._find(stream_id, producer)
@@ -541,6 +632,7 @@ class StreamConsumer:
             key,
             addresses,
             window=window,
+            ahead=ahead_windows(window, self.config.pay_ahead if prepay is None else prepay),
             max_price=max_price,
             duration=duration,
             withhold_after=withhold_after,

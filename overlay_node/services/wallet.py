@@ -73,6 +73,8 @@ _WALLET_PROTOCOL_TEXT = f"{WALLET_PROTOCOL[0]}-{WALLET_PROTOCOL[1]}"
 _TX_CACHE = 20_000
 #: txids remembered per peer as "already holds it" (BEEF txid-only entries)
 _KNOWN_PER_PEER = 20_000
+#: change is split into coins of at least this many satoshis, else kept whole
+_MIN_CHANGE_PART = 1_000
 
 
 class LruMap(OrderedDict[str, Any]):
@@ -123,7 +125,7 @@ class PreparedTx:
     beef: bytes
     settle_beef: bytes
     spends: tuple[UtxoRecord, ...]
-    change: UtxoRecord | None
+    change: tuple[UtxoRecord, ...]
     fee: int
     amount: int
     recipient: str | None
@@ -331,9 +333,18 @@ class Wallet:
 
     # -- paying ----------------------------------------------------------------------------------------------
 
-    async def prepare(self, outputs: Sequence[tuple[bytes, int]], *, recipient: str | None) -> PreparedTx:
+    def free_coins(self) -> int:
+        """How many coins are spendable and not reserved now."""
+        return len(self._coins.free())
+
+    async def prepare(
+        self, outputs: Sequence[tuple[bytes, int]], *, recipient: str | None, change_parts: int = 1
+    ) -> PreparedTx:
         """Select and reserve coins, and build and sign a transaction paying ``outputs`` (script, satoshis)
-        plus change to a fresh key, with its Atomic BEEF for ``recipient`` (a peer identity key, or None).
+        plus change to fresh keys, with its Atomic BEEF for ``recipient`` (a peer identity key, or None).
+
+        ``change_parts`` > 1 splits the change into that many coins of about equal value (fewer if the change
+        is small), so that as many later payments can be in flight at once, each spending its own coin.
 
         Cancellation and errors: the reservation is released before the exception leaves.
 
@@ -342,30 +353,37 @@ class Wallet:
         """
         amount = sum(s for _, s in outputs)
         free = self._coins.free()
-        picked, fee, change_sats = select_coins(free, amount, [len(s) for s, _ in outputs], self._fee_rate)
+        lens = [len(s) for s, _ in outputs]
+        parts = max(1, change_parts)
+        picked, fee, change_sats = select_coins(free, amount, lens, self._fee_rate, change_outputs=parts)
+        if change_sats and parts > 1 and change_sats < parts * _MIN_CHANGE_PART:
+            # too little to split: one change output (and the fee of one)
+            parts = 1
+            picked, fee, change_sats = select_coins(free, amount, lens, self._fee_rate)
         reservation = [c.outpoint for c in picked]
         self._coins.reserve(picked)
         try:
-            change: UtxoRecord | None = None
+            changes: list[UtxoRecord] = []
             all_outputs = list(outputs)
-            if change_sats:
+            for i in range(parts if change_sats else 0):
+                sats = change_sats // parts + (1 if i < change_sats % parts else 0)
                 key_id = f"change {secrets.token_hex(12)}"
                 script = p2pkh_script(self._own_key(key_id))
-                all_outputs.append((script, change_sats))
-                vout = len(all_outputs) - 1
-                change = UtxoRecord(
-                    txid="",
-                    vout=vout,
-                    satoshis=change_sats,
-                    script=script,
-                    protocol=_WALLET_PROTOCOL_TEXT,
-                    key_id=key_id,
-                    counterparty="self",
-                    origin="change",
+                all_outputs.append((script, sats))
+                changes.append(
+                    UtxoRecord(
+                        txid="",
+                        vout=len(all_outputs) - 1,
+                        satoshis=sats,
+                        script=script,
+                        protocol=_WALLET_PROTOCOL_TEXT,
+                        key_id=key_id,
+                        counterparty="self",
+                        origin="change",
+                    )
                 )
             built: BuiltTx = build_transaction(picked, all_outputs, self._private_key, fee=fee)
-            if change is not None:
-                change = dataclasses.replace(change, txid=built.txid)
+            change = tuple(dataclasses.replace(c, txid=built.txid) for c in changes)
             record = TxRecord(txid=built.txid, raw=built.raw, parents=tuple(dict.fromkeys(c.txid for c in picked)))
             peer_known: Collection[str] = (self._known.get(recipient) or ()) if recipient else ()
             txs = await self._ancestry(record, peer_known)
@@ -418,7 +436,7 @@ class Wallet:
             txid=prepared.txid,
             spends=tuple(c.outpoint for c in prepared.spends),
             txs=(prepared.record,),
-            change=(prepared.change,) if prepared.change is not None else (),
+            change=prepared.change,
             history=dataclasses.replace(history, status="sending"),
             job=job,
             change_state="pending",
@@ -434,8 +452,8 @@ class Wallet:
         """The payee took a payment written with :meth:`begin`: its change is ours to spend now and its job
         submits it. The database follows in the background (:meth:`flush` waits for it)."""
         self._spent(prepared)
-        if prepared.change is not None:
-            self._coins.add(prepared.change)
+        for coin in prepared.change:
+            self._coins.add(coin)
         self._queued.put(prepared.txid, True)
         if prepared.recipient is not None:
             known = self._known.setdefault(prepared.recipient, LruMap(_KNOWN_PER_PEER))

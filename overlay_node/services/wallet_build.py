@@ -47,23 +47,30 @@ def estimate_size(n_inputs: int, output_script_lens: Sequence[int]) -> int:
 
 
 def select_coins(
-    coins: Sequence[UtxoRecord], amount: int, output_script_lens: Sequence[int], rate: int
+    coins: Sequence[UtxoRecord],
+    amount: int,
+    output_script_lens: Sequence[int],
+    rate: int,
+    *,
+    change_outputs: int = 1,
 ) -> tuple[list[UtxoRecord], int, int]:
     """Pick coins paying ``amount`` plus the fee.
 
     Args:
         coins: the spendable, unreserved coins.
         amount: what the outputs pay in total.
-        output_script_lens: the lengths of the outputs' locking scripts (the change output is added here).
+        output_script_lens: the lengths of the outputs' locking scripts (the change outputs are added here).
         rate: satoshis per 1000 bytes.
+        change_outputs: how many P2PKH outputs the change is split into (the fee counts them all).
 
     Returns:
-        ``(coins, fee, change)``: ``change`` is 0 when no change output is needed.
+        ``(coins, fee, change)``: ``change`` (the total of the change outputs) is 0 when no change output is
+        needed.
 
     Raises:
         InsufficientFunds: the coins cannot cover ``amount`` and the fee.
     """
-    with_change = [*output_script_lens, P2PKH_SCRIPT_LEN]
+    with_change = [*output_script_lens, *[P2PKH_SCRIPT_LEN] * max(1, change_outputs)]
 
     def fee_for(n: int, lens: Sequence[int]) -> int:
         return required_fee(estimate_size(n, lens), rate)

@@ -7,6 +7,7 @@ nothing sleeps and polls.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import httpx
@@ -124,7 +125,7 @@ class Reader:
     async def reached(self, n: int) -> None:
         if len(self.packets) < n:
             await self._waiters.setdefault(n, trio.Event()).wait()
-        assert len(self.packets) >= n, self.sub.summary()
+        assert len(self.packets) >= n, str(self.sub.summary())
 
 
 async def test_non_payer_is_paused_and_closed_others_unaffected(start_node: NodeFactory) -> None:
@@ -154,16 +155,19 @@ async def test_non_payer_is_paused_and_closed_others_unaffected(start_node: Node
         assert rows[payer.info.identity_key]["paid_satoshis"] == 100 * RATE
 
 
-async def test_dropped_link_resumes_from_last_seq_without_paying_twice(start_node: NodeFactory) -> None:
+@pytest.mark.parametrize("window", [10, 1])
+async def test_dropped_link_resumes_from_last_seq_without_paying_twice(start_node: NodeFactory, window: int) -> None:
+    # W = 1 drops the link with several payments in flight (pay-ahead pipeline): each is counted once, by its
+    # receipt or by the consumer's pay.receipt question after the resume
     with trio.fail_after(30):
         _, producer, (consumer,) = await network(start_node, 1)
         await producer.streams.producer.create("feed", rate=RATE)
-        sub = await consumer.streams.consumer.subscribe("feed", window=10)
+        sub = await consumer.streams.consumer.subscribe("feed", window=window)
         reader = Reader(sub)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader.run)
             producer.streams.producer.push("feed", lines(50))
-            await reader.reached(50)
+            await reader.reached(50 if window > 1 else 20)
             link = consumer.peers.link(producer.info.identity_key)
             assert link is not None
             await link.aclose("test: drop the link")
@@ -173,7 +177,7 @@ async def test_dropped_link_resumes_from_last_seq_without_paying_twice(start_nod
         assert [p.seq for p in reader.packets] == list(range(100))
         summary = sub.summary()
         assert summary["reconnects"] >= 1
-        assert summary["paid_satoshis"] == 100 * RATE and summary["payments"] == 10
+        assert summary["paid_satoshis"] == 100 * RATE and summary["payments"] == 100 // window
         status = await producer.streams.producer.status("feed")
         (row,) = status["subscribers"]
         assert row["packets"] == 100 and row["paid_satoshis"] == 100 * RATE
@@ -224,8 +228,8 @@ async def test_bad_input_gets_clear_errors_and_no_credit(start_node: NodeFactory
         link = await consumer.peers.connect(producer.info.swarm[0], expect_key=producer.info.identity_key)
         with pytest.raises(BadRequest, match="up to the head 5"):
             await link.request("stream.subscribe", {"stream_id": "s1", "window": 1, "from_seq": 99})
-        q1 = Quote.from_wire((await link.request("stream.subscribe", {"stream_id": "s1", "window": 1}))["quote"])
-        q2 = Quote.from_wire((await link.request("stream.subscribe", {"stream_id": "s2", "window": 1}))["quote"])
+        q1 = Quote.from_wire((await link.request("stream.subscribe", {"stream_id": "s1", "window": 1}))["quotes"][0])
+        q2 = Quote.from_wire((await link.request("stream.subscribe", {"stream_id": "s2", "window": 1}))["quotes"][0])
         assert q2.resource == stream_resource("s2")
         message, prepared = await consumer.payments.prepare_payment(q1)
         # a payment for another stream
@@ -244,3 +248,30 @@ async def test_bad_input_gets_clear_errors_and_no_credit(start_node: NodeFactory
         assert [s["paid_satoshis"] for s in status1["subscribers"]] == [RATE]
         assert [s["paid_satoshis"] for s in status2["subscribers"]] == [0]
         assert isinstance(message, PaymentMessage)
+
+
+async def test_per_second_stream_charges_elapsed_time_through_the_same_credit(start_node: NodeFactory) -> None:
+    with trio.fail_after(30):
+        _, producer, (consumer,) = await network(start_node, 1)
+        await producer.streams.producer.create("clock", pricing_model="per-second", rate=RATE)
+        sub = await consumer.streams.consumer.subscribe("clock", window=1)  # one second per payment
+        reader = Reader(sub)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            started = trio.current_time()
+            for i in range(6):  # a packet every 0.5 s for 3 s: the time, not the packets, is what is sold
+                producer.streams.producer.push("clock", lines(1, i))
+                await reader.reached(i + 1)
+                await trio.sleep_until(started + 0.5 * (i + 1))
+            sub.stop()
+            await sub.wait_finished()
+        elapsed = trio.current_time() - started
+        assert [p.seq for p in reader.packets] == list(range(6))
+        summary = sub.summary()
+        # paid one second ahead (two windows at most), never paused for want of credit
+        assert math.floor(elapsed) <= summary["payments"] <= math.ceil(elapsed) + 2
+        assert summary["paid_satoshis"] == summary["payments"] * RATE
+        status = await producer.streams.producer.status("clock")
+        (row,) = status["subscribers"]
+        assert row["paid_satoshis"] == summary["paid_satoshis"] and row["payments"] == summary["payments"]
+        assert row["reason"] != "payment_timeout"

@@ -11,6 +11,7 @@ from overlay_node.crypto.keys import Identity
 from overlay_node.errors import BadRequest, InvalidPayment, PaymentError, RemoteProtocolError
 from overlay_node.protocol.payments import Quote, Receipt
 from overlay_node.protocol.streams import (
+    MAX_AHEAD,
     Close,
     ConsumerCredit,
     PacketBatch,
@@ -18,6 +19,7 @@ from overlay_node.protocol.streams import (
     ProducerCredit,
     SendPackets,
     StreamTerms,
+    ahead_windows,
     stream_resource,
 )
 
@@ -25,11 +27,14 @@ PRODUCER, CONSUMER, OTHER = Identity.generate(), Identity.generate(), Identity.g
 NOW_MS = 1_700_000_000_000
 
 
-def producer(window: int = 10, rate: int = 2, model: str = "per-packet", grace: float = 5.0) -> ProducerCredit:
+def producer(
+    window: int = 10, rate: int = 2, model: str = "per-packet", grace: float = 5.0, ahead: int = 2
+) -> ProducerCredit:
     return ProducerCredit(
         pricing_model=model,  # type: ignore[arg-type]
         rate=rate,
         window=window,
+        ahead=ahead,
         cursor=0,
         charged_through=0,
         grace=grace,
@@ -65,7 +70,7 @@ def test_a_window_buys_w_packets_and_credit_never_exceeds_two_windows() -> None:
     p.on_paid(20, 0.0)
     p.check_payment(20)  # one window in credit: the next may be paid ahead
     p.on_paid(20, 0.0)
-    with pytest.raises(PaymentError, match="more than one window"):
+    with pytest.raises(PaymentError, match="pay when it is used"):
         p.check_payment(20)
     with pytest.raises(InvalidPayment, match="a window costs 20"):
         producer().check_payment(19)
@@ -196,10 +201,18 @@ def test_garbage_batches_raise_our_error(body: dict[str, object]) -> None:
         pass
 
 
-@given(st.lists(st.integers(min_value=1, max_value=40), max_size=30), st.integers(min_value=1, max_value=8))
-def test_every_packet_sent_is_paid_and_credit_stays_within_two_windows(pushes: list[int], window: int) -> None:
-    p = producer(window=window, rate=3)
-    c = ConsumerCredit(terms=terms(rate=3), me=CONSUMER.public_key_hex, window=window, next_seq=0, max_price=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=40), max_size=30),
+    st.integers(min_value=1, max_value=8),
+    st.integers(min_value=2, max_value=6),
+)
+def test_every_packet_sent_is_paid_and_credit_stays_within_ahead_windows(
+    pushes: list[int], window: int, ahead: int
+) -> None:
+    p = producer(window=window, rate=3, ahead=ahead)
+    c = ConsumerCredit(
+        terms=terms(rate=3), me=CONSUMER.public_key_hex, window=window, next_seq=0, max_price=None, ahead=ahead
+    )
     head = 0
     for n in pushes:
         head += n
@@ -215,7 +228,62 @@ def test_every_packet_sent_is_paid_and_credit_stays_within_two_windows(pushes: l
                 p.on_paid(c.window_price, 0.0)
                 c.paid += c.window_price
                 c.paused = False
-            assert p.credit <= 2 * window * 3
+            assert p.credit <= ahead * window * 3
             assert p.packets * 3 <= p.paid
     # paid exactly for what exists, rounded up to a window
     assert c.paid == -(-head // window) * window * 3 or c.packets < head
+
+
+def test_ahead_windows_covers_the_prepay_with_at_least_two_windows() -> None:
+    assert ahead_windows(1, 16) == 16
+    assert ahead_windows(10, 16) == 2
+    assert ahead_windows(100, 16) == 2
+    assert ahead_windows(3, 16) == 6
+    assert ahead_windows(1, 10_000) == MAX_AHEAD
+
+
+def test_a_deeper_pipeline_keeps_ahead_minus_one_payments_in_flight_and_no_more() -> None:
+    c = ConsumerCredit(terms=terms(rate=2), me=CONSUMER.public_key_hex, window=1, next_seq=0, max_price=None, ahead=4)
+    p = producer(window=1, rate=2, ahead=4)
+    c.on_pause(head=100, paid=0)
+    sent = 0
+    while c.wants_payment():
+        p.check_payment(c.window_price)  # the producer takes each while the others are being checked
+        p.pending += c.window_price
+        c.begin_payment()
+        sent += 1
+    assert sent == 3  # A - 1 in flight; one window is consumed meanwhile
+    p.check_payment(2)  # the producer's own bound is credit <= A windows: a fourth would pass,
+    p.pending += 2
+    with pytest.raises(PaymentError, match="pay when it is used"):
+        p.check_payment(2)  # a fifth, from a consumer that ignores the rule, not
+    p.pending -= 2
+    # all three accepted (the receipts' bookkeeping): credit 3 windows, one more may go, then A windows are
+    # paid ahead and nothing more goes until a packet is consumed
+    p.pending = 0
+    for _ in range(3):
+        p.on_paid(2, 0.0)
+        c.paid += 2
+        c.payment_failed()
+    c.paused = False
+    assert c.wants_payment()
+    p.check_payment(2)
+    p.on_paid(2, 0.0)
+    c.paid += 2
+    assert p.credit == c.credit == 4 * 2
+    assert not c.wants_payment()
+    (send,) = p.plan(head=100, oldest=0, closed=False, now=0.0, max_batch=1)
+    assert send == SendPackets(first=0, count=1, free=0)
+    c.on_packets(PacketBatch(stream_id="s", first=0, payloads=("x",), head=100))
+    assert c.wants_payment()
+    p.check_payment(2)
+
+
+def test_only_packets_that_exist_are_paid_ahead() -> None:
+    c = ConsumerCredit(terms=terms(rate=1), me=CONSUMER.public_key_hex, window=1, next_seq=0, max_price=None, ahead=16)
+    c.on_pause(head=3, paid=0)
+    sent = 0
+    while c.wants_payment():
+        c.begin_payment()
+        sent += 1
+    assert sent == 3  # three packets exist: three windows, not fifteen
