@@ -9,7 +9,9 @@ Peer methods (request/response over an authenticated link; the peer's identity i
   ``{receipt}``: the payee checks the payment (:meth:`Payments.accept_payment`), commits it durably with its
   settlement job, and only then signs and returns the receipt.
 - ``pay.receipt`` ``{quote_id}`` -> ``{receipt}``: a receipt already issued to the asking peer (for a payer
-  whose link broke before the answer came).
+  whose link broke before the answer came). A payment of that quote still being checked is waited for; when
+  there is none, the answer is ``not_found`` and the quote becomes void (a late copy of the payment is refused),
+  so the payer may safely take its coins back.
 
 In-process API: :meth:`Payments.request_quote`, :meth:`Payments.pay` (payer), :meth:`Payments.issue_quote`,
 :meth:`Payments.accept_payment` (payee), :meth:`Payments.register_pricer`.
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import trio
@@ -39,13 +41,11 @@ from overlay_node.errors import (
     ConnectionLost,
     InvalidPayment,
     NotFound,
-    OverlayError,
     PaymentError,
     PaymentReplayed,
     PeerTimeout,
     QuoteExpired,
     RemoteProtocolError,
-    StoreError,
 )
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
@@ -60,6 +60,7 @@ from overlay_node.protocol.payments import (
     payee_locking_script,
     payer_locking_script,
 )
+from overlay_node.services.group_commit import GroupCommit
 from overlay_node.services.wallet import LruMap, PreparedTx, Wallet, instrument
 from overlay_node.services.wallet_beef import check_payment_beef, parse_payment_beef
 from overlay_node.store.db import Store
@@ -77,16 +78,8 @@ Pricer = Callable[[str, str, int | None], Awaitable[int]]
 @dataclass(slots=True)
 class _Issued:
     quote: Quote
-    state: Literal["open", "inflight", "used"] = "open"
-
-
-@dataclass(slots=True)
-class _Slot:
-    record: IncomingRecord
-    outputs: list[SourceOutput]
-    done: trio.Event = field(default_factory=trio.Event)
-    outcome: RecordOutcome | None = None
-    error: OverlayError | None = None
+    state: Literal["open", "inflight", "used", "void"] = "open"
+    checked: trio.Event | None = None  # set when a payment being checked was accepted or refused
 
 
 class Payments:
@@ -121,9 +114,11 @@ class Payments:
         self._wallet = wallet
         self._issued = LruMap(config.max_quotes)  # quote id -> _Issued
         self._received = LruMap(config.max_quotes)  # quote id -> Quote
+        self._voided = LruMap(config.max_quotes)  # quote id -> True: asked for by pay.receipt, never paid
         self._pricers: dict[str, Pricer] = {}
-        self._queue_send, self._queue_recv = trio.open_memory_channel[_Slot](4 * config.record_batch)
-        self._recording = False
+        self._records = GroupCommit[tuple[IncomingRecord, list[SourceOutput]], RecordOutcome](
+            self._write_records, on_written=self._recorded, max_batch=config.record_batch
+        )
         counter = _counter(metrics)
         self._accepted, self._refused = counter.labels("in", "accepted"), counter.labels("in", "refused")
         self._paid, self._unanswered = counter.labels("out", "paid"), counter.labels("out", "unanswered")
@@ -134,12 +129,7 @@ class Payments:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the group-commit task until cancelled."""
-        self._recording = True
-        try:
-            task_status.started()
-            await self._serve_records()
-        finally:
-            self._recording = False
+        await self._records.run(task_status=task_status)
 
     # -- pricing and quotes (payee) --------------------------------------------------------------------------
 
@@ -199,9 +189,17 @@ class Payments:
         quote_id = body.get("quote_id")
         if not isinstance(quote_id, str) or len(quote_id) > 64:
             raise BadRequest("'quote_id' must be a quote id")
+        entry: _Issued | None = self._issued.get(quote_id)
+        if entry is not None and entry.state == "inflight" and entry.checked is not None:
+            await entry.checked.wait()  # a payment of it is being checked: its outcome decides the answer
         payment = await self._store.payments.get(quote_id)
         if payment is None or payment.payer != link.peer_key:
-            raise NotFound(f"no payment of quote {quote_id} by this peer")
+            # the payer asks because it never got an answer: from now on the quote cannot be paid, so "not
+            # found" is final and the payer may take its coins back
+            self._voided.put(quote_id, True)
+            if entry is not None and entry.state == "open":
+                entry.state = "void"
+            raise NotFound(f"no payment of quote {quote_id} by this peer (the quote is void now)")
         return {"receipt": Receipt.from_bytes(payment.receipt).to_wire(), "status": payment.status}
 
     async def accept_payment(self, payer: str, message: PaymentMessage) -> Receipt:
@@ -222,6 +220,7 @@ class Payments:
         quote = message.quote
         entry = self._check_quote(payer, message)
         entry.state = "inflight"
+        entry.checked = checked = trio.Event()
         try:
             receipt = await self._verify_and_record(payer, message)
         except PaymentReplayed:
@@ -232,6 +231,8 @@ class Payments:
             entry.state = "open"  # a refused payment leaves the quote open for a correct one
             self._refused.inc()
             raise
+        finally:
+            checked.set()
         entry.state = "used"
         self._accepted.inc()
         logger.debug(
@@ -253,6 +254,8 @@ class Payments:
             raise InvalidPayment("the quote was issued to another payer")
         if message.derivation_prefix != quote.prefix:
             raise InvalidPayment("the derivation prefix is not the one this quote issued")
+        if quote.quote_id in self._voided:
+            raise PaymentReplayed(f"quote {quote.quote_id} is void: the payer asked for its receipt before paying")
         entry: _Issued | None = self._issued.get(quote.quote_id)
         if entry is not None:
             if entry.quote != quote:
@@ -325,7 +328,7 @@ class Payments:
             SourceOutput(satoshis=int(o.satoshis), locking_script=bytes(o.locking_script.serialize()))
             for o in submission.subject.tx.outputs
         ]
-        outcome = await self._record(record, outputs)
+        outcome = await self._records.submit((record, outputs))
         if outcome.result == "replayed":
             raise PaymentReplayed(f"quote {quote.quote_id} (prefix {quote.prefix}) was already paid")
         if outcome.result == "double_spend":
@@ -336,43 +339,11 @@ class Payments:
             )
         return receipt
 
-    async def _record(self, record: IncomingRecord, outputs: list[SourceOutput]) -> RecordOutcome:
-        if not self._recording:
-            with trio.CancelScope(shield=True):
-                (outcome,) = await self._store.payments.record([record])
-                self._recorded(record, outputs, outcome)
-            return outcome
-        slot = _Slot(record, outputs)
-        await self._queue_send.send(slot)
-        await slot.done.wait()
-        if slot.error is not None:
-            raise slot.error
-        assert slot.outcome is not None
-        return slot.outcome
+    async def _write_records(self, items: list[tuple[IncomingRecord, list[SourceOutput]]]) -> list[RecordOutcome]:
+        return await self._store.payments.record([record for record, _ in items])
 
-    async def _serve_records(self) -> None:
-        """The group commit: record the waiting payments in one durable transaction, then wake each waiter."""
-        batch_max = self._config.record_batch
-        async for first in self._queue_recv:
-            batch = [first]
-            while len(batch) < batch_max:
-                try:
-                    batch.append(self._queue_recv.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            try:
-                with trio.CancelScope(shield=True):
-                    outcomes = await self._store.payments.record([s.record for s in batch])
-                    for slot, outcome in zip(batch, outcomes, strict=True):
-                        slot.outcome = outcome
-                        self._recorded(slot.record, slot.outputs, outcome)
-            except StoreError as exc:
-                for slot in batch:
-                    slot.error = exc
-            for slot in batch:
-                slot.done.set()
-
-    def _recorded(self, record: IncomingRecord, outputs: list[SourceOutput], outcome: RecordOutcome) -> None:
+    def _recorded(self, item: tuple[IncomingRecord, list[SourceOutput]], outcome: RecordOutcome) -> None:
+        record, outputs = item
         if outcome.result == "recorded":
             self._wallet.note_received(record.utxo, record.txs, outputs)
 

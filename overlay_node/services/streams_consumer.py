@@ -133,9 +133,10 @@ class Subscription:
         self._changed = trio.Event()
         self._done = trio.Event()
         self._finished = trio.Event()
-        self._unanswered: list[tuple[Quote, str]] = []
+        self._unanswered: list[tuple[Quote, PreparedTx]] = []
         self._failure: OverlayError | _Finished | None = None
         self._hold = False  # a payment came too early: wait for news before the next
+        self._deliveries: set[trio.CancelScope] = set()  # batches being handed to the reader
         self._last_tick = trio.current_time()
 
     # -- reader API ----------------------------------------------------------------------------------------------
@@ -245,6 +246,8 @@ class Subscription:
             self.reason = self.reason or "error"
             self.error = exc
         finally:
+            for delivery in self._deliveries:
+                delivery.cancel()
             self._send.close()
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await self._consumer._finish(self)
@@ -290,15 +293,18 @@ class Subscription:
         unanswered, self._unanswered = self._unanswered, []
         if self.credit is None:
             return
-        for quote, txid in unanswered:
+        for quote, prepared in unanswered:
             try:
                 answer = await link.request("pay.receipt", {"quote_id": quote.quote_id})
                 receipt = Receipt.from_wire(answer.get("receipt"))
                 self.credit.in_flight += 1  # on_receipt counts it out again
-                self.credit.on_receipt(receipt, quote, txid)
+                self.credit.on_receipt(receipt, quote, prepared.txid)
+                self._consumer.wallet.sent(prepared, receipt.to_bytes())  # its change is ours again
+                self.fees += prepared.fee
                 logger.info("stream %s: a payment sent before the link dropped was accepted", self.stream_id)
             except NotFound:
-                pass  # the producer never took it: the wallet's watch gives the coins back
+                # the producer never took it, and will not now (the quote is void): the coins are ours again
+                await self._consumer.wallet.abort(prepared)
             except (BadRequest, RemoteProtocolError) as exc:
                 logger.warning("stream %s: bad receipt for an unanswered payment: %s", self.stream_id, exc)
 
@@ -356,10 +362,11 @@ class Subscription:
         self._changed.set()
 
     def _change_parts(self) -> int:
-        """How many coins the change of the next payment becomes: enough for ``ahead`` payments in flight."""
+        """How many coins the change of the next payment becomes: enough for ``ahead`` payments in flight, each
+        spending its own coin (a payment in flight holds its coin reserved until its change comes back)."""
         credit = self.credit
         assert credit is not None
-        return max(1, credit.ahead - self._consumer.wallet.free_coins())
+        return max(1, credit.ahead - self._consumer.wallet.coin_count())
 
     def _tick(self) -> None:
         now = trio.current_time()
@@ -374,9 +381,8 @@ class Subscription:
         return max(0.01, (c.credit - c.window_price) / c.terms.rate) if c.credit > c.window_price else 0.05
 
     def _withholding(self) -> bool:
-        return (
-            self.withhold_after is not None and self.credit is not None and self.credit.payments >= self.withhold_after
-        )
+        c = self.credit
+        return self.withhold_after is not None and c is not None and c.payments + c.in_flight >= self.withhold_after
 
     async def _start_payment(self, link: PeerLink, nursery: trio.Nursery) -> None:
         """Build and write ahead the next payment (in order: coins are picked one payment at a time), then send
@@ -414,15 +420,23 @@ class Subscription:
             quote_id=quote.quote_id,
             resource=quote.resource,
         )
+        nursery.start_soon(self._send_payment, link, quote, message, prepared, history)
+
+    async def _send_payment(
+        self, link: PeerLink, quote: Quote, message: PaymentMessage, prepared: PreparedTx, history: HistoryRecord
+    ) -> None:
+        """Write the payment ahead (the wallet writes many at once), then send it and take its answer."""
+        credit = self.credit
+        assert credit is not None
         try:
-            await consumer.wallet.begin(prepared, history)
-        except BaseException:
+            await self._consumer.wallet.begin(prepared, history)
+        except BaseException as exc:
             credit.payment_failed()
             self.quotes.appendleft(quote)
+            if isinstance(exc, OverlayError):
+                self._fail(exc)
+                return
             raise
-        nursery.start_soon(self._send_payment, link, quote, message, prepared)
-
-    async def _send_payment(self, link: PeerLink, quote: Quote, message: PaymentMessage, prepared: PreparedTx) -> None:
         try:
             await self._pay_one(link, quote, message, prepared)
         except (OverlayError, _Finished) as exc:
@@ -439,14 +453,14 @@ class Subscription:
         except (ConnectionLost, PeerTimeout) as exc:
             consumer.wallet.unanswered(prepared, str(exc))
             credit.payment_failed()
-            self._unanswered.append((quote, prepared.txid))
+            self._unanswered.append((quote, prepared))
             consumer.m_payments.labels("consumer", "unanswered").inc()
             self._fail(exc)
             return
         except trio.Cancelled:
             consumer.wallet.unanswered(prepared, "cancelled while waiting for the producer")
             credit.payment_failed()
-            self._unanswered.append((quote, prepared.txid))
+            self._unanswered.append((quote, prepared))
             raise
         except OverlayError as exc:
             await consumer.wallet.abort(prepared)
@@ -503,12 +517,17 @@ class Subscription:
         self._hold = False
         self._changed.set()
         self._consumer.m_packets.labels("received").inc(len(packets))
-        for packet in packets:
+        # the credit counted the whole batch: hand all of it over even if the link closes meanwhile (a slow reader
+        # still pushes back: the shielded send waits for room; the subscription's end cancels it)
+        with trio.CancelScope(shield=True) as delivery:
+            self._deliveries.add(delivery)
             try:
-                await self._send.send(packet)
+                for packet in packets:
+                    await self._send.send(packet)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.stop("reader_gone")
-                return
+            finally:
+                self._deliveries.discard(delivery)
 
     def on_paused(self, head: object, paid: object) -> None:
         if self.credit is not None and isinstance(head, int) and isinstance(paid, int):

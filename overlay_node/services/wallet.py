@@ -43,10 +43,11 @@ from overlay_node.crypto.keys import Identity
 from overlay_node.devnet.formats import SourceOutput, parse_submission
 from overlay_node.devnet.refusals import Refusal
 from overlay_node.devnet.validation import Policy
-from overlay_node.errors import ApiError, BadRequest, ConfigError, DialError, OverlayError
+from overlay_node.errors import ApiError, BadRequest, ConfigError, Conflict, DialError, OverlayError
 from overlay_node.metrics import Metrics
 from overlay_node.protocol.payments import WALLET_PROTOCOL, child_secret, own_child_public, p2pkh_script
 from overlay_node.services.arc import DevnetClient
+from overlay_node.services.group_commit import GroupCommit
 from overlay_node.services.wallet_beef import atomic_beef, beef_entries, outputs_of, tx_record
 from overlay_node.services.wallet_build import BuiltTx, CoinSet, build_transaction, select_coins
 from overlay_node.store.db import Store
@@ -178,6 +179,8 @@ class Wallet:
         self._sent_wakeup = trio.Event()
         self._sent_done = trio.Event()
         self._sent_writing = False
+        # payments written ahead, many per database transaction (a paid stream makes many at once)
+        self._ahead = GroupCommit[Outgoing, Conflict | None](self._write_ahead, max_batch=config.record_batch)
         #: called after a job was queued (the settlement service sets it to wake itself)
         self.on_job_queued: Callable[[], None] = lambda: None
         gauge = _gauge(metrics)
@@ -221,6 +224,7 @@ class Wallet:
                 await self._refresh_policy()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._serve_sent)
+                    await nursery.start(self._ahead.run)
                     self._ready.set()
                     logger.info(
                         "wallet ready: %d coins, %d satoshis, ARC %s, fee rate %d sat/kB",
@@ -333,9 +337,9 @@ class Wallet:
 
     # -- paying ----------------------------------------------------------------------------------------------
 
-    def free_coins(self) -> int:
-        """How many coins are spendable and not reserved now."""
-        return len(self._coins.free())
+    def coin_count(self) -> int:
+        """How many coins the wallet holds (those reserved by payments being made included)."""
+        return len(self._coins)
 
     async def prepare(
         self, outputs: Sequence[tuple[bytes, int]], *, recipient: str | None, change_parts: int = 1
@@ -443,7 +447,9 @@ class Wallet:
         )
         try:
             with trio.CancelScope(shield=True):
-                await self._store.wallet.commit_outgoing(out, now=now)
+                conflict = await self._ahead.submit(out)
+            if conflict is not None:
+                raise conflict
         except BaseException:
             self.release(prepared)
             raise
@@ -468,12 +474,17 @@ class Wallet:
         self._note_sent(SentUpdate(txid=prepared.txid, answered=False, detail=detail))
 
     async def abort(self, prepared: PreparedTx) -> None:
-        """The payee refused a payment written with :meth:`begin`: undo it, its coins are spendable again."""
+        """The payee refused a payment written with :meth:`begin` (or, after :meth:`unanswered`, declared it
+        never taken): undo it, its coins are spendable again."""
         try:
             with trio.CancelScope(shield=True):
                 await self._store.wallet.abort_outgoing(prepared.txid)
         finally:
             self.release(prepared)
+            for coin in prepared.spends:
+                if coin.outpoint not in self._coins:  # taken out by unanswered()
+                    self._coins.add(coin)
+            self._update_gauge()
 
     async def flush(self) -> None:
         """Wait until the outcomes of payments noted so far are in the database."""
@@ -486,6 +497,9 @@ class Wallet:
         self._txs.put(prepared.txid, prepared.record)
         self._outputs.put(prepared.txid, _outputs(prepared.tx))
         self._update_gauge()
+
+    async def _write_ahead(self, outs: list[Outgoing]) -> list[Conflict | None]:
+        return await self._store.wallet.commit_outgoing(outs, now=wall_time())
 
     def _note_sent(self, update: SentUpdate) -> None:
         self._sent_queue.append(update)

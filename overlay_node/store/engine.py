@@ -8,6 +8,9 @@ Invariants:
 
 1. Only one thread at a time uses the write connection: every write runs under ``limiter=self._write_limiter``
    (capacity 1).
+   A write marked ``urgent`` (a payment on its way to a receipt) goes before the ordinary writes that have
+   not reached the writer yet: they wait until the urgent writes in progress are done (once, so they are never
+   starved). Background work (settlement batches, accounting) then never holds a paid stream up for long.
 2. Every write runs inside ``BEGIN IMMEDIATE ... COMMIT``. Anything raised inside rolls back, so a write lands
    whole or not at all. ``durable=True`` switches that one commit to ``synchronous=FULL``.
 3. Every read runs inside one deferred transaction on a read connection (``query_only``), so it sees one
@@ -75,6 +78,9 @@ class Database:
         self._config = config
         self._writer: sqlite3.Connection | None = None
         self._write_limiter = trio.CapacityLimiter(1)
+        self._urgent = 0  # urgent writes waiting or running (invariant 1)
+        self._urgent_done = trio.Event()
+        self._urgent_done.set()
         self._read_limiter = trio.CapacityLimiter(config.read_connections)
         self._idle_readers: list[sqlite3.Connection] = []
         self._all_readers: list[sqlite3.Connection] = []
@@ -168,7 +174,7 @@ class Database:
 
     # -- writes -----------------------------------------------------------------------------------------------
 
-    async def write(self, fn: TxnFn[T], *, durable: bool = False) -> T:
+    async def write(self, fn: TxnFn[T], *, durable: bool = False, urgent: bool = False) -> T:
         """Run ``fn(conn)`` in one write transaction (``BEGIN IMMEDIATE ... COMMIT``) and return its result.
 
         Internal to ``store/``: repositories call this; nothing else should.
@@ -177,6 +183,7 @@ class Database:
             fn: the transaction function (see the module docstring for its rules).
             durable: commit with ``synchronous=FULL`` (fsync the WAL before returning), for commits that precede
                 a receipt or an acknowledgement.
+            urgent: go before ordinary writes still waiting (invariant 1): for the writes a payment waits on.
 
         Cancellation:
             A write that has started in its thread runs to its end (commit or rollback) before the cancellation
@@ -186,7 +193,19 @@ class Database:
             StoreError: the store is closed or SQLite failed; the transaction was rolled back.
         """
         self._check_open()
-        return await trio.to_thread.run_sync(self._write_in_thread, fn, durable, limiter=self._write_limiter)
+        if not urgent:
+            if self._urgent:
+                await self._urgent_done.wait()
+            return await trio.to_thread.run_sync(self._write_in_thread, fn, durable, limiter=self._write_limiter)
+        if not self._urgent:
+            self._urgent_done = trio.Event()
+        self._urgent += 1
+        try:
+            return await trio.to_thread.run_sync(self._write_in_thread, fn, durable, limiter=self._write_limiter)
+        finally:
+            self._urgent -= 1
+            if not self._urgent:
+                self._urgent_done.set()
 
     def _write_in_thread(self, fn: TxnFn[T], durable: bool) -> T:
         conn = self._writer

@@ -173,7 +173,7 @@ class PaymentsRepository:
                 outcomes.append(outcome)
             return outcomes
 
-        return await self._db.write(txn, durable=True)
+        return await self._db.write(txn, durable=True, urgent=True)
 
     async def get(self, quote_id: str) -> IncomingPayment | None:
         def txn(conn: sqlite3.Connection) -> IncomingPayment | None:

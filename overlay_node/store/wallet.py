@@ -430,14 +430,15 @@ class WalletRepository:
 
         await self._db.write(txn)
 
-    async def commit_outgoing(self, out: Outgoing, *, now: float) -> None:
-        """Record a transaction we made (see :class:`Outgoing`) in one transaction.
+    async def commit_outgoing(self, outs: Sequence[Outgoing], *, now: float) -> list[Conflict | None]:
+        """Record transactions we made (see :class:`Outgoing`) in one database transaction, each on its own: one
+        whose input is no longer spendable is not recorded (its outcome is that Conflict), the others are.
 
         Raises:
-            Conflict: an input is no longer spendable; nothing was recorded.
+            StoreError: the database failed; nothing was recorded.
         """
 
-        def txn(conn: sqlite3.Connection) -> None:
+        def one(conn: sqlite3.Connection, out: Outgoing) -> None:
             for txid, vout in out.spends:
                 # a pending coin is the change of a payment whose answer came and is being recorded
                 cur = conn.execute(
@@ -453,7 +454,20 @@ class WalletRepository:
             insert_history(conn, out.history, now)
             insert_job(conn, out.job, now)
 
-        await self._db.write(txn)
+        def txn(conn: sqlite3.Connection) -> list[Conflict | None]:
+            outcomes: list[Conflict | None] = []
+            for out in outs:
+                conn.execute("SAVEPOINT outgoing")
+                try:
+                    one(conn, out)
+                    outcomes.append(None)
+                except Conflict as exc:
+                    conn.execute("ROLLBACK TO outgoing")
+                    outcomes.append(exc)
+                conn.execute("RELEASE outgoing")
+            return outcomes
+
+        return await self._db.write(txn, urgent=True)  # payments wait on it
 
     async def record_sent(self, updates: Sequence[SentUpdate], *, now: float) -> None:
         """Apply what became of payments written ahead (see :class:`SentUpdate`), in one transaction."""
