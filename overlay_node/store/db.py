@@ -54,9 +54,9 @@ class Store:
         """The migrations recorded in the database, in the order they were applied."""
         return await applied_migrations(self._db)
 
-    async def _write(self, fn: TxnFn[T], *, durable: bool = False) -> T:
+    async def _write(self, fn: TxnFn[T], *, durable: bool = False, urgent: bool = False) -> T:
         """Internal to ``store/`` (and its tests): run ``fn`` in one write transaction; see ``Database.write``."""
-        return await self._db.write(fn, durable=durable)
+        return await self._db.write(fn, durable=durable, urgent=urgent)
 
     async def _read(self, fn: TxnFn[T]) -> T:
         """Internal to ``store/`` (and its tests): run ``fn`` in one read transaction; see ``Database.read``."""

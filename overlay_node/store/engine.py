@@ -8,9 +8,10 @@ Invariants:
 
 1. Only one thread at a time uses the write connection: every write runs under ``limiter=self._write_limiter``
    (capacity 1).
-   A write marked ``urgent`` (a payment on its way to a receipt) goes before the ordinary writes that have
-   not reached the writer yet: they wait until the urgent writes in progress are done (once, so they are never
-   starved). Background work (settlement batches, accounting) then never holds a paid stream up for long.
+   A write marked ``urgent`` (a payment on its way to a receipt) goes before the ordinary writes that came
+   while urgent writes were waiting or running: those wait until the urgent ones are done (once, so they are
+   never starved). Under a paid stream's steady flow of group commits, background work (settlement batches,
+   accounting) slips in between them instead of ahead of them.
 2. Every write runs inside ``BEGIN IMMEDIATE ... COMMIT``. Anything raised inside rolls back, so a write lands
    whole or not at all. ``durable=True`` switches that one commit to ``synchronous=FULL``.
 3. Every read runs inside one deferred transaction on a read connection (``query_only``), so it sees one

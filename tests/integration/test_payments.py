@@ -26,6 +26,7 @@ from overlay_node.devnet import DevnetInfo, DevnetSettings, run_devnet
 from overlay_node.errors import (
     InsufficientPayment,
     InvalidPayment,
+    NotFound,
     PaymentReplayed,
 )
 from overlay_node.metrics import Metrics
@@ -365,6 +366,16 @@ async def test_refusals_leave_balances_unchanged(
         assert b.wallet.balance().satoshis == 500
         assert len(await b.store.payments.recent()) == 1
         assert (await b.store.payments.get(quote.quote_id)).txid == receipt.txid  # type: ignore[union-attr]
+
+        # a payer that never got an answer asks for its receipt: "not found" is final, the quote is void
+        unpaid = await a.payments.request_quote(b.key, "file:y", 300)
+        with pytest.raises(NotFound, match="void"):
+            await _link_to(a, b).request("pay.receipt", {"quote_id": unpaid.quote_id})
+        message, prepared = await a.payments.prepare_payment(unpaid)
+        with pytest.raises(PaymentReplayed, match="void"):
+            await _send_raw(a, b, message)  # a late copy of the payment is refused, so the payer keeps its coins
+        a.wallet.release(prepared)
+        assert b.wallet.balance().satoshis == 500
 
 
 def _sign_unbalanced(node: PayNode, coin: UtxoRecord, outputs: list[tuple[bytes, int]]) -> Any:

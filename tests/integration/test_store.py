@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from overlay_node.config import StoreSection
 from overlay_node.errors import StoreError
@@ -180,6 +183,36 @@ async def test_reads_run_while_a_write_is_open(db_path: Path) -> None:
         # the nursery waited for the write to commit
         async with open_store(db_path, CONFIG) as store:
             assert await store.meta.get("k") == "new"
+
+
+async def test_urgent_writes_go_before_ordinary_writes_that_wait_behind_them(db_path: Path) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+    order: list[str] = []
+
+    def blocking(conn: sqlite3.Connection) -> None:
+        order.append("first")
+        entered.set()
+        if not release.wait(timeout=LIMIT):
+            raise AssertionError("never released")  # pragma: no cover
+
+    def note(name: str) -> Callable[[sqlite3.Connection], None]:
+        def txn(conn: sqlite3.Connection) -> None:
+            order.append(name)
+
+        return txn
+
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG) as store, trio.open_nursery() as nursery:
+            nursery.start_soon(partial(store._write, blocking, urgent=True))  # e.g. a payment's group commit
+            await trio.to_thread.run_sync(entered.wait)
+            nursery.start_soon(store._write, note("ordinary"))  # e.g. a settlement batch
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(partial(store._write, note("urgent"), urgent=True))  # the next payments
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+    # first come, first served would give "first", "ordinary", "urgent"
+    assert order == ["first", "urgent", "ordinary"]
 
 
 async def test_a_failing_write_rolls_back_whole(db_path: Path) -> None:

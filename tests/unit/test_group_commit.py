@@ -1,0 +1,91 @@
+"""GroupCommit: callers waiting at once share one write, each gets its own outcome, a failure reaches them all."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from overlay_node.errors import StoreError
+from overlay_node.services.group_commit import GroupCommit
+
+
+class Writer:
+    """A write function that records its batches and can be held open (a slow fsync)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = trio.Event()
+        self.gate.set()
+        self.fail = False
+
+    async def write(self, items: list[int]) -> list[int]:
+        await self.gate.wait()
+        if self.fail:
+            raise StoreError("disk full")
+        self.batches.append(list(items))
+        return [i * 10 for i in items]
+
+
+async def test_items_waiting_during_a_write_share_the_next_one() -> None:
+    writer = Writer()
+    written: list[tuple[int, int]] = []
+    group = GroupCommit(writer.write, on_written=lambda i, o: written.append((i, o)), max_batch=3)
+    results: dict[int, int] = {}
+
+    async def submit(i: int) -> None:
+        results[i] = await group.submit(i)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(group.run)
+            writer.gate = trio.Event()  # the first write is slow
+            nursery.start_soon(submit, 0)
+            await trio.testing.wait_all_tasks_blocked()
+            for i in range(1, 6):
+                nursery.start_soon(submit, i)
+            await trio.testing.wait_all_tasks_blocked()
+            writer.gate.set()
+            while len(results) < 6:
+                await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    # the five that came during the first write share two writes (at most max_batch each; trio starts tasks in
+    # no fixed order, so which items go together is not fixed)
+    assert [len(b) for b in writer.batches] == [1, 3, 2] and writer.batches[0] == [0]
+    assert sorted(i for b in writer.batches for i in b) == list(range(6))
+    assert results == {i: i * 10 for i in range(6)}
+    assert sorted(written) == [(i, i * 10) for i in range(6)]
+
+
+async def test_a_failed_write_fails_every_caller_of_its_batch_and_the_next_goes_on() -> None:
+    writer = Writer()
+    group: GroupCommit[int, int] = GroupCommit(writer.write, max_batch=10)
+    errors: list[str] = []
+
+    async def submit(i: int) -> None:
+        try:
+            await group.submit(i)
+        except StoreError as exc:
+            errors.append(f"{i}: {exc}")
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(group.run)
+            writer.fail = True
+            async with trio.open_nursery() as callers:
+                for i in range(3):
+                    callers.start_soon(submit, i)
+            writer.fail = False
+            assert await group.submit(7) == 70
+            nursery.cancel_scope.cancel()
+    assert sorted(errors) == [f"{i}: disk full" for i in range(3)]
+
+
+async def test_without_its_task_an_item_is_written_alone() -> None:
+    writer = Writer()
+    group: GroupCommit[int, int] = GroupCommit(writer.write, max_batch=10)
+    assert await group.submit(4) == 40
+    with pytest.raises(StoreError):
+        writer.fail = True
+        await group.submit(5)
+    assert writer.batches == [[4]]
