@@ -166,6 +166,7 @@ class Subscription:
             "stream_id": self.stream_id,
             "producer": self.producer,
             "window": self.window,
+            "ahead": c.ahead if c else self.ahead,
             "packets": c.packets if c else 0,
             "paid_satoshis": c.paid if c else 0,
             "payments": c.payments if c else 0,

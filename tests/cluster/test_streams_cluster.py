@@ -51,6 +51,8 @@ def test_stream_create_push_subscribe_status_close(tmp_path: Path) -> None:
             "ticker",
             "--auto-pay-interval",
             "10",
+            "--prepay",
+            "40",
             "--duration",
             "4",
             "--max-price",
@@ -63,6 +65,7 @@ def test_stream_create_push_subscribe_status_close(tmp_path: Path) -> None:
         assert [g["seq"] for g in got] == list(range(200))
         assert [json.loads(g["payload"]) for g in got] == [{"n": i} for i in range(200)]
         assert summary["packets"] == 200 and summary["paid_satoshis"] == 200 * RATE and summary["payments"] == 20
+        assert summary["ahead"] == 4  # --prepay 40 at W = 10: four windows paid ahead at most
 
         status = json.loads(cluster.ctl(producer, "--json", "ctl", "stream", "status", "ticker").stdout)
         (row,) = status["subscribers"]
