@@ -23,6 +23,10 @@ Theory of operation (producer):
 5. Accounting: revenue per subscriber is read from the durable ``payments`` table; packet counts and
    positions are flushed every ``flush_interval`` and at shutdown. A resumed subscriber's ``from_seq`` is
    never charged again (and repairs counts a crash lost).
+6. Sequence numbers are never used twice, even across a crash: a packet goes out only below the stream's
+   durable reservation (``reserved``), which a background write moves ``_SEQ_BLOCK`` ahead of the head as
+   pushes approach it. After a crash the stream goes on at the reservation (the numbers in between were never
+   sent; consumers count them as skipped); a clean shutdown writes the exact head.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -74,6 +79,9 @@ from overlay_node.store.streams import StreamRow, SubRow
 __all__ = ["StreamProducer", "stream_metrics"]
 
 logger = logging.getLogger(__name__)
+
+#: sequence numbers reserved durably ahead of a stream's head (invariant 6)
+_SEQ_BLOCK = 10_000
 
 
 def stream_metrics(metrics: Metrics) -> tuple[Any, Any, Any]:
@@ -125,6 +133,8 @@ class _Stream:
     created_at: float
     next_seq: int
     buffer: deque[str]
+    reserved: int = 0  # durable: no packet at or above it was sent (invariant 6)
+    reserving: trio.Lock = field(default_factory=trio.Lock)
     closed_at: float | None = None
     subs: dict[str, _Sub] = field(default_factory=dict)
     dirty: bool = False
@@ -204,6 +214,7 @@ class StreamProducer:
                 next_seq=row.next_seq,
                 buffer=deque(maxlen=self._config.buffer_packets),
                 closed_at=row.closed_at,
+                reserved=row.next_seq,
             )
             self._streams[row.stream_id] = stream
         try:
@@ -224,21 +235,36 @@ class StreamProducer:
                         sub.credit.detach(trio.current_time())
                         sub.dirty = True
                     stream.dirty = True
-                await self.flush()
+                await self.flush(exact=True)
 
-    async def flush(self) -> None:
-        """Write changed positions and counts (one durable transaction)."""
+    async def flush(self, *, exact: bool = False) -> None:
+        """Write changed positions and counts (one durable transaction). A stream's restart position is its
+        reservation, or with ``exact`` (the clean shutdown: nothing is sent any more) its head."""
         streams, subs = [], []
         for stream in self._streams.values():
             if stream.dirty:
                 stream.dirty = False
-                streams.append((stream.terms.stream_id, stream.next_seq, stream.closed_at))
+                position = stream.next_seq if exact else stream.reserved
+                streams.append((stream.terms.stream_id, position, stream.closed_at))
             for sub in stream.subs.values():
                 if sub.dirty:
                     sub.dirty = False
                     subs.append(sub.row())
         if streams or subs:
-            await self._store.streams.save(streams, subs)
+            await self._store.streams.save(streams, subs, exact=exact)
+
+    async def _reserve(self, stream: _Stream, *, ahead: int = 0) -> None:
+        """Move the stream's durable reservation to ``ahead`` past its head (invariant 6), then wake its senders."""
+        async with stream.reserving:
+            try:
+                while stream.reserved < stream.next_seq + ahead // 2 or stream.reserved < stream.next_seq:
+                    target = stream.next_seq + ahead
+                    await self._store.streams.reserve(stream.terms.stream_id, target)
+                    stream.reserved = max(stream.reserved, target)
+                    for sub in stream.subs.values():
+                        sub.wake.set()
+            except OverlayError as exc:
+                logger.warning("stream %s: could not reserve sequence numbers: %s", stream.terms.stream_id, exc)
 
     # -- producer API --------------------------------------------------------------------------------------------
 
@@ -324,6 +350,8 @@ class StreamProducer:
         stream.next_seq += len(payloads)
         stream.dirty = True
         self._m_packets.labels("pushed").inc(len(payloads))
+        if stream.reserved < stream.next_seq + _SEQ_BLOCK // 2 and not stream.reserving.locked() and self._nursery:
+            self._nursery.start_soon(partial(self._reserve, stream, ahead=_SEQ_BLOCK))
         for sub in stream.subs.values():
             sub.wake.set()
         return {"first": first, "count": len(payloads), "head": stream.next_seq}
@@ -334,6 +362,7 @@ class StreamProducer:
         if stream.closed_at is None:
             stream.closed_at = wall_time()
             stream.dirty = True
+            await self._reserve(stream)  # the last packets go out once they are reserved
             for sub in stream.subs.values():
                 sub.wake.set()
             await self.flush()
@@ -559,10 +588,11 @@ class StreamProducer:
                         if limit and size > cfg.batch_bytes:
                             break
                         limit += 1
+                    head = min(stream.next_seq, stream.reserved)  # only reserved numbers go out (invariant 6)
                     actions = sub.credit.plan(
-                        head=stream.next_seq,
+                        head=head,
                         oldest=stream.oldest,
-                        closed=stream.closed_at is not None,
+                        closed=stream.closed_at is not None and head == stream.next_seq,
                         now=now,
                         max_batch=max(limit, 1),
                     )
@@ -571,7 +601,7 @@ class StreamProducer:
                             case SendPackets(first=first, count=count):
                                 offset = first - stream.oldest
                                 payloads = tuple(stream.buffer[offset + i] for i in range(count))
-                                batch = PacketBatch(stream_id=sid, first=first, payloads=payloads, head=stream.next_seq)
+                                batch = PacketBatch(stream_id=sid, first=first, payloads=payloads, head=head)
                                 sub.dirty = True
                                 await link.notify("stream.packets", batch.to_wire())
                                 self._m_packets.labels("sent").inc(count)
@@ -579,7 +609,7 @@ class StreamProducer:
                                 body = {
                                     "stream_id": sid,
                                     "reason": reason,
-                                    "head": stream.next_seq,
+                                    "head": head,
                                     "credit": credit,
                                     "paid": paid,
                                 }

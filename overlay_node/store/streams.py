@@ -174,15 +174,18 @@ class StreamsRepository:
 
         return await self._db.read(txn)
 
-    async def save(self, streams: list[tuple[str, int, float | None]], subs: list[SubRow]) -> None:
+    async def save(
+        self, streams: list[tuple[str, int, float | None]], subs: list[SubRow], *, exact: bool = False
+    ) -> None:
         """Write stream positions ``(stream_id, next_seq, closed_at)`` and subscription rows in one transaction
-        (durable: called at shutdown and by the flush task)."""
+        (durable: called at shutdown and by the flush task). ``next_seq`` only grows, unless ``exact`` (the
+        last write of a clean shutdown, which gives back the numbers reserved but never used)."""
+        grow = "?" if exact else "max(next_seq, ?)"
 
         def txn(conn: sqlite3.Connection) -> None:
             for stream_id, next_seq, closed_at in streams:
                 conn.execute(
-                    "UPDATE streams SET next_seq = max(next_seq, ?), closed_at = coalesce(closed_at, ?) "
-                    "WHERE stream_id = ?",
+                    f"UPDATE streams SET next_seq = {grow}, closed_at = coalesce(closed_at, ?) WHERE stream_id = ?",
                     (next_seq, closed_at, stream_id),
                 )
             for s in subs:
@@ -216,6 +219,17 @@ class StreamsRepository:
                         s.updated_at,
                     ),
                 )
+
+        await self._db.write(txn, durable=True)
+
+    async def reserve(self, stream_id: str, next_seq: int) -> None:
+        """Durably move a stream's restart position up to ``next_seq`` (sequence numbers reserved ahead)."""
+
+        def txn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE streams SET next_seq = max(next_seq, ?) WHERE stream_id = ?",
+                (next_seq, stream_id),
+            )
 
         await self._db.write(txn, durable=True)
 
