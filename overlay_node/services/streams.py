@@ -511,11 +511,36 @@ class StreamProducer:
         self._nursery.start_soon(self._send_loop, sub, link, scope)
 
     async def _serve_pay(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+        """``stream.pay``: one payment (``payment``: refused with an error) or several at once (``payments``:
+        checked together, one outcome each, so a consumer with several payments ready sends one message)."""
         stream = self._stream(check_stream_id(body.get("stream_id")))
         sub = stream.subs.get(link.peer_key)
         if sub is None or sub.link is not link:
             raise NotFound(f"no subscription to {stream.terms.stream_id!r} on this link: subscribe first")
-        message = PaymentMessage.from_wire(body.get("payment"), max_bytes=self._max_payment)
+        batch = body.get("payments")
+        if batch is None:
+            answer = await self._accept_window(link, stream, sub, body.get("payment"))
+            return {**answer, "credit": sub.credit.credit}
+        if not isinstance(batch, list) or not 1 <= len(batch) <= sub.credit.ahead:
+            raise BadRequest(f"'payments' must be a list of 1-{sub.credit.ahead} payments")
+        results: list[dict[str, Any]] = [{} for _ in batch]
+
+        async def one(i: int, wire: object) -> None:
+            try:
+                results[i] = await self._accept_window(link, stream, sub, wire)
+            except OverlayError as exc:
+                results[i] = {"error": {"code": exc.code, "message": str(exc)}}
+
+        async with trio.open_nursery() as nursery:
+            for i, wire in enumerate(batch):
+                # started in order, so the credit bound counts them in order
+                nursery.start_soon(one, i, wire)
+                await trio.lowlevel.checkpoint()
+        return {"results": results, "credit": sub.credit.credit}
+
+    async def _accept_window(self, link: PeerLink, stream: _Stream, sub: _Sub, wire: object) -> dict[str, Any]:
+        """Check and accept one window payment of ``sub``; its receipt and the next window's quote."""
+        message = PaymentMessage.from_wire(wire, max_bytes=self._max_payment)
         quote = message.quote
         try:
             if quote.resource != stream_resource(stream.terms.stream_id):
@@ -543,7 +568,7 @@ class StreamProducer:
         sub.wake.set()
         self._m_payments.labels("producer", "accepted").inc()
         fresh = self._issue_quote(sub)
-        return {"receipt": receipt.to_wire(), "quote": fresh.to_wire(), "credit": credit.credit}
+        return {"receipt": receipt.to_wire(), "quote": fresh.to_wire()}
 
     def _issue_quote(self, sub: _Sub) -> Quote:
         """A new window quote for ``sub`` (kept among its open quotes)."""

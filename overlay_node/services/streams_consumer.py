@@ -33,6 +33,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -55,6 +56,7 @@ from overlay_node.errors import (
     RemoteProtocolError,
 )
 from overlay_node.metrics import Metrics
+from overlay_node.net.link import rebuild_error
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.payments import PaymentMessage, Quote, Receipt
 from overlay_node.protocol.streams import (
@@ -81,8 +83,20 @@ __all__ = ["StreamConsumer", "Subscription"]
 logger = logging.getLogger(__name__)
 
 _MAX_ADDRESSES = 8
+#: the most window payments sent in one stream.pay message
+_MAX_BATCH = 16
 #: final summaries of ended subscriptions kept for `stop` and the status listing
 _RECENT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class _Payment:
+    """A window payment built and reserved, on its way to the producer."""
+
+    quote: Quote
+    message: PaymentMessage
+    prepared: PreparedTx
+    history: HistoryRecord
 
 
 class _Finished(Exception):
@@ -334,7 +348,8 @@ class Subscription:
             raise ConnectionLost("link to the producer closed")
 
     async def _payer(self, link: PeerLink) -> None:
-        """Pay windows as the credit asks, up to ``ahead`` at once; returns (raises) the first failure."""
+        """Pay windows as the credit asks, up to ``ahead`` at once; returns (raises) the first failure. The
+        payments ready at one moment (up to ``_MAX_BATCH``) travel together in one ``stream.pay``."""
         self._reset_payer()
         async with trio.open_nursery() as nursery:
             while self._failure is None:
@@ -342,12 +357,24 @@ class Subscription:
                 credit = self.credit
                 assert credit is not None
                 self._tick()
-                if self.quotes and not self._hold and credit.wants_payment() and not self._withholding():
-                    try:
-                        await self._start_payment(link, nursery)
-                    except (OverlayError, _Finished) as exc:
-                        self._fail(exc)
-                else:
+                batch: list[_Payment] = []
+                try:
+                    while (
+                        len(batch) < _MAX_BATCH
+                        and self.quotes
+                        and not self._hold
+                        and credit.wants_payment()
+                        and not self._withholding()
+                    ):
+                        payment = await self._prepare_payment(link)
+                        if payment is None:
+                            break
+                        batch.append(payment)
+                except (OverlayError, _Finished) as exc:
+                    self._fail(exc)
+                if batch:
+                    nursery.start_soon(self._send_payments, link, batch)
+                elif self._failure is None:
                     with trio.move_on_after(self._tick_interval()):
                         await self._changed.wait()
             nursery.cancel_scope.cancel()  # payments still in flight are left unanswered (collected on resume)
@@ -385,9 +412,9 @@ class Subscription:
         c = self.credit
         return self.withhold_after is not None and c is not None and c.payments + c.in_flight >= self.withhold_after
 
-    async def _start_payment(self, link: PeerLink, nursery: trio.Nursery) -> None:
-        """Build and write ahead the next payment (in order: coins are picked one payment at a time), then send
-        it from a task of its own."""
+    async def _prepare_payment(self, link: PeerLink) -> _Payment | None:
+        """Build the next payment (in order: coins are picked one payment at a time); None when there is nothing
+        to pay with right now."""
         credit = self.credit
         assert credit is not None
         consumer = self._consumer
@@ -399,14 +426,14 @@ class Subscription:
             credit.payment_failed()
             if not self.quotes and not credit.in_flight:
                 await self._subscribe(link)  # fresh quotes
-            return
+            return None
         except InsufficientFunds:
             credit.payment_failed()
             self.quotes.appendleft(quote)
             if not credit.in_flight:
                 raise
             self._hold = True  # coins come back with the answers to the payments in flight
-            return
+            return None
         except BaseException:
             credit.payment_failed()
             self.quotes.appendleft(quote)
@@ -421,63 +448,84 @@ class Subscription:
             quote_id=quote.quote_id,
             resource=quote.resource,
         )
-        nursery.start_soon(self._send_payment, link, quote, message, prepared, history)
+        return _Payment(quote, message, prepared, history)
 
-    async def _send_payment(
-        self, link: PeerLink, quote: Quote, message: PaymentMessage, prepared: PreparedTx, history: HistoryRecord
-    ) -> None:
-        """Write the payment ahead (the wallet writes many at once), then send it and take its answer."""
-        credit = self.credit
-        assert credit is not None
-        try:
-            await self._consumer.wallet.begin(prepared, history)
-        except BaseException as exc:
-            credit.payment_failed()
-            self.quotes.appendleft(quote)
-            if isinstance(exc, OverlayError):
-                self._fail(exc)
-                return
-            raise
-        try:
-            await self._pay_one(link, quote, message, prepared)
-        except (OverlayError, _Finished) as exc:
-            self._fail(exc)
-
-    async def _pay_one(self, link: PeerLink, quote: Quote, message: PaymentMessage, prepared: PreparedTx) -> None:
-        """Send one payment and take its answer: a receipt adds credit, a refusal undoes it, no answer leaves
-        it to be collected on resume."""
+    async def _send_payments(self, link: PeerLink, batch: list[_Payment]) -> None:
+        """Write the payments ahead (the wallet writes them in one transaction), send them in one message and
+        take each answer: a receipt adds credit, a refusal undoes that payment, no answer leaves them all to be
+        collected on resume."""
         credit = self.credit
         assert credit is not None
         consumer = self._consumer
+        ok = [False] * len(batch)
+
+        async def write_ahead(i: int, payment: _Payment) -> None:
+            try:
+                await consumer.wallet.begin(payment.prepared, payment.history)
+                ok[i] = True
+            except OverlayError as exc:
+                credit.payment_failed()
+                self.quotes.appendleft(payment.quote)
+                self._fail(exc)
+
+        async with trio.open_nursery() as nursery:
+            for i, payment in enumerate(batch):
+                nursery.start_soon(write_ahead, i, payment)
+        written = [p for p, done in zip(batch, ok, strict=True) if done]
+        if not written:
+            return
+        body = {"stream_id": self.stream_id, "payments": [p.message.to_wire() for p in written]}
         try:
-            answer = await link.request("stream.pay", {"stream_id": self.stream_id, "payment": message.to_wire()})
-        except (ConnectionLost, PeerTimeout) as exc:
-            consumer.wallet.unanswered(prepared, str(exc))
-            credit.payment_failed()
-            self._unanswered.append((quote, prepared))
-            consumer.m_payments.labels("consumer", "unanswered").inc()
+            answer = await link.request("stream.pay", body)
+            results = answer.get("results")
+            if not isinstance(results, list) or len(results) != len(written):
+                raise RemoteProtocolError(
+                    "the producer's answer does not hold one result per payment", reason="bad_answer"
+                )
+        except (ConnectionLost, PeerTimeout, RemoteProtocolError) as exc:
+            for payment in written:
+                consumer.wallet.unanswered(payment.prepared, str(exc))
+                credit.payment_failed()
+                self._unanswered.append((payment.quote, payment.prepared))
+            consumer.m_payments.labels("consumer", "unanswered").inc(len(written))
             self._fail(exc)
             return
         except trio.Cancelled:
-            consumer.wallet.unanswered(prepared, "cancelled while waiting for the producer")
-            credit.payment_failed()
-            self._unanswered.append((quote, prepared))
+            for payment in written:
+                consumer.wallet.unanswered(payment.prepared, "cancelled while waiting for the producer")
+                credit.payment_failed()
+                self._unanswered.append((payment.quote, payment.prepared))
             raise
-        except OverlayError as exc:
-            await consumer.wallet.abort(prepared)
-            credit.payment_failed()
-            consumer.m_payments.labels("consumer", "refused").inc()
-            if isinstance(exc, PaymentError) and PAID_TOO_EARLY in str(exc):
-                # our estimate ran ahead of the producer's: the quote is still open; pay it after news
-                self.quotes.appendleft(quote)
-                self._hold = True
-                self._changed.set()
-                return
-            self._fail(_Finished("payment_refused", exc))
+        except OverlayError as exc:  # the whole message was refused
+            for payment in written:
+                await self._refused(payment, exc)
             return
-        self._hold = False
-        self._receipt(prepared, quote, answer)
+        for payment, result in zip(written, results, strict=True):
+            error = result.get("error") if isinstance(result, dict) else None
+            if isinstance(error, dict):
+                await self._refused(payment, rebuild_error(str(error.get("code")), str(error.get("message"))))
+                continue
+            self._hold = False
+            try:
+                self._receipt(payment.prepared, payment.quote, {**result, "credit": answer.get("credit")})
+            except _Finished as fin:
+                self._fail(fin)
         self._changed.set()
+
+    async def _refused(self, payment: _Payment, exc: OverlayError) -> None:
+        """The producer refused ``payment``: undo it; paid too early -> pay it again after news, else the end."""
+        credit = self.credit
+        assert credit is not None
+        await self._consumer.wallet.abort(payment.prepared)
+        credit.payment_failed()
+        self._consumer.m_payments.labels("consumer", "refused").inc()
+        if isinstance(exc, PaymentError) and PAID_TOO_EARLY in str(exc):
+            # our estimate ran ahead of the producer's: the quote is still open; pay it after news
+            self.quotes.appendleft(payment.quote)
+            self._hold = True
+            self._changed.set()
+            return
+        self._fail(_Finished("payment_refused", exc))
 
     def _receipt(self, prepared: PreparedTx, quote: Quote, answer: dict[str, Any]) -> None:
         credit = self.credit
