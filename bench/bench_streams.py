@@ -160,6 +160,8 @@ async def consumer_ops(host: Host, op: str, args: list[Any]) -> Any:
             "received": readers.received,
             "delays": readers.delays,
             "payments": sum(s.summary()["payments"] for s in readers.subs),
+            # subscriptions that ended before their packets came (so a short measurement says why)
+            "ended": [s.summary() for s in readers.subs if s.summary()["reason"] not in ("running", "stopped")],
         }
     raise ValueError(f"unknown op {op}")
 
@@ -223,6 +225,8 @@ async def latency(
     await consumers.call("latency_subscribe", stream, window, total, kwargs)
     await producer.call("pace", stream, rate, total)
     read = await consumers.call("wait")
+    if not read["delays"]:
+        raise SystemExit(f"the latency subscription received nothing: {read['ended']}")
     ms = sorted(d * 1000 for d in read["delays"])
     return {
         "window": window,

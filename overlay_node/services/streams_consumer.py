@@ -85,6 +85,8 @@ logger = logging.getLogger(__name__)
 _MAX_ADDRESSES = 8
 #: the most window payments sent in one stream.pay message
 _MAX_BATCH = 16
+#: seconds a stopping subscription waits for the answers to its payments in flight
+_DRAIN_TIMEOUT = 5.0
 #: final summaries of ended subscriptions kept for `stop` and the status listing
 _RECENT = 100
 
@@ -250,10 +252,17 @@ class Subscription:
     async def run(self) -> None:
         """Run until the subscription ends (never raises: the outcome is in :meth:`summary`)."""
         try:
-            with trio.move_on_after(self.duration if self.duration is not None else math.inf) as timer:
-                await self._run()
-            if timer.cancelled_caught and not self.reason:
-                self.reason = "duration"
+            ended: _Finished | OverlayError | None = None
+            async with trio.open_nursery() as nursery:
+                if self.duration is not None:
+                    nursery.start_soon(self._stop_after, self.duration)
+                try:
+                    await self._run()
+                except (_Finished, OverlayError) as exc:  # raised bare below, not in the nursery's group
+                    ended = exc
+                nursery.cancel_scope.cancel()
+            if ended is not None:
+                raise ended
         except _Finished as fin:
             self.reason = self.reason or fin.reason
             self.error = fin.error
@@ -267,6 +276,10 @@ class Subscription:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await self._consumer._finish(self)
             self._finished.set()
+
+    async def _stop_after(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self.stop("duration")  # a stop, not a cancellation: the payments in flight get their answers
 
     async def _run(self) -> None:
         while True:
@@ -333,7 +346,7 @@ class Subscription:
 
             async def watch_done() -> None:
                 await self._done.wait()
-                nursery.cancel_scope.cancel()
+                self._changed.set()  # the payer stops paying, waits for the answers in flight, and returns
 
             nursery.start_soon(watch_link)
             nursery.start_soon(watch_done)
@@ -351,11 +364,11 @@ class Subscription:
         """Pay windows as the credit asks, up to ``ahead`` at once; returns (raises) the first failure. The
         payments ready at one moment (up to ``_MAX_BATCH``) travel together in one ``stream.pay``."""
         self._reset_payer()
+        credit = self.credit
+        assert credit is not None
         async with trio.open_nursery() as nursery:
-            while self._failure is None:
+            while self._failure is None and not self._done.is_set():
                 self._changed = trio.Event()
-                credit = self.credit
-                assert credit is not None
                 self._tick()
                 batch: list[_Payment] = []
                 try:
@@ -374,11 +387,17 @@ class Subscription:
                     self._fail(exc)
                 if batch:
                     nursery.start_soon(self._send_payments, link, batch)
-                elif self._failure is None:
+                elif self._failure is None and not self._done.is_set():
                     with trio.move_on_after(self._tick_interval()):
                         await self._changed.wait()
+            # stopping: the payments in flight get their answers first (their coins come back with them)
+            with trio.move_on_after(_DRAIN_TIMEOUT):
+                while credit.in_flight and self._failure is None:
+                    self._changed = trio.Event()
+                    await self._changed.wait()
             nursery.cancel_scope.cancel()  # payments still in flight are left unanswered (collected on resume)
-        raise self._failure
+        if self._failure is not None:
+            raise self._failure
 
     def _reset_payer(self) -> None:
         self._failure = None
@@ -542,7 +561,8 @@ class Subscription:
         self.fees += prepared.fee
         self._consumer.m_payments.labels("consumer", "paid").inc()
         try:
-            self.quotes.append(credit.check_quote(Quote.from_wire(answer.get("quote")), int(wall_time() * 1000)))
+            fresh = Quote.from_wire(answer.get("quote"))
+            self.quotes.append(credit.check_quote(fresh, int(wall_time() * 1000), signature=False))
         except PaymentError as exc:
             raise _Finished("price_exceeded", exc) from None
         except BadRequest as exc:

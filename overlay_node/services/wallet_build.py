@@ -19,7 +19,6 @@ from typing import Any
 
 from bsv.keys import PrivateKey as BsvPrivateKey
 from bsv.script.script import Script
-from bsv.script.type import P2PKH
 from bsv.transaction import Transaction, TransactionInput, TransactionOutput
 
 from overlay_node.devnet.formats import varint_bytes
@@ -140,7 +139,7 @@ def build_transaction(
         tx_in = TransactionInput(
             source_txid=coin.txid,
             source_output_index=coin.vout,
-            unlocking_script_template=P2PKH().unlock(key),
+            unlocking_script_template=_P2pkhUnlock(key),
         )
         tx_in.satoshis = coin.satoshis
         tx_in.locking_script = Script(coin.script)
@@ -149,6 +148,27 @@ def build_transaction(
     tx.sign()
     raw = bytes(tx.serialize())
     return BuiltTx(txid=str(tx.txid()), raw=raw, tx=tx, spends=tuple(coins), fee=fee)
+
+
+class _P2pkhUnlock:
+    """The unlocking script of a P2PKH input, in the shape bsv-sdk's ``Transaction.sign`` calls (``sign(tx, i)``):
+    ``<DER signature + sighash byte> <compressed public key>``, both direct pushes (at most 73 and 33 bytes).
+    One small object per input, where ``P2PKH().unlock`` builds a new class per call (a payment-per-packet
+    stream signs hundreds of inputs a second)."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: BsvPrivateKey) -> None:
+        self._key = key
+
+    def sign(self, tx: Any, input_index: int) -> Script:
+        sighash = int(tx.inputs[input_index].sighash)
+        signature = bytes(self._key.sign(tx.preimage(input_index))) + sighash.to_bytes(1, "little")
+        public = bytes(self._key.public_key().serialize())
+        return Script(bytes([len(signature)]) + signature + bytes([len(public)]) + public)
+
+    def estimated_unlocking_byte_length(self) -> int:
+        return P2PKH_UNLOCK_MAX
 
 
 class CoinSet:

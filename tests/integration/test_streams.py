@@ -275,3 +275,22 @@ async def test_per_second_stream_charges_elapsed_time_through_the_same_credit(st
         (row,) = status["subscribers"]
         assert row["paid_satoshis"] == summary["paid_satoshis"] and row["payments"] == summary["payments"]
         assert row["reason"] != "payment_timeout"
+
+
+async def test_a_producer_gone_for_good_ends_the_subscription_with_its_reason(start_node: NodeFactory) -> None:
+    with trio.fail_after(30):
+        _, producer, (consumer,) = await network(start_node, 1, **{"streams.resume_timeout": 0.5})
+        await producer.streams.producer.create("gone", rate=RATE)
+        sub = await consumer.streams.consumer.subscribe("gone", window=1, duration=60)
+        reader = Reader(sub)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            producer.streams.producer.push("gone", lines(10))
+            await reader.reached(10)
+            producer.request_shutdown()
+            await producer.wait_stopped()
+            await sub.wait_finished()
+        summary = sub.summary()
+        assert summary["reason"] == "producer_unreachable" and summary["packets"] == 10
+        assert summary["paid_satoshis"] == 10 * RATE
+        assert summary["error"] is not None and summary["error"]["code"] == "connection_lost"
