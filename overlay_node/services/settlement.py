@@ -201,7 +201,7 @@ class Settlement:
         if len(jobs) == 1:
             results = [await arc.submit(jobs[0].beef)]
         else:
-            results = await arc.submit_many([j.beef for j in jobs])
+            results = await arc.submit_many([j.beef for j in jobs], txids=[j.txid for j in jobs])
         await self._apply_all(list(zip(jobs, results, strict=True)))
 
     async def _poll(self, jobs: list[SettlementJob]) -> None:
