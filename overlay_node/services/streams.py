@@ -17,9 +17,11 @@ Theory of operation (producer):
 3. The sender runs the subscription's :class:`~overlay_node.protocol.streams.ProducerCredit`: it sends
    batches of up to ``batch_packets`` / ``batch_bytes`` per notice (one peer frame), pauses with
    ``stream.paused`` when the credit is gone and closes after ``grace_period``.
-4. ``stream.pay`` checks the payment is for this stream and the subscription's current window quote and
-   that the credit is at most one window, then :meth:`Payments.accept_payment` checks and commits it durably
-   (settlement queued) before the receipt goes back with the next window's quote.
+4. ``stream.pay`` (one payment, or several at once) checks each is for this stream and answers one of the
+   subscription's open window quotes (``ahead`` of them, granted at subscribe from the consumer's ask and
+   ``max_pay_ahead``), and that the credit plus the payments being checked stays within ``ahead - 1``
+   windows; then :meth:`Payments.accept_payment` checks and commits it durably (settlement queued; payments
+   checked together share one group commit) before its receipt goes back with a fresh window quote.
 5. Accounting: revenue per subscriber is read from the durable ``payments`` table; packet counts and
    positions are flushed every ``flush_interval`` and at shutdown. A resumed subscriber's ``from_seq`` is
    never charged again (and repairs counts a crash lost).
