@@ -372,6 +372,8 @@ class Subscription:
                 self._tick()
                 batch: list[_Payment] = []
                 try:
+                    if not self.quotes and not credit.in_flight and not self._hold and credit.wants_payment():
+                        await self._subscribe(link)  # out of open quotes (expired, refused): fresh ones
                     while (
                         len(batch) < _MAX_BATCH
                         and self.quotes
@@ -445,6 +447,7 @@ class Subscription:
             credit.payment_failed()
             if not self.quotes and not credit.in_flight:
                 await self._subscribe(link)  # fresh quotes
+            self._changed.set()  # try again with the next quote (or the fresh ones)
             return None
         except InsufficientFunds:
             credit.payment_failed()
@@ -542,6 +545,9 @@ class Subscription:
             # our estimate ran ahead of the producer's: the quote is still open; pay it after news
             self.quotes.appendleft(payment.quote)
             self._hold = True
+            self._changed.set()
+            return
+        if isinstance(exc, QuoteExpired):  # it expired on the way: pay again with another quote
             self._changed.set()
             return
         self._fail(_Finished("payment_refused", exc))

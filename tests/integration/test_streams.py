@@ -294,3 +294,22 @@ async def test_a_producer_gone_for_good_ends_the_subscription_with_its_reason(st
         assert summary["reason"] == "producer_unreachable" and summary["packets"] == 10
         assert summary["paid_satoshis"] == 10 * RATE
         assert summary["error"] is not None and summary["error"]["code"] == "connection_lost"
+
+
+async def test_expired_window_quotes_are_replaced_and_the_stream_goes_on(start_node: NodeFactory) -> None:
+    with trio.fail_after(30):
+        _, producer, (consumer,) = await network(start_node, 1, **{"wallet.quote_ttl": 1.0})
+        await producer.streams.producer.create("slow", rate=RATE)
+        sub = await consumer.streams.consumer.subscribe("slow", window=10)
+        reader = Reader(sub)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            producer.streams.producer.push("slow", lines(10))
+            await reader.reached(10)
+            await trio.sleep(1.2)  # the time under test: every open window quote expires
+            producer.streams.producer.push("slow", lines(20, 10))
+            await reader.reached(30)
+            sub.stop()
+        assert [p.seq for p in reader.packets] == list(range(30))
+        summary = sub.summary()
+        assert summary["paid_satoshis"] == 30 * RATE and summary["payments"] == 3
