@@ -12,9 +12,10 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bsv.merkle_path import MerklePath
 from bsv.script.script import Script
 from bsv.transaction import Transaction, TransactionInput, TransactionOutput
+
+from overlay_node.crypto.bump import encode_path
 
 #: a devnet block header's ``bits`` (regtest's easiest target; the devnet does no proof of work)
 DEVNET_BITS = 0x207FFFFF
@@ -70,43 +71,12 @@ def merkle_root(txids: Sequence[str]) -> str:
     return merkle_levels(txids)[-1][0][::-1].hex()
 
 
-def merkle_path_for(levels: Sequence[Sequence[bytes]], index: int, height: int) -> MerklePath:
-    """The BRC-74 path proving leaf ``index`` of the tree ``levels`` (from :func:`merkle_levels`) at
-    ``height``.
-
-    Level 0 holds the transaction itself (flagged as a txid) and its sibling; each higher level holds the
-    sibling of the node on the way up, or a "duplicate" flag where the node is paired with itself.
-
-    Raises:
-        ValueError: the tree has a single leaf (BRC-74 cannot express a path of height 0) or ``index`` is out
-            of range.
-    """
-    if len(levels) < 2:
-        raise ValueError("a block with one transaction has no merkle path")
-    if not 0 <= index < len(levels[0]):
-        raise ValueError(f"leaf {index} is not in the tree")
-    path: list[list[dict[str, object]]] = []
-    for h in range(len(levels) - 1):
-        node = index >> h
-        sibling = node ^ 1
-        leaves: list[dict[str, object]] = []
-        if h == 0:
-            leaves.append({"offset": node, "hash_str": levels[0][node][::-1].hex(), "txid": True})
-        if sibling < len(levels[h]):
-            leaves.append({"offset": sibling, "hash_str": levels[h][sibling][::-1].hex()})
-        else:
-            leaves.append({"offset": sibling, "duplicate": True})
-        leaves.sort(key=lambda leaf: int(leaf["offset"]))  # type: ignore[call-overload]
-        path.append(leaves)
-    return MerklePath(height, path)
-
-
 def block_merkle_paths(txids: Sequence[str], height: int) -> list[bytes | None]:
     """The serialized BUMP of each transaction of a block (None for all when the block holds only one)."""
     levels = merkle_levels(txids)
     if len(levels) < 2:
         return [None]
-    return [bytes(merkle_path_for(levels, i, height).to_binary()) for i in range(len(txids))]
+    return [encode_path(levels, i, height) for i in range(len(txids))]
 
 
 # -- headers -------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import trio
 from bsv.chaintracker import ChainTracker
 from bsv.merkle_path import MerklePath
 
+from overlay_node.crypto.bump import path_root
 from overlay_node.devnet.formats import parse_stream
 from overlay_node.devnet.refusals import Refusal
 from overlay_node.errors import ApiError, DialError
@@ -132,13 +133,13 @@ def _int(value: object) -> int | None:
 
 
 def _proves(merkle_path: str, txid: str | None) -> str | None:
-    """Why ``merkle_path`` (BUMP hex) does not prove ``txid``, or None when it does."""
+    """Why ``merkle_path`` (BUMP hex) does not prove ``txid``, or None when it does (it holds the transaction
+    and a root can be computed from it; the root is checked against the chain where the path is used)."""
     try:
-        path = MerklePath.from_hex(merkle_path)
         if txid is not None:
-            path.compute_root(txid)
+            path_root(bytes.fromhex(merkle_path), txid)
         else:
-            path.compute_root()
+            MerklePath.from_hex(merkle_path).compute_root()
     except (ValueError, IndexError, KeyError, TypeError, StopIteration) as exc:
         return f"merkle path unusable: {exc}"
     return None
