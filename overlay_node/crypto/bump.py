@@ -15,14 +15,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-__all__ = ["encode_path", "path_root"]
+__all__ = ["encode_path", "path_root", "varint_bytes"]
 
 _HASH = 0
 _DUPLICATE = 1
 _TXID = 2
 
 
-def _varint(n: int) -> bytes:
+def varint_bytes(n: int) -> bytes:
+    """Bitcoin's VarInt encoding of ``n``."""
     if n < 0xFD:
         return bytes([n])
     if n <= 0xFFFF:
@@ -50,20 +51,20 @@ def encode_path(levels: Sequence[Sequence[bytes]], index: int, height: int) -> b
         raise ValueError("a block with one transaction has no merkle path")
     if not 0 <= index < len(levels[0]):
         raise ValueError(f"leaf {index} is not in the tree")
-    out = bytearray(_varint(height))
+    out = bytearray(varint_bytes(height))
     out.append(len(levels) - 1)
     for h in range(len(levels) - 1):
         node = index >> h
         sibling = node ^ 1
         leaves: list[tuple[int, bytes]] = []
         if h == 0:
-            leaves.append((node, _varint(node) + bytes([_TXID]) + levels[0][node]))
+            leaves.append((node, varint_bytes(node) + bytes([_TXID]) + levels[0][node]))
         if sibling < len(levels[h]):
-            leaves.append((sibling, _varint(sibling) + bytes([_HASH]) + levels[h][sibling]))
+            leaves.append((sibling, varint_bytes(sibling) + bytes([_HASH]) + levels[h][sibling]))
         else:
-            leaves.append((sibling, _varint(sibling) + bytes([_DUPLICATE])))
+            leaves.append((sibling, varint_bytes(sibling) + bytes([_DUPLICATE])))
         leaves.sort()
-        out += _varint(len(leaves))
+        out += varint_bytes(len(leaves))
         for _, leaf in leaves:
             out += leaf
     return bytes(out)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from bsv.merkle_path import MerklePath
 from bsv.transaction import Transaction
 
+from overlay_node.crypto.bump import varint_bytes
 from overlay_node.devnet.chain import txid_of
 from overlay_node.devnet.refusals import ArcCode, Refusal
 
@@ -123,17 +124,6 @@ class _Cursor:
         if n * min_size > self.remaining:
             raise Refusal(ArcCode.MALFORMED, f"{what} count {n} at offset {self.pos} exceeds the data")
         return n
-
-
-def varint_bytes(n: int) -> bytes:
-    """Bitcoin's VarInt encoding of ``n``."""
-    if n < 0xFD:
-        return bytes([n])
-    if n <= 0xFFFF:
-        return b"\xfd" + n.to_bytes(2, "little")
-    if n <= 0xFFFFFFFF:
-        return b"\xfe" + n.to_bytes(4, "little")
-    return b"\xff" + n.to_bytes(8, "little")
 
 
 # -- transactions --------------------------------------------------------------------------------------------

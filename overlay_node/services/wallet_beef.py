@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from coincurve import PublicKey
 
+from overlay_node.crypto.bump import varint_bytes
 from overlay_node.crypto.keys import SECP256K1_N
 from overlay_node.devnet.chain import is_data_script
 from overlay_node.devnet.formats import (
@@ -30,7 +31,6 @@ from overlay_node.devnet.formats import (
     Submission,
     parse_submission,
     parse_transaction,
-    varint_bytes,
 )
 from overlay_node.devnet.refusals import Refusal
 from overlay_node.devnet.validation import MAX_SATOSHIS, Policy, check_transaction

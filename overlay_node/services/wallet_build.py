@@ -21,7 +21,7 @@ from bsv.keys import PrivateKey as BsvPrivateKey
 from bsv.script.script import Script
 from bsv.transaction import Transaction, TransactionInput, TransactionOutput
 
-from overlay_node.devnet.formats import varint_bytes
+from overlay_node.crypto.bump import varint_bytes
 from overlay_node.errors import InsufficientFunds
 from overlay_node.store.wallet import Outpoint, UtxoRecord
 

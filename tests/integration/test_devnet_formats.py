@@ -16,6 +16,7 @@ from bsv.transaction import Transaction, TransactionInput, TransactionOutput
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from overlay_node.crypto.bump import varint_bytes
 from overlay_node.devnet.chain import block_merkle_paths, merkle_root
 from overlay_node.devnet.formats import (
     ATOMIC_BEEF,
@@ -24,7 +25,6 @@ from overlay_node.devnet.formats import (
     parse_stream,
     parse_submission,
     subject_txid,
-    varint_bytes,
 )
 from overlay_node.devnet.refusals import ArcCode, Refusal
 from tests.integration.test_devnet import DevnetFactory, fund, http, p2pkh_spend, start_devnet
