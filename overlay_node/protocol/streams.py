@@ -591,14 +591,16 @@ class ConsumerCredit:
     def payment_failed(self) -> None:
         self.in_flight = max(0, self.in_flight - 1)
 
-    def on_receipt(self, receipt: Receipt, quote: Quote, txid: str) -> None:
-        """A receipt for the window paid with ``quote`` by ``txid``.
+    def on_receipt(self, receipt: Receipt, quote: Quote, txid: str, *, in_flight: bool = True) -> None:
+        """A receipt for the window paid with ``quote`` by ``txid``; ``in_flight=False`` for a payment no longer
+        counted in flight (sent before a link dropped, its receipt collected after the resume).
 
         Raises:
             RemoteProtocolError: the receipt is not the producer's, or does not acknowledge this payment
                 (no credit is added).
         """
-        self.in_flight = max(0, self.in_flight - 1)
+        if in_flight:
+            self.in_flight = max(0, self.in_flight - 1)
         if not (receipt.verify() and receipt.matches(quote, txid) and receipt.payee == self.terms.producer):
             raise RemoteProtocolError(
                 "the producer's receipt is invalid (forged or for another payment)", reason="bad_receipt"

@@ -336,21 +336,14 @@ class ArcClient:
         if known is not None:
             if len(known) != len(txs) or not all(isinstance(tx, bytes) for tx in txs):
                 raise ValueError("txids must name each transaction, given as bytes")
-            payloads: list[bytes] = list(txs)
-            txids: list[str] = list(known)
+            payloads, txids = list(txs), list(known)
         else:
-            payloads, txids = [], []
-        for i, tx in enumerate(txs if known is None else ()):
-            await _share_the_loop(i)
-            payload = _payload(tx)
             try:
-                (item,) = parse_stream(payload, max_items=1)
+                payloads, txids = await _identify(txs)
             except Refusal as exc:
                 return [
                     ArcResult(txid=None, outcome=ArcOutcome.FAILED, detail=f"not a transaction: {exc}") for _ in txs
                 ]
-            payloads.append(payload)
-            txids.append(item.subject.txid)
         if not payloads:
             return []
         try:
@@ -416,6 +409,23 @@ class ArcClient:
 
     async def _get_json(self, path: str) -> dict[str, Any]:
         return await self._request_json("GET", path)
+
+
+async def _identify(txs: Sequence[bytes | Any]) -> tuple[list[bytes], list[str]]:
+    """The bytes to send and the txid of each transaction.
+
+    Raises:
+        Refusal: one of them is not a transaction.
+    """
+    payloads: list[bytes] = []
+    txids: list[str] = []
+    for i, tx in enumerate(txs):
+        await _share_the_loop(i)
+        payload = _payload(tx)
+        (item,) = parse_stream(payload, max_items=1)
+        payloads.append(payload)
+        txids.append(item.subject.txid)
+    return payloads, txids
 
 
 async def _share_the_loop(i: int) -> None:

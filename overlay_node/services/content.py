@@ -39,7 +39,7 @@ from overlay_node.clock import wall_time
 from overlay_node.config import ContentSection
 from overlay_node.crypto.keys import Identity
 from overlay_node.crypto.uhrp import parse_uhrp, url_for_hash
-from overlay_node.errors import BadRequest, ConnectionLost, NotFound, OverlayError
+from overlay_node.errors import BadRequest, NotFound, OverlayError
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.adverts import Endpoints
@@ -432,20 +432,10 @@ class ContentService:
     async def ask(
         self, identity_key: str, addresses: tuple[str, ...], method: str, body: dict[str, Any], timeout: float
     ) -> dict[str, Any]:
-        """An idempotent request to ``identity_key``.
-
-        When two nodes dial each other at once, one of the two links is closed as ``duplicate_link`` moments after
-        it was handed out; a request that met that closing link is asked again, once, on the link the peer manager
-        kept.
-        """
+        """A request to ``identity_key`` over the link the peer manager keeps for it (dialled if need be; a dial
+        that crossed the peer's own dial hands back the link both sides keep)."""
         link = await self.link_to(identity_key, addresses)
-        try:
-            return await link.request(method, body, timeout=timeout)
-        except ConnectionLost:
-            kept = self.peers.link(identity_key)
-            if kept is None or kept is link or kept.closed:
-                raise
-            return await kept.request(method, body, timeout=timeout)
+        return await link.request(method, body, timeout=timeout)
 
     # -- replication (placing side: content_place; receiving side: content_receive) ------------------------------
 

@@ -259,7 +259,7 @@ class StreamProducer:
         """Move the stream's durable reservation to ``ahead`` past its head (invariant 6), then wake its senders."""
         async with stream.reserving:
             try:
-                while stream.reserved < stream.next_seq + ahead // 2 or stream.reserved < stream.next_seq:
+                while stream.reserved < stream.next_seq + ahead // 2:
                     target = stream.next_seq + ahead
                     await self._store.streams.reserve(stream.terms.stream_id, target)
                     stream.reserved = max(stream.reserved, target)

@@ -325,8 +325,7 @@ class Subscription:
             try:
                 answer = await link.request("pay.receipt", {"quote_id": quote.quote_id})
                 receipt = Receipt.from_wire(answer.get("receipt"))
-                self.credit.in_flight += 1  # on_receipt counts it out again
-                self.credit.on_receipt(receipt, quote, prepared.txid)
+                self.credit.on_receipt(receipt, quote, prepared.txid, in_flight=False)
                 self._consumer.wallet.sent(prepared, receipt.to_bytes())  # its change is ours again
                 self.fees += prepared.fee
                 logger.info("stream %s: a payment sent before the link dropped was accepted", self.stream_id)
