@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-__all__ = ["encode_path", "path_root", "varint_bytes"]
+__all__ = ["encode_path", "path_root", "sha256d", "varint_bytes"]
 
 _HASH = 0
 _DUPLICATE = 1
@@ -33,7 +33,8 @@ def varint_bytes(n: int) -> bytes:
     return b"\xff" + n.to_bytes(8, "little")
 
 
-def _sha256d(data: bytes) -> bytes:
+def sha256d(data: bytes) -> bytes:
+    """Double SHA-256."""
     return hashlib.sha256(hashlib.sha256(data).digest()).digest()
 
 
@@ -148,11 +149,11 @@ def path_root(data: bytes, txid: str) -> str:
             raise ValueError(f"leaf {o} of level 0 is missing")
         left = node(h - 1, 2 * o, b"")
         right = node(h - 1, 2 * o + 1, left)
-        return _sha256d(left + right)
+        return sha256d(left + right)
 
     current = want
     for h in range(tree_height):
         sibling = node(h, offset ^ 1, current)
-        current = _sha256d(current + sibling) if offset % 2 == 0 else _sha256d(sibling + current)
+        current = sha256d(current + sibling) if offset % 2 == 0 else sha256d(sibling + current)
         offset >>= 1
     return current[::-1].hex()

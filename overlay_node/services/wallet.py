@@ -132,7 +132,7 @@ class PreparedTx:
     recipient: str | None
     sent_txids: tuple[str, ...]
     record: TxRecord
-    tx: Any  # bsv.transaction.Transaction
+    outputs: tuple[SourceOutput, ...]
 
 
 class Wallet:
@@ -406,7 +406,7 @@ class Wallet:
                 recipient=recipient,
                 sent_txids=tuple(e.txid for e in entries if e.raw is not None),
                 record=record,
-                tx=built.tx,
+                outputs=built.outputs,
             )
         except BaseException:
             self._coins.release(reservation)
@@ -495,7 +495,7 @@ class Wallet:
         for coin in prepared.spends:
             self._coins.remove(coin.outpoint)
         self._txs.put(prepared.txid, prepared.record)
-        self._outputs.put(prepared.txid, _outputs(prepared.tx))
+        self._outputs.put(prepared.txid, list(prepared.outputs))
         self._update_gauge()
 
     async def _write_ahead(self, outs: list[Outgoing]) -> list[Conflict | None]:
@@ -636,12 +636,6 @@ class Wallet:
     def _update_gauge(self) -> None:
         for gauge, value in zip(self._gauges, self._coins.totals(), strict=True):
             gauge.set(value)
-
-
-def _outputs(tx: Any) -> list[SourceOutput]:
-    return [
-        SourceOutput(satoshis=int(o.satoshis), locking_script=bytes(o.locking_script.serialize())) for o in tx.outputs
-    ]
 
 
 def instrument(metrics: Metrics, kind: type[Any], name: str, doc: str, labels: Sequence[str]) -> Any:

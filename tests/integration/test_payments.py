@@ -22,6 +22,7 @@ from bsv.transaction import Transaction
 
 from overlay_node.config import StoreSection, SwarmSection, WalletSection
 from overlay_node.crypto.keys import Identity
+from overlay_node.crypto.sighash import P2pkhSpend, outpoint_bytes, sign_p2pkh
 from overlay_node.devnet import DevnetInfo, DevnetSettings, run_devnet
 from overlay_node.errors import (
     InsufficientPayment,
@@ -380,13 +381,8 @@ async def test_refusals_leave_balances_unchanged(
 
 def _sign_unbalanced(node: PayNode, coin: UtxoRecord, outputs: list[tuple[bytes, int]]) -> Any:
     """A transaction spending ``coin`` to ``outputs`` whatever they add up to, properly signed."""
-    total = sum(s for _, s in outputs)
-    balanced = build_transaction([coin], [(outputs[0][0], coin.satoshis)], node.wallet._private_key, fee=0)
-    tx = balanced.tx
-    tx.outputs[0].satoshis = total
-    tx.inputs[0].unlocking_script = None
-    tx.sign()
-    return tx
+    spend = P2pkhSpend(outpoint_bytes(coin.txid, coin.vout), coin.script, coin.satoshis, node.wallet._private_key(coin))
+    return Transaction.from_hex(sign_p2pkh([spend], outputs))
 
 
 async def test_double_spends_are_refused_or_fail_at_settlement(
@@ -448,7 +444,7 @@ async def test_double_spends_are_refused_or_fail_at_settlement(
             derivation_prefix=q2.prefix,
             derivation_suffix=suffix,
             sender_identity_key=a.key,
-            transaction=await _beef_for(a, again.tx),
+            transaction=await _beef_for(a, Transaction.from_hex(again.raw)),
         )
         balance = b.wallet.balance().satoshis
         with pytest.raises(InvalidPayment, match=r"double spend: output .* was already spent by payment"):
