@@ -16,6 +16,10 @@ In a process host the op and describe functions travel to the child by reference
 re-imports them there), so they must be module-level functions, or their dotted names (``"module:function"`` or
 ``"module.function"``). Arguments and results must be picklable. Operations on one host are sequential; different
 hosts run in parallel.
+
+Profiling: with ``OVERLAY_BENCH_PROFILE=DIR`` in the environment, each process host runs under ``cProfile`` (its
+main thread, where the nodes' trio loop runs) and writes ``DIR/<first node's name>.prof`` when it stops (read it
+with ``python -m pstats``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import importlib
 import logging
 import multiprocessing
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -142,6 +147,15 @@ def _serve(
             for node in nodes:
                 node.request_shutdown()
 
+    if os.environ.get("OVERLAY_BENCH_PROFILE"):
+        import cProfile  # only when asked
+
+        prof = cProfile.Profile()
+        prof.enable()
+        trio.run(run)
+        prof.disable()
+        prof.dump_stats(os.path.join(os.environ["OVERLAY_BENCH_PROFILE"], specs[0].name + ".prof"))
+        return
     trio.run(run)
 
 

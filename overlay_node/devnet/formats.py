@@ -1,24 +1,27 @@
 """The transaction formats ARC takes, parsed with hard bounds: raw (BRC-12), Extended Format (BRC-30), BEEF
 V1/V2 (BRC-62/96) and Atomic BEEF (BRC-95); plus a BEEF V1 writer. Pure functions, no I/O.
 
-The framing (lengths, counts, markers) is read here with explicit bounds so that any byte string gives either
-a parsed value or a :class:`~overlay_node.devnet.refusals.Refusal`, never a crash; the transactions and merkle
-paths themselves are then built with bsv-sdk (``Transaction.from_hex``, ``MerklePath.from_binary``), whose own
-exceptions are mapped once, here. The py-sdk BEEF readers are not used: ``parse_beef`` drops V1 ancestors and
-``Transaction.from_beef`` reads V1 only (BRC.md section 2).
+Every byte is read here with explicit bounds, so that any byte string gives either a parsed value or a
+:class:`~overlay_node.devnet.refusals.Refusal`, never a crash. A transaction is read into plain tuples
+(:class:`TxInput`, :class:`TxOutput`): the ledger and the payee read every payment, often several times over
+(each settlement resubmission is parsed again), and bsv-sdk's ``Transaction`` objects cost several times the
+parse itself. :meth:`ParsedTx.sdk_tx` builds one on demand for the script interpreter (and refuses bytes
+bsv-sdk does not read back identically). Merkle paths are checked with :func:`overlay_node.crypto.bump.path_root`
+(held byte-for-byte equal to bsv-sdk's ``MerklePath`` by its tests). The py-sdk BEEF readers are not used:
+``parse_beef`` drops V1 ancestors and ``Transaction.from_beef`` reads V1 only (BRC.md section 2).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-from bsv.merkle_path import MerklePath
 from bsv.transaction import Transaction
 
-from overlay_node.crypto.bump import varint_bytes
+from overlay_node.crypto.bump import path_root, varint_bytes
 from overlay_node.devnet.chain import txid_of
 from overlay_node.devnet.refusals import ArcCode, Refusal
 
@@ -41,25 +44,59 @@ class SourceOutput:
     locking_script: bytes
 
 
+class TxInput(NamedTuple):
+    """An input: the output it spends (``txid`` in display hex, ``vout``), its unlocking script, its sequence."""
+
+    txid: str
+    vout: int
+    script: bytes
+    sequence: int
+
+
+class TxOutput(NamedTuple):
+    """An output: its value and locking script."""
+
+    satoshis: int
+    script: bytes
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ParsedTx:
     """One transaction of a submission.
 
     ``raw`` is the plain serialization (what the txid hashes), even when the transaction came in Extended
-    Format; ``ef_sources`` then holds the source outputs the submitter claimed. ``bump`` is the merkle path a
-    BEEF gave it, and ``bump_root`` the merkle root that path computes for this txid.
+    Format; ``ef_sources`` then holds the source outputs the submitter claimed. ``bump`` is the merkle path
+    (BRC-74 bytes) a BEEF gave it, ``block_height`` the height that path names, and ``bump_root`` the merkle
+    root that path computes for this txid.
     """
 
     txid: str
     raw: bytes
-    tx: Any  # bsv.transaction.Transaction (untyped library)
+    inputs: tuple[TxInput, ...]
+    outputs: tuple[TxOutput, ...]
     ef_sources: tuple[SourceOutput, ...] | None = None
-    bump: Any = None  # bsv.merkle_path.MerklePath
+    bump: bytes | None = None
     bump_root: str | None = None
+    block_height: int | None = None
 
-    @property
-    def block_height(self) -> int | None:
-        return None if self.bump is None else int(self.bump.block_height)
+    def spends(self) -> list[tuple[str, int]]:
+        """The outpoints the inputs spend, in input order."""
+        return [(i.txid, i.vout) for i in self.inputs]
+
+    def sdk_tx(self) -> Any:
+        """A bsv-sdk ``Transaction`` of these bytes (a new one per call), for the script interpreter.
+
+        Raises:
+            Refusal: MALFORMED when bsv-sdk cannot read the bytes, or does not write them back identically.
+        """
+        try:
+            tx = Transaction.from_hex(self.raw)
+            same = tx is not None and tx.serialize() == self.raw
+        except _SDK_ERRORS as exc:
+            raise Refusal(ArcCode.MALFORMED, f"transaction cannot be parsed: {exc}", txid=self.txid) from exc
+        if not same:
+            raise Refusal(ArcCode.MALFORMED, "transaction does not re-serialize to the same bytes", txid=self.txid)
+        return tx
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,7 +153,10 @@ class _Cursor:
         if first < 0xFD:
             return first
         size = {0xFD: 2, 0xFE: 4, 0xFF: 8}[first]
-        return int.from_bytes(self.take(size), "little")
+        value = int.from_bytes(self.take(size), "little")
+        if value < (0xFD, 0x10000, 0x100000000)[size // 4]:
+            raise Refusal(ArcCode.MALFORMED, f"non-canonical varint at offset {self.pos - size - 1}")
+        return value
 
     def count(self, what: str, min_size: int) -> int:
         """A varint item count, refused when that many items of ``min_size`` bytes cannot fit."""
@@ -129,47 +169,43 @@ class _Cursor:
 # -- transactions --------------------------------------------------------------------------------------------
 
 
-def _read_tx_frame(cur: _Cursor, *, allow_ef: bool) -> tuple[bytes, tuple[SourceOutput, ...] | None]:
-    """Read one raw or Extended Format transaction: its plain serialization and the EF source outputs."""
+def _read_tx(cur: _Cursor, *, allow_ef: bool) -> ParsedTx:
+    """Read one raw or Extended Format transaction (``raw`` is its plain serialization either way)."""
     start = cur.pos
     version = cur.take(4)
     ef = allow_ef and cur.peek(6) == EF_MARKER
     if ef:
         cur.take(6)
     n_in = cur.count("input", 41)
-    inputs: list[bytes] = []
+    inputs: list[TxInput] = []
+    frames: list[bytes] = []  # EF: the inputs as the plain serialization has them
     sources: list[SourceOutput] = []
     for _ in range(n_in):
         at = cur.pos
-        cur.take(36)
-        cur.take(cur.varint())
-        cur.take(4)
-        inputs.append(cur.data[at : cur.pos])
+        outpoint = cur.take(36)
+        script = cur.take(cur.varint())
+        inputs.append(TxInput(outpoint[31::-1].hex(), int.from_bytes(outpoint[32:], "little"), script, cur.u32()))
         if ef:
+            frames.append(cur.data[at : cur.pos])
             satoshis = cur.u64()
             sources.append(SourceOutput(satoshis=satoshis, locking_script=cur.take(cur.varint())))
     outputs_at = cur.pos
-    n_out = cur.count("output", 9)
-    for _ in range(n_out):
-        cur.take(8)
-        cur.take(cur.varint())
+    outputs: list[TxOutput] = []
+    for _ in range(cur.count("output", 9)):
+        satoshis = cur.u64()
+        outputs.append(TxOutput(satoshis, cur.take(cur.varint())))
     cur.take(4)
-    if not ef:
-        return cur.data[start : cur.pos], None
-    raw = version + varint_bytes(n_in) + b"".join(inputs) + cur.data[outputs_at : cur.pos]
-    return raw, tuple(sources)
-
-
-def _parsed(raw: bytes, ef_sources: tuple[SourceOutput, ...] | None = None) -> ParsedTx:
-    txid = txid_of(raw)
-    try:
-        tx = Transaction.from_hex(raw)
-        same = tx is not None and tx.serialize() == raw
-    except _SDK_ERRORS as exc:
-        raise Refusal(ArcCode.MALFORMED, f"transaction cannot be parsed: {exc}", txid=txid) from exc
-    if not same:
-        raise Refusal(ArcCode.MALFORMED, "transaction does not re-serialize to the same bytes", txid=txid)
-    return ParsedTx(txid=txid, raw=raw, tx=tx, ef_sources=ef_sources)
+    if ef:
+        raw = version + varint_bytes(n_in) + b"".join(frames) + cur.data[outputs_at : cur.pos]
+    else:
+        raw = cur.data[start : cur.pos]
+    return ParsedTx(
+        txid=txid_of(raw),
+        raw=raw,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        ef_sources=tuple(sources) if ef else None,
+    )
 
 
 def parse_transaction(data: bytes) -> ParsedTx:
@@ -179,20 +215,21 @@ def parse_transaction(data: bytes) -> ParsedTx:
         Refusal: MALFORMED (463) for truncated, trailing or unparseable bytes.
     """
     cur = _Cursor(data)
-    raw, sources = _read_tx_frame(cur, allow_ef=True)
+    ptx = _read_tx(cur, allow_ef=True)
     if cur.remaining:
         raise Refusal(ArcCode.MALFORMED, f"{cur.remaining} unexpected bytes after the transaction")
-    return _parsed(raw, sources)
+    return ptx
 
 
 # -- BEEF ----------------------------------------------------------------------------------------------------
 
 
-def _read_bump(cur: _Cursor) -> Any:
+def _read_bump(cur: _Cursor) -> tuple[bytes, int]:
+    """One BUMP's bytes and the block height it names (its leaves are checked where a transaction uses it)."""
     start = cur.pos
-    cur.varint()
+    height = cur.varint()
     tree_height = cur.u8()
-    if tree_height > 64:
+    if not 1 <= tree_height <= 64:
         raise Refusal(ArcCode.CALCULATING_MERKLE_ROOTS, f"BUMP tree height {tree_height} is not possible")
     for _ in range(tree_height):
         for _ in range(cur.count("BUMP leaf", 2)):
@@ -202,23 +239,20 @@ def _read_bump(cur: _Cursor) -> Any:
                 raise Refusal(ArcCode.CALCULATING_MERKLE_ROOTS, f"BUMP leaf flags {flags} are not defined")
             if not flags & 1:
                 cur.take(32)
-    blob = cur.data[start : cur.pos]
-    try:
-        return MerklePath.from_binary(blob)
-    except _SDK_ERRORS as exc:
-        raise Refusal(ArcCode.CALCULATING_MERKLE_ROOTS, f"invalid BUMP: {exc}") from exc
+    return cur.data[start : cur.pos], height
 
 
-def _with_bump(ptx: ParsedTx, bump: Any) -> ParsedTx:
+def _with_bump(ptx: ParsedTx, bump: tuple[bytes, int]) -> ParsedTx:
+    blob, height = bump
     try:
-        root = str(bump.compute_root(ptx.txid))
-    except _SDK_ERRORS as exc:
+        root = path_root(blob, ptx.txid)
+    except ValueError as exc:
         raise Refusal(
             ArcCode.CALCULATING_MERKLE_ROOTS,
-            f"the BUMP given for {ptx.txid} does not prove it",
+            f"the BUMP given for {ptx.txid} does not prove it: {exc}",
             txid=ptx.txid,
         ) from exc
-    return ParsedTx(txid=ptx.txid, raw=ptx.raw, tx=ptx.tx, bump=bump, bump_root=root)
+    return dataclasses.replace(ptx, bump=blob, bump_root=root, block_height=height)
 
 
 def _read_beef(cur: _Cursor) -> Submission:
@@ -232,6 +266,7 @@ def _read_beef(cur: _Cursor) -> Submission:
     v2 = magic == BEEF_V2
     bumps = [_read_bump(cur) for _ in range(cur.count("BUMP", 2))]
     txs: list[ParsedTx] = []
+    seen: set[str] = set()
     txid_only: set[str] = set()
     for _ in range(cur.count("BEEF transaction", 1 if v2 else 10)):
         bump_index: int | None = None
@@ -244,9 +279,9 @@ def _read_beef(cur: _Cursor) -> Submission:
                 raise Refusal(ArcCode.MALFORMED, f"unknown BEEF V2 entry format {kind}")
             if kind == 1:
                 bump_index = cur.varint()
-            ptx = _parsed(_read_tx_frame(cur, allow_ef=False)[0])
+            ptx = _read_tx(cur, allow_ef=False)
         else:
-            ptx = _parsed(_read_tx_frame(cur, allow_ef=False)[0])
+            ptx = _read_tx(cur, allow_ef=False)
             has_bump = cur.u8()
             if has_bump not in (0, 1):
                 raise Refusal(ArcCode.MALFORMED, f"BEEF has-BUMP flag {has_bump} is not 0 or 1")
@@ -256,8 +291,9 @@ def _read_beef(cur: _Cursor) -> Submission:
             if bump_index >= len(bumps):
                 raise Refusal(ArcCode.CALCULATING_MERKLE_ROOTS, f"BUMP index {bump_index} is out of range")
             ptx = _with_bump(ptx, bumps[bump_index])
-        if ptx.txid in txid_only or any(t.txid == ptx.txid for t in txs):
+        if ptx.txid in txid_only or ptx.txid in seen:
             raise Refusal(ArcCode.MALFORMED, f"BEEF holds {ptx.txid} twice", txid=ptx.txid)
+        seen.add(ptx.txid)
         txs.append(ptx)
     if not txs:
         raise Refusal(ArcCode.MALFORMED, "BEEF holds no transaction")
@@ -270,10 +306,10 @@ def _read_beef(cur: _Cursor) -> Submission:
 def _check_order(txs: Sequence[ParsedTx]) -> None:
     position = {t.txid: i for i, t in enumerate(txs)}
     for i, t in enumerate(txs):
-        for tx_in in t.tx.inputs:
-            j = position.get(str(tx_in.source_txid))
+        for tx_in in t.inputs:
+            j = position.get(tx_in.txid)
             if j is not None and j >= i:
-                raise Refusal(ArcCode.MALFORMED, f"BEEF lists {t.txid} before its parent {tx_in.source_txid}")
+                raise Refusal(ArcCode.MALFORMED, f"BEEF lists {t.txid} before its parent {tx_in.txid}")
 
 
 def _check_atomic(txs: Sequence[ParsedTx], subject: str) -> None:
@@ -286,8 +322,8 @@ def _check_atomic(txs: Sequence[ParsedTx], subject: str) -> None:
         t = by_id[todo.pop()]
         if t.bump is not None:
             continue
-        for tx_in in t.tx.inputs:
-            parent = str(tx_in.source_txid)
+        for tx_in in t.inputs:
+            parent = tx_in.txid
             if parent in by_id and parent not in needed:
                 needed.add(parent)
                 todo.append(parent)
@@ -311,8 +347,8 @@ def parse_stream(data: bytes, *, max_items: int) -> list[Submission]:
         if cur.peek(4) in (BEEF_V1, BEEF_V2, ATOMIC_BEEF):
             items.append(_read_beef(cur))
         else:
-            raw, sources = _read_tx_frame(cur, allow_ef=True)
-            items.append(Submission(format="raw" if sources is None else "ef", txs=(_parsed(raw, sources),)))
+            ptx = _read_tx(cur, allow_ef=True)
+            items.append(Submission(format="raw" if ptx.ef_sources is None else "ef", txs=(ptx,)))
     if not items:
         raise Refusal(ArcCode.BAD_REQUEST, "no transaction found - empty request body")
     return items

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import ChainMap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,7 @@ from overlay_node.store.ledger import (
     NewTx,
     Outpoint,
     StoredOutput,
+    TxStatusRecord,
 )
 
 logger = logging.getLogger(__name__)
@@ -224,7 +226,7 @@ class Ledger:
         todo = [g for g in groups if g.checked and g.refusal is None]
         outcomes = await self._repo.accept([g.checked for g in todo], now=wall_time()) if todo else []
         by_group = {id(g): o for g, o in zip(todo, outcomes, strict=True)}
-        answers: list[TxAnswer | Refusal] = []
+        answers: list[TxAnswer | Refusal | None] = []
         for g in groups:
             subject = g.submission.subject.txid
             outcome = by_group.get(id(g))
@@ -239,17 +241,25 @@ class Ledger:
             elif outcome is not None and subject in outcome.accepted:
                 answers.append(TxAnswer(txid=subject, tx_status=SEEN_ON_NETWORK))
             else:
-                answers.append(await self.status(subject))
+                answers.append(None)  # held already (or taken by an earlier item): its status, below
+        # resubmissions (how payers and payees follow their transactions) are answered with their status, all
+        # read in one transaction
+        held = [g.submission.subject.txid for g, a in zip(groups, answers, strict=True) if a is None]
+        records = await self._repo.statuses(held) if held else {}
         accepted = sum(len(o.accepted) for o in outcomes)
         if accepted:
             logger.debug("accepted %d transactions from %d submissions", accepted, len(submissions))
-        return answers
+        return [
+            _answer(g.submission.subject.txid, records[g.submission.subject.txid]) if a is None else a
+            for g, a in zip(groups, answers, strict=True)
+        ]
 
     async def _select_new(self, g: _Group, known: set[str], heights: dict[int, BlockRecord | None]) -> None:
         """Check the BUMPs a BEEF carries against the chain and keep the transactions the ledger lacks."""
         for ptx in g.submission.txs:
             if ptx.bump is not None:
-                height = int(ptx.bump.block_height)
+                height = ptx.block_height
+                assert height is not None  # read with the BUMP
                 if height not in heights:
                     heights[height] = await self._repo.block_at(height)
                 block = heights[height]
@@ -270,20 +280,19 @@ class Ledger:
 
     def _check_groups(self, groups: Sequence[_Group], stored: dict[Outpoint, StoredOutput]) -> None:
         """Worker thread: validate the new transactions of each group (a group stops at its first refusal)."""
+        base = {op: SourceOutput(satoshis=o.satoshis, locking_script=o.script) for op, o in stored.items()}
         # outputs created by the groups validated so far: a batch may hold a chain, parents first
         batch: dict[Outpoint, SourceOutput] = {}
         for g in groups:
             if g.refusal is not None or not g.new:
                 continue
-            sources = {op: SourceOutput(satoshis=o.satoshis, locking_script=o.script) for op, o in stored.items()}
-            sources.update(batch)
             created: dict[Outpoint, SourceOutput] = {}
+            sources = ChainMap(created, batch, base)  # what this group creates, before what the others did
             try:
                 for ptx in g.new:
                     new_tx = check_transaction(ptx, sources, self._policy)
                     for out in new_tx.outputs:
-                        made = SourceOutput(satoshis=out.satoshis, locking_script=out.script)
-                        sources[(ptx.txid, out.vout)] = created[(ptx.txid, out.vout)] = made
+                        created[(ptx.txid, out.vout)] = SourceOutput(satoshis=out.satoshis, locking_script=out.script)
                     g.checked.append(new_tx)
             except Refusal as refusal:
                 g.refusal = refusal
@@ -297,32 +306,7 @@ class Ledger:
         Raises:
             Refusal: NOT_FOUND (404) when the ledger never saw it.
         """
-        record = await self._repo.status(txid)
-        if record is None:
-            raise Refusal(ArcCode.NOT_FOUND, f"transaction {txid} is unknown", txid=txid)
-        if record.state == "mempool":
-            return TxAnswer(txid=txid, tx_status=SEEN_ON_NETWORK)
-        if record.state == "mined":
-            return TxAnswer(
-                txid=txid,
-                tx_status=MINED,
-                block_hash=record.block_hash,
-                block_height=record.block_height,
-                merkle_path=None if record.merkle_path is None else record.merkle_path.hex(),
-            )
-        if record.competitor_mined:
-            return TxAnswer(
-                txid=txid,
-                tx_status=REJECTED,
-                extra_info="previously double spend attempted: a competing transaction was mined",
-                competing_txs=record.competing,
-            )
-        return TxAnswer(
-            txid=txid,
-            tx_status=DOUBLE_SPEND_ATTEMPTED,
-            extra_info="double spend: an input is already spent by a competing transaction",
-            competing_txs=record.competing,
-        )
+        return _answer(txid, await self._repo.status(txid))
 
     async def beef(self, txid: str) -> bytes:
         """A BEEF V1 of ``txid`` with its unmined ancestors, down to mined ones carrying their merkle paths.
@@ -465,14 +449,47 @@ class Ledger:
         return parse_transaction(bytes(tx.serialize()))
 
 
+def _answer(txid: str, record: TxStatusRecord | None) -> TxAnswer:
+    """ARC's answer about ``txid`` from its stored status.
+
+    Raises:
+        Refusal: NOT_FOUND (404) when the ledger never saw it.
+    """
+    if record is None:
+        raise Refusal(ArcCode.NOT_FOUND, f"transaction {txid} is unknown", txid=txid)
+    if record.state == "mempool":
+        return TxAnswer(txid=txid, tx_status=SEEN_ON_NETWORK)
+    if record.state == "mined":
+        return TxAnswer(
+            txid=txid,
+            tx_status=MINED,
+            block_hash=record.block_hash,
+            block_height=record.block_height,
+            merkle_path=None if record.merkle_path is None else record.merkle_path.hex(),
+        )
+    if record.competitor_mined:
+        return TxAnswer(
+            txid=txid,
+            tx_status=REJECTED,
+            extra_info="previously double spend attempted: a competing transaction was mined",
+            competing_txs=record.competing,
+        )
+    return TxAnswer(
+        txid=txid,
+        tx_status=DOUBLE_SPEND_ATTEMPTED,
+        extra_info="double spend: an input is already spent by a competing transaction",
+        competing_txs=record.competing,
+    )
+
+
 def _new_tx(tx: Any, *, fee: int) -> NewTx:
     raw = bytes(tx.serialize())
     parsed = parse_transaction(raw)
-    outputs = []
-    for vout, out in enumerate(tx.outputs):
-        script = bytes(out.locking_script.serialize())
-        if not is_data_script(script):
-            outputs.append(NewOutput(vout=vout, satoshis=int(out.satoshis), script=script))
+    outputs = [
+        NewOutput(vout=vout, satoshis=satoshis, script=script)
+        for vout, (satoshis, script) in enumerate(parsed.outputs)
+        if not is_data_script(script)
+    ]
     spends = tuple(op for op in outpoints(parsed) if op[0] != NULL_HASH)
     return NewTx(txid=parsed.txid, raw=raw, fee=fee, spends=spends, outputs=tuple(outputs))
 

@@ -60,7 +60,7 @@ class Policy:
 
 def outpoints(ptx: ParsedTx) -> list[Outpoint]:
     """What ``ptx`` spends, in input order."""
-    return [(str(i.source_txid), int(i.source_output_index)) for i in ptx.tx.inputs]
+    return ptx.spends()
 
 
 def check_transaction(ptx: ParsedTx, sources: Mapping[Outpoint, SourceOutput], policy: Policy) -> NewTx:
@@ -83,12 +83,12 @@ def check_transaction(ptx: ParsedTx, sources: Mapping[Outpoint, SourceOutput], p
 
 
 def _check(ptx: ParsedTx, sources: Mapping[Outpoint, SourceOutput], policy: Policy) -> NewTx:
-    tx = ptx.tx
     if len(ptx.raw) > policy.max_tx_size:
         raise Refusal(ArcCode.MALFORMED, f"transaction is {len(ptx.raw)} bytes, policy allows {policy.max_tx_size}")
-    if not tx.inputs:
+    tx = ptx.sdk_tx()  # for the interpreter; refuses bytes bsv-sdk does not read back identically
+    if not ptx.inputs:
         raise Refusal(ArcCode.INPUTS, "transaction has no inputs")
-    if not tx.outputs:
+    if not ptx.outputs:
         raise Refusal(ArcCode.OUTPUTS, "transaction has no outputs")
     spends = outpoints(ptx)
     if len(set(spends)) != len(spends):
@@ -106,9 +106,7 @@ def _check(ptx: ParsedTx, sources: Mapping[Outpoint, SourceOutput], policy: Poli
 
     outputs: list[NewOutput] = []
     total_out = 0
-    for vout, out in enumerate(tx.outputs):
-        satoshis = int(out.satoshis)
-        script = bytes(out.locking_script.serialize())
+    for vout, (satoshis, script) in enumerate(ptx.outputs):
         if len(script) > policy.max_script_size:
             raise Refusal(ArcCode.OUTPUTS, f"output {vout} script is larger than the policy allows")
         data = is_data_script(script)

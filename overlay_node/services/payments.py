@@ -278,7 +278,7 @@ class Payments:
         heights = {t.block_height for t in submission.txs if t.block_height is not None}
         roots = await self._wallet.merkle_roots(heights) if heights else {}
         inside = {t.txid for t in submission.txs}
-        outside = {str(i.source_txid) for t in submission.txs if t.bump is None for i in t.tx.inputs} - inside
+        outside = {i.txid for t in submission.txs if t.bump is None for i in t.inputs} - inside
         needed = set(submission.txid_only) | outside
         held = await self._wallet.held_outputs(needed) if needed else {}
         checked = check_payment_beef(submission, roots=roots, held=held, policy=self._wallet.policy)
@@ -324,10 +324,7 @@ class Payments:
             ),
             job=NewJob(txid=checked.txid, beef=message.transaction, next_at=now),
         )
-        outputs = [
-            SourceOutput(satoshis=int(o.satoshis), locking_script=bytes(o.locking_script.serialize()))
-            for o in submission.subject.tx.outputs
-        ]
+        outputs = [SourceOutput(satoshis=o.satoshis, locking_script=o.script) for o in submission.subject.outputs]
         outcome = await self._records.submit((record, outputs))
         if outcome.result == "replayed":
             raise PaymentReplayed(f"quote {quote.quote_id} (prefix {quote.prefix}) was already paid")

@@ -189,7 +189,8 @@ class Settlement:
             submit = [
                 j for j in jobs if j.kind == "submit" and j.beef and j.state in ("pending", "progressing", "seen")
             ]
-            poll = [j for j in jobs if j not in submit]
+            submitted = {j.id for j in submit}
+            poll = [j for j in jobs if j.id not in submitted]
             if submit:
                 await self._submit(submit)
             if poll:

@@ -14,7 +14,6 @@ libsecp256k1) via ``devnet/validation.check_transaction``, which also checks bal
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from coincurve import PublicKey
 
 from overlay_node.crypto.bump import varint_bytes
 from overlay_node.crypto.keys import SECP256K1_N
-from overlay_node.devnet.chain import is_data_script
+from overlay_node.crypto.sighash import SIGHASH_ALL_FORKID, bip143_digest, sha256d
 from overlay_node.devnet.formats import (
     ATOMIC_BEEF,
     BEEF_V2,
@@ -121,13 +120,8 @@ def beef_entries(subject: str, txs: Mapping[str, TxRecord], *, known: Collection
 
 def tx_record(ptx: ParsedTx) -> TxRecord:
     """What the wallet stores of a parsed transaction."""
-    parents: list[str] = []
-    for tx_in in ptx.tx.inputs:
-        parent = str(tx_in.source_txid)
-        if parent not in parents:
-            parents.append(parent)
-    bump = None if ptx.bump is None else bytes(ptx.bump.to_binary())
-    return TxRecord(txid=ptx.txid, raw=ptx.raw, parents=tuple(parents), merkle_path=bump, block_height=ptx.block_height)
+    parents = tuple(dict.fromkeys(i.txid for i in ptx.inputs))
+    return TxRecord(txid=ptx.txid, raw=ptx.raw, parents=parents, merkle_path=ptx.bump, block_height=ptx.block_height)
 
 
 def parse_payment_beef(data: bytes, *, max_txs: int) -> Submission:
@@ -187,14 +181,14 @@ def check_payment_beef(
         sources.update(((txid, vout), out) for vout, out in enumerate(outputs))
     fee = 0
     for ptx in submission.txs:
-        if ptx.bump is not None:
-            height = int(ptx.bump.block_height)
+        if ptx.block_height is not None:
+            height = ptx.block_height
             if roots.get(height) != ptx.bump_root:
                 raise InvalidPayment(f"the merkle path of {ptx.txid} does not match block {height}")
         else:
-            for tx_in in ptx.tx.inputs:
-                parent = str(tx_in.source_txid)
-                if (parent, int(tx_in.source_output_index)) not in sources and parent in held:
+            for tx_in in ptx.inputs:
+                parent = tx_in.txid
+                if (parent, tx_in.vout) not in sources and parent in held:
                     sources.update(((parent, v), out) for v, out in enumerate(held[parent]))
             tx_fee = fast_check(ptx.raw, sources, policy)
             if tx_fee is None:  # not the common case: the full check decides, and says what is wrong
@@ -205,19 +199,17 @@ def check_payment_beef(
                     raise InvalidPayment(f"{which} is invalid: {exc}") from None
             if ptx is submission.subject:
                 fee = tx_fee
-        for vout, out in enumerate(ptx.tx.outputs):
-            sources[(ptx.txid, vout)] = SourceOutput(
-                satoshis=int(out.satoshis), locking_script=bytes(out.locking_script.serialize())
-            )
+        for vout, (satoshis, script) in enumerate(ptx.outputs):
+            sources[(ptx.txid, vout)] = SourceOutput(satoshis=satoshis, locking_script=script)
     subject = submission.subject
-    if not subject.tx.outputs:
+    if not subject.outputs:
         raise InvalidPayment("the payment transaction has no outputs")
-    out0 = subject.tx.outputs[0]
-    spends = tuple((str(i.source_txid), int(i.source_output_index)) for i in subject.tx.inputs)
+    out0 = subject.outputs[0]
+    spends = tuple(subject.spends())
     return CheckedPayment(
         txid=subject.txid,
-        output_script=bytes(out0.locking_script.serialize()),
-        output_satoshis=int(out0.satoshis),
+        output_script=out0.script,
+        output_satoshis=out0.satoshis,
         spends=spends,
         fee=fee,
         txs=tuple(tx_record(t) for t in submission.txs),
@@ -234,22 +226,18 @@ def outputs_of(raw: bytes) -> list[SourceOutput]:
         ptx = parse_transaction(raw)
     except Refusal as exc:
         raise InvalidPayment(f"a stored transaction cannot be parsed: {exc}") from None
-    return [
-        SourceOutput(satoshis=int(o.satoshis), locking_script=bytes(o.locking_script.serialize()))
-        for o in ptx.tx.outputs
-    ]
+    return [SourceOutput(satoshis=o.satoshis, locking_script=o.script) for o in ptx.outputs]
 
 
 # -- the fast path for plain P2PKH transactions --------------------------------------------------------------
 
 _P2PKH_HEAD = b"\x76\xa9\x14"
 _P2PKH_TAIL = b"\x88\xac"
-_SIGHASH_ALL_FORKID = 0x41
 _HALF_N = SECP256K1_N // 2
 
 
-def _sha256d(data: bytes) -> bytes:
-    return hashlib.sha256(hashlib.sha256(data).digest()).digest()
+def _is_p2pkh(script: bytes) -> bool:
+    return len(script) == 25 and script[:3] == _P2PKH_HEAD and script[23:] == _P2PKH_TAIL
 
 
 def _varint(raw: bytes, pos: int) -> tuple[int, int]:
@@ -282,8 +270,8 @@ def _low_s_der(der: bytes) -> bool:
 
 def fast_check(raw: bytes, sources: Mapping[Outpoint, SourceOutput], policy: Policy) -> int | None:
     """Check a transaction whose every input is a plain P2PKH spend (SIGHASH_ALL|FORKID, low-S strict DER,
-    compressed key), without the script interpreter: amounts, fee, then each signature with libsecp256k1
-    over the BIP143 digest computed here from the raw bytes.
+    compressed key) and whose every output is P2PKH, without the script interpreter: amounts, fee, then each
+    signature with libsecp256k1 over the BIP143 digest computed here from the raw bytes.
 
     Returns:
         The fee when the transaction is valid; None when it is anything else (an unusual script, a missing
@@ -329,10 +317,8 @@ def _fast_check(raw: bytes, sources: Mapping[Outpoint, SourceOutput], policy: Po
         script_len, pos = _varint(raw, pos + 8)
         script = raw[pos : pos + script_len]
         pos += script_len
-        if len(script) != script_len or len(script) > policy.max_script_size:
-            return None
-        if satoshis > MAX_SATOSHIS or (satoshis < 1 and not is_data_script(script)):
-            return None
+        if len(script) != script_len or not _is_p2pkh(script) or not 1 <= satoshis <= MAX_SATOSHIS:
+            return None  # the interpreter's path reads other scripts (and refuses what it cannot write back)
         total_out += satoshis
     if pos + 4 != len(raw) or outputs_at <= 4:
         return None
@@ -341,40 +327,37 @@ def _fast_check(raw: bytes, sources: Mapping[Outpoint, SourceOutput], policy: Po
     if total_out > MAX_SATOSHIS or fee < policy.required_fee(len(raw)):
         return None
     version, locktime = raw[:4], raw[-4:]
-    hash_prevouts = _sha256d(b"".join(op for op, *_ in inputs))
-    hash_sequence = _sha256d(b"".join(seq for _, _, seq, _ in inputs))
-    hash_outputs = _sha256d(raw[outputs_start:pos])
+    hash_prevouts = sha256d(b"".join(op for op, *_ in inputs))
+    hash_sequence = sha256d(b"".join(seq for _, _, seq, _ in inputs))
+    hash_outputs = sha256d(raw[outputs_start:pos])
     for outpoint, unlocking, sequence, source in inputs:
         script = source.locking_script
-        if len(script) != 25 or script[:3] != _P2PKH_HEAD or script[23:] != _P2PKH_TAIL:
+        if not _is_p2pkh(script):
             return None
         sig_len = unlocking[0]
         if len(unlocking) != sig_len + 35 or unlocking[1 + sig_len] != 33:
             return None
         sig, pub = unlocking[1 : 1 + sig_len], unlocking[2 + sig_len :]
-        if sig[-1] != _SIGHASH_ALL_FORKID or pub[0] not in (2, 3) or not _low_s_der(sig[:-1]):
+        if sig[-1] != SIGHASH_ALL_FORKID or pub[0] not in (2, 3) or not _low_s_der(sig[:-1]):
             return None
         if hash160(pub) != script[3:23]:
             return None
-        preimage = b"".join(
-            (
-                version,
-                hash_prevouts,
-                hash_sequence,
-                outpoint,
-                varint_bytes(len(script)),
-                script,
-                source.satoshis.to_bytes(8, "little"),
-                sequence,
-                hash_outputs,
-                locktime,
-                _SIGHASH_ALL_FORKID.to_bytes(4, "little"),
-            )
+        digest = bip143_digest(
+            version,
+            hash_prevouts,
+            hash_sequence,
+            outpoint,
+            script,
+            source.satoshis,
+            sequence,
+            hash_outputs,
+            locktime,
+            SIGHASH_ALL_FORKID,
         )
         try:
             key = PublicKey(pub)
         except ValueError:
             return None
-        if not key.verify(sig[:-1], _sha256d(preimage), hasher=None):
+        if not key.verify(sig[:-1], digest, hasher=None):
             return None
     return fee

@@ -389,30 +389,13 @@ class LedgerRepository:
 
     async def status(self, txid: str) -> TxStatusRecord | None:
         """Where ``txid`` stands, or None when the ledger never saw it."""
+        return (await self.statuses([txid]))[txid]
 
-        def txn(conn: sqlite3.Connection) -> TxStatusRecord | None:
-            row = conn.execute(
-                "SELECT t.block_height, t.merkle_path, b.hash FROM txs t "
-                "LEFT JOIN blocks b ON b.height = t.block_height WHERE t.txid = ?",
-                (txid,),
-            ).fetchone()
-            if row is not None:
-                if row["block_height"] is None:
-                    return TxStatusRecord(txid=txid, state="mempool")
-                return TxStatusRecord(
-                    txid=txid,
-                    state="mined",
-                    block_height=int(row["block_height"]),
-                    block_hash=str(row["hash"]),
-                    merkle_path=None if row["merkle_path"] is None else bytes(row["merkle_path"]),
-                )
-            att = conn.execute("SELECT competing FROM attempts WHERE txid = ?", (txid,)).fetchone()
-            if att is None:
-                return None
-            competing = tuple(str(att["competing"]).split())
-            return TxStatusRecord(
-                txid=txid, state="attempt", competing=competing, competitor_mined=_any_mined(conn, competing)
-            )
+    async def statuses(self, txids: Sequence[str]) -> dict[str, TxStatusRecord | None]:
+        """Where each of ``txids`` stands (None: never seen), read in one transaction."""
+
+        def txn(conn: sqlite3.Connection) -> dict[str, TxStatusRecord | None]:
+            return {txid: _status(conn, txid) for txid in txids}
 
         return await self._db.read(txn)
 
@@ -613,3 +596,26 @@ async def open_ledger_store(path: Path, config: StoreSection) -> AsyncIterator[L
     """
     async with open_store(path, config, migrations=LEDGER_MIGRATIONS) as store:
         yield LedgerRepository(store._db)
+
+
+def _status(conn: sqlite3.Connection, txid: str) -> TxStatusRecord | None:
+    row = conn.execute(
+        "SELECT t.block_height, t.merkle_path, b.hash FROM txs t "
+        "LEFT JOIN blocks b ON b.height = t.block_height WHERE t.txid = ?",
+        (txid,),
+    ).fetchone()
+    if row is not None:
+        if row["block_height"] is None:
+            return TxStatusRecord(txid=txid, state="mempool")
+        return TxStatusRecord(
+            txid=txid,
+            state="mined",
+            block_height=int(row["block_height"]),
+            block_hash=str(row["hash"]),
+            merkle_path=None if row["merkle_path"] is None else bytes(row["merkle_path"]),
+        )
+    att = conn.execute("SELECT competing FROM attempts WHERE txid = ?", (txid,)).fetchone()
+    if att is None:
+        return None
+    competing = tuple(str(att["competing"]).split())
+    return TxStatusRecord(txid=txid, state="attempt", competing=competing, competitor_mined=_any_mined(conn, competing))

@@ -241,7 +241,7 @@ async def test_refusals_change_nothing(start_devnet: DevnetFactory) -> None:
                 assert (await stream.receive_some(4096)).startswith(b"HTTP/1.1 413 ")
 
             # a BUMP that does not prove its transaction, and one that does not match the chain
-            bogus = encode_beef_v1([(funding.serialize(), bytes.fromhex("000101000200" + "11" * 32))])
+            bogus = encode_beef_v1([(funding.serialize(), bytes.fromhex("0001010002" + "11" * 32))])
             answer = await post_tx(c, bogus)
             assert answer.status_code == 468, answer.text
             genesis_coin = funding.inputs[0].source_transaction
@@ -330,9 +330,19 @@ async def test_beef_ef_and_batches(start_devnet: DevnetFactory) -> None:
             items = answer.json()
             assert [i.get("txStatus") for i in items] == ["SEEN_ON_NETWORK", None, "SEEN_ON_NETWORK"]
             assert items[1]["status"] == 461 and items[1]["txid"] == bad.txid()
+            # the same new transaction twice in one batch, beside resubmissions of held ones: all answered with
+            # their status (the second copy is not "unknown": the first took it)
+            twice = p2pkh_spend(next_in_chain, 0, alice, [(24_000, bob.address())])
+            answer = await c.post("/v1/txs", json=[{"rawTx": t.hex()} for t in (twice, good, twice, ef_tx)])
+            assert [(i["txid"], i["txStatus"]) for i in answer.json()] == [
+                (t.txid(), "SEEN_ON_NETWORK") for t in (twice, good, twice, ef_tx)
+            ], answer.text
             mined = (await c.post("/v1/mine")).json()
             assert {parent.txid(), child.txid(), ef_tx.txid(), good.txid(), next_in_chain.txid()} <= set(mined["txids"])
             assert (await c.get(f"/v1/tx/{next_in_chain.txid()}")).json()["txStatus"] == "MINED"
+            answer = await c.post("/v1/txs", json=[{"rawTx": t.hex()} for t in (good, twice)])
+            assert [i["txStatus"] for i in answer.json()] == ["MINED", "MINED"], answer.text
+            assert all(i["merklePath"] for i in answer.json())
 
 
 async def test_restart_keeps_the_ledger(start_devnet: DevnetFactory) -> None:

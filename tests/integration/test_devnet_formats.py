@@ -142,6 +142,53 @@ def test_bad_beef_is_refused() -> None:
     assert "count" in _refused(huge_count).extra_info
 
 
+_scripts = st.binary(max_size=300)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.binary(min_size=36, max_size=36), st.integers(0, 2**32 - 1), _scripts), min_size=1, max_size=4
+    ),
+    st.lists(st.tuples(st.integers(0, 2**64 - 1), _scripts), max_size=4),
+    st.integers(0, 2**32 - 1),
+)
+def test_transactions_read_as_bsv_sdk_reads_them(
+    ins: list[tuple[bytes, int, bytes]], outs: list[tuple[int, bytes]], locktime: int
+) -> None:
+    """The devnet reads every field of a transaction itself; bsv-sdk reads the same bytes the same way."""
+    raw = b"\x01\x00\x00\x00" + varint_bytes(len(ins))
+    for outpoint, sequence, script in ins:
+        raw += outpoint + varint_bytes(len(script)) + script + sequence.to_bytes(4, "little")
+    raw += varint_bytes(len(outs))
+    for satoshis, script in outs:
+        raw += satoshis.to_bytes(8, "little") + varint_bytes(len(script)) + script
+    raw += locktime.to_bytes(4, "little")
+    ptx = parse_stream(raw, max_items=1)[0].subject
+    sdk = Transaction.from_hex(raw)
+    assert ptx.raw == raw and ptx.txid == sdk.txid()
+    assert [(i.txid, i.vout, i.sequence) for i in ptx.inputs] == [
+        (i.source_txid, i.source_output_index, i.sequence) for i in sdk.inputs
+    ]
+    assert [i.script for i in ptx.inputs] == [script for _, _, script in ins]
+    assert [(o.satoshis, o.script) for o in ptx.outputs] == outs
+    assert [o.satoshis for o in sdk.outputs] == [s for s, _ in outs]
+    # the interpreter's copy is refused when bsv-sdk would not write the same bytes back
+    try:
+        assert ptx.sdk_tx().serialize() == raw
+    except Refusal as refusal:
+        assert refusal.arc_code is ArcCode.MALFORMED and sdk.serialize() != raw
+
+
+def test_non_canonical_varints_are_refused() -> None:
+    _parent, _bump, child = _chain()
+    raw = child.serialize()
+    assert raw[4] == 1  # one input
+    for longer in (b"\xfd\x01\x00", b"\xfe\x01\x00\x00\x00", b"\xff" + (1).to_bytes(8, "little")):
+        refusal = _refused(raw[:4] + longer + raw[5:])
+        assert refusal.arc_code is ArcCode.MALFORMED and "non-canonical" in refusal.extra_info
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_parse_or_refuse(data: bytes) -> None:
