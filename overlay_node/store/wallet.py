@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from overlay_node.store.engine import Database
 
 __all__ = [
+    "DUE_HOLD_SQL",
+    "DUE_SQL",
+    "NEXT_DUE_SQL",
     "HistoryEntry",
     "HistoryRecord",
     "JobState",
@@ -57,6 +60,22 @@ JobKind = Literal["submit", "watch"]
 TERMINAL_STATES: frozenset[str] = frozenset({"mined", "failed", "abandoned"})
 
 _BATCH = 500
+#: the condition of the partial index settlement_due, word for word (SQLite uses a partial index only for a query
+#: whose WHERE holds its condition as written)
+_OPEN_JOB = "state NOT IN ('mined', 'failed', 'abandoned')"
+# The settlement queue's hot queries go through that index: finished jobs stay in the table, so a plan that walks
+# the table in id order (what SQLite picks for a bare ORDER BY id or MIN(id)) would scan every payment ever made,
+# every few hundred milliseconds. "+id" keeps the planner off it. tests/integration/test_store.py checks the plans.
+#: the first pending submission that is waiting to retry (it holds back the ones queued after it)
+DUE_HOLD_SQL = (
+    f"SELECT MIN(+id) FROM settlement WHERE {_OPEN_JOB} AND state = 'pending' AND kind = 'submit' AND next_at > ?"
+)
+#: the due jobs, oldest first
+DUE_SQL = (
+    f"SELECT * FROM settlement WHERE {_OPEN_JOB} AND next_at <= ? "
+    "AND NOT (state = 'pending' AND kind = 'submit' AND id > ?) ORDER BY +id LIMIT ?"
+)
+NEXT_DUE_SQL = f"SELECT MIN(next_at) FROM settlement WHERE {_OPEN_JOB}"
 
 
 def _marks(n: int) -> str:
@@ -623,16 +642,8 @@ class SettlementRepository:
         """
 
         def txn(conn: sqlite3.Connection) -> list[SettlementJob]:
-            hold = conn.execute(
-                "SELECT MIN(id) FROM settlement WHERE state = 'pending' AND kind = 'submit' AND next_at > ?",
-                (now,),
-            ).fetchone()[0]
-            rows = conn.execute(
-                "SELECT * FROM settlement WHERE state NOT IN ('mined', 'failed', 'abandoned') "
-                "AND next_at <= ? AND NOT (state = 'pending' AND kind = 'submit' AND id > ?) "
-                "ORDER BY id LIMIT ?",
-                (now, 2**62 if hold is None else int(hold), limit),
-            ).fetchall()
+            hold = conn.execute(DUE_HOLD_SQL, (now,)).fetchone()[0]
+            rows = conn.execute(DUE_SQL, (now, 2**62 if hold is None else int(hold), limit)).fetchall()
             return [_job(r) for r in rows]
 
         return await self._db.read(txn)
@@ -641,9 +652,7 @@ class SettlementRepository:
         """When the next open job is due (wall-clock seconds), or None when none is open."""
 
         def txn(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute(
-                "SELECT MIN(next_at) FROM settlement WHERE state NOT IN ('mined', 'failed', 'abandoned')"
-            ).fetchone()
+            row = conn.execute(NEXT_DUE_SQL).fetchone()
             return None if row[0] is None else float(row[0])
 
         return await self._db.read(txn)

@@ -15,6 +15,7 @@ import trio.testing
 from overlay_node.config import StoreSection
 from overlay_node.errors import StoreError
 from overlay_node.store import MIGRATIONS, KnownPeer, Migrations, open_store
+from overlay_node.store.wallet import DUE_HOLD_SQL, DUE_SQL, NEXT_DUE_SQL
 
 CONFIG = StoreSection(busy_timeout=5.0, read_connections=4)
 LIMIT = 10  # seconds per test, on trio's clock
@@ -291,3 +292,19 @@ async def test_missing_directory_is_a_store_error(tmp_path: Path) -> None:
     with trio.fail_after(LIMIT), pytest.raises(StoreError, match="cannot open database"):
         async with open_store(tmp_path / "absent" / "node.db", CONFIG):
             pass  # pragma: no cover
+
+
+async def test_the_settlement_queue_reads_open_jobs_through_their_index(db_path: Path) -> None:
+    """Finished jobs are kept, so the queries a node runs every settlement round must not walk the whole table:
+    with ``ORDER BY id`` / ``MIN(id)`` SQLite plans a scan in id order (every payment ever made, each round)."""
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG):
+            pass
+    conn = sqlite3.connect(db_path)
+    try:
+        for sql in (DUE_SQL, DUE_HOLD_SQL, NEXT_DUE_SQL):
+            plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, (0,) * sql.count("?"))]
+            assert any("USING INDEX settlement_due" in step for step in plan), (sql, plan)
+            assert not any(step.startswith("SCAN") for step in plan), (sql, plan)
+    finally:
+        conn.close()
