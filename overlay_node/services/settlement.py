@@ -28,7 +28,11 @@ Payer side (decided here): the payer writes its payment ahead of sending it, wit
 payee's receipt arrives the job becomes a ``submit`` job, so the payer broadcasts its own copy too (a
 resubmission of a transaction ARC already holds is answered with its status, which counts as success). It
 thereby learns the merkle path of its change, and any failure, without depending on the payee's
-settlement. A payment whose answer never came stays a ``watch`` job (see point 4).
+settlement. That copy is due ``settle_poll_interval`` after the receipt, not at once: the payee has broadcast
+the payment already, so the payer's one submission usually comes back MINED with its merkle path, where an
+immediate one would be answered SEEN and asked about again (a paid stream at one payment per packet saves a
+request per payment on each side of ARC). A payment whose answer never came stays a ``watch`` job (see point
+4).
 """
 
 from __future__ import annotations

@@ -514,8 +514,12 @@ class Wallet:
             batch, self._sent_queue = self._sent_queue, []
             self._sent_writing = True
             try:
+                now = wall_time()
+                # our copy goes to ARC one poll interval later: the payee broadcasts at once, and by then our one
+                # submission usually learns the merkle path (a resubmission is answered with the status)
+                submit_at = now + self._config.settle_poll_interval
                 with trio.CancelScope(shield=True):
-                    await self._store.wallet.record_sent(batch, now=wall_time())
+                    await self._store.wallet.record_sent(batch, now=now, submit_at=submit_at)
             finally:
                 self._sent_writing = False
                 done, self._sent_done = self._sent_done, trio.Event()

@@ -488,8 +488,9 @@ class WalletRepository:
 
         return await self._db.write(txn, urgent=True)  # payments wait on it
 
-    async def record_sent(self, updates: Sequence[SentUpdate], *, now: float) -> None:
-        """Apply what became of payments written ahead (see :class:`SentUpdate`), in one transaction."""
+    async def record_sent(self, updates: Sequence[SentUpdate], *, now: float, submit_at: float) -> None:
+        """Apply what became of payments written ahead (see :class:`SentUpdate`), in one transaction; the jobs
+        of the answered ones become submissions, due at ``submit_at``."""
 
         def txn(conn: sqlite3.Connection) -> None:
             for u in updates:
@@ -513,7 +514,7 @@ class WalletRepository:
                 conn.execute(
                     "UPDATE settlement SET kind = 'submit', deadline = NULL, next_at = ?, updated_at = ? "
                     "WHERE txid = ? AND kind = 'watch'",
-                    (now, now, u.txid),
+                    (submit_at, now, u.txid),
                 )
 
         await self._db.write(txn)

@@ -113,9 +113,12 @@ async def test_proven_coins_make_small_beef(tmp_path: Path, nursery: trio.Nurser
         await a.fund(8_000)
         quote = await a.payments.request_quote(b.key, "file:big", 1_000)
         receipt = await a.payments.pay(quote)
-        await a.settlement.wait_for(receipt.txid, "seen")
+        # the payee broadcasts at once; the payer's copy is due a poll interval later: settle_all sends it now
+        await b.settlement.wait_for(receipt.txid, "seen")
         await devnet.mine()
+        await a.wallet.flush()
         await a.settle_all()
+        assert (await a.settlement.wait_for(receipt.txid, "mined")).attempts == 0
         assert a.wallet.balance().confirmed > 0
         # the change is proven now: a BEEF for a new recipient holds the payment and its parent with a merkle
         # path, nothing older
