@@ -187,7 +187,7 @@ class StreamsSection:
     reconnect_min: float = field(default=0.1, metadata=_range(0.01, 3600))
     reconnect_max: float = field(default=5.0, metadata=_range(0.01, 3600))
     resume_timeout: float = field(default=60.0, metadata=_range(0.1, 86_400))
-    pay_ahead: int = field(default=64, metadata=_range(1, 1_000_000))
+    pay_ahead: int = field(default=256, metadata=_range(1, 1_000_000))
     max_pay_ahead: int = field(default=1024, metadata=_range(1, 1_000_000))
 
 

@@ -88,7 +88,7 @@ _STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _MAX_TITLE: Final = 200
 _MAX_TAGS: Final = 16
 #: the most windows a subscription may be paid ahead
-MAX_AHEAD: Final = 64
+MAX_AHEAD: Final = 256
 #: the words of the refusal of a payment that came before the credit was used (the consumer waits, then pays)
 PAID_TOO_EARLY: Final = "pay when it is used"
 

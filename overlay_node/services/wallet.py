@@ -361,9 +361,9 @@ class Wallet:
         parts = max(1, change_parts)
         picked, fee, change_sats = select_coins(free, amount, lens, self._fee_rate, change_outputs=parts)
         if change_sats and parts > 1 and change_sats < parts * _MIN_CHANGE_PART:
-            # too little to split: one change output (and the fee of one)
-            parts = 1
-            picked, fee, change_sats = select_coins(free, amount, lens, self._fee_rate)
+            # too little for that many parts: as many as it makes (and the fee of those)
+            parts = max(1, change_sats // _MIN_CHANGE_PART)
+            picked, fee, change_sats = select_coins(free, amount, lens, self._fee_rate, change_outputs=parts)
         reservation = [c.outpoint for c in picked]
         self._coins.reserve(picked)
         try:
