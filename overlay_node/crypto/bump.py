@@ -71,33 +71,50 @@ def encode_path(levels: Sequence[Sequence[bytes]], index: int, height: int) -> b
     return bytes(out)
 
 
-class _Reader:
-    __slots__ = ("_data", "_pos")
+def _varint_at(data: bytes, pos: int) -> tuple[int, int]:
+    """The VarInt at ``pos`` and the position after it (IndexError past the end)."""
+    first = data[pos]
+    if first < 0xFD:
+        return first, pos + 1
+    end = pos + 1 + (2 if first == 0xFD else 4 if first == 0xFE else 8)
+    if end > len(data):
+        raise IndexError
+    return int.from_bytes(data[pos + 1 : end], "little"), end
 
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
 
-    def take(self, n: int) -> bytes:
-        end = self._pos + n
-        if end > len(self._data):
-            raise ValueError("the merkle path ends too early")
-        chunk = self._data[self._pos : end]
-        self._pos = end
-        return chunk
-
-    def byte(self) -> int:
-        return self.take(1)[0]
-
-    def varint(self) -> int:
-        first = self.byte()
-        if first < 0xFD:
-            return first
-        size = {0xFD: 2, 0xFE: 4, 0xFF: 8}[first]
-        return int.from_bytes(self.take(size), "little")
-
-    def done(self) -> bool:
-        return self._pos == len(self._data)
+def _read_levels(data: bytes) -> list[dict[int, bytes | None]]:
+    """The leaves of a BUMP, level by level: offset -> hash (None: duplicate). Reads with plain indexing (a node
+    checks the path of every transaction it pays or is paid with)."""
+    n = len(data)
+    _, pos = _varint_at(data, 0)  # block height
+    tree_height = data[pos]
+    pos += 1
+    if not 1 <= tree_height <= 64:
+        raise ValueError(f"tree height {tree_height} is out of range")
+    levels: list[dict[int, bytes | None]] = []
+    for _ in range(tree_height):
+        count, pos = _varint_at(data, pos)
+        if count > n:
+            raise ValueError("more leaves than the path has bytes")
+        level: dict[int, bytes | None] = {}
+        for _ in range(count):
+            at, pos = _varint_at(data, pos)
+            flags = data[pos]
+            pos += 1
+            if flags == _DUPLICATE:
+                level[at] = None
+            elif flags in (_HASH, _TXID):
+                end = pos + 32
+                if end > n:
+                    raise IndexError
+                level[at] = data[pos:end]
+                pos = end
+            else:
+                raise ValueError(f"unknown leaf flags {flags}")
+        levels.append(level)
+    if pos != n:
+        raise ValueError("bytes after the merkle path")
+    return levels
 
 
 def path_root(data: bytes, txid: str) -> str:
@@ -109,29 +126,11 @@ def path_root(data: bytes, txid: str) -> str:
         ValueError: the bytes are not a well-formed BUMP, the path does not hold ``txid`` at level 0, or a node
             on its way up can neither be read nor computed.
     """
-    reader = _Reader(data)
-    reader.varint()  # block height
-    tree_height = reader.byte()
-    if not 1 <= tree_height <= 64:
-        raise ValueError(f"tree height {tree_height} is out of range")
-    levels: list[dict[int, bytes | None]] = []
-    for _ in range(tree_height):
-        count = reader.varint()
-        if count > len(data):
-            raise ValueError("more leaves than the path has bytes")
-        level: dict[int, bytes | None] = {}
-        for _ in range(count):
-            at = reader.varint()
-            flags = reader.byte()
-            if flags == _DUPLICATE:
-                level[at] = None
-            elif flags in (_HASH, _TXID):
-                level[at] = reader.take(32)
-            else:
-                raise ValueError(f"unknown leaf flags {flags}")
-        levels.append(level)
-    if not reader.done():
-        raise ValueError("bytes after the merkle path")
+    try:
+        levels = _read_levels(data)
+    except IndexError:
+        raise ValueError("the merkle path ends too early") from None
+    tree_height = len(levels)
     want = bytes.fromhex(txid)[::-1]
     found = next((o for o, h in levels[0].items() if h == want), None)
     if found is None:

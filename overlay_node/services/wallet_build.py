@@ -77,11 +77,10 @@ def select_coins(
     def fee_for(n: int, lens: Sequence[int]) -> int:
         return required_fee(estimate_size(n, lens), rate)
 
-    ordered = sorted(coins, key=lambda c: (not c.proven, c.satoshis))
-    single = next((c for c in ordered if c.satoshis >= amount + fee_for(1, with_change)), None)
+    single = _smallest(coins, amount + fee_for(1, with_change))
     if single is None:
         # an exact single coin needs no change
-        single = next((c for c in ordered if c.satoshis == amount + fee_for(1, output_script_lens)), None)
+        single = _smallest(coins, amount + fee_for(1, output_script_lens), exact=True)
     picked = [single] if single is not None else []
     if not picked:
         total = 0
@@ -103,6 +102,25 @@ def select_coins(
     if change >= 1:
         return picked, fee_change, change
     return picked, total - amount, 0
+
+
+def _smallest(coins: Iterable[UtxoRecord], need: int, *, exact: bool = False) -> UtxoRecord | None:
+    """The smallest coin of at least ``need`` satoshis (exactly ``need`` with ``exact``), a proven one if any.
+
+    One pass, no sort: a paid stream picks a coin per packet from among hundreds.
+    """
+    best: UtxoRecord | None = None
+    best_unproven: UtxoRecord | None = None
+    for coin in coins:
+        sats = coin.satoshis
+        if sats < need or (exact and sats != need):
+            continue
+        if coin.proven:
+            if best is None or sats < best.satoshis:
+                best = coin
+        elif best_unproven is None or sats < best_unproven.satoshis:
+            best_unproven = coin
+    return best if best is not None else best_unproven
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,6 +171,7 @@ class CoinSet:
 
     def __init__(self) -> None:
         self._coins: dict[Outpoint, UtxoRecord] = {}
+        self._free: dict[Outpoint, UtxoRecord] = {}  # the unreserved ones (a payment picks among these)
         self._by_txid: dict[str, set[Outpoint]] = {}
         self._reserved: set[Outpoint] = set()
         # satoshis by (proven, reserved)
@@ -175,6 +194,8 @@ class CoinSet:
         self._by_txid.setdefault(coin.txid, set()).add(coin.outpoint)
         if reserved:
             self._reserved.add(coin.outpoint)
+        else:
+            self._free[coin.outpoint] = coin
         self._account(coin, 1)
 
     def remove(self, op: Outpoint) -> UtxoRecord | None:
@@ -183,6 +204,7 @@ class CoinSet:
             return None
         self._account(coin, -1)
         self._reserved.discard(op)
+        self._free.pop(op, None)
         ops = self._by_txid.get(coin.txid)
         if ops is not None:
             ops.discard(op)
@@ -196,6 +218,7 @@ class CoinSet:
             if coin is not None and coin.outpoint not in self._reserved:
                 self._account(coin, -1)
                 self._reserved.add(coin.outpoint)
+                del self._free[coin.outpoint]
                 self._account(coin, 1)
 
     def release(self, ops: Iterable[Outpoint]) -> None:
@@ -204,6 +227,7 @@ class CoinSet:
             if coin is not None and op in self._reserved:
                 self._account(coin, -1)
                 self._reserved.discard(op)
+                self._free[op] = coin
                 self._account(coin, 1)
 
     def mark_proven(self, txid: str) -> None:
@@ -212,12 +236,14 @@ class CoinSet:
             coin = self._coins[op]
             if not coin.proven:
                 self._account(coin, -1)
-                self._coins[op] = dataclasses.replace(coin, proven=True)
-                self._account(self._coins[op], 1)
+                self._coins[op] = proven = dataclasses.replace(coin, proven=True)
+                if op in self._free:
+                    self._free[op] = proven
+                self._account(proven, 1)
 
     def free(self) -> list[UtxoRecord]:
         """The unreserved coins."""
-        return [c for op, c in self._coins.items() if op not in self._reserved]
+        return list(self._free.values())
 
     def all(self) -> list[UtxoRecord]:
         return list(self._coins.values())

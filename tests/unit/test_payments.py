@@ -468,3 +468,59 @@ def test_coin_set_keeps_running_totals() -> None:
     assert coins.remove(b.outpoint) == dataclasses.replace(b, proven=True)
     assert coins.totals() == (100, 0, 0) and b.outpoint not in coins
     assert coins.remove(b.outpoint) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "remove", "reserve", "release", "prove", "select"]),
+            st.integers(0, 11),  # which coin (4 txids x 3 outputs)
+            st.integers(1, 5_000),  # satoshis (add) or amount (select)
+            st.booleans(),  # proven (add)
+        ),
+        max_size=60,
+    )
+)
+def test_coin_set_agrees_with_a_plain_model(ops: list[tuple[str, int, int, bool]]) -> None:
+    """free(), totals() and the coin select_coins picks, against dicts and a sort (what they replaced)."""
+    coins = CoinSet()
+    model: dict[tuple[str, int], UtxoRecord] = {}
+    reserved: set[tuple[str, int]] = set()
+    for op, which, number, proven in ops:
+        txid, vout = f"{which // 3:02x}" * 32, which % 3
+        if op == "add":
+            coin = _coin(txid, vout, number, PAYER, proven=proven)
+            coins.add(coin)
+            model[coin.outpoint] = coin
+        elif op == "remove":
+            coins.remove((txid, vout))
+            model.pop((txid, vout), None)
+            reserved.discard((txid, vout))
+        elif op == "reserve" and (txid, vout) in model:
+            coins.reserve([model[(txid, vout)]])
+            reserved.add((txid, vout))
+        elif op == "release":
+            coins.release([(txid, vout)])
+            reserved.discard((txid, vout))
+        elif op == "prove":
+            coins.mark_proven(txid)
+            for o, c in list(model.items()):
+                if o[0] == txid:
+                    model[o] = dataclasses.replace(c, proven=True)
+        elif op == "select":
+            free = [c for o, c in model.items() if o not in reserved]
+            ordered = sorted(free, key=lambda c: (not c.proven, c.satoshis))
+            want = next((c for c in ordered if c.satoshis >= number + 1), None)  # fee 1 at rate 1
+            try:
+                picked, _, _ = select_coins(coins.free(), number, [25], 1)
+            except InsufficientFunds:
+                picked = []
+            if want is not None:
+                assert picked[0].satoshis == want.satoshis and picked[0].proven == want.proven
+        free = {o: c for o, c in model.items() if o not in reserved}
+        assert sorted(coins.free(), key=lambda c: c.outpoint) == sorted(free.values(), key=lambda c: c.outpoint)
+        confirmed = sum(c.satoshis for c in free.values() if c.proven)
+        unconfirmed = sum(c.satoshis for c in free.values() if not c.proven)
+        held = sum(c.satoshis for o, c in model.items() if o in reserved)
+        assert coins.totals() == (confirmed, unconfirmed, held) and len(coins) == len(model)
