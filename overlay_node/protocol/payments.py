@@ -41,7 +41,6 @@ from overlay_node.crypto.keys import (
     Identity,
     ecdsa_verify_digest,
     parse_public_key,
-    public_key_hex,
 )
 from overlay_node.errors import BadRequest, InsufficientPayment, InvalidPayment
 
@@ -108,6 +107,18 @@ def _raw_key(key: str | bytes) -> bytes:
         return bytes.fromhex(key)
     except ValueError:
         raise BadRequest("public key is not hex") from None
+
+
+def _canonical_key(key: str | bytes) -> str:
+    """A public key's lower-case hex, checked to be a point (through the parse cache: a producer issues a quote
+    to the same subscriber per packet).
+
+    Raises:
+        BadRequest: not hex, or not a compressed point.
+    """
+    raw = _raw_key(key)
+    _pub(raw)
+    return raw.hex()
 
 
 def _pub(raw: bytes) -> PublicKey:
@@ -350,7 +361,7 @@ class Quote:
         unsigned = cls(
             quote_id=quote_id or new_quote_id(),
             payee=payee.public_key_hex,
-            payer=public_key_hex(payer),
+            payer=_canonical_key(payer),
             resource=check_resource(resource),
             amount=check_amount(amount, "price"),
             prefix=_nonce(prefix or new_nonce(), "derivation prefix"),

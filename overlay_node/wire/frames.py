@@ -99,15 +99,18 @@ def _check_plain(value: object, depth: int) -> None:
         return
     if depth >= MAX_BODY_DEPTH:
         _bad(f"body nested deeper than {MAX_BODY_DEPTH}")
+    # text and bytes (most leaves: packets, keys, signatures) are taken here without a call each
     if t is list or t is tuple:
         for item in value:  # type: ignore[attr-defined]
-            _check_plain(item, depth + 1)
+            if type(item) is not str and type(item) is not bytes:
+                _check_plain(item, depth + 1)
         return
     if t is dict:
         for key, item in value.items():  # type: ignore[attr-defined]
             if type(key) is not str:
                 _bad("map keys in a body must be text")
-            _check_plain(item, depth + 1)
+            if type(item) is not str and type(item) is not bytes:
+                _check_plain(item, depth + 1)
         return
     _bad(f"a body cannot hold {t.__name__} values")
 
