@@ -84,7 +84,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_ADDRESSES = 8
 #: the most window payments sent in one stream.pay message
-_MAX_BATCH = 64
+_MAX_BATCH = 16
 #: seconds a stopping subscription waits for the answers to its payments in flight
 _DRAIN_TIMEOUT = 5.0
 #: final summaries of ended subscriptions kept for `stop` and the status listing
