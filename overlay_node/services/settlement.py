@@ -10,7 +10,8 @@ Theory of operation:
    ``POST /v1/txs`` (in queue order: a later transaction may spend an earlier one), asks ARC the status of
    the ``watch`` jobs, applies all answers in one durable write, then sleeps until the next job is due or a
    new one is queued (:meth:`Settlement.kick`), and then ``settle_linger`` more so that a busy stream's
-   payments travel many per request.
+   payments travel many per request (those queued meanwhile, and those coming due one after another: a
+   stream's payments come due milliseconds apart, and without the linger each would be a request of its own).
 3. :func:`decide` (pure) turns each ARC answer into the job's next state with DESIGN.md section 9's
    semantics: MINED -> ``mined`` with the merkle path; SEEN_ON_NETWORK -> ``seen`` (settled; polled again
    until mined); PROGRESSING (SEEN_IN_ORPHAN_MEMPOOL included) -> ``progressing``, polled again; FAILED
@@ -168,12 +169,14 @@ class Settlement:
         while True:
             self._kicked = trio.Event()
             await self.process()
-            next_due = await self._store.settlement.next_due()
-            delay = math.inf if next_due is None else max(0.0, next_due - wall_time())
+            now = wall_time()
+            next_due = await self._store.settlement.next_due(now)
+            delay = math.inf if next_due is None else max(0.0, next_due - now)
             with trio.move_on_after(delay):
                 await self._kicked.wait()
-                # let more jobs gather: one request and one durable write for many payments
-                await trio.sleep(self._config.settle_linger)
+            # let more jobs gather, those queued meanwhile and those coming due one after another (a paid stream's
+            # payments come due milliseconds apart): one request and one durable write for many payments
+            await trio.sleep(self._config.settle_linger)
 
     async def process(self, *, everything: bool = False) -> int:
         """Work the due jobs now (every open job with ``everything``, e.g. right after a block in tests).

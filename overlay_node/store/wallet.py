@@ -75,7 +75,10 @@ DUE_SQL = (
     f"SELECT * FROM settlement WHERE {_OPEN_JOB} AND next_at <= ? "
     "AND NOT (state = 'pending' AND kind = 'submit' AND id > ?) ORDER BY +id LIMIT ?"
 )
-NEXT_DUE_SQL = f"SELECT MIN(next_at) FROM settlement WHERE {_OPEN_JOB}"
+#: when the next job :data:`DUE_SQL` would return comes due (the jobs held back wait for the one holding them)
+NEXT_DUE_SQL = (
+    f"SELECT MIN(next_at) FROM settlement WHERE {_OPEN_JOB} AND NOT (state = 'pending' AND kind = 'submit' AND id > ?)"
+)
 
 
 def _marks(n: int) -> str:
@@ -649,11 +652,18 @@ class SettlementRepository:
 
         return await self._db.read(txn)
 
-    async def next_due(self) -> float | None:
-        """When the next open job is due (wall-clock seconds), or None when none is open."""
+    async def next_due(self, now: float) -> float | None:
+        """When :meth:`due` will next return a job (wall-clock seconds; at most ``now`` if it would now), or None
+        when no job is open.
+
+        A pending submission held back behind one that waits to retry (see :meth:`due`) is not counted: it comes
+        due with the one holding it. (Counting it had the queue worker wake, find nothing to do, and wake again
+        at once, until the holder came due.)
+        """
 
         def txn(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute(NEXT_DUE_SQL).fetchone()
+            hold = conn.execute(DUE_HOLD_SQL, (now,)).fetchone()[0]
+            row = conn.execute(NEXT_DUE_SQL, (2**62 if hold is None else int(hold),)).fetchone()
             return None if row[0] is None else float(row[0])
 
         return await self._db.read(txn)

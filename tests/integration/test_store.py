@@ -15,7 +15,7 @@ import trio.testing
 from overlay_node.config import StoreSection
 from overlay_node.errors import StoreError
 from overlay_node.store import MIGRATIONS, KnownPeer, Migrations, open_store
-from overlay_node.store.wallet import DUE_HOLD_SQL, DUE_SQL, NEXT_DUE_SQL
+from overlay_node.store.wallet import DUE_HOLD_SQL, DUE_SQL, NEXT_DUE_SQL, NewJob
 
 CONFIG = StoreSection(busy_timeout=5.0, read_connections=4)
 LIMIT = 10  # seconds per test, on trio's clock
@@ -308,3 +308,25 @@ async def test_the_settlement_queue_reads_open_jobs_through_their_index(db_path:
             assert not any(step.startswith("SCAN") for step in plan), (sql, plan)
     finally:
         conn.close()
+
+
+async def test_next_due_waits_for_the_job_that_holds_the_others_back(db_path: Path) -> None:
+    """A pending submission queued after one that waits to retry is held back (a later transaction may spend an
+    earlier one): it is not due, and next_due says when the holder is, so the worker does not wake for nothing
+    (it used to report the held job's time, in the past, and the worker spun until the holder came due)."""
+    now = 1_000_000.0
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG) as store:
+            assert await store.settlement.next_due(now) is None
+            await store.settlement.add(NewJob(txid="aa" * 32, beef=b"x", next_at=now + 30), now=now)  # retrying
+            await store.settlement.add(NewJob(txid="bb" * 32, beef=b"y", next_at=now - 5), now=now)  # held back
+            assert await store.settlement.due(now, limit=10) == []
+            assert await store.settlement.next_due(now) == now + 30
+            # a watch job is never held back
+            await store.settlement.add(NewJob(txid="cc" * 32, beef=b"z", kind="watch", next_at=now + 7), now=now)
+            assert await store.settlement.next_due(now) == now + 7
+            assert [j.txid for j in await store.settlement.due(now + 7, limit=10)] == ["cc" * 32]
+            later = await store.settlement.due(now + 30, limit=10)
+            assert [j.txid for j in later] == ["aa" * 32, "bb" * 32, "cc" * 32]
+            # once the holder is due, the oldest due time is the answer
+            assert await store.settlement.next_due(now + 30) == now - 5
