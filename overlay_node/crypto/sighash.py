@@ -121,6 +121,8 @@ class P2pkhSpend:
     locking_script: bytes
     satoshis: int
     secret: bytes
+    #: the secret's compressed public key when the caller has it (else it is computed: one EC multiplication)
+    public_key: bytes | None = None
 
 
 class _Signer(PrivateKey):
@@ -169,7 +171,7 @@ def sign_p2pkh(spends: Sequence[P2pkhSpend], outputs: Sequence[tuple[bytes, int]
         )
         signer = _Signer(spend.secret)
         signature = signer.sign(digest, hasher=None) + _SIGHASH_BYTE
-        public = PublicKey.from_valid_secret(signer.secret).format(compressed=True)
+        public = spend.public_key or PublicKey.from_valid_secret(signer.secret).format(compressed=True)
         # both pushes are direct (a signature is at most 73 bytes, the key 33): one length byte each
         unlocking = bytes([len(signature)]) + signature + _KEY_PUSH + public
         parts += (spend.outpoint, varint_bytes(len(unlocking)), unlocking, _SEQUENCE)

@@ -61,6 +61,7 @@ __all__ = [
     "hash160",
     "new_nonce",
     "new_quote_id",
+    "own_child_key",
     "own_child_public",
     "p2pkh_script",
     "payee_locking_script",
@@ -146,6 +147,13 @@ def own_child_public(identity: Identity, counterparty: str | bytes, invoice: str
     """Our BRC-42 child public key (33 bytes): what ``counterparty`` pays us to, or we sign with."""
     tweak = brc42_tweak(identity.shared_secret(_raw_key(counterparty)), invoice)
     return bytes(_pub(identity.public_key).add(tweak).format(compressed=True))
+
+
+def own_child_key(identity: Identity, counterparty: str | bytes, invoice: str) -> tuple[bytes, bytes]:
+    """Our BRC-42 child private key and its public key (the same key as :func:`own_child_public`, computed from
+    the private side: for a key we will also sign with, one EC multiplication gives both)."""
+    secret = child_secret(identity, counterparty, invoice)
+    return secret, bytes(PublicKey.from_valid_secret(secret).format(compressed=True))
 
 
 def their_child_public(identity: Identity, counterparty: str | bytes, invoice: str) -> bytes:

@@ -45,7 +45,7 @@ from overlay_node.devnet.refusals import Refusal
 from overlay_node.devnet.validation import Policy
 from overlay_node.errors import ApiError, BadRequest, ConfigError, Conflict, DialError, OverlayError
 from overlay_node.metrics import Metrics
-from overlay_node.protocol.payments import WALLET_PROTOCOL, child_secret, own_child_public, p2pkh_script
+from overlay_node.protocol.payments import WALLET_PROTOCOL, child_secret, own_child_key, p2pkh_script
 from overlay_node.services.arc import DevnetClient
 from overlay_node.services.group_commit import GroupCommit
 from overlay_node.services.wallet_beef import atomic_beef, beef_entries, outputs_of, tx_record
@@ -171,6 +171,7 @@ class Wallet:
         self._txs: LruMap = LruMap(_TX_CACHE)  # txid -> TxRecord
         self._outputs: LruMap = LruMap(_TX_CACHE)  # txid -> list[SourceOutput]
         self._queued: LruMap = LruMap(_TX_CACHE)  # txid -> True: in our settlement queue (submitted in order)
+        self._own_publics: LruMap = LruMap(_TX_CACHE)  # invoice -> our public key (change made by this process)
         self._known: dict[str, LruMap] = {}  # peer -> txids it holds
         self._roots: dict[int, str] = {}
         self._fee_rate = config.fee_rate
@@ -386,7 +387,9 @@ class Wallet:
                         origin="change",
                     )
                 )
-            built: BuiltTx = build_transaction(picked, all_outputs, self._private_key, fee=fee)
+            built: BuiltTx = build_transaction(
+                picked, all_outputs, self._private_key, fee=fee, public_for=self._public_key
+            )
             change = tuple(dataclasses.replace(c, txid=built.txid) for c in changes)
             record = TxRecord(txid=built.txid, raw=built.raw, parents=tuple(dict.fromkeys(c.txid for c in picked)))
             peer_known: Collection[str] = (self._known.get(recipient) or ()) if recipient else ()
@@ -531,8 +534,18 @@ class Wallet:
         return child_secret(self._identity, counterparty, coin.invoice)
 
     def _own_key(self, key_id: str) -> bytes:
-        """Our self-derived wallet public key for ``key_id``."""
-        return own_child_public(self._identity, self._identity.public_key, f"{_WALLET_PROTOCOL_TEXT}-{key_id}")
+        """Our self-derived wallet public key for ``key_id`` (remembered for signing when its coin is spent)."""
+        invoice = f"{_WALLET_PROTOCOL_TEXT}-{key_id}"
+        _, public = own_child_key(self._identity, self._identity.public_key, invoice)
+        self._own_publics.put(invoice, public)
+        return public
+
+    def _public_key(self, coin: UtxoRecord) -> bytes | None:
+        """The public key of one of our coins when we still remember it (the signer computes it otherwise)."""
+        if coin.counterparty != "self":
+            return None
+        public: bytes | None = self._own_publics.get(coin.invoice)
+        return public
 
     async def _ancestry(self, record: TxRecord, stop: Collection[str]) -> dict[str, TxRecord]:
         """``record`` and its unproven ancestors (memory first, then the database), not past ``stop``."""

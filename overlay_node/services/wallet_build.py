@@ -140,6 +140,7 @@ def build_transaction(
     key_for: Callable[[UtxoRecord], bytes],
     *,
     fee: int,
+    public_for: Callable[[UtxoRecord], bytes | None] | None = None,
 ) -> BuiltTx:
     """Build and sign a transaction spending ``coins`` (all P2PKH) to ``outputs`` (script, satoshis).
 
@@ -147,6 +148,7 @@ def build_transaction(
         coins: the inputs, in order.
         outputs: the outputs, in order (the change output included, if any).
         key_for: the 32-byte private key of a coin.
+        public_for: the coin key's compressed public key when the caller knows it (None: computed).
         fee: the fee the caller computed (recorded, and checked against the amounts).
 
     Raises:
@@ -154,7 +156,16 @@ def build_transaction(
     """
     if sum(c.satoshis for c in coins) != sum(s for _, s in outputs) + fee:
         raise ValueError("inputs, outputs and fee do not balance")
-    spends = [P2pkhSpend(outpoint_bytes(c.txid, c.vout), c.script, c.satoshis, key_for(c)) for c in coins]
+    spends = [
+        P2pkhSpend(
+            outpoint_bytes(c.txid, c.vout),
+            c.script,
+            c.satoshis,
+            key_for(c),
+            None if public_for is None else public_for(c),
+        )
+        for c in coins
+    ]
     raw = sign_p2pkh(spends, outputs)
     return BuiltTx(
         txid=txid_of_raw(raw),

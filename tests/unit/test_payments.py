@@ -29,9 +29,13 @@ from overlay_node.protocol.payments import (
     Quote,
     Receipt,
     check_payment_output,
+    child_secret,
+    own_child_key,
+    own_child_public,
     p2pkh_script,
     payee_locking_script,
     payer_locking_script,
+    their_child_public,
 )
 from overlay_node.services.arc import ArcOutcome, ArcResult, interpret, transport_failure
 from overlay_node.services.settlement import backoff, decide
@@ -524,3 +528,17 @@ def test_coin_set_agrees_with_a_plain_model(ops: list[tuple[str, int, int, bool]
         unconfirmed = sum(c.satoshis for c in free.values() if not c.proven)
         held = sum(c.satoshis for o, c in model.items() if o in reserved)
         assert coins.totals() == (confirmed, unconfirmed, held) and len(coins) == len(model)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(min_size=1, max_size=40), st.booleans())
+def test_own_child_key_is_the_public_derivation_of_the_same_key(key_id: str, with_self: bool) -> None:
+    """The wallet makes its change keys from the private side (and remembers them for signing): the same key
+    the public side derives, and the one the counterparty derives for us."""
+    counterparty = PAYER.public_key if with_self else PAYEE.public_key
+    invoice = f"2-wallet change-{key_id}"
+    secret, public = own_child_key(PAYER, counterparty, invoice)
+    assert secret == child_secret(PAYER, counterparty, invoice)
+    assert public == own_child_public(PAYER, counterparty, invoice)
+    if not with_self:
+        assert public == their_child_public(PAYEE, PAYER.public_key, invoice)

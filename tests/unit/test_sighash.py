@@ -123,6 +123,15 @@ def test_build_transaction_is_bsv_sdk_byte_for_byte_and_valid(case: Case) -> Non
     built = build_transaction(case.coins, case.outputs, case.key_for, fee=case.fee)
     reference = _reference(case)
     assert built.raw == bytes(reference.serialize())
+    # the same with the public keys given (the wallet remembers those of the change it made)
+    given_keys = build_transaction(
+        case.coins,
+        case.outputs,
+        case.key_for,
+        fee=case.fee,
+        public_for=lambda c: PrivateKey(case.key_for(c)).public_key.format(compressed=True),
+    )
+    assert given_keys.raw == built.raw
     assert built.txid == str(reference.txid()) == txid_of_raw(built.raw)
     assert built.spends == tuple(case.coins) and built.fee == case.fee
     assert built.outputs == tuple(SourceOutput(satoshis=s, locking_script=script) for script, s in case.outputs)
