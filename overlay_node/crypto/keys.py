@@ -10,7 +10,9 @@ from __future__ import annotations
 import secrets
 
 from coincurve import PrivateKey, PublicKey
+from coincurve.context import GLOBAL_CONTEXT
 from coincurve.ecdsa import cdata_to_der, der_to_cdata, signature_normalize
+from coincurve.utils import validate_secret
 
 from overlay_node.errors import BadRequest
 
@@ -52,6 +54,31 @@ def parse_public_key(key: bytes | str) -> PublicKey:
         return PublicKey(raw)
     except ValueError:
         raise BadRequest("public key is not a point on secp256k1") from None
+
+
+class _Signer(PrivateKey):
+    """A coincurve private key that only signs. ``PrivateKey(secret)`` derives the public key and the x-only
+    public key up front: two EC multiplications, more than the signature itself costs, where a signed input
+    needs one public key. ``sign`` uses the secret and the context alone; the byte-identity tests would catch
+    a coincurve that changed that.
+
+    Raises:
+        ValueError: ``secret`` is not a valid private key (checked as ``PrivateKey`` does).
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        self.secret = validate_secret(secret)
+        self.context = GLOBAL_CONTEXT
+
+
+def sign_digest(secret: bytes, digest: bytes) -> bytes:
+    """A DER ECDSA signature (RFC 6979 nonce, low S: what bsv-sdk's ``PrivateKey.sign`` gives) over a 32-byte
+    digest with the private key ``secret``, without computing its public key.
+
+    Raises:
+        ValueError: ``secret`` is not a valid private key.
+    """
+    return bytes(_Signer(secret).sign(digest, hasher=None))
 
 
 def public_key_hex(key: bytes | str) -> str:

@@ -19,11 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from coincurve import PrivateKey, PublicKey
-from coincurve.context import GLOBAL_CONTEXT
-from coincurve.utils import validate_secret
+from coincurve import PublicKey
 
 from overlay_node.crypto.bump import sha256d, varint_bytes
+from overlay_node.crypto.keys import sign_digest
 
 __all__ = [
     "SIGHASH_ALL_FORKID",
@@ -125,21 +124,6 @@ class P2pkhSpend:
     public_key: bytes | None = None
 
 
-class _Signer(PrivateKey):
-    """A coincurve private key that only signs. ``PrivateKey(secret)`` derives the public key and the x-only
-    public key up front: two EC multiplications, more than the signature itself costs, where a signed input
-    needs one public key. ``sign`` uses the secret and the context alone; the byte-identity tests would catch
-    a coincurve that changed that.
-
-    Raises:
-        ValueError: ``secret`` is not a valid private key (checked as ``PrivateKey`` does).
-    """
-
-    def __init__(self, secret: bytes) -> None:
-        self.secret = validate_secret(secret)
-        self.context = GLOBAL_CONTEXT
-
-
 def sign_p2pkh(spends: Sequence[P2pkhSpend], outputs: Sequence[tuple[bytes, int]]) -> bytes:
     """A signed transaction spending ``spends`` (in order) to ``outputs`` ``(locking script, satoshis)``.
 
@@ -169,9 +153,8 @@ def sign_p2pkh(spends: Sequence[P2pkhSpend], outputs: Sequence[tuple[bytes, int]
             _LOCKTIME,
             SIGHASH_ALL_FORKID,
         )
-        signer = _Signer(spend.secret)
-        signature = signer.sign(digest, hasher=None) + _SIGHASH_BYTE
-        public = spend.public_key or PublicKey.from_valid_secret(signer.secret).format(compressed=True)
+        signature = sign_digest(spend.secret, digest) + _SIGHASH_BYTE
+        public = spend.public_key or PublicKey.from_valid_secret(spend.secret).format(compressed=True)
         # both pushes are direct (a signature is at most 73 bytes, the key 33): one length byte each
         unlocking = bytes([len(signature)]) + signature + _KEY_PUSH + public
         parts += (spend.outpoint, varint_bytes(len(unlocking)), unlocking, _SEQUENCE)

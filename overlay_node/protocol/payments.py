@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import cbor2
-from bsv.keys import PrivateKey as BsvPrivateKey
 from coincurve import PublicKey
 
 from overlay_node.crypto.brc42 import ANYONE_PUBLIC_KEY, ProtocolID, brc42_tweak, invoice_number
@@ -41,6 +40,7 @@ from overlay_node.crypto.keys import (
     Identity,
     ecdsa_verify_digest,
     parse_public_key,
+    sign_digest,
 )
 from overlay_node.errors import BadRequest, InsufficientPayment, InvalidPayment
 
@@ -171,7 +171,7 @@ def _invoice(protocol: ProtocolID, key_id: str) -> str:
 def _sign_for_anyone(identity: Identity, protocol: ProtocolID, key_id: str, data: bytes) -> bytes:
     """A BRC-3 signature (counterparty ``anyone``): DER ECDSA over SHA-256(data) with our child key."""
     secret = child_secret(identity, ANYONE_PUBLIC_KEY, _invoice(protocol, key_id))
-    return bytes(BsvPrivateKey(secret).sign(hashlib.sha256(data).digest(), hasher=None))
+    return sign_digest(secret, hashlib.sha256(data).digest())
 
 
 def _verify_from(signer: str, protocol: ProtocolID, key_id: str, data: bytes, sig: bytes) -> bool:

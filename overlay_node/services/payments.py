@@ -298,6 +298,7 @@ class Payments:
             suffix=message.derivation_suffix,
             payer=payer,
         )
+        receipt_bytes = receipt.to_bytes()
         record = IncomingRecord(
             quote_id=quote.quote_id,
             prefix=quote.prefix,
@@ -307,7 +308,7 @@ class Payments:
             price=quote.amount,
             amount=checked.output_satoshis,
             txid=checked.txid,
-            receipt=receipt.to_bytes(),
+            receipt=receipt_bytes,
             accepted_at=now,
             spends=checked.spends,
             txs=checked.txs,
@@ -320,7 +321,7 @@ class Payments:
                 counterparty=payer,
                 quote_id=quote.quote_id,
                 resource=quote.resource,
-                receipt=receipt.to_bytes(),
+                receipt=receipt_bytes,
             ),
             job=NewJob(txid=checked.txid, beef=message.transaction, next_at=now),
         )

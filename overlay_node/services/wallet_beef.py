@@ -173,12 +173,12 @@ def check_payment_beef(
     Raises:
         InvalidPayment: anything wrong, with what exactly.
     """
-    sources: dict[Outpoint, SourceOutput] = {}
     for txid in submission.txid_only:
-        outputs = held.get(txid)
-        if outputs is None:
+        if txid not in held:
             raise InvalidPayment(f"the payment BEEF names {txid} by txid only, and this node does not hold it")
-        sources.update(((txid, vout), out) for vout, out in enumerate(outputs))
+    # the outputs the BEEF's transactions spend: from the BEEF itself, else from what we hold (only those spent:
+    # a parent may be a coin split with hundreds of outputs, spent one payment at a time)
+    sources: dict[Outpoint, SourceOutput] = {}
     fee = 0
     for ptx in submission.txs:
         if ptx.block_height is not None:
@@ -187,9 +187,11 @@ def check_payment_beef(
                 raise InvalidPayment(f"the merkle path of {ptx.txid} does not match block {height}")
         else:
             for tx_in in ptx.inputs:
-                parent = tx_in.txid
-                if (parent, tx_in.vout) not in sources and parent in held:
-                    sources.update(((parent, v), out) for v, out in enumerate(held[parent]))
+                outpoint = (tx_in.txid, tx_in.vout)
+                if outpoint not in sources:
+                    outputs = held.get(tx_in.txid)
+                    if outputs is not None and tx_in.vout < len(outputs):
+                        sources[outpoint] = outputs[tx_in.vout]
             tx_fee = fast_check(ptx.raw, sources, policy)
             if tx_fee is None:  # not the common case: the full check decides, and says what is wrong
                 try:

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overlay_node.crypto.bump import varint_bytes
-from overlay_node.crypto.keys import SECP256K1_N
+from overlay_node.crypto.keys import SECP256K1_N, sign_digest
 from overlay_node.crypto.sighash import (
     SIGHASH_ALL_FORKID,
     P2pkhSpend,
@@ -235,3 +235,10 @@ def test_sign_p2pkh_refuses_an_invalid_secret(secret: bytes) -> None:
     spend = P2pkhSpend(outpoint_bytes("ab" * 32, 0), _p2pkh((3).to_bytes(32, "big")), 1_000, secret)
     with pytest.raises(ValueError, match=r"[Ss]ecret"):
         sign_p2pkh([spend], [(b"\x51", 999)])
+
+
+@settings(max_examples=50, deadline=None)
+@given(_secrets, st.binary(min_size=32, max_size=32))
+def test_sign_digest_is_bsv_sdk_signing(secret: bytes, digest: bytes) -> None:
+    """Quotes, receipts and inputs are signed without a key object; bsv-sdk signs the same bytes."""
+    assert sign_digest(secret, digest) == bytes(BsvPrivateKey(secret).sign(digest, hasher=None))
