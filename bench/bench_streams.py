@@ -17,9 +17,10 @@ and commits before its receipt):
 
 Processes: the devnet ledger runs as a separate process (``python -m overlay_node.devnet --port 0 --json``, blocks
 every ``--block-interval`` seconds) and settlement is live: every payment is submitted to it, and mined, during the
-run. The producer node runs in a process of its own, all the throughput consumers together in one other process
-(one trio loop), and the latency subscriber in a third (so that nine idle nodes on its loop do not add to its
-latency), started with ``bench/nodeproc.py``. ``--one-process`` runs the producer and the consumers in the
+run. The producer node runs in a process of its own; the single subscriber of the one-subscriber runs (throughput
+and latency) in a second, like a daemon of its own; the ``--subscribers`` consumers of the many-subscriber runs
+together in a third (one trio loop: ten nodes on one loop would add their background work to a lone
+subscriber's). All are started with ``bench/nodeproc.py``. ``--one-process`` runs the producer and the consumers in the
 benchmark's own trio loop instead (one core for everyone: a lower bound for separate daemons).
 
 Timing across processes: ``time.perf_counter()`` is ``clock_gettime(CLOCK_MONOTONIC)`` on Linux, one clock for
@@ -302,16 +303,16 @@ async def run_nodes(args: argparse.Namespace, root: Path, url: str) -> dict[str,
             specs = [NodeSpec(str(root), f"c{i}", shared) for i in range(args.subscribers)]
             consumers = await start(specs, consumer_ops)
             await consumers.call("faucet", 5_000_000)
-            # the latency subscriber is a node of its own process, like a daemon of its own (the other
-            # consumers' process runs ten nodes on one loop)
+            # the one-subscriber runs (throughput and latency) have a node of their own process, like a daemon of
+            # its own (the other consumers' process runs ten nodes on one loop)
             solo = await start([NodeSpec(str(root), "l0", shared)], consumer_ops)
             await solo.call("faucet", 5_000_000)
             n = args.subscribers
             # latency first, under its own load only (its payments settle live); again at the end, while the
             # settlement of the thousands of payments of the throughput runs is still catching up
             results["latency"] = await latency(producer, solo, 100, 1000, args.latency_seconds, kwargs)
-            results["w100_1"] = await throughput(producer, consumers, "w100", 100, args.packets, 1, kwargs)
-            results["w1_1"] = await throughput(producer, consumers, "w1", 1, args.w1_packets, 1, kwargs)
+            results["w100_1"] = await throughput(producer, solo, "w100", 100, args.packets, 1, kwargs)
+            results["w1_1"] = await throughput(producer, solo, "w1", 1, args.w1_packets, 1, kwargs)
             results["w100_n"] = await throughput(producer, consumers, "w100n", 100, args.packets // 4, n, kwargs)
             results["w1_n"] = await throughput(producer, consumers, "w1n", 1, args.w1_packets // 4, n, kwargs)
             results["latency_backlog"] = await latency(
