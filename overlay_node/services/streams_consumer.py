@@ -380,7 +380,9 @@ class Subscription:
                         and credit.wants_payment()
                         and not self._withholding()
                     ):
-                        payment = await self._prepare_payment(link)
+                        # coins the change of this batch's payments will add (not in the wallet yet)
+                        coming = sum(len(p.prepared.change) - 1 for p in batch)
+                        payment = await self._prepare_payment(link, coming)
                         if payment is None:
                             break
                         batch.append(payment)
@@ -409,12 +411,14 @@ class Subscription:
             self._failure = failure
         self._changed.set()
 
-    def _change_parts(self) -> int:
+    def _change_parts(self, coming: int) -> int:
         """How many coins the change of the next payment becomes: enough for ``ahead`` payments in flight, each
-        spending its own coin (a payment in flight holds its coin reserved until its change comes back)."""
+        spending its own coin (a payment in flight holds its coin reserved until its change comes back).
+        ``coming``: the coins the payments prepared just before this one will add (a first batch of payments
+        made from a few coins would otherwise split each of them as if it were the only one)."""
         credit = self.credit
         assert credit is not None
-        return max(1, credit.ahead - self._consumer.wallet.coin_count())
+        return max(1, credit.ahead - self._consumer.wallet.coin_count() - coming)
 
     def _tick(self) -> None:
         now = trio.current_time()
@@ -432,7 +436,7 @@ class Subscription:
         c = self.credit
         return self.withhold_after is not None and c is not None and c.payments + c.in_flight >= self.withhold_after
 
-    async def _prepare_payment(self, link: PeerLink) -> _Payment | None:
+    async def _prepare_payment(self, link: PeerLink, coming: int) -> _Payment | None:
         """Build the next payment (in order: coins are picked one payment at a time); None when there is nothing
         to pay with right now."""
         credit = self.credit
@@ -441,7 +445,7 @@ class Subscription:
         quote = self.quotes.popleft()
         credit.begin_payment()
         try:
-            message, prepared = await consumer.payments.prepare_payment(quote, change_parts=self._change_parts())
+            message, prepared = await consumer.payments.prepare_payment(quote, change_parts=self._change_parts(coming))
         except QuoteExpired:
             credit.payment_failed()
             if not self.quotes and not credit.in_flight:

@@ -313,3 +313,25 @@ async def test_expired_window_quotes_are_replaced_and_the_stream_goes_on(start_n
         assert [p.seq for p in reader.packets] == list(range(30))
         summary = sub.summary()
         assert summary["paid_satoshis"] == 30 * RATE and summary["payments"] == 3
+
+
+async def test_a_first_batch_from_few_coins_splits_the_change_once(start_node: NodeFactory) -> None:
+    """A W = 1 subscription wants ``ahead`` coins (one per payment in flight). Its first payments, prepared
+    together from the few coins the wallet has, split their change into as many coins as are missing in
+    total, not each as many."""
+    with trio.fail_after(30):
+        _bank, producer, (consumer,) = await network(start_node, 1)
+        for _ in range(2):
+            await consumer.wallet.faucet(100_000)
+        assert consumer.wallet.coin_count() == 3
+        await producer.streams.producer.create("few", pricing_model="per-packet", rate=RATE)
+        sub = await consumer.streams.consumer.subscribe("few", window=1, max_price=RATE, prepay=16)
+        got: list[Packet] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, sub, 40, got)
+            await trio.testing.wait_all_tasks_blocked()
+            producer.streams.producer.push("few", lines(40))
+        assert [p.seq for p in got] == list(range(40)) and sub.summary()["payments"] == 40
+        # 3 coins, 16 wanted: the first payment splits into 13, the two beside it keep one change coin each (each
+        # splitting into 13 would leave about 40)
+        assert consumer.wallet.coin_count() <= 17
