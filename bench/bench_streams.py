@@ -267,7 +267,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results["nodes"] = (
         "one process (producer and consumers in the benchmark's loop)"
         if args.one_process
-        else "producer in its own process, consumers together in another"
+        else "producer, the lone subscriber and the many subscribers (together) in three processes"
     )
     results["subscribe_kwargs"] = subscribe_kwargs(args)
     results["machine"] = {
