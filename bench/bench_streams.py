@@ -11,6 +11,8 @@ and commits before its receipt):
 
 - paid packets/s from one producer to one subscriber with W = 100 and with W = 1 (packets pushed at once; time
   from the push until the subscriber has read the last packet);
+- the CPU time per payment of the W = 1 run in each process: producer, lone subscriber, devnet ledger (user +
+  system, all threads, from ``/proc``; settlement of earlier payments that lands in that window is counted too);
 - the same to ``--subscribers`` subscribers at once (aggregate packets/s over all of them);
 - packet latency (push -> read by the subscriber) p50/p99 at 1,000 packets/s with W = 100, first under its own load
   (its payments settling live), and again at the end while the settlement of the throughput runs catches up.
@@ -57,7 +59,7 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nodeproc import Host, NodeHost, NodeSpec, OpFunction, open_host  # noqa: E402  # bench/ is on sys.path as a script
+from nodeproc import Host, NodeHost, NodeSpec, OpFunction, open_host, process_cpu_seconds  # noqa: E402  # bench/ is on sys.path as a script
 
 from overlay_node.node import Node  # noqa: E402
 
@@ -259,7 +261,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         root = Path(tmp)
         ledger, url = start_ledger(root, args.block_interval)
         try:
-            results.update(await run_nodes(args, root, url))
+            results.update(await run_nodes(args, root, url, ledger.pid))
         finally:
             ledger.terminate()
             ledger.wait(10)
@@ -279,7 +281,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-async def run_nodes(args: argparse.Namespace, root: Path, url: str) -> dict[str, Any]:
+def cpu_snapshot(producer: NodeHost, subscriber: NodeHost, ledger_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the producer's process, the lone subscriber's and the devnet ledger's."""
+    return {
+        "producer": producer.cpu_seconds(),
+        "subscriber": subscriber.cpu_seconds(),
+        "ledger": process_cpu_seconds(ledger_pid),
+    }
+
+
+async def run_nodes(args: argparse.Namespace, root: Path, url: str, ledger_pid: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     kwargs = subscribe_kwargs(args)
     shared: dict[str, Any] = BASE | {"wallet.arc_url": url}
@@ -312,7 +323,13 @@ async def run_nodes(args: argparse.Namespace, root: Path, url: str) -> dict[str,
             # settlement of the thousands of payments of the throughput runs is still catching up
             results["latency"] = await latency(producer, solo, 100, 1000, args.latency_seconds, kwargs)
             results["w100_1"] = await throughput(producer, solo, "w100", 100, args.packets, 1, kwargs)
+            before = cpu_snapshot(producer, solo, ledger_pid)
             results["w1_1"] = await throughput(producer, solo, "w1", 1, args.w1_packets, 1, kwargs)
+            after = cpu_snapshot(producer, solo, ledger_pid)
+            payments = max(1, results["w1_1"]["payments"])
+            results["w1_1"]["cpu_ms_per_payment"] = {
+                k: round((after[k] - before[k]) / payments * 1000, 3) for k in after
+            }
             results["w100_n"] = await throughput(producer, consumers, "w100n", 100, args.packets // 4, n, kwargs)
             results["w1_n"] = await throughput(producer, consumers, "w1n", 1, args.w1_packets // 4, n, kwargs)
             results["latency_backlog"] = await latency(
@@ -335,6 +352,11 @@ def print_table(r: dict[str, Any]) -> None:
     row(f"paid packets/s, {w100n['subscribers']} subscribers, W=100 (total)", f"{w100n['paid_packets_per_s']:.0f}")
     row(f"paid packets/s, {w1n['subscribers']} subscribers, W=1 (total)", f"{w1n['paid_packets_per_s']:.0f}")
     row("payments/s (W=1, 1 subscriber)", f"{w1['payments_per_s']:.0f}", ">= 100")
+    cpu = w1["cpu_ms_per_payment"]
+    row(
+        "  CPU ms per payment: producer, subscriber, ledger",
+        f"{cpu['producer']:.2f} {cpu['subscriber']:.2f} {cpu['ledger']:.2f}",
+    )
     row("latency p50 at 1000 packets/s, W=100 (ms)", f"{lat['p50_ms']:.2f}")
     row("latency p99 at 1000 packets/s, W=100 (ms)", f"{lat['p99_ms']:.2f}", "< 10")
     back = r["latency_backlog"]

@@ -84,6 +84,20 @@ class NodeHost(Protocol):
 
     async def stop(self) -> None: ...
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, all threads) of the process the nodes run in, so far."""
+        ...
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid``, all its threads (Linux ``/proc``; 0.0 elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 async def start_node(nursery: trio.Nursery, spec: NodeSpec) -> Node:
     """Create the spec's data dir and run its node in ``nursery``; returns once the node is ready."""
@@ -213,6 +227,9 @@ class NodeProcess:
     async def stop(self) -> None:
         await trio.to_thread.run_sync(self.stop_blocking)
 
+    def cpu_seconds(self) -> float:
+        return 0.0 if self._proc.pid is None else process_cpu_seconds(self._proc.pid)
+
 
 # -- a host in the benchmark's loop -------------------------------------------------------------------------------
 
@@ -253,6 +270,10 @@ class LocalHost:
         self._host.nursery.cancel_scope.cancel()
         for node in self._host.nodes:
             node.request_shutdown()
+
+    def cpu_seconds(self) -> float:
+        """The benchmark's own process (every local host shares it)."""
+        return process_cpu_seconds(os.getpid())
 
 
 async def open_host(
