@@ -86,6 +86,7 @@ _QUOTE_ID = re.compile(r"^[0-9a-f]{32}$")
 _PUBKEY_HEX = re.compile(r"^0[23][0-9a-f]{64}$")
 _TXID = re.compile(r"^[0-9a-f]{64}$")
 _MAX_RESOURCE = 512
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_MS = 2**53
 
 #: the identity whose private key is 1: BRC-3 "anyone" signatures are checked with it
@@ -295,11 +296,7 @@ def check_resource(resource: object) -> str:
     Raises:
         BadRequest: otherwise.
     """
-    if (
-        not isinstance(resource, str)
-        or not 1 <= len(resource) <= _MAX_RESOURCE
-        or any(ord(c) < 32 or ord(c) == 127 for c in resource)
-    ):
+    if not isinstance(resource, str) or not 1 <= len(resource) <= _MAX_RESOURCE or _CONTROL.search(resource):
         raise BadRequest(f"resource must be 1-{_MAX_RESOURCE} printable characters")
     return resource
 

@@ -29,6 +29,7 @@ from overlay_node.protocol.payments import (
     Quote,
     Receipt,
     check_payment_output,
+    check_resource,
     child_secret,
     own_child_key,
     own_child_public,
@@ -542,3 +543,11 @@ def test_own_child_key_is_the_public_derivation_of_the_same_key(key_id: str, wit
     assert public == own_child_public(PAYER, counterparty, invoice)
     if not with_self:
         assert public == their_child_public(PAYEE, PAYER.public_key, invoice)
+
+
+def test_resources_are_printable_text_of_bounded_length() -> None:
+    assert check_resource("stream:w1 é") == "stream:w1 é"
+    assert check_resource("x" * 512) == "x" * 512
+    for bad in ("", "x" * 513, "a\x00b", "tab\there", "del\x7f", b"bytes", None):
+        with pytest.raises(BadRequest):
+            check_resource(bad)
