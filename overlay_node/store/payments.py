@@ -23,6 +23,7 @@ from overlay_node.store.wallet import (
     UtxoRecord,
     insert_history,
     insert_job,
+    insert_many,
     insert_txs,
     insert_utxo,
 )
@@ -102,45 +103,97 @@ def _payment(row: sqlite3.Row) -> IncomingPayment:
     )
 
 
+_PAYMENT_INSERT = (
+    "INSERT INTO payments (quote_id, derivation_prefix, derivation_suffix, payer, resource, price, "
+    "amount, txid, status, receipt, accepted_at, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?, ?)"
+)
+_SPENDS_INSERT = "INSERT OR IGNORE INTO payment_spends (txid, vout, payment_txid) VALUES (?, ?, ?)"
+
+
+def _payment_row(rec: IncomingRecord) -> tuple[object, ...]:
+    return (
+        rec.quote_id,
+        rec.prefix,
+        rec.suffix,
+        rec.payer,
+        rec.resource,
+        rec.price,
+        rec.amount,
+        rec.txid,
+        rec.receipt,
+        rec.accepted_at,
+        rec.accepted_at,
+    )
+
+
+def _used(conn: sqlite3.Connection, rec: IncomingRecord) -> bool:
+    query = "SELECT 1 FROM payments WHERE quote_id = ? OR derivation_prefix = ?"
+    return conn.execute(query, (rec.quote_id, rec.prefix)).fetchone() is not None
+
+
+def _spender(conn: sqlite3.Connection, outpoint: Outpoint) -> str | None:
+    row = conn.execute("SELECT payment_txid FROM payment_spends WHERE txid = ? AND vout = ?", outpoint).fetchone()
+    return None if row is None else str(row["payment_txid"])
+
+
 def _record_one(conn: sqlite3.Connection, rec: IncomingRecord) -> RecordOutcome:
-    used = conn.execute(
-        "SELECT 1 FROM payments WHERE quote_id = ? OR derivation_prefix = ?", (rec.quote_id, rec.prefix)
-    ).fetchone()
-    if used is not None:
+    if _used(conn, rec):
         return RecordOutcome(result="replayed")
-    for txid, vout in rec.spends:
-        row = conn.execute(
-            "SELECT payment_txid FROM payment_spends WHERE txid = ? AND vout = ?", (txid, vout)
-        ).fetchone()
-        if row is not None and str(row["payment_txid"]) != rec.txid:
-            return RecordOutcome(result="double_spend", conflict=(txid, vout), other_txid=str(row["payment_txid"]))
-    conn.execute(
-        "INSERT INTO payments (quote_id, derivation_prefix, derivation_suffix, payer, resource, price, "
-        "amount, txid, status, receipt, accepted_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?, ?)",
-        (
-            rec.quote_id,
-            rec.prefix,
-            rec.suffix,
-            rec.payer,
-            rec.resource,
-            rec.price,
-            rec.amount,
-            rec.txid,
-            rec.receipt,
-            rec.accepted_at,
-            rec.accepted_at,
-        ),
-    )
-    conn.executemany(
-        "INSERT OR IGNORE INTO payment_spends (txid, vout, payment_txid) VALUES (?, ?, ?)",
-        [(txid, vout, rec.txid) for txid, vout in rec.spends],
-    )
+    for outpoint in rec.spends:
+        other = _spender(conn, outpoint)
+        if other is not None and other != rec.txid:
+            return RecordOutcome(result="double_spend", conflict=outpoint, other_txid=other)
+    conn.execute(_PAYMENT_INSERT, _payment_row(rec))
+    conn.executemany(_SPENDS_INSERT, [(txid, vout, rec.txid) for txid, vout in rec.spends])
     insert_txs(conn, rec.txs, rec.accepted_at)
     insert_utxo(conn, rec.utxo, rec.accepted_at)
     insert_history(conn, rec.history, rec.accepted_at)
     insert_job(conn, rec.job, rec.accepted_at)
     return RecordOutcome(result="recorded")
+
+
+def _record_all(conn: sqlite3.Connection, records: Sequence[IncomingRecord]) -> list[RecordOutcome]:
+    """The batch as :func:`_record_one` one after another would record it, with one statement per table for the
+    inserts: each record is checked against the database and against the records before it in the batch.
+
+    Raises:
+        sqlite3.IntegrityError: a constraint the checks do not cover (the caller rolls back and goes one by one).
+    """
+    outcomes: list[RecordOutcome] = []
+    quotes: set[str] = set()
+    prefixes: set[str] = set()
+    spent: dict[Outpoint, str] = {}  # by the records of this batch
+    ok: list[IncomingRecord] = []
+    for rec in records:
+        if rec.quote_id in quotes or rec.prefix in prefixes or _used(conn, rec):
+            outcomes.append(RecordOutcome(result="replayed"))
+            continue
+        conflict: RecordOutcome | None = None
+        for outpoint in rec.spends:
+            other = spent.get(outpoint) or _spender(conn, outpoint)
+            if other is not None and other != rec.txid:
+                conflict = RecordOutcome(result="double_spend", conflict=outpoint, other_txid=other)
+                break
+        if conflict is not None:
+            outcomes.append(conflict)
+            continue
+        quotes.add(rec.quote_id)
+        prefixes.add(rec.prefix)
+        spent.update((outpoint, rec.txid) for outpoint in rec.spends)
+        ok.append(rec)
+        outcomes.append(RecordOutcome(result="recorded"))
+    if ok:
+        conn.executemany(_PAYMENT_INSERT, [_payment_row(rec) for rec in ok])
+        conn.executemany(_SPENDS_INSERT, [(txid, vout, rec.txid) for rec in ok for txid, vout in rec.spends])
+        insert_many(
+            conn,
+            txs=[(tx, rec.accepted_at) for rec in ok for tx in rec.txs],
+            utxos=[(rec.utxo, rec.accepted_at) for rec in ok],
+            histories=[(rec.history, rec.accepted_at) for rec in ok],
+            jobs=[(rec.job, rec.accepted_at) for rec in ok],
+        )
+    return outcomes
 
 
 class PaymentsRepository:
@@ -160,7 +213,18 @@ class PaymentsRepository:
         """
 
         def txn(conn: sqlite3.Connection) -> list[RecordOutcome]:
-            outcomes: list[RecordOutcome] = []
+            # the common case: every check passes in memory and the database, one insert per table for all
+            conn.execute("SAVEPOINT batch")
+            try:
+                outcomes = _record_all(conn, records)
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK TO batch")
+            else:
+                conn.execute("RELEASE batch")
+                return outcomes
+            conn.execute("RELEASE batch")
+            # a constraint no check covers (the output is already ours): one by one, each refused on its own
+            outcomes = []
             for rec in records:
                 conn.execute("SAVEPOINT rec")
                 try:

@@ -238,76 +238,91 @@ class SettlementEffects:
 # -- helpers shared with store/payments.py (they run inside a caller's transaction) --------------------------
 
 
+_TX_UPSERT = (
+    "INSERT INTO wallet_txs (txid, raw, parents, merkle_path, block_height, state, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (txid) DO UPDATE SET "
+    "merkle_path = coalesce(wallet_txs.merkle_path, excluded.merkle_path), "
+    "block_height = coalesce(wallet_txs.block_height, excluded.block_height), "
+    "state = CASE WHEN excluded.merkle_path IS NOT NULL THEN 'proven' ELSE wallet_txs.state END"
+)
+_UTXO_INSERT = (
+    "INSERT INTO wallet_utxos (txid, vout, satoshis, script, protocol, key_id, counterparty, origin, "
+    "state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_HISTORY_INSERT = (
+    "INSERT INTO wallet_history (txid, direction, kind, amount, fee, counterparty, quote_id, resource, "
+    "status, detail, receipt, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_JOB_INSERT = (
+    "INSERT INTO settlement (txid, beef, kind, state, next_at, deadline, created_at, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (txid) DO NOTHING"
+)
+
+
+def _tx_row(tx: TxRecord, now: float) -> tuple[object, ...]:
+    state = "proven" if tx.merkle_path is not None else "unproven"
+    return (tx.txid, tx.raw, " ".join(tx.parents), tx.merkle_path, tx.block_height, state, now)
+
+
+def _utxo_row(u: UtxoRecord, state: str, now: float) -> tuple[object, ...]:
+    return (u.txid, u.vout, u.satoshis, u.script, u.protocol, u.key_id, u.counterparty, u.origin, state, now)
+
+
+def _history_row(h: HistoryRecord, now: float) -> tuple[object, ...]:
+    return (
+        h.txid,
+        h.direction,
+        h.kind,
+        h.amount,
+        h.fee,
+        h.counterparty,
+        h.quote_id,
+        h.resource,
+        h.status,
+        h.detail,
+        h.receipt,
+        now,
+        now,
+    )
+
+
+def _job_row(job: NewJob, now: float) -> tuple[object, ...]:
+    return (job.txid, job.beef, job.kind, job.state, job.next_at, job.deadline, now, now)
+
+
 def insert_txs(conn: sqlite3.Connection, txs: Sequence[TxRecord], now: float) -> None:
     """Add transactions the wallet does not hold yet; a known one gains a merkle path it lacked."""
-    for tx in txs:
-        conn.execute(
-            "INSERT INTO wallet_txs (txid, raw, parents, merkle_path, block_height, state, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (txid) DO UPDATE SET "
-            "merkle_path = coalesce(wallet_txs.merkle_path, excluded.merkle_path), "
-            "block_height = coalesce(wallet_txs.block_height, excluded.block_height), "
-            "state = CASE WHEN excluded.merkle_path IS NOT NULL THEN 'proven' ELSE wallet_txs.state END",
-            (
-                tx.txid,
-                tx.raw,
-                " ".join(tx.parents),
-                tx.merkle_path,
-                tx.block_height,
-                "proven" if tx.merkle_path is not None else "unproven",
-                now,
-            ),
-        )
+    conn.executemany(_TX_UPSERT, [_tx_row(tx, now) for tx in txs])
 
 
 def insert_utxo(conn: sqlite3.Connection, utxo: UtxoRecord, now: float, *, state: str = "spendable") -> None:
-    conn.execute(
-        "INSERT INTO wallet_utxos (txid, vout, satoshis, script, protocol, key_id, counterparty, origin, "
-        "state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            utxo.txid,
-            utxo.vout,
-            utxo.satoshis,
-            utxo.script,
-            utxo.protocol,
-            utxo.key_id,
-            utxo.counterparty,
-            utxo.origin,
-            state,
-            now,
-        ),
-    )
+    conn.execute(_UTXO_INSERT, _utxo_row(utxo, state, now))
 
 
 def insert_history(conn: sqlite3.Connection, h: HistoryRecord, now: float) -> int:
-    cur = conn.execute(
-        "INSERT INTO wallet_history (txid, direction, kind, amount, fee, counterparty, quote_id, resource, "
-        "status, detail, receipt, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            h.txid,
-            h.direction,
-            h.kind,
-            h.amount,
-            h.fee,
-            h.counterparty,
-            h.quote_id,
-            h.resource,
-            h.status,
-            h.detail,
-            h.receipt,
-            now,
-            now,
-        ),
-    )
+    cur = conn.execute(_HISTORY_INSERT, _history_row(h, now))
     return int(cur.lastrowid or 0)
 
 
 def insert_job(conn: sqlite3.Connection, job: NewJob, now: float) -> None:
     """Queue ``job``; a transaction already queued keeps its job (the first one wins)."""
-    conn.execute(
-        "INSERT INTO settlement (txid, beef, kind, state, next_at, deadline, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (txid) DO NOTHING",
-        (job.txid, job.beef, job.kind, job.state, job.next_at, job.deadline, now, now),
-    )
+    conn.execute(_JOB_INSERT, _job_row(job, now))
+
+
+def insert_many(
+    conn: sqlite3.Connection,
+    *,
+    txs: Sequence[tuple[TxRecord, float]] = (),
+    utxos: Sequence[tuple[UtxoRecord, float]] = (),
+    histories: Sequence[tuple[HistoryRecord, float]] = (),
+    jobs: Sequence[tuple[NewJob, float]] = (),
+) -> None:
+    """What :func:`insert_txs`, :func:`insert_utxo` (spendable), :func:`insert_history` and :func:`insert_job`
+    do, for many ``(record, now)`` pairs, one statement per table (a batch of received payments)."""
+    conn.executemany(_TX_UPSERT, [_tx_row(tx, now) for tx, now in txs])
+    conn.executemany(_UTXO_INSERT, [_utxo_row(u, "spendable", now) for u, now in utxos])
+    conn.executemany(_HISTORY_INSERT, [_history_row(h, now) for h, now in histories])
+    conn.executemany(_JOB_INSERT, [_job_row(job, now) for job, now in jobs])
 
 
 def _utxo(row: sqlite3.Row) -> UtxoRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -15,7 +16,8 @@ import trio.testing
 from overlay_node.config import StoreSection
 from overlay_node.errors import StoreError
 from overlay_node.store import MIGRATIONS, KnownPeer, Migrations, open_store
-from overlay_node.store.wallet import DUE_HOLD_SQL, DUE_SQL, NEXT_DUE_SQL, NewJob
+from overlay_node.store.payments import IncomingRecord
+from overlay_node.store.wallet import DUE_HOLD_SQL, DUE_SQL, NEXT_DUE_SQL, HistoryRecord, NewJob, TxRecord, UtxoRecord
 
 CONFIG = StoreSection(busy_timeout=5.0, read_connections=4)
 LIMIT = 10  # seconds per test, on trio's clock
@@ -330,3 +332,56 @@ async def test_next_due_waits_for_the_job_that_holds_the_others_back(db_path: Pa
             assert [j.txid for j in later] == ["aa" * 32, "bb" * 32, "cc" * 32]
             # once the holder is due, the oldest due time is the answer
             assert await store.settlement.next_due(now + 30) == now - 5
+
+
+def _incoming(n: int, *, quote: str | None = None, spends: tuple[tuple[str, int], ...] | None = None) -> IncomingRecord:
+    """Payment number ``n``: its own quote, prefix, transaction and coin unless told otherwise."""
+    txid = f"{n:02x}" * 32
+    spent = spends if spends is not None else ((f"f{n:x}".rjust(64, "0"), 0),)
+    coin = UtxoRecord(
+        txid=txid, vout=0, satoshis=100, script=b"s", protocol="2-x", key_id="k", counterparty="c", origin="payment"
+    )
+    return IncomingRecord(
+        quote_id=quote or f"{n:032x}",
+        prefix=f"prefix{n}",
+        suffix="suffix",
+        payer="02" + "ab" * 32,
+        resource="stream:s",
+        price=100,
+        amount=100,
+        txid=txid,
+        receipt=b"r",
+        accepted_at=1_000.0 + n,
+        spends=spent,
+        txs=(TxRecord(txid=txid, raw=b"raw", parents=tuple(dict.fromkeys(t for t, _ in spent))),),
+        utxo=coin,
+        history=HistoryRecord(txid=txid, direction="in", kind="payment", amount=100),
+        job=NewJob(txid=txid, beef=b"beef", next_at=1_000.0),
+    )
+
+
+async def test_a_batch_of_payments_is_recorded_as_one_by_one_would(db_path: Path) -> None:
+    """Payments are recorded many per transaction (one insert per table): a replay or a double spend inside
+    the batch is refused as if the records had come one after another, and a record that breaks a constraint
+    no check covers sends the batch down the one-by-one path, where only that record is refused."""
+    first = _incoming(1)
+    batch = [
+        first,
+        _incoming(2, quote=first.quote_id),  # the same quote again
+        _incoming(3, spends=first.spends),  # another transaction spending the first one's input
+        _incoming(4),
+    ]
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG) as store:
+            outcomes = await store.payments.record(batch)
+            assert [o.result for o in outcomes] == ["recorded", "replayed", "double_spend", "recorded"]
+            assert outcomes[2].conflict == first.spends[0] and outcomes[2].other_txid == first.txid
+            assert (await store.payments.get(first.quote_id)) is not None
+            assert (await store.payments.get(batch[3].quote_id)) is not None
+            assert {j.txid for j in await store.settlement.due(2_000.0, limit=10)} == {first.txid, batch[3].txid}
+            # 5 pays us the coin 4 already gave us (a constraint, not a check): it alone is refused
+            clash = dataclasses.replace(_incoming(5), utxo=batch[3].utxo)
+            outcomes = await store.payments.record([_incoming(6), clash, _incoming(7)])
+            assert [o.result for o in outcomes] == ["recorded", "replayed", "recorded"]
+            assert (await store.payments.get(clash.quote_id)) is None
+            assert (await store.payments.get(_incoming(7).quote_id)) is not None
