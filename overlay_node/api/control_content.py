@@ -21,7 +21,8 @@ from starlette.routing import Route
 from overlay_node.api.common import guarded, read_json, require_str
 from overlay_node.crypto.uhrp import url_for_hash
 from overlay_node.errors import BadRequest, OverlayError
-from overlay_node.services.content import ContentService, Progress
+from overlay_node.services.content import ContentService
+from overlay_node.services.content_common import Progress
 from overlay_node.services.content_fetch import fetch
 
 __all__ = ["ContentTarget", "content_routes"]

@@ -21,7 +21,8 @@ from starlette.routing import Route
 
 from overlay_node.crypto.uhrp import parse_uhrp
 from overlay_node.errors import BadRequest, NotFound, OverlayError
-from overlay_node.services.content import ContentService, PaymentRequired
+from overlay_node.services.content import ContentService
+from overlay_node.services.content_common import PaymentRequired
 
 __all__ = ["gateway_routes", "parse_range"]
 

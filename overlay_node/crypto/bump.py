@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-__all__ = ["encode_path", "path_root", "sha256d", "varint_bytes"]
+__all__ = ["encode_path", "path_root", "sha256d", "varint_at", "varint_bytes"]
 
 _HASH = 0
 _DUPLICATE = 1
@@ -71,7 +71,7 @@ def encode_path(levels: Sequence[Sequence[bytes]], index: int, height: int) -> b
     return bytes(out)
 
 
-def _varint_at(data: bytes, pos: int) -> tuple[int, int]:
+def varint_at(data: bytes, pos: int) -> tuple[int, int]:
     """The VarInt at ``pos`` and the position after it (IndexError past the end)."""
     first = data[pos]
     if first < 0xFD:
@@ -86,19 +86,19 @@ def _read_levels(data: bytes) -> list[dict[int, bytes | None]]:
     """The leaves of a BUMP, level by level: offset -> hash (None: duplicate). Reads with plain indexing (a node
     checks the path of every transaction it pays or is paid with)."""
     n = len(data)
-    _, pos = _varint_at(data, 0)  # block height
+    _, pos = varint_at(data, 0)  # block height
     tree_height = data[pos]
     pos += 1
     if not 1 <= tree_height <= 64:
         raise ValueError(f"tree height {tree_height} is out of range")
     levels: list[dict[int, bytes | None]] = []
     for _ in range(tree_height):
-        count, pos = _varint_at(data, pos)
+        count, pos = varint_at(data, pos)
         if count > n:
             raise ValueError("more leaves than the path has bytes")
         level: dict[int, bytes | None] = {}
         for _ in range(count):
-            at, pos = _varint_at(data, pos)
+            at, pos = varint_at(data, pos)
             flags = data[pos]
             pos += 1
             if flags == _DUPLICATE:

@@ -73,7 +73,6 @@ from overlay_node.services.content_common import (
     REPLICATE,
     PaymentRequired,
     Progress,
-    StorageFull,
 )
 from overlay_node.services.content_common import hex_id as _hex_id
 from overlay_node.services.content_common import int_field as _int_field
@@ -89,23 +88,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# the peer-link method names, limits and errors live in content_common; they are re-exported here
-__all__ = [
-    "BAD",
-    "GRANT",
-    "HAS",
-    "MANIFEST",
-    "MAX_TAGS",
-    "MAX_TAG_LEN",
-    "MAX_TITLE",
-    "OFFER",
-    "READ",
-    "REPLICATE",
-    "ContentService",
-    "PaymentRequired",
-    "Progress",
-    "StorageFull",
-]
+# the peer-link method names, limits, errors and the progress type live in content_common
+__all__ = ["ContentService"]
 
 #: how long :meth:`ContentService.held_item` trusts a cached row, and how many rows it keeps
 _HELD_ROW_TTL: Final = 1.0

@@ -2,8 +2,8 @@
 the progress callback type and the content errors.
 
 It sits below :mod:`.content` and its helpers (:mod:`.content_place`, :mod:`.content_receive`,
-:mod:`.content_repair`), so that each of them can import it without importing the service; :mod:`.content`
-re-exports the public names.
+:mod:`.content_repair`), so that each of them can import it without importing the service. Callers import these
+names from here (the service module exports only the service).
 """
 
 from __future__ import annotations

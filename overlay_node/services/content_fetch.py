@@ -33,7 +33,8 @@ from overlay_node.errors import BadRequest, NotFound, OverlayError
 from overlay_node.protocol.content import ChunkPlan, ProviderRecord
 
 if TYPE_CHECKING:
-    from overlay_node.services.content import ContentService, Progress
+    from overlay_node.services.content import ContentService
+    from overlay_node.services.content_common import Progress
 
 __all__ = ["ContentUnavailable", "FetchResult", "fetch"]
 

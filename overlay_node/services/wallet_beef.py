@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from coincurve import PublicKey
 
-from overlay_node.crypto.bump import varint_bytes
+from overlay_node.crypto.bump import sha256d, varint_at, varint_bytes
 from overlay_node.crypto.keys import SECP256K1_N
-from overlay_node.crypto.sighash import SIGHASH_ALL_FORKID, bip143_digest, sha256d
+from overlay_node.crypto.sighash import SIGHASH_ALL_FORKID, bip143_digest
 from overlay_node.devnet.formats import (
     ATOMIC_BEEF,
     BEEF_V2,
@@ -242,16 +242,6 @@ def _is_p2pkh(script: bytes) -> bool:
     return len(script) == 25 and script[:3] == _P2PKH_HEAD and script[23:] == _P2PKH_TAIL
 
 
-def _varint(raw: bytes, pos: int) -> tuple[int, int]:
-    first = raw[pos]
-    if first < 0xFD:
-        return first, pos + 1
-    size = {0xFD: 2, 0xFE: 4, 0xFF: 8}[first]
-    if pos + 1 + size > len(raw):
-        raise IndexError("truncated varint")
-    return int.from_bytes(raw[pos + 1 : pos + 1 + size], "little"), pos + 1 + size
-
-
 def _low_s_der(der: bytes) -> bool:
     """A strict DER signature (BIP 66 shape) with S in the lower half of the order."""
     n = len(der)
@@ -289,14 +279,14 @@ def fast_check(raw: bytes, sources: Mapping[Outpoint, SourceOutput], policy: Pol
 def _fast_check(raw: bytes, sources: Mapping[Outpoint, SourceOutput], policy: Policy) -> int | None:
     if len(raw) > policy.max_tx_size:
         return None
-    n_in, pos = _varint(raw, 4)
+    n_in, pos = varint_at(raw, 4)
     if n_in == 0:
         return None
     inputs: list[tuple[bytes, bytes, bytes, SourceOutput]] = []  # (outpoint, unlocking, sequence, source)
     seen: set[bytes] = set()
     for _ in range(n_in):
         outpoint = raw[pos : pos + 36]
-        script_len, pos = _varint(raw, pos + 36)
+        script_len, pos = varint_at(raw, pos + 36)
         unlocking = raw[pos : pos + script_len]
         pos += script_len
         sequence = raw[pos : pos + 4]
@@ -309,14 +299,14 @@ def _fast_check(raw: bytes, sources: Mapping[Outpoint, SourceOutput], policy: Po
             return None
         inputs.append((outpoint, unlocking, sequence, source))
     outputs_at = pos
-    n_out, pos = _varint(raw, pos)
+    n_out, pos = varint_at(raw, pos)
     if n_out == 0:
         return None
     outputs_start = pos
     total_out = 0
     for _ in range(n_out):
         satoshis = int.from_bytes(raw[pos : pos + 8], "little")
-        script_len, pos = _varint(raw, pos + 8)
+        script_len, pos = varint_at(raw, pos + 8)
         script = raw[pos : pos + script_len]
         pos += script_len
         if len(script) != script_len or not _is_p2pkh(script) or not 1 <= satoshis <= MAX_SATOSHIS:

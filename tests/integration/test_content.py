@@ -15,7 +15,7 @@ from overlay_node.crypto.uhrp import url_for_hash
 from overlay_node.errors import BadRequest, OverlayError
 from overlay_node.node import Node
 from overlay_node.protocol.content import ReplicaState
-from overlay_node.services.content import OFFER, REPLICATE, PaymentRequired, StorageFull
+from overlay_node.services.content_common import OFFER, REPLICATE, PaymentRequired, StorageFull
 from overlay_node.services.content_fetch import ContentUnavailable, fetch
 from tests.conftest import NodeFactory
 
