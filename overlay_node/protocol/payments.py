@@ -15,6 +15,10 @@ Invariants (who signs what, and when a payment counts):
    its ancestors, output 0 pays the derived key at least the price) and **committed it durably**; only then
    does it sign a **receipt** (protocol ``(2, "overlay payment receipt")``, key id = quote id, counterparty
    ``anyone``) over the quote id, txid, amount, payer, payee, resource, price and time.
+5. A receipt may also carry ``next_quote``, the SHA-256 of the signing bytes of the quote the payee offers
+   for the next payment (a stream's next window). That quote travels **unsigned** beside the receipt: the
+   receipt's signature signs it, so a window costs the payee one signature, not two. Whoever holds both checks
+   the quote by its digest (:meth:`Receipt.signs_quote`).
 4. A prefix is used by at most one accepted payment: the payee keeps it unique in its store, so a replayed
    payment message is refused however it is timed.
 
@@ -28,6 +32,7 @@ import base64
 import hashlib
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -283,6 +288,14 @@ def _int(body: dict[str, Any], key: str, lo: int, hi: int) -> int:
     return value
 
 
+def _digest(body: dict[str, Any], key: str) -> bytes:
+    # optional: absent is empty
+    value = body.get(key, b"")
+    if not isinstance(value, bytes) or len(value) not in (0, 32):
+        raise BadRequest(f"{key!r} must be a 32-byte digest")
+    return value
+
+
 def _sig(body: dict[str, Any]) -> bytes:
     value = body.get("sig")
     if not isinstance(value, bytes) or not 8 <= len(value) <= 73:
@@ -328,7 +341,7 @@ class Quote:
     prefix: str
     created_ms: int
     expires_ms: int
-    sig: bytes = b""
+    sig: bytes = b""  # empty: unsigned, vouched for by the receipt that names its digest (invariant 5)
 
     def signing_bytes(self) -> bytes:
         """The canonical bytes the payee signs."""
@@ -357,8 +370,10 @@ class Quote:
         ttl_ms: int,
         quote_id: str | None = None,
         prefix: str | None = None,
+        signed: bool = True,
     ) -> Quote:
-        """A new quote signed by ``payee`` (fresh id and prefix unless given).
+        """A new quote signed by ``payee`` (fresh id and prefix unless given). ``signed=False``: without a
+        signature, for a quote that a receipt will sign by its digest (invariant 5).
 
         Raises:
             BadRequest: a field out of range.
@@ -373,12 +388,20 @@ class Quote:
             created_ms=now_ms,
             expires_ms=now_ms + ttl_ms,
         )
+        if not signed:
+            return unsigned
         sig = _sign_for_anyone(payee, QUOTE_PROTOCOL, unsigned.quote_id, unsigned.signing_bytes())
         return cls(**{**unsigned.as_fields(), "sig": sig})
 
     def verify(self) -> bool:
         """Whether ``sig`` is the payee's signature over this quote."""
-        return _verify_from(self.payee, QUOTE_PROTOCOL, self.quote_id, self.signing_bytes(), self.sig)
+        return bool(self.sig) and _verify_from(
+            self.payee, QUOTE_PROTOCOL, self.quote_id, self.signing_bytes(), self.sig
+        )
+
+    def digest(self) -> bytes:
+        """SHA-256 of the signing bytes: what a receipt names as its ``next_quote``."""
+        return hashlib.sha256(self.signing_bytes()).digest()
 
     def expired(self, now_ms: int) -> bool:
         return now_ms >= self.expires_ms
@@ -396,16 +419,20 @@ class Quote:
         }
 
     def to_wire(self) -> dict[str, Any]:
-        """The CBOR map sent over a peer link."""
-        return {**self.as_fields(), "sig": self.sig}
+        """The CBOR map sent over a peer link (no ``sig`` when unsigned)."""
+        fields = self.as_fields()
+        if self.sig:
+            fields["sig"] = self.sig
+        return fields
 
     def as_json(self) -> dict[str, Any]:
         """For the control API: the fields, the signature in hex."""
         return {**self.as_fields(), "sig": self.sig.hex()}
 
     @classmethod
-    def from_wire(cls, body: object) -> Quote:
-        """Parse a quote (signature not checked: call :meth:`verify`).
+    def from_wire(cls, body: object, *, signed: bool = True) -> Quote:
+        """Parse a quote (signature not checked: call :meth:`verify`). ``signed=False`` also takes a quote
+        without ``sig`` (one that comes with the receipt that signs it).
 
         Raises:
             BadRequest: a missing or malformed field.
@@ -421,7 +448,7 @@ class Quote:
             prefix=_nonce(body.get("prefix"), "derivation prefix"),
             created_ms=_int(body, "created_ms", 0, _MAX_MS),
             expires_ms=_int(body, "expires_ms", 0, _MAX_MS),
-            sig=_sig(body),
+            sig=b"" if not signed and body.get("sig") is None else _sig(body),
         )
 
 
@@ -440,9 +467,11 @@ class PaymentMessage:
     sender_identity_key: str
     transaction: bytes
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self, *, quote_by_id: bool = False) -> dict[str, Any]:
+        """The CBOR map; ``quote_by_id``: name the quote by ``quote_id`` instead of sending it back (to a
+        payee that keeps its open quotes, such as a stream's producer)."""
         return {
-            "quote": self.quote.to_wire(),
+            **({"quote_id": self.quote.quote_id} if quote_by_id else {"quote": self.quote.to_wire()}),
             "derivation_prefix": self.derivation_prefix,
             "derivation_suffix": self.derivation_suffix,
             "sender_identity_key": self.sender_identity_key,
@@ -450,11 +479,15 @@ class PaymentMessage:
         }
 
     @classmethod
-    def from_wire(cls, body: object, *, max_bytes: int) -> PaymentMessage:
-        """Parse a payment message.
+    def from_wire(
+        cls, body: object, *, max_bytes: int, quotes: Callable[[str], Quote | None] | None = None
+    ) -> PaymentMessage:
+        """Parse a payment message. ``quotes``: how the payee finds a quote it issued by its id, for a message
+        that names its quote by ``quote_id`` (without it, the message must carry the quote).
 
         Raises:
             BadRequest: a missing or malformed field, or a transaction larger than ``max_bytes``.
+            InvalidPayment: ``quote_id`` names no quote that ``quotes`` knows.
         """
         if not isinstance(body, dict):
             raise BadRequest("payment must be a map")
@@ -463,8 +496,16 @@ class PaymentMessage:
             raise BadRequest("'transaction' must be Atomic BEEF bytes")
         if len(tx) > max_bytes:
             raise BadRequest(f"payment transaction is {len(tx)} bytes, the limit is {max_bytes}")
+        if quotes is not None and "quote" not in body:
+            quote_id = _str(body, "quote_id", _QUOTE_ID, "quote id")
+            found = quotes(quote_id)
+            if found is None:
+                raise InvalidPayment(f"quote {quote_id} is not a quote of this node")
+            quote = found
+        else:
+            quote = Quote.from_wire(body.get("quote"))
         return cls(
-            quote=Quote.from_wire(body.get("quote")),
+            quote=quote,
             derivation_prefix=_nonce(body.get("derivation_prefix"), "derivation prefix"),
             derivation_suffix=_nonce(body.get("derivation_suffix"), "derivation suffix"),
             sender_identity_key=_key(body, "sender_identity_key"),
@@ -479,7 +520,8 @@ class PaymentMessage:
 class Receipt:
     """The payee's signed acknowledgement of a committed payment (see the module invariants).
 
-    ``amount`` is what output 0 pays (at least ``price``); ``paid_ms`` is when the payee committed it.
+    ``amount`` is what output 0 pays (at least ``price``); ``paid_ms`` is when the payee committed it;
+    ``next_quote`` (empty, or 32 bytes) the digest of the quote it offers for the next payment (invariant 5).
     """
 
     quote_id: str
@@ -490,10 +532,11 @@ class Receipt:
     amount: int
     txid: str
     paid_ms: int
+    next_quote: bytes = b""
     sig: bytes = b""
 
     def signing_bytes(self) -> bytes:
-        fields = [
+        fields: list[Any] = [
             _RECEIPT_TAG,
             self.quote_id,
             self.payee,
@@ -504,11 +547,16 @@ class Receipt:
             self.txid,
             self.paid_ms,
         ]
+        if self.next_quote:  # receipts without one keep the bytes they always had
+            fields.append(self.next_quote)
         return cbor2.dumps(fields, canonical=True)
 
     @classmethod
-    def issue(cls, payee: Identity, quote: Quote, *, txid: str, amount: int, paid_ms: int) -> Receipt:
-        """The receipt ``payee`` signs for a committed payment of ``quote`` by transaction ``txid``."""
+    def issue(
+        cls, payee: Identity, quote: Quote, *, txid: str, amount: int, paid_ms: int, next_quote: Quote | None = None
+    ) -> Receipt:
+        """The receipt ``payee`` signs for a committed payment of ``quote`` by transaction ``txid``; with
+        ``next_quote``, it signs that quote too (by its digest, invariant 5)."""
         unsigned = cls(
             quote_id=quote.quote_id,
             payee=payee.public_key_hex,
@@ -518,6 +566,7 @@ class Receipt:
             amount=amount,
             txid=txid,
             paid_ms=paid_ms,
+            next_quote=next_quote.digest() if next_quote is not None else b"",
         )
         sig = _sign_for_anyone(payee, RECEIPT_PROTOCOL, quote.quote_id, unsigned.signing_bytes())
         return cls(**{**unsigned.as_fields(), "sig": sig})
@@ -525,6 +574,16 @@ class Receipt:
     def verify(self) -> bool:
         """Whether ``sig`` is the payee's signature over this receipt (anyone can check it)."""
         return _verify_from(self.payee, RECEIPT_PROTOCOL, self.quote_id, self.signing_bytes(), self.sig)
+
+    def signs_quote(self, quote: Quote) -> bool:
+        """Whether this receipt names ``quote`` as the next one (check :meth:`verify` too): the same payee and
+        payer, and the digest of its signing bytes."""
+        return (
+            bool(self.next_quote)
+            and quote.payee == self.payee
+            and quote.payer == self.payer
+            and quote.digest() == self.next_quote
+        )
 
     def matches(self, quote: Quote, txid: str) -> bool:
         """Whether this receipt acknowledges ``quote`` paid by ``txid``."""
@@ -548,13 +607,17 @@ class Receipt:
             "amount": self.amount,
             "txid": self.txid,
             "paid_ms": self.paid_ms,
+            **({"next_quote": self.next_quote} if self.next_quote else {}),
         }
 
     def to_wire(self) -> dict[str, Any]:
         return {**self.as_fields(), "sig": self.sig}
 
     def as_json(self) -> dict[str, Any]:
-        return {**self.as_fields(), "sig": self.sig.hex()}
+        fields = self.as_fields()
+        if self.next_quote:
+            fields["next_quote"] = self.next_quote.hex()
+        return {**fields, "sig": self.sig.hex()}
 
     @classmethod
     def from_wire(cls, body: object) -> Receipt:
@@ -574,6 +637,7 @@ class Receipt:
             amount=check_amount(body.get("amount")),
             txid=_str(body, "txid", _TXID, "txid"),
             paid_ms=_int(body, "paid_ms", 0, _MAX_MS),
+            next_quote=_digest(body, "next_quote"),
             sig=_sig(body),
         )
 

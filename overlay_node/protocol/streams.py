@@ -510,18 +510,21 @@ class ConsumerCredit:
                 f"the stream costs {self.terms.rate} satoshis per unit, above --max-price {self.max_price}"
             )
 
-    def check_quote(self, quote: Quote, now_ms: int, *, signature: bool = True) -> Quote:
-        """Check a window quote from the producer. ``signature=False`` skips its signature check: for the quote
-        that comes with a receipt whose signature was checked, over the producer's authenticated link (every
-        frame MAC'd with the session keys), which already proves where it comes from; a window payment at W = 1
-        then costs the consumer one signature check instead of two.
+    def check_quote(self, quote: Quote, now_ms: int, *, receipt: Receipt | None = None) -> Quote:
+        """Check a window quote from the producer. ``receipt``: the checked receipt the quote came with, which
+        signs it by its digest (the quote then has no signature of its own: a window costs the producer one
+        signature and the consumer one check); a receipt that names no next quote leaves the quote to carry its
+        own signature.
 
         Raises:
             RemoteProtocolError: not signed by the producer, not for us, this stream or one window.
             PaymentError: the quoted price per unit is above ``max_price``.
         """
         problem = None
-        if signature and not quote.verify():
+        if receipt is not None and receipt.next_quote:
+            if not receipt.signs_quote(quote):
+                problem = "it is not the quote the receipt signs"
+        elif not quote.verify():
             problem = "it is not signed by the producer"
         elif quote.payee != self.terms.producer or quote.payer != self.me:
             problem = "it names another payee or payer"

@@ -151,8 +151,9 @@ class Payments:
             return check_amount(amount)
         return check_amount(await self._pricers[match](resource, payer, amount), "price")
 
-    def issue_quote(self, payer: str, resource: str, amount: int) -> Quote:
-        """Issue (sign and remember) a quote for ``payer`` to pay ``amount`` for ``resource``.
+    def issue_quote(self, payer: str, resource: str, amount: int, *, signed: bool = True) -> Quote:
+        """Issue (sign and remember) a quote for ``payer`` to pay ``amount`` for ``resource``. ``signed=False``:
+        unsigned, for the receipt of the payment before it to sign (pass it as that payment's ``next_quote``).
 
         Raises:
             BadRequest: a malformed payer key, resource or amount.
@@ -165,9 +166,15 @@ class Payments:
             amount=amount,
             now_ms=now_ms,
             ttl_ms=int(self._config.quote_ttl * 1000),
+            signed=signed,
         )
         self._issued.put(quote.quote_id, _Issued(quote))
         return quote
+
+    def issued(self, quote_id: str) -> Quote | None:
+        """A quote this node issued and still remembers (open or not)."""
+        entry: _Issued | None = self._issued.get(quote_id)
+        return entry.quote if entry is not None else None
 
     async def _serve_quote(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
         resource = check_resource(body.get("resource"))
@@ -202,9 +209,9 @@ class Payments:
             raise NotFound(f"no payment of quote {quote_id} by this peer (the quote is void now)")
         return {"receipt": Receipt.from_bytes(payment.receipt).to_wire(), "status": payment.status}
 
-    async def accept_payment(self, payer: str, message: PaymentMessage) -> Receipt:
+    async def accept_payment(self, payer: str, message: PaymentMessage, *, next_quote: Quote | None = None) -> Receipt:
         """Check a payment from ``payer`` (an authenticated identity key), record it durably with its
-        settlement job, and return the signed receipt.
+        settlement job, and return the signed receipt (which signs ``next_quote`` too when given).
 
         Checks, in order: the quote is ours, issued to ``payer``, unexpired and unused, and the message uses
         its prefix; the Atomic BEEF parses; every merkle path matches the chain; every unproven transaction
@@ -222,7 +229,7 @@ class Payments:
         entry.state = "inflight"
         entry.checked = checked = trio.Event()
         try:
-            receipt = await self._verify_and_record(payer, message)
+            receipt = await self._verify_and_record(payer, message, next_quote)
         except PaymentReplayed:
             entry.state = "used"  # the database knew better than our memory (a restart in between)
             self._refused.inc()
@@ -258,7 +265,7 @@ class Payments:
             raise PaymentReplayed(f"quote {quote.quote_id} is void: the payer asked for its receipt before paying")
         entry: _Issued | None = self._issued.get(quote.quote_id)
         if entry is not None:
-            if entry.quote != quote:
+            if entry.quote is not quote and entry.quote != quote:
                 raise InvalidPayment("the quote differs from the one issued")
             if entry.state != "open":
                 raise PaymentReplayed(f"quote {quote.quote_id} (prefix {quote.prefix}) was already paid")
@@ -272,7 +279,7 @@ class Payments:
             raise QuoteExpired(f"quote {quote.quote_id} expired: ask for a new one")
         return entry
 
-    async def _verify_and_record(self, payer: str, message: PaymentMessage) -> Receipt:
+    async def _verify_and_record(self, payer: str, message: PaymentMessage, next_quote: Quote | None) -> Receipt:
         quote = message.quote
         submission = parse_payment_beef(message.transaction, max_txs=self._config.max_beef_txs)
         heights = {t.block_height for t in submission.txs if t.block_height is not None}
@@ -288,7 +295,12 @@ class Payments:
         )
         now = wall_time()
         receipt = Receipt.issue(
-            self._identity, quote, txid=checked.txid, amount=checked.output_satoshis, paid_ms=int(now * 1000)
+            self._identity,
+            quote,
+            txid=checked.txid,
+            amount=checked.output_satoshis,
+            paid_ms=int(now * 1000),
+            next_quote=next_quote,
         )
         coin = self._wallet.payment_coin(
             txid=checked.txid,

@@ -483,11 +483,15 @@ class StreamProducer:
         sub.reason = ""
         sub.dirty = True
         now_ms = int(wall_time() * 1000)
+        # the answer's quotes are signed each: the unsigned ones that receipts signed are dropped (a consumer
+        # resuming takes the quotes of this answer)
+        price = sub.credit.window_price
         sub.quotes = {
-            q.quote_id: q for q in sub.quotes.values() if not q.expired(now_ms) and q.amount == sub.credit.window_price
+            q.quote_id: q for q in sub.quotes.values() if q.sig and not q.expired(now_ms) and q.amount == price
         }
         while len(sub.quotes) < ahead:
-            self._issue_quote(sub)
+            quote = self._new_quote(sub)
+            sub.quotes[quote.quote_id] = quote
         self._attach(sub, link)
         return {
             "terms": stream.terms.to_wire(),
@@ -541,8 +545,11 @@ class StreamProducer:
         return {"results": results, "credit": sub.credit.credit}
 
     async def _accept_window(self, link: PeerLink, stream: _Stream, sub: _Sub, wire: object) -> dict[str, Any]:
-        """Check and accept one window payment of ``sub``; its receipt and the next window's quote."""
-        message = PaymentMessage.from_wire(wire, max_bytes=self._max_payment)
+        """Check and accept one window payment of ``sub``; its receipt and the next window's quote (unsigned: the
+        receipt signs it by its digest). The payment may name its quote by id (``quote_id``) or bring it back."""
+        message = PaymentMessage.from_wire(
+            wire, max_bytes=self._max_payment, quotes=lambda qid: sub.quotes.get(qid) or self._payments.issued(qid)
+        )
         quote = message.quote
         try:
             if quote.resource != stream_resource(stream.terms.stream_id):
@@ -554,30 +561,31 @@ class StreamProducer:
             credit = sub.credit
             credit.check_payment(quote.amount)
             credit.pending += quote.amount
+            fresh = self._new_quote(sub, signed=False)
             try:
                 # shielded: a payment that gets recorded must also be credited, even if the link drops meanwhile
                 # (the consumer then collects its receipt with pay.receipt after resuming)
                 with trio.CancelScope(shield=True):
-                    receipt = await self._payments.accept_payment(link.peer_key, message)
+                    receipt = await self._payments.accept_payment(link.peer_key, message, next_quote=fresh)
             finally:
                 credit.pending -= quote.amount
         except OverlayError:
             self._m_payments.labels("producer", "refused").inc()
             raise
         del sub.quotes[quote.quote_id]
+        sub.quotes[fresh.quote_id] = fresh
         credit.on_paid(receipt.amount, trio.current_time())
         sub.dirty = True
         sub.wake.set()
         self._m_payments.labels("producer", "accepted").inc()
-        fresh = self._issue_quote(sub)
         return {"receipt": receipt.to_wire(), "quote": fresh.to_wire()}
 
-    def _issue_quote(self, sub: _Sub) -> Quote:
-        """A new window quote for ``sub`` (kept among its open quotes)."""
+    def _new_quote(self, sub: _Sub, *, signed: bool = True) -> Quote:
+        """A new window quote for ``sub`` (the caller keeps it among the open quotes when it is offered)."""
         terms = sub.stream.terms
-        quote = self._payments.issue_quote(sub.key, stream_resource(terms.stream_id), terms.window_price(sub.window))
-        sub.quotes[quote.quote_id] = quote
-        return quote
+        return self._payments.issue_quote(
+            sub.key, stream_resource(terms.stream_id), terms.window_price(sub.window), signed=signed
+        )
 
     async def _on_unsubscribe(self, link: PeerLink, body: dict[str, Any]) -> None:
         stream = self._streams.get(str(body.get("stream_id")))

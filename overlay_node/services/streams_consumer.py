@@ -499,7 +499,8 @@ class Subscription:
         written = [p for p, done in zip(batch, ok, strict=True) if done]
         if not written:
             return
-        body = {"stream_id": self.stream_id, "payments": [p.message.to_wire() for p in written]}
+        # the producer keeps its open quotes: each payment names its quote by id
+        body = {"stream_id": self.stream_id, "payments": [p.message.to_wire(quote_by_id=True) for p in written]}
         try:
             answer = await link.request("stream.pay", body)
             results = answer.get("results")
@@ -570,8 +571,8 @@ class Subscription:
         self.fees += prepared.fee
         self._consumer.m_payments.labels("consumer", "paid").inc()
         try:
-            fresh = Quote.from_wire(answer.get("quote"))
-            self.quotes.append(credit.check_quote(fresh, int(wall_time() * 1000), signature=False))
+            fresh = Quote.from_wire(answer.get("quote"), signed=False)  # the receipt signs it
+            self.quotes.append(credit.check_quote(fresh, int(wall_time() * 1000), receipt=receipt))
         except PaymentError as exc:
             raise _Finished("price_exceeded", exc) from None
         except BadRequest as exc:

@@ -237,9 +237,18 @@ async def test_bad_input_gets_clear_errors_and_no_credit(start_node: NodeFactory
             await link.request("stream.pay", {"stream_id": "s2", "payment": message.to_wire()})
         # the right one, then the same payment replayed
         answer = await link.request("stream.pay", {"stream_id": "s1", "payment": message.to_wire()})
-        assert Receipt.from_wire(answer["receipt"]).verify()
+        receipt = Receipt.from_wire(answer["receipt"])
+        # the next window's quote comes without a signature of its own: the receipt signs it
+        assert receipt.verify() and "sig" not in answer["quote"]
+        assert receipt.signs_quote(Quote.from_wire(answer["quote"], signed=False))
         with pytest.raises(PaymentReplayed):
             await link.request("stream.pay", {"stream_id": "s1", "payment": message.to_wire()})
+        # the same replayed naming its quote by id; and an id that names no quote of the producer
+        with pytest.raises(PaymentReplayed):
+            await link.request("stream.pay", {"stream_id": "s1", "payment": message.to_wire(quote_by_id=True)})
+        unknown = {**message.to_wire(quote_by_id=True), "quote_id": "00" * 16}
+        with pytest.raises(InvalidPayment, match="not a quote of this node"):
+            await link.request("stream.pay", {"stream_id": "s1", "payment": unknown})
         # a direct quote for a stream resource is refused (windows go through stream.pay)
         with pytest.raises(OverlayError, match=r"stream\.pay"):
             await consumer.payments.request_quote(producer.info.identity_key, stream_resource("s1"), 2)

@@ -149,6 +149,54 @@ def test_receipt_signature_binds_every_field() -> None:
         assert not dataclasses.replace(receipt, **change).verify()
 
 
+def test_a_receipt_signs_the_next_quote_by_its_digest() -> None:
+    paid, txid = _quote(), "ab" * 32
+    following = _quote(signed=False)
+    assert following.sig == b"" and "sig" not in following.to_wire() and not following.verify()
+    with pytest.raises(BadRequest, match="sig"):
+        Quote.from_wire(following.to_wire())  # a quote on its own must be signed
+    assert Quote.from_wire(cbor2.loads(cbor2.dumps(following.to_wire())), signed=False) == following
+    receipt = Receipt.issue(PAYEE, paid, txid=txid, amount=1_000, paid_ms=NOW_MS, next_quote=following)
+    again = Receipt.from_bytes(receipt.to_bytes())
+    assert again == receipt and again.verify() and again.signs_quote(following)
+    assert receipt.as_json()["next_quote"] == following.digest().hex()
+    # any change to the quote, or to the digest the receipt names, breaks the chain
+    for change in ({"amount": 2_000}, {"prefix": "AAAAAAAA"}, {"expires_ms": NOW_MS + 10**9}):
+        assert not receipt.signs_quote(dataclasses.replace(following, **change))
+    assert not dataclasses.replace(receipt, next_quote=_quote(signed=False).digest()).verify()
+    # a quote issued to another payer, even with the same fields otherwise, is not the one signed
+    assert not receipt.signs_quote(dataclasses.replace(following, payer=PAYEE.public_key_hex))
+    # a receipt without a next quote signs none, and keeps the signing bytes receipts always had
+    plain = Receipt.issue(PAYEE, paid, txid=txid, amount=1_000, paid_ms=NOW_MS)
+    assert not plain.signs_quote(following) and "next_quote" not in plain.to_wire()
+    assert cbor2.loads(plain.signing_bytes()) == cbor2.loads(receipt.signing_bytes())[:-1]
+    with pytest.raises(BadRequest, match="next_quote"):
+        Receipt.from_wire({**receipt.to_wire(), "next_quote": b"short"})
+
+
+def test_payment_message_names_its_quote_by_id_for_a_payee_that_keeps_its_quotes() -> None:
+    quote = _quote()
+    message = PaymentMessage(
+        quote=quote,
+        derivation_prefix=quote.prefix,
+        derivation_suffix="c3VmZml4",
+        sender_identity_key=PAYER.public_key_hex,
+        transaction=b"\x01" * 100,
+    )
+    wire = message.to_wire(quote_by_id=True)
+    assert "quote" not in wire and wire["quote_id"] == quote.quote_id
+    kept = {quote.quote_id: quote}
+    assert PaymentMessage.from_wire(wire, max_bytes=100, quotes=kept.get) == message
+    with pytest.raises(InvalidPayment, match="not a quote of this node"):
+        PaymentMessage.from_wire(wire, max_bytes=100, quotes=lambda _: None)
+    with pytest.raises(BadRequest, match="quote must be a map"):
+        PaymentMessage.from_wire(wire, max_bytes=100)  # a payee without quotes to look up needs the quote
+    with pytest.raises(BadRequest, match="quote id"):
+        PaymentMessage.from_wire({**wire, "quote_id": "zz"}, max_bytes=100, quotes=kept.get)
+    # the quote itself still works with a payee that keeps quotes
+    assert PaymentMessage.from_wire(message.to_wire(), max_bytes=100, quotes=lambda _: None) == message
+
+
 def test_payment_message_limits() -> None:
     message = PaymentMessage(
         quote=_quote(),

@@ -3,6 +3,8 @@ consumer's checks on batches, quotes and receipts."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -164,6 +166,27 @@ def test_forged_or_mismatched_receipts_and_quotes_grant_nothing() -> None:
         c.check_quote(quote(amount=40), NOW_MS)
     with pytest.raises(RemoteProtocolError, match="expired"):
         c.check_quote(q, NOW_MS + 61_000)
+    # the next window's quote comes unsigned, signed by the receipt it came with
+    following = Quote.issue(
+        PRODUCER,
+        payer=CONSUMER.public_key_hex,
+        resource="stream:s",
+        amount=20,
+        now_ms=NOW_MS,
+        ttl_ms=60_000,
+        signed=False,
+    )
+    with pytest.raises(RemoteProtocolError, match="not signed"):
+        c.check_quote(following, NOW_MS)
+    signing = Receipt.issue(PRODUCER, q, txid="ab" * 32, amount=20, paid_ms=NOW_MS, next_quote=following)
+    assert c.check_quote(following, NOW_MS, receipt=signing) == following
+    with pytest.raises(RemoteProtocolError, match="not the quote the receipt signs"):
+        c.check_quote(dataclasses.replace(following, prefix="AAAAAAAA"), NOW_MS, receipt=signing)
+    # a receipt that names no next quote: the quote must carry its own signature
+    plain = Receipt.issue(PRODUCER, q, txid="ab" * 32, amount=20, paid_ms=NOW_MS)
+    assert c.check_quote(q, NOW_MS, receipt=plain) == q
+    with pytest.raises(RemoteProtocolError, match="not signed"):
+        c.check_quote(following, NOW_MS, receipt=plain)
     dear = ConsumerCredit(terms=terms(rate=5), me=CONSUMER.public_key_hex, window=1, next_seq=0, max_price=4)
     with pytest.raises(PaymentError, match="above --max-price"):
         dear.check_price()
