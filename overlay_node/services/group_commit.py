@@ -23,14 +23,16 @@ import trio
 
 from overlay_node.errors import OverlayError
 
-__all__ = ["GroupCommit"]
+__all__ = ["GroupCommit", "Slot"]
 
 I = TypeVar("I")  # noqa: E741 - the item type
 O = TypeVar("O")  # noqa: E741 - the outcome type
 
 
 @dataclass(slots=True)
-class _Slot(Generic[I, O]):
+class Slot(Generic[I, O]):
+    """One item submitted: ``written`` with its ``outcome``, or the ``error`` its batch failed with."""
+
     item: I
     done: trio.Event = field(default_factory=trio.Event)
     outcome: O | None = None
@@ -57,7 +59,7 @@ class GroupCommit(Generic[I, O]):
         self._write = write
         self._on_written = on_written
         self._max_batch = max_batch
-        self._send, self._recv = trio.open_memory_channel[_Slot[I, O]](4 * max_batch)
+        self._send, self._recv = trio.open_memory_channel[Slot[I, O]](4 * max_batch)
         self._running = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -84,18 +86,32 @@ class GroupCommit(Generic[I, O]):
         Raises:
             OverlayError: the write failed (nothing of the batch was written).
         """
-        slot: _Slot[I, O] = _Slot(item)
-        if not self._running:
-            await self._write_batch([slot])
-        else:
-            await self._send.send(slot)
-            await slot.done.wait()
+        (slot,) = await self.submit_many([item])
         if slot.error is not None:
             raise slot.error
         assert slot.written
         return slot.outcome  # type: ignore[return-value]  # O itself may include None
 
-    async def _write_batch(self, batch: list[_Slot[I, O]]) -> None:
+    async def submit_many(self, items: Sequence[I]) -> list[Slot[I, O]]:
+        """Write ``items`` (in order, with whatever else is waiting; a batch may split them) and return their
+        slots once all are written or failed: each has its outcome, or the error of the write it was in.
+
+        Cancellation: once queued, the items are written even if the caller is cancelled.
+        """
+        slots: list[Slot[I, O]] = [Slot(item) for item in items]
+        if not self._running:
+            await self._write_batch(slots)
+            return slots
+        for slot in slots:
+            try:
+                self._send.send_nowait(slot)  # the writer is woken by the first; no yield per item
+            except trio.WouldBlock:
+                await self._send.send(slot)
+        for slot in slots:
+            await slot.done.wait()
+        return slots
+
+    async def _write_batch(self, batch: list[Slot[I, O]]) -> None:
         try:
             with trio.CancelScope(shield=True):
                 outcomes = await self._write([s.item for s in batch])

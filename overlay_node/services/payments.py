@@ -26,7 +26,7 @@ accepted payments waiting to be recorded are written together in one durable tra
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,6 +41,7 @@ from overlay_node.errors import (
     ConnectionLost,
     InvalidPayment,
     NotFound,
+    OverlayError,
     PaymentError,
     PaymentReplayed,
     PeerTimeout,
@@ -80,6 +81,28 @@ class _Issued:
     quote: Quote
     state: Literal["open", "inflight", "used", "void"] = "open"
     checked: trio.Event | None = None  # set when a payment being checked was accepted or refused
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A payment that passed every check but the database's: its receipt, record and the outputs it adds."""
+
+    receipt: Receipt
+    record: IncomingRecord
+    outputs: list[SourceOutput]
+
+
+def _refusal(checked: _Checked, outcome: RecordOutcome | None) -> OverlayError | None:
+    """The error for a payment the database refused to record (None: recorded)."""
+    assert outcome is not None
+    if outcome.result == "replayed":
+        quote_id, prefix = checked.record.quote_id, checked.record.prefix
+        return PaymentReplayed(f"quote {quote_id} (prefix {prefix}) was already paid")
+    if outcome.result == "double_spend":
+        assert outcome.conflict is not None
+        txid, vout = outcome.conflict
+        return InvalidPayment(f"double spend: output {txid}:{vout} was already spent by payment {outcome.other_txid}")
+    return None
 
 
 class Payments:
@@ -224,32 +247,69 @@ class Payments:
                 nothing was recorded and the quote stays open (except for a replay).
             StoreError: the database failed (nothing recorded).
         """
-        quote = message.quote
-        entry = self._check_quote(payer, message)
-        entry.state = "inflight"
-        entry.checked = checked = trio.Event()
+        (outcome,) = await self.accept_payments(payer, [(message, next_quote)])
+        if isinstance(outcome, OverlayError):
+            raise outcome
+        return outcome
+
+    async def accept_payments(
+        self, payer: str, items: Sequence[tuple[PaymentMessage, Quote | None]]
+    ) -> list[Receipt | OverlayError]:
+        """:meth:`accept_payment` for several payments of ``payer`` (each with its ``next_quote``): checked in
+        order, the accepted ones recorded together (one wait for the group commit, not one per payment). One
+        outcome each: the receipt, or the error that refused that payment."""
+        outcomes: list[Receipt | OverlayError] = []
+        ready: list[tuple[int, _Issued, _Checked]] = []
+        entry: _Issued | None = None
         try:
-            receipt = await self._verify_and_record(payer, message, next_quote)
-        except PaymentReplayed:
-            entry.state = "used"  # the database knew better than our memory (a restart in between)
-            self._refused.inc()
-            raise
+            for message, next_quote in items:
+                entry = None
+                try:
+                    entry = self._check_quote(payer, message)
+                    entry.state = "inflight"
+                    entry.checked = trio.Event()
+                    checked = await self._verify(payer, message, next_quote)
+                except OverlayError as exc:
+                    if entry is not None:
+                        self._settle(entry, "open")
+                    self._refused.inc()
+                    outcomes.append(exc)
+                    continue
+                ready.append((len(outcomes), entry, checked))
+                outcomes.append(checked.receipt)
+            entry = None
+            slots = await self._records.submit_many([(c.record, c.outputs) for _, _, c in ready])
         except BaseException:
-            entry.state = "open"  # a refused payment leaves the quote open for a correct one
-            self._refused.inc()
+            # cancelled (or a bug) before the outcomes were known: the quotes stay open for a correct payment
+            for _, waiting, _ in ready:
+                self._settle(waiting, "open")
+            if entry is not None:
+                self._settle(entry, "open")
             raise
-        finally:
-            checked.set()
-        entry.state = "used"
-        self._accepted.inc()
-        logger.debug(
-            "payment %s accepted from %s: %d satoshis for %s",
-            receipt.txid,
-            payer[:16],
-            receipt.amount,
-            quote.resource,
-        )
-        return receipt
+        for (i, waiting, checked), slot in zip(ready, slots, strict=True):
+            refusal = slot.error or _refusal(checked, slot.outcome)
+            if refusal is None:
+                self._settle(waiting, "used")
+                self._accepted.inc()
+                logger.debug(
+                    "payment %s accepted from %s: %d satoshis for %s",
+                    checked.receipt.txid,
+                    payer[:16],
+                    checked.receipt.amount,
+                    checked.receipt.resource,
+                )
+                continue
+            # a replay: the database knew better than our memory (a restart in between)
+            self._settle(waiting, "used" if isinstance(refusal, PaymentReplayed) else "open")
+            self._refused.inc()
+            outcomes[i] = refusal
+        return outcomes
+
+    @staticmethod
+    def _settle(entry: _Issued, state: Literal["open", "used"]) -> None:
+        entry.state = state
+        if entry.checked is not None:
+            entry.checked.set()
 
     def _check_quote(self, payer: str, message: PaymentMessage) -> _Issued:
         quote = message.quote
@@ -279,7 +339,8 @@ class Payments:
             raise QuoteExpired(f"quote {quote.quote_id} expired: ask for a new one")
         return entry
 
-    async def _verify_and_record(self, payer: str, message: PaymentMessage, next_quote: Quote | None) -> Receipt:
+    async def _verify(self, payer: str, message: PaymentMessage, next_quote: Quote | None) -> _Checked:
+        """Check a payment (all but what the database decides) and make its record and receipt."""
         quote = message.quote
         submission = parse_payment_beef(message.transaction, max_txs=self._config.max_beef_txs)
         heights = {t.block_height for t in submission.txs if t.block_height is not None}
@@ -338,16 +399,7 @@ class Payments:
             job=NewJob(txid=checked.txid, beef=message.transaction, next_at=now),
         )
         outputs = [SourceOutput(satoshis=o.satoshis, locking_script=o.script) for o in submission.subject.outputs]
-        outcome = await self._records.submit((record, outputs))
-        if outcome.result == "replayed":
-            raise PaymentReplayed(f"quote {quote.quote_id} (prefix {quote.prefix}) was already paid")
-        if outcome.result == "double_spend":
-            assert outcome.conflict is not None
-            txid, vout = outcome.conflict
-            raise InvalidPayment(
-                f"double spend: output {txid}:{vout} was already spent by payment {outcome.other_txid}"
-            )
-        return receipt
+        return _Checked(receipt, record, outputs)
 
     async def _write_records(self, items: list[tuple[IncomingRecord, list[SourceOutput]]]) -> list[RecordOutcome]:
         return await self._store.payments.record([record for record, _ in items])

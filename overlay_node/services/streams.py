@@ -37,6 +37,7 @@ import json
 import logging
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -81,6 +82,9 @@ from overlay_node.store.streams import StreamRow, SubRow
 __all__ = ["StreamProducer", "stream_metrics"]
 
 logger = logging.getLogger(__name__)
+
+#: what became of one window payment: its receipt and the next quote (wire maps), or the error that refused it
+_Outcome = dict[str, Any] | OverlayError
 
 #: sequence numbers reserved durably ahead of a stream's head (invariant 6)
 _SEQ_BLOCK = 10_000
@@ -524,61 +528,76 @@ class StreamProducer:
         if sub is None or sub.link is not link:
             raise NotFound(f"no subscription to {stream.terms.stream_id!r} on this link: subscribe first")
         batch = body.get("payments")
-        if batch is None:
-            answer = await self._accept_window(link, stream, sub, body.get("payment"))
-            return {**answer, "credit": sub.credit.credit}
-        if not isinstance(batch, list) or not 1 <= len(batch) <= sub.credit.ahead:
+        if batch is not None and (not isinstance(batch, list) or not 1 <= len(batch) <= sub.credit.ahead):
             raise BadRequest(f"'payments' must be a list of 1-{sub.credit.ahead} payments")
-        results: list[dict[str, Any]] = [{} for _ in batch]
+        # shielded: a payment that gets recorded must also be credited, even if the link drops meanwhile (the
+        # consumer then collects its receipt with pay.receipt after resuming)
+        with trio.CancelScope(shield=True):
+            results = await self._accept_windows(link, stream, sub, [body.get("payment")] if batch is None else batch)
+        if batch is None:
+            (result,) = results
+            if isinstance(result, OverlayError):
+                raise result
+            return {**result, "credit": sub.credit.credit}
+        answers = [
+            {"error": {"code": r.code, "message": str(r)}} if isinstance(r, OverlayError) else r for r in results
+        ]
+        return {"results": answers, "credit": sub.credit.credit}
 
-        async def one(i: int, wire: object) -> None:
+    async def _accept_windows(
+        self, link: PeerLink, stream: _Stream, sub: _Sub, wires: Sequence[object]
+    ) -> Sequence[_Outcome]:
+        """Check and accept window payments of ``sub``, in order (the credit bound counts them in order); one
+        outcome each: its receipt and the next window's quote (unsigned: the receipt signs it by its digest), or
+        the error that refused it. A payment may name its quote by id (``quote_id``) or bring it back."""
+        credit = sub.credit
+        refused = self._m_payments.labels("producer", "refused")
+        results: list[_Outcome] = []
+        taken: list[tuple[int, PaymentMessage, Quote]] = []  # (position, payment, the quote that follows it)
+        for wire in wires:
             try:
-                results[i] = await self._accept_window(link, stream, sub, wire)
+                message = self._window_payment(stream, sub, wire)
             except OverlayError as exc:
-                results[i] = {"error": {"code": exc.code, "message": str(exc)}}
+                refused.inc()
+                results.append(exc)
+                continue
+            credit.pending += message.quote.amount
+            taken.append((len(results), message, self._new_quote(sub, signed=False)))
+            results.append({})
+        try:
+            outcomes = await self._payments.accept_payments(link.peer_key, [(m, fresh) for _, m, fresh in taken])
+        finally:
+            credit.pending -= sum(m.quote.amount for _, m, _ in taken)
+        now = trio.current_time()
+        accepted = self._m_payments.labels("producer", "accepted")
+        for (i, message, fresh), outcome in zip(taken, outcomes, strict=True):
+            if isinstance(outcome, OverlayError):
+                refused.inc()
+                results[i] = outcome
+                continue
+            sub.quotes.pop(message.quote.quote_id, None)
+            sub.quotes[fresh.quote_id] = fresh
+            credit.on_paid(outcome.amount, now)
+            sub.dirty = True
+            sub.wake.set()
+            accepted.inc()
+            results[i] = {"receipt": outcome.to_wire(), "quote": fresh.to_wire()}
+        return results
 
-        async with trio.open_nursery() as nursery:
-            for i, wire in enumerate(batch):
-                # started in order, so the credit bound counts them in order
-                nursery.start_soon(one, i, wire)
-                await trio.lowlevel.checkpoint()
-        return {"results": results, "credit": sub.credit.credit}
-
-    async def _accept_window(self, link: PeerLink, stream: _Stream, sub: _Sub, wire: object) -> dict[str, Any]:
-        """Check and accept one window payment of ``sub``; its receipt and the next window's quote (unsigned: the
-        receipt signs it by its digest). The payment may name its quote by id (``quote_id``) or bring it back."""
+    def _window_payment(self, stream: _Stream, sub: _Sub, wire: object) -> PaymentMessage:
+        """Parse a window payment and check it answers an open quote of ``sub`` within the credit bound."""
         message = PaymentMessage.from_wire(
             wire, max_bytes=self._max_payment, quotes=lambda qid: sub.quotes.get(qid) or self._payments.issued(qid)
         )
         quote = message.quote
-        try:
-            if quote.resource != stream_resource(stream.terms.stream_id):
-                raise InvalidPayment(f"the payment is for {quote.resource!r}, not stream {stream.terms.stream_id!r}")
-            if quote.quote_id not in sub.quotes:
-                if quote.payee == self._me:
-                    raise PaymentReplayed(f"quote {quote.quote_id} is not an open window quote of this subscription")
-                raise InvalidPayment("the payment does not answer this subscription's window quotes")
-            credit = sub.credit
-            credit.check_payment(quote.amount)
-            credit.pending += quote.amount
-            fresh = self._new_quote(sub, signed=False)
-            try:
-                # shielded: a payment that gets recorded must also be credited, even if the link drops meanwhile
-                # (the consumer then collects its receipt with pay.receipt after resuming)
-                with trio.CancelScope(shield=True):
-                    receipt = await self._payments.accept_payment(link.peer_key, message, next_quote=fresh)
-            finally:
-                credit.pending -= quote.amount
-        except OverlayError:
-            self._m_payments.labels("producer", "refused").inc()
-            raise
-        del sub.quotes[quote.quote_id]
-        sub.quotes[fresh.quote_id] = fresh
-        credit.on_paid(receipt.amount, trio.current_time())
-        sub.dirty = True
-        sub.wake.set()
-        self._m_payments.labels("producer", "accepted").inc()
-        return {"receipt": receipt.to_wire(), "quote": fresh.to_wire()}
+        if quote.resource != stream_resource(stream.terms.stream_id):
+            raise InvalidPayment(f"the payment is for {quote.resource!r}, not stream {stream.terms.stream_id!r}")
+        if quote.quote_id not in sub.quotes:
+            if quote.payee == self._me:
+                raise PaymentReplayed(f"quote {quote.quote_id} is not an open window quote of this subscription")
+            raise InvalidPayment("the payment does not answer this subscription's window quotes")
+        sub.credit.check_payment(quote.amount)
+        return message
 
     def _new_quote(self, sub: _Sub, *, signed: bool = True) -> Quote:
         """A new window quote for ``sub`` (the caller keeps it among the open quotes when it is offered)."""

@@ -89,3 +89,25 @@ async def test_without_its_task_an_item_is_written_alone() -> None:
         writer.fail = True
         await group.submit(5)
     assert writer.batches == [[4]]
+
+
+async def test_submit_many_waits_for_its_items_across_batches_each_with_its_own_outcome() -> None:
+    batches: list[list[int]] = []
+
+    async def write(items: list[int]) -> list[int]:
+        await trio.lowlevel.checkpoint()
+        if 3 in items:
+            raise StoreError("disk full")
+        batches.append(list(items))
+        return [i * 10 for i in items]
+
+    group: GroupCommit[int, int] = GroupCommit(write, max_batch=2)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(group.run)
+            slots = await group.submit_many([1, 2, 3, 4, 5])
+            nursery.cancel_scope.cancel()
+    # queued at once, written max_batch at a time, in order; the batch that failed fails only its own items
+    assert batches == [[1, 2], [5]]
+    assert [s.item for s in slots] == [1, 2, 3, 4, 5]
+    assert [s.outcome if s.written else str(s.error) for s in slots] == [10, 20, "disk full", "disk full", 50]
