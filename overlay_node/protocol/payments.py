@@ -60,6 +60,7 @@ __all__ = [
     "Receipt",
     "brc29_invoice",
     "check_amount",
+    "check_key_id",
     "check_payment_output",
     "check_resource",
     "child_secret",
@@ -99,6 +100,10 @@ _ANYONE = Identity.from_private_bytes((1).to_bytes(32, "big"))
 #: parsed public keys by their 33 bytes (payers and payees come back again and again)
 _PUBKEYS: dict[bytes, PublicKey] = {}
 _PUBKEY_CACHE = 4096
+#: BRC-3 child keys by (our public key, invoice) and signers' derived public keys by (signer, invoice)
+_SECRETS: dict[tuple[bytes, str], bytes] = {}
+_SIGNERS: dict[tuple[str, str], PublicKey] = {}
+_KEY_CACHE = 1024
 
 
 # -- BRC-42 on the hot path ----------------------------------------------------------------------------------
@@ -174,20 +179,36 @@ def _invoice(protocol: ProtocolID, key_id: str) -> str:
     return f"{protocol[0]}-{protocol[1]}-{key_id}"
 
 
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _KEY_CACHE:
+        cache.clear()
+    cache[key] = value
+
+
 def _sign_for_anyone(identity: Identity, protocol: ProtocolID, key_id: str, data: bytes) -> bytes:
-    """A BRC-3 signature (counterparty ``anyone``): DER ECDSA over SHA-256(data) with our child key."""
-    secret = child_secret(identity, ANYONE_PUBLIC_KEY, _invoice(protocol, key_id))
+    """A BRC-3 signature (counterparty ``anyone``): DER ECDSA over SHA-256(data) with our child key (remembered
+    per key id: a stream's receipts all use one)."""
+    invoice = _invoice(protocol, key_id)
+    secret = _SECRETS.get((identity.public_key, invoice))
+    if secret is None:
+        secret = child_secret(identity, ANYONE_PUBLIC_KEY, invoice)
+        _remember(_SECRETS, (identity.public_key, invoice), secret)
     return sign_digest(secret, hashlib.sha256(data).digest())
 
 
 def _verify_from(signer: str, protocol: ProtocolID, key_id: str, data: bytes, sig: bytes) -> bool:
-    """Check a BRC-3 ``anyone`` signature made by ``signer`` (hex public key)."""
-    try:
-        raw = _raw_key(signer)
-        tweak = brc42_tweak(_ANYONE.shared_secret(raw), _invoice(protocol, key_id))
-        pub = _pub(raw).add(tweak)
-    except (BadRequest, ValueError):
-        return False
+    """Check a BRC-3 ``anyone`` signature made by ``signer`` (hex public key; the derived key is remembered per
+    signer and key id)."""
+    invoice = _invoice(protocol, key_id)
+    pub = _SIGNERS.get((signer, invoice))
+    if pub is None:
+        try:
+            raw = _raw_key(signer)
+            tweak = brc42_tweak(_ANYONE.shared_secret(raw), invoice)
+            pub = _pub(raw).add(tweak)
+        except (BadRequest, ValueError):
+            return False
+        _remember(_SIGNERS, (signer, invoice), pub)
     return ecdsa_verify_digest(pub, sig, hashlib.sha256(data).digest())
 
 
@@ -309,9 +330,22 @@ def check_resource(resource: object) -> str:
     Raises:
         BadRequest: otherwise.
     """
-    if not isinstance(resource, str) or not 1 <= len(resource) <= _MAX_RESOURCE or _CONTROL.search(resource):
-        raise BadRequest(f"resource must be 1-{_MAX_RESOURCE} printable characters")
-    return resource
+    return _printable(resource, "resource")
+
+
+def check_key_id(key_id: object) -> str:
+    """A BRC-3 key id we sign with: the rule of a resource id (BRC-43 allows up to 800 characters).
+
+    Raises:
+        BadRequest: otherwise.
+    """
+    return _printable(key_id, "key id")
+
+
+def _printable(value: object, what: str) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= _MAX_RESOURCE or _CONTROL.search(value):
+        raise BadRequest(f"{what} must be 1-{_MAX_RESOURCE} printable characters")
+    return value
 
 
 def check_amount(amount: object, what: str = "amount") -> int:
@@ -521,7 +555,9 @@ class Receipt:
     """The payee's signed acknowledgement of a committed payment (see the module invariants).
 
     ``amount`` is what output 0 pays (at least ``price``); ``paid_ms`` is when the payee committed it;
-    ``next_quote`` (empty, or 32 bytes) the digest of the quote it offers for the next payment (invariant 5).
+    ``next_quote`` (empty, or 32 bytes) the digest of the quote it offers for the next payment (invariant 5);
+    ``key_id`` the BRC-3 key id of the signature when it is not the quote id (a stream's producer signs all its
+    receipts with one key, the stream's resource id, so that a subscriber derives that key once, not per receipt).
     """
 
     quote_id: str
@@ -533,6 +569,7 @@ class Receipt:
     txid: str
     paid_ms: int
     next_quote: bytes = b""
+    key_id: str = ""
     sig: bytes = b""
 
     def signing_bytes(self) -> bytes:
@@ -553,10 +590,19 @@ class Receipt:
 
     @classmethod
     def issue(
-        cls, payee: Identity, quote: Quote, *, txid: str, amount: int, paid_ms: int, next_quote: Quote | None = None
+        cls,
+        payee: Identity,
+        quote: Quote,
+        *,
+        txid: str,
+        amount: int,
+        paid_ms: int,
+        next_quote: Quote | None = None,
+        key_id: str = "",
     ) -> Receipt:
         """The receipt ``payee`` signs for a committed payment of ``quote`` by transaction ``txid``; with
-        ``next_quote``, it signs that quote too (by its digest, invariant 5)."""
+        ``next_quote``, it signs that quote too (by its digest, invariant 5); with ``key_id``, with that BRC-3
+        key id instead of the quote id."""
         unsigned = cls(
             quote_id=quote.quote_id,
             payee=payee.public_key_hex,
@@ -567,13 +613,19 @@ class Receipt:
             txid=txid,
             paid_ms=paid_ms,
             next_quote=next_quote.digest() if next_quote is not None else b"",
+            key_id=check_key_id(key_id) if key_id else "",
         )
-        sig = _sign_for_anyone(payee, RECEIPT_PROTOCOL, quote.quote_id, unsigned.signing_bytes())
+        sig = _sign_for_anyone(payee, RECEIPT_PROTOCOL, unsigned.signing_key_id, unsigned.signing_bytes())
         return cls(**{**unsigned.as_fields(), "sig": sig})
+
+    @property
+    def signing_key_id(self) -> str:
+        """The BRC-3 key id the payee signs with: ``key_id``, else the quote id."""
+        return self.key_id or self.quote_id
 
     def verify(self) -> bool:
         """Whether ``sig`` is the payee's signature over this receipt (anyone can check it)."""
-        return _verify_from(self.payee, RECEIPT_PROTOCOL, self.quote_id, self.signing_bytes(), self.sig)
+        return _verify_from(self.payee, RECEIPT_PROTOCOL, self.signing_key_id, self.signing_bytes(), self.sig)
 
     def signs_quote(self, quote: Quote) -> bool:
         """Whether this receipt names ``quote`` as the next one (check :meth:`verify` too): the same payee and
@@ -608,6 +660,7 @@ class Receipt:
             "txid": self.txid,
             "paid_ms": self.paid_ms,
             **({"next_quote": self.next_quote} if self.next_quote else {}),
+            **({"key_id": self.key_id} if self.key_id else {}),
         }
 
     def to_wire(self) -> dict[str, Any]:
@@ -638,6 +691,7 @@ class Receipt:
             txid=_str(body, "txid", _TXID, "txid"),
             paid_ms=_int(body, "paid_ms", 0, _MAX_MS),
             next_quote=_digest(body, "next_quote"),
+            key_id=check_key_id(body["key_id"]) if "key_id" in body else "",
             sig=_sig(body),
         )
 

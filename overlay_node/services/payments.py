@@ -253,11 +253,12 @@ class Payments:
         return outcome
 
     async def accept_payments(
-        self, payer: str, items: Sequence[tuple[PaymentMessage, Quote | None]]
+        self, payer: str, items: Sequence[tuple[PaymentMessage, Quote | None]], *, key_id: str = ""
     ) -> list[Receipt | OverlayError]:
         """:meth:`accept_payment` for several payments of ``payer`` (each with its ``next_quote``): checked in
         order, the accepted ones recorded together (one wait for the group commit, not one per payment). One
-        outcome each: the receipt, or the error that refused that payment."""
+        outcome each: the receipt, or the error that refused that payment. ``key_id``: the BRC-3 key id the
+        receipts are signed with (default: each its quote id)."""
         outcomes: list[Receipt | OverlayError] = []
         ready: list[tuple[int, _Issued, _Checked]] = []
         entry: _Issued | None = None
@@ -268,7 +269,7 @@ class Payments:
                     entry = self._check_quote(payer, message)
                     entry.state = "inflight"
                     entry.checked = trio.Event()
-                    checked = await self._verify(payer, message, next_quote)
+                    checked = await self._verify(payer, message, next_quote, key_id)
                 except OverlayError as exc:
                     if entry is not None:
                         self._settle(entry, "open")
@@ -339,7 +340,7 @@ class Payments:
             raise QuoteExpired(f"quote {quote.quote_id} expired: ask for a new one")
         return entry
 
-    async def _verify(self, payer: str, message: PaymentMessage, next_quote: Quote | None) -> _Checked:
+    async def _verify(self, payer: str, message: PaymentMessage, next_quote: Quote | None, key_id: str) -> _Checked:
         """Check a payment (all but what the database decides) and make its record and receipt."""
         quote = message.quote
         submission = parse_payment_beef(message.transaction, max_txs=self._config.max_beef_txs)
@@ -362,6 +363,7 @@ class Payments:
             amount=checked.output_satoshis,
             paid_ms=int(now * 1000),
             next_quote=next_quote,
+            key_id=key_id,
         )
         coin = self._wallet.payment_coin(
             txid=checked.txid,

@@ -565,7 +565,10 @@ class StreamProducer:
             taken.append((len(results), message, self._new_quote(sub, signed=False)))
             results.append({})
         try:
-            outcomes = await self._payments.accept_payments(link.peer_key, [(m, fresh) for _, m, fresh in taken])
+            # one signing key for the stream's receipts: a subscriber derives it once
+            outcomes = await self._payments.accept_payments(
+                link.peer_key, [(m, fresh) for _, m, fresh in taken], key_id=stream_resource(stream.terms.stream_id)
+            )
         finally:
             credit.pending -= sum(m.quote.amount for _, m, _ in taken)
         now = trio.current_time()

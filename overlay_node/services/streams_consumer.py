@@ -482,21 +482,15 @@ class Subscription:
         credit = self.credit
         assert credit is not None
         consumer = self._consumer
-        ok = [False] * len(batch)
-
-        async def write_ahead(i: int, payment: _Payment) -> None:
-            try:
-                await consumer.wallet.begin(payment.prepared, payment.history)
-                ok[i] = True
-            except OverlayError as exc:
-                credit.payment_failed()
-                self.quotes.appendleft(payment.quote)
-                self._fail(exc)
-
-        async with trio.open_nursery() as nursery:
-            for i, payment in enumerate(batch):
-                nursery.start_soon(write_ahead, i, payment)
-        written = [p for p, done in zip(batch, ok, strict=True) if done]
+        errors = await consumer.wallet.begin_many([(p.prepared, p.history) for p in batch])
+        written = []
+        for payment, error in zip(batch, errors, strict=True):
+            if error is None:
+                written.append(payment)
+                continue
+            credit.payment_failed()
+            self.quotes.appendleft(payment.quote)
+            self._fail(error)
         if not written:
             return
         # the producer keeps its open quotes: each payment names its quote by id

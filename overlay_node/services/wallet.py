@@ -430,8 +430,33 @@ class Wallet:
 
         Raises:
             Conflict: a coin is no longer spendable (the reservation is released).
+            StoreError: the database failed (the reservation is released).
         """
+        (error,) = await self.begin_many([(prepared, history)])
+        if error is not None:
+            raise error
+
+    async def begin_many(self, payments: Sequence[tuple[PreparedTx, HistoryRecord]]) -> list[OverlayError | None]:
+        """:meth:`begin` for several payments at once (one wait for the group commit); one outcome each: None
+        (written), or the Conflict or StoreError that stopped it (its reservation released)."""
         now = wall_time()
+        outs = [self._outgoing(prepared, history, now) for prepared, history in payments]
+        try:
+            with trio.CancelScope(shield=True):
+                slots = await self._ahead.submit_many(outs)
+        except BaseException:
+            for prepared, _ in payments:
+                self.release(prepared)
+            raise
+        errors: list[OverlayError | None] = []
+        for (prepared, _), slot in zip(payments, slots, strict=True):
+            error = slot.error or slot.outcome
+            if error is not None:
+                self.release(prepared)
+            errors.append(error)
+        return errors
+
+    def _outgoing(self, prepared: PreparedTx, history: HistoryRecord, now: float) -> Outgoing:
         job = NewJob(
             txid=prepared.txid,
             beef=prepared.settle_beef,
@@ -439,7 +464,7 @@ class Wallet:
             next_at=now + self._config.settle_poll_interval,
             deadline=now + self._config.unanswered_timeout,
         )
-        out = Outgoing(
+        return Outgoing(
             txid=prepared.txid,
             spends=tuple(c.outpoint for c in prepared.spends),
             txs=(prepared.record,),
@@ -448,14 +473,6 @@ class Wallet:
             job=job,
             change_state="pending",
         )
-        try:
-            with trio.CancelScope(shield=True):
-                conflict = await self._ahead.submit(out)
-            if conflict is not None:
-                raise conflict
-        except BaseException:
-            self.release(prepared)
-            raise
 
     def sent(self, prepared: PreparedTx, receipt: bytes | None, *, detail: str = "") -> None:
         """The payee took a payment written with :meth:`begin`: its change is ours to spend now and its job

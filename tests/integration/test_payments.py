@@ -25,6 +25,7 @@ from overlay_node.crypto.keys import Identity
 from overlay_node.crypto.sighash import P2pkhSpend, outpoint_bytes, sign_p2pkh
 from overlay_node.devnet import DevnetInfo, DevnetSettings, run_devnet
 from overlay_node.errors import (
+    Conflict,
     InsufficientPayment,
     InvalidPayment,
     NotFound,
@@ -36,7 +37,7 @@ from overlay_node.protocol.payments import PaymentMessage, Receipt, payer_lockin
 from overlay_node.services.arc import ArcOutcome, DevnetClient
 from overlay_node.services.payments import Payments
 from overlay_node.services.settlement import Settlement
-from overlay_node.services.wallet import Wallet
+from overlay_node.services.wallet import PreparedTx, Wallet
 from overlay_node.services.wallet_beef import atomic_beef, beef_entries
 from overlay_node.services.wallet_build import build_transaction
 from overlay_node.store.db import Store, open_store
@@ -523,3 +524,31 @@ async def test_payer_crash_after_the_payee_took_the_payment_loses_nothing(
         assert a2.wallet.balance().satoshis == 10_000 - 1_500 - prepared.fee
         latest = (await a2.wallet.history())[0]
         assert (latest.direction, latest.status) == ("out", "unconfirmed")
+
+
+async def test_payments_written_ahead_together_get_an_outcome_each(
+    tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory
+) -> None:
+    """A stream's payer writes a batch of payments ahead in one group commit: one whose coin was spent by an
+    earlier one of the batch is refused alone (its reservation released), the others are written."""
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        a = await start_paynode(nursery, tmp_path, "a", devnet.url)
+        b = await start_paynode(nursery, tmp_path, "b", devnet.url)
+        await link(a, b)
+        await a.fund(10_000)
+        q1 = await a.payments.request_quote(b.key, "file:one", 1_000)
+        q2 = await a.payments.request_quote(b.key, "file:two", 1_000)
+        _, first = await a.payments.prepare_payment(q1)
+        a.wallet.release(first)  # a reservation forgotten: the next payment takes the same coin
+        _, second = await a.payments.prepare_payment(q2)
+        assert [c.outpoint for c in first.spends] == [c.outpoint for c in second.spends]
+
+        def history(prepared: PreparedTx) -> HistoryRecord:
+            return HistoryRecord(txid=prepared.txid, direction="out", kind="payment", amount=1_000)
+
+        errors = await a.wallet.begin_many([(first, history(first)), (second, history(second))])
+        assert errors[0] is None and isinstance(errors[1], Conflict)
+        assert "no longer spendable" in str(errors[1])
+        written = {entry.txid for entry in await a.wallet.history()}
+        assert first.txid in written and second.txid not in written

@@ -240,6 +240,7 @@ async def test_bad_input_gets_clear_errors_and_no_credit(start_node: NodeFactory
         receipt = Receipt.from_wire(answer["receipt"])
         # the next window's quote comes without a signature of its own: the receipt signs it
         assert receipt.verify() and "sig" not in answer["quote"]
+        assert receipt.key_id == stream_resource("s1")  # one signing key for the stream's receipts
         assert receipt.signs_quote(Quote.from_wire(answer["quote"], signed=False))
         with pytest.raises(PaymentReplayed):
             await link.request("stream.pay", {"stream_id": "s1", "payment": message.to_wire()})

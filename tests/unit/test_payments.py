@@ -174,6 +174,23 @@ def test_a_receipt_signs_the_next_quote_by_its_digest() -> None:
         Receipt.from_wire({**receipt.to_wire(), "next_quote": b"short"})
 
 
+def test_a_receipt_may_be_signed_with_a_key_id_of_its_own() -> None:
+    quote, txid = _quote(), "ab" * 32
+    receipt = Receipt.issue(PAYEE, quote, txid=txid, amount=1_000, paid_ms=NOW_MS, key_id="stream:news")
+    assert receipt.signing_key_id == "stream:news" and receipt.to_wire()["key_id"] == "stream:news"
+    again = Receipt.from_bytes(receipt.to_bytes())
+    assert again == receipt and again.verify()
+    # the key id selects the signing key: another one (or none: the quote id) does not verify
+    assert not dataclasses.replace(receipt, key_id="stream:other").verify()
+    assert not dataclasses.replace(receipt, key_id="").verify()
+    plain = Receipt.issue(PAYEE, quote, txid=txid, amount=1_000, paid_ms=NOW_MS)
+    assert plain.signing_key_id == quote.quote_id and "key_id" not in plain.to_wire() and plain.verify()
+    assert plain.sig != receipt.sig
+    for bad in ("", "a\nb", 7, "x" * 513):
+        with pytest.raises(BadRequest, match="key id"):
+            Receipt.from_wire({**receipt.to_wire(), "key_id": bad})
+
+
 def test_payment_message_names_its_quote_by_id_for_a_payee_that_keeps_its_quotes() -> None:
     quote = _quote()
     message = PaymentMessage(
