@@ -125,7 +125,7 @@ def path_root(data: bytes, txid: str) -> str:
     Missing siblings are computed from the level below when both children are there (compound paths).
 
     Remembered for the last 4,096 (path, txid) pairs that proved something (refusals are not remembered): the
-    payments of a stream all bring the path of the same mined ancestor, a payee checks it once.
+    coins of one split share its mined transaction, and a payee is shown its path once per coin.
 
     Raises:
         ValueError: the bytes are not a well-formed BUMP, the path does not hold ``txid`` at level 0, or a node

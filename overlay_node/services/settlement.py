@@ -151,6 +151,7 @@ class Settlement:
         self._changed = trio.Event()
         self._lock = trio.Lock()
         self._results = _counter(metrics)
+        self._by_state: dict[str, Any] = {}
         wallet.on_job_queued = self.kick
 
     def kick(self) -> None:
@@ -240,7 +241,10 @@ class Settlement:
         self._changed = trio.Event()
 
     def _noted(self, job: SettlementJob, result: ArcResult, update: JobUpdate, now: float) -> None:
-        self._results.labels(update.state).inc()
+        counter = self._by_state.get(update.state)
+        if counter is None:  # a child per state, looked up once (a paid stream settles a payment per packet)
+            counter = self._by_state[update.state] = self._results.labels(update.state)
+        counter.inc()
         if update.state != job.state:
             # per-payment detail is DEBUG (a paid stream makes many); a failure is worth a WARNING
             log = logger.warning if update.state in ("failed", "abandoned") else logger.debug

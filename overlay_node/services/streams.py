@@ -197,6 +197,10 @@ class StreamProducer:
         self._streams: dict[str, _Stream] = {}
         self._nursery: trio.Nursery | None = None
         self._m_packets, self._m_payments, self._m_subs = stream_metrics(metrics)
+        # the children counted per payment or batch, looked up once
+        self._m_sent = self._m_packets.labels("sent")
+        self._m_accepted = self._m_payments.labels("producer", "accepted")
+        self._m_refused = self._m_payments.labels("producer", "refused")
         peers.on_request("stream.subscribe", self._serve_subscribe)
         peers.on_request("stream.pay", self._serve_pay)
         peers.on_notice("stream.unsubscribe", self._on_unsubscribe)
@@ -551,7 +555,7 @@ class StreamProducer:
         outcome each: its receipt and the next window's quote (unsigned: the receipt signs it by its digest), or
         the error that refused it. A payment may name its quote by id (``quote_id``) or bring it back."""
         credit = sub.credit
-        refused = self._m_payments.labels("producer", "refused")
+        refused = self._m_refused
         results: list[_Outcome] = []
         taken: list[tuple[int, PaymentMessage, Quote]] = []  # (position, payment, the quote that follows it)
         for wire in wires:
@@ -572,7 +576,6 @@ class StreamProducer:
         finally:
             credit.pending -= sum(m.quote.amount for _, m, _ in taken)
         now = trio.current_time()
-        accepted = self._m_payments.labels("producer", "accepted")
         for (i, message, fresh), outcome in zip(taken, outcomes, strict=True):
             if isinstance(outcome, OverlayError):
                 refused.inc()
@@ -583,7 +586,7 @@ class StreamProducer:
             credit.on_paid(outcome.amount, now)
             sub.dirty = True
             sub.wake.set()
-            accepted.inc()
+            self._m_accepted.inc()
             results[i] = {"receipt": outcome.to_wire(), "quote": fresh.to_wire()}
         return results
 
@@ -661,7 +664,7 @@ class StreamProducer:
                                 batch = PacketBatch(stream_id=sid, first=first, payloads=payloads, head=head)
                                 sub.dirty = True
                                 await link.notify("stream.packets", batch.to_wire())
-                                self._m_packets.labels("sent").inc(count)
+                                self._m_sent.inc(count)
                             case Pause(reason=reason, credit=credit, paid=paid):
                                 body = {
                                     "stream_id": sid,

@@ -563,7 +563,7 @@ class Subscription:
             raise _Finished("bad_receipt", error) from None
         wallet.sent(prepared, receipt.to_bytes())
         self.fees += prepared.fee
-        self._consumer.m_payments.labels("consumer", "paid").inc()
+        self._consumer.m_paid.inc()
         try:
             fresh = Quote.from_wire(answer.get("quote"), signed=False)  # the receipt signs it
             self.quotes.append(credit.check_quote(fresh, int(wall_time() * 1000), receipt=receipt))
@@ -589,7 +589,7 @@ class Subscription:
             return
         self._hold = False
         self._changed.set()
-        self._consumer.m_packets.labels("received").inc(len(packets))
+        self._consumer.m_received.inc(len(packets))
         # the credit counted the whole batch: hand all of it over even if the link closes meanwhile (a slow reader
         # still pushes back: the shielded send waits for room; the subscription's end cancels it)
         with trio.CancelScope(shield=True) as delivery:
@@ -652,6 +652,8 @@ class StreamConsumer:
         self.payments = payments
         self.wallet = wallet
         self.m_packets, self.m_payments, _ = stream_metrics(metrics)
+        # the children counted per payment or batch, looked up once
+        self.m_paid, self.m_received = self.m_payments.labels("consumer", "paid"), self.m_packets.labels("received")
         self._subs: dict[tuple[str, str], Subscription] = {}
         self._recent = LruMap(_RECENT)  # stream id -> final summary
         self._nursery: trio.Nursery | None = None

@@ -189,7 +189,7 @@ def _record_all(conn: sqlite3.Connection, records: Sequence[IncomingRecord]) -> 
         insert_many(
             conn,
             txs=[(tx, rec.accepted_at) for rec in ok for tx in rec.txs],
-            utxos=[(rec.utxo, rec.accepted_at) for rec in ok],
+            utxos=[(rec.utxo, rec.accepted_at, "spendable") for rec in ok],
             histories=[(rec.history, rec.accepted_at) for rec in ok],
             jobs=[(rec.job, rec.accepted_at) for rec in ok],
         )

@@ -313,16 +313,40 @@ def insert_many(
     conn: sqlite3.Connection,
     *,
     txs: Sequence[tuple[TxRecord, float]] = (),
-    utxos: Sequence[tuple[UtxoRecord, float]] = (),
+    utxos: Sequence[tuple[UtxoRecord, float, str]] = (),
     histories: Sequence[tuple[HistoryRecord, float]] = (),
     jobs: Sequence[tuple[NewJob, float]] = (),
 ) -> None:
-    """What :func:`insert_txs`, :func:`insert_utxo` (spendable), :func:`insert_history` and :func:`insert_job`
-    do, for many ``(record, now)`` pairs, one statement per table (a batch of received payments)."""
+    """What :func:`insert_txs`, :func:`insert_utxo`, :func:`insert_history` and :func:`insert_job` do, for many
+    ``(record, now)`` pairs (``(utxo, now, state)`` for coins), one statement per table (a batch of payments)."""
     conn.executemany(_TX_UPSERT, [_tx_row(tx, now) for tx, now in txs])
-    conn.executemany(_UTXO_INSERT, [_utxo_row(u, "spendable", now) for u, now in utxos])
+    conn.executemany(_UTXO_INSERT, [_utxo_row(u, state, now) for u, now, state in utxos])
     conn.executemany(_HISTORY_INSERT, [_history_row(h, now) for h, now in histories])
     conn.executemany(_JOB_INSERT, [_job_row(job, now) for job, now in jobs])
+
+
+#: a pending coin is the change of a payment whose answer came and is being recorded
+_SPEND_UPDATE = (
+    "UPDATE wallet_utxos SET state = 'spent', spent_by = ? WHERE txid = ? AND vout = ? "
+    "AND state IN ('spendable', 'pending')"
+)
+
+
+def _commit_all(conn: sqlite3.Connection, outs: Sequence[Outgoing], now: float) -> bool:
+    """Record every one of ``outs``, one statement per table for the inserts; False (and the caller undoes what
+    was done) as soon as a coin is no longer spendable."""
+    for out in outs:
+        for txid, vout in out.spends:
+            if conn.execute(_SPEND_UPDATE, (out.txid, txid, vout)).rowcount != 1:
+                return False
+    insert_many(
+        conn,
+        txs=[(tx, now) for out in outs for tx in out.txs],
+        utxos=[(utxo, now, out.change_state) for out in outs for utxo in out.change],
+        histories=[(out.history, now) for out in outs],
+        jobs=[(out.job, now) for out in outs],
+    )
+    return True
 
 
 def _utxo(row: sqlite3.Row) -> UtxoRecord:
@@ -477,13 +501,7 @@ class WalletRepository:
 
         def one(conn: sqlite3.Connection, out: Outgoing) -> None:
             for txid, vout in out.spends:
-                # a pending coin is the change of a payment whose answer came and is being recorded
-                cur = conn.execute(
-                    "UPDATE wallet_utxos SET state = 'spent', spent_by = ? "
-                    "WHERE txid = ? AND vout = ? AND state IN ('spendable', 'pending')",
-                    (out.txid, txid, vout),
-                )
-                if cur.rowcount != 1:
+                if conn.execute(_SPEND_UPDATE, (out.txid, txid, vout)).rowcount != 1:
                     raise Conflict(f"output {txid}:{vout} is no longer spendable")
             insert_txs(conn, out.txs, now)
             for utxo in out.change:
@@ -492,6 +510,17 @@ class WalletRepository:
             insert_job(conn, out.job, now)
 
         def txn(conn: sqlite3.Connection) -> list[Conflict | None]:
+            # the common case: every coin still spendable, one insert per table for the whole batch; else the
+            # batch is undone and goes one by one, so that only the payments that lost a coin are refused
+            conn.execute("SAVEPOINT outgoing_all")
+            try:
+                if _commit_all(conn, outs, now):
+                    conn.execute("RELEASE outgoing_all")
+                    return [None] * len(outs)
+            except sqlite3.IntegrityError:
+                pass  # a constraint the one-by-one path reports on the payment that breaks it
+            conn.execute("ROLLBACK TO outgoing_all")
+            conn.execute("RELEASE outgoing_all")
             outcomes: list[Conflict | None] = []
             for out in outs:
                 conn.execute("SAVEPOINT outgoing")

@@ -14,10 +14,19 @@ import trio
 import trio.testing
 
 from overlay_node.config import StoreSection
-from overlay_node.errors import StoreError
+from overlay_node.errors import Conflict, StoreError
 from overlay_node.store import MIGRATIONS, KnownPeer, Migrations, open_store
 from overlay_node.store.payments import IncomingRecord
-from overlay_node.store.wallet import DUE_HOLD_SQL, DUE_SQL, NEXT_DUE_SQL, HistoryRecord, NewJob, TxRecord, UtxoRecord
+from overlay_node.store.wallet import (
+    DUE_HOLD_SQL,
+    DUE_SQL,
+    NEXT_DUE_SQL,
+    HistoryRecord,
+    NewJob,
+    Outgoing,
+    TxRecord,
+    UtxoRecord,
+)
 
 CONFIG = StoreSection(busy_timeout=5.0, read_connections=4)
 LIMIT = 10  # seconds per test, on trio's clock
@@ -385,3 +394,56 @@ async def test_a_batch_of_payments_is_recorded_as_one_by_one_would(db_path: Path
             assert [o.result for o in outcomes] == ["recorded", "replayed", "recorded"]
             assert (await store.payments.get(clash.quote_id)) is None
             assert (await store.payments.get(_incoming(7).quote_id)) is not None
+
+
+def _outgoing(n: int, spends: tuple[tuple[str, int], ...], *, change: int = 1, state: str = "pending") -> Outgoing:
+    """Our transaction number ``n``: spends ``spends``, ``change`` coins of its own (``state``)."""
+    txid = f"{n:02x}" * 32
+    coins = tuple(
+        UtxoRecord(
+            txid=txid,
+            vout=v,
+            satoshis=100,
+            script=b"s",
+            protocol="2-x",
+            key_id=f"k{n}.{v}",
+            counterparty="self",
+            origin="change",
+        )
+        for v in range(change)
+    )
+    return Outgoing(
+        txid=txid,
+        spends=spends,
+        txs=(TxRecord(txid=txid, raw=b"raw", parents=tuple(dict.fromkeys(t for t, _ in spends))),),
+        change=coins,
+        history=HistoryRecord(txid=txid, direction="out", kind="payment", amount=100),
+        job=NewJob(txid=txid, beef=b"beef", next_at=1_000.0),
+        change_state=state,  # type: ignore[arg-type]
+    )
+
+
+async def test_payments_written_ahead_in_a_batch_are_recorded_as_one_by_one_would(db_path: Path) -> None:
+    """The payer's write-ahead takes a batch with one insert per table; a batch in which a coin is not spendable
+    (yet, or any more) goes one by one, so a payment spending the change of one before it in the batch is
+    written, and only a payment whose coin is gone is refused."""
+    funding = _outgoing(1, (), change=3, state="spendable")
+    coin = [(funding.txid, v) for v in range(3)]
+    first = _outgoing(2, (coin[0],))
+    after_first = _outgoing(4, ((first.txid, 0),))  # spends the pending change of an earlier batch
+    seventh = _outgoing(7, ((after_first.txid, 0),))
+    eighth = _outgoing(8, ((seventh.txid, 0),))  # spends the change of one before it in the same batch
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG) as store:
+            wallet = store.wallet
+            assert await wallet.commit_outgoing([funding], now=1_000.0) == [None]
+            assert await wallet.commit_outgoing([first, _outgoing(3, (coin[1],))], now=1_001.0) == [None, None]
+            assert await wallet.commit_outgoing([after_first, _outgoing(5, (coin[2],))], now=1_002.0) == [None, None]
+            outcomes = await wallet.commit_outgoing([_outgoing(6, (coin[0],)), seventh, eighth], now=1_003.0)
+            assert isinstance(outcomes[0], Conflict) and outcomes[1:] == [None, None]
+            states = await wallet.utxo_states([*coin, *((f"{n:02x}" * 32, 0) for n in range(2, 9))])
+            spent = {*coin, *((f"{n:02x}" * 32, 0) for n in (2, 4, 7))}
+            pending = {(f"{n:02x}" * 32, 0) for n in (3, 5, 8)}
+            assert states == {**dict.fromkeys(spent, "spent"), **dict.fromkeys(pending, "pending")}
+            written = {entry.txid for entry in await wallet.history()}
+            assert written == {f"{n:02x}" * 32 for n in (1, 2, 3, 4, 5, 7, 8)}
