@@ -12,7 +12,9 @@ and commits before its receipt):
 - paid packets/s from one producer to one subscriber with W = 100 and with W = 1 (packets pushed at once; time
   from the push until the subscriber has read the last packet);
 - the CPU time per payment of the W = 1 run in each process: producer, lone subscriber, devnet ledger (user +
-  system, all threads, from ``/proc``; settlement of earlier payments that lands in that window is counted too);
+  system, all threads, from ``/proc``; settlement of earlier payments that lands in that window is counted too),
+  and how many cores the whole machine had busy meanwhile, those three processes' share, and the time the host
+  took from this virtual machine (steal; ``/proc/stat``): whether the run was CPU-bound, and how noisy;
 - the same to ``--subscribers`` subscribers at once (aggregate packets/s over all of them);
 - packet latency (push -> read by the subscriber) p50/p99 at 1,000 packets/s with W = 100, first under its own load
   (its payments settling live), and again at the end while the settlement of the throughput runs catches up.
@@ -59,7 +61,15 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nodeproc import Host, NodeHost, NodeSpec, OpFunction, open_host, process_cpu_seconds  # noqa: E402  # bench/ is on sys.path as a script
+from nodeproc import (  # noqa: E402  # bench/ is on sys.path as a script
+    Host,
+    NodeHost,
+    NodeSpec,
+    OpFunction,
+    open_host,
+    process_cpu_seconds,
+    system_cpu_seconds,
+)
 
 from overlay_node.node import Node  # noqa: E402
 
@@ -323,12 +333,20 @@ async def run_nodes(args: argparse.Namespace, root: Path, url: str, ledger_pid: 
             # settlement of the thousands of payments of the throughput runs is still catching up
             results["latency"] = await latency(producer, solo, 100, 1000, args.latency_seconds, kwargs)
             results["w100_1"] = await throughput(producer, solo, "w100", 100, args.packets, 1, kwargs)
-            before = cpu_snapshot(producer, solo, ledger_pid)
+            before, machine, wall = cpu_snapshot(producer, solo, ledger_pid), system_cpu_seconds(), time.perf_counter()
             results["w1_1"] = await throughput(producer, solo, "w1", 1, args.w1_packets, 1, kwargs)
-            after = cpu_snapshot(producer, solo, ledger_pid)
+            after, wall = cpu_snapshot(producer, solo, ledger_pid), time.perf_counter() - wall
             payments = max(1, results["w1_1"]["payments"])
             results["w1_1"]["cpu_ms_per_payment"] = {
                 k: round((after[k] - before[k]) / payments * 1000, 3) for k in after
+            }
+            # how busy the whole machine was meanwhile, in cores: is the run CPU-bound, and did the host take
+            # CPU time from this virtual machine (steal)?
+            ours = sum(after.values()) - sum(before.values())
+            results["w1_1"]["machine_cores"] = {
+                "cores": os.cpu_count(),
+                **{k: round((v - machine[k]) / wall, 2) for k, v in system_cpu_seconds().items()},
+                "these_three": round(ours / wall, 2),
             }
             results["w100_n"] = await throughput(producer, consumers, "w100n", 100, args.packets // 4, n, kwargs)
             results["w1_n"] = await throughput(producer, consumers, "w1n", 1, args.w1_packets // 4, n, kwargs)
@@ -361,6 +379,12 @@ def print_table(r: dict[str, Any]) -> None:
         "  CPU ms per payment: producer, subscriber, ledger",
         f"{cpu['producer']:.2f} {cpu['subscriber']:.2f} {cpu['ledger']:.2f}",
     )
+    m = w1["machine_cores"]
+    if "busy" in m:
+        row(
+            f"  cores busy (of {m['cores']}): all, these three, host steal",
+            f"{m['busy']:.2f} {m['these_three']:.2f} {m['steal']:.2f}",
+        )
     row("latency p50 at 1000 packets/s, W=100 (ms)", f"{lat['p50_ms']:.2f}")
     row("latency p99 at 1000 packets/s, W=100 (ms)", f"{lat['p99_ms']:.2f}", "< 10")
     back = r["latency_backlog"]

@@ -99,6 +99,22 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def system_cpu_seconds() -> dict[str, float]:
+    """The machine's CPU seconds so far, all CPUs together (Linux ``/proc/stat``; empty elsewhere): ``busy``
+    (everything but idle and I/O wait, interrupts included) and ``steal`` (time a virtual machine's CPUs waited
+    for the host)."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return {}
+    if first[0] != "cpu":
+        return {}
+    ticks = [int(v) for v in first[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
+    hz = os.sysconf("SC_CLK_TCK")
+    return {"busy": (user + nice + system + irq + softirq) / hz, "steal": steal / hz}
+
+
 async def start_node(nursery: trio.Nursery, spec: NodeSpec) -> Node:
     """Create the spec's data dir and run its node in ``nursery``; returns once the node is ready."""
     dd = DataDir(Path(spec.root) / spec.name)

@@ -8,8 +8,11 @@ Exchange (over one authenticated peer link; the consumer's identity is the link'
     stream.subscribe {stream_id, window W, ahead A, from_seq?}  ->
                                            <-  {terms, quotes (A open, W units each), ahead (granted),
                                                 start_seq, head, paid, packets}
-    stream.pay {stream_id, payment}            ->    (BRC-29 payment of the quote, W units)
-                                           <-  {receipt (signed), quote (next window), credit}
+    stream.pay {stream_id, payments: [...]}    ->    (BRC-29 payments of open quotes, W units each; a payment
+                                                      names its quote by quote_id; "payment": one, the same)
+                                           <-  {results: [{receipt, quote} | {error}], credit}
+                                                (receipt signed with the key id stream:<id>; the next window's
+                                                quote unsigned, signed by the receipt through its digest)
                                            <-  notice stream.packets {stream_id, first, payloads, head}
                                            <-  notice stream.paused {stream_id, reason, head, credit}
                                            <-  notice stream.closed {stream_id, reason}
@@ -40,7 +43,8 @@ Invariants:
 6. With no credit the producer sends ``stream.paused`` (reason ``payment_required``) once and stops; a payment
    resumes it; after ``grace`` seconds without one it closes the subscription (``payment_timeout``).
 7. A receipt counts only if it carries the producer's signature and acknowledges the quote that was paid
-   with the transaction that was sent; anything else is a protocol error and adds no credit.
+   with the transaction that was sent; anything else is a protocol error and adds no credit. The quote that
+   comes with it counts only if the receipt names its digest (``next_quote``): one signature per window.
 
 Theory of operation: the service keeps one :class:`ProducerCredit` per (stream, subscriber) and calls
 :meth:`ProducerCredit.plan` whenever a packet was pushed, a payment was accepted, or the deadline it reported

@@ -7,20 +7,21 @@ Peer methods (request/response over an authenticated link; the peer's identity i
   else the amount asked) and signs a quote with a fresh derivation prefix, bound to the asking peer.
 - ``pay.submit`` ``{quote, derivation_prefix, derivation_suffix, sender_identity_key, transaction}`` ->
   ``{receipt}``: the payee checks the payment (:meth:`Payments.accept_payment`), commits it durably with its
-  settlement job, and only then signs and returns the receipt.
+  settlement job and its signed receipt, and only then returns the receipt.
 - ``pay.receipt`` ``{quote_id}`` -> ``{receipt}``: a receipt already issued to the asking peer (for a payer
   whose link broke before the answer came). A payment of that quote still being checked is waited for; when
   there is none, the answer is ``not_found`` and the quote becomes void (a late copy of the payment is refused),
   so the payer may safely take its coins back.
 
 In-process API: :meth:`Payments.request_quote`, :meth:`Payments.pay` (payer), :meth:`Payments.issue_quote`,
-:meth:`Payments.accept_payment` (payee), :meth:`Payments.register_pricer`.
+:meth:`Payments.accept_payment` and :meth:`Payments.accept_payments` (payee), :meth:`Payments.register_pricer`.
 
 Hot path (a paid stream may pay every packet): quotes issued are kept in memory (an LRU) and checked by
-identity, so a payment costs one parse of its BEEF, one script check per unproven transaction (libsecp256k1
-through bsv-sdk's native interpreter), one key derivation, one signature, and a share of a group commit:
-accepted payments waiting to be recorded are written together in one durable transaction
-(``wallet.record_batch`` at most), so many payments share one fsync.
+identity, so a payment costs one parse of its BEEF, one script check per unproven transaction (the P2PKH fast
+path of ``wallet_beef``, else bsv-sdk's interpreter), one key derivation, one signature, and a share of a group
+commit: accepted payments waiting to be recorded are written together in one durable transaction
+(``wallet.record_batch`` at most), so many payments share one fsync; a stream's batch of payments is checked in
+order and waits for the group commit once (:meth:`Payments.accept_payments`).
 """
 
 from __future__ import annotations

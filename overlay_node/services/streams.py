@@ -555,14 +555,13 @@ class StreamProducer:
         outcome each: its receipt and the next window's quote (unsigned: the receipt signs it by its digest), or
         the error that refused it. A payment may name its quote by id (``quote_id``) or bring it back."""
         credit = sub.credit
-        refused = self._m_refused
         results: list[_Outcome] = []
         taken: list[tuple[int, PaymentMessage, Quote]] = []  # (position, payment, the quote that follows it)
         for wire in wires:
             try:
                 message = self._window_payment(stream, sub, wire)
             except OverlayError as exc:
-                refused.inc()
+                self._m_refused.inc()
                 results.append(exc)
                 continue
             credit.pending += message.quote.amount
@@ -578,7 +577,7 @@ class StreamProducer:
         now = trio.current_time()
         for (i, message, fresh), outcome in zip(taken, outcomes, strict=True):
             if isinstance(outcome, OverlayError):
-                refused.inc()
+                self._m_refused.inc()
                 results[i] = outcome
                 continue
             sub.quotes.pop(message.quote.quote_id, None)

@@ -540,29 +540,28 @@ class WalletRepository:
         of the answered ones become submissions, due at ``submit_at``."""
 
         def txn(conn: sqlite3.Connection) -> None:
-            for u in updates:
-                if not u.answered:
-                    conn.execute(
-                        "UPDATE wallet_history SET status = 'unknown', detail = ?, updated_at = ? "
-                        "WHERE txid = ? AND direction = 'out' AND status = 'sending'",
-                        (u.detail, now, u.txid),
-                    )
-                    continue
-                conn.execute(
-                    "UPDATE wallet_utxos SET state = 'spendable' WHERE txid = ? AND state = 'pending'",
-                    (u.txid,),
-                )
-                conn.execute(
-                    "UPDATE wallet_history SET status = 'unconfirmed', detail = ?, receipt = ?, "
-                    "updated_at = ? "
-                    "WHERE txid = ? AND direction = 'out' AND status IN ('sending', 'unknown')",
-                    (u.detail, u.receipt, now, u.txid),
-                )
-                conn.execute(
-                    "UPDATE settlement SET kind = 'submit', deadline = NULL, next_at = ?, updated_at = ? "
-                    "WHERE txid = ? AND kind = 'watch'",
-                    (submit_at, now, u.txid),
-                )
+            # one statement each for the batch (an answer after "no answer" for the same payment still wins:
+            # the unanswered go first, and an answer moves history on from 'unknown' too)
+            answered = [u for u in updates if u.answered]
+            conn.executemany(
+                "UPDATE wallet_history SET status = 'unknown', detail = ?, updated_at = ? "
+                "WHERE txid = ? AND direction = 'out' AND status = 'sending'",
+                [(u.detail, now, u.txid) for u in updates if not u.answered],
+            )
+            conn.executemany(
+                "UPDATE wallet_utxos SET state = 'spendable' WHERE txid = ? AND state = 'pending'",
+                [(u.txid,) for u in answered],
+            )
+            conn.executemany(
+                "UPDATE wallet_history SET status = 'unconfirmed', detail = ?, receipt = ?, updated_at = ? "
+                "WHERE txid = ? AND direction = 'out' AND status IN ('sending', 'unknown')",
+                [(u.detail, u.receipt, now, u.txid) for u in answered],
+            )
+            conn.executemany(
+                "UPDATE settlement SET kind = 'submit', deadline = NULL, next_at = ?, updated_at = ? "
+                "WHERE txid = ? AND kind = 'watch'",
+                [(submit_at, now, u.txid) for u in answered],
+            )
 
         await self._db.write(txn)
 
