@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 from overlay_node.errors import Conflict
 from overlay_node.store.db import open_store
 from overlay_node.store.migrations import Migrations
+from overlay_node.store.rows import marks
 
 if TYPE_CHECKING:
     from overlay_node.config import StoreSection
@@ -226,10 +227,6 @@ class LedgerCounts:
 # -- the repository ------------------------------------------------------------------------------------------
 
 
-def _placeholders(n: int) -> str:
-    return ",".join("?" * n)
-
-
 _BATCH = 400  # stays well below SQLite's bound-parameter limit
 
 
@@ -322,9 +319,9 @@ class LedgerRepository:
             items = list(txids)
             for i in range(0, len(items), _BATCH):
                 chunk = items[i : i + _BATCH]
-                marks = _placeholders(len(chunk))
+                placeholders = marks(len(chunk))
                 for table in ("txs", "attempts"):
-                    rows = conn.execute(f"SELECT txid FROM {table} WHERE txid IN ({marks})", chunk).fetchall()
+                    rows = conn.execute(f"SELECT txid FROM {table} WHERE txid IN ({placeholders})", chunk).fetchall()
                     found.update(str(r["txid"]) for r in rows)
             return found
 
@@ -581,7 +578,7 @@ def _any_mined(conn: sqlite3.Connection, txids: Sequence[str]) -> bool:
     if not txids:
         return False
     row = conn.execute(
-        f"SELECT 1 FROM txs WHERE block_height IS NOT NULL AND txid IN ({_placeholders(len(txids))}) LIMIT 1",
+        f"SELECT 1 FROM txs WHERE block_height IS NOT NULL AND txid IN ({marks(len(txids))}) LIMIT 1",
         list(txids),
     ).fetchone()
     return row is not None

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from overlay_node.store.rows import MAX_PARAMS, execute_rows, marks
 from overlay_node.store.wallet import (
     HistoryRecord,
     NewJob,
@@ -137,6 +138,38 @@ def _spender(conn: sqlite3.Connection, outpoint: Outpoint) -> str | None:
     return None if row is None else str(row["payment_txid"])
 
 
+def _used_keys(conn: sqlite3.Connection, records: Sequence[IncomingRecord]) -> tuple[set[str], set[str]]:
+    """The quote ids and prefixes of stored payments that share a quote id or a prefix with ``records``."""
+    quotes: set[str] = set()
+    prefixes: set[str] = set()
+    per = MAX_PARAMS // 2
+    for start in range(0, len(records), per):
+        chunk = records[start : start + per]
+        rows = conn.execute(
+            f"SELECT quote_id, derivation_prefix FROM payments WHERE quote_id IN ({marks(len(chunk))}) "
+            f"OR derivation_prefix IN ({marks(len(chunk))})",
+            [r.quote_id for r in chunk] + [r.prefix for r in chunk],
+        ).fetchall()
+        quotes.update(str(row["quote_id"]) for row in rows)
+        prefixes.update(str(row["derivation_prefix"]) for row in rows)
+    return quotes, prefixes
+
+
+def _spenders(conn: sqlite3.Connection, outpoints: Sequence[Outpoint]) -> dict[Outpoint, str]:
+    """The payments already recorded as spending any of ``outpoints``."""
+    found: dict[Outpoint, str] = {}
+    per = MAX_PARAMS // 2
+    for start in range(0, len(outpoints), per):
+        chunk = outpoints[start : start + per]
+        rows = conn.execute(
+            "SELECT txid, vout, payment_txid FROM payment_spends WHERE (txid, vout) IN "
+            f"(VALUES {', '.join(['(?, ?)'] * len(chunk))})",
+            [value for outpoint in chunk for value in outpoint],
+        ).fetchall()
+        found.update(((str(row["txid"]), int(row["vout"])), str(row["payment_txid"])) for row in rows)
+    return found
+
+
 def _record_one(conn: sqlite3.Connection, rec: IncomingRecord) -> RecordOutcome:
     if _used(conn, rec):
         return RecordOutcome(result="replayed")
@@ -161,17 +194,17 @@ def _record_all(conn: sqlite3.Connection, records: Sequence[IncomingRecord]) -> 
         sqlite3.IntegrityError: a constraint the checks do not cover (the caller rolls back and goes one by one).
     """
     outcomes: list[RecordOutcome] = []
-    quotes: set[str] = set()
-    prefixes: set[str] = set()
-    spent: dict[Outpoint, str] = {}  # by the records of this batch
+    # what the database holds already, for the whole batch in two queries (see store/rows.py)
+    quotes, prefixes = _used_keys(conn, records)
+    spent = _spenders(conn, [outpoint for rec in records for outpoint in rec.spends])
     ok: list[IncomingRecord] = []
     for rec in records:
-        if rec.quote_id in quotes or rec.prefix in prefixes or _used(conn, rec):
+        if rec.quote_id in quotes or rec.prefix in prefixes:
             outcomes.append(RecordOutcome(result="replayed"))
             continue
         conflict: RecordOutcome | None = None
         for outpoint in rec.spends:
-            other = spent.get(outpoint) or _spender(conn, outpoint)
+            other = spent.get(outpoint)
             if other is not None and other != rec.txid:
                 conflict = RecordOutcome(result="double_spend", conflict=outpoint, other_txid=other)
                 break
@@ -184,8 +217,8 @@ def _record_all(conn: sqlite3.Connection, records: Sequence[IncomingRecord]) -> 
         ok.append(rec)
         outcomes.append(RecordOutcome(result="recorded"))
     if ok:
-        conn.executemany(_PAYMENT_INSERT, [_payment_row(rec) for rec in ok])
-        conn.executemany(_SPENDS_INSERT, [(txid, vout, rec.txid) for rec in ok for txid, vout in rec.spends])
+        execute_rows(conn, _PAYMENT_INSERT, [_payment_row(rec) for rec in ok])
+        execute_rows(conn, _SPENDS_INSERT, [(txid, vout, rec.txid) for rec in ok for txid, vout in rec.spends])
         insert_many(
             conn,
             txs=[(tx, rec.accepted_at) for rec in ok for tx in rec.txs],

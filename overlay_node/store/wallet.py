@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from overlay_node.errors import Conflict
+from overlay_node.store.rows import MAX_PARAMS, execute_rows, marks
 
 if TYPE_CHECKING:
     from overlay_node.store.engine import Database
@@ -79,10 +80,6 @@ DUE_SQL = (
 NEXT_DUE_SQL = (
     f"SELECT MIN(next_at) FROM settlement WHERE {_OPEN_JOB} AND NOT (state = 'pending' AND kind = 'submit' AND id > ?)"
 )
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
 
 
 # -- rows ----------------------------------------------------------------------------------------------------
@@ -292,7 +289,7 @@ def _job_row(job: NewJob, now: float) -> tuple[object, ...]:
 
 def insert_txs(conn: sqlite3.Connection, txs: Sequence[TxRecord], now: float) -> None:
     """Add transactions the wallet does not hold yet; a known one gains a merkle path it lacked."""
-    conn.executemany(_TX_UPSERT, [_tx_row(tx, now) for tx in txs])
+    execute_rows(conn, _TX_UPSERT, [_tx_row(tx, now) for tx in txs])
 
 
 def insert_utxo(conn: sqlite3.Connection, utxo: UtxoRecord, now: float, *, state: str = "spendable") -> None:
@@ -319,10 +316,10 @@ def insert_many(
 ) -> None:
     """What :func:`insert_txs`, :func:`insert_utxo`, :func:`insert_history` and :func:`insert_job` do, for many
     ``(record, now)`` pairs (``(utxo, now, state)`` for coins), one statement per table (a batch of payments)."""
-    conn.executemany(_TX_UPSERT, [_tx_row(tx, now) for tx, now in txs])
-    conn.executemany(_UTXO_INSERT, [_utxo_row(u, state, now) for u, now, state in utxos])
-    conn.executemany(_HISTORY_INSERT, [_history_row(h, now) for h, now in histories])
-    conn.executemany(_JOB_INSERT, [_job_row(job, now) for job, now in jobs])
+    execute_rows(conn, _TX_UPSERT, [_tx_row(tx, now) for tx, now in txs])
+    execute_rows(conn, _UTXO_INSERT, [_utxo_row(u, state, now) for u, now, state in utxos])
+    execute_rows(conn, _HISTORY_INSERT, [_history_row(h, now) for h, now in histories])
+    execute_rows(conn, _JOB_INSERT, [_job_row(job, now) for job, now in jobs])
 
 
 #: a pending coin is the change of a payment whose answer came and is being recorded
@@ -549,19 +546,22 @@ class WalletRepository:
                 [(u.detail, now, u.txid) for u in updates if not u.answered],
             )
             conn.executemany(
-                "UPDATE wallet_utxos SET state = 'spendable' WHERE txid = ? AND state = 'pending'",
-                [(u.txid,) for u in answered],
-            )
-            conn.executemany(
                 "UPDATE wallet_history SET status = 'unconfirmed', detail = ?, receipt = ?, updated_at = ? "
                 "WHERE txid = ? AND direction = 'out' AND status IN ('sending', 'unknown')",
                 [(u.detail, u.receipt, now, u.txid) for u in answered],
             )
-            conn.executemany(
-                "UPDATE settlement SET kind = 'submit', deadline = NULL, next_at = ?, updated_at = ? "
-                "WHERE txid = ? AND kind = 'watch'",
-                [(submit_at, now, u.txid) for u in answered],
-            )
+            for start in range(0, len(answered), MAX_PARAMS - 2):
+                txids = [u.txid for u in answered[start : start + MAX_PARAMS - 2]]
+                conn.execute(
+                    f"UPDATE wallet_utxos SET state = 'spendable' WHERE txid IN ({marks(len(txids))}) "
+                    "AND state = 'pending'",
+                    txids,
+                )
+                conn.execute(
+                    "UPDATE settlement SET kind = 'submit', deadline = NULL, next_at = ?, updated_at = ? "
+                    f"WHERE txid IN ({marks(len(txids))}) AND kind = 'watch'",
+                    [submit_at, now, *txids],
+                )
 
         await self._db.write(txn)
 
@@ -591,7 +591,7 @@ class WalletRepository:
                 chunk = items[i : i + _BATCH]
                 rows = conn.execute(
                     "SELECT txid, raw, parents, merkle_path, block_height FROM wallet_txs "
-                    f"WHERE txid IN ({_marks(len(chunk))})",
+                    f"WHERE txid IN ({marks(len(chunk))})",
                     chunk,
                 ).fetchall()
                 out.update((str(r["txid"]), _tx(r)) for r in rows)
