@@ -67,7 +67,13 @@ class GroupCommit(Generic[I, O]):
         self._running = True
         try:
             task_status.started()
-            async for first in self._recv:
+            while True:
+                # items that came during the last write go at once: waiting for a turn of a busy event loop
+                # first would leave the writer idle while they wait
+                try:
+                    first = self._recv.receive_nowait()
+                except trio.WouldBlock:
+                    first = await self._recv.receive()
                 batch = [first]
                 while len(batch) < self._max_batch:
                     try:
