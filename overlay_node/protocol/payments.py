@@ -12,15 +12,16 @@ Invariants (who signs what, and when a payment counts):
    payer for the payee, the payee for the payer), sent as Atomic BEEF with the prefix, the payer's suffix
    and the payer's identity key (BRC-105 field names).
 3. A payment counts when the payee has checked it (prefix issued by it and unused, transaction valid with
-   its ancestors, output 0 pays the derived key at least the price) and **committed it durably**; only then
-   does it sign a **receipt** (protocol ``(2, "overlay payment receipt")``, key id = quote id, counterparty
-   ``anyone``) over the quote id, txid, amount, payer, payee, resource, price and time.
+   its ancestors, output 0 pays the derived key at least the price) and **committed it durably**, with the
+   **receipt** it signs for it (protocol ``(2, "overlay payment receipt")``, key id = the quote id or the
+   receipt's own ``key_id``, counterparty ``anyone``) over the quote id, txid, amount, payer, payee, resource,
+   price and time; only then does the receipt leave the payee.
+4. A prefix is used by at most one accepted payment: the payee keeps it unique in its store, so a replayed
+   payment message is refused however it is timed.
 5. A receipt may also carry ``next_quote``, the SHA-256 of the signing bytes of the quote the payee offers
    for the next payment (a stream's next window). That quote travels **unsigned** beside the receipt: the
    receipt's signature signs it, so a window costs the payee one signature, not two. Whoever holds both checks
    the quote by its digest (:meth:`Receipt.signs_quote`).
-4. A prefix is used by at most one accepted payment: the payee keeps it unique in its store, so a replayed
-   payment message is refused however it is timed.
 
 Signing bytes are the canonical CBOR of a tagged list of the fields in a fixed order, so both sides (and third
 parties) compute the same bytes from the wire values.
