@@ -184,6 +184,15 @@ async def link(a: PayNode, b: PayNode) -> None:
     await b.peers.wait_linked(a.key)
 
 
+async def funded_pair(nursery: trio.Nursery, tmp_path: Path, arc_url: str, satoshis: int) -> tuple[PayNode, PayNode]:
+    """A payer ``a`` funded with ``satoshis`` and a payee ``b``, linked."""
+    a = await start_paynode(nursery, tmp_path, "a", arc_url)
+    b = await start_paynode(nursery, tmp_path, "b", arc_url)
+    await link(a, b)
+    await a.fund(satoshis)
+    return a, b
+
+
 # -- the whole path ------------------------------------------------------------------------------------------
 
 
@@ -192,10 +201,7 @@ async def test_pay_settle_mine_and_spend_back(
 ) -> None:
     with trio.fail_after(LIMIT):
         devnet = await start_devnet()
-        a = await start_paynode(nursery, tmp_path, "a", devnet.url)
-        b = await start_paynode(nursery, tmp_path, "b", devnet.url)
-        await link(a, b)
-        await a.fund(100_000)
+        a, b = await funded_pair(nursery, tmp_path, devnet.url, 100_000)
         assert a.wallet.balance().satoshis == 100_000
 
         quote = await a.payments.request_quote(b.key, "file:report.csv", 1_000)
@@ -248,10 +254,7 @@ async def test_chained_payments_name_known_transactions_by_txid_only(
     """Unmined payments chain on their change; the payee already holds the parent, so the BEEF stays small."""
     with trio.fail_after(LIMIT):
         devnet = await start_devnet()
-        a = await start_paynode(nursery, tmp_path, "a", devnet.url)
-        b = await start_paynode(nursery, tmp_path, "b", devnet.url)
-        await link(a, b)
-        await a.fund(50_000)
+        a, b = await funded_pair(nursery, tmp_path, devnet.url, 50_000)
         sizes = []
         txids = []
         for i in range(5):
@@ -307,10 +310,7 @@ async def test_refusals_leave_balances_unchanged(
 ) -> None:
     with trio.fail_after(LIMIT):
         devnet = await start_devnet()
-        a = await start_paynode(nursery, tmp_path, "a", devnet.url)
-        b = await start_paynode(nursery, tmp_path, "b", devnet.url)
-        await link(a, b)
-        await a.fund(20_000)
+        a, b = await funded_pair(nursery, tmp_path, devnet.url, 20_000)
         before = _balances(a, b)
 
         # below the price
@@ -391,10 +391,7 @@ async def test_double_spends_are_refused_or_fail_at_settlement(
 ) -> None:
     with trio.fail_after(LIMIT):
         devnet = await start_devnet()
-        a = await start_paynode(nursery, tmp_path, "a", devnet.url)
-        b = await start_paynode(nursery, tmp_path, "b", devnet.url)
-        await link(a, b)
-        await a.fund(10_000)
+        a, b = await funded_pair(nursery, tmp_path, devnet.url, 10_000)
         coin = a.wallet.coins()[0]
 
         # 1. A spends its coin elsewhere first (straight to the ledger, behind its wallet's back) ...
@@ -533,10 +530,7 @@ async def test_payments_written_ahead_together_get_an_outcome_each(
     earlier one of the batch is refused alone (its reservation released), the others are written."""
     with trio.fail_after(LIMIT):
         devnet = await start_devnet()
-        a = await start_paynode(nursery, tmp_path, "a", devnet.url)
-        b = await start_paynode(nursery, tmp_path, "b", devnet.url)
-        await link(a, b)
-        await a.fund(10_000)
+        a, b = await funded_pair(nursery, tmp_path, devnet.url, 10_000)
         q1 = await a.payments.request_quote(b.key, "file:one", 1_000)
         q2 = await a.payments.request_quote(b.key, "file:two", 1_000)
         _, first = await a.payments.prepare_payment(q1)
