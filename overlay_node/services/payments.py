@@ -474,10 +474,11 @@ class Payments:
         return quote
 
     async def prepare_payment(
-        self, quote: Quote, *, amount: int | None = None, change_parts: int = 1
+        self, quote: Quote, *, amount: int | None = None, change_parts: int = 1, change_key: str | None = None
     ) -> tuple[PaymentMessage, PreparedTx]:
         """Build (and reserve the coins of) a payment for ``quote``, paying ``amount`` (default: the price),
-        its change split into ``change_parts`` coins (see ``Wallet.prepare``).
+        its change split into ``change_parts`` coins, to the key ``change_key`` names if given (see
+        ``Wallet.prepare``).
 
         The caller sends it with :meth:`send_payment` or gives the coins back with ``wallet.release``.
 
@@ -493,7 +494,7 @@ class Payments:
         suffix = new_nonce()
         script = payer_locking_script(self._identity, quote.payee, quote.prefix, suffix)
         prepared = await self._wallet.prepare(
-            [(script, amount or quote.amount)], recipient=quote.payee, change_parts=change_parts
+            [(script, amount or quote.amount)], recipient=quote.payee, change_parts=change_parts, change_key=change_key
         )
         message = PaymentMessage(
             quote=quote,

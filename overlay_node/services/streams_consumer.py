@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -138,6 +139,7 @@ class Subscription:
         self.withhold_after = withhold_after
         self.credit: ConsumerCredit | None = None
         self.quotes: deque[Quote] = deque()  # open window quotes, oldest first
+        self._change_key = f"stream {secrets.token_hex(12)}"  # one change key for the subscription's payments
         self.link: PeerLink | None = None
         self.fees = 0
         self.skipped = 0
@@ -445,7 +447,9 @@ class Subscription:
         quote = self.quotes.popleft()
         credit.begin_payment()
         try:
-            message, prepared = await consumer.payments.prepare_payment(quote, change_parts=self._change_parts(coming))
+            message, prepared = await consumer.payments.prepare_payment(
+                quote, change_parts=self._change_parts(coming), change_key=self._change_key
+            )
         except QuoteExpired:
             credit.payment_failed()
             if not self.quotes and not credit.in_flight:

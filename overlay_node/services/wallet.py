@@ -172,6 +172,7 @@ class Wallet:
         self._outputs: LruMap = LruMap(_TX_CACHE)  # txid -> list[SourceOutput]
         self._queued: LruMap = LruMap(_TX_CACHE)  # txid -> True: in our settlement queue (submitted in order)
         self._own_publics: LruMap = LruMap(_TX_CACHE)  # invoice -> our public key (change made by this process)
+        self._own_secrets: LruMap = LruMap(_TX_CACHE)  # invoice -> its private key (a stream's change shares one)
         self._known: dict[str, LruMap] = {}  # peer -> txids it holds
         self._roots: dict[int, str] = {}
         self._fee_rate = config.fee_rate
@@ -343,13 +344,22 @@ class Wallet:
         return len(self._coins)
 
     async def prepare(
-        self, outputs: Sequence[tuple[bytes, int]], *, recipient: str | None, change_parts: int = 1
+        self,
+        outputs: Sequence[tuple[bytes, int]],
+        *,
+        recipient: str | None,
+        change_parts: int = 1,
+        change_key: str | None = None,
     ) -> PreparedTx:
         """Select and reserve coins, and build and sign a transaction paying ``outputs`` (script, satoshis)
         plus change to fresh keys, with its Atomic BEEF for ``recipient`` (a peer identity key, or None).
 
         ``change_parts`` > 1 splits the change into that many coins of about equal value (fewer if the change
         is small), so that as many later payments can be in flight at once, each spending its own coin.
+
+        ``change_key``: the change goes to the key of that name instead of a fresh key per coin. A paid stream
+        gives one per subscription: its payments spend each other's change, so the chain already ties them
+        together, and one key saves a key derivation per payment and per coin spent.
 
         Cancellation and errors: the reservation is released before the exception leaves.
 
@@ -372,7 +382,7 @@ class Wallet:
             all_outputs = list(outputs)
             for i in range(parts if change_sats else 0):
                 sats = change_sats // parts + (1 if i < change_sats % parts else 0)
-                key_id = f"change {secrets.token_hex(12)}"
+                key_id = f"change {change_key or secrets.token_hex(12)}"
                 script = p2pkh_script(self._own_key(key_id))
                 all_outputs.append((script, sats))
                 changes.append(
@@ -547,14 +557,23 @@ class Wallet:
             self.on_job_queued()
 
     def _private_key(self, coin: UtxoRecord) -> bytes:
-        counterparty = self._identity.public_key if coin.counterparty == "self" else coin.counterparty
-        return child_secret(self._identity, counterparty, coin.invoice)
+        if coin.counterparty != "self":
+            return child_secret(self._identity, coin.counterparty, coin.invoice)
+        secret: bytes | None = self._own_secrets.get(coin.invoice)
+        if secret is None:
+            secret = child_secret(self._identity, self._identity.public_key, coin.invoice)
+            self._own_secrets.put(coin.invoice, secret)
+        return secret
 
     def _own_key(self, key_id: str) -> bytes:
-        """Our self-derived wallet public key for ``key_id`` (remembered for signing when its coin is spent)."""
+        """Our self-derived wallet public key for ``key_id`` (its private key remembered for signing when its coin
+        is spent; a key id used again costs nothing)."""
         invoice = f"{_WALLET_PROTOCOL_TEXT}-{key_id}"
-        _, public = own_child_key(self._identity, self._identity.public_key, invoice)
-        self._own_publics.put(invoice, public)
+        public: bytes | None = self._own_publics.get(invoice)
+        if public is None:
+            secret, public = own_child_key(self._identity, self._identity.public_key, invoice)
+            self._own_publics.put(invoice, public)
+            self._own_secrets.put(invoice, secret)
         return public
 
     def _public_key(self, coin: UtxoRecord) -> bytes | None:

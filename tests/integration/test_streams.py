@@ -90,6 +90,9 @@ async def test_three_subscribers_w1_w10_w100_every_packet_paid_and_settled(start
             assert row["packets"] == total and row["paid_satoshis"] == total * RATE and row["payments"] == total // w
             await consumer.wallet.flush()
             assert consumer.wallet.balance().satoshis == start - total * RATE - summary["fees"]
+            # the subscription's change went to one key of its own (spent again and again by its payments)
+            change_keys = {c.key_id for c in consumer.wallet.coins() if c.origin == "change"}
+            assert len(change_keys) == 1 and next(iter(change_keys)).startswith("change stream ")
         assert status["revenue_satoshis"] == 3 * total * RATE
 
         # every payment reaches the ledger and is accepted there
