@@ -22,11 +22,7 @@ from overlay_node.store.wallet import (
     Outpoint,
     TxRecord,
     UtxoRecord,
-    insert_history,
-    insert_job,
     insert_many,
-    insert_txs,
-    insert_utxo,
 )
 
 if TYPE_CHECKING:
@@ -128,16 +124,6 @@ def _payment_row(rec: IncomingRecord) -> tuple[object, ...]:
     )
 
 
-def _used(conn: sqlite3.Connection, rec: IncomingRecord) -> bool:
-    query = "SELECT 1 FROM payments WHERE quote_id = ? OR derivation_prefix = ?"
-    return conn.execute(query, (rec.quote_id, rec.prefix)).fetchone() is not None
-
-
-def _spender(conn: sqlite3.Connection, outpoint: Outpoint) -> str | None:
-    row = conn.execute("SELECT payment_txid FROM payment_spends WHERE txid = ? AND vout = ?", outpoint).fetchone()
-    return None if row is None else str(row["payment_txid"])
-
-
 def _used_keys(conn: sqlite3.Connection, records: Sequence[IncomingRecord]) -> tuple[set[str], set[str]]:
     """The quote ids and prefixes of stored payments that share a quote id or a prefix with ``records``."""
     quotes: set[str] = set()
@@ -170,25 +156,10 @@ def _spenders(conn: sqlite3.Connection, outpoints: Sequence[Outpoint]) -> dict[O
     return found
 
 
-def _record_one(conn: sqlite3.Connection, rec: IncomingRecord) -> RecordOutcome:
-    if _used(conn, rec):
-        return RecordOutcome(result="replayed")
-    for outpoint in rec.spends:
-        other = _spender(conn, outpoint)
-        if other is not None and other != rec.txid:
-            return RecordOutcome(result="double_spend", conflict=outpoint, other_txid=other)
-    conn.execute(_PAYMENT_INSERT, _payment_row(rec))
-    conn.executemany(_SPENDS_INSERT, [(txid, vout, rec.txid) for txid, vout in rec.spends])
-    insert_txs(conn, rec.txs, rec.accepted_at)
-    insert_utxo(conn, rec.utxo, rec.accepted_at)
-    insert_history(conn, rec.history, rec.accepted_at)
-    insert_job(conn, rec.job, rec.accepted_at)
-    return RecordOutcome(result="recorded")
-
-
 def _record_all(conn: sqlite3.Connection, records: Sequence[IncomingRecord]) -> list[RecordOutcome]:
-    """The batch as :func:`_record_one` one after another would record it, with one statement per table for the
-    inserts: each record is checked against the database and against the records before it in the batch.
+    """Record the payments that pass their checks, with one statement per table for the inserts: each record is
+    checked against the database and against the records before it in the batch (a replayed quote or prefix, an
+    input another payment spends), as one-by-one recording would check it.
 
     Raises:
         sqlite3.IntegrityError: a constraint the checks do not cover (the caller rolls back and goes one by one).
@@ -261,7 +232,7 @@ class PaymentsRepository:
             for rec in records:
                 conn.execute("SAVEPOINT rec")
                 try:
-                    outcome = _record_one(conn, rec)
+                    (outcome,) = _record_all(conn, [rec])
                 except sqlite3.IntegrityError:
                     # a constraint we did not pre-check (the output is already ours): refuse this one only
                     conn.execute("ROLLBACK TO rec")

@@ -329,13 +329,13 @@ _SPEND_UPDATE = (
 )
 
 
-def _commit_all(conn: sqlite3.Connection, outs: Sequence[Outgoing], now: float) -> bool:
-    """Record every one of ``outs``, one statement per table for the inserts; False (and the caller undoes what
-    was done) as soon as a coin is no longer spendable."""
+def _commit_all(conn: sqlite3.Connection, outs: Sequence[Outgoing], now: float) -> Outpoint | None:
+    """Record every one of ``outs``, one statement per table for the inserts; the first coin that is no longer
+    spendable stops it (returned: the caller undoes what was done), None when all are recorded."""
     for out in outs:
-        for txid, vout in out.spends:
-            if conn.execute(_SPEND_UPDATE, (out.txid, txid, vout)).rowcount != 1:
-                return False
+        for outpoint in out.spends:
+            if conn.execute(_SPEND_UPDATE, (out.txid, *outpoint)).rowcount != 1:
+                return outpoint
     insert_many(
         conn,
         txs=[(tx, now) for out in outs for tx in out.txs],
@@ -343,7 +343,7 @@ def _commit_all(conn: sqlite3.Connection, outs: Sequence[Outgoing], now: float) 
         histories=[(out.history, now) for out in outs],
         jobs=[(out.job, now) for out in outs],
     )
-    return True
+    return None
 
 
 def _utxo(row: sqlite3.Row) -> UtxoRecord:
@@ -497,21 +497,16 @@ class WalletRepository:
         """
 
         def one(conn: sqlite3.Connection, out: Outgoing) -> None:
-            for txid, vout in out.spends:
-                if conn.execute(_SPEND_UPDATE, (out.txid, txid, vout)).rowcount != 1:
-                    raise Conflict(f"output {txid}:{vout} is no longer spendable")
-            insert_txs(conn, out.txs, now)
-            for utxo in out.change:
-                insert_utxo(conn, utxo, now, state=out.change_state)
-            insert_history(conn, out.history, now)
-            insert_job(conn, out.job, now)
+            lost = _commit_all(conn, [out], now)
+            if lost is not None:
+                raise Conflict(f"output {lost[0]}:{lost[1]} is no longer spendable")
 
         def txn(conn: sqlite3.Connection) -> list[Conflict | None]:
             # the common case: every coin still spendable, one insert per table for the whole batch; else the
             # batch is undone and goes one by one, so that only the payments that lost a coin are refused
             conn.execute("SAVEPOINT outgoing_all")
             try:
-                if _commit_all(conn, outs, now):
+                if _commit_all(conn, outs, now) is None:
                     conn.execute("RELEASE outgoing_all")
                     return [None] * len(outs)
             except sqlite3.IntegrityError:
