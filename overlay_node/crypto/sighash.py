@@ -3,7 +3,7 @@ from bytes. Pure and fast: a paid stream signs a transaction per packet. Per inp
 operations in libsecp256k1 (the signature and the public key, about 45 µs together); building with bsv-sdk's
 objects adds about 30 µs of object churn to that, this about 10.
 
-The digest is shared by the signer here and by the payee's fast verifier (``services/wallet_beef.fast_check``),
+The digest is shared by the signer here and by the payee's fast verifier (``chain/validation.fast_check``),
 which takes the three hashes of a received transaction from its raw bytes and calls :func:`bip143_digest` per
 input.
 

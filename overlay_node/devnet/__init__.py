@@ -1,12 +1,12 @@
 """The devnet ledger: a local, ARC-compatible BSV ledger that validates every transaction, keeps a UTXO set in
 SQLite, makes blocks with merkle paths and pays out from a faucet (DESIGN.md section 9).
 
-Modules: ``formats`` (raw/EF/BEEF parsing), ``chain`` (merkle trees, BUMPs, headers), ``validation`` (scripts,
-amounts, fee policy), ``ledger`` (the service), ``app`` (ARC's HTTP API), ``runner`` (``run_devnet`` and the
-``overlay-node devnet`` process). Run one with ``python -m overlay_node.devnet --help``.
+Modules: ``chain`` (the genesis supply and coinbases), ``ledger`` (the service), ``app`` (ARC's HTTP API),
+``runner`` (``run_devnet`` and the ``overlay-node devnet`` process). Reading and checking transactions is the
+transaction layer's (``overlay_node/chain/``), shared with the wallet, the payee and the overlay engine. Run one
+with ``python -m overlay_node.devnet --help``.
 
-The names below are imported lazily, so that the pure codecs (``formats``, ``chain``), which the ARC client
-uses, load without the HTTP server.
+The names below are imported lazily, so that importing the package does not load the HTTP server.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from overlay_node.chain.validation import Policy
     from overlay_node.devnet.runner import DevnetInfo, DevnetSettings, run_devnet, serve_foreground
-    from overlay_node.devnet.validation import Policy
 
 __all__ = ["DevnetInfo", "DevnetSettings", "Policy", "run_devnet", "serve_foreground"]
 
@@ -25,11 +25,12 @@ _HOME = {
     "DevnetSettings": "runner",
     "run_devnet": "runner",
     "serve_foreground": "runner",
-    "Policy": "validation",
 }
 
 
 def __getattr__(name: str) -> Any:
+    if name == "Policy":
+        return importlib.import_module("overlay_node.chain.validation").Policy
     module = _HOME.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from overlay_node.chain.validation import Policy
 from overlay_node.datadir import default_data_dir
 from overlay_node.devnet.runner import DevnetSettings, serve_foreground
-from overlay_node.devnet.validation import Policy
 from overlay_node.errors import OverlayError
 from overlay_node.logs import setup_logging
 

@@ -27,11 +27,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from overlay_node import __version__
+from overlay_node.chain.formats import parse_stream, parse_submission
+from overlay_node.chain.refusals import ArcCode, Refusal
 from overlay_node.clock import wall_time
-from overlay_node.devnet.chain import p2pkh_script
-from overlay_node.devnet.formats import parse_stream, parse_submission
+from overlay_node.crypto.scripts import p2pkh_script
 from overlay_node.devnet.ledger import Ledger, TxAnswer
-from overlay_node.devnet.refusals import ArcCode, Refusal
 from overlay_node.errors import OverlayError
 from overlay_node.store.ledger import BlockRecord
 

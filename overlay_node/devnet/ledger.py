@@ -35,22 +35,19 @@ from bsv.script.script import Script
 from bsv.script.type import P2PKH
 from bsv.transaction import Transaction, TransactionInput, TransactionOutput
 
-from overlay_node.clock import wall_time
-from overlay_node.devnet.chain import (
+from overlay_node.chain.blocks import (
     BLOCK_VERSION,
-    BURN_SCRIPT,
-    GENESIS_SUPPLY,
     NULL_HASH,
     BlockHeader,
     block_merkle_paths,
-    coinbase_tx,
-    is_data_script,
     merkle_root,
-    p2pkh_script,
 )
-from overlay_node.devnet.formats import ParsedTx, SourceOutput, Submission, encode_beef_v1, parse_transaction
-from overlay_node.devnet.refusals import ArcCode, Refusal
-from overlay_node.devnet.validation import Policy, check_transaction, outpoints
+from overlay_node.chain.formats import ParsedTx, SourceOutput, Submission, encode_beef_v1, parse_transaction
+from overlay_node.chain.refusals import ArcCode, Refusal
+from overlay_node.chain.validation import NewOutput, NewTx, Policy, check_transaction, outpoints
+from overlay_node.clock import wall_time
+from overlay_node.crypto.scripts import is_data_script, p2pkh_script
+from overlay_node.devnet.chain import BURN_SCRIPT, GENESIS_SUPPLY, coinbase_tx
 from overlay_node.errors import StoreError
 from overlay_node.store.ledger import (
     AcceptOutcome,
@@ -59,8 +56,6 @@ from overlay_node.store.ledger import (
     BlockPlan,
     BlockRecord,
     LedgerRepository,
-    NewOutput,
-    NewTx,
     Outpoint,
     StoredOutput,
     TxStatusRecord,

@@ -48,6 +48,7 @@ from overlay_node.crypto.keys import (
     parse_public_key,
     sign_digest,
 )
+from overlay_node.crypto.scripts import p2pkh_for_key
 from overlay_node.errors import BadRequest, InsufficientPayment, InvalidPayment
 
 __all__ = [
@@ -65,12 +66,10 @@ __all__ = [
     "check_payment_output",
     "check_resource",
     "child_secret",
-    "hash160",
     "new_nonce",
     "new_quote_id",
     "own_child_key",
     "own_child_public",
-    "p2pkh_script",
     "payee_locking_script",
     "payer_locking_script",
     "their_child_public",
@@ -223,25 +222,6 @@ def new_quote_id() -> str:
     return secrets.token_hex(16)
 
 
-def hash160(data: bytes) -> bytes:
-    """RIPEMD-160 of SHA-256."""
-    return _ripemd160(hashlib.sha256(data).digest())
-
-
-def _ripemd160(data: bytes) -> bytes:
-    try:
-        return hashlib.new("ripemd160", data).digest()
-    except ValueError:  # OpenSSL 3 builds without the legacy provider lack RIPEMD-160
-        from Cryptodome.Hash import RIPEMD160
-
-        return bytes(RIPEMD160.new(data).digest())
-
-
-def p2pkh_script(public_key: bytes) -> bytes:
-    """``OP_DUP OP_HASH160 <hash160(pubkey)> OP_EQUALVERIFY OP_CHECKSIG`` for a 33-byte public key."""
-    return b"\x76\xa9\x14" + hash160(public_key) + b"\x88\xac"
-
-
 def brc29_invoice(prefix: str, suffix: str) -> str:
     """The BRC-43 invoice number of a BRC-29 payment key: ``"2-3241645161d8-<prefix> <suffix>"``.
 
@@ -255,12 +235,12 @@ def brc29_invoice(prefix: str, suffix: str) -> str:
 
 def payer_locking_script(payer: Identity, payee: str | bytes, prefix: str, suffix: str) -> bytes:
     """The script output 0 of a payment locks to, computed by the payer (the payee's child public key)."""
-    return p2pkh_script(their_child_public(payer, payee, brc29_invoice(prefix, suffix)))
+    return p2pkh_for_key(their_child_public(payer, payee, brc29_invoice(prefix, suffix)))
 
 
 def payee_locking_script(payee: Identity, payer: str | bytes, prefix: str, suffix: str) -> bytes:
     """The same script, computed by the payee from its own child private key (output 0 must match it)."""
-    return p2pkh_script(own_child_public(payee, payer, brc29_invoice(prefix, suffix)))
+    return p2pkh_for_key(own_child_public(payee, payer, brc29_invoice(prefix, suffix)))
 
 
 def check_payment_output(script: bytes, satoshis: int, *, expected_script: bytes, price: int) -> None:

@@ -35,9 +35,9 @@ import trio
 from bsv.chaintracker import ChainTracker
 from bsv.merkle_path import MerklePath
 
+from overlay_node.chain.formats import parse_stream
+from overlay_node.chain.refusals import Refusal
 from overlay_node.crypto.bump import path_root
-from overlay_node.devnet.formats import parse_stream
-from overlay_node.devnet.refusals import Refusal
 from overlay_node.errors import ApiError, DialError
 
 logger = logging.getLogger(__name__)

@@ -33,10 +33,10 @@ from typing import Any, Literal
 
 import trio
 
+from overlay_node.chain.formats import SourceOutput
 from overlay_node.clock import wall_time
 from overlay_node.config import WalletSection
 from overlay_node.crypto.keys import Identity, public_key_hex
-from overlay_node.devnet.formats import SourceOutput
 from overlay_node.errors import (
     BadRequest,
     ConnectionLost,

@@ -37,18 +37,19 @@ from typing import Any
 import trio
 from bsv.keys import PublicKey as BsvPublicKey
 
+from overlay_node.chain.formats import SourceOutput, atomic_beef, parse_submission
+from overlay_node.chain.refusals import Refusal
+from overlay_node.chain.validation import Policy
 from overlay_node.clock import wall_time
 from overlay_node.config import WalletSection
 from overlay_node.crypto.keys import Identity
-from overlay_node.devnet.formats import SourceOutput, parse_submission
-from overlay_node.devnet.refusals import Refusal
-from overlay_node.devnet.validation import Policy
+from overlay_node.crypto.scripts import p2pkh_for_key
 from overlay_node.errors import ApiError, BadRequest, ConfigError, Conflict, DialError, OverlayError
 from overlay_node.metrics import Metrics
-from overlay_node.protocol.payments import WALLET_PROTOCOL, child_secret, own_child_key, p2pkh_script
+from overlay_node.protocol.payments import WALLET_PROTOCOL, child_secret, own_child_key
 from overlay_node.services.arc import DevnetClient
 from overlay_node.services.group_commit import GroupCommit
-from overlay_node.services.wallet_beef import atomic_beef, beef_entries, outputs_of, tx_record
+from overlay_node.services.wallet_beef import beef_entries, outputs_of, tx_record
 from overlay_node.services.wallet_build import BuiltTx, CoinSet, build_transaction, select_coins
 from overlay_node.store.db import Store
 from overlay_node.store.wallet import (
@@ -189,7 +190,7 @@ class Wallet:
         self._gauges = (gauge.labels("confirmed"), gauge.labels("unconfirmed"), gauge.labels("reserved"))
         receive_pub = self._own_key(RECEIVE_KEY_ID)
         self._receive_pub = receive_pub
-        self._receive_script = p2pkh_script(receive_pub)
+        self._receive_script = p2pkh_for_key(receive_pub)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -383,7 +384,7 @@ class Wallet:
             for i in range(parts if change_sats else 0):
                 sats = change_sats // parts + (1 if i < change_sats % parts else 0)
                 key_id = f"change {change_key or secrets.token_hex(12)}"
-                script = p2pkh_script(self._own_key(key_id))
+                script = p2pkh_for_key(self._own_key(key_id))
                 all_outputs.append((script, sats))
                 changes.append(
                     UtxoRecord(

@@ -22,9 +22,9 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from overlay_node.chain.formats import SourceOutput
 from overlay_node.crypto.bump import varint_bytes
 from overlay_node.crypto.sighash import P2pkhSpend, outpoint_bytes, sign_p2pkh, txid_of_raw
-from overlay_node.devnet.formats import SourceOutput
 from overlay_node.errors import InsufficientFunds
 from overlay_node.store.wallet import Outpoint, UtxoRecord
 

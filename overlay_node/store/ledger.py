@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from overlay_node.chain.validation import NewTx
 from overlay_node.errors import Conflict
 from overlay_node.store.db import open_store
 from overlay_node.store.migrations import Migrations
@@ -100,26 +101,6 @@ def _ledger_schema(conn: sqlite3.Connection) -> None:
 
 
 # -- rows and plans ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NewOutput:
-    """An output a new transaction creates (only spendable ones are stored)."""
-
-    vout: int
-    satoshis: int
-    script: bytes
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NewTx:
-    """A validated transaction to record: what it spends and what it creates."""
-
-    txid: str
-    raw: bytes
-    fee: int
-    spends: tuple[Outpoint, ...]
-    outputs: tuple[NewOutput, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,10 +18,11 @@ from bsv.merkle_path import MerklePath
 from bsv.script.type import P2PKH
 from bsv.transaction import Transaction, TransactionInput, TransactionOutput
 
+from overlay_node.chain.blocks import BlockHeader
+from overlay_node.chain.formats import encode_beef_v1
 from overlay_node.config import StoreSection
 from overlay_node.devnet import DevnetInfo, DevnetSettings, Policy, run_devnet
-from overlay_node.devnet.chain import GENESIS_SUPPLY, BlockHeader
-from overlay_node.devnet.formats import encode_beef_v1
+from overlay_node.devnet.chain import GENESIS_SUPPLY
 from overlay_node.devnet.ledger import Ledger
 from overlay_node.devnet.runner import LEDGER_DB
 from overlay_node.store.ledger import LedgerCounts, open_ledger_store

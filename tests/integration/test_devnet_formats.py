@@ -16,9 +16,8 @@ from bsv.transaction import Transaction, TransactionInput, TransactionOutput
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay_node.crypto.bump import varint_bytes
-from overlay_node.devnet.chain import block_merkle_paths, merkle_root
-from overlay_node.devnet.formats import (
+from overlay_node.chain.blocks import block_merkle_paths, merkle_root
+from overlay_node.chain.formats import (
     ATOMIC_BEEF,
     BEEF_V2,
     encode_beef_v1,
@@ -26,7 +25,8 @@ from overlay_node.devnet.formats import (
     parse_submission,
     subject_txid,
 )
-from overlay_node.devnet.refusals import ArcCode, Refusal
+from overlay_node.chain.refusals import ArcCode, Refusal
+from overlay_node.crypto.bump import varint_bytes
 from tests.integration.test_devnet import DevnetFactory, fund, http, p2pkh_spend, start_devnet
 
 __all__ = ["start_devnet"]  # the fixture, shared with test_devnet.py

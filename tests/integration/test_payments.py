@@ -20,6 +20,7 @@ import trio
 from bsv.script.script import Script
 from bsv.transaction import Transaction
 
+from overlay_node.chain.formats import atomic_beef
 from overlay_node.config import StoreSection, SwarmSection, WalletSection
 from overlay_node.crypto.keys import Identity
 from overlay_node.crypto.sighash import P2pkhSpend, outpoint_bytes, sign_p2pkh
@@ -38,7 +39,7 @@ from overlay_node.services.arc import ArcOutcome, DevnetClient
 from overlay_node.services.payments import Payments
 from overlay_node.services.settlement import Settlement
 from overlay_node.services.wallet import PreparedTx, Wallet
-from overlay_node.services.wallet_beef import atomic_beef, beef_entries
+from overlay_node.services.wallet_beef import beef_entries
 from overlay_node.services.wallet_build import build_transaction
 from overlay_node.store.db import Store, open_store
 from overlay_node.store.wallet import HistoryRecord, TxRecord, UtxoRecord

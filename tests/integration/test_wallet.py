@@ -21,8 +21,8 @@ from overlay_cli.output import CliState
 from overlay_node.api.common import HTTP_EXCEPTION_HANDLERS
 from overlay_node.api.control_wallet import wallet_routes
 from overlay_node.api.server import bind_unix, serve_app
+from overlay_node.chain.formats import parse_submission
 from overlay_node.crypto.keys import Identity
-from overlay_node.devnet.formats import parse_submission
 from overlay_node.errors import InsufficientFunds, PeerTimeout
 from overlay_node.net.peers import PeerLink
 from overlay_node.services.payments import Payments

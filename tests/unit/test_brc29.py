@@ -10,17 +10,16 @@ from bsv.wallet.wallet_impl import ProtoWallet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from overlay_node.chain.formats import SourceOutput, parse_transaction
+from overlay_node.chain.validation import Policy, check_transaction
 from overlay_node.crypto import brc42
 from overlay_node.crypto.keys import Identity
-from overlay_node.devnet.formats import SourceOutput, parse_transaction
-from overlay_node.devnet.validation import Policy, check_transaction
+from overlay_node.crypto.scripts import hash160, p2pkh_for_key
 from overlay_node.errors import BadRequest
 from overlay_node.protocol.payments import (
     BRC29_PROTOCOL,
     brc29_invoice,
-    hash160,
     new_nonce,
-    p2pkh_script,
     payee_locking_script,
     payer_locking_script,
 )
@@ -98,11 +97,11 @@ def test_derivation_matches_bsv_sdk_proto_wallet(prefix_bytes: bytes, suffix_byt
     theirs = ProtoWallet(BsvPrivateKey(payer.private_bytes)).get_public_key(
         {**args, "counterparty": payee.public_key_hex}
     )["publicKey"]
-    assert payer_locking_script(payer, payee.public_key_hex, prefix, suffix) == p2pkh_script(bytes.fromhex(theirs))
+    assert payer_locking_script(payer, payee.public_key_hex, prefix, suffix) == p2pkh_for_key(bytes.fromhex(theirs))
     own = ProtoWallet(BsvPrivateKey(payee.private_bytes)).get_public_key(
         {**args, "counterparty": payer.public_key_hex, "forSelf": True}
     )["publicKey"]
-    assert payee_locking_script(payee, payer.public_key_hex, prefix, suffix) == p2pkh_script(bytes.fromhex(own))
+    assert payee_locking_script(payee, payer.public_key_hex, prefix, suffix) == p2pkh_for_key(bytes.fromhex(own))
 
 
 @pytest.mark.parametrize("bad", ["", "abc", "a b c d", "x" * 65, "not~base64"])
@@ -139,14 +138,14 @@ def test_recipient_spends_a_brc29_output_with_the_recomputed_key() -> None:
     def key_for(c: UtxoRecord) -> bytes:
         return bytes(brc42.derive_child_private_key(recipient, c.counterparty, c.invoice).secret)
 
-    built = build_transaction([coin], [(p2pkh_script(recipient.public_key), 999)], key_for, fee=1)
+    built = build_transaction([coin], [(p2pkh_for_key(recipient.public_key), 999)], key_for, fee=1)
     sources = {(coin.txid, 0): SourceOutput(satoshis=1_000, locking_script=script)}
     checked = check_transaction(parse_transaction(built.raw), sources, Policy())
     assert checked.fee == 1
     # a key derived with another suffix cannot spend it
     wrong = build_transaction(
         [coin],
-        [(p2pkh_script(recipient.public_key), 999)],
+        [(p2pkh_for_key(recipient.public_key), 999)],
         lambda c: bytes(
             brc42.derive_child_private_key(recipient, c.counterparty, brc29_invoice(PREFIX, "Xx==")).secret
         ),

@@ -11,8 +11,8 @@ from bsv.merkle_path import MerklePath
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from overlay_node.chain.blocks import merkle_levels, merkle_root
 from overlay_node.crypto.bump import encode_path, path_root
-from overlay_node.devnet.chain import merkle_levels, merkle_root
 
 
 def merkle_path_for(levels: list[list[bytes]], index: int, height: int) -> MerklePath:

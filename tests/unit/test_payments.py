@@ -12,11 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from overlay_node.chain.blocks import block_merkle_paths, merkle_root, txid_of
+from overlay_node.chain.formats import BeefEntry, SourceOutput, atomic_beef, encode_beef_v2, parse_submission
+from overlay_node.chain.validation import Policy, fast_check
 from overlay_node.config import WalletSection
 from overlay_node.crypto.keys import SECP256K1_N, Identity
-from overlay_node.devnet.chain import block_merkle_paths, merkle_root, txid_of
-from overlay_node.devnet.formats import SourceOutput, parse_submission
-from overlay_node.devnet.validation import Policy
+from overlay_node.crypto.scripts import p2pkh_for_key
 from overlay_node.errors import (
     BadRequest,
     InsufficientFunds,
@@ -33,22 +34,13 @@ from overlay_node.protocol.payments import (
     child_secret,
     own_child_key,
     own_child_public,
-    p2pkh_script,
     payee_locking_script,
     payer_locking_script,
     their_child_public,
 )
 from overlay_node.services.arc import ArcOutcome, ArcResult, interpret, transport_failure
 from overlay_node.services.settlement import backoff, decide
-from overlay_node.services.wallet_beef import (
-    BeefEntry,
-    atomic_beef,
-    beef_entries,
-    check_payment_beef,
-    encode_beef_v2,
-    fast_check,
-    parse_payment_beef,
-)
+from overlay_node.services.wallet_beef import beef_entries, check_payment_beef, parse_payment_beef
 from overlay_node.services.wallet_build import (
     CoinSet,
     build_transaction,
@@ -249,7 +241,7 @@ def _coin(txid: str, vout: int, satoshis: int, owner: Identity, *, proven: bool 
         txid=txid,
         vout=vout,
         satoshis=satoshis,
-        script=p2pkh_script(owner.public_key),
+        script=p2pkh_for_key(owner.public_key),
         protocol="2-test wallet",
         key_id="k",
         counterparty="self",
@@ -323,7 +315,7 @@ def test_payment_beef_checks() -> None:
     short = parse_payment_beef(atomic_beef(p.txid, beef_entries(p.txid, txs, known={m.txid})), max_txs=10)
     with pytest.raises(InvalidPayment, match="by txid only, and this node does not hold it"):
         check_payment_beef(short, roots=roots, held={}, policy=policy)
-    held = {m.txid: [SourceOutput(satoshis=9_998, locking_script=p2pkh_script(PAYER.public_key))]}
+    held = {m.txid: [SourceOutput(satoshis=9_998, locking_script=p2pkh_for_key(PAYER.public_key))]}
     assert check_payment_beef(short, roots=roots, held=held, policy=policy).txid == p.txid
     # an ancestor missing altogether
     gap = parse_payment_beef(atomic_beef(p.txid, [BeefEntry(p.txid, p.raw)]), max_txs=10)
@@ -464,9 +456,9 @@ def _signed(n_inputs: int = 2) -> tuple[bytes, dict[tuple[str, int], SourceOutpu
 
 
 def _interpreter_fee(raw: bytes, sources: dict[tuple[str, int], SourceOutput]) -> int | None:
-    from overlay_node.devnet.formats import parse_transaction
-    from overlay_node.devnet.refusals import Refusal
-    from overlay_node.devnet.validation import check_transaction
+    from overlay_node.chain.formats import parse_transaction
+    from overlay_node.chain.refusals import Refusal
+    from overlay_node.chain.validation import check_transaction
 
     try:
         return check_transaction(parse_transaction(raw), sources, Policy()).fee

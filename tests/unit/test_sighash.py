@@ -15,8 +15,12 @@ from coincurve import PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from overlay_node.chain.formats import SourceOutput, parse_transaction
+from overlay_node.chain.refusals import Refusal
+from overlay_node.chain.validation import Policy, check_transaction, fast_check
 from overlay_node.crypto.bump import varint_bytes
 from overlay_node.crypto.keys import SECP256K1_N, sign_digest
+from overlay_node.crypto.scripts import hash160
 from overlay_node.crypto.sighash import (
     SIGHASH_ALL_FORKID,
     P2pkhSpend,
@@ -27,11 +31,6 @@ from overlay_node.crypto.sighash import (
     sign_p2pkh,
     txid_of_raw,
 )
-from overlay_node.devnet.formats import SourceOutput, parse_transaction
-from overlay_node.devnet.refusals import Refusal
-from overlay_node.devnet.validation import Policy, check_transaction
-from overlay_node.protocol.payments import hash160
-from overlay_node.services.wallet_beef import fast_check
 from overlay_node.services.wallet_build import build_transaction
 from overlay_node.store.wallet import UtxoRecord
 

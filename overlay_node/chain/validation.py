@@ -18,13 +18,39 @@ from typing import Any
 
 from bsv.script.script import Script
 from bsv.script.spend import Spend
+from coincurve import PublicKey
 
-from overlay_node.devnet.chain import NULL_HASH, is_data_script
-from overlay_node.devnet.formats import ParsedTx, SourceOutput
-from overlay_node.devnet.refusals import ArcCode, Refusal
-from overlay_node.store.ledger import NewOutput, NewTx, Outpoint
+from overlay_node.chain.blocks import NULL_HASH
+from overlay_node.chain.formats import ParsedTx, SourceOutput
+from overlay_node.chain.refusals import ArcCode, Refusal
+from overlay_node.crypto.bump import sha256d, varint_at
+from overlay_node.crypto.keys import SECP256K1_N
+from overlay_node.crypto.scripts import hash160, is_data_script, is_p2pkh
+from overlay_node.crypto.sighash import SIGHASH_ALL_FORKID, bip143_digest
 
 MAX_SATOSHIS = 21_000_000 * 100_000_000
+
+Outpoint = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewOutput:
+    """An output a new transaction creates (only spendable ones are stored)."""
+
+    vout: int
+    satoshis: int
+    script: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewTx:
+    """A validated transaction to record: what it spends and what it creates."""
+
+    txid: str
+    raw: bytes
+    fee: int
+    spends: tuple[Outpoint, ...]
+    outputs: tuple[NewOutput, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,3 +185,121 @@ def _check_script(tx: Any, index: int, source: SourceOutput) -> None:
         raise Refusal(ArcCode.UNLOCKING_SCRIPTS, f"input {index} script failed: {reason}") from exc
     if not ok:
         raise Refusal(ArcCode.UNLOCKING_SCRIPTS, f"input {index} script failed")
+
+
+# -- the fast path for plain P2PKH transactions --------------------------------------------------------------
+
+_HALF_N = SECP256K1_N // 2
+
+
+def _low_s_der(der: bytes) -> bool:
+    """A strict DER signature (BIP 66 shape) with S in the lower half of the order."""
+    n = len(der)
+    if not 8 <= n <= 72 or der[0] != 0x30 or der[1] != n - 2 or der[2] != 0x02:
+        return False
+    r_len = der[3]
+    if r_len == 0 or 5 + r_len >= n or der[4 + r_len] != 0x02:
+        return False
+    s_len = der[5 + r_len]
+    if s_len == 0 or r_len + s_len + 6 != n:
+        return False
+    r, s_ = der[4 : 4 + r_len], der[6 + r_len :]
+    for part in (r, s_):
+        if part[0] & 0x80 or (len(part) > 1 and part[0] == 0 and not part[1] & 0x80):
+            return False
+    return 0 < int.from_bytes(s_, "big") <= _HALF_N
+
+
+def fast_check(raw: bytes, sources: Mapping[Outpoint, SourceOutput], policy: Policy) -> int | None:
+    """Check a transaction whose every input is a plain P2PKH spend (SIGHASH_ALL|FORKID, low-S strict DER,
+    compressed key) and whose every output is P2PKH, without the script interpreter: amounts, fee, then each
+    signature with libsecp256k1 over the BIP143 digest computed here from the raw bytes.
+
+    Returns:
+        The fee when the transaction is valid; None when it is anything else (an unusual script, a missing
+        source, a bad amount, a signature that does not verify...): the caller then runs the full check,
+        which accepts or names the problem. So this path only ever accepts what the interpreter accepts.
+    """
+    try:
+        return _fast_check(raw, sources, policy)
+    except (IndexError, KeyError, ValueError):
+        return None
+
+
+def _fast_check(raw: bytes, sources: Mapping[Outpoint, SourceOutput], policy: Policy) -> int | None:
+    if len(raw) > policy.max_tx_size:
+        return None
+    n_in, pos = varint_at(raw, 4)
+    if n_in == 0:
+        return None
+    inputs: list[tuple[bytes, bytes, bytes, SourceOutput]] = []  # (outpoint, unlocking, sequence, source)
+    seen: set[bytes] = set()
+    for _ in range(n_in):
+        outpoint = raw[pos : pos + 36]
+        script_len, pos = varint_at(raw, pos + 36)
+        unlocking = raw[pos : pos + script_len]
+        pos += script_len
+        sequence = raw[pos : pos + 4]
+        pos += 4
+        if len(outpoint) != 36 or len(sequence) != 4 or outpoint in seen:
+            return None
+        seen.add(outpoint)
+        source = sources.get((outpoint[31::-1].hex(), int.from_bytes(outpoint[32:], "little")))
+        if source is None:
+            return None
+        inputs.append((outpoint, unlocking, sequence, source))
+    outputs_at = pos
+    n_out, pos = varint_at(raw, pos)
+    if n_out == 0:
+        return None
+    outputs_start = pos
+    total_out = 0
+    for _ in range(n_out):
+        satoshis = int.from_bytes(raw[pos : pos + 8], "little")
+        script_len, pos = varint_at(raw, pos + 8)
+        script = raw[pos : pos + script_len]
+        pos += script_len
+        if len(script) != script_len or not is_p2pkh(script) or not 1 <= satoshis <= MAX_SATOSHIS:
+            return None  # the interpreter's path reads other scripts (and refuses what it cannot write back)
+        total_out += satoshis
+    if pos + 4 != len(raw) or outputs_at <= 4:
+        return None
+    total_in = sum(src.satoshis for *_, src in inputs)
+    fee = total_in - total_out
+    if total_out > MAX_SATOSHIS or fee < policy.required_fee(len(raw)):
+        return None
+    version, locktime = raw[:4], raw[-4:]
+    hash_prevouts = sha256d(b"".join(op for op, *_ in inputs))
+    hash_sequence = sha256d(b"".join(seq for _, _, seq, _ in inputs))
+    hash_outputs = sha256d(raw[outputs_start:pos])
+    for outpoint, unlocking, sequence, source in inputs:
+        script = source.locking_script
+        if not is_p2pkh(script):
+            return None
+        sig_len = unlocking[0]
+        if len(unlocking) != sig_len + 35 or unlocking[1 + sig_len] != 33:
+            return None
+        sig, pub = unlocking[1 : 1 + sig_len], unlocking[2 + sig_len :]
+        if sig[-1] != SIGHASH_ALL_FORKID or pub[0] not in (2, 3) or not _low_s_der(sig[:-1]):
+            return None
+        if hash160(pub) != script[3:23]:
+            return None
+        digest = bip143_digest(
+            version,
+            hash_prevouts,
+            hash_sequence,
+            outpoint,
+            script,
+            source.satoshis,
+            sequence,
+            hash_outputs,
+            locktime,
+            SIGHASH_ALL_FORKID,
+        )
+        try:
+            key = PublicKey(pub)
+        except ValueError:
+            return None
+        if not key.verify(sig[:-1], digest, hasher=None):
+            return None
+    return fee

@@ -2,7 +2,7 @@
 V1/V2 (BRC-62/96) and Atomic BEEF (BRC-95); plus a BEEF V1 writer. Pure functions, no I/O.
 
 Every byte is read here with explicit bounds, so that any byte string gives either a parsed value or a
-:class:`~overlay_node.devnet.refusals.Refusal`, never a crash. A transaction is read into plain tuples
+:class:`~overlay_node.chain.refusals.Refusal`, never a crash. A transaction is read into plain tuples
 (:class:`TxInput`, :class:`TxOutput`): the ledger and the payee read every payment, often several times over
 (each settlement resubmission is parsed again), and bsv-sdk's ``Transaction`` objects cost several times the
 parse itself. :meth:`ParsedTx.sdk_tx` builds one on demand for the script interpreter (and refuses bytes
@@ -21,9 +21,9 @@ from typing import Any, Literal, NamedTuple
 
 from bsv.transaction import Transaction
 
+from overlay_node.chain.blocks import txid_of
+from overlay_node.chain.refusals import ArcCode, Refusal
 from overlay_node.crypto.bump import path_root, varint_bytes
-from overlay_node.devnet.chain import txid_of
-from overlay_node.devnet.refusals import ArcCode, Refusal
 
 EF_MARKER = b"\x00\x00\x00\x00\x00\xef"
 BEEF_V1 = bytes.fromhex("0100beef")
@@ -386,3 +386,34 @@ def encode_beef_v1(entries: Sequence[tuple[bytes, bytes | None]]) -> bytes:
             body += b"\x01" + varint_bytes(bumps.index(bump))
     head = BEEF_V1 + varint_bytes(len(bumps)) + b"".join(bumps) + varint_bytes(len(entries))
     return head + bytes(body)
+
+
+@dataclass(frozen=True, slots=True)
+class BeefEntry:
+    """One BEEF V2 entry: a transaction (with its BUMP when proven), or a txid only (``raw`` None)."""
+
+    txid: str
+    raw: bytes | None = None
+    bump: bytes | None = None
+
+
+def encode_beef_v2(entries: Sequence[BeefEntry]) -> bytes:
+    """A BEEF V2 of ``entries`` (parents first); identical BUMPs are written once."""
+    bumps: list[bytes] = []
+    body = bytearray()
+    for entry in entries:
+        if entry.raw is None:
+            body += b"\x02" + bytes.fromhex(entry.txid)[::-1]
+        elif entry.bump is None:
+            body += b"\x00" + entry.raw
+        else:
+            if entry.bump not in bumps:
+                bumps.append(entry.bump)
+            body += b"\x01" + varint_bytes(bumps.index(entry.bump)) + entry.raw
+    head = BEEF_V2 + varint_bytes(len(bumps)) + b"".join(bumps) + varint_bytes(len(entries))
+    return head + bytes(body)
+
+
+def atomic_beef(subject: str, entries: Sequence[BeefEntry]) -> bytes:
+    """Atomic BEEF (BRC-95) of ``subject``: the marker, the subject txid, then a BEEF V2 of ``entries``."""
+    return ATOMIC_BEEF + bytes.fromhex(subject)[::-1] + encode_beef_v2(entries)

@@ -1,0 +1,94 @@
+"""SPV: a whole BEEF checked against a chain's block roots (BRC-62 "Validation Process", BRC-67).
+
+Every transaction of the BEEF is checked in order, parents first:
+1. A transaction with a merkle path (BUMP) is proven when the root its path computes is the merkle root of the
+   block at the path's height; it is taken as valid without looking at its inputs.
+2. Any other transaction is checked fully (:func:`~overlay_node.chain.validation.check_transaction`: structure,
+   every input's script, outputs not above inputs, the fee policy) against the outputs it spends, which come from
+   the BEEF's earlier transactions or, for parents the BEEF leaves out (V2 txid-only entries), from ``held``.
+
+Pure and synchronous: the caller fetches the roots of :func:`heights` and the outputs it holds first. ``roots``
+may be None ("scripts only", as the reference engine's ``'scripts only'`` chain tracker): merkle paths are then
+read and must prove their transaction, but no block is asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from overlay_node.chain.formats import SourceOutput, Submission
+from overlay_node.chain.refusals import ArcCode, Refusal
+from overlay_node.chain.validation import Outpoint, Policy, check_transaction, fast_check
+
+__all__ = ["Verified", "heights", "verify_beef"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verified:
+    """What :func:`verify_beef` found: the fee of each transaction it checked (proven ones are not checked)."""
+
+    fees: Mapping[str, int]
+
+    @property
+    def checked(self) -> int:
+        """How many transactions were checked script by script."""
+        return len(self.fees)
+
+
+def heights(submission: Submission) -> set[int]:
+    """The block heights whose roots :func:`verify_beef` needs."""
+    return {t.block_height for t in submission.txs if t.block_height is not None}
+
+
+def verify_beef(
+    submission: Submission,
+    *,
+    roots: Mapping[int, str | None] | None,
+    held: Mapping[str, Sequence[SourceOutput]],
+    policy: Policy,
+) -> Verified:
+    """Check every transaction of ``submission`` (see the module docstring).
+
+    Args:
+        submission: a parsed BEEF (or a single transaction).
+        roots: the merkle root of the block at each height the BEEF's paths name (None: no such block); None for
+            scripts only.
+        held: the outputs of transactions the caller holds, for txid-only entries and parents the BEEF leaves out.
+        policy: the fee and size policy every unproven transaction must meet.
+
+    Raises:
+        Refusal: 469 for a path whose root is not the block's, 462 for an unknown or missing input (a txid-only
+            entry the caller does not hold among them), 461 for a failing script, 463/464/465 for malformed,
+            unbalanced or underpaying transactions; the txid concerned is named.
+    """
+    for txid in submission.txid_only:
+        if txid not in held:
+            raise Refusal(
+                ArcCode.INPUTS, f"the BEEF names {txid} by txid only, and this node does not hold it", txid=txid
+            )
+    sources: dict[Outpoint, SourceOutput] = {}
+    fees: dict[str, int] = {}
+    for ptx in submission.txs:
+        if ptx.block_height is not None:
+            if roots is not None and roots.get(ptx.block_height) != ptx.bump_root:
+                raise Refusal(
+                    ArcCode.VALIDATING_MERKLE_ROOTS,
+                    f"the merkle path of {ptx.txid} does not match block {ptx.block_height}",
+                    txid=ptx.txid,
+                )
+        else:
+            for tx_in in ptx.inputs:
+                outpoint = (tx_in.txid, tx_in.vout)
+                if outpoint not in sources:
+                    # only the outputs spent: a held parent may be a coin split with hundreds of outputs
+                    outputs = held.get(tx_in.txid)
+                    if outputs is not None and tx_in.vout < len(outputs):
+                        sources[outpoint] = outputs[tx_in.vout]
+            fee = fast_check(ptx.raw, sources, policy)
+            if fee is None:  # not the common case: the full check decides, and says what is wrong
+                fee = check_transaction(ptx, sources, policy).fee
+            fees[ptx.txid] = fee
+        for vout, (satoshis, script) in enumerate(ptx.outputs):
+            sources[(ptx.txid, vout)] = SourceOutput(satoshis=satoshis, locking_script=script)
+    return Verified(fees=fees)
