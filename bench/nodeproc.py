@@ -2,8 +2,9 @@
 benchmark's own loop. Both run the same operations, so a benchmark is written once and runs either way.
 
 A host starts one or more nodes, each built from a :class:`NodeSpec` (data-dir root, name, config overrides on top
-of :data:`LOOPBACK`), and then runs the operations the benchmark sends it, one at a time, through an *op function*
-the benchmark supplies::
+of :data:`LOOPBACK`), or none (its operations then build what they measure themselves, as ``bench_links.py``'s
+bare peer managers; ``overlay_node.node`` is imported only when a node starts), and then runs the operations the
+benchmark sends it, one at a time, through an *op function* the benchmark supplies::
 
     async def ops(host: Host, op: str, args: list[Any]) -> Any: ...
 
@@ -32,13 +33,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import trio
 
 from overlay_node.config import load_config, starter_config_text
 from overlay_node.datadir import DataDir
-from overlay_node.node import Node
+
+if TYPE_CHECKING:  # imported when a node starts: a host without nodes (bench_links.py) needs none of it
+    from overlay_node.node import Node
 
 #: Config every benchmark node starts from: loopback addresses, ports chosen by the system.
 LOOPBACK: dict[str, Any] = {
@@ -69,7 +72,7 @@ class Host:
 
 
 OpFunction = Callable[[Host, str, list[Any]], Awaitable[Any]]
-DescribeFunction = Callable[[Node], dict[str, Any]]
+DescribeFunction = Callable[["Node"], dict[str, Any]]
 
 
 class NodeHost(Protocol):
@@ -117,6 +120,8 @@ def system_cpu_seconds() -> dict[str, float]:
 
 async def start_node(nursery: trio.Nursery, spec: NodeSpec) -> Node:
     """Create the spec's data dir and run its node in ``nursery``; returns once the node is ready."""
+    from overlay_node.node import Node
+
     dd = DataDir(Path(spec.root) / spec.name)
     dd.init(config_text=starter_config_text())
     node = Node(dd, load_config(env={}, overrides=LOOPBACK | spec.overrides))
@@ -184,7 +189,8 @@ def _serve(
         prof.enable()
         trio.run(run)
         prof.disable()
-        prof.dump_stats(os.path.join(os.environ["OVERLAY_BENCH_PROFILE"], specs[0].name + ".prof"))
+        name = specs[0].name if specs else f"host-{os.getpid()}"  # a host may run no nodes (bench_links.py)
+        prof.dump_stats(os.path.join(os.environ["OVERLAY_BENCH_PROFILE"], name + ".prof"))
         return
     trio.run(run)
 
