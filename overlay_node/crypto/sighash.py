@@ -12,12 +12,18 @@ What :func:`sign_p2pkh` writes is exactly what bsv-sdk writes for the same spend
 SIGHASH_ALL|FORKID, unlocking scripts ``<DER signature + 0x41> <33-byte compressed key>`` with RFC 6979 nonces
 and low S (libsecp256k1 through coincurve, as bsv-sdk's native backend). ``tests/unit/test_sighash.py`` holds the
 two byte-identical.
+
+:func:`sign_transaction` signs the same way for inputs of either unlock form: ``p2pkh`` as above, or ``pushdrop``
+(``<DER signature + 0x41>`` alone, how a PushDrop token, whose locking script holds its key, is spent: creating
+and revoking SHIP/SLAP/UHRP tokens). ``tests/unit/test_pushdrop.py`` holds a P2PKH coin and a token spent together
+valid under bsv-sdk's interpreter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from coincurve import PublicKey
 
@@ -27,11 +33,14 @@ from overlay_node.crypto.keys import sign_digest
 __all__ = [
     "SIGHASH_ALL_FORKID",
     "P2pkhSpend",
+    "Spend",
+    "UnlockForm",
     "bip143_digest",
     "outpoint_bytes",
     "serialize_outputs",
     "sha256d",
     "sign_p2pkh",
+    "sign_transaction",
     "txid_of_raw",
 ]
 
@@ -125,22 +134,58 @@ class P2pkhSpend:
 
 
 def sign_p2pkh(spends: Sequence[P2pkhSpend], outputs: Sequence[tuple[bytes, int]]) -> bytes:
-    """A signed transaction spending ``spends`` (in order) to ``outputs`` ``(locking script, satoshis)``.
+    """A signed transaction spending ``spends`` (in order) to ``outputs`` ``(locking script, satoshis)``: the
+    P2PKH-only case of :func:`sign_transaction`.
 
     No amounts are checked (the caller balances them; a test may want an unbalanced transaction).
+
+    Raises:
+        ValueError: a secret is not a valid private key.
+    """
+    return sign_transaction(spends, outputs)
+
+
+#: how an input is unlocked: ``p2pkh`` pushes the signature and the public key, ``pushdrop`` the signature alone
+#: (a PushDrop token's locking script holds its key and ends in OP_CHECKSIG before the dropped fields)
+UnlockForm = Literal["p2pkh", "pushdrop"]
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """An input to sign with :func:`sign_transaction`: the output it spends (``outpoint``, its ``locking_script``,
+    which is signed as the BIP143 script code, and its ``satoshis``), the 32-byte private key that unlocks it and
+    how (``unlock``). ``public_key``: the secret's compressed public key when the caller has it (p2pkh only)."""
+
+    outpoint: bytes
+    locking_script: bytes
+    satoshis: int
+    secret: bytes
+    unlock: UnlockForm = "p2pkh"
+    public_key: bytes | None = None
+
+
+def sign_transaction(inputs: Sequence[Spend | P2pkhSpend], outputs: Sequence[tuple[bytes, int]]) -> bytes:
+    """A signed transaction spending ``inputs`` (in order) to ``outputs`` ``(locking script, satoshis)``: version
+    1, every sequence 0xffffffff, locktime 0, SIGHASH_ALL|FORKID. A :class:`P2pkhSpend` is a ``p2pkh`` input; a
+    transaction of p2pkh inputs only is byte-identical to :func:`sign_p2pkh`'s.
+
+    No amounts are checked (the caller balances them).
 
     Returns:
         The serialized transaction.
 
     Raises:
-        ValueError: a secret is not a valid private key.
+        ValueError: a secret is not a valid private key, or an unknown unlock form.
     """
     outputs_body = serialize_outputs(outputs)
-    hash_prevouts = sha256d(b"".join(s.outpoint for s in spends))
-    hash_sequence = sha256d(_SEQUENCE * len(spends))
+    hash_prevouts = sha256d(b"".join(s.outpoint for s in inputs))
+    hash_sequence = sha256d(_SEQUENCE * len(inputs))
     hash_outputs = sha256d(outputs_body)
-    parts = [_VERSION, varint_bytes(len(spends))]
-    for spend in spends:
+    parts = [_VERSION, varint_bytes(len(inputs))]
+    for spend in inputs:
+        form = spend.unlock if isinstance(spend, Spend) else "p2pkh"
+        if form not in ("p2pkh", "pushdrop"):
+            raise ValueError(f"unknown unlock form {form!r}: p2pkh or pushdrop")
         digest = bip143_digest(
             _VERSION,
             hash_prevouts,
@@ -154,9 +199,10 @@ def sign_p2pkh(spends: Sequence[P2pkhSpend], outputs: Sequence[tuple[bytes, int]
             SIGHASH_ALL_FORKID,
         )
         signature = sign_digest(spend.secret, digest) + _SIGHASH_BYTE
-        public = spend.public_key or PublicKey.from_valid_secret(spend.secret).format(compressed=True)
-        # both pushes are direct (a signature is at most 73 bytes, the key 33): one length byte each
-        unlocking = bytes([len(signature)]) + signature + _KEY_PUSH + public
+        unlocking = bytes([len(signature)]) + signature  # a direct push: at most 73 bytes
+        if form == "p2pkh":
+            public = spend.public_key or PublicKey.from_valid_secret(spend.secret).format(compressed=True)
+            unlocking += _KEY_PUSH + public
         parts += (spend.outpoint, varint_bytes(len(unlocking)), unlocking, _SEQUENCE)
     parts += (varint_bytes(len(outputs)), outputs_body, _LOCKTIME)
     return b"".join(parts)

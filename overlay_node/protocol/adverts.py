@@ -8,7 +8,8 @@ Theory of operation:
    ``[2, "service host interconnect"]`` (SHIP) or ``[2, "service lookup availability"]`` (SLAP), key id ``"1"``,
    counterparty ``anyone``, signing with our own child key (``forSelf``). The token's locking key is that child
    public key; a verifier derives ``f1 + HMAC(f1, invoice)·G`` and requires it to equal the locking key and the
-   signature to verify under it.
+   signature to verify under it. The fields, the signature and that check are :mod:`overlay_node.topics.ship`'s,
+   the code ``tm_ship``/``tm_slap`` admit on-chain tokens with.
 2. Beside the token fields, an advert carries what discovery needs: the node's endpoints, service type, pricing
    model and price, capabilities, region and an expiry. These are covered by the DHT record signature (the record's
    publisher must be the advert's identity key), not by the BRC-88 signature, exactly as an overlay host's own
@@ -22,26 +23,52 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import cbor2
 
-from overlay_node.crypto.brc42 import ProtocolID, create_signature, derive_public_key, verify_signature
+from overlay_node.crypto.brc42 import ProtocolID
 from overlay_node.crypto.keys import Identity, public_key_hex
+from overlay_node.crypto.pushdrop import ANYONE, KEY_ID, read_public_key, token_locking_key
 from overlay_node.errors import BadRequest, RemoteProtocolError
+from overlay_node.topics.ship import (
+    NAME_RE,
+    SHIP_PROTOCOL,
+    SLAP_PROTOCOL,
+    Kind,
+    is_valid_name,
+    protocol_for,
+    ship_fields,
+    ship_is_linked,
+    ship_signature,
+)
 
-Kind = Literal["SHIP", "SLAP"]
+__all__ = [
+    "ANYONE",
+    "KEY_ID",
+    "NAME_RE",
+    "SHIP_PROTOCOL",
+    "SLAP_PROTOCOL",
+    "Advert",
+    "AdvertError",
+    "Endpoints",
+    "Filter",
+    "Kind",
+    "decode_advert",
+    "dht_name",
+    "encode_advert",
+    "host_score",
+    "kind_of",
+    "make_advert",
+    "protocol_of",
+    "signature_is_linked",
+    "token_fields",
+]
 
-SHIP_PROTOCOL: Final[ProtocolID] = (2, "service host interconnect")
-SLAP_PROTOCOL: Final[ProtocolID] = (2, "service lookup availability")
-KEY_ID: Final = "1"
-#: BRC-87 names as the reference SHIP/SLAP topic managers enforce them (no digits)
-NAME_RE: Final = re.compile(r"^(?=.{1,50}$)(?:tm_|ls_)[a-z]+(?:_[a-z]+)*$")
 PRICING_MODELS: Final = ("free", "per-packet", "per-second", "per-request", "per-byte", "flat")
 MAX_URI: Final = 200
 MAX_CAPABILITIES: Final = 16
 MAX_TEXT: Final = 40
-ANYONE: Final = Identity.from_private_bytes((1).to_bytes(32, "big"))
 
 
 class AdvertError(RemoteProtocolError):
@@ -57,7 +84,7 @@ def kind_of(name: str) -> Kind:
     Raises:
         BadRequest: the name breaks the BRC-87 rules.
     """
-    if not NAME_RE.match(name):
+    if not is_valid_name(name):
         raise BadRequest(
             f"bad topic or service name {name!r}: tm_ or ls_ then lower-case words joined by single underscores "
             "(letters only, at most 50 characters)"
@@ -66,7 +93,7 @@ def kind_of(name: str) -> Kind:
 
 
 def protocol_of(kind: Kind) -> ProtocolID:
-    return SHIP_PROTOCOL if kind == "SHIP" else SLAP_PROTOCOL
+    return protocol_for(kind)
 
 
 def dht_name(kind: Kind, name: str) -> tuple[str, str]:
@@ -76,7 +103,7 @@ def dht_name(kind: Kind, name: str) -> tuple[str, str]:
 
 def token_fields(kind: Kind, identity_key: bytes, uri: str, name: str) -> list[bytes]:
     """The four signed PushDrop fields f0..f3 of the official token."""
-    return [kind.encode(), identity_key, uri.encode(), name.encode()]
+    return ship_fields(kind, identity_key, uri, name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +132,8 @@ class Advert:
     capabilities: tuple[str, ...] = ()
     region: str = ""
     expires: int = 0
+    #: the outpoint (``txid.vout``) of the same advert's token on chain, when there is one
+    token: str = ""
 
     @property
     def identity_hex(self) -> str:
@@ -126,6 +155,7 @@ class Advert:
             "expires": self.expires,
             "signature": self.signature.hex(),
             "locking_key": self.locking_key.hex(),
+            "token": self.token or None,
         }
 
 
@@ -147,8 +177,10 @@ def make_advert(
     price: int = 0,
     capabilities: tuple[str, ...] = (),
     region: str = "",
+    token: str = "",
 ) -> Advert:
-    """Create and sign an advert for ``name`` (a ``tm_`` topic or ``ls_`` service).
+    """Create and sign an advert for ``name`` (a ``tm_`` topic or ``ls_`` service); ``token``: the outpoint of the
+    same advert's token on chain, if any.
 
     Raises:
         BadRequest: a bad name, URI, pricing model, price or metadata.
@@ -166,10 +198,8 @@ def make_advert(
         _check_text("a capability", cap)
     _check_text("service type", service_type)
     _check_text("region", region)
-    protocol = protocol_of(kind)
-    data = b"".join(token_fields(kind, identity.public_key, uri, name))
-    signature = create_signature(identity, data, protocol=protocol, key_id=KEY_ID, counterparty="anyone")
-    locking_key = derive_public_key(identity, protocol, KEY_ID, "anyone", for_self=True)
+    signature = ship_signature(identity, kind, uri, name)
+    locking_key = token_locking_key(identity, protocol_of(kind))
     return Advert(
         kind=kind,
         identity_key=identity.public_key,
@@ -184,23 +214,20 @@ def make_advert(
         capabilities=tuple(capabilities),
         region=region,
         expires=expires,
+        token=token,
     )
 
 
 def signature_is_linked(advert: Advert) -> bool:
-    """The reference check (``isTokenSignatureCorrectlyLinked``): as ``anyone``, derive the advertiser's child key
-    for the protocol, require it to equal the locking key, and require the signature to verify under it."""
-    protocol = protocol_of(advert.kind)
-    try:
-        expected = derive_public_key(ANYONE, protocol, KEY_ID, advert.identity_key, for_self=False)
-        if expected != advert.locking_key:
-            return False
-        data = b"".join(token_fields(advert.kind, advert.identity_key, advert.uri, advert.name))
-        return verify_signature(
-            ANYONE, data, advert.signature, protocol=protocol, key_id=KEY_ID, counterparty=advert.identity_key
-        )
-    except BadRequest:
+    """The reference check (``isTokenSignatureCorrectlyLinked``, shared with ``tm_ship``/``tm_slap``): as
+    ``anyone``, derive the advertiser's child key for the protocol, require it to equal the locking key, and require
+    the signature to verify under it. Both keys must be written compressed (a token's script may hold other forms;
+    an advert carries the canonical one)."""
+    if any(read_public_key(key) != key for key in (advert.identity_key, advert.locking_key)):
         return False
+    return ship_is_linked(
+        advert.kind, advert.identity_key, advert.uri, advert.name, advert.locking_key, advert.signature
+    )
 
 
 # -- value codec -------------------------------------------------------------------------------------------------
@@ -208,32 +235,41 @@ def signature_is_linked(advert: Advert) -> bool:
 
 def encode_advert(advert: Advert) -> bytes:
     """The DHT record value: canonical CBOR with short keys (a record value is at most about 1 KiB)."""
-    return bytes(
-        cbor2.dumps(
-            {
-                "p": advert.kind,
-                "k": advert.identity_key,
-                "u": advert.uri,
-                "n": advert.name,
-                "s": advert.signature,
-                "l": advert.locking_key,
-                "e": [list(advert.endpoints.swarm), advert.endpoints.http, advert.endpoints.dht],
-                "t": advert.service_type,
-                "m": advert.pricing_model,
-                "c": advert.price,
-                "a": list(advert.capabilities),
-                "r": advert.region,
-                "x": advert.expires,
-            },
-            canonical=True,
-        )
-    )
+    fields: dict[str, Any] = {
+        "p": advert.kind,
+        "k": advert.identity_key,
+        "u": advert.uri,
+        "n": advert.name,
+        "s": advert.signature,
+        "l": advert.locking_key,
+        "e": [list(advert.endpoints.swarm), advert.endpoints.http, advert.endpoints.dht],
+        "t": advert.service_type,
+        "m": advert.pricing_model,
+        "c": advert.price,
+        "a": list(advert.capabilities),
+        "r": advert.region,
+        "x": advert.expires,
+    }
+    if advert.token:
+        fields["o"] = advert.token  # absent when there is none: adverts of nodes without tokens stay byte-identical
+    return bytes(cbor2.dumps(fields, canonical=True))
 
 
 def _get(data: dict[Any, Any], key: str, typ: type[Any]) -> Any:
     value = data.get(key)
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise AdvertError(f"advert field {key!r} missing or not {typ.__name__}", reason="malformed_advert")
+    return value
+
+
+_OUTPOINT: Final = re.compile(r"^[0-9a-f]{64}\.[0-9]{1,9}$")
+
+
+def _token(value: object) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not _OUTPOINT.match(value):
+        raise AdvertError("advert token is not a txid.vout outpoint", reason="malformed_advert")
     return value
 
 
@@ -284,6 +320,7 @@ def decode_advert(value: bytes, *, publisher: bytes) -> Advert:
         capabilities=tuple(caps),
         region=_get(data, "r", str),
         expires=_get(data, "x", int),
+        token=_token(data.get("o", "")),
     )
     if advert.identity_key != publisher:
         raise AdvertError(

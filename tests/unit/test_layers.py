@@ -26,7 +26,8 @@ def _modules(package: str) -> list[Path]:
 
 
 @pytest.mark.parametrize(
-    "package", ["overlay_node.wire", "overlay_node.protocol", "overlay_node.crypto", "overlay_node.chain"]
+    "package",
+    ["overlay_node.wire", "overlay_node.protocol", "overlay_node.crypto", "overlay_node.chain", "overlay_node.topics"],
 )
 def test_pure_layers_touch_no_io(package: str) -> None:
     for path in _modules(package):
@@ -55,7 +56,7 @@ def test_sql_only_in_store() -> None:
 
 
 def test_lower_layers_do_not_import_upper_ones() -> None:
-    order = ["crypto", "wire", "chain", "protocol", "net", "services"]
+    order = ["crypto", "wire", "chain", "topics", "protocol", "net", "services"]
     for i, layer in enumerate(order):
         upper = tuple(f"overlay_node.{name}" for name in [*order[i + 1 :], "node", "api", "devnet"])
         for path in _modules(f"overlay_node.{layer}"):
