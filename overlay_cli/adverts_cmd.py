@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 from typing import Annotated, Any
 
 import typer
@@ -45,11 +46,19 @@ def advertise(
     region: Annotated[str, typer.Option("--region", help="Region tag, e.g. eu.")] = "",
     ttl: Annotated[float | None, typer.Option("--ttl", help="Seconds until the advert expires (refreshed).")] = None,
     uri: Annotated[str, typer.Option("--uri", help="Advertised URI (default: this node's http address).")] = "",
+    on_chain: Annotated[
+        bool, typer.Option("--on-chain/--no-token", help="Also put the advert on chain as a BRC-88 token.")
+    ] = True,
+    json_: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Advertise a topic (SHIP) or lookup service (SLAP) over the DHT, or revoke it with --revoke."""
+    """Advertise a topic (SHIP) or lookup service (SLAP) over the DHT and on chain (a BRC-88 token submitted to the
+    tm_ship/tm_slap hosts, paid by the wallet), or revoke both with --revoke."""
     state: CliState = ctx.obj
+    if json_:
+        state = dataclasses.replace(state, json=True)
     with cli_errors(state), _client(ctx) as client:
         body: dict[str, Any] = _name(topic, service)
+        body["on_chain"] = on_chain
         if revoke:
             body["revoke"] = True
         else:
@@ -68,10 +77,18 @@ def advertise(
         def human(out: Console) -> None:
             if revoke:
                 out.print(f"revoked {data['revoked']} (tombstone stored at {data['stored']} nodes)")
+                for txid in data.get("token_spends") or []:
+                    out.print(f"token spent by {txid}", markup=False)
+                if data.get("token_error"):
+                    out.print(f"token not spent: {data['token_error']}", markup=False)
                 return
             ad = data["advert"]
             name = ad.get("topic") or ad.get("service")
             out.print(f"advertised {ad['protocol']} {name} at {ad['uri']} (stored at {data['stored']} nodes)")
+            if data.get("token"):
+                out.print(f"on chain: {data['token']}", markup=False)
+            elif data.get("token_error"):
+                out.print(f"not on chain: {data['token_error']}", markup=False)
 
         emit(state, data, human)
 

@@ -119,6 +119,7 @@ def publish(
                     ("uhrp url", data["uhrp_url"]),
                     ("size", data["size"]),
                     ("replication", data["replication"]),
+                    ("on chain", data.get("token") or f"no ({data.get('token_error') or 'no token'})"),
                 ],
             )
             _replica_rows(out, data)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from overlay_cli import adverts_cmd, content_cmd, wallet_cmd
+from overlay_cli import adverts_cmd, content_cmd, overlay_cmd, wallet_cmd
 from overlay_cli.client import ControlClient
 from overlay_cli.output import CliState, cli_errors, emit, print_fields, table
 
@@ -27,6 +27,10 @@ app.command()(content_cmd.access)
 app.command("get")(content_cmd.access)
 app.command()(content_cmd.search)
 app.add_typer(content_cmd.app, name="content")
+app.command()(overlay_cmd.submit)
+app.command()(overlay_cmd.lookup)
+app.command()(overlay_cmd.topics)
+app.command()(overlay_cmd.history)
 
 
 def _client(ctx: typer.Context) -> ControlClient:

@@ -45,7 +45,21 @@ def root(
 
 
 @app.command()
-def init(ctx: typer.Context) -> None:
+def init(
+    ctx: typer.Context,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls", help="Also make a local CA and a certificate so the http port serves https:// (kept if present)."
+        ),
+    ] = False,
+    tls_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tls-host", help="Host name or IP the certificate names (repeatable; default 127.0.0.1, localhost)."
+        ),
+    ] = None,
+) -> None:
     """Create the data dir, its identity key and a commented config.toml (existing files are kept)."""
     from overlay_node.config import starter_config_text
     from overlay_node.crypto.keys import Identity
@@ -56,12 +70,18 @@ def init(ctx: typer.Context) -> None:
         dd = DataDir(data_dir_of(state))
         result = dd.init(config_text=starter_config_text())
         key = Identity.from_private_bytes(dd.load_identity()).public_key_hex
-        data = {"data_dir": str(dd.path), "identity_key": key, "created": result.created}
+        data: dict[str, object] = {"data_dir": str(dd.path), "identity_key": key, "created": result.created}
+        if tls:
+            from overlay_node.tls import enable_in_data_dir
+
+            data["tls"] = enable_in_data_dir(dd.path, dd.config_path, tls_host or ["127.0.0.1", "localhost"])
         if state.json:
             sys.stdout.write(json.dumps(data) + "\n")
         else:
             verb = "initialized" if result.created else "already initialized"
             state.out.print(f"{verb} {dd.path}\nidentity key {key}")
+            if tls:
+                state.out.print(f"https with a local CA: trust {dd.path / 'tls' / 'ca.pem'} in clients")
 
 
 def _parse_sets(values: list[str]) -> dict[str, object]:

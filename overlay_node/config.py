@@ -62,11 +62,15 @@ class SwarmSection:
 
 @dataclass(frozen=True, slots=True)
 class HttpSection:
-    """Public HTTP: health, metrics (later the UHRP gateway and overlay API)."""
+    """Public HTTP: health, metrics, the UHRP gateway and the overlay host; TLS when a certificate is given."""
 
     host: str = "127.0.0.1"
     port: int = field(default=4761, metadata=_range(0, 65535))
     max_body: int = field(default=1 * MiB, metadata=_range(1 * KiB, 1024 * MiB))
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    public_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +137,8 @@ class WalletSection:
 
     arc_url: str = ""
     arc_api_key: str = ""
+    headers_url: str = ""
+    headers_api_key: str = ""
     arc_timeout: float = field(default=30.0, metadata=_range(0.1, 600))
     fee_rate: int = field(default=1, metadata=_range(0, 1_000_000))
     quote_ttl: float = field(default=300.0, metadata=_range(1, 86_400))
@@ -169,6 +175,7 @@ class ContentSection:
     trim_grace: float = field(default=600.0, metadata=_range(0, 86_400 * 30))
     trim_margin: int = field(default=0, metadata=_range(0, 64))
     grant_ttl: float = field(default=86_400.0, metadata=_range(1, 86_400 * 365))
+    token_ttl: float = field(default=30 * 86_400.0, metadata=_range(60, 86_400 * 3650))
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +199,28 @@ class StreamsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class OverlaySection:
+    """The overlay host on the http port: BRC-22 submit, BRC-24 lookup, the hosted plug-ins, SPV and broadcast."""
+
+    topic_managers: tuple[str, ...] = ("tm_ship", "tm_slap", "tm_uhrp")
+    lookup_services: tuple[str, ...] = ("ls_ship", "ls_slap", "ls_uhrp")
+    spv: str = field(default="headers", metadata={"choices": ("headers", "scripts-only")})
+    fee_rate: int = field(default=0, metadata=_range(0, 1_000_000))
+    broadcast: bool = True
+    propagate: bool = True
+    durable: bool = True
+    allow_http: bool = False
+    max_submit_bytes: int = field(default=32 * MiB, metadata=_range(1 * KiB, 1024 * MiB))
+    max_lookup_bytes: int = field(default=64 * KiB, metadata=_range(1 * KiB, 64 * MiB))
+    max_beef_txs: int = field(default=10_000, metadata=_range(1, 1_000_000))
+    max_lookup_outputs: int = field(default=10_000, metadata=_range(1, 10_000_000))
+    max_history_depth: int = field(default=64, metadata=_range(0, 100_000))
+    max_concurrent_submits: int = field(default=256, metadata=_range(1, 100_000))
+    commit_batch: int = field(default=256, metadata=_range(1, 100_000))
+    propagation_timeout: float = field(default=10.0, metadata=_range(0.1, 3600))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole node configuration."""
 
@@ -205,6 +234,7 @@ class Config:
     wallet: WalletSection = field(default_factory=WalletSection)
     content: ContentSection = field(default_factory=ContentSection)
     streams: StreamsSection = field(default_factory=StreamsSection)
+    overlay: OverlaySection = field(default_factory=OverlaySection)
 
 
 def _section_types() -> dict[str, type[Any]]:

@@ -56,6 +56,18 @@ class Metrics:
         self.dht_lookups = Counter("overlay_dht_lookups", "Iterative DHT lookups run", ["kind"], registry=r)
         self.dht_contacts = Gauge("overlay_dht_contacts", "Contacts in the DHT routing table", registry=r)
         self.dht_records = Gauge("overlay_dht_records", "Records held for the DHT (tombstones included)", registry=r)
+        # overlay engine (services/overlay_engine.py)
+        self.overlay_submissions = Counter(
+            "overlay_engine_submissions", "BRC-22 submissions, by outcome", ["outcome"], registry=r
+        )
+        self.overlay_admitted = Counter("overlay_engine_admitted", "Outputs admitted, by topic", ["topic"], registry=r)
+        self.overlay_lookups = Counter("overlay_engine_lookups", "BRC-24 lookups, by outcome", ["outcome"], registry=r)
+        self.overlay_propagations = Counter(
+            "overlay_engine_propagations", "Submissions forwarded to other hosts, by outcome", ["outcome"], registry=r
+        )
+        self.overlay_fills = Counter(
+            "overlay_engine_fills", "Tokens fetched from DHT-known hosts, by outcome", ["outcome"], registry=r
+        )
         self.dht_own_records = Gauge("overlay_dht_own_records", "Records this node publishes", registry=r)
 
         self.adverts_published = Counter("overlay_adverts_published", "Adverts published", ["kind"], registry=r)

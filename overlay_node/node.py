@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,9 +27,11 @@ from overlay_node import __version__
 from overlay_node.api.control import control_app
 from overlay_node.api.control_adverts import adverts_routes
 from overlay_node.api.control_content import content_routes
+from overlay_node.api.control_overlay import overlay_control_routes
 from overlay_node.api.control_streams import streams_routes
 from overlay_node.api.control_wallet import wallet_routes
 from overlay_node.api.gateway import gateway_routes
+from overlay_node.api.overlay import overlay_routes
 from overlay_node.api.public import public_app
 from overlay_node.api.server import bind_tcp, bind_unix, serve_app
 from overlay_node.clock import wall_time
@@ -43,11 +46,16 @@ from overlay_node.protocol.adverts import Endpoints
 from overlay_node.services.adverts import AdvertService
 from overlay_node.services.content import ContentService
 from overlay_node.services.dht import DhtService
+from overlay_node.services.overlay_engine import OverlayEngine, arc_broadcaster
+from overlay_node.services.overlay_network import OverlayNetwork
+from overlay_node.services.overlay_tokens import OverlayTokens
 from overlay_node.services.payments import Payments
 from overlay_node.services.settlement import Settlement
 from overlay_node.services.streams_node import Streams
 from overlay_node.services.wallet import Wallet
 from overlay_node.store.db import Store, open_store
+from overlay_node.tls import check_server_files, client_context
+from overlay_node.topics.registry import load_plugins
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -98,6 +106,10 @@ class Node:
         self._content: ContentService | None = None
         self._settlement: Settlement | None = None
         self._streams: Streams | None = None
+        self._overlay: OverlayEngine | None = None
+        self._tokens: OverlayTokens | None = None
+        #: how this node's HTTPS clients verify other nodes (the system's CAs, plus http.tls_ca)
+        self.https_verify: ssl.SSLContext | bool = True
         self._ledger = ""
         self._store: Store | None = None
         # authenticated links waiting to be recorded in known_peers (bounded: a burst past it is simply not recorded)
@@ -129,6 +141,14 @@ class Node:
 
     async def _run_services(self, identity: Identity, store: Store, task_status: trio.TaskStatus[NodeInfo]) -> None:
         cfg = self.config
+        managers, lookup_services = load_plugins(
+            cfg.overlay.topic_managers,
+            cfg.overlay.lookup_services,
+            identity_key=identity.public_key_hex,
+            allow_http=cfg.overlay.allow_http,
+        )
+        tls = check_server_files(self._in_data_dir(cfg.http.tls_cert), self._in_data_dir(cfg.http.tls_key))
+        self.https_verify = client_context(self._in_data_dir(cfg.http.tls_ca))
         http_sock = bind_tcp(cfg.http.host, cfg.http.port)
         control_path = self.data_dir.control_socket_path(cfg.control.socket)
         control_sock = bind_unix(control_path)
@@ -164,6 +184,19 @@ class Node:
             for service in (wallet, payments, settlement):
                 await services.start(service.run)
             self._wallet, self._payments, self._settlement = wallet, payments, settlement
+            # the overlay host (BRC-22/24): the engine over the hosted topic managers and lookup services
+            overlay = OverlayEngine(
+                cfg.overlay,
+                store,
+                self.metrics,
+                managers,
+                lookup_services,
+                tracker=wallet.tracker.roots if cfg.overlay.spv == "headers" else None,
+                broadcaster=arc_broadcaster(lambda: wallet.arc) if cfg.overlay.broadcast else None,
+                clock=self.wall_clock,
+            )
+            await services.start(overlay.run)
+            self._overlay = overlay
             # content (issue 5): blob store, replication, retrieval, repair
             content = ContentService(
                 identity,
@@ -179,6 +212,29 @@ class Node:
             )
             await services.start(content.run)
             self._content = content
+            # the overlay host among others: propagation, DHT fill of lookups; this node's own tokens on chain
+            network = OverlayNetwork(
+                cfg.overlay,
+                overlay,
+                peers,
+                adverts,
+                content,
+                self.metrics,
+                identity_key=identity.public_key_hex,
+                own_url=lambda: self.info.http,
+                verify=self.https_verify,
+            )
+            await services.start(network.run)
+            self._tokens = OverlayTokens(
+                identity,
+                store,
+                wallet,
+                overlay,
+                public_url=lambda: self.info.http,
+                allow_http=cfg.overlay.allow_http,
+            )
+            adverts.tokens = self._tokens
+            content.tokens = self._tokens
             # paid live streams (issue 6): producer and consumer sides
             streams = Streams(identity, cfg, store, self.metrics, peers, dht, payments, wallet)
             await services.start(streams.run)
@@ -190,10 +246,11 @@ class Node:
             await nursery.start(
                 partial(
                     serve_app,
-                    public_app(self, gateway_routes(self)),
+                    public_app(self, [*gateway_routes(self), *overlay_routes(self)]),
                     http_sock,
                     shutdown_trigger=self._shutdown.wait,
                     graceful_timeout=grace,
+                    tls=tls,
                 )
             )
             await nursery.start(
@@ -206,6 +263,7 @@ class Node:
                             *wallet_routes(self),
                             *content_routes(self),
                             *streams_routes(streams),
+                            *overlay_control_routes(self),
                         ],
                     ),
                     control_sock,
@@ -218,7 +276,7 @@ class Node:
                 identity_key=identity.public_key_hex,
                 swarm=tuple(swarm),
                 dht=dht_address,
-                http=f"http://{host}:{port}",
+                http=cfg.http.public_url.rstrip("/") or _origin("https" if tls else "http", host, port),
                 control=str(control_path),
                 data_dir=str(self.data_dir.path),
             )
@@ -238,6 +296,12 @@ class Node:
             # cancelled at once and save what they must in shielded, time-bounded cleanup (DHT records, stream
             # positions); everything acknowledged was committed before it was acknowledged
             services.cancel_scope.cancel()
+
+    def _in_data_dir(self, path: str) -> str:
+        """A configured file path: relative ones are inside the data dir."""
+        if not path:
+            return ""
+        return str(self.data_dir.path / path) if not os.path.isabs(path) else path
 
     def request_shutdown(self) -> None:
         """Ask the node to stop gracefully; returns at once."""
@@ -284,6 +348,14 @@ class Node:
     @property
     def streams(self) -> Streams:
         return _started(self._streams)
+
+    @property
+    def overlay(self) -> OverlayEngine:
+        return _started(self._overlay)
+
+    @property
+    def tokens(self) -> OverlayTokens:
+        return _started(self._tokens)
 
     def _endpoints(self) -> Endpoints:
         info = self.info
@@ -341,7 +413,12 @@ class Node:
 
     async def _serve_node_info(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
         info = self.info
-        return {"identity_key": info.identity_key, "swarm": list(info.swarm), "name": self.config.node.name}
+        return {
+            "identity_key": info.identity_key,
+            "swarm": list(info.swarm),
+            "http": info.http,
+            "name": self.config.node.name,
+        }
 
     def _remember_link(self, link: PeerLink) -> None:
         try:
@@ -359,6 +436,15 @@ class Node:
             )
             if address:
                 await store.peers.upsert(link.peer_key, address, self.wall_clock())
+
+
+def _origin(scheme: str, host: str, port: int) -> str:
+    """``scheme://host:port`` of a bound socket, as others reach it (a wildcard address is shown as loopback)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
 
 
 def _started(service: _T | None) -> _T:

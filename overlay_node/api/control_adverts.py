@@ -71,13 +71,16 @@ def adverts_routes(node: AdvertsTarget) -> list[Route]:
         body = await read_json(request, BODY_LIMIT)
         name = _name(body)
         if body.get("revoke"):
-            stored = await node.adverts.revoke(name)
-            return JSONResponse({"revoked": name, "stored": stored})
+            return JSONResponse(await node.adverts.withdraw(name))
         ttl = body.get("ttl")
         if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool)):
             raise BadRequest("field 'ttl' must be a number of seconds")
-        advert, stored = await node.adverts.publish(
+        on_chain = body.get("on_chain", True)
+        if not isinstance(on_chain, bool):
+            raise BadRequest("field 'on_chain' must be true or false")
+        answer = await node.adverts.advertise(
             name,
+            on_chain=on_chain,
             service_type=_opt_str(body, "service_type"),
             pricing_model=_opt_str(body, "pricing_model", "free"),
             price=_opt_int(body, "price") or 0,
@@ -86,7 +89,7 @@ def adverts_routes(node: AdvertsTarget) -> list[Route]:
             ttl=None if ttl is None else float(ttl),
             uri=_opt_str(body, "uri"),
         )
-        return JSONResponse({"advert": advert.as_dict(), "stored": stored})
+        return JSONResponse(answer)
 
     @guarded
     async def adverts(_: Request) -> Response:

@@ -128,8 +128,15 @@ def content_routes(node: ContentTarget) -> list[Route]:
         service = node.content
 
         async def op(progress: Progress) -> dict[str, Any]:
-            item = await service.publish(path, progress=progress, replicate=not wait, **kwargs)
-            out = {**item.as_dict(), "uhrp_url": url_for_hash(bytes.fromhex(item.hash))}
+            token: dict[str, Any] = {"token": None, "token_error": None}
+
+            def tracking(event: dict[str, Any]) -> None:
+                if event.get("event") == "token":
+                    token.update(token=event.get("token"), token_error=event.get("token_error"))
+                progress(event)
+
+            item = await service.publish(path, progress=tracking, replicate=not wait, **kwargs)
+            out = {**item.as_dict(), "uhrp_url": url_for_hash(bytes.fromhex(item.hash)), **token}
             if wait and item.replication > 0:
                 rows = await service.distribute(item.hash, progress=progress)
                 out["replicas"] = [r.as_dict() for r in rows]

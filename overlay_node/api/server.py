@@ -73,15 +73,21 @@ async def serve_app(
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
     graceful_timeout: float,
+    tls: tuple[str, str] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` on the bound ``sock`` until ``shutdown_trigger`` returns, then drain gracefully.
+    """Serve ``app`` on the bound ``sock`` until ``shutdown_trigger`` returns, then drain gracefully; with
+    ``tls`` (certificate and key files, checked by the caller) the socket speaks TLS.
 
     hypercorn's public ``serve`` cannot take pre-bound sockets; ``worker_serve`` (which it calls) can.
     """
     sock.listen(128)
-    sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
     config = _hypercorn_config(graceful_timeout)
+    if tls is None:
+        sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
+    else:
+        config.certfile, config.keyfile = tls
+        sockets = Sockets(secure_sockets=[sock], insecure_sockets=[], quic_sockets=[])
 
     async def _serve(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         await worker_serve(

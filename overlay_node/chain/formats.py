@@ -116,7 +116,7 @@ class Submission:
         return self.txs[-1]
 
 
-class _Cursor:
+class Cursor:
     """A bounded reader: every read past the end is a MALFORMED refusal."""
 
     __slots__ = ("data", "pos")
@@ -169,7 +169,7 @@ class _Cursor:
 # -- transactions --------------------------------------------------------------------------------------------
 
 
-def _read_tx(cur: _Cursor, *, allow_ef: bool) -> ParsedTx:
+def _read_tx(cur: Cursor, *, allow_ef: bool) -> ParsedTx:
     """Read one raw or Extended Format transaction (``raw`` is its plain serialization either way)."""
     start = cur.pos
     version = cur.take(4)
@@ -214,7 +214,7 @@ def parse_transaction(data: bytes) -> ParsedTx:
     Raises:
         Refusal: MALFORMED (463) for truncated, trailing or unparseable bytes.
     """
-    cur = _Cursor(data)
+    cur = Cursor(data)
     ptx = _read_tx(cur, allow_ef=True)
     if cur.remaining:
         raise Refusal(ArcCode.MALFORMED, f"{cur.remaining} unexpected bytes after the transaction")
@@ -224,7 +224,7 @@ def parse_transaction(data: bytes) -> ParsedTx:
 # -- BEEF ----------------------------------------------------------------------------------------------------
 
 
-def _read_bump(cur: _Cursor) -> tuple[bytes, int]:
+def _read_bump(cur: Cursor) -> tuple[bytes, int]:
     """One BUMP's bytes and the block height it names (its leaves are checked where a transaction uses it)."""
     start = cur.pos
     height = cur.varint()
@@ -255,7 +255,7 @@ def _with_bump(ptx: ParsedTx, bump: tuple[bytes, int]) -> ParsedTx:
     return dataclasses.replace(ptx, bump=blob, bump_root=root, block_height=height)
 
 
-def _read_beef(cur: _Cursor) -> Submission:
+def _read_beef(cur: Cursor) -> Submission:
     magic = cur.take(4)
     atomic_subject: str | None = None
     if magic == ATOMIC_BEEF:
@@ -339,7 +339,7 @@ def parse_stream(data: bytes, *, max_items: int) -> list[Submission]:
         Refusal: BAD_REQUEST (400) for an empty body or more than ``max_items`` items; MALFORMED (463) or an
             invalid-BUMP code (468) for bad bytes.
     """
-    cur = _Cursor(data)
+    cur = Cursor(data)
     items: list[Submission] = []
     while cur.remaining:
         if len(items) >= max_items:
@@ -417,3 +417,44 @@ def encode_beef_v2(entries: Sequence[BeefEntry]) -> bytes:
 def atomic_beef(subject: str, entries: Sequence[BeefEntry]) -> bytes:
     """Atomic BEEF (BRC-95) of ``subject``: the marker, the subject txid, then a BEEF V2 of ``entries``."""
     return ATOMIC_BEEF + bytes.fromhex(subject)[::-1] + encode_beef_v2(entries)
+
+
+def merge_entries(submissions: Sequence[Submission]) -> list[BeefEntry]:
+    """One BEEF's entries holding every transaction of ``submissions``, each once, parents before children.
+
+    A transaction some submission carries whole replaces a txid-only entry of another; txid-only entries no
+    submission carries stay txid-only. The relative order of unrelated transactions follows ``submissions``, so
+    the last submission's subject comes last when nothing spends it.
+    """
+    full: dict[str, ParsedTx] = {}
+    order: list[str] = []
+    named: list[str] = []
+    for submission in submissions:
+        for ptx in submission.txs:
+            if ptx.txid not in full:
+                full[ptx.txid] = ptx
+                order.append(ptx.txid)
+        named.extend(t for t in sorted(submission.txid_only) if t not in named)
+    out: list[BeefEntry] = [BeefEntry(t) for t in named if t not in full]
+    done: set[str] = set()
+    for root in order:
+        stack: list[tuple[str, bool]] = [(root, False)]
+        while stack:
+            txid, expanded = stack.pop()
+            if txid in done:
+                continue
+            ptx = full[txid]
+            if expanded:
+                done.add(txid)
+                out.append(BeefEntry(txid, ptx.raw, ptx.bump))
+                continue
+            stack.append((txid, True))
+            stack.extend((i.txid, False) for i in reversed(ptx.inputs) if i.txid in full and i.txid not in done)
+    return out
+
+
+def encode_beef(entries: Sequence[BeefEntry], *, version: Literal[1, 2] = 1) -> bytes:
+    """A BEEF of ``entries`` (parents first): V1 when asked and possible (V1 has no txid-only entries), else V2."""
+    if version == 1 and all(e.raw is not None for e in entries):
+        return encode_beef_v1([(e.raw, e.bump) for e in entries if e.raw is not None])
+    return encode_beef_v2(entries)

@@ -7,7 +7,7 @@ Every transaction of the BEEF is checked in order, parents first:
    every input's script, outputs not above inputs, the fee policy) against the outputs it spends, which come from
    the BEEF's earlier transactions or, for parents the BEEF leaves out (V2 txid-only entries), from ``held``.
 
-Pure and synchronous: the caller fetches the roots of :func:`heights` and the outputs it holds first. ``roots``
+Pure and synchronous: the caller fetches the roots of :func:`claims` and the outputs it holds first. ``roots``
 may be None ("scripts only", as the reference engine's ``'scripts only'`` chain tracker): merkle paths are then
 read and must prove their transaction, but no block is asked for.
 """
@@ -21,7 +21,7 @@ from overlay_node.chain.formats import SourceOutput, Submission
 from overlay_node.chain.refusals import ArcCode, Refusal
 from overlay_node.chain.validation import Outpoint, Policy, check_transaction, fast_check
 
-__all__ = ["Verified", "heights", "verify_beef"]
+__all__ = ["Verified", "claims", "verify_beef"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,9 +36,14 @@ class Verified:
         return len(self.fees)
 
 
-def heights(submission: Submission) -> set[int]:
-    """The block heights whose roots :func:`verify_beef` needs."""
-    return {t.block_height for t in submission.txs if t.block_height is not None}
+def claims(submission: Submission) -> dict[int, set[str]]:
+    """The roots the BEEF's merkle paths compute, by block height: what a chain tracker is asked to confirm
+    before :func:`verify_beef`."""
+    out: dict[int, set[str]] = {}
+    for t in submission.txs:
+        if t.block_height is not None and t.bump_root is not None:
+            out.setdefault(t.block_height, set()).add(t.bump_root)
+    return out
 
 
 def verify_beef(

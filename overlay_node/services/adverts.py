@@ -20,14 +20,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from overlay_node.clock import wall_time
 from overlay_node.config import AdvertsSection
 from overlay_node.crypto.keys import Identity
-from overlay_node.errors import BadRequest, NotFound, OverlayError, RemoteProtocolError
+from overlay_node.errors import BadRequest, NotFound, OverlayError, PaymentError, RemoteProtocolError
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.adverts import (
@@ -49,6 +49,14 @@ logger = logging.getLogger(__name__)
 
 PUSH_METHOD = "advert.push"
 NO_FILTER = Filter()
+
+
+class TokenMaker(Protocol):
+    """What puts adverts on chain (``services/overlay_tokens.OverlayTokens``)."""
+
+    async def advertise(self, name: str, *, uri: str = "") -> Any: ...
+
+    async def revoke(self, kind: Any, name: str) -> list[str]: ...
 
 
 @dataclass(slots=True)
@@ -131,6 +139,8 @@ class AdvertService:
         self._wall = wall_clock
         self._hosts: dict[bytes, HostHealth] = {}
         self._janitor_pass = trio.Event()
+        #: puts adverts on chain too (set by the node once its wallet and overlay engine run)
+        self.tokens: TokenMaker | None = None
         peers.on_notice(PUSH_METHOD, self._on_push)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -155,8 +165,10 @@ class AdvertService:
         region: str = "",
         ttl: float | None = None,
         uri: str = "",
+        token: str = "",
     ) -> tuple[Advert, int]:
-        """Publish (or refresh) our advert for ``name``; returns it and how many DHT nodes stored it.
+        """Publish (or refresh) our advert for ``name``; returns it and how many DHT nodes stored it. ``token``:
+        the outpoint of the same advert's token on chain, named in the record so that others can fetch it.
 
         Raises:
             BadRequest: a bad name, TTL or metadata.
@@ -168,7 +180,8 @@ class AdvertService:
         advert = make_advert(
             self._identity,
             name=name,
-            uri=uri or self._config.uri or endpoints.http,
+            token=token,
+            uri=uri or self.default_uri(),
             endpoints=endpoints,
             expires=int(self._wall() + ttl),
             service_type=service_type,
@@ -183,6 +196,45 @@ class AdvertService:
         self._metrics.adverts_published.labels(advert.kind).inc()
         logger.info("advertised %s %s (stored at %d nodes)", advert.kind, name, outcome.stored)
         return advert, outcome.stored
+
+    async def advertise(self, name: str, *, on_chain: bool = True, **options: Any) -> dict[str, Any]:
+        """Publish our advert for ``name`` (:meth:`publish`'s ``options``), and, with ``on_chain`` and a token
+        maker set (``self.tokens``), first put the same advert on chain as a BRC-88 token, named in the DHT record.
+        A token that cannot be made (no funds, no https URI) leaves the DHT advert standing and says why.
+
+        Returns:
+            ``{"advert", "stored", "token": outpoint or None, "token_error": reason or None}``.
+        """
+        token, error = None, None
+        if on_chain and self.tokens is not None:
+            try:
+                made = await self.tokens.advertise(name, uri=options.get("uri") or self.default_uri())
+                token = made.outpoint
+            except (BadRequest, PaymentError) as exc:
+                error = str(exc)
+                logger.info("advert %s without a token on chain: %s", name, exc)
+        advert, stored = await self.publish(name, token=token or "", **options)
+        return {"advert": advert.as_dict(), "stored": stored, "token": token, "token_error": error}
+
+    async def withdraw(self, name: str) -> dict[str, Any]:
+        """Revoke our advert for ``name`` in the DHT and spend its tokens on chain (when a token maker is set).
+
+        Returns:
+            ``{"revoked", "stored", "token_spends": [txid, ...], "token_error"}``.
+        """
+        stored = await self.revoke(name)
+        spends: list[str] = []
+        error = None
+        if self.tokens is not None:
+            try:
+                spends = await self.tokens.revoke(kind_of(name), name)
+            except (BadRequest, PaymentError) as exc:
+                error = str(exc)
+        return {"revoked": name, "stored": stored, "token_spends": spends, "token_error": error}
+
+    def default_uri(self) -> str:
+        """The URI our adverts (and their tokens) name: ``adverts.uri``, else this node's http origin."""
+        return self._config.uri or self._endpoints().http
 
     async def revoke(self, name: str) -> int:
         """Revoke our advert for ``name`` everywhere (a signed tombstone); returns how many nodes stored it.

@@ -31,7 +31,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
@@ -39,7 +39,7 @@ from overlay_node.clock import wall_time
 from overlay_node.config import ContentSection
 from overlay_node.crypto.keys import Identity
 from overlay_node.crypto.uhrp import parse_uhrp, url_for_hash
-from overlay_node.errors import BadRequest, NotFound, OverlayError
+from overlay_node.errors import BadRequest, NotFound, OverlayError, PaymentError
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.adverts import Endpoints
@@ -96,6 +96,14 @@ _HELD_ROW_TTL: Final = 1.0
 _HELD_ROWS_MAX: Final = 4096
 
 
+class ContentTokenMaker(Protocol):
+    """What puts UHRP advertisements on chain (``services/overlay_tokens.OverlayTokens``)."""
+
+    async def advertise_content(self, content_hash: bytes, size: int, expiry: int) -> Any: ...
+
+    async def tokens(self, kind: str, name: str | None = None) -> list[Any]: ...
+
+
 class ContentService:
     """UHRP content of one node (see the module docstring).
 
@@ -150,6 +158,8 @@ class ContentService:
         peers.on_notice(BAD, self._on_bad)
         peers.on_request(GRANT, self._serve_grant)
         self.payments = payments
+        #: puts UHRP advertisements on chain (set by the node once its wallet and overlay engine run)
+        self.tokens: ContentTokenMaker | None = None
         if payments is not None:
             payments.register_pricer("uhrp:", self._price)
 
@@ -281,6 +291,9 @@ class ContentService:
         for tag in tags:
             await self._publish_tag(tag, item)
         progress({"event": "published", "hash": item.hash, "uhrp_url": url_for_hash(written.content_id)})
+        if self.tokens is not None and item.price == 0:
+            outpoint, error = await self.advertise_on_chain(item)
+            progress({"event": "token", "token": outpoint, "token_error": error})
         logger.info("published %s (%d bytes, provider record at %d nodes)", item.hash[:16], item.size, stored)
         if replicate and item.replication > 0 and self._nursery is not None:
             self._nursery.start_soon(self._distribute_quietly, item.hash)
@@ -294,6 +307,33 @@ class ContentService:
         self._held_since[bytes.fromhex(item.hash)] = trio.current_time()
         await self._update_gauges()
         return await self._publish_provider(item)
+
+    async def advertise_on_chain(self, item: ContentItem) -> tuple[str | None, str | None]:
+        """Put a UHRP advertisement (BRC-26) for our copy of free ``item`` on chain, unless one of ours is active;
+        ``(outpoint, None)``, or ``(None, why not)`` (no funds, no https URL, no token maker, priced content)."""
+        if self.tokens is None:
+            return None, "this node makes no tokens"
+        if item.price > 0:
+            return None, "priced content is not advertised on chain (its holders serve it against a grant only)"
+        existing = await self.tokens.tokens("UHRP", item.hash)
+        if existing:
+            return existing[0].outpoint, None
+        expiry = item.expires or int(self.wall() + self.config.token_ttl)
+        try:
+            token = await self.tokens.advertise_content(bytes.fromhex(item.hash), item.size, expiry)
+        except (BadRequest, PaymentError) as exc:
+            logger.info("no UHRP advertisement for %s: %s", item.hash[:16], exc)
+            return None, str(exc)
+        return token.outpoint, None
+
+    def advertise_soon(self, item: ContentItem) -> None:
+        """:meth:`advertise_on_chain` in the background (a replica just taken)."""
+        if self.tokens is not None and item.price == 0 and item.size > 0:
+
+            async def advertise() -> None:
+                await self.advertise_on_chain(item)
+
+            self.spawn(advertise)
 
     async def _distribute_quietly(self, content_hash: str) -> None:
         try:

@@ -127,6 +127,7 @@ class ReplicaReceiver:
         )
         svc.metrics.content_transfers.labels("receive", "ok").inc()  # verified by the blob store
         await svc.hold(item)
+        svc.advertise_soon(item)
 
 
 def _replica_meta(header: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import trio
 
 from overlay_node.chain.formats import SourceOutput
+from overlay_node.chain.spv import claims
 from overlay_node.clock import wall_time
 from overlay_node.config import WalletSection
 from overlay_node.crypto.keys import Identity, public_key_hex
@@ -345,8 +346,8 @@ class Payments:
         """Check a payment (all but what the database decides) and make its record and receipt."""
         quote = message.quote
         submission = parse_payment_beef(message.transaction, max_txs=self._config.max_beef_txs)
-        heights = {t.block_height for t in submission.txs if t.block_height is not None}
-        roots = await self._wallet.merkle_roots(heights) if heights else {}
+        claimed = claims(submission)
+        roots = await self._wallet.tracker.roots(claimed) if claimed else {}
         inside = {t.txid for t in submission.txs}
         outside = {i.txid for t in submission.txs if t.bump is None for i in t.inputs} - inside
         needed = set(submission.txid_only) | outside

@@ -44,10 +44,12 @@ from overlay_node.clock import wall_time
 from overlay_node.config import WalletSection
 from overlay_node.crypto.keys import Identity
 from overlay_node.crypto.scripts import p2pkh_for_key
+from overlay_node.crypto.sighash import Spend, UnlockForm, outpoint_bytes
 from overlay_node.errors import ApiError, BadRequest, ConfigError, Conflict, DialError, OverlayError
 from overlay_node.metrics import Metrics
 from overlay_node.protocol.payments import WALLET_PROTOCOL, child_secret, own_child_key
 from overlay_node.services.arc import DevnetClient
+from overlay_node.services.chaintracker import ChainTracker
 from overlay_node.services.group_commit import GroupCommit
 from overlay_node.services.wallet_beef import beef_entries, outputs_of, tx_record
 from overlay_node.services.wallet_build import BuiltTx, CoinSet, build_transaction, select_coins
@@ -115,6 +117,19 @@ class Balance:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ForeignInput:
+    """An output of ours that is not a wallet coin (a token), spent by :meth:`Wallet.prepare`: where it is, what it
+    holds, the private key that unlocks it and how (``pushdrop``: the signature alone)."""
+
+    txid: str
+    vout: int
+    satoshis: int
+    script: bytes
+    secret: bytes
+    unlock: UnlockForm = "pushdrop"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PreparedTx:
     """A signed transaction whose coins are reserved, not yet committed: commit or release it.
 
@@ -175,7 +190,7 @@ class Wallet:
         self._own_publics: LruMap = LruMap(_TX_CACHE)  # invoice -> our public key (change made by this process)
         self._own_secrets: LruMap = LruMap(_TX_CACHE)  # invoice -> its private key (a stream's change shares one)
         self._known: dict[str, LruMap] = {}  # peer -> txids it holds
-        self._roots: dict[int, str] = {}
+        self._tracker: ChainTracker | None = None
         self._fee_rate = config.fee_rate
         self._ready = trio.Event()
         self._sent_queue: list[SentUpdate] = []
@@ -202,6 +217,13 @@ class Wallet:
         return self._arc
 
     @property
+    def tracker(self) -> ChainTracker:
+        """Block roots for SPV checks (the ledger's headers, or the configured headers service)."""
+        if self._tracker is None:
+            raise OverlayError("the wallet is not running")
+        return self._tracker
+
+    @property
     def arc_url(self) -> str:
         return self._url
 
@@ -222,6 +244,12 @@ class Wallet:
         """Open the ARC client, load the coins and ARC's fee policy, then serve until cancelled."""
         async with DevnetClient(self._url, api_key=self._config.arc_api_key, timeout=self._config.arc_timeout) as arc:
             self._arc = arc
+            self._tracker = ChainTracker(
+                arc,
+                headers_url=self._config.headers_url,
+                api_key=self._config.headers_api_key,
+                timeout=self._config.arc_timeout,
+            )
             try:
                 await self._load()
                 await self._refresh_policy()
@@ -239,6 +267,7 @@ class Wallet:
                     task_status.started()
             finally:
                 self._arc = None
+                self._tracker = None
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -351,6 +380,7 @@ class Wallet:
         recipient: str | None,
         change_parts: int = 1,
         change_key: str | None = None,
+        extra_inputs: Sequence[ForeignInput] = (),
     ) -> PreparedTx:
         """Select and reserve coins, and build and sign a transaction paying ``outputs`` (script, satoshis)
         plus change to fresh keys, with its Atomic BEEF for ``recipient`` (a peer identity key, or None).
@@ -362,20 +392,35 @@ class Wallet:
         gives one per subscription: its payments spend each other's change, so the chain already ties them
         together, and one key saves a key derivation per payment and per coin spent.
 
+        ``extra_inputs``: outputs of ours that are not wallet coins (a SHIP/SLAP or UHRP token being spent to revoke
+        it), spent after the coins; their value goes to the outputs first, any rest to the change.
+
         Cancellation and errors: the reservation is released before the exception leaves.
 
         Raises:
             InsufficientFunds: not enough spendable, unreserved coins.
         """
-        amount = sum(s for _, s in outputs)
+        paid = sum(s for _, s in outputs)
+        brought = sum(e.satoshis for e in extra_inputs)
+        amount = max(0, paid - brought)
         free = self._coins.free()
         lens = [len(s) for s, _ in outputs]
         parts = max(1, change_parts)
-        picked, fee, change_sats = select_coins(free, amount, lens, self._fee_rate, change_outputs=parts)
+        n_extra = len(extra_inputs)
+        picked, fee, change_sats = select_coins(
+            free, amount, lens, self._fee_rate, change_outputs=parts, extra_inputs=n_extra
+        )
         if change_sats and parts > 1 and change_sats < parts * _MIN_CHANGE_PART:
             # too little for that many parts: as many as it makes (and the fee of those)
             parts = max(1, change_sats // _MIN_CHANGE_PART)
-            picked, fee, change_sats = select_coins(free, amount, lens, self._fee_rate, change_outputs=parts)
+            picked, fee, change_sats = select_coins(
+                free, amount, lens, self._fee_rate, change_outputs=parts, extra_inputs=n_extra
+            )
+        surplus = max(0, brought - paid)  # what the extra inputs bring beyond the outputs
+        if change_sats:
+            change_sats += surplus
+        else:
+            fee += surplus  # no change output to take it (a satoshi or so of a token)
         reservation = [c.outpoint for c in picked]
         self._coins.reserve(picked)
         try:
@@ -398,11 +443,16 @@ class Wallet:
                         origin="change",
                     )
                 )
+            extra = [
+                Spend(outpoint_bytes(e.txid, e.vout), e.script, e.satoshis, e.secret, unlock=e.unlock)
+                for e in extra_inputs
+            ]
             built: BuiltTx = build_transaction(
-                picked, all_outputs, self._private_key, fee=fee, public_for=self._public_key
+                picked, all_outputs, self._private_key, fee=fee, public_for=self._public_key, extra=extra
             )
             change = tuple(dataclasses.replace(c, txid=built.txid) for c in changes)
-            record = TxRecord(txid=built.txid, raw=built.raw, parents=tuple(dict.fromkeys(c.txid for c in picked)))
+            parents = [*(c.txid for c in picked), *(e.txid for e in extra_inputs)]
+            record = TxRecord(txid=built.txid, raw=built.raw, parents=tuple(dict.fromkeys(parents)))
             peer_known: Collection[str] = (self._known.get(recipient) or ()) if recipient else ()
             txs = await self._ancestry(record, peer_known)
             entries = beef_entries(built.txid, txs, known=peer_known)
@@ -645,26 +695,6 @@ class Wallet:
                 outputs = outputs_of(tx.raw)
                 self._outputs.put(txid, outputs)
                 out[txid] = outputs
-        return out
-
-    async def merkle_roots(self, heights: Collection[int]) -> dict[int, str | None]:
-        """The merkle root of the block at each height (None: no such block), from the ledger's headers.
-
-        Raises:
-            DialError: the ledger cannot be reached.
-        """
-        out: dict[int, str | None] = {}
-        for height in heights:
-            root = self._roots.get(height)
-            if root is None:
-                try:
-                    root = (await self.arc.header(height)).merkle_root
-                except ApiError as exc:
-                    if exc.http_status != 404:
-                        raise
-                else:
-                    self._roots[height] = root
-            out[height] = root
         return out
 
     # -- settlement ------------------------------------------------------------------------------------------

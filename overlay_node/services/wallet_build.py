@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from overlay_node.chain.formats import SourceOutput
 from overlay_node.crypto.bump import varint_bytes
-from overlay_node.crypto.sighash import P2pkhSpend, outpoint_bytes, sign_p2pkh, txid_of_raw
+from overlay_node.crypto.sighash import P2pkhSpend, Spend, outpoint_bytes, sign_p2pkh, sign_transaction, txid_of_raw
 from overlay_node.errors import InsufficientFunds
 from overlay_node.store.wallet import Outpoint, UtxoRecord
 
@@ -55,6 +55,7 @@ def select_coins(
     rate: int,
     *,
     change_outputs: int = 1,
+    extra_inputs: int = 0,
 ) -> tuple[list[UtxoRecord], int, int]:
     """Pick coins paying ``amount`` plus the fee.
 
@@ -64,6 +65,8 @@ def select_coins(
         output_script_lens: the lengths of the outputs' locking scripts (the change outputs are added here).
         rate: satoshis per 1000 bytes.
         change_outputs: how many P2PKH outputs the change is split into (the fee counts them all).
+        extra_inputs: inputs the transaction spends besides the coins picked here (e.g. a token; their value is
+            not in ``amount``, the fee counts them as the largest P2PKH input).
 
     Returns:
         ``(coins, fee, change)``: ``change`` (the total of the change outputs) is 0 when no change output is
@@ -75,7 +78,7 @@ def select_coins(
     with_change = [*output_script_lens, *[P2PKH_SCRIPT_LEN] * max(1, change_outputs)]
 
     def fee_for(n: int, lens: Sequence[int]) -> int:
-        return required_fee(estimate_size(n, lens), rate)
+        return required_fee(estimate_size(n + extra_inputs, lens), rate)
 
     single = _smallest(coins, amount + fee_for(1, with_change))
     if single is None:
@@ -141,8 +144,10 @@ def build_transaction(
     *,
     fee: int,
     public_for: Callable[[UtxoRecord], bytes | None] | None = None,
+    extra: Sequence[Spend] = (),
 ) -> BuiltTx:
-    """Build and sign a transaction spending ``coins`` (all P2PKH) to ``outputs`` (script, satoshis).
+    """Build and sign a transaction spending ``coins`` (all P2PKH), then ``extra`` inputs (signed as they say, e.g. a
+    PushDrop token), to ``outputs`` (script, satoshis).
 
     Args:
         coins: the inputs, in order.
@@ -154,7 +159,7 @@ def build_transaction(
     Raises:
         ValueError: the outputs and fee do not add up to the inputs (a bug in the caller).
     """
-    if sum(c.satoshis for c in coins) != sum(s for _, s in outputs) + fee:
+    if sum(c.satoshis for c in coins) + sum(e.satoshis for e in extra) != sum(s for _, s in outputs) + fee:
         raise ValueError("inputs, outputs and fee do not balance")
     spends = [
         P2pkhSpend(
@@ -166,7 +171,7 @@ def build_transaction(
         )
         for c in coins
     ]
-    raw = sign_p2pkh(spends, outputs)
+    raw = sign_transaction([*spends, *extra], outputs) if extra else sign_p2pkh(spends, outputs)
     return BuiltTx(
         txid=txid_of_raw(raw),
         raw=raw,

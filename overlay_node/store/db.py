@@ -15,6 +15,7 @@ from overlay_node.store.dht import DhtRepository
 from overlay_node.store.engine import Database, TxnFn
 from overlay_node.store.meta import MetaRepository
 from overlay_node.store.migrations import MIGRATIONS, AppliedMigration, Migrations, applied_migrations
+from overlay_node.store.overlay import OverlayRepository, OwnTokensRepository
 from overlay_node.store.payments import PaymentsRepository
 from overlay_node.store.peers import PeersRepository
 from overlay_node.store.streams import StreamsRepository
@@ -45,6 +46,8 @@ class Store:
         self.settlement = SettlementRepository(db)
         self.payments = PaymentsRepository(db)
         self.streams = StreamsRepository(db)
+        self.overlay = OverlayRepository(db)
+        self.own_tokens = OwnTokensRepository(db)
 
     @property
     def path(self) -> Path:

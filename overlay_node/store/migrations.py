@@ -334,3 +334,94 @@ def _content(conn: sqlite3.Connection) -> None:
     from overlay_node.store.content import create_tables
 
     create_tables(conn)
+
+
+@MIGRATIONS.register("0008_overlay")
+def _overlay(conn: sqlite3.Connection) -> None:
+    # the overlay engine (store/overlay.py): each admitted transaction's BEEF as it was submitted, once per txid
+    conn.execute(
+        """
+        CREATE TABLE overlay_txs (
+            txid         TEXT PRIMARY KEY,
+            beef         BLOB NOT NULL,
+            block_height INTEGER,
+            created_at   REAL NOT NULL
+        )
+        """
+    )
+    # outputs admitted into a topic; `score` is the admission time in ms (GASP pages by it), `consumed` the
+    # retained predecessors (BRC-64 outputsConsumed) and `consumed_by` the outputs that retain this one, each as
+    # space-separated "txid.vout"
+    conn.execute(
+        """
+        CREATE TABLE overlay_outputs (
+            id          INTEGER PRIMARY KEY,
+            topic       TEXT NOT NULL,
+            txid        TEXT NOT NULL,
+            vout        INTEGER NOT NULL,
+            script      BLOB NOT NULL,
+            satoshis    INTEGER NOT NULL,
+            spent       INTEGER NOT NULL DEFAULT 0,
+            score       REAL NOT NULL,
+            consumed    TEXT NOT NULL DEFAULT '',
+            consumed_by TEXT NOT NULL DEFAULT '',
+            UNIQUE (topic, txid, vout)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX overlay_outputs_outpoint ON overlay_outputs (txid, vout)")
+    conn.execute("CREATE INDEX overlay_outputs_unspent ON overlay_outputs (topic, score) WHERE spent = 0")
+    # transactions applied to a topic (a second submission is a duplicate)
+    conn.execute(
+        """
+        CREATE TABLE overlay_applied (
+            topic TEXT NOT NULL,
+            txid  TEXT NOT NULL,
+            PRIMARY KEY (topic, txid)
+        ) WITHOUT ROWID
+        """
+    )
+    # lookup services' indexes: one item per indexed output (`seq` is the admission order), and its fields
+    conn.execute(
+        """
+        CREATE TABLE overlay_index_items (
+            seq     INTEGER PRIMARY KEY,
+            service TEXT NOT NULL,
+            topic   TEXT NOT NULL,
+            txid    TEXT NOT NULL,
+            vout    INTEGER NOT NULL,
+            UNIQUE (service, topic, txid, vout)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX overlay_index_items_outpoint ON overlay_index_items (txid, vout)")
+    conn.execute(
+        """
+        CREATE TABLE overlay_index_fields (
+            item  INTEGER NOT NULL REFERENCES overlay_index_items (seq) ON DELETE CASCADE,
+            field TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (field, value, item)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute("CREATE INDEX overlay_index_fields_item ON overlay_index_fields (item)")
+    # this node's own tokens on chain (SHIP/SLAP adverts, UHRP advertisements), so that it can revoke them
+    conn.execute(
+        """
+        CREATE TABLE overlay_own_tokens (
+            txid       TEXT NOT NULL,
+            vout       INTEGER NOT NULL,
+            kind       TEXT NOT NULL,
+            name       TEXT NOT NULL,
+            topic      TEXT NOT NULL,
+            script     BLOB NOT NULL,
+            satoshis   INTEGER NOT NULL,
+            state      TEXT NOT NULL,
+            revoked_by TEXT,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (txid, vout)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX overlay_own_tokens_active ON overlay_own_tokens (kind, name) WHERE state = 'active'")

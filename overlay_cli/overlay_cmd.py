@@ -1,0 +1,147 @@
+"""``overlay-node ctl submit FILE --topic tm_x``, ``ctl lookup --service ls_x --query JSON``, ``ctl topics`` and
+``ctl history TXID.VOUT --depth N``: the node's overlay host (BRC-22 submit, BRC-24 lookup, BRC-64 history).
+
+Clients of the control API (``/v1/overlay/...``); every command takes ``--json`` (also before ``ctl``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from overlay_cli.output import cli_errors, emit, print_fields, table
+from overlay_cli.wallet_cmd import JsonOption, _client, _short, _state
+from overlay_node.errors import BadRequest
+
+_MAX_FILE = 48 * 1024 * 1024
+
+
+def _read_beef(path: str) -> bytes:
+    """A BEEF from a file (``-``: stdin), binary or hex text."""
+    try:
+        data = sys.stdin.buffer.read(_MAX_FILE + 1) if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise BadRequest(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > _MAX_FILE:
+        raise BadRequest(f"{path} is larger than {_MAX_FILE} bytes")
+    text = data.strip()
+    if text and all(c in b"0123456789abcdefABCDEF" for c in text):
+        try:
+            return bytes.fromhex(text.decode("ascii"))
+        except ValueError:
+            raise BadRequest(f"{path} looks like hex but is not (odd length?)") from None
+    return data
+
+
+def submit(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="BEEF file (binary or hex); - reads stdin.")],
+    topic: Annotated[list[str], typer.Option("--topic", "-t", help="Topic to submit to (repeat for several).")],
+    mode: Annotated[
+        str, typer.Option(help="current-tx, historical-tx (no broadcast) or historical-tx-no-spv.")
+    ] = "current-tx",
+    json_: JsonOption = False,
+) -> None:
+    """Submit a transaction to the node's overlay topics (BRC-22) and show the STEAK."""
+    state = _state(ctx, json_)
+    with cli_errors(state):
+        beef = _read_beef(file)
+        with _client(ctx) as client:
+            data = client.call("POST", "/v1/overlay/submit", {"beef_hex": beef.hex(), "topics": topic, "mode": mode})
+
+        def human(out: Console) -> None:
+            out.print(f"txid {data['txid']}", markup=False)
+            rows = [
+                (
+                    name,
+                    " ".join(map(str, steak.get("outputsToAdmit", []))) or "-",
+                    " ".join(map(str, steak.get("coinsToRetain", []))) or "-",
+                    " ".join(map(str, steak.get("coinsRemoved", []))) or "-",
+                )
+                for name, steak in data["steak"].items()
+            ]
+            out.print(table(None, ["topic", "admitted outputs", "retained inputs", "removed inputs"], rows))
+
+        emit(state, data, human)
+
+
+def lookup(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Option("--service", "-s", help="Lookup service, e.g. ls_ship.")],
+    query: Annotated[str, typer.Option("--query", "-q", help='The query as JSON, e.g. \'{"topics":["tm_x"]}\'.')],
+    json_: JsonOption = False,
+) -> None:
+    """Ask one of the node's lookup services (BRC-24); each output is shown with its decoded token fields."""
+    state = _state(ctx, json_)
+    with cli_errors(state):
+        try:
+            parsed = json.loads(query)
+        except (ValueError, RecursionError) as exc:
+            raise BadRequest(f"--query is not JSON: {exc}") from None
+        with _client(ctx) as client:
+            data = client.call("POST", "/v1/overlay/lookup", {"service": service, "query": parsed})
+
+        def human(out: Console) -> None:
+            outputs: list[dict[str, Any]] = data["outputs"]
+            if not outputs:
+                out.print("no outputs")
+                return
+            rows = [(f"{_short(o['txid'])}.{o['outputIndex']}", _describe(o.get("decoded"))) for o in outputs]
+            out.print(table(None, ["outpoint", "decoded"], rows))
+
+        emit(state, data, human)
+
+
+def _describe(decoded: dict[str, Any] | None) -> str:
+    if not decoded:
+        return "-"
+    shown = {k: v for k, v in decoded.items() if k not in ("signature", "lockingKey", "fields")}
+    return " ".join(f"{k}={v}" for k, v in shown.items())
+
+
+def topics(ctx: typer.Context, json_: JsonOption = False) -> None:
+    """The topic managers and lookup services the node hosts, with what they hold."""
+    state = _state(ctx, json_)
+    with cli_errors(state), _client(ctx) as client:
+        data = client.call("GET", "/v1/overlay/topics")
+
+        def human(out: Console) -> None:
+            managers = [(n, m["name"], m["outputs"], m["unspent"]) for n, m in data["topic_managers"].items()]
+            out.print(table("topic managers", ["topic", "name", "outputs", "unspent"], managers))
+            services = [(n, m["name"], m["indexed"]) for n, m in data["lookup_services"].items()]
+            out.print(table("lookup services", ["service", "name", "indexed"], services))
+
+        emit(state, data, human)
+
+
+def history(
+    ctx: typer.Context,
+    outpoint: Annotated[str, typer.Argument(help="The output, as TXID.VOUT.")],
+    depth: Annotated[int, typer.Option(help="Retained predecessors to follow back (BRC-64).", min=0)] = 1,
+    json_: JsonOption = False,
+) -> None:
+    """An output's BRC-64 history: it and the spent outputs its topic retained, down to --depth."""
+    state = _state(ctx, json_)
+    with cli_errors(state), _client(ctx) as client:
+        data = client.call("POST", "/v1/overlay/history", {"outpoint": outpoint, "depth": depth})
+
+        def human(out: Console) -> None:
+            print_fields(out, [("outpoint", data["outpoint"]), ("depth", data["depth"])])
+            rows = [
+                (
+                    n["depth"],
+                    f"{n['txid']}.{n['outputIndex']}",
+                    n["topic"],
+                    n["satoshis"],
+                    "yes" if n["spent"] else "no",
+                )
+                for n in data["history"]
+            ]
+            out.print(table(None, ["depth", "outpoint", "topic", "satoshis", "spent"], rows))
+
+        emit(state, data, human)

@@ -1,0 +1,213 @@
+"""The overlay host's routes on the public http port, with the reference's (overlay-express) shapes and status codes:
+
+- ``POST /submit`` (BRC-22): BEEF body (``application/octet-stream``), ``X-Topics`` as a JSON array or, as py-sdk
+  sends it, a comma list; ``x-includes-off-chain-values: true`` makes the body ``VarInt(len) || BEEF || values``.
+  Answers the STEAK (200) or ``{"status":"error","message"}`` (400).
+- ``POST /lookup`` (BRC-24): ``{"service", "query"}``; the JSON ``output-list`` answer, or with
+  ``X-Aggregation: yes`` the binary one (outpoints, then one BEEF V2), ``Content-Type: application/octet-stream``.
+- ``GET /listTopicManagers``, ``GET /listLookupServiceProviders``: metadata by name.
+- ``GET /getDocumentationForTopicManager?manager=``, ``GET /getDocumentationForLookupServiceProvider?lookupService=``
+  (``lookupServices=`` too): markdown.
+
+Every route parses and calls the engine once; a bad request is a 400 with the reason and changes nothing; an
+unexpected failure is ``500 {"status":"error","message":"Unexpected error"}`` (and logged).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from overlay_node.chain.formats import Cursor
+from overlay_node.chain.refusals import Refusal
+from overlay_node.errors import BadRequest, OverlayError
+from overlay_node.services.overlay_engine import OverlayEngine
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CORS_HEADERS", "overlay_routes", "parse_topics"]
+
+#: what overlay-express sends with every answer
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Headers": "*",
+    "Access-Control-Allow-Methods": "*",
+    "Access-Control-Expose-Headers": "*",
+    "Access-Control-Allow-Private-Network": "true",
+}
+_MAX_TOPICS = 256
+
+
+class OverlayTarget(Protocol):
+    @property
+    def overlay(self) -> OverlayEngine: ...
+
+    @property
+    def config(self) -> Any: ...
+
+
+def _error(message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"status": "error", "message": message}, status_code=status, headers=CORS_HEADERS)
+
+
+def _answer(handler: Callable[[OverlayTarget, Request], Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """The reference's error mapping around a handler: our refusals are 400 with their message, anything else
+    is a logged 500 ``Unexpected error``."""
+
+    @functools.wraps(handler)
+    async def run(node: OverlayTarget, request: Request) -> Response:
+        try:
+            response = await handler(node, request)
+        except BadRequest as exc:
+            return _error(str(exc))
+        except OverlayError as exc:
+            if exc.http_status < 500:
+                return _error(str(exc), exc.http_status)
+            logger.warning("%s %s failed: %s", request.method, request.url.path, exc)
+            return _error("Unexpected error", 500)
+        except Exception:
+            logger.exception("%s %s failed", request.method, request.url.path)
+            return _error("Unexpected error", 500)
+        response.headers.update(CORS_HEADERS)
+        return response
+
+    return run
+
+
+def parse_topics(header: str | None) -> list[str]:
+    """``X-Topics``: a JSON array of names (what the official TypeScript client sends) or a comma list (py-sdk).
+
+    Raises:
+        BadRequest: missing, malformed, or not names.
+    """
+    if header is None:
+        raise BadRequest("Missing x-topics header")
+    text = header.strip()
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise BadRequest(f"x-topics is not a JSON array: {exc}") from None
+        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+            raise BadRequest("x-topics must be a JSON array of topic names")
+        topics = [t.strip() for t in value]
+    else:
+        topics = [t.strip() for t in text.split(",")]
+    topics = [t for t in topics if t]
+    if not topics:
+        raise BadRequest("x-topics names no topic")
+    if len(topics) > _MAX_TOPICS:
+        raise BadRequest(f"x-topics names more than {_MAX_TOPICS} topics")
+    return topics
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BadRequest(f"request body too large (limit {limit} bytes)")
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise BadRequest(f"request body too large (limit {limit} bytes)")
+    except ClientDisconnect:
+        raise BadRequest("client disconnected before the body was complete") from None
+    return bytes(body)
+
+
+def _split_off_chain(body: bytes) -> tuple[bytes, bytes]:
+    cur = Cursor(body)
+    try:
+        beef = cur.take(cur.varint())
+    except Refusal as exc:
+        raise BadRequest(f"the body is not VarInt(length) || BEEF || off-chain values: {exc.extra_info}") from None
+    return beef, body[cur.pos :]
+
+
+@_answer
+async def submit(node: OverlayTarget, request: Request) -> Response:
+    topics = parse_topics(request.headers.get("x-topics"))
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/octet-stream":
+        raise BadRequest("the body must be BEEF bytes sent as Content-Type: application/octet-stream")
+    body = await _body(request, node.config.overlay.max_submit_bytes)
+    off_chain: bytes | None = None
+    if request.headers.get("x-includes-off-chain-values", "").lower() == "true":
+        body, off_chain = _split_off_chain(body)
+    if not body:
+        raise BadRequest("the body is empty: send the transaction's BEEF")
+    steak = await node.overlay.submit(body, topics, off_chain=off_chain)
+    return JSONResponse(steak)
+
+
+@_answer
+async def lookup(node: OverlayTarget, request: Request) -> Response:
+    body = await _body(request, node.config.overlay.max_lookup_bytes)
+    try:
+        question = json.loads(body) if body else None
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not JSON: {str(exc)[:200]}") from None
+    if not isinstance(question, dict) or not isinstance(question.get("service"), str) or "query" not in question:
+        raise BadRequest('Invalid request: body must contain "service" (string) and "query" fields')
+    outputs = await node.overlay.lookup(question["service"], question["query"])
+    if request.headers.get("x-aggregation", "").lower() == "yes":
+        return Response(OverlayEngine.aggregate(outputs), media_type="application/octet-stream")
+    answer = []
+    for out in outputs:
+        item: dict[str, Any] = {"beef": list(out.beef), "outputIndex": out.vout}
+        if out.context:
+            item["context"] = list(out.context)
+        answer.append(item)
+    return JSONResponse({"type": "output-list", "outputs": answer})
+
+
+@_answer
+async def list_topic_managers(node: OverlayTarget, request: Request) -> Response:
+    return JSONResponse(node.overlay.list_topic_managers())
+
+
+@_answer
+async def list_lookup_services(node: OverlayTarget, request: Request) -> Response:
+    return JSONResponse(node.overlay.list_lookup_services())
+
+
+@_answer
+async def topic_documentation(node: OverlayTarget, request: Request) -> Response:
+    name = request.query_params.get("manager", "")
+    return Response(node.overlay.topic_documentation(name), media_type="text/markdown")
+
+
+@_answer
+async def service_documentation(node: OverlayTarget, request: Request) -> Response:
+    params = request.query_params
+    name = params.get("lookupService") or params.get("lookupServices") or ""
+    return Response(node.overlay.service_documentation(name), media_type="text/markdown")
+
+
+async def preflight(node: OverlayTarget, request: Request) -> Response:
+    return Response(status_code=200, headers=CORS_HEADERS)
+
+
+def overlay_routes(node: OverlayTarget) -> list[Route]:
+    """The routes over ``node.overlay``; mounted on the public app."""
+
+    def route(path: str, handler: Callable[[OverlayTarget, Request], Awaitable[Response]], method: str) -> Route:
+        return Route(path, functools.partial(handler, node), methods=[method])
+
+    paths = [
+        route("/submit", submit, "POST"),
+        route("/lookup", lookup, "POST"),
+        route("/listTopicManagers", list_topic_managers, "GET"),
+        route("/listLookupServiceProviders", list_lookup_services, "GET"),
+        route("/getDocumentationForTopicManager", topic_documentation, "GET"),
+        route("/getDocumentationForLookupServiceProvider", service_documentation, "GET"),
+    ]
+    return [*paths, *(route(r.path, preflight, "OPTIONS") for r in paths)]

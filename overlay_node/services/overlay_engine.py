@@ -1,0 +1,543 @@
+"""The overlay engine: BRC-22 submission and BRC-24 lookup over the hosted topic managers and lookup services.
+
+Theory of operation (the reference engine's, ``@bsv/overlay`` ``Engine``, with our durability rule):
+
+``submit(beef, topics, mode)``
+1. Every topic must be hosted, else the whole request is refused (``This server does not support this topic``).
+2. The BEEF is read (V1, V2 or Atomic; a raw transaction is refused) and, unless the mode is
+   ``historical-tx-no-spv``, verified: every merkle path against the chain tracker (``overlay.spv = "headers"``;
+   ``"scripts-only"`` skips the block check, as the reference's ``'scripts only'`` tracker), every unproven
+   transaction's scripts, balance and ``overlay.fee_rate`` (:func:`overlay_node.chain.spv.verify_beef`).
+3. Per topic, read-only: a transaction the topic already applied is a duplicate (empty instructions); the inputs
+   that spend the topic's outputs are its previous coins; the topic manager names the outputs to admit and the
+   previous coins to retain. A manager that raises refuses its own topic only.
+4. Unless the mode is historical, an unproven transaction is broadcast to ARC **before** anything is stored. ARC
+   refusing it for good (invalid, double spend) refuses the submission; ARC unreachable is logged and the
+   submission goes on (the reference's default), since the node's settlement of its own payments retries anyway.
+5. One durable transaction (group-committed with other submissions) marks the previous coins spent, deletes the
+   unretained ones with their unretained history, admits the outputs with their BEEF and BRC-64 links, records the
+   applied transaction and the lookup services' index entries. The STEAK is answered **after** that commit, so an
+   acknowledged admission survives a crash (the reference answers before its writes).
+6. After the commit: the lookup services' optional hooks run, and in ``current-tx`` mode the transaction is
+   propagated to the other hosts of the topics that admitted or removed something (``on_applied`` listeners).
+
+``lookup(service, query)``: the service answers outpoints from its index; each is hydrated with the BEEF it was
+admitted with, and, when the formula asks for history, the BEEFs of its retained predecessors down to that depth
+(BRC-64), merged into one BEEF whose last transaction is the output's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from overlay_node.chain.formats import Submission, encode_beef, merge_entries, parse_submission
+from overlay_node.chain.refusals import Refusal
+from overlay_node.chain.spv import claims, verify_beef
+from overlay_node.chain.validation import Policy
+from overlay_node.clock import wall_time
+from overlay_node.config import OverlaySection
+from overlay_node.errors import BadRequest, OverlayError
+from overlay_node.metrics import Metrics
+from overlay_node.services.group_commit import GroupCommit
+from overlay_node.store.db import Store
+from overlay_node.store.overlay import IndexWrite, StoredOutput, SubmitOutcome, SubmitWrite, TopicWrite
+from overlay_node.topics.plugins import (
+    SUBMIT_MODES,
+    Admittance,
+    AdmittedOutput,
+    FormulaItem,
+    LookupService,
+    SubmitMode,
+    TaggedTx,
+    TopicManager,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AnswerOutput", "Applied", "OverlayEngine", "Steak"]
+
+Outpoint = tuple[str, int]
+#: BRC-22's STEAK: per topic, ``outputsToAdmit``, ``coinsToRetain`` and (once applied) ``coinsRemoved``
+Steak = dict[str, dict[str, list[int]]]
+
+
+class BroadcastRefused(BadRequest):
+    """ARC refused the transaction for good: nothing was stored."""
+
+    code = "broadcast_refused"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnswerOutput:
+    """One output of a lookup answer: the BEEF whose last transaction holds it, and the service's context."""
+
+    txid: str
+    vout: int
+    beef: bytes
+    context: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Applied:
+    """What ``on_applied`` listeners hear after a submission was committed."""
+
+    txid: str
+    beef: bytes
+    mode: SubmitMode
+    steak: Steak
+    #: topics that admitted or removed something (the reference propagates only those)
+    relevant: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryNode:
+    """One output of a BRC-64 history, ``depth`` spends back from the output asked about."""
+
+    output: StoredOutput
+    depth: int
+
+    def as_json(self) -> dict[str, Any]:
+        out = self.output
+        return {
+            "txid": out.txid,
+            "outputIndex": out.vout,
+            "topic": out.topic,
+            "depth": self.depth,
+            "satoshis": out.satoshis,
+            "spent": out.spent,
+            "consumed": [f"{t}.{v}" for t, v in out.consumed],
+            "consumedBy": [f"{t}.{v}" for t, v in out.consumed_by],
+        }
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One topic's part of a submission, between the managers and the write."""
+
+    topic: str
+    duplicate: bool
+    failed: bool
+    previous: dict[int, Outpoint]
+    admittance: Admittance
+
+
+Broadcaster = Callable[[bytes, str], Awaitable[None]]
+Tracker = Callable[[Mapping[int, set[str]]], Awaitable[Mapping[int, str | None]]]
+LookupHook = Callable[[str, Any], Awaitable[None]]
+
+
+class _Index:
+    """One lookup service's view of its index (what :meth:`LookupService.lookup` gets)."""
+
+    def __init__(self, store: Store, service: str) -> None:
+        self._store = store
+        self._service = service
+
+    async def find(
+        self,
+        where: Mapping[str, Sequence[str]],
+        *,
+        limit: int | None = None,
+        skip: int = 0,
+        newest_first: bool = True,
+    ) -> list[Outpoint]:
+        return await self._store.overlay.find_index(
+            self._service, where, limit=limit, skip=skip, newest_first=newest_first
+        )
+
+    async def fields(self, outpoint: Outpoint) -> dict[str, list[str]] | None:
+        return await self._store.overlay.index_fields(self._service, outpoint)
+
+
+class OverlayEngine:
+    """The overlay host's engine (see the module docstring).
+
+    Args:
+        config: the ``[overlay]`` section.
+        store: the node's store (``store.overlay``).
+        metrics: the node's instruments.
+        managers: hosted topic managers by name.
+        services: hosted lookup services by name.
+        tracker: block roots for SPV (``ChainTracker.roots``); None with ``overlay.spv = "scripts-only"``.
+        broadcaster: sends an unproven transaction to ARC, raising :class:`BroadcastRefused` when ARC refuses it
+            for good; None: no broadcast.
+    """
+
+    def __init__(
+        self,
+        config: OverlaySection,
+        store: Store,
+        metrics: Metrics,
+        managers: Mapping[str, TopicManager],
+        services: Mapping[str, LookupService],
+        *,
+        tracker: Tracker | None,
+        broadcaster: Broadcaster | None,
+        clock: Callable[[], float] = wall_time,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._metrics = metrics
+        self.managers = dict(managers)
+        self.services = dict(services)
+        self._tracker = tracker
+        self._broadcaster = broadcaster
+        self._clock = clock
+        self._policy = Policy(mining_fee_satoshis=config.fee_rate, mining_fee_bytes=1000)
+        self._unindex_on_spend = tuple(name for name, s in self.services.items() if not s.keeps_spent)
+        self._indexes = {name: _Index(store, name) for name in self.services}
+        self._writer = GroupCommit[SubmitWrite, SubmitOutcome](self._write, max_batch=config.commit_batch)
+        self._slots = trio.Semaphore(config.max_concurrent_submits)
+        self._last_score = 0.0
+        self._listeners: list[Callable[[Applied], None]] = []
+        self._before_lookup: dict[str, LookupHook] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write admitted submissions until cancelled."""
+        await self._writer.run(task_status=task_status)
+
+    def before_lookup(self, service: str, hook: LookupHook) -> None:
+        """Run ``hook(service, query)`` before ``service`` answers (e.g. to admit what the DHT knows of)."""
+        self._before_lookup[service] = hook
+
+    def on_applied(self, listener: Callable[[Applied], None]) -> None:
+        """Call ``listener`` after each committed submission (synchronously: start work, do not wait in it)."""
+        self._listeners.append(listener)
+
+    # -- BRC-22 ----------------------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        beef: bytes,
+        topics: Sequence[str],
+        *,
+        off_chain: bytes | None = None,
+        mode: SubmitMode = "current-tx",
+    ) -> Steak:
+        """Submit a transaction to ``topics`` (see the module docstring) and return the STEAK.
+
+        Raises:
+            BadRequest: an unhosted topic, a body that is not BEEF, a failed SPV check, too many transactions,
+                an unknown mode, or ARC refusing the transaction; nothing was stored.
+            StoreError: the database failed; nothing was stored.
+        """
+        if mode not in SUBMIT_MODES:
+            raise BadRequest(f"unknown submit mode {mode!r}: one of {', '.join(SUBMIT_MODES)}")
+        topic_list = list(dict.fromkeys(topics))
+        for topic in topic_list:
+            if topic not in self.managers:
+                raise BadRequest(f"This server does not support this topic: {topic}")
+        async with self._slots:
+            try:
+                steak = await self._submit(beef, topic_list, off_chain, mode)
+            except OverlayError as exc:
+                self._metrics.overlay_submissions.labels("refused").inc()
+                logger.debug("submission refused: %s", exc)
+                raise
+        return steak
+
+    def _read(self, beef: bytes) -> Submission:
+        if len(beef) < 4 or beef[:4] not in (b"\x01\x00\xbe\xef", b"\x02\x00\xbe\xef", b"\x01\x01\x01\x01"):
+            raise BadRequest("the body is not a BEEF (BRC-62, BRC-96 or Atomic BEEF BRC-95)")
+        try:
+            submission = parse_submission(beef)
+        except Refusal as exc:
+            raise BadRequest(f"the BEEF cannot be read: {exc.extra_info}") from None
+        if len(submission.txs) + len(submission.txid_only) > self._config.max_beef_txs:
+            raise BadRequest(f"the BEEF holds more than {self._config.max_beef_txs} transactions")
+        return submission
+
+    async def _verify(self, submission: Submission) -> None:
+        held: dict[str, Any] = {}
+        needed = set(submission.txid_only)
+        if needed:
+            held = await self.held_outputs(needed)
+        roots: Mapping[int, str | None] | None = None
+        if self._tracker is not None:
+            claimed = claims(submission)
+            roots = await self._tracker(claimed) if claimed else {}
+        try:
+            verify_beef(submission, roots=roots, held=held, policy=self._policy)
+        except Refusal as exc:
+            raise BadRequest(f"Unable to verify SPV information: {exc.extra_info}") from None
+
+    async def _submit(self, beef: bytes, topics: list[str], off_chain: bytes | None, mode: SubmitMode) -> Steak:
+        submission = self._read(beef)
+        if mode != "historical-tx-no-spv":
+            await self._verify(submission)
+        tagged = TaggedTx(beef=beef, submission=submission, off_chain=off_chain, mode=mode)
+        tx = tagged.tx
+        spends = [(i.txid, i.vout) for i in tx.inputs]
+        found = await self._store.overlay.previous_coins(tx.txid, topics, spends)
+        plans = [self._plan(tagged, topic, found.applied, found.outputs.get(topic, set())) for topic in topics]
+        if mode != "historical-tx" and self._broadcaster is not None and tx.bump is None:
+            await self._broadcaster(beef, tx.txid)
+        write = self._write_for(tagged, plans)
+        slot = await self._writer.submit(write) if write.topics else None
+        outcome = slot if slot is not None else SubmitOutcome()
+        steak: Steak = {}
+        relevant: list[str] = []
+        for plan in plans:
+            instructions = plan.admittance.as_json()
+            if not plan.duplicate and not plan.failed and plan.topic not in outcome.duplicate_topics:
+                removed = [i for i, op in plan.previous.items() if i not in plan.admittance.coins_to_retain]
+                instructions["coinsRemoved"] = sorted(removed)
+                if instructions["outputsToAdmit"] or removed:
+                    relevant.append(plan.topic)
+            steak[plan.topic] = instructions
+        duplicate = all(p.duplicate or p.topic in outcome.duplicate_topics for p in plans)
+        self._metrics.overlay_submissions.labels("duplicate" if duplicate else "applied").inc()
+        for topic in relevant:
+            self._metrics.overlay_admitted.labels(topic).inc(len(steak[topic]["outputsToAdmit"]))
+        applied = Applied(txid=tx.txid, beef=beef, mode=mode, steak=steak, relevant=tuple(relevant))
+        for listener in self._listeners:
+            try:
+                listener(applied)
+            except Exception:
+                logger.exception("overlay listener failed")
+        return steak
+
+    def _plan(self, tagged: TaggedTx, topic: str, applied: set[str], held: set[Outpoint]) -> _Plan:
+        tx = tagged.tx
+        if topic in applied:
+            return _Plan(topic=topic, duplicate=True, failed=False, previous={}, admittance=Admittance())
+        previous = {i: (inp.txid, inp.vout) for i, inp in enumerate(tx.inputs) if (inp.txid, inp.vout) in held}
+        try:
+            raw = self.managers[topic].admissible_outputs(tagged, sorted(previous))
+            admittance = Admittance(
+                outputs_to_admit=tuple(sorted({i for i in raw.outputs_to_admit if 0 <= i < len(tx.outputs)})),
+                coins_to_retain=tuple(sorted({i for i in raw.coins_to_retain if i in previous})),
+            )
+        except Exception:
+            logger.warning("topic manager %s failed on %s", topic, tx.txid, exc_info=True)
+            return _Plan(topic=topic, duplicate=False, failed=True, previous={}, admittance=Admittance())
+        return _Plan(topic=topic, duplicate=False, failed=False, previous=previous, admittance=admittance)
+
+    def _write_for(self, tagged: TaggedTx, plans: Sequence[_Plan]) -> SubmitWrite:
+        tx = tagged.tx
+        now = self._clock()
+        # GASP pages by score: keep it increasing even when the clock is not
+        score = max(now * 1000.0, math.nextafter(self._last_score, math.inf))
+        self._last_score = score
+        topics: list[TopicWrite] = []
+        for plan in plans:
+            if plan.duplicate or plan.failed:
+                continue
+            admit = tuple(
+                (vout, tx.outputs[vout].script, tx.outputs[vout].satoshis) for vout in plan.admittance.outputs_to_admit
+            )
+            index: list[IndexWrite] = []
+            for vout, script, satoshis in admit:
+                output = AdmittedOutput(
+                    txid=tx.txid,
+                    vout=vout,
+                    topic=plan.topic,
+                    satoshis=satoshis,
+                    script=script,
+                    off_chain=tagged.off_chain,
+                )
+                for name, service in self.services.items():
+                    try:
+                        fields = service.index(output)
+                    except Exception:
+                        logger.warning("lookup service %s failed to index %s.%d", name, tx.txid, vout, exc_info=True)
+                        continue
+                    if fields:
+                        index.append(IndexWrite(service=name, vout=vout, fields=dict(fields)))
+            topics.append(
+                TopicWrite(
+                    topic=plan.topic,
+                    admit=admit,
+                    previous=tuple(plan.previous.values()),
+                    retained=tuple(plan.previous[i] for i in plan.admittance.coins_to_retain),
+                    index=tuple(index),
+                    unindex_on_spend=self._unindex_on_spend,
+                )
+            )
+        return SubmitWrite(
+            txid=tx.txid,
+            beef=tagged.beef,
+            block_height=tx.block_height,
+            score=score,
+            created_at=now,
+            topics=tuple(topics),
+        )
+
+    async def _write(self, writes: list[SubmitWrite]) -> list[SubmitOutcome]:
+        return await self._store.overlay.apply(writes, durable=self._config.durable)
+
+    # -- BRC-24 ----------------------------------------------------------------------------------------------
+
+    async def lookup(self, service: str, query: Any, *, fill: bool = True) -> list[AnswerOutput]:
+        """Answer ``query`` with ``service`` (see the module docstring); ``fill``: run its ``before_lookup`` hook
+        first.
+
+        Raises:
+            BadRequest: an unknown service, or the service refused the query (its message).
+            OverlayError: the service failed otherwise (logged; the HTTP layer answers 500).
+        """
+        plugin = self.services.get(service)
+        if plugin is None:
+            raise BadRequest(f"Lookup service not found for provider: {service}")
+        hook = self._before_lookup.get(service) if fill else None
+        if hook is not None:
+            await hook(service, query)
+        try:
+            formula = await plugin.lookup(query, self._indexes[service])
+        except (BadRequest, ValueError, TypeError) as exc:
+            self._metrics.overlay_lookups.labels("refused").inc()
+            raise BadRequest(str(exc)) from None
+        except OverlayError:
+            self._metrics.overlay_lookups.labels("failed").inc()
+            raise
+        except Exception as exc:
+            self._metrics.overlay_lookups.labels("failed").inc()
+            logger.exception("lookup service %s failed", service)
+            raise OverlayError(f"lookup service {service} failed") from exc
+        items = list(formula)[: self._config.max_lookup_outputs]
+        answer = await self.hydrate(items)
+        self._metrics.overlay_lookups.labels("answered").inc()
+        return answer
+
+    async def hydrate(self, items: Sequence[FormulaItem]) -> list[AnswerOutput]:
+        """Each stored output among ``items`` with its BEEF (and its retained history when asked); outpoints not
+        stored are left out, as the reference does."""
+        outputs = await self._store.overlay.outputs({(i.txid, i.vout) for i in items})
+        beefs = await self._store.overlay.beefs({op[0] for op in outputs})
+        answer: list[AnswerOutput] = []
+        seen: set[Outpoint] = set()
+        for item in items:
+            op = (item.txid, item.vout)
+            output = outputs.get(op)
+            beef = beefs.get(item.txid)
+            if output is None or beef is None or op in seen:
+                continue
+            seen.add(op)
+            if item.history is not None and item.history >= 1 and output.consumed:
+                beef = await self._with_history(output, beef, min(item.history, self._config.max_history_depth))
+            answer.append(AnswerOutput(txid=item.txid, vout=item.vout, beef=beef, context=item.context))
+        return answer
+
+    async def _with_history(self, output: StoredOutput, beef: bytes, depth: int) -> bytes:
+        """``beef`` merged with the BEEFs of ``output``'s retained predecessors down to ``depth`` (BRC-64)."""
+        submissions: list[Submission] = []
+        level = list(output.consumed)
+        seen: set[Outpoint] = {output.outpoint}
+        for _ in range(depth):
+            level = [op for op in level if op not in seen]
+            if not level:
+                break
+            seen.update(level)
+            found = await self._store.overlay.outputs(level, topic=output.topic)
+            beefs = await self._store.overlay.beefs({op[0] for op in found})
+            nxt: list[Outpoint] = []
+            for op in level:
+                pred = found.get(op)
+                data = beefs.get(op[0])
+                if pred is None or data is None:
+                    continue
+                submissions.append(parse_submission(data))
+                nxt.extend(pred.consumed)
+            level = nxt
+        submissions.reverse()  # the oldest first, so that the output's own transaction ends the BEEF
+        submissions.append(parse_submission(beef))
+        return encode_beef(merge_entries(submissions), version=1)
+
+    @staticmethod
+    def aggregate(outputs: Sequence[AnswerOutput]) -> bytes:
+        """The binary answer (``X-Aggregation: yes``): the outpoints, then one BEEF V2 of every output's
+        transactions (the reference's format, read by the official ``LookupResolver``)."""
+        from overlay_node.crypto.bump import varint_bytes
+
+        head = bytearray(varint_bytes(len(outputs)))
+        for out in outputs:
+            context = out.context or b""
+            head += bytes.fromhex(out.txid) + varint_bytes(out.vout) + varint_bytes(len(context)) + context
+        entries = merge_entries([parse_submission(o.beef) for o in outputs])
+        return bytes(head) + encode_beef(entries, version=2)
+
+    async def history(self, txid: str, vout: int, depth: int) -> tuple[list[HistoryNode], bytes | None]:
+        """The BRC-64 history of an output: it and its retained predecessors down to ``depth``, breadth first,
+        with the merged BEEF a lookup would answer (None when the output is not stored)."""
+        found = await self._store.overlay.outputs([(txid, vout)])
+        start = found.get((txid, vout))
+        if start is None:
+            return [], None
+        nodes = [HistoryNode(output=start, depth=0)]
+        level, seen = [start], {start.outpoint}
+        for d in range(1, depth + 1):
+            wanted = [op for out in level for op in out.consumed if op not in seen]
+            if not wanted:
+                break
+            seen.update(wanted)
+            preds = await self._store.overlay.outputs(wanted, topic=start.topic)
+            level = [preds[op] for op in wanted if op in preds]
+            nodes.extend(HistoryNode(output=out, depth=d) for out in level)
+        (answer,) = await self.hydrate([FormulaItem(txid=txid, vout=vout, history=depth)])
+        return nodes, answer.beef
+
+    # -- what else the node shows -----------------------------------------------------------------------------
+
+    def list_topic_managers(self) -> dict[str, dict[str, str]]:
+        return {name: _metadata(name, m) for name, m in self.managers.items()}
+
+    def list_lookup_services(self) -> dict[str, dict[str, str]]:
+        return {name: _metadata(name, s) for name, s in self.services.items()}
+
+    def topic_documentation(self, name: str) -> str:
+        manager = self.managers.get(name)
+        if manager is None:
+            raise BadRequest(f"No documentation found for topic manager: {name}")
+        return manager.documentation()
+
+    def service_documentation(self, name: str) -> str:
+        service = self.services.get(name)
+        if service is None:
+            raise BadRequest(f"No documentation found for lookup service: {name}")
+        return service.documentation()
+
+    async def counts(self) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+        """``({topic: (outputs, unspent)}, {service: indexed outputs})`` of what is stored now."""
+        return await self._store.overlay.counts()
+
+    async def held_outputs(self, txids: set[str]) -> dict[str, Any]:
+        """The outputs of the transactions among ``txids`` this engine holds (for BEEF txid-only entries)."""
+        from overlay_node.chain.formats import SourceOutput
+
+        beefs = await self._store.overlay.beefs(txids)
+        out: dict[str, list[SourceOutput]] = {}
+        for txid, data in beefs.items():
+            tx = parse_submission(data).subject
+            out[txid] = [SourceOutput(satoshis=o.satoshis, locking_script=o.script) for o in tx.outputs]
+        return out
+
+
+def _metadata(name: str, plugin: TopicManager | LookupService) -> dict[str, str]:
+    try:
+        return plugin.metadata().as_json()
+    except Exception:
+        logger.warning("plug-in %s has no metadata", name, exc_info=True)
+        return {"name": name, "shortDescription": "No description."}
+
+
+def arc_broadcaster(client: Callable[[], Any]) -> Broadcaster:
+    """Broadcast through the node's ARC client (``client()`` returns it: the wallet's, once it runs).
+
+    ARC refusing the transaction for good (invalid, double spend, rejected) refuses the submission; an
+    unreachable or undecided ARC does not (logged), as the reference engine's default.
+    """
+
+    async def broadcast(beef: bytes, txid: str) -> None:
+        result = await client().submit(beef)
+        if result.failed:
+            raise BroadcastRefused(f"Failed to broadcast transaction! Error: {result.detail or result.tx_status}")
+        if not result.accepted:
+            logger.warning("broadcast of %s undecided (%s): admitting it anyway", txid, result.detail)
+
+    return broadcast

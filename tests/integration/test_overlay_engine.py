@@ -1,0 +1,246 @@
+"""The overlay host of a real node over HTTP: BRC-22 /submit and BRC-24 /lookup with a user topic (tests/plugins),
+real transactions from the node's devnet, BRC-64 history, and bad input on every route."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from overlay_node.chain.formats import parse_submission
+from overlay_node.crypto.bump import varint_at
+from overlay_node.node import Node
+from overlay_node.services.arc import DevnetClient
+from tests.conftest import NodeFactory
+from tests.plugins import demo
+
+from .overlay_fixtures import Coin, Spender, proven_beef
+
+LIMIT = 60
+DEMO = {
+    "overlay.topic_managers": [demo.TOPIC],
+    "overlay.lookup_services": [demo.SERVICE],
+    "wallet.devnet_block_interval": 0.0,
+}
+
+
+async def demo_node(start_node: NodeFactory, name: str = "a", **overrides: Any) -> Node:
+    return await start_node(name, **{**DEMO, **overrides})
+
+
+def http(node: Node) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=node.info.http, timeout=20)
+
+
+async def submit(client: httpx.AsyncClient, beef: bytes, topics: Any = ("tm_demo",), **headers: str) -> httpx.Response:
+    all_headers = {"Content-Type": "application/octet-stream", "X-Topics": json.dumps(list(topics)), **headers}
+    return await client.post("/submit", content=beef, headers=all_headers)
+
+
+async def lookup(client: httpx.AsyncClient, query: Any, service: str = "ls_demo", **headers: str) -> httpx.Response:
+    return await client.post("/lookup", json={"service": service, "query": query}, headers=headers)
+
+
+def devnet_of(node: Node) -> DevnetClient:
+    return DevnetClient(node.status()["ledger"])
+
+
+async def test_submit_lookup_duplicate_and_spend(start_node: NodeFactory) -> None:
+    with trio.fail_after(LIMIT):
+        node = await demo_node(start_node)
+        alice = Spender()
+        async with http(node) as h, devnet_of(node) as devnet:
+            coin = await alice.fund(devnet, 10_000)
+            first, beef = alice.spend(coin)
+            answer = await submit(h, beef)
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {"tm_demo": {"outputsToAdmit": [0], "coinsToRetain": [], "coinsRemoved": []}}
+            assert answer.headers["access-control-allow-origin"] == "*"
+            # the engine broadcast it before storing it
+            assert (await devnet.status(first.txid)).accepted
+            # a second submission is a duplicate: empty instructions, nothing changes
+            again = await submit(h, beef)
+            assert again.json() == {"tm_demo": {"outputsToAdmit": [], "coinsToRetain": []}}
+            # the JSON answer: the BEEF as submitted, whose last transaction holds the output
+            found = await lookup(h, {"txid": first.txid})
+            assert found.status_code == 200, found.text
+            outputs = found.json()["outputs"]
+            assert found.json()["type"] == "output-list" and len(outputs) == 1
+            assert bytes(outputs[0]["beef"]) == beef and outputs[0]["outputIndex"] == 0
+            assert bytes(outputs[0]["context"]) == b"demo"
+            # a spend of it, comma-list X-Topics as py-sdk sends them: the previous coin is retained
+            _, beef2 = alice.spend(first)
+            answer = await h.post(
+                "/submit", content=beef2, headers={"Content-Type": "application/octet-stream", "X-Topics": "tm_demo"}
+            )
+            assert answer.json() == {"tm_demo": {"outputsToAdmit": [0], "coinsToRetain": [0], "coinsRemoved": []}}
+            # ls_demo drops spent outputs from its index (keeps_spent = False)
+            assert (await lookup(h, {"txid": first.txid})).json()["outputs"] == []
+            assert len((await lookup(h, {"findAll": True})).json()["outputs"]) == 1
+        topics, services = await node.overlay.counts()
+        assert topics == {"tm_demo": (2, 1)} and services == {"ls_demo": 1}
+
+
+async def test_history_to_depth_two_after_blocks(start_node: NodeFactory) -> None:
+    """BRC-64: each spend's BEEF carries only its proven parent; the lookup adds the retained ancestry."""
+    with trio.fail_after(LIMIT):
+        node = await demo_node(start_node)
+        alice = Spender()
+        async with http(node) as h, devnet_of(node) as devnet:
+            coin = await alice.fund(devnet, 10_000)
+            await devnet.mine()
+            chain: list[Coin] = []
+            parent_beef = await proven_beef(devnet, coin)
+            current = coin
+            for _ in range(3):
+                nxt, beef = alice.spend(current, parent_beef=parent_beef)
+                assert (await submit(h, beef)).status_code == 200
+                chain.append(nxt)
+                await devnet.mine()
+                parent_beef = await proven_beef(devnet, nxt)
+                current = nxt
+            tip = chain[-1]
+            shallow = (await lookup(h, {"txid": tip.txid})).json()["outputs"][0]
+            assert [t.txid for t in parse_submission(bytes(shallow["beef"])).txs] == [chain[1].txid, tip.txid]
+            deep = (await lookup(h, {"txid": tip.txid, "history": 2})).json()["outputs"][0]
+            txids = [t.txid for t in parse_submission(bytes(deep["beef"])).txs]
+            # depth 2: the tip, its two retained predecessors, and what the oldest one's BEEF carried (its proven
+            # parent, the faucet's coin)
+            assert txids[-1] == tip.txid and set(txids) == {coin.txid, *(c.txid for c in chain)}
+            # depth 1: the tip and its retained predecessor as that was submitted (with its proven parent)
+            one = (await lookup(h, {"txid": tip.txid, "history": 1})).json()["outputs"][0]
+            assert {t.txid for t in parse_submission(bytes(one["beef"])).txs} == {c.txid for c in chain}
+
+
+async def test_aggregated_binary_answer(start_node: NodeFactory) -> None:
+    with trio.fail_after(LIMIT):
+        node = await demo_node(start_node)
+        alice = Spender()
+        async with http(node) as h, devnet_of(node) as devnet:
+            made = []
+            for _ in range(3):
+                coin, beef = alice.spend(await alice.fund(devnet, 5_000))
+                assert (await submit(h, beef)).status_code == 200
+                made.append(coin.txid)
+            answer = await lookup(h, {"findAll": True}, **{"X-Aggregation": "yes"})
+            assert answer.headers["content-type"] == "application/octet-stream"
+            data = answer.content
+            count, pos = varint_at(data, 0)
+            outpoints = []
+            for _ in range(count):
+                txid = data[pos : pos + 32].hex()
+                vout, pos = varint_at(data, pos + 32)
+                size, pos = varint_at(data, pos)
+                assert data[pos : pos + size] == b"demo"
+                pos += size
+                outpoints.append((txid, vout))
+            assert sorted(outpoints) == sorted((t, 0) for t in made)
+            assert data[pos : pos + 4] == bytes.fromhex("0200beef")
+            assert set(made) <= {t.txid for t in parse_submission(data[pos:]).txs}
+
+
+async def test_bad_input_on_every_route_changes_nothing(start_node: NodeFactory) -> None:
+    with trio.fail_after(LIMIT):
+        node = await demo_node(start_node, **{"overlay.max_submit_bytes": 65536})
+        alice = Spender()
+        async with http(node) as h, devnet_of(node) as devnet:
+            coin, beef = alice.spend(await alice.fund(devnet, 10_000))
+            octet = {"Content-Type": "application/octet-stream"}
+
+            async def refused(response: httpx.Response, message: str) -> None:
+                assert response.status_code == 400, response.text
+                body = response.json()
+                assert body["status"] == "error" and message in body["message"], body
+
+            await refused(await h.post("/submit", content=beef, headers=octet), "Missing x-topics header")
+            await refused(
+                await submit(h, beef, topics=("tm_nope",)), "This server does not support this topic: tm_nope"
+            )
+            await refused(await h.post("/submit", content=beef, headers={**octet, "X-Topics": "[1, 2"}), "x-topics")
+            await refused(await h.post("/submit", content=beef, headers={**octet, "X-Topics": ""}), "names no topic")
+            await refused(await submit(h, b""), "empty")
+            await refused(await submit(h, coin.raw), "not a BEEF")
+            await refused(await submit(h, beef[:-7]), "cannot be read")
+            await refused(await submit(h, beef + b"junk"), "cannot be read")
+            await refused(await submit(h, b"\x01\x00\xbe\xef" + b"\xff" * 40), "cannot be read")
+            await refused(await submit(h, b"x" * 70_000), "too large")
+            wrong_type = await h.post(
+                "/submit", content=beef, headers={"Content-Type": "text/plain", "X-Topics": '["tm_demo"]'}
+            )
+            await refused(wrong_type, "application/octet-stream")
+            # a signature that does not verify: one byte of the spend's signature flipped
+            tampered = bytearray(beef)
+            at = tampered.rfind(coin.raw[44:60])
+            tampered[at] ^= 0x01
+            await refused(await submit(h, bytes(tampered)), "Unable to verify SPV information")
+            # an ancestor missing: the spend alone
+            from overlay_node.chain.formats import BeefEntry, encode_beef
+
+            orphan = encode_beef([BeefEntry(coin.txid, coin.raw)], version=1)
+            await refused(await submit(h, orphan), "Unable to verify SPV information")
+            # lookups
+            await refused(await h.post("/lookup", content=b"{nope"), "not JSON")
+            await refused(await h.post("/lookup", json={"service": "ls_demo"}), 'must contain "service"')
+            await refused(await h.post("/lookup", json={"query": {}}), 'must contain "service"')
+            await refused(await lookup(h, {}, service="ls_nope"), "Lookup service not found for provider: ls_nope")
+            await refused(await lookup(h, "findAll"), "ls_demo takes a JSON object")
+            await refused(await h.post("/lookup", content=b"[" * 100_000), "too large")
+            deep = b"[" * 10_000 + b"]" * 10_000
+            async with http(node) as h2:
+                big = await h2.post("/lookup", content=deep, headers={"Content-Type": "application/json"})
+            assert big.status_code == 400
+            # documentation of what is not hosted
+            assert (await h.get("/getDocumentationForTopicManager", params={"manager": "tm_x"})).status_code == 400
+            # nothing was stored, and the node still serves a good submission
+            assert await node.overlay.counts() == ({}, {})
+            assert (await submit(h, beef)).json()["tm_demo"]["outputsToAdmit"] == [0]
+
+
+async def test_listings_and_documentation(start_node: NodeFactory) -> None:
+    with trio.fail_after(LIMIT):
+        node = await demo_node(start_node)
+        async with http(node) as h:
+            assert (await h.get("/listTopicManagers")).json() == {
+                "tm_demo": {"name": "Demo topic", "shortDescription": "P2PKH outputs, with history", "version": "1.0"}
+            }
+            assert (await h.get("/listLookupServiceProviders")).json() == {
+                "ls_demo": {"name": "Demo lookup", "shortDescription": "tm_demo outputs by txid"}
+            }
+            doc = await h.get("/getDocumentationForTopicManager", params={"manager": "tm_demo"})
+            assert doc.headers["content-type"].startswith("text/markdown") and doc.text.startswith("# tm_demo")
+            for param in ("lookupService", "lookupServices"):
+                doc = await h.get("/getDocumentationForLookupServiceProvider", params={param: "ls_demo"})
+                assert doc.text.startswith("# ls_demo")
+            options = await h.options("/submit")
+            assert options.status_code == 200 and options.headers["access-control-allow-headers"] == "*"
+
+
+async def test_a_refused_broadcast_stores_nothing(start_node: NodeFactory) -> None:
+    """A double spend: the devnet refuses the second spender of a coin, so the engine stores nothing of it."""
+    with trio.fail_after(LIMIT):
+        node = await demo_node(start_node)
+        alice = Spender()
+        async with http(node) as h, devnet_of(node) as devnet:
+            coin = await alice.fund(devnet, 10_000)
+            _, beef = alice.spend(coin)
+            rival, rival_beef = alice.spend(coin, fee=2)
+            assert (await submit(h, beef)).status_code == 200
+            answer = await submit(h, rival_beef)
+            assert answer.status_code == 400 and "Failed to broadcast" in answer.json()["message"]
+            assert (await lookup(h, {"txid": rival.txid})).json()["outputs"] == []
+
+
+@pytest.mark.parametrize(("mode", "broadcast"), [("historical-tx", False), ("historical-tx-no-spv", True)])
+async def test_submit_modes(start_node: NodeFactory, mode: str, broadcast: bool) -> None:
+    """As the reference engine: only ``historical-tx`` skips the broadcast; ``historical-tx-no-spv`` skips SPV."""
+    with trio.fail_after(LIMIT):
+        node = await demo_node(start_node)
+        alice = Spender()
+        async with devnet_of(node) as devnet:
+            coin, beef = alice.spend(await alice.fund(devnet, 10_000))
+            steak = await node.overlay.submit(beef, ["tm_demo"], mode=mode)  # type: ignore[arg-type]
+            assert steak["tm_demo"]["outputsToAdmit"] == [0]
+            assert (await devnet.status(coin.txid)).accepted is broadcast
