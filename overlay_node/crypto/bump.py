@@ -124,6 +124,11 @@ def path_root(data: bytes, txid: str) -> str:
 
     Missing siblings are computed from the level below when both children are there (compound paths).
 
+    A block of one transaction (a coinbase alone) has no siblings to prove with: its path is one level holding
+    the transaction alone at offset 0 (what @bsv/sdk's ``MerklePath.fromCoinbaseTxidAndHeight`` writes), and the
+    root it proves is the txid itself, as @bsv/sdk's ``MerklePath.computeRoot`` has it. (@bsv/sdk answers the txid
+    for a lone leaf at any offset; a lone leaf elsewhere than 0 is refused here: no block has that shape.)
+
     Remembered for the last 4,096 (path, txid) pairs that proved something (refusals are not remembered): the
     coins of one split share its mined transaction, and a payee is shown its path once per coin.
 
@@ -141,6 +146,8 @@ def path_root(data: bytes, txid: str) -> str:
     if found is None:
         raise ValueError(f"the merkle path does not hold transaction {txid}")
     offset = found
+    if tree_height == 1 and len(levels[0]) == 1 and offset == 0:
+        return want[::-1].hex()  # a block of one transaction: its merkle root is the txid
 
     def node(h: int, o: int, partner: bytes) -> bytes:
         """The hash at level ``h``, offset ``o``; ``partner`` is its sibling (used for a duplicate)."""

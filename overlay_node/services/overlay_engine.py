@@ -197,6 +197,7 @@ class OverlayEngine:
         self._last_score = 0.0
         self._listeners: list[Callable[[Applied], None]] = []
         self._before_lookup: dict[str, LookupHook] = {}
+        self._applied_events: dict[str, trio.Event] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write admitted submissions until cancelled."""
@@ -205,6 +206,19 @@ class OverlayEngine:
     def before_lookup(self, service: str, hook: LookupHook) -> None:
         """Run ``hook(service, query)`` before ``service`` answers (e.g. to admit what the DHT knows of)."""
         self._before_lookup[service] = hook
+
+    async def wait_applied(self, txid: str, topic: str) -> None:
+        """Return once ``topic`` has applied ``txid`` (at once if it already has): for callers that wait for a
+        propagated or synced transaction to arrive."""
+        while True:
+            # the event first: an application committed while the store is read still wakes us
+            event = self._applied_events.get(txid)
+            if event is None:
+                event = self._applied_events[txid] = trio.Event()
+            found = await self._store.overlay.previous_coins(txid, [topic], ())
+            if topic in found.applied:
+                return
+            await event.wait()
 
     def on_applied(self, listener: Callable[[Applied], None]) -> None:
         """Call ``listener`` after each committed submission (synchronously: start work, do not wait in it)."""
@@ -296,6 +310,9 @@ class OverlayEngine:
         for topic in relevant:
             self._metrics.overlay_admitted.labels(topic).inc(len(steak[topic]["outputsToAdmit"]))
         applied = Applied(txid=tx.txid, beef=beef, mode=mode, steak=steak, relevant=tuple(relevant))
+        event = self._applied_events.pop(tx.txid, None)
+        if event is not None:
+            event.set()
         for listener in self._listeners:
             try:
                 listener(applied)

@@ -4,6 +4,10 @@ computes, for every leaf of trees of many shapes; compound paths and bad bytes t
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -12,7 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overlay_node.chain.blocks import merkle_levels, merkle_root
-from overlay_node.crypto.bump import encode_path, path_root
+from overlay_node.crypto.bump import encode_path, path_root, varint_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+SDK = ROOT / ".tools" / "node_modules" / "@bsv" / "sdk"
 
 
 def merkle_path_for(levels: list[list[bytes]], index: int, height: int) -> MerklePath:
@@ -91,3 +98,51 @@ def test_bad_paths_are_refused_with_a_reason() -> None:
     altered = bytearray(good)
     altered[-1] ^= 1
     assert path_root(bytes(altered), ids[4]) != merkle_root(ids)
+
+
+def coinbase_path(txid: str, height: int, offset: int = 0) -> bytes:
+    """A path of one level holding ``txid`` alone (flag 2), as MerklePath.fromCoinbaseTxidAndHeight writes it."""
+    return varint_bytes(height) + b"\x01\x01" + varint_bytes(offset) + b"\x02" + bytes.fromhex(txid)[::-1]
+
+
+#: for each [txid, height]: @bsv/sdk's fromCoinbaseTxidAndHeight bytes, and its computeRoot of them
+_SDK_COINBASE = """
+const { MerklePath } = require(process.argv[1]);
+const cases = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+console.log(JSON.stringify(cases.map(([txid, height]) => {
+  const path = MerklePath.fromCoinbaseTxidAndHeight(txid, height);
+  return [path.toHex(), MerklePath.fromHex(path.toHex()).computeRoot(txid)];
+})));
+"""
+
+
+def test_a_block_of_one_transaction_proves_the_txid_as_its_root_like_at_bsv_sdk() -> None:
+    # (bsv-sdk for Python has no such case: its compute_root refuses these paths, "Missing hash for index 0")
+    # the Makefile's `tools` target installs @bsv/sdk (make test depends on it): a missing copy is a failure
+    node = shutil.which("node")
+    if node is None or not SDK.is_dir():
+        pytest.fail("@bsv/sdk or node missing: run `make tools` (npm install --prefix .tools @bsv/sdk)")
+    cases = [(txid, height) for txid, height in zip(txids(4, 3), (0, 1, 800_000, 2**32 + 5), strict=True)]
+    proc = subprocess.run(
+        [node, "-e", _SDK_COINBASE, str(SDK)],
+        input=json.dumps(cases).encode(),
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    for (txid, height), (sdk_hex, sdk_root) in zip(cases, json.loads(proc.stdout), strict=True):
+        ours = coinbase_path(txid, height)
+        assert ours.hex() == sdk_hex
+        assert path_root(ours, txid) == sdk_root == txid
+        # it proves that transaction only
+        with pytest.raises(ValueError, match="does not hold transaction"):
+            path_root(ours, txids(1, 98)[0])
+    # a lone leaf elsewhere than offset 0 is no block's shape: refused (@bsv/sdk would answer the txid)
+    txid = txids(1, 97)[0]
+    for offset in (1, 2, 5):
+        with pytest.raises(ValueError, match="missing"):
+            path_root(coinbase_path(txid, 10, offset), txid)
+    # one level holding the transaction and its sibling is a block of two: the root is their hash, not the txid
+    a, b = txids(2, 96)
+    two = varint_bytes(10) + b"\x01\x02" + b"\x00\x02" + bytes.fromhex(a)[::-1] + b"\x01\x00" + bytes.fromhex(b)[::-1]
+    assert path_root(two, a) == merkle_root([a, b]) != a
