@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# the first run also makes a local CA and certificate, so the http port serves https:// (tokens on chain need it)
 run: $(STAMP)
+	$(BIN)/overlay-node init --tls
 	$(BIN)/overlay-node run
 
 lint: $(STAMP)

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from overlay_node.errors import OverlayError
@@ -59,7 +60,8 @@ def cli_errors(state: CliState) -> Iterator[None]:
     except OverlayError as exc:
         if state.debug:
             raise
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {exc}", markup=True)
+        # one line, never wrapped, and the message printed as text (brackets in it are not markup)
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(exc.exit_code) from None
 
 

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from overlay_cli.output import cli_errors, emit, print_fields, table
-from overlay_cli.wallet_cmd import JsonOption, _client, _short, _state
+from overlay_cli.wallet_cmd import JsonOption, _client, _state
 from overlay_node.errors import BadRequest
 
 _MAX_FILE = 48 * 1024 * 1024
@@ -91,8 +91,9 @@ def lookup(
             if not outputs:
                 out.print("no outputs")
                 return
-            rows = [(f"{_short(o['txid'])}.{o['outputIndex']}", _describe(o.get("decoded"))) for o in outputs]
-            out.print(table(None, ["outpoint", "decoded"], rows))
+            for o in outputs:  # one line each, never wrapped: keys and URLs stay copyable
+                line = f"{o['txid']}.{o['outputIndex']}  {_describe(o.get('decoded'))}"
+                out.print(line, markup=False, overflow="ignore", crop=False)
 
         emit(state, data, human)
 

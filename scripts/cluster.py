@@ -10,6 +10,11 @@ Every daemon is a real ``overlay-node run`` subprocess with its own data dir und
 larger clusters rely on the bootstrap links until the DHT takes over discovery. ``cluster.json`` in the cluster dir
 records the members so that ``down`` (or another script) finds them.
 
+The nodes' http ports serve https:// with certificates from one local CA (``<dir>/ca/ca.pem``, trusted by every
+node for the others; ``--no-tls`` serves plain http), so their SHIP/SLAP and UHRP tokens name URIs the official
+rules accept. Point other clients at it: ``NODE_EXTRA_CA_CERTS=<dir>/ca/ca.pem`` for node, ``SSL_CERT_FILE`` or
+``verify=`` for Python.
+
 From tests, use :class:`Cluster` as a context manager::
 
     with Cluster(3, root=tmp_path) as cluster:
@@ -67,6 +72,7 @@ class Cluster:
         base_port: int | None = None,
         extra_args: list[str] | None = None,
         block_interval: float = 2.0,
+        tls: bool = True,
     ) -> None:
         if n < 1:
             raise ValueError("a cluster needs at least one node")
@@ -75,6 +81,7 @@ class Cluster:
         self.base_port = base_port
         self.extra_args = extra_args or []
         self.block_interval = block_interval
+        self.tls = tls
         self.members: list[Member] = []
         self.ledger = ""
         self.ledger_pid = 0
@@ -145,6 +152,8 @@ class Cluster:
             "--set", "dht.host=127.0.0.1", "--dht-port", ports[2],
             *self.extra_args,
         ]  # fmt: skip
+        if self.tls:
+            args += self._tls_args(data_dir)
         if bootstrap:
             args += ["--bootstrap", bootstrap.swarm[0], "--dht-bootstrap", bootstrap.dht]
         if self.ledger:
@@ -160,6 +169,22 @@ class Cluster:
             http=info["http"],
             control=info["control"],
         )
+
+    @property
+    def ca_file(self) -> Path:
+        """The cluster's CA certificate (what clients trust to reach the nodes over https)."""
+        return self.root / "ca" / "ca.pem"
+
+    def _tls_args(self, data_dir: Path) -> list[str]:
+        from overlay_node.tls import ensure_ca, issue_certificate
+
+        ca = ensure_ca(self.root / "ca", "overlay-node cluster CA")
+        cert, key = data_dir / "tls" / "cert.pem", data_dir / "tls" / "key.pem"
+        if not cert.exists() or not key.exists():
+            issue_certificate(ca, cert, key, ["127.0.0.1", "localhost"])
+        return [
+            "--set", f"http.tls_cert={cert}", "--set", f"http.tls_key={key}", "--set", f"http.tls_ca={ca.cert}",
+        ]  # fmt: skip
 
     def up(self) -> list[Member]:
         """Start every node, link them, and wait until they are all linked."""
@@ -314,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "--base-port", type=int, default=None, help="node i uses base+2i (swarm TCP, DHT UDP) and base+2i+1 (http)"
     )
     up.add_argument("--json", action="store_true")
+    up.add_argument("--no-tls", action="store_true", help="serve plain http:// (no tokens on chain)")
     down = sub.add_parser("down", help="stop the cluster's daemons")
     down.add_argument("--dir", type=Path, default=Path(".cluster"))
     args = parser.parse_args(argv)
@@ -322,17 +348,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("N must be at least 1")
         if (args.dir / "cluster.json").exists():
             parser.error(f"a cluster is already up in {args.dir}: run `down` first")
-        cluster = Cluster(args.n, root=args.dir.resolve(), base_port=args.base_port)
+        cluster = Cluster(args.n, root=args.dir.resolve(), base_port=args.base_port, tls=not args.no_tls)
         try:
             members = cluster.up()
         except BaseException:
             cluster.down()
             raise
         if args.json:
-            print(json.dumps({"ledger": cluster.ledger, "members": [asdict(m) for m in members]}, indent=2))
+            ca = str(cluster.ca_file) if cluster.tls else None
+            print(json.dumps({"ledger": cluster.ledger, "ca": ca, "members": [asdict(m) for m in members]}, indent=2))
         else:
             _print_table(members)
             print(f"devnet ledger: {cluster.ledger}")
+            if cluster.tls:
+                print(f"https with a local CA: {cluster.ca_file}")
         return 0
     if not (args.dir / "cluster.json").exists():
         print(f"no cluster in {args.dir}", file=sys.stderr)
