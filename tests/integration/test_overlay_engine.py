@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trio
 
-from overlay_node.chain.formats import parse_submission
+from overlay_node.chain.formats import BeefEntry, encode_beef, parse_submission
 from overlay_node.crypto.bump import varint_at
 from overlay_node.node import Node
 from overlay_node.services.arc import DevnetClient
@@ -177,10 +177,21 @@ async def test_bad_input_on_every_route_changes_nothing(start_node: NodeFactory)
             tampered[at] ^= 0x01
             await refused(await submit(h, bytes(tampered)), "Unable to verify SPV information")
             # an ancestor missing: the spend alone
-            from overlay_node.chain.formats import BeefEntry, encode_beef
-
             orphan = encode_beef([BeefEntry(coin.txid, coin.raw)], version=1)
             await refused(await submit(h, orphan), "Unable to verify SPV information")
+            # a merkle path that is not the chain's: the parent was mined, and the sibling hash in its path altered
+            mined = await alice.fund(devnet, 3_000)
+            await devnet.mine()
+            spend, _ = alice.spend(mined)
+            path = bytearray(parse_submission(await proven_beef(devnet, mined)).txs[0].bump or b"")
+            sibling = path.rfind(bytes.fromhex(mined.txid)[::-1])
+            assert sibling > 0
+            at = next(i for i in range(len(path) - 32, 0, -1) if i != sibling)  # the last hash that is not the txid
+            path[at] ^= 0xFF
+            forged = encode_beef([BeefEntry(mined.txid, mined.raw, bytes(path)), BeefEntry(spend.txid, spend.raw)])
+            answer = await submit(h, forged)
+            await refused(answer, "Unable to verify SPV information")
+            assert "does not match block" in answer.json()["message"], answer.json()
             # lookups
             await refused(await h.post("/lookup", content=b"{nope"), "not JSON")
             await refused(await h.post("/lookup", json={"service": "ls_demo"}), 'must contain "service"')

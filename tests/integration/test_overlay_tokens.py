@@ -160,3 +160,33 @@ async def test_no_token_without_https(start_node: NodeFactory, start_devnet: Dev
         assert answer["token"] is None and "https://" in answer["token_error"]
         assert answer["advert"]["topic"] == "tm_weather"  # the DHT advert stands
         assert node.wallet.balance().satoshis == 5_000  # nothing was spent
+
+
+async def test_a_forged_ship_token_is_not_admitted(
+    start_node: NodeFactory, start_devnet: DevnetFactory, tmp_path: Path, ca: Any
+) -> None:
+    """A SHIP token whose signature is not its advertiser's: answered 200 with nothing admitted (a topic manager
+    refuses outputs, not requests), nothing stored; the same token signed properly is admitted."""
+    from overlay_node.crypto.keys import Identity
+    from overlay_node.services.arc import DevnetClient
+    from overlay_node.topics.ship import ship_token
+
+    from .overlay_fixtures import Spender
+
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        node = await tls_node(start_node, tmp_path, ca, "a", devnet.info.url)
+        advertiser, payer = Identity.generate(), Spender()
+        good = ship_token(advertiser, "SHIP", "https://overlay.example.com", "tm_demo")
+        forged = bytearray(good)
+        forged[-5] ^= 0x01  # inside the signature field, before the OP_2DROP/OP_DROP tail
+        async with DevnetClient(devnet.info.url) as ledger, client(node, ca) as h:
+            headers = {"Content-Type": "application/octet-stream", "X-Topics": '["tm_ship"]'}
+            for script, admitted in ((bytes(forged), []), (good, [0])):
+                coin = await payer.fund(ledger, 2_000)
+                _, beef = payer.spend(coin, [(script, 1), (payer.script, 1_998)])
+                answer = await h.post("/submit", content=beef, headers=headers)
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["tm_ship"]["outputsToAdmit"] == admitted
+        topics, services = await node.overlay.counts()
+        assert topics.get("tm_ship") == (1, 1) and services.get("ls_ship") == 1
