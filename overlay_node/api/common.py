@@ -31,8 +31,12 @@ def guarded(handler: Handler) -> Handler:
     return run
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object, refusing bodies over ``limit`` bytes before reading them whole."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing bodies over ``limit`` bytes before reading them whole.
+
+    Raises:
+        BadRequest: too large (declared or sent), or the client went away before it was complete.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise BadRequest(f"request body too large (limit {limit} bytes)")
@@ -44,12 +48,28 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
                 raise BadRequest(f"request body too large (limit {limit} bytes)")
     except ClientDisconnect:
         raise BadRequest("client disconnected before the body was complete") from None
+    return bytes(body)
+
+
+def parse_json(body: bytes) -> Any:
+    """``body`` as JSON; deep nesting and numbers of thousands of digits are bad JSON too (Python refuses them with
+    RecursionError and ValueError).
+
+    Raises:
+        BadRequest: not JSON (the reason, cut short).
+    """
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}") from None
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object, refusing bodies over ``limit`` bytes before reading them whole."""
+    body = await read_body(request, limit)
     if not body:
         return {}
-    try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+    value = parse_json(body)
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
     return value

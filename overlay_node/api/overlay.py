@@ -21,10 +21,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from overlay_node.api.common import parse_json, read_body
 from overlay_node.chain.formats import Cursor
 from overlay_node.chain.refusals import Refusal
 from overlay_node.errors import BadRequest, OverlayError
@@ -108,21 +109,6 @@ def parse_topics(header: str | None) -> list[str]:
     return topics
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise BadRequest(f"request body too large (limit {limit} bytes)")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise BadRequest(f"request body too large (limit {limit} bytes)")
-    except ClientDisconnect:
-        raise BadRequest("client disconnected before the body was complete") from None
-    return bytes(body)
-
-
 def _split_off_chain(body: bytes) -> tuple[bytes, bytes]:
     cur = Cursor(body)
     try:
@@ -138,7 +124,7 @@ async def submit(node: OverlayTarget, request: Request) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/octet-stream":
         raise BadRequest("the body must be BEEF bytes sent as Content-Type: application/octet-stream")
-    body = await _body(request, node.config.overlay.max_submit_bytes)
+    body = await read_body(request, node.config.overlay.max_submit_bytes)
     off_chain: bytes | None = None
     if request.headers.get("x-includes-off-chain-values", "").lower() == "true":
         body, off_chain = _split_off_chain(body)
@@ -150,11 +136,8 @@ async def submit(node: OverlayTarget, request: Request) -> Response:
 
 @_answer
 async def lookup(node: OverlayTarget, request: Request) -> Response:
-    body = await _body(request, node.config.overlay.max_lookup_bytes)
-    try:
-        question = json.loads(body) if body else None
-    except (ValueError, RecursionError) as exc:
-        raise BadRequest(f"the body is not JSON: {str(exc)[:200]}") from None
+    body = await read_body(request, node.config.overlay.max_lookup_bytes)
+    question = parse_json(body) if body else None
     if not isinstance(question, dict) or not isinstance(question.get("service"), str) or "query" not in question:
         raise BadRequest('Invalid request: body must contain "service" (string) and "query" fields')
     outputs = await node.overlay.lookup(question["service"], question["query"])

@@ -193,7 +193,7 @@ async def test_bad_input_on_every_route_changes_nothing(start_node: NodeFactory)
             await refused(answer, "Unable to verify SPV information")
             assert "does not match block" in answer.json()["message"], answer.json()
             # lookups
-            await refused(await h.post("/lookup", content=b"{nope"), "not JSON")
+            await refused(await h.post("/lookup", content=b"{nope"), "not valid JSON")
             await refused(await h.post("/lookup", json={"service": "ls_demo"}), 'must contain "service"')
             await refused(await h.post("/lookup", json={"query": {}}), 'must contain "service"')
             await refused(await lookup(h, {}, service="ls_nope"), "Lookup service not found for provider: ls_nope")
