@@ -18,8 +18,10 @@ Theory of operation (the reference engine's, ``@bsv/overlay`` ``Engine``, with o
    unretained ones with their unretained history, admits the outputs with their BEEF and BRC-64 links, records the
    applied transaction and the lookup services' index entries. The STEAK is answered **after** that commit, so an
    acknowledged admission survives a crash (the reference answers before its writes).
-6. After the commit: the lookup services' optional hooks run, and in ``current-tx`` mode the transaction is
-   propagated to the other hosts of the topics that admitted or removed something (``on_applied`` listeners).
+6. After the commit: the lookup services that have the optional hooks of
+   :class:`~overlay_node.topics.plugins.LookupEvents` hear of each output admitted, spent and evicted (what they
+   raise is logged), and in ``current-tx`` mode the transaction is propagated to the other hosts of the topics that
+   admitted or removed something (``on_applied`` listeners).
 
 ``lookup(service, query)``: the service answers outpoints from its index; each is hydrated with the BEEF it was
 admitted with, and, when the formula asks for history, the BEEFs of its retained predecessors down to that depth
@@ -53,6 +55,7 @@ from overlay_node.topics.plugins import (
     AdmittedOutput,
     FormulaItem,
     LookupService,
+    SpentOutput,
     SubmitMode,
     TaggedTx,
     TopicManager,
@@ -63,6 +66,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["AnswerOutput", "Applied", "OverlayEngine", "Steak"]
 
 Outpoint = tuple[str, int]
+_HOOKS = ("output_admitted", "output_spent", "output_evicted")
 #: BRC-22's STEAK: per topic, ``outputsToAdmit``, ``coinsToRetain`` and (once applied) ``coinsRemoved``
 Steak = dict[str, dict[str, list[int]]]
 
@@ -305,6 +309,7 @@ class OverlayEngine:
                 if instructions["outputsToAdmit"] or removed:
                     relevant.append(plan.topic)
             steak[plan.topic] = instructions
+        await self._notify(write, outcome)
         duplicate = all(p.duplicate or p.topic in outcome.duplicate_topics for p in plans)
         self._metrics.overlay_submissions.labels("duplicate" if duplicate else "applied").inc()
         for topic in relevant:
@@ -385,6 +390,35 @@ class OverlayEngine:
             created_at=now,
             topics=tuple(topics),
         )
+
+    async def _notify(self, write: SubmitWrite, outcome: SubmitOutcome) -> None:
+        """The optional after-commit hooks of the lookup services (see the module docstring)."""
+        listening = [(name, s) for name, s in self.services.items() if any(hasattr(s, h) for h in _HOOKS)]
+        if not listening:
+            return
+        tx = parse_submission(write.beef).subject
+        for topic in write.topics:
+            if topic.topic in outcome.duplicate_topics:
+                continue
+            # the reference's order: spends, then evictions, then admissions
+            calls: list[tuple[str, tuple[Any, ...]]] = [
+                ("output_spent", (SpentOutput(txid=t, vout=v, topic=topic.topic, spending_txid=tx.txid),))
+                for t, v in topic.previous
+            ]
+            calls += [("output_evicted", (t, v, name)) for name, t, v in outcome.evicted if name == topic.topic]
+            calls += [
+                ("output_admitted", (AdmittedOutput(txid=tx.txid, vout=v, topic=topic.topic, satoshis=n, script=s),))
+                for v, s, n in topic.admit
+            ]
+            for name, service in listening:
+                for hook, args in calls:
+                    method = getattr(service, hook, None)
+                    if method is None:
+                        continue
+                    try:
+                        await method(*args)
+                    except Exception:
+                        logger.warning("lookup service %s failed in %s", name, hook, exc_info=True)
 
     async def _write(self, writes: list[SubmitWrite]) -> list[SubmitOutcome]:
         return await self._store.overlay.apply(writes, durable=self._config.durable)

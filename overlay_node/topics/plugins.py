@@ -27,10 +27,13 @@ __all__ = [
     "Admittance",
     "AdmittedOutput",
     "FormulaItem",
+    "LookupEvents",
     "LookupIndex",
     "LookupService",
     "Metadata",
+    "Outpoint",
     "PluginContext",
+    "SpentOutput",
     "SubmitMode",
     "TaggedTx",
     "TopicManager",
@@ -178,6 +181,27 @@ class LookupIndex(Protocol):
     async def fields(self, outpoint: Outpoint) -> dict[str, list[str]] | None:
         """What is indexed for ``outpoint`` (None: nothing)."""
         ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpentOutput:
+    """A topic's output spent by an applied transaction (the reference's ``outputSpent``, mode ``txid``)."""
+
+    txid: str
+    vout: int
+    topic: str
+    spending_txid: str
+
+
+class LookupEvents(Protocol):
+    """Optional hooks a lookup service may also have (the engine calls those it finds, after each commit): for a
+    service that keeps state of its own beside the index the engine keeps for it. What they raise is logged."""
+
+    async def output_admitted(self, output: AdmittedOutput) -> None: ...
+
+    async def output_spent(self, spent: SpentOutput) -> None: ...
+
+    async def output_evicted(self, txid: str, vout: int, topic: str) -> None: ...
 
 
 @runtime_checkable

@@ -72,7 +72,8 @@ async def test_submit_lookup_duplicate_and_spend(start_node: NodeFactory) -> Non
             assert bytes(outputs[0]["beef"]) == beef and outputs[0]["outputIndex"] == 0
             assert bytes(outputs[0]["context"]) == b"demo"
             # a spend of it, comma-list X-Topics as py-sdk sends them: the previous coin is retained
-            _, beef2 = alice.spend(first)
+            second, beef2 = alice.spend(first)
+            second_txid = second.txid
             answer = await h.post(
                 "/submit", content=beef2, headers={"Content-Type": "application/octet-stream", "X-Topics": "tm_demo"}
             )
@@ -82,6 +83,9 @@ async def test_submit_lookup_duplicate_and_spend(start_node: NodeFactory) -> Non
             assert len((await lookup(h, {"findAll": True})).json()["outputs"]) == 1
         topics, services = await node.overlay.counts()
         assert topics == {"tm_demo": (2, 1)} and services == {"ls_demo": 1}
+        # the optional hooks heard every admission and spend, after each commit
+        hooks = node.overlay.services["ls_demo"].events  # type: ignore[attr-defined]
+        assert hooks == [("admitted", first.txid, 0), ("spent", first.txid, 0), ("admitted", second_txid, 0)]
 
 
 async def test_history_to_depth_two_after_blocks(start_node: NodeFactory) -> None:

@@ -19,6 +19,7 @@ from overlay_node.topics.plugins import (
     LookupIndex,
     Metadata,
     PluginContext,
+    SpentOutput,
     TaggedTx,
 )
 
@@ -44,12 +45,25 @@ class DemoTopicManager:
 
 
 class DemoLookupService:
-    """Indexes tm_demo outputs by txid and public key hash."""
+    """Indexes tm_demo outputs by txid and public key hash; remembers what the optional hooks told it."""
 
     keeps_spent = False
 
     def __init__(self, context: PluginContext) -> None:
         self.name = context.name
+        self.events: list[tuple[str, str, int]] = []
+
+    async def output_admitted(self, output: AdmittedOutput) -> None:
+        if output.topic == "tm_demo":
+            self.events.append(("admitted", output.txid, output.vout))
+
+    async def output_spent(self, spent: SpentOutput) -> None:
+        if spent.topic == "tm_demo":
+            self.events.append(("spent", spent.txid, spent.vout))
+
+    async def output_evicted(self, txid: str, vout: int, topic: str) -> None:
+        if topic == "tm_demo":
+            self.events.append(("evicted", txid, vout))
 
     def index(self, output: AdmittedOutput) -> Mapping[str, Sequence[str]] | None:
         if output.topic != "tm_demo":
