@@ -459,8 +459,9 @@ class OverlayEngine:
     async def hydrate(self, items: Sequence[FormulaItem]) -> list[AnswerOutput]:
         """Each stored output among ``items`` with its BEEF (and its retained history when asked); outpoints not
         stored are left out, as the reference does."""
-        outputs = await self._store.overlay.outputs({(i.txid, i.vout) for i in items})
-        beefs = await self._store.overlay.beefs({op[0] for op in outputs})
+        if not items:
+            return []
+        outputs, beefs = await self._store.overlay.outputs_with_beefs({(i.txid, i.vout) for i in items})
         answer: list[AnswerOutput] = []
         seen: set[Outpoint] = set()
         for item in items:
@@ -485,8 +486,7 @@ class OverlayEngine:
             if not level:
                 break
             seen.update(level)
-            found = await self._store.overlay.outputs(level, topic=output.topic)
-            beefs = await self._store.overlay.beefs({op[0] for op in found})
+            found, beefs = await self._store.overlay.outputs_with_beefs(level, topic=output.topic)
             nxt: list[Outpoint] = []
             for op in level:
                 pred = found.get(op)

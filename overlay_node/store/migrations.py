@@ -395,6 +395,7 @@ def _overlay(conn: sqlite3.Connection) -> None:
         """
     )
     conn.execute("CREATE INDEX overlay_index_items_outpoint ON overlay_index_items (txid, vout)")
+    conn.execute("CREATE INDEX overlay_index_items_service ON overlay_index_items (service, seq)")
     conn.execute(
         """
         CREATE TABLE overlay_index_fields (

@@ -195,39 +195,20 @@ class OverlayRepository:
         self, outpoints: Collection[Outpoint], *, topic: str | None = None
     ) -> dict[Outpoint, StoredOutput]:
         """The stored outputs among ``outpoints`` (in ``topic``, else the first topic that holds each)."""
-
-        def read(conn: sqlite3.Connection) -> dict[Outpoint, StoredOutput]:
-            wanted = set(outpoints)
-            found: dict[Outpoint, StoredOutput] = {}
-            txids = sorted({t for t, _ in wanted})
-            for start in range(0, len(txids), MAX_PARAMS - 1):
-                chunk = txids[start : start + MAX_PARAMS - 1]
-                sql = f"SELECT {_OUTPUT_COLUMNS} FROM overlay_outputs WHERE txid IN ({marks(len(chunk))})"
-                params: list[object] = list(chunk)
-                if topic is not None:
-                    sql += " AND topic = ?"
-                    params.append(topic)
-                for row in conn.execute(sql + " ORDER BY id", params):
-                    out = _output(row)
-                    if out.outpoint in wanted and out.outpoint not in found:
-                        found[out.outpoint] = out
-            return found
-
-        return await self._db.read(read)
+        return await self._db.read(lambda conn: _outputs(conn, outpoints, topic))
 
     async def beefs(self, txids: Collection[str]) -> dict[str, bytes]:
         """The stored BEEF of each of ``txids`` that has one."""
+        return await self._db.read(lambda conn: _beefs(conn, txids))
 
-        def read(conn: sqlite3.Connection) -> dict[str, bytes]:
-            out: dict[str, bytes] = {}
-            ids = sorted(set(txids))
-            for start in range(0, len(ids), MAX_PARAMS):
-                chunk = ids[start : start + MAX_PARAMS]
-                for row in conn.execute(
-                    f"SELECT txid, beef FROM overlay_txs WHERE txid IN ({marks(len(chunk))})", chunk
-                ):
-                    out[str(row["txid"])] = bytes(row["beef"])
-            return out
+    async def outputs_with_beefs(
+        self, outpoints: Collection[Outpoint], *, topic: str | None = None
+    ) -> tuple[dict[Outpoint, StoredOutput], dict[str, bytes]]:
+        """:meth:`outputs` and the BEEFs of their transactions, in one read."""
+
+        def read(conn: sqlite3.Connection) -> tuple[dict[Outpoint, StoredOutput], dict[str, bytes]]:
+            found = _outputs(conn, outpoints, topic)
+            return found, _beefs(conn, {op[0] for op in found})
 
         return await self._db.read(read)
 
@@ -244,20 +225,46 @@ class OverlayRepository:
         admission order; an outpoint indexed under several topics comes once."""
 
         def read(conn: sqlite3.Connection) -> list[Outpoint]:
-            sql = "SELECT txid, vout, min(seq) AS first FROM overlay_index_items i WHERE service = ?"
-            params: list[object] = [service]
-            for key, values in where.items():
-                if not values:
-                    return []
+            conditions = list(where.items())
+            if any(not values for _, values in conditions):
+                return []
+            order = "DESC" if newest_first else "ASC"
+            params: list[object] = []
+            if conditions:
+                # driven by the first condition's (field, value) key (CROSS JOIN keeps that order: SQLite's planner
+                # would rather walk every item of the service in seq order), the others checked per item
+                (key, values), rest = conditions[0], conditions[1:]
+                sql = (
+                    "SELECT i.txid, i.vout FROM overlay_index_fields f CROSS JOIN overlay_index_items i "
+                    "ON i.seq = f.item "
+                    f"WHERE f.field = ? AND f.value IN ({marks(len(values))}) AND i.service = ?"
+                )
+                params += [key, *values, service]
+            else:
+                rest = []
+                sql = "SELECT i.txid, i.vout FROM overlay_index_items i WHERE i.service = ?"
+                params.append(service)
+            for key, values in rest:
                 sql += (
-                    " AND EXISTS (SELECT 1 FROM overlay_index_fields f WHERE f.item = i.seq AND f.field = ? "
-                    f"AND f.value IN ({marks(len(values))}))"
+                    " AND EXISTS (SELECT 1 FROM overlay_index_fields g WHERE g.item = i.seq AND g.field = ? "
+                    f"AND g.value IN ({marks(len(values))}))"
                 )
                 params += [key, *values]
-            sql += f" GROUP BY txid, vout ORDER BY first {'DESC' if newest_first else 'ASC'}"
-            sql += " LIMIT ? OFFSET ?"
-            params += [-1 if limit is None else limit, skip]
-            return [(str(r["txid"]), int(r["vout"])) for r in conn.execute(sql, params)]
+            sql += f" ORDER BY i.seq {order}"
+            # an outpoint indexed under several topics comes once: de-duplicated here, in admission order, so that
+            # the scan stops as soon as the page is full
+            found: list[Outpoint] = []
+            seen: set[Outpoint] = set()
+            want = None if limit is None else skip + limit
+            for row in conn.execute(sql, params):
+                op = (str(row[0]), int(row[1]))
+                if op in seen:
+                    continue
+                seen.add(op)
+                found.append(op)
+                if want is not None and len(found) >= want:
+                    break
+            return found[skip:]
 
         return await self._db.read(read)
 
@@ -313,6 +320,36 @@ class OverlayRepository:
             return [_output(r) for r in rows]
 
         return await self._db.read(read)
+
+
+def _outputs(
+    conn: sqlite3.Connection, outpoints: Collection[Outpoint], topic: str | None
+) -> dict[Outpoint, StoredOutput]:
+    wanted = set(outpoints)
+    found: dict[Outpoint, StoredOutput] = {}
+    txids = sorted({t for t, _ in wanted})
+    for start in range(0, len(txids), MAX_PARAMS - 1):
+        chunk = txids[start : start + MAX_PARAMS - 1]
+        sql = f"SELECT {_OUTPUT_COLUMNS} FROM overlay_outputs WHERE txid IN ({marks(len(chunk))})"
+        params: list[object] = list(chunk)
+        if topic is not None:
+            sql += " AND topic = ?"
+            params.append(topic)
+        for row in conn.execute(sql + " ORDER BY id", params):
+            out = _output(row)
+            if out.outpoint in wanted and out.outpoint not in found:
+                found[out.outpoint] = out
+    return found
+
+
+def _beefs(conn: sqlite3.Connection, txids: Collection[str]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    ids = sorted(set(txids))
+    for start in range(0, len(ids), MAX_PARAMS):
+        chunk = ids[start : start + MAX_PARAMS]
+        for row in conn.execute(f"SELECT txid, beef FROM overlay_txs WHERE txid IN ({marks(len(chunk))})", chunk):
+            out[str(row["txid"])] = bytes(row["beef"])
+    return out
 
 
 # -- own tokens -------------------------------------------------------------------------------------------------
