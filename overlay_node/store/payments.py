@@ -147,9 +147,10 @@ def _spenders(conn: sqlite3.Connection, outpoints: Sequence[Outpoint]) -> dict[O
     per = MAX_PARAMS // 2
     for start in range(0, len(outpoints), per):
         chunk = outpoints[start : start + per]
+        # joined against a VALUES list: a row-value `IN (VALUES ...)` makes SQLite scan the whole table
         rows = conn.execute(
-            "SELECT txid, vout, payment_txid FROM payment_spends WHERE (txid, vout) IN "
-            f"(VALUES {', '.join(['(?, ?)'] * len(chunk))})",
+            f"WITH q(t, v) AS (VALUES {', '.join(['(?, ?)'] * len(chunk))}) "
+            "SELECT p.txid, p.vout, p.payment_txid FROM q JOIN payment_spends p ON p.txid = q.t AND p.vout = q.v",
             [value for outpoint in chunk for value in outpoint],
         ).fetchall()
         found.update(((str(row["txid"]), int(row["vout"])), str(row["payment_txid"])) for row in rows)
