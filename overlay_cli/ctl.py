@@ -31,6 +31,7 @@ app.command()(overlay_cmd.submit)
 app.command()(overlay_cmd.lookup)
 app.command()(overlay_cmd.topics)
 app.command()(overlay_cmd.history)
+app.command()(overlay_cmd.sync)
 
 
 def _client(ctx: typer.Context) -> ControlClient:

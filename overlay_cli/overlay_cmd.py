@@ -1,5 +1,6 @@
 """``overlay-node ctl submit FILE --topic tm_x``, ``ctl lookup --service ls_x --query JSON``, ``ctl topics`` and
-``ctl history TXID.VOUT --depth N``: the node's overlay host (BRC-22 submit, BRC-24 lookup, BRC-64 history).
+``ctl history TXID.VOUT --depth N`` and ``ctl sync [--topic tm_x]``: the node's overlay host (BRC-22 submit,
+BRC-24 lookup, BRC-64 history, GASP).
 
 Clients of the control API (``/v1/overlay/...``); every command takes ``--json`` (also before ``ctl``).
 """
@@ -144,5 +145,35 @@ def history(
                 for n in data["history"]
             ]
             out.print(table(None, ["depth", "outpoint", "topic", "satoshis", "spent"], rows))
+
+        emit(state, data, human)
+
+
+def sync(
+    ctx: typer.Context,
+    topic: Annotated[
+        list[str] | None, typer.Option("--topic", "-t", help="Topic to sync (repeat; default: every hosted topic).")
+    ] = None,
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="Host base URL to sync with (repeat; default: the hosts this node knows of)."),
+    ] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Sync topics with their other hosts now (GASP): fetch the outputs this node missed, with their ancestry."""
+    state = _state(ctx, json_)
+    with cli_errors(state), _client(ctx) as client:
+        data = client.call("POST", "/v1/overlay/sync", {"topics": topic or [], "hosts": host or []})
+
+        def human(out: Console) -> None:
+            reports: list[dict[str, Any]] = data["reports"]
+            if not reports:
+                out.print("no other host of these topics is known")
+                return
+            rows = [
+                (r["topic"], r["host"], r["listed"], r["fetched"], r["admitted"], r["refused"], r["error"] or "-")
+                for r in reports
+            ]
+            out.print(table(None, ["topic", "host", "listed", "fetched", "admitted", "refused", "error"], rows))
 
         emit(state, data, human)

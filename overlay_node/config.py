@@ -218,6 +218,12 @@ class OverlaySection:
     max_concurrent_submits: int = field(default=256, metadata=_range(1, 100_000))
     commit_batch: int = field(default=256, metadata=_range(1, 100_000))
     propagation_timeout: float = field(default=10.0, metadata=_range(0.1, 3600))
+    sync_interval: float = field(default=300.0, metadata=_range(0, 86_400))
+    sync_page: int = field(default=1000, metadata=_range(1, 100_000))
+    sync_timeout: float = field(default=10.0, metadata=_range(0.1, 3600))
+    sync_deadline: float = field(default=600.0, metadata=_range(1, 86_400))
+    sync_max_nodes: int = field(default=256, metadata=_range(1, 100_000))
+    sync_concurrency: int = field(default=8, metadata=_range(1, 1000))
 
 
 @dataclass(frozen=True, slots=True)

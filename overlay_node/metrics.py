@@ -65,6 +65,12 @@ class Metrics:
         self.overlay_propagations = Counter(
             "overlay_engine_propagations", "Submissions forwarded to other hosts, by outcome", ["outcome"], registry=r
         )
+        self.overlay_sync = Counter(
+            "overlay_engine_sync",
+            "GASP: outputs synced from other hosts and hosts dropped, by outcome",
+            ["outcome"],
+            registry=r,
+        )
         self.overlay_fills = Counter(
             "overlay_engine_fills", "Tokens fetched from DHT-known hosts, by outcome", ["outcome"], registry=r
         )

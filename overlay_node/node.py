@@ -48,6 +48,7 @@ from overlay_node.services.content import ContentService
 from overlay_node.services.dht import DhtService
 from overlay_node.services.overlay_engine import OverlayEngine, arc_broadcaster
 from overlay_node.services.overlay_network import OverlayNetwork
+from overlay_node.services.overlay_sync import OverlaySync
 from overlay_node.services.overlay_tokens import OverlayTokens
 from overlay_node.services.payments import Payments
 from overlay_node.services.settlement import Settlement
@@ -108,6 +109,7 @@ class Node:
         self._streams: Streams | None = None
         self._overlay: OverlayEngine | None = None
         self._tokens: OverlayTokens | None = None
+        self._overlay_sync: OverlaySync | None = None
         #: how this node's HTTPS clients verify other nodes (the system's CAs, plus http.tls_ca)
         self.https_verify: ssl.SSLContext | bool = True
         self._ledger = ""
@@ -225,6 +227,10 @@ class Node:
                 verify=self.https_verify,
             )
             await services.start(network.run)
+            overlay_sync = OverlaySync(
+                cfg.overlay, overlay, network, store, self.metrics, verify=self.https_verify, clock=self.wall_clock
+            )
+            self._overlay_sync = overlay_sync
             self._tokens = OverlayTokens(
                 identity,
                 store,
@@ -243,6 +249,8 @@ class Node:
             with trio.move_on_after(cfg.dht.request_timeout * (cfg.dht.request_retries + 1) * 2 + 1):
                 await dht.wait_bootstrapped()
             services.start_soon(self._record_links, store)
+            # GASP syncs with the other hosts once this node answers (they may sync back from it)
+            await services.start(overlay_sync.run)
             await nursery.start(
                 partial(
                     serve_app,
@@ -285,6 +293,7 @@ class Node:
             self.data_dir.write_api({"pid": os.getpid(), "version": __version__, **info.as_dict()})
             self._ready = True
             content.node_ready()
+            overlay_sync.node_ready()
             self.metrics.up.set(1)
             logger.info("node %s ready: swarm %s, http %s", identity.public_key_hex[:16], swarm, info.http)
             task_status.started(info)
@@ -352,6 +361,10 @@ class Node:
     @property
     def overlay(self) -> OverlayEngine:
         return _started(self._overlay)
+
+    @property
+    def overlay_sync(self) -> OverlaySync:
+        return _started(self._overlay_sync)
 
     @property
     def tokens(self) -> OverlayTokens:

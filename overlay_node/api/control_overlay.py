@@ -1,6 +1,6 @@
 """Control routes for the overlay host: ``/v1/overlay/submit``, ``/v1/overlay/lookup``, ``/v1/overlay/topics``,
-``/v1/overlay/history``. Each parses its body and makes one engine call; outputs are shown with the fields their
-token decodes to (:func:`overlay_node.topics.describe.describe_output`)."""
+``/v1/overlay/history``, ``/v1/overlay/sync``. Each parses its body and makes one engine call; outputs are shown
+with the fields their token decodes to (:func:`overlay_node.topics.describe.describe_output`)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from overlay_node.chain.formats import parse_submission
 from overlay_node.chain.refusals import Refusal
 from overlay_node.errors import BadRequest
 from overlay_node.services.overlay_engine import AnswerOutput, OverlayEngine
+from overlay_node.services.overlay_sync import OverlaySync
 from overlay_node.topics.describe import describe_output
 from overlay_node.topics.plugins import SUBMIT_MODES
 
@@ -31,6 +32,9 @@ _MAX_DEPTH = 1000
 class OverlayTarget(Protocol):
     @property
     def overlay(self) -> OverlayEngine: ...
+
+    @property
+    def overlay_sync(self) -> OverlaySync: ...
 
 
 def _beef(body: dict[str, Any]) -> bytes:
@@ -125,6 +129,16 @@ async def history(node: OverlayTarget, request: Request) -> Response:
     )
 
 
+async def sync(node: OverlayTarget, request: Request) -> Response:
+    body = await read_json(request, 64 * 1024)
+    topics, hosts = body.get("topics", []), body.get("hosts", [])
+    for name, value in (("topics", topics), ("hosts", hosts)):
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) or len(value) > 256:
+            raise BadRequest(f"field {name!r} must be a list of strings")
+    reports = await node.overlay_sync.sync_all(topics or None, hosts or None)
+    return JSONResponse({"reports": [r.as_json() for r in reports]})
+
+
 def overlay_control_routes(node: OverlayTarget) -> list[Route]:
     """The routes; mounted on the control app."""
 
@@ -136,4 +150,5 @@ def overlay_control_routes(node: OverlayTarget) -> list[Route]:
         route("/v1/overlay/lookup", lookup, "POST"),
         route("/v1/overlay/topics", topics, "GET"),
         route("/v1/overlay/history", history, "POST"),
+        route("/v1/overlay/sync", sync, "POST"),
     ]

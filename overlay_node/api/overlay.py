@@ -8,6 +8,8 @@
 - ``GET /listTopicManagers``, ``GET /listLookupServiceProviders``: metadata by name.
 - ``GET /getDocumentationForTopicManager?manager=``, ``GET /getDocumentationForLookupServiceProvider?lookupService=``
   (``lookupServices=`` too): markdown.
+- ``POST /requestSyncResponse`` (``X-BSV-Topic``, ``{"version", "since", "limit"}``) and ``POST
+  /requestForeignGASPNode`` (``{"graphID", "txid", "outputIndex", "metadata"}``): GASP, as overlay-express serves it.
 
 Every route parses and calls the engine once; a bad request is a 400 with the reason and changes nothing; an
 unexpected failure is ``500 {"status":"error","message":"Unexpected error"}`` (and logged).
@@ -175,6 +177,42 @@ async def service_documentation(node: OverlayTarget, request: Request) -> Respon
     return Response(node.overlay.service_documentation(name), media_type="text/markdown")
 
 
+def _json_object(body: bytes) -> dict[str, Any]:
+    value = parse_json(body) if body else None
+    if not isinstance(value, dict):
+        raise BadRequest("the body must be a JSON object")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0 or value != int(value):
+        raise BadRequest(f"{what} must be a non-negative whole number")
+    return int(value)
+
+
+@_answer
+async def sync_response(node: OverlayTarget, request: Request) -> Response:
+    """GASP: the unspent outputs of the topic named by ``X-BSV-Topic`` since a score (the reference's shape)."""
+    topic = request.headers.get("x-bsv-topic", "")
+    if not topic:
+        raise BadRequest("Missing x-bsv-topic header")
+    query = _json_object(await read_body(request, 4096))
+    since = _count(query.get("since", 0), "since")
+    limit = None if query.get("limit") is None else _count(query["limit"], "limit")
+    utxos = await node.overlay.sync_response(topic, since, limit)
+    return JSONResponse({"UTXOList": utxos, "since": since})
+
+
+@_answer
+async def foreign_node(node: OverlayTarget, request: Request) -> Response:
+    """GASP: one transaction of an output's graph."""
+    query = _json_object(await read_body(request, 4096))
+    graph_id, txid, vout = query.get("graphID"), query.get("txid"), query.get("outputIndex")
+    if not isinstance(graph_id, str) or not isinstance(txid, str) or len(graph_id) > 80 or len(txid) != 64:
+        raise BadRequest("the body must name graphID (TXID.VOUT), txid and outputIndex")
+    return JSONResponse(await node.overlay.gasp_node(graph_id, txid, _count(vout, "outputIndex")))
+
+
 async def preflight(node: OverlayTarget, request: Request) -> Response:
     return Response(status_code=200, headers=CORS_HEADERS)
 
@@ -192,5 +230,7 @@ def overlay_routes(node: OverlayTarget) -> list[Route]:
         route("/listLookupServiceProviders", list_lookup_services, "GET"),
         route("/getDocumentationForTopicManager", topic_documentation, "GET"),
         route("/getDocumentationForLookupServiceProvider", service_documentation, "GET"),
+        route("/requestSyncResponse", sync_response, "POST"),
+        route("/requestForeignGASPNode", foreign_node, "POST"),
     ]
     return [*paths, *(route(r.path, preflight, "OPTIONS") for r in paths)]

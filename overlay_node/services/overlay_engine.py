@@ -31,7 +31,6 @@ admitted with, and, when the formula asks for history, the BEEFs of its retained
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -198,13 +197,15 @@ class OverlayEngine:
         self._indexes = {name: _Index(store, name) for name in self.services}
         self._writer = GroupCommit[SubmitWrite, SubmitOutcome](self._write, max_batch=config.commit_batch)
         self._slots = trio.Semaphore(config.max_concurrent_submits)
-        self._last_score = 0.0
+        self._last_score = 0
         self._listeners: list[Callable[[Applied], None]] = []
         self._before_lookup: dict[str, LookupHook] = {}
         self._applied_events: dict[str, trio.Event] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write admitted submissions until cancelled."""
+        # scores keep increasing across restarts (GASP peers page from the last one they saw)
+        self._last_score = await self._store.overlay.max_score()
         await self._writer.run(task_status=task_status)
 
     def before_lookup(self, service: str, hook: LookupHook) -> None:
@@ -344,8 +345,9 @@ class OverlayEngine:
     def _write_for(self, tagged: TaggedTx, plans: Sequence[_Plan]) -> SubmitWrite:
         tx = tagged.tx
         now = self._clock()
-        # GASP pages by score: keep it increasing even when the clock is not
-        score = max(now * 1000.0, math.nextafter(self._last_score, math.inf))
+        # GASP pages by score, a whole number of ms (GASP clients refuse other timestamps): strictly increasing, even
+        # when the clock is not, or admits more than one transaction per ms
+        score = max(int(now * 1000), self._last_score + 1)
         self._last_score = score
         topics: list[TopicWrite] = []
         for plan in plans:
@@ -532,6 +534,57 @@ class OverlayEngine:
             nodes.extend(HistoryNode(output=out, depth=d) for out in level)
         (answer,) = await self.hydrate([FormulaItem(txid=txid, vout=vout, history=depth)])
         return nodes, answer.beef
+
+    # -- GASP (BRC-76, the reference's pull variant) -----------------------------------------------------------
+
+    async def sync_response(self, topic: str, since: int, limit: int | None) -> list[dict[str, Any]]:
+        """The ``UTXOList`` of a ``/requestSyncResponse``: the unspent outputs of ``topic`` admitted at
+        ``score >= since``, oldest first, at most ``limit`` (an unhosted topic has none)."""
+        if topic not in self.managers:
+            return []
+        capped = min(limit or self._config.sync_page, self._config.sync_page)
+        outputs = await self._store.overlay.unspent(topic, since=since, limit=capped)
+        return [{"txid": o.txid, "outputIndex": o.vout, "score": int(o.score)} for o in outputs]
+
+    async def gasp_node(self, graph_id: str, txid: str, vout: int) -> dict[str, Any]:
+        """A ``/requestForeignGASPNode`` answer: transaction ``txid`` of the graph of the stored output
+        ``graph_id``, found in that output's BEEF or in its retained predecessors' (with its merkle path, if the
+        BEEF has one).
+
+        Raises:
+            BadRequest: the reference's messages: no such output, or no such transaction in its graph.
+        """
+        root_txid, _, root_vout = graph_id.rpartition(".")
+        if not root_vout.isdigit():
+            raise BadRequest(f"bad graphID {graph_id!r}: expected TXID.VOUT")
+        found, beefs = await self._store.overlay.outputs_with_beefs([(root_txid, int(root_vout))])
+        root = found.get((root_txid, int(root_vout)))
+        if root is None or root.txid not in beefs:
+            raise BadRequest("No matching output found!")
+        level, seen = [root], {root.outpoint}
+        for _ in range(self._config.max_history_depth + 1):
+            for output in level:
+                data = beefs.get(output.txid)
+                if data is None:
+                    continue
+                for ptx in parse_submission(data).txs:
+                    if ptx.txid == txid:
+                        node: dict[str, Any] = {"graphID": graph_id, "rawTx": ptx.raw.hex(), "outputIndex": vout}
+                        if ptx.bump is not None:
+                            node["proof"] = ptx.bump.hex()
+                        return node
+            wanted = [op for out in level for op in out.consumed if op not in seen]
+            if not wanted:
+                break
+            seen.update(wanted)
+            preds, beefs = await self._store.overlay.outputs_with_beefs(wanted)
+            level = list(preds.values())
+        raise BadRequest("Unable to find output associated with your request!")
+
+    async def holds(self, topic: str, outpoints: Sequence[Outpoint]) -> set[Outpoint]:
+        """Which of ``outpoints`` are outputs of ``topic`` here (spent or not)."""
+        found = await self._store.overlay.outputs(outpoints, topic=topic)
+        return set(found)
 
     # -- what else the node shows -----------------------------------------------------------------------------
 

@@ -426,3 +426,19 @@ def _overlay(conn: sqlite3.Connection) -> None:
         """
     )
     conn.execute("CREATE INDEX overlay_own_tokens_active ON overlay_own_tokens (kind, name) WHERE state = 'active'")
+
+
+@MIGRATIONS.register("0009_overlay_sync")
+def _overlay_sync(conn: sqlite3.Connection) -> None:
+    # GASP: the highest admission score of each peer's topic this node has synced up to (the next page starts there)
+    conn.execute(
+        """
+        CREATE TABLE overlay_sync_state (
+            peer       TEXT NOT NULL,
+            topic      TEXT NOT NULL,
+            since      INTEGER NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (peer, topic)
+        ) WITHOUT ROWID
+        """
+    )

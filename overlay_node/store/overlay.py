@@ -122,7 +122,7 @@ class SubmitWrite:
     txid: str
     beef: bytes
     block_height: int | None
-    score: float
+    score: int
     created_at: float
     topics: tuple[TopicWrite, ...]
 
@@ -305,6 +305,37 @@ class OverlayRepository:
                 for r in conn.execute("SELECT service, count(*) AS n FROM overlay_index_items GROUP BY service")
             }
             return topics, services
+
+        return await self._db.read(read)
+
+    async def sync_since(self, peer: str, topic: str) -> int:
+        """Where the next GASP sync of ``topic`` with ``peer`` starts (0: from the beginning)."""
+
+        def read(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT since FROM overlay_sync_state WHERE peer = ? AND topic = ?", (peer, topic)
+            ).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._db.read(read)
+
+    async def set_sync_since(self, peer: str, topic: str, since: int, now: float) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO overlay_sync_state (peer, topic, since, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (peer, topic) DO UPDATE SET since = max(since, excluded.since), "
+                "updated_at = excluded.updated_at",
+                (peer, topic, since, now),
+            )
+
+        await self._db.write(write)
+
+    async def max_score(self) -> int:
+        """The highest admission score stored (0 when nothing is)."""
+
+        def read(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT max(score) FROM overlay_outputs").fetchone()
+            return int(row[0] or 0)
 
         return await self._db.read(read)
 

@@ -10,6 +10,7 @@ from overlay_node.crypto.keys import Identity
 from overlay_node.crypto.scripts import p2pkh_for_key
 from overlay_node.crypto.sighash import P2pkhSpend, outpoint_bytes, sign_p2pkh, txid_of_raw
 from overlay_node.services.arc import DevnetClient
+from tests.plugins import demo
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +44,10 @@ class Spender:
         fee: int = 1,
         parent_beef: bytes | None = None,
     ) -> tuple[Coin, bytes]:
-        """A transaction spending ``coin`` to ``outputs`` (default: the rest back to this key), its first output
-        as a coin, and its BEEF (``parent_beef`` in place of the coin's own, e.g. one with a merkle path)."""
-        outputs = outputs or [(self.script, coin.satoshis - fee)]
+        """A transaction spending ``coin`` to ``outputs`` (default: the rest back to this key, and tm_demo's marker),
+        its first output as a coin, and its BEEF (``parent_beef`` in place of the coin's own, e.g. one with a merkle
+        path)."""
+        outputs = outputs or [(self.script, coin.satoshis - fee), (demo.MARKER, 0)]
         raw = sign_p2pkh(
             [P2pkhSpend(outpoint_bytes(coin.txid, coin.vout), coin.script, coin.satoshis, self.identity.private_bytes)],
             outputs,

@@ -60,6 +60,11 @@ async def test_submit_lookup_topics_history(start_node: NodeFactory, tmp_path: o
         (first.txid, 1, True),
     ]
 
+    synced = await cli("--data-dir", data_dir, "ctl", "sync", "--topic", "tm_demo", "--json")
+    assert synced.exit_code == 0 and json.loads(synced.stdout) == {"reports": []}  # no other host known
+    unknown_topic = await cli("--data-dir", data_dir, "ctl", "sync", "--topic", "tm_nope")
+    assert unknown_topic.exit_code != 0 and "does not support this topic: tm_nope" in unknown_topic.stderr
+
     # clear one-line errors
     bad = await cli("--data-dir", data_dir, "ctl", "lookup", "-s", "ls_demo", "-q", "{nope")
     assert bad.exit_code != 0 and "--query is not JSON" in bad.stderr and "Traceback" not in bad.output

@@ -1,7 +1,8 @@
 """``tm_demo`` / ``ls_demo``: a user topic as a third party would write one, for the engine's tests.
 
-``tm_demo`` admits every P2PKH output and keeps every spent demo coin in history (BRC-64), so a chain of spends
-is answered with its ancestry. ``ls_demo`` indexes each admitted output by its txid and by the hash its script pays;
+``tm_demo`` admits the P2PKH outputs of transactions that carry the demo marker (an ``OP_FALSE OP_RETURN "demo"``
+output, as an application tags its own transactions) and keeps every spent demo coin in history (BRC-64), so a
+chain of spends is answered with its ancestry. ``ls_demo`` indexes each admitted output by its txid and by the hash its script pays;
 its queries: ``{"txid": ..., "history": N?}``, ``{"pubkeyHash": ...}``, ``{"findAll": true}``.
 """
 
@@ -24,21 +25,28 @@ from overlay_node.topics.plugins import (
 )
 
 
+#: the output that marks a transaction as the demo application's
+MARKER = b"\x00\x6a\x04demo"
+
+
 class DemoTopicManager:
-    """Admits P2PKH outputs; retains every previous coin."""
+    """Admits the P2PKH outputs of marked transactions; retains every previous coin."""
 
     def __init__(self, context: PluginContext) -> None:
         self.name = context.name
 
     def admissible_outputs(self, tx: TaggedTx, previous_coins: Sequence[int]) -> Admittance:
-        admit = tuple(i for i, out in enumerate(tx.tx.outputs) if is_p2pkh(out.script))
+        outputs = tx.tx.outputs
+        if not any(out.script == MARKER for out in outputs):
+            return Admittance()
+        admit = tuple(i for i, out in enumerate(outputs) if is_p2pkh(out.script))
         return Admittance(outputs_to_admit=admit, coins_to_retain=tuple(previous_coins))
 
     def needed_inputs(self, tx: TaggedTx) -> Sequence[tuple[str, int]]:
         return ()
 
     def documentation(self) -> str:
-        return "# tm_demo\n\nEvery P2PKH output; spent demo coins stay in history."
+        return "# tm_demo\n\nThe P2PKH outputs of transactions marked `OP_FALSE OP_RETURN demo`; spent coins stay in history."
 
     def metadata(self) -> Metadata:
         return Metadata(name="Demo topic", short_description="P2PKH outputs, with history", version="1.0")
