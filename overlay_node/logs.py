@@ -15,5 +15,5 @@ def setup_logging(level: str) -> None:
         force=True,
     )
     if level != "debug":
-        for noisy in ("hypercorn", "overlay_node.api.hypercorn", "trio-websocket", "httpx", "httpcore"):
+        for noisy in ("overlay_node.net.http_server", "trio-websocket", "httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

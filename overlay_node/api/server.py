@@ -1,29 +1,23 @@
-"""Serving an ASGI app on trio with hypercorn, on sockets we bind ourselves.
+"""Serving an ASGI app on trio with our HTTP/1.1 server (``overlay_node/net/http_server.py``), on sockets we bind
+ourselves.
 
-Binding the sockets here (rather than letting hypercorn parse ``bind`` strings) lets port 0 report the real port,
-lets the control socket get its 0600 mode before anyone can connect, and maps bind failures to our own errors.
+Binding the sockets here lets port 0 report the real port, lets the control socket get its 0600 mode before anyone
+can connect, and maps bind failures to our own errors.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import cast
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.config import Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.typing import ASGIFramework
-from hypercorn.utils import wrap_app
 from starlette.types import ASGIApp
 
 from overlay_node.errors import DataDirError, TransportError
-
-logger = logging.getLogger(__name__)
+from overlay_node.net.http_server import HttpServerConfig, serve_asgi
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
@@ -58,13 +52,14 @@ def bind_unix(path: Path) -> socket.socket:
     return sock
 
 
-def _hypercorn_config(graceful_timeout: float) -> HypercornConfig:
-    config = HypercornConfig()
-    config.graceful_timeout = graceful_timeout
-    config.accesslog = None
-    config.errorlog = logging.getLogger("overlay_node.api.hypercorn")
-    config.keep_alive_timeout = 30
-    return config
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    """The TLS context the http port serves with: the certificate chain and key (checked by the caller), TLS 1.2 or
+    later, ALPN ``http/1.1``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 async def serve_app(
@@ -74,30 +69,21 @@ async def serve_app(
     shutdown_trigger: Callable[[], Awaitable[None]],
     graceful_timeout: float,
     tls: tuple[str, str] | None = None,
+    config: HttpServerConfig | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` on the bound ``sock`` until ``shutdown_trigger`` returns, then drain gracefully; with
-    ``tls`` (certificate and key files, checked by the caller) the socket speaks TLS.
-
-    hypercorn's public ``serve`` cannot take pre-bound sockets; ``worker_serve`` (which it calls) can.
+    """Serve ``app`` on the bound ``sock`` until ``shutdown_trigger`` returns, then drain gracefully: idle
+    connections close at once, requests in flight get ``graceful_timeout`` seconds; with ``tls`` (certificate and
+    key files, checked by the caller) the socket speaks TLS. ``config``: the server's limits and timeouts (the
+    defaults of :class:`~overlay_node.net.http_server.HttpServerConfig` without it). The socket is closed when this
+    returns.
     """
-    sock.listen(128)
-    config = _hypercorn_config(graceful_timeout)
-    if tls is None:
-        sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
-    else:
-        config.certfile, config.keyfile = tls
-        sockets = Sockets(secure_sockets=[sock], insecure_sockets=[], quic_sockets=[])
-
-    async def _serve(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-        await worker_serve(
-            wrap_app(cast(ASGIFramework, app), config.wsgi_max_body_size, "asgi"),
-            config,
-            sockets=sockets,
-            shutdown_trigger=shutdown_trigger,
-            task_status=task_status,
-        )
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(_serve)
-        task_status.started()
+    await serve_asgi(
+        app,
+        sock,
+        shutdown_trigger=shutdown_trigger,
+        graceful_timeout=graceful_timeout,
+        ssl_context=server_ssl_context(*tls) if tls is not None else None,
+        config=config,
+        task_status=task_status,
+    )

@@ -2,8 +2,8 @@
 
 ``tm_demo`` admits the P2PKH outputs of transactions that carry the demo marker (an ``OP_FALSE OP_RETURN "demo"``
 output, as an application tags its own transactions) and keeps every spent demo coin in history (BRC-64), so a
-chain of spends is answered with its ancestry. ``ls_demo`` indexes each admitted output by its txid and by the hash its script pays;
-its queries: ``{"txid": ..., "history": N?}``, ``{"pubkeyHash": ...}``, ``{"findAll": true}``.
+chain of spends is answered with its ancestry. ``ls_demo`` indexes each admitted output by its txid and by the hash
+its script pays; its queries: ``{"txid": ..., "history": N?}``, ``{"pubkeyHash": ...}``, ``{"findAll": true}``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from overlay_node.topics.plugins import (
     SpentOutput,
     TaggedTx,
 )
-
 
 #: the output that marks a transaction as the demo application's
 MARKER = b"\x00\x6a\x04demo"
@@ -46,7 +45,7 @@ class DemoTopicManager:
         return ()
 
     def documentation(self) -> str:
-        return "# tm_demo\n\nThe P2PKH outputs of transactions marked `OP_FALSE OP_RETURN demo`; spent coins stay in history."
+        return "# tm_demo\n\nP2PKH outputs of transactions marked `OP_FALSE OP_RETURN demo`; spent coins are kept."
 
     def metadata(self) -> Metadata:
         return Metadata(name="Demo topic", short_description="P2PKH outputs, with history", version="1.0")
