@@ -21,6 +21,11 @@ Invariants:
 5. ``sqlite3.Error`` never leaves this module: it becomes :class:`~overlay_node.errors.StoreError` with
    ``raise ... from exc``. Other exceptions raised by a transaction function (e.g. ``NotFound``) roll back and
    pass through unchanged.
+6. :meth:`Database.read_inline` is the one exception to "every call runs in a worker thread": it runs a read on
+   the event loop's own thread, on a connection of its own, for the hot paths whose reads touch a few rows by key
+   (an overlay lookup, a submission's previous coins): there a thread hand-off costs ten times the query. It never
+   waits for a lock (WAL readers do not wait for the writer; if SQLite still says busy, the read goes to a worker
+   thread as :meth:`Database.read` would), and a function given to it must stay that small.
 
 The functions given to :meth:`Database.write` and :meth:`Database.read` run in a worker thread: they must only
 touch the connection they are given, fetch all rows before returning, and never ``COMMIT``, ``BEGIN`` or call
@@ -84,6 +89,7 @@ class Database:
         self._urgent_done.set()
         self._read_limiter = trio.CapacityLimiter(config.read_connections)
         self._idle_readers: list[sqlite3.Connection] = []
+        self._inline_reader: sqlite3.Connection | None = None
         self._all_readers: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._closed = False
@@ -159,6 +165,9 @@ class Database:
     def _close_all(self) -> None:
         with self._pool_lock:
             readers, self._all_readers, self._idle_readers = self._all_readers, [], []
+        inline, self._inline_reader = self._inline_reader, None
+        if inline is not None:
+            readers.append(inline)
         for conn in readers:
             conn.close()
         writer, self._writer = self._writer, None
@@ -258,6 +267,30 @@ class Database:
         except sqlite3.Error as exc:
             raise StoreError(f"store read {_name(fn)} failed on {self._path}: {exc}") from exc
         return result
+
+    async def read_inline(self, fn: TxnFn[T]) -> T:
+        """:meth:`read` on the calling (event loop) thread: see invariant 6. Internal to ``store/``.
+
+        Raises:
+            StoreError: the store is closed, ``fn`` tried to write, or SQLite failed.
+        """
+        self._check_open()
+        conn = self._inline_reader
+        if conn is None:
+            conn = self._inline_reader = self._connect(writer=False)
+            conn.execute("PRAGMA busy_timeout = 0")  # never block the event loop: busy goes to a thread instead
+        try:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                _rollback(conn)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise StoreError(f"store read {_name(fn)} failed on {self._path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read {_name(fn)} failed on {self._path}: {exc}") from exc
+        return await self.read(fn)
 
     def _take_reader(self) -> sqlite3.Connection:
         with self._pool_lock:

@@ -17,9 +17,9 @@ Theory of operation:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from overlay_node.store.rows import MAX_PARAMS, marks
 
@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 Outpoint = tuple[str, int]
+T = TypeVar("T")
+#: reads of at most this many keys run inline (see ``OverlayRepository._read``)
+_INLINE_ROWS = 64
 
 
 def _links(text: str) -> tuple[Outpoint, ...]:
@@ -151,6 +154,11 @@ class OverlayRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    async def _read(self, fn: Callable[[sqlite3.Connection], T], *, small: bool) -> T:
+        """A read: on the event loop's thread when it touches a few rows by key (``Database.read_inline``: a lookup
+        or a submission's previous coins, where a thread hand-off costs ten times the query), else in a thread."""
+        return await (self._db.read_inline(fn) if small else self._db.read(fn))
+
     # -- submissions ----------------------------------------------------------------------------------------
 
     async def previous_coins(self, txid: str, topics: Collection[str], spends: Collection[Outpoint]) -> PreviousCoins:
@@ -179,7 +187,7 @@ class OverlayRepository:
                         found.outputs.setdefault(str(row["topic"]), set()).add(op)
             return found
 
-        return await self._db.read(read)
+        return await self._read(read, small=len(spends) <= _INLINE_ROWS)
 
     async def apply(self, writes: Sequence[SubmitWrite], *, durable: bool) -> list[SubmitOutcome]:
         """Write ``writes`` in one transaction (see the module docstring); one outcome each, in order.
@@ -210,7 +218,7 @@ class OverlayRepository:
             found = _outputs(conn, outpoints, topic)
             return found, _beefs(conn, {op[0] for op in found})
 
-        return await self._db.read(read)
+        return await self._read(read, small=len(outpoints) <= _INLINE_ROWS)
 
     async def find_index(
         self,
@@ -266,7 +274,7 @@ class OverlayRepository:
                     break
             return found[skip:]
 
-        return await self._db.read(read)
+        return await self._read(read, small=limit is not None and skip + limit <= _INLINE_ROWS)
 
     async def index_fields(self, service: str, outpoint: Outpoint) -> dict[str, list[str]] | None:
         """What ``service`` indexed for ``outpoint`` (under any topic), or None."""
