@@ -465,10 +465,10 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("engine (plan, write set, plug-in, hydrate, group commit)", r"overlay_engine|engine_plugin|topics/|group_commit"),
     ("JSON encode/decode (json module)", r"[(/]json/"),
     ("HTTP route (api/overlay)", r"api/overlay\.py"),
-    ("HTTP server (hypercorn, h11, starlette)", r"hypercorn|h11/|starlette|anyio|wsproto"),
+    ("HTTP server (net/http_server, wire/http1, starlette)", r"http_server\.py|wire/http1\.py|starlette|anyio"),
     ("metrics (prometheus_client)", r"prometheus_client|overlay_node/metrics\.py"),
 )
-SOCKETS = "socket send/recv syscalls (trio sockets, for hypercorn)"
+SOCKETS = "socket send/recv syscalls (trio sockets, for the HTTP server)"
 LOOP = "trio: run loop, scheduling, epoll registration, thread hand-off"
 _TRANSPARENT = r"trio/|outcome/|contextlib\.py|<attrs generated|threading\.py"
 

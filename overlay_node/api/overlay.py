@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from starlette.requests import Request
@@ -31,11 +31,11 @@ from overlay_node.api.common import parse_json, read_body
 from overlay_node.chain.formats import Cursor
 from overlay_node.chain.refusals import Refusal
 from overlay_node.errors import BadRequest, OverlayError
-from overlay_node.services.overlay_engine import OverlayEngine
+from overlay_node.services.overlay_engine import AnswerOutput, OverlayEngine
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CORS_HEADERS", "overlay_routes", "parse_topics"]
+__all__ = ["CORS_HEADERS", "output_list_json", "overlay_routes", "parse_topics"]
 
 #: what overlay-express sends with every answer
 CORS_HEADERS = {
@@ -82,6 +82,26 @@ def _answer(handler: Callable[[OverlayTarget, Request], Awaitable[Response]]) ->
         return response
 
     return run
+
+
+#: each byte's decimal text: a BEEF as a JSON array of numbers is a join of these (the hot part of every answer)
+_BYTE_TEXT = [str(i) for i in range(256)]
+
+
+def _numbers(data: bytes) -> str:
+    return "[" + ",".join(map(_BYTE_TEXT.__getitem__, data)) + "]"
+
+
+def output_list_json(outputs: Sequence[AnswerOutput]) -> bytes:
+    """The JSON answer, ``{"type": "output-list", "outputs": [{"beef": [...], "outputIndex", "context"?}]}``, written
+    directly: bytes as arrays of numbers, as the reference sends them."""
+    items = []
+    for out in outputs:
+        item = f'{{"beef":{_numbers(out.beef)},"outputIndex":{out.vout}'
+        if out.context:
+            item += f',"context":{_numbers(out.context)}'
+        items.append(item + "}")
+    return ('{"type":"output-list","outputs":[' + ",".join(items) + "]}").encode()
 
 
 def parse_topics(header: str | None) -> list[str]:
@@ -145,13 +165,7 @@ async def lookup(node: OverlayTarget, request: Request) -> Response:
     outputs = await node.overlay.lookup(question["service"], question["query"])
     if request.headers.get("x-aggregation", "").lower() == "yes":
         return Response(OverlayEngine.aggregate(outputs), media_type="application/octet-stream")
-    answer = []
-    for out in outputs:
-        item: dict[str, Any] = {"beef": list(out.beef), "outputIndex": out.vout}
-        if out.context:
-            item["context"] = list(out.context)
-        answer.append(item)
-    return JSONResponse({"type": "output-list", "outputs": answer})
+    return Response(output_list_json(outputs), media_type="application/json")
 
 
 @_answer

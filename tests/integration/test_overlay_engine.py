@@ -259,3 +259,22 @@ async def test_submit_modes(start_node: NodeFactory, mode: str, broadcast: bool)
             steak = await node.overlay.submit(beef, ["tm_demo"], mode=mode)  # type: ignore[arg-type]
             assert steak["tm_demo"]["outputsToAdmit"] == [0]
             assert (await devnet.status(coin.txid)).accepted is broadcast
+
+
+def test_the_json_answer_is_what_json_dumps_writes() -> None:
+    from overlay_node.api.overlay import output_list_json
+    from overlay_node.services.overlay_engine import AnswerOutput
+
+    outputs = [
+        AnswerOutput(txid="aa" * 32, vout=3, beef=bytes(range(256)), context=b"\x00ctx\xff"),
+        AnswerOutput(txid="bb" * 32, vout=0, beef=b"\x01\x00\xbe\xef"),
+    ]
+    expected = {
+        "type": "output-list",
+        "outputs": [
+            {"beef": list(range(256)), "outputIndex": 3, "context": [0, 99, 116, 120, 255]},
+            {"beef": [1, 0, 190, 239], "outputIndex": 0},
+        ],
+    }
+    assert json.loads(output_list_json(outputs)) == expected
+    assert json.loads(output_list_json([])) == {"type": "output-list", "outputs": []}
