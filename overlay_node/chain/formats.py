@@ -169,9 +169,61 @@ class Cursor:
 # -- transactions --------------------------------------------------------------------------------------------
 
 
-def _read_tx(cur: Cursor, *, allow_ef: bool) -> ParsedTx:
-    """Read one raw or Extended Format transaction (``raw`` is its plain serialization either way)."""
+def _plain_tx(data: bytes, pos: int) -> tuple[ParsedTx, int] | None:
+    """The plain transaction at ``pos`` and where it ends, read with index arithmetic alone (every payment and
+    overlay submission goes through here); None for anything unusual (an EF marker's place is not checked here,
+    a count or script length of 253 or more, truncated data): :func:`_read_tx` then reads it the careful way,
+    which accepts or refuses it with the reason."""
+    end = len(data)
+    p = pos + 4
+    if p >= end or (n_in := data[p]) >= 0xFD:
+        return None
+    p += 1
+    inputs: list[TxInput] = []
+    for _ in range(n_in):
+        if p + 37 > end or (size := data[p + 36]) >= 0xFD:
+            return None
+        outpoint = data[p : p + 36]
+        p += 37
+        script = data[p : p + size]
+        p += size + 4
+        if p > end:
+            return None
+        inputs.append(
+            TxInput(
+                outpoint[31::-1].hex(),
+                int.from_bytes(outpoint[32:], "little"),
+                script,
+                int.from_bytes(data[p - 4 : p], "little"),
+            )
+        )
+    if p >= end or (n_out := data[p]) >= 0xFD:
+        return None
+    p += 1
+    outputs: list[TxOutput] = []
+    for _ in range(n_out):
+        if p + 9 > end or (size := data[p + 8]) >= 0xFD:
+            return None
+        satoshis = int.from_bytes(data[p : p + 8], "little")
+        p += 9
+        outputs.append(TxOutput(satoshis, data[p : p + size]))
+        p += size
+    p += 4
+    if p > end:
+        return None
+    raw = data[pos:p]
+    return ParsedTx(txid=txid_of(raw), raw=raw, inputs=tuple(inputs), outputs=tuple(outputs)), p
+
+
+def _read_tx(cur: Cursor, *, allow_ef: bool, fast: bool = True) -> ParsedTx:
+    """Read one raw or Extended Format transaction (``raw`` is its plain serialization either way); ``fast=False``
+    skips :func:`_plain_tx` (its tests compare the two)."""
     start = cur.pos
+    if fast and not (allow_ef and cur.data[start + 4 : start + 10] == EF_MARKER):
+        fast = _plain_tx(cur.data, start)
+        if fast is not None:
+            ptx, cur.pos = fast
+            return ptx
     version = cur.take(4)
     ef = allow_ef and cur.peek(6) == EF_MARKER
     if ef:
