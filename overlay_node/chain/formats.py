@@ -220,10 +220,10 @@ def _read_tx(cur: Cursor, *, allow_ef: bool, fast: bool = True) -> ParsedTx:
     skips :func:`_plain_tx` (its tests compare the two)."""
     start = cur.pos
     if fast and not (allow_ef and cur.data[start + 4 : start + 10] == EF_MARKER):
-        fast = _plain_tx(cur.data, start)
-        if fast is not None:
-            ptx, cur.pos = fast
-            return ptx
+        quick = _plain_tx(cur.data, start)
+        if quick is not None:
+            cur.pos = quick[1]
+            return quick[0]
     version = cur.take(4)
     ef = allow_ef and cur.peek(6) == EF_MARKER
     if ef:
