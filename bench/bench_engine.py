@@ -62,7 +62,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import re
 import shutil
 import signal
@@ -84,6 +83,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # so that the node's process (spawned with this sys.path) imports bench.engine_plugin
 
 from nodeproc import Host, NodeSpec, open_host, system_cpu_seconds  # noqa: E402  # bench/ is on sys.path
+from results_io import save  # noqa: E402  # bench/ is on sys.path
 
 from bench.engine_plugin import (  # noqa: E402
     KNOWN_LOCKING,
@@ -727,23 +727,6 @@ def print_table(results: dict[str, Any], summary: dict[str, Any]) -> None:
                 )
 
 
-def source_state() -> dict[str, Any]:
-    """The commit and the files of ``overlay_node/`` changed in the working tree: work in progress there shows in
-    the figures. (``--no-optional-locks``: never takes the index lock others may be using.)"""
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", "--no-optional-locks", *args], cwd=ROOT, capture_output=True, text=True)
-        except OSError:
-            return ""
-        return done.stdout
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD").strip(),
-        "changed": git("status", "--short", "--", "overlay_node").splitlines(),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="-n 300 --lookups 1000 --duplicates 100")
@@ -790,13 +773,10 @@ def main() -> None:
         "here); lookups/s >= the reference's (~2,400 with 1 client, ~5,700 with 8-32); p99 reported",
     }
     results["summary"] = summarize(results)
-    results["source"] = source_state()
-    results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "load": os.getloadavg()}
     wrong = problems(results, args)
     results["problems"] = wrong
     path = RESULTS.with_name("bench_engine_profile.json") if args.profile else RESULTS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    save(path, results)
     print_table(results, results["summary"])
     if wrong:
         print("\nSOMETHING IS WRONG:")

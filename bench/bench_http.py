@@ -31,7 +31,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -39,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from results_io import save  # bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -114,23 +115,6 @@ def serve(port_file: Path) -> None:
 
 
 # -- the driver --------------------------------------------------------------------------------------------------
-
-
-def source_state() -> dict[str, Any]:
-    """The commit and the files of ``overlay_node/`` changed in the working tree (work in progress shows in the
-    figures). ``--no-optional-locks``: never takes the index lock others may be using."""
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", "--no-optional-locks", *args], cwd=ROOT, capture_output=True, text=True)
-        except OSError:
-            return ""
-        return done.stdout
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD").strip(),
-        "changed": git("status", "--short", "--", "overlay_node").splitlines(),
-    }
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -220,16 +204,7 @@ def main() -> None:
     failed = {name: p["firstError"] for name, p in results["phases"].items() if p["errors"]}
     results["server"] = args.label
     results["config"] = {"n": args.n, "warmup": args.warmup, "client": "bench/http_client.mjs (node:http keep-alive)"}
-    results["source"] = source_state()
-    results["machine"] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
-        "platform": platform.platform(),
-        "load": os.getloadavg(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    save(args.out, results)
     print_table(results)
     print(f"saved {args.out}")
     if failed:

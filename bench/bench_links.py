@@ -43,12 +43,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import logging
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -63,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nodeproc import Host, NodeProcess, system_cpu_seconds  # noqa: E402  # bench/ is on sys.path as a script
+from results_io import save  # noqa: E402  # bench/ is on sys.path
 
 from overlay_node.config import SwarmSection  # noqa: E402
 from overlay_node.crypto.keys import Identity  # noqa: E402
@@ -84,23 +82,6 @@ WAIT_LIMIT = 300.0
 MAX_CLOSING = 1000
 
 TARGETS = {"auth_frames_per_s": 15_000, "ratio": 0.5, "rtt_p99_ms": 2.0}
-
-
-def source_state() -> dict[str, Any]:
-    """The commit and the files of ``overlay_node/`` changed in the working tree: work in progress there shows in
-    the figures. (``--no-optional-locks``: never takes the index lock others may be using.)"""
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", "--no-optional-locks", *args], cwd=ROOT, capture_output=True, text=True)
-        except OSError:
-            return ""
-        return done.stdout
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD").strip(),
-        "changed": git("status", "--short", "--", "overlay_node").splitlines(),
-    }
 
 
 # -- what runs in the two processes ---------------------------------------------------------------------------
@@ -541,16 +522,7 @@ def main() -> None:
         "swarm": "default [swarm] section, host 127.0.0.1, port 0",
         "processes": "A (sender, dialer) and B (receiver, listener), one trio loop each",
     }
-    results["source"] = source_state()
-    results["machine"] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load": os.getloadavg(),
-        "clock": time.get_clock_info("perf_counter").implementation,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    save(RESULTS, results)
     print_table(results)
     print(f"saved {RESULTS}")
 

@@ -48,7 +48,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -72,6 +71,7 @@ from nodeproc import (  # noqa: E402  # bench/ is on sys.path as a script
     process_cpu_seconds,
     system_cpu_seconds,
 )
+from results_io import save  # noqa: E402  # bench/ is on sys.path
 
 from overlay_node.config import StoreSection, SwarmSection, WalletSection  # noqa: E402
 from overlay_node.crypto.keys import Identity  # noqa: E402
@@ -131,23 +131,6 @@ def fsync_ms(folder: Path, n: int = 30) -> float:
             times.append(time.perf_counter() - t)
     path.unlink()
     return round(statistics.median(times) * 1000, 3)
-
-
-def source_state() -> dict[str, Any]:
-    """The commit and the files of ``overlay_node/`` changed in the working tree: work in progress there shows in
-    the figures. (``--no-optional-locks``: never takes the index lock others may be using.)"""
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", "--no-optional-locks", *args], cwd=ROOT, capture_output=True, text=True)
-        except OSError:
-            return ""
-        return done.stdout
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD").strip(),
-        "changed": git("status", "--short", "--", "overlay_node").splitlines(),
-    }
 
 
 # -- 1. the raw limit: coincurve ECDSA --------------------------------------------------------------------------
@@ -572,16 +555,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     results = trio.run(run, args)
     results["mode"] = "quick" if quick else "full"
-    results["source"] = source_state()
-    results["machine"] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load": os.getloadavg(),
-        "clock": time.get_clock_info("perf_counter").implementation,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    save(RESULTS, results)
     print_table(results)
     print(f"saved {RESULTS}")
 
