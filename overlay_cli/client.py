@@ -33,6 +33,11 @@ _EXIT_BY_CODE = {
     "payment_replayed": 11,
     "quote_expired": 11,
     "insufficient_funds": 11,
+    "payment_malformed": 11,
+    "invalid_derivation_prefix": 11,
+    "payment_required": 11,
+    "no_peer_link": 9,
+    "content_unavailable": 9,
 }
 
 

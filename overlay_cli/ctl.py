@@ -66,10 +66,37 @@ def status(ctx: typer.Context) -> None:
                 ("peers", data.get("peers")),
                 ("dht contacts", data.get("dht_contacts")),
                 ("uptime", f"{data.get('uptime', 0):.0f}s"),
+                *_http_auth_rows(data.get("http_auth") or {}),
             ]
             print_fields(out, rows)
 
         emit(state, data, human)
+
+
+def _http_auth_rows(block: dict[str, Any]) -> list[tuple[str, object]]:
+    """The BRC-104/105 lines of ``ctl status``: sessions and requests on the http port, payments taken and made."""
+    if not block:
+        return []
+    refused = sum((block.get("refusals") or {}).values())
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted((block.get("refusals") or {}).items()))
+    client = block.get("client") or {}
+    pay_refused = sum((block.get("payments_refused") or {}).values())
+    return [
+        (
+            "http auth",
+            "off"
+            if not block.get("enabled", True)
+            else f"{block.get('sessions', 0)} sessions ({block.get('proven_sessions', 0)} proven), "
+            f"{block.get('handshakes', 0)} handshakes, {block.get('authenticated', 0)} authenticated requests, "
+            f"{refused} refused" + (f" ({reasons})" if reasons else ""),
+        ),
+        (
+            "http payments",
+            f"{block.get('payment_required', 0)} asked (402), {block.get('payments_accepted', 0)} accepted "
+            f"({block.get('satoshis_received', 0)} sat), {pay_refused} refused; paid out {client.get('paid', 0)} "
+            f"({client.get('satoshis_paid', 0)} sat), {client.get('refused', 0)} refused",
+        ),
+    ]
 
 
 @app.command()

@@ -227,6 +227,22 @@ class OverlaySection:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSection:
+    """BRC-104 mutual authentication and BRC-105 payments on the public http port (issue 15)."""
+
+    enabled: bool = True
+    require: tuple[str, ...] = ()
+    priced: bool = True
+    lookup_price: int = field(default=0, metadata=_range(0, 21_000_000 * 100_000_000))
+    max_sessions: int = field(default=10_000, metadata=_range(1, 10_000_000))
+    session_ttl: float = field(default=3600.0, metadata=_range(1, 86_400 * 30))
+    max_seen_requests: int = field(default=200_000, metadata=_range(1, 100_000_000))
+    max_body: int = field(default=32 * MiB, metadata=_range(1 * KiB, 1024 * MiB))
+    max_response: int = field(default=64 * MiB, metadata=_range(1 * KiB, 4096 * MiB))
+    client_timeout: float = field(default=30.0, metadata=_range(0.1, 3600))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole node configuration."""
 
@@ -241,6 +257,7 @@ class Config:
     content: ContentSection = field(default_factory=ContentSection)
     streams: StreamsSection = field(default_factory=StreamsSection)
     overlay: OverlaySection = field(default_factory=OverlaySection)
+    auth: AuthSection = field(default_factory=AuthSection)
 
 
 def _section_types() -> dict[str, type[Any]]:

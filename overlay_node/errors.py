@@ -171,6 +171,21 @@ class QuoteExpired(PaymentError):
     code = "quote_expired"
 
 
+class MalformedPayment(PaymentError):
+    """A BRC-105 ``x-bsv-payment`` header that is not the JSON it must be (BRC-105 ``ERR_MALFORMED_PAYMENT``)."""
+
+    code = "payment_malformed"
+    http_status = 400
+
+
+class InvalidDerivationPrefix(PaymentError):
+    """A BRC-105 derivation prefix this node did not issue to this payer, or one past its time to live
+    (BRC-105 ``ERR_INVALID_DERIVATION_PREFIX``)."""
+
+    code = "invalid_derivation_prefix"
+    http_status = 400
+
+
 class InsufficientFunds(PaymentError):
     """Our wallet does not hold enough spendable satoshis for a payment and its fee."""
 

@@ -30,7 +30,8 @@ from overlay_node.api.control_content import content_routes
 from overlay_node.api.control_overlay import overlay_control_routes
 from overlay_node.api.control_streams import streams_routes
 from overlay_node.api.control_wallet import wallet_routes
-from overlay_node.api.gateway import gateway_routes
+from overlay_node.api.gateway import gateway_routes, price_of
+from overlay_node.api.http_auth import HttpAuth, protect, route_pricer
 from overlay_node.api.overlay import overlay_routes
 from overlay_node.api.public import public_app
 from overlay_node.api.server import bind_tcp, bind_unix, serve_app
@@ -44,6 +45,7 @@ from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.adverts import Endpoints
 from overlay_node.services.adverts import AdvertService
+from overlay_node.services.auth_fetch import AuthFetch
 from overlay_node.services.content import ContentService
 from overlay_node.services.dht import DhtService
 from overlay_node.services.overlay_engine import OverlayEngine, arc_broadcaster
@@ -109,6 +111,8 @@ class Node:
         self._streams: Streams | None = None
         self._overlay: OverlayEngine | None = None
         self._tokens: OverlayTokens | None = None
+        self._http_auth: HttpAuth | None = None
+        self._auth_fetch: AuthFetch | None = None
         self._overlay_sync: OverlaySync | None = None
         #: how this node's HTTPS clients verify other nodes (the system's CAs, plus http.tls_ca)
         self.https_verify: ssl.SSLContext | bool = True
@@ -214,6 +218,18 @@ class Node:
             )
             await services.start(content.run)
             self._content = content
+            # BRC-104/105 on the http port (api/http_auth.py), and this node's own authenticated HTTP client
+            self._http_auth = HttpAuth(identity, cfg.auth, self.metrics, payments)
+            self._auth_fetch = AuthFetch(
+                identity,
+                self.metrics,
+                payments=payments,
+                verify=self.https_verify,
+                timeout=cfg.auth.client_timeout,
+                max_response=cfg.auth.max_response,
+            )
+            await services.start(self._auth_fetch.run)
+            content.http_client = self._auth_fetch
             # the overlay host among others: propagation, DHT fill of lookups; this node's own tokens on chain
             network = OverlayNetwork(
                 cfg.overlay,
@@ -254,7 +270,11 @@ class Node:
             await nursery.start(
                 partial(
                     serve_app,
-                    public_app(self, [*gateway_routes(self), *overlay_routes(self)]),
+                    protect(
+                        public_app(self, [*gateway_routes(self), *overlay_routes(self)]),
+                        self._http_auth,
+                        route_pricer(partial(price_of, content), cfg.auth.lookup_price),
+                    ),
                     http_sock,
                     shutdown_trigger=self._shutdown.wait,
                     graceful_timeout=grace,
@@ -370,6 +390,16 @@ class Node:
     def tokens(self) -> OverlayTokens:
         return _started(self._tokens)
 
+    @property
+    def http_auth(self) -> HttpAuth:
+        """BRC-104/105 on the http port: sessions and counters."""
+        return _started(self._http_auth)
+
+    @property
+    def auth_fetch(self) -> AuthFetch:
+        """This node's authenticated HTTP client (``AuthTransport(node.auth_fetch)`` puts it under httpx)."""
+        return _started(self._auth_fetch)
+
     def _endpoints(self) -> Endpoints:
         info = self.info
         return Endpoints(swarm=info.swarm, http=info.http, dht=info.dht)
@@ -390,6 +420,10 @@ class Node:
             "peers": len(self.peers.links()),
             "dht_contacts": len(self.dht.contacts()),
             "ledger": self._ledger,
+            "http_auth": {
+                **(self._http_auth.status() if self._http_auth is not None else {}),
+                "client": self._auth_fetch.status() if self._auth_fetch is not None else {},
+            },
         }
 
     def peer_list(self) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from overlay_node.crypto.uhrp import url_for_hash
 from overlay_node.errors import BadRequest, OverlayError
 from overlay_node.services.content import ContentService
 from overlay_node.services.content_common import Progress
-from overlay_node.services.content_fetch import fetch
+from overlay_node.services.content_fetch import access as access_content
 
 __all__ = ["ContentTarget", "content_routes"]
 
@@ -173,14 +173,14 @@ def content_routes(node: ContentTarget) -> list[Route]:
     @guarded
     async def access(request: Request) -> Response:
         body = await read_json(request, BODY_LIMIT)
-        content = require_str(body, "content", max_len=128)
+        content = require_str(body, "content", max_len=2048)
         output = _abs_path(body, "output")
         max_price = _opt_int(body, "max_price")
         service = node.content
 
         async def op(progress: Progress) -> dict[str, Any]:
-            grant = await service.grant_for(content, max_price=max_price, progress=progress)
-            return (await fetch(service, content, output, grant=grant, progress=progress)).as_dict()
+            result = await access_content(service, content, output, max_price=max_price, progress=progress)
+            return result.as_dict()
 
         return ndjson(service, op)
 

@@ -2,9 +2,14 @@
 
 Serves content this node holds, with ``Range`` (one range per request), ``ETag`` = the hex hash (and
 ``If-None-Match``), the stored content type, ``404`` for content not held here, ``416`` for a range outside the
-content, and ``402`` for priced content: the answer names the price and the producer, and carries a signed quote
-when the request names the payer in ``X-Payer`` (an identity key). Priced content is served over HTTP only to a
-request with a valid ``X-Access-Grant`` (the JSON grant, as the producer signed it).
+content, and for priced content:
+
+- the producer's gateway sells it with BRC-105 (``api/http_auth.py``, when ``auth.priced``): :func:`price_of` is
+  the pricer, a request that paid (``scope["bsv_payment"]`` for this content) gets the bytes once;
+- any gateway serves it to a request with a valid ``X-Access-Grant`` (the JSON grant, as the producer signed it,
+  for the authenticated identity, else for the grant's consumer), and to the producer itself;
+- otherwise the answer is ``402`` naming the price and the producer, with a signed quote when the request names
+  the payer in ``X-Payer`` (an identity key) and this node is the producer.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ from typing import Any, Final, Protocol
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Scope
 
+from overlay_node.api.http_auth import authenticated_identity, paid_resource
 from overlay_node.crypto.uhrp import parse_uhrp
 from overlay_node.errors import BadRequest, NotFound, OverlayError
 from overlay_node.services.content import ContentService
 from overlay_node.services.content_common import PaymentRequired
 
-__all__ = ["gateway_routes", "parse_range"]
+__all__ = ["gateway_routes", "parse_range", "price_of"]
 
 _RANGE: Final = re.compile(r"^bytes=(\d*)-(\d*)$")
 _PIECE: Final = 1024 * 1024
@@ -102,6 +109,46 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
+def _grant_consumer(grant_text: str | None, identity: str | None) -> tuple[Any, str]:
+    """The grant of ``X-Access-Grant`` and whom it must be for (the authenticated identity, else its own consumer).
+
+    Raises:
+        ValueError, AttributeError: not a JSON grant.
+    """
+    grant = json.loads(grant_text) if grant_text else None
+    if identity is not None:
+        return grant, identity
+    return grant, "" if grant is None else str(grant.get("consumer", ""))
+
+
+async def price_of(service: ContentService, scope: Scope) -> tuple[int, str] | None:
+    """What a gateway request must pay with BRC-105 (the ``PaymentMiddleware`` pricer): ``(price, "uhrp:<hex>")``
+    for priced content this node produced, held here and live, asked for by someone else without a valid grant;
+    None for everything else (the route then answers as usual)."""
+    try:
+        cid = parse_uhrp(scope["path"].removeprefix("/uhrp/"))
+    except BadRequest:
+        return None
+    hex_id = cid.hex()
+    item = await service.held_item(hex_id)
+    if item is None or item.price <= 0 or not item.published or item.producer != service.identity_key:
+        return None
+    if (item.expires and item.expires <= service.wall()) or not service.blobs.has(cid):
+        return None
+    identity = authenticated_identity(scope)
+    if identity == item.producer:
+        return None
+    grant_text = next((v.decode("utf-8", "replace") for k, v in scope["headers"] if k == b"x-access-grant"), None)
+    if grant_text:
+        try:
+            grant, consumer = _grant_consumer(grant_text, identity)
+            service.check_access(item, consumer, grant)
+            return None
+        except (PaymentRequired, ValueError, AttributeError):
+            pass
+    return item.price, f"uhrp:{hex_id}"
+
+
 def gateway_routes(node: GatewayTarget) -> list[Route]:
     """The gateway route over ``node.content``."""
     small_bodies = _BodyCache(_CACHE_BUDGET)
@@ -126,12 +173,13 @@ def gateway_routes(node: GatewayTarget) -> list[Route]:
             or (item.expires and item.expires <= service.wall())
         ):
             return error(NotFound(f"content {hex_id} is not held here"))
-        if item.price > 0:
+        if item.price > 0 and paid_resource(request.scope) != f"uhrp:{hex_id}":
             grant_text = request.headers.get("x-access-grant")
-            consumer = request.headers.get("x-payer", "")
+            identity = authenticated_identity(request.scope)
+            consumer = identity or request.headers.get("x-payer", "")
             try:
-                grant = json.loads(grant_text) if grant_text else None
-                service.check_access(item, consumer if grant is None else str(grant.get("consumer", "")), grant)
+                grant, holder = _grant_consumer(grant_text, identity)
+                service.check_access(item, consumer if grant is None else holder, grant)
             except (PaymentRequired, ValueError, AttributeError) as exc:
                 extra: dict[str, Any] = {"price": item.price, "producer": item.producer, "resource": f"uhrp:{hex_id}"}
                 if consumer and service.payments is not None and item.published:

@@ -39,7 +39,7 @@ from overlay_node.clock import wall_time
 from overlay_node.config import ContentSection
 from overlay_node.crypto.keys import Identity
 from overlay_node.crypto.uhrp import parse_uhrp, url_for_hash
-from overlay_node.errors import BadRequest, NotFound, OverlayError, PaymentError
+from overlay_node.errors import BadRequest, NotFound, OverlayError, PaymentError, TransportError
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.adverts import Endpoints
@@ -71,6 +71,7 @@ from overlay_node.services.content_common import (
     OFFER,
     READ,
     REPLICATE,
+    NoPeerLink,
     PaymentRequired,
     Progress,
 )
@@ -160,6 +161,9 @@ class ContentService:
         self.payments = payments
         #: puts UHRP advertisements on chain (set by the node once its wallet and overlay engine run)
         self.tokens: ContentTokenMaker | None = None
+        #: the node's authenticated HTTP client (``services/auth_fetch.AuthFetch``), for content bought from another
+        #: node's gateway (set by the node)
+        self.http_client: Any = None
         if payments is not None:
             payments.register_pricer("uhrp:", self._price)
 
@@ -653,7 +657,8 @@ class ContentService:
         item = await self.store.content.get(cid.hex())
         if item is not None and item.local:
             return None
-        priced = [p for p in (await self.providers(cid)).values() if p.price > 0 and p.producer]
+        found = await self.providers(cid)
+        priced = [p for p in found.values() if p.price > 0 and p.producer]
         if not priced:
             return None
         provider = priced[0]
@@ -664,7 +669,12 @@ class ContentService:
             raise PaymentRequired(f"content costs {provider.price} satoshis, over --max-price {max_price}")
         if self.payments is None:
             raise PaymentRequired("this node has no wallet to pay for priced content")
-        link = await self.link_to(producer)
+        try:
+            link = await self.link_to(producer)
+        except (NotFound, TransportError) as exc:
+            own = found.get(producer)  # the producer's own record names its gateway, the one that sells
+            gateway = own.http if own is not None else ""
+            raise NoPeerLink(f"no peer link to the producer {producer[:16]}: {exc}", gateway=gateway) from exc
         progress({"event": "paying", "producer": producer, "price": provider.price})
         quote = await self.payments.request_quote(producer, f"uhrp:{cid.hex()}", max_price=max_price)
         receipt = await self.payments.pay(quote)

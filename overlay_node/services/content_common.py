@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from overlay_node.crypto.uhrp import parse_uhrp
-from overlay_node.errors import BadRequest, OverlayError
+from overlay_node.errors import BadRequest, NotFound, OverlayError
 
 __all__ = [
     "BAD",
@@ -25,6 +25,7 @@ __all__ = [
     "OFFER",
     "READ",
     "REPLICATE",
+    "NoPeerLink",
     "PaymentRequired",
     "Progress",
     "StorageFull",
@@ -66,6 +67,17 @@ class PaymentRequired(OverlayError):
     code = "payment_required"
     exit_code = 11
     http_status = 402
+
+
+class NoPeerLink(NotFound):
+    """The producer of priced content cannot be linked (no address, or every dial failed); ``gateway`` is its http
+    origin when its provider record names one (``ctl access`` then buys over HTTP with BRC-105)."""
+
+    code = "no_peer_link"
+
+    def __init__(self, message: str, *, gateway: str = "") -> None:
+        super().__init__(message)
+        self.gateway = gateway
 
 
 def hex_id(value: object) -> bytes:

@@ -15,6 +15,12 @@ Theory of operation:
    before it are written, read back from the file), so the check at the end costs no second pass: only an exact
    match of every byte of the part file is renamed to ``output``. A wrong manifest (a lying holder) can
    therefore never produce a wrong file, only a failed download.
+
+:func:`access` (``ctl access``) decides how: an ``http(s)://.../uhrp/<hash>`` URL is fetched from that gateway
+with the node's authenticated HTTP client (:func:`fetch_http`: BRC-104, and BRC-105 for priced content, paid from
+the wallet); a UHRP URL or hash goes over peer links (a grant bought from the producer over its link, then
+:func:`fetch`), unless the producer of priced content cannot be linked: then it is bought from the producer's
+gateway over HTTP, when its provider record names one.
 """
 
 from __future__ import annotations
@@ -29,14 +35,15 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from overlay_node.crypto.uhrp import parse_uhrp, url_for_hash
-from overlay_node.errors import BadRequest, NotFound, OverlayError
+from overlay_node.errors import BadRequest, NotFound, OverlayError, RemoteProtocolError
 from overlay_node.protocol.content import ChunkPlan, ProviderRecord
+from overlay_node.services.content_common import NoPeerLink, PaymentRequired
 
 if TYPE_CHECKING:
     from overlay_node.services.content import ContentService
     from overlay_node.services.content_common import Progress
 
-__all__ = ["ContentUnavailable", "FetchResult", "fetch"]
+__all__ = ["ContentUnavailable", "FetchResult", "access", "fetch", "fetch_http"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +69,15 @@ class FetchResult:
     bad_holders: list[str] = field(default_factory=list)
     resumed_chunks: int = 0
     local: bool = False
+    via: str = "peers"
+    url: str = ""
+    paid: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "via": self.via,
+            **({"url": self.url} if self.url else {}),
+            **({"paid": self.paid} if self.paid is not None else {}),
             "hash": self.hash,
             "uhrp_url": url_for_hash(bytes.fromhex(self.hash)),
             "size": self.size,
@@ -136,6 +149,110 @@ async def fetch(
     service.metrics.content_transfers.labels("download", "ok").inc()
     progress({"event": "done", "hash": hex_id, "size": size, "local": False})
     return result
+
+
+async def access(
+    service: ContentService,
+    content: str,
+    output: Path,
+    *,
+    max_price: int | None = None,
+    progress: Progress = _noop,
+) -> FetchResult:
+    """Get ``content`` into ``output``, paying for it if it is priced (see the module docstring for the ways).
+
+    Raises:
+        BadRequest: a bad id, URL or output path.
+        PaymentRequired, PaymentError: over ``max_price``, no wallet, or the payment was refused.
+        ContentUnavailable, NotFound: no one could deliver it.
+    """
+    if content.startswith(("https://", "http://")):
+        return await fetch_http(service, content, output, max_price=max_price, progress=progress)
+    try:
+        grant = await service.grant_for(content, max_price=max_price, progress=progress)
+    except NoPeerLink as exc:
+        if not exc.gateway or service.http_client is None:
+            raise
+        url = f"{exc.gateway.rstrip('/')}/uhrp/{parse_uhrp(content).hex()}"
+        progress({"event": "no_peer_link", "reason": str(exc), "url": url})
+        return await fetch_http(service, url, output, max_price=max_price, progress=progress)
+    return await fetch(service, content, output, grant=grant, progress=progress)
+
+
+async def fetch_http(
+    service: ContentService,
+    url: str,
+    output: Path,
+    *,
+    max_price: int | None = None,
+    progress: Progress = _noop,
+) -> FetchResult:
+    """Download ``url`` (a gateway's ``.../uhrp/<hash or UHRP URL>``) with the node's authenticated HTTP client,
+    paying a BRC-105 402 from the wallet (at most ``max_price``), and check the bytes against the content id.
+
+    Raises:
+        BadRequest: not a gateway URL, or a bad output path.
+        PaymentRequired, PaymentError: over ``max_price``, or the payment was refused (nothing paid).
+        ContentUnavailable: the gateway did not deliver the content (any other status, or other bytes).
+        TransportError, RemoteProtocolError: the gateway cannot be reached, or its answers do not verify.
+    """
+    client = service.http_client
+    if client is None:
+        raise BadRequest("this node has no HTTP client for other gateways")
+    path = url.split("?", 1)[0].split("#", 1)[0]
+    marker = path.rfind("/uhrp/")
+    if marker < 0:
+        raise BadRequest(f"{url[:200]!r} is not a gateway URL (https://host/uhrp/<hash>)")
+    cid = parse_uhrp(path[marker + len("/uhrp/") :])
+    hex_id = cid.hex()
+    if await trio.Path(output).is_dir():
+        raise BadRequest(f"{output} is a directory")
+    if not await trio.Path(output.parent).is_dir():
+        raise BadRequest(f"directory {output.parent} does not exist")
+    progress({"event": "http", "url": url})
+    try:
+        response = await client.fetch(url, max_price=max_price, on_payment=progress)
+    except RemoteProtocolError as exc:
+        if exc.reason != "bad_handshake":
+            raise
+        # a gateway that does not speak BRC-104 (auth off, or another implementation): free content is still
+        # good from it, the bytes being checked against the hash
+        progress({"event": "unauthenticated", "reason": str(exc)})
+        response = await client.fetch_plain(url)
+    if response.status in (401, 402):
+        body = response.body[:300].decode("utf-8", "replace")
+        raise PaymentRequired(f"{url} answered HTTP {response.status}: {body}")
+    if response.status != 200:
+        body = response.body[:300].decode("utf-8", "replace")
+        raise ContentUnavailable(f"{url} answered HTTP {response.status}: {body}")
+    data = response.body
+    if hashlib.sha256(data).digest() != cid:
+        raise ContentUnavailable(f"{url} sent bytes that do not hash to {hex_id}")
+    await trio.to_thread.run_sync(_write_file, output, data)
+    service.metrics.content_transfers.labels("download", "ok").inc()
+    service.metrics.content_transfer_bytes.labels("in").inc(len(data))
+    paid = None
+    if response.paid_txid is not None:
+        paid = {"satoshis": response.paid_satoshis, "txid": response.paid_txid, "payee": response.server_key}
+    progress({"event": "done", "hash": hex_id, "size": len(data), "local": False})
+    return FetchResult(
+        hash=hex_id,
+        size=len(data),
+        output=str(output),
+        holders_used=[response.server_key] if response.server_key else [],
+        via="http",
+        url=url,
+        paid=paid,
+    )
+
+
+def _write_file(output: Path, data: bytes) -> None:
+    temp = output.with_name(output.name + ".part")
+    with temp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, output)
 
 
 async def _manifest(

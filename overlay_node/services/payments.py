@@ -16,6 +16,12 @@ Peer methods (request/response over an authenticated link; the peer's identity i
 In-process API: :meth:`Payments.request_quote`, :meth:`Payments.pay` (payer), :meth:`Payments.issue_quote`,
 :meth:`Payments.accept_payment` and :meth:`Payments.accept_payments` (payee), :meth:`Payments.register_pricer`.
 
+BRC-105 over HTTP (``protocol/http_payment.py``) uses the same engine: :meth:`Payments.http_prefix` issues the
+derivation prefix of a 402, :meth:`Payments.accept_http_payment` turns the retry's ``x-bsv-payment`` into a quote
+for the request (its id derived from the prefix, so a prefix pays once) and checks and records it through
+:meth:`Payments.accept_payment`; :meth:`Payments.pay_over_http` pays a 402 from the wallet, written ahead like
+:meth:`Payments.send_payment`.
+
 Hot path (a paid stream may pay every packet): quotes issued are kept in memory (an LRU) and checked by
 identity, so a payment costs one parse of its BEEF, one script check per unproven transaction (the P2PKH fast
 path of ``wallet_beef``, else bsv-sdk's interpreter), one key derivation, one signature, and a share of a group
@@ -26,10 +32,11 @@ order and waits for the group commit once (:meth:`Payments.accept_payments`).
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import trio
 
@@ -41,6 +48,7 @@ from overlay_node.crypto.keys import Identity, public_key_hex
 from overlay_node.errors import (
     BadRequest,
     ConnectionLost,
+    DialError,
     InvalidPayment,
     NotFound,
     OverlayError,
@@ -49,9 +57,20 @@ from overlay_node.errors import (
     PeerTimeout,
     QuoteExpired,
     RemoteProtocolError,
+    TransportError,
 )
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
+from overlay_node.protocol.http_auth import create_nonce
+from overlay_node.protocol.http_payment import (
+    H_PAID,
+    PaymentRequest,
+    check_prefix,
+    issue_prefix,
+    parse_payment_header,
+    payment_header,
+    payment_quote_id,
+)
 from overlay_node.protocol.payments import (
     PaymentMessage,
     Quote,
@@ -70,12 +89,28 @@ from overlay_node.store.db import Store
 from overlay_node.store.payments import IncomingRecord, RecordOutcome
 from overlay_node.store.wallet import HistoryRecord, NewJob
 
-__all__ = ["Payments", "Pricer"]
+__all__ = ["HttpAnswer", "Payments", "Pricer"]
 
 logger = logging.getLogger(__name__)
 
 #: ``await pricer(resource, payer, amount_asked)`` -> the price in satoshis (raise an OverlayError to refuse)
 Pricer = Callable[[str, str, int | None], Awaitable[int]]
+
+
+class HttpAnswer(Protocol):
+    """What :meth:`Payments.pay_over_http` needs of the answer to a paid HTTP request (headers: lower-case)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+
+_A = TypeVar("_A", bound=HttpAnswer)
 
 
 @dataclass(slots=True)
@@ -307,6 +342,61 @@ class Payments:
             self._refused.inc()
             outcomes[i] = refusal
         return outcomes
+
+    # -- BRC-105 over HTTP (payee) ----------------------------------------------------------------------------
+
+    def http_prefix(self, payer: str) -> str:
+        """A derivation prefix for a 402 answered to ``payer`` (an authenticated identity key): a nonce bound to the
+        payer and stamped with its issue time (``protocol/http_payment.py``, invariant 2); nothing is kept."""
+        return issue_prefix(self._identity, payer, _now_ms())
+
+    async def accept_http_payment(self, payer: str, resource: str, price: int, header: str) -> Receipt:
+        """Check and record the BRC-105 payment in ``header`` (``x-bsv-payment``) by ``payer`` (the request's
+        authenticated identity) of ``price`` satoshis for ``resource``, as :meth:`accept_payment` does for a quote:
+        the quote is the one the prefix stands for (issued by this node to ``payer`` less than ``quote_ttl`` ago, its
+        id derived from the prefix), at the price of this request.
+
+        Raises:
+            MalformedPayment: the header is not the JSON it must be.
+            InvalidDerivationPrefix: the prefix is not one this node issued to ``payer``, or has expired.
+            PaymentReplayed: the prefix paid for a request already.
+            InvalidPayment, InsufficientPayment: as :meth:`accept_payment` (nothing recorded).
+        """
+        now_ms = _now_ms()
+        ttl_ms = int(self._config.quote_ttl * 1000)
+        issued: list[int] = []
+        try:
+            payment = parse_payment_header(
+                header,
+                max_bytes=self._config.max_payment_bytes,
+                check=lambda prefix: issued.append(check_prefix(self._identity, payer, prefix, now_ms, ttl_ms)),
+            )
+            quote = Quote(
+                quote_id=payment_quote_id(payment.prefix),
+                payee=self._me,
+                payer=payer,
+                resource=check_resource(resource),
+                amount=check_amount(price, "price"),
+                prefix=payment.prefix,
+                created_ms=issued[0],
+                expires_ms=issued[0] + ttl_ms,
+            )
+            entry: _Issued | None = self._issued.get(quote.quote_id)
+            if entry is not None and entry.state != "open":
+                raise PaymentReplayed(f"the derivation prefix {payment.prefix[:16]}… paid for a request already")
+            if entry is None or entry.quote != quote:  # first use (or the same prefix offered for another price)
+                self._issued.put(quote.quote_id, _Issued(quote))
+        except OverlayError:
+            self._refused.inc()
+            raise
+        message = PaymentMessage(
+            quote=quote,
+            derivation_prefix=payment.prefix,
+            derivation_suffix=payment.suffix,
+            sender_identity_key=payer,
+            transaction=payment.transaction,
+        )
+        return await self.accept_payment(payer, message)
 
     @staticmethod
     def _settle(entry: _Issued, state: Literal["open", "used"]) -> None:
@@ -570,6 +660,86 @@ class Payments:
             quote.resource,
         )
         return receipt
+
+    # -- BRC-105 over HTTP (payer) ----------------------------------------------------------------------------
+
+    async def pay_over_http(
+        self, payee: str, request: PaymentRequest, resource: str, send: Callable[[str], Awaitable[_A]]
+    ) -> tuple[_A, str]:
+        """Pay what a 402 of ``payee`` (the authenticated server) asks for ``resource``: build the payment (output 0
+        to the BRC-29 key of the 402's prefix and a fresh suffix), write it ahead, ``send(x-bsv-payment header)``
+        (the retried request) and commit or release it by the answer. Returns the answer and the payment's txid.
+
+        Outcomes: ``x-bsv-payment-satoshis-paid`` in the answer -> paid (the change is ours); a 400 or 402 without
+        it -> refused, nothing changed (the coins are released) and PaymentError is raised with the server's code;
+        the request never reached the server -> released, and the error is raised; no answer, or one that does
+        not verify or says neither -> the payment stays written as ``unknown`` and the settlement queue watches it
+        (the coins come back if ARC never sees it), the error (if any) is raised.
+
+        Raises:
+            BadRequest: paying ourselves. InsufficientFunds: the wallet cannot pay it.
+            PaymentError: the server refused the payment.
+            TransportError, RemoteProtocolError: see the outcomes.
+        """
+        payee = public_key_hex(payee)
+        if payee == self._me:
+            raise BadRequest("a node cannot pay itself")
+        amount = check_amount(request.satoshis, "price")
+        suffix = create_nonce(self._identity)
+        script = payer_locking_script(self._identity, payee, request.prefix, suffix)
+        prepared = await self._wallet.prepare([(script, amount)], recipient=payee)
+        history = HistoryRecord(
+            txid=prepared.txid,
+            direction="out",
+            kind="payment",
+            amount=prepared.amount,
+            fee=prepared.fee,
+            counterparty=payee,
+            quote_id=payment_quote_id(request.prefix),
+            resource=resource,
+        )
+        await self._wallet.begin(prepared, history)
+        try:
+            answer = await send(payment_header(request.prefix, suffix, prepared.beef))
+        except DialError:
+            self._declined.inc()
+            await self._wallet.abort(prepared)  # never reached the server
+            raise
+        except (TransportError, RemoteProtocolError) as exc:
+            self._unanswered.inc()
+            self._wallet.unanswered(prepared, str(exc))
+            raise
+        except trio.Cancelled:
+            self._wallet.unanswered(prepared, "cancelled while waiting for the payee")
+            raise
+        except BaseException:
+            self._declined.inc()
+            await self._wallet.abort(prepared)  # shielded inside
+            raise
+        if answer.headers.get(H_PAID) is not None:
+            self._wallet.sent(prepared, None)
+            self._paid.inc()
+            logger.debug("paid %d satoshis over HTTP to %s in %s for %s", amount, payee[:16], prepared.txid, resource)
+            return answer, prepared.txid
+        if answer.status in (400, 402):
+            self._declined.inc()
+            await self._wallet.abort(prepared)
+            code, description = _refusal_of(answer.body)
+            raise PaymentError(f"the server refused the payment ({code}): {description}")
+        self._unanswered.inc()
+        self._wallet.unanswered(prepared, f"HTTP {answer.status} without x-bsv-payment-satoshis-paid")
+        return answer, prepared.txid
+
+
+def _refusal_of(body: bytes) -> tuple[str, str]:
+    """The BRC-105 code and description of a refusal body (best effort)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return "ERR_PAYMENT_FAILED", body[:200].decode("utf-8", "replace")
+    if not isinstance(data, dict):
+        return "ERR_PAYMENT_FAILED", ""
+    return str(data.get("code", "ERR_PAYMENT_FAILED"))[:64], str(data.get("description", data.get("message", "")))[:500]
 
 
 def _now_ms() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -336,12 +337,18 @@ async def test_priced_content_needs_a_grant_and_payment_buys_one(start_node: Nod
         await producer.content.publish(source, price=50, replication=0)
         await producer.content.distribute(cid.hex(), nodes=(holder.info.identity_key,), replication=1)
 
-        # no grant: holders refuse, the gateway answers 402 with the price (and a quote for a named payer)
+        # no grant: holders refuse; the producer's gateway sells it with BRC-105 only to an authenticated request
+        # (tests/integration/test_http_auth.py), so a plain request gets the reference's 401; a holder's gateway
+        # answers 402 with the price and the producer
         with pytest.raises(OverlayError, match="costs 50 satoshis"):
             await fetch(consumer.content, cid.hex(), tmp_path / "x.bin")
         async with httpx.AsyncClient(base_url=producer.info.http) as client:
             r = await client.get(f"/uhrp/{cid.hex()}", headers={"X-Payer": consumer.info.identity_key})
-            assert r.status_code == 402 and r.json()["price"] == 50 and r.json()["quote"]["amount"] == 50
+            assert r.status_code == 401 and r.json()["code"] == "UNAUTHORIZED"
+        async with httpx.AsyncClient(base_url=holder.info.http) as client:
+            r = await client.get(f"/uhrp/{cid.hex()}", headers={"X-Payer": consumer.info.identity_key})
+            assert r.status_code == 402 and r.json()["price"] == 50
+            assert r.json()["producer"] == producer.info.identity_key and "quote" not in r.json()
 
         # pay the producer, get its grant, download from the holder and the producer with it
         await consumer.wallet.faucet(10_000)
@@ -360,3 +367,22 @@ async def test_priced_content_needs_a_grant_and_payment_buys_one(start_node: Nod
         forged = grant | {"expires": grant["expires"] + 1}
         with pytest.raises(PaymentRequired, match="signature"):
             holder.content.check_access(held, consumer.info.identity_key, forged)
+        # over HTTP the grant opens both gateways, without authentication
+        for node in (producer, holder):
+            async with httpx.AsyncClient(base_url=node.info.http) as client:
+                r = await client.get(f"/uhrp/{cid.hex()}", headers={"X-Access-Grant": json.dumps(grant)})
+                assert r.status_code == 200 and hashlib.sha256(r.content).digest() == cid
+                r = await client.get(f"/uhrp/{cid.hex()}", headers={"X-Access-Grant": json.dumps(forged)})
+                assert r.status_code in (401, 402)
+
+
+async def test_legacy_priced_gateway_without_brc105(start_node: NodeFactory, tmp_path: Path) -> None:
+    """With ``auth.priced = false`` the producer's gateway answers 402 with the price and a quote for X-Payer."""
+    with trio.fail_after(40):
+        producer, consumer = await start_network(start_node, 2, **{"auth.priced": False})
+        source = tmp_path / "premium.bin"
+        cid = write_random(source, 20_000)
+        await producer.content.publish(source, price=50, replication=0)
+        async with httpx.AsyncClient(base_url=producer.info.http) as client:
+            r = await client.get(f"/uhrp/{cid.hex()}", headers={"X-Payer": consumer.info.identity_key})
+            assert r.status_code == 402 and r.json()["price"] == 50 and r.json()["quote"]["amount"] == 50
