@@ -66,7 +66,11 @@ class HttpSection:
 
     host: str = "127.0.0.1"
     port: int = field(default=4761, metadata=_range(0, 65535))
-    max_body: int = field(default=1 * MiB, metadata=_range(1 * KiB, 1024 * MiB))
+    max_body: int = field(default=64 * MiB, metadata=_range(1 * KiB, 1024 * MiB))
+    max_head: int = field(default=256 * KiB, metadata=_range(4 * KiB, 16 * MiB))
+    max_connections: int = field(default=1000, metadata=_range(1, 1_000_000))
+    head_timeout: float = field(default=10.0, metadata=_range(0.1, 3600))
+    keep_alive_timeout: float = field(default=30.0, metadata=_range(0.1, 86_400))
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
@@ -231,7 +235,7 @@ class AuthSection:
     """BRC-104 mutual authentication and BRC-105 payments on the public http port (issue 15)."""
 
     enabled: bool = True
-    require: tuple[str, ...] = ()
+    require: tuple[str, ...] = ("/requestSyncResponse", "/requestForeignGASPNode")
     priced: bool = True
     lookup_price: int = field(default=0, metadata=_range(0, 21_000_000 * 100_000_000))
     max_sessions: int = field(default=10_000, metadata=_range(1, 10_000_000))

@@ -42,10 +42,11 @@ from overlay_node.datadir import DataDir
 from overlay_node.devnet.runner import DevnetSettings, run_devnet
 from overlay_node.errors import BadRequest, PeerTimeout
 from overlay_node.metrics import Metrics
+from overlay_node.net.http_server import HttpServerConfig
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.adverts import Endpoints
 from overlay_node.services.adverts import AdvertService
-from overlay_node.services.auth_fetch import AuthFetch
+from overlay_node.services.auth_fetch import AuthFetch, AuthTransport
 from overlay_node.services.content import ContentService
 from overlay_node.services.dht import DhtService
 from overlay_node.services.overlay_engine import OverlayEngine, arc_broadcaster
@@ -243,8 +244,16 @@ class Node:
                 verify=self.https_verify,
             )
             await services.start(network.run)
+            # GASP through AuthTransport: plain to hosts that leave the routes open (the reference's default), signed
+            # (BRC-104) to those that protect them (ours, by default)
             overlay_sync = OverlaySync(
-                cfg.overlay, overlay, network, store, self.metrics, verify=self.https_verify, clock=self.wall_clock
+                cfg.overlay,
+                overlay,
+                network,
+                store,
+                self.metrics,
+                transport=AuthTransport(self._auth_fetch),
+                clock=self.wall_clock,
             )
             self._overlay_sync = overlay_sync
             self._tokens = OverlayTokens(
@@ -279,6 +288,13 @@ class Node:
                     shutdown_trigger=self._shutdown.wait,
                     graceful_timeout=grace,
                     tls=tls,
+                    config=HttpServerConfig(
+                        max_body=cfg.http.max_body,
+                        max_head=cfg.http.max_head,
+                        max_connections=cfg.http.max_connections,
+                        head_timeout=cfg.http.head_timeout,
+                        keep_alive_timeout=cfg.http.keep_alive_timeout,
+                    ),
                 )
             )
             await nursery.start(

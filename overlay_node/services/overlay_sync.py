@@ -103,7 +103,8 @@ class OverlaySync:
 
     Args:
         network: who hosts what (``hosts``), and this node's own origin to leave out.
-        verify: how HTTPS servers are verified (``Node.https_verify``).
+        transport: how requests reach the hosts (the node's ``AuthTransport``: BRC-104 for hosts that protect the
+            GASP routes); None: plain httpx (tests).
     """
 
     def __init__(
@@ -114,7 +115,7 @@ class OverlaySync:
         store: Store,
         metrics: Metrics,
         *,
-        verify: Any,
+        transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = wall_time,
     ) -> None:
         self._config = config
@@ -122,7 +123,7 @@ class OverlaySync:
         self._network = network
         self._store = store
         self._metrics = metrics
-        self._verify = verify
+        self._transport = transport
         self._clock = clock
         self._client: httpx.AsyncClient | None = None
         self._lock = trio.Lock()  # one sync round at a time
@@ -139,7 +140,7 @@ class OverlaySync:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Once the node is ready, sync every hosted topic, then again every ``overlay.sync_interval`` seconds."""
         timeout = httpx.Timeout(self._config.sync_timeout)
-        async with httpx.AsyncClient(timeout=timeout, verify=self._verify) as client:
+        async with httpx.AsyncClient(timeout=timeout, transport=self._transport) as client:
             self._client = client
             task_status.started()
             await self._ready.wait()

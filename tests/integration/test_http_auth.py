@@ -412,12 +412,17 @@ async def test_auth_transport_signs_only_where_asked(
     with trio.fail_after(LIMIT):
         devnet = await start_devnet()
         a = await tls_node(start_node, tmp_path, ca, "a", devnet.url, **GASP_AUTH)
-        b = await tls_node(start_node, tmp_path, ca, "b", devnet.url)
-        async with client(b, ca) as plain:  # by default (B) the GASP routes are open, as in the reference
+        b = await tls_node(start_node, tmp_path, ca, "b", devnet.url, **{"auth.require": []})
+        async with client(b, ca) as plain:  # B leaves the GASP routes open, as the reference does
             r = await plain.post(
                 "/requestSyncResponse", json={"version": 1, "since": 0}, headers={"X-BSV-Topic": "tm_ship"}
             )
             assert r.status_code == 200 and no_bsv_headers(r.headers)
+        async with client(a, ca) as plain:  # A protects them (the default): a plain request is refused
+            r = await plain.post(
+                "/requestSyncResponse", json={"version": 1, "since": 0}, headers={"X-BSV-Topic": "tm_ship"}
+            )
+            assert r.status_code == 401 and no_bsv_headers(r.headers)
         async with httpx.AsyncClient(transport=AuthTransport(b.auth_fetch), base_url=a.info.http) as h:
             r = await h.post("/lookup", json={"service": "ls_ship", "query": "findAll"})
             assert r.status_code == 200 and no_bsv_headers(r.headers)
@@ -432,7 +437,7 @@ async def test_auth_transport_signs_only_where_asked(
             )
             assert r.json()["since"] == 5
         stats = a.http_auth.status()
-        assert stats["handshakes"] == 1 and stats["authenticated"] == 2 and stats["refusals"] == {"unauthenticated": 1}
+        assert stats["handshakes"] == 1 and stats["authenticated"] == 2 and stats["refusals"] == {"unauthenticated": 2}
 
 
 async def test_lost_sessions_limits_and_head(start_node: NodeFactory, tmp_path: Path) -> None:
