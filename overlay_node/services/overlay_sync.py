@@ -52,7 +52,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["OverlaySync", "SyncReport"]
 
-_MAX_ANSWER = 16 * 1024 * 1024
+#: the largest sync page answer (10,000 outputs are about 1 MB of JSON), node answer (a transaction of 1 MiB in hex)
+#: and whole graph of one output this client reads
+_MAX_PAGE = 16 * 1024 * 1024
+_MAX_NODE = 2 * 1024 * 1024 + 4096
+_MAX_GRAPH_BYTES = 32 * 1024 * 1024
 _TXID = re.compile(r"^[0-9a-f]{64}$")
 
 Outpoint = tuple[str, int]
@@ -189,17 +193,22 @@ class OverlaySync:
 
     # -- one host --------------------------------------------------------------------------------------------
 
-    async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    async def _post(self, url: str, body: dict[str, Any], limit: int, headers: dict[str, str] | None = None) -> Any:
         if self._client is None:
             raise OverlayError("the GASP client is not running")
-        async with self._client.stream("POST", url, json=body, headers=headers) as response:
-            data = bytearray()
-            async for chunk in response.aiter_bytes():
-                data += chunk
-                if len(data) > _MAX_ANSWER:
-                    raise GaspError(f"{url} answered more than {_MAX_ANSWER} bytes")
-            if response.status_code != 200:
-                raise GaspError(f"{url} answered {response.status_code}: {bytes(data[:200])!r}")
+        # the whole exchange is bounded here, whatever the transport's own timeouts (BRC-104 handshakes included)
+        with trio.move_on_after(self._config.sync_timeout) as scope:
+            async with self._client.stream("POST", url, json=body, headers=headers) as response:
+                data = bytearray()
+                async for chunk in response.aiter_bytes():
+                    data += chunk
+                    if len(data) > limit:
+                        raise GaspError(f"{url} answered more than {limit} bytes")
+                status = response.status_code
+        if scope.cancelled_caught:
+            raise httpx.ReadTimeout(f"{url} did not answer within {self._config.sync_timeout:g}s")
+        if status != 200:
+            raise GaspError(f"{url} answered {status}: {bytes(data[:200])!r}")
         try:
             return json.loads(data)
         except (ValueError, RecursionError) as exc:
@@ -209,9 +218,8 @@ class OverlaySync:
         since = await self._store.overlay.sync_since(host, topic)
         page = self._config.sync_page
         while True:
-            answer = await self._post(
-                f"{host}/requestSyncResponse", {"version": 1, "since": since, "limit": page}, {"X-BSV-Topic": topic}
-            )
+            question = {"version": 1, "since": since, "limit": page}
+            answer = await self._post(f"{host}/requestSyncResponse", question, _MAX_PAGE, {"X-BSV-Topic": topic})
             listed = _utxo_list(answer, page)
             report.listed += len(listed)
             held = await self._engine.holds(topic, [(t, v) for t, v, _ in listed])
@@ -281,10 +289,8 @@ class OverlaySync:
         return False
 
     async def _node(self, host: str, graph_id: str, txid: str, vout: int) -> ParsedTx:
-        answer = await self._post(
-            f"{host}/requestForeignGASPNode",
-            {"graphID": graph_id, "txid": txid, "outputIndex": vout, "metadata": False},
-        )
+        question = {"graphID": graph_id, "txid": txid, "outputIndex": vout, "metadata": False}
+        answer = await self._post(f"{host}/requestForeignGASPNode", question, _MAX_NODE)
         if not isinstance(answer, dict) or not isinstance(answer.get("rawTx"), str):
             raise GaspError(f"the node for {txid} has no rawTx")
         try:
@@ -311,6 +317,7 @@ class OverlaySync:
         graph = _Graph()
         root = await self._node(host, graph_id, txid, vout)
         graph.nodes[txid] = root
+        size = len(root.raw)
         todo = [root]
         while todo:
             ptx = todo.pop()
@@ -323,6 +330,9 @@ class OverlaySync:
                         f"the graph of {graph_id} holds more than {self._config.sync_max_nodes} transactions"
                     )
                 child = await self._node(host, graph_id, need_txid, need_vout)
+                size += len(child.raw)
+                if size > _MAX_GRAPH_BYTES:
+                    raise GaspError(f"the graph of {graph_id} is larger than {_MAX_GRAPH_BYTES} bytes")
                 graph.nodes[need_txid] = child
                 todo.append(child)
         return graph

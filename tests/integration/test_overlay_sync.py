@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import trio
 
+from overlay_node.chain.formats import parse_submission
 from overlay_node.datadir import DataDir
 from overlay_node.node import Node
 from overlay_node.services.arc import DevnetClient
@@ -166,3 +167,73 @@ async def test_a_garbage_host_is_dropped(start_node: NodeFactory, start_devnet: 
         async with httpx.AsyncClient(base_url=node.info.http) as h:
             metrics = (await h.get("/metrics")).text
         assert 'overlay_engine_sync_total{outcome="host_dropped"} 3.0' in metrics
+
+
+async def test_a_hostile_host_cannot_stall_or_flood_the_sync(
+    start_node: NodeFactory, start_devnet: DevnetFactory, nursery: trio.Nursery
+) -> None:
+    """A fake host that lists real outputs but answers (1) another transaction than the one asked for, (2) an
+    unproven ancestry longer than ``overlay.sync_max_nodes``, (3) nothing at all: each is dropped or times out, the
+    round ends within its bounds, and nothing is stored."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from overlay_node.api.server import bind_tcp, serve_app
+
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        node = await start_node(
+            "a",
+            **{
+                **HOSTS_DEMO,
+                "wallet.arc_url": devnet.info.url,
+                "overlay.sync_max_nodes": 20,
+                "overlay.sync_timeout": 0.5,
+            },
+        )
+        (long_chain,) = await chains(devnet.client, 1, 40)  # 40 unproven spends: more than 20 to fetch
+        txs = {}
+        for beef in long_chain:
+            for ptx in parse_submission(beef).txs:
+                txs[ptx.txid] = ptx
+        tip = _txid(long_chain[-1])
+        other = next(t for t in txs if t != tip)
+        stalled = trio.Event()
+
+        def host(kind: str) -> Starlette:
+            async def page(request: Request) -> Response:
+                if kind == "silent":
+                    await stalled.wait()  # never answers within sync_timeout
+                return JSONResponse({"UTXOList": [{"txid": tip, "outputIndex": 0, "score": 1}], "since": 0})
+
+            async def gasp_node(request: Request) -> Response:
+                asked = (await request.json())["txid"]
+                txid = other if kind == "liar" else asked
+                return JSONResponse({"graphID": f"{tip}.0", "rawTx": txs[txid].raw.hex(), "outputIndex": 0})
+
+            return Starlette(
+                routes=[
+                    Route("/requestSyncResponse", page, methods=["POST"]),
+                    Route("/requestForeignGASPNode", gasp_node, methods=["POST"]),
+                ]
+            )
+
+        stop = trio.Event()
+        urls = []
+        for kind in ("liar", "endless", "silent"):
+            sock = bind_tcp("127.0.0.1", 0)
+            await nursery.start(
+                functools.partial(serve_app, host(kind), sock, shutdown_trigger=stop.wait, graceful_timeout=0.1)
+            )
+            urls.append(f"http://127.0.0.1:{sock.getsockname()[1]}")
+        reports = await node.overlay_sync.sync_all(["tm_demo"], urls)
+        stalled.set()
+        stop.set()
+        liar, endless, silent = reports
+        assert liar.refused == 1 and liar.admitted == 0, liar.as_json()
+        assert endless.refused == 1 and endless.admitted == 0, endless.as_json()
+        assert silent.error and "did not answer within 0.5s" in silent.error, silent.as_json()
+        assert await node.overlay.counts() == ({}, {})
+        assert silent.since == 0  # no progress past what could not be fetched
