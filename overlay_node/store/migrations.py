@@ -11,8 +11,9 @@ To change the schema, append a function to the end of this module::
         conn.execute("CREATE TABLE adverts (...)")
 
 Rules: names are ``NNNN_words`` and strictly increasing; never edit or remove a migration that has shipped (add a
-new one); use ``conn.execute`` per statement, never ``executescript`` (it commits and would break the one
-transaction rule).
+new one: ``tests/unit/test_migrations_frozen.py`` holds each one's SQL to the hash it shipped with); a migration holds
+its own DDL as text and calls no repository code (which would change under it); use ``conn.execute`` per statement,
+never ``executescript`` (it commits and would break the one transaction rule).
 """
 
 from __future__ import annotations
@@ -324,16 +325,81 @@ def _wallet(conn: sqlite3.Connection) -> None:
 @MIGRATIONS.register("0006_streams")
 def _streams(conn: sqlite3.Connection) -> None:
     # paid live streams (store/streams.py): streams produced here and each subscription's accounting
-    from overlay_node.store.streams import create_tables
-
-    create_tables(conn)
+    conn.execute(
+        """
+        CREATE TABLE streams (
+            stream_id     TEXT PRIMARY KEY,
+            title         TEXT NOT NULL DEFAULT '',
+            tags          TEXT NOT NULL DEFAULT '[]',
+            pricing_model TEXT NOT NULL,
+            rate          INTEGER NOT NULL,
+            max_consumers INTEGER NOT NULL,
+            created_at    REAL NOT NULL,
+            closed_at     REAL,
+            next_seq      INTEGER NOT NULL DEFAULT 0
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE stream_subs (
+            stream_id       TEXT NOT NULL,
+            peer            TEXT NOT NULL,
+            role            TEXT NOT NULL CHECK (role IN ('producer', 'consumer')),
+            window          INTEGER NOT NULL,
+            start_seq       INTEGER NOT NULL,
+            charged_through INTEGER NOT NULL,
+            packets         INTEGER NOT NULL,
+            paid            INTEGER NOT NULL,
+            payments        INTEGER NOT NULL,
+            state           TEXT NOT NULL,
+            reason          TEXT NOT NULL DEFAULT '',
+            updated_at      REAL NOT NULL,
+            PRIMARY KEY (stream_id, peer, role)
+        )
+        """
+    )
 
 
 @MIGRATIONS.register("0007_content")
 def _content(conn: sqlite3.Connection) -> None:
-    from overlay_node.store.content import create_tables
-
-    create_tables(conn)
+    # UHRP content (store/content.py): what this node holds and publishes, and where its replicas are
+    conn.execute(
+        """
+        CREATE TABLE content (
+            hash         TEXT PRIMARY KEY,
+            size         INTEGER NOT NULL,
+            content_type TEXT NOT NULL,
+            title        TEXT NOT NULL DEFAULT '',
+            tags         TEXT NOT NULL DEFAULT '[]',
+            price        INTEGER NOT NULL DEFAULT 0,
+            expires      INTEGER NOT NULL DEFAULT 0,
+            parents      TEXT NOT NULL DEFAULT '[]',
+            relationship TEXT NOT NULL DEFAULT '',
+            chunk_size   INTEGER NOT NULL,
+            manifest     BLOB NOT NULL,
+            producer     TEXT NOT NULL DEFAULT '',
+            replication  INTEGER NOT NULL DEFAULT 0,
+            pinned       INTEGER NOT NULL DEFAULT 0,
+            local        INTEGER NOT NULL DEFAULT 0,
+            published    INTEGER NOT NULL DEFAULT 0,
+            created_at   REAL NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX content_local ON content (local)")
+    conn.execute(
+        """
+        CREATE TABLE content_replicas (
+            hash         TEXT NOT NULL,
+            identity_key TEXT NOT NULL,
+            state        TEXT NOT NULL,
+            detail       TEXT NOT NULL DEFAULT '',
+            updated_at   REAL NOT NULL,
+            PRIMARY KEY (hash, identity_key)
+        ) WITHOUT ROWID
+        """
+    )
 
 
 @MIGRATIONS.register("0008_overlay")

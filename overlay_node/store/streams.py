@@ -96,44 +96,6 @@ def _sub(row: sqlite3.Row) -> SubRow:
     )
 
 
-def create_tables(conn: sqlite3.Connection) -> None:
-    """The schema (called by migration ``0006_streams``)."""
-    conn.execute(
-        """
-        CREATE TABLE streams (
-            stream_id     TEXT PRIMARY KEY,
-            title         TEXT NOT NULL DEFAULT '',
-            tags          TEXT NOT NULL DEFAULT '[]',
-            pricing_model TEXT NOT NULL,
-            rate          INTEGER NOT NULL,
-            max_consumers INTEGER NOT NULL,
-            created_at    REAL NOT NULL,
-            closed_at     REAL,
-            next_seq      INTEGER NOT NULL DEFAULT 0
-        )
-        """
-    )
-    conn.execute(
-        """
-        CREATE TABLE stream_subs (
-            stream_id       TEXT NOT NULL,
-            peer            TEXT NOT NULL,
-            role            TEXT NOT NULL CHECK (role IN ('producer', 'consumer')),
-            window          INTEGER NOT NULL,
-            start_seq       INTEGER NOT NULL,
-            charged_through INTEGER NOT NULL,
-            packets         INTEGER NOT NULL,
-            paid            INTEGER NOT NULL,
-            payments        INTEGER NOT NULL,
-            state           TEXT NOT NULL,
-            reason          TEXT NOT NULL DEFAULT '',
-            updated_at      REAL NOT NULL,
-            PRIMARY KEY (stream_id, peer, role)
-        )
-        """
-    )
-
-
 class StreamsRepository:
     """Typed access to ``streams`` and ``stream_subs``. Reach it as ``store.streams``."""
 
