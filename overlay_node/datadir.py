@@ -1,6 +1,6 @@
 """The node's data dir: where its files live, its identity key, the one-daemon lock and ``api.json``.
 
-Layout (DESIGN.md section 2): ``config.toml``, ``identity.key`` (mode 0600), ``node.lock``, ``api.json`` (written
+Layout (docs/design.md, Data dir): ``config.toml``, ``identity.key`` (mode 0600), ``node.lock``, ``api.json`` (written
 atomically at start, removed at stop), ``node.db``, ``blobs/``, ``logs/`` and, when the path is short enough,
 ``control.sock``.
 

@@ -1,5 +1,5 @@
 """The devnet ledger: a local, ARC-compatible BSV ledger that validates every transaction, keeps a UTXO set in
-SQLite, makes blocks with merkle paths and pays out from a faucet (DESIGN.md section 9).
+SQLite, makes blocks with merkle paths and pays out from a faucet (docs/design.md, Payments).
 
 Modules: ``chain`` (the genesis supply and coinbases), ``ledger`` (the service), ``app`` (ARC's HTTP API),
 ``runner`` (``run_devnet`` and the ``overlay-node devnet`` process). Reading and checking transactions is the

@@ -1,5 +1,5 @@
 """Paid live streams as a sans-IO state machine: the credit both sides keep for one subscription, the packet
-batches on the wire, and the checks on quotes and receipts (DESIGN.md section 10). Pure: no I/O, no clocks
+batches on the wire, and the checks on quotes and receipts (docs/design.md, Paid streams). Pure: no I/O, no clocks
 (callers pass trio time as ``now``).
 
 Exchange (over one authenticated peer link; the consumer's identity is the link's key)::

@@ -1,5 +1,5 @@
 """Our ARC client on trio (httpx): submit raw/EF/BEEF transactions, query their status, and read ARC's answers
-with the semantics of DESIGN.md section 9 (:func:`interpret`, a pure function). :class:`DevnetClient` adds the
+with the semantics in docs/design.md, Payments (:func:`interpret`, a pure function). :class:`DevnetClient` adds the
 devnet-only routes (faucet, mine, headers, BEEF) and :class:`DevnetChainTracker` checks merkle roots against
 the devnet's headers for bsv-sdk's SPV verification.
 

@@ -1,4 +1,4 @@
-"""The DHT service: Kademlia over UDP on trio, holding signed multi-publisher records (DESIGN.md section 6).
+"""The DHT service: Kademlia over UDP on trio, holding signed multi-publisher records (docs/design.md, DHT).
 
 This is the I/O shell around the sans-IO core: ``protocol.dht_routing`` (the routing table),
 ``protocol.dht_lookup`` (iterative lookups), ``protocol.dht_records`` (the record store, republishing,
@@ -107,7 +107,7 @@ _GOOD_RECORDS_CACHE: Final = 4096
 
 def dht_key(namespace: str, name: str) -> bytes:
     """The 32-byte DHT key of ``name`` in ``namespace`` (``ship``, ``slap``, ``uhrp``, ``stream``, ``tag``):
-    ``SHA-256(f"{namespace}:{name}")``, DESIGN.md section 6."""
+    ``SHA-256(f"{namespace}:{name}")``, docs/design.md, DHT."""
     return hashlib.sha256(f"{namespace}:{name}".encode()).digest()
 
 

@@ -1,4 +1,4 @@
-"""Payments over peer links: quotes, BRC-29 payments and signed receipts (DESIGN.md section 10), the engine
+"""Payments over peer links: quotes, BRC-29 payments and signed receipts (docs/design.md, Payments), the engine
 paid content and paid streams use.
 
 Peer methods (request/response over an authenticated link; the peer's identity is the link's key):

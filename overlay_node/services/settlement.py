@@ -12,7 +12,7 @@ Theory of operation:
    new one is queued (:meth:`Settlement.kick`), and then ``settle_linger`` more so that a busy stream's
    payments travel many per request (those queued meanwhile, and those coming due one after another: a
    stream's payments come due milliseconds apart, and without the linger each would be a request of its own).
-3. :func:`decide` (pure) turns each ARC answer into the job's next state with DESIGN.md section 9's
+3. :func:`decide` (pure) turns each ARC answer into the job's next state with ARC's (docs/design.md, Payments)
    semantics: MINED -> ``mined`` with the merkle path; SEEN_ON_NETWORK -> ``seen`` (settled; polled again
    until mined); PROGRESSING (SEEN_IN_ORPHAN_MEMPOOL included) -> ``progressing``, polled again; FAILED
    (DOUBLE_SPEND_ATTEMPTED even with HTTP 200, REJECTED, 4xx refusals) -> ``failed``; RETRY (network errors,

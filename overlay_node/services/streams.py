@@ -1,4 +1,4 @@
-"""Paid live streams: the service (producer and consumer side, DESIGN.md section 10) over peer links.
+"""Paid live streams: the service (producer and consumer side, docs/design.md, Paid streams) over peer links.
 
 Producer (this module): ``create`` a stream (stored, advertised as a DHT record under
 ``dht_key("stream", id)`` holding the producer's swarm endpoints and terms), ``push`` packets into its buffer,

@@ -1,6 +1,6 @@
 """Paid live streams, consumer side: find a stream's producer through the DHT, subscribe over a peer link,
 pay each window ahead (BRC-29 through the wallet), hand packets to a reader in order, and resume after a
-dropped link (DESIGN.md section 10; the protocol is in ``protocol/streams.py``).
+dropped link (docs/design.md, Paid streams; the protocol is in ``protocol/streams.py``).
 
 Theory of operation:
 

@@ -73,7 +73,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION: Final = 1
-#: Largest datagram we send or accept. "About 1,200 bytes" in DESIGN.md; it has to carry one record with a
+#: Largest datagram we send or accept. Not ~1,200 bytes (docs/design.md, DHT): it has to carry one record with a
 #: 1 KiB value plus the envelope (about 1,330 bytes), and stays below the 1,452 bytes of a 1,500-byte MTU.
 MAX_DATAGRAM: Final = 1400
 #: Largest signature accepted (a DER ECDSA signature is at most 72 bytes).
