@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from overlay_cli.client import ControlClient
-from overlay_cli.output import CliState, cli_errors, emit, print_fields, table
+from overlay_cli.client import control_client
+from overlay_cli.output import CliState, JsonOption, cli_errors, command_state, emit, emit_fields, print_rows
 from overlay_node.errors import BadRequest
 
 dht_app = typer.Typer(help="Operator tools for the DHT (debug).", no_args_is_help=True)
-
-
-def _client(ctx: typer.Context) -> ControlClient:
-    from overlay_cli.main import data_dir_of
-
-    return ControlClient(data_dir_of(ctx.obj))
 
 
 def _name(topic: str | None, service: str | None) -> dict[str, str]:
@@ -49,14 +42,12 @@ def advertise(
     on_chain: Annotated[
         bool, typer.Option("--on-chain/--no-token", help="Also put the advert on chain as a BRC-88 token.")
     ] = True,
-    json_: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    json_: JsonOption = False,
 ) -> None:
     """Advertise a topic (SHIP) or lookup service (SLAP) over the DHT and on chain (a BRC-88 token submitted to the
     tm_ship/tm_slap hosts, paid by the wallet), or revoke both with --revoke."""
-    state: CliState = ctx.obj
-    if json_:
-        state = dataclasses.replace(state, json=True)
-    with cli_errors(state), _client(ctx) as client:
+    state = command_state(ctx, json_)
+    with cli_errors(state), control_client(state) as client:
         body: dict[str, Any] = _name(topic, service)
         body["on_chain"] = on_chain
         if revoke:
@@ -96,7 +87,7 @@ def advertise(
 def adverts(ctx: typer.Context) -> None:
     """This node's live adverts."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         data = client.call("GET", "/v1/adverts")
 
         def human(out: Console) -> None:
@@ -111,10 +102,7 @@ def adverts(ctx: typer.Context) -> None:
                 )
                 for a in data["adverts"]
             ]
-            if not rows:
-                out.print("no adverts")
-                return
-            out.print(table(None, ["protocol", "name", "uri", "pricing", "price", "expires"], rows))
+            print_rows(out, ["protocol", "name", "uri", "pricing", "price", "expires"], rows, empty="no adverts")
 
         emit(state, data, human)
 
@@ -130,7 +118,7 @@ def discover(
 ) -> None:
     """Every host advertising a topic or service, best score first."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         body: dict[str, Any] = {
             **_name(topic, service),
             "service_type": service_type,
@@ -142,15 +130,11 @@ def discover(
         data = client.call("POST", "/v1/discover", body)
 
         def human(out: Console) -> None:
-            hosts = data["hosts"]
-            if not hosts:
-                out.print("no hosts found")
-                return
             rows = [
                 (h["identity_key"], " ".join(h["endpoints"]["swarm"]), h["pricing_model"], h["price"], h["score"])
-                for h in hosts
+                for h in data["hosts"]
             ]
-            out.print(table(None, ["identity", "swarm", "pricing", "price", "score"], rows))
+            print_rows(out, ["identity", "swarm", "pricing", "price", "score"], rows, empty="no hosts found")
 
         emit(state, data, human)
 
@@ -166,14 +150,14 @@ def dht_get(
 ) -> None:
     """Every record stored under namespace:name."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/dht/get", {"namespace": namespace, "name": name})
 
         def human(out: Console) -> None:
             rows = [
                 (r["publisher"], r["seq"], r["expires"], base64.b64decode(r["value_b64"])[:60]) for r in data["records"]
             ]
-            out.print(table(None, ["publisher", "seq", "expires", "value"], rows) if rows else "no records")
+            print_rows(out, ["publisher", "seq", "expires", "value"], rows, empty="no records")
 
         emit(state, data, human)
 
@@ -188,7 +172,7 @@ def dht_put(
 ) -> None:
     """Store our own signed record under namespace:name."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/dht/put", {"namespace": namespace, "name": name, "value": value, "ttl": ttl})
         emit(state, data, lambda out: out.print(f"stored (seq {data['seq']}) at {data['stored']} nodes"))
 
@@ -197,6 +181,6 @@ def dht_put(
 def dht_status(ctx: typer.Context) -> None:
     """The DHT endpoint, contacts and records of this node."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         data = client.call("GET", "/v1/dht")
-        emit(state, data, lambda out: print_fields(out, [(k, v) for k, v in data.items()]))
+        emit_fields(state, data)

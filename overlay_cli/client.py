@@ -1,6 +1,7 @@
 """The control client: synchronous HTTP over the daemon's unix socket, found through ``api.json``.
 
-Reads only the data dir's discovery file; imports nothing of the daemon's services.
+Reads only the data dir's discovery file; imports nothing of the daemon's services. ``ctl`` commands get theirs
+from :func:`control_client`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from overlay_cli.output import CliState
 from overlay_node.errors import ApiError, DaemonNotRunning, OverlayError
 
 #: exit codes for errors the daemon reports, by error code (mirrors overlay_node.errors families)
@@ -123,4 +125,15 @@ class ControlClient:
         return data
 
 
-__all__ = ["ControlClient", "OverlayError"]
+def control_client(state: CliState) -> ControlClient:
+    """The client of the daemon that owns the command's data dir.
+
+    Raises:
+        DaemonNotRunning: no daemon runs there (its ``api.json`` is missing or names no control socket).
+    """
+    from overlay_cli.main import data_dir_of  # here, not at the top: main imports every command module
+
+    return ControlClient(data_dir_of(state))
+
+
+__all__ = ["ControlClient", "OverlayError", "control_client"]

@@ -10,17 +10,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from overlay_cli.client import ControlClient
-from overlay_cli.output import CliState, cli_errors, emit, print_fields, table
+from overlay_cli.client import control_client
+from overlay_cli.output import CliState, cli_errors, comma_list, emit, emit_fields, print_fields, print_rows, table
 from overlay_node.errors import ApiError
 
 app = typer.Typer(help="UHRP content held and published by this node.", no_args_is_help=True)
-
-
-def _client(ctx: typer.Context) -> ControlClient:
-    from overlay_cli.main import data_dir_of
-
-    return ControlClient(data_dir_of(ctx.obj))
 
 
 def _run_stream(state: CliState, events: Iterator[dict[str, Any]], label: str) -> dict[str, Any]:
@@ -93,11 +87,11 @@ def publish(
 ) -> None:
     """Publish a file: store it, announce it in the DHT, place replicas; prints its hash and UHRP URL."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         body: dict[str, Any] = {
             "path": str(file.resolve()),
             "title": title,
-            "tags": [t.strip() for t in tags.split(",") if t.strip()],
+            "tags": comma_list(tags),
             "content_type": content_type,
             "price": price,
             "parents": parent or [],
@@ -135,8 +129,8 @@ def distribute(
 ) -> None:
     """Place replicas of content on the closest nodes (or the given ones) and show each replica's state."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
-        body: dict[str, Any] = {"hash": content, "nodes": [n.strip() for n in nodes.split(",") if n.strip()]}
+    with cli_errors(state), control_client(state) as client:
+        body: dict[str, Any] = {"hash": content, "nodes": comma_list(nodes)}
         if replication is not None:
             body["replication"] = replication
         data = _run_stream(state, client.stream("POST", "/v1/content/distribute", body), "distribute")
@@ -157,7 +151,7 @@ def access(
 ) -> None:
     """Download content from its holders with integrity checks (paying the producer for priced content)."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         target = output if output is not None else Path(content.split("/")[-1].split(":")[-1])
         body: dict[str, Any] = {"content": content, "output": str(target.resolve())}
         if max_price is not None:
@@ -176,9 +170,9 @@ def search(
 ) -> None:
     """Find content by tags (DHT) or, without tags, among what this node knows."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         body: dict[str, Any] = {
-            "tags": [t.strip() for t in tags.split(",") if t.strip()],
+            "tags": comma_list(tags),
             "content_type": content_type,
             "producer": producer,
         }
@@ -191,10 +185,7 @@ def search(
                 (r["uhrp_url"], r["title"], r["content_type"], r["size"], r["price"], r["producer"][:16])
                 for r in data["results"]
             ]
-            if not rows:
-                out.print("nothing found")
-                return
-            out.print(table(None, ["uhrp url", "title", "type", "size", "price", "producer"], rows))
+            print_rows(out, ["uhrp url", "title", "type", "size", "price", "producer"], rows, empty="nothing found")
 
         emit(state, data, human)
 
@@ -203,7 +194,7 @@ def search(
 def status(ctx: typer.Context, content: Annotated[str, typer.Argument(help="Hash or UHRP URL.")]) -> None:
     """Metadata of content and the state of each replica (pending, transferring, available, failed)."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         data = client.call("GET", f"/v1/content/{content}/status")
 
         def human(out: Console) -> None:
@@ -226,12 +217,12 @@ def status(ctx: typer.Context, content: Annotated[str, typer.Argument(help="Hash
 def list_content(ctx: typer.Context) -> None:
     """Content known to this node."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         data = client.call("GET", "/v1/content")
 
         def human(out: Console) -> None:
             rows = [(c["uhrp_url"], c["title"], c["size"], "yes" if c["local"] else "no") for c in data["content"]]
-            out.print(table(None, ["uhrp url", "title", "size", "held"], rows) if rows else "no content")
+            print_rows(out, ["uhrp url", "title", "size", "held"], rows, empty="no content")
 
         emit(state, data, human)
 
@@ -240,6 +231,6 @@ def list_content(ctx: typer.Context) -> None:
 def repair(ctx: typer.Context) -> None:
     """Run one repair pass now (count live replicas, recruit or trim)."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/content/repair")
-        emit(state, data, lambda out: print_fields(out, list(data.items())))
+        emit_fields(state, data)

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from overlay_cli import adverts_cmd, content_cmd, overlay_cmd, wallet_cmd
-from overlay_cli.client import ControlClient
-from overlay_cli.output import CliState, cli_errors, emit, print_fields, table
+from overlay_cli import adverts_cmd, content_cmd, overlay_cmd, streams_cmd, wallet_cmd
+from overlay_cli.client import control_client
+from overlay_cli.output import CliState, cli_errors, emit, print_fields, print_rows, short_key
 
 app = typer.Typer(help="Act on the running daemon of the data dir.", no_args_is_help=True)
 app.command()(adverts_cmd.advertise)
@@ -34,21 +34,11 @@ app.command()(overlay_cmd.history)
 app.command()(overlay_cmd.sync)
 
 
-def _client(ctx: typer.Context) -> ControlClient:
-    from overlay_cli.main import data_dir_of
-
-    return ControlClient(data_dir_of(ctx.obj))
-
-
-def _short(key: str) -> str:
-    return key[:16] + "…" if len(key) > 20 else key
-
-
 @app.command()
 def status(ctx: typer.Context) -> None:
     """Identity, addresses, readiness and peer count of the daemon."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         data = client.call("GET", "/v1/status")
 
         def human(out: Console) -> None:
@@ -103,18 +93,14 @@ def _http_auth_rows(block: dict[str, Any]) -> list[tuple[str, object]]:
 def peers(ctx: typer.Context) -> None:
     """The authenticated peer links of the daemon."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         data = client.call("GET", "/v1/peers")
 
         def human(out: Console) -> None:
-            items: list[dict[str, Any]] = data["peers"]
-            if not items:
-                out.print("no peers linked")
-                return
             now = time.time()
             rows = [
                 (
-                    _short(p["identity_key"]),
+                    short_key(p["identity_key"]),
                     p["address"],
                     p["direction"],
                     f"{now - p['connected_at']:.0f}s",
@@ -122,9 +108,10 @@ def peers(ctx: typer.Context) -> None:
                     p["frames_out"],
                     "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.1f}",
                 )
-                for p in items
+                for p in data["peers"]
             ]
-            out.print(table(None, ["identity", "address", "dir", "age", "frames in", "frames out", "rtt ms"], rows))
+            columns = ["identity", "address", "dir", "age", "frames in", "frames out", "rtt ms"]
+            print_rows(out, columns, rows, empty="no peers linked")
 
         emit(state, data, human)
 
@@ -136,7 +123,7 @@ def connect(
 ) -> None:
     """Link the daemon to a peer (authenticated) and keep the link."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/peers/connect", {"address": address})
         emit(state, data, lambda out: out.print(f"linked to {data['identity_key']} at {address}"))
 
@@ -149,7 +136,7 @@ def stop(
 ) -> None:
     """Stop the daemon gracefully."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/shutdown")
         api = client.data_dir / "api.json"
         stopped = not wait or _wait_gone(api, timeout)
@@ -168,8 +155,7 @@ def _wait_gone(path: Path, timeout: float) -> bool:
     return True
 
 
-# paid live streams (issue 6): `ctl stream ...` for producers, `ctl subscribe` for consumers
-from overlay_cli import streams_cmd  # noqa: E402
-
+# paid live streams, `ctl stream ...` for producers and `ctl subscribe` for consumers, are mounted last so that
+# `ctl --help` lists them after the commands above
 app.add_typer(streams_cmd.app, name="stream")
 app.command("subscribe")(streams_cmd.subscribe)

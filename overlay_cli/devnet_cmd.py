@@ -31,7 +31,7 @@ def devnet(
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON line when ready.")] = False,
 ) -> None:
     """Run the devnet ledger: ARC's API over a local UTXO set, blocks with merkle paths, and a faucet."""
-    from overlay_node.datadir import default_data_dir
+    from overlay_cli.main import data_dir_of
     from overlay_node.devnet import DevnetSettings, Policy, serve_foreground
     from overlay_node.errors import ConfigError
     from overlay_node.logs import setup_logging
@@ -39,8 +39,7 @@ def devnet(
     state: CliState = ctx.obj if isinstance(ctx.obj, CliState) else CliState()
     with cli_errors(state):
         if data_dir is None:
-            base = Path(state.data_dir).expanduser() if state.data_dir else default_data_dir()
-            data_dir = base / "devnet"
+            data_dir = data_dir_of(state) / "devnet"
         try:
             policy = Policy(mining_fee_satoshis=fee_sat_per_kb, mining_fee_bytes=1000)
         except ValueError as exc:

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from overlay_cli import ctl, devnet_cmd
-from overlay_cli.output import CliState, cli_errors
+from overlay_cli.output import CliState, JsonOption, cli_errors
 from overlay_node.errors import ConfigError
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.command("devnet")(devnet_cmd.devnet)
 
 
 def data_dir_of(state: CliState) -> Path:
+    """The data dir a command acts on: ``--data-dir``, else $OVERLAY_NODE_DATA_DIR or ~/.overlay-node."""
     from overlay_node.datadir import default_data_dir
 
     return Path(state.data_dir).expanduser() if state.data_dir else default_data_dir()
@@ -37,7 +38,7 @@ def root(
     data_dir: Annotated[
         str | None, typer.Option("--data-dir", help="Data dir (default $OVERLAY_NODE_DATA_DIR or ~/.overlay-node).")
     ] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    json_: JsonOption = False,
     debug: Annotated[bool, typer.Option("--debug", help="Debug logs and tracebacks.")] = False,
 ) -> None:
     """Global options; they come before the command: ``overlay-node --data-dir D ctl status``."""

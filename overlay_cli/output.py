@@ -1,4 +1,5 @@
-"""How the CLI speaks: JSON for scripts, rich tables for people, one-line errors with distinct exit codes."""
+"""How the CLI speaks: global options, JSON for scripts, rich tables for people, one-line errors with distinct
+exit codes."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -34,12 +35,27 @@ class CliState:
         return Console(highlight=False, soft_wrap=True)
 
 
+#: ``--json`` after a command (the root callback takes it before the command too)
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def command_state(ctx: typer.Context, as_json: bool) -> CliState:
+    """The global options of a command that also takes ``--json`` itself."""
+    state: CliState = ctx.obj
+    return replace(state, json=True) if as_json else state
+
+
 def emit(state: CliState, data: Any, human: Callable[[Console], None]) -> None:
     """Print ``data`` as JSON with ``--json``, else call ``human`` to print it for people."""
     if state.json:
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     else:
         human(state.out)
+
+
+def emit_fields(state: CliState, data: dict[str, Any]) -> None:
+    """Print a flat answer: JSON with ``--json``, else one aligned ``field  value`` line per key."""
+    emit(state, data, lambda out: print_fields(out, list(data.items())))
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
@@ -50,6 +66,23 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[obj
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
     return t
+
+
+def print_rows(out: Console, columns: Sequence[str], rows: Sequence[Sequence[object]], *, empty: str) -> None:
+    """``rows`` as a table, or the line ``empty`` when there are none."""
+    out.print(table(None, columns, rows) if rows else empty)
+
+
+def short_key(key: str | None) -> str:
+    """An identity key cut to its first 16 characters when long, ``-`` when absent."""
+    if not key:
+        return "-"
+    return key[:16] + "…" if len(key) > 20 else key
+
+
+def comma_list(text: str) -> list[str]:
+    """The items of a comma-separated option, stripped, empty ones left out."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 @contextmanager

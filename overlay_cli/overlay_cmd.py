@@ -15,8 +15,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from overlay_cli.output import cli_errors, emit, print_fields, table
-from overlay_cli.wallet_cmd import JsonOption, _client, _state
+from overlay_cli.client import control_client
+from overlay_cli.output import JsonOption, cli_errors, command_state, emit, print_fields, print_rows, table
 from overlay_node.errors import BadRequest
 
 _MAX_FILE = 48 * 1024 * 1024
@@ -49,10 +49,10 @@ def submit(
     json_: JsonOption = False,
 ) -> None:
     """Submit a transaction to the node's overlay topics (BRC-22) and show the STEAK."""
-    state = _state(ctx, json_)
+    state = command_state(ctx, json_)
     with cli_errors(state):
         beef = _read_beef(file)
-        with _client(ctx) as client:
+        with control_client(state) as client:
             data = client.call("POST", "/v1/overlay/submit", {"beef_hex": beef.hex(), "topics": topic, "mode": mode})
 
         def human(out: Console) -> None:
@@ -78,13 +78,13 @@ def lookup(
     json_: JsonOption = False,
 ) -> None:
     """Ask one of the node's lookup services (BRC-24); each output is shown with its decoded token fields."""
-    state = _state(ctx, json_)
+    state = command_state(ctx, json_)
     with cli_errors(state):
         try:
             parsed = json.loads(query)
         except (ValueError, RecursionError) as exc:
             raise BadRequest(f"--query is not JSON: {exc}") from None
-        with _client(ctx) as client:
+        with control_client(state) as client:
             data = client.call("POST", "/v1/overlay/lookup", {"service": service, "query": parsed})
 
         def human(out: Console) -> None:
@@ -108,8 +108,8 @@ def _describe(decoded: dict[str, Any] | None) -> str:
 
 def topics(ctx: typer.Context, json_: JsonOption = False) -> None:
     """The topic managers and lookup services the node hosts, with what they hold."""
-    state = _state(ctx, json_)
-    with cli_errors(state), _client(ctx) as client:
+    state = command_state(ctx, json_)
+    with cli_errors(state), control_client(state) as client:
         data = client.call("GET", "/v1/overlay/topics")
 
         def human(out: Console) -> None:
@@ -128,8 +128,8 @@ def history(
     json_: JsonOption = False,
 ) -> None:
     """An output's BRC-64 history: it and the spent outputs its topic retained, down to --depth."""
-    state = _state(ctx, json_)
-    with cli_errors(state), _client(ctx) as client:
+    state = command_state(ctx, json_)
+    with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/overlay/history", {"outpoint": outpoint, "depth": depth})
 
         def human(out: Console) -> None:
@@ -161,19 +161,16 @@ def sync(
     json_: JsonOption = False,
 ) -> None:
     """Sync topics with their other hosts now (GASP): fetch the outputs this node missed, with their ancestry."""
-    state = _state(ctx, json_)
-    with cli_errors(state), _client(ctx) as client:
+    state = command_state(ctx, json_)
+    with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/overlay/sync", {"topics": topic or [], "hosts": host or []})
 
         def human(out: Console) -> None:
-            reports: list[dict[str, Any]] = data["reports"]
-            if not reports:
-                out.print("no other host of these topics is known")
-                return
             rows = [
                 (r["topic"], r["host"], r["listed"], r["fetched"], r["admitted"], r["refused"], r["error"] or "-")
-                for r in reports
+                for r in data["reports"]
             ]
-            out.print(table(None, ["topic", "host", "listed", "fetched", "admitted", "refused", "error"], rows))
+            columns = ["topic", "host", "listed", "fetched", "admitted", "refused", "error"]
+            print_rows(out, columns, rows, empty="no other host of these topics is known")
 
         emit(state, data, human)

@@ -10,20 +10,14 @@ from typing import IO, Annotated, Any
 import typer
 from rich.console import Console
 
-from overlay_cli.client import ControlClient
-from overlay_cli.output import CliState, cli_errors, emit, print_fields, table
+from overlay_cli.client import control_client
+from overlay_cli.output import CliState, cli_errors, comma_list, emit, print_fields, print_rows, table
 from overlay_node.errors import BadRequest
 
 app = typer.Typer(help="Produce paid live streams.", no_args_is_help=True)
 
 #: lines sent per push request
 PUSH_BATCH = 2000
-
-
-def _client(ctx: typer.Context) -> ControlClient:
-    from overlay_cli.main import data_dir_of
-
-    return ControlClient(data_dir_of(ctx.obj))
 
 
 @app.command("create")
@@ -38,13 +32,13 @@ def create(
 ) -> None:
     """Create a stream and advertise it through the DHT."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         body: dict[str, Any] = {
             "stream_id": stream_id,
             "pricing_model": pricing_model,
             "rate": rate,
             "title": title,
-            "tags": [t.strip() for t in tags.split(",") if t.strip()],
+            "tags": comma_list(tags),
         }
         if max_consumers is not None:
             body["max_consumers"] = max_consumers
@@ -60,7 +54,7 @@ def push(
 ) -> None:
     """Push packets: one per line (NDJSON or raw text) from --file or stdin."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         pushed, head = 0, 0
         source: IO[str]
         try:
@@ -93,7 +87,7 @@ def push(
 def listing(ctx: typer.Context) -> None:
     """The streams this node produces."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         data = client.call("GET", "/v1/streams")
 
         def human(out: Console) -> None:
@@ -108,10 +102,7 @@ def listing(ctx: typer.Context) -> None:
                 )
                 for s in data["streams"]
             ]
-            if not rows:
-                out.print("no streams")
-                return
-            out.print(table(None, ["stream", "pricing", "rate", "head", "subscribers", "state"], rows))
+            print_rows(out, ["stream", "pricing", "rate", "head", "subscribers", "state"], rows, empty="no streams")
 
         emit(state, data, human)
 
@@ -120,7 +111,7 @@ def listing(ctx: typer.Context) -> None:
 def close(ctx: typer.Context, stream_id: Annotated[str, typer.Argument(help="The stream.")]) -> None:
     """Close a stream: subscribers get what is buffered, then the end; the advert is revoked."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         data = client.call("POST", f"/v1/streams/{stream_id}/close")
         emit(state, data, lambda out: out.print(f"stream {stream_id} closed at seq {data['head']}"))
 
@@ -129,7 +120,7 @@ def close(ctx: typer.Context, stream_id: Annotated[str, typer.Argument(help="The
 def status(ctx: typer.Context, stream_id: Annotated[str, typer.Argument(help="The stream.")]) -> None:
     """A stream's subscribers: packets, paid and unsettled satoshis."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         data = client.call("GET", f"/v1/streams/{stream_id}")
 
         def human(out: Console) -> None:
@@ -178,7 +169,7 @@ def subscribe(
 ) -> None:
     """Subscribe to a paid stream, paying as packets arrive; writes one {"seq", "payload"} line per packet."""
     state: CliState = ctx.obj
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         body: dict[str, Any] = {"stream_id": stream_id, "window": auto_pay_interval}
         if max_price is not None:
             body["max_price"] = max_price

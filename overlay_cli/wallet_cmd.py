@@ -7,43 +7,32 @@ Clients of the control API (``/v1/wallet/...``, ``/v1/quote``, ``/v1/pay``); eve
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from overlay_cli.client import ControlClient
-from overlay_cli.output import CliState, cli_errors, emit, print_fields, table
+from overlay_cli.client import control_client
+from overlay_cli.output import (
+    JsonOption,
+    cli_errors,
+    command_state,
+    emit,
+    emit_fields,
+    print_fields,
+    print_rows,
+    short_key,
+)
 
 app = typer.Typer(help="The daemon's wallet: balance, devnet faucet, deposit address, history.", no_args_is_help=True)
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-
-def _state(ctx: typer.Context, as_json: bool) -> CliState:
-    state: CliState = ctx.obj
-    return dataclasses.replace(state, json=True) if as_json else state
-
-
-def _client(ctx: typer.Context) -> ControlClient:
-    from overlay_cli.main import data_dir_of
-
-    return ControlClient(data_dir_of(ctx.obj))
-
-
-def _short(key: str | None) -> str:
-    if not key:
-        return "-"
-    return key[:16] + "…" if len(key) > 20 else key
 
 
 @app.command()
 def balance(ctx: typer.Context, json_: JsonOption = False) -> None:
     """Spendable satoshis, confirmed and unconfirmed."""
-    state = _state(ctx, json_)
-    with cli_errors(state), _client(ctx) as client:
+    state = command_state(ctx, json_)
+    with cli_errors(state), control_client(state) as client:
         data = client.call("GET", "/v1/wallet/balance")
 
         def human(out: Console) -> None:
@@ -68,8 +57,8 @@ def faucet(
     json_: JsonOption = False,
 ) -> None:
     """Fund the wallet from the devnet ledger's faucet (devnet only)."""
-    state = _state(ctx, json_)
-    with cli_errors(state), _client(ctx) as client:
+    state = command_state(ctx, json_)
+    with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/wallet/faucet", {"satoshis": amount})
         spendable = data["balance"]["satoshis"]
         text = f"received {data['satoshis']} sat in {data['txid']}; spendable {spendable} sat"
@@ -79,8 +68,8 @@ def faucet(
 @app.command()
 def receive(ctx: typer.Context, json_: JsonOption = False) -> None:
     """The wallet's deposit key and address."""
-    state = _state(ctx, json_)
-    with cli_errors(state), _client(ctx) as client:
+    state = command_state(ctx, json_)
+    with cli_errors(state), control_client(state) as client:
         data = client.call("GET", "/v1/wallet/receive")
 
         def human(out: Console) -> None:
@@ -104,15 +93,12 @@ def history(
     json_: JsonOption = False,
 ) -> None:
     """Payments and deposits, newest first (with --json: a list of entries)."""
-    state = _state(ctx, json_)
-    with cli_errors(state), _client(ctx) as client:
+    state = command_state(ctx, json_)
+    with cli_errors(state), control_client(state) as client:
         data = client.call("GET", f"/v1/wallet/history?limit={limit}")
         entries: list[dict[str, Any]] = data["history"]
 
         def human(out: Console) -> None:
-            if not entries:
-                out.print("no history yet")
-                return
             rows = [
                 (
                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["created_at"])),
@@ -121,12 +107,13 @@ def history(
                     e["amount"],
                     e["fee"],
                     e["status"],
-                    _short(e.get("counterparty")),
+                    short_key(e.get("counterparty")),
                     e["txid"],
                 )
                 for e in entries
             ]
-            out.print(table(None, ["time", "dir", "kind", "sat", "fee", "status", "counterparty", "txid"], rows))
+            columns = ["time", "dir", "kind", "sat", "fee", "status", "counterparty", "txid"]
+            print_rows(out, columns, rows, empty="no history yet")
 
         emit(state, entries, human)
 
@@ -142,11 +129,11 @@ def quote(
     json_: JsonOption = False,
 ) -> None:
     """Ask a peer for a signed payment quote."""
-    state = _state(ctx, json_)
+    state = command_state(ctx, json_)
     body: dict[str, Any] = {"provider": provider, "resource": resource}
     if amount is not None:
         body["amount"] = amount
-    with cli_errors(state), _client(ctx) as client:
+    with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/quote", body)
 
         def human(out: Console) -> None:
@@ -171,8 +158,8 @@ def pay(
     json_: JsonOption = False,
 ) -> None:
     """Pay a quote; prints the payee's signed receipt."""
-    state = _state(ctx, json_)
-    with cli_errors(state), _client(ctx) as client:
+    state = command_state(ctx, json_)
+    with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/pay", {"quote_id": quote_id})
 
         def human(out: Console) -> None:
@@ -199,7 +186,7 @@ def settlement_wait(
     json_: JsonOption = False,
 ) -> None:
     """Wait until the settlement of TXID has an outcome (seen, mined, failed or abandoned)."""
-    state = _state(ctx, json_)
-    with cli_errors(state), _client(ctx) as client:
+    state = command_state(ctx, json_)
+    with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/wallet/settlement/wait", {"txid": txid, "timeout": timeout})
-        emit(state, data, lambda out: print_fields(out, [(k, v) for k, v in data.items()]))
+        emit_fields(state, data)
