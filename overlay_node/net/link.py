@@ -723,10 +723,17 @@ class PeerLink:
             if self.closed or not self._session.is_open:
                 raise ConnectionLost(f"link to {self.peer_key[:16]} is closed ({self.close_reason})")
             # anything the session queued (its Hello) goes first: sequence numbers follow sealing order
-            pending = self._session.data_to_send()
-            for message in pending:
-                await self._ws_send(message)
-            await self._ws_send(self._session.send(frame))
+            messages = [*self._session.data_to_send(), self._session.send(frame)]
+            # sealed messages are numbered: one lost between sealing and the socket would leave a gap that the peer
+            # refuses by dropping the link. So the caller's cancellation (a timeout, an interrupted download) waits
+            # until they are out, bounded by the request timeout; a link that cannot take them in that time is closed.
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self._config.request_timeout) as stalled:
+                    for message in messages:
+                        await self._ws_send(message)
+                if stalled.cancelled_caught:
+                    await self._close_ws(CLOSE_GOING_AWAY, "send_stalled")
+                    raise ConnectionLost(f"link to {self.peer_key[:16]} closed: a send stalled")
 
     async def _ws_send(self, message: str | bytes) -> None:
         try:

@@ -223,6 +223,59 @@ async def test_request_errors_map_to_overlay_errors(three: list[GoodNode]) -> No
     assert samples("overlay_peer_requests_total", {"method": "fail", "outcome": "not_found"}) == 1
 
 
+class SlowSocket:
+    """A link's websocket whose first send is held up (a full socket buffer) until ``release`` is set."""
+
+    def __init__(self, link: PeerLink) -> None:
+        self.ws = link._ws
+        self.sending, self.release = trio.Event(), trio.Event()
+        link._ws = self  # type: ignore[assignment]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ws, name)
+
+    async def send_message(self, message: str | bytes) -> None:
+        if not self.sending.is_set():
+            self.sending.set()
+            await self.release.wait()
+        await self.ws.send_message(message)
+
+
+async def test_a_request_cancelled_while_its_frame_is_on_the_way_keeps_the_link(nursery: trio.Nursery) -> None:
+    """Sealing numbers a frame; a caller cancelled after that (a timeout, an interrupted download) must not leave a
+    gap in the sequence, which the peer would refuse by dropping the link."""
+    a = await start_good_node(nursery)
+    b = await start_good_node(nursery)
+    with trio.fail_after(LIMIT):
+        link = await a.manager.connect(b.url)
+        slow = SlowSocket(link)
+        async with trio.open_nursery() as calls:
+            scope = trio.CancelScope()
+
+            async def cancelled_call() -> None:
+                with scope:
+                    await link.request("echo", {"n": 1})
+
+            calls.start_soon(cancelled_call)
+            await slow.sending.wait()
+            scope.cancel()
+            slow.release.set()
+        assert await link.request("echo", {"n": 2}) == {"from": a.key, "body": {"n": 2}}
+    assert not link.closed and b.drops("out_of_order") == 0
+
+
+async def test_a_send_that_stalls_past_the_request_timeout_closes_the_link(nursery: trio.Nursery) -> None:
+    a = await start_good_node(nursery, request_timeout=0.3)
+    b = await start_good_node(nursery)
+    with trio.fail_after(LIMIT):
+        link = await a.manager.connect(b.url)
+        SlowSocket(link)  # never released
+        with pytest.raises(ConnectionLost, match="a send stalled"):
+            await link.request("echo", {})
+        await link.wait_closed()
+    assert link.close_reason == "send_stalled"
+
+
 async def test_notices_arrive_in_order(three: list[GoodNode]) -> None:
     a, b, _ = three
     link = a.link_to(b)
