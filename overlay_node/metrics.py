@@ -1,15 +1,19 @@
 """Prometheus metrics of one node.
 
 Each node owns a :class:`Metrics` with its own registry, so several nodes can live in one process (tests) without
-sharing counters. Services receive the object and update the instruments they own; ``/metrics`` renders it.
+sharing counters. Services receive the object and update the instruments they own (those named here, or their own,
+made with :func:`instrument`); ``/metrics`` renders it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "Metrics", "instrument"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -19,6 +23,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        #: the instruments services made on this registry with :func:`instrument`, by name
+        self.service_instruments: dict[str, Any] = {}
         r = self.registry
         self.up = Gauge("overlay_up", "1 while the node is ready", registry=r)
         self.peer_links = Gauge("overlay_peer_links", "Authenticated peer links open now", registry=r)
@@ -98,3 +104,14 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every instrument."""
         return bytes(generate_latest(self.registry))
+
+
+def instrument(metrics: Metrics, kind: type[Any], name: str, doc: str, labels: Sequence[str]) -> Any:
+    """A service's own instrument (``kind``: ``Counter``, ``Gauge``, ...) on the node's registry, made once per
+    :class:`Metrics`: a service built again on the same metrics (a restart in one process) gets the one it made
+    before, which the registry would refuse to register twice."""
+    made = metrics.service_instruments.get(name)
+    if made is None:
+        made = kind(name, doc, list(labels), registry=metrics.registry)
+        metrics.service_instruments[name] = made
+    return made

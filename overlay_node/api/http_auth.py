@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from overlay_node.config import AuthSection
 from overlay_node.crypto.keys import Identity
 from overlay_node.errors import OverlayError, RemoteProtocolError
-from overlay_node.metrics import Metrics
+from overlay_node.metrics import Metrics, instrument
 from overlay_node.protocol.http_auth import (
     AUTH_PATH,
     H_REQUEST_ID,
@@ -52,7 +52,6 @@ from overlay_node.protocol.http_payment import (
     required_body,
 )
 from overlay_node.services.payments import Payments
-from overlay_node.services.wallet import instrument
 
 __all__ = [
     "AuthMiddleware",

@@ -17,6 +17,16 @@ Pure and synchronous; every curve operation is one coincurve call. The semantics
    protocol, key id and counterparty), as the reference ``ProtoWallet.createHmac`` does.
 
 Bad protocol ids, key ids or counterparties raise :class:`~overlay_node.errors.BadRequest`.
+
+This is the node's one BRC-42 implementation. The reference-shaped API (``derive_*``, ``create_*``, ``verify_*``)
+validates its protocol ids and key ids; the hot paths (a payment per packet: a payee's output check, a quote and
+a receipt signed, a receipt checked) call the functions under it with invoice numbers they built from constants:
+:func:`child_secret`, :func:`own_child_public`, :func:`own_child_key`, :func:`derive_child_public_key`,
+:func:`sign_for_anyone` and :func:`verify_for_anyone`. They compute a child private key as an integer (no key
+object, no public key computed for nothing) and a child public key with one point addition, and they remember
+through the identity's :class:`~overlay_node.crypto.keys.KeyCache` (bounded LRU maps it owns): ECDH results and
+parsed counterparty keys, and the child keys of the BRC-3 signatures made and checked for ``anyone``. The one cache
+no node owns is :data:`ANYONE`'s (see there).
 """
 
 from __future__ import annotations
@@ -28,14 +38,17 @@ from typing import Final
 
 from coincurve import PrivateKey, PublicKey
 
-from overlay_node.crypto.keys import SECP256K1_N, Identity, ecdsa_verify_digest, parse_public_key
+from overlay_node.crypto.keys import SECP256K1_N, Identity, ecdsa_verify_digest, parse_public_key, sign_digest
 from overlay_node.errors import BadRequest
 
 __all__ = [
+    "ANYONE",
     "ANYONE_PUBLIC_KEY",
     "Counterparty",
     "ProtocolID",
     "brc42_tweak",
+    "checked_key_hex",
+    "child_secret",
     "counterparty_public_key",
     "create_hmac",
     "create_signature",
@@ -46,6 +59,10 @@ __all__ = [
     "derive_symmetric_key",
     "invoice_number",
     "normalize_protocol",
+    "own_child_key",
+    "own_child_public",
+    "sign_for_anyone",
+    "verify_for_anyone",
     "verify_hmac",
     "verify_signature",
 ]
@@ -55,8 +72,18 @@ ProtocolID = tuple[int, str]
 #: ``"self"``, ``"anyone"``, or a compressed public key as 33 bytes or 66 hex characters
 Counterparty = str | bytes
 
+ANYONE: Final = Identity.from_private_bytes((1).to_bytes(32, "big"))
+"""The "anyone" identity: private key 1, public by definition (BRC-42 counterparty ``anyone``).
+
+A BRC-3 signature made for ``anyone`` is checked by deriving the signer's child key from this identity
+(:func:`verify_for_anyone`), so its :class:`~overlay_node.crypto.keys.KeyCache` is the one cache that no node's
+identity owns. It has to be module-level: ``Quote.verify()`` and ``Receipt.verify()`` are pure
+functions of a message (the stream credit machine in ``protocol/streams.py`` calls them with no node at hand), and
+a subscriber checks every receipt of a stream with the same derived key. It is safe to share: it holds public
+data only (signers' keys and the child keys anyone can derive for them), and every table in it is bounded.
+"""
 #: the public key of private key 1, i.e. the generator G: the BRC-42 "anyone" counterparty
-ANYONE_PUBLIC_KEY: Final[bytes] = PrivateKey((1).to_bytes(32, "big")).public_key.format(compressed=True)
+ANYONE_PUBLIC_KEY: Final[bytes] = ANYONE.public_key
 
 _PROTOCOL_CHARS = re.compile(r"[a-z0-9 ]+")
 _PROTOCOL_MIN, _PROTOCOL_MAX = 5, 280
@@ -115,16 +142,127 @@ def brc42_tweak(shared_secret: bytes, invoice: str) -> bytes:
     return scalar.to_bytes(32, "big")
 
 
+# -- the derivations (every function below goes through these) ------------------------------------------------
+
+
+def _raw_key(key: str | bytes) -> bytes:
+    """A public key's bytes, not parsed yet: the identity's caches are keyed by them, so a known key is never
+    parsed again (a wrong length or a bad point is refused where the key is first parsed)."""
+    if isinstance(key, bytes):
+        return key
+    try:
+        return bytes.fromhex(key)
+    except ValueError:
+        raise BadRequest("public key is not hex") from None
+
+
+def _point(identity: Identity, raw: bytes) -> PublicKey:
+    """The parsed public key ``raw``, remembered in ``identity``'s cache."""
+    points = identity.cache.points
+    point = points.get(raw)
+    if point is None:
+        point = parse_public_key(raw)
+        points.put(raw, point)
+    return point
+
+
+def _child_scalar(identity: Identity, tweak: bytes) -> bytes:
+    root = int.from_bytes(identity.private_bytes, "big")
+    return ((root + int.from_bytes(tweak, "big")) % SECP256K1_N).to_bytes(32, "big")
+
+
+def _own_child_point(identity: Identity, raw: bytes, invoice: str) -> PublicKey:
+    return identity.private_key.public_key.add(brc42_tweak(identity.shared_secret(raw), invoice))
+
+
+def _their_child_point(identity: Identity, raw: bytes, invoice: str) -> PublicKey:
+    return _point(identity, raw).add(brc42_tweak(identity.shared_secret(raw), invoice))
+
+
+def checked_key_hex(identity: Identity, key: str | bytes) -> str:
+    """A counterparty's public key as lower-case hex, checked to be a point (through ``identity``'s cache: a
+    producer issues a quote to the same subscriber per packet).
+
+    Raises:
+        BadRequest: not hex, or not a compressed point.
+    """
+    raw = _raw_key(key)
+    _point(identity, raw)
+    return raw.hex()
+
+
+def child_secret(identity: Identity, counterparty: str | bytes, invoice: str) -> bytes:
+    """Our BRC-42 child private key (32 bytes) for ``invoice`` (raw invoice string) with ``counterparty``.
+
+    Raises:
+        BadRequest: ``counterparty`` is not a valid public key.
+    """
+    return _child_scalar(identity, brc42_tweak(identity.shared_secret(_raw_key(counterparty)), invoice))
+
+
+def own_child_public(identity: Identity, counterparty: str | bytes, invoice: str) -> bytes:
+    """Our BRC-42 child public key (33 bytes): what ``counterparty`` pays us to, or we sign with."""
+    return bytes(_own_child_point(identity, _raw_key(counterparty), invoice).format(compressed=True))
+
+
+def own_child_key(identity: Identity, counterparty: str | bytes, invoice: str) -> tuple[bytes, bytes]:
+    """Our BRC-42 child private key and its public key (the same key as :func:`own_child_public`, computed from
+    the private side: for a key we will also sign with, one EC multiplication gives both)."""
+    secret = child_secret(identity, counterparty, invoice)
+    return secret, bytes(PublicKey.from_valid_secret(secret).format(compressed=True))
+
+
 def derive_child_private_key(identity: Identity, counterparty_pub: bytes | str, invoice: str) -> PrivateKey:
-    """BRC-42 recipient side: our child private key for ``invoice`` with ``counterparty_pub`` (raw invoice string)."""
-    tweak = brc42_tweak(identity.shared_secret(counterparty_pub), invoice)
-    return identity.private_key.add(tweak)
+    """BRC-42 recipient side: our child private key for ``invoice`` with ``counterparty_pub`` (raw invoice string),
+    as a key object (:func:`child_secret` gives its 32 bytes)."""
+    return PrivateKey(child_secret(identity, counterparty_pub, invoice))
 
 
 def derive_child_public_key(identity: Identity, counterparty_pub: bytes | str, invoice: str) -> bytes:
-    """BRC-42 sender side: the counterparty's child public key for ``invoice`` (raw invoice string), compressed."""
-    tweak = brc42_tweak(identity.shared_secret(counterparty_pub), invoice)
-    return parse_public_key(counterparty_pub).add(tweak).format(compressed=True)
+    """BRC-42 sender side: the counterparty's child public key for ``invoice`` (raw invoice string), compressed:
+    what we pay ``counterparty_pub`` to, or check its signatures with."""
+    return bytes(_their_child_point(identity, _raw_key(counterparty_pub), invoice).format(compressed=True))
+
+
+# -- BRC-3 signatures for "anyone" on the hot path ---------------------------------------------------------
+
+
+def _invoice(protocol: ProtocolID, key_id: str) -> str:
+    # the hot path's protocol ids are constants in normal form and its key ids are checked by their messages
+    return f"{protocol[0]}-{protocol[1]}-{key_id}"
+
+
+def sign_for_anyone(identity: Identity, protocol: ProtocolID, key_id: str, data: bytes) -> bytes:
+    """A BRC-3 signature (counterparty ``anyone``): DER ECDSA over SHA-256(data) with our child key for
+    ``protocol`` (a constant in normal form) and ``key_id`` (not re-validated). ``identity`` remembers the key (a
+    stream's receipts are all signed with one)."""
+    invoice = _invoice(protocol, key_id)
+    secrets = identity.cache.secrets
+    secret = secrets.get((ANYONE_PUBLIC_KEY, invoice))
+    if secret is None:
+        secret = child_secret(identity, ANYONE_PUBLIC_KEY, invoice)
+        secrets.put((ANYONE_PUBLIC_KEY, invoice), secret)
+    return sign_digest(secret, hashlib.sha256(data).digest())
+
+
+def verify_for_anyone(signer: str | bytes, protocol: ProtocolID, key_id: str, data: bytes, sig: bytes) -> bool:
+    """Whether ``sig`` is ``signer``'s BRC-3 signature for ``anyone`` over ``data`` (``signer``: a public key;
+    ``protocol``, ``key_id`` as in :func:`sign_for_anyone`). :data:`ANYONE` remembers the signer's derived key (a
+    subscriber checks every receipt of a stream with one). A signer that is not a key is simply not valid."""
+    invoice = _invoice(protocol, key_id)
+    publics = ANYONE.cache.publics
+    try:
+        raw = _raw_key(signer)
+        pub = publics.get((raw, invoice))
+        if pub is None:
+            pub = _their_child_point(ANYONE, raw, invoice)
+            publics.put((raw, invoice), pub)
+    except (BadRequest, ValueError):  # not a key, or the child would be the point at infinity
+        return False
+    return ecdsa_verify_digest(pub, sig, hashlib.sha256(data).digest())
+
+
+# -- the reference API -----------------------------------------------------------------------------------------
 
 
 def counterparty_public_key(identity: Identity, counterparty: Counterparty) -> bytes:
@@ -146,6 +284,16 @@ def derive_private_key(identity: Identity, protocol: ProtocolID, key_id: str, co
     return derive_child_private_key(identity, counterparty_public_key(identity, counterparty), invoice)
 
 
+def _child_point(
+    identity: Identity, protocol: ProtocolID, key_id: str, counterparty: Counterparty, for_self: bool
+) -> PublicKey:
+    invoice = invoice_number(protocol, key_id)
+    cp = counterparty_public_key(identity, counterparty)
+    if for_self:
+        return _own_child_point(identity, cp, invoice)
+    return _their_child_point(identity, cp, invoice)
+
+
 def derive_public_key(
     identity: Identity,
     protocol: ProtocolID,
@@ -159,11 +307,7 @@ def derive_public_key(
     ``for_self=False`` gives the counterparty's child key (what the counterparty signs with or is paid to);
     ``for_self=True`` gives our own child key for that counterparty.
     """
-    invoice = invoice_number(protocol, key_id)
-    cp = counterparty_public_key(identity, counterparty)
-    if for_self:
-        return derive_child_private_key(identity, cp, invoice).public_key.format(compressed=True)
-    return derive_child_public_key(identity, cp, invoice)
+    return bytes(_child_point(identity, protocol, key_id, counterparty, for_self).format(compressed=True))
 
 
 def derive_symmetric_key(identity: Identity, protocol: ProtocolID, key_id: str, counterparty: Counterparty) -> bytes:
@@ -171,9 +315,8 @@ def derive_symmetric_key(identity: Identity, protocol: ProtocolID, key_id: str, 
     invoice = invoice_number(protocol, key_id)
     cp = counterparty_public_key(identity, counterparty)
     tweak = brc42_tweak(identity.shared_secret(cp), invoice)
-    child_priv = identity.private_key.add(tweak)
-    child_pub = PublicKey(cp).add(tweak)
-    return child_pub.multiply(child_priv.secret).format(compressed=True)[1:]
+    child_pub = _point(identity, cp).add(tweak)
+    return bytes(child_pub.multiply(_child_scalar(identity, tweak)).format(compressed=True)[1:])
 
 
 def create_signature(
@@ -185,8 +328,9 @@ def create_signature(
     counterparty: Counterparty = "anyone",
 ) -> bytes:
     """A BRC-3 signature: DER ECDSA over SHA-256(data) with our derived child key."""
-    key = derive_private_key(identity, protocol, key_id, counterparty)
-    return key.sign(hashlib.sha256(data).digest(), hasher=None)
+    invoice = invoice_number(protocol, key_id)
+    secret = child_secret(identity, counterparty_public_key(identity, counterparty), invoice)
+    return sign_digest(secret, hashlib.sha256(data).digest())
 
 
 def verify_signature(
@@ -203,7 +347,7 @@ def verify_signature(
 
     Returns ``False`` for a wrong or malformed signature; invalid arguments raise BadRequest.
     """
-    pub = PublicKey(derive_public_key(identity, protocol, key_id, counterparty, for_self=for_self))
+    pub = _child_point(identity, protocol, key_id, counterparty, for_self)
     return ecdsa_verify_digest(pub, bytes(signature), hashlib.sha256(data).digest())
 
 

@@ -15,11 +15,13 @@ from coincurve.ecdsa import cdata_to_der, der_to_cdata, signature_normalize
 from coincurve.utils import validate_secret
 
 from overlay_node.errors import BadRequest
+from overlay_node.lru import LruMap
 
 __all__ = [
     "PUBLIC_KEY_LEN",
     "SECP256K1_N",
     "Identity",
+    "KeyCache",
     "ecdsa_verify_digest",
     "parse_public_key",
     "public_key_hex",
@@ -29,8 +31,10 @@ __all__ = [
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 #: length of a compressed public key
 PUBLIC_KEY_LEN = 33
-#: at most this many ECDH results are remembered per identity (peers talk to us repeatedly)
-_ECDH_CACHE_SIZE = 4096
+#: at most this many peers' ECDH results and parsed keys are remembered per identity (peers talk to us repeatedly)
+_PEER_CACHE_SIZE = 4096
+#: at most this many BRC-42 child keys are remembered per identity
+_CHILD_CACHE_SIZE = 1024
 
 
 def parse_public_key(key: bytes | str) -> PublicKey:
@@ -102,19 +106,44 @@ def ecdsa_verify_digest(public_key: PublicKey, signature: bytes, digest: bytes) 
     return public_key.verify(cdata_to_der(normalised), digest, hasher=None)
 
 
+class KeyCache:
+    """What an :class:`Identity` remembers of the work done with its key, so that a peer, payer or payee that comes
+    back costs no curve operation twice. Each table is a bounded :class:`~overlay_node.lru.LruMap` keyed by public
+    data (a peer's 33-byte key, a BRC-43 invoice number):
+
+    - ``ecdh``: peer key -> the ECDH shared secret (:meth:`Identity.shared_secret`);
+    - ``points``: peer key -> the parsed point (a BRC-42 child public key is that point plus a tweak);
+    - ``secrets``: (counterparty key, invoice) -> our BRC-42 child private key, for the keys we sign with (a
+      stream's receipts are all signed with one);
+    - ``publics``: (counterparty key, invoice) -> the counterparty's BRC-42 child public key, for the keys whose
+      signatures we check (a subscriber checks every receipt of a stream with one).
+
+    ``crypto/brc42.py`` decides what goes in the last three; nothing else reads them.
+    """
+
+    __slots__ = ("ecdh", "points", "publics", "secrets")
+
+    def __init__(self, *, peers: int = _PEER_CACHE_SIZE, children: int = _CHILD_CACHE_SIZE) -> None:
+        self.ecdh: LruMap[bytes, bytes] = LruMap(peers)
+        self.points: LruMap[bytes, PublicKey] = LruMap(peers)
+        self.secrets: LruMap[tuple[bytes, str], bytes] = LruMap(children)
+        self.publics: LruMap[tuple[bytes, str], PublicKey] = LruMap(children)
+
+
 class Identity:
-    """A secp256k1 private key with the operations a node performs with it.
+    """A secp256k1 private key with the operations a node performs with it, and its :class:`KeyCache`
+    (``cache``).
 
     The private key never appears in ``repr`` or logs.
     """
 
-    __slots__ = ("_ecdh", "_private", "_public", "_public_hex")
+    __slots__ = ("_private", "_public", "_public_hex", "cache")
 
     def __init__(self, private_key: PrivateKey) -> None:
         self._private = private_key
         self._public = private_key.public_key.format(compressed=True)
         self._public_hex = self._public.hex()
-        self._ecdh: dict[bytes, bytes] = {}
+        self.cache = KeyCache()
 
     @classmethod
     def generate(cls) -> Identity:
@@ -163,19 +192,18 @@ class Identity:
         Raises:
             BadRequest: ``peer_pub`` is not a valid compressed public key.
         """
+        ecdh = self.cache.ecdh
         if isinstance(peer_pub, bytes):
-            cached = self._ecdh.get(peer_pub)
+            cached = ecdh.get(peer_pub)
             if cached is not None:
                 return cached
         point = parse_public_key(peer_pub)
         raw = point.format(compressed=True)
-        cached = self._ecdh.get(raw)
+        cached = ecdh.get(raw)
         if cached is not None:
             return cached
         secret = point.multiply(self._private.secret).format(compressed=True)
-        if len(self._ecdh) >= _ECDH_CACHE_SIZE:
-            self._ecdh.clear()
-        self._ecdh[raw] = secret
+        ecdh.put(raw, secret)
         return secret
 
     def sign_digest(self, digest: bytes) -> bytes:

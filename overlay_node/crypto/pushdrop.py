@@ -40,6 +40,7 @@ from typing import Final
 from coincurve import PublicKey
 
 from overlay_node.crypto.brc42 import (
+    ANYONE,
     ProtocolID,
     create_signature,
     derive_child_public_key,
@@ -78,8 +79,6 @@ __all__ = [
 
 #: the BRC-43 key id every SHIP, SLAP and UHRP token uses
 KEY_ID: Final = "1"
-#: the "anyone" wallet (private key 1) the verifiers derive with
-ANYONE: Final = Identity.from_private_bytes((1).to_bytes(32, "big"))
 
 #: the field prime of secp256k1
 _P: Final = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEFFFFFC2F

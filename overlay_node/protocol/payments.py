@@ -1,5 +1,7 @@
 """BRC-29 payments as data: quotes, payment messages and receipts, their canonical signing bytes, and the
-checks a payee makes on a payment's output. Pure: no I/O, no clocks (callers pass wall-clock milliseconds).
+checks a payee makes on a payment's output. Pure: no I/O, no clocks (callers pass wall-clock milliseconds). The
+keys are crypto/'s: the payment key and its script in ``crypto/brc29.py``, the BRC-3 signatures of quotes and
+receipts in ``crypto/brc42.py``.
 
 Invariants (who signs what, and when a payment counts):
 
@@ -29,7 +31,6 @@ parties) compute the same bytes from the wire values.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 import secrets
@@ -38,56 +39,34 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import cbor2
-from coincurve import PublicKey
 
-from overlay_node.crypto.brc42 import ANYONE_PUBLIC_KEY, ProtocolID, brc42_tweak, invoice_number
-from overlay_node.crypto.keys import (
-    SECP256K1_N,
-    Identity,
-    ecdsa_verify_digest,
-    parse_public_key,
-    sign_digest,
-)
-from overlay_node.crypto.scripts import p2pkh_for_key
+from overlay_node.crypto.brc29 import check_nonce, new_nonce
+from overlay_node.crypto.brc42 import ProtocolID, checked_key_hex, sign_for_anyone, verify_for_anyone
+from overlay_node.crypto.keys import Identity
 from overlay_node.errors import BadRequest, InsufficientPayment, InvalidPayment
 
 __all__ = [
-    "BRC29_PROTOCOL",
     "MAX_SATOSHIS",
     "QUOTE_PROTOCOL",
     "RECEIPT_PROTOCOL",
-    "WALLET_PROTOCOL",
     "PaymentMessage",
     "Quote",
     "Receipt",
-    "brc29_invoice",
     "check_amount",
     "check_key_id",
     "check_payment_output",
     "check_resource",
-    "child_secret",
-    "new_nonce",
     "new_quote_id",
-    "own_child_key",
-    "own_child_public",
-    "payee_locking_script",
-    "payer_locking_script",
-    "their_child_public",
 ]
 
-#: BRC-29's protocol id: the payment key is derived with it
-BRC29_PROTOCOL: Final[ProtocolID] = (2, "3241645161d8")
 #: BRC-3 signatures over quotes and receipts
 QUOTE_PROTOCOL: Final[ProtocolID] = (2, "overlay payment quote")
 RECEIPT_PROTOCOL: Final[ProtocolID] = (2, "overlay payment receipt")
-#: the wallet's own keys (faucet deposits, change): self-derived with this protocol
-WALLET_PROTOCOL: Final[ProtocolID] = (2, "overlay node wallet")
 #: every satoshi there will ever be
 MAX_SATOSHIS: Final = 21_000_000 * 100_000_000
 
 _QUOTE_TAG: Final = "overlay-node/quote/1"
 _RECEIPT_TAG: Final = "overlay-node/receipt/1"
-_NONCE = re.compile(r"^[A-Za-z0-9+/=_-]{4,64}$")
 _QUOTE_ID = re.compile(r"^[0-9a-f]{32}$")
 _PUBKEY_HEX = re.compile(r"^0[23][0-9a-f]{64}$")
 _TXID = re.compile(r"^[0-9a-f]{64}$")
@@ -95,152 +74,10 @@ _MAX_RESOURCE = 512
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_MS = 2**53
 
-#: the identity whose private key is 1: BRC-3 "anyone" signatures are checked with it
-_ANYONE = Identity.from_private_bytes((1).to_bytes(32, "big"))
-#: parsed public keys by their 33 bytes (payers and payees come back again and again)
-_PUBKEYS: dict[bytes, PublicKey] = {}
-_PUBKEY_CACHE = 4096
-#: BRC-3 child keys by (our public key, invoice) and signers' derived public keys by (signer, invoice)
-_SECRETS: dict[tuple[bytes, str], bytes] = {}
-_SIGNERS: dict[tuple[str, str], PublicKey] = {}
-_KEY_CACHE = 1024
-
-
-# -- BRC-42 on the hot path ----------------------------------------------------------------------------------
-# The same derivations as crypto/brc42.py (the tests hold them equal), shaped for a payment per packet: the
-# counterparty key is parsed once and cached, a child private key is computed as an integer (no key object, no
-# public key computed for nothing), and each child public key costs one point addition.
-
-
-def _raw_key(key: str | bytes) -> bytes:
-    if isinstance(key, bytes):
-        return key
-    try:
-        return bytes.fromhex(key)
-    except ValueError:
-        raise BadRequest("public key is not hex") from None
-
-
-def _canonical_key(key: str | bytes) -> str:
-    """A public key's lower-case hex, checked to be a point (through the parse cache: a producer issues a quote
-    to the same subscriber per packet).
-
-    Raises:
-        BadRequest: not hex, or not a compressed point.
-    """
-    raw = _raw_key(key)
-    _pub(raw)
-    return raw.hex()
-
-
-def _pub(raw: bytes) -> PublicKey:
-    key = _PUBKEYS.get(raw)
-    if key is None:
-        key = parse_public_key(raw)
-        if len(_PUBKEYS) >= _PUBKEY_CACHE:
-            _PUBKEYS.clear()
-        _PUBKEYS[raw] = key
-    return key
-
-
-def child_secret(identity: Identity, counterparty: str | bytes, invoice: str) -> bytes:
-    """Our BRC-42 child private key (32 bytes) for ``invoice`` with ``counterparty``.
-
-    Raises:
-        BadRequest: ``counterparty`` is not a valid public key.
-    """
-    tweak = brc42_tweak(identity.shared_secret(_raw_key(counterparty)), invoice)
-    root = int.from_bytes(identity.private_bytes, "big")
-    return ((root + int.from_bytes(tweak, "big")) % SECP256K1_N).to_bytes(32, "big")
-
-
-def own_child_public(identity: Identity, counterparty: str | bytes, invoice: str) -> bytes:
-    """Our BRC-42 child public key (33 bytes): what ``counterparty`` pays us to, or we sign with."""
-    tweak = brc42_tweak(identity.shared_secret(_raw_key(counterparty)), invoice)
-    return bytes(_pub(identity.public_key).add(tweak).format(compressed=True))
-
-
-def own_child_key(identity: Identity, counterparty: str | bytes, invoice: str) -> tuple[bytes, bytes]:
-    """Our BRC-42 child private key and its public key (the same key as :func:`own_child_public`, computed from
-    the private side: for a key we will also sign with, one EC multiplication gives both)."""
-    secret = child_secret(identity, counterparty, invoice)
-    return secret, bytes(PublicKey.from_valid_secret(secret).format(compressed=True))
-
-
-def their_child_public(identity: Identity, counterparty: str | bytes, invoice: str) -> bytes:
-    """``counterparty``'s BRC-42 child public key (33 bytes) as we compute it."""
-    raw = _raw_key(counterparty)
-    tweak = brc42_tweak(identity.shared_secret(raw), invoice)
-    return bytes(_pub(raw).add(tweak).format(compressed=True))
-
-
-def _invoice(protocol: ProtocolID, key_id: str) -> str:
-    # our protocol ids are constants in normal form and key ids are quote ids (hex): no re-validation needed
-    return f"{protocol[0]}-{protocol[1]}-{key_id}"
-
-
-def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(cache) >= _KEY_CACHE:
-        cache.clear()
-    cache[key] = value
-
-
-def _sign_for_anyone(identity: Identity, protocol: ProtocolID, key_id: str, data: bytes) -> bytes:
-    """A BRC-3 signature (counterparty ``anyone``): DER ECDSA over SHA-256(data) with our child key (remembered
-    per key id: a stream's receipts all use one)."""
-    invoice = _invoice(protocol, key_id)
-    secret = _SECRETS.get((identity.public_key, invoice))
-    if secret is None:
-        secret = child_secret(identity, ANYONE_PUBLIC_KEY, invoice)
-        _remember(_SECRETS, (identity.public_key, invoice), secret)
-    return sign_digest(secret, hashlib.sha256(data).digest())
-
-
-def _verify_from(signer: str, protocol: ProtocolID, key_id: str, data: bytes, sig: bytes) -> bool:
-    """Check a BRC-3 ``anyone`` signature made by ``signer`` (hex public key; the derived key is remembered per
-    signer and key id)."""
-    invoice = _invoice(protocol, key_id)
-    pub = _SIGNERS.get((signer, invoice))
-    if pub is None:
-        try:
-            raw = _raw_key(signer)
-            tweak = brc42_tweak(_ANYONE.shared_secret(raw), invoice)
-            pub = _pub(raw).add(tweak)
-        except (BadRequest, ValueError):
-            return False
-        _remember(_SIGNERS, (signer, invoice), pub)
-    return ecdsa_verify_digest(pub, sig, hashlib.sha256(data).digest())
-
-
-def new_nonce() -> str:
-    """A fresh derivation prefix or suffix: base64 of 16 random bytes."""
-    return base64.b64encode(secrets.token_bytes(16)).decode("ascii")
-
 
 def new_quote_id() -> str:
     """A fresh quote id: 32 lower-case hex characters."""
     return secrets.token_hex(16)
-
-
-def brc29_invoice(prefix: str, suffix: str) -> str:
-    """The BRC-43 invoice number of a BRC-29 payment key: ``"2-3241645161d8-<prefix> <suffix>"``.
-
-    Raises:
-        BadRequest: a prefix or suffix that is not a nonce (4-64 base64 characters).
-    """
-    _nonce(prefix, "derivation prefix")
-    _nonce(suffix, "derivation suffix")
-    return invoice_number(BRC29_PROTOCOL, f"{prefix} {suffix}")
-
-
-def payer_locking_script(payer: Identity, payee: str | bytes, prefix: str, suffix: str) -> bytes:
-    """The script output 0 of a payment locks to, computed by the payer (the payee's child public key)."""
-    return p2pkh_for_key(their_child_public(payer, payee, brc29_invoice(prefix, suffix)))
-
-
-def payee_locking_script(payee: Identity, payer: str | bytes, prefix: str, suffix: str) -> bytes:
-    """The same script, computed by the payee from its own child private key (output 0 must match it)."""
-    return p2pkh_for_key(own_child_public(payee, payer, brc29_invoice(prefix, suffix)))
 
 
 def check_payment_output(script: bytes, satoshis: int, *, expected_script: bytes, price: int) -> None:
@@ -260,12 +97,6 @@ def check_payment_output(script: bytes, satoshis: int, *, expected_script: bytes
 
 
 # -- field checks --------------------------------------------------------------------------------------------
-
-
-def _nonce(value: object, what: str) -> str:
-    if not isinstance(value, str) or not _NONCE.match(value):
-        raise BadRequest(f"{what} must be 4-64 base64 characters")
-    return value
 
 
 def _str(body: dict[str, Any], key: str, pattern: re.Pattern[str], what: str) -> str:
@@ -396,21 +227,21 @@ class Quote:
         unsigned = cls(
             quote_id=quote_id or new_quote_id(),
             payee=payee.public_key_hex,
-            payer=_canonical_key(payer),
+            payer=checked_key_hex(payee, payer),
             resource=check_resource(resource),
             amount=check_amount(amount, "price"),
-            prefix=_nonce(prefix or new_nonce(), "derivation prefix"),
+            prefix=check_nonce(prefix or new_nonce(), "derivation prefix"),
             created_ms=now_ms,
             expires_ms=now_ms + ttl_ms,
         )
         if not signed:
             return unsigned
-        sig = _sign_for_anyone(payee, QUOTE_PROTOCOL, unsigned.quote_id, unsigned.signing_bytes())
+        sig = sign_for_anyone(payee, QUOTE_PROTOCOL, unsigned.quote_id, unsigned.signing_bytes())
         return cls(**{**unsigned.as_fields(), "sig": sig})
 
     def verify(self) -> bool:
         """Whether ``sig`` is the payee's signature over this quote."""
-        return bool(self.sig) and _verify_from(
+        return bool(self.sig) and verify_for_anyone(
             self.payee, QUOTE_PROTOCOL, self.quote_id, self.signing_bytes(), self.sig
         )
 
@@ -460,7 +291,7 @@ class Quote:
             payer=_key(body, "payer"),
             resource=check_resource(body.get("resource")),
             amount=check_amount(body.get("amount"), "price"),
-            prefix=_nonce(body.get("prefix"), "derivation prefix"),
+            prefix=check_nonce(body.get("prefix"), "derivation prefix"),
             created_ms=_int(body, "created_ms", 0, _MAX_MS),
             expires_ms=_int(body, "expires_ms", 0, _MAX_MS),
             sig=b"" if not signed and body.get("sig") is None else _sig(body),
@@ -521,8 +352,8 @@ class PaymentMessage:
             quote = Quote.from_wire(body.get("quote"))
         return cls(
             quote=quote,
-            derivation_prefix=_nonce(body.get("derivation_prefix"), "derivation prefix"),
-            derivation_suffix=_nonce(body.get("derivation_suffix"), "derivation suffix"),
+            derivation_prefix=check_nonce(body.get("derivation_prefix"), "derivation prefix"),
+            derivation_suffix=check_nonce(body.get("derivation_suffix"), "derivation suffix"),
             sender_identity_key=_key(body, "sender_identity_key"),
             transaction=tx,
         )
@@ -596,7 +427,7 @@ class Receipt:
             next_quote=next_quote.digest() if next_quote is not None else b"",
             key_id=check_key_id(key_id) if key_id else "",
         )
-        sig = _sign_for_anyone(payee, RECEIPT_PROTOCOL, unsigned.signing_key_id, unsigned.signing_bytes())
+        sig = sign_for_anyone(payee, RECEIPT_PROTOCOL, unsigned.signing_key_id, unsigned.signing_bytes())
         return cls(**{**unsigned.as_fields(), "sig": sig})
 
     @property
@@ -606,7 +437,7 @@ class Receipt:
 
     def verify(self) -> bool:
         """Whether ``sig`` is the payee's signature over this receipt (anyone can check it)."""
-        return _verify_from(self.payee, RECEIPT_PROTOCOL, self.signing_key_id, self.signing_bytes(), self.sig)
+        return verify_for_anyone(self.payee, RECEIPT_PROTOCOL, self.signing_key_id, self.signing_bytes(), self.sig)
 
     def signs_quote(self, quote: Quote) -> bool:
         """Whether this receipt names ``quote`` as the next one (check :meth:`verify` too): the same payee and

@@ -44,7 +44,7 @@ from overlay_node.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from overlay_node.metrics import Metrics
+from overlay_node.metrics import Metrics, instrument
 from overlay_node.protocol.http_auth import (
     AUTH_PATH,
     ClientSession,
@@ -56,7 +56,6 @@ from overlay_node.protocol.http_auth import (
 )
 from overlay_node.protocol.http_payment import H_PAYMENT, H_VERSION, parse_payment_required
 from overlay_node.services.payments import Payments
-from overlay_node.services.wallet import instrument
 
 __all__ = ["AuthFetch", "AuthResponse", "AuthTransport"]
 

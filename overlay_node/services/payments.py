@@ -44,6 +44,7 @@ from overlay_node.chain.formats import SourceOutput
 from overlay_node.chain.spv import claims
 from overlay_node.clock import wall_time
 from overlay_node.config import WalletSection
+from overlay_node.crypto.brc29 import new_nonce, payee_locking_script, payer_locking_script
 from overlay_node.crypto.keys import Identity, public_key_hex
 from overlay_node.errors import (
     BadRequest,
@@ -59,7 +60,8 @@ from overlay_node.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from overlay_node.metrics import Metrics
+from overlay_node.lru import LruMap
+from overlay_node.metrics import Metrics, instrument
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.http_auth import create_nonce
 from overlay_node.protocol.http_payment import (
@@ -78,16 +80,14 @@ from overlay_node.protocol.payments import (
     check_amount,
     check_payment_output,
     check_resource,
-    new_nonce,
-    payee_locking_script,
-    payer_locking_script,
 )
 from overlay_node.services.group_commit import GroupCommit
-from overlay_node.services.wallet import LruMap, PreparedTx, Wallet, instrument
+from overlay_node.services.wallet import PreparedTx, Wallet
 from overlay_node.services.wallet_beef import check_payment_beef, parse_payment_beef
 from overlay_node.store.db import Store
 from overlay_node.store.payments import IncomingRecord, RecordOutcome
-from overlay_node.store.wallet import HistoryRecord, NewJob
+from overlay_node.store.records import NewJob
+from overlay_node.store.wallet import HistoryRecord
 
 __all__ = ["HttpAnswer", "Payments", "Pricer"]
 
@@ -172,9 +172,10 @@ class Payments:
         self._store = store
         self._peers = peers
         self._wallet = wallet
-        self._issued = LruMap(config.max_quotes)  # quote id -> _Issued
-        self._received = LruMap(config.max_quotes)  # quote id -> Quote
-        self._voided = LruMap(config.max_quotes)  # quote id -> True: asked for by pay.receipt, never paid
+        self._issued: LruMap[str, _Issued] = LruMap(config.max_quotes)  # by quote id
+        self._received: LruMap[str, Quote] = LruMap(config.max_quotes)  # by quote id (quotes we were given)
+        # quote id -> True: asked for by pay.receipt, never paid
+        self._voided: LruMap[str, bool] = LruMap(config.max_quotes)
         self._pricers: dict[str, Pricer] = {}
         self._records = GroupCommit[tuple[IncomingRecord, list[SourceOutput]], RecordOutcome](
             self._write_records, on_written=self._recorded, max_batch=config.record_batch

@@ -46,11 +46,12 @@ import trio
 
 from overlay_node.clock import wall_time
 from overlay_node.config import WalletSection
-from overlay_node.metrics import Metrics
+from overlay_node.metrics import Metrics, instrument
 from overlay_node.services.arc import ArcOutcome, ArcResult
-from overlay_node.services.wallet import Wallet, instrument
+from overlay_node.services.wallet import Wallet
 from overlay_node.store.db import Store
-from overlay_node.store.wallet import JobState, JobUpdate, SettlementJob
+from overlay_node.store.records import JobState
+from overlay_node.store.settlement import JobUpdate, SettlementJob
 
 __all__ = ["Settlement", "backoff", "decide"]
 

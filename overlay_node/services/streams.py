@@ -56,7 +56,7 @@ from overlay_node.errors import (
     OverlayError,
     PaymentReplayed,
 )
-from overlay_node.metrics import Metrics
+from overlay_node.metrics import Metrics, instrument
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.payments import PaymentMessage, Quote
 from overlay_node.protocol.streams import (
@@ -75,7 +75,6 @@ from overlay_node.protocol.streams import (
 )
 from overlay_node.services.dht import DhtService, dht_key
 from overlay_node.services.payments import Payments
-from overlay_node.services.wallet import instrument
 from overlay_node.store.db import Store
 from overlay_node.store.streams import StreamRow, SubRow
 

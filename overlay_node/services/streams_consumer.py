@@ -56,6 +56,7 @@ from overlay_node.errors import (
     QuoteExpired,
     RemoteProtocolError,
 )
+from overlay_node.lru import LruMap
 from overlay_node.metrics import Metrics
 from overlay_node.net.link import rebuild_error
 from overlay_node.net.peers import PeerLink, PeerManager
@@ -74,7 +75,7 @@ from overlay_node.protocol.streams import (
 from overlay_node.services.dht import DhtService, dht_key
 from overlay_node.services.payments import Payments
 from overlay_node.services.streams import stream_metrics
-from overlay_node.services.wallet import LruMap, PreparedTx, Wallet
+from overlay_node.services.wallet import PreparedTx, Wallet
 from overlay_node.store.db import Store
 from overlay_node.store.streams import SubRow
 from overlay_node.store.wallet import HistoryRecord
@@ -659,7 +660,7 @@ class StreamConsumer:
         # the children counted per payment or batch, looked up once
         self.m_paid, self.m_received = self.m_payments.labels("consumer", "paid"), self.m_packets.labels("received")
         self._subs: dict[tuple[str, str], Subscription] = {}
-        self._recent = LruMap(_RECENT)  # stream id -> final summary
+        self._recent: LruMap[str, dict[str, Any]] = LruMap(_RECENT)  # stream id -> final summary
         self._nursery: trio.Nursery | None = None
         peers.on_notice("stream.packets", self._on_packets)
         peers.on_notice("stream.paused", self._on_paused)

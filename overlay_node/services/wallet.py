@@ -29,10 +29,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import trio
 from bsv.keys import PublicKey as BsvPublicKey
@@ -42,34 +41,29 @@ from overlay_node.chain.refusals import Refusal
 from overlay_node.chain.validation import Policy
 from overlay_node.clock import wall_time
 from overlay_node.config import WalletSection
+from overlay_node.crypto.brc42 import ProtocolID, child_secret, own_child_key
 from overlay_node.crypto.keys import Identity
 from overlay_node.crypto.scripts import p2pkh_for_key
 from overlay_node.crypto.sighash import Spend, UnlockForm, outpoint_bytes
 from overlay_node.errors import ApiError, BadRequest, ConfigError, Conflict, DialError, OverlayError
-from overlay_node.metrics import Metrics
-from overlay_node.protocol.payments import WALLET_PROTOCOL, child_secret, own_child_key
+from overlay_node.lru import LruMap
+from overlay_node.metrics import Metrics, instrument
 from overlay_node.services.arc import DevnetClient
 from overlay_node.services.chaintracker import ChainTracker
 from overlay_node.services.group_commit import GroupCommit
 from overlay_node.services.wallet_beef import beef_entries, outputs_of, tx_record
 from overlay_node.services.wallet_build import BuiltTx, CoinSet, build_transaction, select_coins
 from overlay_node.store.db import Store
-from overlay_node.store.wallet import (
-    Deposit,
-    HistoryEntry,
-    HistoryRecord,
-    NewJob,
-    Outgoing,
-    SentUpdate,
-    SettlementEffects,
-    TxRecord,
-    UtxoRecord,
-)
+from overlay_node.store.records import NewJob, UtxoRecord
+from overlay_node.store.settlement import SettlementEffects
+from overlay_node.store.wallet import Deposit, HistoryEntry, HistoryRecord, Outgoing, SentUpdate, TxRecord
 
-__all__ = ["RECEIVE_KEY_ID", "Balance", "LruMap", "PreparedTx", "Wallet", "instrument"]
+__all__ = ["RECEIVE_KEY_ID", "WALLET_PROTOCOL", "Balance", "PreparedTx", "Wallet"]
 
 logger = logging.getLogger(__name__)
 
+#: the wallet's own keys (faucet deposits, change): self-derived with this protocol
+WALLET_PROTOCOL: Final[ProtocolID] = (2, "overlay node wallet")
 #: the key id of the wallet's deposit key (faucet payouts and `wallet receive`)
 RECEIVE_KEY_ID = "receive"
 _WALLET_PROTOCOL_TEXT = f"{WALLET_PROTOCOL[0]}-{WALLET_PROTOCOL[1]}"
@@ -79,20 +73,6 @@ _TX_CACHE = 20_000
 _KNOWN_PER_PEER = 20_000
 #: change is split into coins of at least this many satoshis, else kept whole
 _MIN_CHANGE_PART = 1_000
-
-
-class LruMap(OrderedDict[str, Any]):
-    """A small LRU map (most recent last)."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def put(self, key: str, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,12 +164,15 @@ class Wallet:
         self._url = url
         self._arc: DevnetClient | None = None
         self._coins = CoinSet()
-        self._txs: LruMap = LruMap(_TX_CACHE)  # txid -> TxRecord
-        self._outputs: LruMap = LruMap(_TX_CACHE)  # txid -> list[SourceOutput]
-        self._queued: LruMap = LruMap(_TX_CACHE)  # txid -> True: in our settlement queue (submitted in order)
-        self._own_publics: LruMap = LruMap(_TX_CACHE)  # invoice -> our public key (change made by this process)
-        self._own_secrets: LruMap = LruMap(_TX_CACHE)  # invoice -> its private key (a stream's change shares one)
-        self._known: dict[str, LruMap] = {}  # peer -> txids it holds
+        self._txs: LruMap[str, TxRecord] = LruMap(_TX_CACHE)  # by txid
+        self._outputs: LruMap[str, list[SourceOutput]] = LruMap(_TX_CACHE)  # by txid
+        # txid -> True: in our settlement queue (submitted in order)
+        self._queued: LruMap[str, bool] = LruMap(_TX_CACHE)
+        # invoice -> our public key (change made by this process)
+        self._own_publics: LruMap[str, bytes] = LruMap(_TX_CACHE)
+        # invoice -> its private key (a stream's change shares one)
+        self._own_secrets: LruMap[str, bytes] = LruMap(_TX_CACHE)
+        self._known: dict[str, LruMap[str, bool]] = {}  # peer -> txids it holds
         self._tracker: ChainTracker | None = None
         self._fee_rate = config.fee_rate
         self._ready = trio.Event()
@@ -720,15 +703,6 @@ class Wallet:
     def _update_gauge(self) -> None:
         for gauge, value in zip(self._gauges, self._coins.totals(), strict=True):
             gauge.set(value)
-
-
-def instrument(metrics: Metrics, kind: type[Any], name: str, doc: str, labels: Sequence[str]) -> Any:
-    """A Prometheus instrument of these services on the node's registry, created once per registry (a service
-    built again on the same metrics, e.g. after a restart in one process, gets the existing one)."""
-    try:
-        return kind(name, doc, list(labels), registry=metrics.registry)
-    except ValueError:  # already registered on this registry
-        return metrics.registry._names_to_collectors[name]
 
 
 def _gauge(metrics: Metrics) -> Any:

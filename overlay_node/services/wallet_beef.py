@@ -29,7 +29,8 @@ from overlay_node.chain.refusals import Refusal
 from overlay_node.chain.spv import verify_beef
 from overlay_node.chain.validation import Policy
 from overlay_node.errors import InvalidPayment, PaymentError
-from overlay_node.store.wallet import Outpoint, TxRecord
+from overlay_node.store.records import Outpoint
+from overlay_node.store.wallet import TxRecord
 
 __all__ = ["CheckedPayment", "beef_entries", "check_payment_beef", "parse_payment_beef", "tx_record"]
 

@@ -26,7 +26,7 @@ from overlay_node.chain.formats import SourceOutput
 from overlay_node.crypto.bump import varint_bytes
 from overlay_node.crypto.sighash import P2pkhSpend, Spend, outpoint_bytes, sign_p2pkh, sign_transaction, txid_of_raw
 from overlay_node.errors import InsufficientFunds
-from overlay_node.store.wallet import Outpoint, UtxoRecord
+from overlay_node.store.records import Outpoint, UtxoRecord
 
 __all__ = ["BuiltTx", "CoinSet", "build_transaction", "estimate_size", "required_fee", "select_coins"]
 

@@ -6,8 +6,10 @@ Layout:
   read connections, WAL), each call one transaction, ``sqlite3.Error`` mapped to ``StoreError``.
 - ``migrations.py``: the named schema migrations, applied in order when the store opens.
 - ``db.py``: :class:`Store`, which carries one attribute per repository, and :func:`open_store`.
-- one module per repository (``meta.py``, ``peers.py``, ...): a class taking the ``Database`` and exposing async
-  typed methods that return frozen dataclasses, never rows or SQL.
+- one module per repository (``meta.py``, ``peers.py``, ``wallet.py``, ``settlement.py``, ...): a class taking the
+  ``Database`` and exposing async typed methods that return frozen dataclasses, never rows or SQL.
+- ``records.py``: the rows two repositories share (the wallet's outputs, the settlement jobs other writes queue),
+  so that the wallet's and the settlement queue's repositories do not import each other.
 
 Adding a repository (say ``adverts``):
 

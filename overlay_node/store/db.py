@@ -18,8 +18,9 @@ from overlay_node.store.migrations import MIGRATIONS, AppliedMigration, Migratio
 from overlay_node.store.overlay import OverlayRepository, OwnTokensRepository
 from overlay_node.store.payments import PaymentsRepository
 from overlay_node.store.peers import PeersRepository
+from overlay_node.store.settlement import SettlementRepository
 from overlay_node.store.streams import StreamsRepository
-from overlay_node.store.wallet import SettlementRepository, WalletRepository
+from overlay_node.store.wallet import WalletRepository
 
 if TYPE_CHECKING:
     from overlay_node.config import StoreSection

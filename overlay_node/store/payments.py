@@ -4,7 +4,7 @@ Tables ``payments`` and ``payment_spends`` (migration ``0004_wallet``). Recordin
 transaction, its ``payments`` row (quote id and derivation prefix unique: a replay cannot be recorded twice),
 the outputs its transaction spends (``payment_spends``: a second payment spending one of them is a double
 spend), the transactions of its BEEF, the output it pays us, a history entry and the settlement job
-(``store.wallet`` helpers). :meth:`PaymentsRepository.record` takes a batch (group commit): every record is
+(``store/wallet.py``'s helpers). :meth:`PaymentsRepository.record` takes a batch (group commit): every record is
 applied or refused on its own (a savepoint each) and the batch is committed with one fsync.
 """
 
@@ -15,15 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from overlay_node.store.records import NewJob, Outpoint, UtxoRecord
 from overlay_node.store.rows import MAX_PARAMS, execute_rows, marks
-from overlay_node.store.wallet import (
-    HistoryRecord,
-    NewJob,
-    Outpoint,
-    TxRecord,
-    UtxoRecord,
-    insert_many,
-)
+from overlay_node.store.wallet import HistoryRecord, TxRecord, insert_many
 
 if TYPE_CHECKING:
     from overlay_node.store.engine import Database

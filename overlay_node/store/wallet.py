@@ -1,5 +1,5 @@
-"""The wallet's repositories: transactions, outputs (UTXOs) and history (``store.wallet``), and the settlement
-queue (``store.settlement``). Tables from migration ``0004_wallet``.
+"""The wallet's repository (``store.wallet``): transactions, outputs (UTXOs) and history. Tables from migration
+``0004_wallet``; the rows it shares with the settlement queue (``store.settlement``) are in ``store/records.py``.
 
 Invariants (each kept by doing the whole change in one write transaction):
 
@@ -14,72 +14,39 @@ Invariants (each kept by doing the whole change in one write transaction):
    history entry (``sending``) and a settlement job that watches for it; the payee's answer then makes the
    change spendable and the job submit (:meth:`WalletRepository.record_sent`), a refusal undoes it all
    (:meth:`WalletRepository.abort_outgoing`), and no answer leaves the watch to decide. A payment we
-   receive is committed whole too (``store.payments``).
-4. A settlement job leaves ``pending``/``progressing``/``seen`` only for ``mined``, ``failed`` or
-   ``abandoned``, and its effects on outputs, history and payments land in the same transaction as the new
-   state (:meth:`SettlementRepository.apply`).
+   receive is committed whole too (``store.payments``). What settlement does to them afterwards is
+   ``store/settlement.py``'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from overlay_node.errors import Conflict
+from overlay_node.store.records import UTXO_SELECT, NewJob, Outpoint, UtxoRecord, insert_job, insert_jobs, utxo_from_row
 from overlay_node.store.rows import MAX_PARAMS, execute_rows, marks
 
 if TYPE_CHECKING:
     from overlay_node.store.engine import Database
 
 __all__ = [
-    "DUE_HOLD_SQL",
-    "DUE_SQL",
-    "NEXT_DUE_SQL",
+    "Deposit",
     "HistoryEntry",
     "HistoryRecord",
-    "JobState",
-    "JobUpdate",
-    "NewJob",
-    "Outpoint",
+    "Outgoing",
     "SentUpdate",
-    "SettlementEffects",
-    "SettlementJob",
-    "SettlementRepository",
     "TxRecord",
-    "UtxoRecord",
     "WalletRepository",
+    "insert_history",
+    "insert_many",
+    "insert_txs",
+    "insert_utxo",
 ]
 
-#: (txid, output index)
-Outpoint = tuple[str, int]
-JobState = Literal["pending", "progressing", "seen", "mined", "failed", "abandoned"]
-JobKind = Literal["submit", "watch"]
-#: job states after which nothing more happens
-TERMINAL_STATES: frozenset[str] = frozenset({"mined", "failed", "abandoned"})
-
 _BATCH = 500
-#: the condition of the partial index settlement_due, word for word (SQLite uses a partial index only for a query
-#: whose WHERE holds its condition as written)
-_OPEN_JOB = "state NOT IN ('mined', 'failed', 'abandoned')"
-# The settlement queue's hot queries go through that index: finished jobs stay in the table, so a plan that walks
-# the table in id order (what SQLite picks for a bare ORDER BY id or MIN(id)) would scan every payment ever made,
-# every few hundred milliseconds. "+id" keeps the planner off it. tests/integration/test_store.py checks the plans.
-#: the first pending submission that is waiting to retry (it holds back the ones queued after it)
-DUE_HOLD_SQL = (
-    f"SELECT MIN(+id) FROM settlement WHERE {_OPEN_JOB} AND state = 'pending' AND kind = 'submit' AND next_at > ?"
-)
-#: the due jobs, oldest first
-DUE_SQL = (
-    f"SELECT * FROM settlement WHERE {_OPEN_JOB} AND next_at <= ? "
-    "AND NOT (state = 'pending' AND kind = 'submit' AND id > ?) ORDER BY +id LIMIT ?"
-)
-#: when the next job :data:`DUE_SQL` would return comes due (the jobs held back wait for the one holding them)
-NEXT_DUE_SQL = (
-    f"SELECT MIN(next_at) FROM settlement WHERE {_OPEN_JOB} AND NOT (state = 'pending' AND kind = 'submit' AND id > ?)"
-)
 
 
 # -- rows ----------------------------------------------------------------------------------------------------
@@ -98,32 +65,6 @@ class TxRecord:
     @property
     def proven(self) -> bool:
         return self.merkle_path is not None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UtxoRecord:
-    """An output of ours. Its private key is BRC-42 derived from ``protocol`` (``"<level>-<name>"``),
-    ``key_id`` and ``counterparty`` (a hex public key, or ``self``); ``origin`` says how it came (faucet,
-    change, payment). ``proven`` is true once its transaction has a merkle path."""
-
-    txid: str
-    vout: int
-    satoshis: int
-    script: bytes
-    protocol: str
-    key_id: str
-    counterparty: str
-    origin: str
-    proven: bool = False
-
-    @property
-    def outpoint(self) -> Outpoint:
-        return (self.txid, self.vout)
-
-    @property
-    def invoice(self) -> str:
-        """The BRC-43 invoice number its key is derived with."""
-        return f"{self.protocol}-{self.key_id}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,73 +106,6 @@ class HistoryEntry:
     updated_at: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NewJob:
-    """A transaction to hand to the settlement queue: ``submit`` it (as ``beef``) and follow it until mined,
-    or only ``watch`` for it (a payment the payee never answered) until ``deadline``."""
-
-    txid: str
-    beef: bytes
-    kind: JobKind = "submit"
-    state: JobState = "pending"
-    next_at: float = 0.0
-    deadline: float | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SettlementJob:
-    """A row of ``settlement``."""
-
-    id: int
-    txid: str
-    beef: bytes
-    kind: JobKind
-    state: JobState
-    attempts: int
-    next_at: float
-    deadline: float | None
-    arc_status: str | None
-    detail: str
-    created_at: float
-
-    @property
-    def settled(self) -> bool:
-        """ARC accepted it and the network has seen it (or mined it)."""
-        return self.state in ("seen", "mined")
-
-    @property
-    def done(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobUpdate:
-    """What one ARC answer does to a job (from ``services.settlement.decide``).
-
-    ``double_spend`` (with a failure) says the inputs were spent by a competing transaction, so they are lost;
-    otherwise a failed transaction's inputs become spendable again.
-    """
-
-    state: JobState
-    attempts: int
-    next_at: float
-    arc_status: str | None = None
-    detail: str = ""
-    merkle_path: bytes | None = None
-    block_height: int | None = None
-    double_spend: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SettlementEffects:
-    """How a job update changed the wallet: txids now proven, outputs now dead, outputs spendable again."""
-
-    proven: tuple[str, ...] = ()
-    dead: tuple[Outpoint, ...] = ()
-    restored: tuple[UtxoRecord, ...] = ()
-    failed_payments: tuple[str, ...] = field(default=())
-
-
 # -- helpers shared with store/payments.py (they run inside a caller's transaction) --------------------------
 
 
@@ -249,10 +123,6 @@ _UTXO_INSERT = (
 _HISTORY_INSERT = (
     "INSERT INTO wallet_history (txid, direction, kind, amount, fee, counterparty, quote_id, resource, "
     "status, detail, receipt, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_JOB_INSERT = (
-    "INSERT INTO settlement (txid, beef, kind, state, next_at, deadline, created_at, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (txid) DO NOTHING"
 )
 
 
@@ -283,10 +153,6 @@ def _history_row(h: HistoryRecord, now: float) -> tuple[object, ...]:
     )
 
 
-def _job_row(job: NewJob, now: float) -> tuple[object, ...]:
-    return (job.txid, job.beef, job.kind, job.state, job.next_at, job.deadline, now, now)
-
-
 def insert_txs(conn: sqlite3.Connection, txs: Sequence[TxRecord], now: float) -> None:
     """Add transactions the wallet does not hold yet; a known one gains a merkle path it lacked."""
     execute_rows(conn, _TX_UPSERT, [_tx_row(tx, now) for tx in txs])
@@ -301,11 +167,6 @@ def insert_history(conn: sqlite3.Connection, h: HistoryRecord, now: float) -> in
     return int(cur.lastrowid or 0)
 
 
-def insert_job(conn: sqlite3.Connection, job: NewJob, now: float) -> None:
-    """Queue ``job``; a transaction already queued keeps its job (the first one wins)."""
-    conn.execute(_JOB_INSERT, _job_row(job, now))
-
-
 def insert_many(
     conn: sqlite3.Connection,
     *,
@@ -314,12 +175,12 @@ def insert_many(
     histories: Sequence[tuple[HistoryRecord, float]] = (),
     jobs: Sequence[tuple[NewJob, float]] = (),
 ) -> None:
-    """What :func:`insert_txs`, :func:`insert_utxo`, :func:`insert_history` and :func:`insert_job` do, for many
+    """What :func:`insert_txs`, :func:`insert_utxo`, :func:`insert_history` and ``records.insert_job`` do, for many
     ``(record, now)`` pairs (``(utxo, now, state)`` for coins), one statement per table (a batch of payments)."""
     execute_rows(conn, _TX_UPSERT, [_tx_row(tx, now) for tx, now in txs])
     execute_rows(conn, _UTXO_INSERT, [_utxo_row(u, state, now) for u, now, state in utxos])
     execute_rows(conn, _HISTORY_INSERT, [_history_row(h, now) for h, now in histories])
-    execute_rows(conn, _JOB_INSERT, [_job_row(job, now) for job, now in jobs])
+    insert_jobs(conn, jobs)
 
 
 #: a pending coin is the change of a payment whose answer came and is being recorded
@@ -344,26 +205,6 @@ def _commit_all(conn: sqlite3.Connection, outs: Sequence[Outgoing], now: float) 
         jobs=[(out.job, now) for out in outs],
     )
     return None
-
-
-def _utxo(row: sqlite3.Row) -> UtxoRecord:
-    return UtxoRecord(
-        txid=str(row["txid"]),
-        vout=int(row["vout"]),
-        satoshis=int(row["satoshis"]),
-        script=bytes(row["script"]),
-        protocol=str(row["protocol"]),
-        key_id=str(row["key_id"]),
-        counterparty=str(row["counterparty"]),
-        origin=str(row["origin"]),
-        proven=row["merkle_path"] is not None,
-    )
-
-
-_UTXO_SELECT = (
-    "SELECT u.txid, u.vout, u.satoshis, u.script, u.protocol, u.key_id, u.counterparty, u.origin, "
-    "t.merkle_path FROM wallet_utxos u LEFT JOIN wallet_txs t ON t.txid = u.txid"
-)
 
 
 def _tx(row: sqlite3.Row) -> TxRecord:
@@ -447,8 +288,8 @@ class WalletRepository:
         """Every spendable output, oldest first."""
 
         def txn(conn: sqlite3.Connection) -> list[UtxoRecord]:
-            rows = conn.execute(f"{_UTXO_SELECT} WHERE u.state = 'spendable' ORDER BY u.created_at").fetchall()
-            return [_utxo(r) for r in rows]
+            rows = conn.execute(f"{UTXO_SELECT} WHERE u.state = 'spendable' ORDER BY u.created_at").fetchall()
+            return [utxo_from_row(r) for r in rows]
 
         return await self._db.read(txn)
 
@@ -640,215 +481,3 @@ class WalletRepository:
             return [_history(r) for r in rows]
 
         return await self._db.read(txn)
-
-
-# -- the settlement queue ------------------------------------------------------------------------------------
-
-
-def _job(row: sqlite3.Row) -> SettlementJob:
-    return SettlementJob(
-        id=int(row["id"]),
-        txid=str(row["txid"]),
-        beef=bytes(row["beef"]),
-        kind=row["kind"],
-        state=row["state"],
-        attempts=int(row["attempts"]),
-        next_at=float(row["next_at"]),
-        deadline=None if row["deadline"] is None else float(row["deadline"]),
-        arc_status=None if row["arc_status"] is None else str(row["arc_status"]),
-        detail=str(row["detail"]),
-        created_at=float(row["created_at"]),
-    )
-
-
-class SettlementRepository:
-    """The settlement queue. Reach it as ``store.settlement``."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    async def add(self, job: NewJob, *, now: float) -> None:
-        """Queue a job (a txid already queued keeps its job)."""
-
-        def txn(conn: sqlite3.Connection) -> None:
-            insert_job(conn, job, now)
-
-        await self._db.write(txn, durable=True)
-
-    async def due(self, now: float, *, limit: int) -> list[SettlementJob]:
-        """Open jobs whose time has come, oldest first.
-
-        Submissions keep their order: a ``pending`` submit job that is not due yet (waiting to retry) holds
-        back every ``pending`` submit job queued after it, because a later transaction may spend an earlier
-        one (ARC refuses a transaction whose parent it has not seen).
-        """
-
-        def txn(conn: sqlite3.Connection) -> list[SettlementJob]:
-            hold = conn.execute(DUE_HOLD_SQL, (now,)).fetchone()[0]
-            rows = conn.execute(DUE_SQL, (now, 2**62 if hold is None else int(hold), limit)).fetchall()
-            return [_job(r) for r in rows]
-
-        return await self._db.read(txn)
-
-    async def next_due(self, now: float) -> float | None:
-        """When :meth:`due` will next return a job (wall-clock seconds; at most ``now`` if it would now), or None
-        when no job is open.
-
-        A pending submission held back behind one that waits to retry (see :meth:`due`) is not counted: it comes
-        due with the one holding it. (Counting it had the queue worker wake, find nothing to do, and wake again
-        at once, until the holder came due.)
-        """
-
-        def txn(conn: sqlite3.Connection) -> float | None:
-            hold = conn.execute(DUE_HOLD_SQL, (now,)).fetchone()[0]
-            row = conn.execute(NEXT_DUE_SQL, (2**62 if hold is None else int(hold),)).fetchone()
-            return None if row[0] is None else float(row[0])
-
-        return await self._db.read(txn)
-
-    async def get(self, txid: str) -> SettlementJob | None:
-        def txn(conn: sqlite3.Connection) -> SettlementJob | None:
-            row = conn.execute("SELECT * FROM settlement WHERE txid = ?", (txid,)).fetchone()
-            return None if row is None else _job(row)
-
-        return await self._db.read(txn)
-
-    async def counts(self) -> dict[str, int]:
-        """Jobs per state."""
-
-        def txn(conn: sqlite3.Connection) -> dict[str, int]:
-            rows = conn.execute("SELECT state, COUNT(*) AS n FROM settlement GROUP BY state").fetchall()
-            return {str(r["state"]): int(r["n"]) for r in rows}
-
-        return await self._db.read(txn)
-
-    async def apply(self, job: SettlementJob, update: JobUpdate, *, now: float) -> SettlementEffects:
-        """Move ``job`` to ``update`` and apply what that means to the wallet, in one durable transaction.
-
-        - ``seen``: payments paid by the transaction become ``settled``.
-        - ``mined``: the transaction gets its merkle path (its outputs are proven), history ``confirmed``,
-          payments ``mined``.
-        - ``failed``/``abandoned``: its outputs die, history and payments ``failed``/``abandoned``; its inputs
-          become spendable again, unless it was a double spend (then they are dead too).
-
-        A job already in a terminal state is left alone (the effects are empty).
-        """
-
-        def txn(conn: sqlite3.Connection) -> SettlementEffects:
-            return _apply_job(conn, job, update, now)
-
-        return await self._db.write(txn, durable=True)
-
-    async def apply_many(
-        self, items: Sequence[tuple[SettlementJob, JobUpdate]], *, now: float
-    ) -> list[SettlementEffects]:
-        """:meth:`apply` for several jobs in one durable transaction (one commit for a batch of ARC answers)."""
-
-        def txn(conn: sqlite3.Connection) -> list[SettlementEffects]:
-            return [_apply_job(conn, job, update, now) for job, update in items]
-
-        return await self._db.write(txn, durable=True)
-
-
-def _apply_found(conn: sqlite3.Connection, txid: str, now: float) -> tuple[UtxoRecord, ...]:
-    rows = conn.execute(f"{_UTXO_SELECT} WHERE u.txid = ? AND u.state = 'pending'", (txid,)).fetchall()
-    if rows:
-        conn.execute("UPDATE wallet_utxos SET state = 'spendable' WHERE txid = ? AND state = 'pending'", (txid,))
-    conn.execute(
-        "UPDATE wallet_history SET status = 'unconfirmed', updated_at = ? "
-        "WHERE txid = ? AND status IN ('sending', 'unknown')",
-        (now, txid),
-    )
-    return tuple(_utxo(r) for r in rows)
-
-
-def _apply_mined(conn: sqlite3.Connection, txid: str, update: JobUpdate, now: float) -> SettlementEffects:
-    conn.execute(
-        "UPDATE wallet_txs SET merkle_path = ?, block_height = ?, state = 'proven' WHERE txid = ?",
-        (update.merkle_path, update.block_height, txid),
-    )
-    conn.execute(
-        "UPDATE wallet_history SET status = 'confirmed', detail = '', updated_at = ? WHERE txid = ?",
-        (now, txid),
-    )
-    conn.execute(
-        "UPDATE payments SET status = 'mined', updated_at = ? WHERE txid = ? AND status != 'failed'",
-        (now, txid),
-    )
-    return SettlementEffects(proven=(txid,))
-
-
-def _apply_failed(conn: sqlite3.Connection, txid: str, update: JobUpdate, now: float) -> SettlementEffects:
-    status = update.state  # failed | abandoned
-    dead_rows = conn.execute(
-        "SELECT vout FROM wallet_utxos WHERE txid = ? AND state IN ('spendable', 'pending')", (txid,)
-    ).fetchall()
-    dead: list[Outpoint] = [(txid, int(r["vout"])) for r in dead_rows]
-    conn.execute("UPDATE wallet_utxos SET state = 'dead' WHERE txid = ? AND state IN ('spendable', 'pending')", (txid,))
-    restored: list[UtxoRecord] = []
-    inputs = conn.execute("SELECT txid, vout FROM wallet_utxos WHERE spent_by = ?", (txid,)).fetchall()
-    if update.double_spend:
-        conn.execute("UPDATE wallet_utxos SET state = 'dead' WHERE spent_by = ?", (txid,))
-    else:
-        conn.execute(
-            "UPDATE wallet_utxos SET state = 'spendable', spent_by = NULL WHERE spent_by = ? AND state = 'spent'",
-            (txid,),
-        )
-        for r in inputs:
-            row = conn.execute(
-                f"{_UTXO_SELECT} WHERE u.txid = ? AND u.vout = ? AND u.state = 'spendable'",
-                (str(r["txid"]), int(r["vout"])),
-            ).fetchone()
-            if row is not None:
-                restored.append(_utxo(row))
-    conn.execute("UPDATE wallet_txs SET state = 'failed' WHERE txid = ? AND merkle_path IS NULL", (txid,))
-    conn.execute(
-        "UPDATE wallet_history SET status = ?, detail = ?, updated_at = ? WHERE txid = ?",
-        (status, update.detail, now, txid),
-    )
-    failed = conn.execute("SELECT quote_id FROM payments WHERE txid = ?", (txid,)).fetchall()
-    conn.execute(
-        "UPDATE payments SET status = 'failed', detail = ?, updated_at = ? WHERE txid = ?",
-        (update.detail, now, txid),
-    )
-    return SettlementEffects(
-        dead=tuple(dead),
-        restored=tuple(restored),
-        failed_payments=tuple(str(r["quote_id"]) for r in failed),
-    )
-
-
-def _apply_job(conn: sqlite3.Connection, job: SettlementJob, update: JobUpdate, now: float) -> SettlementEffects:
-    row = conn.execute("SELECT state FROM settlement WHERE id = ?", (job.id,)).fetchone()
-    if row is None or str(row["state"]) in TERMINAL_STATES:
-        return SettlementEffects()
-    terminal = update.state in TERMINAL_STATES
-    conn.execute(
-        "UPDATE settlement SET state = ?, attempts = ?, next_at = ?, arc_status = ?, detail = ?, "
-        "updated_at = ?, beef = CASE WHEN ? THEN x'' ELSE beef END WHERE id = ?",
-        (
-            update.state,
-            update.attempts,
-            update.next_at,
-            update.arc_status,
-            update.detail,
-            now,
-            terminal,
-            job.id,
-        ),
-    )
-    if update.state in ("failed", "abandoned"):
-        return _apply_failed(conn, job.txid, update, now)
-    if update.state not in ("progressing", "seen", "mined"):
-        return SettlementEffects()  # pending again: nothing learnt about the transaction
-    # ARC holds the transaction: a payment we wrote ahead and never heard back about went through
-    restored = _apply_found(conn, job.txid, now)
-    if update.state == "seen":
-        conn.execute(
-            "UPDATE payments SET status = 'settled', updated_at = ? WHERE txid = ? AND status = 'accepted'",
-            (now, job.txid),
-        )
-    if update.state == "mined":
-        mined = _apply_mined(conn, job.txid, update, now)
-        return dataclasses.replace(mined, restored=restored)
-    return SettlementEffects(restored=restored)

@@ -27,12 +27,12 @@ import pytest
 import trio
 
 from overlay_node.chain.formats import BeefEntry, atomic_beef, merge_entries, parse_submission
+from overlay_node.crypto.brc29 import payer_locking_script
 from overlay_node.crypto.uhrp import url_for_hash
 from overlay_node.errors import DialError, PaymentError, RemoteProtocolError
 from overlay_node.node import Node
 from overlay_node.protocol.http_auth import create_nonce
 from overlay_node.protocol.http_payment import PaymentRequest, payment_header, payment_quote_id
-from overlay_node.protocol.payments import payer_locking_script
 from overlay_node.services.auth_fetch import AuthResponse, AuthTransport
 from overlay_node.services.wallet_build import build_transaction
 from overlay_node.store.wallet import HistoryRecord
@@ -192,9 +192,9 @@ async def test_official_auth_fetch_pays_a_402(
         assert a.http_auth.status()["payments_accepted"] == 1
 
 
-def _send_with(node: Node, url: str, header: str) -> Any:
+async def _send_with(node: Node, url: str, header: str) -> AuthResponse:
     """A signed request for ``url`` carrying ``header`` as x-bsv-payment (no 402 handling)."""
-    return node.auth_fetch._exchange(httpx.URL(url), "GET", {"x-bsv-payment": header}, b"")
+    return await node.auth_fetch._exchange(httpx.URL(url), "GET", {"x-bsv-payment": header}, b"")
 
 
 async def _prefix(node: Node, url: str) -> tuple[str, AuthResponse]:

@@ -22,6 +22,7 @@ from bsv.transaction import Transaction
 
 from overlay_node.chain.formats import atomic_beef
 from overlay_node.config import StoreSection, SwarmSection, WalletSection
+from overlay_node.crypto.brc29 import payer_locking_script
 from overlay_node.crypto.keys import Identity
 from overlay_node.crypto.sighash import P2pkhSpend, outpoint_bytes, sign_p2pkh
 from overlay_node.devnet import DevnetInfo, DevnetSettings, run_devnet
@@ -34,7 +35,7 @@ from overlay_node.errors import (
 )
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
-from overlay_node.protocol.payments import PaymentMessage, Receipt, payer_locking_script
+from overlay_node.protocol.payments import PaymentMessage, Receipt
 from overlay_node.services.arc import ArcOutcome, DevnetClient
 from overlay_node.services.payments import Payments
 from overlay_node.services.settlement import Settlement
@@ -42,7 +43,8 @@ from overlay_node.services.wallet import PreparedTx, Wallet
 from overlay_node.services.wallet_beef import beef_entries
 from overlay_node.services.wallet_build import build_transaction
 from overlay_node.store.db import Store, open_store
-from overlay_node.store.wallet import HistoryRecord, TxRecord, UtxoRecord
+from overlay_node.store.records import UtxoRecord
+from overlay_node.store.wallet import HistoryRecord, TxRecord
 
 LIMIT = 20  # seconds of trio time per test
 

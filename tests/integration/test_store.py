@@ -17,16 +17,9 @@ from overlay_node.config import StoreSection
 from overlay_node.errors import Conflict, StoreError
 from overlay_node.store import MIGRATIONS, KnownPeer, Migrations, open_store
 from overlay_node.store.payments import IncomingRecord
-from overlay_node.store.wallet import (
-    DUE_HOLD_SQL,
-    DUE_SQL,
-    NEXT_DUE_SQL,
-    HistoryRecord,
-    NewJob,
-    Outgoing,
-    TxRecord,
-    UtxoRecord,
-)
+from overlay_node.store.records import NewJob, UtxoRecord
+from overlay_node.store.settlement import DUE_HOLD_SQL, DUE_SQL, NEXT_DUE_SQL
+from overlay_node.store.wallet import HistoryRecord, Outgoing, TxRecord
 
 CONFIG = StoreSection(busy_timeout=5.0, read_connections=4)
 LIMIT = 10  # seconds per test, on trio's clock

@@ -13,18 +13,18 @@ from hypothesis import strategies as st
 from overlay_node.chain.formats import SourceOutput, parse_transaction
 from overlay_node.chain.validation import Policy, check_transaction
 from overlay_node.crypto import brc42
-from overlay_node.crypto.keys import Identity
-from overlay_node.crypto.scripts import hash160, p2pkh_for_key
-from overlay_node.errors import BadRequest
-from overlay_node.protocol.payments import (
+from overlay_node.crypto.brc29 import (
     BRC29_PROTOCOL,
     brc29_invoice,
     new_nonce,
     payee_locking_script,
     payer_locking_script,
 )
+from overlay_node.crypto.keys import Identity
+from overlay_node.crypto.scripts import hash160, p2pkh_for_key
+from overlay_node.errors import BadRequest
 from overlay_node.services.wallet_build import build_transaction
-from overlay_node.store.wallet import UtxoRecord
+from overlay_node.store.records import UtxoRecord
 
 # bsv-blockchain/go-wallet-toolbox pkg/brc29/fixtures_test.go (the reference toolbox's BRC-29 vectors): a
 # sender, a recipient (private key 1), key id "Pr== Su==", and the address both sides must arrive at

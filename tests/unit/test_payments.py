@@ -16,6 +16,9 @@ from overlay_node.chain.blocks import block_merkle_paths, merkle_root, txid_of
 from overlay_node.chain.formats import BeefEntry, SourceOutput, atomic_beef, encode_beef_v2, parse_submission
 from overlay_node.chain.validation import Policy, fast_check
 from overlay_node.config import WalletSection
+from overlay_node.crypto.brc29 import payee_locking_script, payer_locking_script
+from overlay_node.crypto.brc42 import child_secret, own_child_key, own_child_public
+from overlay_node.crypto.brc42 import derive_child_public_key as their_child_public
 from overlay_node.crypto.keys import SECP256K1_N, Identity
 from overlay_node.crypto.scripts import p2pkh_for_key
 from overlay_node.errors import (
@@ -31,12 +34,6 @@ from overlay_node.protocol.payments import (
     Receipt,
     check_payment_output,
     check_resource,
-    child_secret,
-    own_child_key,
-    own_child_public,
-    payee_locking_script,
-    payer_locking_script,
-    their_child_public,
 )
 from overlay_node.services.arc import ArcOutcome, ArcResult, interpret, transport_failure
 from overlay_node.services.settlement import backoff, decide
@@ -48,7 +45,9 @@ from overlay_node.services.wallet_build import (
     required_fee,
     select_coins,
 )
-from overlay_node.store.wallet import SettlementJob, TxRecord, UtxoRecord
+from overlay_node.store.records import UtxoRecord
+from overlay_node.store.settlement import SettlementJob
+from overlay_node.store.wallet import TxRecord
 
 PAYEE, PAYER = Identity.generate(), Identity.generate()
 NOW_MS = 1_800_000_000_000
@@ -580,10 +579,10 @@ def test_coin_set_agrees_with_a_plain_model(ops: list[tuple[str, int, int, bool]
                 picked = []
             if want is not None:
                 assert picked[0].satoshis == want.satoshis and picked[0].proven == want.proven
-        free = {o: c for o, c in model.items() if o not in reserved}
-        assert sorted(coins.free(), key=lambda c: c.outpoint) == sorted(free.values(), key=lambda c: c.outpoint)
-        confirmed = sum(c.satoshis for c in free.values() if c.proven)
-        unconfirmed = sum(c.satoshis for c in free.values() if not c.proven)
+        unreserved = {o: c for o, c in model.items() if o not in reserved}
+        assert sorted(coins.free(), key=lambda c: c.outpoint) == sorted(unreserved.values(), key=lambda c: c.outpoint)
+        confirmed = sum(c.satoshis for c in unreserved.values() if c.proven)
+        unconfirmed = sum(c.satoshis for c in unreserved.values() if not c.proven)
         held = sum(c.satoshis for o, c in model.items() if o in reserved)
         assert coins.totals() == (confirmed, unconfirmed, held) and len(coins) == len(model)
 

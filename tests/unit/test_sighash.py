@@ -32,7 +32,7 @@ from overlay_node.crypto.sighash import (
     txid_of_raw,
 )
 from overlay_node.services.wallet_build import build_transaction
-from overlay_node.store.wallet import UtxoRecord
+from overlay_node.store.records import UtxoRecord
 
 #: no fee floor: the examples' fees are arbitrary (the fee rule has its own tests)
 FREE = Policy(mining_fee_satoshis=0)
