@@ -66,7 +66,7 @@ from overlay_node.protocol.dht_records import (
 )
 from overlay_node.protocol.dht_routing import Evicted, PingOldest, RoutingAction, RoutingTable
 from overlay_node.services.dht_lookups import LookupDriver
-from overlay_node.services.dht_rpc import DhtRpc
+from overlay_node.services.dht_rpc import DhtRpc, endpoint_closed
 from overlay_node.services.dht_saver import RecordSaver
 from overlay_node.store.db import Store
 from overlay_node.store.dht import OwnRecord
@@ -299,7 +299,7 @@ class DhtService:
         """Ping each ``host:port``, then look up our own id; returns how many contacts the table holds."""
         endpoint = self._endpoint
         if endpoint is None:
-            raise RuntimeError("the dht service is not running")
+            await endpoint_closed()
         resolved: list[Address] = []
         for text in addresses:
             try:
@@ -419,10 +419,11 @@ class DhtService:
             BadRequest: ``address`` is not ``host:port``.
             DialError: it cannot be resolved or sent to.
             PeerTimeout: no answer after ``request_retries + 1`` sends.
+            TransportError: the service has stopped.
         """
         endpoint = self._endpoint
         if endpoint is None:
-            raise RuntimeError("the dht service is not running")
+            await endpoint_closed()
         target = await endpoint.resolve(address)
         expect_id = node_id_of(expect_key) if expect_key is not None else None
         started = trio.current_time()

@@ -29,14 +29,14 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, NoReturn, Protocol
 
 import trio
 from coincurve import PublicKey
 
 from overlay_node.config import DhtSection
 from overlay_node.crypto.keys import Identity, ecdsa_verify_digest, parse_public_key
-from overlay_node.errors import BadRequest, DialError, LocalProtocolError, PeerTimeout
+from overlay_node.errors import BadRequest, DialError, LocalProtocolError, PeerTimeout, TransportError
 from overlay_node.metrics import Metrics
 from overlay_node.net.udp import Address, UdpEndpoint, format_address
 from overlay_node.wire.dht import (
@@ -160,6 +160,18 @@ class _Pending:
     answered: bool = False
 
 
+async def endpoint_closed() -> NoReturn:
+    """What a request meets once the service stopped (the node is stopping while a task still uses the DHT): a task
+    being cancelled for the stop ends with Cancelled, any other with TransportError; never an unexpected error that
+    would crash the node's nursery.
+
+    Raises:
+        TransportError: always, after a checkpoint.
+    """
+    await trio.lowlevel.checkpoint()
+    raise TransportError("the dht endpoint is closed")
+
+
 class DhtRpc:
     """Datagrams in and out for one DHT node (see the module docstring).
 
@@ -223,7 +235,7 @@ class DhtRpc:
 
     async def _send_bytes(self, data: bytes, address: Address) -> None:
         if self._endpoint is None:
-            raise RuntimeError("the dht endpoint is not open")
+            await endpoint_closed()
         await self._endpoint.send(data, address)
         self._out += 1
         self._m_out.inc()

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from overlay_node.crypto.keys import Identity
-from overlay_node.errors import BadRequest, PeerTimeout
+from overlay_node.errors import BadRequest, PeerTimeout, TransportError
 from overlay_node.protocol.dht_records import PutResult, make_record
 from overlay_node.services.dht import dht_key
 from overlay_node.services.dht_rpc import Signer
@@ -200,3 +200,17 @@ async def test_ping_own_records_and_ingest_for_the_adverts_service(dht_net: DhtN
         assert b.service.ingest(forged) is PutResult.BAD_SIGNATURE
         assert b.refusals("bad_signature") == 1
         assert sorted(r.value for r in await b.service.get(key)) == [b"mine", b"pushed"]
+
+
+async def test_a_stopped_service_refuses_requests_with_a_transport_error(dht_net: DhtNet) -> None:
+    # tasks still holding the service while the node stops (a lookup for GASP, say) get an OverlayError, or
+    # Cancelled when they are being cancelled, never an unexpected exception that crashes the node's nursery
+    with trio.fail_after(LIMIT):
+        a, b = await dht_net.start("a"), await dht_net.start("b")
+        await dht_net.stop(a)
+        with pytest.raises(TransportError, match="dht endpoint is closed"):
+            await a.service.ping(b.address)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await a.service.ping(b.address)
+        assert scope.cancelled_caught
