@@ -82,10 +82,8 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # so that the node's process (spawned with this sys.path) imports bench.engine_plugin
 
-from nodeproc import Host, NodeSpec, open_host, system_cpu_seconds  # noqa: E402  # bench/ is on sys.path
-from results_io import save  # noqa: E402  # bench/ is on sys.path
-
-from bench.engine_plugin import (  # noqa: E402
+# the constants only; the node's process loads the plugin itself, as bench.engine_plugin
+from engine_plugin import (  # noqa: E402  # bench/ is on sys.path
     KNOWN_LOCKING,
     KNOWN_PUBLIC,
     KNOWN_SECRET,
@@ -94,6 +92,9 @@ from bench.engine_plugin import (  # noqa: E402
     TOPIC,
     TOPIC_ENTRY,
 )
+from nodeproc import Host, NodeSpec, open_host, system_cpu_seconds  # noqa: E402  # bench/ is on sys.path
+from results_io import save  # noqa: E402  # bench/ is on sys.path
+
 from overlay_node.chain.formats import BeefEntry, encode_beef  # noqa: E402
 from overlay_node.crypto.bump import varint_bytes  # noqa: E402
 from overlay_node.crypto.sighash import P2pkhSpend, outpoint_bytes, sign_p2pkh, txid_of_raw  # noqa: E402

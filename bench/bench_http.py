@@ -1,4 +1,4 @@
-"""Benchmark of the HTTP/1.1 server alone (``overlay_node/net/http_server.py`` through ``api/server.py``'s
+"""Benchmark of the HTTP/1.1 server alone (``overlay_node/net/http_server.py`` through ``net/listen.py``'s
 ``serve_app``): what one node's HTTP stack costs per request, without the overlay engine behind it.
 
 Run from the repository root::
@@ -88,7 +88,7 @@ def serve(port_file: Path) -> None:
     """Serve the bench app on 127.0.0.1 (a free port, written to ``port_file``) until SIGTERM or SIGINT."""
     import trio
 
-    from overlay_node.api.server import bind_tcp, serve_app
+    from overlay_node.net.listen import bind_tcp, serve_app
 
     logging.basicConfig(level=logging.WARNING)
 

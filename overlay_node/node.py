@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -34,7 +36,6 @@ from overlay_node.api.gateway import gateway_routes, price_of
 from overlay_node.api.http_auth import HttpAuth, protect, route_pricer
 from overlay_node.api.overlay import overlay_routes
 from overlay_node.api.public import public_app
-from overlay_node.api.server import bind_tcp, bind_unix, serve_app
 from overlay_node.clock import wall_time
 from overlay_node.config import Config
 from overlay_node.crypto.keys import Identity
@@ -43,6 +44,7 @@ from overlay_node.devnet.runner import DevnetSettings, run_devnet
 from overlay_node.errors import BadRequest, PeerTimeout
 from overlay_node.metrics import Metrics
 from overlay_node.net.http_server import HttpServerConfig
+from overlay_node.net.listen import bind_tcp, bind_unix, serve_app
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.adverts import Endpoints
 from overlay_node.services.adverts import AdvertService
@@ -59,6 +61,7 @@ from overlay_node.services.streams_node import Streams
 from overlay_node.services.wallet import Wallet
 from overlay_node.store.db import Store, open_store
 from overlay_node.tls import check_server_files, client_context
+from overlay_node.topics.plugins import LookupService, TopicManager
 from overlay_node.topics.registry import load_plugins
 
 logger = logging.getLogger(__name__)
@@ -85,6 +88,40 @@ class NodeInfo:
             "control": self.control,
             "data_dir": self.data_dir,
         }
+
+
+@dataclass(slots=True, kw_only=True)
+class _Boot:
+    """What the start steps of one run share: the plug-ins, the TLS files, the bound sockets, and the addresses the
+    first services report."""
+
+    identity: Identity
+    store: Store
+    managers: dict[str, TopicManager]
+    lookup_services: dict[str, LookupService]
+    tls: tuple[str, str] | None
+    http_sock: socket.socket
+    control_sock: socket.socket
+    control_path: Path
+    #: where peer links are accepted (set by the ``peers`` step)
+    swarm: list[str] = field(default_factory=list)
+    #: the DHT's UDP address (set by the ``dht`` step)
+    dht_address: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One step of the node's start order: its name, the steps it needs done before it, and how it starts.
+
+    ``start`` gets the run's :class:`_Boot` and a nursery: the servers' one for ``drains`` steps (on shutdown they
+    finish their requests within ``node.shutdown_grace``), else the background services' one (cancelled at once).
+    A step starts its tasks with ``await nursery.start(...)``, so that it returns once they are ready.
+    """
+
+    name: str
+    needs: tuple[str, ...]
+    start: Callable[[_Boot, trio.Nursery], Awaitable[None]]
+    drains: bool = False
 
 
 class Node:
@@ -147,6 +184,26 @@ class Node:
                 logger.info("node %s stopped", identity.public_key_hex[:16])
 
     async def _run_services(self, identity: Identity, store: Store, task_status: trio.TaskStatus[NodeInfo]) -> None:
+        boot = self._prepare(identity, store)
+        # the peer manager and other background services live in their own (inner) nursery so that the HTTP
+        # servers can drain first and the rest is then cancelled with a deadline
+        async with trio.open_nursery() as servers, trio.open_nursery() as services:
+            for step in self._start_order():
+                await step.start(boot, servers if step.drains else services)
+            task_status.started(self._report_ready(boot))
+            await self._shutdown.wait()
+            logger.info("node %s shutting down", identity.public_key_hex[:16])
+            self._ready = False
+            self.metrics.up.set(0)
+            # the HTTP servers drain their requests within `node.shutdown_grace` on the same event; background
+            # services are cancelled at once and save what they must in shielded, time-bounded cleanup (DHT records,
+            # stream positions); everything acknowledged was committed before it was acknowledged
+            services.cancel_scope.cancel()
+
+    def _prepare(self, identity: Identity, store: Store) -> _Boot:
+        """What comes before the first task: the plug-ins (a bad one fails before anything listens), the TLS files,
+        the two listening sockets, and the peer manager, DHT and adverts with their peer handlers registered before
+        the peer manager runs."""
         cfg = self.config
         managers, lookup_services = load_plugins(
             cfg.overlay.topic_managers,
@@ -163,184 +220,264 @@ class Node:
         self._peers = peers
         dht = DhtService(identity, cfg.dht, store, self.metrics, wall_clock=self.wall_clock)
         self._dht = dht
-        adverts = AdvertService(
+        self._adverts = AdvertService(
             identity, cfg.adverts, dht, peers, self.metrics, self._endpoints, wall_clock=self.wall_clock
         )
-        self._adverts = adverts
         peers.on_request("node.info", self._serve_node_info)
         peers.on_link(self._remember_link)
-        grace = cfg.node.shutdown_grace
+        return _Boot(
+            identity=identity,
+            store=store,
+            managers=managers,
+            lookup_services=lookup_services,
+            tls=tls,
+            http_sock=http_sock,
+            control_sock=control_sock,
+            control_path=control_path,
+        )
 
-        # the peer manager and other background services live in their own (inner) nursery so that the HTTP
-        # servers can drain first and the rest is then cancelled with a deadline
-        async with trio.open_nursery() as nursery, trio.open_nursery() as services:
-            swarm = await services.start(peers.run)
-            dht_address = await services.start(dht.run)
-            await services.start(adverts.run)
-            # the ledger payments settle on: the configured ARC, else a devnet embedded in this node
-            ledger = cfg.wallet.arc_url
-            if not ledger:
-                devnet = DevnetSettings(
-                    data_dir=self.data_dir.path / "devnet", port=0, block_interval=cfg.wallet.devnet_block_interval
-                )
-                ledger = (await services.start(partial(run_devnet, devnet, shutdown=self._shutdown))).url
-            self._ledger = ledger
-            wallet = Wallet(identity, cfg.wallet, store, self.metrics, arc_url=ledger)
-            settlement = Settlement(cfg.wallet, store, self.metrics, wallet)
-            payments = Payments(identity, cfg.wallet, store, self.metrics, peers, wallet)
-            for service in (wallet, payments, settlement):
-                await services.start(service.run)
-            self._wallet, self._payments, self._settlement = wallet, payments, settlement
-            # the overlay host (BRC-22/24): the engine over the hosted topic managers and lookup services
-            overlay = OverlayEngine(
-                cfg.overlay,
-                store,
-                self.metrics,
-                managers,
-                lookup_services,
-                tracker=wallet.tracker.roots if cfg.overlay.spv == "headers" else None,
-                broadcaster=arc_broadcaster(lambda: wallet.arc) if cfg.overlay.broadcast else None,
-                clock=self.wall_clock,
+    def _start_order(self) -> tuple[_Step, ...]:
+        """Every step of startup, in the order they run; each comes after the steps it ``needs``."""
+        return (
+            _Step("peers", (), self._start_peers),
+            _Step("dht", (), self._start_dht),
+            _Step("adverts", ("dht", "peers"), self._start_adverts),
+            _Step("ledger", (), self._start_ledger),
+            _Step("wallet", ("ledger", "peers"), self._start_wallet),
+            _Step("overlay_engine", ("wallet",), self._start_overlay_engine),
+            _Step("content", ("dht", "peers", "wallet"), self._start_content),
+            _Step("auth", ("wallet", "content"), self._start_auth),
+            _Step("overlay_network", ("overlay_engine", "peers", "adverts", "content", "auth"), self._start_network),
+            _Step("overlay_tokens", ("wallet", "overlay_engine", "adverts", "content"), self._start_tokens),
+            _Step("streams", ("peers", "dht", "wallet"), self._start_streams),
+            _Step("dht_joined", ("dht",), self._join_dht),
+            _Step("link_records", ("peers",), self._start_link_records),
+            _Step("overlay_sync", ("overlay_network",), self._start_overlay_sync),
+            _Step("public_http", ("auth", "content", "overlay_sync"), self._serve_public, drains=True),
+            _Step("control", ("wallet", "content", "streams", "overlay_sync"), self._serve_control, drains=True),
+        )
+
+    async def _start_peers(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        boot.swarm = await nursery.start(self.peers.run)
+
+    async def _start_dht(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        boot.dht_address = await nursery.start(self.dht.run)
+
+    async def _start_adverts(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        await nursery.start(self.adverts.run)
+
+    async def _start_ledger(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        """The ledger payments settle on: the configured ARC, else a devnet embedded in this node."""
+        cfg = self.config.wallet
+        ledger = cfg.arc_url
+        if not ledger:
+            devnet = DevnetSettings(
+                data_dir=self.data_dir.path / "devnet", port=0, block_interval=cfg.devnet_block_interval
             )
-            await services.start(overlay.run)
-            self._overlay = overlay
-            # content (issue 5): blob store, replication, retrieval, repair
-            content = ContentService(
-                identity,
-                cfg.content,
-                store,
-                dht,
-                peers,
-                self.metrics,
-                self.data_dir.path / "blobs",
-                self._endpoints,
-                wall_clock=self.wall_clock,
-                payments=payments,
+            ledger = (await nursery.start(partial(run_devnet, devnet, shutdown=self._shutdown))).url
+        self._ledger = ledger
+
+    async def _start_wallet(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        """The wallet, its settlement queue and payments over peer links: all three built (payments' peer handlers
+        registered) before any of them runs."""
+        cfg = self.config
+        clock = self.wall_clock
+        wallet = Wallet(boot.identity, cfg.wallet, boot.store, self.metrics, arc_url=self._ledger, wall_clock=clock)
+        settlement = Settlement(cfg.wallet, boot.store, self.metrics, wallet, wall_clock=clock)
+        payments = Payments(boot.identity, cfg.wallet, boot.store, self.metrics, self.peers, wallet, wall_clock=clock)
+        for service in (wallet, payments, settlement):
+            await nursery.start(service.run)
+        self._wallet, self._payments, self._settlement = wallet, payments, settlement
+
+    async def _start_overlay_engine(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        """The overlay host (BRC-22/24): the engine over the hosted topic managers and lookup services."""
+        cfg = self.config.overlay
+        wallet = self.wallet
+        overlay = OverlayEngine(
+            cfg,
+            boot.store,
+            self.metrics,
+            boot.managers,
+            boot.lookup_services,
+            tracker=wallet.tracker.roots if cfg.spv == "headers" else None,
+            broadcaster=arc_broadcaster(lambda: wallet.arc) if cfg.broadcast else None,
+            clock=self.wall_clock,
+        )
+        await nursery.start(overlay.run)
+        self._overlay = overlay
+
+    async def _start_content(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        """UHRP content: blob store, replication, retrieval, repair."""
+        content = ContentService(
+            boot.identity,
+            self.config.content,
+            boot.store,
+            self.dht,
+            self.peers,
+            self.metrics,
+            self.data_dir.path / "blobs",
+            self._endpoints,
+            wall_clock=self.wall_clock,
+            payments=self.payments,
+        )
+        await nursery.start(content.run)
+        self._content = content
+
+    async def _start_auth(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        """BRC-104/105 on the http port (api/http_auth.py), and this node's own authenticated HTTP client, which
+        content uses for content bought from other nodes' gateways."""
+        cfg = self.config.auth
+        self._http_auth = HttpAuth(boot.identity, cfg, self.metrics, self.payments)
+        self._auth_fetch = AuthFetch(
+            boot.identity,
+            self.metrics,
+            payments=self.payments,
+            verify=self.https_verify,
+            timeout=cfg.client_timeout,
+            max_response=cfg.max_response,
+        )
+        await nursery.start(self._auth_fetch.run)
+        self.content.http_client = self._auth_fetch
+
+    async def _start_network(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        """The overlay host among others: propagation and the DHT fill of ls_ship/ls_slap/ls_uhrp answers; and GASP
+        sync with the other hosts, built here and started later (``_start_overlay_sync``)."""
+        cfg = self.config.overlay
+        network = OverlayNetwork(
+            cfg,
+            self.overlay,
+            self.peers,
+            self.adverts,
+            self.content,
+            self.metrics,
+            identity_key=boot.identity.public_key_hex,
+            own_url=lambda: self.info.http,
+            verify=self.https_verify,
+        )
+        await nursery.start(network.run)
+        # GASP through AuthTransport: plain to hosts that leave the routes open (the reference's default), signed
+        # (BRC-104) to those that protect them (ours, by default)
+        self._overlay_sync = OverlaySync(
+            cfg,
+            self.overlay,
+            network,
+            boot.store,
+            self.metrics,
+            transport=AuthTransport(self.auth_fetch),
+            clock=self.wall_clock,
+        )
+
+    async def _start_tokens(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        """This node's own SHIP/SLAP/UHRP tokens on chain (wallet-paid); adverts and content make theirs through it.
+        No task of its own."""
+        self._tokens = OverlayTokens(
+            boot.identity,
+            boot.store,
+            self.wallet,
+            self.overlay,
+            public_url=lambda: self.info.http,
+            allow_http=self.config.overlay.allow_http,
+            wall_clock=self.wall_clock,
+        )
+        self.adverts.tokens = self._tokens
+        self.content.tokens = self._tokens
+
+    async def _start_streams(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        """Paid live streams: producer and consumer sides."""
+        streams = Streams(
+            boot.identity,
+            self.config,
+            boot.store,
+            self.metrics,
+            self.peers,
+            self.dht,
+            self.payments,
+            self.wallet,
+            wall_clock=self.wall_clock,
+        )
+        await nursery.start(streams.run)
+        self._streams = streams
+
+    async def _join_dht(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        """Readiness includes having joined the DHT, bounded so that a dead bootstrap list cannot hold us back."""
+        cfg = self.config.dht
+        with trio.move_on_after(cfg.request_timeout * (cfg.request_retries + 1) * 2 + 1):
+            await self.dht.wait_bootstrapped()
+
+    async def _start_link_records(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._record_links, boot.store)
+
+    async def _start_overlay_sync(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        """GASP syncs with the other hosts once this node answers (they may sync back from it)."""
+        await nursery.start(self.overlay_sync.run)
+
+    async def _serve_public(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        """The http port: health, metrics, the UHRP gateway and the overlay routes, behind BRC-104/105."""
+        cfg = self.config
+        await nursery.start(
+            partial(
+                serve_app,
+                protect(
+                    public_app(self, [*gateway_routes(), *overlay_routes()]),
+                    self.http_auth,
+                    route_pricer(partial(price_of, self.content), cfg.auth.lookup_price),
+                ),
+                boot.http_sock,
+                shutdown_trigger=self._shutdown.wait,
+                graceful_timeout=cfg.node.shutdown_grace,
+                tls=boot.tls,
+                config=HttpServerConfig(
+                    max_body=cfg.http.max_body,
+                    max_head=cfg.http.max_head,
+                    max_connections=cfg.http.max_connections,
+                    head_timeout=cfg.http.head_timeout,
+                    keep_alive_timeout=cfg.http.keep_alive_timeout,
+                ),
             )
-            await services.start(content.run)
-            self._content = content
-            # BRC-104/105 on the http port (api/http_auth.py), and this node's own authenticated HTTP client
-            self._http_auth = HttpAuth(identity, cfg.auth, self.metrics, payments)
-            self._auth_fetch = AuthFetch(
-                identity,
-                self.metrics,
-                payments=payments,
-                verify=self.https_verify,
-                timeout=cfg.auth.client_timeout,
-                max_response=cfg.auth.max_response,
+        )
+
+    async def _serve_control(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        """The control socket: ``/v1/...`` for the CLI."""
+        await nursery.start(
+            partial(
+                serve_app,
+                control_app(
+                    self,
+                    [
+                        *adverts_routes(),
+                        *wallet_routes(),
+                        *content_routes(),
+                        *streams_routes(),
+                        *overlay_control_routes(),
+                    ],
+                ),
+                boot.control_sock,
+                shutdown_trigger=self._shutdown.wait,
+                graceful_timeout=self.config.node.shutdown_grace,
             )
-            await services.start(self._auth_fetch.run)
-            content.http_client = self._auth_fetch
-            # the overlay host among others: propagation, DHT fill of lookups; this node's own tokens on chain
-            network = OverlayNetwork(
-                cfg.overlay,
-                overlay,
-                peers,
-                adverts,
-                content,
-                self.metrics,
-                identity_key=identity.public_key_hex,
-                own_url=lambda: self.info.http,
-                verify=self.https_verify,
-            )
-            await services.start(network.run)
-            # GASP through AuthTransport: plain to hosts that leave the routes open (the reference's default), signed
-            # (BRC-104) to those that protect them (ours, by default)
-            overlay_sync = OverlaySync(
-                cfg.overlay,
-                overlay,
-                network,
-                store,
-                self.metrics,
-                transport=AuthTransport(self._auth_fetch),
-                clock=self.wall_clock,
-            )
-            self._overlay_sync = overlay_sync
-            self._tokens = OverlayTokens(
-                identity,
-                store,
-                wallet,
-                overlay,
-                public_url=lambda: self.info.http,
-                allow_http=cfg.overlay.allow_http,
-            )
-            adverts.tokens = self._tokens
-            content.tokens = self._tokens
-            # paid live streams (issue 6): producer and consumer sides
-            streams = Streams(identity, cfg, store, self.metrics, peers, dht, payments, wallet)
-            await services.start(streams.run)
-            self._streams = streams
-            # readiness includes having joined the DHT, bounded so that a dead bootstrap list cannot hold us back
-            with trio.move_on_after(cfg.dht.request_timeout * (cfg.dht.request_retries + 1) * 2 + 1):
-                await dht.wait_bootstrapped()
-            services.start_soon(self._record_links, store)
-            # GASP syncs with the other hosts once this node answers (they may sync back from it)
-            await services.start(overlay_sync.run)
-            await nursery.start(
-                partial(
-                    serve_app,
-                    protect(
-                        public_app(self, [*gateway_routes(self), *overlay_routes(self)]),
-                        self._http_auth,
-                        route_pricer(partial(price_of, content), cfg.auth.lookup_price),
-                    ),
-                    http_sock,
-                    shutdown_trigger=self._shutdown.wait,
-                    graceful_timeout=grace,
-                    tls=tls,
-                    config=HttpServerConfig(
-                        max_body=cfg.http.max_body,
-                        max_head=cfg.http.max_head,
-                        max_connections=cfg.http.max_connections,
-                        head_timeout=cfg.http.head_timeout,
-                        keep_alive_timeout=cfg.http.keep_alive_timeout,
-                    ),
-                )
-            )
-            await nursery.start(
-                partial(
-                    serve_app,
-                    control_app(
-                        self,
-                        [
-                            *adverts_routes(self),
-                            *wallet_routes(self),
-                            *content_routes(self),
-                            *streams_routes(streams),
-                            *overlay_control_routes(self),
-                        ],
-                    ),
-                    control_sock,
-                    shutdown_trigger=self._shutdown.wait,
-                    graceful_timeout=grace,
-                )
-            )
-            host, port = http_sock.getsockname()[:2]
-            info = NodeInfo(
-                identity_key=identity.public_key_hex,
-                swarm=tuple(swarm),
-                dht=dht_address,
-                http=cfg.http.public_url.rstrip("/") or _origin("https" if tls else "http", host, port),
-                control=str(control_path),
-                data_dir=str(self.data_dir.path),
-            )
-            self._info = info
-            self._started_at = time.monotonic()
-            self.data_dir.write_api({"pid": os.getpid(), "version": __version__, **info.as_dict()})
-            self._ready = True
-            content.node_ready()
-            overlay_sync.node_ready()
-            self.metrics.up.set(1)
-            logger.info("node %s ready: swarm %s, http %s", identity.public_key_hex[:16], swarm, info.http)
-            task_status.started(info)
-            await self._shutdown.wait()
-            logger.info("node %s shutting down", identity.public_key_hex[:16])
-            self._ready = False
-            self.metrics.up.set(0)
-            # the HTTP servers drain their requests within `grace` on the same event; background services are
-            # cancelled at once and save what they must in shielded, time-bounded cleanup (DHT records, stream
-            # positions); everything acknowledged was committed before it was acknowledged
-            services.cancel_scope.cancel()
+        )
+
+    def _report_ready(self, boot: _Boot) -> NodeInfo:
+        """Everything runs: write ``api.json``, mark the node ready, and return where it listens."""
+        cfg = self.config
+        host, port = boot.http_sock.getsockname()[:2]
+        info = NodeInfo(
+            identity_key=boot.identity.public_key_hex,
+            swarm=tuple(boot.swarm),
+            dht=boot.dht_address,
+            http=cfg.http.public_url.rstrip("/") or _origin("https" if boot.tls else "http", host, port),
+            control=str(boot.control_path),
+            data_dir=str(self.data_dir.path),
+        )
+        self._info = info
+        self._started_at = time.monotonic()
+        self.data_dir.write_api({"pid": os.getpid(), "version": __version__, **info.as_dict()})
+        self._ready = True
+        self.content.node_ready()
+        self.overlay_sync.node_ready()
+        self.metrics.up.set(1)
+        logger.info("node %s ready: swarm %s, http %s", boot.identity.public_key_hex[:16], boot.swarm, info.http)
+        return info
 
     def _in_data_dir(self, path: str) -> str:
         """A configured file path: relative ones are inside the data dir."""

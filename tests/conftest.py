@@ -8,12 +8,35 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from overlay_node.config import Config, load_config, starter_config_text
 from overlay_node.datadir import DataDir
 from overlay_node.node import Node
 
 NodeFactory = Callable[..., Awaitable[Node]]
+
+
+class MovableClock:
+    """A wall clock for the nodes of a test (``start_node(..., wall_clock=clock)``), moved forward to expire signed
+    times (records, quotes) without waiting: ``clock.offset += 1.2``."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.offset = 0.0
+        self._time: Callable[[], float] = time.time
+
+    def __call__(self) -> float:
+        return self._time() + self.offset
+
+
+@pytest.fixture
+def virtual_clock() -> trio.testing.MockClock:
+    """The test's trio clock: it runs at the real rate (timeouts and waits on real sockets behave as usual) and the
+    test jumps it forward instead of sleeping. Not autojump: with real sockets and worker threads in the test, an
+    idle event loop does not mean that nothing will happen, and autojump would fire timeouts early."""
+    return trio.testing.MockClock(rate=1.0)
 
 
 def test_config(**overrides: Any) -> Config:

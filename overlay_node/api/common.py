@@ -1,17 +1,38 @@
-"""What the control and public apps share: JSON error bodies and bounded request parsing."""
+"""What the control and public apps share: JSON error bodies, bounded request parsing, and :class:`Body`, the one
+reader of request fields (each refusal a ``BadRequest`` naming the field and what it must be).
+
+Routes are module-level handlers; what they serve (the node, or the objects a feature needs) is the app's
+``state.node``, set where the app is built (:func:`serve`).
+"""
 
 from __future__ import annotations
 
+import enum
 import json
+import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Final, TypeVar, overload
 
+from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from overlay_node.errors import BadRequest, OverlayError
 
 Handler = Callable[[Request], Awaitable[Response]]
+_App = TypeVar("_App", bound=Starlette)
+
+
+def serve(app: _App, node: object) -> _App:
+    """Make ``node`` what ``app``'s handlers serve (``app.state.node``, read back with :func:`served`)."""
+    app.state.node = node
+    return app
+
+
+def served(request: Request) -> Any:
+    """What the request's app serves (see :func:`serve`); each feature module types it with its own protocol."""
+    return request.app.state.node
 
 
 def error_response(exc: OverlayError) -> JSONResponse:
@@ -75,12 +96,201 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     return value
 
 
-def require_str(body: dict[str, Any], key: str, *, max_len: int = 4096) -> str:
-    """A non-empty string field of a request body."""
-    value = body.get(key)
-    if not isinstance(value, str) or not value or len(value) > max_len:
-        raise BadRequest(f"field {key!r} must be a non-empty string of at most {max_len} characters")
-    return value
+class _Required(enum.Enum):
+    REQUIRED = enum.auto()
+
+
+#: the ``default`` of a field that must be given
+REQUIRED: Final = _Required.REQUIRED
+#: the longest string a required text field takes unless told otherwise
+TEXT_LIMIT: Final = 4096
+
+
+class Body:
+    """The fields of a JSON request body (or of a query string), read and checked one at a time.
+
+    Every reader takes the field's ``default``: :data:`REQUIRED` (missing or null is refused), ``None`` (missing or
+    null reads as None), or a value (used when the field is missing; an explicit null is refused). A bad field
+    raises ``BadRequest("field 'key' must be <expected>")``, ``expected`` saying what the field must be (each
+    reader has its own wording; ``expected=`` replaces it where a route says it better).
+    """
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self._fields = fields
+
+    @classmethod
+    async def read(cls, request: Request, limit: int) -> Body:
+        """The request's JSON object body (see :func:`read_json`)."""
+        return cls(await read_json(request, limit))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._fields
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A field as it came, unchecked."""
+        return self._fields.get(key, default)
+
+    @staticmethod
+    def refuse(key: str, expected: str) -> BadRequest:
+        return BadRequest(f"field {key!r} must be {expected}")
+
+    @overload
+    def text(
+        self, key: str, default: str | _Required = ..., *, max_len: int | None = ..., expected: str | None = ...
+    ) -> str: ...
+
+    @overload
+    def text(self, key: str, default: None, *, max_len: int | None = ..., expected: str | None = ...) -> str | None: ...
+
+    def text(
+        self,
+        key: str,
+        default: str | _Required | None = REQUIRED,
+        *,
+        max_len: int | None = None,
+        expected: str | None = None,
+    ) -> str | None:
+        """A string of at most ``max_len`` characters (no limit: None); a required one must not be empty and is at
+        most :data:`TEXT_LIMIT` characters unless ``max_len`` says otherwise."""
+        value = self._fields.get(key, default)
+        if value is None and default is None:
+            return None
+        required = default is REQUIRED
+        limit = TEXT_LIMIT if required and max_len is None else max_len
+        if not isinstance(value, str) or (limit is not None and len(value) > limit) or (required and not value):
+            if required:
+                raise self.refuse(key, expected or f"a non-empty string of at most {limit} characters")
+            raise self.refuse(
+                key, expected or ("a string" if limit is None else f"a string of at most {limit} characters")
+            )
+        return value
+
+    def abs_path(self, key: str) -> Path:
+        """A required absolute path (the CLI resolves relative ones before sending them)."""
+        path = Path(self.text(key))
+        if not path.is_absolute():
+            raise self.refuse(key, "an absolute path (the CLI resolves it)")
+        return path
+
+    @overload
+    def integer(
+        self,
+        key: str,
+        default: int | _Required = ...,
+        *,
+        minimum: int = ...,
+        maximum: int | None = ...,
+        digits: bool = ...,
+        expected: str | None = ...,
+    ) -> int: ...
+
+    @overload
+    def integer(
+        self,
+        key: str,
+        default: None,
+        *,
+        minimum: int = ...,
+        maximum: int | None = ...,
+        digits: bool = ...,
+        expected: str | None = ...,
+    ) -> int | None: ...
+
+    def integer(
+        self,
+        key: str,
+        default: int | _Required | None = REQUIRED,
+        *,
+        minimum: int = 0,
+        maximum: int | None = None,
+        digits: bool = False,
+        expected: str | None = None,
+    ) -> int | None:
+        """An integer (not a boolean) from ``minimum`` to ``maximum``; with ``digits`` a string of up to 18 decimal
+        digits counts too (query strings, and the wallet's amounts)."""
+        value = self._fields.get(key, default)
+        if value is None and default is None:
+            return None
+        if digits and isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+            value = int(value)
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < minimum
+            or (maximum is not None and value > maximum)
+        ):
+            if expected is None:
+                if maximum is not None:
+                    expected = f"an integer in [{minimum}, {maximum}]"
+                else:
+                    expected = "a non-negative integer" if minimum == 0 else f"an integer >= {minimum}"
+            raise self.refuse(key, expected)
+        return value
+
+    @overload
+    def seconds(self, key: str, default: float | _Required = ..., *, maximum: float | None = ...) -> float: ...
+
+    @overload
+    def seconds(self, key: str, default: None, *, maximum: float | None = ...) -> float | None: ...
+
+    def seconds(
+        self, key: str, default: float | _Required | None = REQUIRED, *, maximum: float | None = None
+    ) -> float | None:
+        """A number of seconds (not a boolean); with ``maximum``, above 0 and at most ``maximum``."""
+        value = self._fields.get(key, default)
+        if value is None and default is None:
+            return None
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or (maximum is not None and not 0 < value <= maximum)
+        ):
+            raise self.refuse(
+                key, "a number of seconds" if maximum is None else f"a number of seconds in (0, {maximum}]"
+            )
+        return float(value)
+
+    def positive(self, key: str) -> float | None:
+        """An optional finite number above 0 (missing or null: None)."""
+        value = self._fields.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+            raise self.refuse(key, "a positive number")
+        return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        """``true`` or ``false``."""
+        value = self._fields.get(key, default)
+        if not isinstance(value, bool):
+            raise self.refuse(key, "true or false")
+        return value
+
+    def strings(
+        self,
+        key: str,
+        *,
+        required: bool = False,
+        min_items: int = 0,
+        max_items: int | None = None,
+        blank: bool = True,
+        expected: str | None = None,
+    ) -> list[str]:
+        """A list of strings (an empty one when an optional field is missing), with ``min_items`` to ``max_items``
+        items; ``blank=False`` refuses empty strings in it."""
+        value = self._fields.get(key) if required else self._fields.get(key, [])
+        if (
+            not isinstance(value, list)
+            or len(value) < min_items
+            or (max_items is not None and len(value) > max_items)
+            or not all(isinstance(v, str) and (blank or v) for v in value)
+        ):
+            if expected is None:
+                expected = "a list of strings" if max_items is None else f"a list of at most {max_items} strings"
+            raise self.refuse(key, expected)
+        return list(value)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

@@ -1,27 +1,35 @@
 """The control app: HTTP/JSON over the unix control socket, used by ``overlay-node ctl``.
 
-Routes are versioned (``/v1/...``) and thin: each calls one method of the node and returns its JSON. Adding routes
-and optional fields is fine; renaming or removing them breaks scripts.
+Routes are versioned (``/v1/...``) and thin: each reads its request, calls one method of the node or of one of its
+services, and returns the JSON. The handlers are module-level; the node they serve is the app's ``state.node``
+(``api/common.py``). Adding routes and optional fields is fine; renaming or removing them breaks scripts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from overlay_node.api.common import HTTP_EXCEPTION_HANDLERS, guarded, read_json, require_str
-from overlay_node.errors import BadRequest
+from overlay_node.api.common import HTTP_EXCEPTION_HANDLERS, Body, guarded, serve, served
+from overlay_node.api.control_adverts import AdvertsTarget
+from overlay_node.api.control_content import ContentTarget
+from overlay_node.api.control_overlay import OverlayControlTarget
+from overlay_node.api.control_streams import StreamsTarget
+from overlay_node.api.control_wallet import WalletTarget
 
 CONTROL_BODY_LIMIT = 1024 * 1024
 
 
-class ControlTarget(Protocol):
-    """The node methods the control app exposes."""
+class ControlTarget(
+    AdvertsTarget, ContentTarget, OverlayControlTarget, StreamsTarget, WalletTarget, Protocol
+):  # fmt: skip
+    """What the control app serves: the node's own methods, and the services the feature routes
+    (``control_<feature>.py``) call."""
 
     def status(self) -> dict[str, Any]: ...
 
@@ -34,39 +42,43 @@ class ControlTarget(Protocol):
     def request_shutdown(self) -> None: ...
 
 
+def _node(request: Request) -> ControlTarget:
+    return cast(ControlTarget, served(request))
+
+
+@guarded
+async def status(request: Request) -> Response:
+    return JSONResponse(_node(request).status())
+
+
+@guarded
+async def peers(request: Request) -> Response:
+    return JSONResponse({"peers": _node(request).peer_list()})
+
+
+@guarded
+async def connect(request: Request) -> Response:
+    body = await Body.read(request, CONTROL_BODY_LIMIT)
+    return JSONResponse(await _node(request).connect_peer(body.text("address", max_len=512)))
+
+
+@guarded
+async def wait(request: Request) -> Response:
+    body = await Body.read(request, CONTROL_BODY_LIMIT)
+    keys = body.strings("identity_keys", required=True, max_items=10_000, expected="a list of hex identity keys")
+    timeout = body.seconds("timeout", 30, maximum=3600)
+    return JSONResponse(await _node(request).wait_peers(keys, timeout))
+
+
+@guarded
+async def shutdown(request: Request) -> Response:
+    _node(request).request_shutdown()
+    return JSONResponse({"status": "stopping"}, status_code=202)
+
+
 def control_app(node: ControlTarget, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """Build the control app over ``node``; feature modules (``control_<feature>.py``) add ``extra_routes``."""
-
-    @guarded
-    async def status(_: Request) -> Response:
-        return JSONResponse(node.status())
-
-    @guarded
-    async def peers(_: Request) -> Response:
-        return JSONResponse({"peers": node.peer_list()})
-
-    @guarded
-    async def connect(request: Request) -> Response:
-        body = await read_json(request, CONTROL_BODY_LIMIT)
-        return JSONResponse(await node.connect_peer(require_str(body, "address", max_len=512)))
-
-    @guarded
-    async def wait(request: Request) -> Response:
-        body = await read_json(request, CONTROL_BODY_LIMIT)
-        keys = body.get("identity_keys")
-        timeout = body.get("timeout", 30)
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or len(keys) > 10_000:
-            raise BadRequest("field 'identity_keys' must be a list of hex identity keys")
-        if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
-            raise BadRequest("field 'timeout' must be a number of seconds in (0, 3600]")
-        return JSONResponse(await node.wait_peers(keys, float(timeout)))
-
-    @guarded
-    async def shutdown(_: Request) -> Response:
-        node.request_shutdown()
-        return JSONResponse({"status": "stopping"}, status_code=202)
-
-    return Starlette(
+    app = Starlette(
         exception_handlers=HTTP_EXCEPTION_HANDLERS,
         routes=[
             Route("/v1/status", status, methods=["GET"]),
@@ -77,3 +89,4 @@ def control_app(node: ControlTarget, extra_routes: Sequence[BaseRoute] = ()) -> 
             *extra_routes,
         ],
     )
+    return serve(app, node)

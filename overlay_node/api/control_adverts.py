@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import base64
-from typing import Any, Protocol
+from typing import Protocol, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from overlay_node.api.common import guarded, read_json, require_str
+from overlay_node.api.common import Body, guarded, served
 from overlay_node.errors import BadRequest
 from overlay_node.protocol.adverts import Filter
 from overlay_node.services.adverts import AdvertService
 from overlay_node.services.dht import DhtService, dht_key
 
+__all__ = ["AdvertsTarget", "adverts_routes"]
+
 BODY_LIMIT = 64 * 1024
+NAMESPACES = ("ship", "slap", "uhrp", "stream", "tag", "debug")
 
 
 class AdvertsTarget(Protocol):
@@ -26,30 +29,11 @@ class AdvertsTarget(Protocol):
     def dht(self) -> DhtService: ...
 
 
-def _opt_str(body: dict[str, Any], key: str, default: str = "") -> str:
-    value = body.get(key, default)
-    if not isinstance(value, str):
-        raise BadRequest(f"field {key!r} must be a string")
-    return value
+def _target(request: Request) -> AdvertsTarget:
+    return cast(AdvertsTarget, served(request))
 
 
-def _opt_int(body: dict[str, Any], key: str) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise BadRequest(f"field {key!r} must be a non-negative integer")
-    return value
-
-
-def _opt_list(body: dict[str, Any], key: str) -> tuple[str, ...]:
-    value = body.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise BadRequest(f"field {key!r} must be a list of strings")
-    return tuple(value)
-
-
-def _name(body: dict[str, Any]) -> str:
+def _name(body: Body) -> str:
     topic, service = body.get("topic"), body.get("service")
     if (topic is None) == (service is None):
         raise BadRequest("give exactly one of 'topic' (tm_*) or 'service' (ls_*)")
@@ -63,100 +47,100 @@ def _name(body: dict[str, Any]) -> str:
     return name
 
 
-def adverts_routes(node: AdvertsTarget) -> list[Route]:
-    """The routes; mounted by ``api/control.py``."""
+def _key(body: Body) -> bytes:
+    namespace = body.text("namespace", max_len=32)
+    if namespace not in NAMESPACES:
+        raise BadRequest(f"namespace must be one of {', '.join(NAMESPACES)}")
+    return dht_key(namespace, body.text("name", max_len=256))
 
-    @guarded
-    async def advertise(request: Request) -> Response:
-        body = await read_json(request, BODY_LIMIT)
-        name = _name(body)
-        if body.get("revoke"):
-            return JSONResponse(await node.adverts.withdraw(name))
-        ttl = body.get("ttl")
-        if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool)):
-            raise BadRequest("field 'ttl' must be a number of seconds")
-        on_chain = body.get("on_chain", True)
-        if not isinstance(on_chain, bool):
-            raise BadRequest("field 'on_chain' must be true or false")
-        answer = await node.adverts.advertise(
-            name,
-            on_chain=on_chain,
-            service_type=_opt_str(body, "service_type"),
-            pricing_model=_opt_str(body, "pricing_model", "free"),
-            price=_opt_int(body, "price") or 0,
-            capabilities=_opt_list(body, "capabilities"),
-            region=_opt_str(body, "region"),
-            ttl=None if ttl is None else float(ttl),
-            uri=_opt_str(body, "uri"),
-        )
-        return JSONResponse(answer)
 
-    @guarded
-    async def adverts(_: Request) -> Response:
-        return JSONResponse({"adverts": [a.as_dict() for a in node.adverts.own()]})
+@guarded
+async def advertise(request: Request) -> Response:
+    body = await Body.read(request, BODY_LIMIT)
+    name = _name(body)
+    adverts = _target(request).adverts
+    if body.get("revoke"):
+        return JSONResponse(await adverts.withdraw(name))
+    ttl = body.seconds("ttl", None)
+    answer = await adverts.advertise(
+        name,
+        on_chain=body.boolean("on_chain", True),
+        service_type=body.text("service_type", ""),
+        pricing_model=body.text("pricing_model", "free"),
+        price=body.integer("price", None) or 0,
+        capabilities=tuple(body.strings("capabilities")),
+        region=body.text("region", ""),
+        ttl=ttl,
+        uri=body.text("uri", ""),
+    )
+    return JSONResponse(answer)
 
-    @guarded
-    async def discover(request: Request) -> Response:
-        body = await read_json(request, BODY_LIMIT)
-        flt = Filter(
-            capabilities=_opt_list(body, "capabilities"),
-            max_price=_opt_int(body, "max_price"),
-            region=_opt_str(body, "region"),
-            service_type=_opt_str(body, "service_type"),
-        )
-        found = await node.adverts.discover(_name(body), flt)
-        return JSONResponse({"hosts": [f.as_dict() for f in found]})
 
-    def _key(body: dict[str, Any]) -> bytes:
-        namespace = require_str(body, "namespace", max_len=32)
-        if namespace not in ("ship", "slap", "uhrp", "stream", "tag", "debug"):
-            raise BadRequest("namespace must be one of ship, slap, uhrp, stream, tag, debug")
-        return dht_key(namespace, require_str(body, "name", max_len=256))
+@guarded
+async def adverts(request: Request) -> Response:
+    return JSONResponse({"adverts": [a.as_dict() for a in _target(request).adverts.own()]})
 
-    @guarded
-    async def dht_get(request: Request) -> Response:
-        body = await read_json(request, BODY_LIMIT)
-        records = await node.dht.get(_key(body))
-        return JSONResponse(
-            {
-                "records": [
-                    {
-                        "publisher": r.publisher.hex(),
-                        "seq": r.seq,
-                        "expires": r.expires,
-                        "value_b64": base64.b64encode(r.value).decode(),
-                    }
-                    for r in records
-                ]
-            }
-        )
 
-    @guarded
-    async def dht_put(request: Request) -> Response:
-        body = await read_json(request, BODY_LIMIT)
-        value = require_str(body, "value", max_len=4096).encode()
-        ttl = body.get("ttl", 3600)
-        if not isinstance(ttl, int | float) or isinstance(ttl, bool):
-            raise BadRequest("field 'ttl' must be a number of seconds")
-        outcome = await node.dht.put(_key(body), value, ttl=float(ttl))
-        return JSONResponse({"seq": outcome.seq, "expires": outcome.expires, "stored": outcome.stored})
+@guarded
+async def discover(request: Request) -> Response:
+    body = await Body.read(request, BODY_LIMIT)
+    flt = Filter(
+        capabilities=tuple(body.strings("capabilities")),
+        max_price=body.integer("max_price", None),
+        region=body.text("region", ""),
+        service_type=body.text("service_type", ""),
+    )
+    found = await _target(request).adverts.discover(_name(body), flt)
+    return JSONResponse({"hosts": [f.as_dict() for f in found]})
 
-    @guarded
-    async def dht_status(_: Request) -> Response:
-        s = node.dht.statistics()
-        return JSONResponse(
-            {
-                "address": s.address,
-                "node_id": s.node_id,
-                "contacts": s.contacts,
-                "records": s.records,
-                "keys": s.keys,
-                "own_records": s.own_records,
-                "drops": s.drops,
-                "refusals": s.refusals,
-            }
-        )
 
+@guarded
+async def dht_get(request: Request) -> Response:
+    body = await Body.read(request, BODY_LIMIT)
+    records = await _target(request).dht.get(_key(body))
+    return JSONResponse(
+        {
+            "records": [
+                {
+                    "publisher": r.publisher.hex(),
+                    "seq": r.seq,
+                    "expires": r.expires,
+                    "value_b64": base64.b64encode(r.value).decode(),
+                }
+                for r in records
+            ]
+        }
+    )
+
+
+@guarded
+async def dht_put(request: Request) -> Response:
+    body = await Body.read(request, BODY_LIMIT)
+    value = body.text("value", max_len=4096).encode()
+    ttl = body.seconds("ttl", 3600)
+    outcome = await _target(request).dht.put(_key(body), value, ttl=ttl)
+    return JSONResponse({"seq": outcome.seq, "expires": outcome.expires, "stored": outcome.stored})
+
+
+@guarded
+async def dht_status(request: Request) -> Response:
+    s = _target(request).dht.statistics()
+    return JSONResponse(
+        {
+            "address": s.address,
+            "node_id": s.node_id,
+            "contacts": s.contacts,
+            "records": s.records,
+            "keys": s.keys,
+            "own_records": s.own_records,
+            "drops": s.drops,
+            "refusals": s.refusals,
+        }
+    )
+
+
+def adverts_routes() -> list[Route]:
+    """The routes; they serve the app's node's ``adverts`` and ``dht`` (mounted on the control app)."""
     return [
         Route("/v1/advertise", advertise, methods=["POST"]),
         Route("/v1/adverts", adverts, methods=["GET"]),

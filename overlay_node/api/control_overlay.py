@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from overlay_node.api.common import guarded, read_json, require_str
+from overlay_node.api.common import Body, guarded, served
 from overlay_node.chain.formats import parse_submission
 from overlay_node.chain.refusals import Refusal
 from overlay_node.errors import BadRequest
@@ -23,13 +21,13 @@ from overlay_node.services.overlay_sync import OverlaySync
 from overlay_node.topics.describe import describe_output
 from overlay_node.topics.plugins import SUBMIT_MODES
 
-__all__ = ["overlay_control_routes"]
+__all__ = ["OverlayControlTarget", "output_json", "overlay_control_routes"]
 
 _BODY_LIMIT = 48 * 1024 * 1024
 _MAX_DEPTH = 1000
 
 
-class OverlayTarget(Protocol):
+class OverlayControlTarget(Protocol):
     @property
     def overlay(self) -> OverlayEngine: ...
 
@@ -37,7 +35,11 @@ class OverlayTarget(Protocol):
     def overlay_sync(self) -> OverlaySync: ...
 
 
-def _beef(body: dict[str, Any]) -> bytes:
+def _target(request: Request) -> OverlayControlTarget:
+    return cast(OverlayControlTarget, served(request))
+
+
+def _beef(body: Body) -> bytes:
     hex_text, b64_text = body.get("beef_hex"), body.get("beef_b64")
     try:
         if isinstance(hex_text, str):
@@ -76,52 +78,51 @@ def output_json(out: AnswerOutput) -> dict[str, Any]:
     return item
 
 
-async def submit(node: OverlayTarget, request: Request) -> Response:
-    body = await read_json(request, _BODY_LIMIT)
-    topics = body.get("topics")
-    if not isinstance(topics, list) or not topics or not all(isinstance(t, str) for t in topics):
-        raise BadRequest("field 'topics' must be a non-empty list of topic names")
+@guarded
+async def submit(request: Request) -> Response:
+    body = await Body.read(request, _BODY_LIMIT)
+    topics = body.strings("topics", required=True, min_items=1, expected="a non-empty list of topic names")
     mode = body.get("mode", "current-tx")
     if mode not in SUBMIT_MODES:
-        raise BadRequest(f"field 'mode' must be one of {', '.join(SUBMIT_MODES)}")
+        raise body.refuse("mode", f"one of {', '.join(SUBMIT_MODES)}")
     beef = _beef(body)
     txid = None
     try:
         txid = parse_submission(beef).subject.txid
     except Refusal:
         pass  # the engine says what is wrong with it
-    steak = await node.overlay.submit(beef, topics, mode=mode)
+    steak = await _target(request).overlay.submit(beef, topics, mode=mode)
     return JSONResponse({"txid": txid, "steak": steak})
 
 
-async def lookup(node: OverlayTarget, request: Request) -> Response:
-    body = await read_json(request, 1024 * 1024)
-    service = require_str(body, "service", max_len=64)
+@guarded
+async def lookup(request: Request) -> Response:
+    body = await Body.read(request, 1024 * 1024)
+    service = body.text("service", max_len=64)
     if "query" not in body:
         raise BadRequest("field 'query' is required (any JSON value)")
-    outputs = await node.overlay.lookup(service, body["query"])
+    outputs = await _target(request).overlay.lookup(service, body.get("query"))
     return JSONResponse({"service": service, "outputs": [output_json(o) for o in outputs]})
 
 
-async def topics(node: OverlayTarget, request: Request) -> Response:
-    counts, indexed = await node.overlay.counts()
+@guarded
+async def topics(request: Request) -> Response:
+    engine = _target(request).overlay
+    counts, indexed = await engine.counts()
     managers = {
         name: {**meta, "outputs": counts.get(name, (0, 0))[0], "unspent": counts.get(name, (0, 0))[1]}
-        for name, meta in node.overlay.list_topic_managers().items()
+        for name, meta in engine.list_topic_managers().items()
     }
-    services = {
-        name: {**meta, "indexed": indexed.get(name, 0)} for name, meta in node.overlay.list_lookup_services().items()
-    }
+    services = {name: {**meta, "indexed": indexed.get(name, 0)} for name, meta in engine.list_lookup_services().items()}
     return JSONResponse({"topic_managers": managers, "lookup_services": services})
 
 
-async def history(node: OverlayTarget, request: Request) -> Response:
-    body = await read_json(request, 4096)
-    txid, vout = _outpoint(require_str(body, "outpoint", max_len=100))
-    depth = body.get("depth", 1)
-    if not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= _MAX_DEPTH:
-        raise BadRequest(f"field 'depth' must be an integer from 0 to {_MAX_DEPTH}")
-    nodes, beef = await node.overlay.history(txid, vout, depth)
+@guarded
+async def history(request: Request) -> Response:
+    body = await Body.read(request, 4096)
+    txid, vout = _outpoint(body.text("outpoint", max_len=100))
+    depth = body.integer("depth", 1, maximum=_MAX_DEPTH, expected=f"an integer from 0 to {_MAX_DEPTH}")
+    nodes, beef = await _target(request).overlay.history(txid, vout, depth)
     if beef is None:
         raise BadRequest(f"{txid}.{vout} is not an output this node's topics hold")
     return JSONResponse(
@@ -129,26 +130,21 @@ async def history(node: OverlayTarget, request: Request) -> Response:
     )
 
 
-async def sync(node: OverlayTarget, request: Request) -> Response:
-    body = await read_json(request, 64 * 1024)
-    topics, hosts = body.get("topics", []), body.get("hosts", [])
-    for name, value in (("topics", topics), ("hosts", hosts)):
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) or len(value) > 256:
-            raise BadRequest(f"field {name!r} must be a list of strings")
-    reports = await node.overlay_sync.sync_all(topics or None, hosts or None)
+@guarded
+async def sync(request: Request) -> Response:
+    body = await Body.read(request, 64 * 1024)
+    topics = body.strings("topics", max_items=256, blank=False, expected="a list of strings")
+    hosts = body.strings("hosts", max_items=256, blank=False, expected="a list of strings")
+    reports = await _target(request).overlay_sync.sync_all(topics or None, hosts or None)
     return JSONResponse({"reports": [r.as_json() for r in reports]})
 
 
-def overlay_control_routes(node: OverlayTarget) -> list[Route]:
-    """The routes; mounted on the control app."""
-
-    def route(path: str, handler: Callable[[OverlayTarget, Request], Awaitable[Response]], method: str) -> Route:
-        return Route(path, guarded(functools.partial(handler, node)), methods=[method])
-
+def overlay_control_routes() -> list[Route]:
+    """The routes; they serve the app's node's ``overlay`` and ``overlay_sync`` (mounted on the control app)."""
     return [
-        route("/v1/overlay/submit", submit, "POST"),
-        route("/v1/overlay/lookup", lookup, "POST"),
-        route("/v1/overlay/topics", topics, "GET"),
-        route("/v1/overlay/history", history, "POST"),
-        route("/v1/overlay/sync", sync, "POST"),
+        Route("/v1/overlay/submit", submit, methods=["POST"]),
+        Route("/v1/overlay/lookup", lookup, methods=["POST"]),
+        Route("/v1/overlay/topics", topics, methods=["GET"]),
+        Route("/v1/overlay/history", history, methods=["POST"]),
+        Route("/v1/overlay/sync", sync, methods=["POST"]),
     ]

@@ -10,28 +10,34 @@ content, and for priced content:
   for the authenticated identity, else for the grant's consumer), and to the producer itself;
 - otherwise the answer is ``402`` naming the price and the producer, with a signed quote when the request names
   the payer in ``X-Payer`` (an identity key) and this node is the producer.
+
+Who may read what is decided in ``services/content_access.py``; this module reads the request (the content id, the
+BRC-104/105 scope, the headers) and writes the answer. The content served is the app's node's (``state.node``).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Scope
 
+from overlay_node.api.common import served
 from overlay_node.api.http_auth import authenticated_identity, paid_resource
 from overlay_node.crypto.uhrp import parse_uhrp
 from overlay_node.errors import BadRequest, NotFound, OverlayError
 from overlay_node.services.content import ContentService
-from overlay_node.services.content_common import PaymentRequired
+from overlay_node.services.content_access import gateway_price, gateway_refusal, servable
 
-__all__ = ["gateway_routes", "parse_range", "price_of"]
+if TYPE_CHECKING:
+    from overlay_node.store.content import ContentItem
+
+__all__ = ["Gateway", "gateway_routes", "parse_range", "price_of"]
 
 _RANGE: Final = re.compile(r"^bytes=(\d*)-(\d*)$")
 _PIECE: Final = 1024 * 1024
@@ -45,6 +51,10 @@ _CACHE_BUDGET: Final = 16 * 1024 * 1024
 class GatewayTarget(Protocol):
     @property
     def content(self) -> ContentService: ...
+
+
+def _content(request: Request) -> ContentService:
+    return cast(GatewayTarget, served(request)).content
 
 
 class RangeNotSatisfiable(OverlayError):
@@ -109,18 +119,6 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
-def _grant_consumer(grant_text: str | None, identity: str | None) -> tuple[Any, str]:
-    """The grant of ``X-Access-Grant`` and whom it must be for (the authenticated identity, else its own consumer).
-
-    Raises:
-        ValueError, AttributeError: not a JSON grant.
-    """
-    grant = json.loads(grant_text) if grant_text else None
-    if identity is not None:
-        return grant, identity
-    return grant, "" if grant is None else str(grant.get("consumer", ""))
-
-
 async def price_of(service: ContentService, scope: Scope) -> tuple[int, str] | None:
     """What a gateway request must pay with BRC-105 (the ``PaymentMiddleware`` pricer): ``(price, "uhrp:<hex>")``
     for priced content this node produced, held here and live, asked for by someone else without a valid grant;
@@ -129,67 +127,46 @@ async def price_of(service: ContentService, scope: Scope) -> tuple[int, str] | N
         cid = parse_uhrp(scope["path"].removeprefix("/uhrp/"))
     except BadRequest:
         return None
-    hex_id = cid.hex()
-    item = await service.held_item(hex_id)
-    if item is None or item.price <= 0 or not item.published or item.producer != service.identity_key:
-        return None
-    if (item.expires and item.expires <= service.wall()) or not service.blobs.has(cid):
-        return None
-    identity = authenticated_identity(scope)
-    if identity == item.producer:
-        return None
     grant_text = next((v.decode("utf-8", "replace") for k, v in scope["headers"] if k == b"x-access-grant"), None)
-    if grant_text:
-        try:
-            grant, consumer = _grant_consumer(grant_text, identity)
-            service.check_access(item, consumer, grant)
-            return None
-        except (PaymentRequired, ValueError, AttributeError):
-            pass
-    return item.price, f"uhrp:{hex_id}"
+    return await gateway_price(service, cid, identity=authenticated_identity(scope), grant_text=grant_text)
 
 
-def gateway_routes(node: GatewayTarget) -> list[Route]:
-    """The gateway route over ``node.content``."""
-    small_bodies = _BodyCache(_CACHE_BUDGET)
+def _error(service: ContentService, exc: OverlayError, headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    service.metrics.gateway_requests.labels(str(exc.http_status)).inc()
+    body = {"status": "error", "code": exc.code, "message": str(exc), **extra}
+    return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
-    def error(exc: OverlayError, headers: dict[str, str] | None = None, **extra: Any) -> Response:
-        node.content.metrics.gateway_requests.labels(str(exc.http_status)).inc()
-        body = {"status": "error", "code": exc.code, "message": str(exc), **extra}
-        return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
-    async def get(request: Request) -> Response:
-        service = node.content
+class Gateway:
+    """``GET``/``HEAD /uhrp/{content}``: one per app, keeping the bodies of small objects it served."""
+
+    def __init__(self) -> None:
+        self.bodies = _BodyCache(_CACHE_BUDGET)
+
+    async def get(self, request: Request) -> Response:
+        service = _content(request)
         try:
             cid = parse_uhrp(request.path_params["content"])
         except BadRequest as exc:
-            return error(exc)
-        hex_id = cid.hex()
-        item = await service.held_item(hex_id)
-        if (
-            item is None
-            or not item.local
-            or not service.blobs.has(cid)
-            or (item.expires and item.expires <= service.wall())
-        ):
-            return error(NotFound(f"content {hex_id} is not held here"))
-        if item.price > 0 and paid_resource(request.scope) != f"uhrp:{hex_id}":
-            grant_text = request.headers.get("x-access-grant")
-            identity = authenticated_identity(request.scope)
-            consumer = identity or request.headers.get("x-payer", "")
-            try:
-                grant, holder = _grant_consumer(grant_text, identity)
-                service.check_access(item, consumer if grant is None else holder, grant)
-            except (PaymentRequired, ValueError, AttributeError) as exc:
-                extra: dict[str, Any] = {"price": item.price, "producer": item.producer, "resource": f"uhrp:{hex_id}"}
-                if consumer and service.payments is not None and item.published:
-                    try:
-                        extra["quote"] = service.payments.issue_quote(consumer, f"uhrp:{hex_id}", item.price).as_json()
-                    except OverlayError:
-                        pass
-                required = exc if isinstance(exc, PaymentRequired) else PaymentRequired("malformed access grant")
-                return error(required, **extra)
-        etag = f'"{hex_id}"'
+            return _error(service, exc)
+        item = await servable(service, cid)
+        if item is None:
+            return _error(service, NotFound(f"content {cid.hex()} is not held here"))
+        refused = gateway_refusal(
+            service,
+            item,
+            paid=paid_resource(request.scope),
+            identity=authenticated_identity(request.scope),
+            payer=request.headers.get("x-payer", ""),
+            grant_text=request.headers.get("x-access-grant"),
+        )
+        if refused is not None:
+            return _error(service, refused.error, **refused.details)
+        return await self._answer(request, service, cid, item)
+
+    async def _answer(self, request: Request, service: ContentService, cid: bytes, item: ContentItem) -> Response:
+        """The content (or the range asked for), its headers, or ``304`` when the client has it."""
+        etag = f'"{cid.hex()}"'
         headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "public, max-age=31536000, immutable"}
         if request.headers.get("if-none-match") == etag:
             service.metrics.gateway_requests.labels("304").inc()
@@ -197,14 +174,12 @@ def gateway_routes(node: GatewayTarget) -> list[Route]:
         try:
             span = parse_range(request.headers.get("range"), item.size)
         except RangeNotSatisfiable as exc:
-            return error(exc, headers={"Content-Range": f"bytes */{item.size}"})
+            return _error(service, exc, headers={"Content-Range": f"bytes */{item.size}"})
         except BadRequest as exc:
-            return error(exc)
-        status = 200
-        start, end = 0, item.size - 1
+            return _error(service, exc)
+        start, end, status = 0, item.size - 1, 200
         if span is not None:
-            start, end = span
-            status = 206
+            (start, end), status = span, 206
             headers["Content-Range"] = f"bytes {start}-{end}/{item.size}"
         length = end - start + 1 if item.size else 0
         service.metrics.gateway_requests.labels(str(status)).inc()
@@ -212,28 +187,35 @@ def gateway_routes(node: GatewayTarget) -> list[Route]:
             headers["Content-Length"] = str(length)
             return Response(status_code=status, headers=headers, media_type=item.content_type)
         if length <= _SMALL:
-            if not length:
-                data = b""
-            elif item.size <= _CACHED_BODY:
-                whole = small_bodies.get(cid)
-                if whole is None:
-                    whole = await service.blobs.read(cid, 0, item.size)
-                    small_bodies.put(cid, whole)
-                data = whole[start : end + 1] if status == 206 else whole
-            else:
-                data = await service.blobs.read(cid, start, length)
+            data = await self._small(service, cid, item, start, length)
             return Response(data, status_code=status, headers=headers, media_type=item.content_type)
-
-        async def body() -> AsyncIterator[bytes]:
-            pos = start
-            while pos <= end:
-                data = await service.blobs.read(cid, pos, min(_PIECE, end - pos + 1))
-                if not data:
-                    return
-                pos += len(data)
-                yield data
-
         headers["Content-Length"] = str(length)
-        return StreamingResponse(body(), status_code=status, headers=headers, media_type=item.content_type)
+        pieces = _pieces(service, cid, start, end)
+        return StreamingResponse(pieces, status_code=status, headers=headers, media_type=item.content_type)
 
-    return [Route("/uhrp/{content:path}", get, methods=["GET", "HEAD"])]
+    async def _small(self, service: ContentService, cid: bytes, item: ContentItem, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start``, read in one go; small objects whole from (or into) the cache."""
+        if not length:
+            return b""
+        if item.size > _CACHED_BODY:
+            return await service.blobs.read(cid, start, length)
+        whole = self.bodies.get(cid)
+        if whole is None:
+            whole = await service.blobs.read(cid, 0, item.size)
+            self.bodies.put(cid, whole)
+        return whole if length == item.size else whole[start : start + length]
+
+
+async def _pieces(service: ContentService, cid: bytes, start: int, end: int) -> AsyncIterator[bytes]:
+    pos = start
+    while pos <= end:
+        data = await service.blobs.read(cid, pos, min(_PIECE, end - pos + 1))
+        if not data:
+            return
+        pos += len(data)
+        yield data
+
+
+def gateway_routes() -> list[Route]:
+    """The gateway route, with a fresh body cache; it serves the app's node's ``content``."""
+    return [Route("/uhrp/{content:path}", Gateway().get, methods=["GET", "HEAD"])]

@@ -11,8 +11,9 @@
 - ``POST /requestSyncResponse`` (``X-BSV-Topic``, ``{"version", "since", "limit"}``) and ``POST
   /requestForeignGASPNode`` (``{"graphID", "txid", "outputIndex", "metadata"}``): GASP, as overlay-express serves it.
 
-Every route parses and calls the engine once; a bad request is a 400 with the reason and changes nothing; an
-unexpected failure is ``500 {"status":"error","message":"Unexpected error"}`` (and logged).
+Every route parses and calls the engine once (the engine of the app's node: ``state.node``, ``api/common.py``); a bad
+request is a 400 with the reason and changes nothing; an unexpected failure is ``500
+{"status":"error","message":"Unexpected error"}`` (and logged).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from overlay_node.api.common import parse_json, read_body
+from overlay_node.api.common import Handler, parse_json, read_body, served
 from overlay_node.chain.formats import Cursor
 from overlay_node.chain.refusals import Refusal
 from overlay_node.errors import BadRequest, OverlayError
@@ -56,18 +57,22 @@ class OverlayTarget(Protocol):
     def config(self) -> Any: ...
 
 
+def _node(request: Request) -> OverlayTarget:
+    return cast(OverlayTarget, served(request))
+
+
 def _error(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"status": "error", "message": message}, status_code=status, headers=CORS_HEADERS)
 
 
-def _answer(handler: Callable[[OverlayTarget, Request], Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+def _answer(handler: Handler) -> Handler:
     """The reference's error mapping around a handler: our refusals are 400 with their message, anything else
     is a logged 500 ``Unexpected error``."""
 
     @functools.wraps(handler)
-    async def run(node: OverlayTarget, request: Request) -> Response:
+    async def run(request: Request) -> Response:
         try:
-            response = await handler(node, request)
+            response = await handler(request)
         except BadRequest as exc:
             return _error(str(exc))
         except OverlayError as exc:
@@ -141,11 +146,12 @@ def _split_off_chain(body: bytes) -> tuple[bytes, bytes]:
 
 
 @_answer
-async def submit(node: OverlayTarget, request: Request) -> Response:
+async def submit(request: Request) -> Response:
     topics = parse_topics(request.headers.get("x-topics"))
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/octet-stream":
         raise BadRequest("the body must be BEEF bytes sent as Content-Type: application/octet-stream")
+    node = _node(request)
     body = await read_body(request, node.config.overlay.max_submit_bytes)
     off_chain: bytes | None = None
     if request.headers.get("x-includes-off-chain-values", "").lower() == "true":
@@ -157,7 +163,8 @@ async def submit(node: OverlayTarget, request: Request) -> Response:
 
 
 @_answer
-async def lookup(node: OverlayTarget, request: Request) -> Response:
+async def lookup(request: Request) -> Response:
+    node = _node(request)
     body = await read_body(request, node.config.overlay.max_lookup_bytes)
     question = parse_json(body) if body else None
     if not isinstance(question, dict) or not isinstance(question.get("service"), str) or "query" not in question:
@@ -169,26 +176,26 @@ async def lookup(node: OverlayTarget, request: Request) -> Response:
 
 
 @_answer
-async def list_topic_managers(node: OverlayTarget, request: Request) -> Response:
-    return JSONResponse(node.overlay.list_topic_managers())
+async def list_topic_managers(request: Request) -> Response:
+    return JSONResponse(_node(request).overlay.list_topic_managers())
 
 
 @_answer
-async def list_lookup_services(node: OverlayTarget, request: Request) -> Response:
-    return JSONResponse(node.overlay.list_lookup_services())
+async def list_lookup_services(request: Request) -> Response:
+    return JSONResponse(_node(request).overlay.list_lookup_services())
 
 
 @_answer
-async def topic_documentation(node: OverlayTarget, request: Request) -> Response:
+async def topic_documentation(request: Request) -> Response:
     name = request.query_params.get("manager", "")
-    return Response(node.overlay.topic_documentation(name), media_type="text/markdown")
+    return Response(_node(request).overlay.topic_documentation(name), media_type="text/markdown")
 
 
 @_answer
-async def service_documentation(node: OverlayTarget, request: Request) -> Response:
+async def service_documentation(request: Request) -> Response:
     params = request.query_params
     name = params.get("lookupService") or params.get("lookupServices") or ""
-    return Response(node.overlay.service_documentation(name), media_type="text/markdown")
+    return Response(_node(request).overlay.service_documentation(name), media_type="text/markdown")
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -205,7 +212,7 @@ def _count(value: Any, what: str) -> int:
 
 
 @_answer
-async def sync_response(node: OverlayTarget, request: Request) -> Response:
+async def sync_response(request: Request) -> Response:
     """GASP: the unspent outputs of the topic named by ``X-BSV-Topic`` since a score (the reference's shape)."""
     topic = request.headers.get("x-bsv-topic", "")
     if not topic:
@@ -213,38 +220,38 @@ async def sync_response(node: OverlayTarget, request: Request) -> Response:
     query = _json_object(await read_body(request, 4096))
     since = _count(query.get("since", 0), "since")
     limit = None if query.get("limit") is None else _count(query["limit"], "limit")
-    utxos = await node.overlay.sync_response(topic, since, limit)
+    utxos = await _node(request).overlay.sync_response(topic, since, limit)
     return JSONResponse({"UTXOList": utxos, "since": since})
 
 
 @_answer
-async def foreign_node(node: OverlayTarget, request: Request) -> Response:
+async def foreign_node(request: Request) -> Response:
     """GASP: one transaction of an output's graph."""
     query = _json_object(await read_body(request, 4096))
     graph_id, txid, vout = query.get("graphID"), query.get("txid"), query.get("outputIndex")
     if not isinstance(graph_id, str) or not isinstance(txid, str) or len(graph_id) > 80 or len(txid) != 64:
         raise BadRequest("the body must name graphID (TXID.VOUT), txid and outputIndex")
-    return JSONResponse(await node.overlay.gasp_node(graph_id, txid, _count(vout, "outputIndex")))
+    return JSONResponse(await _node(request).overlay.gasp_node(graph_id, txid, _count(vout, "outputIndex")))
 
 
-async def preflight(node: OverlayTarget, request: Request) -> Response:
+async def preflight(request: Request) -> Response:
     return Response(status_code=200, headers=CORS_HEADERS)
 
 
-def overlay_routes(node: OverlayTarget) -> list[Route]:
-    """The routes over ``node.overlay``; mounted on the public app."""
+_ROUTES: list[tuple[str, Handler, str]] = [
+    ("/submit", submit, "POST"),
+    ("/lookup", lookup, "POST"),
+    ("/listTopicManagers", list_topic_managers, "GET"),
+    ("/listLookupServiceProviders", list_lookup_services, "GET"),
+    ("/getDocumentationForTopicManager", topic_documentation, "GET"),
+    ("/getDocumentationForLookupServiceProvider", service_documentation, "GET"),
+    ("/requestSyncResponse", sync_response, "POST"),
+    ("/requestForeignGASPNode", foreign_node, "POST"),
+]
 
-    def route(path: str, handler: Callable[[OverlayTarget, Request], Awaitable[Response]], method: str) -> Route:
-        return Route(path, functools.partial(handler, node), methods=[method])
 
-    paths = [
-        route("/submit", submit, "POST"),
-        route("/lookup", lookup, "POST"),
-        route("/listTopicManagers", list_topic_managers, "GET"),
-        route("/listLookupServiceProviders", list_lookup_services, "GET"),
-        route("/getDocumentationForTopicManager", topic_documentation, "GET"),
-        route("/getDocumentationForLookupServiceProvider", service_documentation, "GET"),
-        route("/requestSyncResponse", sync_response, "POST"),
-        route("/requestForeignGASPNode", foreign_node, "POST"),
-    ]
-    return [*paths, *(route(r.path, preflight, "OPTIONS") for r in paths)]
+def overlay_routes() -> list[Route]:
+    """The routes (each with its CORS preflight); they serve the app's node's ``overlay`` (mounted on the public
+    app)."""
+    paths = [Route(path, handler, methods=[method]) for path, handler, method in _ROUTES]
+    return [*paths, *(Route(path, preflight, methods=["OPTIONS"]) for path, _, _ in _ROUTES)]

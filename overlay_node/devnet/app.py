@@ -7,6 +7,9 @@ Request bodies follow ARC (``pkg/api/handler/parsers.go``): ``text/plain`` hex (
 ``application/octet-stream`` bytes (``application/beef`` is taken too); each item may be raw, Extended Format
 or BEEF. Refusals are ARC problem objects (``status`` is the HTTP status, ``extraInfo`` says what was wrong)
 with our ``code`` and ``message`` fields added.
+
+The handlers are module-level; the ledger and the limits they serve are the app's ``state.devnet``
+(:class:`DevnetState`, set by :func:`devnet_app`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import hmac
 import json
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from bsv.hash import hash160
 from bsv.keys import PublicKey
@@ -90,6 +94,202 @@ def _txid(request: Request) -> str:
     return txid.lower()
 
 
+@dataclass(frozen=True, slots=True)
+class DevnetState:
+    """What the handlers serve: the ledger and the app's limits (see :func:`devnet_app`)."""
+
+    ledger: Ledger
+    max_body: int
+    max_batch: int
+    api_key: str
+
+
+def _state(request: Request) -> DevnetState:
+    return cast(DevnetState, request.app.state.devnet)
+
+
+def _arc(handler: Handler, *, public: bool = False) -> Handler:
+    """``handler`` behind the API key (unless ``public``), with our errors answered as ARC problem objects."""
+
+    async def run(request: Request) -> Response:
+        try:
+            api_key = _state(request).api_key
+            if api_key and not public:
+                given = request.headers.get("authorization", "").encode()
+                if not hmac.compare_digest(given, f"Bearer {api_key}".encode()):
+                    raise Refusal(ArcCode.UNAUTHORIZED, "missing or wrong API key (Authorization: Bearer ...)")
+            return await handler(request)
+        except OverlayError as exc:
+            return _problem(exc)
+
+    return run
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, at most ``max_body`` bytes; one a little larger (up to twice) is read to its end before it is
+    refused, so that the client gets the answer cleanly."""
+    max_body = _state(request).max_body
+    drain_limit = 2 * max_body
+    too_large = Refusal(ArcCode.TOO_LARGE, f"request body larger than {max_body} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > drain_limit):
+        raise too_large  # not worth reading: the connection closes after the answer
+    body = bytearray()
+    seen = 0
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > drain_limit:
+                raise too_large
+            if seen <= max_body:
+                body += chunk
+    except ClientDisconnect:
+        # the client went away mid-body: nothing was applied, and nobody is left to answer
+        raise Refusal(ArcCode.BAD_REQUEST, "client disconnected before the body was complete") from None
+    if seen > max_body:
+        raise too_large
+    if not body:
+        raise Refusal(ArcCode.BAD_REQUEST, "no transaction found - empty request body")
+    return bytes(body)
+
+
+async def _transaction_bytes(request: Request, *, many: bool) -> bytes:
+    """The transaction(s) of the body, as bytes, whatever ARC content type carried them."""
+    body = await _read_body(request)
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media in ("application/octet-stream", "application/beef"):
+        return body
+    if media == "text/plain":
+        text = _text(body)
+        if many:
+            return b"".join(_hex(line, "a line of the body") for line in text.splitlines() if line.strip())
+        return _hex(text, "the body")
+    if media == "application/json":
+        return _json_transactions(body, many=many)
+    raise Refusal(
+        ArcCode.BAD_REQUEST,
+        f"given content-type {media or '(none)'} does not match any of the allowed content-types "
+        "(text/plain, application/json, application/octet-stream)",
+    )
+
+
+def _json_transactions(body: bytes, *, many: bool) -> bytes:
+    """``{"rawTx": hex}`` (a list of them with ``many``) as bytes."""
+    value = _json(body)
+    items = value if many else [value]
+    if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("rawTx"), str) for i in items):
+        shape = '[{"rawTx": hex}, ...]' if many else '{"rawTx": hex}'
+        raise Refusal(ArcCode.BAD_REQUEST, f"request body must be {shape}")
+    return b"".join(_hex(i["rawTx"], "rawTx") for i in items)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Refusal(ArcCode.BAD_REQUEST, f"request body is not valid JSON: {exc}") from exc
+
+
+async def post_tx(request: Request) -> Response:
+    submission = parse_submission(await _transaction_bytes(request, many=False))
+    (answer,) = await _state(request).ledger.submit([submission])
+    if isinstance(answer, Refusal):
+        return _problem(answer)
+    return JSONResponse(answer.as_arc(timestamp()))
+
+
+async def post_txs(request: Request) -> Response:
+    state = _state(request)
+    submissions = parse_stream(await _transaction_bytes(request, many=True), max_items=state.max_batch)
+    answers = await state.ledger.submit(submissions)
+    now = timestamp()
+    return JSONResponse([a.problem(now) if isinstance(a, Refusal) else a.as_arc(now) for a in answers])
+
+
+async def get_tx(request: Request) -> Response:
+    answer: TxAnswer = await _state(request).ledger.status(_txid(request))
+    return JSONResponse(answer.as_arc(timestamp()))
+
+
+async def get_beef(request: Request) -> Response:
+    txid = _txid(request)
+    beef = await _state(request).ledger.beef(txid)
+    return JSONResponse({"txid": txid, "beef": beef.hex(), "timestamp": timestamp()})
+
+
+async def policy(request: Request) -> Response:
+    return JSONResponse({"policy": _state(request).ledger.policy.as_arc(), "timestamp": timestamp()})
+
+
+async def health(_: Request) -> Response:
+    return JSONResponse({"healthy": True, "version": f"overlay-node devnet {__version__}", "reason": None})
+
+
+async def faucet(request: Request) -> Response:
+    value = _json(await _read_body(request))
+    if not isinstance(value, dict):
+        raise Refusal(ArcCode.BAD_REQUEST, 'request body must be {"address" or "pubkey", "satoshis"}')
+    satoshis = value.get("satoshis")
+    if not isinstance(satoshis, int) or isinstance(satoshis, bool):
+        raise Refusal(ArcCode.BAD_REQUEST, "satoshis must be an integer")
+    payout = await _state(request).ledger.faucet(_faucet_script(value), satoshis)
+    return JSONResponse(
+        {
+            "txid": payout.txid,
+            "vout": payout.vout,
+            "satoshis": payout.satoshis,
+            "lockingScript": payout.locking_script.hex(),
+            "rawTx": payout.raw.hex(),
+            "beef": payout.beef.hex(),
+            "txStatus": "SEEN_ON_NETWORK",
+            "timestamp": timestamp(),
+        }
+    )
+
+
+async def mine(request: Request) -> Response:
+    block = await _state(request).ledger.mine()
+    assert block is not None  # only_if_pending is False
+    return JSONResponse({"blockHeight": block.height, "blockHash": block.hash, "txids": list(block.txids)})
+
+
+async def chaintip(request: Request) -> Response:
+    return JSONResponse(_header_json(await _state(request).ledger.chaintip()))
+
+
+async def header(request: Request) -> Response:
+    raw = str(request.path_params["height"])
+    if not raw.isdigit() or len(raw) > 10:
+        raise Refusal(ArcCode.BAD_REQUEST, f"{raw[:20]!r} is not a block height")
+    return JSONResponse(_header_json(await _state(request).ledger.header(int(raw))))
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return _problem(Refusal(ArcCode.NOT_FOUND, f"no route {request.method} {request.url.path}"))
+
+
+async def _bad_method(request: Request, exc: Exception) -> Response:
+    problem = Refusal(ArcCode.BAD_REQUEST, f"{request.method} is not allowed on {request.url.path}").problem(
+        timestamp()
+    )
+    problem["status"] = 405
+    return JSONResponse(problem, status_code=405)
+
+
+_ROUTES = [
+    Route("/v1/health", _arc(health, public=True), methods=["GET"]),
+    Route("/v1/policy", _arc(policy), methods=["GET"]),
+    Route("/v1/tx", _arc(post_tx), methods=["POST"]),
+    Route("/v1/txs", _arc(post_txs), methods=["POST"]),
+    Route("/v1/tx/{txid}", _arc(get_tx), methods=["GET"]),
+    Route("/v1/tx/{txid}/beef", _arc(get_beef), methods=["GET"]),
+    Route("/v1/faucet", _arc(faucet), methods=["POST"]),
+    Route("/v1/mine", _arc(mine), methods=["POST"]),
+    Route("/v1/chaintip", _arc(chaintip), methods=["GET"]),
+    Route("/v1/headers/{height}", _arc(header), methods=["GET"]),
+]
+
+
 def devnet_app(ledger: Ledger, *, max_body: int, max_batch: int, api_key: str = "") -> Starlette:
     """The devnet ARC app over ``ledger``.
 
@@ -99,165 +299,9 @@ def devnet_app(ledger: Ledger, *, max_body: int, max_batch: int, api_key: str = 
         max_batch: the most transactions one ``/v1/txs`` request may carry.
         api_key: when not empty, every ``/v1`` route but health requires ``Authorization: Bearer <api_key>``.
     """
-    expected_auth = f"Bearer {api_key}".encode()
-    drain_limit = 2 * max_body
-
-    def route(handler: Handler, *, public: bool = False) -> Handler:
-        async def run(request: Request) -> Response:
-            try:
-                if api_key and not public:
-                    given = request.headers.get("authorization", "").encode()
-                    if not hmac.compare_digest(given, expected_auth):
-                        raise Refusal(ArcCode.UNAUTHORIZED, "missing or wrong API key (Authorization: Bearer ...)")
-                return await handler(request)
-            except OverlayError as exc:
-                return _problem(exc)
-
-        return run
-
-    async def read_body(request: Request) -> bytes:
-        too_large = Refusal(ArcCode.TOO_LARGE, f"request body larger than {max_body} bytes")
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > drain_limit):
-            raise too_large  # not worth reading: the connection closes after the answer
-        body = bytearray()
-        seen = 0
-        try:
-            async for chunk in request.stream():
-                seen += len(chunk)
-                if seen > drain_limit:
-                    raise too_large
-                if seen <= max_body:
-                    body += chunk
-        except ClientDisconnect:
-            # the client went away mid-body: nothing was applied, and nobody is left to answer
-            raise Refusal(ArcCode.BAD_REQUEST, "client disconnected before the body was complete") from None
-        # a body a little too large is read to its end first, so that the client gets the answer cleanly
-        if seen > max_body:
-            raise too_large
-        if not body:
-            raise Refusal(ArcCode.BAD_REQUEST, "no transaction found - empty request body")
-        return bytes(body)
-
-    async def transaction_bytes(request: Request, *, many: bool) -> bytes:
-        body = await read_body(request)
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media in ("application/octet-stream", "application/beef"):
-            return body
-        if media == "text/plain":
-            text = _text(body)
-            if many:
-                return b"".join(_hex(line, "a line of the body") for line in text.splitlines() if line.strip())
-            return _hex(text, "the body")
-        if media == "application/json":
-            try:
-                value = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise Refusal(ArcCode.BAD_REQUEST, f"request body is not valid JSON: {exc}") from exc
-            items = value if many else [value]
-            if not isinstance(items, list) or not all(
-                isinstance(i, dict) and isinstance(i.get("rawTx"), str) for i in items
-            ):
-                shape = '[{"rawTx": hex}, ...]' if many else '{"rawTx": hex}'
-                raise Refusal(ArcCode.BAD_REQUEST, f"request body must be {shape}")
-            return b"".join(_hex(i["rawTx"], "rawTx") for i in items)
-        raise Refusal(
-            ArcCode.BAD_REQUEST,
-            f"given content-type {media or '(none)'} does not match any of the allowed content-types "
-            "(text/plain, application/json, application/octet-stream)",
-        )
-
-    async def post_tx(request: Request) -> Response:
-        submission = parse_submission(await transaction_bytes(request, many=False))
-        (answer,) = await ledger.submit([submission])
-        if isinstance(answer, Refusal):
-            return _problem(answer)
-        return JSONResponse(answer.as_arc(timestamp()))
-
-    async def post_txs(request: Request) -> Response:
-        submissions = parse_stream(await transaction_bytes(request, many=True), max_items=max_batch)
-        answers = await ledger.submit(submissions)
-        now = timestamp()
-        return JSONResponse([a.problem(now) if isinstance(a, Refusal) else a.as_arc(now) for a in answers])
-
-    async def get_tx(request: Request) -> Response:
-        answer: TxAnswer = await ledger.status(_txid(request))
-        return JSONResponse(answer.as_arc(timestamp()))
-
-    async def get_beef(request: Request) -> Response:
-        txid = _txid(request)
-        return JSONResponse({"txid": txid, "beef": (await ledger.beef(txid)).hex(), "timestamp": timestamp()})
-
-    async def policy(_: Request) -> Response:
-        return JSONResponse({"policy": ledger.policy.as_arc(), "timestamp": timestamp()})
-
-    async def health(_: Request) -> Response:
-        return JSONResponse({"healthy": True, "version": f"overlay-node devnet {__version__}", "reason": None})
-
-    async def faucet(request: Request) -> Response:
-        body = await read_body(request)
-        try:
-            value = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise Refusal(ArcCode.BAD_REQUEST, f"request body is not valid JSON: {exc}") from exc
-        if not isinstance(value, dict):
-            raise Refusal(ArcCode.BAD_REQUEST, 'request body must be {"address" or "pubkey", "satoshis"}')
-        satoshis = value.get("satoshis")
-        if not isinstance(satoshis, int) or isinstance(satoshis, bool):
-            raise Refusal(ArcCode.BAD_REQUEST, "satoshis must be an integer")
-        payout = await ledger.faucet(_faucet_script(value), satoshis)
-        return JSONResponse(
-            {
-                "txid": payout.txid,
-                "vout": payout.vout,
-                "satoshis": payout.satoshis,
-                "lockingScript": payout.locking_script.hex(),
-                "rawTx": payout.raw.hex(),
-                "beef": payout.beef.hex(),
-                "txStatus": "SEEN_ON_NETWORK",
-                "timestamp": timestamp(),
-            }
-        )
-
-    async def mine(_: Request) -> Response:
-        block = await ledger.mine()
-        assert block is not None  # only_if_pending is False
-        return JSONResponse({"blockHeight": block.height, "blockHash": block.hash, "txids": list(block.txids)})
-
-    async def chaintip(_: Request) -> Response:
-        return JSONResponse(_header_json(await ledger.chaintip()))
-
-    async def header(request: Request) -> Response:
-        raw = str(request.path_params["height"])
-        if not raw.isdigit() or len(raw) > 10:
-            raise Refusal(ArcCode.BAD_REQUEST, f"{raw[:20]!r} is not a block height")
-        return JSONResponse(_header_json(await ledger.header(int(raw))))
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return _problem(Refusal(ArcCode.NOT_FOUND, f"no route {request.method} {request.url.path}"))
-
-    async def bad_method(request: Request, exc: Exception) -> Response:
-        problem = Refusal(ArcCode.BAD_REQUEST, f"{request.method} is not allowed on {request.url.path}").problem(
-            timestamp()
-        )
-        problem["status"] = 405
-        return JSONResponse(problem, status_code=405)
-
-    return Starlette(
-        routes=[
-            Route("/v1/health", route(health, public=True), methods=["GET"]),
-            Route("/v1/policy", route(policy), methods=["GET"]),
-            Route("/v1/tx", route(post_tx), methods=["POST"]),
-            Route("/v1/txs", route(post_txs), methods=["POST"]),
-            Route("/v1/tx/{txid}", route(get_tx), methods=["GET"]),
-            Route("/v1/tx/{txid}/beef", route(get_beef), methods=["GET"]),
-            Route("/v1/faucet", route(faucet), methods=["POST"]),
-            Route("/v1/mine", route(mine), methods=["POST"]),
-            Route("/v1/chaintip", route(chaintip), methods=["GET"]),
-            Route("/v1/headers/{height}", route(header), methods=["GET"]),
-        ],
-        exception_handlers={404: not_found, 405: bad_method},
-    )
+    app = Starlette(routes=list(_ROUTES), exception_handlers={404: _not_found, 405: _bad_method})
+    app.state.devnet = DevnetState(ledger, max_body, max_batch, api_key)
+    return app
 
 
 def _text(body: bytes) -> str:

@@ -16,22 +16,19 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import trio
 
-from overlay_node.api.server import bind_tcp, serve_app
 from overlay_node.chain.validation import Policy
 from overlay_node.config import StoreSection
 from overlay_node.datadir import DataDir
 from overlay_node.devnet.app import devnet_app
 from overlay_node.devnet.ledger import Ledger
 from overlay_node.errors import ConfigError, DataDirError, first_overlay_error
+from overlay_node.net.listen import bind_tcp, serve_app
 from overlay_node.signals import relay_stop_signals
 from overlay_node.store.ledger import open_ledger_store
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 

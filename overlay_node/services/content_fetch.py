@@ -100,12 +100,8 @@ async def fetch(
     *,
     grant: dict[str, Any] | None = None,
     progress: Progress = _noop,
-    max_chunks: int | None = None,
 ) -> FetchResult:
     """Download ``content`` (hex or UHRP URL) to ``output`` (see the module docstring).
-
-    Args:
-        max_chunks: stop after this many chunks were fetched (tests of resume); the part file stays.
 
     Raises:
         BadRequest: a bad id or output path.
@@ -139,7 +135,19 @@ async def fetch(
     if not todo and not part.exists():
         part.touch(mode=0o600)
     if todo:
-        digest = await _download(service, cid, plan, hashes, providers, part, todo, grant, progress, result, max_chunks)
+        download = _Download(
+            service=service,
+            cid=cid,
+            plan=plan,
+            hashes=hashes,
+            providers=providers,
+            part=part,
+            todo=todo,
+            grant=grant,
+            progress=progress,
+            result=result,
+        )
+        digest = await download.run()
     else:
         digest = await trio.to_thread.run_sync(_hash_file, part)
     if digest != cid:
@@ -279,145 +287,183 @@ async def _manifest(
     raise ContentUnavailable(f"no holder of {cid.hex()} answered: {'; '.join(errors)}")
 
 
-async def _download(
-    service: ContentService,
-    cid: bytes,
-    plan: ChunkPlan,
-    hashes: list[bytes],
-    providers: dict[str, ProviderRecord],
-    part: Path,
-    todo: list[int],
-    grant: dict[str, Any] | None,
-    progress: Progress,
-    result: FetchResult,
-    max_chunks: int | None,
-) -> bytes:
-    """Fetch the ``todo`` chunks into ``part``; returns the SHA-256 of the whole part file, hashed in order as
-    the chunks come in (so no second pass over the file is needed at the end)."""
-    cfg = service.config
-    send, receive = trio.open_memory_channel[int](len(todo))
-    for index in todo:
-        send.send_nowait(index)
-    remaining = len(todo)
-    fetched = 0
-    received_bytes = 0
-    alive = 0
-    bad: set[str] = set()
-    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
-    errors: list[str] = []
-    try:
-        os.ftruncate(fd, plan.size)
+@dataclass(eq=False, kw_only=True)
+class _Download:
+    """One download of the ``todo`` chunks into the part file (module docstring, 3 and 4).
 
-        async def holder(key: str, provider: ProviderRecord) -> None:
-            nonlocal alive
-            try:
-                link = await service.link_to(key, provider.swarm)
-            except OverlayError as exc:
-                errors.append(f"{key[:16]}: {exc}")
-                alive -= cfg.per_holder
-                if alive <= 0 and remaining:
-                    send.close()
-                return
-            result.holders_used.append(key)
-            async with trio.open_nursery() as nursery:
-                for _ in range(cfg.per_holder):
-                    nursery.start_soon(worker, key, link)
+    The chunks wait in a queue; each chosen holder gets ``per_holder`` workers that take chunks from it and put back
+    the ones they could not deliver. The queue is closed when no chunk is left, or when no worker is left to take
+    the rest.
+    """
 
-        async def worker(key: str, link: Any) -> None:
-            nonlocal remaining, fetched, alive, received_bytes
-            try:
-                async for index in receive:
-                    if key in bad:
-                        await send.send(index)
-                        return
-                    try:
-                        data = await _read_chunk(service, link, cid, plan, index, grant)
-                    except OverlayError as exc:
-                        errors.append(f"{key[:16]}: {exc}")
-                        bad.add(key)
-                        await send.send(index)
-                        return
-                    offset, _ = plan.bounds(index)
-                    # hash and write in one worker-thread hop: the event loop keeps serving meanwhile
-                    if not await trio.to_thread.run_sync(_check_and_write, fd, data, offset, hashes[index]):
-                        service.metrics.content_bad_chunks.inc()
-                        logger.warning("chunk %d of %s from %s is corrupt", index, cid.hex()[:16], key[:16])
-                        if key not in bad:
-                            bad.add(key)
-                            result.bad_holders.append(key)
-                            try:
-                                await link.notify("content.bad", {"hash": cid.hex()})
-                            except OverlayError:
-                                pass
-                        await send.send(index)
-                        return
-                    whole.mark(index)
-                    remaining -= 1
-                    fetched += 1
-                    received_bytes += len(data)
-                    service.metrics.content_transfer_bytes.labels("in").inc(len(data))
-                    progress({"event": "chunk", "index": index, "done": received_bytes, "remaining": remaining})
-                    if remaining == 0 or (max_chunks is not None and fetched >= max_chunks):
-                        send.close()
-                        return
-            except (trio.ClosedResourceError, trio.EndOfChannel):
-                return
-            finally:
-                alive -= 1
-                if alive <= 0 and remaining:
-                    send.close()
+    service: ContentService
+    cid: bytes
+    plan: ChunkPlan
+    hashes: list[bytes]
+    providers: dict[str, ProviderRecord]
+    part: Path
+    todo: list[int]
+    grant: dict[str, Any] | None
+    progress: Progress
+    result: FetchResult
+    #: chunks not yet written
+    remaining: int = field(init=False)
+    #: bytes of the chunks written by this download
+    received_bytes: int = field(init=False, default=0)
+    #: workers that may still take chunks
+    alive: int = field(init=False, default=0)
+    #: holders dropped from this download (errors or bad chunks)
+    bad: set[str] = field(init=False, default_factory=set)
+    #: what went wrong with each dropped holder (the first few go into the error)
+    errors: list[str] = field(init=False, default_factory=list)
 
-        chosen = list(providers.items())[: cfg.holders]
-        alive = len(chosen) * cfg.per_holder
-        whole = _InOrderHasher(fd, plan, set(range(plan.count)) - set(todo))
+    def __post_init__(self) -> None:
+        self.remaining = len(self.todo)
+        self._send, self._receive = trio.open_memory_channel[int](len(self.todo))
+        for index in self.todo:
+            self._send.send_nowait(index)
+        self._whole = _InOrderHasher(self.plan, set(range(self.plan.count)) - set(self.todo))
+        self._fd = -1
+
+    async def run(self) -> bytes:
+        """Fetch the chunks; returns the SHA-256 of the whole part file, hashed in order as the chunks come in (so
+        no second pass over the file is needed at the end).
+
+        Raises:
+            ContentUnavailable: chunks are left that no holder delivered (the part file stays for a resume).
+        """
+        self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(self._fd, self.plan.size)
+            await self._fetch_all()
+            await trio.to_thread.run_sync(os.fsync, self._fd)
+        finally:
+            os.close(self._fd)
+        if not self.remaining:
+            return self._whole.digest()
+        self.service.metrics.content_transfers.labels("download", "failed").inc()
+        raise ContentUnavailable(
+            f"{self.remaining} of {self.plan.count} chunks of {self.cid.hex()} could not be fetched: "
+            f"{'; '.join(self.errors[:4])}"
+        )
+
+    async def _fetch_all(self) -> None:
+        """Run the workers of the chosen holders, and the in-order hasher until they are done."""
+        cfg = self.service.config
+        chosen = list(self.providers.items())[: cfg.holders]
+        self.alive = len(chosen) * cfg.per_holder
         async with trio.open_nursery() as outer:
-            outer.start_soon(whole.run)
+            outer.start_soon(self._whole.run, self._fd)
             async with trio.open_nursery() as nursery:
                 for key, provider in chosen:
-                    nursery.start_soon(holder, key, provider)
-            if remaining:
+                    nursery.start_soon(self._holder, key, provider)
+            if self.remaining:
                 outer.cancel_scope.cancel()
-        await trio.to_thread.run_sync(os.fsync, fd)
-    finally:
-        os.close(fd)
-    if not remaining:
-        return whole.digest()
-    if max_chunks is not None and fetched >= max_chunks:
-        raise ContentUnavailable(f"stopped after {fetched} chunks (max_chunks); the download can resume")
-    service.metrics.content_transfers.labels("download", "failed").inc()
-    raise ContentUnavailable(
-        f"{remaining} of {plan.count} chunks of {cid.hex()} could not be fetched: {'; '.join(errors[:4])}"
-    )
 
+    async def _holder(self, key: str, provider: ProviderRecord) -> None:
+        """Link to one holder and run its workers; a holder that cannot be linked takes its workers with it."""
+        per_holder = self.service.config.per_holder
+        try:
+            link = await self.service.link_to(key, provider.swarm)
+        except OverlayError as exc:
+            self.errors.append(f"{key[:16]}: {exc}")
+            self._workers_gone(per_holder)
+            return
+        self.result.holders_used.append(key)
+        async with trio.open_nursery() as nursery:
+            for _ in range(per_holder):
+                nursery.start_soon(self._worker, key, link)
 
-async def _read_chunk(
-    service: ContentService, link: Any, cid: bytes, plan: ChunkPlan, index: int, grant: dict[str, Any] | None
-) -> bytes:
-    offset, length = plan.bounds(index)
-    piece = service.config.read_piece
-    parts: list[bytes] = []
-    pos = offset
-    end = offset + length
-    while pos < end:
-        want = min(piece, end - pos)
-        body: dict[str, Any] = {"hash": cid.hex(), "offset": pos, "length": want}
-        if grant is not None:
-            body["grant"] = grant
-        answer = await link.request("content.read", body, timeout=service.config.request_timeout)
-        data = answer.get("data")
-        if not isinstance(data, bytes) or len(data) != want:
-            raise BadRequest(f"holder answered {len(data) if isinstance(data, bytes) else '?'} bytes, asked {want}")
-        parts.append(data)
-        pos += want
-    return b"".join(parts)
+    def _workers_gone(self, count: int) -> None:
+        """``count`` workers stopped; with none left and chunks to do, close the queue so that the download ends."""
+        self.alive -= count
+        if self.alive <= 0 and self.remaining:
+            self._send.close()
+
+    async def _worker(self, key: str, link: Any) -> None:
+        """Take chunks from the queue until it is closed or this worker's holder is dropped."""
+        try:
+            async for index in self._receive:
+                if not await self._take(key, link, index):
+                    return
+        except (trio.ClosedResourceError, trio.EndOfChannel):
+            return
+        finally:
+            self._workers_gone(1)
+
+    async def _take(self, key: str, link: Any, index: int) -> bool:
+        """Fetch, check and write chunk ``index`` from holder ``key``; False when this worker is to stop (its holder
+        dropped, the chunk put back, or every chunk written)."""
+        if key in self.bad:
+            await self._send.send(index)
+            return False
+        try:
+            data = await self._read(link, index)
+        except OverlayError as exc:
+            self.errors.append(f"{key[:16]}: {exc}")
+            self.bad.add(key)
+            await self._send.send(index)
+            return False
+        offset, _ = self.plan.bounds(index)
+        # hash and write in one worker-thread hop: the event loop keeps serving meanwhile
+        if not await trio.to_thread.run_sync(_check_and_write, self._fd, data, offset, self.hashes[index]):
+            await self._corrupt(key, link, index)
+            return False
+        self._written(index, len(data))
+        if self.remaining == 0:
+            self._send.close()
+            return False
+        return True
+
+    async def _read(self, link: Any, index: int) -> bytes:
+        """Chunk ``index`` from the holder at the other end of ``link``, in requests of ``read_piece`` bytes."""
+        offset, length = self.plan.bounds(index)
+        piece = self.service.config.read_piece
+        parts: list[bytes] = []
+        pos = offset
+        end = offset + length
+        while pos < end:
+            want = min(piece, end - pos)
+            body: dict[str, Any] = {"hash": self.cid.hex(), "offset": pos, "length": want}
+            if self.grant is not None:
+                body["grant"] = self.grant
+            answer = await link.request("content.read", body, timeout=self.service.config.request_timeout)
+            data = answer.get("data")
+            if not isinstance(data, bytes) or len(data) != want:
+                got = len(data) if isinstance(data, bytes) else "?"
+                raise BadRequest(f"holder answered {got} bytes, asked {want}")
+            parts.append(data)
+            pos += want
+        return b"".join(parts)
+
+    async def _corrupt(self, key: str, link: Any, index: int) -> None:
+        """Chunk ``index`` from ``key`` failed its check: drop the holder (telling it, so it can check its copy) and
+        put the chunk back."""
+        self.service.metrics.content_bad_chunks.inc()
+        logger.warning("chunk %d of %s from %s is corrupt", index, self.cid.hex()[:16], key[:16])
+        if key not in self.bad:
+            self.bad.add(key)
+            self.result.bad_holders.append(key)
+            try:
+                await link.notify("content.bad", {"hash": self.cid.hex()})
+            except OverlayError:
+                pass
+        await self._send.send(index)
+
+    def _written(self, index: int, size: int) -> None:
+        """Chunk ``index`` (``size`` bytes) is checked and written."""
+        self._whole.mark(index)
+        self.remaining -= 1
+        self.received_bytes += size
+        self.service.metrics.content_transfer_bytes.labels("in").inc(size)
+        self.progress({"event": "chunk", "index": index, "done": self.received_bytes, "remaining": self.remaining})
 
 
 class _InOrderHasher:
     """The SHA-256 of a part file, computed while it is downloaded: chunks are hashed (read back from the file,
     usually from the page cache) in file order as soon as they and all chunks before them are written."""
 
-    def __init__(self, fd: int, plan: ChunkPlan, written: set[int]) -> None:
-        self._fd = fd
+    def __init__(self, plan: ChunkPlan, written: set[int]) -> None:
         self._plan = plan
         self._written = written
         self._next = 0
@@ -429,8 +475,8 @@ class _InOrderHasher:
         self._written.add(index)
         self._wake.set()
 
-    async def run(self) -> None:
-        """Hash until every chunk is in; cancelled when the download stops short."""
+    async def run(self, fd: int) -> None:
+        """Hash the part file open as ``fd`` until every chunk is in; cancelled when the download stops short."""
         count = self._plan.count
         while self._next < count:
             if self._next not in self._written:
@@ -440,15 +486,15 @@ class _InOrderHasher:
             stop = self._next
             while stop < count and stop in self._written and stop - self._next < _HASH_RUN:
                 stop += 1
-            await trio.to_thread.run_sync(self._hash_chunks, self._next, stop)
+            await trio.to_thread.run_sync(self._hash_chunks, fd, self._next, stop)
             self._next = stop
 
-    def _hash_chunks(self, first: int, stop: int) -> None:
+    def _hash_chunks(self, fd: int, first: int, stop: int) -> None:
         start, _ = self._plan.bounds(first)
         last_offset, last_length = self._plan.bounds(stop - 1)
         end = last_offset + last_length
         while start < end:
-            data = os.pread(self._fd, min(_HASH_STEP, end - start), start)
+            data = os.pread(fd, min(_HASH_STEP, end - start), start)
             if not data:
                 raise OSError(f"part file shorter than {end} bytes")
             self._hash.update(data)

@@ -65,7 +65,9 @@ class OverlayTokens:
         *,
         public_url: Callable[[], str],
         allow_http: bool,
+        wall_clock: Callable[[], float] = wall_time,
     ) -> None:
+        self._wall = wall_clock
         self._identity = identity
         self._store = store
         self._wallet = wallet
@@ -164,7 +166,7 @@ class OverlayTokens:
             topic=topic,
             script=script,
             satoshis=TOKEN_SATOSHIS,
-            created_at=wall_time(),
+            created_at=self._wall(),
         )
         await self._store.own_tokens.add(token)
         logger.info("%s token for %s on chain: %s", kind, name, token.outpoint)

@@ -165,8 +165,11 @@ class Payments:
         metrics: Metrics,
         peers: PeerManager,
         wallet: Wallet,
+        *,
+        wall_clock: Callable[[], float] = wall_time,
     ) -> None:
         self._identity = identity
+        self._wall = wall_clock
         self._me = identity.public_key_hex
         self._config = config
         self._store = store
@@ -191,6 +194,9 @@ class Payments:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the group-commit task until cancelled."""
         await self._records.run(task_status=task_status)
+
+    def _now_ms(self) -> int:
+        return int(self._wall() * 1000)
 
     # -- pricing and quotes (payee) --------------------------------------------------------------------------
 
@@ -219,7 +225,7 @@ class Payments:
         Raises:
             BadRequest: a malformed payer key, resource or amount.
         """
-        now_ms = _now_ms()
+        now_ms = self._now_ms()
         quote = Quote.issue(
             self._identity,
             payer=payer,
@@ -349,7 +355,7 @@ class Payments:
     def http_prefix(self, payer: str) -> str:
         """A derivation prefix for a 402 answered to ``payer`` (an authenticated identity key): a nonce bound to the
         payer and stamped with its issue time (``protocol/http_payment.py``, invariant 2); nothing is kept."""
-        return issue_prefix(self._identity, payer, _now_ms())
+        return issue_prefix(self._identity, payer, self._now_ms())
 
     async def accept_http_payment(self, payer: str, resource: str, price: int, header: str) -> Receipt:
         """Check and record the BRC-105 payment in ``header`` (``x-bsv-payment``) by ``payer`` (the request's
@@ -363,7 +369,7 @@ class Payments:
             PaymentReplayed: the prefix paid for a request already.
             InvalidPayment, InsufficientPayment: as :meth:`accept_payment` (nothing recorded).
         """
-        now_ms = _now_ms()
+        now_ms = self._now_ms()
         ttl_ms = int(self._config.quote_ttl * 1000)
         issued: list[int] = []
         try:
@@ -429,7 +435,7 @@ class Payments:
             self._issued.put(quote.quote_id, entry)
         else:
             raise InvalidPayment("the quote does not carry this node's signature")
-        if quote.expired(_now_ms()):
+        if quote.expired(self._now_ms()):
             raise QuoteExpired(f"quote {quote.quote_id} expired: ask for a new one")
         return entry
 
@@ -448,7 +454,7 @@ class Payments:
         check_payment_output(
             checked.output_script, checked.output_satoshis, expected_script=expected, price=quote.amount
         )
-        now = wall_time()
+        now = self._wall()
         receipt = Receipt.issue(
             self._identity,
             quote,
@@ -556,7 +562,7 @@ class Payments:
             problem = "it names another payee or payer"
         elif quote.resource != resource or (amount is not None and quote.amount != amount):
             problem = "it is for another resource or amount"
-        elif quote.expired(_now_ms()):
+        elif quote.expired(self._now_ms()):
             problem = "it has expired already"
         if problem is not None:
             raise RemoteProtocolError(f"the peer's quote is invalid: {problem}", reason="bad_quote")
@@ -581,7 +587,7 @@ class Payments:
         """
         if quote.payer != self._me:
             raise BadRequest("the quote was issued to another payer")
-        if quote.expired(_now_ms()):
+        if quote.expired(self._now_ms()):
             raise QuoteExpired(f"quote {quote.quote_id} expired: request a new one")
         suffix = new_nonce()
         script = payer_locking_script(self._identity, quote.payee, quote.prefix, suffix)
@@ -741,10 +747,6 @@ def _refusal_of(body: bytes) -> tuple[str, str]:
     if not isinstance(data, dict):
         return "ERR_PAYMENT_FAILED", ""
     return str(data.get("code", "ERR_PAYMENT_FAILED"))[:64], str(data.get("description", data.get("message", "")))[:500]
-
-
-def _now_ms() -> int:
-    return int(wall_time() * 1000)
 
 
 def _counter(metrics: Metrics) -> Any:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -144,7 +145,16 @@ class Settlement:
         wallet: the running wallet (its ARC client is used, and its coins follow the jobs).
     """
 
-    def __init__(self, config: WalletSection, store: Store, metrics: Metrics, wallet: Wallet) -> None:
+    def __init__(
+        self,
+        config: WalletSection,
+        store: Store,
+        metrics: Metrics,
+        wallet: Wallet,
+        *,
+        wall_clock: Callable[[], float] = wall_time,
+    ) -> None:
+        self._wall = wall_clock
         self._config = config
         self._store = store
         self._wallet = wallet
@@ -171,7 +181,7 @@ class Settlement:
         while True:
             self._kicked = trio.Event()
             await self.process()
-            now = wall_time()
+            now = self._wall()
             next_due = await self._store.settlement.next_due(now)
             delay = math.inf if next_due is None else max(0.0, next_due - now)
             with trio.move_on_after(delay):
@@ -187,7 +197,7 @@ class Settlement:
             How many jobs were handled.
         """
         async with self._lock:
-            now = math.inf if everything else wall_time()
+            now = math.inf if everything else self._wall()
             jobs = await self._store.settlement.due(now, limit=self._config.settle_batch)
             # a read in a worker thread is not a cancellation point: if we are being stopped (and the wallet
             # with us), stop here rather than reach for an ARC client that is closing
@@ -230,7 +240,7 @@ class Settlement:
 
     async def _apply_all(self, answered: list[tuple[SettlementJob, ArcResult]]) -> None:
         """Apply ARC's answers for a batch of jobs in one durable transaction (one commit, not one per job)."""
-        now = wall_time()
+        now = self._wall()
         updates = [(job, decide(job, result, now=now, config=self._config)) for job, result in answered]
         with trio.CancelScope(shield=True):  # the write and the wallet's memory must not part ways
             all_effects = await self._store.settlement.apply_many(updates, now=now)

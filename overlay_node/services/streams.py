@@ -37,7 +37,7 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -113,7 +113,7 @@ class _Sub:
     reason: str = ""
     dirty: bool = True
 
-    def row(self) -> SubRow:
+    def row(self, now: float) -> SubRow:
         c = self.credit
         return SubRow(
             stream_id=self.stream.terms.stream_id,
@@ -127,7 +127,7 @@ class _Sub:
             payments=0,
             state=c.state,
             reason=self.reason,
-            updated_at=wall_time(),
+            updated_at=now,
         )
 
 
@@ -183,8 +183,11 @@ class StreamProducer:
         dht: DhtService,
         payments: Payments,
         endpoints: Any,
+        *,
+        wall_clock: Callable[[], float] = wall_time,
     ) -> None:
         self._identity = identity
+        self._wall = wall_clock
         self._me = identity.public_key_hex
         self._config = config
         self._max_payment = wallet_config.max_payment_bytes
@@ -258,7 +261,7 @@ class StreamProducer:
             for sub in stream.subs.values():
                 if sub.dirty:
                     sub.dirty = False
-                    subs.append(sub.row())
+                    subs.append(sub.row(self._wall()))
         if streams or subs:
             await self._store.streams.save(streams, subs, exact=exact)
 
@@ -304,7 +307,7 @@ class StreamProducer:
         limit = self._config.max_consumers if max_consumers is None else max_consumers
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise BadRequest("max consumers must be a positive integer")
-        now = wall_time()
+        now = self._wall()
         row = StreamRow(
             stream_id=stream_id,
             title=title,
@@ -369,7 +372,7 @@ class StreamProducer:
         """Close a stream: subscribers get what is buffered, then ``stream.closed``; the DHT record is revoked."""
         stream = self._stream(stream_id)
         if stream.closed_at is None:
-            stream.closed_at = wall_time()
+            stream.closed_at = self._wall()
             stream.dirty = True
             await self._reserve(stream)  # the last packets go out once they are reserved
             for sub in stream.subs.values():
@@ -489,7 +492,7 @@ class StreamProducer:
         sub.credit.on_paid(0, now)
         sub.reason = ""
         sub.dirty = True
-        now_ms = int(wall_time() * 1000)
+        now_ms = int(self._wall() * 1000)
         # the answer's quotes are signed each: the unsigned ones that receipts signed are dropped (a consumer
         # resuming takes the quotes of this answer)
         price = sub.credit.window_price

@@ -33,7 +33,7 @@ import logging
 import math
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,7 +127,6 @@ class Subscription:
         ahead: int,
         max_price: int | None,
         duration: float | None,
-        withhold_after: int | None,
     ) -> None:
         self._consumer = consumer
         self.stream_id = stream_id
@@ -137,7 +136,6 @@ class Subscription:
         self.ahead = ahead
         self.max_price = max_price
         self.duration = duration
-        self.withhold_after = withhold_after
         self.credit: ConsumerCredit | None = None
         self.quotes: deque[Quote] = deque()  # open window quotes, oldest first
         self._change_key = f"stream {secrets.token_hex(12)}"  # one change key for the subscription's payments
@@ -147,7 +145,7 @@ class Subscription:
         self.reconnects = 0
         self.reason = ""
         self.error: OverlayError | None = None
-        self.started_at = wall_time()
+        self.started_at = consumer.wall()
         self._send, self._recv = trio.open_memory_channel[Packet](consumer.config.consumer_queue)
         self._changed = trio.Event()
         self._done = trio.Event()
@@ -243,7 +241,7 @@ class Subscription:
             self.credit.in_flight = 0
             self.credit.ahead = ahead
         self.credit.head = max(self.credit.head, head)
-        now_ms = int(wall_time() * 1000)
+        now_ms = int(self._consumer.wall() * 1000)
         sent = {q.quote_id for q, _ in self._unanswered}  # paid, answer unknown: not to be paid again
         self.quotes = deque(self.credit.check_quote(q, now_ms) for q in quotes if q.quote_id not in sent)
         self.link = link
@@ -376,13 +374,7 @@ class Subscription:
                 try:
                     if not self.quotes and not credit.in_flight and not self._hold and credit.wants_payment():
                         await self._subscribe(link)  # out of open quotes (expired, refused): fresh ones
-                    while (
-                        len(batch) < _MAX_BATCH
-                        and self.quotes
-                        and not self._hold
-                        and credit.wants_payment()
-                        and not self._withholding()
-                    ):
+                    while len(batch) < _MAX_BATCH and self.quotes and not self._hold and credit.wants_payment():
                         # coins the change of this batch's payments will add (not in the wallet yet)
                         coming = sum(len(p.prepared.change) - 1 for p in batch)
                         payment = await self._prepare_payment(link, coming)
@@ -434,10 +426,6 @@ class Subscription:
         if c is None or c.terms.pricing_model != "per-second":
             return math.inf
         return max(0.01, (c.credit - c.window_price) / c.terms.rate) if c.credit > c.window_price else 0.05
-
-    def _withholding(self) -> bool:
-        c = self.credit
-        return self.withhold_after is not None and c is not None and c.payments + c.in_flight >= self.withhold_after
 
     async def _prepare_payment(self, link: PeerLink, coming: int) -> _Payment | None:
         """Build the next payment (in order: coins are picked one payment at a time); None when there is nothing
@@ -571,7 +559,7 @@ class Subscription:
         self._consumer.m_paid.inc()
         try:
             fresh = Quote.from_wire(answer.get("quote"), signed=False)  # the receipt signs it
-            self.quotes.append(credit.check_quote(fresh, int(wall_time() * 1000), receipt=receipt))
+            self.quotes.append(credit.check_quote(fresh, int(self._consumer.wall() * 1000), receipt=receipt))
         except PaymentError as exc:
             raise _Finished("price_exceeded", exc) from None
         except BadRequest as exc:
@@ -631,7 +619,7 @@ class Subscription:
             payments=c.payments if c else 0,
             state="closed" if self._done.is_set() else "active",
             reason=self.reason,
-            updated_at=wall_time(),
+            updated_at=self._consumer.wall(),
         )
 
 
@@ -648,8 +636,11 @@ class StreamConsumer:
         dht: DhtService,
         payments: Payments,
         wallet: Wallet,
+        *,
+        wall_clock: Callable[[], float] = wall_time,
     ) -> None:
         self.me = identity.public_key_hex
+        self.wall = wall_clock
         self.config = config
         self.store = store
         self.peers = peers
@@ -701,7 +692,6 @@ class StreamConsumer:
         max_price: int | None = None,
         duration: float | None = None,
         producer: str | None = None,
-        withhold_after: int | None = None,
         prepay: int | None = None,
     ) -> Subscription:
         """Find the stream, subscribe, and start paying and receiving (see the module doc). ``prepay``: how
@@ -734,7 +724,6 @@ class StreamConsumer:
             ahead=ahead_windows(window, self.config.pay_ahead if prepay is None else prepay),
             max_price=max_price,
             duration=duration,
-            withhold_after=withhold_after,
         )
         link = await self._link_to(stream_id, key, addresses)
         await sub._subscribe(link)

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
+from overlay_node.clock import wall_time
 from overlay_node.config import Config
 from overlay_node.crypto.keys import Identity
 from overlay_node.metrics import Metrics
@@ -32,6 +35,8 @@ class Streams:
         dht: DhtService,
         payments: Payments,
         wallet: Wallet,
+        *,
+        wall_clock: Callable[[], float] = wall_time,
     ) -> None:
         self.producer = StreamProducer(
             identity,
@@ -43,8 +48,11 @@ class Streams:
             dht,
             payments,
             lambda: peers.listen_addresses,
+            wall_clock=wall_clock,
         )
-        self.consumer = StreamConsumer(identity, config.streams, store, metrics, peers, dht, payments, wallet)
+        self.consumer = StreamConsumer(
+            identity, config.streams, store, metrics, peers, dht, payments, wallet, wall_clock=wall_clock
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

@@ -154,6 +154,7 @@ class Wallet:
         metrics: Metrics,
         *,
         arc_url: str | None = None,
+        wall_clock: Callable[[], float] = wall_time,
     ) -> None:
         url = config.arc_url or arc_url or ""
         if not url:
@@ -162,6 +163,7 @@ class Wallet:
         self._config = config
         self._store = store
         self._url = url
+        self._wall = wall_clock
         self._arc: DevnetClient | None = None
         self._coins = CoinSet()
         self._txs: LruMap[str, TxRecord] = LruMap(_TX_CACHE)  # by txid
@@ -339,9 +341,9 @@ class Wallet:
             txs=records,
             utxo=utxo,
             history=HistoryRecord(txid=payout.txid, direction="in", kind="faucet", amount=satoshis),
-            job=NewJob(txid=payout.txid, beef=payout.beef, state="seen", next_at=wall_time()),
+            job=NewJob(txid=payout.txid, beef=payout.beef, state="seen", next_at=self._wall()),
         )
-        await self._store.wallet.add_deposit(deposit, now=wall_time())
+        await self._store.wallet.add_deposit(deposit, now=self._wall())
         self._coins.add(utxo)
         self._remember_txs(records)
         self._queued.put(payout.txid, True)
@@ -483,7 +485,7 @@ class Wallet:
     async def begin_many(self, payments: Sequence[tuple[PreparedTx, HistoryRecord]]) -> list[OverlayError | None]:
         """:meth:`begin` for several payments at once (one wait for the group commit); one outcome each: None
         (written), or the Conflict or StoreError that stopped it (its reservation released)."""
-        now = wall_time()
+        now = self._wall()
         outs = [self._outgoing(prepared, history, now) for prepared, history in payments]
         try:
             with trio.CancelScope(shield=True):
@@ -563,7 +565,7 @@ class Wallet:
         self._update_gauge()
 
     async def _write_ahead(self, outs: list[Outgoing]) -> list[Conflict | None]:
-        return await self._store.wallet.commit_outgoing(outs, now=wall_time())
+        return await self._store.wallet.commit_outgoing(outs, now=self._wall())
 
     def _note_sent(self, update: SentUpdate) -> None:
         self._sent_queue.append(update)
@@ -578,7 +580,7 @@ class Wallet:
             batch, self._sent_queue = self._sent_queue, []
             self._sent_writing = True
             try:
-                now = wall_time()
+                now = self._wall()
                 # our copy goes to ARC one poll interval later: the payee broadcasts at once, and by then our one
                 # submission usually learns the merkle path (a resubmission is answered with the status)
                 submit_at = now + self._config.settle_poll_interval

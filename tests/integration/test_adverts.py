@@ -11,20 +11,7 @@ from overlay_node.node import Node
 from overlay_node.protocol.adverts import Filter
 from overlay_node.services.adverts import NO_FILTER
 from overlay_node.services.dht import dht_key
-from tests.conftest import NodeFactory
-
-
-class MovableClock:
-    """Wall clock shared by the nodes of a test, moved forward to expire records without waiting."""
-
-    def __init__(self) -> None:
-        import time
-
-        self.offset = 0.0
-        self._time: Callable[[], float] = time.time
-
-    def __call__(self) -> float:
-        return self._time() + self.offset
+from tests.conftest import MovableClock, NodeFactory
 
 
 async def start_network(start_node: NodeFactory, n: int, clock: Callable[[], float], **overrides: Any) -> list[Node]:

@@ -13,11 +13,11 @@ import pytest
 import trio
 
 from overlay_node.crypto.uhrp import url_for_hash
-from overlay_node.errors import BadRequest, OverlayError
+from overlay_node.errors import BadRequest, ConnectionLost, OverlayError
 from overlay_node.node import Node
 from overlay_node.protocol.content import ReplicaState
 from overlay_node.services.content_common import OFFER, REPLICATE, PaymentRequired, StorageFull
-from overlay_node.services.content_fetch import ContentUnavailable, fetch
+from overlay_node.services.content_fetch import ContentUnavailable, _Download, fetch
 from tests.conftest import NodeFactory
 
 MiB = 1024 * 1024
@@ -119,7 +119,9 @@ async def test_publish_replicate_three_download_and_survive_a_corrupt_replica(
         assert await nodes[4].content.search(tags=("science",), max_price=-1 + 1, content_type="text/plain") == []
 
 
-async def test_resume_gateway_and_bad_input(start_node: NodeFactory, tmp_path: Path) -> None:
+async def test_resume_gateway_and_bad_input(
+    start_node: NodeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with trio.fail_after(40):
         nodes = await start_network(start_node, 2, **{"content.max_object": 8 * MiB, "content.chunk_size": 65536})
         a, b = nodes
@@ -127,10 +129,23 @@ async def test_resume_gateway_and_bad_input(start_node: NodeFactory, tmp_path: P
         cid = write_random(source, 1 * MiB + 123)
         item = await a.content.publish(source, content_type="text/plain", replication=0)
 
-        # resume: stop after 3 chunks, then finish; the kept chunks are not fetched again
+        # resume: a download whose holder fails after 3 chunks keeps its part file; the next one finishes it without
+        # fetching the kept chunks again
         out = tmp_path / "resumed.bin"
-        with pytest.raises(ContentUnavailable):
-            await fetch(b.content, cid.hex(), out, max_chunks=3)
+        read = _Download._read
+        reads = 0
+
+        async def holder_fails_after_three_chunks(download: _Download, link: Any, index: int) -> bytes:
+            nonlocal reads
+            reads += 1
+            if reads > 3:
+                raise ConnectionLost("the holder went away")
+            return await read(download, link, index)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(_Download, "_read", holder_fails_after_three_chunks)
+            with pytest.raises(ContentUnavailable):
+                await fetch(b.content, cid.hex(), out)
         assert (tmp_path / "resumed.bin.part").exists() and not out.exists()
         result = await fetch(b.content, cid.hex(), out)
         assert result.resumed_chunks >= 3 and file_hash(out) == cid

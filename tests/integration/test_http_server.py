@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from overlay_node.api.server import bind_tcp, bind_unix, serve_app
 from overlay_node.net.http_server import ASGIApp, HttpServer, HttpServerConfig, Message, Receive, Scope, Send
+from overlay_node.net.listen import bind_tcp, bind_unix, serve_app
 from overlay_node.tls import ensure_ca, issue_certificate
 
 LOGGER = "overlay_node.net.http_server"

@@ -105,3 +105,15 @@ async def test_identity_readable_by_others_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataDirError, match="readable by others"):
         await Node(dd, test_config()).run()
     assert not dd.api_path.exists()
+
+
+def test_each_start_step_comes_after_the_steps_it_needs(tmp_path: Path) -> None:
+    steps = Node(new_data_dir(tmp_path, "a"), test_config())._start_order()
+    started: list[str] = []
+    for step in steps:
+        missing = set(step.needs) - set(started)
+        assert not missing, f"{step.name} starts before {sorted(missing)}"
+        assert step.name not in started
+        started.append(step.name)
+    # the servers come last: nothing answers requests before every service runs
+    assert [step.name for step in steps if step.drains] == started[-2:]

@@ -148,7 +148,7 @@ async def test_aggregated_binary_answer(start_node: NodeFactory) -> None:
 
 async def test_bad_input_on_every_route_changes_nothing(start_node: NodeFactory) -> None:
     with trio.fail_after(LIMIT):
-        node = await demo_node(start_node, **{"overlay.max_submit_bytes": 65536})
+        node = await demo_node(start_node, "a", **{"overlay.max_submit_bytes": 65536})
         alice = Spender()
         async with http(node) as h, devnet_of(node) as devnet:
             coin, beef = alice.spend(await alice.fund(devnet, 10_000))

@@ -16,28 +16,31 @@ import trio
 import trio.testing
 
 from overlay_node.errors import BadRequest, InvalidPayment, OverlayError, PaymentReplayed
+from overlay_node.net.peers import PeerLink
 from overlay_node.node import Node
 from overlay_node.protocol.payments import PaymentMessage, Quote, Receipt
 from overlay_node.protocol.streams import Packet, stream_resource
-from overlay_node.services.streams_consumer import Subscription
-from tests.conftest import NodeFactory
+from overlay_node.services.streams_consumer import StreamConsumer, Subscription
+from tests.conftest import MovableClock, NodeFactory
 
 RATE = 2
 
 
 async def network(start_node: NodeFactory, consumers: int, **overrides: Any) -> tuple[Node, Node, list[Node]]:
-    """A bank (ledger + DHT bootstrap), a producer and funded consumers sharing the bank's ledger."""
-    bank = await start_node("bank", **{"wallet.devnet_block_interval": 0})
+    """A bank (ledger + DHT bootstrap), a producer and funded consumers sharing the bank's ledger (and, with a
+    ``wall_clock=`` override, a wall clock the test moves)."""
+    clock = {"wall_clock": overrides.pop("wall_clock")} if "wall_clock" in overrides else {}
+    bank = await start_node("bank", **{"wallet.devnet_block_interval": 0}, **clock)
     shared = {
         "wallet.arc_url": bank.status()["ledger"],
         "dht.bootstrap": [bank.info.dht],
         "wallet.settle_retry_min": 0.05,
         **overrides,
     }
-    producer = await start_node("producer", **shared)
+    producer = await start_node("producer", **shared, **clock)
     nodes: list[Node] = []
     for i in range(consumers):
-        node = await start_node(f"consumer{i}", **shared)
+        node = await start_node(f"consumer{i}", **shared, **clock)
         await node.wallet.faucet(200_000)
         nodes.append(node)
     return bank, producer, nodes
@@ -108,6 +111,20 @@ async def test_three_subscribers_w1_w10_w100_every_packet_paid_and_settled(start
                 assert answer.status_code == 200, answer.text
 
 
+def stop_paying_after(monkeypatch: pytest.MonkeyPatch, consumer: StreamConsumer, payments: int) -> None:
+    """Make ``consumer``'s subscriptions pay no more once ``payments`` payments were made or are in flight (they go
+    on taking packets): a consumer that stops paying. Other consumers in the process pay as usual."""
+    prepare = Subscription._prepare_payment
+
+    async def stingy(self: Subscription, link: PeerLink, coming: int) -> Any:
+        credit = self.credit
+        if self._consumer is consumer and credit is not None and credit.payments + credit.in_flight >= payments:
+            return None  # "nothing to pay with right now": the payer waits for news
+        return await prepare(self, link, coming)
+
+    monkeypatch.setattr(Subscription, "_prepare_payment", stingy)
+
+
 class Reader:
     """Reads a subscription's packets in the background; ``await reader.reached(n)`` waits for n packets."""
 
@@ -131,12 +148,15 @@ class Reader:
         assert len(self.packets) >= n, str(self.sub.summary())
 
 
-async def test_non_payer_is_paused_and_closed_others_unaffected(start_node: NodeFactory) -> None:
+async def test_non_payer_is_paused_and_closed_others_unaffected(
+    start_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with trio.fail_after(30):
         _, producer, (payer, cheat) = await network(start_node, 2, **{"streams.grace_period": 0.3})
         await producer.streams.producer.create("news", rate=RATE)
+        stop_paying_after(monkeypatch, cheat.streams.consumer, 2)
         good = await payer.streams.consumer.subscribe("news", window=10)
-        bad = await cheat.streams.consumer.subscribe("news", window=10, withhold_after=2)
+        bad = await cheat.streams.consumer.subscribe("news", window=10)
         readers = [Reader(good), Reader(bad)]
         async with trio.open_nursery() as nursery:
             for r in readers:
@@ -263,7 +283,9 @@ async def test_bad_input_gets_clear_errors_and_no_credit(start_node: NodeFactory
         assert isinstance(message, PaymentMessage)
 
 
-async def test_per_second_stream_charges_elapsed_time_through_the_same_credit(start_node: NodeFactory) -> None:
+async def test_per_second_stream_charges_elapsed_time_through_the_same_credit(
+    start_node: NodeFactory, virtual_clock: trio.testing.MockClock
+) -> None:
     with trio.fail_after(30):
         _, producer, (consumer,) = await network(start_node, 1)
         await producer.streams.producer.create("clock", pricing_model="per-second", rate=RATE)
@@ -275,7 +297,7 @@ async def test_per_second_stream_charges_elapsed_time_through_the_same_credit(st
             for i in range(6):  # a packet every 0.5 s for 3 s: the time, not the packets, is what is sold
                 producer.streams.producer.push("clock", lines(1, i))
                 await reader.reached(i + 1)
-                await trio.sleep_until(started + 0.5 * (i + 1))
+                virtual_clock.jump(max(0.0, started + 0.5 * (i + 1) - trio.current_time()))
             sub.stop()
             await sub.wait_finished()
         elapsed = trio.current_time() - started
@@ -310,8 +332,9 @@ async def test_a_producer_gone_for_good_ends_the_subscription_with_its_reason(st
 
 
 async def test_expired_window_quotes_are_replaced_and_the_stream_goes_on(start_node: NodeFactory) -> None:
+    clock = MovableClock()
     with trio.fail_after(30):
-        _, producer, (consumer,) = await network(start_node, 1, **{"wallet.quote_ttl": 1.0})
+        _, producer, (consumer,) = await network(start_node, 1, wall_clock=clock, **{"wallet.quote_ttl": 1.0})
         await producer.streams.producer.create("slow", rate=RATE)
         sub = await consumer.streams.consumer.subscribe("slow", window=10)
         reader = Reader(sub)
@@ -319,13 +342,16 @@ async def test_expired_window_quotes_are_replaced_and_the_stream_goes_on(start_n
             nursery.start_soon(reader.run)
             producer.streams.producer.push("slow", lines(10))
             await reader.reached(10)
-            await trio.sleep(1.2)  # the time under test: every open window quote expires
+            clock.offset += 1.2  # the time under test: every open window quote expires, on every node
             producer.streams.producer.push("slow", lines(20, 10))
             await reader.reached(30)
             sub.stop()
         assert [p.seq for p in reader.packets] == list(range(30))
         summary = sub.summary()
         assert summary["paid_satoshis"] == 30 * RATE and summary["payments"] == 3
+        # the consumer asked for fresh quotes (a second stream.subscribe) once the first ones had expired
+        served = producer.metrics.registry.get_sample_value
+        assert served("overlay_peer_requests_total", {"method": "stream.subscribe", "outcome": "ok"}) == 2
 
 
 async def test_a_first_batch_from_few_coins_splits_the_change_once(start_node: NodeFactory) -> None:

@@ -18,12 +18,12 @@ from typer.testing import CliRunner, Result
 
 from overlay_cli import wallet_cmd
 from overlay_cli.output import CliState
-from overlay_node.api.common import HTTP_EXCEPTION_HANDLERS
+from overlay_node.api.common import HTTP_EXCEPTION_HANDLERS, serve
 from overlay_node.api.control_wallet import wallet_routes
-from overlay_node.api.server import bind_unix, serve_app
 from overlay_node.chain.formats import parse_submission
 from overlay_node.crypto.keys import Identity
 from overlay_node.errors import InsufficientFunds, PeerTimeout
+from overlay_node.net.listen import bind_unix, serve_app
 from overlay_node.net.peers import PeerLink
 from overlay_node.services.payments import Payments
 from overlay_node.services.wallet import Wallet
@@ -196,8 +196,9 @@ def _cli() -> typer.Typer:
 
 
 async def _serve_control(nursery: trio.Nursery, node: PayNode, data_dir: Path) -> None:
-    app = Starlette(
-        routes=wallet_routes(_Target(node.wallet, node.payments)), exception_handlers=HTTP_EXCEPTION_HANDLERS
+    app = serve(
+        Starlette(routes=wallet_routes(), exception_handlers=HTTP_EXCEPTION_HANDLERS),
+        _Target(node.wallet, node.payments),
     )
     sock = bind_unix(_data_dir_with_api_json(data_dir))
     stop = trio.Event()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import replace
+from typing import Any
 
 import cbor2
 import pytest
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from overlay_node.crypto.keys import Identity
 from overlay_node.errors import BadRequest
 from overlay_node.protocol.adverts import (
+    Advert,
     AdvertError,
     Endpoints,
     Filter,
@@ -33,7 +35,7 @@ from overlay_node.protocol.adverts import (
 ENDPOINTS = Endpoints(swarm=("ws://127.0.0.1:4760/p2p/1",), http="http://127.0.0.1:4761", dht="127.0.0.1:4760")
 
 
-def advert(identity: Identity, name: str = "tm_weather", **kw: object):  # type: ignore[no-untyped-def]
+def advert(identity: Identity, name: str = "tm_weather", **kw: Any) -> Advert:
     return make_advert(
         identity, name=name, uri="https://node.example.com", endpoints=ENDPOINTS, expires=2_000_000_000, **kw
     )

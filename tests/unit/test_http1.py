@@ -71,7 +71,7 @@ def parse_all(data: bytes, step: int = 0, *, partial: bool = False, **limits: in
 
 def error_of(data: bytes, **limits: int) -> HttpError:
     with pytest.raises(HttpError) as info:
-        parse_all(data, **limits)
+        parse_all(data, 0, partial=False, **limits)
     return info.value
 
 
@@ -372,7 +372,7 @@ def test_a_content_length_body_is_handed_out_as_it_arrives() -> None:
         parser.next_request()  # the body is not complete
     parser.receive_data(b"456789GET")
     assert parser.read_body() == (b"456789", True)
-    assert parser.body_complete and parser.buffered == 3
+    assert (parser.body_complete, parser.buffered) == (True, 3)
     assert parser.next_request() is None  # the next head is incomplete
 
 
@@ -427,11 +427,11 @@ def h11_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, Any]]:
         extra = draw(st.lists(st.tuples(tokens.filter(lambda t: t not in reserved), values), max_size=6))
         body = draw(st.binary(max_size=300)) if method in ("POST", "PUT", "PATCH") else b""
         chunked = bool(body) and draw(st.booleans())
-        headers = [("Host", "example.org"), *[(n, v) for n, v in extra]]
+        headers: list[tuple[bytes, bytes]] = [(b"Host", b"example.org"), *[(n.encode(), v) for n, v in extra]]
         if chunked:
-            headers.append(("Transfer-Encoding", "chunked"))
+            headers.append((b"Transfer-Encoding", b"chunked"))
         elif body:
-            headers.append(("Content-Length", str(len(body))))
+            headers.append((b"Content-Length", str(len(body)).encode()))
         client = h11.Connection(h11.CLIENT)
         wire += client.send(h11.Request(method=method, target=target, headers=headers))
         if chunked:
@@ -447,7 +447,7 @@ def h11_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, Any]]:
                 "method": method,
                 "path": path.encode(),
                 "query": query.encode(),
-                "headers": [(n.lower().encode(), v if isinstance(v, bytes) else v.encode()) for n, v in headers],
+                "headers": [(n.lower(), v) for n, v in headers],
                 "body": body,
                 "chunked": chunked,
             }

@@ -1,8 +1,8 @@
-"""Serving an ASGI app on trio with our HTTP/1.1 server (``overlay_node/net/http_server.py``), on sockets we bind
-ourselves.
+"""Listening sockets and serving an ASGI app on them with our HTTP/1.1 server (``net/http_server.py``).
 
-Binding the sockets here lets port 0 report the real port, lets the control socket get its 0600 mode before anyone
-can connect, and maps bind failures to our own errors.
+Binding the sockets here, before serving, lets port 0 report the real port, lets the control socket get its 0600
+mode before anyone can connect, and maps bind failures to our own errors. The node serves its public and control
+apps with it, the devnet its ARC app.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
-from starlette.types import ASGIApp
 
 from overlay_node.errors import DataDirError, TransportError
-from overlay_node.net.http_server import HttpServerConfig, serve_asgi
+from overlay_node.net.http_server import ASGIApp, HttpServerConfig, serve_asgi
+
+__all__ = ["bind_tcp", "bind_unix", "serve_app", "server_ssl_context"]
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
