@@ -93,57 +93,75 @@ class Worker:
             slots[index] = time.monotonic()
 
     async def handle(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        match cmd["cmd"]:
-            case "bootstrap":
-                for service in self.services:
-                    if service.address != cmd["seed"]:
-                        await service.bootstrap([cmd["seed"]])
-                return {"contacts": [len(s.contacts()) for s in self.services]}
-            case "refresh":
-                for service in self.services:
-                    await service.bootstrap([cmd["seed"]])
-                return {"contacts": [len(s.contacts()) for s in self.services]}
-            case "put":
-                service = self.services[cmd["service"]]
-                t0 = time.monotonic()
-                outcome = await service.put(bytes.fromhex(cmd["key"]), os.urandom(cmd["size"]), ttl=cmd["ttl"])
-                t1 = time.monotonic()
-                return {"t0": t0, "t1": t1, "stored": outcome.stored, "asked": outcome.asked, "seq": outcome.seq}
-            case "arm":
-                self.arrivals[cmd["key"]] = [None] * len(self.services)
-                return {}
-            case "lookups":
-                key = bytes.fromhex(cmd["key"])
-                latencies, cpu, complete = [], [], 0
-                for _ in range(cmd["rounds"]):
-                    for service in self.services:
-                        t, c = time.perf_counter(), time.process_time()
-                        records = await service.get(key)
-                        latencies.append((time.perf_counter() - t) * 1000)
-                        cpu.append((time.process_time() - c) * 1000)
-                        complete += len(records) >= cmd["expect"]
-                return {"latencies_ms": latencies, "cpu_ms": cpu, "complete": complete}
-            case "get_all":
-                key = bytes.fromhex(cmd["key"])
-                publisher = bytes.fromhex(cmd["publisher"])
-                seen: list[float | None] = [None] * len(self.services)
+        run = {
+            "bootstrap": self._bootstrap,
+            "refresh": self._refresh,
+            "put": self._put,
+            "arm": self._arm,
+            "lookups": self._lookups,
+            "get_all": self._get_all,
+            "stats": self._stats,
+            "publisher": self._publisher,
+        }.get(cmd["cmd"])
+        if run is None:
+            raise ValueError(f"unknown command {cmd!r}")
+        return await run(cmd)
 
-                async def one(i: int, service: DhtService) -> None:
-                    records = await service.get(key)
-                    if any(r.publisher == publisher for r in records):
-                        seen[i] = time.monotonic()
+    async def _bootstrap(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        for service in self.services:
+            if service.address != cmd["seed"]:
+                await service.bootstrap([cmd["seed"]])
+        return {"contacts": [len(s.contacts()) for s in self.services]}
 
-                async with trio.open_nursery() as nursery:
-                    for i, service in enumerate(self.services):
-                        nursery.start_soon(one, i, service)
-                return {"seen": seen, "arrivals": self.arrivals.pop(cmd["key"], [])}
-            case "stats":
-                stats = [s.statistics() for s in self.services]
-                return {"stats": [dataclasses.asdict(s) for s in stats]}
-            case "publisher":
-                return {"pub": self.services[cmd["service"]].public_key.hex()}
-            case _:
-                raise ValueError(f"unknown command {cmd!r}")
+    async def _refresh(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        for service in self.services:
+            await service.bootstrap([cmd["seed"]])
+        return {"contacts": [len(s.contacts()) for s in self.services]}
+
+    async def _put(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        service = self.services[cmd["service"]]
+        t0 = time.monotonic()
+        outcome = await service.put(bytes.fromhex(cmd["key"]), os.urandom(cmd["size"]), ttl=cmd["ttl"])
+        t1 = time.monotonic()
+        return {"t0": t0, "t1": t1, "stored": outcome.stored, "asked": outcome.asked, "seq": outcome.seq}
+
+    async def _arm(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        self.arrivals[cmd["key"]] = [None] * len(self.services)
+        return {}
+
+    async def _lookups(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        key = bytes.fromhex(cmd["key"])
+        latencies, cpu, complete = [], [], 0
+        for _ in range(cmd["rounds"]):
+            for service in self.services:
+                t, c = time.perf_counter(), time.process_time()
+                records = await service.get(key)
+                latencies.append((time.perf_counter() - t) * 1000)
+                cpu.append((time.process_time() - c) * 1000)
+                complete += len(records) >= cmd["expect"]
+        return {"latencies_ms": latencies, "cpu_ms": cpu, "complete": complete}
+
+    async def _get_all(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        key = bytes.fromhex(cmd["key"])
+        publisher = bytes.fromhex(cmd["publisher"])
+        seen: list[float | None] = [None] * len(self.services)
+
+        async def one(i: int, service: DhtService) -> None:
+            records = await service.get(key)
+            if any(r.publisher == publisher for r in records):
+                seen[i] = time.monotonic()
+
+        async with trio.open_nursery() as nursery:
+            for i, service in enumerate(self.services):
+                nursery.start_soon(one, i, service)
+        return {"seen": seen, "arrivals": self.arrivals.pop(cmd["key"], [])}
+
+    async def _stats(self, _cmd: dict[str, Any]) -> dict[str, Any]:
+        stats = [s.statistics() for s in self.services]
+        return {"stats": [dataclasses.asdict(s) for s in stats]}
+
+    async def _publisher(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        return {"pub": self.services[cmd["service"]].public_key.hex()}
 
 
 async def worker_main(index: int, count: int, data_dir: Path) -> None:
@@ -279,85 +297,20 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         try:
             started = time.monotonic()
             procs = [Proc(i, args.per_process, Path(tmp)) for i in range(args.processes)]
-            seed = procs[0].addresses[0]
-            t = time.monotonic()
-            for p in procs:
-                p.call(cmd="bootstrap", seed=seed)
-            for p in procs:  # a second self-lookup, so the first nodes also learn of the last ones
-                contacts = p.call(cmd="refresh", seed=seed)["contacts"]
-            formed_s = time.monotonic() - t
-            contacts = [c for r in all_call(procs, cmd="stats") for c in (s["contacts"] for s in r["stats"])]
+            formed = form_cluster(procs, started)
             print(
-                f"{nodes} nodes in {args.processes} processes, formed in {formed_s:.2f}s "
-                f"(start {t - started:.2f}s); contacts per node {min(contacts)}..{max(contacts)}"
+                f"{nodes} nodes in {args.processes} processes, formed in {formed['formed_s']:.2f}s "
+                f"(start {formed['start_s']:.2f}s); "
+                f"contacts per node {formed['contacts_min']}..{formed['contacts_max']}"
             )
-
-            # lookups of all hosts of a topic
-            key = dht_key("ship", "tm_bench")
-            for n in range(args.publishers):
-                p = procs[n % len(procs)]
-                p.call(cmd="put", service=(n * 3) % args.per_process, key=key.hex(), size=args.value_size, ttl=3600)
-            serial: list[float] = []
-            serial_cpu: list[float] = []
-            complete = total = 0
-            for p in procs:
-                r = p.call(cmd="lookups", key=key.hex(), rounds=args.rounds, expect=args.publishers)
-                serial += r["latencies_ms"]
-                serial_cpu += r["cpu_ms"]
-                complete += r["complete"]
-                total += len(r["latencies_ms"])
-            concurrent: list[float] = []
-            for r in all_call(procs, cmd="lookups", key=key.hex(), rounds=args.rounds, expect=args.publishers):
-                concurrent += r["latencies_ms"]
-                complete += r["complete"]
-                total += len(r["latencies_ms"])
-
-            # visibility of a new record
-            stored_ms: list[float] = []
-            direct_ms: list[float] = []
-            get_all_ms: list[float] = []
-            visible = checked = 0
-            for trial in range(args.trials):
-                key_t = dht_key("ship", f"tm_visible_{trial}")
-                all_call(procs, cmd="arm", key=key_t.hex())
-                pp = procs[trial % len(procs)]
-                service = trial % args.per_process
-                pub = pp.call(cmd="publisher", service=service)["pub"]
-                put = pp.call(cmd="put", service=service, key=key_t.hex(), size=args.value_size, ttl=3600)
-                stored_ms.append((put["t1"] - put["t0"]) * 1000)
-                replies = all_call(procs, cmd="get_all", key=key_t.hex(), publisher=pub)
-                for r in replies:
-                    for s in r["seen"]:
-                        checked += 1
-                        visible += s is not None
-                    # STORE arrivals: a node that learnt it from its own lookup afterwards is not a direct peer
-                    direct_ms += [(a - put["t0"]) * 1000 for a in r["arrivals"] if a is not None and a <= put["t1"]]
-                seen_times = [s for r in replies for s in r["seen"] if s is not None]
-                get_all_ms.append((max(seen_times) - put["t0"]) * 1000)
-
-            # datagrams one node processes
-            host, port = procs[1 % len(procs)].addresses[0].rsplit(":", 1)
-            target = (host, int(port))
-            pings = trio.run(
-                partial(flood, target, sockets=args.flood_sockets, window=args.flood_window, seconds=args.flood_seconds)
-            )
-            flooded = procs[1 % len(procs)]
-            base = sum(flooded.call(cmd="stats")["stats"][0]["drops"].values())
-            t = time.monotonic()
-            send_junk(target, count=args.junk)
-            dropped, last = 0, t
-            while True:  # wait until the node has worked through its backlog
-                now_dropped = sum(flooded.call(cmd="stats")["stats"][0]["drops"].values()) - base
-                if now_dropped == dropped:
-                    break
-                dropped, last = now_dropped, time.monotonic()
-                time.sleep(0.05)
-            junk_s = last - t
+            lookups = lookup_all_hosts(procs, args)
+            visibility = new_record_visibility(procs, args)
+            throughput = datagram_throughput(procs, args)
         finally:
             for p in procs:
                 p.close()
 
-    result = {
+    return {
         "bench": "dht",
         "machine": {
             "python": platform.python_version(),
@@ -372,40 +325,128 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "per_process": args.per_process,
             "k": 20,
             "alpha": 3,
-            "formed_s": round(formed_s, 3),
-            "contacts_min": min(contacts),
-            "contacts_max": max(contacts),
+            "formed_s": round(formed["formed_s"], 3),
+            "contacts_min": formed["contacts_min"],
+            "contacts_max": formed["contacts_max"],
         },
-        "lookup_all_hosts": {
-            "publishers": args.publishers,
-            "value_bytes": args.value_size,
-            "serial_ms": summary(serial),
-            "serial_asker_process_cpu_ms": summary(serial_cpu),
-            "concurrent_ms": summary(concurrent),
-            "complete": complete,
-            "total": total,
-        },
-        "visibility": {
-            "trials": args.trials,
-            "stored_everywhere_ms": summary(stored_ms),
-            "direct_peers_ms": summary(direct_ms),
-            "get_everywhere_ms": summary(get_all_ms),
-            "visible_checks": visible,
-            "checks": checked,
-        },
-        "throughput": {
-            "pings": pings,
-            "junk_sent": args.junk,
-            "junk_dropped": dropped,
-            "junk_per_second": round(dropped / junk_s) if junk_s else 0,
-        },
+        "lookup_all_hosts": lookups,
+        "visibility": visibility,
+        "throughput": throughput,
         "targets": {
             "lookup_p95_ms": TARGET_P95_MS,
             "visible_everywhere_ms": TARGET_VISIBLE_MS,
             "direct_peers_ms": TARGET_DIRECT_MS,
         },
     }
-    return result
+
+
+def form_cluster(procs: list[Proc], started: float) -> dict[str, Any]:
+    """Bootstrap every service from the first one; how long it took and the contacts each one has."""
+    seed = procs[0].addresses[0]
+    t = time.monotonic()
+    for p in procs:
+        p.call(cmd="bootstrap", seed=seed)
+    for p in procs:  # a second self-lookup, so the first nodes also learn of the last ones
+        p.call(cmd="refresh", seed=seed)
+    formed_s = time.monotonic() - t
+    contacts = [c for r in all_call(procs, cmd="stats") for c in (s["contacts"] for s in r["stats"])]
+    return {
+        "formed_s": formed_s,
+        "start_s": t - started,
+        "contacts_min": min(contacts),
+        "contacts_max": max(contacts),
+    }
+
+
+def lookup_all_hosts(procs: list[Proc], args: argparse.Namespace) -> dict[str, Any]:
+    """Lookups of all hosts of a topic, one at a time in the cluster and one per process at once."""
+    key = dht_key("ship", "tm_bench")
+    for n in range(args.publishers):
+        p = procs[n % len(procs)]
+        p.call(cmd="put", service=(n * 3) % args.per_process, key=key.hex(), size=args.value_size, ttl=3600)
+    serial: list[float] = []
+    serial_cpu: list[float] = []
+    complete = total = 0
+    for p in procs:
+        r = p.call(cmd="lookups", key=key.hex(), rounds=args.rounds, expect=args.publishers)
+        serial += r["latencies_ms"]
+        serial_cpu += r["cpu_ms"]
+        complete += r["complete"]
+        total += len(r["latencies_ms"])
+    concurrent: list[float] = []
+    for r in all_call(procs, cmd="lookups", key=key.hex(), rounds=args.rounds, expect=args.publishers):
+        concurrent += r["latencies_ms"]
+        complete += r["complete"]
+        total += len(r["latencies_ms"])
+    return {
+        "publishers": args.publishers,
+        "value_bytes": args.value_size,
+        "serial_ms": summary(serial),
+        "serial_asker_process_cpu_ms": summary(serial_cpu),
+        "concurrent_ms": summary(concurrent),
+        "complete": complete,
+        "total": total,
+    }
+
+
+def new_record_visibility(procs: list[Proc], args: argparse.Namespace) -> dict[str, Any]:
+    """How soon a new record is stored at the k closest, at the direct peers, and found by every node's get."""
+    stored_ms: list[float] = []
+    direct_ms: list[float] = []
+    get_all_ms: list[float] = []
+    visible = checked = 0
+    for trial in range(args.trials):
+        key_t = dht_key("ship", f"tm_visible_{trial}")
+        all_call(procs, cmd="arm", key=key_t.hex())
+        pp = procs[trial % len(procs)]
+        service = trial % args.per_process
+        pub = pp.call(cmd="publisher", service=service)["pub"]
+        put = pp.call(cmd="put", service=service, key=key_t.hex(), size=args.value_size, ttl=3600)
+        stored_ms.append((put["t1"] - put["t0"]) * 1000)
+        replies = all_call(procs, cmd="get_all", key=key_t.hex(), publisher=pub)
+        for r in replies:
+            for s in r["seen"]:
+                checked += 1
+                visible += s is not None
+            # STORE arrivals: a node that learnt it from its own lookup afterwards is not a direct peer
+            direct_ms += [(a - put["t0"]) * 1000 for a in r["arrivals"] if a is not None and a <= put["t1"]]
+        seen_times = [s for r in replies for s in r["seen"] if s is not None]
+        get_all_ms.append((max(seen_times) - put["t0"]) * 1000)
+    return {
+        "trials": args.trials,
+        "stored_everywhere_ms": summary(stored_ms),
+        "direct_peers_ms": summary(direct_ms),
+        "get_everywhere_ms": summary(get_all_ms),
+        "visible_checks": visible,
+        "checks": checked,
+    }
+
+
+def datagram_throughput(procs: list[Proc], args: argparse.Namespace) -> dict[str, Any]:
+    """Signed PINGs one node answers per second, and junk datagrams it drops per second."""
+    host, port = procs[1 % len(procs)].addresses[0].rsplit(":", 1)
+    target = (host, int(port))
+    pings = trio.run(
+        partial(flood, target, sockets=args.flood_sockets, window=args.flood_window, seconds=args.flood_seconds)
+    )
+    flooded = procs[1 % len(procs)]
+    base = sum(flooded.call(cmd="stats")["stats"][0]["drops"].values())
+    t = time.monotonic()
+    send_junk(target, count=args.junk)
+    dropped, last = 0, t
+    while True:  # wait until the node has worked through its backlog
+        now_dropped = sum(flooded.call(cmd="stats")["stats"][0]["drops"].values()) - base
+        if now_dropped == dropped:
+            break
+        dropped, last = now_dropped, time.monotonic()
+        time.sleep(0.05)
+    junk_s = last - t
+    return {
+        "pings": pings,
+        "junk_sent": args.junk,
+        "junk_dropped": dropped,
+        "junk_per_second": round(dropped / junk_s) if junk_s else 0,
+    }
 
 
 def print_table(r: dict[str, Any]) -> None:

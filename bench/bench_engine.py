@@ -220,7 +220,7 @@ def describe(node: Any) -> dict[str, Any]:
     return {"http": node.info.http, "pid": os.getpid()}
 
 
-async def node_ops(host: Host, op: str, args: list[Any]) -> Any:
+async def node_ops(host: Host, op: str, _args: list[Any]) -> Any:
     if op == "counts":
         topics, services = await host.nodes[0].overlay.counts()
         return {"topics": topics, "services": services}

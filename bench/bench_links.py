@@ -48,6 +48,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,15 +106,15 @@ class _Sink:
             self.t_last = time.perf_counter()
             self.done.set()
 
-    async def notice(self, link: PeerLink, body: dict[str, Any]) -> None:
+    async def notice(self, _link: PeerLink, _body: dict[str, Any]) -> None:
         self.hit()
 
 
-async def _echo(link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+async def _echo(_link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _describe(node: Any) -> dict[str, Any]:  # the hosts run no nodes; nodeproc wants a describe function
+def _describe(_node: Any) -> dict[str, Any]:  # the hosts run no nodes; nodeproc wants a describe function
     return {}
 
 
@@ -125,127 +126,175 @@ async def _start_manager(nursery: trio.Nursery, identity: Identity, metrics: Met
 
 async def link_ops(host: Host, op: str, args: list[Any]) -> Any:
     """The operations of both processes (A: sender/dialer, B: receiver/listener)."""
+    run = _OPS.get(op)
+    if run is None:
+        raise ValueError(f"unknown op {op}")
+    return await run(host, args)
+
+
+async def _op_peer(host: Host, _args: list[Any]) -> Any:
+    """A peer manager with a fresh identity; B's counts notices and echoes requests."""
     st = host.state
-    if op == "peer":  # a peer manager with a fresh identity; B's counts notices and echoes requests
-        sink = st["sink"] = _Sink()
-        metrics = st["metrics"] = Metrics()
-        pm = PeerManager(Identity.generate(), SWARM, metrics)
-        pm.on_notice(FRAME_METHOD, sink.notice)
-        pm.on_request(ECHO_METHOD, _echo)
-        urls: list[str] = await host.nursery.start(pm.run)
-        st["pm"] = pm
-        return {"url": urls[0], "key": pm.identity_key}
-    if op == "connect":
-        url, key = args
-        st["link"] = await st["pm"].connect(url, expect_key=key)
-        return None
-    if op == "raw_serve":  # plain websocket server: /sink counts messages, /echo sends each back
-        sink = st["sink"]
+    sink = st["sink"] = _Sink()
+    metrics = st["metrics"] = Metrics()
+    pm = PeerManager(Identity.generate(), SWARM, metrics)
+    pm.on_notice(FRAME_METHOD, sink.notice)
+    pm.on_request(ECHO_METHOD, _echo)
+    urls: list[str] = await host.nursery.start(pm.run)
+    st["pm"] = pm
+    return {"url": urls[0], "key": pm.identity_key}
 
-        async def handler(request: WebSocketRequest) -> None:
-            ws = await request.accept()
-            try:
-                if request.path == "/sink":
-                    while True:
-                        await ws.get_message()
-                        sink.hit()
-                else:
-                    while True:
-                        await ws.send_message(await ws.get_message())
-            except ConnectionClosed:
-                return
 
-        server = await host.nursery.start(
-            lambda task_status: serve_websocket(
-                handler,
-                "127.0.0.1",
-                0,
-                None,
-                max_message_size=RAW_MAX_MESSAGE,
-                receive_buffer_size=RECEIVE_BUFFER,
-                task_status=task_status,
-            )
+async def _op_connect(host: Host, args: list[Any]) -> Any:
+    url, key = args
+    host.state["link"] = await host.state["pm"].connect(url, expect_key=key)
+    return None
+
+
+async def _op_raw_serve(host: Host, _args: list[Any]) -> Any:
+    """A plain websocket server: /sink counts messages, /echo sends each back."""
+    sink = host.state["sink"]
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            if request.path == "/sink":
+                while True:
+                    await ws.get_message()
+                    sink.hit()
+            else:
+                while True:
+                    await ws.send_message(await ws.get_message())
+        except ConnectionClosed:
+            return
+
+    server = await host.nursery.start(
+        lambda task_status: serve_websocket(
+            handler,
+            "127.0.0.1",
+            0,
+            None,
+            max_message_size=RAW_MAX_MESSAGE,
+            receive_buffer_size=RECEIVE_BUFFER,
+            task_status=task_status,
         )
-        return server.port
-    if op == "raw_connect":
-        (port,) = args
-        for path in ("/sink", "/echo"):
-            st[f"raw{path}"] = await connect_websocket(
-                host.nursery,
-                "127.0.0.1",
-                port,
-                path,
-                use_ssl=False,
-                max_message_size=RAW_MAX_MESSAGE,
-                receive_buffer_size=RECEIVE_BUFFER,
-            )
-        return None
-    if op == "expect":  # count the next ``n`` frames
-        st["sink"].reset(args[0])
-        return None
-    if op == "wait":
-        sink = st["sink"]
-        with trio.fail_after(WAIT_LIMIT):
-            await sink.done.wait()
-        return {"t_last": sink.t_last, "count": sink.count}
-    if op == "send":  # ``n`` notices of ``size`` bytes, one sender task
-        n, size = args
-        link: PeerLink = st["link"]
-        body = {"d": os.urandom(size)}
-        t0 = time.perf_counter()
+    )
+    return server.port
+
+
+async def _op_raw_connect(host: Host, args: list[Any]) -> Any:
+    (port,) = args
+    for path in ("/sink", "/echo"):
+        host.state[f"raw{path}"] = await connect_websocket(
+            host.nursery,
+            "127.0.0.1",
+            port,
+            path,
+            use_ssl=False,
+            max_message_size=RAW_MAX_MESSAGE,
+            receive_buffer_size=RECEIVE_BUFFER,
+        )
+    return None
+
+
+async def _op_expect(host: Host, args: list[Any]) -> Any:
+    """Count the next ``n`` frames."""
+    host.state["sink"].reset(args[0])
+    return None
+
+
+async def _op_wait(host: Host, _args: list[Any]) -> Any:
+    sink = host.state["sink"]
+    with trio.fail_after(WAIT_LIMIT):
+        await sink.done.wait()
+    return {"t_last": sink.t_last, "count": sink.count}
+
+
+async def _op_send(host: Host, args: list[Any]) -> Any:
+    """``n`` notices of ``size`` bytes, one sender task."""
+    n, size = args
+    link: PeerLink = host.state["link"]
+    body = {"d": os.urandom(size)}
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await link.notify(FRAME_METHOD, body)
+    return {"t0": t0, "t_sent": time.perf_counter()}
+
+
+async def _op_raw_send(host: Host, args: list[Any]) -> Any:
+    n, size = args
+    ws = host.state["raw/sink"]
+    message = os.urandom(size)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await ws.send_message(message)
+    return {"t0": t0, "t_sent": time.perf_counter()}
+
+
+async def _op_rtt(host: Host, args: list[Any]) -> Any:
+    n, size = args
+    link: PeerLink = host.state["link"]
+    body = {"d": os.urandom(size)}
+    out = []
+    with trio.fail_after(WAIT_LIMIT):
         for _ in range(n):
-            await link.notify(FRAME_METHOD, body)
-        return {"t0": t0, "t_sent": time.perf_counter()}
-    if op == "raw_send":
-        n, size = args
-        ws = st["raw/sink"]
-        message = os.urandom(size)
-        t0 = time.perf_counter()
+            t = time.perf_counter()
+            answer = await link.request(ECHO_METHOD, body)
+            out.append(time.perf_counter() - t)
+            if answer != body:
+                raise RuntimeError("the echo handler answered something else")
+    return out
+
+
+async def _op_raw_rtt(host: Host, args: list[Any]) -> Any:
+    n, size = args
+    ws = host.state["raw/echo"]
+    message = os.urandom(size)
+    out = []
+    with trio.fail_after(WAIT_LIMIT):
         for _ in range(n):
+            t = time.perf_counter()
             await ws.send_message(message)
-        return {"t0": t0, "t_sent": time.perf_counter()}
-    if op == "rtt":
-        n, size = args
-        link = st["link"]
-        body = {"d": os.urandom(size)}
-        out = []
-        with trio.fail_after(WAIT_LIMIT):
-            for _ in range(n):
-                t = time.perf_counter()
-                answer = await link.request(ECHO_METHOD, body)
-                out.append(time.perf_counter() - t)
-                if answer != body:
-                    raise RuntimeError("the echo handler answered something else")
-        return out
-    if op == "raw_rtt":
-        n, size = args
-        ws = st["raw/echo"]
-        message = os.urandom(size)
-        out = []
-        with trio.fail_after(WAIT_LIMIT):
-            for _ in range(n):
-                t = time.perf_counter()
-                await ws.send_message(message)
-                if await ws.get_message() != message:
-                    raise RuntimeError("the echo server answered something else")
-                out.append(time.perf_counter() - t)
-        return out
-    if op == "churn":
-        url, key, count, workers, fresh = args
-        with trio.fail_after(WAIT_LIMIT):
-            return await _churn(st["metrics"], url, key, count, workers, fresh)
-    if op == "profile":  # (path) starts cProfile on this (the trio) thread; (None) stops it and writes the dump
-        (path,) = args
-        if path is not None:
-            prof = cProfile.Profile()
-            st["profile"] = (prof, path)
-            prof.enable()
-        else:
-            prof, path = st.pop("profile")
-            prof.disable()
-            prof.dump_stats(path)
-        return None
-    raise ValueError(f"unknown op {op}")
+            if await ws.get_message() != message:
+                raise RuntimeError("the echo server answered something else")
+            out.append(time.perf_counter() - t)
+    return out
+
+
+async def _op_churn(host: Host, args: list[Any]) -> Any:
+    url, key, count, workers, fresh = args
+    with trio.fail_after(WAIT_LIMIT):
+        return await _churn(host.state["metrics"], url, key, count, workers, fresh)
+
+
+async def _op_profile(host: Host, args: list[Any]) -> Any:
+    """(path) starts cProfile on this (the trio) thread; (None) stops it and writes the dump."""
+    (path,) = args
+    if path is not None:
+        prof = cProfile.Profile()
+        host.state["profile"] = (prof, path)
+        prof.enable()
+    else:
+        prof, path = host.state.pop("profile")
+        prof.disable()
+        prof.dump_stats(path)
+    return None
+
+
+_OPS: dict[str, Callable[[Host, list[Any]], Awaitable[Any]]] = {
+    "peer": _op_peer,
+    "connect": _op_connect,
+    "raw_serve": _op_raw_serve,
+    "raw_connect": _op_raw_connect,
+    "expect": _op_expect,
+    "wait": _op_wait,
+    "send": _op_send,
+    "raw_send": _op_raw_send,
+    "rtt": _op_rtt,
+    "raw_rtt": _op_raw_rtt,
+    "churn": _op_churn,
+    "profile": _op_profile,
+}
 
 
 async def _churn(metrics: Metrics, url: str, key: str, count: int, workers: int, fresh: bool) -> dict[str, Any]:

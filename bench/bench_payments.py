@@ -328,7 +328,7 @@ def describe(node: Node) -> dict[str, Any]:
     return {"identity_key": node.info.identity_key, "swarm": node.info.swarm[0]}
 
 
-async def payee_ops(host: Host, op: str, args: list[Any]) -> Any:
+async def payee_ops(host: Host, op: str, _args: list[Any]) -> Any:
     node = host.nodes[0]
     if op == "balance":
         return node.wallet.balance().satoshis

@@ -54,11 +54,11 @@ class BenchTopicManager:
     def __init__(self, context: PluginContext) -> None:
         self.name = context.name
 
-    def admissible_outputs(self, tx: TaggedTx, previous_coins: Sequence[int]) -> Admittance:
+    def admissible_outputs(self, tx: TaggedTx, _previous_coins: Sequence[int]) -> Admittance:
         admit = tuple(i for i, out in enumerate(tx.tx.outputs) if out.script == KNOWN_LOCKING)
         return Admittance(outputs_to_admit=admit, coins_to_retain=())
 
-    def needed_inputs(self, tx: TaggedTx) -> Sequence[tuple[str, int]]:
+    def needed_inputs(self, _tx: TaggedTx) -> Sequence[tuple[str, int]]:
         return ()
 
     def documentation(self) -> str:

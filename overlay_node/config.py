@@ -12,10 +12,10 @@ import dataclasses
 import os
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from overlay_node.errors import ConfigError
 
@@ -271,46 +271,63 @@ def _section_types() -> dict[str, type[Any]]:
 
 def _coerce(path: str, raw: object, annotation: object, *, from_text: bool) -> object:
     """Convert ``raw`` to ``annotation`` or raise ConfigError naming ``path``."""
-    origin = typing.get_origin(annotation)
-    if origin is tuple:
-        if from_text and isinstance(raw, str):
-            raw = [part.strip() for part in raw.split(",") if part.strip()]
-        if not isinstance(raw, list | tuple) or not all(isinstance(x, str) for x in raw):
-            raise ConfigError(f"{path}: expected a list of strings, got {raw!r}")
-        return tuple(raw)
-    if annotation is bool:
-        if isinstance(raw, bool):
-            return raw
-        if from_text and isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return raw.lower() in ("1", "true", "yes", "on")
-        raise ConfigError(f"{path}: expected true or false, got {raw!r}")
-    if annotation is int:
-        if isinstance(raw, bool):
-            raise ConfigError(f"{path}: expected an integer, got {raw!r}")
-        if isinstance(raw, int):
-            return raw
-        if from_text and isinstance(raw, str):
-            try:
-                return int(raw, 0)
-            except ValueError:
-                pass
-        raise ConfigError(f"{path}: expected an integer, got {raw!r}")
-    if annotation is float:
-        if isinstance(raw, bool):
-            raise ConfigError(f"{path}: expected a number, got {raw!r}")
-        if isinstance(raw, int | float):
+    convert = _to_strings if typing.get_origin(annotation) is tuple else _CONVERTERS.get(annotation)
+    if convert is None:
+        raise ConfigError(f"{path}: unsupported type {annotation!r}")  # pragma: no cover - a bug in this module
+    return convert(path, raw, from_text)
+
+
+def _to_strings(path: str, raw: object, from_text: bool) -> tuple[str, ...]:
+    if from_text and isinstance(raw, str):
+        raw = [part.strip() for part in raw.split(",") if part.strip()]
+    if not isinstance(raw, list | tuple) or not all(isinstance(x, str) for x in raw):
+        raise ConfigError(f"{path}: expected a list of strings, got {raw!r}")
+    return tuple(raw)
+
+
+def _to_bool(path: str, raw: object, from_text: bool) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if from_text and isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return raw.lower() in ("1", "true", "yes", "on")
+    raise ConfigError(f"{path}: expected true or false, got {raw!r}")
+
+
+def _to_int(path: str, raw: object, from_text: bool) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if from_text and isinstance(raw, str):
+        try:
+            return int(raw, 0)
+        except ValueError:
+            pass
+    raise ConfigError(f"{path}: expected an integer, got {raw!r}")
+
+
+def _to_float(path: str, raw: object, from_text: bool) -> float:
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return float(raw)
+    if from_text and isinstance(raw, str):
+        try:
             return float(raw)
-        if from_text and isinstance(raw, str):
-            try:
-                return float(raw)
-            except ValueError:
-                pass
-        raise ConfigError(f"{path}: expected a number, got {raw!r}")
-    if annotation is str:
-        if isinstance(raw, str):
-            return raw
-        raise ConfigError(f"{path}: expected a string, got {raw!r}")
-    raise ConfigError(f"{path}: unsupported type {annotation!r}")  # pragma: no cover - a bug in this module
+        except ValueError:
+            pass
+    raise ConfigError(f"{path}: expected a number, got {raw!r}")
+
+
+def _to_str(path: str, raw: object, _from_text: bool) -> str:
+    if isinstance(raw, str):
+        return raw
+    raise ConfigError(f"{path}: expected a string, got {raw!r}")
+
+
+#: the converter for each scalar annotation of the config's fields
+_CONVERTERS: Final[Mapping[object, Callable[[str, object, bool], object]]] = {
+    bool: _to_bool,
+    int: _to_int,
+    float: _to_float,
+    str: _to_str,
+}
 
 
 def _check(path: str, value: object, f: dataclasses.Field[Any]) -> None:

@@ -263,10 +263,10 @@ class Node:
     async def _start_dht(self, boot: _Boot, nursery: trio.Nursery) -> None:
         boot.dht_address = await nursery.start(self.dht.run)
 
-    async def _start_adverts(self, boot: _Boot, nursery: trio.Nursery) -> None:
+    async def _start_adverts(self, _boot: _Boot, nursery: trio.Nursery) -> None:
         await nursery.start(self.adverts.run)
 
-    async def _start_ledger(self, boot: _Boot, nursery: trio.Nursery) -> None:
+    async def _start_ledger(self, _boot: _Boot, nursery: trio.Nursery) -> None:
         """The ledger payments settle on: the configured ARC, else a devnet embedded in this node."""
         cfg = self.config.wallet
         ledger = cfg.arc_url
@@ -367,7 +367,7 @@ class Node:
             clock=self.wall_clock,
         )
 
-    async def _start_tokens(self, boot: _Boot, nursery: trio.Nursery) -> None:
+    async def _start_tokens(self, boot: _Boot, _nursery: trio.Nursery) -> None:
         """This node's own SHIP/SLAP/UHRP tokens on chain (wallet-paid); adverts and content make theirs through it.
         No task of its own."""
         self._tokens = OverlayTokens(
@@ -398,7 +398,7 @@ class Node:
         await nursery.start(streams.run)
         self._streams = streams
 
-    async def _join_dht(self, boot: _Boot, nursery: trio.Nursery) -> None:
+    async def _join_dht(self, _boot: _Boot, _nursery: trio.Nursery) -> None:
         """Readiness includes having joined the DHT, bounded so that a dead bootstrap list cannot hold us back."""
         cfg = self.config.dht
         with trio.move_on_after(cfg.request_timeout * (cfg.request_retries + 1) * 2 + 1):
@@ -407,7 +407,7 @@ class Node:
     async def _start_link_records(self, boot: _Boot, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._record_links, boot.store)
 
-    async def _start_overlay_sync(self, boot: _Boot, nursery: trio.Nursery) -> None:
+    async def _start_overlay_sync(self, _boot: _Boot, nursery: trio.Nursery) -> None:
         """GASP syncs with the other hosts once this node answers (they may sync back from it)."""
         await nursery.start(self.overlay_sync.run)
 
@@ -611,7 +611,7 @@ class Node:
 
     # -- peer request handlers ---------------------------------------------------------------------------------
 
-    async def _serve_node_info(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+    async def _serve_node_info(self, _link: PeerLink, _body: dict[str, Any]) -> dict[str, Any]:
         info = self.info
         return {
             "identity_key": info.identity_key,

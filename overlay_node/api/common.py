@@ -293,7 +293,7 @@ class Body:
         return list(value)
 
 
-async def _http_exception(request: Request, exc: Exception) -> Response:
+async def _http_exception(_request: Request, exc: Exception) -> Response:
     from starlette.exceptions import HTTPException
 
     status = exc.status_code if isinstance(exc, HTTPException) else 500

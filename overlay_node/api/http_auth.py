@@ -336,6 +336,33 @@ class AuthMiddleware:
         await _send_json(send, 200, answer, [*extra, *_CORS])
 
     async def _authenticated(self, scope: Scope, receive: Receive, send: Send) -> None:
+        checked = await self._verify(scope, receive, send)
+        if checked is None:
+            return
+        verified, body = checked
+        auth = self.auth
+        answer = _BufferedAnswer(auth.config.max_response, head=scope["method"] == "HEAD")
+        try:
+            await self.app({**scope, "bsv_auth": verified}, _Replay(body, receive), answer.send)
+        except _TooLarge:
+            pass
+        start = answer.start
+        if start is None:
+            logger.error("%s %s: the application returned without an answer", scope["method"], scope["path"])
+            failed = {"status": "error", "code": "ERR_INTERNAL_SERVER_ERROR", "description": "no answer"}
+            await _send_json(send, 500, failed)
+            return
+        if answer.overflow:
+            auth.refused("response_too_large")
+            description = f"the answer is larger than auth.max_response ({auth.config.max_response} bytes)"
+            failed = {"status": "error", "code": "ERR_RESPONSE_SIGNING_FAILED", "description": description}
+            await _send_json(send, 500, failed)
+            return
+        await self._send_signed(scope, send, verified, start, b"".join(answer.chunks))
+
+    async def _verify(self, scope: Scope, receive: Receive, send: Send) -> tuple[Verified, bytes] | None:
+        """Read the body and check the request's signature over it: the verified request and its body, or None
+        once the refusal (413 or 401) is sent."""
         auth = self.auth
         try:
             body = await _read_body(scope, receive, auth.config.max_body)
@@ -343,7 +370,7 @@ class AuthMiddleware:
             auth.refused("body_too_large")
             description = f"the request body is over {auth.config.max_body} bytes"
             await _send_json(send, 413, {"status": "error", "code": "ERR_BODY_TOO_LARGE", "description": description})
-            return
+            return None
         pairs = [(k.decode("latin-1"), v.decode("utf-8", "replace")) for k, v in scope["headers"]]
         auth_headers: dict[str, str] = {}
         for key, value in pairs:
@@ -366,62 +393,13 @@ class AuthMiddleware:
         except RemoteProtocolError as exc:
             auth.refused(exc.reason)
             await _send_json(send, 401, {"status": "error", "code": "ERR_AUTH_FAILED", "description": str(exc)})
-            return
+            return None
         auth.verified()
+        return verified, body
 
-        delivered = False
-
-        async def replay_body() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        start: Message | None = None
-        chunks: list[bytes] = []
-        size = 0
-        overflow = False
-
-        limit = auth.config.max_response
-
-        async def capture(message: Message) -> None:
-            nonlocal start, size, overflow
-            if message["type"] == "http.response.start":
-                start = message
-                declared = next(
-                    (v for k, v in message.get("headers", []) if bytes(k).lower() == b"content-length"), b""
-                )
-                if scope["method"] != "HEAD" and declared.isdigit() and int(declared) > limit:
-                    overflow = True
-                    raise _TooLarge  # stop the route now rather than read what cannot be signed
-            elif message["type"] == "http.response.body":
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    overflow = True
-                    chunks.clear()
-                    raise _TooLarge
-                if chunk:
-                    chunks.append(bytes(chunk))
-
-        try:
-            await self.app({**scope, "bsv_auth": verified}, replay_body, capture)
-        except _TooLarge:
-            pass
-        if start is None:
-            logger.error("%s %s: the application returned without an answer", scope["method"], scope["path"])
-            failed = {"status": "error", "code": "ERR_INTERNAL_SERVER_ERROR", "description": "no answer"}
-            await _send_json(send, 500, failed)
-            return
-        if overflow:
-            auth.refused("response_too_large")
-            description = f"the answer is larger than auth.max_response ({auth.config.max_response} bytes)"
-            failed = {"status": "error", "code": "ERR_RESPONSE_SIGNING_FAILED", "description": description}
-            await _send_json(send, 500, failed)
-            return
+    async def _send_signed(self, scope: Scope, send: Send, verified: Verified, start: Message, answer: bytes) -> None:
+        """The route's answer with the ``x-bsv-auth-*`` signature headers (and the CORS ones it lacks)."""
         status = int(start["status"])
-        answer = b"".join(chunks)
         keep_length = scope["method"] == "HEAD" or status in (204, 304)
         headers: list[tuple[bytes, bytes]] = []
         for key, value in start.get("headers", []):
@@ -432,7 +410,7 @@ class AuthMiddleware:
                 continue
             headers.append((lower, bytes(value)))
         text_headers = [(k.decode("latin-1"), v.decode("utf-8", "replace")) for k, v in headers]
-        signature = auth.server.sign_response(verified, status, text_headers, answer)
+        signature = self.auth.server.sign_response(verified, status, text_headers, answer)
         present = {k for k, _ in headers}
         headers += [(k.encode(), v.encode()) for k, v in signature]
         headers += [(k, v) for k, v in _CORS if k not in present]
@@ -440,6 +418,55 @@ class AuthMiddleware:
             headers.append((b"content-length", str(len(answer)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
+
+
+class _Replay:
+    """The route's ``receive``: the body already read (once), then the connection's own ``receive``."""
+
+    __slots__ = ("_body", "_receive")
+
+    def __init__(self, body: bytes, receive: Receive) -> None:
+        self._body: bytes | None = body
+        self._receive = receive
+
+    async def __call__(self) -> Message:
+        body = self._body
+        if body is None:
+            return await self._receive()
+        self._body = None
+        return {"type": "http.request", "body": body, "more_body": False}
+
+
+class _BufferedAnswer:
+    """The route's ``send``: keeps its answer (up to ``limit`` bytes) so that it can be signed whole."""
+
+    __slots__ = ("_head", "_limit", "_size", "chunks", "overflow", "start")
+
+    def __init__(self, limit: int, *, head: bool) -> None:
+        self._limit = limit
+        self._head = head
+        self._size = 0
+        self.start: Message | None = None
+        self.chunks: list[bytes] = []
+        #: the answer grew (or was declared) larger than ``limit``
+        self.overflow = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.start = message
+            declared = next((v for k, v in message.get("headers", []) if bytes(k).lower() == b"content-length"), b"")
+            if not self._head and declared.isdigit() and int(declared) > self._limit:
+                self.overflow = True
+                raise _TooLarge  # stop the route now rather than read what cannot be signed
+        elif message["type"] == "http.response.body":
+            chunk = message.get("body", b"")
+            self._size += len(chunk)
+            if self._size > self._limit:
+                self.overflow = True
+                self.chunks.clear()
+                raise _TooLarge
+            if chunk:
+                self.chunks.append(bytes(chunk))
 
 
 # -- BRC-105 --------------------------------------------------------------------------------------------------

@@ -234,7 +234,7 @@ async def foreign_node(request: Request) -> Response:
     return JSONResponse(await _node(request).overlay.gasp_node(graph_id, txid, _count(vout, "outputIndex")))
 
 
-async def preflight(request: Request) -> Response:
+async def preflight(_request: Request) -> Response:
     return Response(status_code=200, headers=CORS_HEADERS)
 
 

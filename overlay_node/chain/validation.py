@@ -117,6 +117,21 @@ def _check(ptx: ParsedTx, sources: Mapping[Outpoint, SourceOutput], policy: Poli
     if not ptx.outputs:
         raise Refusal(ArcCode.OUTPUTS, "transaction has no outputs")
     spends = outpoints(ptx)
+    resolved = _resolve_inputs(ptx, spends, sources)
+    outputs, total_out = _check_outputs(ptx, policy)
+    fee = _check_fee(ptx, sum(s.satoshis for s in resolved), total_out, policy)
+    for i, source in enumerate(resolved):
+        tx.inputs[i].satoshis = source.satoshis
+        tx.inputs[i].locking_script = Script(source.locking_script)
+    for i, source in enumerate(resolved):
+        _check_script(tx, i, source)
+    return NewTx(txid=ptx.txid, raw=ptx.raw, fee=fee, spends=tuple(spends), outputs=tuple(outputs))
+
+
+def _resolve_inputs(
+    ptx: ParsedTx, spends: list[Outpoint], sources: Mapping[Outpoint, SourceOutput]
+) -> list[SourceOutput]:
+    """The output each input spends, in input order: each known, none spent twice, none a coinbase."""
     if len(set(spends)) != len(spends):
         raise Refusal(ArcCode.INPUTS, "transaction spends the same output twice")
     resolved: list[SourceOutput] = []
@@ -129,7 +144,11 @@ def _check(ptx: ParsedTx, sources: Mapping[Outpoint, SourceOutput], policy: Poli
         if ptx.ef_sources is not None and ptx.ef_sources[i] != source:
             raise Refusal(ArcCode.INPUTS, f"input {i}: the extended-format source output does not match the ledger")
         resolved.append(source)
+    return resolved
 
+
+def _check_outputs(ptx: ParsedTx, policy: Policy) -> tuple[list[NewOutput], int]:
+    """The spendable outputs (data outputs are not stored) and the total of all outputs."""
     outputs: list[NewOutput] = []
     total_out = 0
     for vout, (satoshis, script) in enumerate(ptx.outputs):
@@ -141,7 +160,11 @@ def _check(ptx: ParsedTx, sources: Mapping[Outpoint, SourceOutput], policy: Poli
         total_out += satoshis
         if not data:
             outputs.append(NewOutput(vout=vout, satoshis=satoshis, script=script))
-    total_in = sum(s.satoshis for s in resolved)
+    return outputs, total_out
+
+
+def _check_fee(ptx: ParsedTx, total_in: int, total_out: int, policy: Policy) -> int:
+    """The fee, once the outputs are within the inputs and the fee meets the policy."""
     if total_out > MAX_SATOSHIS:
         raise Refusal(ArcCode.OUTPUTS, "outputs total more than all the satoshis there are")
     if total_out > total_in:
@@ -150,13 +173,7 @@ def _check(ptx: ParsedTx, sources: Mapping[Outpoint, SourceOutput], policy: Poli
     required = policy.required_fee(len(ptx.raw))
     if fee < required:
         raise Refusal(ArcCode.FEES, f"fee {fee} is below the {required} satoshis required for {len(ptx.raw)} bytes")
-
-    for i, source in enumerate(resolved):
-        tx.inputs[i].satoshis = source.satoshis
-        tx.inputs[i].locking_script = Script(source.locking_script)
-    for i, source in enumerate(resolved):
-        _check_script(tx, i, source)
-    return NewTx(txid=ptx.txid, raw=ptx.raw, fee=fee, spends=tuple(spends), outputs=tuple(outputs))
+    return fee
 
 
 def _check_script(tx: Any, index: int, source: SourceOutput) -> None:
@@ -226,13 +243,33 @@ def fast_check(raw: bytes, sources: Mapping[Outpoint, SourceOutput], policy: Pol
         return None
 
 
+#: what the fast path reads of an input: (outpoint, unlocking script, sequence, the output it spends)
+_FastInput = tuple[bytes, bytes, bytes, SourceOutput]
+
+
 def _fast_check(raw: bytes, sources: Mapping[Outpoint, SourceOutput], policy: Policy) -> int | None:
     if len(raw) > policy.max_tx_size:
         return None
+    read = _fast_inputs(raw, sources)
+    if read is None:
+        return None
+    inputs, outputs_at = read
+    outputs = _fast_outputs(raw, outputs_at)
+    if outputs is None:
+        return None
+    total_out, outputs_start = outputs
+    fee = sum(src.satoshis for *_, src in inputs) - total_out
+    if total_out > MAX_SATOSHIS or fee < policy.required_fee(len(raw)):
+        return None
+    return fee if _fast_signatures(raw, inputs, outputs_start) else None
+
+
+def _fast_inputs(raw: bytes, sources: Mapping[Outpoint, SourceOutput]) -> tuple[list[_FastInput], int] | None:
+    """The inputs, each with the output it spends (all known, none twice), and where the outputs begin."""
     n_in, pos = varint_at(raw, 4)
     if n_in == 0:
         return None
-    inputs: list[tuple[bytes, bytes, bytes, SourceOutput]] = []  # (outpoint, unlocking, sequence, source)
+    inputs: list[_FastInput] = []
     seen: set[bytes] = set()
     for _ in range(n_in):
         outpoint = raw[pos : pos + 36]
@@ -248,8 +285,13 @@ def _fast_check(raw: bytes, sources: Mapping[Outpoint, SourceOutput], policy: Po
         if source is None:
             return None
         inputs.append((outpoint, unlocking, sequence, source))
-    outputs_at = pos
-    n_out, pos = varint_at(raw, pos)
+    return inputs, pos
+
+
+def _fast_outputs(raw: bytes, outputs_at: int) -> tuple[int, int] | None:
+    """The total of the outputs (all P2PKH, each 1 satoshi or more) and where the first one starts; the lock
+    time must follow the last one."""
+    n_out, pos = varint_at(raw, outputs_at)
     if n_out == 0:
         return None
     outputs_start = pos
@@ -264,26 +306,27 @@ def _fast_check(raw: bytes, sources: Mapping[Outpoint, SourceOutput], policy: Po
         total_out += satoshis
     if pos + 4 != len(raw) or outputs_at <= 4:
         return None
-    total_in = sum(src.satoshis for *_, src in inputs)
-    fee = total_in - total_out
-    if total_out > MAX_SATOSHIS or fee < policy.required_fee(len(raw)):
-        return None
+    return total_out, outputs_start
+
+
+def _fast_signatures(raw: bytes, inputs: list[_FastInput], outputs_start: int) -> bool:
+    """Whether every input is a plain P2PKH spend whose signature verifies over its BIP143 digest."""
     version, locktime = raw[:4], raw[-4:]
     hash_prevouts = sha256d(b"".join(op for op, *_ in inputs))
     hash_sequence = sha256d(b"".join(seq for _, _, seq, _ in inputs))
-    hash_outputs = sha256d(raw[outputs_start:pos])
+    hash_outputs = sha256d(raw[outputs_start:-4])
     for outpoint, unlocking, sequence, source in inputs:
         script = source.locking_script
         if not is_p2pkh(script):
-            return None
+            return False
         sig_len = unlocking[0]
         if len(unlocking) != sig_len + 35 or unlocking[1 + sig_len] != 33:
-            return None
+            return False
         sig, pub = unlocking[1 : 1 + sig_len], unlocking[2 + sig_len :]
         if sig[-1] != SIGHASH_ALL_FORKID or pub[0] not in (2, 3) or not _low_s_der(sig[:-1]):
-            return None
+            return False
         if hash160(pub) != script[3:23]:
-            return None
+            return False
         digest = bip143_digest(
             version,
             hash_prevouts,
@@ -299,7 +342,7 @@ def _fast_check(raw: bytes, sources: Mapping[Outpoint, SourceOutput], policy: Po
         try:
             key = PublicKey(pub)
         except ValueError:
-            return None
+            return False
         if not key.verify(sig[:-1], digest, hasher=None):
-            return None
-    return fee
+            return False
+    return True

@@ -264,11 +264,11 @@ async def header(request: Request) -> Response:
     return JSONResponse(_header_json(await _state(request).ledger.header(int(raw))))
 
 
-async def _not_found(request: Request, exc: Exception) -> Response:
+async def _not_found(request: Request, _exc: Exception) -> Response:
     return _problem(Refusal(ArcCode.NOT_FOUND, f"no route {request.method} {request.url.path}"))
 
 
-async def _bad_method(request: Request, exc: Exception) -> Response:
+async def _bad_method(request: Request, _exc: Exception) -> Response:
     problem = Refusal(ArcCode.BAD_REQUEST, f"{request.method} is not allowed on {request.url.path}").problem(
         timestamp()
     )

@@ -249,7 +249,7 @@ class _StreamIO:
             return b""
         return data if isinstance(data, bytes) else bytes(data)
 
-    def send_nowait(self, data: bytes) -> int:
+    def send_nowait(self, _data: bytes) -> int:
         return 0
 
     async def send_rest(self, view: memoryview) -> None:
@@ -628,7 +628,7 @@ class _Connection:
         }
         try:
             await server.app(scope, exchange.receive, exchange.send)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- the app boundary: a failing app gets a 500, the server goes on
             self.current = None
             return await self._app_failed(exchange, exc)
         # (left set when cancelled: the connection's timeout handler looks at it)

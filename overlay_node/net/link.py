@@ -82,6 +82,7 @@ __all__ = [
     "WS_SLACK",
     "Direction",
     "Handlers",
+    "LinkHooks",
     "LinkInfo",
     "LinkSuperseded",
     "NoticeHandler",
@@ -170,6 +171,18 @@ class Handlers:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LinkHooks:
+    """What a link tells its manager (the registry of links); each is optional."""
+
+    #: the link is established (see EstablishedCallback)
+    on_established: EstablishedCallback | None = None
+    #: a dialing link learned the responder's proven key (see PeerKeyCallback)
+    on_peer_key: PeerKeyCallback | None = None
+    #: an established link has ended
+    on_closed: Callable[[PeerLink], None] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LinkInfo:
     """A snapshot of one link for status pages and the control API."""
 
@@ -221,9 +234,7 @@ class PeerLink:
         direction: Direction,
         address: str,
         local_key: str,
-        on_established: EstablishedCallback | None = None,
-        on_peer_key: PeerKeyCallback | None = None,
-        on_closed: Callable[[PeerLink], None] | None = None,
+        hooks: LinkHooks | None = None,
     ) -> None:
         self._ws = ws
         self._session = session
@@ -233,9 +244,10 @@ class PeerLink:
         self.direction: Direction = direction
         self.address = address
         self._local_key = local_key
-        self._on_established = on_established
-        self._on_peer_key = on_peer_key
-        self._on_closed = on_closed
+        hooks = hooks or LinkHooks()
+        self._on_established = hooks.on_established
+        self._on_peer_key = hooks.on_peer_key
+        self._on_closed = hooks.on_closed
         #: hex identity key of the other side (set once authenticated)
         self.peer_key = ""
         self.connected_at = 0.0
@@ -478,7 +490,8 @@ class PeerLink:
                     idle_scope.deadline = math.inf
                     self._count_in(message)
                     frame = session.receive_message(message)
-                    assert not isinstance(frame, Established) and frame is not None
+                    assert not isinstance(frame, Established)
+                    assert frame is not None
                     if await self._dispatch(frame):
                         return
                     idle_scope.deadline = trio.current_time() + idle
@@ -530,29 +543,41 @@ class PeerLink:
             waiter.event.set()
         elif isinstance(frame, Notice):
             await self._queue_notice(frame)
-        elif isinstance(frame, TransferCredit):
-            sender = self._outgoing(frame.id)
-            if sender is not None:
-                sender._on_credit(frame.credit)
+        elif isinstance(frame, TransferCredit | TransferAck | TransferCancel):
+            self._to_sender(frame)
         elif isinstance(frame, TransferOpen):
             await self._open_incoming(frame)
-        elif isinstance(frame, TransferEnd):
-            receiver = self._incoming(frame.id)
-            if receiver is not None:
-                receiver._on_end()
-        elif isinstance(frame, TransferAbort):
-            receiver = self._incoming(frame.id)
-            if receiver is not None:
-                receiver._on_abort(rebuild_error(frame.code, frame.message))
+        elif isinstance(frame, TransferEnd | TransferAbort):
+            self._to_receiver(frame)
+        else:
+            return await self._link_control(frame)
+        return False
+
+    def _to_sender(self, frame: TransferCredit | TransferAck | TransferCancel) -> None:
+        """A receiver's answer about one of our transfers."""
+        sender = self._outgoing(frame.id)
+        if sender is None:
+            return
+        if isinstance(frame, TransferCredit):
+            sender._on_credit(frame.credit)
         elif isinstance(frame, TransferAck):
-            sender = self._outgoing(frame.id)
-            if sender is not None:
-                sender._on_ack()
-        elif isinstance(frame, TransferCancel):
-            sender = self._outgoing(frame.id)
-            if sender is not None:
-                sender._on_cancel(rebuild_error(frame.code, frame.message))
-        elif isinstance(frame, Ping):
+            sender._on_ack()
+        else:
+            sender._on_cancel(rebuild_error(frame.code, frame.message))
+
+    def _to_receiver(self, frame: TransferEnd | TransferAbort) -> None:
+        """The end of one of the peer's transfers to us."""
+        receiver = self._incoming(frame.id)
+        if receiver is None:
+            return
+        if isinstance(frame, TransferEnd):
+            receiver._on_end()
+        else:
+            receiver._on_abort(rebuild_error(frame.code, frame.message))
+
+    async def _link_control(self, frame: Frame) -> bool:
+        """Ping, Pong and Close; returns True when the link is over."""
+        if isinstance(frame, Ping):
             try:
                 await self._send_frame(Pong(nonce=frame.nonce))
             except ConnectionLost:

@@ -74,6 +74,7 @@ from overlay_node.net.link import (
     WS_SLACK,
     Direction,
     Handlers,
+    LinkHooks,
     LinkInfo,
     LinkSuperseded,
     NoticeHandler,
@@ -366,9 +367,11 @@ class PeerManager:
             direction=direction,
             address=address,
             local_key=self.identity_key,
-            on_established=self._register,
-            on_peer_key=self._claim if initiator else None,
-            on_closed=self._unregister,
+            hooks=LinkHooks(
+                on_established=self._register,
+                on_peer_key=self._claim if initiator else None,
+                on_closed=self._unregister,
+            ),
         )
 
     # -- inbound --------------------------------------------------------------------------------------------------

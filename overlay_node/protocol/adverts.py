@@ -22,7 +22,7 @@ Theory of operation:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import cbor2
@@ -54,6 +54,7 @@ __all__ = [
     "Endpoints",
     "Filter",
     "Kind",
+    "Offer",
     "decode_advert",
     "dht_name",
     "encode_advert",
@@ -116,6 +117,17 @@ class Endpoints:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Offer:
+    """What the advertising node offers, the part of an advert a discovery :class:`Filter` matches."""
+
+    service_type: str = ""
+    pricing_model: str = "free"
+    price: int = 0
+    capabilities: tuple[str, ...] = ()
+    region: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Advert:
     """One SHIP or SLAP advert. ``signature`` and ``locking_key`` are the BRC-88 token's f4 and locking key."""
 
@@ -126,11 +138,7 @@ class Advert:
     signature: bytes
     locking_key: bytes
     endpoints: Endpoints = field(default_factory=Endpoints)
-    service_type: str = ""
-    pricing_model: str = "free"
-    price: int = 0
-    capabilities: tuple[str, ...] = ()
-    region: str = ""
+    offer: Offer = field(default_factory=Offer)
     expires: int = 0
     #: the outpoint (``txid.vout``) of the same advert's token on chain, when there is one
     token: str = ""
@@ -147,11 +155,11 @@ class Advert:
             "uri": self.uri,
             "topic" if self.kind == "SHIP" else "service": self.name,
             "endpoints": {"swarm": list(self.endpoints.swarm), "http": self.endpoints.http, "dht": self.endpoints.dht},
-            "service_type": self.service_type,
-            "pricing_model": self.pricing_model,
-            "price": self.price,
-            "capabilities": list(self.capabilities),
-            "region": self.region,
+            "service_type": self.offer.service_type,
+            "pricing_model": self.offer.pricing_model,
+            "price": self.offer.price,
+            "capabilities": list(self.offer.capabilities),
+            "region": self.offer.region,
             "expires": self.expires,
             "signature": self.signature.hex(),
             "locking_key": self.locking_key.hex(),
@@ -165,6 +173,25 @@ def _check_text(what: str, value: str, limit: int = MAX_TEXT) -> str:
     return value
 
 
+def _check_offer(offer: Offer) -> Offer:
+    """``offer`` with its capabilities as a tuple.
+
+    Raises:
+        BadRequest: a bad pricing model, price or metadata.
+    """
+    if offer.pricing_model not in PRICING_MODELS:
+        raise BadRequest(f"bad pricing model {offer.pricing_model!r}: one of {', '.join(PRICING_MODELS)}")
+    if not 0 <= offer.price <= 21_000_000 * 100_000_000:
+        raise BadRequest("price must be a non-negative number of satoshis")
+    if len(offer.capabilities) > MAX_CAPABILITIES:
+        raise BadRequest(f"at most {MAX_CAPABILITIES} capabilities")
+    for cap in offer.capabilities:
+        _check_text("a capability", cap)
+    _check_text("service type", offer.service_type)
+    _check_text("region", offer.region)
+    return replace(offer, capabilities=tuple(offer.capabilities))
+
+
 def make_advert(
     identity: Identity,
     *,
@@ -172,11 +199,7 @@ def make_advert(
     uri: str,
     endpoints: Endpoints,
     expires: int,
-    service_type: str = "",
-    pricing_model: str = "free",
-    price: int = 0,
-    capabilities: tuple[str, ...] = (),
-    region: str = "",
+    offer: Offer = Offer(),
     token: str = "",
 ) -> Advert:
     """Create and sign an advert for ``name`` (a ``tm_`` topic or ``ls_`` service); ``token``: the outpoint of the
@@ -188,16 +211,7 @@ def make_advert(
     kind = kind_of(name)
     if not uri or len(uri) > MAX_URI or not re.match(r"^[a-z][a-z0-9+.-]*:", uri):
         raise BadRequest(f"bad advertised URI {uri!r}: a URI with a scheme, at most {MAX_URI} characters")
-    if pricing_model not in PRICING_MODELS:
-        raise BadRequest(f"bad pricing model {pricing_model!r}: one of {', '.join(PRICING_MODELS)}")
-    if not 0 <= price <= 21_000_000 * 100_000_000:
-        raise BadRequest("price must be a non-negative number of satoshis")
-    if len(capabilities) > MAX_CAPABILITIES:
-        raise BadRequest(f"at most {MAX_CAPABILITIES} capabilities")
-    for cap in capabilities:
-        _check_text("a capability", cap)
-    _check_text("service type", service_type)
-    _check_text("region", region)
+    offer = _check_offer(offer)
     signature = ship_signature(identity, kind, uri, name)
     locking_key = token_locking_key(identity, protocol_of(kind))
     return Advert(
@@ -208,11 +222,7 @@ def make_advert(
         signature=signature,
         locking_key=locking_key,
         endpoints=endpoints,
-        service_type=service_type,
-        pricing_model=pricing_model,
-        price=price,
-        capabilities=tuple(capabilities),
-        region=region,
+        offer=offer,
         expires=expires,
         token=token,
     )
@@ -243,11 +253,11 @@ def encode_advert(advert: Advert) -> bytes:
         "s": advert.signature,
         "l": advert.locking_key,
         "e": [list(advert.endpoints.swarm), advert.endpoints.http, advert.endpoints.dht],
-        "t": advert.service_type,
-        "m": advert.pricing_model,
-        "c": advert.price,
-        "a": list(advert.capabilities),
-        "r": advert.region,
+        "t": advert.offer.service_type,
+        "m": advert.offer.pricing_model,
+        "c": advert.offer.price,
+        "a": list(advert.offer.capabilities),
+        "r": advert.offer.region,
         "x": advert.expires,
     }
     if advert.token:
@@ -314,11 +324,13 @@ def decode_advert(value: bytes, *, publisher: bytes) -> Advert:
         signature=_get(data, "s", bytes),
         locking_key=_get(data, "l", bytes),
         endpoints=Endpoints(swarm=tuple(swarm), http=http, dht=dht),
-        service_type=_get(data, "t", str),
-        pricing_model=_get(data, "m", str),
-        price=_get(data, "c", int),
-        capabilities=tuple(caps),
-        region=_get(data, "r", str),
+        offer=Offer(
+            service_type=_get(data, "t", str),
+            pricing_model=_get(data, "m", str),
+            price=_get(data, "c", int),
+            capabilities=tuple(caps),
+            region=_get(data, "r", str),
+        ),
         expires=_get(data, "x", int),
         token=_token(data.get("o", "")),
     )
@@ -345,13 +357,14 @@ class Filter:
     service_type: str = ""
 
     def matches(self, advert: Advert) -> bool:
-        if self.max_price is not None and advert.price > self.max_price:
+        offer = advert.offer
+        if self.max_price is not None and offer.price > self.max_price:
             return False
-        if self.region and advert.region != self.region:
+        if self.region and offer.region != self.region:
             return False
-        if self.service_type and advert.service_type != self.service_type:
+        if self.service_type and offer.service_type != self.service_type:
             return False
-        return all(cap in advert.capabilities for cap in self.capabilities)
+        return all(cap in offer.capabilities for cap in self.capabilities)
 
 
 def host_score(latency_ms: float | None, failures: int, successes: int) -> float:

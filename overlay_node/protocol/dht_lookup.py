@@ -255,7 +255,7 @@ class Lookup:
         records: Iterable[Record] = (),
         *,
         next_cursor: bytes | None = None,
-        now: float,
+        now: float,  # noqa: ARG002 -- every event takes the caller's clock (invariant 4); callers name it
     ) -> None:
         """An answer (NODES, or one VALUES page) from ``node_id`` arrived.
 
@@ -290,7 +290,11 @@ class Lookup:
             if known is None or record.seq > known.seq:
                 self._records[record.publisher] = record
 
-    def on_timeout(self, node_id: bytes, now: float) -> None:
+    def on_timeout(
+        self,
+        node_id: bytes,
+        now: float,  # noqa: ARG002 -- every event takes the caller's clock (invariant 4); callers name it
+    ) -> None:
         """The request to ``node_id`` failed (timed out as seen by the service, or unreachable)."""
         cand = self._candidates.get(node_id)
         if cand is None or self._finished:

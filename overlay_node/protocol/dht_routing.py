@@ -279,7 +279,11 @@ class RoutingTable:
         logger.debug("dht routing: evicted %s (%s)", node_id.hex()[:16], reason)
         return Evicted(contact=entry.contact, reason=reason, replaced_by=replaced_by)
 
-    def on_ping_timeout(self, node_id: bytes, now: float) -> list[RoutingAction]:
+    def on_ping_timeout(
+        self,
+        node_id: bytes,
+        now: float,  # noqa: ARG002 -- methods take now (invariant 4); callers name it
+    ) -> list[RoutingAction]:
         """The ping of ``node_id`` (asked for by :class:`PingOldest`, or any liveness check) went unanswered.
 
         Returns:
@@ -292,7 +296,11 @@ class RoutingTable:
             return []
         return [self._evict(bucket, node_id, "ping_timeout")]
 
-    def on_request_failed(self, node_id: bytes, now: float) -> list[RoutingAction]:
+    def on_request_failed(
+        self,
+        node_id: bytes,
+        now: float,  # noqa: ARG002 -- methods take now (invariant 4); callers name it
+    ) -> list[RoutingAction]:
         """A request to ``node_id`` timed out; after ``max_failures`` in a row the contact is evicted."""
         bucket = self.bucket_for(node_id)
         entry = bucket.entries.get(node_id)

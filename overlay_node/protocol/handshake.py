@@ -235,7 +235,8 @@ class InitialResponse:
         nonce, your_nonce = obj.get("initialNonce"), obj.get("yourNonce")
         decode_nonce(nonce)
         decode_nonce(your_nonce)
-        assert isinstance(nonce, str) and isinstance(your_nonce, str)
+        assert isinstance(nonce, str)
+        assert isinstance(your_nonce, str)
         sig = obj.get("signature")
         if (
             type(sig) is not list

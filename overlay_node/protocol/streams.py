@@ -561,7 +561,7 @@ class ConsumerCredit:
             return True
         return self.head * self.terms.rate > (self.next_seq * self.terms.rate + prepaid)
 
-    def on_packets(self, batch: PacketBatch, now_seconds: float = 0.0) -> list[Packet]:
+    def on_packets(self, batch: PacketBatch) -> list[Packet]:
         """Accept a batch; returns its packets.
 
         Raises:

@@ -35,6 +35,7 @@ from overlay_node.protocol.adverts import (
     AdvertError,
     Endpoints,
     Filter,
+    Offer,
     decode_advert,
     dht_name,
     encode_advert,
@@ -184,11 +185,13 @@ class AdvertService:
             uri=uri or self.default_uri(),
             endpoints=endpoints,
             expires=int(self._wall() + ttl),
-            service_type=service_type,
-            pricing_model=pricing_model,
-            price=price,
-            capabilities=capabilities,
-            region=region,
+            offer=Offer(
+                service_type=service_type,
+                pricing_model=pricing_model,
+                price=price,
+                capabilities=capabilities,
+                region=region,
+            ),
         )
         key = dht_key(*dht_name(advert.kind, name))
         outcome = await self._dht.put(key, encode_advert(advert), ttl=ttl)
@@ -278,7 +281,7 @@ class AdvertService:
             except OverlayError as exc:
                 logger.debug("advert push to %s failed: %s", info.identity_key[:16], exc)
 
-    async def _on_push(self, link: PeerLink, body: dict[str, Any]) -> None:
+    async def _on_push(self, _link: PeerLink, body: dict[str, Any]) -> None:
         record = record_from_wire(body.get("record"))
         if not record.is_tombstone:
             decode_advert(record.value, publisher=record.publisher)  # raises AdvertError for a bad advert
@@ -310,7 +313,7 @@ class AdvertService:
             if health.banned or not flt.matches(advert):
                 continue
             found.append(Found(advert=advert, score=health.score, latency_ms=health.latency_ms))
-        found.sort(key=lambda f: (-f.score, f.advert.price, f.advert.identity_hex))
+        found.sort(key=lambda f: (-f.score, f.advert.offer.price, f.advert.identity_hex))
         return found
 
     def _track(self, advert: Advert) -> HostHealth:

@@ -44,8 +44,6 @@ from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.adverts import Endpoints
 from overlay_node.protocol.content import (
-    MAX_CONTENT_TYPE,
-    RELATIONSHIPS,
     AccessGrant,
     ProviderRecord,
     ReplicaState,
@@ -65,12 +63,10 @@ from overlay_node.services.content_common import (
     GRANT,
     HAS,
     MANIFEST,
-    MAX_TAG_LEN,
-    MAX_TAGS,
-    MAX_TITLE,
     OFFER,
     READ,
     REPLICATE,
+    ContentMeta,
     NoPeerLink,
     PaymentRequired,
     Progress,
@@ -118,6 +114,7 @@ class ContentService:
         blobs_root: ``<data_dir>/blobs``.
         endpoints: this node's endpoints (valid once the node is ready; see :meth:`node_ready`).
         wall_clock: wall-clock seconds for expiries and grants.
+        payments: the node's payments, for priced content (none: only free content).
     """
 
     def __init__(
@@ -132,7 +129,6 @@ class ContentService:
         endpoints: Callable[[], Endpoints],
         *,
         wall_clock: Callable[[], float] = wall_time,
-        rng: random.Random | None = None,
         payments: Payments | None = None,
     ) -> None:
         self.identity = identity
@@ -146,7 +142,7 @@ class ContentService:
         self.wall = wall_clock
         self._ready = trio.Event()
         self._receiver = ReplicaReceiver(self)
-        self._repairer = Repairer(self, rng or random.Random())
+        self._repairer = Repairer(self, random.Random())
         self._held_since: dict[bytes, float] = {}
         # hot-path cache of held items' rows (the gateway and holders' reads ask for the same row per request)
         self._held_rows: dict[str, tuple[float, ContentItem]] = {}
@@ -220,42 +216,26 @@ class ContentService:
         self,
         path: Path,
         *,
-        title: str = "",
-        tags: tuple[str, ...] = (),
-        content_type: str = "application/octet-stream",
-        price: int = 0,
+        meta: ContentMeta | None = None,
         replication: int | None = None,
         ttl: float | None = None,
-        parents: tuple[str, ...] = (),
-        relationship: str = "",
         pinned: bool = True,
         progress: Progress = _no_progress,
         replicate: bool = True,
     ) -> ContentItem:
-        """Import ``path`` and publish it; replication runs in the background (``replicate=False``: not at all).
+        """Import ``path`` and publish it with ``meta`` (none: the defaults); replication runs in the background
+        (``replicate=False``: not at all).
 
         Raises:
             BadRequest: a bad file, metadata or lineage; over ``max_object``.
             StorageFull: over the storage budget.
         """
-        tags = tuple(dict.fromkeys(t.strip().lower() for t in tags if t.strip()))
-        if len(tags) > MAX_TAGS or any(len(t) > MAX_TAG_LEN for t in tags):
-            raise BadRequest(f"at most {MAX_TAGS} tags of at most {MAX_TAG_LEN} characters")
-        if len(title) > MAX_TITLE:
-            raise BadRequest(f"title longer than {MAX_TITLE} characters")
-        if not content_type or len(content_type) > MAX_CONTENT_TYPE or "/" not in content_type:
-            raise BadRequest(f"bad content type {content_type!r}")
-        if price < 0:
-            raise BadRequest("price must not be negative")
+        meta = (meta or ContentMeta()).checked()
         if replication is not None and not 0 <= replication <= 64:
             raise BadRequest("replication must be between 0 and 64")
         if ttl is not None and ttl <= 0:
             raise BadRequest("ttl must be positive seconds")
-        parent_ids = tuple(parse_uhrp(p).hex() for p in parents)
-        if parent_ids and relationship not in RELATIONSHIPS:
-            raise BadRequest(f"relationship must be one of {', '.join(RELATIONSHIPS)} when parents are given")
-        if relationship and not parent_ids:
-            raise BadRequest("a relationship needs --parent")
+        parent_ids = meta.parent_ids()
         try:
             size = (await trio.to_thread.run_sync(path.stat)).st_size
         except OSError as exc:
@@ -275,13 +255,13 @@ class ContentService:
         item = ContentItem(
             hash=written.content_id.hex(),
             size=written.size,
-            content_type=content_type,
-            title=title,
-            tags=tags,
-            price=price,
+            content_type=meta.content_type,
+            title=meta.title,
+            tags=meta.tags,
+            price=meta.price,
             expires=int(self.wall() + ttl) if ttl else 0,
             parents=parent_ids,
-            relationship=relationship,
+            relationship=meta.relationship,
             chunk_size=written.plan.chunk_size,
             manifest=written.manifest,
             producer=self.identity_key,
@@ -292,7 +272,7 @@ class ContentService:
             created_at=self.wall(),
         )
         stored = await self.hold(item)
-        for tag in tags:
+        for tag in meta.tags:
             await self._publish_tag(tag, item)
         progress({"event": "published", "hash": item.hash, "uhrp_url": url_for_hash(written.content_id)})
         if self.tokens is not None and item.price == 0:
@@ -585,12 +565,12 @@ class ContentService:
         self.metrics.content_transfer_bytes.labels("out").inc(len(data))
         return {"data": data}
 
-    async def _serve_has(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+    async def _serve_has(self, _link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
         cid = _hex_id(body.get("hash"))
         item = await self.store.content.get(cid.hex())
         return {"have": bool(item is not None and item.local and self.blobs.has(cid))}
 
-    async def _on_bad(self, link: PeerLink, body: dict[str, Any]) -> None:
+    async def _on_bad(self, _link: PeerLink, body: dict[str, Any]) -> None:
         cid = _hex_id(body.get("hash"))
         await self.check_local(cid)
 
@@ -624,7 +604,7 @@ class ContentService:
 
     # -- priced content -------------------------------------------------------------------------------------------
 
-    async def _price(self, resource: str, payer: str, amount: int | None) -> int:
+    async def _price(self, resource: str, _payer: str, _amount: int | None) -> int:
         item = await self.store.content.get(parse_uhrp(resource.removeprefix("uhrp:")).hex())
         if item is None or not item.published or item.price <= 0:
             raise NotFound(f"{resource} is not priced content of this node")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from overlay_node.crypto.uhrp import url_for_hash
 from overlay_node.errors import OverlayError
-from overlay_node.services.content_common import PaymentRequired, Progress
+from overlay_node.services.content_common import ContentMeta, PaymentRequired, Progress
 
 if TYPE_CHECKING:
     from overlay_node.services.content import ContentService
@@ -124,11 +124,18 @@ async def gateway_price(
 
 
 async def publish(
-    service: ContentService, path: Path, *, wait: bool, progress: Progress, **options: Any
+    service: ContentService,
+    path: Path,
+    *,
+    wait: bool,
+    progress: Progress,
+    replication: int | None = None,
+    ttl: float | None = None,
+    **meta: Any,
 ) -> dict[str, Any]:
-    """Publish ``path`` (``options``: :meth:`ContentService.publish`'s) and report it with its UHRP URL and its
-    on-chain token (``token``, ``token_error``); with ``wait``, place the replicas before answering (``replicas``)
-    instead of in the background."""
+    """Publish ``path`` (``replication``, ``ttl``: :meth:`ContentService.publish`'s; ``meta``: the fields of its
+    :class:`ContentMeta`) and report it with its UHRP URL and its on-chain token (``token``, ``token_error``); with
+    ``wait``, place the replicas before answering (``replicas``) instead of in the background."""
     token: dict[str, Any] = {"token": None, "token_error": None}
 
     def tracking(event: dict[str, Any]) -> None:
@@ -136,7 +143,9 @@ async def publish(
             token.update(token=event.get("token"), token_error=event.get("token_error"))
         progress(event)
 
-    item = await service.publish(path, progress=tracking, replicate=not wait, **options)
+    item = await service.publish(
+        path, meta=ContentMeta(**meta), replication=replication, ttl=ttl, progress=tracking, replicate=not wait
+    )
     out = {**item.as_dict(), "uhrp_url": url_for_hash(bytes.fromhex(item.hash)), **token}
     if wait and item.replication > 0:
         rows = await service.distribute(item.hash, progress=progress)

@@ -1,5 +1,5 @@
-"""What the content modules share: the peer-link method names, the metadata limits, the checks on request fields,
-the progress callback type and the content errors.
+"""What the content modules share: the peer-link method names, the metadata a producer publishes with its limits,
+the checks on request fields, the progress callback type and the content errors.
 
 It sits below :mod:`.content` and its helpers (:mod:`.content_place`, :mod:`.content_receive`,
 :mod:`.content_repair`), so that each of them can import it without importing the service. Callers import these
@@ -9,10 +9,12 @@ names from here (the service module exports only the service).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from overlay_node.crypto.uhrp import parse_uhrp
 from overlay_node.errors import BadRequest, NotFound, OverlayError
+from overlay_node.protocol.content import MAX_CONTENT_TYPE, RELATIONSHIPS
 
 __all__ = [
     "BAD",
@@ -25,6 +27,7 @@ __all__ = [
     "OFFER",
     "READ",
     "REPLICATE",
+    "ContentMeta",
     "NoPeerLink",
     "PaymentRequired",
     "Progress",
@@ -51,6 +54,51 @@ Progress = Callable[[dict[str, Any]], None]
 
 def no_progress(_: dict[str, Any]) -> None:
     return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContentMeta:
+    """What a producer says about content it publishes: title, tags, media type, price, and its lineage (the
+    ``parents``, hex ids or UHRP URLs, it derives from, and the ``relationship`` to them)."""
+
+    title: str = ""
+    tags: tuple[str, ...] = ()
+    content_type: str = "application/octet-stream"
+    price: int = 0
+    parents: tuple[str, ...] = ()
+    relationship: str = ""
+
+    def checked(self) -> ContentMeta:
+        """This metadata with its tags normalized (stripped, lower case, each once, in order).
+
+        Raises:
+            BadRequest: too many or too long tags, a long title, a bad content type, a negative price.
+        """
+        tags = tuple(dict.fromkeys(t.strip().lower() for t in self.tags if t.strip()))
+        if len(tags) > MAX_TAGS or any(len(t) > MAX_TAG_LEN for t in tags):
+            raise BadRequest(f"at most {MAX_TAGS} tags of at most {MAX_TAG_LEN} characters")
+        if len(self.title) > MAX_TITLE:
+            raise BadRequest(f"title longer than {MAX_TITLE} characters")
+        content_type = self.content_type
+        if not content_type or len(content_type) > MAX_CONTENT_TYPE or "/" not in content_type:
+            raise BadRequest(f"bad content type {content_type!r}")
+        if self.price < 0:
+            raise BadRequest("price must not be negative")
+        return replace(self, tags=tags)
+
+    def parent_ids(self) -> tuple[str, ...]:
+        """The parents' content ids (hex).
+
+        Raises:
+            BadRequest: a parent that is no content id, parents without a known relationship, or a relationship
+                without parents.
+        """
+        parent_ids = tuple(parse_uhrp(p).hex() for p in self.parents)
+        if parent_ids and self.relationship not in RELATIONSHIPS:
+            raise BadRequest(f"relationship must be one of {', '.join(RELATIONSHIPS)} when parents are given")
+        if self.relationship and not parent_ids:
+            raise BadRequest("a relationship needs --parent")
+        return parent_ids
 
 
 class StorageFull(OverlayError):

@@ -75,7 +75,7 @@ class ReplicaReceiver:
         """Give back ``size`` bytes reserved with :meth:`reserve`."""
         self.reserved -= size
 
-    async def serve_offer(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+    async def serve_offer(self, _link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
         """``content.offer``: ``{"have": bool}``, or a refusal (limit, budget, already being received)."""
         cid = hex_id(body.get("hash"))
         size = int_field(body, "size")

@@ -617,7 +617,7 @@ class DhtService:
 
     # -- the handler of DhtRpc -------------------------------------------------------------------------------
 
-    def handle_request(self, envelope: Envelope, source: Address) -> Message | None:
+    def handle_request(self, envelope: Envelope, _source: Address) -> Message | None:
         """Answer a verified request."""
         msg = envelope.message
         k = self._config.k

@@ -438,7 +438,7 @@ class StreamProducer:
 
     # -- peer handlers -------------------------------------------------------------------------------------------
 
-    async def _refuse_direct(self, resource: str, payer: str, amount: int | None) -> int:
+    async def _refuse_direct(self, _resource: str, _payer: str, _amount: int | None) -> int:
         raise BadRequest("stream windows are paid through stream.subscribe / stream.pay, not pay.quote")
 
     async def _serve_subscribe(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:

@@ -491,53 +491,9 @@ def _apply_one(conn: sqlite3.Connection, w: SubmitWrite) -> SubmitOutcome:
         if cur.rowcount == 0:
             duplicates.add(t.topic)
             continue
-        for txid, vout in t.previous:
-            conn.execute(
-                "UPDATE overlay_outputs SET spent = 1 WHERE topic = ? AND txid = ? AND vout = ?", (t.topic, txid, vout)
-            )
-            for service in t.unindex_on_spend:
-                conn.execute(
-                    "DELETE FROM overlay_index_items WHERE service = ? AND topic = ? AND txid = ? AND vout = ?",
-                    (service, t.topic, txid, vout),
-                )
-        retained = set(t.retained)
-        for op in t.previous:
-            if op not in retained:
-                _delete_deep(conn, t.topic, op, evicted)
-        new_outputs = [(w.txid, vout) for vout, _, _ in t.admit]
-        consumed = _text(t.retained)
-        for vout, script, satoshis in t.admit:
-            conn.execute(
-                "INSERT OR IGNORE INTO overlay_outputs (topic, txid, vout, script, satoshis, score, consumed) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (t.topic, w.txid, vout, script, satoshis, w.score, consumed),
-            )
-            stored_beef = True
-        if new_outputs:
-            for txid, vout in t.retained:
-                row = conn.execute(
-                    "SELECT consumed_by FROM overlay_outputs WHERE topic = ? AND txid = ? AND vout = ?",
-                    (t.topic, txid, vout),
-                ).fetchone()
-                if row is not None:
-                    links = list(dict.fromkeys([*_links(str(row[0])), *new_outputs]))
-                    conn.execute(
-                        "UPDATE overlay_outputs SET consumed_by = ? WHERE topic = ? AND txid = ? AND vout = ?",
-                        (_text(links), t.topic, txid, vout),
-                    )
-        for entry in t.index:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO overlay_index_items (service, topic, txid, vout) VALUES (?, ?, ?, ?)",
-                (entry.service, t.topic, w.txid, entry.vout),
-            )
-            if cur.rowcount == 0:
-                continue
-            item = cur.lastrowid
-            rows = [(item, key, value) for key, values in entry.fields.items() for value in dict.fromkeys(values)]
-            if rows:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO overlay_index_fields (item, field, value) VALUES (?, ?, ?)", rows
-                )
+        _spend_previous(conn, t, evicted)
+        stored_beef = _admit_outputs(conn, w, t) or stored_beef
+        _index_outputs(conn, w, t)
     if stored_beef:
         conn.execute(
             "INSERT OR IGNORE INTO overlay_txs (txid, beef, block_height, created_at) VALUES (?, ?, ?, ?)",
@@ -549,6 +505,65 @@ def _apply_one(conn: sqlite3.Connection, w: SubmitWrite) -> SubmitOutcome:
             (txid, txid),
         )
     return SubmitOutcome(duplicate_topics=frozenset(duplicates), evicted=tuple(evicted))
+
+
+def _spend_previous(conn: sqlite3.Connection, t: TopicWrite, evicted: list[tuple[str, str, int]]) -> None:
+    """Mark the topic's outputs the transaction spends as spent (unindexed for ``unindex_on_spend``), then delete
+    deep the ones not retained."""
+    for txid, vout in t.previous:
+        conn.execute(
+            "UPDATE overlay_outputs SET spent = 1 WHERE topic = ? AND txid = ? AND vout = ?", (t.topic, txid, vout)
+        )
+        for service in t.unindex_on_spend:
+            conn.execute(
+                "DELETE FROM overlay_index_items WHERE service = ? AND topic = ? AND txid = ? AND vout = ?",
+                (service, t.topic, txid, vout),
+            )
+    retained = set(t.retained)
+    for op in t.previous:
+        if op not in retained:
+            _delete_deep(conn, t.topic, op, evicted)
+
+
+def _admit_outputs(conn: sqlite3.Connection, w: SubmitWrite, t: TopicWrite) -> bool:
+    """Store the admitted outputs, each consuming the retained ones, which are linked to them; whether any was."""
+    consumed = _text(t.retained)
+    for vout, script, satoshis in t.admit:
+        conn.execute(
+            "INSERT OR IGNORE INTO overlay_outputs (topic, txid, vout, script, satoshis, score, consumed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (t.topic, w.txid, vout, script, satoshis, w.score, consumed),
+        )
+    if not t.admit:
+        return False
+    new_outputs = [(w.txid, vout) for vout, _, _ in t.admit]
+    for txid, vout in t.retained:
+        row = conn.execute(
+            "SELECT consumed_by FROM overlay_outputs WHERE topic = ? AND txid = ? AND vout = ?",
+            (t.topic, txid, vout),
+        ).fetchone()
+        if row is not None:
+            links = list(dict.fromkeys([*_links(str(row[0])), *new_outputs]))
+            conn.execute(
+                "UPDATE overlay_outputs SET consumed_by = ? WHERE topic = ? AND txid = ? AND vout = ?",
+                (_text(links), t.topic, txid, vout),
+            )
+    return True
+
+
+def _index_outputs(conn: sqlite3.Connection, w: SubmitWrite, t: TopicWrite) -> None:
+    """The lookup services' entries for the admitted outputs (an entry already there is left as it is)."""
+    for entry in t.index:
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO overlay_index_items (service, topic, txid, vout) VALUES (?, ?, ?, ?)",
+            (entry.service, t.topic, w.txid, entry.vout),
+        )
+        if cur.rowcount == 0:
+            continue
+        item = cur.lastrowid
+        rows = [(item, key, value) for key, values in entry.fields.items() for value in dict.fromkeys(values)]
+        if rows:
+            conn.executemany("INSERT OR IGNORE INTO overlay_index_fields (item, field, value) VALUES (?, ?, ?)", rows)
 
 
 def _delete_deep(conn: sqlite3.Connection, topic: str, start: Outpoint, evicted: list[tuple[str, str, int]]) -> None:

@@ -624,7 +624,7 @@ class ShipTopicManager:
         self.kind: Kind = kind
         self.allow_http = allow_http
 
-    def admissible_outputs(self, tx: TaggedTx, previous_coins: Sequence[int]) -> Admittance:
+    def admissible_outputs(self, tx: TaggedTx, _previous_coins: Sequence[int]) -> Admittance:
         admit = tuple(
             i
             for i, output in enumerate(tx.tx.outputs)
@@ -632,7 +632,7 @@ class ShipTopicManager:
         )
         return Admittance(outputs_to_admit=admit, coins_to_retain=())
 
-    def needed_inputs(self, tx: TaggedTx) -> Sequence[Outpoint]:
+    def needed_inputs(self, _tx: TaggedTx) -> Sequence[Outpoint]:
         return ()
 
     def documentation(self) -> str:
@@ -714,6 +714,14 @@ class ShipLookupService:
         if js_truthy(query.get("findAll")):
             limit, skip, newest_first = page_arguments(query)
             return _items(await index.find({}, limit=limit, skip=skip, newest_first=newest_first))
+        where = self._where(query)
+        limit, skip, newest_first = page_arguments(query)
+        if any(not values for values in where.values()):
+            return []  # an empty topic list matches nothing
+        return _items(await index.find(where, limit=limit, skip=skip, newest_first=newest_first))
+
+    def _where(self, query: Mapping[str, Any]) -> dict[str, Sequence[str]]:
+        """The index fields a reference query asks for, validated in its order."""
         where: dict[str, Sequence[str]] = {}
         if "domain" in query:
             if not isinstance(query["domain"], str):
@@ -732,10 +740,7 @@ class ShipLookupService:
             if not isinstance(query["identityKey"], str):
                 raise BadRequest("query.identityKey must be a string if provided")
             where["identityKey"] = [query["identityKey"]]
-        limit, skip, newest_first = page_arguments(query)
-        if any(not values for values in where.values()):
-            return []  # an empty topic list matches nothing
-        return _items(await index.find(where, limit=limit, skip=skip, newest_first=newest_first))
+        return where
 
     def documentation(self) -> str:
         return _LS_DOCS[self.kind]
@@ -756,11 +761,11 @@ def tm_slap(ctx: PluginContext) -> ShipTopicManager:
     return ShipTopicManager("SLAP", allow_http=ctx.allow_http)
 
 
-def ls_ship(ctx: PluginContext) -> ShipLookupService:
+def ls_ship(_ctx: PluginContext) -> ShipLookupService:
     return ShipLookupService("SHIP")
 
 
-def ls_slap(ctx: PluginContext) -> ShipLookupService:
+def ls_slap(_ctx: PluginContext) -> ShipLookupService:
     return ShipLookupService("SLAP")
 
 

@@ -242,7 +242,7 @@ class UhrpTopicManager:
             return Admittance()
         return Admittance(outputs_to_admit=admit, coins_to_retain=tuple(previous_coins))
 
-    def needed_inputs(self, tx: TaggedTx) -> Sequence[Outpoint]:
+    def needed_inputs(self, _tx: TaggedTx) -> Sequence[Outpoint]:
         return ()
 
     def documentation(self) -> str:
@@ -344,7 +344,7 @@ def tm_uhrp(ctx: PluginContext) -> UhrpTopicManager:
     return UhrpTopicManager(allow_http=ctx.allow_http)
 
 
-def ls_uhrp(ctx: PluginContext) -> UhrpLookupService:
+def ls_uhrp(_ctx: PluginContext) -> UhrpLookupService:
     return UhrpLookupService()
 
 

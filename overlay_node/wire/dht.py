@@ -445,7 +445,7 @@ def _loads_canonical(data: bytes) -> object:
     try:
         obj = cbor2.loads(data, max_depth=6, allow_indefinite=False, allow_duplicate_keys=False)
         again = cbor2.dumps(obj, canonical=True)
-    except Exception as exc:  # any parser failure on foreign bytes is a malformed datagram
+    except Exception as exc:  # noqa: BLE001 -- foreign bytes: any cbor2 failure is a malformed datagram
         raise DhtDropped("malformed", f"cbor: {type(exc).__name__}") from None
     if again != data:
         raise DhtDropped("malformed", "not canonical cbor")
@@ -551,7 +551,9 @@ def decode(
     inner, sig = outer
     if not _is_bytes(inner) or not _is_bytes(sig, max_size=MAX_SIGNATURE) or not sig:
         raise DhtDropped("malformed", "envelope fields")
-    assert isinstance(inner, bytes) and isinstance(sig, bytes)  # narrowed for mypy by the check above
+    # narrowed for mypy by the check above
+    assert isinstance(inner, bytes)
+    assert isinstance(sig, bytes)
     fields = _list(_loads_canonical(inner), 6)
     version, mtype, sender_pub, timestamp, rpc_id, body = fields
     if version != PROTOCOL_VERSION or type(version) is not int:

@@ -183,6 +183,95 @@ _DATA_END: Final = 2
 _TRAILERS: Final = 3
 
 
+def _request_line(buf: bytes, line_end: int) -> tuple[str, bytes, bytes, bytes, bool]:
+    """``(method, target, path, query, http11)`` of the request line ``buf[:line_end]``."""
+    m = _REQUEST_LINE.fullmatch(buf, 0, line_end)
+    if m is None:
+        raise HttpError("malformed request line")
+    raw_method, target, major, minor = m.groups()
+    if major != b"1":
+        raise UnsupportedVersion(f"HTTP/{major.decode()}.{minor.decode()} is not supported: use HTTP/1.1")
+    http11 = minor != b"0"  # a higher minor version is treated as 1.1 (RFC 9110 section 2.5)
+    method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+    if target[:1] == b"/":
+        path, _, query = target.partition(b"?")
+    elif target == b"*" and method == "OPTIONS":
+        path, query = target, b""
+    else:
+        a = _ABSOLUTE.match(target)
+        if a is None:
+            raise HttpError("the request target must be a path or an absolute URL")
+        path, _, query = target[a.end() :].partition(b"?")
+        path = path or b"/"
+    return method, target, path, query, http11
+
+
+def _message_framing(
+    fields: list[tuple[bytes, bytes]], http11: bool, max_body: int
+) -> tuple[int | None, bool, bool, bool]:
+    """``(content_length, chunked, keep_alive, expect_continue)`` from the framing header fields, in order
+    (invariant 4; ``content_length`` is None for a chunked body)."""
+    content_length: int | None = 0
+    seen_length = chunked = expect_continue = False
+    keep_alive = http11
+    hosts = 0
+    for name, value in fields:
+        if name == b"content-length":
+            if seen_length:
+                raise HttpError("duplicate Content-Length")
+            seen_length = True
+            content_length = _content_length(value, max_body)
+        elif name == b"transfer-encoding":
+            if chunked:
+                raise HttpError("duplicate Transfer-Encoding")
+            _check_transfer_coding(value)
+            chunked = True
+        elif name == b"connection":
+            keep_alive = _keep_alive(value, keep_alive, http11)
+        elif name == b"expect":
+            expect_continue = value.lower() == b"100-continue"
+        else:  # host
+            hosts += 1
+    if chunked:
+        if seen_length:
+            raise HttpError("Content-Length beside Transfer-Encoding")
+        if not http11:
+            raise HttpError("Transfer-Encoding in an HTTP/1.0 request")
+        content_length = None
+    if http11 and hosts != 1:
+        raise HttpError("an HTTP/1.1 request needs exactly one Host header")
+    return content_length, chunked, keep_alive, expect_continue and http11 and (chunked or bool(content_length))
+
+
+def _content_length(value: bytes, max_body: int) -> int:
+    if not value.isdigit() or len(value) > 18:
+        raise HttpError("Content-Length must be a decimal number")
+    length = int(value)
+    if length > max_body:
+        raise BodyTooLarge(f"request body over {max_body} bytes")
+    return length
+
+
+def _check_transfer_coding(value: bytes) -> None:
+    """``Transfer-Encoding`` must be ``chunked`` alone: other codings are refused."""
+    codings = [c.strip(b" \t") for c in value.lower().split(b",")]
+    if codings[-1] != b"chunked" or codings.count(b"chunked") != 1:
+        raise HttpError("Transfer-Encoding must end with chunked, once")
+    if len(codings) > 1:
+        raise UnsupportedTransferCoding("only the chunked transfer coding is supported")
+
+
+def _keep_alive(value: bytes, keep_alive: bool, http11: bool) -> bool:
+    """Whether the connection stays open after a ``Connection`` header with ``value`` (``keep_alive``: so far)."""
+    for option in value.lower().split(b","):
+        option = option.strip(b" \t")
+        if option == b"close":
+            return False
+        if option == b"keep-alive" and not http11:
+            keep_alive = True
+    return keep_alive
+
+
 class RequestParser:
     """Requests of one connection, in order (see the module's invariants).
 
@@ -299,85 +388,24 @@ class RequestParser:
         return request
 
     def _parse_head(self, buf: bytes, line_end: int, end: int) -> Request:
-        m = _REQUEST_LINE.fullmatch(buf, 0, line_end)
-        if m is None:
-            raise HttpError("malformed request line")
-        raw_method, target, major, minor = m.groups()
-        if major != b"1":
-            raise UnsupportedVersion(f"HTTP/{major.decode()}.{minor.decode()} is not supported: use HTTP/1.1")
-        http11 = minor != b"0"  # a higher minor version is treated as 1.1 (RFC 9110 section 2.5)
-        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        if target[:1] == b"/":
-            path, _, query = target.partition(b"?")
-        elif target == b"*" and method == "OPTIONS":
-            path, query = target, b""
-        else:
-            a = _ABSOLUTE.match(target)
-            if a is None:
-                raise HttpError("the request target must be a path or an absolute URL")
-            path, _, query = target[a.end() :].partition(b"?")
-            path = path or b"/"
+        method, target, path, query, http11 = _request_line(buf, line_end)
+        # the header lines as (name, value) pairs (invariant 5): all of them, and the ones that frame the message
         headers: list[tuple[bytes, bytes]] = []
-        content_length: int | None = 0
-        chunked = False
-        keep_alive = http11
-        expect_continue = False
+        framing: list[tuple[bytes, bytes]] = []
         if line_end < end:
             if _HEADER_LINES.fullmatch(buf, line_end + 2, end + 2) is None:
                 raise HttpError("malformed header line")
             lines = buf[line_end + 2 : end].split(b"\r\n")
             if len(lines) > self.max_headers:
                 raise TooManyHeaders(f"more than {self.max_headers} header lines")
-            seen_length = seen_coding = False
-            hosts = 0
             for line in lines:
                 raw_name, _, value = line.partition(b":")
                 name = raw_name.lower()
-                value = value.strip(b" \t")
-                headers.append((name, value))
-                if name not in _FRAMING:
-                    continue
-                if name == b"content-length":
-                    if seen_length:
-                        raise HttpError("duplicate Content-Length")
-                    seen_length = True
-                    if not value.isdigit() or len(value) > 18:
-                        raise HttpError("Content-Length must be a decimal number")
-                    content_length = int(value)
-                    if content_length > self.max_body:
-                        raise BodyTooLarge(f"request body over {self.max_body} bytes")
-                elif name == b"transfer-encoding":
-                    if seen_coding:
-                        raise HttpError("duplicate Transfer-Encoding")
-                    seen_coding = True
-                    codings = [c.strip(b" \t") for c in value.lower().split(b",")]
-                    if codings[-1] != b"chunked" or codings.count(b"chunked") != 1:
-                        raise HttpError("Transfer-Encoding must end with chunked, once")
-                    if len(codings) > 1:
-                        raise UnsupportedTransferCoding("only the chunked transfer coding is supported")
-                    chunked = True
-                elif name == b"connection":
-                    for option in value.lower().split(b","):
-                        option = option.strip(b" \t")
-                        if option == b"close":
-                            keep_alive = False
-                            break
-                        if option == b"keep-alive" and not http11:
-                            keep_alive = True
-                elif name == b"expect":
-                    expect_continue = value.lower() == b"100-continue"
-                else:  # host
-                    hosts += 1
-            if chunked:
-                if seen_length:
-                    raise HttpError("Content-Length beside Transfer-Encoding")
-                if not http11:
-                    raise HttpError("Transfer-Encoding in an HTTP/1.0 request")
-                content_length = None
-            if http11 and hosts != 1:
-                raise HttpError("an HTTP/1.1 request needs exactly one Host header")
-        elif http11:
-            raise HttpError("an HTTP/1.1 request needs exactly one Host header")
+                field = (name, value.strip(b" \t"))
+                headers.append(field)
+                if name in _FRAMING:
+                    framing.append(field)
+        content_length, chunked, keep_alive, expect_continue = _message_framing(framing, http11, self.max_body)
         return Request(
             method=method,
             target=target,
@@ -388,7 +416,7 @@ class RequestParser:
             keep_alive=keep_alive,
             content_length=content_length,
             chunked=chunked,
-            expect_continue=expect_continue and http11 and (chunked or bool(content_length)),
+            expect_continue=expect_continue,
         )
 
     def read_body(self) -> tuple[bytes, bool]:
@@ -429,24 +457,11 @@ class RequestParser:
         cs = self._chunk_state
         while True:
             if cs == _SIZE:
-                i = buf.find(b"\r\n", pos, pos + MAX_CHUNK_LINE + 2)
-                if i < 0:
-                    if len(buf) - pos > MAX_CHUNK_LINE:
-                        raise HttpError("chunk size line too long")
+                line_end = self._chunk_size_line(buf, pos)
+                if line_end < 0:
                     break
-                m = _CHUNK_SIZE.fullmatch(buf, pos, i)
-                if m is None:
-                    raise HttpError("malformed chunk size line")
-                size = int(m.group(1), 16)
-                pos = i + 2
-                if size == 0:
-                    cs = _TRAILERS
-                    continue
-                self._body_seen += size
-                if self._body_seen > self.max_body:
-                    raise BodyTooLarge(f"request body over {self.max_body} bytes")
-                self._remaining = size
-                cs = _DATA
+                pos = line_end + 2
+                cs = _DATA if self._remaining else _TRAILERS
             elif cs == _DATA:
                 avail = len(buf) - pos
                 if avail == 0:
@@ -466,23 +481,14 @@ class RequestParser:
                     raise HttpError("chunk data not followed by CRLF")
                 pos += 2
                 cs = _SIZE
-            else:  # trailers: header lines, then an empty line; checked like headers and dropped
-                i = buf.find(b"\r\n", pos, pos + self.max_head - self._trailer_bytes + 2)
-                if i < 0:
-                    if self._trailer_bytes + len(buf) - pos > self.max_head:
-                        raise HeadTooLarge(f"chunked trailers over {self.max_head} bytes")
+            else:  # trailers
+                line_end = self._trailer_line(buf, pos)
+                if line_end < 0:
                     break
-                if i == pos:
-                    pos += 2
-                    done = True
+                done = line_end == pos  # the empty line that ends them
+                pos = line_end + 2
+                if done:
                     break
-                if _HEADER_LINES.fullmatch(buf, pos, i + 2) is None:
-                    raise HttpError("malformed trailer line")
-                self._trailer_bytes += i + 2 - pos
-                self._trailer_lines += 1
-                if self._trailer_lines > self.max_headers:
-                    raise TooManyHeaders(f"more than {self.max_headers} trailer lines")
-                pos = i + 2
         self._chunk_state = cs
         self._buf = buf[pos:] if pos else buf
         if done:
@@ -490,6 +496,40 @@ class RequestParser:
         if not pieces:
             return b"", done
         return (pieces[0] if len(pieces) == 1 else b"".join(pieces)), done
+
+    def _chunk_size_line(self, buf: bytes, pos: int) -> int:
+        """Where the chunk-size line at ``pos`` ends (-1: not all there yet); the size goes to ``_remaining``."""
+        i = buf.find(b"\r\n", pos, pos + MAX_CHUNK_LINE + 2)
+        if i < 0:
+            if len(buf) - pos > MAX_CHUNK_LINE:
+                raise HttpError("chunk size line too long")
+            return -1
+        m = _CHUNK_SIZE.fullmatch(buf, pos, i)
+        if m is None:
+            raise HttpError("malformed chunk size line")
+        size = int(m.group(1), 16)
+        self._body_seen += size
+        if self._body_seen > self.max_body:
+            raise BodyTooLarge(f"request body over {self.max_body} bytes")
+        self._remaining = size
+        return i
+
+    def _trailer_line(self, buf: bytes, pos: int) -> int:
+        """Where the trailer line at ``pos`` ends (-1: not all there yet). Trailers are header lines, then an
+        empty line; they are checked like headers (against the head's limits) and dropped."""
+        i = buf.find(b"\r\n", pos, pos + self.max_head - self._trailer_bytes + 2)
+        if i < 0:
+            if self._trailer_bytes + len(buf) - pos > self.max_head:
+                raise HeadTooLarge(f"chunked trailers over {self.max_head} bytes")
+            return -1
+        if i > pos:
+            if _HEADER_LINES.fullmatch(buf, pos, i + 2) is None:
+                raise HttpError("malformed trailer line")
+            self._trailer_bytes += i + 2 - pos
+            self._trailer_lines += 1
+            if self._trailer_lines > self.max_headers:
+                raise TooManyHeaders(f"more than {self.max_headers} trailer lines")
+        return i
 
 
 # -- responses ------------------------------------------------------------------------------------------------------

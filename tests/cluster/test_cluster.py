@@ -22,7 +22,8 @@ def test_three_daemons_link_and_answer_the_cli(tmp_path: Path) -> None:
         assert len(keys) == 3
         for i, member in enumerate(cluster.members):
             status = json.loads(cluster.ctl(i, "--json", "ctl", "status").stdout)
-            assert status["identity_key"] == member.identity_key and status["ready"] is True
+            assert status["identity_key"] == member.identity_key
+            assert status["ready"] is True
             peers = json.loads(cluster.ctl(i, "--json", "ctl", "peers").stdout)["peers"]
             assert {p["identity_key"] for p in peers} == keys - {member.identity_key}
         # SIGKILL one; the others keep answering, and the stopped one's CLI says no daemon... once its api.json
@@ -31,7 +32,8 @@ def test_three_daemons_link_and_answer_the_cli(tmp_path: Path) -> None:
         for i in (0, 1):
             assert json.loads(cluster.ctl(i, "--json", "ctl", "status").stdout)["ready"] is True
         dead = cluster.ctl(2, "ctl", "status", check=False)
-        assert dead.returncode == 5 and "no daemon is running" in dead.stderr
+        assert dead.returncode == 5
+        assert "no daemon is running" in dead.stderr
         stopped = cluster.ctl(1, "ctl", "stop")
         assert "stopped" in stopped.stdout
         assert not (Path(cluster.members[1].data_dir) / "api.json").exists()

@@ -78,7 +78,9 @@ def test_replicas_survive_two_kills_are_repaired_and_trimmed(tmp_path: Path) -> 
         for _ in range(2):
             repair_everywhere(cluster, everyone)
             counts.append(len(holders(cluster, content, everyone) - {0}))
-        assert counts[0] == 5 and counts[-1] == 3 and min(counts) == 3, counts
+        assert counts[0] == 5, counts
+        assert counts[-1] == 3, counts
+        assert min(counts) == 3, counts
         out.unlink()
         cluster.ctl(5 if 5 not in victims else 6, "--json", "ctl", "access", content, "--output", str(out))
         assert out.read_bytes() == data

@@ -30,7 +30,8 @@ def test_payment_is_kept_and_settled_after_the_payee_is_killed(tmp_path: Path) -
         ctl_json(cluster, payer, "wallet", "faucet", "50000")
         quote = ctl_json(cluster, payer, "quote", "--provider", payee_key, "--resource", "demo", "--amount", "1200")
         receipt = ctl_json(cluster, payer, "pay", "--quote-id", str(quote["quote_id"]))
-        assert receipt["amount"] == 1200 and receipt["payee"] == payee_key
+        assert receipt["amount"] == 1200
+        assert receipt["payee"] == payee_key
         txid = str(receipt["txid"])
         ledger = httpx.Client(base_url=cluster.ledger, timeout=10)
         assert ledger.get(f"/v1/tx/{txid}").status_code == 404  # accepted by the payee, unknown to the ledger

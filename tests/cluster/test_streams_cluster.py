@@ -64,13 +64,16 @@ def test_stream_create_push_subscribe_status_close(tmp_path: Path) -> None:
         got = [json.loads(line) for line in out.read_text().splitlines()]
         assert [g["seq"] for g in got] == list(range(200))
         assert [json.loads(g["payload"]) for g in got] == [{"n": i} for i in range(200)]
-        assert summary["packets"] == 200 and summary["paid_satoshis"] == 200 * RATE and summary["payments"] == 20
+        assert summary["packets"] == 200
+        assert summary["paid_satoshis"] == 200 * RATE
+        assert summary["payments"] == 20
         assert summary["ahead"] == 4  # --prepay 40 at W = 10: four windows paid ahead at most
 
         status = json.loads(cluster.ctl(producer, "--json", "ctl", "stream", "status", "ticker").stdout)
         (row,) = status["subscribers"]
         assert row["identity_key"] == cluster.members[consumer].identity_key
-        assert row["packets"] == 200 and row["paid_satoshis"] == 200 * RATE
+        assert row["packets"] == 200
+        assert row["paid_satoshis"] == 200 * RATE
 
         # a price above --max-price stops cleanly with a payment exit code
         dear = cluster.ctl(consumer, "ctl", "subscribe", "ticker", "--max-price", "1", "--duration", "2", check=False)

@@ -61,5 +61,6 @@ class Spender:
 async def proven_beef(devnet: DevnetClient, coin: Coin) -> bytes:
     """A BEEF of ``coin``'s transaction alone with its merkle path (mine it first)."""
     status = await devnet.status(coin.txid)
-    assert status.mined and status.merkle_path, status
+    assert status.mined, status
+    assert status.merkle_path, status
     return encode_beef([BeefEntry(coin.txid, coin.raw, bytes.fromhex(status.merkle_path))], version=1)

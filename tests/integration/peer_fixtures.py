@@ -88,16 +88,16 @@ async def start_good_node(
     async def echo(link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
         return {"from": link.peer_key, "body": body}
 
-    async def fail(link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+    async def fail(_link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
         raise NotFound(f"nothing called {body.get('name')!r}")
 
-    async def crash(link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+    async def crash(_link: PeerLink, _body: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("a bug in a handler")
 
-    async def big(link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+    async def big(_link: PeerLink, _body: dict[str, Any]) -> dict[str, Any]:
         return {"blob": bytes(manager._config.max_frame)}
 
-    async def block(link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+    async def block(_link: PeerLink, _body: dict[str, Any]) -> dict[str, Any]:
         await node.unblock.wait()
         return {}
 
@@ -116,10 +116,10 @@ async def start_good_node(
         result = TransferResult(link.peer_key, header, size, digest.hexdigest(), receiver.max_buffered, receiver.window)
         await transfer_tx.send(result)
 
-    async def hold(link: PeerLink, header: dict[str, Any], receiver: TransferReceiver) -> None:
+    async def hold(_link: PeerLink, _header: dict[str, Any], _receiver: TransferReceiver) -> None:
         await node.unblock.wait()  # reads nothing: the sender gets the first window of credit and no more
 
-    async def reject(link: PeerLink, header: dict[str, Any], receiver: TransferReceiver) -> None:
+    async def reject(_link: PeerLink, _header: dict[str, Any], receiver: TransferReceiver) -> None:
         async for _ in receiver:
             raise BadRequest("this content is not wanted")
 
@@ -152,8 +152,10 @@ async def wait_close(ws: WebSocketConnection) -> tuple[int, str | None]:
         try:
             await ws.get_message()
         except ConnectionClosed as exc:
-            assert exc.reason is not None
-            return exc.reason.code, exc.reason.reason
+            reason = exc.reason
+            break
+    assert reason is not None
+    return reason.code, reason.reason
 
 
 class RawInitiator:

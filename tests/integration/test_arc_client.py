@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import trio
 from bsv.keys import PrivateKey
 from bsv.merkle_path import MerklePath
@@ -23,7 +24,8 @@ async def test_submit_status_mined_and_proof(start_devnet: DevnetFactory) -> Non
         async with DevnetClient(devnet.info.url, timeout=10) as arc:
             payout = await arc.faucet(50_000, address=alice.address())
             funding = Transaction.from_beef(payout.beef)
-            assert funding.txid() == payout.txid and payout.raw == funding.serialize()
+            assert funding.txid() == payout.txid
+            assert payout.raw == funding.serialize()
 
             # SPV with bsv-sdk's own verify, against the devnet's headers
             tracker = DevnetChainTracker(arc)
@@ -34,8 +36,11 @@ async def test_submit_status_mined_and_proof(start_devnet: DevnetFactory) -> Non
 
             spend = p2pkh_spend(funding, 0, alice, [(49_000, bob.address())])
             result = await arc.submit(spend)  # a bsv Transaction with its sources goes out as EF
-            assert result.outcome is ArcOutcome.SEEN and result.accepted and not result.mined
-            assert result.txid == spend.txid() and result.http_status == 200
+            assert result.outcome is ArcOutcome.SEEN
+            assert result.accepted
+            assert not result.mined
+            assert result.txid == spend.txid()
+            assert result.http_status == 200
 
             status = await arc.status(spend.txid())
             assert status.outcome is ArcOutcome.SEEN
@@ -43,8 +48,10 @@ async def test_submit_status_mined_and_proof(start_devnet: DevnetFactory) -> Non
             block = await arc.mine()
             assert spend.txid() in block.txids
             mined = await arc.status(spend.txid())
-            assert mined.outcome is ArcOutcome.MINED and mined.mined
-            assert mined.block_height == block.height and mined.block_hash == block.hash
+            assert mined.outcome is ArcOutcome.MINED
+            assert mined.mined
+            assert mined.block_height == block.height
+            assert mined.block_hash == block.hash
             assert mined.merkle_path is not None
             header = await arc.header(block.height)
             assert MerklePath.from_hex(mined.merkle_path).compute_root(spend.txid()) == header.merkle_root
@@ -52,7 +59,8 @@ async def test_submit_status_mined_and_proof(start_devnet: DevnetFactory) -> Non
 
             # re-submitting what is mined answers MINED again, with the path
             again = await arc.submit(spend.serialize(), format="json")
-            assert again.outcome is ArcOutcome.MINED and again.merkle_path == mined.merkle_path
+            assert again.outcome is ArcOutcome.MINED
+            assert again.merkle_path == mined.merkle_path
 
             beef = await arc.beef(spend.txid())
             assert Transaction.from_beef(beef).merkle_path is not None
@@ -74,25 +82,28 @@ async def test_failures_are_failures_even_with_http_200(start_devnet: DevnetFact
 
             results = await arc.submit_many([first.serialize(), rival.serialize()], format="text")
             assert [r.outcome for r in results] == [ArcOutcome.SEEN, ArcOutcome.FAILED]
-            assert results[1].tx_status == "DOUBLE_SPEND_ATTEMPTED" and results[1].http_status == 200
-            assert results[1].competing_txs == (first.txid(),) and results[1].failed
+            assert results[1].tx_status == "DOUBLE_SPEND_ATTEMPTED"
+            assert results[1].http_status == 200
+            assert results[1].competing_txs == (first.txid(),)
+            assert results[1].failed
 
             refused = await arc.submit(cheap.serialize())
-            assert refused.outcome is ArcOutcome.FAILED and refused.arc_code == 465
-            assert refused.txid == cheap.txid() and "fee" in refused.extra_info
+            assert refused.outcome is ArcOutcome.FAILED
+            assert refused.arc_code == 465
+            assert refused.txid == cheap.txid()
+            assert "fee" in refused.extra_info
 
             assert (await arc.status(cheap.txid())).outcome is ArcOutcome.NOT_FOUND
             assert (await arc.status(rival.txid())).outcome is ArcOutcome.FAILED
 
             garbage = await arc.submit(b"\x01\x02\x03")
-            assert garbage.outcome is ArcOutcome.FAILED and garbage.txid is None
+            assert garbage.outcome is ArcOutcome.FAILED
+            assert garbage.txid is None
 
-            try:
+            with pytest.raises(ApiError) as zero_payout:
                 await arc.faucet(0, address=alice.address())
-            except ApiError as exc:
-                assert exc.http_status == 400 and exc.code == "bad_request"
-            else:
-                raise AssertionError("a zero faucet payout was accepted")
+            assert zero_payout.value.http_status == 400
+            assert zero_payout.value.code == "bad_request"
 
 
 async def test_api_key_and_unreachable_arc(start_devnet: DevnetFactory) -> None:
@@ -100,25 +111,25 @@ async def test_api_key_and_unreachable_arc(start_devnet: DevnetFactory) -> None:
     alice = PrivateKey()
     with trio.fail_after(15):
         async with DevnetClient(devnet.info.url, timeout=10) as anonymous:
-            try:
+            with pytest.raises(ApiError) as without_key:
                 await anonymous.faucet(1_000, address=alice.address())
-            except ApiError as exc:
-                assert exc.http_status == 401
-            else:
-                raise AssertionError("the API key was not required")
+            assert without_key.value.http_status == 401
         async with DevnetClient(devnet.info.url, api_key="k3y", timeout=10) as arc:
             payout = await arc.faucet(1_000, address=alice.address())
             assert (await arc.status(payout.txid)).outcome is ArcOutcome.SEEN
         async with ArcClient(devnet.info.url, timeout=10) as no_key:
             denied = await no_key.status(payout.txid)
-            assert denied.outcome is ArcOutcome.FAILED and denied.http_status == 401
+            assert denied.outcome is ArcOutcome.FAILED
+            assert denied.http_status == 401
 
         with socket.socket() as probe:  # a port nobody listens on
             probe.bind(("127.0.0.1", 0))
             dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}"
         async with DevnetClient(dead_url, timeout=5) as dead:
             down = await dead.submit(bytes.fromhex(payout.raw.hex()))
-            assert down.outcome is ArcOutcome.RETRY and down.retryable and down.txid == payout.txid
+            assert down.outcome is ArcOutcome.RETRY
+            assert down.retryable
+            assert down.txid == payout.txid
             assert (await dead.status(payout.txid)).outcome is ArcOutcome.RETRY
             try:
                 await dead.chaintip()

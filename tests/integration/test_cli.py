@@ -36,7 +36,8 @@ async def test_ctl_status_peers_connect_stop(start_node: NodeFactory) -> None:
     assert status.exit_code == 0, status.output
     assert json.loads(status.stdout)["identity_key"] == a.info.identity_key
     human = await cli("--data-dir", dir_a, "ctl", "status")
-    assert human.exit_code == 0 and a.info.identity_key in human.stdout
+    assert human.exit_code == 0
+    assert a.info.identity_key in human.stdout
 
     linked = await cli("--data-dir", dir_a, "--json", "ctl", "connect", b.info.swarm[0])
     assert linked.exit_code == 0, linked.output
@@ -53,7 +54,8 @@ async def test_ctl_status_peers_connect_stop(start_node: NodeFactory) -> None:
 async def test_clear_errors_and_exit_codes(tmp_path: Path, start_node: NodeFactory) -> None:
     missing = await cli("--data-dir", str(tmp_path / "none"), "ctl", "status")
     assert missing.exit_code == 5
-    assert "no daemon is running for" in missing.stderr and "overlay-node run" in missing.stderr
+    assert "no daemon is running for" in missing.stderr
+    assert "overlay-node run" in missing.stderr
     assert "Traceback" not in missing.output
 
     node = await start_node("a")
@@ -63,10 +65,12 @@ async def test_clear_errors_and_exit_codes(tmp_path: Path, start_node: NodeFacto
 
     # `run` owns its process (signals, logging), so it runs as one
     bad_set = await cli_process("--data-dir", str(tmp_path / "x"), "run", "--set", "swarm.port=huge")
-    assert bad_set.returncode == 3 and b"swarm.port" in bad_set.stderr
+    assert bad_set.returncode == 3
+    assert b"swarm.port" in bad_set.stderr
 
     locked = await cli_process("--data-dir", str(node.data_dir.path), "run", "--swarm-port", "0", "--http-port", "0")
-    assert locked.returncode == 4 and b"another daemon" in locked.stderr
+    assert locked.returncode == 4
+    assert b"another daemon" in locked.stderr
     assert b"Traceback" not in locked.stderr
 
 
@@ -75,5 +79,7 @@ async def test_init_is_idempotent(tmp_path: Path) -> None:
     second = await cli("--data-dir", str(tmp_path / "n"), "--json", "init")
     assert first.exit_code == second.exit_code == 0
     one, two = json.loads(first.stdout), json.loads(second.stdout)
-    assert one["created"] is True and two["created"] is False
-    assert one["identity_key"] == two["identity_key"] and len(one["identity_key"]) == 66
+    assert one["created"] is True
+    assert two["created"] is False
+    assert one["identity_key"] == two["identity_key"]
+    assert len(one["identity_key"]) == 66

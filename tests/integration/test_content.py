@@ -16,7 +16,7 @@ from overlay_node.crypto.uhrp import url_for_hash
 from overlay_node.errors import BadRequest, ConnectionLost, OverlayError
 from overlay_node.node import Node
 from overlay_node.protocol.content import ReplicaState
-from overlay_node.services.content_common import OFFER, REPLICATE, PaymentRequired, StorageFull
+from overlay_node.services.content_common import OFFER, REPLICATE, ContentMeta, PaymentRequired, StorageFull
 from overlay_node.services.content_fetch import ContentUnavailable, _Download, fetch
 from tests.conftest import NodeFactory
 
@@ -67,13 +67,12 @@ async def test_publish_replicate_three_download_and_survive_a_corrupt_replica(
 
         item = await producer.content.publish(
             source,
-            title="big",
-            tags=("science", "big"),
-            content_type="application/x-test",
+            meta=ContentMeta(title="big", tags=("science", "big"), content_type="application/x-test"),
             replication=3,
             replicate=False,
         )
-        assert item.hash == cid.hex() and item.size == 50 * MiB
+        assert item.hash == cid.hex()
+        assert item.size == 50 * MiB
         rows = await producer.content.distribute(item.hash)
         available = [r.identity_key for r in rows if r.state == ReplicaState.AVAILABLE]
         assert len(available) == 3
@@ -85,7 +84,9 @@ async def test_publish_replicate_three_download_and_survive_a_corrupt_replica(
             holder = by_key[key]
             assert await holder.content.blobs.verify(cid)
             held = await holder.content.store.content.get(cid.hex())
-            assert held is not None and held.local and held.content_type == "application/x-test"
+            assert held is not None
+            assert held.local
+            assert held.content_type == "application/x-test"
         providers = await nodes[5].content.providers(cid)
         assert set(providers) == {producer.info.identity_key, *available}
 
@@ -93,8 +94,10 @@ async def test_publish_replicate_three_download_and_survive_a_corrupt_replica(
         reader = next(n for n in nodes[1:] if n.info.identity_key not in available)
         out = tmp_path / "copy.bin"
         result = await fetch(reader.content, cid.hex(), out)
-        assert file_hash(out) == cid and out.stat().st_size == 50 * MiB
-        assert len(result.holders_used) >= 2 and result.bad_holders == []
+        assert file_hash(out) == cid
+        assert out.stat().st_size == 50 * MiB
+        assert len(result.holders_used) >= 2
+        assert result.bad_holders == []
 
         # flip a byte in every chunk of one replica on disk: the download detects it and uses other holders
         bad = by_key[available[0]]
@@ -127,7 +130,7 @@ async def test_resume_gateway_and_bad_input(
         a, b = nodes
         source = tmp_path / "small.bin"
         cid = write_random(source, 1 * MiB + 123)
-        item = await a.content.publish(source, content_type="text/plain", replication=0)
+        item = await a.content.publish(source, meta=ContentMeta(content_type="text/plain"), replication=0)
 
         # resume: a download whose holder fails after 3 chunks keeps its part file; the next one finishes it without
         # fetching the kept chunks again
@@ -146,34 +149,42 @@ async def test_resume_gateway_and_bad_input(
             patch.setattr(_Download, "_read", holder_fails_after_three_chunks)
             with pytest.raises(ContentUnavailable):
                 await fetch(b.content, cid.hex(), out)
-        assert (tmp_path / "resumed.bin.part").exists() and not out.exists()
+        assert (tmp_path / "resumed.bin.part").exists()
+        assert not out.exists()
         result = await fetch(b.content, cid.hex(), out)
-        assert result.resumed_chunks >= 3 and file_hash(out) == cid
+        assert result.resumed_chunks >= 3
+        assert file_hash(out) == cid
 
         # gateway: full, range, etag, 304, 404, 416, bad checksum
         http = a.info.http
         async with httpx.AsyncClient(base_url=http) as client:
             r = await client.get(f"/uhrp/{cid.hex()}")
-            assert r.status_code == 200 and hashlib.sha256(r.content).digest() == cid
-            assert r.headers["etag"] == f'"{cid.hex()}"' and r.headers["content-type"].startswith("text/plain")
+            assert r.status_code == 200
+            assert hashlib.sha256(r.content).digest() == cid
+            assert r.headers["etag"] == f'"{cid.hex()}"'
+            assert r.headers["content-type"].startswith("text/plain")
             r = await client.get(f"/uhrp/uhrp://{url_for_hash(cid)}", headers={"Range": "bytes=10-19"})
-            assert r.status_code == 206 and r.content == source.read_bytes()[10:20]
+            assert r.status_code == 206
+            assert r.content == source.read_bytes()[10:20]
             assert r.headers["content-range"] == f"bytes 10-19/{item.size}"
             r = await client.get(f"/uhrp/{cid.hex()}", headers={"Range": "bytes=-5"})
             assert r.content == source.read_bytes()[-5:]
             r = await client.get(f"/uhrp/{cid.hex()}", headers={"If-None-Match": f'"{cid.hex()}"'})
             assert r.status_code == 304
             r = await client.get(f"/uhrp/{cid.hex()}", headers={"Range": f"bytes={item.size}-"})
-            assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{item.size}"
+            assert r.status_code == 416
+            assert r.headers["content-range"] == f"bytes */{item.size}"
             assert r.json()["code"] == "range_not_satisfiable"
             r = await client.get(f"/uhrp/{cid.hex()}", headers={"Range": "bytes=1-2,5-6"})
             assert r.status_code == 400
             r = await client.get(f"/uhrp/{'ab' * 32}")
-            assert r.status_code == 404 and r.json()["code"] == "not_found"
+            assert r.status_code == 404
+            assert r.json()["code"] == "not_found"
             url = url_for_hash(cid)
             broken = url[:-1] + ("1" if url[-1] != "1" else "2")
             r = await client.get(f"/uhrp/{broken}")
-            assert r.status_code == 400 and "checksum" in r.json()["message"]
+            assert r.status_code == 400
+            assert "checksum" in r.json()["message"]
 
             # a small object is served from memory once read, ranges too; dropping it stops serving at once
             tiny = tmp_path / "tiny.bin"
@@ -181,9 +192,11 @@ async def test_resume_gateway_and_bad_input(
             tiny_item = await a.content.publish(tiny, replication=0)
             for _ in range(2):
                 r = await client.get(f"/uhrp/{tiny_id.hex()}")
-                assert r.status_code == 200 and r.content == tiny.read_bytes()
+                assert r.status_code == 200
+                assert r.content == tiny.read_bytes()
             r = await client.get(f"/uhrp/{tiny_id.hex()}", headers={"Range": "bytes=990-"})
-            assert r.status_code == 206 and r.content == tiny.read_bytes()[990:]
+            assert r.status_code == 206
+            assert r.content == tiny.read_bytes()[990:]
             await a.content.drop_local(tiny_item)
             r = await client.get(f"/uhrp/{tiny_id.hex()}")
             assert r.status_code == 404
@@ -276,30 +289,36 @@ async def test_cli_publish_status_access_search(start_node: NodeFactory, tmp_pat
         )
         assert out.exit_code == 0, out.output
         data = json.loads(out.stdout)
-        assert data["hash"] == cid.hex() and data["uhrp_url"] == url_for_hash(cid)
+        assert data["hash"] == cid.hex()
+        assert data["uhrp_url"] == url_for_hash(cid)
         assert [r["state"] for r in data["replicas"]] == ["available"]
 
         st = await cli("--data-dir", dir_a, "--json", "ctl", "content", "status", data["uhrp_url"])
         assert st.exit_code == 0, st.output
         replicas = json.loads(st.stdout)["replicas"]
-        assert [r["state"] for r in replicas] == ["available"] and len(replicas[0]["identity_key"]) == 66
+        assert [r["state"] for r in replicas] == ["available"]
+        assert len(replicas[0]["identity_key"]) == 66
         human = await cli("--data-dir", dir_a, "ctl", "content", "status", cid.hex())
-        assert human.exit_code == 0 and "available" in human.stdout
+        assert human.exit_code == 0
+        assert "available" in human.stdout
 
         target = tmp_path / "fetched.txt"
         got = await cli("--data-dir", dir_c, "--json", "ctl", "access", data["uhrp_url"], "--output", str(target))
         assert got.exit_code == 0, got.output
         assert target.read_bytes() == source.read_bytes()
         alias = await cli("--data-dir", dir_c, "ctl", "get", cid.hex(), "--output", str(tmp_path / "again.txt"))
-        assert alias.exit_code == 0 and (tmp_path / "again.txt").read_bytes() == source.read_bytes()
+        assert alias.exit_code == 0
+        assert (tmp_path / "again.txt").read_bytes() == source.read_bytes()
 
         found = await cli("--data-dir", dir_c, "--json", "ctl", "search", "--tags", "docs")
         assert [r["hash"] for r in json.loads(found.stdout)["results"]] == [cid.hex()]
 
         missing = await cli("--data-dir", dir_c, "ctl", "access", "ab" * 32, "--output", str(tmp_path / "none"))
-        assert missing.exit_code != 0 and "no node provides" in missing.stderr
+        assert missing.exit_code != 0
+        assert "no node provides" in missing.stderr
         bad = await cli("--data-dir", dir_c, "ctl", "content", "status", "XUnotaurl")
-        assert bad.exit_code == 2 and "UHRP" in bad.stderr
+        assert bad.exit_code == 2
+        assert "UHRP" in bad.stderr
 
 
 async def repair_all(nodes: list[Node]) -> None:
@@ -333,7 +352,8 @@ async def test_repair_recruits_after_a_holder_dies_and_trims_surplus(start_node:
             return {n.info.identity_key for n in survivors if n.content.blobs.has(cid)} - {producer.info.identity_key}
 
         now_live = await live_holders()
-        assert len(now_live) == 2 and holders[1] in now_live
+        assert len(now_live) == 2
+        assert holders[1] in now_live
 
         # one replica too many (placed by hand): the farthest unpinned holder drops its copy
         spare = next(n for n in survivors if n.info.identity_key not in now_live and n is not producer)
@@ -349,7 +369,7 @@ async def test_priced_content_needs_a_grant_and_payment_buys_one(start_node: Nod
         producer, consumer, holder = await start_network(start_node, 3)
         source = tmp_path / "premium.bin"
         cid = write_random(source, 200_000)
-        await producer.content.publish(source, price=50, replication=0)
+        await producer.content.publish(source, meta=ContentMeta(price=50), replication=0)
         await producer.content.distribute(cid.hex(), nodes=(holder.info.identity_key,), replication=1)
 
         # no grant: holders refuse; the producer's gateway sells it with BRC-105 only to an authenticated request
@@ -359,18 +379,22 @@ async def test_priced_content_needs_a_grant_and_payment_buys_one(start_node: Nod
             await fetch(consumer.content, cid.hex(), tmp_path / "x.bin")
         async with httpx.AsyncClient(base_url=producer.info.http) as client:
             r = await client.get(f"/uhrp/{cid.hex()}", headers={"X-Payer": consumer.info.identity_key})
-            assert r.status_code == 401 and r.json()["code"] == "UNAUTHORIZED"
+            assert r.status_code == 401
+            assert r.json()["code"] == "UNAUTHORIZED"
         async with httpx.AsyncClient(base_url=holder.info.http) as client:
             r = await client.get(f"/uhrp/{cid.hex()}", headers={"X-Payer": consumer.info.identity_key})
-            assert r.status_code == 402 and r.json()["price"] == 50
-            assert r.json()["producer"] == producer.info.identity_key and "quote" not in r.json()
+            assert r.status_code == 402
+            assert r.json()["price"] == 50
+            assert r.json()["producer"] == producer.info.identity_key
+            assert "quote" not in r.json()
 
         # pay the producer, get its grant, download from the holder and the producer with it
         await consumer.wallet.faucet(10_000)
         with pytest.raises(OverlayError, match="over --max-price"):
             await consumer.content.grant_for(cid.hex(), max_price=10)
         grant = await consumer.content.grant_for(cid.hex(), max_price=100)
-        assert grant is not None and grant["consumer"] == consumer.info.identity_key
+        assert grant is not None
+        assert grant["consumer"] == consumer.info.identity_key
         out = tmp_path / "paid.bin"
         await fetch(consumer.content, cid.hex(), out, grant=grant)
         assert file_hash(out) == cid
@@ -386,7 +410,8 @@ async def test_priced_content_needs_a_grant_and_payment_buys_one(start_node: Nod
         for node in (producer, holder):
             async with httpx.AsyncClient(base_url=node.info.http) as client:
                 r = await client.get(f"/uhrp/{cid.hex()}", headers={"X-Access-Grant": json.dumps(grant)})
-                assert r.status_code == 200 and hashlib.sha256(r.content).digest() == cid
+                assert r.status_code == 200
+                assert hashlib.sha256(r.content).digest() == cid
                 r = await client.get(f"/uhrp/{cid.hex()}", headers={"X-Access-Grant": json.dumps(forged)})
                 assert r.status_code in (401, 402)
 
@@ -397,7 +422,9 @@ async def test_legacy_priced_gateway_without_brc105(start_node: NodeFactory, tmp
         producer, consumer = await start_network(start_node, 2, **{"auth.priced": False})
         source = tmp_path / "premium.bin"
         cid = write_random(source, 20_000)
-        await producer.content.publish(source, price=50, replication=0)
+        await producer.content.publish(source, meta=ContentMeta(price=50), replication=0)
         async with httpx.AsyncClient(base_url=producer.info.http) as client:
             r = await client.get(f"/uhrp/{cid.hex()}", headers={"X-Payer": consumer.info.identity_key})
-            assert r.status_code == 402 and r.json()["price"] == 50 and r.json()["quote"]["amount"] == 50
+            assert r.status_code == 402
+            assert r.json()["price"] == 50
+            assert r.json()["quote"]["amount"] == 50

@@ -122,7 +122,9 @@ async def fund(client: httpx.AsyncClient, key: PrivateKey, satoshis: int = 100_0
     assert answer.status_code == 200, answer.text
     data = answer.json()
     tx = Transaction.from_beef(bytes.fromhex(data["beef"]))
-    assert tx.txid() == data["txid"] and data["vout"] == 0 and tx.outputs[0].satoshis == satoshis
+    assert tx.txid() == data["txid"]
+    assert data["vout"] == 0
+    assert tx.outputs[0].satoshis == satoshis
     return tx
 
 
@@ -150,14 +152,19 @@ async def test_faucet_spend_mine_and_prove(start_devnet: DevnetFactory) -> None:
             answer = await c.post("/v1/tx", json={"rawTx": spend.hex()})
             assert answer.status_code == 200, answer.text
             body = answer.json()
-            assert body["txid"] == spend.txid() and body["txStatus"] == "SEEN_ON_NETWORK"
-            assert body["merklePath"] == "" and body["blockHeight"] == 0 and body["competingTxs"] is None
+            assert body["txid"] == spend.txid()
+            assert body["txStatus"] == "SEEN_ON_NETWORK"
+            assert body["merklePath"] == ""
+            assert body["blockHeight"] == 0
+            assert body["competingTxs"] is None
             assert (await c.get(f"/v1/tx/{spend.txid()}")).json()["txStatus"] == "SEEN_ON_NETWORK"
 
             mined = (await c.post("/v1/mine")).json()
-            assert mined["blockHeight"] == 1 and mined["txids"] == [funding.txid(), spend.txid()]
+            assert mined["blockHeight"] == 1
+            assert mined["txids"] == [funding.txid(), spend.txid()]
             status = (await c.get(f"/v1/tx/{spend.txid()}")).json()
-            assert status["txStatus"] == "MINED" and status["blockHeight"] == 1
+            assert status["txStatus"] == "MINED"
+            assert status["blockHeight"] == 1
             assert status["blockHash"] == mined["blockHash"]
 
             header = (await c.get("/v1/headers/1")).json()
@@ -180,7 +187,8 @@ async def test_faucet_spend_mine_and_prove(start_devnet: DevnetFactory) -> None:
             assert (await post_tx(c, onward)).json()["txStatus"] == "SEEN_ON_NETWORK"
 
     snap = await ledger_snapshot(devnet.db)
-    assert (spend.txid(), 1, 39_000) in snap.utxos and (onward.txid(), 0, 59_000) in snap.utxos
+    assert (spend.txid(), 1, 39_000) in snap.utxos
+    assert (onward.txid(), 0, 59_000) in snap.utxos
     assert not any(u[:2] == (funding.txid(), 0) for u in snap.utxos)
     assert snap.counts.unspent_satoshis + snap.counts.fees == GENESIS_SUPPLY
 
@@ -211,8 +219,12 @@ async def test_refusals_change_nothing(start_devnet: DevnetFactory) -> None:
                 answer = await post_tx(c, tx)
                 assert answer.status_code == status, (code, answer.text)
                 body = answer.json()
-                assert body["status"] == status and body["code"] == code and body["txid"] == tx.txid()
-                assert body["extraInfo"] and body["title"] and body["type"].endswith(str(status))
+                assert body["status"] == status
+                assert body["code"] == code
+                assert body["txid"] == tx.txid()
+                assert body["extraInfo"]
+                assert body["title"]
+                assert body["type"].endswith(str(status))
                 assert (await c.get(f"/v1/tx/{tx.txid()}")).status_code == 404
 
             octet = {"Content-Type": "application/octet-stream"}
@@ -232,7 +244,8 @@ async def test_refusals_change_nothing(start_devnet: DevnetFactory) -> None:
             for kwargs, status in bad_bodies:
                 answer = await c.post("/v1/tx", **kwargs)
                 assert answer.status_code == status, (kwargs.get("json"), answer.text)
-                assert answer.json()["status"] == status and answer.json()["message"]
+                assert answer.json()["status"] == status
+                assert answer.json()["message"]
 
             # far too large: refused on its declared length, before a byte of it is read
             stream = await trio.open_tcp_stream("127.0.0.1", devnet.info.port)
@@ -277,20 +290,24 @@ async def test_double_spend_is_reported_with_the_competitor(start_devnet: Devnet
             answer = await post_tx(c, second)
             assert answer.status_code == 200  # as ARC does: the refusal is in txStatus
             body = answer.json()
-            assert body["txid"] == second.txid() and body["txStatus"] == "DOUBLE_SPEND_ATTEMPTED"
+            assert body["txid"] == second.txid()
+            assert body["txStatus"] == "DOUBLE_SPEND_ATTEMPTED"
             assert body["competingTxs"] == [first.txid()]
             assert (await ledger_snapshot(devnet.db)).utxos == before.utxos
             status = (await c.get(f"/v1/tx/{second.txid()}")).json()
-            assert status["txStatus"] == "DOUBLE_SPEND_ATTEMPTED" and status["competingTxs"] == [first.txid()]
+            assert status["txStatus"] == "DOUBLE_SPEND_ATTEMPTED"
+            assert status["competingTxs"] == [first.txid()]
             # re-sending the accepted one is idempotent
             assert (await post_tx(c, first)).json()["txStatus"] == "SEEN_ON_NETWORK"
 
             await c.post("/v1/mine")
             status = (await c.get(f"/v1/tx/{second.txid()}")).json()
-            assert status["txStatus"] == "REJECTED" and status["competingTxs"] == [first.txid()]
+            assert status["txStatus"] == "REJECTED"
+            assert status["competingTxs"] == [first.txid()]
             third = p2pkh_spend(funding, 0, alice, [(18_000, carol.address())])
             late = (await post_tx(c, third)).json()
-            assert late["txStatus"] == "REJECTED" and late["competingTxs"] == [first.txid()]
+            assert late["txStatus"] == "REJECTED"
+            assert late["competingTxs"] == [first.txid()]
 
 
 async def test_beef_ef_and_batches(start_devnet: DevnetFactory) -> None:
@@ -305,7 +322,8 @@ async def test_beef_ef_and_batches(start_devnet: DevnetFactory) -> None:
             answer = await c.post(
                 "/v1/tx", content=child.to_beef(), headers={"Content-Type": "application/octet-stream"}
             )
-            assert answer.status_code == 200 and answer.json()["txid"] == child.txid(), answer.text
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["txid"] == child.txid(), answer.text
             assert (await c.get(f"/v1/tx/{parent.txid()}")).json()["txStatus"] == "SEEN_ON_NETWORK"
 
             # Extended Format as text/plain; a wrong EF source value is refused
@@ -318,7 +336,8 @@ async def test_beef_ef_and_batches(start_devnet: DevnetFactory) -> None:
             lying[at + 4] ^= 1  # the satoshis after the sequence number
             text = {"Content-Type": "text/plain"}
             refused = await c.post("/v1/tx", content=bytes(lying).hex(), headers=text)
-            assert refused.status_code == 462 and "extended-format" in refused.json()["extraInfo"]
+            assert refused.status_code == 462
+            assert "extended-format" in refused.json()["extraInfo"]
             answer = await c.post("/v1/tx", content=ef.hex(), headers=text)
             assert answer.json()["txStatus"] == "SEEN_ON_NETWORK", answer.text
 
@@ -330,7 +349,8 @@ async def test_beef_ef_and_batches(start_devnet: DevnetFactory) -> None:
             assert answer.status_code == 200, answer.text
             items = answer.json()
             assert [i.get("txStatus") for i in items] == ["SEEN_ON_NETWORK", None, "SEEN_ON_NETWORK"]
-            assert items[1]["status"] == 461 and items[1]["txid"] == bad.txid()
+            assert items[1]["status"] == 461
+            assert items[1]["txid"] == bad.txid()
             # the same new transaction twice in one batch, beside resubmissions of held ones: all answered with
             # their status (the second copy is not "unknown": the first took it)
             twice = p2pkh_spend(next_in_chain, 0, alice, [(24_000, bob.address())])
@@ -388,7 +408,8 @@ async def test_block_maker_and_api_key(tmp_path: Path, start_devnet: DevnetFacto
         async with http(devnet) as c:
             assert (await c.get("/v1/health")).status_code == 200
             refused = await c.get("/v1/policy")
-            assert refused.status_code == 401 and refused.json()["code"] == "unauthorized"
+            assert refused.status_code == 401
+            assert refused.json()["code"] == "unauthorized"
             allowed = await c.get("/v1/policy", headers={"Authorization": "Bearer sesame"})
             assert allowed.json()["policy"]["miningFee"] == {"satoshis": 1, "bytes": 1000}
 

@@ -40,9 +40,11 @@ async def _check_consistent(repo: LedgerRepository, acknowledged: set[str]) -> N
     assert counts.unspent_satoshis + counts.fees == GENESIS_SUPPLY
     for txid in acknowledged:
         record = await repo.status(txid)
-        assert record is not None and record.state in ("mempool", "mined"), txid
+        assert record is not None, txid
+        assert record.state in ("mempool", "mined"), txid
         if record.state == "mined":
-            assert record.merkle_path is not None and record.block_height is not None
+            assert record.merkle_path is not None
+            assert record.block_height is not None
             block = await repo.block_at(record.block_height)
             assert block is not None
             assert MerklePath.from_binary(record.merkle_path).compute_root(txid) == block.merkle_root

@@ -138,11 +138,13 @@ async def test_forged_records_are_refused_and_counted(dht_net: DhtNet) -> None:
             ack = await attacker.ask(Store(rpc_id=new_rpc_id(), record=record), target)
             assert ack == StoreAck(rpc_id=ack.rpc_id, stored=False, reason="bad_signature")
         assert target.refusals("bad_signature") == 2
-        assert target.service.local_records(key) == [] and target.seen == []
+        assert target.service.local_records(key) == []
+        assert target.seen == []
         # a genuine record from the same sender is fine: whoever relays a record, the publisher's signature decides
         genuine = signed_record(victim, key, b"genuine", dht_net.clock)
         ack = await attacker.ask(Store(rpc_id=new_rpc_id(), record=genuine), target)
-        assert isinstance(ack, StoreAck) and ack.stored
+        assert isinstance(ack, StoreAck)
+        assert ack.stored
         assert [r.value for r in await honest.service.get(key)] == [b"genuine"]
         attacker.close()
 
@@ -202,7 +204,8 @@ async def test_oversized_values_and_datagrams_are_refused(dht_net: DhtNet) -> No
         # a valid 600-byte record: the small-limit node refuses it and says why
         outcome = await big.service.put(key, b"x" * 600, ttl=600)
         assert (outcome.stored, outcome.asked, outcome.refused) == (0, 1, {"value_too_large": 1})
-        assert small.refusals("value_too_large") == 1 and small.service.local_records(key) == []
+        assert small.refusals("value_too_large") == 1
+        assert small.service.local_records(key) == []
         # a datagram above the wire limit is dropped before it is parsed
         client = RawClient(dht_net.clock)
         await client.send_raw(b"\x82" + b"\x00" * (MAX_DATAGRAM + 100), small)
@@ -235,7 +238,8 @@ async def test_record_count_limits_refuse_and_count(dht_net: DhtNet) -> None:
             (False, "publisher_full"),
             (False, "publisher_full"),
         ]
-        assert holder.refusals("key_full") == 1 and holder.refusals("publisher_full") == 2
+        assert holder.refusals("key_full") == 1
+        assert holder.refusals("publisher_full") == 2
         assert len(holder.service.local_records(key)) == 2
         client.close()
 
@@ -253,7 +257,9 @@ async def test_a_flood_from_one_address_is_rate_limited(dht_net: DhtNet) -> None
         # at most two one-second windows' worth were answered; the rest were dropped before any parsing
         answered = sum(isinstance(flooder.decode(data).message, Pong) for data in flooder.drain())
         limited = target.drops("rate_limited")
-        assert answered + limited == 200 and answered <= 40 and limited >= 160
+        assert answered + limited == 200
+        assert answered <= 40
+        assert limited >= 160
         # the node keeps serving others
         key = dht_key("tag", "after-flood")
         await honest.service.put(key, b"still fine", ttl=60)

@@ -45,7 +45,9 @@ async def test_twenty_nodes_form_the_dht_through_one_bootstrap_address(dht_net: 
         for peer in peers:
             assert {c.node_id for c in peer.service.contacts()} == ids - {peer.service.node_id}
         stats = peers[0].service.statistics()
-        assert stats.contacts == NODES - 1 and stats.datagrams_in > 0 and stats.drops == {}
+        assert stats.contacts == NODES - 1
+        assert stats.datagrams_in > 0
+        assert stats.drops == {}
 
 
 async def test_a_record_put_on_one_node_is_found_from_every_node(dht_net: DhtNet) -> None:
@@ -85,7 +87,9 @@ async def test_a_tombstone_removes_the_record_everywhere(dht_net: DhtNet) -> Non
         put = await peers[4].service.put(key, b"revoked", ttl=600)
         assert await get_everywhere(peers, key) == [[b"revoked", b"stays"]] * NODES
         removed = await peers[4].service.remove(key)
-        assert removed.tombstone and removed.seq > put.seq and removed.stored == NODES - 1
+        assert removed.tombstone
+        assert removed.seq > put.seq
+        assert removed.stored == NODES - 1
         assert removed.expires >= put.expires  # the tombstone outlives every copy of what it revokes
         assert await get_everywhere(peers, key) == [[b"stays"]] * NODES
         assert all(values(p.service.local_records(key)) == [b"stays"] for p in peers)
@@ -126,7 +130,8 @@ async def test_a_node_that_stops_answering_is_evicted_from_every_table(dht_net: 
                 nursery.start_soon(peer.service.run_maintenance)
         for peer in rest:
             contacts = {c.node_id for c in peer.service.contacts()}
-            assert gone_id not in contacts and len(contacts) == NODES - 2
+            assert gone_id not in contacts
+            assert len(contacts) == NODES - 2
             assert (
                 peer.metrics.registry.get_sample_value("overlay_dht_evictions_total", {"reason": "ping_timeout"}) == 1
             )

@@ -51,7 +51,8 @@ async def test_requests_time_out_after_their_retries(dht_net: DhtNet) -> None:
                 except BlockingIOError:
                     break
             # the same signed PING, sent once and then twice more
-            assert len(received) == 3 and len(set(received)) == 1
+            assert len(received) == 3
+            assert len(set(received)) == 1
         finally:
             silent.close()
         timeouts = node.metrics.registry.get_sample_value(
@@ -128,7 +129,8 @@ async def test_own_records_are_renewed_before_they_expire(dht_net: DhtNet) -> No
         await publisher.service.run_maintenance()
         for peer in others:
             (held,) = peer.service.local_records(key)
-            assert held.seq == first.seq + 1 and held.expires >= first.expires + 79
+            assert held.seq == first.seq + 1
+            assert held.expires >= first.expires + 79
         # past the first expiry, the renewed record is what everyone finds
         dht_net.clock.advance(40)
         for peer in others:

@@ -33,7 +33,8 @@ async def test_records_round_trip_and_only_newer_seqs_replace(tmp_path: Path) ->
     with trio.fail_after(LIMIT):
         async with open_store(tmp_path / "n.db", CONFIG) as store:
             assert "0003_dht" in MIGRATIONS.names()
-            assert await store.dht.load_records() == [] and await store.dht.load_own() == []
+            assert await store.dht.load_records() == []
+            assert await store.dht.load_own() == []
             a1, b1 = record(ALICE, 1, b"a1"), record(BOB, 1, b"", expires=NOW + 5)  # a tombstone too
             await store.dht.apply(DhtWrites(save=(a1, b1)))
             assert sorted(await store.dht.load_records(), key=lambda r: r.publisher) == sorted(
@@ -43,7 +44,8 @@ async def test_records_round_trip_and_only_newer_seqs_replace(tmp_path: Path) ->
             a2 = record(ALICE, 2, b"a2")
             await store.dht.apply(DhtWrites(save=(a2,)))
             await store.dht.apply(DhtWrites(save=(a1,)))
-            assert a2 in await store.dht.load_records() and a1 not in await store.dht.load_records()
+            assert a2 in await store.dht.load_records()
+            assert a1 not in await store.dht.load_records()
             # deletion, then expiry
             await store.dht.apply(DhtWrites(delete=((KEY, ALICE.public_key),)))
             assert await store.dht.load_records() == [b1]
@@ -72,7 +74,8 @@ def test_host_port_parsing() -> None:
     for bad in ("", "host", "host:", ":80", "host:0", "host:65536", "::1:80", "[::1]80", "host:x"):
         with pytest.raises(BadRequest):
             parse_host_port(bad)
-    assert format_address(("::1", 5)) == "[::1]:5" and format_address(("10.0.0.1", 5)) == "10.0.0.1:5"
+    assert format_address(("::1", 5)) == "[::1]:5"
+    assert format_address(("10.0.0.1", 5)) == "10.0.0.1:5"
 
 
 async def test_resolving_and_binding() -> None:
@@ -84,7 +87,8 @@ async def test_resolving_and_binding() -> None:
             async with open_udp_endpoint("localhost", 0):
                 pass
         async with open_udp_endpoint("127.0.0.1", 0) as first:
-            assert first.address[0] == "127.0.0.1" and first.address[1] > 0
+            assert first.address[0] == "127.0.0.1"
+            assert first.address[1] > 0
             with pytest.raises(TransportError, match="cannot bind"):
                 async with open_udp_endpoint("127.0.0.1", first.address[1]):
                     pass

@@ -34,6 +34,7 @@ from overlay_node.node import Node
 from overlay_node.protocol.http_auth import create_nonce
 from overlay_node.protocol.http_payment import PaymentRequest, payment_header, payment_quote_id
 from overlay_node.services.auth_fetch import AuthResponse, AuthTransport
+from overlay_node.services.content_common import ContentMeta
 from overlay_node.services.wallet_build import build_transaction
 from overlay_node.store.wallet import HistoryRecord
 from tests.conftest import NodeFactory
@@ -74,7 +75,7 @@ async def publish(node: Node, tmp_path: Path, name: str, size: int, price: int =
     data = os.urandom(size)
     path = tmp_path / name
     path.write_bytes(data)
-    item = await node.content.publish(path, replication=0, price=price)
+    item = await node.content.publish(path, meta=ContentMeta(price=price), replication=0)
     return item.hash, data
 
 
@@ -116,10 +117,13 @@ async def test_official_auth_fetch_and_refusals(
             ca.cert,
         )
         got_free, sync, lookup, unpaid = result["calls"]
-        assert got_free["status"] == 200 and bytes.fromhex(got_free["bodyHex"]) == data
+        assert got_free["status"] == 200
+        assert bytes.fromhex(got_free["bodyHex"]) == data
         assert got_free["headers"]["x-bsv-auth-identity-key"] == a.info.identity_key
-        assert sync["status"] == 200 and json.loads(bytes.fromhex(sync["bodyHex"])) == {"UTXOList": [], "since": 0}
-        assert lookup["status"] == 200 and json.loads(bytes.fromhex(lookup["bodyHex"]))["type"] == "output-list"
+        assert sync["status"] == 200
+        assert json.loads(bytes.fromhex(sync["bodyHex"])) == {"UTXOList": [], "since": 0}
+        assert lookup["status"] == 200
+        assert json.loads(bytes.fromhex(lookup["bodyHex"]))["type"] == "output-list"
         assert "this wallet has no coin" in unpaid["error"], unpaid
         assert a.wallet.balance().satoshis == 0
         # the first authenticated request again as it was, altered, under another identity: 401 and nothing served
@@ -130,29 +134,42 @@ async def test_official_auth_fetch_and_refusals(
         ):
             assert answer["status"] == 401, answer
             body = json.loads(answer["body"])
-            assert body["status"] == "error" and body["code"] == "ERR_AUTH_FAILED" and reason in body["description"]
+            assert body["status"] == "error"
+            assert body["code"] == "ERR_AUTH_FAILED"
+            assert reason in body["description"]
             assert no_bsv_headers(answer["headers"])
         stats = a.http_auth.status()
         assert stats["refusals"] == {"replay": 1, "bad_signature": 1, "identity_mismatch": 1}
-        assert stats["handshakes"] == 1 and stats["authenticated"] == 4 and stats["payment_required"] == 1
+        assert stats["handshakes"] == 1
+        assert stats["authenticated"] == 4
+        assert stats["payment_required"] == 1
 
         # without authentication: the GASP routes and priced content need it (the reference's 401); free content,
         # /submit and /lookup are open; none of these answers carries an x-bsv-* header
         async with client(a, ca) as h:
             for path in ("/requestSyncResponse", "/requestForeignGASPNode"):
                 r = await h.post(path, json={"version": 1, "since": 0}, headers={"X-BSV-Topic": "tm_ship"})
-                assert r.status_code == 401 and r.json() == UNAUTHORIZED and no_bsv_headers(r.headers)
+                assert r.status_code == 401
+                assert r.json() == UNAUTHORIZED
+                assert no_bsv_headers(r.headers)
             r = await h.get(f"/uhrp/{priced}")
-            assert r.status_code == 401 and r.json() == UNAUTHORIZED and no_bsv_headers(r.headers)
+            assert r.status_code == 401
+            assert r.json() == UNAUTHORIZED
+            assert no_bsv_headers(r.headers)
             r = await h.get(f"/uhrp/{free}")
-            assert r.status_code == 200 and r.content == data and no_bsv_headers(r.headers)
+            assert r.status_code == 200
+            assert r.content == data
+            assert no_bsv_headers(r.headers)
             r = await h.post("/lookup", json={"service": "ls_ship", "query": "findAll"})
-            assert r.status_code == 200 and no_bsv_headers(r.headers)
+            assert r.status_code == 200
+            assert no_bsv_headers(r.headers)
             r = await h.post("/submit", content=b"x", headers={"X-Topics": '["tm_ship"]'})
-            assert r.status_code == 400 and no_bsv_headers(r.headers)
+            assert r.status_code == 400
+            assert no_bsv_headers(r.headers)
             # a garbled handshake is refused and makes no session
             r = await h.post("/.well-known/auth", json={"version": "0.1", "messageType": "initialRequest"})
-            assert r.status_code == 400 and r.json()["code"] == "ERR_AUTH_FAILED"
+            assert r.status_code == 400
+            assert r.json()["code"] == "ERR_AUTH_FAILED"
             metrics = (await h.get("/metrics")).text
         assert a.http_auth.status()["sessions"] == 1
         assert 'overlay_http_auth_handshakes_total{outcome="ok"} 1.0' in metrics
@@ -188,7 +205,8 @@ async def test_official_auth_fetch_pays_a_402(
         assert paid["headers"]["x-bsv-payment-satoshis-paid"] == str(PRICE)
         assert a.wallet.balance().satoshis == PRICE
         (record,) = await a._store.payments.recent()  # type: ignore[union-attr]
-        assert record.txid == result["paid"]["txid"] and record.amount == PRICE
+        assert record.txid == result["paid"]["txid"]
+        assert record.amount == PRICE
         assert a.http_auth.status()["payments_accepted"] == 1
 
 
@@ -222,7 +240,8 @@ async def test_our_client_pays_once_per_payment_and_refusals_change_nothing(
 
         # unpaid: a signed 402 with the BRC-105 headers and the reference's body
         prefix, unpaid = await _prefix(b, url)
-        assert unpaid.server_key == payee and unpaid.headers["x-bsv-auth-identity-key"] == payee
+        assert unpaid.server_key == payee
+        assert unpaid.headers["x-bsv-auth-identity-key"] == payee
         assert unpaid.headers["x-bsv-payment-version"] == "1.0"
         assert unpaid.headers["x-bsv-payment-satoshis-required"] == str(PRICE)
         assert len(prefix) == 64
@@ -234,18 +253,23 @@ async def test_our_client_pays_once_per_payment_and_refusals_change_nothing(
         }
         with pytest.raises(PaymentError, match="over the maximum 10"):
             await b.auth_fetch.fetch(url, max_price=10)
-        assert a.wallet.balance().satoshis == 0 and b.wallet.balance().satoshis == 20_000
+        assert a.wallet.balance().satoshis == 0
+        assert b.wallet.balance().satoshis == 20_000
 
         # paid: the bytes, and each request pays again
         for n in (1, 2):
             paid = await b.auth_fetch.fetch(url, max_price=PRICE)
-            assert paid.status == 200 and paid.body == data and paid.paid_satoshis == PRICE
+            assert paid.status == 200
+            assert paid.body == data
+            assert paid.paid_satoshis == PRICE
             assert paid.headers["x-bsv-payment-satoshis-paid"] == str(PRICE)
             assert a.wallet.balance().satoshis == n * PRICE
         payments = await a._store.payments.recent()  # type: ignore[union-attr]
-        assert len(payments) == 2 and {p.payer for p in payments} == {b.info.identity_key}
+        assert len(payments) == 2
+        assert {p.payer for p in payments} == {b.info.identity_key}
         history = [h for h in await b.wallet.history() if h.kind == "payment"]
-        assert len(history) == 2 and {h.counterparty for h in history} == {payee}
+        assert len(history) == 2
+        assert {h.counterparty for h in history} == {payee}
 
         # a payment made by hand (as pay_over_http does), kept to replay and double-spend below
         prefix, _ = await _prefix(b, url)
@@ -267,14 +291,16 @@ async def test_our_client_pays_once_per_payment_and_refusals_change_nothing(
         )
         accepted_header = payment_header(prefix, suffix, prepared.beef)
         answer = await _send_with(b, url, accepted_header)
-        assert answer.status == 200 and answer.body == data
+        assert answer.status == 200
+        assert answer.body == data
         b.wallet.sent(prepared, None)
         balances = (a.wallet.balance().satoshis, b.wallet.balance().satoshis)
         assert balances[0] == 3 * PRICE
 
         async def refused(header: str) -> tuple[int, str, str]:
             answer = await _send_with(b, url, header)
-            assert answer.body != data and "x-bsv-payment-satoshis-paid" not in answer.headers
+            assert answer.body != data
+            assert "x-bsv-payment-satoshis-paid" not in answer.headers
             return _code(answer)
 
         async def made(prefix: str, suffix: str, amount: int, declared_suffix: str | None = None) -> str:
@@ -285,16 +311,19 @@ async def test_our_client_pays_once_per_payment_and_refusals_change_nothing(
 
         # replayed: the accepted payment again, on a new signed request
         status, code, text = await refused(accepted_header)
-        assert (status, code) == (400, "ERR_INVALID_DERIVATION_PREFIX") and "paid for a request already" in text
+        assert (status, code) == (400, "ERR_INVALID_DERIVATION_PREFIX")
+        assert "paid for a request already" in text
         # underpaid
         prefix, _ = await _prefix(b, url)
         status, code, text = await refused(await made(prefix, create_nonce(b.wallet._identity), PRICE - 1))
-        assert (status, code) == (400, "ERR_PAYMENT_FAILED") and f"pays {PRICE - 1} satoshis" in text
+        assert (status, code) == (400, "ERR_PAYMENT_FAILED")
+        assert f"pays {PRICE - 1} satoshis" in text
         # to the wrong key: output 0 derived with another suffix than the one declared
         status, code, text = await refused(
             await made(prefix, create_nonce(b.wallet._identity), PRICE, create_nonce(b.wallet._identity))
         )
-        assert (status, code) == (400, "ERR_PAYMENT_FAILED") and "does not pay the key" in text
+        assert (status, code) == (400, "ERR_PAYMENT_FAILED")
+        assert "does not pay the key" in text
         # a prefix this node never issued (a nonce of the payer's own), and not JSON at all
         foreign = create_nonce(b.wallet._identity)
         status, code, _ = await refused(await made(foreign, create_nonce(b.wallet._identity), PRICE))
@@ -312,7 +341,8 @@ async def test_our_client_pays_once_per_payment_and_refusals_change_nothing(
         ancestry = [e for e in merge_entries([parse_submission(prepared.beef)]) if e.txid != prepared.txid]
         twin_beef = atomic_beef(twin.txid, [*ancestry, BeefEntry(twin.txid, twin.raw)])
         status, code, text = await refused(payment_header(prefix, suffix, twin_beef))
-        assert (status, code) == (400, "ERR_PAYMENT_FAILED") and "double spend" in text
+        assert (status, code) == (400, "ERR_PAYMENT_FAILED")
+        assert "double spend" in text
 
         # nothing changed hands, and the payee recorded nothing more
         assert (a.wallet.balance().satoshis, b.wallet.balance().satoshis) == balances
@@ -325,7 +355,8 @@ async def test_our_client_pays_once_per_payment_and_refusals_change_nothing(
             "ERR_MALFORMED_PAYMENT": 1,
         }
         client_stats = b.status()["http_auth"]["client"]
-        assert client_stats["paid"] == 2 and client_stats["satoshis_paid"] == 2 * PRICE
+        assert client_stats["paid"] == 2
+        assert client_stats["satoshis_paid"] == 2 * PRICE
 
         # the payer's side of a refusal: pay_over_http releases the coins and raises the server's code
         prefix, _ = await _prefix(b, url)
@@ -336,7 +367,8 @@ async def test_our_client_pays_once_per_payment_and_refusals_change_nothing(
 
         with pytest.raises(PaymentError, match="ERR_PAYMENT_FAILED"):
             await b.payments.pay_over_http(payee, PaymentRequest(PRICE - 1, prefix), url, lowball)
-        assert b.wallet.balance() == before and a.wallet.balance().satoshis == 3 * PRICE
+        assert b.wallet.balance() == before
+        assert a.wallet.balance().satoshis == 3 * PRICE
 
 
 async def test_ctl_access_buys_over_http(
@@ -367,12 +399,15 @@ async def test_ctl_access_buys_over_http(
         done = await cli("--data-dir", data_dir, "--json", "ctl", "access", url, "-o", str(out), "--max-price", "60")
         assert done.exit_code == 0, done.output
         result = json.loads(done.stdout)
-        assert result["via"] == "http" and result["url"] == url and result["paid"]["satoshis"] == PRICE
-        assert out.read_bytes() == data and a.wallet.balance().satoshis == PRICE
+        assert result["via"] == "http"
+        assert result["url"] == url
+        assert result["paid"]["satoshis"] == PRICE
+        assert out.read_bytes() == data
+        assert a.wallet.balance().satoshis == PRICE
         assert b.peers.link(a.info.identity_key) is None
 
         # a UHRP URL whose producer cannot be linked: bought from the gateway its provider record names
-        async def unreachable(identity_key: str, addresses: tuple[str, ...] = ()) -> Any:
+        async def unreachable(identity_key: str, addresses: tuple[str, ...] = ()) -> Any:  # noqa: ARG001 -- replaces link_to: its signature
             raise DialError("no route to the producer (test)")
 
         b.content.link_to = unreachable  # type: ignore[method-assign]
@@ -381,7 +416,9 @@ async def test_ctl_access_buys_over_http(
         done = await cli("--data-dir", data_dir, "--json", "ctl", "access", uhrp, "-o", str(out2))
         assert done.exit_code == 0, done.output
         result = json.loads(done.stdout)
-        assert result["via"] == "http" and result["url"] == url and out2.read_bytes() == data
+        assert result["via"] == "http"
+        assert result["url"] == url
+        assert out2.read_bytes() == data
         assert hashlib.sha256(out2.read_bytes()).hexdigest() == priced
         assert a.wallet.balance().satoshis == 2 * PRICE
 
@@ -393,15 +430,18 @@ async def test_ctl_access_buys_over_http(
             "--data-dir", data_dir, "--json", "ctl", "access", f"{c.info.http}/uhrp/{free}", "-o", str(out3)
         )
         assert done.exit_code == 0, done.output
-        assert out3.read_bytes() == free_data and "paid" not in json.loads(done.stdout)
+        assert out3.read_bytes() == free_data
+        assert "paid" not in json.loads(done.stdout)
 
         # ctl status shows both sides
         status = await cli("--data-dir", data_dir, "ctl", "status")
         assert status.exit_code == 0, status.output
-        assert "http payments" in status.stdout and f"paid out 2 ({2 * PRICE} sat)" in status.stdout
+        assert "http payments" in status.stdout
+        assert f"paid out 2 ({2 * PRICE} sat)" in status.stdout
         seller = await cli("--data-dir", str(a.data_dir.path), "--json", "ctl", "status")
         block = json.loads(seller.stdout)["http_auth"]
-        assert block["payments_accepted"] == 2 and block["satoshis_received"] == 2 * PRICE
+        assert block["payments_accepted"] == 2
+        assert block["satoshis_received"] == 2 * PRICE
 
 
 async def test_auth_transport_signs_only_where_asked(
@@ -417,27 +457,33 @@ async def test_auth_transport_signs_only_where_asked(
             r = await plain.post(
                 "/requestSyncResponse", json={"version": 1, "since": 0}, headers={"X-BSV-Topic": "tm_ship"}
             )
-            assert r.status_code == 200 and no_bsv_headers(r.headers)
+            assert r.status_code == 200
+            assert no_bsv_headers(r.headers)
         async with client(a, ca) as plain:  # A protects them (the default): a plain request is refused
             r = await plain.post(
                 "/requestSyncResponse", json={"version": 1, "since": 0}, headers={"X-BSV-Topic": "tm_ship"}
             )
-            assert r.status_code == 401 and no_bsv_headers(r.headers)
+            assert r.status_code == 401
+            assert no_bsv_headers(r.headers)
         async with httpx.AsyncClient(transport=AuthTransport(b.auth_fetch), base_url=a.info.http) as h:
             r = await h.post("/lookup", json={"service": "ls_ship", "query": "findAll"})
-            assert r.status_code == 200 and no_bsv_headers(r.headers)
+            assert r.status_code == 200
+            assert no_bsv_headers(r.headers)
             assert a.http_auth.status()["handshakes"] == 0
             r = await h.post(
                 "/requestSyncResponse", json={"version": 1, "since": 0}, headers={"X-BSV-Topic": "tm_ship"}
             )
-            assert r.status_code == 200 and r.json() == {"UTXOList": [], "since": 0}
+            assert r.status_code == 200
+            assert r.json() == {"UTXOList": [], "since": 0}
             assert r.headers["x-bsv-auth-identity-key"] == a.info.identity_key
             r = await h.post(
                 "/requestSyncResponse", json={"version": 1, "since": 5}, headers={"X-BSV-Topic": "tm_ship"}
             )
             assert r.json()["since"] == 5
         stats = a.http_auth.status()
-        assert stats["handshakes"] == 1 and stats["authenticated"] == 2 and stats["refusals"] == {"unauthenticated": 2}
+        assert stats["handshakes"] == 1
+        assert stats["authenticated"] == 2
+        assert stats["refusals"] == {"unauthenticated": 2}
 
 
 async def test_lost_sessions_limits_and_head(start_node: NodeFactory, tmp_path: Path) -> None:
@@ -450,18 +496,23 @@ async def test_lost_sessions_limits_and_head(start_node: NodeFactory, tmp_path: 
         big, _ = await publish(a, tmp_path, "big.bin", 3000)
         base = a.info.http
         r = await b.auth_fetch.fetch(f"{base}/uhrp/{small}")
-        assert r.status == 200 and r.body == small_data
+        assert r.status == 200
+        assert r.body == small_data
         # the server forgets every session (a restart, an eviction): the next request is refused unsigned (401), the
         # client handshakes again and retries once
         for nonce in list(a.http_auth.server.sessions._fresh) + list(a.http_auth.server.sessions._proven):
             a.http_auth.server.sessions.remove(nonce)
         r = await b.auth_fetch.fetch(f"{base}/uhrp/{small}")
-        assert r.status == 200 and r.body == small_data
+        assert r.status == 200
+        assert r.body == small_data
         stats = a.http_auth.status()
-        assert stats["handshakes"] == 2 and stats["refusals"] == {"no_session": 1}
+        assert stats["handshakes"] == 2
+        assert stats["refusals"] == {"no_session": 1}
         # HEAD: signed over the empty body, the entity's length kept
         r = await b.auth_fetch.fetch(f"{base}/uhrp/{small}", method="HEAD")
-        assert r.status == 200 and r.body == b"" and r.headers["content-length"] == "1000"
+        assert r.status == 200
+        assert r.body == b""
+        assert r.headers["content-length"] == "1000"
         # limits
         with pytest.raises(RemoteProtocolError, match=r"HTTP 500 .*ERR_RESPONSE_SIGNING_FAILED"):
             await b.auth_fetch.fetch(f"{base}/uhrp/{big}")  # the reference does not sign that refusal either
@@ -489,22 +540,29 @@ async def test_priced_lookups(start_node: NodeFactory, start_devnet: DevnetFacto
         query = json.dumps({"service": "ls_ship", "query": "findAll"}).encode()
         async with httpx.AsyncClient(base_url=a.info.http) as h:
             r = await h.post("/lookup", content=query, headers={"content-type": "application/json"})
-            assert r.status_code == 401 and r.json() == UNAUTHORIZED and no_bsv_headers(r.headers)
+            assert r.status_code == 401
+            assert r.json() == UNAUTHORIZED
+            assert no_bsv_headers(r.headers)
             r = await h.post("/submit", content=b"x", headers={"X-Topics": '["tm_ship"]'})
-            assert r.status_code == 400 and no_bsv_headers(r.headers)
+            assert r.status_code == 400
+            assert no_bsv_headers(r.headers)
         url = f"{a.info.http}/lookup"
         unpaid = await b.auth_fetch.fetch(
             url, method="POST", headers={"content-type": "application/json"}, body=query, pay=False
         )
-        assert unpaid.status == 402 and unpaid.headers["x-bsv-payment-satoshis-required"] == "7"
+        assert unpaid.status == 402
+        assert unpaid.headers["x-bsv-payment-satoshis-required"] == "7"
         for n in (1, 2):
             paid = await b.auth_fetch.fetch(
                 url, method="POST", headers={"content-type": "application/json"}, body=query
             )
-            assert paid.status == 200 and paid.json()["type"] == "output-list" and paid.paid_satoshis == 7
+            assert paid.status == 200
+            assert paid.json()["type"] == "output-list"
+            assert paid.paid_satoshis == 7
             assert a.wallet.balance().satoshis == 7 * n
         (latest, _) = await a._store.payments.recent()  # type: ignore[union-attr]
-        assert latest.resource == "lookup" and latest.price == 7
+        assert latest.resource == "lookup"
+        assert latest.price == 7
 
 
 async def test_official_auth_fetch_handshakes_again_when_its_session_is_gone(
@@ -523,4 +581,6 @@ async def test_official_auth_fetch_handshakes_again_when_its_session_is_gone(
         assert [c.get("status") for c in result["calls"]] == [200, 200, 200], result["calls"]
         assert all(bytes.fromhex(c["bodyHex"]) == data for c in result["calls"])
         stats = a.http_auth.status()
-        assert stats["handshakes"] == 3 and stats["refusals"] == {"no_session": 1} and stats["sessions"] == 1
+        assert stats["handshakes"] == 3
+        assert stats["refusals"] == {"no_session": 1}
+        assert stats["sessions"] == 1

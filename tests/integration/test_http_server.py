@@ -50,20 +50,46 @@ class Probe:
     big_ended: trio.Event = field(default_factory=trio.Event)
 
 
-def make_app(probe: Probe) -> ASGIApp:
-    async def hello(request: Request) -> Response:
-        probe.entered.append("/hello")
+class ProbeApp:
+    """The app under test: Starlette routes that report to a :class:`Probe`, behind two paths where the raw ASGI
+    app itself fails (``/boom`` before its response, ``/boom-late`` after it started)."""
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+        self.starlette = Starlette(
+            routes=[
+                Route("/hello", self.hello, methods=["GET"]),
+                Route("/echo", self.echo, methods=["POST"]),
+                Route("/info/{rest:path}", self.info, methods=["GET"]),
+                Route("/slow", self.slow, methods=["GET"]),
+                Route("/stream", self.stream, methods=["GET"]),
+                Route("/big", self.big, methods=["GET"]),
+                Route("/wait-disconnect", self.wait_disconnect, methods=["POST"]),
+            ]
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/boom":
+            raise RuntimeError("boom before the response")
+        if scope["path"] == "/boom-late":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+            await send({"type": "http.response.body", "body": b"12345", "more_body": True})
+            raise RuntimeError("boom after the response started")
+        await self.starlette(scope, receive, send)
+
+    async def hello(self, _request: Request) -> Response:
+        self.probe.entered.append("/hello")
         return PlainTextResponse("hello")
 
-    async def echo(request: Request) -> Response:
+    async def echo(self, request: Request) -> Response:
         body = b""
         async for chunk in request.stream():
             if chunk:
-                probe.chunk_sizes.append(len(chunk))
+                self.probe.chunk_sizes.append(len(chunk))
             body += chunk
         return Response(body, media_type="application/octet-stream")
 
-    async def info(request: Request) -> Response:
+    async def info(self, request: Request) -> Response:
         scope = request.scope
         return JSONResponse(
             {
@@ -77,58 +103,39 @@ def make_app(probe: Probe) -> ASGIApp:
             }
         )
 
-    async def slow(request: Request) -> Response:
-        probe.entered.append("/slow")
-        probe.slow_entered.set()
-        await probe.release.wait()
+    async def slow(self, _request: Request) -> Response:
+        self.probe.entered.append("/slow")
+        self.probe.slow_entered.set()
+        await self.probe.release.wait()
         return PlainTextResponse("slow done")
 
-    async def stream(request: Request) -> Response:
+    async def stream(self, _request: Request) -> Response:
         async def lines() -> AsyncIterator[bytes]:
-            async for line in probe.lines[1]:
+            async for line in self.probe.lines[1]:
                 yield (line + "\n").encode()
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
-    async def big(request: Request) -> Response:
+    async def big(self, _request: Request) -> Response:
         async def pieces() -> AsyncIterator[bytes]:
             try:
                 for _ in range(64):
                     yield b"x" * (1024 * 1024)
             finally:
-                probe.big_ended.set()
+                self.probe.big_ended.set()
 
         return StreamingResponse(pieces(), headers={"content-length": str(64 * 1024 * 1024)})
 
-    async def wait_disconnect(request: Request) -> Response:
+    async def wait_disconnect(self, request: Request) -> Response:
         await request.body()
         message = await request.receive()
-        probe.disconnects.append(message["type"])
-        probe.disconnected.set()
+        self.probe.disconnects.append(message["type"])
+        self.probe.disconnected.set()
         return PlainTextResponse("gone")
 
-    starlette = Starlette(
-        routes=[
-            Route("/hello", hello, methods=["GET"]),
-            Route("/echo", echo, methods=["POST"]),
-            Route("/info/{rest:path}", info, methods=["GET"]),
-            Route("/slow", slow, methods=["GET"]),
-            Route("/stream", stream, methods=["GET"]),
-            Route("/big", big, methods=["GET"]),
-            Route("/wait-disconnect", wait_disconnect, methods=["POST"]),
-        ]
-    )
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["path"] == "/boom":
-            raise RuntimeError("boom before the response")
-        if scope["path"] == "/boom-late":
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
-            await send({"type": "http.response.body", "body": b"12345", "more_body": True})
-            raise RuntimeError("boom after the response started")
-        await starlette(scope, receive, send)
-
-    return app
+def make_app(probe: Probe) -> ASGIApp:
+    return ProbeApp(probe)
 
 
 @dataclass
@@ -265,7 +272,8 @@ async def test_keep_alive_serves_several_requests_on_one_connection(nursery: tri
             await client.send(post("/echo", b"ping %d" % i))
             response = await client.read_response()
             assert (response.status, response.body) == (200, b"ping %d" % i)
-            assert b"connection" not in response.headers and b"date" in response.headers
+            assert b"connection" not in response.headers
+            assert b"date" in response.headers
         assert running.server.statistics().requests == 5
         assert running.server.statistics().connections == 1
         await client.aclose()
@@ -278,9 +286,13 @@ async def test_httpx_reuses_the_connection(nursery: trio.Nursery) -> None:
             answers = [await http.get("/info/a%20b/c", params={"q": "1"}) for _ in range(3)]
         assert all(a.status_code == 200 for a in answers)
         body = answers[0].json()
-        assert body["path"] == "/info/a b/c" and body["raw_path"] == "/info/a%20b/c" and body["query"] == "q=1"
-        assert body["scheme"] == "http" and body["http_version"] == "1.1"
-        assert body["client"][0] == "127.0.0.1" and body["server"] == ["127.0.0.1", running.port]
+        assert body["path"] == "/info/a b/c"
+        assert body["raw_path"] == "/info/a%20b/c"
+        assert body["query"] == "q=1"
+        assert body["scheme"] == "http"
+        assert body["http_version"] == "1.1"
+        assert body["client"][0] == "127.0.0.1"
+        assert body["server"] == ["127.0.0.1", running.port]
         assert running.server.statistics().requests == 3
 
 
@@ -313,8 +325,10 @@ async def test_a_chunked_upload_is_streamed_to_the_app(nursery: trio.Nursery) ->
             await client.send(b"%x\r\n%b\r\n" % (len(piece), piece))
         await client.send(b"0\r\nX-Trailer: yes\r\n\r\n")
         response = await client.read_response()
-        assert response.status == 200 and response.body == b"".join(pieces)
-        assert sum(probe.chunk_sizes) == 71010 and len(probe.chunk_sizes) >= 2
+        assert response.status == 200
+        assert response.body == b"".join(pieces)
+        assert sum(probe.chunk_sizes) == 71010
+        assert len(probe.chunk_sizes) >= 2
 
 
 async def test_100_continue_is_sent_when_the_app_reads_the_body(nursery: trio.Nursery) -> None:
@@ -338,7 +352,8 @@ async def test_no_100_continue_when_the_app_answers_without_reading(nursery: tri
         client = await running.connect()
         await client.send(b"GET /hello HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
         response = await client.read_response()
-        assert response.status == 200 and response.body == b"hello"
+        assert response.status == 200
+        assert response.body == b"hello"
         # the client may never send the body: the server closes rather than guess
         assert response.headers[b"connection"] == b"close"
         assert await client.at_eof()
@@ -350,7 +365,8 @@ async def test_an_unread_small_body_is_drained_and_the_connection_kept(nursery: 
         client = await running.connect()
         await client.send(b"GET /hello HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + b"x" * 400)
         response = await client.read_response()
-        assert response.status == 200 and b"connection" not in response.headers
+        assert response.status == 200
+        assert b"connection" not in response.headers
         await client.send(b"x" * 600 + get("/hello"))
         assert (await client.read_response()).body == b"hello"
 
@@ -396,11 +412,13 @@ async def test_head_gets_the_headers_without_the_body(nursery: trio.Nursery) -> 
         client = await running.connect()
         await client.send(b"HEAD /hello HTTP/1.1\r\nHost: t\r\n\r\n")
         response = await client.read_response(head=True)
-        assert response.status == 200 and response.headers[b"content-length"] == b"5"
+        assert response.status == 200
+        assert response.headers[b"content-length"] == b"5"
         # nothing else was sent: the next response starts right away
         await client.send(get("/hello"))
         response = await client.read_response()
-        assert response.body == b"hello" and client.buf == b""
+        assert response.body == b"hello"
+        assert client.buf == b""
 
 
 async def test_http_1_0_is_answered_and_closed(nursery: trio.Nursery) -> None:
@@ -410,7 +428,8 @@ async def test_http_1_0_is_answered_and_closed(nursery: trio.Nursery) -> None:
         client = await running.connect()
         await client.send(b"GET /hello HTTP/1.0\r\n\r\n")
         response = await client.read_response()
-        assert response.body == b"hello" and response.headers[b"connection"] == b"close"
+        assert response.body == b"hello"
+        assert response.headers[b"connection"] == b"close"
         assert await client.at_eof()
         # a streamed answer to HTTP/1.0 ends with the connection
         client = await running.connect()
@@ -419,7 +438,8 @@ async def test_http_1_0_is_answered_and_closed(nursery: trio.Nursery) -> None:
         await probe.lines[0].send("two")
         await probe.lines[0].aclose()
         response = await client.read_response()
-        assert b"transfer-encoding" not in response.headers and response.body == b"one\ntwo\n"
+        assert b"transfer-encoding" not in response.headers
+        assert response.body == b"one\ntwo\n"
 
 
 # -- refusals and limits ----------------------------------------------------------------------------------------------
@@ -452,7 +472,8 @@ async def test_bad_or_oversized_requests_get_their_status_and_a_close(
         assert response.status == status
         assert response.headers[b"connection"] == b"close"
         body = json.loads(response.body)
-        assert body["status"] == "error" and (code is None or body["code"] == code)
+        assert body["status"] == "error"
+        assert code is None or body["code"] == code
         assert await client.at_eof()
 
 
@@ -516,7 +537,8 @@ async def test_an_app_error_before_the_response_is_a_json_500_logged_once(
         assert response.status == 500
         assert json.loads(response.body) == {"status": "error", "code": "internal", "message": "internal error"}
         errors = [r for r in caplog.records if r.name == LOGGER]
-        assert len(errors) == 1 and "boom before the response" in str(errors[0].exc_info)
+        assert len(errors) == 1
+        assert "boom before the response" in str(errors[0].exc_info)
 
 
 async def test_an_app_error_after_the_response_started_closes_the_connection(
@@ -527,7 +549,8 @@ async def test_an_app_error_after_the_response_started_closes_the_connection(
         client = await running.connect()
         await client.send(get("/boom-late"))
         head = await client.read_until(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200 OK") and b"content-length: 10" in head
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        assert b"content-length: 10" in head
         assert await client.read_exact(5) == b"12345"
         assert await client.at_eof()
         assert len([r for r in caplog.records if r.name == LOGGER]) == 1
@@ -552,7 +575,8 @@ async def test_tls_serving(nursery: trio.Nursery, tmp_path: Path) -> None:
         async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{port}", verify=verify) as http:
             for _ in range(2):
                 answer = await http.get("/info/tls")
-                assert answer.status_code == 200 and answer.json()["scheme"] == "https"
+                assert answer.status_code == 200
+                assert answer.json()["scheme"] == "https"
             echoed = await http.post("/echo", content=b"z" * 100_000)
             assert echoed.content == b"z" * 100_000
         # a client that does not trust the certificate is refused by its own side; the server goes on
@@ -591,7 +615,8 @@ async def test_unix_socket_serving(nursery: trio.Nursery, tmp_path: Path) -> Non
         transport = httpx.AsyncHTTPTransport(uds=str(path))
         async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
             answer = await http.get("/info/unix")
-            assert answer.json()["client"] is None and answer.json()["server"] == [str(path), None]
+            assert answer.json()["client"] is None
+            assert answer.json()["server"] == [str(path), None]
             assert (await http.post("/echo", content=b"abc")).content == b"abc"
     stop.set()
 
@@ -656,7 +681,8 @@ async def test_emfile_on_accept_is_logged_once_and_retried(
     assert running.server.statistics().accept_failures == 5
     messages = [r.getMessage() for r in caplog.records if r.name == LOGGER]
     assert len(messages) == 2, messages
-    assert "cannot accept" in messages[0] and "Too many open files" in messages[0]
+    assert "cannot accept" in messages[0]
+    assert "Too many open files" in messages[0]
     assert "again after 5 failed attempts" in messages[1]
 
 
@@ -675,12 +701,13 @@ async def test_graceful_shutdown_finishes_requests_in_flight_and_closes_idle_one
         await probe.slow_entered.wait()
         running.stop.set()
         assert await idle.at_eof()  # closed at once
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="all attempts to connect"):
             await trio.open_tcp_stream("127.0.0.1", running.port)  # no longer accepting
         assert not running.stopped.is_set()
         probe.release.set()
         response = await busy.read_response()
-        assert response.body == b"slow done" and response.headers[b"connection"] == b"close"
+        assert response.body == b"slow done"
+        assert response.headers[b"connection"] == b"close"
         assert await busy.at_eof()
         await running.stopped.wait()
 
@@ -715,7 +742,7 @@ async def test_serve_app_stops_when_the_trigger_fires_with_nothing_in_flight(nur
 
 
 async def test_a_raw_asgi_app_without_a_response_gets_a_500(nursery: trio.Nursery) -> None:
-    async def silent(scope: Scope, receive: Receive, send: Send) -> None:
+    async def silent(_scope: Scope, receive: Receive, _send: Send) -> None:
         message: Message = await receive()
         assert message["type"] == "http.request"
 
@@ -724,4 +751,5 @@ async def test_a_raw_asgi_app_without_a_response_gets_a_500(nursery: trio.Nurser
         client = await running.connect()
         await client.send(get("/anything"))
         response = await client.read_response()
-        assert response.status == 500 and json.loads(response.body)["code"] == "internal"
+        assert response.status == 500
+        assert json.loads(response.body)["code"] == "internal"

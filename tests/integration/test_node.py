@@ -23,14 +23,17 @@ def control(node: Node) -> httpx.AsyncClient:
 async def test_start_status_public_http_and_stop(start_node: NodeFactory) -> None:
     node = await start_node("a", **{"node.name": "alpha"})
     api = json.loads(node.data_dir.api_path.read_text())
-    assert api["identity_key"] == node.info.identity_key and api["pid"] == os.getpid()
+    assert api["identity_key"] == node.info.identity_key
+    assert api["pid"] == os.getpid()
     assert api["control"] == node.info.control
     assert oct(os.stat(node.info.control).st_mode & 0o777) == "0o600"
 
     async with control(node) as c:
         status = (await c.get("/v1/status")).json()
     assert status["identity_key"] == node.info.identity_key
-    assert status["name"] == "alpha" and status["ready"] is True and status["peers"] == 0
+    assert status["name"] == "alpha"
+    assert status["ready"] is True
+    assert status["peers"] == 0
     assert status["swarm"][0].startswith("ws://127.0.0.1:")
 
     async with httpx.AsyncClient(base_url=node.info.http, timeout=10) as h:
@@ -39,7 +42,8 @@ async def test_start_status_public_http_and_stop(start_node: NodeFactory) -> Non
         metrics = (await h.get("/metrics")).text
         assert "overlay_up 1.0" in metrics
         missing = await h.get("/nope")
-        assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+        assert missing.status_code == 404
+        assert missing.json()["code"] == "not_found"
 
     async with control(node) as c:
         answer = await c.post("/v1/shutdown")
@@ -79,19 +83,23 @@ async def test_control_api_refuses_bad_requests(start_node: NodeFactory) -> None
     node = await start_node("a")
     async with control(node) as c:
         bad_json = await c.post("/v1/peers/connect", content=b"{nope", headers={"content-type": "application/json"})
-        assert bad_json.status_code == 400 and bad_json.json()["code"] == "bad_request"
+        assert bad_json.status_code == 400
+        assert bad_json.json()["code"] == "bad_request"
         no_field = await c.post("/v1/peers/connect", json={"addr": "x"})
-        assert no_field.status_code == 400 and "address" in no_field.json()["message"]
+        assert no_field.status_code == 400
+        assert "address" in no_field.json()["message"]
         huge = await c.post("/v1/peers/connect", content=b"x" * (2 * 1024 * 1024))
-        assert huge.status_code == 400 and "too large" in huge.json()["message"]
+        assert huge.status_code == 400
+        assert "too large" in huge.json()["message"]
         # a port nobody listens on: a clear dial error, and the node keeps serving
         with trio.fail_after(20):
             dead = await c.post("/v1/peers/connect", json={"address": "127.0.0.1:1"})
-        assert dead.status_code in (502, 504) and dead.json()["status"] == "error"
+        assert dead.status_code in (502, 504)
+        assert dead.json()["status"] == "error"
         assert (await c.get("/v1/status")).json()["ready"] is True
 
 
-async def test_one_daemon_per_data_dir(start_node: NodeFactory, tmp_path: Path) -> None:
+async def test_one_daemon_per_data_dir(start_node: NodeFactory) -> None:
     node = await start_node("a")
     twin = Node(node.data_dir, test_config())
     with pytest.raises(DataDirError, match="another daemon"):

@@ -96,18 +96,23 @@ async def test_lookup_resolver_topic_broadcaster_and_storage_downloader(
         )
 
         ship = result["ship"]["outputs"]
-        assert result["ship"]["type"] == "output-list" and len(ship) == 2 and all(o["verified"] for o in ship)
+        assert result["ship"]["type"] == "output-list"
+        assert len(ship) == 2
+        assert all(o["verified"] for o in ship)
         for o in ship:  # ["SHIP", identity key, URI, topic] plus the signature
             protocol, key, uri, topic, _signature = o["fields"]
-            assert bytes.fromhex(protocol) == b"SHIP" and bytes.fromhex(topic) == b"tm_demo"
+            assert bytes.fromhex(protocol) == b"SHIP"
+            assert bytes.fromhex(topic) == b"tm_demo"
             assert {key: bytes.fromhex(uri).decode()} in (
                 {b.info.identity_key: b.info.http},
                 {c.info.identity_key: c.info.http},
             )
         (slap_out,) = result["slap"]["outputs"]
-        assert slap_out["verified"] and bytes.fromhex(slap_out["fields"][3]) == b"ls_demo"
+        assert slap_out["verified"]
+        assert bytes.fromhex(slap_out["fields"][3]) == b"ls_demo"
         (uhrp_out,) = result["uhrp"]["outputs"]
-        assert uhrp_out["verified"] and uhrp_out["fields"][0] == b.info.identity_key
+        assert uhrp_out["verified"]
+        assert uhrp_out["fields"][0] == b.info.identity_key
         # the broadcaster reached B and C (the hosts of tm_demo) and not A, and both admitted it
         assert result["broadcast"]["status"] == "success", result["broadcast"]
         assert result["broadcast"]["txid"] == coin.txid

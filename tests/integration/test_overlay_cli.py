@@ -19,7 +19,7 @@ DEMO = {
 }
 
 
-async def test_submit_lookup_topics_history(start_node: NodeFactory, tmp_path: object) -> None:
+async def test_submit_lookup_topics_history(start_node: NodeFactory) -> None:
     node = await start_node("a", **DEMO)
     data_dir = str(node.data_dir.path)
     alice = Spender()
@@ -38,20 +38,25 @@ async def test_submit_lookup_topics_history(start_node: NodeFactory, tmp_path: o
         "steak": {"tm_demo": {"outputsToAdmit": [0], "coinsToRetain": [], "coinsRemoved": []}},
     }
     human = await cli("--data-dir", data_dir, "ctl", "submit", str(text), "-t", "tm_demo")
-    assert human.exit_code == 0 and second.txid in human.stdout
+    assert human.exit_code == 0
+    assert second.txid in human.stdout
 
     found = await cli("--data-dir", data_dir, "ctl", "lookup", "--service", "ls_demo", "--query", '{"findAll": true}')
-    assert found.exit_code == 0 and f"{second.txid}.0" in found.stdout
+    assert found.exit_code == 0
+    assert f"{second.txid}.0" in found.stdout
     as_json = await cli(
         "--data-dir", data_dir, "ctl", "lookup", "-s", "ls_demo", "-q", f'{{"txid": "{second.txid}"}}', "--json"
     )
     (output,) = json.loads(as_json.stdout)["outputs"]
-    assert output["txid"] == second.txid and output["satoshis"] == second.satoshis
+    assert output["txid"] == second.txid
+    assert output["satoshis"] == second.satoshis
     assert output["decoded"] == {"script": second.script.hex()}  # a plain P2PKH output: nothing to decode
 
     topics = json.loads((await cli("--data-dir", data_dir, "ctl", "topics", "--json")).stdout)
-    assert topics["topic_managers"]["tm_demo"]["outputs"] == 2 and topics["topic_managers"]["tm_demo"]["unspent"] == 1
-    assert topics["lookup_services"]["ls_demo"]["indexed"] == 1 and "tm_ship" in topics["topic_managers"]
+    assert topics["topic_managers"]["tm_demo"]["outputs"] == 2
+    assert topics["topic_managers"]["tm_demo"]["unspent"] == 1
+    assert topics["lookup_services"]["ls_demo"]["indexed"] == 1
+    assert "tm_ship" in topics["topic_managers"]
 
     history = await cli("--data-dir", data_dir, "ctl", "history", f"{second.txid}.0", "--depth", "1", "--json")
     answer = json.loads(history.stdout)
@@ -61,14 +66,20 @@ async def test_submit_lookup_topics_history(start_node: NodeFactory, tmp_path: o
     ]
 
     synced = await cli("--data-dir", data_dir, "ctl", "sync", "--topic", "tm_demo", "--json")
-    assert synced.exit_code == 0 and json.loads(synced.stdout) == {"reports": []}  # no other host known
+    assert synced.exit_code == 0
+    assert json.loads(synced.stdout) == {"reports": []}  # no other host known
     unknown_topic = await cli("--data-dir", data_dir, "ctl", "sync", "--topic", "tm_nope")
-    assert unknown_topic.exit_code != 0 and "does not support this topic: tm_nope" in unknown_topic.stderr
+    assert unknown_topic.exit_code != 0
+    assert "does not support this topic: tm_nope" in unknown_topic.stderr
 
     # clear one-line errors
     bad = await cli("--data-dir", data_dir, "ctl", "lookup", "-s", "ls_demo", "-q", "{nope")
-    assert bad.exit_code != 0 and "--query is not JSON" in bad.stderr and "Traceback" not in bad.output
+    assert bad.exit_code != 0
+    assert "--query is not JSON" in bad.stderr
+    assert "Traceback" not in bad.output
     unknown = await cli("--data-dir", data_dir, "ctl", "submit", str(binary), "-t", "tm_nope")
-    assert unknown.exit_code != 0 and "does not support this topic: tm_nope" in unknown.stderr
+    assert unknown.exit_code != 0
+    assert "does not support this topic: tm_nope" in unknown.stderr
     missing = await cli("--data-dir", data_dir, "ctl", "history", "f" * 64 + ".0")
-    assert missing.exit_code != 0 and "is not an output" in missing.stderr
+    assert missing.exit_code != 0
+    assert "is not an output" in missing.stderr

@@ -68,8 +68,10 @@ async def test_submit_lookup_duplicate_and_spend(start_node: NodeFactory) -> Non
             found = await lookup(h, {"txid": first.txid})
             assert found.status_code == 200, found.text
             outputs = found.json()["outputs"]
-            assert found.json()["type"] == "output-list" and len(outputs) == 1
-            assert bytes(outputs[0]["beef"]) == beef and outputs[0]["outputIndex"] == 0
+            assert found.json()["type"] == "output-list"
+            assert len(outputs) == 1
+            assert bytes(outputs[0]["beef"]) == beef
+            assert outputs[0]["outputIndex"] == 0
             assert bytes(outputs[0]["context"]) == b"demo"
             # a spend of it, comma-list X-Topics as py-sdk sends them: the previous coin is retained
             second, beef2 = alice.spend(first)
@@ -82,7 +84,8 @@ async def test_submit_lookup_duplicate_and_spend(start_node: NodeFactory) -> Non
             assert (await lookup(h, {"txid": first.txid})).json()["outputs"] == []
             assert len((await lookup(h, {"findAll": True})).json()["outputs"]) == 1
         topics, services = await node.overlay.counts()
-        assert topics == {"tm_demo": (2, 1)} and services == {"ls_demo": 1}
+        assert topics == {"tm_demo": (2, 1)}
+        assert services == {"ls_demo": 1}
         # the optional hooks heard every admission and spend, after each commit
         hooks = node.overlay.services["ls_demo"].events  # type: ignore[attr-defined]
         assert hooks == [("admitted", first.txid, 0), ("spent", first.txid, 0), ("admitted", second_txid, 0)]
@@ -113,7 +116,8 @@ async def test_history_to_depth_two_after_blocks(start_node: NodeFactory) -> Non
             txids = [t.txid for t in parse_submission(bytes(deep["beef"])).txs]
             # depth 2: the tip, its two retained predecessors, and what the oldest one's BEEF carried (its proven
             # parent, the faucet's coin)
-            assert txids[-1] == tip.txid and set(txids) == {coin.txid, *(c.txid for c in chain)}
+            assert txids[-1] == tip.txid
+            assert set(txids) == {coin.txid, *(c.txid for c in chain)}
             # depth 1: the tip and its retained predecessor as that was submitted (with its proven parent)
             one = (await lookup(h, {"txid": tip.txid, "history": 1})).json()["outputs"][0]
             assert {t.txid for t in parse_submission(bytes(one["beef"])).txs} == {c.txid for c in chain}
@@ -157,7 +161,8 @@ async def test_bad_input_on_every_route_changes_nothing(start_node: NodeFactory)
             async def refused(response: httpx.Response, message: str) -> None:
                 assert response.status_code == 400, response.text
                 body = response.json()
-                assert body["status"] == "error" and message in body["message"], body
+                assert body["status"] == "error", body
+                assert message in body["message"], body
 
             await refused(await h.post("/submit", content=beef, headers=octet), "Missing x-topics header")
             await refused(
@@ -225,12 +230,14 @@ async def test_listings_and_documentation(start_node: NodeFactory) -> None:
                 "ls_demo": {"name": "Demo lookup", "shortDescription": "tm_demo outputs by txid"}
             }
             doc = await h.get("/getDocumentationForTopicManager", params={"manager": "tm_demo"})
-            assert doc.headers["content-type"].startswith("text/markdown") and doc.text.startswith("# tm_demo")
+            assert doc.headers["content-type"].startswith("text/markdown")
+            assert doc.text.startswith("# tm_demo")
             for param in ("lookupService", "lookupServices"):
                 doc = await h.get("/getDocumentationForLookupServiceProvider", params={param: "ls_demo"})
                 assert doc.text.startswith("# ls_demo")
             options = await h.options("/submit")
-            assert options.status_code == 200 and options.headers["access-control-allow-headers"] == "*"
+            assert options.status_code == 200
+            assert options.headers["access-control-allow-headers"] == "*"
 
 
 async def test_a_refused_broadcast_stores_nothing(start_node: NodeFactory) -> None:
@@ -244,7 +251,8 @@ async def test_a_refused_broadcast_stores_nothing(start_node: NodeFactory) -> No
             rival, rival_beef = alice.spend(coin, fee=2)
             assert (await submit(h, beef)).status_code == 200
             answer = await submit(h, rival_beef)
-            assert answer.status_code == 400 and "Failed to broadcast" in answer.json()["message"]
+            assert answer.status_code == 400
+            assert "Failed to broadcast" in answer.json()["message"]
             assert (await lookup(h, {"txid": rival.txid})).json()["outputs"] == []
 
 

@@ -84,7 +84,8 @@ async def test_ship_tokens_propagate_answer_and_revoke(
         made = {}
         for node in (b, c):
             answer = await node.adverts.advertise("tm_demo")
-            assert answer["token_error"] is None and answer["token"], answer
+            assert answer["token_error"] is None, answer
+            assert answer["token"], answer
             assert answer["advert"]["token"] == answer["token"]
             made[node.info.identity_key] = answer["token"]
         for outpoint in made.values():
@@ -104,7 +105,8 @@ async def test_ship_tokens_propagate_answer_and_revoke(
             assert len(every.json()["outputs"]) == 2
         # the wallet paid for it: one satoshi and a fee, written in its history
         history = await b.wallet.history()
-        assert history[0].kind == "token" and history[0].resource == "ship:tm_demo"
+        assert history[0].kind == "token"
+        assert history[0].resource == "ship:tm_demo"
         # B revokes: the token is spent, A learns of the spend and ls_ship forgets B
         withdrawn = await b.adverts.withdraw("tm_demo")
         (spend,) = withdrawn["token_spends"]
@@ -134,18 +136,21 @@ async def test_dht_fill_and_uhrp_advertisement(
         path.write_bytes(data)
         item = await b.content.publish(path)
         outpoint, error = await b.content.advertise_on_chain(item)
-        assert error is None and outpoint
+        assert error is None
+        assert outpoint
         assert d.peers.link(b.info.identity_key) is None  # no peer link: only the DHT joins them
         async with client(d, ca) as h:
             found = await h.post("/lookup", json={"service": "ls_ship", "query": {"topics": ["tm_weather"]}})
             (ship,) = token_fields(found.json()["outputs"], decode_ship_token)
-            assert ship.identity_key.hex() == b.info.identity_key and ship.uri == b.info.http
+            assert ship.identity_key.hex() == b.info.identity_key
+            assert ship.uri == b.info.http
             from overlay_node.crypto.uhrp import url_for_hash
 
             url = url_for_hash(hashlib.sha256(data).digest())
             found = await h.post("/lookup", json={"service": "ls_uhrp", "query": {"uhrpUrl": f"uhrp://{url}"}})
             (uhrp,) = token_fields(found.json()["outputs"], decode_uhrp_token)
-            assert uhrp.host_identity_key.hex() == b.info.identity_key and uhrp.size == len(data)
+            assert uhrp.host_identity_key.hex() == b.info.identity_key
+            assert uhrp.size == len(data)
             assert uhrp.url == f"{b.info.http}/uhrp/{hashlib.sha256(data).hexdigest()}"
         async with httpx.AsyncClient(verify=trusting(ca), timeout=20) as plain:
             assert (await plain.get(uhrp.url)).content == data
@@ -157,7 +162,8 @@ async def test_no_token_without_https(start_node: NodeFactory, start_devnet: Dev
         node = await start_node("a", **{"wallet.arc_url": devnet.info.url})
         await node.wallet.faucet(5_000)
         answer = await node.adverts.advertise("tm_weather")
-        assert answer["token"] is None and "https://" in answer["token_error"]
+        assert answer["token"] is None
+        assert "https://" in answer["token_error"]
         assert answer["advert"]["topic"] == "tm_weather"  # the DHT advert stands
         assert node.wallet.balance().satoshis == 5_000  # nothing was spent
 
@@ -189,4 +195,5 @@ async def test_a_forged_ship_token_is_not_admitted(
                 assert answer.status_code == 200, answer.text
                 assert answer.json()["tm_ship"]["outputsToAdmit"] == admitted
         topics, services = await node.overlay.counts()
-        assert topics.get("tm_ship") == (1, 1) and services.get("ls_ship") == 1
+        assert topics.get("tm_ship") == (1, 1)
+        assert services.get("ls_ship") == 1

@@ -208,16 +208,21 @@ async def test_pay_settle_mine_and_spend_back(
         assert a.wallet.balance().satoshis == 100_000
 
         quote = await a.payments.request_quote(b.key, "file:report.csv", 1_000)
-        assert quote.payee == b.key and quote.payer == a.key and quote.amount == 1_000
+        assert quote.payee == b.key
+        assert quote.payer == a.key
+        assert quote.amount == 1_000
         receipt = await a.payments.pay(quote.quote_id)
-        assert receipt.verify() and receipt.amount == 1_000 and receipt.payer == a.key
+        assert receipt.verify()
+        assert receipt.amount == 1_000
+        assert receipt.payer == a.key
         fee = 100_000 - 1_000 - a.wallet.balance().satoshis
         assert 0 < fee < 10
         assert b.wallet.balance().satoshis == 1_000
 
         # B recorded it durably before answering, and its settlement submits it to the devnet
         payment = await b.store.payments.get(quote.quote_id)
-        assert payment is not None and payment.txid == receipt.txid
+        assert payment is not None
+        assert payment.txid == receipt.txid
         job = await b.settlement.wait_for(receipt.txid, "seen")
         assert job.arc_status == "SEEN_ON_NETWORK"
         assert (await devnet.client.status(receipt.txid)).outcome is ArcOutcome.SEEN
@@ -239,7 +244,8 @@ async def test_pay_settle_mine_and_spend_back(
         # B spends what it received: its key comes back from the stored prefix, suffix and payer
         back = await b.payments.request_quote(a.key, "refund", 400)
         receipt2 = await b.payments.pay(back)
-        assert receipt2.payee == a.key and receipt2.amount == 400
+        assert receipt2.payee == a.key
+        assert receipt2.amount == 400
         await a.settlement.wait_for(receipt2.txid, "seen")
         await devnet.mine()
         for node in (a, b):
@@ -409,7 +415,8 @@ async def test_double_spends_are_refused_or_fail_at_settlement(
         assert job.arc_status == "DOUBLE_SPEND_ATTEMPTED"
         assert "double spend" in job.detail.lower()
         payment = await b.store.payments.get(quote.quote_id)
-        assert payment is not None and payment.status == "failed"
+        assert payment is not None
+        assert payment.status == "failed"
         assert b.wallet.balance().satoshis == 0
         assert [(h.status, h.amount) for h in await b.wallet.history()] == [("failed", 700)]
         # A's own settlement of its copy (due a poll interval after the receipt: sent now) fails the same way: its
@@ -484,12 +491,15 @@ async def test_accepted_payment_survives_teardown_and_settles_after_restart(
 
         b2 = await start_paynode(nursery, tmp_path, "b", devnet.url, identity=b_identity)
         payment = await b2.store.payments.get(quote.quote_id)
-        assert payment is not None and payment.txid == receipt.txid and payment.amount == 2_500
+        assert payment is not None
+        assert payment.txid == receipt.txid
+        assert payment.amount == 2_500
         assert b2.wallet.balance().satoshis == 2_500
         # the signed receipt was kept too: the payer can fetch it again
         relinked = await a.peers.connect(b2.url, expect_key=b2.key)
         again = await relinked.request("pay.receipt", {"quote_id": quote.quote_id})
-        assert Receipt.from_wire(again["receipt"]) == receipt and again["status"] in ("accepted", "settled")
+        assert Receipt.from_wire(again["receipt"]) == receipt
+        assert again["status"] in ("accepted", "settled")
         await b2.settlement.wait_for(receipt.txid, "seen")
         await devnet.mine()
         await b2.settle_all()
@@ -545,7 +555,9 @@ async def test_payments_written_ahead_together_get_an_outcome_each(
             return HistoryRecord(txid=prepared.txid, direction="out", kind="payment", amount=1_000)
 
         errors = await a.wallet.begin_many([(first, history(first)), (second, history(second))])
-        assert errors[0] is None and isinstance(errors[1], Conflict)
+        assert errors[0] is None
+        assert isinstance(errors[1], Conflict)
         assert "no longer spendable" in str(errors[1])
         written = {entry.txid for entry in await a.wallet.history()}
-        assert first.txid in written and second.txid not in written
+        assert first.txid in written
+        assert second.txid not in written

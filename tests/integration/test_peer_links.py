@@ -119,7 +119,8 @@ async def test_three_nodes_link_talk_transfer_and_survive_adversaries(
                 await tx.send(bytes(view[start : start + 100_000]))
                 assert tx.credit <= 3
         result = await b.transfers.receive()
-        assert result.sender == a.key and result.header == {"name": "blob", "slow": True}
+        assert result.sender == a.key
+        assert result.header == {"name": "blob", "slow": True}
         assert (result.size, result.digest) == (len(payload), hashlib.sha256(payload).hexdigest())
         assert 1 <= result.max_buffered <= result.window == 3
         pieces = [len(payload[i : i + 100_000]) for i in range(0, len(payload), 100_000)]
@@ -261,7 +262,8 @@ async def test_a_request_cancelled_while_its_frame_is_on_the_way_keeps_the_link(
             scope.cancel()
             slow.release.set()
         assert await link.request("echo", {"n": 2}) == {"from": a.key, "body": {"n": 2}}
-    assert not link.closed and b.drops("out_of_order") == 0
+    assert not link.closed
+    assert b.drops("out_of_order") == 0
 
 
 async def test_a_send_that_stalls_past_the_request_timeout_closes_the_link(nursery: trio.Nursery) -> None:
@@ -305,9 +307,23 @@ async def test_busy_when_too_many_requests_in_flight(nursery: trio.Nursery) -> N
                 calls.start_soon(call)
             await trio.testing.wait_all_tasks_blocked()
             await call()  # the third one is refused at once
-            assert isinstance(results[0], PeerError) and results[0].code == "busy"
+            assert isinstance(results[0], PeerError)
+            assert results[0].code == "busy"
             b.unblock.set()
         assert results[1:] == [{}, {}]
+
+
+async def _send_chunks(link: PeerLink, method: str, chunks: list[bytes]) -> None:
+    async with link.open_transfer(method, {}) as tx:
+        for chunk in chunks:
+            await tx.send(chunk)
+
+
+async def _give_up_after_one_chunk(link: PeerLink, header: dict[str, Any]) -> None:
+    """A transfer left with an exception after its first chunk (the sender aborts it)."""
+    async with link.open_transfer("put", header) as tx:
+        await tx.send(b"x" * 100)
+        raise RuntimeError("changed my mind")
 
 
 async def test_transfer_refused_aborted_and_unknown(three: list[GoodNode]) -> None:
@@ -315,17 +331,13 @@ async def test_transfer_refused_aborted_and_unknown(three: list[GoodNode]) -> No
     link = a.link_to(b)
     with trio.fail_after(LIMIT):
         with pytest.raises(BadRequest, match="not wanted"):
-            async with link.open_transfer("reject", {}) as tx:
-                for _ in range(50):
-                    await tx.send(b"x" * 1000)
+            await _send_chunks(link, "reject", [b"x" * 1000] * 50)
         with pytest.raises(PeerError) as info:
             async with link.open_transfer("nobody", {}) as tx:
                 await tx.send(b"x")
         assert info.value.code == "unknown_method"
         with pytest.raises(RuntimeError, match="changed my mind"):
-            async with link.open_transfer("put", {"name": "half"}) as tx:
-                await tx.send(b"x" * 100)
-                raise RuntimeError("changed my mind")
+            await _give_up_after_one_chunk(link, {"name": "half"})
         # an empty transfer still completes, and the link is healthy
         async with link.open_transfer("put", {"name": "empty"}) as tx:
             pass
@@ -347,7 +359,8 @@ async def test_close_and_persistent_reconnect(nursery: trio.Nursery) -> None:
         with pytest.raises(ConnectionLost):
             await first.request("echo", {})
         second = await a.manager.wait_linked(b.key)  # redialed by the keeper
-        assert second is not first and second.direction == "out"
+        assert second is not first
+        assert second.direction == "out"
         assert await second.request("echo", {}) == {"from": a.key, "body": {}}
 
 
@@ -409,7 +422,8 @@ async def test_keepalive_keeps_links_up_and_measures_rtt(nursery: trio.Nursery) 
         with trio.move_on_after(0.8):  # well past the idle timeout: pings keep it alive
             await closed.wait()
         assert not closed.is_set()
-        assert link.rtt_ms is not None and link.info().rtt_ms is not None
+        assert link.rtt_ms is not None
+        assert link.info().rtt_ms is not None
 
 
 @pytest.mark.parametrize(

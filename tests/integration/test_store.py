@@ -101,7 +101,7 @@ async def test_failed_migration_is_rolled_back_whole(db_path: Path) -> None:
 
 def test_migration_names_are_checked() -> None:
     m = Migrations()
-    m.register("0001_a")(lambda conn: None)
+    m.register("0001_a")(lambda _conn: None)
     with pytest.raises(StoreError, match="must sort after"):
         m.register("0001_a")
     with pytest.raises(StoreError, match="must look like"):
@@ -156,7 +156,8 @@ async def test_concurrent_writes_from_many_tasks_all_land(db_path: Path) -> None
                     nursery.start_soon(worker, i)
 
             peers = await store.peers.list()
-            assert len(peers) == 60 and all(p.failures == 1 for p in peers)
+            assert len(peers) == 60
+            assert all(p.failures == 1 for p in peers)
             assert await store.meta.get("counter") == "60"
 
 
@@ -195,14 +196,14 @@ async def test_urgent_writes_go_before_ordinary_writes_that_wait_behind_them(db_
     release = threading.Event()
     order: list[str] = []
 
-    def blocking(conn: sqlite3.Connection) -> None:
+    def blocking(_conn: sqlite3.Connection) -> None:
         order.append("first")
         entered.set()
         if not release.wait(timeout=LIMIT):
             raise AssertionError("never released")  # pragma: no cover
 
     def note(name: str) -> Callable[[sqlite3.Connection], None]:
-        def txn(conn: sqlite3.Connection) -> None:
+        def txn(_conn: sqlite3.Connection) -> None:
             order.append(name)
 
         return txn
@@ -377,7 +378,8 @@ async def test_a_batch_of_payments_is_recorded_as_one_by_one_would(db_path: Path
         async with open_store(db_path, CONFIG) as store:
             outcomes = await store.payments.record(batch)
             assert [o.result for o in outcomes] == ["recorded", "replayed", "double_spend", "recorded"]
-            assert outcomes[2].conflict == first.spends[0] and outcomes[2].other_txid == first.txid
+            assert outcomes[2].conflict == first.spends[0]
+            assert outcomes[2].other_txid == first.txid
             assert (await store.payments.get(first.quote_id)) is not None
             assert (await store.payments.get(batch[3].quote_id)) is not None
             assert {j.txid for j in await store.settlement.due(2_000.0, limit=10)} == {first.txid, batch[3].txid}
@@ -433,7 +435,8 @@ async def test_payments_written_ahead_in_a_batch_are_recorded_as_one_by_one_woul
             assert await wallet.commit_outgoing([first, _outgoing(3, (coin[1],))], now=1_001.0) == [None, None]
             assert await wallet.commit_outgoing([after_first, _outgoing(5, (coin[2],))], now=1_002.0) == [None, None]
             outcomes = await wallet.commit_outgoing([_outgoing(6, (coin[0],)), seventh, eighth], now=1_003.0)
-            assert isinstance(outcomes[0], Conflict) and outcomes[1:] == [None, None]
+            assert isinstance(outcomes[0], Conflict)
+            assert outcomes[1:] == [None, None]
             states = await wallet.utxo_states([*coin, *((f"{n:02x}" * 32, 0) for n in range(2, 9))])
             spent = {*coin, *((f"{n:02x}" * 32, 0) for n in (2, 4, 7))}
             pending = {(f"{n:02x}" * 32, 0) for n in (3, 5, 8)}

@@ -90,12 +90,15 @@ async def test_three_subscribers_w1_w10_w100_every_packet_paid_and_settled(start
             assert summary["paid_satoshis"] == total * RATE
             assert summary["payments"] == total // w
             row = by_key[consumer.info.identity_key]
-            assert row["packets"] == total and row["paid_satoshis"] == total * RATE and row["payments"] == total // w
+            assert row["packets"] == total
+            assert row["paid_satoshis"] == total * RATE
+            assert row["payments"] == total // w
             await consumer.wallet.flush()
             assert consumer.wallet.balance().satoshis == start - total * RATE - summary["fees"]
             # the subscription's change went to one key of its own (spent again and again by its payments)
             change_keys = {c.key_id for c in consumer.wallet.coins() if c.origin == "change"}
-            assert len(change_keys) == 1 and next(iter(change_keys)).startswith("change stream ")
+            assert len(change_keys) == 1
+            assert next(iter(change_keys)).startswith("change stream ")
         assert status["revenue_satoshis"] == 3 * total * RATE
 
         # every payment reaches the ledger and is accepted there
@@ -167,7 +170,8 @@ async def test_non_payer_is_paused_and_closed_others_unaffected(
             good.stop()
         summary = bad.summary()
         assert summary["reason"] == "payment_timeout"
-        assert summary["payments"] == 2 and summary["paid_satoshis"] == 20 * RATE
+        assert summary["payments"] == 2
+        assert summary["paid_satoshis"] == 20 * RATE
         # every packet it got was paid for: at most the two windows it paid, nothing unpaid
         assert [p.seq for p in readers[1].packets] == list(range(20))
         assert [p.seq for p in readers[0].packets] == list(range(100))
@@ -200,10 +204,12 @@ async def test_dropped_link_resumes_from_last_seq_without_paying_twice(start_nod
         assert [p.seq for p in reader.packets] == list(range(100))
         summary = sub.summary()
         assert summary["reconnects"] >= 1
-        assert summary["paid_satoshis"] == 100 * RATE and summary["payments"] == 100 // window
+        assert summary["paid_satoshis"] == 100 * RATE
+        assert summary["payments"] == 100 // window
         status = await producer.streams.producer.status("feed")
         (row,) = status["subscribers"]
-        assert row["packets"] == 100 and row["paid_satoshis"] == 100 * RATE
+        assert row["packets"] == 100
+        assert row["paid_satoshis"] == 100 * RATE
 
 
 async def test_producer_restart_consumers_reconnect_nothing_double_counted(start_node: NodeFactory) -> None:
@@ -233,7 +239,9 @@ async def test_producer_restart_consumers_reconnect_nothing_double_counted(start
             assert [p.seq for p in reader.packets] == list(range(100))
             assert sub.summary()["paid_satoshis"] == 100 * RATE
             row = rows[consumer.info.identity_key]
-            assert row["packets"] == 100 and row["paid_satoshis"] == 100 * RATE and row["payments"] == 10
+            assert row["packets"] == 100
+            assert row["paid_satoshis"] == 100 * RATE
+            assert row["payments"] == 10
 
 
 async def test_bad_input_gets_clear_errors_and_no_credit(start_node: NodeFactory) -> None:
@@ -262,7 +270,8 @@ async def test_bad_input_gets_clear_errors_and_no_credit(start_node: NodeFactory
         answer = await link.request("stream.pay", {"stream_id": "s1", "payment": message.to_wire()})
         receipt = Receipt.from_wire(answer["receipt"])
         # the next window's quote comes without a signature of its own: the receipt signs it
-        assert receipt.verify() and "sig" not in answer["quote"]
+        assert receipt.verify()
+        assert "sig" not in answer["quote"]
         assert receipt.key_id == stream_resource("s1")  # one signing key for the stream's receipts
         assert receipt.signs_quote(Quote.from_wire(answer["quote"], signed=False))
         with pytest.raises(PaymentReplayed):
@@ -308,7 +317,8 @@ async def test_per_second_stream_charges_elapsed_time_through_the_same_credit(
         assert summary["paid_satoshis"] == summary["payments"] * RATE
         status = await producer.streams.producer.status("clock")
         (row,) = status["subscribers"]
-        assert row["paid_satoshis"] == summary["paid_satoshis"] and row["payments"] == summary["payments"]
+        assert row["paid_satoshis"] == summary["paid_satoshis"]
+        assert row["payments"] == summary["payments"]
         assert row["reason"] != "payment_timeout"
 
 
@@ -326,9 +336,11 @@ async def test_a_producer_gone_for_good_ends_the_subscription_with_its_reason(st
             await producer.wait_stopped()
             await sub.wait_finished()
         summary = sub.summary()
-        assert summary["reason"] == "producer_unreachable" and summary["packets"] == 10
+        assert summary["reason"] == "producer_unreachable"
+        assert summary["packets"] == 10
         assert summary["paid_satoshis"] == 10 * RATE
-        assert summary["error"] is not None and summary["error"]["code"] == "connection_lost"
+        assert summary["error"] is not None
+        assert summary["error"]["code"] == "connection_lost"
 
 
 async def test_expired_window_quotes_are_replaced_and_the_stream_goes_on(start_node: NodeFactory) -> None:
@@ -348,7 +360,8 @@ async def test_expired_window_quotes_are_replaced_and_the_stream_goes_on(start_n
             sub.stop()
         assert [p.seq for p in reader.packets] == list(range(30))
         summary = sub.summary()
-        assert summary["paid_satoshis"] == 30 * RATE and summary["payments"] == 3
+        assert summary["paid_satoshis"] == 30 * RATE
+        assert summary["payments"] == 3
         # the consumer asked for fresh quotes (a second stream.subscribe) once the first ones had expired
         served = producer.metrics.registry.get_sample_value
         assert served("overlay_peer_requests_total", {"method": "stream.subscribe", "outcome": "ok"}) == 2
@@ -370,7 +383,8 @@ async def test_a_first_batch_from_few_coins_splits_the_change_once(start_node: N
             nursery.start_soon(collect, sub, 40, got)
             await trio.testing.wait_all_tasks_blocked()
             producer.streams.producer.push("few", lines(40))
-        assert [p.seq for p in got] == list(range(40)) and sub.summary()["payments"] == 40
+        assert [p.seq for p in got] == list(range(40))
+        assert sub.summary()["payments"] == 40
         # 3 coins, 16 wanted: the first payment splits into 13, the two beside it keep one change coin each (each
         # splitting into 13 would leave about 40)
         assert consumer.wallet.coin_count() <= 17

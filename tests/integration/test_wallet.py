@@ -48,10 +48,12 @@ async def test_faucet_balance_history_and_restart(
             "coins": 0,
         }
         receive = a.wallet.receive()
-        assert receive["identity_key"] == a.key and receive["address"].startswith("1")
+        assert receive["identity_key"] == a.key
+        assert receive["address"].startswith("1")
         await a.fund(3_000)
         await a.fund(4_000)
-        assert a.wallet.balance().unconfirmed == 7_000 and a.wallet.balance().confirmed == 0
+        assert a.wallet.balance().unconfirmed == 7_000
+        assert a.wallet.balance().confirmed == 0
         await devnet.mine()
         await a.settle_all()
         assert a.wallet.balance().confirmed == 7_000
@@ -63,7 +65,8 @@ async def test_faucet_balance_history_and_restart(
         # the coins and their proofs come back from the database
         await a.stop()
         again = await start_paynode(nursery, tmp_path, "a", devnet.url, identity=ident)
-        assert again.wallet.balance().confirmed == 7_000 and again.wallet.balance().coins == 2
+        assert again.wallet.balance().confirmed == 7_000
+        assert again.wallet.balance().coins == 2
 
 
 async def test_reserved_coins_are_never_picked_twice(
@@ -80,7 +83,8 @@ async def test_reserved_coins_are_never_picked_twice(
         first = await a.wallet.prepare([(script, 3_000)], recipient=None)
         second = await a.wallet.prepare([(script, 3_000)], recipient=None)
         assert {c.outpoint for c in first.spends}.isdisjoint(c.outpoint for c in second.spends)
-        assert a.wallet.balance().reserved == 10_000 and a.wallet.balance().satoshis == 0
+        assert a.wallet.balance().reserved == 10_000
+        assert a.wallet.balance().satoshis == 0
         with pytest.raises(InsufficientFunds, match="0 spendable satoshis"):
             await a.wallet.prepare([(script, 1)], recipient=None)
         a.wallet.release(first)
@@ -126,13 +130,16 @@ async def test_proven_coins_make_small_beef(tmp_path: Path, nursery: trio.Nurser
         fresh = await a.wallet.prepare([(script, 1_000)], recipient=None)
         parsed = parse_submission(fresh.beef)
         assert [t.txid for t in parsed.txs][-1] == fresh.txid
-        assert len(parsed.txs) == 2 and parsed.txs[0].bump is not None and not parsed.txid_only
+        assert len(parsed.txs) == 2
+        assert parsed.txs[0].bump is not None
+        assert not parsed.txid_only
         a.wallet.release(fresh)
         # and B, which got that parent in the first payment, gets it as a txid-only entry
         quote = await a.payments.request_quote(b.key, "file:next", 1_000)
         message, prepared = await a.payments.prepare_payment(quote)
         parsed = parse_submission(message.transaction)
-        assert len(parsed.txs) == 1 and parsed.txid_only == {receipt.txid}
+        assert len(parsed.txs) == 1
+        assert parsed.txid_only == {receipt.txid}
         await a.payments.send_payment(a.peers.link(b.key), message, prepared)  # type: ignore[arg-type]
         assert b.wallet.balance().satoshis == 2_000
 
@@ -150,7 +157,7 @@ async def test_unanswered_payment_is_watched_then_abandoned(
         await link(a, b)
         swallowed = trio.Event()
 
-        async def black_hole(link_: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+        async def black_hole(_link: PeerLink, _body: dict[str, Any]) -> dict[str, Any]:
             swallowed.set()
             await trio.sleep_forever()
             raise AssertionError("unreachable")
@@ -235,12 +242,15 @@ async def test_cli_wallet_quote_and_pay(tmp_path: Path, nursery: trio.Nursery, s
 
         assert as_json(await run("wallet", "balance", "--json"))["satoshis"] == 0
         funded = as_json(await run("wallet", "faucet", "9000", "--json"))
-        assert funded["satoshis"] == 9_000 and funded["balance"]["satoshis"] == 9_000
+        assert funded["satoshis"] == 9_000
+        assert funded["balance"]["satoshis"] == 9_000
         assert as_json(await run("wallet", "receive", "--json"))["identity_key"] == a.key
         quote = as_json(await run("quote", "--provider", b.key, "--resource", "file:cli", "--amount", "700", "--json"))
-        assert quote["amount"] == 700 and quote["payee"] == b.key
+        assert quote["amount"] == 700
+        assert quote["payee"] == b.key
         receipt = as_json(await run("pay", "--quote-id", quote["quote_id"], "--json"))
-        assert receipt["amount"] == 700 and receipt["quote_id"] == quote["quote_id"]
+        assert receipt["amount"] == 700
+        assert receipt["quote_id"] == quote["quote_id"]
         history = as_json(await run("wallet", "history", "--json"))
         assert [(h["direction"], h["amount"], h["status"]) for h in history] == [
             ("out", 700, "unconfirmed"),
@@ -249,14 +259,17 @@ async def test_cli_wallet_quote_and_pay(tmp_path: Path, nursery: trio.Nursery, s
         assert history[0]["txid"] == receipt["txid"]
         # people get tables and aligned fields
         human = await run("wallet", "balance")
-        assert human.exit_code == 0 and "spendable" in human.stdout
+        assert human.exit_code == 0
+        assert "spendable" in human.stdout
         listing = await run("wallet", "history")
-        assert listing.exit_code == 0 and "payment" in listing.stdout
+        assert listing.exit_code == 0
+        assert "payment" in listing.stdout
         # a clear one-line error, a non-zero exit code and no balance change
         again = await run("pay", "--quote-id", quote["quote_id"])
         assert again.exit_code != 0
         unknown = await run("pay", "--quote-id", "0" * 32)
-        assert unknown.exit_code != 0 and "request a new quote" in unknown.output
+        assert unknown.exit_code != 0
+        assert "request a new quote" in unknown.output
         bad = await run("wallet", "faucet", "0")
         assert bad.exit_code != 0
         assert b.wallet.balance().satoshis == 700

@@ -41,7 +41,7 @@ class DemoTopicManager:
         admit = tuple(i for i, out in enumerate(outputs) if is_p2pkh(out.script))
         return Admittance(outputs_to_admit=admit, coins_to_retain=tuple(previous_coins))
 
-    def needed_inputs(self, tx: TaggedTx) -> Sequence[tuple[str, int]]:
+    def needed_inputs(self, _tx: TaggedTx) -> Sequence[tuple[str, int]]:
         return ()
 
     def documentation(self) -> str:

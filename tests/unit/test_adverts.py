@@ -23,6 +23,7 @@ from overlay_node.protocol.adverts import (
     AdvertError,
     Endpoints,
     Filter,
+    Offer,
     decode_advert,
     encode_advert,
     host_score,
@@ -81,7 +82,8 @@ def test_signature_checks_out_with_the_official_rules(name: str, protocol: str) 
 
 def test_codec_round_trip_and_publisher_rules() -> None:
     identity = Identity.generate()
-    ad = advert(identity, "ls_prices", price=5, pricing_model="per-packet", capabilities=("ndjson",), region="eu")
+    offer = Offer(price=5, pricing_model="per-packet", capabilities=("ndjson",), region="eu")
+    ad = advert(identity, "ls_prices", offer=offer)
     value = encode_advert(ad)
     assert len(value) < 1024
     assert decode_advert(value, publisher=identity.public_key) == ad
@@ -117,14 +119,16 @@ def test_garbage_values_raise_only_advert_error(blob: bytes) -> None:
 
 
 def test_names_follow_brc87() -> None:
-    assert kind_of("tm_ship") == "SHIP" and kind_of("ls_slap") == "SLAP"
+    assert kind_of("tm_ship") == "SHIP"
+    assert kind_of("ls_slap") == "SLAP"
     for bad in ("tm_", "tm_Weather", "tm_w2", "tm__x", "xx_weather", "tm_" + "a" * 60, "ls_x_"):
         with pytest.raises(BadRequest):
             kind_of(bad)
 
 
 def test_filters_and_score() -> None:
-    ad = advert(Identity.generate(), price=10, capabilities=("ndjson", "gzip"), region="eu", service_type="feed")
+    offer = Offer(price=10, capabilities=("ndjson", "gzip"), region="eu", service_type="feed")
+    ad = advert(Identity.generate(), offer=offer)
     assert Filter().matches(ad)
     assert Filter(capabilities=("gzip",), max_price=10, region="eu", service_type="feed").matches(ad)
     assert not Filter(max_price=9).matches(ad)

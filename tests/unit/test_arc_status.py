@@ -70,9 +70,13 @@ def _with(status: str, **extra: Any) -> dict[str, Any]:
 
 def test_mined_brings_the_merkle_path() -> None:
     result = interpret(200, MINED)
-    assert result.outcome is ArcOutcome.MINED and result.mined and result.accepted
-    assert result.merkle_path == MINED_PATH and result.block_height == 736228
-    assert result.block_hash == MINED["blockHash"] and result.txid == MINED_TXID
+    assert result.outcome is ArcOutcome.MINED
+    assert result.mined
+    assert result.accepted
+    assert result.merkle_path == MINED_PATH
+    assert result.block_height == 736228
+    assert result.block_hash == MINED["blockHash"]
+    assert result.txid == MINED_TXID
 
 
 @pytest.mark.parametrize(
@@ -81,37 +85,50 @@ def test_mined_brings_the_merkle_path() -> None:
 )
 def test_mined_without_a_usable_path_is_not_mined(path: str | None) -> None:
     result = interpret(200, {**MINED, "merklePath": path})
-    assert result.outcome is ArcOutcome.SEEN and result.merkle_path is None
+    assert result.outcome is ArcOutcome.SEEN
+    assert result.merkle_path is None
 
 
 def test_mined_path_must_prove_this_txid() -> None:
     other = "11" * 32
     result = interpret(200, {**MINED, "txid": other})
-    assert result.outcome is ArcOutcome.SEEN and "merkle path" in result.detail
+    assert result.outcome is ArcOutcome.SEEN
+    assert "merkle path" in result.detail
 
 
 def test_seen_on_network() -> None:
     result = interpret(200, MEMPOOL)
-    assert result.outcome is ArcOutcome.SEEN and result.accepted and not result.mined and not result.failed
+    assert result.outcome is ArcOutcome.SEEN
+    assert result.accepted
+    assert not result.mined
+    assert not result.failed
 
 
 @pytest.mark.parametrize("status", sorted(PROGRESSING_STATUSES))
 def test_progressing_statuses(status: str) -> None:
     result = interpret(200, _with(status))
-    assert result.outcome is ArcOutcome.PROGRESSING and not result.failed and not result.retryable
+    assert result.outcome is ArcOutcome.PROGRESSING
+    assert not result.failed
+    assert not result.retryable
 
 
 def test_orphan_mempool_progresses() -> None:
     result = interpret(200, _with("SEEN_IN_ORPHAN_MEMPOOL", extraInfo="missing inputs"))
-    assert result.outcome is ArcOutcome.PROGRESSING and result.accepted and not result.failed
+    assert result.outcome is ArcOutcome.PROGRESSING
+    assert result.accepted
+    assert not result.failed
 
 
 def test_double_spend_with_http_200_fails() -> None:
     rival = "c0d6fce714e4225614f000c6a5addaaa1341acbb9c87115114dcf84f37b945a6"
     result = interpret(200, _with("DOUBLE_SPEND_ATTEMPTED", competingTxs=[rival], txid="ab" * 32))
-    assert result.outcome is ArcOutcome.FAILED and result.failed and not result.accepted
-    assert result.competing_txs == (rival,) and result.http_status == 200
-    assert result.tx_status == "DOUBLE_SPEND_ATTEMPTED" and result.txid == "ab" * 32
+    assert result.outcome is ArcOutcome.FAILED
+    assert result.failed
+    assert not result.accepted
+    assert result.competing_txs == (rival,)
+    assert result.http_status == 200
+    assert result.tx_status == "DOUBLE_SPEND_ATTEMPTED"
+    assert result.txid == "ab" * 32
 
 
 @pytest.mark.parametrize("status", sorted(FAILED_STATUSES))
@@ -121,32 +138,41 @@ def test_failed_statuses(status: str) -> None:
 
 def test_rejected_keeps_extra_info() -> None:
     result = interpret(200, _with("REJECTED", extraInfo="previously double spend attempted"))
-    assert result.failed and "previously double spend attempted" in result.detail
+    assert result.failed
+    assert "previously double spend attempted" in result.detail
 
 
 @pytest.mark.parametrize("code", [400, 422, 460, 461, 462, 463, 464, 465, 466, 467, 468, 469, 473])
 def test_arc_refusal_codes_fail(code: int) -> None:
     body = {**INVALID_OUTPUTS, "status": code}
     result = interpret(code, body)
-    assert result.outcome is ArcOutcome.FAILED and result.arc_code == code and not result.retryable
-    assert result.txid == INVALID_OUTPUTS["txid"] and "satoshis is invalid" in result.extra_info
+    assert result.outcome is ArcOutcome.FAILED
+    assert result.arc_code == code
+    assert not result.retryable
+    assert result.txid == INVALID_OUTPUTS["txid"]
+    assert "satoshis is invalid" in result.extra_info
 
 
 def test_documented_invalid_outputs_answer() -> None:
     result = interpret(463, INVALID_OUTPUTS)
-    assert result.failed and result.arc_code == 463 and "Invalid outputs" in result.detail
+    assert result.failed
+    assert result.arc_code == 463
+    assert "Invalid outputs" in result.detail
 
 
 def test_refusal_inside_a_batch_answer() -> None:
     # /v1/txs answers HTTP 200 with one object per transaction; a refusal is an error object among them
     result = interpret(200, INVALID_OUTPUTS)
-    assert result.outcome is ArcOutcome.FAILED and result.arc_code == 463
+    assert result.outcome is ArcOutcome.FAILED
+    assert result.arc_code == 463
 
 
 @pytest.mark.parametrize("code", [408, 409, 425, 429, 500, 502, 503, 504])
 def test_transient_http_is_retryable(code: int) -> None:
     result = interpret(code, None, txid="cd" * 32)
-    assert result.outcome is ArcOutcome.RETRY and result.retryable and result.txid == "cd" * 32
+    assert result.outcome is ArcOutcome.RETRY
+    assert result.retryable
+    assert result.txid == "cd" * 32
 
 
 def test_credentials_and_not_found() -> None:
@@ -160,14 +186,17 @@ def test_odd_answers() -> None:
     assert interpret(200, {"txid": "ab" * 32}).outcome is ArcOutcome.RETRY  # no txStatus: nothing learnt
     assert interpret(200, None).outcome is ArcOutcome.RETRY
     unknown = interpret(200, _with("SOMETHING_NEW"))
-    assert unknown.outcome is ArcOutcome.PROGRESSING and "SOMETHING_NEW" in unknown.detail
+    assert unknown.outcome is ArcOutcome.PROGRESSING
+    assert "SOMETHING_NEW" in unknown.detail
     assert interpret(200, _with("seen_on_network")).outcome is ArcOutcome.SEEN
     assert interpret(302, None).outcome is ArcOutcome.RETRY
 
 
 def test_transport_failure_is_retryable() -> None:
     result = transport_failure(ConnectionRefusedError("refused"), txid="ef" * 32)
-    assert result.outcome is ArcOutcome.RETRY and result.http_status is None and "refused" in result.detail
+    assert result.outcome is ArcOutcome.RETRY
+    assert result.http_status is None
+    assert "refused" in result.detail
 
 
 _json = st.recursive(

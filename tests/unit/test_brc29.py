@@ -70,7 +70,8 @@ def test_brc29_invoice_number() -> None:
 
 def test_sender_and_recipient_reach_the_published_address() -> None:
     sender, recipient = _id(SENDER_PRIVATE), _id(RECIPIENT_PRIVATE)
-    assert sender.public_key_hex == SENDER_PUBLIC and recipient.public_key_hex == RECIPIENT_PUBLIC
+    assert sender.public_key_hex == SENDER_PUBLIC
+    assert recipient.public_key_hex == RECIPIENT_PUBLIC
     expected_hash, _ = decode_address(EXPECTED_ADDRESS)
     testnet_hash, _ = decode_address(EXPECTED_TESTNET_ADDRESS)
     assert expected_hash == testnet_hash

@@ -248,7 +248,8 @@ def test_invoice_number_rules(protocol: tuple[int, str], key_id: str, message: s
 def test_identity_basics() -> None:
     me = Identity.generate()
     again = Identity.from_private_bytes(me.private_bytes)
-    assert again.public_key == me.public_key and len(me.public_key) == 33
+    assert again.public_key == me.public_key
+    assert len(me.public_key) == 33
     assert me.public_key_hex == me.public_key.hex()
     assert me.private_bytes.hex() not in repr(me)
     other = Identity.generate()

@@ -35,7 +35,9 @@ from overlay_node.services.content_blobs import ManifestHasher
 
 def test_chunk_plans() -> None:
     plan = ChunkPlan.for_size(3 * MIN_CHUNK + 5, 100_000)
-    assert plan.chunk_size == 131072 and plan.count == 2 and plan.bounds(1) == (131072, 3 * MIN_CHUNK + 5 - 131072)
+    assert plan.chunk_size == 131072
+    assert plan.count == 2
+    assert plan.bounds(1) == (131072, 3 * MIN_CHUNK + 5 - 131072)
     assert ChunkPlan.for_size(0, MIN_CHUNK).count == 0
     huge = ChunkPlan.for_size(1 << 40, MIN_CHUNK)
     assert huge.count <= MAX_CHUNKS
@@ -102,7 +104,8 @@ def test_record_values_round_trip_and_fit_in_a_dht_value() -> None:
     value = encode_tag_items(items)
     assert len(value) <= 1024
     decoded = decode_tag_items(value)
-    assert 1 <= len(decoded) <= 16 and decoded[0].content_id == items[0].content_id
+    assert 1 <= len(decoded) <= 16
+    assert decoded[0].content_id == items[0].content_id
 
 
 @given(st.binary(max_size=1100))

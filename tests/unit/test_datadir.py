@@ -46,16 +46,22 @@ def test_paths_are_absolute_and_laid_out(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_init_creates_files_with_private_modes(dd: DataDir) -> None:
     result = dd.init(config_text=CONFIG_TEXT)
-    assert result.created and result.config_created
-    assert result.path == dd.path and result.identity_path == dd.identity_path
+    assert result.created
+    assert result.config_created
+    assert result.path == dd.path
+    assert result.identity_path == dd.identity_path
     assert _mode(dd.path) == 0o700
-    assert dd.blobs_dir.is_dir() and dd.logs_dir.is_dir()
+    assert dd.blobs_dir.is_dir()
+    assert dd.logs_dir.is_dir()
     assert _mode(dd.identity_path) == 0o600
     assert dd.config_path.read_text() == CONFIG_TEXT
     text = dd.identity_path.read_text()
-    assert len(text) == 65 and text.endswith("\n") and text == text.lower()
+    assert len(text) == 65
+    assert text.endswith("\n")
+    assert text == text.lower()
     key = dd.load_identity()
-    assert len(key) == 32 and 0 < int.from_bytes(key, "big") < SECP256K1_N
+    assert len(key) == 32
+    assert 0 < int.from_bytes(key, "big") < SECP256K1_N
     assert key.hex() == text.strip()
     assert sorted(p.name for p in dd.path.iterdir()) == ["blobs", "config.toml", "identity.key", "logs"]
 
@@ -65,7 +71,8 @@ def test_init_is_idempotent_and_keeps_identity_and_config(dd: DataDir) -> None:
     key = dd.load_identity()
     dd.config_path.write_text("# edited by the user\n")
     again = dd.init(config_text="# another\n")
-    assert not again.created and not again.config_created
+    assert not again.created
+    assert not again.config_created
     assert dd.load_identity() == key
     assert dd.config_path.read_text() == "# edited by the user\n"
 
@@ -74,7 +81,8 @@ def test_init_in_existing_dir_writes_missing_config(dd: DataDir) -> None:
     dd.init(config_text=CONFIG_TEXT)
     dd.config_path.unlink()
     result = dd.init(config_text=CONFIG_TEXT)
-    assert result.config_created and not result.created
+    assert result.config_created
+    assert not result.created
 
 
 def test_init_refuses_a_file_in_the_way(tmp_path: Path) -> None:

@@ -78,7 +78,8 @@ def test_at_most_alpha_requests_fly_and_timeouts_free_their_slot() -> None:
     result = lookup.result()
     assert result.closest == (a, c)
     assert (result.queried, result.failed, result.finished) == (3, 1, True)
-    assert lookup.next_actions(3.0) == [] and lookup.next_deadline() is None
+    assert lookup.next_actions(3.0) == []
+    assert lookup.next_deadline() is None
 
 
 def test_closer_contacts_are_asked_before_farther_ones_and_own_id_never() -> None:
@@ -86,7 +87,8 @@ def test_closer_contacts_are_asked_before_farther_ones_and_own_id_never() -> Non
     ordered = by_distance([contact(i) for i in range(1, 30)])
     lookup = Lookup(TARGET, ordered[10:], own_id=me.node_id, k=5, alpha=1)
     (first,) = lookup.next_actions(0.0)
-    assert isinstance(first, SendFindNode) and first.contact == ordered[10]
+    assert isinstance(first, SendFindNode)
+    assert first.contact == ordered[10]
     lookup.on_response(ordered[10].node_id, [me, *ordered[:3]], now=0.1)
     (second,) = lookup.next_actions(0.1)
     assert second.contact == ordered[0]
@@ -104,7 +106,8 @@ def test_explicit_timeouts_and_an_empty_start() -> None:
     lookup = Lookup(TARGET, [a], own_id=contact(0).node_id)
     lookup.next_actions(0.0)
     lookup.on_timeout(a.node_id, now=0.5)
-    assert lookup.finished and lookup.result().closest == ()
+    assert lookup.finished
+    assert lookup.result().closest == ()
 
 
 def _record(publisher: int, seq: int, value: bytes = b"v") -> Record:
@@ -152,7 +155,8 @@ def test_a_lost_page_fails_only_the_rest_of_that_node_and_pages_are_capped() -> 
     lookup.on_response(b.node_id, [], [_record(4, 1)], next_cursor=b"3", now=1.15)
     assert lookup.finished, "b reached max_pages"
     result = lookup.result()
-    assert result.closest == (a, b) and len(result.records) == 4
+    assert result.closest == (a, b)
+    assert len(result.records) == 4
 
 
 # -- simulated networks ------------------------------------------------------------------------------------------
@@ -341,7 +345,8 @@ def test_lookups_route_around_dead_nodes_and_refreshes_heal_the_tables() -> None
     # right after a quarter of the network died, answers are full of dead contacts (the same ones from every
     # node near the target), so a few far members of a closest set can be missed; a dead one is never returned
     exact, missing = lookup_round()
-    assert exact >= 0.85 * len(survivors) and missing <= len(survivors) * K * 0.02
+    assert exact >= 0.85 * len(survivors)
+    assert missing <= len(survivors) * K * 0.02
     assert net.failures_reported > 0
     dead_known = sum(1 for n in survivors for c in n.table.contacts() if not net.nodes[c.node_id].alive)
     # the service's bucket refreshes hit the dead contacts; repeated failures evict them
@@ -369,7 +374,8 @@ class Publisher:
 def _store_at(net: SimNet, origin: SimNode, record: Record, holders: list[Contact]) -> None:
     for holder in holders:
         answer = net.request(origin, holder, Store(rpc_id=new_rpc_id(), record=record))
-        assert isinstance(answer, StoreAck) and answer.stored, answer
+        assert isinstance(answer, StoreAck), answer
+        assert answer.stored, answer
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,8 @@ def test_newer_seq_replaces_and_equal_or_older_is_ignored() -> None:
     assert store.put(ALICE.record(3, b"three"), NOW) is PutResult.REPLACED
     assert store.put(ALICE.record(3, b"other three"), NOW) is PutResult.STALE
     assert store.put(ALICE.record(1, b"one"), NOW) is PutResult.STALE
-    assert not PutResult.STALE.refused and not PutResult.STALE.accepted
+    assert not PutResult.STALE.refused
+    assert not PutResult.STALE.accepted
     assert [r.value for r in store.get(KEY)] == [b"three"]
     assert store.refusals == {}, "stale is not an abuse refusal"
 
@@ -78,7 +79,8 @@ def test_a_key_holds_one_record_per_publisher() -> None:
         assert store.put(p.record(1, b"host of " + p.pub[:4]), NOW).accepted
     assert store.put(ALICE.record(1, b"x", key=OTHER_KEY), NOW).accepted
     assert [r.publisher for r in store.get(KEY)] == sorted(p.pub for p in (ALICE, BOB, CAROL))
-    assert len(store) == 4 and sorted(store.held_keys()) == sorted([KEY, OTHER_KEY])
+    assert len(store) == 4
+    assert sorted(store.held_keys()) == sorted([KEY, OTHER_KEY])
     stats = store.statistics()
     assert (stats.records, stats.keys, stats.publishers) == (4, 2, 3)
     assert stats.total_bytes == sum(record_size(r) for r in store.all_records())
@@ -110,9 +112,12 @@ def test_records_expire() -> None:
     assert store.get(KEY, NOW + 100) == sorted(store.get(KEY), key=lambda r: r.publisher)
     assert store.expire(NOW + 60) == []
     assert [r.seq for r in store.expire(NOW + 120)] == [2]
-    assert store.get(KEY, NOW + 300) == [long] and store.live(KEY, NOW + 700) == []
+    assert store.get(KEY, NOW + 300) == [long]
+    assert store.live(KEY, NOW + 700) == []
     assert store.expire(NOW + 601) == [long]
-    assert len(store) == 0 and store.statistics().total_bytes == 0 and store.held_keys() == []
+    assert len(store) == 0
+    assert store.statistics().total_bytes == 0
+    assert store.held_keys() == []
 
 
 def test_expiry_is_checked_on_arrival() -> None:
@@ -158,16 +163,17 @@ def test_every_limit_refuses_and_changes_nothing() -> None:
     assert (after.records, after.total_bytes) == (before.records, before.total_bytes)
     assert after.refusals == {"value_too_large": 1, "key_full": 1, "publisher_full": 1, "store_full": 1}
     # freeing space lets records in again
-    assert store.remove(KEY, BOB.pub) and not store.remove(KEY, BOB.pub)
+    assert store.remove(KEY, BOB.pub)
+    assert not store.remove(KEY, BOB.pub)
     assert store.put(BOB.record(1, b"b" * 100, key=OTHER_KEY), NOW).accepted
 
 
 def test_limits_are_validated() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"max_value must be in \[0, 1024\]"):
         RecordLimits(max_value=2000)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"max_ttl must be in \(0, 86400\]"):
         RecordLimits(max_ttl=48 * 3600)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="record limits must be >= 1"):
         RecordLimits(max_per_key=0)
 
 

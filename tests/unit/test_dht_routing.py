@@ -51,13 +51,15 @@ def far_half(value: int) -> bool:
 
 def check_invariants(table: RoutingTable) -> None:
     own = id_to_int(table.own_id)
-    assert table.buckets[0].lo == 0 and table.buckets[-1].hi == 1 << ID_BITS
+    assert table.buckets[0].lo == 0
+    assert table.buckets[-1].hi == 1 << ID_BITS
     for a, b in itertools.pairwise(table.buckets):
         assert a.hi == b.lo
     seen: set[bytes] = set()
     for bucket in table.buckets:
         size = bucket.hi - bucket.lo
-        assert size & (size - 1) == 0 and bucket.lo % size == 0, "buckets are aligned blocks"
+        assert size & (size - 1) == 0, "buckets are aligned blocks"
+        assert bucket.lo % size == 0, "buckets are aligned blocks"
         assert len(bucket.entries) <= table.k
         assert len(bucket.replacements) <= table.replacement_size
         assert not set(bucket.entries) & set(bucket.replacements)
@@ -91,7 +93,8 @@ def test_buckets_split_only_around_our_own_id() -> None:
 def test_own_id_is_never_stored() -> None:
     table = RoutingTable(OWN.node_id, k=2)
     assert table.observe(OWN, now=0.0) == []
-    assert len(table) == 0 and OWN.node_id not in table
+    assert len(table) == 0
+    assert OWN.node_id not in table
 
 
 def test_contacts_are_kept_least_recently_seen_first() -> None:
@@ -136,7 +139,8 @@ def test_an_unanswered_ping_evicts_the_oldest_for_the_newest_replacement() -> No
     table.observe(n2, now=11.0)
     actions = table.on_ping_timeout(members[0].node_id, now=15.0)
     assert actions == [Evicted(contact=members[0], reason="ping_timeout", replaced_by=n2)]
-    assert members[0].node_id not in table and n2.node_id in table
+    assert members[0].node_id not in table
+    assert n2.node_id in table
     assert table.bucket_for(n1.node_id).pinging is None
     assert table.statistics().evictions == 1
     assert table.on_ping_timeout(members[0].node_id, now=16.0) == [], "a second report is a no-op"
@@ -151,7 +155,8 @@ def test_an_answered_ping_keeps_the_old_contact() -> None:
     bucket = table.bucket_for(newcomer.node_id)
     assert bucket.contacts() == [members[1], members[2], members[0]]
     assert bucket.pinging is None
-    assert newcomer.node_id in bucket.replacements and newcomer.node_id not in table
+    assert newcomer.node_id in bucket.replacements
+    assert newcomer.node_id not in table
 
 
 def test_repeated_request_failures_evict_and_an_answer_resets_the_count() -> None:
@@ -167,7 +172,8 @@ def test_repeated_request_failures_evict_and_an_answer_resets_the_count() -> Non
     for t in (4.0, 5.0):
         assert table.on_request_failed(a.node_id, now=t) == []
     assert table.on_request_failed(a.node_id, now=6.0) == [Evicted(contact=a, reason="failures")]
-    assert a.node_id not in table and b.node_id in table
+    assert a.node_id not in table
+    assert b.node_id in table
     assert table.on_request_failed(a.node_id, now=7.0) == []
 
 
@@ -234,7 +240,7 @@ def test_stale_buckets_are_refreshed_with_random_ids_in_their_range() -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="own_id must be 32 bytes"):
         RoutingTable(b"short")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="k and max_failures must be >= 1"):
         RoutingTable(OWN.node_id, k=0)

@@ -209,9 +209,11 @@ def test_a_first_page_full_of_contacts_continues_from_the_first_record() -> None
     v6 = tuple(Contact(pubkey=_pub(i), host=f"2001:db8::{i:x}", port=1) for i in range(20))
     records = [_record(1, size=1000)]
     page = pack_values(rpc_id=new_rpc_id(), key=records[0].key, records=records, contacts=v6, first_page=True)
-    assert page.records == () and page.next_cursor == b""
+    assert page.records == ()
+    assert page.next_cursor == b""
     got, pages = _page_through(records, v6)
-    assert got == records and pages == 2
+    assert got == records
+    assert pages == 2
 
 
 # -- bad datagrams -----------------------------------------------------------------------------------------------

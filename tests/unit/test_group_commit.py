@@ -51,7 +51,8 @@ async def test_items_waiting_during_a_write_share_the_next_one() -> None:
             nursery.cancel_scope.cancel()
     # the five that came during the first write share two writes (at most max_batch each; trio starts tasks in
     # no fixed order, so which items go together is not fixed)
-    assert [len(b) for b in writer.batches] == [1, 3, 2] and writer.batches[0] == [0]
+    assert [len(b) for b in writer.batches] == [1, 3, 2]
+    assert writer.batches[0] == [0]
     assert sorted(i for b in writer.batches for i in b) == list(range(6))
     assert results == {i: i * 10 for i in range(6)}
     assert sorted(written) == [(i, i * 10) for i in range(6)]
@@ -85,8 +86,8 @@ async def test_without_its_task_an_item_is_written_alone() -> None:
     writer = Writer()
     group: GroupCommit[int, int] = GroupCommit(writer.write, max_batch=10)
     assert await group.submit(4) == 40
+    writer.fail = True
     with pytest.raises(StoreError):
-        writer.fail = True
         await group.submit(5)
     assert writer.batches == [[4]]
 

@@ -85,8 +85,11 @@ def test_a_get_request_is_parsed() -> None:
     assert (request.path, request.query) == (b"/a/b", b"x=1&y=2")
     assert request.version == "1.1"
     assert request.headers == [(b"host", b"example"), (b"user-agent", b"test/1.0"), (b"accept", b"*/*")]
-    assert request.keep_alive and not request.has_body and not request.expect_continue
-    assert request.content_length == 0 and not request.chunked
+    assert request.keep_alive
+    assert not request.has_body
+    assert not request.expect_continue
+    assert request.content_length == 0
+    assert not request.chunked
     assert body == b""
 
 
@@ -133,7 +136,8 @@ def test_keep_alive_by_version_and_connection(head: bytes, keep_alive: bool) -> 
 
 def test_http_1_0_needs_no_host_and_a_higher_minor_version_is_1_1() -> None:
     request, _ = parse_one(b"GET / HTTP/1.0\r\n\r\n")
-    assert request.version == "1.0" and request.headers == []
+    assert request.version == "1.0"
+    assert request.headers == []
     request, _ = parse_one(b"GET / HTTP/1.7\r\nHost: h\r\n\r\n")
     assert request.version == "1.1"
 
@@ -141,7 +145,8 @@ def test_http_1_0_needs_no_host_and_a_higher_minor_version_is_1_1() -> None:
 @pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9", b"HTTP/3.1"])
 def test_other_major_versions_are_505(version: bytes) -> None:
     error = error_of(b"GET / " + version + b"\r\nHost: h\r\n\r\n")
-    assert isinstance(error, UnsupportedVersion) and error.http_status == 505
+    assert isinstance(error, UnsupportedVersion)
+    assert error.http_status == 505
 
 
 @pytest.mark.parametrize(
@@ -171,7 +176,9 @@ def test_other_major_versions_are_505(version: bytes) -> None:
 )
 def test_malformed_heads_are_400(head: bytes) -> None:
     error = error_of(head)
-    assert type(error) is HttpError and error.http_status == 400 and error.code == "bad_request"
+    assert type(error) is HttpError
+    assert error.http_status == 400
+    assert error.code == "bad_request"
 
 
 def test_empty_lines_before_a_request_are_ignored() -> None:
@@ -220,7 +227,8 @@ def test_a_large_head_is_431_complete_or_not() -> None:
 def test_too_many_headers_is_431() -> None:
     head = b"GET / HTTP/1.1\r\nHost: h\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(20)) + b"\r\n"
     error = error_of(head, max_headers=20)
-    assert isinstance(error, TooManyHeaders) and error.http_status == 431
+    assert isinstance(error, TooManyHeaders)
+    assert error.http_status == 431
     assert len(parse_one(head, max_headers=21)[0].headers) == 21
 
 
@@ -289,12 +297,15 @@ def test_transfer_encoding_in_http_1_0_is_refused() -> None:
 
 def test_other_transfer_codings_are_501() -> None:
     error = error_of(POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n")
-    assert isinstance(error, UnsupportedTransferCoding) and error.http_status == 501
+    assert isinstance(error, UnsupportedTransferCoding)
+    assert error.http_status == 501
 
 
 def test_transfer_encoding_is_case_insensitive() -> None:
     request, body = parse_one(POST + b"Transfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
-    assert request.chunked and request.content_length is None and body == b"abc"
+    assert request.chunked
+    assert request.content_length is None
+    assert body == b"abc"
 
 
 @pytest.mark.parametrize(
@@ -363,8 +374,10 @@ def test_a_content_length_body_is_handed_out_as_it_arrives() -> None:
     parser = RequestParser()
     parser.receive_data(POST + b"Content-Length: 10\r\n\r\n0123")
     request = parser.next_request()
-    assert request is not None and request.content_length == 10
-    assert parser.body_remaining == 10 and not parser.body_complete
+    assert request is not None
+    assert request.content_length == 10
+    assert parser.body_remaining == 10
+    assert not parser.body_complete
     assert parser.read_body() == (b"0123", False)
     assert parser.read_body() == (b"", False)
     assert parser.body_remaining == 6
@@ -553,7 +566,9 @@ def test_a_one_piece_body_gets_a_content_length_and_is_one_write() -> None:
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ndate: Tue, 01 Jan 2030 00:00:00 GMT\r\n"
         b'content-length: 11\r\n\r\n{"ok":true}'
     )
-    assert writer.keep_alive and writer.started and writer.complete
+    assert writer.keep_alive
+    assert writer.started
+    assert writer.complete
 
 
 def test_a_streamed_body_is_chunked_piece_by_piece() -> None:
@@ -572,8 +587,10 @@ def test_the_apps_content_length_is_kept_and_held_to() -> None:
     writer = ResponseWriter(head_request=False, http11=True, keep_alive=True)
     wire = write(writer, 206, [(b"content-length", b"6"), (b"content-range", b"bytes 0-5/10")], [b"abc", b"def"])
     response, body, _ = h11_read(wire)
-    assert response.status_code == 206 and body == b"abcdef"
-    assert (b"content-length", b"6") in response.headers and b"chunked" not in wire
+    assert response.status_code == 206
+    assert body == b"abcdef"
+    assert (b"content-length", b"6") in response.headers
+    assert b"chunked" not in wire
     too_much = ResponseWriter(head_request=False, http11=True, keep_alive=True)
     too_much.start(200, [(b"content-length", b"2")])
     with pytest.raises(LocalProtocolError):
@@ -589,13 +606,17 @@ def test_the_apps_content_length_is_kept_and_held_to() -> None:
 def test_http_1_0_streams_are_delimited_by_the_close() -> None:
     writer = ResponseWriter(head_request=False, http11=False, keep_alive=True)
     wire = write(writer, 200, [], [b"one", b"two"])
-    assert b"chunked" not in wire and b"connection: close\r\n" in wire and not writer.keep_alive
+    assert b"chunked" not in wire
+    assert b"connection: close\r\n" in wire
+    assert not writer.keep_alive
     _, body, _ = h11_read(wire, http10=True)
     assert body == b"onetwo"
     # a one-piece body keeps an HTTP/1.0 keep-alive connection, and says so
     writer = ResponseWriter(head_request=False, http11=False, keep_alive=True)
     wire = write(writer, 200, [], [b"one"])
-    assert b"connection: keep-alive\r\n" in wire and b"content-length: 3\r\n" in wire and writer.keep_alive
+    assert b"connection: keep-alive\r\n" in wire
+    assert b"content-length: 3\r\n" in wire
+    assert writer.keep_alive
 
 
 def test_head_answers_carry_no_body() -> None:
@@ -609,7 +630,8 @@ def test_head_answers_carry_no_body() -> None:
     wire = write(writer, 200, [], [b"a", b"b", b""])
     assert wire.endswith(b"transfer-encoding: chunked\r\n\r\n")
     _, body, keep = h11_read(wire, method="HEAD")
-    assert body == b"" and keep
+    assert body == b""
+    assert keep
 
 
 @pytest.mark.parametrize("status", [204, 304])
@@ -621,19 +643,25 @@ def test_204_and_304_carry_no_body_and_no_length(status: int) -> None:
         b"No Content" if status == 204 else b"Not Modified",
     )
     response, body, keep = h11_read(wire)
-    assert response.status_code == status and body == b"" and keep
+    assert response.status_code == status
+    assert body == b""
+    assert keep
 
 
 def test_connection_close_from_the_app_or_the_server() -> None:
     writer = ResponseWriter(head_request=False, http11=True, keep_alive=True)
     wire = write(writer, 200, [(b"connection", b"Close")], [b"x"])
-    assert not writer.keep_alive and wire.count(b"connection") == 1 and b"connection: close\r\n" in wire
+    assert not writer.keep_alive
+    assert wire.count(b"connection") == 1
+    assert b"connection: close\r\n" in wire
     writer = ResponseWriter(head_request=False, http11=True, keep_alive=True)
     writer.keep_alive = False  # decided by the server before the head goes out
     wire = write(writer, 200, [(b"transfer-encoding", b"chunked")], [b"x"])
-    assert b"connection: close\r\n" in wire and b"transfer-encoding" not in wire
+    assert b"connection: close\r\n" in wire
+    assert b"transfer-encoding" not in wire
     _, body, keep = h11_read(wire)
-    assert body == b"x" and not keep
+    assert body == b"x"
+    assert not keep
 
 
 def test_a_streamed_answer_can_send_its_head_first() -> None:
@@ -641,7 +669,8 @@ def test_a_streamed_answer_can_send_its_head_first() -> None:
     writer.start(200, [(b"content-type", b"application/x-ndjson")])
     assert writer.declared_length is None
     head = writer.head()
-    assert head.endswith(b"transfer-encoding: chunked\r\n\r\n") and writer.started
+    assert head.endswith(b"transfer-encoding: chunked\r\n\r\n")
+    assert writer.started
     with pytest.raises(LocalProtocolError):
         writer.head()
     assert writer.body(b"a\n", True) == [b"2\r\na\n\r\n"]
@@ -696,7 +725,8 @@ def test_response_misuse_is_our_error() -> None:
 def test_error_responses_are_json_and_close() -> None:
     wire = error_response(413, "body_too_large", "too big", date=b"D")
     response, body, keep = h11_read(wire)
-    assert response.status_code == 413 and not keep
+    assert response.status_code == 413
+    assert not keep
     assert body == b'{"status": "error", "code": "body_too_large", "message": "too big"}'
     assert (b"content-type", b"application/json") in response.headers
 

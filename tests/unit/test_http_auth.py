@@ -161,7 +161,8 @@ def test_payloads_signatures_and_nonces_match_the_sdk(server: Identity, client: 
     # nonces: the same HMAC as the SDK's createNonce, and the SDK's verifyNonce takes ours (for the right key)
     assert [n["sdk"] for n in out["nonces"][:2]] == ours[:2]
     assert [n["verifies"] for n in out["nonces"]] == [True, True, False]
-    assert len(out["sdkNonce"]) == 64 and "=" not in out["sdkNonce"]
+    assert len(out["sdkNonce"]) == 64
+    assert "=" not in out["sdkNonce"]
     # signatures: theirs verify with us, ours with them
     for job, theirs in zip(sig_jobs, out["signatures"], strict=True):
         assert brc42.verify_signature(
@@ -204,7 +205,9 @@ def test_signed_headers_filter_and_normalise() -> None:
 
 def test_nonces(server: Identity, client: Identity) -> None:
     nonce = ha.create_nonce(server)
-    assert len(nonce) == 64 and "=" not in nonce and len(base64.b64decode(nonce)) == ha.NONCE_BYTES
+    assert len(nonce) == 64
+    assert "=" not in nonce
+    assert len(base64.b64decode(nonce)) == ha.NONCE_BYTES
     assert ha.verify_nonce(server, nonce) == base64.b64decode(nonce)[:16]
     assert ha.verify_nonce(client, nonce) is None  # only its creator verifies it
     assert ha.verify_nonce(server, nonce, counterparty=client.public_key_hex) is None  # bound to its counterparty
@@ -253,9 +256,11 @@ def _request(
 def test_handshake_request_and_signed_answer(server: Identity, client: Identity) -> None:
     auth = ha.AuthServer(server, max_sessions=10, session_ttl=60, max_seen=100)
     session = _handshake(auth, client, 0.0)
-    assert session.server_key == server.public_key_hex and len(auth.sessions) == 1
+    assert session.server_key == server.public_key_hex
+    assert len(auth.sessions) == 1
     verified, request_id = _request(auth, client, session, 1.0)
-    assert verified.identity_key == client.public_key_hex and verified.request_id == request_id
+    assert verified.identity_key == client.public_key_hex
+    assert verified.request_id == request_id
     headers = [("x-bsv-payment-satoshis-paid", "5"), ("content-type", "application/json")]
     signature = auth.sign_response(verified, 200, headers, b"body")
     ha.verify_response(client, session, request_id, 200, [*headers, *signature], b"body")
@@ -348,22 +353,28 @@ def test_session_table_bounds_expiry_and_replay_horizon() -> None:
 
     a = session("a", 0)
     session("b", 1)
-    assert table.accept(a, b"r1", 2) and not table.accept(a, b"r1", 2)  # replay
+    assert table.accept(a, b"r1", 2)
+    assert not table.accept(a, b"r1", 2)  # replay
     session("c", 3)
     session("d", 4)  # full: the oldest unproven (b) goes, not the proven a
-    assert "a" in table and "b" not in table and len(table) == 3
+    assert "a" in table
+    assert "b" not in table
+    assert len(table) == 3
     session("e", 5)
     session("f", 6)  # c and d go; a stays while any unproven session can go
-    assert "a" in table and table.evicted == 3
+    assert "a" in table
+    assert table.evicted == 3
     assert table.get("a", 11.5) is a  # last used at 2: idle 9.5 s, alive (and used again now)
-    assert table.get("a", 21.6) is None and table.expired == 1  # idle 10.1 s: gone
+    assert table.get("a", 21.6) is None  # idle 10.1 s: gone
+    assert table.expired == 1
     # the replay set is bounded; forgetting a request id retires its session
     g = session("g", 100)
     for i in range(4):
         assert table.accept(g, f"g{i}".encode(), 101)
     h = session("h", 102)
     assert table.accept(h, b"h0", 103)  # g0 is forgotten: g is retired
-    assert table.get("g", 104) is None and table.retired == 1
+    assert table.get("g", 104) is None
+    assert table.retired == 1
     assert table.get("h", 104) is h
 
 
@@ -375,7 +386,9 @@ def test_session_table_new_sessions_displace_proven_ones_when_all_are_proven() -
         table.accept(s, s.nonce.encode(), i)
     newcomer = ha.AuthSession(nonce="c", peer_nonce="", peer_key="k", created=5, last_used=5)
     table.add(newcomer, 5)
-    assert "c" in table and "a" not in table and "b" in table
+    assert "c" in table
+    assert "a" not in table
+    assert "b" in table
 
 
 def test_handshake_refusals(server: Identity, client: Identity) -> None:

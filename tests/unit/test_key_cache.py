@@ -60,7 +60,9 @@ def test_every_table_is_bounded() -> None:
     for i, peer in enumerate(peers):
         brc42.derive_child_public_key(me, peer.public_key, f"2-test-{i}")
         brc42.sign_for_anyone(me, PROTOCOL, f"key {i}", b"d")
-    assert len(cache.ecdh) == 3 and len(cache.points) == 3 and len(cache.secrets) == 2
+    assert len(cache.ecdh) == 3
+    assert len(cache.points) == 3
+    assert len(cache.secrets) == 2
     # what was forgotten is computed again, the same
     assert brc42.derive_child_public_key(me, peers[0].public_key, "2-test-0") == brc42.derive_child_public_key(
         Identity.from_private_bytes(me.private_bytes), peers[0].public_key, "2-test-0"

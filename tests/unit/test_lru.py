@@ -15,17 +15,21 @@ def test_put_keeps_the_most_recent_entries() -> None:
     lru.put("a", 3)  # "a" is the most recent again
     lru.put("c", 4)  # "b" is now the oldest: it goes
     assert list(lru.items()) == [("a", 3), ("c", 4)]
-    assert lru.get("b") is None and lru.size == 2
+    assert lru.get("b") is None
+    assert lru.size == 2
 
 
 def test_reading_does_not_refresh_and_pop_removes() -> None:
     lru: LruMap[bytes, str] = LruMap(2)
     lru.put(b"x", "1")
     lru.put(b"y", "2")
-    assert lru[b"x"] == "1" and b"x" in lru and lru.get(b"x") == "1"
+    assert lru[b"x"] == "1"
+    assert b"x" in lru
+    assert lru.get(b"x") == "1"
     lru.put(b"z", "3")  # reads of "x" did not make it recent
     assert list(lru) == [b"y", b"z"]
-    assert lru.pop(b"y") == "2" and list(lru) == [b"z"]
+    assert lru.pop(b"y") == "2"
+    assert list(lru) == [b"z"]
 
 
 @given(st.integers(min_value=1, max_value=8), st.lists(st.tuples(st.integers(0, 12), st.integers())))

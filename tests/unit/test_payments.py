@@ -70,10 +70,13 @@ def _quote(**overrides: Any) -> Quote:
 
 def test_quote_is_signed_by_the_payee_and_round_trips() -> None:
     quote = _quote()
-    assert quote.payee == PAYEE.public_key_hex and quote.verify()
+    assert quote.payee == PAYEE.public_key_hex
+    assert quote.verify()
     again = Quote.from_wire(cbor2.loads(cbor2.dumps(quote.to_wire())))
-    assert again == quote and again.verify()
-    assert not quote.expired(NOW_MS + 59_999) and quote.expired(NOW_MS + 60_000)
+    assert again == quote
+    assert again.verify()
+    assert not quote.expired(NOW_MS + 59_999)
+    assert quote.expired(NOW_MS + 60_000)
     assert quote.as_json()["sig"] == quote.sig.hex()
 
 
@@ -133,7 +136,8 @@ def test_receipt_signature_binds_every_field() -> None:
     quote = _quote()
     txid = "ab" * 32
     receipt = Receipt.issue(PAYEE, quote, txid=txid, amount=1_200, paid_ms=NOW_MS + 5)
-    assert receipt.verify() and receipt.matches(quote, txid)
+    assert receipt.verify()
+    assert receipt.matches(quote, txid)
     assert Receipt.from_bytes(receipt.to_bytes()) == receipt
     assert not receipt.matches(quote, "cd" * 32)
     for change in ({"amount": 1_201}, {"txid": "cd" * 32}, {"payer": PAYEE.public_key_hex}, {"paid_ms": 1}):
@@ -143,13 +147,17 @@ def test_receipt_signature_binds_every_field() -> None:
 def test_a_receipt_signs_the_next_quote_by_its_digest() -> None:
     paid, txid = _quote(), "ab" * 32
     following = _quote(signed=False)
-    assert following.sig == b"" and "sig" not in following.to_wire() and not following.verify()
+    assert following.sig == b""
+    assert "sig" not in following.to_wire()
+    assert not following.verify()
     with pytest.raises(BadRequest, match="sig"):
         Quote.from_wire(following.to_wire())  # a quote on its own must be signed
     assert Quote.from_wire(cbor2.loads(cbor2.dumps(following.to_wire())), signed=False) == following
     receipt = Receipt.issue(PAYEE, paid, txid=txid, amount=1_000, paid_ms=NOW_MS, next_quote=following)
     again = Receipt.from_bytes(receipt.to_bytes())
-    assert again == receipt and again.verify() and again.signs_quote(following)
+    assert again == receipt
+    assert again.verify()
+    assert again.signs_quote(following)
     assert receipt.as_json()["next_quote"] == following.digest().hex()
     # any change to the quote, or to the digest the receipt names, breaks the chain
     for change in ({"amount": 2_000}, {"prefix": "AAAAAAAA"}, {"expires_ms": NOW_MS + 10**9}):
@@ -159,7 +167,8 @@ def test_a_receipt_signs_the_next_quote_by_its_digest() -> None:
     assert not receipt.signs_quote(dataclasses.replace(following, payer=PAYEE.public_key_hex))
     # a receipt without a next quote signs none, and keeps the signing bytes receipts always had
     plain = Receipt.issue(PAYEE, paid, txid=txid, amount=1_000, paid_ms=NOW_MS)
-    assert not plain.signs_quote(following) and "next_quote" not in plain.to_wire()
+    assert not plain.signs_quote(following)
+    assert "next_quote" not in plain.to_wire()
     assert cbor2.loads(plain.signing_bytes()) == cbor2.loads(receipt.signing_bytes())[:-1]
     with pytest.raises(BadRequest, match="next_quote"):
         Receipt.from_wire({**receipt.to_wire(), "next_quote": b"short"})
@@ -168,14 +177,18 @@ def test_a_receipt_signs_the_next_quote_by_its_digest() -> None:
 def test_a_receipt_may_be_signed_with_a_key_id_of_its_own() -> None:
     quote, txid = _quote(), "ab" * 32
     receipt = Receipt.issue(PAYEE, quote, txid=txid, amount=1_000, paid_ms=NOW_MS, key_id="stream:news")
-    assert receipt.signing_key_id == "stream:news" and receipt.to_wire()["key_id"] == "stream:news"
+    assert receipt.signing_key_id == "stream:news"
+    assert receipt.to_wire()["key_id"] == "stream:news"
     again = Receipt.from_bytes(receipt.to_bytes())
-    assert again == receipt and again.verify()
+    assert again == receipt
+    assert again.verify()
     # the key id selects the signing key: another one (or none: the quote id) does not verify
     assert not dataclasses.replace(receipt, key_id="stream:other").verify()
     assert not dataclasses.replace(receipt, key_id="").verify()
     plain = Receipt.issue(PAYEE, quote, txid=txid, amount=1_000, paid_ms=NOW_MS)
-    assert plain.signing_key_id == quote.quote_id and "key_id" not in plain.to_wire() and plain.verify()
+    assert plain.signing_key_id == quote.quote_id
+    assert "key_id" not in plain.to_wire()
+    assert plain.verify()
     assert plain.sig != receipt.sig
     for bad in ("", "a\nb", 7, "x" * 513):
         with pytest.raises(BadRequest, match="key id"):
@@ -192,7 +205,8 @@ def test_payment_message_names_its_quote_by_id_for_a_payee_that_keeps_its_quotes
         transaction=b"\x01" * 100,
     )
     wire = message.to_wire(quote_by_id=True)
-    assert "quote" not in wire and wire["quote_id"] == quote.quote_id
+    assert "quote" not in wire
+    assert wire["quote_id"] == quote.quote_id
     kept = {quote.quote_id: quote}
     assert PaymentMessage.from_wire(wire, max_bytes=100, quotes=kept.get) == message
     with pytest.raises(InvalidPayment, match="not a quote of this node"):
@@ -285,7 +299,8 @@ def test_atomic_beef_v2_round_trips_through_the_parser() -> None:
     f, m, p, _ = _chain()
     data = atomic_beef(p.txid, beef_entries(p.txid, {t.txid: t for t in (f, m, p)}, known={f.txid}))
     parsed = parse_payment_beef(data, max_txs=10)
-    assert [t.txid for t in parsed.txs] == [m.txid, p.txid] and parsed.txid_only == {f.txid}
+    assert [t.txid for t in parsed.txs] == [m.txid, p.txid]
+    assert parsed.txid_only == {f.txid}
     with pytest.raises(InvalidPayment, match="more than 2"):
         parse_payment_beef(data, max_txs=2)
     with pytest.raises(InvalidPayment, match="Atomic BEEF"):
@@ -301,9 +316,12 @@ def test_payment_beef_checks() -> None:
     full = parse_payment_beef(atomic_beef(p.txid, beef_entries(p.txid, txs)), max_txs=10)
     policy = Policy()
     checked = check_payment_beef(full, roots=roots, held={}, policy=policy)
-    assert checked.txid == p.txid and checked.output_satoshis == 1_000 and checked.fee == 1
+    assert checked.txid == p.txid
+    assert checked.output_satoshis == 1_000
+    assert checked.fee == 1
     assert checked.spends == ((m.txid, 0),)
-    assert [t.txid for t in checked.txs] == [f.txid, m.txid, p.txid] and checked.txs[0].block_height == 7
+    assert [t.txid for t in checked.txs] == [f.txid, m.txid, p.txid]
+    assert checked.txs[0].block_height == 7
     # a merkle path the chain does not know
     with pytest.raises(InvalidPayment, match="does not match block 7"):
         check_payment_beef(full, roots={7: "00" * 32}, held={}, policy=policy)
@@ -330,7 +348,9 @@ def test_fee_estimate_covers_the_real_size() -> None:
     lens = [25, 25]
     built = build_transaction(coins, [(coins[0].script, 10_000), (coins[0].script, 4_000)], _root_key, fee=1_000)
     assert len(built.raw) <= estimate_size(3, lens)
-    assert required_fee(1000, 1) == 1 and required_fee(1001, 1) == 2 and required_fee(250, 0) == 0
+    assert required_fee(1000, 1) == 1
+    assert required_fee(1001, 1) == 2
+    assert required_fee(250, 0) == 0
     with pytest.raises(ValueError, match="do not balance"):
         build_transaction(coins, [(coins[0].script, 1)], _root_key, fee=0)
 
@@ -340,17 +360,24 @@ def test_coin_selection() -> None:
     big = _coin("cc" * 32, 0, 9_000, PAYER, proven=True)
     # a proven coin first, then the smallest that covers it
     picked, fee, change = select_coins([small, mid, big], 800, [25], 1)
-    assert picked == [big] and fee == 1 and change == 9_000 - 800 - 1
+    assert picked == [big]
+    assert fee == 1
+    assert change == 9_000 - 800 - 1
     picked, _, _ = select_coins([small, mid], 800, [25], 1)
     assert picked == [small]
     # no single coin is enough: the largest ones together
     picked, fee, change = select_coins([small, mid, big], 13_000, [25], 1)
-    assert picked == [big, mid] and fee == 1 and change == 999
+    assert picked == [big, mid]
+    assert fee == 1
+    assert change == 999
     picked, fee, change = select_coins([small, mid, big], 14_000, [25], 1)
-    assert picked == [big, mid, small] and sum(c.satoshis for c in picked) == 14_000 + fee + change
+    assert picked == [big, mid, small]
+    assert sum(c.satoshis for c in picked) == 14_000 + fee + change
     # an exact coin needs no change
     picked, fee, change = select_coins([small], 999, [25], 1)
-    assert picked == [small] and fee == 1 and change == 0
+    assert picked == [small]
+    assert fee == 1
+    assert change == 0
     with pytest.raises(InsufficientFunds, match="has 6000 spendable satoshis, 7001 are needed"):
         select_coins([small, mid], 7_000, [25], 1)
 
@@ -389,12 +416,16 @@ def test_mined_stores_the_merkle_path() -> None:
     result = _arc("MINED", merklePath=paths[0].hex(), blockHeight=12, blockHash="ef" * 32)  # type: ignore[union-attr]
     assert result.outcome is ArcOutcome.MINED
     update = decide(_job("seen"), result, now=NOW, config=CFG)
-    assert update.state == "mined" and update.merkle_path == paths[0] and update.block_height == 12
+    assert update.state == "mined"
+    assert update.merkle_path == paths[0]
+    assert update.block_height == 12
 
 
 def test_seen_settles_and_polls_again_later() -> None:
     update = decide(_job(), _arc("SEEN_ON_NETWORK"), now=NOW, config=CFG)
-    assert update.state == "seen" and update.next_at == NOW + 5.0 and update.attempts == 0
+    assert update.state == "seen"
+    assert update.next_at == NOW + 5.0
+    assert update.attempts == 0
 
 
 @pytest.mark.parametrize("status", ["SEEN_IN_ORPHAN_MEMPOOL", "QUEUED", "STORED", "ACCEPTED_BY_NETWORK"])
@@ -406,12 +437,16 @@ def test_progressing_is_kept_and_polled(status: str) -> None:
 
 def test_double_spend_with_http_200_fails_and_loses_the_inputs() -> None:
     update = decide(_job(), _arc("DOUBLE_SPEND_ATTEMPTED", competingTxs=["cd" * 32]), now=NOW, config=CFG)
-    assert update.state == "failed" and update.double_spend and update.arc_status == "DOUBLE_SPEND_ATTEMPTED"
+    assert update.state == "failed"
+    assert update.double_spend
+    assert update.arc_status == "DOUBLE_SPEND_ATTEMPTED"
 
 
 def test_rejected_and_refusals_fail() -> None:
     rejected = decide(_job(), _arc("REJECTED", extraInfo="script failed"), now=NOW, config=CFG)
-    assert rejected.state == "failed" and not rejected.double_spend and "script failed" in rejected.detail
+    assert rejected.state == "failed"
+    assert not rejected.double_spend
+    assert "script failed" in rejected.detail
     refusal = interpret(465, {"status": 465, "title": "Fee too low", "extraInfo": "fee 0"}, txid=TXID)
     assert decide(_job(), refusal, now=NOW, config=CFG).state == "failed"
 
@@ -427,16 +462,19 @@ def test_retry_backs_off_exponentially_up_to_the_ceiling() -> None:
     assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
     for status in (500, 503, 429, 409):
         assert decide(_job("seen"), interpret(status, None, txid=TXID), now=NOW, config=CFG).state == "seen"
-    assert backoff(0, low=1, high=5) == 0 and backoff(100, low=1, high=5) == 5
+    assert backoff(0, low=1, high=5) == 0
+    assert backoff(100, low=1, high=5) == 5
 
 
 def test_not_found_resubmits_or_abandons_a_watch() -> None:
     missing = interpret(404, {"status": 404}, txid=TXID, query=True)
     assert missing.outcome is ArcOutcome.NOT_FOUND
     again = decide(_job("seen"), missing, now=NOW, config=CFG)
-    assert again.state == "pending" and again.next_at == NOW
+    assert again.state == "pending"
+    assert again.next_at == NOW
     watched = decide(_job("pending", kind="watch", deadline=NOW + 100), missing, now=NOW, config=CFG)
-    assert watched.state == "pending" and watched.next_at >= NOW + 5.0
+    assert watched.state == "pending"
+    assert watched.next_at >= NOW + 5.0
     abandoned = decide(_job("pending", kind="watch", deadline=NOW), missing, now=NOW, config=CFG)
     assert abandoned.state == "abandoned"
     # a watched transaction ARC does know settles like any other
@@ -518,16 +556,19 @@ def test_coin_set_keeps_running_totals() -> None:
     a, b = _coin("aa" * 32, 0, 100, PAYER, proven=True), _coin("bb" * 32, 1, 50, PAYER)
     coins.add(a)
     coins.add(b)
-    assert coins.totals() == (100, 50, 0) and len(coins) == 2
+    assert coins.totals() == (100, 50, 0)
+    assert len(coins) == 2
     coins.reserve([a])
-    assert coins.totals() == (0, 50, 100) and coins.free() == [b]
+    assert coins.totals() == (0, 50, 100)
+    assert coins.free() == [b]
     coins.mark_proven(b.txid)
     assert coins.totals() == (50, 0, 100)
     coins.release([a.outpoint])
     assert coins.totals() == (150, 0, 0)
     coins.reserve([b])
     assert coins.remove(b.outpoint) == dataclasses.replace(b, proven=True)
-    assert coins.totals() == (100, 0, 0) and b.outpoint not in coins
+    assert coins.totals() == (100, 0, 0)
+    assert b.outpoint not in coins
     assert coins.remove(b.outpoint) is None
 
 
@@ -578,13 +619,15 @@ def test_coin_set_agrees_with_a_plain_model(ops: list[tuple[str, int, int, bool]
             except InsufficientFunds:
                 picked = []
             if want is not None:
-                assert picked[0].satoshis == want.satoshis and picked[0].proven == want.proven
+                assert picked[0].satoshis == want.satoshis
+                assert picked[0].proven == want.proven
         unreserved = {o: c for o, c in model.items() if o not in reserved}
         assert sorted(coins.free(), key=lambda c: c.outpoint) == sorted(unreserved.values(), key=lambda c: c.outpoint)
         confirmed = sum(c.satoshis for c in unreserved.values() if c.proven)
         unconfirmed = sum(c.satoshis for c in unreserved.values() if not c.proven)
         held = sum(c.satoshis for o, c in model.items() if o in reserved)
-        assert coins.totals() == (confirmed, unconfirmed, held) and len(coins) == len(model)
+        assert coins.totals() == (confirmed, unconfirmed, held)
+        assert len(coins) == len(model)
 
 
 @settings(max_examples=40, deadline=None)

@@ -102,7 +102,7 @@ def test_what_the_typescript_decoder_accepts() -> None:
     # a locking key written uncompressed or hybrid comes back compressed
     assert pushdrop.decode(b"\x41" + uncompressed + b"\xac\x01\x07\x75").locking_key == key
     assert pushdrop.decode(b"\x41" + hybrid + b"\xac").locking_key == key
-    with pytest.raises(ValueError):  # hybrid with the wrong parity
+    with pytest.raises(ValueError, match="the locking key is not a public key"):  # hybrid with the wrong parity
         pushdrop.decode(b"\x41" + bytes([hybrid[0] ^ 1]) + hybrid[1:] + b"\xac")
     # fields run to the end of the script without a DROP; a truncated push yields what is there
     assert pushdrop.decode(b"\x21" + key + b"\xac\x02ab\x05xy").fields == (b"ab", b"xy")
@@ -113,8 +113,15 @@ def test_what_the_typescript_decoder_accepts() -> None:
     assert pushdrop.decode(b"\x21" + key + b"\xac\x63\x6a\x68\x75").fields == (b"", b"", b"")
     # OP_RETURN first: its data is the key
     assert pushdrop.decode(b"\x6a" + key).fields == ()
-    for bad in (b"", b"\x00", b"\xac", b"\x20" + x, b"\x21\x04" + x, b"\x21" + key[:-1]):
-        with pytest.raises(ValueError):
+    for bad, refusal in [
+        (b"", "empty"),
+        (b"\x00", "the first chunk pushes no locking key"),
+        (b"\xac", "the first chunk pushes no locking key"),
+        (b"\x20" + x, "the locking key is not a public key"),
+        (b"\x21\x04" + x, "the locking key is not a public key"),
+        (b"\x21" + key[:-1], "the locking key is not a public key"),
+    ]:
+        with pytest.raises(ValueError, match=f"^not a PushDrop script: {refusal}$"):
             pushdrop.decode(bad)
 
 
@@ -230,7 +237,10 @@ def test_signature_forms_are_judged_as_typescript_sdk_judges_them() -> None:
     theirs = dict(zip(scripts, sdk_view({"linked": jobs})["linked"], strict=True))
     ours = {name: pushdrop.is_linked(identity.public_key, key, fields, sig, PROTOCOL) for name, sig in variants.items()}
     assert ours == theirs
-    assert ours["canonical"] and ours["high S"] and ours["unpadded high bit"] and not ours["truncated"]
+    assert ours["canonical"]
+    assert ours["high S"]
+    assert ours["unpadded high bit"]
+    assert not ours["truncated"]
 
 
 # -- the generic signer ------------------------------------------------------------------------------------------

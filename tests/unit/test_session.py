@@ -64,10 +64,12 @@ class ConnectionPair:
 
 def test_handshake_establishes_both_sides() -> None:
     pair = ConnectionPair().establish()
-    assert pair.a.is_open and pair.b.is_open
+    assert pair.a.is_open
+    assert pair.b.is_open
     assert pair.events["a"] == [Established(peer_key=pair.bob.public_key_hex, hello=pair.b._hello)]
     assert pair.events["b"] == [Established(peer_key=pair.alice.public_key_hex, hello=pair.a._hello)]
-    assert pair.a.peer_hello is not None and pair.a.peer_hello.listen == ("ws://b:2/p2p/1",)
+    assert pair.a.peer_hello is not None
+    assert pair.a.peer_hello.listen == ("ws://b:2/p2p/1",)
     assert pair.a.peer_max_frame == MAX_FRAME
 
 
@@ -78,10 +80,12 @@ def test_message_order_initiator_is_established_last() -> None:
     assert isinstance(request, str)
     assert pair.b.receive_message(request) is None
     (response,) = pair.b.data_to_send()
-    assert isinstance(response, str) and pair.b.state is SessionState.AWAIT_HELLO
+    assert isinstance(response, str)
+    assert pair.b.state is SessionState.AWAIT_HELLO
     assert pair.a.receive_message(response) is None
     (hello_a,) = pair.a.data_to_send()
-    assert isinstance(hello_a, bytes) and pair.a.state is SessionState.AWAIT_HELLO
+    assert isinstance(hello_a, bytes)
+    assert pair.a.state is SessionState.AWAIT_HELLO
     assert isinstance(pair.b.receive_message(hello_a), Established)  # the responder first
     (hello_b,) = pair.b.data_to_send()
     assert isinstance(pair.a.receive_message(hello_b), Established)
@@ -115,7 +119,8 @@ def test_keys_are_per_direction_and_per_session() -> None:
     assert keys_a.initiator_to_responder != keys_a.responder_to_initiator
     assert repr(keys_a) == "LinkKeys(...)"
     other = ConnectionPair().establish()
-    assert other.a._sealer is not None and other.a._sealer._key not in (
+    assert other.a._sealer is not None
+    assert other.a._sealer._key not in (
         keys_a.initiator_to_responder,
         keys_a.responder_to_initiator,
     )
@@ -257,13 +262,15 @@ def test_credit_flow() -> None:
     for _ in range(4):
         sender.spend()
         receiver.on_chunk()
-    assert not sender.can_send and receiver.buffered == 4
+    assert not sender.can_send
+    assert receiver.buffered == 4
     with pytest.raises(LocalProtocolError):
         sender.spend()
     assert receiver.consumed() == 0  # batching: half a window
     assert receiver.consumed() == 2
     sender.on_credit(2)
-    assert sender.credit == 2 and receiver.granted == 2
+    assert sender.credit == 2
+    assert receiver.granted == 2
 
 
 def test_chunk_without_credit_is_a_violation() -> None:
@@ -334,7 +341,9 @@ def test_buffer_never_exceeds_the_window(window: int, steps: list[str]) -> None:
 def test_id_spaces() -> None:
     local = LocalIdSpace()
     assert [local.allocate() for _ in range(3)] == [0, 1, 2]
-    assert local.issued(2) and not local.issued(3) and not local.issued(-1)
+    assert local.issued(2)
+    assert not local.issued(3)
+    assert not local.issued(-1)
     peer = PeerIdSpace()
     peer.open(5)
     peer.check_known(3)  # an id below the last opened one may be a finished transfer

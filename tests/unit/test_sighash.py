@@ -132,7 +132,8 @@ def test_build_transaction_is_bsv_sdk_byte_for_byte_and_valid(case: Case) -> Non
     )
     assert given_keys.raw == built.raw
     assert built.txid == str(reference.txid()) == txid_of_raw(built.raw)
-    assert built.spends == tuple(case.coins) and built.fee == case.fee
+    assert built.spends == tuple(case.coins)
+    assert built.fee == case.fee
     assert built.outputs == tuple(SourceOutput(satoshis=s, locking_script=script) for script, s in case.outputs)
     # every input passes bsv-sdk's interpreter, and the payee's fast path agrees (it takes P2PKH outputs only:
     # other scripts go to the interpreter's path)
@@ -203,7 +204,8 @@ def test_sign_p2pkh_writes_the_documented_shape() -> None:
     script = _p2pkh(secret)
     spend = P2pkhSpend(outpoint_bytes("ab" * 32, 3), script, 5_000, secret)
     raw = sign_p2pkh([spend], [(script, 4_000), (b"\x00\x6a", 0)])
-    assert raw[:4] == b"\x01\x00\x00\x00" and raw[-4:] == bytes(4)
+    assert raw[:4] == b"\x01\x00\x00\x00"
+    assert raw[-4:] == bytes(4)
     assert raw[5:41] == bytes.fromhex("ab" * 32) + b"\x03\x00\x00\x00"
     unlock_len = raw[41]
     unlocking = raw[42 : 42 + unlock_len]

@@ -78,7 +78,8 @@ def test_a_window_buys_w_packets_and_credit_never_exceeds_two_windows() -> None:
         producer().check_payment(19)
     assert p.plan(head=100, oldest=0, closed=False, now=1.0, max_batch=15) == [SendPackets(first=0, count=15, free=0)]
     assert p.plan(head=100, oldest=0, closed=False, now=1.0, max_batch=15) == [SendPackets(first=15, count=5, free=0)]
-    assert p.packets == 20 and p.credit == 0
+    assert p.packets == 20
+    assert p.credit == 0
     assert isinstance(p.plan(head=100, oldest=0, closed=False, now=1.0, max_batch=15)[0], Pause)
     p.on_paid(20, 2.0)
     assert p.plan(head=100, oldest=0, closed=False, now=2.0, max_batch=50) == [SendPackets(first=20, count=10, free=0)]
@@ -92,12 +93,14 @@ def test_resume_resends_paid_packets_free_and_repairs_lost_counts() -> None:
     # the consumer got only 6 of the 10 before the link dropped: 6..9 are resent free
     assert p.resume_at(6, oldest=0, head=10) == 6
     assert p.plan(head=10, oldest=0, closed=False, now=1.0, max_batch=100) == [SendPackets(first=6, count=4, free=4)]
-    assert p.packets == 10 and p.paid == 10
+    assert p.packets == 10
+    assert p.paid == 10
     # a crash lost our count, the consumer holds 0..14: they are charged once, here
     q = producer(window=10, rate=1)
     q.paid = 20
     q.resume_at(15, oldest=0, head=20)
-    assert q.packets == 15 and q.credit == 5
+    assert q.packets == 15
+    assert q.credit == 5
     with pytest.raises(BadRequest, match="beyond the stream head"):
         q.resume_at(21, oldest=0, head=20)
 
@@ -134,7 +137,8 @@ def test_consumer_pays_only_for_packets_that_exist_and_checks_sequence() -> None
     q = quote()
     receipt = Receipt.issue(PRODUCER, q, txid="ab" * 32, amount=20, paid_ms=NOW_MS)
     c.on_receipt(receipt, q, "ab" * 32)
-    assert c.paid == 20 and c.wants_payment()  # 10 paid, 30 exist: the next window may go ahead
+    assert c.paid == 20
+    assert c.wants_payment()  # 10 paid, 30 exist: the next window may go ahead
     c.on_pause(head=30, paid=0)  # a pause from before our payment: stale
     assert not c.paused
     c.on_packets(PacketBatch(stream_id="s", first=0, payloads=("a",) * 10, head=30))
@@ -144,7 +148,8 @@ def test_consumer_pays_only_for_packets_that_exist_and_checks_sequence() -> None
         c.on_packets(PacketBatch(stream_id="s", first=5, payloads=("b",), head=30))
     with pytest.raises(RemoteProtocolError, match="another stream"):
         c.on_packets(PacketBatch(stream_id="t", first=10, payloads=("b",), head=30))
-    assert c.next_seq == 10 and c.packets == 10
+    assert c.next_seq == 10
+    assert c.packets == 10
 
 
 def test_forged_or_mismatched_receipts_and_quotes_grant_nothing() -> None:
@@ -156,7 +161,8 @@ def test_forged_or_mismatched_receipts_and_quotes_grant_nothing() -> None:
     other_tx = Receipt.issue(PRODUCER, q, txid="cd" * 32, amount=20, paid_ms=NOW_MS)
     with pytest.raises(RemoteProtocolError, match="receipt is invalid"):
         c.on_receipt(other_tx, q, "ab" * 32)
-    assert c.paid == 0 and c.payments == 0
+    assert c.paid == 0
+    assert c.payments == 0
     assert c.check_quote(q, NOW_MS) == q
     with pytest.raises(RemoteProtocolError, match="another payee"):
         c.check_quote(quote(signer=OTHER), NOW_MS)

@@ -48,7 +48,7 @@ class NotAManager:
         pass
 
 
-def broken(context: PluginContext) -> TopicManager:
+def broken(_context: PluginContext) -> TopicManager:
     raise RuntimeError("no database")
 
 

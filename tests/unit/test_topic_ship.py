@@ -88,19 +88,26 @@ def test_token_round_trip_and_shared_advert_signature() -> None:
     assert signature_is_linked(advert)
     assert not signature_is_linked(replace(advert, uri=URI + "/x"))
     slap = decode_ship_token(ship_token(BOB, "SLAP", URI, "ls_weather"))
-    assert slap.kind == "SLAP" and slap.locking_key == pushdrop.token_locking_key(BOB, SLAP_PROTOCOL)
+    assert slap.kind == "SLAP"
+    assert slap.locking_key == pushdrop.token_locking_key(BOB, SLAP_PROTOCOL)
 
 
 @pytest.mark.parametrize(
-    ("kind", "name"), [("SHIP", "ls_weather"), ("SLAP", "tm_weather"), ("SHIP", "tm_2"), ("SHOP", "tm_weather")]
+    ("kind", "name", "refusal"),
+    [
+        ("SHIP", "ls_weather", r"SHIP tokens advertise tm_\* names"),
+        ("SLAP", "tm_weather", r"SLAP tokens advertise ls_\* names"),
+        ("SHIP", "tm_2", r"SHIP tokens advertise tm_\* names"),
+        ("SHOP", "tm_weather", "token kind 'SHOP' is neither SHIP nor SLAP"),
+    ],
 )
-def test_token_builder_refuses_what_no_manager_admits(kind: str, name: str) -> None:
-    with pytest.raises(ValueError):
+def test_token_builder_refuses_what_no_manager_admits(kind: str, name: str, refusal: str) -> None:
+    with pytest.raises(ValueError, match=refusal):
         ship_token(ALICE, kind, URI, name)  # type: ignore[arg-type]
 
 
 def test_decoder_refuses_what_is_not_a_five_field_ship_or_slap_token() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a PushDrop script"):
         decode_ship_token(p2pkh_for_key(ALICE.public_key))
     with pytest.raises(ValueError, match="5 fields"):
         decode_ship_token(unsigned(ALICE, [b"SHIP", ALICE.public_key, URI.encode()]))
@@ -108,7 +115,8 @@ def test_decoder_refuses_what_is_not_a_five_field_ship_or_slap_token() -> None:
         decode_ship_token(unsigned(ALICE, [b"SHOP", ALICE.public_key, URI.encode(), b"tm_weather"]))
     # text reads as @bsv/sdk's toUTF8 reads it: a leading BOM is dropped
     token = decode_ship_token(unsigned(ALICE, [b"\xef\xbb\xbfSHIP", ALICE.public_key, URI.encode(), b"tm_x"]))
-    assert token.kind == "SHIP" and token.fields[0] == b"\xef\xbb\xbfSHIP"
+    assert token.kind == "SHIP"
+    assert token.fields[0] == b"\xef\xbb\xbfSHIP"
 
 
 # -- admission -----------------------------------------------------------------------------------------------------
@@ -189,14 +197,17 @@ def test_allow_http_admits_plain_http_with_the_same_host_and_path_rules() -> Non
         assert admitted(local, ship_token(ALICE, "SHIP", uri, "tm_weather")) == ()
     assert admitted(local, ship_token(ALICE, "SHIP", URI, "tm_weather")) == (0,)
     factory = FACTORIES["tm_ship"](PluginContext(name="tm_ship", identity_key=ALICE.public_key_hex, allow_http=True))
-    assert isinstance(factory, ShipTopicManager) and factory.allow_http
+    assert isinstance(factory, ShipTopicManager)
+    assert factory.allow_http
 
 
 def test_factories_metadata_and_documentation() -> None:
     ctx = PluginContext(name="x", identity_key=ALICE.public_key_hex)
     plugins = {name: factory(ctx) for name, factory in FACTORIES.items()}
-    assert isinstance(plugins["tm_ship"], TopicManager) and isinstance(plugins["tm_slap"], TopicManager)
-    assert isinstance(plugins["ls_ship"], LookupService) and isinstance(plugins["ls_slap"], LookupService)
+    assert isinstance(plugins["tm_ship"], TopicManager)
+    assert isinstance(plugins["tm_slap"], TopicManager)
+    assert isinstance(plugins["ls_ship"], LookupService)
+    assert isinstance(plugins["ls_slap"], LookupService)
     names = {name: p.metadata().name for name, p in plugins.items()}
     assert names == {
         "tm_ship": "SHIP Topic Manager",

@@ -62,8 +62,13 @@ def test_token_round_trip(size: int) -> None:
 
 
 def test_builder_refuses_what_cannot_be_admitted() -> None:
-    for digest, expiry, size in [(DIGEST[:31], EXPIRY, 1), (DIGEST, 0, 1), (DIGEST, EXPIRY, 0), (DIGEST, 1, 2**53 + 1)]:
-        with pytest.raises(ValueError):
+    for digest, expiry, size, refusal in [
+        (DIGEST[:31], EXPIRY, 1, "a UHRP content hash is 32 bytes, got 31"),
+        (DIGEST, 0, 1, r"expiry must be 1\.\.2\*\*53, got 0"),
+        (DIGEST, EXPIRY, 0, r"size must be 1\.\.2\*\*53, got 0"),
+        (DIGEST, 1, 2**53 + 1, r"size must be 1\.\.2\*\*53, got 9007199254740993"),
+    ]:
+        with pytest.raises(ValueError, match=refusal):
             uhrp_token(HOST, digest, URL, expiry, size)
 
 
@@ -74,8 +79,13 @@ def test_varints_read_as_the_typescript_reader_reads_them() -> None:
     assert read_varint_num(b"\xfe\x00\x00\x00\x01") == 2**24
     assert read_varint_num(b"\xff" + (2**53).to_bytes(8, "little")) == 2**53
     assert read_varint_num(b"\xff" + b"\xff" * 8) == -1  # signed, as readVarIntNum() reads it
-    for bad in (b"", b"\xfd\x01", b"\xfe\x00\x00", b"\xff" + (2**53 + 1).to_bytes(8, "little")):
-        with pytest.raises(ValueError):
+    for bad, refusal in [
+        (b"", "no VarInt: empty field"),
+        (b"\xfd\x01", "truncated VarInt"),
+        (b"\xfe\x00\x00", "truncated VarInt"),
+        (b"\xff" + (2**53 + 1).to_bytes(8, "little"), "VarInt too large"),
+    ]:
+        with pytest.raises(ValueError, match=refusal):
             read_varint_num(bad)
 
 
@@ -152,10 +162,12 @@ def test_allow_http() -> None:
 def test_factories_metadata_and_documentation() -> None:
     ctx = PluginContext(name="x", identity_key=HOST.public_key_hex)
     tm, ls = FACTORIES["tm_uhrp"](ctx), FACTORIES["ls_uhrp"](ctx)
-    assert isinstance(tm, TopicManager) and isinstance(ls, LookupService)
+    assert isinstance(tm, TopicManager)
+    assert isinstance(ls, LookupService)
     assert tm.metadata().name == "Universal Hash Resolution Protocol"
     assert ls.metadata().name == "UHRP Lookup Service"
-    assert tm.documentation().startswith("# tm_uhrp") and ls.documentation().startswith("# ls_uhrp")
+    assert tm.documentation().startswith("# tm_uhrp")
+    assert ls.documentation().startswith("# ls_uhrp")
     assert ls.keeps_spent is False
 
 
