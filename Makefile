@@ -33,8 +33,20 @@ tools:
 test: lint types tools
 	$(BIN)/pytest -q
 
+# every bench three times (BENCH_ROUNDS), each round's JSON kept in bench/results/runs/<round>/; then one table of
+# every figure against its target with its run-to-run spread (bench/summary.py -> bench/results/summary.md)
+BENCH_ROUNDS ?= 3
 bench: $(STAMP)
-	for f in bench/bench_*.py; do $(BIN)/python $$f || exit 1; done
+	rm -rf bench/results/runs
+	for round in $$(seq 1 $(BENCH_ROUNDS)); do \
+		touch bench/results/.round; \
+		for f in bench/bench_*.py; do $(BIN)/python $$f || exit 1; done; \
+		mkdir -p bench/results/runs/$$round; \
+		find bench/results -maxdepth 1 -name 'bench_*.json' -newer bench/results/.round \
+			-exec cp {} bench/results/runs/$$round/ \; ; \
+	done
+	rm -f bench/results/.round
+	$(BIN)/python bench/summary.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

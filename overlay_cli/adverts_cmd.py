@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 from overlay_cli.client import control_client
-from overlay_cli.output import CliState, JsonOption, cli_errors, command_state, emit, emit_fields, print_rows
+from overlay_cli.output import CliState, JsonOption, cli_errors, emit, emit_fields, print_rows, when
 from overlay_node.errors import BadRequest
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 dht_app = typer.Typer(help="Operator tools for the DHT (debug).", no_args_is_help=True)
 
@@ -42,11 +44,11 @@ def advertise(
     on_chain: Annotated[
         bool, typer.Option("--on-chain/--no-token", help="Also put the advert on chain as a BRC-88 token.")
     ] = True,
-    json_: JsonOption = False,
+    _json: JsonOption = False,
 ) -> None:
     """Advertise a topic (SHIP) or lookup service (SLAP) over the DHT and on chain (a BRC-88 token submitted to the
     tm_ship/tm_slap hosts, paid by the wallet), or revoke both with --revoke."""
-    state = command_state(ctx, json_)
+    state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
         body: dict[str, Any] = _name(topic, service)
         body["on_chain"] = on_chain
@@ -84,7 +86,7 @@ def advertise(
         emit(state, data, human)
 
 
-def adverts(ctx: typer.Context) -> None:
+def adverts(ctx: typer.Context, _json: JsonOption = False) -> None:
     """This node's live adverts."""
     state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
@@ -98,7 +100,7 @@ def adverts(ctx: typer.Context) -> None:
                     a["uri"],
                     a["pricing_model"],
                     a["price"],
-                    a["expires"],
+                    when(a["expires"]),
                 )
                 for a in data["adverts"]
             ]
@@ -115,12 +117,14 @@ def discover(
     capability: Annotated[list[str] | None, typer.Option("--capability", help="Required capability.")] = None,
     max_price: Annotated[int | None, typer.Option("--max-price", min=0, help="Highest price in satoshis.")] = None,
     region: Annotated[str, typer.Option("--region", help="Only hosts in this region.")] = "",
+    _json: JsonOption = False,
 ) -> None:
-    """Every host advertising a topic or service, best score first."""
+    """Every host advertising a topic or service, best score first; without one, every advert of a service type
+    (--service-type) or capability (--capability) that matches the filters."""
     state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
         body: dict[str, Any] = {
-            **_name(topic, service),
+            **(_name(topic, service) if topic is not None or service is not None else {}),
             "service_type": service_type,
             "capabilities": capability or [],
             "region": region,
@@ -147,6 +151,7 @@ def dht_get(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Name within the namespace.")],
     namespace: Namespace = "debug",
+    _json: JsonOption = False,
 ) -> None:
     """Every record stored under namespace:name."""
     state: CliState = ctx.obj
@@ -155,7 +160,8 @@ def dht_get(
 
         def human(out: Console) -> None:
             rows = [
-                (r["publisher"], r["seq"], r["expires"], base64.b64decode(r["value_b64"])[:60]) for r in data["records"]
+                (r["publisher"], r["seq"], when(r["expires"]), base64.b64decode(r["value_b64"])[:60])
+                for r in data["records"]
             ]
             print_rows(out, ["publisher", "seq", "expires", "value"], rows, empty="no records")
 
@@ -169,6 +175,7 @@ def dht_put(
     value: Annotated[str, typer.Argument(help="Value (text).")],
     namespace: Namespace = "debug",
     ttl: Annotated[float, typer.Option("--ttl", help="Seconds until it expires.")] = 3600,
+    _json: JsonOption = False,
 ) -> None:
     """Store our own signed record under namespace:name."""
     state: CliState = ctx.obj
@@ -178,7 +185,7 @@ def dht_put(
 
 
 @dht_app.command("status")
-def dht_status(ctx: typer.Context) -> None:
+def dht_status(ctx: typer.Context, _json: JsonOption = False) -> None:
     """The DHT endpoint, contacts and records of this node."""
     state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:

@@ -1,61 +1,64 @@
-"""The control client: synchronous HTTP over the daemon's unix socket, found through ``api.json``.
+"""The control client: HTTP/1.1 over the daemon's unix socket (``http.client`` from the standard library, so that a
+CLI call starts quickly), found through ``api.json``.
 
 Reads only the data dir's discovery file; imports nothing of the daemon's services. ``ctl`` commands get theirs
-from :func:`control_client`.
+from :func:`control_client`. Every failure is an OverlayError with the exit code of its family
+(``overlay_node.errors.EXIT_CODES``): the daemon's error bodies carry ``exit_code``; the table is the fallback.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from overlay_cli.output import CliState
-from overlay_node.errors import ApiError, DaemonNotRunning, OverlayError
+from overlay_node.errors import ApiError, DaemonClosed, DaemonNotRunning, OverlayError, exit_code_for
 
-#: exit codes for errors the daemon reports, by error code (mirrors overlay_node.errors families)
-_EXIT_BY_CODE = {
-    "config": 3,
-    "data_dir": 4,
-    "protocol": 6,
-    "transport": 7,
-    "dial_failed": 7,
-    "connection_lost": 7,
-    "peer_timeout": 7,
-    "store": 8,
-    "not_found": 9,
-    "conflict": 10,
-    "bad_request": 2,
-    "payment_refused": 11,
-    "payment_invalid": 11,
-    "payment_insufficient": 11,
-    "payment_replayed": 11,
-    "quote_expired": 11,
-    "insufficient_funds": 11,
-    "payment_malformed": 11,
-    "invalid_derivation_prefix": 11,
-    "payment_required": 11,
-    "no_peer_link": 9,
-    "content_unavailable": 9,
-}
+#: the connection ended in the middle of an answer: the daemon died, was killed or stopped during the call
+_CLOSED = (http.client.HTTPException, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """An HTTP connection to a unix socket path."""
+
+    def __init__(self, path: Path, timeout: float | None) -> None:
+        super().__init__("overlay-node", timeout=timeout)
+        self._path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
 
 
 class ControlClient:
-    """Calls the control API of the daemon that owns ``data_dir``."""
+    """Calls the control API of the daemon that owns ``data_dir``; ``what`` names the operation in errors (the
+    command, e.g. ``overlay-node ctl publish``)."""
 
-    def __init__(self, data_dir: Path, *, timeout: float = 60.0) -> None:
+    def __init__(self, data_dir: Path, *, timeout: float = 60.0, what: str = "") -> None:
         self.data_dir = data_dir
         self.timeout = timeout
+        self.what = what
         self._socket = self._find_socket()
-        self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(self._socket)), base_url="http://overlay-node", timeout=timeout
-        )
+        self._open: list[_UnixConnection] = []
 
     def _not_running(self) -> DaemonNotRunning:
-        return DaemonNotRunning(f"no daemon is running for {self.data_dir}: start it with `overlay-node run`")
+        return DaemonNotRunning(
+            f"no daemon is running for {self.data_dir}: start it with `overlay-node --data-dir {self.data_dir} run`"
+        )
+
+    def _closed(self, method: str, path: str) -> DaemonClosed:
+        during = self.what or f"{method} {path}"
+        return DaemonClosed(f"the daemon closed the connection during `{during}`; see its log")
 
     def _find_socket(self) -> Path:
         api = self.data_dir / "api.json"
@@ -71,7 +74,8 @@ class ControlClient:
         return Path(control)
 
     def close(self) -> None:
-        self._http.close()
+        while self._open:
+            self._open.pop().close()
 
     def __enter__(self) -> ControlClient:
         return self
@@ -79,49 +83,80 @@ class ControlClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One request; returns the decoded JSON or raises ApiError / DaemonNotRunning."""
+    def _send(
+        self, method: str, path: str, body: dict[str, Any] | None, timeout: float | None
+    ) -> http.client.HTTPResponse:
+        """Connect, send one request, read the answer's head (a fresh connection per request)."""
+        conn = _UnixConnection(self._socket, timeout)
+        self._open.append(conn)
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
         try:
-            response = self._http.request(method, path, json=body)
-        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError):
+            conn.connect()
+        except (FileNotFoundError, ConnectionRefusedError):
             raise self._not_running() from None
-        except httpx.TimeoutException as exc:
-            raise ApiError(
-                f"the daemon did not answer {path} in {self.timeout:.0f}s", code="timeout", status=0
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise ApiError(f"control request {path} failed: {exc}", code="transport", status=0) from exc
-        return self._decode(response)
+        except OSError as exc:
+            raise DaemonNotRunning(f"cannot reach the daemon of {self.data_dir}: {exc.strerror or exc}") from None
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            return conn.getresponse()
+        except TimeoutError:
+            raise self._timed_out(path) from None
+        except _CLOSED:
+            raise self._closed(method, path) from None
+
+    def _timed_out(self, path: str) -> ApiError:
+        return ApiError(
+            f"the daemon did not answer {path} in {self.timeout:.0f}s", code="timeout", status=0, exit_code=1
+        )
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One request; returns the decoded JSON or raises ApiError / DaemonNotRunning / DaemonClosed."""
+        response = self._send(method, path, body, self.timeout)
+        try:
+            raw = response.read()
+        except TimeoutError:
+            raise self._timed_out(path) from None
+        except _CLOSED:
+            raise self._closed(method, path) from None
+        return self._decode(response.status, raw)
 
     def stream(self, method: str, path: str, body: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-        """A request whose answer is NDJSON; yields each object as it arrives."""
+        """A request whose answer is NDJSON; yields each object as it arrives (no time limit)."""
+        response = self._send(method, path, body, None)
         try:
-            with self._http.stream(method, path, json=body, timeout=None) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    self._decode(response)
-                for line in response.iter_lines():
-                    if line.strip():
-                        yield json.loads(line)
-        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError):
-            raise self._not_running() from None
+            if response.status >= 400:
+                self._decode(response.status, response.read())
+            while True:
+                line = response.readline()
+                if not line:
+                    return
+                if line.strip():
+                    yield json.loads(line)
+        except _CLOSED:
+            raise self._closed(method, path) from None
+        except ValueError:
+            raise ApiError(f"the daemon sent a malformed line for {path}", code="truncated", status=0) from None
 
     @staticmethod
-    def _decode(response: httpx.Response) -> Any:
+    def _decode(status: int, raw: bytes) -> Any:
         try:
-            data = response.json()
+            data = json.loads(raw) if raw else None
         except ValueError:
             data = None
-        if response.status_code >= 400:
+        if status >= 400:
             if isinstance(data, dict) and data.get("status") == "error":
                 code = str(data.get("code", "error"))
+                exit_code = data.get("exit_code")
                 raise ApiError(
                     str(data.get("message", "")),
                     code=code,
-                    status=response.status_code,
-                    exit_code=_EXIT_BY_CODE.get(code, 1),
+                    status=status,
+                    exit_code=exit_code if isinstance(exit_code, int) else exit_code_for(code),
                 )
-            raise ApiError(f"HTTP {response.status_code}", code="http", status=response.status_code)
+            raise ApiError(f"HTTP {status}", code="http", status=status, exit_code=exit_code_for("http"))
         return data
 
 
@@ -133,7 +168,7 @@ def control_client(state: CliState) -> ControlClient:
     """
     from overlay_cli.main import data_dir_of  # here, not at the top: main imports every command module
 
-    return ControlClient(data_dir_of(state))
+    return ControlClient(data_dir_of(state), what=state.command)
 
 
 __all__ = ["ControlClient", "OverlayError", "control_client"]

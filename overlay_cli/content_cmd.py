@@ -2,32 +2,46 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from overlay_cli.client import control_client
-from overlay_cli.output import CliState, cli_errors, comma_list, emit, emit_fields, print_fields, print_rows, table
-from overlay_node.errors import ApiError
+from overlay_cli.output import (
+    CliState,
+    JsonOption,
+    cli_errors,
+    comma_list,
+    console,
+    emit,
+    emit_fields,
+    print_fields,
+    print_rows,
+    table,
+)
+from overlay_node.errors import ApiError, exit_code_for
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(help="UHRP content held and published by this node.", no_args_is_help=True)
 
 
 def _run_stream(state: CliState, events: Iterator[dict[str, Any]], label: str) -> dict[str, Any]:
     """Follow an NDJSON operation with a progress bar (not with --json); return its result or raise its error."""
-    show = not state.json
-    console = Console(stderr=True, highlight=False)
+    if state.json:
+        return _result_of(events, None)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    err = console(stderr=True)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
-        console=console,
-        disable=not show,
+        console=err,
         transient=True,
     ) as bar:
         tasks: dict[str, Any] = {}
@@ -37,31 +51,70 @@ def _run_stream(state: CliState, events: Iterator[dict[str, Any]], label: str) -
                 tasks[name] = bar.add_task(name, total=total)
             return tasks[name]
 
-        for event in events:
+        def show(event: dict[str, Any]) -> None:
             kind = event.get("event")
-            if kind == "result":
-                return event
-            if kind == "error":
-                raise ApiError(
-                    str(event.get("message", "")),
-                    code=str(event.get("code", "error")),
-                    status=0,
-                    exit_code=int(event.get("exit_code", 1)),
-                )
             if kind == "import":
                 bar.update(task(f"{label}: import", event.get("total")), completed=event.get("done", 0))
             elif kind == "transfer":
-                name = f"replica {str(event.get('identity_key', ''))[:12]}"
+                name = f"replica {event.get('identity_key', '')}"
                 bar.update(task(name, event.get("total")), completed=event.get("done", 0))
             elif kind == "start":
                 task(f"{label}: download", event.get("size"))
             elif kind == "chunk" and f"{label}: download" in tasks:
                 bar.update(tasks[f"{label}: download"], completed=event.get("done", 0))
-            elif kind == "replica" and show:
-                key = str(event.get("identity_key", ""))[:16]
+            elif kind == "replica":
                 detail = f" ({event['detail']})" if event.get("detail") else ""
-                console.print(f"replica {key}: {event.get('state')}{detail}")
+                err.print(f"replica {event.get('identity_key', '')}: {event.get('state')}{detail}")
+
+        return _result_of(events, show)
+
+
+def _result_of(events: Iterator[dict[str, Any]], show: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """The ``result`` event of an NDJSON operation (the others go to ``show``), or its ``error`` event raised."""
+    for event in events:
+        kind = event.get("event")
+        if kind == "result":
+            return event
+        if kind == "error":
+            code = str(event.get("code", "error"))
+            exit_code = event.get("exit_code")
+            raise ApiError(
+                str(event.get("message", "")),
+                code=code,
+                status=0,
+                exit_code=exit_code if isinstance(exit_code, int) else exit_code_for(code),
+            )
+        if show is not None:
+            show(event)
     raise ApiError("the daemon ended the operation without a result", code="truncated", status=0)
+
+
+#: types the platform's mime.types may lack (mimetypes reads it), added to what the standard library knows
+_EXTRA_TYPES = {
+    ".csv": "text/csv",
+    ".tsv": "text/tab-separated-values",
+    ".json": "application/json",
+    ".ndjson": "application/x-ndjson",
+    ".jsonl": "application/x-ndjson",
+    ".md": "text/markdown",
+    ".yaml": "application/yaml",
+    ".yml": "application/yaml",
+    ".toml": "application/toml",
+    ".parquet": "application/vnd.apache.parquet",
+    ".wasm": "application/wasm",
+    ".webp": "image/webp",
+}
+
+
+def guess_content_type(name: str) -> str:
+    """The MIME type of a file by its name (``application/octet-stream`` when unknown)."""
+    import mimetypes
+
+    suffix = Path(name).suffix.lower()
+    if suffix in _EXTRA_TYPES:
+        return _EXTRA_TYPES[suffix]
+    guessed, _encoding = mimetypes.guess_type(name, strict=False)
+    return guessed or "application/octet-stream"
 
 
 def _replica_rows(out: Console, data: dict[str, Any]) -> None:
@@ -75,7 +128,9 @@ def publish(
     file: Annotated[Path, typer.Argument(help="The file to publish.", exists=True, dir_okay=False, readable=True)],
     title: Annotated[str, typer.Option("--title", help="A title.")] = "",
     tags: Annotated[str, typer.Option("--tags", help="Comma-separated tags (searchable in the DHT).")] = "",
-    content_type: Annotated[str, typer.Option("--content-type", help="MIME type.")] = "application/octet-stream",
+    content_type: Annotated[
+        str, typer.Option("--content-type", help="MIME type (default: guessed from the file name).")
+    ] = "",
     price: Annotated[int, typer.Option("--price", min=0, help="Price in satoshis (0: free).")] = 0,
     replication: Annotated[int | None, typer.Option("--replication", min=0, max=64, help="Replicas to place.")] = None,
     ttl: Annotated[float | None, typer.Option("--ttl", min=1, help="Seconds until the content expires.")] = None,
@@ -84,6 +139,7 @@ def publish(
         str, typer.Option("--relationship", help="derived, processed or enriched (with --parent).")
     ] = "",
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the replicas are placed.")] = False,
+    _json: JsonOption = False,
 ) -> None:
     """Publish a file: store it, announce it in the DHT, place replicas; prints its hash and UHRP URL."""
     state: CliState = ctx.obj
@@ -92,7 +148,7 @@ def publish(
             "path": str(file.resolve()),
             "title": title,
             "tags": comma_list(tags),
-            "content_type": content_type,
+            "content_type": content_type or guess_content_type(file.name),
             "price": price,
             "parents": parent or [],
             "relationship": relationship,
@@ -126,6 +182,7 @@ def distribute(
     content: Annotated[str, typer.Argument(help="Hash or UHRP URL of content held here.")],
     replication: Annotated[int | None, typer.Option("--replication", min=0, max=64, help="Replicas wanted.")] = None,
     nodes: Annotated[str, typer.Option("--nodes", help="Comma-separated identity keys to place on.")] = "",
+    _json: JsonOption = False,
 ) -> None:
     """Place replicas of content on the closest nodes (or the given ones) and show each replica's state."""
     state: CliState = ctx.obj
@@ -148,6 +205,7 @@ def access(
     content: Annotated[str, typer.Argument(help="UHRP URL or hex SHA-256.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write (default: ./<hash>).")] = None,
     max_price: Annotated[int | None, typer.Option("--max-price", min=0, help="Pay at most this (satoshis).")] = None,
+    _json: JsonOption = False,
 ) -> None:
     """Download content from its holders with integrity checks (paying the producer for priced content)."""
     state: CliState = ctx.obj
@@ -167,6 +225,7 @@ def search(
     content_type: Annotated[str, typer.Option("--content-type", help="Only this MIME type.")] = "",
     producer: Annotated[str, typer.Option("--producer", help="Only this producer's identity key.")] = "",
     max_price: Annotated[int | None, typer.Option("--max-price", min=0, help="Highest price.")] = None,
+    _json: JsonOption = False,
 ) -> None:
     """Find content by tags (DHT) or, without tags, among what this node knows."""
     state: CliState = ctx.obj
@@ -182,7 +241,7 @@ def search(
 
         def human(out: Console) -> None:
             rows = [
-                (r["uhrp_url"], r["title"], r["content_type"], r["size"], r["price"], r["producer"][:16])
+                (r["uhrp_url"], r["title"], r["content_type"], r["size"], r["price"], r["producer"])
                 for r in data["results"]
             ]
             print_rows(out, ["uhrp url", "title", "type", "size", "price", "producer"], rows, empty="nothing found")
@@ -191,7 +250,9 @@ def search(
 
 
 @app.command()
-def status(ctx: typer.Context, content: Annotated[str, typer.Argument(help="Hash or UHRP URL.")]) -> None:
+def status(
+    ctx: typer.Context, content: Annotated[str, typer.Argument(help="Hash or UHRP URL.")], _json: JsonOption = False
+) -> None:
     """Metadata of content and the state of each replica (pending, transferring, available, failed)."""
     state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
@@ -214,7 +275,7 @@ def status(ctx: typer.Context, content: Annotated[str, typer.Argument(help="Hash
 
 
 @app.command("list")
-def list_content(ctx: typer.Context) -> None:
+def list_content(ctx: typer.Context, _json: JsonOption = False) -> None:
     """Content known to this node."""
     state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
@@ -228,7 +289,7 @@ def list_content(ctx: typer.Context) -> None:
 
 
 @app.command()
-def repair(ctx: typer.Context) -> None:
+def repair(ctx: typer.Context, _json: JsonOption = False) -> None:
     """Run one repair pass now (count live replicas, recruit or trim)."""
     state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:

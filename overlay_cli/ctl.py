@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
-from overlay_cli import adverts_cmd, content_cmd, overlay_cmd, streams_cmd, wallet_cmd
+from overlay_cli import adverts_cmd, content_cmd, overlay_cmd, reports_cmd, streams_cmd, wallet_cmd
 from overlay_cli.client import control_client
-from overlay_cli.output import CliState, cli_errors, emit, print_fields, print_rows, short_key
+from overlay_cli.daemon_exit import ExitWatch, daemon_pid
+from overlay_cli.output import CliState, JsonOption, cli_errors, emit, print_fields, print_rows
+from overlay_node.errors import ApiError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(help="Act on the running daemon of the data dir.", no_args_is_help=True)
 app.command()(adverts_cmd.advertise)
@@ -32,10 +35,13 @@ app.command()(overlay_cmd.lookup)
 app.command()(overlay_cmd.topics)
 app.command()(overlay_cmd.history)
 app.command()(overlay_cmd.sync)
+app.command()(reports_cmd.report)
+app.command()(reports_cmd.analytics)
+app.command()(reports_cmd.lineage)
 
 
 @app.command()
-def status(ctx: typer.Context) -> None:
+def status(ctx: typer.Context, _json: JsonOption = False) -> None:
     """Identity, addresses, readiness and peer count of the daemon."""
     state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
@@ -90,7 +96,7 @@ def _http_auth_rows(block: dict[str, Any]) -> list[tuple[str, object]]:
 
 
 @app.command()
-def peers(ctx: typer.Context) -> None:
+def peers(ctx: typer.Context, _json: JsonOption = False) -> None:
     """The authenticated peer links of the daemon."""
     state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
@@ -100,7 +106,7 @@ def peers(ctx: typer.Context) -> None:
             now = time.time()
             rows = [
                 (
-                    short_key(p["identity_key"]),
+                    p["identity_key"],
                     p["address"],
                     p["direction"],
                     f"{now - p['connected_at']:.0f}s",
@@ -120,6 +126,7 @@ def peers(ctx: typer.Context) -> None:
 def connect(
     ctx: typer.Context,
     address: Annotated[str, typer.Argument(help="Peer address: host:port or ws://host:port/p2p/1.")],
+    _json: JsonOption = False,
 ) -> None:
     """Link the daemon to a peer (authenticated) and keep the link."""
     state: CliState = ctx.obj
@@ -133,26 +140,26 @@ def stop(
     ctx: typer.Context,
     wait: Annotated[bool, typer.Option(help="Wait until the daemon has exited.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the exit.")] = 30.0,
+    _json: JsonOption = False,
 ) -> None:
-    """Stop the daemon gracefully."""
+    """Stop the daemon gracefully; with --wait (the default), return once its process has exited."""
     state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
-        data = client.call("POST", "/v1/shutdown")
-        api = client.data_dir / "api.json"
-        stopped = not wait or _wait_gone(api, timeout)
-        result = {"status": "stopped" if stopped and wait else data.get("status", "stopping")}
+        # watched from before the request: api.json goes early in the shutdown, the process and its lock last
+        with ExitWatch(daemon_pid(client.data_dir), client.data_dir) as watch:
+            data = client.call("POST", "/v1/shutdown")
+            if wait and not watch.wait(timeout):
+                raise _still_running(watch.pid, timeout)
+        result = {"status": "stopped" if wait else data.get("status", "stopping")}
         emit(state, result, lambda out: out.print(f"daemon {result['status']}"))
 
 
-def _wait_gone(path: Path, timeout: float) -> bool:
-    """Wait for the daemon to remove its api.json (it does so as its last step)."""
-    # the CLI is synchronous and has no event to wait on; the daemon's file removal is the signal
-    deadline = time.monotonic() + timeout
-    while path.exists():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+def _still_running(pid: int | None, timeout: float) -> ApiError:
+    who = f"the daemon (pid {pid})" if pid is not None else "the daemon"
+    end = f"; end it with `kill -KILL {pid}` if it hangs" if pid is not None else ""
+    return ApiError(
+        f"{who} has not exited {timeout:g}s after being asked to stop: see its log{end}", code="timeout", status=0
+    )
 
 
 # paid live streams, `ctl stream ...` for producers and `ctl subscribe` for consumers, are mounted last so that

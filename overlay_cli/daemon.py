@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import trio
@@ -10,8 +11,11 @@ import trio
 from overlay_node.config import Config
 from overlay_node.datadir import DataDir
 from overlay_node.errors import first_overlay_error
+from overlay_node.net.accept import raise_fd_limit
 from overlay_node.node import Node, NodeInfo
 from overlay_node.signals import relay_stop_signals
+
+logger = logging.getLogger(__name__)
 
 
 def _announce(info: NodeInfo, *, as_json: bool) -> None:
@@ -47,6 +51,8 @@ def run_daemon(dd: DataDir, cfg: Config, *, as_json: bool) -> None:
         OverlayError: the first of our errors that stopped the node (unwrapped from trio's exception group), so
             the CLI can print it as one line with its exit code.
     """
+    # every peer link and HTTP client takes a descriptor: allow as many as the hard limit does
+    logger.info("open files limit: %d", raise_fd_limit())
     try:
         trio.run(_main, dd, cfg, as_json)
     except BaseExceptionGroup as group:

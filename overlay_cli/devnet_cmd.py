@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from overlay_cli.output import CliState, cli_errors
+from overlay_cli.output import CliState, JsonOption, cli_errors
 
 
 def devnet(
@@ -28,7 +28,7 @@ def devnet(
     ] = None,
     fee_sat_per_kb: Annotated[int, typer.Option("--fee-sat-per-kb", help="Mining fee policy.")] = 1,
     api_key: Annotated[str, typer.Option("--api-key", help="Require Authorization: Bearer <key>.")] = "",
-    json_: Annotated[bool, typer.Option("--json", help="Print one JSON line when ready.")] = False,
+    _json: JsonOption = False,
 ) -> None:
     """Run the devnet ledger: ARC's API over a local UTXO set, blocks with merkle paths, and a faucet."""
     from overlay_cli.main import data_dir_of
@@ -53,4 +53,4 @@ def devnet(
             api_key=api_key,
         )
         setup_logging("debug" if state.debug else "info")
-        serve_foreground(settings, as_json=json_ or state.json)
+        serve_foreground(settings, as_json=state.json)

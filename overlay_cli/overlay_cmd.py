@@ -2,7 +2,7 @@
 ``ctl history TXID.VOUT --depth N`` and ``ctl sync [--topic tm_x]``: the node's overlay host (BRC-22 submit,
 BRC-24 lookup, BRC-64 history, GASP).
 
-Clients of the control API (``/v1/overlay/...``); every command takes ``--json`` (also before ``ctl``).
+Clients of the control API (``/v1/overlay/...``).
 """
 
 from __future__ import annotations
@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 from overlay_cli.client import control_client
-from overlay_cli.output import JsonOption, cli_errors, command_state, emit, print_fields, print_rows, table
+from overlay_cli.output import CliState, JsonOption, cli_errors, emit, print_fields, print_rows, table
 from overlay_node.errors import BadRequest
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _MAX_FILE = 48 * 1024 * 1024
 
@@ -46,10 +48,10 @@ def submit(
     mode: Annotated[
         str, typer.Option(help="current-tx, historical-tx (no broadcast) or historical-tx-no-spv.")
     ] = "current-tx",
-    json_: JsonOption = False,
+    _json: JsonOption = False,
 ) -> None:
     """Submit a transaction to the node's overlay topics (BRC-22) and show the STEAK."""
-    state = command_state(ctx, json_)
+    state: CliState = ctx.obj
     with cli_errors(state):
         beef = _read_beef(file)
         with control_client(state) as client:
@@ -75,10 +77,10 @@ def lookup(
     ctx: typer.Context,
     service: Annotated[str, typer.Option("--service", "-s", help="Lookup service, e.g. ls_ship.")],
     query: Annotated[str, typer.Option("--query", "-q", help='The query as JSON, e.g. \'{"topics":["tm_x"]}\'.')],
-    json_: JsonOption = False,
+    _json: JsonOption = False,
 ) -> None:
     """Ask one of the node's lookup services (BRC-24); each output is shown with its decoded token fields."""
-    state = command_state(ctx, json_)
+    state: CliState = ctx.obj
     with cli_errors(state):
         try:
             parsed = json.loads(query)
@@ -106,9 +108,9 @@ def _describe(decoded: dict[str, Any] | None) -> str:
     return " ".join(f"{k}={v}" for k, v in shown.items())
 
 
-def topics(ctx: typer.Context, json_: JsonOption = False) -> None:
+def topics(ctx: typer.Context, _json: JsonOption = False) -> None:
     """The topic managers and lookup services the node hosts, with what they hold."""
-    state = command_state(ctx, json_)
+    state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
         data = client.call("GET", "/v1/overlay/topics")
 
@@ -125,10 +127,10 @@ def history(
     ctx: typer.Context,
     outpoint: Annotated[str, typer.Argument(help="The output, as TXID.VOUT.")],
     depth: Annotated[int, typer.Option(help="Retained predecessors to follow back (BRC-64).", min=0)] = 1,
-    json_: JsonOption = False,
+    _json: JsonOption = False,
 ) -> None:
     """An output's BRC-64 history: it and the spent outputs its topic retained, down to --depth."""
-    state = command_state(ctx, json_)
+    state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/overlay/history", {"outpoint": outpoint, "depth": depth})
 
@@ -158,10 +160,10 @@ def sync(
         list[str] | None,
         typer.Option("--host", help="Host base URL to sync with (repeat; default: the hosts this node knows of)."),
     ] = None,
-    json_: JsonOption = False,
+    _json: JsonOption = False,
 ) -> None:
     """Sync topics with their other hosts now (GASP): fetch the outputs this node missed, with their ancestry."""
-    state = command_state(ctx, json_)
+    state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/overlay/sync", {"topics": topic or [], "hosts": host or []})
 

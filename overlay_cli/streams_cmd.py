@@ -5,14 +5,27 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 from overlay_cli.client import control_client
-from overlay_cli.output import CliState, cli_errors, comma_list, emit, print_fields, print_rows, table
-from overlay_node.errors import BadRequest
+from overlay_cli.output import (
+    CliState,
+    JsonOption,
+    cli_errors,
+    comma_list,
+    emit,
+    print_error,
+    print_fields,
+    print_note,
+    print_rows,
+    table,
+)
+from overlay_node.errors import BadRequest, exit_code_for
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(help="Produce paid live streams.", no_args_is_help=True)
 
@@ -29,6 +42,7 @@ def create(
     title: Annotated[str, typer.Option("--title", help="A title for listings.")] = "",
     tags: Annotated[str, typer.Option("--tags", help="Comma-separated tags.")] = "",
     max_consumers: Annotated[int | None, typer.Option("--max-consumers", min=1, help="Subscriber limit.")] = None,
+    _json: JsonOption = False,
 ) -> None:
     """Create a stream and advertise it through the DHT."""
     state: CliState = ctx.obj
@@ -51,6 +65,7 @@ def push(
     ctx: typer.Context,
     stream_id: Annotated[str, typer.Argument(help="The stream.")],
     file: Annotated[Path | None, typer.Option("--file", help="Read packets from this file (default: stdin).")] = None,
+    _json: JsonOption = False,
 ) -> None:
     """Push packets: one per line (NDJSON or raw text) from --file or stdin."""
     state: CliState = ctx.obj
@@ -84,7 +99,7 @@ def push(
 
 
 @app.command("list")
-def listing(ctx: typer.Context) -> None:
+def listing(ctx: typer.Context, _json: JsonOption = False) -> None:
     """The streams this node produces."""
     state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
@@ -108,7 +123,9 @@ def listing(ctx: typer.Context) -> None:
 
 
 @app.command("close")
-def close(ctx: typer.Context, stream_id: Annotated[str, typer.Argument(help="The stream.")]) -> None:
+def close(
+    ctx: typer.Context, stream_id: Annotated[str, typer.Argument(help="The stream.")], _json: JsonOption = False
+) -> None:
     """Close a stream: subscribers get what is buffered, then the end; the advert is revoked."""
     state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
@@ -117,7 +134,9 @@ def close(ctx: typer.Context, stream_id: Annotated[str, typer.Argument(help="The
 
 
 @app.command("status")
-def status(ctx: typer.Context, stream_id: Annotated[str, typer.Argument(help="The stream.")]) -> None:
+def status(
+    ctx: typer.Context, stream_id: Annotated[str, typer.Argument(help="The stream.")], _json: JsonOption = False
+) -> None:
     """A stream's subscribers: packets, paid and unsettled satoshis."""
     state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
@@ -134,7 +153,7 @@ def status(ctx: typer.Context, stream_id: Annotated[str, typer.Argument(help="Th
                 ],
             )
             rows = [
-                (s["identity_key"][:16] + "…", s["packets"], s["paid_satoshis"], s["payments"], s["state"])
+                (s["identity_key"], s["packets"], s["paid_satoshis"], s["payments"], s["state"])
                 for s in data["subscribers"]
             ]
             if rows:
@@ -166,6 +185,15 @@ def subscribe(
         Path | None, typer.Option("--output", help="Write packets (NDJSON) here (default: stdout).")
     ] = None,
     producer: Annotated[str | None, typer.Option("--producer", help="The producer's identity key.")] = None,
+    payload: Annotated[
+        str,
+        typer.Option(
+            "--payload",
+            help="auto: a packet that is a JSON object or array is written as JSON, others as a string; "
+            "text: every packet as a string.",
+        ),
+    ] = "auto",
+    _json: JsonOption = False,
 ) -> None:
     """Subscribe to a paid stream, paying as packets arrive; writes one {"seq", "payload"} line per packet."""
     state: CliState = ctx.obj
@@ -179,6 +207,8 @@ def subscribe(
             body["producer"] = producer
         if prepay is not None:
             body["prepay"] = prepay
+        if payload not in ("auto", "text"):
+            raise BadRequest(f"--payload {payload!r}: expected auto or text")
         try:
             sink: IO[str] = open(output, "w", encoding="utf-8") if output is not None else sys.stdout  # noqa: SIM115
         except OSError as exc:
@@ -190,7 +220,7 @@ def subscribe(
                     if "summary" in item:
                         summary = item["summary"]
                         break
-                    sink.write(json.dumps({"seq": item["seq"], "payload": item["payload"]}) + "\n")
+                    sink.write(_packet_line(item, as_json=payload == "auto"))
                     if output is None or state.json:
                         sink.flush()
             except KeyboardInterrupt:
@@ -202,19 +232,33 @@ def subscribe(
                 sink.flush()
         if summary is None:
             summary = client.call("POST", "/v1/subscriptions/stop", {"stream_id": stream_id})
-        final = summary
+        _end(state, summary)
 
-        def human(out: Console) -> None:
-            err = Console(stderr=True)
-            err.print(
-                f"{final['packets']} packets, {final['paid_satoshis']} satoshis in {final['payments']} payments "
-                f"(fees {final['fees']}); ended: {final['reason']}"
-            )
-            if final.get("error"):
-                err.print(f"error: {final['error']['message']}")
-            del out
 
-        emit(state, final, human)
-        if final.get("error") and final["reason"] not in ("duration", "closed", "stopped", "reader_gone"):
-            code = final["error"]["code"]
-            raise typer.Exit(11 if code.startswith("payment") or final["reason"] == "price_exceeded" else 1)
+def _packet_line(item: dict[str, Any], *, as_json: bool) -> str:
+    """One NDJSON line for a packet: ``{"seq", "payload"}``; with ``as_json`` a payload that is a JSON object or
+    array (a JSON stream's packets) is embedded as JSON rather than as a string."""
+    value = item["payload"]
+    if as_json and isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    return json.dumps({"seq": item["seq"], "payload": value}) + "\n"
+
+
+def _end(state: CliState, final: dict[str, Any]) -> None:
+    """Print the subscription's summary and end with the exit code of the error that ended it, if any."""
+
+    def human(_out: Console) -> None:
+        print_note(
+            f"{final['packets']} packets, {final['paid_satoshis']} satoshis in {final['payments']} payments "
+            f"(fees {final['fees']}); ended: {final['reason']}"
+        )
+        if final.get("error"):
+            print_error(str(final["error"].get("message", "")))
+
+    emit(state, final, human)
+    if final.get("error") and final["reason"] not in ("duration", "closed", "stopped", "reader_gone"):
+        code = str(final["error"].get("code", "error"))
+        raise typer.Exit(exit_code_for("price_exceeded" if final["reason"] == "price_exceeded" else code))

@@ -1,37 +1,39 @@
 """``overlay-node ctl wallet balance | faucet AMOUNT | receive | history`` and the explicit payment commands
 ``ctl quote --provider KEY --resource ID [--amount N]`` and ``ctl pay --quote-id ID``.
 
-Clients of the control API (``/v1/wallet/...``, ``/v1/quote``, ``/v1/pay``); every command takes ``--json``
-(also accepted before the command, as a global option).
+Clients of the control API (``/v1/wallet/...``, ``/v1/quote``, ``/v1/pay``).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 from overlay_cli.client import control_client
 from overlay_cli.output import (
+    CliState,
     JsonOption,
     cli_errors,
-    command_state,
     emit,
     emit_fields,
+    full_key,
     print_fields,
     print_rows,
-    short_key,
+    when,
 )
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(help="The daemon's wallet: balance, devnet faucet, deposit address, history.", no_args_is_help=True)
 
 
 @app.command()
-def balance(ctx: typer.Context, json_: JsonOption = False) -> None:
+def balance(ctx: typer.Context, _json: JsonOption = False) -> None:
     """Spendable satoshis, confirmed and unconfirmed."""
-    state = command_state(ctx, json_)
+    state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
         data = client.call("GET", "/v1/wallet/balance")
 
@@ -54,10 +56,10 @@ def balance(ctx: typer.Context, json_: JsonOption = False) -> None:
 def faucet(
     ctx: typer.Context,
     amount: Annotated[int, typer.Argument(help="Satoshis to get from the devnet faucet.", min=1)],
-    json_: JsonOption = False,
+    _json: JsonOption = False,
 ) -> None:
     """Fund the wallet from the devnet ledger's faucet (devnet only)."""
-    state = command_state(ctx, json_)
+    state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/wallet/faucet", {"satoshis": amount})
         spendable = data["balance"]["satoshis"]
@@ -66,9 +68,9 @@ def faucet(
 
 
 @app.command()
-def receive(ctx: typer.Context, json_: JsonOption = False) -> None:
+def receive(ctx: typer.Context, _json: JsonOption = False) -> None:
     """The wallet's deposit key and address."""
-    state = command_state(ctx, json_)
+    state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
         data = client.call("GET", "/v1/wallet/receive")
 
@@ -90,10 +92,10 @@ def receive(ctx: typer.Context, json_: JsonOption = False) -> None:
 def history(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option(help="Most entries to show (newest first).", min=1, max=10_000)] = 50,
-    json_: JsonOption = False,
+    _json: JsonOption = False,
 ) -> None:
     """Payments and deposits, newest first (with --json: a list of entries)."""
-    state = command_state(ctx, json_)
+    state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
         data = client.call("GET", f"/v1/wallet/history?limit={limit}")
         entries: list[dict[str, Any]] = data["history"]
@@ -107,7 +109,7 @@ def history(
                     e["amount"],
                     e["fee"],
                     e["status"],
-                    short_key(e.get("counterparty")),
+                    full_key(e.get("counterparty")),
                     e["txid"],
                 )
                 for e in entries
@@ -126,10 +128,10 @@ def quote(
         int | None,
         typer.Option("--amount", help="Satoshis to offer (needed when the payee sets no price).", min=1),
     ] = None,
-    json_: JsonOption = False,
+    _json: JsonOption = False,
 ) -> None:
     """Ask a peer for a signed payment quote."""
-    state = command_state(ctx, json_)
+    state: CliState = ctx.obj
     body: dict[str, Any] = {"provider": provider, "resource": resource}
     if amount is not None:
         body["amount"] = amount
@@ -137,7 +139,7 @@ def quote(
         data = client.call("POST", "/v1/quote", body)
 
         def human(out: Console) -> None:
-            expires = time.strftime("%H:%M:%S", time.localtime(data["expires_ms"] / 1000))
+            expires = when(data["expires_ms"] / 1000)
             print_fields(
                 out,
                 [
@@ -155,10 +157,10 @@ def quote(
 def pay(
     ctx: typer.Context,
     quote_id: Annotated[str, typer.Option("--quote-id", help="A quote from `ctl quote`.")],
-    json_: JsonOption = False,
+    _json: JsonOption = False,
 ) -> None:
     """Pay a quote; prints the payee's signed receipt."""
-    state = command_state(ctx, json_)
+    state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/pay", {"quote_id": quote_id})
 
@@ -183,10 +185,10 @@ def settlement_wait(
     ctx: typer.Context,
     txid: Annotated[str, typer.Argument(help="Transaction id of a payment or spend.")],
     timeout: Annotated[float, typer.Option(help="Seconds to wait.", min=0.1, max=3600)] = 30.0,
-    json_: JsonOption = False,
+    _json: JsonOption = False,
 ) -> None:
     """Wait until the settlement of TXID has an outcome (seen, mined, failed or abandoned)."""
-    state = command_state(ctx, json_)
+    state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
         data = client.call("POST", "/v1/wallet/settlement/wait", {"txid": txid, "timeout": timeout})
         emit_fields(state, data)

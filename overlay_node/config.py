@@ -8,7 +8,9 @@ a unit test holds it equal to these defaults.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -49,6 +51,8 @@ class SwarmSection:
     bootstrap: tuple[str, ...] = ()
     max_frame: int = field(default=1 * MiB, metadata=_range(4 * KiB, 64 * MiB))
     max_links: int = field(default=256, metadata=_range(1, 100_000))
+    max_handshakes: int = field(default=128, metadata=_range(1, 100_000))
+    max_handshakes_per_ip: int = field(default=32, metadata=_range(1, 100_000))
     max_inflight: int = field(default=64, metadata=_range(1, 10_000))
     handshake_timeout: float = field(default=10.0, metadata=_range(0.1, 600))
     request_timeout: float = field(default=30.0, metadata=_range(0.1, 3600))
@@ -103,6 +107,7 @@ class DhtSection:
     alpha: int = field(default=3, metadata=_range(1, 20))
     request_timeout: float = field(default=1.0, metadata=_range(0.01, 60))
     request_retries: int = field(default=1, metadata=_range(0, 10))
+    stall_timeout: float = field(default=0.2, metadata=_range(0.001, 60))
     max_skew: float = field(default=300.0, metadata=_range(1, 86_400))
     max_failures: int = field(default=3, metadata=_range(1, 100))
     replacement_size: int = field(default=20, metadata=_range(0, 1000))
@@ -120,6 +125,7 @@ class DhtSection:
     max_records_per_publisher: int = field(default=256, metadata=_range(1, 1_000_000))
     max_store_bytes: int = field(default=64 * MiB, metadata=_range(1 * KiB, 64 * 1024 * MiB))
     max_datagrams_per_source: int = field(default=500, metadata=_range(1, 10_000_000))
+    max_datagrams_per_ip: int = field(default=5000, metadata=_range(1, 10_000_000))
     socket_buffer: int = field(default=1 * MiB, metadata=_range(0, 256 * MiB))
     flush_timeout: float = field(default=5.0, metadata=_range(0.1, 600))
 
@@ -173,6 +179,7 @@ class ContentSection:
     per_holder: int = field(default=4, metadata=_range(1, 64))
     request_timeout: float = field(default=30.0, metadata=_range(0.1, 3600))
     check_timeout: float = field(default=3.0, metadata=_range(0.01, 600))
+    hedge_delay: float = field(default=0.1, metadata=_range(0.001, 600))
     provider_ttl: float = field(default=3600.0, metadata=_range(1, 86_400))
     repair_interval: float = field(default=60.0, metadata=_range(0, 86_400))
     repair_jitter: float = field(default=0.2, metadata=_range(0, 1))
@@ -305,14 +312,18 @@ def _to_int(path: str, raw: object, from_text: bool) -> int:
 
 
 def _to_float(path: str, raw: object, from_text: bool) -> float:
+    value: float | None = None
     if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return float(raw)
-    if from_text and isinstance(raw, str):
-        try:
-            return float(raw)
-        except ValueError:
-            pass
-    raise ConfigError(f"{path}: expected a number, got {raw!r}")
+        value = float(raw)
+    elif from_text and isinstance(raw, str):
+        with contextlib.suppress(ValueError):
+            value = float(raw)
+    if value is None:
+        raise ConfigError(f"{path}: expected a number, got {raw!r}")
+    # NaN passes every range check (each comparison with it is false), and every float key is a finite quantity
+    if not math.isfinite(value):
+        raise ConfigError(f"{path}: expected a finite number, got {raw!r}")
+    return value
 
 
 def _to_str(path: str, raw: object, _from_text: bool) -> str:

@@ -1,8 +1,8 @@
 """The node's data dir: where its files live, its identity key, the one-daemon lock and ``api.json``.
 
 Layout (docs/design.md, Data dir): ``config.toml``, ``identity.key`` (mode 0600), ``node.lock``, ``api.json`` (written
-atomically at start, removed at stop), ``node.db``, ``blobs/``, ``logs/`` and, when the path is short enough,
-``control.sock``.
+atomically at start, removed at stop), ``node.db``, ``blobs/`` and, when the path is short enough,
+``control.sock``. (Logs go to the daemon's stderr; there is no ``logs/``.)
 
 Every failure here is a :class:`~overlay_node.errors.DataDirError` whose message says what to do.
 """
@@ -116,28 +116,27 @@ class DataDir:
     def blobs_dir(self) -> Path:
         return self._path / "blobs"
 
-    @property
-    def logs_dir(self) -> Path:
-        return self._path / "logs"
-
     # -- init and identity ------------------------------------------------------------------------------------
 
     def init(self, *, config_text: str) -> InitResult:
-        """Create the data dir (mode 0700), ``blobs/``, ``logs/``, a new identity key and ``config.toml``.
+        """Create the data dir (mode 0700), ``blobs/``, a new identity key and ``config.toml``.
 
         Idempotent: an existing identity key or config file is kept as it is, so running ``init`` twice never
-        changes a node's identity.
+        changes a node's identity. A data dir whose node has run (``node.db`` is there) but whose identity key is
+        gone is refused: a new identity would silently orphan the wallet's coins, derived from the old one.
 
         Args:
             config_text: the contents for ``config.toml`` when it does not exist yet.
 
         Raises:
-            DataDirError: a path cannot be created or written (permissions, a file in the way, disk full).
+            DataDirError: a path cannot be created or written (permissions, a file in the way, disk full), or
+                ``identity.key`` is missing beside an existing ``node.db``.
         """
+        if not self.identity_path.exists() and self.db_path.exists():
+            raise self._identity_lost()
         try:
             created_dir = _mkdir_private(self._path)
-            for sub in (self.blobs_dir, self.logs_dir):
-                sub.mkdir(mode=0o700, exist_ok=True)
+            self.blobs_dir.mkdir(mode=0o700, exist_ok=True)
             identity_created = _create_exclusive(self.identity_path, _new_identity_text().encode("ascii"), 0o600)
             config_created = _create_exclusive(self.config_path, config_text.encode("utf-8"), 0o600)
             if created_dir or identity_created or config_created:
@@ -161,15 +160,18 @@ class DataDir:
             The 32 raw bytes of the secp256k1 private key.
 
         Raises:
-            DataDirError: the key is missing, unreadable, malformed, not a valid secp256k1 scalar, or readable or
-                writable by group or others.
+            DataDirError: the key is missing (and, when ``node.db`` is there, must be restored rather than made
+                anew), unreadable, malformed, not a valid secp256k1 scalar, or readable or writable by group or
+                others.
         """
         path = self.identity_path
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
+            if self.db_path.exists():
+                raise self._identity_lost() from None
             raise DataDirError(
-                f"no identity in {self._path}: run `overlay-node init --data-dir {self._path}`"
+                f"no identity in {self._path}: run `overlay-node --data-dir {self._path} init`"
             ) from None
         except OSError as exc:
             raise DataDirError(f"cannot read {path}: {exc.strerror or exc}") from exc
@@ -190,6 +192,13 @@ class DataDir:
             os.close(fd)
         return _parse_identity(raw, path)
 
+    def _identity_lost(self) -> DataDirError:
+        return DataDirError(
+            f"identity.key is missing from {self._path} but node.db is there (this node has run, and its wallet's "
+            f"coins belong to that identity): restore identity.key from a backup, or move the data dir aside "
+            f"(mv {self._path} {self._path}.old) to start a new node"
+        )
+
     # -- the one-daemon lock ----------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -197,27 +206,18 @@ class DataDir:
         """Hold the data dir's lock for as long as the block runs: one daemon per data dir.
 
         Takes an exclusive, non-blocking ``flock`` on ``node.lock`` and writes our pid into it (for the message
-        another daemon gets). The lock dies with the process, so a crash never leaves a stale lock. Two
-        ``lock()`` calls in one process conflict too, since flock belongs to the open file.
+        another daemon gets). The lock dies with the process, so a crash (even ``kill -9``) never leaves a stale
+        lock, only a harmless file. An orderly exit removes ``node.lock`` while still holding it; a daemon that
+        opened the file just before that and then got the lock finds its file no longer at the path, and opens it
+        anew. Two ``lock()`` calls in one process conflict too, since flock belongs to the open file.
 
         Raises:
             DataDirError: the dir does not exist, or another daemon holds the lock.
         """
         if not self._path.is_dir():
-            raise DataDirError(f"no data dir at {self._path}: run `overlay-node init --data-dir {self._path}`")
+            raise DataDirError(f"no data dir at {self._path}: run `overlay-node --data-dir {self._path} init`")
+        fd = self._take_lock()
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-        except OSError as exc:
-            raise DataDirError(f"cannot open {self.lock_path}: {exc.strerror or exc}") from exc
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise DataDirError(f"cannot lock {self.lock_path}: {exc.strerror or exc}") from exc
-                pid = _read_pid(fd)
-                who = f"another daemon (pid {pid})" if pid is not None else "another daemon"
-                raise DataDirError(f"{who} is running on {self._path}") from None
             try:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
@@ -226,12 +226,37 @@ class DataDir:
             try:
                 yield
             finally:
-                # Clear the pid before letting go, so nobody reads a pid that no longer holds the lock.
+                # Remove the file before letting go (see above), so nobody reads a pid that no longer holds it.
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)
+                with contextlib.suppress(OSError):
+                    self.lock_path.unlink()
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def _take_lock(self) -> int:
+        """Open ``node.lock`` and flock it; return the fd, locked, of the file that is at the path now."""
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            except OSError as exc:
+                raise DataDirError(f"cannot open {self.lock_path}: {exc.strerror or exc}") from exc
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                        raise DataDirError(f"cannot lock {self.lock_path}: {exc.strerror or exc}") from exc
+                    pid = _read_pid(fd)
+                    who = f"another daemon (pid {pid})" if pid is not None else "another daemon"
+                    raise DataDirError(f"{who} is running on {self._path}") from None
+                if _is_at(fd, self.lock_path):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # removed by the daemon that held it as it stopped: take the new file instead
 
     # -- control socket ---------------------------------------------------------------------------------------
 
@@ -344,7 +369,7 @@ def _new_identity_text() -> str:
 
 
 def _parse_identity(raw: bytes, path: Path) -> bytes:
-    fix = "restore it from a backup or move it away and run `overlay-node init`"
+    fix = f"restore it from a backup or move it away and run `overlay-node --data-dir {path.parent} init`"
     if len(raw) > _MAX_IDENTITY_FILE:
         raise DataDirError(f"{path} is malformed (too large): {fix}")
     try:
@@ -442,6 +467,16 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the file at ``path`` (not one removed or replaced since it was opened)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _read_pid(fd: int) -> int | None:

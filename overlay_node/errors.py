@@ -1,14 +1,60 @@
 """The small error hierarchy of the daemon.
 
 Everything the node raises on purpose derives from :class:`OverlayError`. Each family carries a stable ``code``
-(used in HTTP error bodies and close reasons) and an ``exit_code`` (used by the CLI), so that one table maps an error
-to what a user or a script sees.
+(used in HTTP error bodies and close reasons) and an ``exit_code`` (used by the CLI) from :data:`EXIT_CODES`, the one
+table that maps an error to what a user or a script sees.
 
 Foreign exceptions (``OSError``, ``sqlite3.Error``, trio's stream errors) are mapped once, at the edge that sees
 them, with ``raise ... from exc``.
 """
 
 from __future__ import annotations
+
+#: The one table of exit codes: an error's ``code`` (in HTTP error bodies, NDJSON error events and close reasons)
+#: -> the exit code the CLI ends with. Every error class takes its ``exit_code`` from here (a class whose code is
+#: not listed inherits its parent's); the daemon's error bodies carry it as ``exit_code``, and the CLI, which
+#: imports no service, looks codes up here when a body has none. docs/cli.md lists the families.
+EXIT_CODES: dict[str, int] = {
+    "error": 1,
+    "http": 1,
+    "truncated": 1,
+    "timeout": 1,
+    "bad_request": 2,
+    "range_not_satisfiable": 2,
+    "broadcast_refused": 2,
+    "config": 3,
+    "data_dir": 4,
+    "no_daemon": 5,
+    "protocol": 6,
+    "gasp": 7,
+    "transport": 7,
+    "dial_failed": 7,
+    "connection_lost": 7,
+    "peer_timeout": 7,
+    "daemon_closed": 7,
+    "store": 8,
+    "not_found": 9,
+    "no_peer_link": 9,
+    "content_unavailable": 9,
+    "conflict": 10,
+    "payment_refused": 11,
+    "payment_invalid": 11,
+    "payment_insufficient": 11,
+    "payment_replayed": 11,
+    "quote_expired": 11,
+    "payment_malformed": 11,
+    "invalid_derivation_prefix": 11,
+    "insufficient_funds": 11,
+    "paid_too_early": 11,
+    "payment_required": 11,
+    "price_exceeded": 11,
+    "storage_full": 12,
+}
+
+
+def exit_code_for(code: str) -> int:
+    """The exit code of an error ``code`` (1 for a code not in :data:`EXIT_CODES`)."""
+    return EXIT_CODES.get(code, 1)
 
 
 class OverlayError(Exception):
@@ -18,12 +64,16 @@ class OverlayError(Exception):
     exit_code: int = 1
     http_status: int = 500
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "exit_code" not in cls.__dict__ and cls.code in EXIT_CODES:
+            cls.exit_code = EXIT_CODES[cls.code]
+
 
 class ConfigError(OverlayError):
     """A config file, env variable or flag is unknown, mistyped or out of range; the message names the dotted key."""
 
     code = "config"
-    exit_code = 3
     http_status = 400
 
 
@@ -31,7 +81,6 @@ class DataDirError(OverlayError):
     """The data dir cannot be used: locked by another daemon, unsafe permissions, missing identity."""
 
     code = "data_dir"
-    exit_code = 4
     http_status = 500
 
 
@@ -39,7 +88,6 @@ class ProtocolError(OverlayError):
     """Abstract: a protocol rule was broken. Use one of the two concrete children."""
 
     code = "protocol"
-    exit_code = 6
     http_status = 400
 
     def __init__(self, message: str, *, reason: str = "protocol_error") -> None:
@@ -65,7 +113,6 @@ class TransportError(OverlayError):
     """A network operation failed. Only ``net/`` raises these."""
 
     code = "transport"
-    exit_code = 7
     http_status = 502
 
 
@@ -92,7 +139,6 @@ class StoreError(OverlayError):
     """The local database failed. Only ``store/`` raises these."""
 
     code = "store"
-    exit_code = 8
     http_status = 500
 
 
@@ -100,7 +146,6 @@ class NotFound(OverlayError):
     """The requested object does not exist."""
 
     code = "not_found"
-    exit_code = 9
     http_status = 404
 
 
@@ -108,7 +153,6 @@ class Conflict(OverlayError):
     """The request conflicts with current state (duplicate, already running, already used)."""
 
     code = "conflict"
-    exit_code = 10
     http_status = 409
 
 
@@ -116,7 +160,6 @@ class BadRequest(OverlayError):
     """A request from a local or remote client is malformed or out of range."""
 
     code = "bad_request"
-    exit_code = 2
     http_status = 400
 
 
@@ -134,7 +177,12 @@ class DaemonNotRunning(OverlayError):
     """Client side: no daemon answers for the data dir."""
 
     code = "no_daemon"
-    exit_code = 5
+
+
+class DaemonClosed(OverlayError):
+    """Client side: the daemon closed the control connection in the middle of a call (it died or was stopped)."""
+
+    code = "daemon_closed"
 
 
 class PaymentError(OverlayError):
@@ -142,7 +190,6 @@ class PaymentError(OverlayError):
     refused payment changes no balance."""
 
     code = "payment_refused"
-    exit_code = 11
     http_status = 402
 
 
@@ -163,6 +210,13 @@ class PaymentReplayed(PaymentError):
     """The quote's derivation prefix was already used by an accepted payment (a replay)."""
 
     code = "payment_replayed"
+
+
+class PaidTooEarly(PaymentError):
+    """A stream payment ahead of what the subscription may hold on credit: the producer keeps the quote open, and
+    the consumer pays it again once more packets have been used (the message ends with "pay when it is used")."""
+
+    code = "paid_too_early"
 
 
 class QuoteExpired(PaymentError):

@@ -7,7 +7,8 @@ Theory of operation:
 2. A shutdown request (signal in the CLI, ``ctl stop``, or :meth:`Node.request_shutdown`) sets one event. The HTTP
    servers drain on it within ``node.shutdown_grace`` seconds; the background services are cancelled at once
    (each store write is its own transaction, so there is nothing to flush).
-3. ``api.json`` is removed and the lock released whatever way ``run`` ends.
+3. ``api.json`` and the control socket's file are removed, and the lock released (``node.lock`` removed), whatever
+   way ``run`` ends. Files the node creates are its user's alone (umask 077 added at start).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from overlay_node.api.control import control_app
 from overlay_node.api.control_adverts import adverts_routes
 from overlay_node.api.control_content import content_routes
 from overlay_node.api.control_overlay import overlay_control_routes
+from overlay_node.api.control_reports import reports_routes
 from overlay_node.api.control_streams import streams_routes
 from overlay_node.api.control_wallet import wallet_routes
 from overlay_node.api.gateway import gateway_routes, price_of
@@ -43,6 +45,7 @@ from overlay_node.datadir import DataDir
 from overlay_node.devnet.runner import DevnetSettings, run_devnet
 from overlay_node.errors import BadRequest, PeerTimeout
 from overlay_node.metrics import Metrics
+from overlay_node.net.accept import accept_failures
 from overlay_node.net.http_server import HttpServerConfig
 from overlay_node.net.listen import bind_tcp, bind_unix, serve_app
 from overlay_node.net.peers import PeerLink, PeerManager
@@ -56,6 +59,7 @@ from overlay_node.services.overlay_network import OverlayNetwork
 from overlay_node.services.overlay_sync import OverlaySync
 from overlay_node.services.overlay_tokens import OverlayTokens
 from overlay_node.services.payments import Payments
+from overlay_node.services.reports import ReportsService
 from overlay_node.services.settlement import Settlement
 from overlay_node.services.streams_node import Streams
 from overlay_node.services.wallet import Wallet
@@ -156,6 +160,8 @@ class Node:
         self.https_verify: ssl.SSLContext | bool = True
         self._ledger = ""
         self._store: Store | None = None
+        #: the control socket's file, once bound (removed when the node stops)
+        self._control_path: Path | None = None
         # authenticated links waiting to be recorded in known_peers (bounded: a burst past it is simply not recorded)
         self._new_links, self._new_links_rx = trio.open_memory_channel[PeerLink](256)
 
@@ -169,6 +175,7 @@ class Node:
             TransportError: a listening port cannot be bound.
             StoreError: the database cannot be opened or migrated.
         """
+        _private_umask()
         with self.data_dir.lock():
             identity = Identity.from_private_bytes(self.data_dir.load_identity())
             self._identity = identity
@@ -180,6 +187,7 @@ class Node:
                 self._ready = False
                 self.metrics.up.set(0)
                 self.data_dir.remove_api()
+                self._remove_control_socket()
                 self._stopped.set()
                 logger.info("node %s stopped", identity.public_key_hex[:16])
 
@@ -216,6 +224,7 @@ class Node:
         http_sock = bind_tcp(cfg.http.host, cfg.http.port)
         control_path = self.data_dir.control_socket_path(cfg.control.socket)
         control_sock = bind_unix(control_path)
+        self._control_path = control_path
         peers = PeerManager(identity, cfg.swarm, self.metrics)
         self._peers = peers
         dht = DhtService(identity, cfg.dht, store, self.metrics, wall_clock=self.wall_clock)
@@ -225,6 +234,10 @@ class Node:
         )
         peers.on_request("node.info", self._serve_node_info)
         peers.on_link(self._remember_link)
+        # reaching a peer by its identity key: the live link, then these, in order
+        peers.add_resolver(self._known_addresses)
+        peers.add_resolver(self._adverts.seen_addresses)
+        peers.add_resolver(self._adverts.node_addresses)
         return _Boot(
             identity=identity,
             store=store,
@@ -249,7 +262,7 @@ class Node:
             _Step("auth", ("wallet", "content"), self._start_auth),
             _Step("overlay_network", ("overlay_engine", "peers", "adverts", "content", "auth"), self._start_network),
             _Step("overlay_tokens", ("wallet", "overlay_engine", "adverts", "content"), self._start_tokens),
-            _Step("streams", ("peers", "dht", "wallet"), self._start_streams),
+            _Step("streams", ("peers", "dht", "wallet", "adverts"), self._start_streams),
             _Step("dht_joined", ("dht",), self._join_dht),
             _Step("link_records", ("peers",), self._start_link_records),
             _Step("overlay_sync", ("overlay_network",), self._start_overlay_sync),
@@ -258,7 +271,9 @@ class Node:
         )
 
     async def _start_peers(self, boot: _Boot, nursery: trio.Nursery) -> None:
+        """Peer links; then the peers this node knew are redialled in the background (a restarted node rejoins)."""
         boot.swarm = await nursery.start(self.peers.run)
+        self.peers.redial([(p.identity_key, p.address) for p in await boot.store.peers.list()])
 
     async def _start_dht(self, boot: _Boot, nursery: trio.Nursery) -> None:
         boot.dht_address = await nursery.start(self.dht.run)
@@ -395,6 +410,7 @@ class Node:
             self.wallet,
             wall_clock=self.wall_clock,
         )
+        streams.producer.adverts = self.adverts
         await nursery.start(streams.run)
         self._streams = streams
 
@@ -433,6 +449,7 @@ class Node:
                     head_timeout=cfg.http.head_timeout,
                     keep_alive_timeout=cfg.http.keep_alive_timeout,
                 ),
+                on_accept_failure=accept_failures(self.metrics).labels("http").inc,
             )
         )
 
@@ -449,6 +466,7 @@ class Node:
                         *content_routes(),
                         *streams_routes(),
                         *overlay_control_routes(),
+                        *reports_routes(),
                     ],
                 ),
                 boot.control_sock,
@@ -473,11 +491,22 @@ class Node:
         self._started_at = time.monotonic()
         self.data_dir.write_api({"pid": os.getpid(), "version": __version__, **info.as_dict()})
         self._ready = True
+        self.adverts.node_ready()
         self.content.node_ready()
         self.overlay_sync.node_ready()
         self.metrics.up.set(1)
         logger.info("node %s ready: swarm %s, http %s", boot.identity.public_key_hex[:16], boot.swarm, info.http)
         return info
+
+    def _remove_control_socket(self) -> None:
+        """Remove the control socket's file (the socket itself is closed by its server): a stopped node leaves no
+        socket behind. One left by a crash is harmless: the next start replaces it (``bind_unix``)."""
+        path, self._control_path = self._control_path, None
+        if path is not None:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                logger.warning("cannot remove the control socket %s: %s", path, exc.strerror or exc)
 
     def _in_data_dir(self, path: str) -> str:
         """A configured file path: relative ones are inside the data dir."""
@@ -530,6 +559,11 @@ class Node:
     @property
     def streams(self) -> Streams:
         return _started(self._streams)
+
+    @property
+    def reports(self) -> ReportsService:
+        """Reports over the store: what this node bought (``ctl report``) and sold (``ctl analytics``)."""
+        return ReportsService(_started(self._store), wall_clock=self.wall_clock)
 
     @property
     def overlay(self) -> OverlayEngine:
@@ -626,16 +660,32 @@ class Node:
         except trio.WouldBlock:
             logger.debug("link record queue full; not recording %s", link.peer_key[:16])
 
+    async def _known_addresses(self, identity_key: str) -> tuple[str, ...]:
+        """Where ``identity_key`` was last reached (``known_peers``), for ``PeerManager.reach``."""
+        known = await self.store.peers.get(identity_key)
+        return (known.address,) if known is not None else ()
+
+    @property
+    def store(self) -> Store:
+        return _started(self._store)
+
     async def _record_links(self, store: Store) -> None:
         """Persist every authenticated peer so a restarted node can find its neighbours again."""
         async for link in self._new_links_rx:
-            # only dialled links carry an address others can dial; an inbound link shows the peer's ephemeral port
+            # a dialled link's address is dialable; an inbound link shows the peer's ephemeral port, so for those
+            # the first listen address the peer announced in its Hello is kept
             address = next(
                 (li.address for li in self.peers.links() if li.identity_key == link.peer_key and li.direction == "out"),
                 "",
-            )
+            ) or next(iter(link.listen_addresses), "")
             if address:
                 await store.peers.upsert(link.peer_key, address, self.wall_clock())
+
+
+def _private_umask() -> None:
+    """Make every file and dir the node creates its user's alone (``node.db`` and its -wal/-shm, blobs, logs, the
+    embedded devnet's ledger): group and others are added to the process's umask, which is never loosened."""
+    os.umask(os.umask(0o077) | 0o077)
 
 
 def _origin(scheme: str, host: str, port: int) -> str:

@@ -3,12 +3,16 @@
 
     python scripts/cluster.py up 5 [--dir D] [--base-port P]   # start 5 daemons, link them, print a table
     python scripts/cluster.py down [--dir D]                    # stop every daemon of the cluster
+    python scripts/cluster.py kill I [--dir D]                  # kill -9 node I (failure drills)
+    python scripts/cluster.py restart I [--dir D]               # start node I again on its data dir and ports
 
 Every daemon is a real ``overlay-node run`` subprocess with its own data dir under the cluster dir (default
 ``./.cluster``), bootstrapped (peer link and DHT) to the first, and every one settles payments through one shared
 ``overlay-node devnet`` ledger process. While the cluster is small (N <= 10) every pair is linked explicitly;
 larger clusters rely on the bootstrap links until the DHT takes over discovery. ``cluster.json`` in the cluster dir
-records the members so that ``down`` (or another script) finds them.
+records the members so that ``down`` (or another script) finds them; a restarted node comes back on the ports it
+had (so the others' links and bootstrap addresses stay valid, and so does ``cluster.json``) and redials the peers it
+knew.
 
 The nodes' http ports serve https:// with certificates from one local CA (``<dir>/ca/ca.pem``, trusted by every
 node for the others; ``--no-tls`` serves plain http), so their SHIP/SLAP and UHRP tokens name URIs the official
@@ -103,7 +107,7 @@ class Cluster:
     def _start_devnet(self) -> str:
         """One devnet ledger for the whole cluster; every node settles through it."""
         data_dir = self.root / "devnet"
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         port = "0" if self.base_port is None else str(self.base_port - 1)
         args = [*_cli(), "devnet", "--json", "--port", port, "--data-dir", str(data_dir)]
         args += ["--block-interval", str(self.block_interval)]
@@ -142,7 +146,7 @@ class Cluster:
 
     def _start(self, i: int, bootstrap: Member | None, *, ports: tuple[str, str, str] | None = None) -> Member:
         data_dir = self.root / f"node{i}"
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         base = self.base_port
         if ports is None:
             ports = ("0", "0", "0") if base is None else (str(base + 2 * i), str(base + 2 * i + 1), str(base + 2 * i))
@@ -188,7 +192,7 @@ class Cluster:
 
     def up(self) -> list[Member]:
         """Start every node, link them, and wait until they are all linked."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.ledger = self._start_devnet()
         first = self._start(0, None)
         self.members = [first]
@@ -226,9 +230,10 @@ class Cluster:
 
     def down(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL after a grace period)."""
-        procs: list[subprocess.Popen[bytes]] | list[_Pid] = self._procs or [
-            _Pid(pid) for pid in [m.pid for m in self.members] + [self.ledger_pid] if pid
-        ]
+        # the processes started here, and members started elsewhere (``cluster.py restart`` from the shell)
+        started = {proc.pid for proc in self._procs}
+        procs: list[subprocess.Popen[bytes] | _Pid] = [*self._procs]
+        procs += [_Pid(pid) for pid in [m.pid for m in self.members] + [self.ledger_pid] if pid and pid not in started]
         for proc in procs:
             _signal(proc.pid, signal.SIGTERM)
         for proc in procs:
@@ -267,14 +272,22 @@ class Cluster:
         )
 
     def _save(self) -> None:
-        state = {"ledger": self.ledger, "ledger_pid": self.ledger_pid, "members": [asdict(m) for m in self.members]}
+        state = {
+            "ledger": self.ledger,
+            "ledger_pid": self.ledger_pid,
+            "tls": self.tls,
+            "extra_args": self.extra_args,
+            "members": [asdict(m) for m in self.members],
+        }
         (self.root / "cluster.json").write_text(json.dumps(state, indent=2))
 
     @classmethod
     def load(cls, root: Path) -> Cluster:
         state = json.loads((root / "cluster.json").read_text())
         members = [Member(**m) for m in state["members"]]
-        cluster = cls(len(members), root=root)
+        cluster = cls(
+            len(members), root=root, tls=bool(state.get("tls", True)), extra_args=list(state.get("extra_args", []))
+        )
         cluster.members = members
         cluster.ledger = state["ledger"]
         cluster.ledger_pid = state["ledger_pid"]
@@ -342,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-tls", action="store_true", help="serve plain http:// (no tokens on chain)")
     down = sub.add_parser("down", help="stop the cluster's daemons")
     down.add_argument("--dir", type=Path, default=Path(".cluster"))
+    for name, what in (("kill", "kill -9 node I"), ("restart", "start node I again on its data dir and ports")):
+        one = sub.add_parser(name, help=what)
+        one.add_argument("i", type=int)
+        one.add_argument("--dir", type=Path, default=Path(".cluster"))
     args = parser.parse_args(argv)
     if args.command == "up":
         if args.n < 1:
@@ -366,8 +383,21 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.dir / "cluster.json").exists():
         print(f"no cluster in {args.dir}", file=sys.stderr)
         return 1
-    Cluster.load(args.dir.resolve()).down()
-    print("cluster stopped")
+    cluster = Cluster.load(args.dir.resolve())
+    if args.command == "down":
+        cluster.down()
+        print("cluster stopped")
+        return 0
+    if not 0 <= args.i < len(cluster.members):
+        parser.error(f"no node {args.i}: the cluster has nodes 0..{len(cluster.members) - 1}")
+    if args.command == "kill":
+        cluster.kill(args.i)
+        print(f"node{args.i} killed")
+        return 0
+    if _alive(cluster.members[args.i].pid):
+        parser.error(f"node{args.i} is running (pid {cluster.members[args.i].pid}): kill it first")
+    member = cluster.restart(args.i)
+    print(f"node{args.i} restarted (pid {member.pid}) on {member.swarm[0]}")
     return 0
 
 

@@ -36,8 +36,10 @@ def served(request: Request) -> Any:
 
 
 def error_response(exc: OverlayError) -> JSONResponse:
-    """The one mapping of our errors to HTTP: ``{"status":"error","code":...,"message":...}``."""
-    return JSONResponse({"status": "error", "code": exc.code, "message": str(exc)}, status_code=exc.http_status)
+    """The one mapping of our errors to HTTP: ``{"status":"error","code":...,"message":...,"exit_code":...}``
+    (``exit_code``: what the CLI ends with, from ``overlay_node.errors.EXIT_CODES``)."""
+    body = {"status": "error", "code": exc.code, "message": str(exc), "exit_code": exc.exit_code}
+    return JSONResponse(body, status_code=exc.http_status)
 
 
 def guarded(handler: Handler) -> Handler:
@@ -72,17 +74,64 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def parse_json(body: bytes) -> Any:
-    """``body`` as JSON; deep nesting and numbers of thousands of digits are bad JSON too (Python refuses them with
-    RecursionError and ValueError).
+#: the deepest nesting of arrays and objects :func:`parse_json` takes
+JSON_MAX_DEPTH: Final = 64
+#: the longest number :func:`parse_json` takes, in characters (Python refuses integers of more than 4,300 digits,
+#: and converting long ones costs time quadratic in their length)
+JSON_MAX_NUMBER: Final = 100
+
+
+class _JsonLimit(Exception):
+    """A bound of :func:`parse_json` was passed (raised from the decoder's hooks)."""
+
+
+def _number(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if len(text) > JSON_MAX_NUMBER:
+            raise _JsonLimit(f"a number longer than {JSON_MAX_NUMBER} characters")
+        return convert(text)
+
+    return parse
+
+
+_DECODER: Final = json.JSONDecoder(parse_int=_number(int), parse_float=_number(float))
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether ``value`` nests arrays and objects more than :data:`JSON_MAX_DEPTH` deep (without recursion)."""
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > JSON_MAX_DEPTH:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def parse_json(data: bytes | str, *, what: str = "request body", limit: int | None = None) -> Any:
+    """``data`` as JSON, bounded: at most ``limit`` bytes (None: the caller bounded it already), arrays and objects
+    at most :data:`JSON_MAX_DEPTH` deep, numbers of at most :data:`JSON_MAX_NUMBER` characters. The one JSON
+    reader of outside input in the apps (request bodies, JSON headers).
 
     Raises:
-        BadRequest: not JSON (the reason, cut short).
+        BadRequest: ``"<what> is not valid JSON: <reason>"`` (the reason cut short), or too large.
     """
+    if limit is not None and len(data) > limit:
+        raise BadRequest(f"{what} too large (limit {limit} bytes)")
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}") from None
+        text = data.decode(json.detect_encoding(data), "surrogatepass") if isinstance(data, bytes) else data
+        value = _DECODER.decode(text)
+    except _JsonLimit as exc:
+        raise BadRequest(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(f"{what} is not valid JSON: nested deeper than {JSON_MAX_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise BadRequest(f"{what} is not valid JSON: {str(exc)[:200]}") from None
+    if _too_deep(value):
+        raise BadRequest(f"{what} is not valid JSON: nested deeper than {JSON_MAX_DEPTH} levels")
+    return value
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:

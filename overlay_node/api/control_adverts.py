@@ -18,7 +18,7 @@ from overlay_node.services.dht import DhtService, dht_key
 __all__ = ["AdvertsTarget", "adverts_routes"]
 
 BODY_LIMIT = 64 * 1024
-NAMESPACES = ("ship", "slap", "uhrp", "stream", "tag", "debug")
+NAMESPACES = ("ship", "slap", "uhrp", "stream", "tag", "index", "node", "debug")
 
 
 class AdvertsTarget(Protocol):
@@ -45,6 +45,13 @@ def _name(body: Body) -> str:
     if service is not None and not name.startswith("ls_"):
         raise BadRequest(f"a service starts with ls_: {name!r}")
     return name
+
+
+def _optional_name(body: Body) -> str | None:
+    """The topic or service named, or None when neither is (discovery by service type or capability)."""
+    if body.get("topic") is None and body.get("service") is None:
+        return None
+    return _name(body)
 
 
 def _key(body: Body) -> bytes:
@@ -90,7 +97,7 @@ async def discover(request: Request) -> Response:
         region=body.text("region", ""),
         service_type=body.text("service_type", ""),
     )
-    found = await _target(request).adverts.discover(_name(body), flt)
+    found = await _target(request).adverts.discover(_optional_name(body), flt)
     return JSONResponse({"hosts": [f.as_dict() for f in found]})
 
 

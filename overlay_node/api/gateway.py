@@ -12,7 +12,14 @@ content, and for priced content:
   the payer in ``X-Payer`` (an identity key) and this node is the producer.
 
 Who may read what is decided in ``services/content_access.py``; this module reads the request (the content id, the
-BRC-104/105 scope, the headers) and writes the answer. The content served is the app's node's (``state.node``).
+BRC-104/105 scope, the headers: an ``X-Access-Grant`` that is not bounded JSON is answered ``400``) and writes the
+answer. The content served is the app's node's (``state.node``).
+
+Memory: a body is streamed from the blob store one piece (:data:`_PIECE`) at a time, read when the client can take
+it, so a client that asks and does not read holds one piece at most; only objects of up to :data:`_CACHED_BODY`
+bytes are read whole, into the shared cache. The blob store checked each object's hash when it was written (its
+file is named by that hash and never rewritten), and a request is served only once the item is found held, live
+and its blob present (:func:`~overlay_node.services.content_access.servable`).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Scope
 
-from overlay_node.api.common import served
+from overlay_node.api.common import parse_json, served
 from overlay_node.api.http_auth import authenticated_identity, paid_resource
 from overlay_node.crypto.uhrp import parse_uhrp
 from overlay_node.errors import BadRequest, NotFound, OverlayError
@@ -40,12 +47,13 @@ if TYPE_CHECKING:
 __all__ = ["Gateway", "gateway_routes", "parse_range", "price_of"]
 
 _RANGE: Final = re.compile(r"^bytes=(\d*)-(\d*)$")
-_PIECE: Final = 1024 * 1024
-#: bodies up to this size are read in one go (fast path for small objects)
-_SMALL: Final = 4 * 1024 * 1024
-#: whole objects up to this size are kept in memory once read (content is immutable: the id is its hash)
+#: bytes read from the blob store at once, and sent before the next piece is read
+_PIECE: Final = 256 * 1024
+#: whole objects up to this size are read in one go and kept in memory (content is immutable: the id is its hash)
 _CACHED_BODY: Final = 64 * 1024
 _CACHE_BUDGET: Final = 16 * 1024 * 1024
+#: the largest ``X-Access-Grant`` read (a signed grant is a few hundred bytes)
+_GRANT_LIMIT: Final = 16 * 1024
 
 
 class GatewayTarget(Protocol):
@@ -128,7 +136,22 @@ async def price_of(service: ContentService, scope: Scope) -> tuple[int, str] | N
     except BadRequest:
         return None
     grant_text = next((v.decode("utf-8", "replace") for k, v in scope["headers"] if k == b"x-access-grant"), None)
+    try:
+        _check_grant(grant_text)
+    except BadRequest:
+        return None  # the route answers 400
     return await gateway_price(service, cid, identity=authenticated_identity(scope), grant_text=grant_text)
+
+
+def _check_grant(grant_text: str | None) -> None:
+    """Refuse an ``X-Access-Grant`` that is not bounded JSON (too large, too deep, huge numbers, not JSON) before
+    anything parses it.
+
+    Raises:
+        BadRequest: what is wrong with it.
+    """
+    if grant_text is not None:
+        parse_json(grant_text, what="X-Access-Grant", limit=_GRANT_LIMIT)
 
 
 def _error(service: ContentService, exc: OverlayError, headers: dict[str, str] | None = None, **extra: Any) -> Response:
@@ -145,8 +168,10 @@ class Gateway:
 
     async def get(self, request: Request) -> Response:
         service = _content(request)
+        grant_text = request.headers.get("x-access-grant")
         try:
             cid = parse_uhrp(request.path_params["content"])
+            _check_grant(grant_text)
         except BadRequest as exc:
             return _error(service, exc)
         item = await servable(service, cid)
@@ -158,7 +183,7 @@ class Gateway:
             paid=paid_resource(request.scope),
             identity=authenticated_identity(request.scope),
             payer=request.headers.get("x-payer", ""),
-            grant_text=request.headers.get("x-access-grant"),
+            grant_text=grant_text,
         )
         if refused is not None:
             return _error(service, refused.error, **refused.details)
@@ -186,7 +211,7 @@ class Gateway:
         if request.method == "HEAD":
             headers["Content-Length"] = str(length)
             return Response(status_code=status, headers=headers, media_type=item.content_type)
-        if length <= _SMALL:
+        if item.size <= _CACHED_BODY:
             data = await self._small(service, cid, item, start, length)
             return Response(data, status_code=status, headers=headers, media_type=item.content_type)
         headers["Content-Length"] = str(length)
@@ -194,11 +219,9 @@ class Gateway:
         return StreamingResponse(pieces, status_code=status, headers=headers, media_type=item.content_type)
 
     async def _small(self, service: ContentService, cid: bytes, item: ContentItem, start: int, length: int) -> bytes:
-        """``length`` bytes from ``start``, read in one go; small objects whole from (or into) the cache."""
+        """``length`` bytes from ``start`` of a small object, whole from (or into) the cache."""
         if not length:
             return b""
-        if item.size > _CACHED_BODY:
-            return await service.blobs.read(cid, start, length)
         whole = self.bodies.get(cid)
         if whole is None:
             whole = await service.blobs.read(cid, 0, item.size)
@@ -207,6 +230,8 @@ class Gateway:
 
 
 async def _pieces(service: ContentService, cid: bytes, start: int, end: int) -> AsyncIterator[bytes]:
+    """Bytes ``start`` to ``end`` (inclusive), one piece at a time: the next piece is read once the server took the
+    last one, which it does when the client's socket takes it."""
     pos = start
     while pos <= end:
         data = await service.blobs.read(cid, pos, min(_PIECE, end - pos + 1))

@@ -30,7 +30,9 @@ Theory of operation:
    connection closed; an application error before its response started is answered ``500
    {"status":"error","code":"internal","message":"internal error"}`` and logged once; after it started, the
    connection is closed (and the error logged once). ``EMFILE``/``ENFILE`` (and other out-of-resources errors) on
-   accept are logged once per burst and retried with a doubling backoff.
+   accept are counted (``on_accept_failure``), logged as one warning line per burst and at most once per
+   ``ACCEPT_WARN_INTERVAL``, never with a traceback, and retried with a doubling backoff (10 ms to 1 s); the
+   connections already open are served meanwhile.
 6. At most ``max_connections`` connections: at the limit, when a new client is waiting in the listen backlog, the
    longest-idle keep-alive connection is closed to make room; when every connection is busy, new clients wait in the
    backlog until one ends or goes idle (no 503: accepting a client only to refuse it costs what serving it would).
@@ -93,6 +95,8 @@ TICK_MIN: Final = 0.005
 TICK_MAX: Final = 1.0
 ACCEPT_BACKOFF_MIN: Final = 0.01
 ACCEPT_BACKOFF_MAX: Final = 1.0
+#: seconds between warnings about failed accepts
+ACCEPT_WARN_INTERVAL: Final = 10.0
 #: accept errors that mean "out of resources": retried after a backoff (trio's serve_listeners' list)
 _CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 #: accept errors about the one connection being accepted (accept(2)): retried at once
@@ -706,10 +710,16 @@ class HttpServer:
         app: the ASGI 3 application (http scope only).
         config: limits and timeouts.
         ssl_context: serve TLS with this server-side context.
+        on_accept_failure: called once per accept that failed for lack of resources (a metric).
     """
 
     def __init__(
-        self, app: ASGIApp, config: HttpServerConfig | None = None, *, ssl_context: ssl.SSLContext | None = None
+        self,
+        app: ASGIApp,
+        config: HttpServerConfig | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        on_accept_failure: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self.config = config or HttpServerConfig()
@@ -726,6 +736,8 @@ class HttpServer:
         self._all_closed: trio.Event | None = None
         self._requests = 0
         self._accept_failures = 0
+        self._on_accept_failure = on_accept_failure
+        self._accept_quiet_until = -_INF
         self._date_second = -1
         self._date = b""
         cfg = self.config
@@ -805,6 +817,7 @@ class HttpServer:
         tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
         backoff = 0.0
         failures = 0
+        reported = False
         while True:
             if len(self._connections) >= cfg.max_connections:
                 await self._wait_for_room(listener)
@@ -817,12 +830,15 @@ class HttpServer:
             except OSError as exc:
                 if exc.errno in _CAPACITY_ERRNOS:
                     self._accept_failures += 1
-                    if not failures:
-                        logger.error(
+                    if self._on_accept_failure is not None:
+                        self._on_accept_failure()
+                    if not failures and trio.current_time() >= self._accept_quiet_until:
+                        logger.warning(
                             "cannot accept http connections: %s (%d open); retrying with backoff",
                             os.strerror(exc.errno or 0),
                             len(self._connections),
                         )
+                        reported = True
                     failures += 1
                     backoff = min(max(backoff * 2, ACCEPT_BACKOFF_MIN), ACCEPT_BACKOFF_MAX)
                     await trio.sleep(backoff)
@@ -831,9 +847,12 @@ class HttpServer:
                     continue
                 raise
             if failures:
-                logger.warning("accepting http connections again after %d failed attempts", failures)
+                if reported:
+                    logger.warning("accepting http connections again after %d failed attempts", failures)
+                    self._accept_quiet_until = trio.current_time() + ACCEPT_WARN_INTERVAL
                 failures = 0
                 backoff = 0.0
+                reported = False
             sock.setblocking(False)
             if tcp:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -889,10 +908,11 @@ async def serve_asgi(
     graceful_timeout: float,
     ssl_context: ssl.SSLContext | None = None,
     config: HttpServerConfig | None = None,
+    on_accept_failure: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the bound ``listener`` until ``shutdown_trigger`` returns (see :meth:`HttpServer.serve`)."""
-    server = HttpServer(app, config, ssl_context=ssl_context)
+    server = HttpServer(app, config, ssl_context=ssl_context, on_accept_failure=on_accept_failure)
     await server.serve(
         listener, shutdown_trigger=shutdown_trigger, graceful_timeout=graceful_timeout, task_status=task_status
     )

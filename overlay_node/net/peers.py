@@ -23,8 +23,11 @@ Invariants:
    The loser is closed with reason ``duplicate_link`` before its Hello is sent; a dialer whose link lost that way
    waits (up to ``handshake_timeout``) for the link the peer keeps, so :meth:`PeerManager.connect` returns the
    kept link, never the loser.
-2. At most ``max_links`` links, counting handshakes in progress; extra inbound connections are closed with code
-   1013 and reason ``too_many_links``; dialing beyond it raises :class:`~overlay_node.errors.DialError`.
+2. At most ``max_links`` established links; at the limit inbound connections are closed with code 1013 and
+   reason ``too_many_links`` and dialing raises :class:`~overlay_node.errors.DialError`. Inbound handshakes in
+   progress are bounded apart from links, in all (``max_handshakes``) and per remote address
+   (``max_handshakes_per_ip``): beyond either an upgrade request is refused before the websocket exists (HTTP 503,
+   body ``too_many_handshakes``), so silent half-open links from one address cannot keep other peers out.
 3. Concurrent dials of one address share one attempt.
 4. A link's failure never escapes its own task: links run in the manager's nursery and end on their own.
 
@@ -38,12 +41,13 @@ import logging
 import random
 import ssl
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, Final, NoReturn
 
 import trio
+from prometheus_client import Counter
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
@@ -51,7 +55,7 @@ from trio_websocket import (
     HandshakeError,
     WebSocketConnection,
     WebSocketRequest,
-    serve_websocket,
+    WebSocketServer,
     wrap_client_stream,
 )
 
@@ -63,11 +67,13 @@ from overlay_node.errors import (
     ConfigError,
     ConnectionLost,
     DialError,
+    NotFound,
     OverlayError,
     PeerTimeout,
     RemoteProtocolError,
 )
-from overlay_node.metrics import Metrics
+from overlay_node.metrics import Metrics, instrument
+from overlay_node.net.accept import AcceptGuard, accept_failures
 from overlay_node.net.link import (
     CLOSE_GRACE,
     CLOSE_TRY_LATER,
@@ -85,6 +91,7 @@ from overlay_node.net.link import (
     TransferReceiver,
     TransferSender,
 )
+from overlay_node.net.listen import open_swarm_listeners
 from overlay_node.protocol.session import FRAME_OVERHEAD, Session
 from overlay_node.wire.frames import MAX_ADDRESS_LEN, MAX_LISTEN, Hello
 
@@ -94,6 +101,7 @@ __all__ = [
     "PeerError",
     "PeerLink",
     "PeerManager",
+    "Resolver",
     "TransferReceiver",
     "TransferSender",
     "parse_address",
@@ -106,6 +114,15 @@ PROTOCOL_PATH: Final = "/p2p/1"
 #: bytes read from a peer's socket at once (trio-websocket's default of 4 KiB costs throughput on transfers)
 RECEIVE_BUFFER: Final = 64 * 1024
 AGENT: Final = f"overlay-node/{__version__}"
+#: addresses tried per source (hints, each resolver) when reaching a peer by identity
+REACH_ADDRESSES: Final = 8
+#: known peers redialled at start, and the attempts per peer before giving up on it
+REDIAL_PEERS: Final = 32
+REDIAL_ATTEMPTS: Final = 6
+
+#: ``await resolver(identity_key) -> addresses`` where a peer may be dialled (see :meth:`PeerManager.reach`)
+Resolver = Callable[[str], Awaitable[Sequence[str]]]
+_DIAL_FAILURES: Final = (DialError, PeerTimeout, RemoteProtocolError, ConnectionLost)
 
 
 def parse_address(address: str) -> str:
@@ -153,7 +170,8 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 def _dial_error(url: str, exc: BaseException) -> DialError:
     if isinstance(exc, ConnectionRejected):
-        return DialError(f"{url} rejected the websocket (HTTP {exc.status_code})")
+        said = (exc.body or b"").decode("utf-8", "replace").strip()[:64]  # e.g. too_many_handshakes: retry later
+        return DialError(f"{url} rejected the websocket (HTTP {exc.status_code}{': ' + said if said else ''})")
     return DialError(f"cannot reach {url}: {exc}")
 
 
@@ -239,6 +257,20 @@ class PeerManager:
         # our dials in progress whose peer key is known (their claims; invariant 1)
         self._claims: dict[PeerLink, str] = {}
         self._keepers: set[str] = set()
+        # inbound handshakes in progress, from the upgrade request until established or ended (invariant 2): in
+        # all, by remote address, and the address of each link in setup
+        self._inbound_handshakes = 0
+        self._handshakes_by_ip: dict[str, int] = {}
+        self._handshake_ips: dict[PeerLink, str] = {}
+        self._refused = instrument(
+            metrics,
+            Counter,
+            "overlay_swarm_refused",
+            "Inbound swarm connections refused before their handshake, by reason",
+            ["reason"],
+        )
+        self._accept_guard = AcceptGuard("swarm", accept_failures(metrics).labels("swarm").inc)
+        self._resolvers: list[Resolver] = []
         self._nursery: trio.Nursery | None = None
         self._listen: list[str] = []
         self._server_ssl: ssl.SSLContext | None = None
@@ -303,27 +335,24 @@ class PeerManager:
 
         Raises:
             ConfigError: the TLS certificate or key cannot be loaded.
-            OSError: the port cannot be bound.
+            TransportError: the port cannot be bound.
         """
         cfg = self._config
         self._setup_tls()
+        listeners, endpoints = await open_swarm_listeners(cfg.host, cfg.port, self._server_ssl, self._accept_guard)
+        server = WebSocketServer(
+            self._serve_connection,
+            listeners,  # type: ignore[arg-type]  # any trio Listener works; the hint is narrower
+            max_message_size=self._max_message,
+            receive_buffer_size=RECEIVE_BUFFER,
+            connect_timeout=cfg.handshake_timeout,
+            disconnect_timeout=CLOSE_GRACE,
+        )
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            server = await nursery.start(
-                partial(
-                    serve_websocket,
-                    self._serve_connection,
-                    cfg.host or None,
-                    cfg.port,
-                    self._server_ssl,
-                    max_message_size=self._max_message,
-                    receive_buffer_size=RECEIVE_BUFFER,
-                    connect_timeout=cfg.handshake_timeout,
-                    disconnect_timeout=CLOSE_GRACE,
-                )
-            )
+            await nursery.start(server.run)
             scheme = "wss" if self._server_ssl is not None else "ws"
-            self._listen = [self._listen_url(scheme, ep.address, ep.port) for ep in server.listeners][:MAX_LISTEN]
+            self._listen = [self._listen_url(scheme, host, port) for host, port in endpoints][:MAX_LISTEN]
             logger.info("swarm listening on %s as %s", ", ".join(self._listen), self.identity_key[:16])
             for address in cfg.bootstrap:
                 nursery.start_soon(self._keep_linked, address, None)
@@ -379,28 +408,75 @@ class PeerManager:
     async def _serve_connection(self, request: WebSocketRequest) -> None:
         """One inbound websocket (runs in trio-websocket's handler task; must not raise for a peer's sake)."""
         remote = request.remote
+        ip = str(remote.address) if isinstance(remote, Endpoint) else str(remote)
         address = f"{remote.address}:{remote.port}" if isinstance(remote, Endpoint) else str(remote)
         try:
             if request.path != PROTOCOL_PATH:
                 await request.reject(404, body=b"not a peer-link endpoint\n")
                 return
+            refusal = self._handshake_refusal(ip)
+            if refusal is not None:
+                # before the upgrade: no websocket, no session, no close handshake to wait for
+                self._refused.labels(refusal).inc()
+                logger.debug("refusing link from %s: %s", address, refusal)
+                await request.reject(503, extra_headers=[(b"Retry-After", b"1")], body=b"too_many_handshakes\n")
+                return
+            await self._serve_inbound(request, ip, address)
+        except (RemoteProtocolError, PeerTimeout, LinkSuperseded):
+            pass  # logged and counted by the link
+        except (ConnectionLost, ConnectionClosed, HandshakeError, trio.BrokenResourceError, OSError) as exc:
+            logger.debug("inbound link from %s ended during setup: %s", address, exc)
+
+    def _handshake_refusal(self, ip: str) -> str | None:
+        """Why an inbound upgrade from ``ip`` is refused now (invariant 2), or None."""
+        cfg = self._config
+        if self._inbound_handshakes >= cfg.max_handshakes:
+            return "too_many_handshakes"
+        if self._handshakes_by_ip.get(ip, 0) >= cfg.max_handshakes_per_ip:
+            return "too_many_handshakes_per_ip"
+        return None
+
+    async def _serve_inbound(self, request: WebSocketRequest, ip: str, address: str) -> None:
+        """Accept the upgrade and run the link, holding one of ``ip``'s handshake slots until it is established (see
+        :meth:`_handshake_over`) or ends."""
+        self._inbound_handshakes += 1
+        self._handshakes_by_ip[ip] = self._handshakes_by_ip.get(ip, 0) + 1
+        link: PeerLink | None = None
+        try:
             deadline = trio.current_time() + self._config.handshake_timeout
             ws = await request.accept()
-            if len(self._links) + len(self._handshaking) >= self._config.max_links:
+            if len(self._links) >= self._config.max_links:
                 logger.info("refusing link from %s: %d links already", address, self._config.max_links)
+                self._refused.labels("too_many_links").inc()
                 with trio.move_on_after(CLOSE_GRACE):
                     await ws.aclose(CLOSE_TRY_LATER, "too_many_links")
                 return
             link = self._new_link(ws, initiator=False, address=address, expect_key=None)
             self._handshaking.add(link)
+            self._handshake_ips[link] = ip
             try:
                 await link.run(handshake_deadline=deadline)
             finally:
                 self._handshaking.discard(link)
-        except (RemoteProtocolError, PeerTimeout, LinkSuperseded):
-            pass  # logged and counted by the link
-        except (ConnectionLost, ConnectionClosed, HandshakeError, trio.BrokenResourceError, OSError) as exc:
-            logger.debug("inbound link from %s ended during setup: %s", address, exc)
+        finally:
+            if link is None or link in self._handshake_ips:
+                self._release_handshake(link, ip)
+
+    def _handshake_over(self, link: PeerLink) -> None:
+        """An inbound link's handshake ended (established): its slot is free for the next one."""
+        ip = self._handshake_ips.get(link)
+        if ip is not None:
+            self._release_handshake(link, ip)
+
+    def _release_handshake(self, link: PeerLink | None, ip: str) -> None:
+        if link is not None:
+            self._handshake_ips.pop(link, None)
+        self._inbound_handshakes -= 1
+        left = self._handshakes_by_ip[ip] - 1
+        if left:
+            self._handshakes_by_ip[ip] = left
+        else:
+            del self._handshakes_by_ip[ip]
 
     # -- registry -------------------------------------------------------------------------------------------------
 
@@ -430,6 +506,7 @@ class PeerManager:
         """Called by a link once established: keep it, keep another one, or refuse (invariant 1 and 2)."""
         key = link.peer_key
         self._handshaking.discard(link)
+        self._handshake_over(link)
         self._claims.pop(link, None)
         old = self._links.get(key)
         if old is not None and not old.closed:
@@ -534,7 +611,7 @@ class PeerManager:
     async def _outbound(self, url: str, key: str | None, *, task_status: trio.TaskStatus[PeerLink]) -> None:
         """Dial ``url`` and run the link; reports the established link (or the one kept instead) via started()."""
         cfg = self._config
-        if len(self._links) + len(self._handshaking) >= cfg.max_links:
+        if len(self._links) >= cfg.max_links:
             raise DialError(f"cannot dial {url}: {cfg.max_links} links already")
         deadline = trio.current_time() + cfg.handshake_timeout
         link: PeerLink | None = None
@@ -649,3 +726,106 @@ class PeerManager:
                 logger.info("dial %s failed (%s); retrying in %.2gs", url, exc, delay)
                 await trio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, cfg.reconnect_max)
+
+    # -- reaching a peer by identity ------------------------------------------------------------------------------
+
+    def add_resolver(self, resolver: Resolver) -> None:
+        """Add a source of addresses for :meth:`reach`, asked after the earlier ones (the node adds the
+        ``known_peers`` table, then the DHT ``node:`` records and the adverts seen)."""
+        self._resolvers.append(resolver)
+
+    async def reach(self, identity_key: str, *, hints: Sequence[str] = ()) -> PeerLink:
+        """The link to the peer ``identity_key`` (hex), dialled by identity alone if there is none.
+
+        Tried in order, each address at most once, each dial expecting that key: the live link; ``hints`` (fresh
+        addresses the caller holds, such as a provider or stream record's); then each resolver's addresses, asked
+        only once the sources before it failed. A link the peer dials to us meanwhile ends the search.
+
+        Raises:
+            BadRequest: not a public key, or this node's own.
+            NotFound: no source knows an address of the peer.
+            DialError, PeerTimeout, RemoteProtocolError, ConnectionLost: every address known failed (the last
+                failure).
+        """
+        key = public_key_hex(identity_key)
+        if key == self.identity_key:
+            raise BadRequest("that is this node's own identity key")
+        link = self.link(key)
+        if link is not None:
+            return link
+        tried: set[str] = set()
+        failure: OverlayError | None = None
+        sources: list[Resolver] = [partial(_given, tuple(hints)), *self._resolvers]
+        for source in sources:
+            try:
+                addresses = list(await source(key))[:REACH_ADDRESSES]
+            except OverlayError as exc:
+                logger.debug("resolving %s: %s", key[:16], exc)
+                failure = failure or exc
+                continue
+            for address in addresses:
+                try:
+                    url = parse_address(address)
+                except DialError:
+                    continue
+                if url in tried:
+                    continue
+                tried.add(url)
+                try:
+                    return await self.connect(url, expect_key=key)
+                except _DIAL_FAILURES as exc:
+                    failure = exc
+                    logger.debug("reaching %s at %s failed: %s", key[:16], url, exc)
+                link = self.link(key)
+                if link is not None:
+                    return link
+        if failure is None or not tried:
+            raise NotFound(
+                f"no address known for node {key[:16]}…: find it with `overlay-node ctl discover`, "
+                "or link it with `overlay-node ctl connect HOST:PORT`"
+            )
+        raise failure
+
+    def redial(self, peers: Sequence[tuple[str, str]]) -> None:
+        """Dial the ``(identity_key, address)`` peers this node knew (most recent first; at most
+        ``REDIAL_PEERS``) in the background, each until it is linked (either way) or after ``REDIAL_ATTEMPTS``
+        attempts with backoff (``reconnect_min`` .. ``reconnect_max``); for a restarted node to rejoin its
+        neighbours. A peer already linked or kept linked (bootstrap, ``connect(persistent=True)``) is skipped.
+
+        Raises:
+            DialError: the manager is not running.
+        """
+        if self._nursery is None:
+            raise DialError("the peer manager is not running")
+        seen: set[str] = set()
+        for key, address in peers:
+            if len(seen) >= REDIAL_PEERS:
+                break
+            try:
+                url = parse_address(address)
+            except DialError:
+                continue
+            if key in seen or key == self.identity_key or url in self._keepers or self.link(key) is not None:
+                continue
+            seen.add(key)
+            self._nursery.start_soon(self._redial_one, key, url)
+
+    async def _redial_one(self, key: str, url: str) -> None:
+        cfg = self._config
+        delay = cfg.reconnect_min
+        for attempt in range(1, REDIAL_ATTEMPTS + 1):
+            if self.link(key) is not None:
+                return
+            try:
+                await self.connect(url, expect_key=key)
+            except _DIAL_FAILURES as exc:
+                logger.info("redial %s at %s failed (%d/%d): %s", key[:16], url, attempt, REDIAL_ATTEMPTS, exc)
+            else:
+                return
+            if attempt < REDIAL_ATTEMPTS:
+                await trio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, cfg.reconnect_max)
+
+
+async def _given(addresses: tuple[str, ...], _key: str) -> tuple[str, ...]:
+    return addresses

@@ -15,7 +15,12 @@ Theory of operation:
    publisher must be the advert's identity key), not by the BRC-88 signature, exactly as an overlay host's own
    metadata would be.
 3. Revocation is a DHT tombstone by the same publisher; expiry is the record's and the advert's ``expires``.
-4. Everything here is pure: bytes in, dataclasses out, :class:`AdvertError` (a RemoteProtocolError) for anything
+4. An advert may name one ``resource`` of many a node offers under the same service (a stream's id under
+   ``ls_stream``); it is then stored under ``<namespace>:<name>/<resource>``, one record per resource.
+5. Discovery without a name goes through index records: every publisher keeps, under ``index:type:<service type>``
+   and ``index:cap:<capability>``, one record listing the DHT keys of its live adverts with that service type or
+   capability (:func:`encode_index`); a consumer reads the index, then each advert it names.
+6. Everything here is pure: bytes in, dataclasses out, :class:`AdvertError` (a RemoteProtocolError) for anything
    a peer could have forged or mangled.
 """
 
@@ -55,10 +60,14 @@ __all__ = [
     "Filter",
     "Kind",
     "Offer",
+    "check_resource",
     "decode_advert",
+    "decode_index",
     "dht_name",
     "encode_advert",
+    "encode_index",
     "host_score",
+    "index_terms",
     "kind_of",
     "make_advert",
     "protocol_of",
@@ -70,6 +79,10 @@ PRICING_MODELS: Final = ("free", "per-packet", "per-second", "per-request", "per
 MAX_URI: Final = 200
 MAX_CAPABILITIES: Final = 16
 MAX_TEXT: Final = 40
+MAX_RESOURCE: Final = 128
+#: advert keys one index record lists (32 bytes each; a record value is at most 1 KiB)
+MAX_INDEX_REFS: Final = 24
+_RESOURCE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class AdvertError(RemoteProtocolError):
@@ -97,9 +110,21 @@ def protocol_of(kind: Kind) -> ProtocolID:
     return protocol_for(kind)
 
 
-def dht_name(kind: Kind, name: str) -> tuple[str, str]:
-    """The DHT namespace and name an advert is stored under: ``ship:<topic>`` or ``slap:<service>``."""
-    return ("ship" if kind == "SHIP" else "slap", name)
+def dht_name(kind: Kind, name: str, resource: str = "") -> tuple[str, str]:
+    """The DHT namespace and name an advert is stored under: ``ship:<topic>`` or ``slap:<service>``, with
+    ``/<resource>`` after the name for an advert of one resource."""
+    return ("ship" if kind == "SHIP" else "slap", f"{name}/{resource}" if resource else name)
+
+
+def check_resource(value: str) -> str:
+    """A resource name: 1-128 characters of ``[A-Za-z0-9._:-]`` starting with a letter or digit, or empty.
+
+    Raises:
+        BadRequest: otherwise.
+    """
+    if value and not _RESOURCE.match(value):
+        raise BadRequest("an advert's resource must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    return value
 
 
 def token_fields(kind: Kind, identity_key: bytes, uri: str, name: str) -> list[bytes]:
@@ -142,6 +167,13 @@ class Advert:
     expires: int = 0
     #: the outpoint (``txid.vout``) of the same advert's token on chain, when there is one
     token: str = ""
+    #: the one resource this advert offers (a stream id), when the node offers several under one name
+    resource: str = ""
+
+    @property
+    def dht_key_name(self) -> tuple[str, str]:
+        """The DHT namespace and name this advert is stored under."""
+        return dht_name(self.kind, self.name, self.resource)
 
     @property
     def identity_hex(self) -> str:
@@ -164,6 +196,7 @@ class Advert:
             "signature": self.signature.hex(),
             "locking_key": self.locking_key.hex(),
             "token": self.token or None,
+            "resource": self.resource or None,
         }
 
 
@@ -201,12 +234,13 @@ def make_advert(
     expires: int,
     offer: Offer = Offer(),
     token: str = "",
+    resource: str = "",
 ) -> Advert:
     """Create and sign an advert for ``name`` (a ``tm_`` topic or ``ls_`` service); ``token``: the outpoint of the
-    same advert's token on chain, if any.
+    same advert's token on chain, if any; ``resource``: the one resource it offers, if any.
 
     Raises:
-        BadRequest: a bad name, URI, pricing model, price or metadata.
+        BadRequest: a bad name, URI, pricing model, price, resource or metadata.
     """
     kind = kind_of(name)
     if not uri or len(uri) > MAX_URI or not re.match(r"^[a-z][a-z0-9+.-]*:", uri):
@@ -225,6 +259,7 @@ def make_advert(
         offer=offer,
         expires=expires,
         token=token,
+        resource=check_resource(resource),
     )
 
 
@@ -262,6 +297,8 @@ def encode_advert(advert: Advert) -> bytes:
     }
     if advert.token:
         fields["o"] = advert.token  # absent when there is none: adverts of nodes without tokens stay byte-identical
+    if advert.resource:
+        fields["i"] = advert.resource  # likewise absent for an advert of a whole topic or service
     return bytes(cbor2.dumps(fields, canonical=True))
 
 
@@ -281,6 +318,15 @@ def _token(value: object) -> str:
     if not isinstance(value, str) or not _OUTPOINT.match(value):
         raise AdvertError("advert token is not a txid.vout outpoint", reason="malformed_advert")
     return value
+
+
+def _resource(value: object) -> str:
+    if not isinstance(value, str):
+        raise AdvertError("advert resource is not text", reason="malformed_advert")
+    try:
+        return check_resource(value)
+    except BadRequest as exc:
+        raise AdvertError(str(exc), reason="malformed_advert") from None
 
 
 def decode_advert(value: bytes, *, publisher: bytes) -> Advert:
@@ -333,6 +379,7 @@ def decode_advert(value: bytes, *, publisher: bytes) -> Advert:
         ),
         expires=_get(data, "x", int),
         token=_token(data.get("o", "")),
+        resource=_resource(data.get("i", "")),
     )
     if advert.identity_key != publisher:
         raise AdvertError(
@@ -365,6 +412,37 @@ class Filter:
         if self.service_type and offer.service_type != self.service_type:
             return False
         return all(cap in offer.capabilities for cap in self.capabilities)
+
+
+def index_terms(offer: Offer) -> set[str]:
+    """The index records an advert with ``offer`` is listed in: ``type:<service type>`` and ``cap:<capability>``
+    (the names under the ``index`` namespace)."""
+    terms = {f"cap:{cap}" for cap in offer.capabilities if cap}
+    if offer.service_type:
+        terms.add(f"type:{offer.service_type}")
+    return terms
+
+
+def encode_index(keys: list[bytes]) -> bytes:
+    """An index record's value: the DHT keys of the publisher's adverts listed under it (at most
+    ``MAX_INDEX_REFS``)."""
+    return bytes(cbor2.dumps({"v": 1, "k": keys[:MAX_INDEX_REFS]}, canonical=True))
+
+
+def decode_index(value: bytes) -> list[bytes]:
+    """The advert keys an index record lists.
+
+    Raises:
+        AdvertError: not an index record.
+    """
+    try:
+        data = cbor2.loads(value)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError, OverflowError) as exc:
+        raise AdvertError(f"index is not CBOR: {exc}", reason="malformed_index") from exc
+    keys = data.get("k") if isinstance(data, dict) else None
+    if not isinstance(keys, list) or not all(isinstance(k, bytes) and len(k) == 32 for k in keys):
+        raise AdvertError("index record malformed", reason="malformed_index")
+    return keys[:MAX_INDEX_REFS]
 
 
 def host_score(latency_ms: float | None, failures: int, successes: int) -> float:

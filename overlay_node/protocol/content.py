@@ -15,6 +15,10 @@ Invariants:
 4. A provider record (DHT key ``uhrp:<hex>``, published by the holder) says "I hold it" with the size, content
    type, price, producer and expiry; a tag record (``tag:<tag>``, published by the producer) lists up to
    ``MAX_TAG_ITEMS`` of its contents, newest first. Both values stay under the DHT's 1 KiB value limit.
+   Content published with lineage carries it in every provider record (``pa`` parents, ``rl`` relationship), so
+   replicas and any node can tell its parents; a children record (``children:<parent hex>``, published by each
+   node that holds content derived from that parent) lists up to ``MAX_CHILD_ITEMS`` children with their
+   relationship, so descendants can be found from the parent.
 5. An access grant is signed by the producer over (content id, consumer identity key, expiry); any holder checks
    it before serving priced content to that consumer.
 """
@@ -32,18 +36,23 @@ from overlay_node.crypto.keys import Identity, ecdsa_verify_digest, parse_public
 from overlay_node.errors import BadRequest
 
 __all__ = [
+    "MAX_CHILD_ITEMS",
     "MAX_CHUNKS",
+    "MAX_PARENTS",
     "MIN_CHUNK",
     "RELATIONSHIPS",
     "AccessGrant",
+    "ChildItem",
     "ChunkPlan",
     "ProviderRecord",
     "ReplicaState",
     "TagItem",
     "can_transition",
     "chunk_hashes",
+    "decode_children",
     "decode_provider",
     "decode_tag_items",
+    "encode_children",
     "encode_provider",
     "encode_tag_items",
     "grant_digest",
@@ -59,6 +68,9 @@ MAX_CHUNKS: Final = 16_384
 MAX_TAG_ITEMS: Final = 16
 MAX_CONTENT_TYPE: Final = 128
 RELATIONSHIPS: Final = ("derived", "processed", "enriched")
+#: parents one content may name (all of them travel in its provider records, under the 1 KiB value limit)
+MAX_PARENTS: Final = 8
+MAX_CHILD_ITEMS: Final = 16
 _GRANT_TAG: Final = "overlay-node/access-grant/1"
 _MAX_VALUE: Final = 1024
 
@@ -167,9 +179,13 @@ class ProviderRecord:
     chunk_size: int = MIN_CHUNK
     swarm: tuple[str, ...] = ()
     http: str = ""
+    #: lineage: the content ids this one derives from, and how (one of ``RELATIONSHIPS``; both empty for none)
+    parents: tuple[bytes, ...] = ()
+    relationship: str = ""
 
     def __post_init__(self) -> None:
         _need(len(self.content_id) == 32, "content id must be 32 bytes")
+        _check_lineage(self.parents, self.relationship)
         _need(self.size >= 0 and self.price >= 0 and self.expires >= 0, "size, price and expiry must be >= 0")
         _need(len(self.content_type) <= MAX_CONTENT_TYPE, "content type too long")
         _need(self.producer == b"" or len(self.producer) == 33, "producer must be a 33-byte key")
@@ -186,24 +202,36 @@ class ProviderRecord:
             "expires": self.expires,
             "swarm": list(self.swarm),
             "http": self.http,
+            "parents": [p.hex() for p in self.parents],
+            "relationship": self.relationship,
         }
+
+
+def _check_lineage(parents: tuple[bytes, ...], relationship: str) -> None:
+    _need(len(parents) <= MAX_PARENTS, f"at most {MAX_PARENTS} parents")
+    _need(all(isinstance(p, bytes) and len(p) == 32 for p in parents), "a parent must be a 32-byte content id")
+    _need(
+        (not parents and relationship == "") or (bool(parents) and relationship in RELATIONSHIPS),
+        f"parents need a relationship of {', '.join(RELATIONSHIPS)} (and a relationship needs parents)",
+    )
 
 
 def encode_provider(record: ProviderRecord) -> bytes:
-    value = cbor2.dumps(
-        {
-            "v": 1,
-            "h": record.content_id,
-            "s": record.size,
-            "ct": record.content_type,
-            "p": record.price,
-            "pr": record.producer,
-            "e": record.expires,
-            "c": record.chunk_size,
-            "sw": list(record.swarm),
-            "ht": record.http,
-        }
-    )
+    fields: dict[str, Any] = {
+        "v": 1,
+        "h": record.content_id,
+        "s": record.size,
+        "ct": record.content_type,
+        "p": record.price,
+        "pr": record.producer,
+        "e": record.expires,
+        "c": record.chunk_size,
+        "sw": list(record.swarm),
+        "ht": record.http,
+    }
+    if record.parents:  # content without lineage keeps the record it always had
+        fields |= {"pa": list(record.parents), "rl": record.relationship}
+    value = cbor2.dumps(fields)
     _need(len(value) <= _MAX_VALUE, "provider record too large")
     return value
 
@@ -229,6 +257,9 @@ def decode_provider(value: bytes) -> ProviderRecord:
     try:
         swarm = d.get("sw", [])
         _need(isinstance(swarm, list) and all(isinstance(a, str) for a in swarm), "bad swarm list")
+        parents = d.get("pa", [])
+        _need(isinstance(parents, list), "bad parent list")
+        _need(isinstance(d.get("rl", ""), str), "bad field relationship")
         fields: dict[str, Any] = {
             "content_id": d["h"],
             "size": d["s"],
@@ -239,6 +270,8 @@ def decode_provider(value: bytes) -> ProviderRecord:
             "chunk_size": d.get("c", MIN_CHUNK),
             "swarm": tuple(swarm),
             "http": d.get("ht", ""),
+            "parents": tuple(parents),
+            "relationship": d.get("rl", ""),
         }
         types = {"content_id": bytes, "size": int, "content_type": str, "price": int, "producer": bytes}
         types |= {"expires": int, "chunk_size": int, "http": str}
@@ -298,6 +331,45 @@ def decode_tag_items(value: bytes) -> list[TagItem]:
         _need(isinstance(size, int) and isinstance(price, int) and size >= 0 and price >= 0, "tag record: bad size")
         _need(isinstance(ctype, str) and isinstance(title, str), "tag record: bad text")
         items.append(TagItem(content_id=cid, size=size, price=price, content_type=ctype, title=title))
+    return items
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildItem:
+    """One content listed in a children record: derived from the record's parent by ``relationship``."""
+
+    content_id: bytes
+    relationship: str
+
+    def __post_init__(self) -> None:
+        _need(isinstance(self.content_id, bytes) and len(self.content_id) == 32, "child id must be 32 bytes")
+        _need(self.relationship in RELATIONSHIPS, f"relationship must be one of {', '.join(RELATIONSHIPS)}")
+
+
+def encode_children(items: list[ChildItem]) -> bytes:
+    """A children record value (``children:<parent hex>``): the first ``MAX_CHILD_ITEMS`` of ``items``."""
+    kept = [[item.content_id, item.relationship] for item in items[:MAX_CHILD_ITEMS]]
+    value = cbor2.dumps({"v": 1, "c": kept})
+    _need(len(value) <= _MAX_VALUE, "children record too large")
+    return value
+
+
+def decode_children(value: bytes) -> list[ChildItem]:
+    """Parse a children record value.
+
+    Raises:
+        BadRequest: malformed.
+    """
+    d = _decode_map(value, "children record")
+    raw = d.get("c")
+    if not isinstance(raw, list) or len(raw) > MAX_CHILD_ITEMS:
+        raise BadRequest("children record: bad item list")
+    items = []
+    for entry in raw:
+        _need(isinstance(entry, list) and len(entry) == 2, "children record: bad item")
+        cid, relationship = entry
+        _need(isinstance(relationship, str), "children record: bad relationship")
+        items.append(ChildItem(content_id=cid, relationship=relationship))
     return items
 
 

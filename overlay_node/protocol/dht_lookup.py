@@ -3,17 +3,29 @@
 Invariants:
 
 1. Every candidate is in exactly one state: ``new`` (known, not asked), ``asked`` (request in flight since
-   ``sent_at``), ``answered`` or ``failed``. States only move forward: new -> asked -> answered | failed.
-2. Only candidates among the ``k`` closest not-failed ones are asked, and at most ``alpha`` first requests are in
-   flight at once. Our own id is never a candidate.
+   ``sent_at``), ``slow`` (still in flight past the stall time), ``answered`` or ``failed``. States only move
+   forward: new -> asked -> (slow ->) answered | failed.
+2. Only candidates among the ``k`` closest not-failed ones are asked. While answers still bring closer contacts, at
+   most ``alpha`` first requests are in flight at once; once ``alpha`` answers in a row brought none closer than the
+   closest known (a round without progress, the Kademlia paper's final round), every not-yet-asked one of the ``k``
+   closest is asked at once. Our own id is never a candidate.
 3. The lookup is finished when the ``k`` closest not-failed candidates have all answered (or no candidate is left
    to ask and none is in flight) and no page request is outstanding. Once finished it asks nothing more and
    ignores late answers.
 4. A request in flight longer than ``request_timeout`` (measured on the ``now`` passed in) counts as failed; the
-   lookup reports it once as :class:`ContactFailed` so the service can tell the routing table.
+   lookup reports it once as :class:`ContactFailed` so the service can tell the routing table. Once some node has
+   answered, a request in flight longer than the stall time (``stall_timeout``, or ``STALL_FACTOR`` times the
+   slowest answer of this lookup if that is longer) is ``slow``: the lookup no longer waits for it (it leaves the
+   k closest and frees its slot, so a dead node costs the stall time, not the request timeout), but still takes its
+   answer if one comes before the lookup finishes.
 5. For FIND_VALUE, records from every answering node are kept (never stopping at the first value): per publisher
    the highest ``seq`` wins. Paged answers are followed with the node's cursor, one page request per node at a
    time and at most ``max_pages`` per node.
+6. A first page with more pages after it names the holder's records by their digest (``wire.dht.records_digest``).
+   The pages of only one holder per digest are followed at a time; the others with that digest wait. Once every page
+   of that holder arrived and the (publisher, seq) pairs received hash to the digest it named, the holders naming
+   the same digest are not asked for more pages (they hold nothing else); if they do not hash to it (or its pages
+   fail, or one of them is slow: past the stall time of invariant 4), the waiting holders are paged as usual.
 
 Theory of operation: the service creates a :class:`Lookup` with the closest contacts of its routing table, sends
 what :meth:`Lookup.next_actions` returns, feeds each answer to :meth:`Lookup.on_response` (each timeout to
@@ -26,12 +38,13 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
 from overlay_node.protocol.dht_routing import id_to_int
-from overlay_node.wire.dht import NODE_ID_LEN, Contact, Record
+from overlay_node.wire.dht import NODE_ID_LEN, Contact, Record, records_digest
 
 __all__ = [
     "ContactFailed",
@@ -46,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ALPHA: Final = 3
 DEFAULT_K: Final = 20
+#: a request is slow after this many times the slowest answer of its lookup (if above ``stall_timeout``)
+STALL_FACTOR: Final = 4.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +93,7 @@ LookupAction = SendFindNode | SendFindValue | ContactFailed
 class _State(enum.Enum):
     NEW = "new"
     ASKED = "asked"
+    SLOW = "slow"
     ANSWERED = "answered"
     FAILED = "failed"
 
@@ -92,6 +108,11 @@ class _Candidate:
     #: cursor of the page to ask for next (queued), or of the page in flight
     cursor: bytes | None = None
     page_sent_at: float | None = None
+    #: the digest its first page named (invariant 6), and the (publisher, seq) of the records it sent
+    digest: bytes | None = None
+    received: list[Record] = field(default_factory=list)
+    #: its next page waits for another holder of the same digest
+    waiting: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,6 +148,8 @@ class Lookup:
         alpha: parallel first requests.
         request_timeout: seconds of protocol time before an unanswered request counts as failed.
         max_pages: most page requests sent to one node.
+        stall_timeout: seconds after which a request is slow, once another node answered (invariant 4; ``inf``:
+            never).
     """
 
     def __init__(
@@ -140,6 +163,7 @@ class Lookup:
         alpha: int = DEFAULT_ALPHA,
         request_timeout: float = 2.0,
         max_pages: int = 128,
+        stall_timeout: float = math.inf,
     ) -> None:
         if len(target) != NODE_ID_LEN:
             raise ValueError("target must be 32 bytes")
@@ -152,6 +176,9 @@ class Lookup:
         self.alpha = alpha
         self.request_timeout = request_timeout
         self.max_pages = max_pages
+        self.stall_timeout = stall_timeout
+        #: the longest a first request took to be answered in this lookup (0: no answer yet)
+        self._slowest = 0.0
         self._t = id_to_int(target)
         self._candidates: dict[bytes, _Candidate] = {}
         #: node ids ordered by distance; kept sorted on insert
@@ -159,6 +186,11 @@ class Lookup:
         self._records: dict[bytes, Record] = {}
         self._holders: dict[bytes, set[bytes]] = {}
         self._finished = False
+        #: answers in a row that brought no contact closer than the closest known (invariant 2)
+        self._no_progress = 0
+        #: digests whose records we received in full (-> the publishers), and the holder being paged for each
+        self._complete: dict[bytes, frozenset[bytes]] = {}
+        self._paging: dict[bytes, bytes] = {}
         self._add(initial)
 
     # -- candidates ----------------------------------------------------------------------------------------------
@@ -175,12 +207,15 @@ class Lookup:
         if added:
             self._order.sort(key=lambda nid: self._candidates[nid].distance)
 
+    def _closest_distance(self) -> int | float:
+        return self._candidates[self._order[0]].distance if self._order else math.inf
+
     def _top(self) -> list[_Candidate]:
         """The k closest candidates that have not failed."""
         top: list[_Candidate] = []
         for node_id in self._order:
             cand = self._candidates[node_id]
-            if cand.state is not _State.FAILED:
+            if cand.state is not _State.FAILED and cand.state is not _State.SLOW:
                 top.append(cand)
                 if len(top) == self.k:
                     break
@@ -202,19 +237,33 @@ class Lookup:
 
     # -- driving -------------------------------------------------------------------------------------------------
 
+    def _stall(self) -> float:
+        """Seconds after which a request in flight is slow (invariant 4); ``inf`` before any answer."""
+        return max(self.stall_timeout, STALL_FACTOR * self._slowest) if self._slowest else math.inf
+
     def _expire(self, now: float) -> list[LookupAction]:
         failed: list[LookupAction] = []
+        stall = self._stall()
         for cand in self._candidates.values():
             # compared as in next_deadline(): now - sent_at could round below the timeout at that very deadline
-            if cand.state is _State.ASKED and now >= cand.sent_at + self.request_timeout:
+            if cand.state in (_State.ASKED, _State.SLOW) and now >= cand.sent_at + self.request_timeout:
                 cand.state = _State.FAILED
                 failed.append(ContactFailed(contact=cand.contact))
+            elif cand.state is _State.ASKED and now >= cand.sent_at + stall:
+                cand.state = _State.SLOW
             elif cand.page_sent_at is not None and now >= cand.page_sent_at + self.request_timeout:
                 # the node answered before, so it stays among the closest; only its remaining pages are lost
                 cand.page_sent_at = None
                 cand.cursor = None
+                self._release(cand)
                 failed.append(ContactFailed(contact=cand.contact))
+            elif cand.page_sent_at is not None and now >= cand.page_sent_at + stall and self._pages_for_digest(cand):
+                self._release(cand)  # a slow page: the holders waiting on it are paged themselves
         return failed
+
+    def _pages_for_digest(self, cand: _Candidate) -> bool:
+        """Whether ``cand`` is the holder being paged for its digest, others waiting on it (invariant 6)."""
+        return cand.digest is not None and self._paging.get(cand.digest) == cand.contact.node_id
 
     def next_actions(self, now: float) -> list[LookupAction]:
         """Expire overdue requests, then return the requests to send now (and the failures to report)."""
@@ -223,13 +272,14 @@ class Lookup:
         actions = self._expire(now)
         if self.find_value:
             for cand in self._candidates.values():
-                if cand.cursor is not None and cand.page_sent_at is None:
+                if cand.cursor is not None and cand.page_sent_at is None and not cand.waiting:
                     cand.page_sent_at = now
                     cand.pages += 1
                     actions.append(SendFindValue(contact=cand.contact, target=self.target, cursor=cand.cursor))
         in_flight = sum(1 for c in self._candidates.values() if c.state is _State.ASKED)
+        limit = self.k if self._no_progress >= self.alpha else self.alpha
         for cand in self._top():
-            if in_flight >= self.alpha:
+            if in_flight >= limit:
                 break
             if cand.state is _State.NEW:
                 cand.state = _State.ASKED
@@ -244,9 +294,18 @@ class Lookup:
 
     def next_deadline(self) -> float | None:
         """Protocol time at which an in-flight request times out (call ``next_actions`` then), or None."""
-        times = [c.sent_at for c in self._candidates.values() if c.state is _State.ASKED]
-        times += [c.page_sent_at for c in self._candidates.values() if c.page_sent_at is not None]
-        return min(times) + self.request_timeout if times and not self._finished else None
+        if self._finished:
+            return None
+        stall = self._stall()
+        times = [c.sent_at + self.request_timeout for c in self._candidates.values() if c.state is _State.SLOW]
+        times += [
+            c.sent_at + min(stall, self.request_timeout) for c in self._candidates.values() if c.state is _State.ASKED
+        ]
+        for c in self._candidates.values():
+            if c.page_sent_at is not None:
+                wait = min(stall, self.request_timeout) if self._pages_for_digest(c) else self.request_timeout
+                times.append(c.page_sent_at + wait)
+        return min(times) if times else None
 
     def on_response(
         self,
@@ -255,9 +314,11 @@ class Lookup:
         records: Iterable[Record] = (),
         *,
         next_cursor: bytes | None = None,
-        now: float,  # noqa: ARG002 -- every event takes the caller's clock (invariant 4); callers name it
+        digest: bytes | None = None,
+        now: float,
     ) -> None:
-        """An answer (NODES, or one VALUES page) from ``node_id`` arrived.
+        """An answer (NODES, or one VALUES page) from ``node_id`` arrived; ``digest`` is what a first page says the
+        node holds in all (invariant 6).
 
         Answers from nodes not asked, or arriving after the lookup finished or timed the request out, are ignored.
         """
@@ -266,19 +327,71 @@ class Lookup:
         cand = self._candidates.get(node_id)
         if cand is None:
             return
-        if cand.state is _State.ASKED:
+        first = cand.state in (_State.ASKED, _State.SLOW)
+        if first:
             cand.state = _State.ANSWERED
+            self._slowest = max(self._slowest, now - cand.sent_at, 1e-9)
+            closest = self._closest_distance()
             self._add(contacts)
+            self._no_progress = 0 if self._closest_distance() < closest else self._no_progress + 1
         elif cand.state is _State.ANSWERED and cand.page_sent_at is not None:
             cand.page_sent_at = None
         else:
             return
         cand.cursor = None
         if self.find_value:
+            records = [r for r in records if r.key == self.target]
             self._merge(node_id, records)
             if next_cursor is not None and cand.pages < self.max_pages:
                 cand.cursor = next_cursor
+            if first and digest is not None and next_cursor is not None:
+                self._first_page(cand, digest)
+            if cand.digest is not None:
+                cand.received += records
+                if cand.cursor is None:
+                    self._last_page(cand, complete=next_cursor is None)
         self._check_finished()
+
+    def _first_page(self, cand: _Candidate, digest: bytes) -> None:
+        """A first page with more after it, naming ``digest`` (invariant 6)."""
+        publishers = self._complete.get(digest)
+        if publishers is not None:  # we have every record it holds
+            cand.cursor = None
+            self._holders.setdefault(cand.contact.node_id, set()).update(publishers)
+            return
+        cand.digest = digest
+        if digest in self._paging:
+            cand.waiting = True
+        else:
+            self._paging[digest] = cand.contact.node_id
+
+    def _last_page(self, cand: _Candidate, *, complete: bool) -> None:
+        """The last page of a holder with a digest arrived (``complete``: it had no more; else the page limit
+        stopped it)."""
+        digest = cand.digest
+        assert digest is not None
+        received = sorted(cand.received, key=lambda r: r.publisher)
+        if complete and records_digest(received) == digest:
+            publishers = frozenset(r.publisher for r in received)
+            self._complete[digest] = publishers
+            self._paging.pop(digest, None)
+            for other in self._candidates.values():
+                if other.waiting and other.digest == digest:
+                    other.waiting = False
+                    other.cursor = None
+                    self._holders.setdefault(other.contact.node_id, set()).update(publishers)
+        else:
+            self._release(cand)
+
+    def _release(self, cand: _Candidate) -> None:
+        """``cand``'s pages did not give its digest's records in full: page the holders waiting on it."""
+        digest = cand.digest
+        if digest is None or self._paging.get(digest) != cand.contact.node_id:
+            return
+        del self._paging[digest]
+        for other in self._candidates.values():
+            if other.waiting and other.digest == digest:
+                other.waiting = False
 
     def _merge(self, node_id: bytes, records: Iterable[Record]) -> None:
         held = self._holders.setdefault(node_id, set())
@@ -299,11 +412,12 @@ class Lookup:
         cand = self._candidates.get(node_id)
         if cand is None or self._finished:
             return
-        if cand.state is _State.ASKED:
+        if cand.state in (_State.ASKED, _State.SLOW):
             cand.state = _State.FAILED
         elif cand.page_sent_at is not None:
             cand.page_sent_at = None
             cand.cursor = None
+            self._release(cand)
         self._check_finished()
 
     # -- outcome -------------------------------------------------------------------------------------------------

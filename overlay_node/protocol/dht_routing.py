@@ -93,6 +93,11 @@ class _Entry:
     contact: Contact
     last_seen: float
     failures: int = 0
+    #: the node id as an integer, for distances (every answer to a lookup computes them)
+    number: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.number = id_to_int(self.contact.node_id)
 
 
 @dataclass(slots=True)
@@ -344,9 +349,7 @@ class RoutingTable:
         for bucket in order:
             if len(found) >= count:
                 break
-            found.extend(
-                (id_to_int(node_id) ^ t, e.contact) for node_id, e in bucket.entries.items() if node_id not in exclude
-            )
+            found.extend((e.number ^ t, e.contact) for node_id, e in bucket.entries.items() if node_id not in exclude)
         found.sort(key=lambda pair: pair[0])
         return [c for _, c in found[:count]]
 

@@ -60,7 +60,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from overlay_node.errors import BadRequest, InvalidPayment, PaymentError, RemoteProtocolError
+from overlay_node.errors import BadRequest, InvalidPayment, PaidTooEarly, PaymentError, RemoteProtocolError
 from overlay_node.protocol.payments import MAX_SATOSHIS, Quote, Receipt
 
 __all__ = [
@@ -388,7 +388,7 @@ class ProducerCredit:
             raise PaymentError("the subscription is closed: subscribe again")
         limit = (self.ahead - 1) * self.window_price
         if self.credit + self.pending > limit:
-            raise PaymentError(
+            raise PaidTooEarly(
                 f"credit {self.credit} and {self.pending} being paid are more than {self.ahead - 1} window(s) "
                 f"({limit} satoshis): {PAID_TOO_EARLY}"
             )

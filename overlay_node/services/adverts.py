@@ -9,10 +9,15 @@ Theory of operation:
    advert's own checks before it keeps it.
 3. Discovery is a DHT ``get`` of the key: the union over publishers, each value decoded and checked (BRC-88
    signature, publisher = advertised identity), filtered (capability, max price, region, service type), minus
-   banned hosts, ordered by host score.
+   banned hosts, ordered by host score. Without a name, discovery reads the index records of the service type
+   (else of the first capability) the filter asks for, then every advert they list (``protocol/adverts.py``, 5);
+   each publisher keeps its own index records in step with its adverts.
 4. The janitor health-checks the hosts of adverts this node has seen with a DHT ping to their advertised DHT
    endpoint (answered and signed by the host's own key). A host that fails ``janitor_failures`` checks in a row
    is banned: its adverts are no longer returned, whoever republishes them, until it answers a check again.
+5. Addresses: the swarm endpoints of the hosts discovery returned are remembered (bounded), and with the DHT
+   ``node:`` records they are what the peer manager dials a peer by identity with (:meth:`seen_addresses`,
+   :meth:`node_addresses`, wired by the node as resolvers of ``PeerManager.reach``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from overlay_node.clock import wall_time
 from overlay_node.config import AdvertsSection
 from overlay_node.crypto.keys import Identity
 from overlay_node.errors import BadRequest, NotFound, OverlayError, PaymentError, RemoteProtocolError
+from overlay_node.lru import LruMap
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.adverts import (
@@ -37,12 +43,16 @@ from overlay_node.protocol.adverts import (
     Filter,
     Offer,
     decode_advert,
+    decode_index,
     dht_name,
     encode_advert,
+    encode_index,
     host_score,
+    index_terms,
     kind_of,
     make_advert,
 )
+from overlay_node.protocol.content import decode_provider
 from overlay_node.services.dht import DhtService, dht_key
 from overlay_node.wire.dht import Record
 
@@ -50,6 +60,11 @@ logger = logging.getLogger(__name__)
 
 PUSH_METHOD = "advert.push"
 NO_FILTER = Filter()
+#: adverts fetched for one discovery through an index, and how many at once
+MAX_INDEXED = 64
+INDEX_FETCHES = 8
+#: hosts whose advertised swarm endpoints are remembered for reaching them by identity
+SEEN_HOSTS = 4096
 
 
 class TokenMaker(Protocol):
@@ -139,6 +154,8 @@ class AdvertService:
         self._endpoints = endpoints
         self._wall = wall_clock
         self._hosts: dict[bytes, HostHealth] = {}
+        self._seen: LruMap[str, tuple[str, ...]] = LruMap(SEEN_HOSTS)
+        self._endpoints_known = trio.Event()
         self._janitor_pass = trio.Event()
         #: puts adverts on chain too (set by the node once its wallet and overlay engine run)
         self.tokens: TokenMaker | None = None
@@ -167,12 +184,14 @@ class AdvertService:
         ttl: float | None = None,
         uri: str = "",
         token: str = "",
+        resource: str = "",
     ) -> tuple[Advert, int]:
-        """Publish (or refresh) our advert for ``name``; returns it and how many DHT nodes stored it. ``token``:
-        the outpoint of the same advert's token on chain, named in the record so that others can fetch it.
+        """Publish (or refresh) our advert for ``name`` (of one ``resource`` of it, if given); returns it and how
+        many DHT nodes stored it. ``token``: the outpoint of the same advert's token on chain, named in the record
+        so that others can fetch it. Our index records follow (module doc, 3).
 
         Raises:
-            BadRequest: a bad name, TTL or metadata.
+            BadRequest: a bad name, TTL, resource or metadata.
         """
         ttl = self._config.ttl if ttl is None else ttl
         if not 1 <= ttl <= 86_400:
@@ -192,10 +211,13 @@ class AdvertService:
                 capabilities=capabilities,
                 region=region,
             ),
+            resource=resource,
         )
-        key = dht_key(*dht_name(advert.kind, name))
+        key = dht_key(*advert.dht_key_name)
+        before = self._own_advert(key)
         outcome = await self._dht.put(key, encode_advert(advert), ttl=ttl)
         await self._push(key)
+        await self._reindex(index_terms(advert.offer) | (index_terms(before.offer) if before else set()))
         self._metrics.adverts_published.labels(advert.kind).inc()
         logger.info("advertised %s %s (stored at %d nodes)", advert.kind, name, outcome.stored)
         return advert, outcome.stored
@@ -235,24 +257,58 @@ class AdvertService:
                 error = str(exc)
         return {"revoked": name, "stored": stored, "token_spends": spends, "token_error": error}
 
+    def node_ready(self) -> None:
+        """Called by the node once its endpoints are known (adverts name them)."""
+        self._endpoints_known.set()
+
+    async def wait_ready(self) -> None:
+        """Wait until the node's endpoints are known."""
+        await self._endpoints_known.wait()
+
     def default_uri(self) -> str:
         """The URI our adverts (and their tokens) name: ``adverts.uri``, else this node's http origin."""
         return self._config.uri or self._endpoints().http
 
-    async def revoke(self, name: str) -> int:
-        """Revoke our advert for ``name`` everywhere (a signed tombstone); returns how many nodes stored it.
+    async def revoke(self, name: str, *, resource: str = "") -> int:
+        """Revoke our advert for ``name`` (of ``resource``, if given) everywhere (a signed tombstone), and take it
+        out of our index records; returns how many nodes stored the tombstone.
 
         Raises:
             NotFound: we have no advert for ``name``.
         """
         kind = kind_of(name)
-        key = dht_key(*dht_name(kind, name))
-        if not any(a.name == name for a in self.own()):
-            raise NotFound(f"no advert of ours for {name}")
+        key = dht_key(*dht_name(kind, name, resource))
+        before = self._own_advert(key)
+        if before is None:
+            raise NotFound(f"no advert of ours for {name}{'/' + resource if resource else ''}")
         outcome = await self._dht.remove(key)
         await self._push(key)
-        logger.info("revoked %s %s", kind, name)
+        await self._reindex(index_terms(before.offer))
+        logger.info("revoked %s %s%s", kind, name, f"/{resource}" if resource else "")
         return outcome.stored
+
+    def _own_advert(self, key: bytes) -> Advert | None:
+        return next((a for a in self.own() if dht_key(*a.dht_key_name) == key), None)
+
+    async def _reindex(self, terms: set[str]) -> None:
+        """Bring our index records for ``terms`` in step with our live adverts: each lists the keys of those
+        listed under it (newest expiry first), or is revoked when none is left."""
+        if not terms:
+            return
+        mine = self.own()
+        now = self._wall()
+        held = {r.key for r in self._dht.own_records() if not r.is_tombstone}
+        for term in sorted(terms):
+            listed = sorted((a for a in mine if term in index_terms(a.offer)), key=lambda a: -a.expires)
+            key = dht_key("index", term)
+            try:
+                if listed:
+                    ttl = max(listed[0].expires - now, 1.0)  # never longer than an advert's own, which the DHT took
+                    await self._dht.put(key, encode_index([dht_key(*a.dht_key_name) for a in listed]), ttl=ttl)
+                elif key in held:
+                    await self._dht.remove(key)
+            except OverlayError as exc:
+                logger.warning("index record %s not updated: %s", term, exc)
 
     def own(self) -> list[Advert]:
         """Our live adverts (from the DHT service's own records, which survive restarts)."""
@@ -293,10 +349,18 @@ class AdvertService:
 
     # -- consumer side -------------------------------------------------------------------------------------------
 
-    async def discover(self, name: str, flt: Filter = NO_FILTER) -> list[Found]:
-        """All live, valid, unbanned hosts advertising ``name`` that match ``flt``, best score first."""
-        kind = kind_of(name)
-        records = await self._dht.get(dht_key(*dht_name(kind, name)))
+    async def discover(self, name: str | None, flt: Filter = NO_FILTER) -> list[Found]:
+        """All live, valid, unbanned hosts advertising ``name`` that match ``flt``, best score first. Without a
+        name: every advert listed in the index of ``flt``'s service type (else of its first capability) that
+        matches ``flt``.
+
+        Raises:
+            BadRequest: a bad name, or neither a name nor a service type or capability to look up.
+        """
+        if name is None:
+            records = await self._indexed(flt)
+        else:
+            records = await self._dht.get(dht_key(*dht_name(kind_of(name), name)))
         now = self._wall()
         found: list[Found] = []
         for record in records:
@@ -307,13 +371,54 @@ class AdvertService:
             except AdvertError as exc:
                 self._metrics.advert_drops.labels(exc.reason).inc()
                 continue
-            if advert.name != name or advert.expires <= now:
+            if (name is not None and advert.name != name) or advert.expires <= now:
                 continue
+            if dht_key(*advert.dht_key_name) != record.key:
+                continue  # an advert stored under another name's key
             health = self._track(advert)
             if health.banned or not flt.matches(advert):
                 continue
             found.append(Found(advert=advert, score=health.score, latency_ms=health.latency_ms))
         found.sort(key=lambda f: (-f.score, f.advert.offer.price, f.advert.identity_hex))
+        return found
+
+    async def _indexed(self, flt: Filter) -> list[Record]:
+        """The advert records the index of ``flt``'s service type (else first capability) lists, each from the
+        publisher that listed it."""
+        if flt.service_type:
+            term = f"type:{flt.service_type}"
+        elif flt.capabilities:
+            term = f"cap:{flt.capabilities[0]}"
+        else:
+            raise BadRequest(
+                "give a topic (--topic tm_...), a service (--service ls_...), a service type (--service-type) "
+                "or a capability (--capability) to discover"
+            )
+        wanted: dict[bytes, set[bytes]] = {}
+        for record in await self._dht.get(dht_key("index", term)):
+            try:
+                keys = decode_index(record.value)
+            except AdvertError as exc:
+                self._metrics.advert_drops.labels(exc.reason).inc()
+                continue
+            for key in keys:
+                if key in wanted or len(wanted) < MAX_INDEXED:
+                    wanted.setdefault(key, set()).add(record.publisher)
+        found: list[Record] = []
+        limiter = trio.CapacityLimiter(INDEX_FETCHES)
+
+        async def fetch(key: bytes, publishers: set[bytes]) -> None:
+            async with limiter:
+                try:
+                    records = await self._dht.get(key)
+                except OverlayError as exc:
+                    logger.debug("indexed advert not fetched: %s", exc)
+                    return
+            found.extend(r for r in records if r.publisher in publishers)
+
+        async with trio.open_nursery() as nursery:
+            for key, publishers in wanted.items():
+                nursery.start_soon(fetch, key, publishers)
         return found
 
     def _track(self, advert: Advert) -> HostHealth:
@@ -322,7 +427,25 @@ class AdvertService:
             health = self._hosts[advert.identity_key] = HostHealth(dht=advert.endpoints.dht)
         elif advert.endpoints.dht:
             health.dht = advert.endpoints.dht
+        if advert.endpoints.swarm:
+            self._seen.put(advert.identity_hex, advert.endpoints.swarm[:4])
         return health
+
+    # -- addresses of peers (resolvers of PeerManager.reach) --------------------------------------------------------
+
+    async def seen_addresses(self, identity_key: str) -> tuple[str, ...]:
+        """The swarm endpoints the last advert of ``identity_key`` seen here named (none if no advert was seen)."""
+        return self._seen.get(identity_key.lower(), ())
+
+    async def node_addresses(self, identity_key: str) -> tuple[str, ...]:
+        """The swarm endpoints of the node record ``identity_key`` publishes in the DHT (``node:<key>``)."""
+        for record in await self._dht.get(dht_key("node", identity_key)):
+            if record.publisher.hex() == identity_key:
+                try:
+                    return decode_provider(record.value).swarm
+                except BadRequest:
+                    return ()
+        return ()
 
     def hosts(self) -> dict[str, HostHealth]:
         """The janitor's view of every host seen, by identity key (hex)."""

@@ -11,6 +11,8 @@ Theory of operation:
    (``content.offer``: size, budget and limits are checked before any byte moves); an accepting node receives it
    as one peer-link transfer (``content.replicate``, credit flow control), verifies size and SHA-256 before it
    keeps a byte, records it and publishes its own provider record. The placing node keeps each replica's state.
+   Lineage (parents and relationship) travels in the provider records and the replicate header; each holder of
+   derived content publishes ``children:<parent>`` records (:mod:`.content_lineage`).
 4. Holders serve ``content.manifest`` (size, chunk hashes) and ``content.read`` (one piece of a range); priced
    content is served only to its producer or with the producer's signed access grant naming the asking peer.
 5. Repair (every ``repair_interval``, jittered) on every holder: expired content is deleted and its record
@@ -56,7 +58,7 @@ from overlay_node.protocol.content import (
     verify_grant,
 )
 from overlay_node.protocol.payments import Receipt
-from overlay_node.services import content_place
+from overlay_node.services import content_lineage, content_place
 from overlay_node.services.content_blobs import BlobStore
 from overlay_node.services.content_common import (
     BAD,
@@ -79,6 +81,7 @@ from overlay_node.services.content_repair import Repairer
 from overlay_node.services.dht import DhtService, dht_key
 from overlay_node.store.content import ContentItem, ReplicaRow
 from overlay_node.store.db import Store
+from overlay_node.store.reports import ConsumptionRow
 
 if TYPE_CHECKING:
     from overlay_node.services.payments import Payments
@@ -290,7 +293,9 @@ class ContentService:
         self.forget_row(item.hash)
         self._held_since[bytes.fromhex(item.hash)] = trio.current_time()
         await self._update_gauges()
-        return await self._publish_provider(item)
+        stored = await self._publish_provider(item)
+        await content_lineage.publish_children(self, item)
+        return stored
 
     async def advertise_on_chain(self, item: ContentItem) -> tuple[str | None, str | None]:
         """Put a UHRP advertisement (BRC-26) for our copy of free ``item`` on chain, unless one of ours is active;
@@ -347,6 +352,8 @@ class ContentService:
             chunk_size=item.chunk_size,
             swarm=endpoints.swarm[:4],
             http=endpoints.http,
+            parents=tuple(bytes.fromhex(p) for p in item.parents),
+            relationship=item.relationship,
         )
         outcome = await self.dht.put(dht_key("uhrp", item.hash), encode_provider(record), ttl=self._record_ttl(item))
         return outcome.stored
@@ -378,6 +385,10 @@ class ContentService:
             raise NotFound(f"content {cid.hex()} is not known here")
         return item
 
+    async def lineage(self, content: str, depth: int = 3) -> dict[str, Any]:
+        """Ancestors and descendants of ``content`` found from here (see :func:`.content_lineage.lineage`)."""
+        return await content_lineage.lineage(self, content, depth)
+
     async def list_items(self) -> list[ContentItem]:
         return await self.store.content.list()
 
@@ -406,36 +417,14 @@ class ContentService:
                 out[record.publisher.hex()] = provider
         return out
 
-    async def _address_of(self, identity_key: str) -> tuple[str, ...]:
-        for record in await self.dht.get(dht_key("node", identity_key)):
-            if record.publisher.hex() == identity_key:
-                try:
-                    return decode_provider(record.value).swarm
-                except BadRequest:
-                    return ()
-        return ()
-
     async def link_to(self, identity_key: str, addresses: tuple[str, ...] = ()) -> PeerLink:
-        """A link to ``identity_key``, dialing one of ``addresses`` (or its node record's) if not linked.
+        """A link to ``identity_key``: the live one, else dialled by its key (``PeerManager.reach``: ``addresses``
+        first, such as a provider record's, then the known peers, its node record and the adverts seen).
 
         Raises:
             NotFound: no address known. TransportError: every address failed.
         """
-        link = self.peers.link(identity_key)
-        if link is not None and not link.closed:
-            return link
-        if not addresses:
-            addresses = await self._address_of(identity_key)
-        if not addresses:
-            raise NotFound(f"no address known for node {identity_key[:16]}")
-        error: OverlayError | None = None
-        for address in addresses:
-            try:
-                return await self.peers.connect(address, expect_key=identity_key)
-            except OverlayError as exc:
-                error = exc
-        assert error is not None
-        raise error
+        return await self.peers.reach(identity_key, hints=addresses)
 
     async def ask(
         self, identity_key: str, addresses: tuple[str, ...], method: str, body: dict[str, Any], timeout: float
@@ -663,6 +652,16 @@ class ContentService:
         if not isinstance(grant, dict):
             raise BadRequest("the producer answered without a grant")
         progress({"event": "granted", "producer": producer, "txid": receipt.txid})
+        chunks = -(-provider.size // provider.chunk_size) if provider.chunk_size > 0 else 0
+        bought = ConsumptionRow(
+            resource=f"uhrp:{cid.hex()}",
+            provider=producer,
+            packets=chunks,
+            bytes=provider.size,
+            txid=receipt.txid,
+            consumed_at=self.wall(),
+        )
+        await self.store.reports.record_consumption(bought)  # what `ctl report` counts as bought per content
         return grant
 
     # -- search --------------------------------------------------------------------------------------------------

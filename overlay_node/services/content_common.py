@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from overlay_node.crypto.uhrp import parse_uhrp
 from overlay_node.errors import BadRequest, NotFound, OverlayError
-from overlay_node.protocol.content import MAX_CONTENT_TYPE, RELATIONSHIPS
+from overlay_node.protocol.content import MAX_CONTENT_TYPE, MAX_PARENTS, RELATIONSHIPS
 
 __all__ = [
     "BAD",
@@ -90,10 +90,12 @@ class ContentMeta:
         """The parents' content ids (hex).
 
         Raises:
-            BadRequest: a parent that is no content id, parents without a known relationship, or a relationship
-                without parents.
+            BadRequest: a parent that is no content id, more than ``MAX_PARENTS`` parents, parents without a known
+                relationship, or a relationship without parents.
         """
-        parent_ids = tuple(parse_uhrp(p).hex() for p in self.parents)
+        parent_ids = tuple(dict.fromkeys(parse_uhrp(p).hex() for p in self.parents))
+        if len(parent_ids) > MAX_PARENTS:
+            raise BadRequest(f"at most {MAX_PARENTS} --parent values")
         if parent_ids and self.relationship not in RELATIONSHIPS:
             raise BadRequest(f"relationship must be one of {', '.join(RELATIONSHIPS)} when parents are given")
         if self.relationship and not parent_ids:

@@ -3,14 +3,18 @@ each chunk checked against the manifest and the whole against the content id; re
 
 Theory of operation:
 1. Content held here is copied out. Otherwise the provider records under ``uhrp:<hex>`` name the holders; the
-   first holder that answers ``content.manifest`` gives the size, chunk size and chunk hashes.
+   first holder that answers ``content.manifest`` gives the size, chunk size and chunk hashes. Holders with a live
+   link come first (a link is proof of life; one that dropped is not held against a holder), and the manifest
+   request is hedged: when a holder has not answered within ``content.hedge_delay`` the next one is asked as well,
+   so a dead holder (a dial that hangs until its timeout) delays the start by that delay, not by its timeout.
 2. The download goes to ``<output>.part``. Chunks of an existing part file that already match the manifest are
    kept (this is the resume), the rest are queued.
 3. Up to ``holders`` holders are used at once, each with ``per_holder`` workers; a worker takes a chunk from the
    queue, reads it in pieces of ``read_piece`` bytes, and checks its hash and writes it in one worker-thread
    hop (the event loop never hashes). A chunk that fails the check goes
    back to the queue, the holder is dropped from this download and told (``content.bad``) so it can check its
-   copy; a holder that errors or disappears is dropped the same way (without the notice).
+   copy; a holder that errors or disappears is dropped the same way (without the notice). Once every chunk is
+   written the download ends at once, cancelling dials to holders that never answered.
 4. The whole part file is hashed in file order while the download runs (each chunk as soon as it and all
    before it are written, read back from the file), so the check at the end costs no second pass: only an exact
    match of every byte of the part file is renamed to ``output``. A wrong manifest (a lying holder) can
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +124,9 @@ async def fetch(
         progress({"event": "done", "hash": hex_id, "size": item.size, "local": True})
         return FetchResult(hash=hex_id, size=item.size, output=str(output), local=True)
 
-    providers = {k: p for k, p in (await service.providers(cid)).items() if k != service.identity_key}
+    providers = _live_first(
+        service, {k: p for k, p in (await service.providers(cid)).items() if k != service.identity_key}
+    )
     if not providers:
         raise ContentUnavailable(f"no node provides {hex_id}")
     progress({"event": "providers", "count": len(providers)})
@@ -263,27 +270,71 @@ def _write_file(output: Path, data: bytes) -> None:
     os.replace(temp, output)
 
 
+def _live_first(service: ContentService, providers: dict[str, ProviderRecord]) -> dict[str, ProviderRecord]:
+    """``providers`` with the holders this node has a live link to first (otherwise in the DHT's order)."""
+    live = {k: p for k, p in providers.items() if service.peers.link(k) is not None}
+    return live | {k: p for k, p in providers.items() if k not in live}
+
+
+Manifest = tuple[int, int, list[bytes]]
+
+
+async def _ask_manifest(service: ContentService, key: str, provider: ProviderRecord, body: dict[str, Any]) -> Manifest:
+    answer = await service.ask(key, provider.swarm, "content.manifest", body, service.config.request_timeout)
+    size, chunk_size, raw = answer.get("size"), answer.get("chunk_size"), answer.get("manifest")
+    if not isinstance(size, int) or not isinstance(chunk_size, int) or not isinstance(raw, bytes):
+        raise BadRequest("malformed manifest answer")
+    plan = ChunkPlan(size=size, chunk_size=chunk_size)
+    if len(raw) != 32 * plan.count:
+        raise BadRequest(f"manifest of {len(raw)} bytes for {plan.count} chunks")
+    return size, chunk_size, [raw[i : i + 32] for i in range(0, len(raw), 32)]
+
+
 async def _manifest(
     service: ContentService, cid: bytes, providers: dict[str, ProviderRecord], grant: dict[str, Any] | None
-) -> tuple[int, int, list[bytes]]:
+) -> Manifest:
+    """The manifest from the first holder that gives one, asking the next holder as well whenever none answered
+    within ``hedge_delay`` or one failed (module docstring, 1); the requests still out are cancelled then.
+
+    Raises:
+        PaymentRequired: a holder wants a grant first.
+        ContentUnavailable: no holder gave a manifest.
+    """
     errors: list[str] = []
     body: dict[str, Any] = {"hash": cid.hex()}
     if grant is not None:
         body["grant"] = grant
-    for key, provider in providers.items():
+    found: list[Manifest] = []
+    refusal: list[OverlayError] = []
+    pending = list(providers.items())
+    running = 0
+    changed = trio.Event()
+
+    async def one(key: str, provider: ProviderRecord) -> None:
+        nonlocal running
         try:
-            answer = await service.ask(key, provider.swarm, "content.manifest", body, service.config.request_timeout)
-            size, chunk_size, raw = answer.get("size"), answer.get("chunk_size"), answer.get("manifest")
-            if not isinstance(size, int) or not isinstance(chunk_size, int) or not isinstance(raw, bytes):
-                raise BadRequest("malformed manifest answer")
-            plan = ChunkPlan(size=size, chunk_size=chunk_size)
-            if len(raw) != 32 * plan.count:
-                raise BadRequest(f"manifest of {len(raw)} bytes for {plan.count} chunks")
-            return size, chunk_size, [raw[i : i + 32] for i in range(0, len(raw), 32)]
+            found.append(await _ask_manifest(service, key, provider, body))
         except OverlayError as exc:
             if exc.code == "payment_required":
-                raise
+                refusal.append(exc)
             errors.append(f"{key[:16]}: {exc}")
+        finally:
+            running -= 1
+            changed.set()
+
+    async with trio.open_nursery() as nursery:
+        while not found and not refusal and (pending or running):
+            if pending:
+                nursery.start_soon(one, *pending.pop(0))
+                running += 1
+            changed = trio.Event()
+            with trio.move_on_after(service.config.hedge_delay if pending else math.inf):
+                await changed.wait()
+        nursery.cancel_scope.cancel()
+    if found:
+        return found[0]
+    if refusal:
+        raise refusal[0]
     raise ContentUnavailable(f"no holder of {cid.hex()} answered: {'; '.join(errors)}")
 
 
@@ -324,6 +375,8 @@ class _Download:
             self._send.send_nowait(index)
         self._whole = _InOrderHasher(self.plan, set(range(self.plan.count)) - set(self.todo))
         self._fd = -1
+        #: the holders' tasks: cancelled once every chunk is written (a dial still hanging must not hold the end)
+        self._holders_scope = trio.CancelScope()
 
     async def run(self) -> bytes:
         """Fetch the chunks; returns the SHA-256 of the whole part file, hashed in order as the chunks come in (so
@@ -355,6 +408,7 @@ class _Download:
         async with trio.open_nursery() as outer:
             outer.start_soon(self._whole.run, self._fd)
             async with trio.open_nursery() as nursery:
+                self._holders_scope = nursery.cancel_scope
                 for key, provider in chosen:
                     nursery.start_soon(self._holder, key, provider)
             if self.remaining:
@@ -457,6 +511,8 @@ class _Download:
         self.received_bytes += size
         self.service.metrics.content_transfer_bytes.labels("in").inc(size)
         self.progress({"event": "chunk", "index": index, "done": self.received_bytes, "remaining": self.remaining})
+        if not self.remaining:
+            self._holders_scope.cancel()
 
 
 class _InOrderHasher:

@@ -131,6 +131,8 @@ async def _send_blob(service: ContentService, link: PeerLink, item: ContentItem,
         "expires": item.expires,
         "producer": item.producer,
         "replication": item.replication,
+        "parents": list(item.parents),
+        "relationship": item.relationship,
     }
     cid = bytes.fromhex(item.hash)
     sent = 0

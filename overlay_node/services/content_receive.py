@@ -17,7 +17,7 @@ from overlay_node.errors import BadRequest, Conflict
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink
 from overlay_node.net.transfers import TransferReceiver
-from overlay_node.protocol.content import MAX_CONTENT_TYPE, ChunkPlan
+from overlay_node.protocol.content import MAX_CONTENT_TYPE, ChunkPlan, ProviderRecord
 from overlay_node.services.content_blobs import Written
 from overlay_node.services.content_common import MAX_TAG_LEN, MAX_TAGS, MAX_TITLE, StorageFull, hex_id, int_field
 from overlay_node.store.content import ContentItem
@@ -114,8 +114,8 @@ class ReplicaReceiver:
             tags=meta["tags"],
             price=meta["price"],
             expires=meta["expires"],
-            parents=(),
-            relationship="",
+            parents=meta["parents"],
+            relationship=meta["relationship"],
             chunk_size=written.plan.chunk_size,
             manifest=written.manifest,
             producer=meta["producer"],
@@ -144,7 +144,10 @@ def _replica_meta(header: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("bad tags in offer")
     if not isinstance(producer, str) or len(producer) not in (0, 66):
         raise BadRequest("bad producer in offer")
+    parents, relationship = _replica_lineage(header)
     return {
+        "parents": parents,
+        "relationship": relationship,
         "content_type": ct,
         "title": title,
         "tags": tuple(str(t)[:MAX_TAG_LEN] for t in tags),
@@ -153,6 +156,22 @@ def _replica_meta(header: dict[str, Any]) -> dict[str, Any]:
         "producer": producer,
         "replication": int_field(header, "replication", 0, 64) if "replication" in header else 0,
     }
+
+
+def _replica_lineage(header: dict[str, Any]) -> tuple[tuple[str, ...], str]:
+    """The lineage an offer carries (the producer's parents and relationship), checked like a provider record's."""
+    parents = header.get("parents", [])
+    relationship = header.get("relationship", "")
+    if not isinstance(parents, list) or not all(isinstance(p, str) and len(p) == 64 for p in parents):
+        raise BadRequest("bad parents in offer")
+    if not isinstance(relationship, str):
+        raise BadRequest("bad relationship in offer")
+    try:
+        ids = tuple(bytes.fromhex(p) for p in parents)
+    except ValueError:
+        raise BadRequest("bad parents in offer") from None
+    ProviderRecord(content_id=bytes(32), size=0, parents=ids, relationship=relationship)  # the same limits
+    return tuple(p.hex() for p in ids), relationship
 
 
 async def _drain(rx: TransferReceiver) -> None:

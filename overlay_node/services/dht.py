@@ -19,8 +19,9 @@ Theory of operation:
 - :meth:`DhtService.put` signs a record with a higher ``seq``, keeps it locally, finds the k closest nodes of its
   key and sends them STORE. Maintenance pushes own records again every ``republish_interval`` and renews them
   (re-signed, later expiry) before they expire, until :meth:`DhtService.remove` replaces them with a tombstone.
-- :meth:`DhtService.get` runs an iterative FIND_VALUE over the k closest nodes, following every node's pages,
-  verifies every record, and returns the newest live record of each publisher, local records included.
+- :meth:`DhtService.get` runs an iterative FIND_VALUE over the k closest nodes, following their pages (those of
+  one holder per records digest: holders naming the same digest hold the same records), verifies every record, and
+  returns the newest live record of each publisher, local records included.
 
 Invariants:
 
@@ -85,6 +86,7 @@ from overlay_node.wire.dht import (
     new_rpc_id,
     node_id_of,
     pack_values,
+    records_digest,
 )
 from overlay_node.wire.dht import Store as StoreMsg
 from overlay_node.wire.dht import StoreAck as StoreAckMsg
@@ -180,7 +182,12 @@ class DhtService:
         self._rpc = DhtRpc(identity, config, metrics, self, wall_clock)
         self._rpc_budget = config.request_timeout * (config.request_retries + 1)
         self._lookups = LookupDriver(
-            self._rpc, config, self._own_id, on_failed=self._request_failed, check_records=self._checked_found
+            self._rpc,
+            config,
+            self._own_id,
+            on_failed=self._request_failed,
+            check_records=self._checked_found,
+            spawn=self._spawn,
         )
         self._table = self._new_table(0.0)
         self._records = RecordStore(
@@ -289,9 +296,12 @@ class DhtService:
         must not block."""
         self._callbacks.append(callback)
 
-    def _spawn(self, fn: Callable[..., object], *args: object) -> None:
-        if self._nursery is not None:
-            self._nursery.start_soon(fn, *args)  # type: ignore[arg-type]
+    def _spawn(self, fn: Callable[..., object], *args: object) -> bool:
+        """Start ``fn(*args)`` in the service's nursery; False (nothing started) once the service has stopped."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(fn, *args)  # type: ignore[arg-type]
+        return True
 
     # -- the public operations -------------------------------------------------------------------------------
 
@@ -372,7 +382,8 @@ class DhtService:
     async def get(self, key: bytes) -> list[Record]:
         """The newest live record of every publisher under ``key``, ordered by publisher.
 
-        Runs an iterative FIND_VALUE over the k closest nodes (all pages of each), verifies every record, and merges
+        Runs an iterative FIND_VALUE over the k closest nodes (all pages of each, or of one holder per records
+        digest; ``protocol.dht_lookup`` invariant 6), verifies every record, and merges
         them with our own and locally held records; tombstones and expired records are left out.
 
         Raises:
@@ -649,16 +660,27 @@ class DhtService:
         limit = min(self._config.k, self._config.value_contacts) if records else self._config.k
         contacts = tuple(self._table.closest(key, limit, exclude=exclude)) if first else ()
         layout = (key, cursor, contacts, tuple(records))
+        # the first page of a holder names all it holds, so an asker that has them from another node stops there
+        digest = records_digest(records) if first and records else None
         fits = self._page_layouts.get(layout)
         if fits is None:
-            page = pack_values(rpc_id=rpc_id, key=key, records=records, contacts=contacts, first_page=first)
+            page = pack_values(
+                rpc_id=rpc_id, key=key, records=records, contacts=contacts, first_page=first, digest=digest
+            )
             if len(self._page_layouts) >= _PAGE_LAYOUT_CACHE:
                 self._page_layouts.clear()
             self._page_layouts[layout] = len(page.records)
             return page
         more = fits < len(records)
         next_cursor = (records[fits - 1].publisher if fits else b"") if more else None
-        return Values(rpc_id=rpc_id, key=key, records=tuple(records[:fits]), next_cursor=next_cursor, contacts=contacts)
+        return Values(
+            rpc_id=rpc_id,
+            key=key,
+            records=tuple(records[:fits]),
+            next_cursor=next_cursor,
+            contacts=contacts,
+            digest=digest if more else None,
+        )
 
     def on_heard(self, envelope: Envelope, source: Address, *, answer: bool) -> None:
         """A verified datagram: put its sender in the routing table (see the module docstring)."""

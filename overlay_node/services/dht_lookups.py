@@ -10,7 +10,9 @@ which counts the failure in the routing table). It stops when the lookup is fini
 Invariants:
 
 1. Every request this driver starts is finished (``DhtRpc.finish_request``) before :meth:`LookupDriver.run`
-   returns or raises, so no answer can arrive for a lookup that is gone.
+   returns or raises, so no answer can arrive for a lookup that is gone; except that requests a finished lookup
+   stopped waiting for (slow ones, ``protocol.dht_lookup`` invariant 4) are handed to a background task (``spawn``)
+   that waits out their retries, so a dead contact is still counted failed in the routing table.
 2. Records in VALUES answers reach the lookup only after ``check_records`` (signature, size, expiry).
 3. At most ``request_retries + 1`` sends per request, ``request_timeout`` apart; the lookup's own request timeout
    is longer, so it is only a backstop.
@@ -71,6 +73,7 @@ class LookupDriver:
         own_id: our node id (never asked).
         on_failed: called for a contact whose request went unanswered after its retries.
         check_records: filters the records of one VALUES answer to the valid ones.
+        spawn: starts a background task (``spawn(fn, *args)``), False if it cannot (the service is stopping).
     """
 
     def __init__(
@@ -81,8 +84,10 @@ class LookupDriver:
         *,
         on_failed: Callable[[Contact], None],
         check_records: Callable[[bytes, Sequence[Record]], list[Record]],
+        spawn: Callable[..., bool] | None = None,
     ) -> None:
         self._rpc = rpc
+        self._spawn = spawn
         self._config = config
         self._own_id = own_id
         self._on_failed = on_failed
@@ -100,9 +105,11 @@ class LookupDriver:
             alpha=cfg.alpha,
             request_timeout=cfg.request_timeout * (cfg.request_retries + 2),
             max_pages=cfg.max_pages,
+            stall_timeout=cfg.stall_timeout,
         )
         inbox = _Inbox()
         outgoing: dict[bytes, _Outgoing] = {}
+        handed = False
         try:
             while True:
                 actions = lookup.next_actions(trio.current_time())
@@ -135,10 +142,31 @@ class LookupDriver:
                         self._rpc.finish_request(envelope.message.rpc_id, timed_out=False)
                     self._apply(lookup, contact, envelope.message)
                 await self._expire(lookup, outgoing)
+            # requests the finished lookup no longer waits for: their answer or timeout still tells the table
+            handed = bool(outgoing) and self._spawn is not None and self._spawn(self._linger, inbox, outgoing)
+        finally:
+            if not handed:
+                for rpc_id in outgoing:
+                    self._rpc.finish_request(rpc_id, timed_out=False)
+        return lookup.result()
+
+    async def _linger(self, inbox: _Inbox, outgoing: dict[bytes, _Outgoing]) -> None:
+        """Wait out the requests a finished lookup left in flight (invariant 1)."""
+        try:
+            while True:
+                while inbox.answers:
+                    _, envelope = inbox.answers.popleft()
+                    if outgoing.pop(envelope.message.rpc_id, None) is not None:
+                        self._rpc.finish_request(envelope.message.rpc_id, timed_out=False)
+                if not outgoing:
+                    return
+                inbox.wake = trio.Event()
+                with trio.move_on_at(min(o.deadline for o in outgoing.values())):
+                    await inbox.wake.wait()
+                await self._expire(None, outgoing)
         finally:
             for rpc_id in outgoing:
                 self._rpc.finish_request(rpc_id, timed_out=False)
-        return lookup.result()
 
     async def _start(
         self, lookup: Lookup, inbox: _Inbox, outgoing: dict[bytes, _Outgoing], contact: Contact, msg: Message
@@ -156,7 +184,7 @@ class LookupDriver:
         deadline = trio.current_time() + self._config.request_timeout
         outgoing[msg.rpc_id] = _Outgoing(contact=contact, data=data, sends=1, deadline=deadline)
 
-    async def _expire(self, lookup: Lookup, outgoing: dict[bytes, _Outgoing]) -> None:
+    async def _expire(self, lookup: Lookup | None, outgoing: dict[bytes, _Outgoing]) -> None:
         cfg = self._config
         now = trio.current_time()
         for rpc_id, out in list(outgoing.items()):
@@ -172,7 +200,8 @@ class LookupDriver:
                 continue
             del outgoing[rpc_id]
             self._rpc.finish_request(rpc_id, timed_out=True)
-            lookup.on_timeout(out.contact.node_id, now)
+            if lookup is not None:
+                lookup.on_timeout(out.contact.node_id, now)
             self._on_failed(out.contact)
 
     def _apply(self, lookup: Lookup, contact: Contact, message: Message) -> None:
@@ -180,8 +209,8 @@ class LookupDriver:
         match message:
             case Nodes(contacts=contacts):
                 lookup.on_response(contact.node_id, contacts, now=now)
-            case Values(key=key, records=records, next_cursor=cursor, contacts=contacts):
+            case Values(key=key, records=records, next_cursor=cursor, contacts=contacts, digest=digest):
                 found = self._check_records(key, records)
-                lookup.on_response(contact.node_id, contacts, found, next_cursor=cursor, now=now)
+                lookup.on_response(contact.node_id, contacts, found, next_cursor=cursor, digest=digest, now=now)
             case _:  # DhtRpc delivers only the answer type the request expects
                 pass

@@ -18,8 +18,9 @@ Invariants:
 2. A request is outstanding under a fresh random rpc id until answered or given up, after at most
    ``request_retries + 1`` sends of the same bytes, ``request_timeout`` apart. A retry reuses the rpc id, so an
    answer to any of the sends completes the request.
-3. The rate limiter keeps one counter per source address ``(ip, port)`` for the current whole second of protocol
-   time; its memory is bounded by the datagrams of one second.
+3. The rate limiter keeps one counter per source address ``(ip, port)`` and one per source IP for the current whole
+   second of protocol time; a datagram over either budget is dropped, so many ports of one IP share the IP's
+   budget. Its memory is bounded by the datagrams of one second.
 """
 
 from __future__ import annotations
@@ -108,22 +109,31 @@ class Signer:
 
 
 class SourceRateLimiter:
-    """At most ``per_second`` datagrams per source address in each whole second of protocol time."""
+    """At most ``per_second`` datagrams per source address ``(ip, port)``, and at most ``per_ip`` from all the ports
+    of one IP together, in each whole second of protocol time. (Every datagram counts against its IP, even one the
+    per-address budget drops: a flood from one port uses up nothing of its neighbours' budget but its IP's.)"""
 
-    def __init__(self, per_second: int) -> None:
+    def __init__(self, per_second: int, per_ip: int | None = None) -> None:
         self.per_second = per_second
+        self.per_ip = per_ip if per_ip is not None else per_second
         self._window = -1
         self._counts: dict[Address, int] = {}
+        self._ip_counts: dict[str, int] = {}
 
     def allow(self, source: Address, now: float) -> bool:
-        """Count one datagram from ``source`` at ``now``; False once its budget for this second is spent."""
+        """Count one datagram from ``source`` at ``now``; False once its address's or its IP's budget for this
+        second is spent."""
         window = int(now)
         if window != self._window:
             self._window = window
             self._counts.clear()
+            self._ip_counts.clear()
+        ip = source[0]
+        ip_count = self._ip_counts.get(ip, 0) + 1
+        self._ip_counts[ip] = ip_count
         count = self._counts.get(source, 0) + 1
         self._counts[source] = count
-        return count <= self.per_second
+        return count <= self.per_second and ip_count <= self.per_ip
 
 
 class DhtHandler(Protocol):
@@ -199,7 +209,7 @@ class DhtRpc:
         self._handler = handler
         self._wall = wall_clock
         self.signer = Signer(identity)
-        self._limiter = SourceRateLimiter(config.max_datagrams_per_source)
+        self._limiter = SourceRateLimiter(config.max_datagrams_per_source, config.max_datagrams_per_ip)
         self._pending: dict[bytes, _Pending] = {}
         self._endpoint: UdpEndpoint | None = None
         self._in = 0

@@ -21,7 +21,9 @@ Theory of operation:
    is answered with its status, so it counts as success. Nothing is ever marked settled before ARC accepted
    it.
 4. ``watch`` jobs (payments the payee never answered) are never submitted: they are only polled, and when ARC
-   still does not know the transaction at their deadline they are ``abandoned`` (the coins come back).
+   still does not know the transaction at their deadline they are ``abandoned`` (the coins come back). A poll is
+   never scheduled past the deadline (the backoff is cut short there), so the queue wakes at the deadline and
+   the job is resolved then, not up to ``settle_retry_max`` later.
 5. A job's new state and its effects on the wallet (proofs, dead coins, coins given back, payment and history
    status) commit in one durable write; then the wallet's memory follows (:meth:`Wallet.apply_effects`).
 
@@ -120,7 +122,10 @@ def decide(job: SettlementJob, result: ArcResult, *, now: float, config: WalletS
                 )
             wait = max(delay, config.settle_poll_interval)
             return JobUpdate(
-                state=job.state, attempts=attempts, next_at=now + wait, detail="ARC does not know it (yet)"
+                state=job.state,
+                attempts=attempts,
+                next_at=_not_past_deadline(job, now, now + wait),
+                detail="ARC does not know it (yet)",
             )
         # ARC lost it (or never had it): submit it again, at once the first time, then with backoff
         again = now if job.state != "pending" else now + delay
@@ -129,10 +134,22 @@ def decide(job: SettlementJob, result: ArcResult, *, now: float, config: WalletS
     return JobUpdate(
         state=job.state,
         attempts=attempts,
-        next_at=now + delay,
+        next_at=_not_past_deadline(job, now, now + delay),
         arc_status=job.arc_status,
         detail=result.detail,
     )
+
+
+def _not_past_deadline(job: SettlementJob, now: float, next_at: float) -> float:
+    """``next_at``, or the job's deadline when that comes first: a watched payment is asked about again at its
+    deadline, not a whole backoff later (up to ``settle_retry_max`` past it, while its coins stay ``unknown``).
+
+    A job past its deadline that could not be asked (ARC unreachable) keeps its backoff: there is no earlier
+    moment to wait for, and only ARC's answer can settle it.
+    """
+    if job.deadline is None or job.deadline <= now:
+        return next_at
+    return min(next_at, job.deadline)
 
 
 class Settlement:
@@ -181,9 +198,10 @@ class Settlement:
         while True:
             self._kicked = trio.Event()
             await self.process()
-            now = self._wall()
-            next_due = await self._store.settlement.next_due(now)
-            delay = math.inf if next_due is None else max(0.0, next_due - now)
+            next_due = await self._store.settlement.next_due(self._wall())
+            # the clock is read after the query, right before the sleep starts, so that the sleep ends when the job
+            # comes due even if time moved on (or a test moved the clocks) while the query ran
+            delay = math.inf if next_due is None else max(0.0, next_due - self._wall())
             with trio.move_on_after(delay):
                 await self._kicked.wait()
             # let more jobs gather, those queued meanwhile and those coming due one after another (a paid stream's
@@ -265,6 +283,11 @@ class Settlement:
             (logger.debug if quiet else logger.info)(
                 "settlement of %s: retry in %.1fs (%s)", job.txid, update.next_at - now, result.detail
             )
+
+    def updated(self) -> trio.Event:
+        """An event set when the worker next applies a batch of ARC's answers; take it before causing the batch
+        (e.g. before moving a test's clocks to when a job comes due)."""
+        return self._changed
 
     async def wait_for(self, txid: str, *states: str) -> SettlementJob:
         """Wait until the job of ``txid`` is in one of ``states``; return it.

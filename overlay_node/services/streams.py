@@ -1,8 +1,10 @@
 """Paid live streams: the service (producer and consumer side, docs/design.md, Paid streams) over peer links.
 
 Producer (this module): ``create`` a stream (stored, advertised as a DHT record under
-``dht_key("stream", id)`` holding the producer's swarm endpoints and terms), ``push`` packets into its buffer,
-``close`` it. Peer methods ``stream.subscribe`` and ``stream.pay`` (requests), notice ``stream.unsubscribe``.
+``dht_key("stream", id)`` holding the producer's swarm endpoints and terms, and as an ``ls_stream`` advert of that
+stream -- service type ``streaming``, its tags as capabilities, its price -- that discovery finds by service type
+or tag), ``push`` packets into its buffer, ``close`` it (both revoked).
+Peer methods ``stream.subscribe`` and ``stream.pay`` (requests), notice ``stream.unsubscribe``.
 Consumer: :class:`~overlay_node.services.streams_consumer.StreamConsumer` (``subscribe``).
 
 Theory of operation (producer):
@@ -58,6 +60,7 @@ from overlay_node.errors import (
 )
 from overlay_node.metrics import Metrics, instrument
 from overlay_node.net.peers import PeerLink, PeerManager
+from overlay_node.protocol.adverts import MAX_CAPABILITIES, MAX_TEXT
 from overlay_node.protocol.payments import PaymentMessage, Quote
 from overlay_node.protocol.streams import (
     MAX_AHEAD,
@@ -73,6 +76,7 @@ from overlay_node.protocol.streams import (
     check_window,
     stream_resource,
 )
+from overlay_node.services.adverts import AdvertService
 from overlay_node.services.dht import DhtService, dht_key
 from overlay_node.services.payments import Payments
 from overlay_node.store.db import Store
@@ -87,6 +91,9 @@ _Outcome = dict[str, Any] | OverlayError
 
 #: sequence numbers reserved durably ahead of a stream's head (invariant 6)
 _SEQ_BLOCK = 10_000
+#: the advert every open stream is published as: ``ls_stream`` of that stream, service type ``streaming``
+STREAM_SERVICE = "ls_stream"
+STREAM_SERVICE_TYPE = "streaming"
 
 
 def stream_metrics(metrics: Metrics) -> tuple[Any, Any, Any]:
@@ -198,6 +205,8 @@ class StreamProducer:
         self._endpoints = endpoints
         self._streams: dict[str, _Stream] = {}
         self._nursery: trio.Nursery | None = None
+        #: publishes each open stream as an advert (set by the node before ``run``)
+        self.adverts: AdvertService | None = None
         self._m_packets, self._m_payments, self._m_subs = stream_metrics(metrics)
         # the children counted per payment or batch, looked up once
         self._m_sent = self._m_packets.labels("sent")
@@ -233,9 +242,7 @@ class StreamProducer:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
-                for stream in self._streams.values():
-                    if stream.closed_at is None:
-                        nursery.start_soon(self._advertise, stream)
+                nursery.start_soon(self._keep_advertised)
                 while True:
                     await trio.sleep(self._config.flush_interval)
                     await self.flush()
@@ -382,6 +389,7 @@ class StreamProducer:
                 await self._dht.remove(dht_key("stream", stream_id))
             except OverlayError as exc:
                 logger.warning("could not revoke the DHT record of stream %s: %s", stream_id, exc)
+            await self._withdraw(stream_id)
         return stream.as_dict()
 
     def list(self) -> list[dict[str, Any]]:
@@ -435,6 +443,38 @@ class StreamProducer:
             await self._dht.put(dht_key("stream", stream.terms.stream_id), value, ttl=self._config.advert_ttl)
         except OverlayError as exc:
             logger.warning("could not advertise stream %s: %s", stream.terms.stream_id, exc)
+        if self.adverts is None:
+            return
+        terms = stream.terms
+        try:
+            await self.adverts.wait_ready()
+            await self.adverts.publish(
+                STREAM_SERVICE,
+                resource=terms.stream_id,
+                service_type=STREAM_SERVICE_TYPE,
+                pricing_model=terms.pricing_model,
+                price=terms.rate,
+                capabilities=tuple(t for t in terms.tags if len(t) <= MAX_TEXT)[:MAX_CAPABILITIES],
+                ttl=self._config.advert_ttl,
+            )
+        except OverlayError as exc:
+            logger.warning("could not publish the advert of stream %s: %s", terms.stream_id, exc)
+
+    async def _keep_advertised(self) -> None:
+        """Advertise the open streams now and again every half ``advert_ttl`` (an advert names its expiry)."""
+        while True:
+            for stream in list(self._streams.values()):
+                if stream.closed_at is None:
+                    await self._advertise(stream)
+            await trio.sleep(self._config.advert_ttl / 2)
+
+    async def _withdraw(self, stream_id: str) -> None:
+        if self.adverts is None:
+            return
+        try:
+            await self.adverts.revoke(STREAM_SERVICE, resource=stream_id)
+        except OverlayError as exc:
+            logger.warning("could not revoke the advert of stream %s: %s", stream_id, exc)
 
     # -- peer handlers -------------------------------------------------------------------------------------------
 

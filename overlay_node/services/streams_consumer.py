@@ -50,6 +50,7 @@ from overlay_node.errors import (
     InsufficientFunds,
     NotFound,
     OverlayError,
+    PaidTooEarly,
     PaymentError,
     PeerTimeout,
     ProtocolError,
@@ -63,7 +64,6 @@ from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.payments import PaymentMessage, Quote, Receipt
 from overlay_node.protocol.streams import (
     MAX_AHEAD,
-    PAID_TOO_EARLY,
     ConsumerCredit,
     Packet,
     PacketBatch,
@@ -532,7 +532,7 @@ class Subscription:
         await self._consumer.wallet.abort(payment.prepared)
         credit.payment_failed()
         self._consumer.m_payments.labels("consumer", "refused").inc()
-        if isinstance(exc, PaymentError) and PAID_TOO_EARLY in str(exc):
+        if isinstance(exc, PaidTooEarly):
             # our estimate ran ahead of the producer's: the quote is still open; pay it after news
             self.quotes.appendleft(payment.quote)
             self._hold = True
@@ -748,26 +748,20 @@ class StreamConsumer:
             if best is None or record.seq > best[0]:
                 best = (record.seq, key, swarm[:_MAX_ADDRESSES])
         if best is None:
-            if producer is not None and self.peers.link(producer) is not None:
-                return producer.lower(), []
+            if producer is not None:
+                return producer.lower(), []  # a named producer is reached by its key alone (PeerManager.reach)
             raise NotFound(f"no producer advertises stream {stream_id!r} in the DHT")
         return best[1], best[2]
 
     async def _link_to(self, stream_id: str, key: str, addresses: list[str]) -> PeerLink:
-        link = self.peers.link(key)
-        if link is not None:
-            return link
-        try:
-            _, addresses = await self._find(stream_id, key)
-        except NotFound:
-            pass
-        last: OverlayError = DialError(f"the producer of {stream_id!r} advertises no address")
-        for address in addresses:
+        """The link to the producer: the live one, else dialled by its key (the stream record's addresses first,
+        read again since they may have changed)."""
+        if self.peers.link(key) is None:
             try:
-                return await self.peers.connect(address, expect_key=key)
-            except (DialError, PeerTimeout, RemoteProtocolError, ConnectionLost) as exc:
-                last = exc
-        raise last
+                _, addresses = await self._find(stream_id, key)
+            except NotFound:
+                pass
+        return await self.peers.reach(key, hints=addresses)
 
     async def _finish(self, sub: Subscription) -> None:
         self._subs.pop((sub.producer, sub.stream_id), None)

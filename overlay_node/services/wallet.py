@@ -183,7 +183,11 @@ class Wallet:
         self._sent_done = trio.Event()
         self._sent_writing = False
         # payments written ahead, many per database transaction (a paid stream makes many at once)
-        self._ahead = GroupCommit[Outgoing, Conflict | None](self._write_ahead, max_batch=config.record_batch)
+        # written ahead by the store's writer thread itself (group commit): the next batch starts as soon as the
+        # last one is committed
+        self._ahead = GroupCommit[Outgoing, Conflict | None](
+            store.wallet.outgoing_txn(now=lambda: self._wall()), max_batch=config.record_batch
+        )
         #: called after a job was queued (the settlement service sets it to wake itself)
         self.on_job_queued: Callable[[], None] = lambda: None
         gauge = _gauge(metrics)
@@ -563,9 +567,6 @@ class Wallet:
         self._txs.put(prepared.txid, prepared.record)
         self._outputs.put(prepared.txid, list(prepared.outputs))
         self._update_gauge()
-
-    async def _write_ahead(self, outs: list[Outgoing]) -> list[Conflict | None]:
-        return await self._store.wallet.commit_outgoing(outs, now=self._wall())
 
     def _note_sent(self, update: SentUpdate) -> None:
         self._sent_queue.append(update)

@@ -1,19 +1,25 @@
 """The SQLite engine under trio: one write connection, a small pool of read connections, errors mapped once.
 
-Theory of operation (datasette's write thread, shaped for trio): blocking SQLite calls run in worker threads
-through ``trio.to_thread.run_sync``. A write borrows the single write token, a read borrows one of
-``read_connections`` read tokens; each thread call runs one whole transaction and returns plain Python values.
+Theory of operation (datasette's write thread, shaped for trio): writes run in one persistent writer thread that
+owns the write connection and takes its work from a queue; reads run in worker threads through
+``trio.to_thread.run_sync``, each borrowing one of ``read_connections`` read tokens. Each unit of work runs one whole
+transaction and returns plain Python values. The writer thread wakes the task waiting on a write with
+``TrioToken.run_sync_soon``, and goes on to the next write at once: it never waits for a turn of the event loop.
+Group commits (:meth:`Database.write_batches`) are collected by the writer thread itself: items submitted while a
+batch is being written form the next batch, which the thread starts as soon as the last one is committed.
 
 Invariants:
 
-1. Only one thread at a time uses the write connection: every write runs under ``limiter=self._write_limiter``
-   (capacity 1).
-   A write marked ``urgent`` (a payment on its way to a receipt) goes before the ordinary writes that came
-   while urgent writes were waiting or running: those wait until the urgent ones are done (once, so they are
-   never starved). Under a paid stream's steady flow of group commits, background work (settlement batches,
-   accounting) slips in between them instead of ahead of them.
+1. Only one thread uses the write connection: the writer thread (started by the first write; it ends when
+   :meth:`Database.aclose` has seen the queue drained). The queue is guarded by ``self._cond``.
+   A write marked ``urgent`` (a payment on its way to a receipt) goes before the ordinary writes that wait:
+   an ordinary write lets pass the urgent writes queued when it came, and one more (the next group commit of a
+   paid stream), then goes before later urgent ones, so it is never starved. Under a paid stream's steady flow
+   of group commits, background work (settlement batches, accounting) slips in between them instead of ahead
+   of them.
 2. Every write runs inside ``BEGIN IMMEDIATE ... COMMIT``. Anything raised inside rolls back, so a write lands
-   whole or not at all. ``durable=True`` switches that one commit to ``synchronous=FULL``.
+   whole or not at all. ``durable=True`` commits with ``synchronous=FULL``, every other write with ``NORMAL``
+   (the writer switches the level only when it changes).
 3. Every read runs inside one deferred transaction on a read connection (``query_only``), so it sees one
    consistent snapshot; thanks to WAL, reads never wait for the writer.
 4. A read connection is used by one thread at a time: a thread takes one from the idle pool (or opens one) and
@@ -26,10 +32,12 @@ Invariants:
    (an overlay lookup, a submission's previous coins): there a thread hand-off costs ten times the query. It never
    waits for a lock (WAL readers do not wait for the writer; if SQLite still says busy, the read goes to a worker
    thread as :meth:`Database.read` would), and a function given to it must stay that small.
+7. A write's caller is woken only after its ``COMMIT`` returned (for a ``durable`` write: after the fsync), so
+   nothing acknowledged on the strength of a write can be lost.
 
-The functions given to :meth:`Database.write` and :meth:`Database.read` run in a worker thread: they must only
-touch the connection they are given, fetch all rows before returning, and never ``COMMIT``, ``BEGIN`` or call
-``executescript`` (which commits).
+The functions given to :meth:`Database.write`, :meth:`Database.write_batches` and :meth:`Database.read` run in
+another thread: they must only touch the connection they are given, fetch all rows before returning, and never
+``COMMIT``, ``BEGIN`` or call ``executescript`` (which commits).
 """
 
 from __future__ import annotations
@@ -37,10 +45,13 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
+import outcome
 import trio
 
 from overlay_node.errors import StoreError
@@ -51,9 +62,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+E = TypeVar("E")  # an entry of a group commit
+J = TypeVar("J")  # an item that carries an entry
+R = TypeVar("R")  # what a group commit's transaction returns
 
-#: a transaction function: runs in a worker thread with the connection inside an open transaction
+#: a transaction function: runs in the writer (or a worker) thread with the connection inside an open transaction
 TxnFn = Callable[[sqlite3.Connection], T]
+
+#: the writer thread's name (in thread dumps and profiles)
+WRITER_THREAD = "overlay-store-writer"
 
 
 def _name(fn: Callable[..., object]) -> str:
@@ -67,6 +84,103 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
         except sqlite3.Error:
             logger.exception("rollback failed")
+
+
+class _Work(Protocol):
+    """What the writer thread runs: a write (:class:`_Job`) or the next batch of a group commit
+    (:class:`WriteBatches`)."""
+
+    urgent: bool
+    #: an ordinary write's turn: it runs once this many urgent writes have started (invariant 1)
+    turn: int
+
+    def execute(self, db: Database) -> None:
+        """Run in the writer thread; never raises (the outcome goes to the waiting task)."""
+
+
+@dataclass(eq=False, slots=True)
+class _Job(Generic[T]):
+    """One write: its function, how it commits, and the task waiting for it."""
+
+    fn: TxnFn[T]
+    durable: bool
+    urgent: bool
+    task: trio.lowlevel.Task
+    turn: int = 0
+
+    def execute(self, db: Database) -> None:
+        result = outcome.capture(db._write_in_thread, self.fn, self.durable)
+        db._post(trio.lowlevel.reschedule, self.task, result)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTxn(Generic[E, R]):
+    """A repository's transaction over a batch of items, for a group commit (``services/group_commit.py``):
+    ``fn(conn, items)`` runs inside one write transaction and returns one outcome per item."""
+
+    db: Database
+    fn: Callable[[sqlite3.Connection, list[E]], list[R]]
+    durable: bool = False
+    urgent: bool = False
+
+    def over(self, key: Callable[[J], E]) -> BatchTxn[J, R]:
+        """The same transaction over items that each carry one of ours (``key(item)``)."""
+        fn = self.fn
+
+        def txn(conn: sqlite3.Connection, items: list[J]) -> list[R]:
+            return fn(conn, [key(item) for item in items])
+
+        txn.__qualname__ = _name(fn)
+        return BatchTxn(self.db, txn, self.durable, self.urgent)
+
+
+@dataclass(eq=False)
+class WriteBatches(Generic[E, R]):
+    """A group commit run by the writer thread itself (see :meth:`Database.write_batches`)."""
+
+    db: Database
+    fn: Callable[[sqlite3.Connection, list[E]], R]
+    done: Callable[[list[E], outcome.Outcome[R]], None]
+    durable: bool
+    urgent: bool
+    max_batch: int
+    turn: int = 0
+    _pending: deque[E] = field(default_factory=deque)
+    _scheduled: bool = False  # queued or running in the writer thread (guarded by the database's lock)
+
+    def put(self, entries: Iterable[E]) -> None:
+        """Queue ``entries`` (from the event loop's thread; never blocks): the writer thread writes them with
+        whatever else is waiting, at most ``max_batch`` at a time, and calls ``done(batch, outcome)`` on the event
+        loop's thread once each batch is committed (or failed: then nothing of that batch was written).
+
+        Raises:
+            StoreError: the database is closed (nothing was queued).
+        """
+        db = self.db
+        db._check_open()
+        db._start_writer()
+        with db._cond:
+            self._pending.extend(entries)
+            if self._pending and not self._scheduled:
+                self._scheduled = True
+                db._enqueue(self)
+
+    def execute(self, db: Database) -> None:
+        with db._cond:
+            batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+        fn = self.fn
+
+        def txn(conn: sqlite3.Connection) -> R:
+            return fn(conn, batch)
+
+        txn.__qualname__ = _name(fn)
+        result = outcome.capture(db._write_in_thread, txn, self.durable)
+        db._post(self.done, batch, result)
+        with db._cond:
+            if self._pending:  # came while this batch was written: the next batch, without the event loop
+                db._enqueue(self)
+            else:
+                self._scheduled = False
 
 
 class Database:
@@ -84,9 +198,16 @@ class Database:
         self._config = config
         self._writer: sqlite3.Connection | None = None
         self._write_limiter = trio.CapacityLimiter(1)
-        self._urgent = 0  # urgent writes waiting or running (invariant 1)
-        self._urgent_done = trio.Event()
-        self._urgent_done.set()
+        # the writer thread and its queue (invariant 1), all guarded by _cond
+        self._cond = threading.Condition()
+        self._urgent_queue: deque[_Work] = deque()
+        self._ordinary_queue: deque[_Work] = deque()
+        self._urgent_started = 0  # urgent writes the writer thread has started so far
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._thread_done = trio.Event()
+        self._sync_full = False  # the write connection's synchronous level is FULL (writer thread only)
         self._read_limiter = trio.CapacityLimiter(config.read_connections)
         self._idle_readers: list[sqlite3.Connection] = []
         self._inline_reader: sqlite3.Connection | None = None
@@ -114,12 +235,14 @@ class Database:
     async def aclose(self) -> None:
         """Wait for running transactions to finish, then close every connection. Idempotent.
 
-        New calls fail with StoreError from the moment this starts. Calls already queued behind a limiter
-        either run (if queued before this call) or fail with StoreError.
+        New calls fail with StoreError from the moment this starts. Writes already queued run first (the writer
+        thread drains its queue, then ends); reads queued behind the read limiter either run (if queued before
+        this call) or fail with StoreError.
         """
         if self._closed:
             return
         self._closed = True
+        await self._stop_writer()
         # Hold every token of both limiters: no thread can be inside a connection while we close them.
         async with self._write_limiter:
             tokens = [object() for _ in range(self._config.read_connections)]
@@ -196,45 +319,129 @@ class Database:
             urgent: go before ordinary writes still waiting (invariant 1): for the writes a payment waits on.
 
         Cancellation:
-            A write that has started in its thread runs to its end (commit or rollback) before the cancellation
-            is delivered; one still waiting for the writer is simply withdrawn.
+            A write that has started in the writer thread runs to its end (commit or rollback) before the
+            cancellation is delivered; one still waiting in the queue is simply withdrawn.
 
         Raises:
             StoreError: the store is closed or SQLite failed; the transaction was rolled back.
         """
         self._check_open()
-        if not urgent:
-            if self._urgent:
-                await self._urgent_done.wait()
-            return await trio.to_thread.run_sync(self._write_in_thread, fn, durable, limiter=self._write_limiter)
-        if not self._urgent:
-            self._urgent_done = trio.Event()
-        self._urgent += 1
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._start_writer()
+        job = _Job(fn, durable, urgent, trio.lowlevel.current_task())
+        with self._cond:
+            self._enqueue(job)
+
+        def abort(_raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            with self._cond:
+                queue = self._urgent_queue if urgent else self._ordinary_queue
+                try:
+                    queue.remove(job)
+                except ValueError:
+                    return trio.lowlevel.Abort.FAILED  # running: its outcome comes, then the cancellation
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        result: T = await trio.lowlevel.wait_task_rescheduled(abort)
+        return result
+
+    def write_batches(
+        self,
+        fn: Callable[[sqlite3.Connection, list[E]], R],
+        done: Callable[[list[E], outcome.Outcome[R]], None],
+        *,
+        durable: bool = False,
+        urgent: bool = False,
+        max_batch: int,
+    ) -> WriteBatches[E, R]:
+        """A group commit the writer thread runs itself: entries put in it are written ``max_batch`` at a time by
+        ``fn(conn, batch)``, each batch in one write transaction (``durable`` and ``urgent`` as :meth:`write`),
+        and ``done(batch, outcome)`` is called on the event loop's thread after its commit. The entries that come
+        while a batch is being written make the next batch, which the writer thread starts as soon as the commit
+        returns (no turn of the event loop in between). Internal to ``store/`` and ``services/group_commit.py``.
+        """
+        return WriteBatches(self, fn, done, durable, urgent, max_batch)
+
+    # -- the writer thread (runs every write, invariant 1) -----------------------------------------------------
+
+    def _start_writer(self) -> None:
+        if self._thread is not None:
+            return
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._writer_loop, name=WRITER_THREAD, daemon=True)
+        self._thread.start()
+
+    def _enqueue(self, work: _Work) -> None:
+        """Queue ``work`` (the caller holds ``self._cond``)."""
+        if work.urgent:
+            self._urgent_queue.append(work)
+        else:
+            # it lets pass the urgent writes queued now and one more (invariant 1)
+            work.turn = self._urgent_started + len(self._urgent_queue) + 1
+            self._ordinary_queue.append(work)
+        self._cond.notify()
+
+    def _next_work(self) -> _Work | None:
+        """The next write to run, waiting for one; None once stopping with nothing left (holds ``_cond``)."""
+        while True:
+            ordinary, urgent = self._ordinary_queue, self._urgent_queue
+            if ordinary and (not urgent or self._urgent_started >= ordinary[0].turn):
+                return ordinary.popleft()
+            if urgent:
+                self._urgent_started += 1
+                return urgent.popleft()
+            if self._stopping:
+                return None
+            self._cond.wait()
+
+    def _writer_loop(self) -> None:
         try:
-            return await trio.to_thread.run_sync(self._write_in_thread, fn, durable, limiter=self._write_limiter)
+            while True:
+                with self._cond:
+                    work = self._next_work()
+                if work is None:
+                    return
+                try:
+                    work.execute(self)
+                except BaseException:  # a bug: the thread must go on, or every later write would wait forever
+                    logger.exception("the writer thread of %s failed to run a write", self._path)
         finally:
-            self._urgent -= 1
-            if not self._urgent:
-                self._urgent_done.set()
+            self._post(self._thread_done.set)
+
+    def _post(self, fn: Callable[..., object], *args: object) -> None:
+        """Run ``fn(*args)`` on the event loop's thread (from the writer thread)."""
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            logger.warning("store %s: a write finished after its event loop ended", self._path)
+
+    async def _stop_writer(self) -> None:
+        """Let the writer thread run what is queued, then end it."""
+        if self._thread is None:
+            return
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        await self._thread_done.wait()
 
     def _write_in_thread(self, fn: TxnFn[T], durable: bool) -> T:
         conn = self._writer
         if conn is None:
             raise StoreError(f"database {self._path} is closed")
         try:
-            if durable:
-                conn.execute("PRAGMA synchronous = FULL")
+            if durable != self._sync_full:
+                # switched only when it changes: a paid stream's run of durable group commits pays no extra
+                # statements (each is a GIL hand-off while the event loop is busy)
+                self._sync_full = False
+                conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                self._sync_full = durable
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    _rollback(conn)
-                    raise
-            finally:
-                if durable:
-                    conn.execute("PRAGMA synchronous = NORMAL")
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
         except sqlite3.Error as exc:
             raise StoreError(f"store write {_name(fn)} failed on {self._path}: {exc}") from exc
         return result

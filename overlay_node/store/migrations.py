@@ -508,3 +508,26 @@ def _overlay_sync(conn: sqlite3.Connection) -> None:
         ) WITHOUT ROWID
         """
     )
+
+
+@MIGRATIONS.register("0010_reports")
+def _reports(conn: sqlite3.Connection) -> None:
+    # what this node consumed besides stream packets (store/reports.py): one row per purchase or download, with the
+    # provider it came from and its size, so that `ctl report` can say bytes per provider and per content
+    conn.execute(
+        """
+        CREATE TABLE consumption (
+            id          INTEGER PRIMARY KEY,
+            resource    TEXT NOT NULL,
+            provider    TEXT NOT NULL,
+            packets     INTEGER NOT NULL,
+            bytes       INTEGER NOT NULL,
+            txid        TEXT,
+            consumed_at REAL NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX consumption_at ON consumption (consumed_at)")
+    # reports read payments made and received by time range
+    conn.execute("CREATE INDEX wallet_history_created ON wallet_history (created_at)")
+    conn.execute("CREATE INDEX payments_accepted ON payments (accepted_at)")

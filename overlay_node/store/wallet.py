@@ -21,11 +21,12 @@ Invariants (each kept by doing the whole change in one write transaction):
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from overlay_node.errors import Conflict
+from overlay_node.store.engine import BatchTxn
 from overlay_node.store.records import UTXO_SELECT, NewJob, Outpoint, UtxoRecord, insert_job, insert_jobs, utxo_from_row
 from overlay_node.store.rows import MAX_PARAMS, execute_rows, marks
 
@@ -183,20 +184,46 @@ def insert_many(
     insert_jobs(conn, jobs)
 
 
-#: a pending coin is the change of a payment whose answer came and is being recorded
-_SPEND_UPDATE = (
-    "UPDATE wallet_utxos SET state = 'spent', spent_by = ? WHERE txid = ? AND vout = ? "
-    "AND state IN ('spendable', 'pending')"
+#: many coins spent in one statement (``store/rows.py``): the CTE ``q`` lists (txid, vout, spender); the coins are
+#: found through the primary key (``txid IN``), each matched to its row of ``q``; a pending coin is the change of
+#: a payment whose answer came and is being recorded
+_SPEND_MANY = (
+    "WITH q(t, v, s) AS (VALUES {rows}) "
+    "UPDATE wallet_utxos SET state = 'spent', "
+    "spent_by = (SELECT s FROM q WHERE q.t = wallet_utxos.txid AND q.v = wallet_utxos.vout) "
+    "WHERE txid IN (SELECT t FROM q) AND state IN ('spendable', 'pending') "
+    "AND EXISTS (SELECT 1 FROM q WHERE q.t = wallet_utxos.txid AND q.v = wallet_utxos.vout)"
 )
 
 
+def _spend_all(conn: sqlite3.Connection, outs: Sequence[Outgoing]) -> Outpoint | None:
+    """Mark the coins ``outs`` spend as spent, in as few statements as the parameter limit allows (each SQLite step
+    is a GIL hand-off, see ``store/rows.py``); a coin that is not spendable (gone, spent already, not there yet, or
+    spent twice in ``outs``) is returned (the caller undoes what was done), None when all were spendable."""
+    rows = [(txid, vout, out.txid) for out in outs for txid, vout in out.spends]
+    per = MAX_PARAMS // 3
+    updated = 0
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        sql = _SPEND_MANY.format(rows=", ".join(["(?, ?, ?)"] * len(chunk)))
+        before = conn.total_changes  # rowcount is -1 for a statement that starts with WITH
+        conn.execute(sql, [value for row in chunk for value in row])
+        updated += conn.total_changes - before
+    if updated == len(rows):
+        return None
+    for txid, vout, spender in rows:  # rare: find a coin that stopped it, for the caller's message
+        row = conn.execute("SELECT spent_by FROM wallet_utxos WHERE txid = ? AND vout = ?", (txid, vout)).fetchone()
+        if row is None or row["spent_by"] != spender:
+            return (txid, vout)
+    return (rows[0][0], rows[0][1])  # a coin spent already by this very payment
+
+
 def _commit_all(conn: sqlite3.Connection, outs: Sequence[Outgoing], now: float) -> Outpoint | None:
-    """Record every one of ``outs``, one statement per table for the inserts; the first coin that is no longer
-    spendable stops it (returned: the caller undoes what was done), None when all are recorded."""
-    for out in outs:
-        for outpoint in out.spends:
-            if conn.execute(_SPEND_UPDATE, (out.txid, *outpoint)).rowcount != 1:
-                return outpoint
+    """Record every one of ``outs``, one statement per table for the inserts and the coins spent; a coin that is
+    no longer spendable stops it (returned: the caller undoes what was done), None when all are recorded."""
+    lost = _spend_all(conn, outs)
+    if lost is not None:
+        return lost
     insert_many(
         conn,
         txs=[(tx, now) for out in outs for tx in out.txs],
@@ -278,6 +305,32 @@ class SentUpdate:
     detail: str = ""
 
 
+def _commit_outgoing(conn: sqlite3.Connection, outs: Sequence[Outgoing], now: float) -> list[Conflict | None]:
+    """:meth:`WalletRepository.commit_outgoing` in the open transaction."""
+    # the common case: every coin still spendable, one insert per table for the whole batch; else the batch is
+    # undone and goes one by one, so that only the payments that lost a coin are refused
+    conn.execute("SAVEPOINT outgoing_all")
+    try:
+        if _commit_all(conn, outs, now) is None:
+            conn.execute("RELEASE outgoing_all")
+            return [None] * len(outs)
+    except sqlite3.IntegrityError:
+        pass  # a constraint the one-by-one path reports on the payment that breaks it
+    conn.execute("ROLLBACK TO outgoing_all")
+    conn.execute("RELEASE outgoing_all")
+    outcomes: list[Conflict | None] = []
+    for out in outs:
+        conn.execute("SAVEPOINT outgoing")
+        lost = _commit_all(conn, [out], now)
+        if lost is None:
+            outcomes.append(None)
+        else:
+            conn.execute("ROLLBACK TO outgoing")
+            outcomes.append(Conflict(f"output {lost[0]}:{lost[1]} is no longer spendable"))
+        conn.execute("RELEASE outgoing")
+    return outcomes
+
+
 class WalletRepository:
     """Typed access to the wallet tables. Reach it as ``store.wallet``."""
 
@@ -336,37 +389,12 @@ class WalletRepository:
         Raises:
             StoreError: the database failed; nothing was recorded.
         """
+        return await self._db.write(lambda conn: _commit_outgoing(conn, outs, now), urgent=True)  # payments wait
 
-        def one(conn: sqlite3.Connection, out: Outgoing) -> None:
-            lost = _commit_all(conn, [out], now)
-            if lost is not None:
-                raise Conflict(f"output {lost[0]}:{lost[1]} is no longer spendable")
-
-        def txn(conn: sqlite3.Connection) -> list[Conflict | None]:
-            # the common case: every coin still spendable, one insert per table for the whole batch; else the
-            # batch is undone and goes one by one, so that only the payments that lost a coin are refused
-            conn.execute("SAVEPOINT outgoing_all")
-            try:
-                if _commit_all(conn, outs, now) is None:
-                    conn.execute("RELEASE outgoing_all")
-                    return [None] * len(outs)
-            except sqlite3.IntegrityError:
-                pass  # a constraint the one-by-one path reports on the payment that breaks it
-            conn.execute("ROLLBACK TO outgoing_all")
-            conn.execute("RELEASE outgoing_all")
-            outcomes: list[Conflict | None] = []
-            for out in outs:
-                conn.execute("SAVEPOINT outgoing")
-                try:
-                    one(conn, out)
-                    outcomes.append(None)
-                except Conflict as exc:
-                    conn.execute("ROLLBACK TO outgoing")
-                    outcomes.append(exc)
-                conn.execute("RELEASE outgoing")
-            return outcomes
-
-        return await self._db.write(txn, urgent=True)  # payments wait on it
+    def outgoing_txn(self, *, now: Callable[[], float]) -> BatchTxn[Outgoing, Conflict | None]:
+        """:meth:`commit_outgoing` as a group commit's transaction (urgent), for ``GroupCommit`` to run in the
+        store's writer thread; ``now()`` is read there, when the batch is written."""
+        return BatchTxn(self._db, lambda conn, outs: _commit_outgoing(conn, outs, now()), urgent=True)
 
     async def record_sent(self, updates: Sequence[SentUpdate], *, now: float, submit_at: float) -> None:
         """Apply what became of payments written ahead (see :class:`SentUpdate`), in one transaction; the jobs

@@ -68,6 +68,7 @@ __all__ = [
     "new_rpc_id",
     "node_id_of",
     "pack_values",
+    "records_digest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ PUBKEY_LEN: Final = 33
 MAX_CONTACTS: Final = 20
 #: A paging cursor is a publisher key.
 MAX_CURSOR: Final = PUBKEY_LEN
+#: bytes of a VALUES answer's digest of the holder's records (:func:`records_digest`)
+DIGEST_LEN: Final = 16
 MAX_SEQ: Final = 2**63 - 1
 MAX_REASON: Final = 32
 SIGNING_DOMAIN: Final = b"overlay-node/dht/v1\n"
@@ -104,6 +107,17 @@ class DhtDropped(RemoteProtocolError):
 def node_id_of(pubkey: bytes) -> bytes:
     """The 32-byte node id of a 33-byte compressed public key: SHA-256 of the key."""
     return hashlib.sha256(pubkey).digest()
+
+
+def records_digest(records: Iterable[Record]) -> bytes:
+    """What a VALUES first page says a holder has under a key: the first :data:`DIGEST_LEN` bytes of SHA-256 over
+    ``publisher || seq`` (8 bytes, big-endian) of each of its records, in publisher order. Two holders with the same
+    digest hold the same (publisher, seq) pairs, so an asker that fetched every page of one needs no more pages of
+    the other."""
+    h = hashlib.sha256()
+    for record in records:
+        h.update(record.publisher + record.seq.to_bytes(8, "big"))
+    return h.digest()[:DIGEST_LEN]
 
 
 def new_rpc_id() -> bytes:
@@ -295,13 +309,15 @@ class FindValue:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Values:
-    """Answer to :class:`FindValue`: one page of records (all under ``key``), closer contacts on the first page."""
+    """Answer to :class:`FindValue`: one page of records (all under ``key``), closer contacts on the first page, and
+    on a first page that has more pages after it the :func:`records_digest` of all the holder's records."""
 
     rpc_id: bytes
     key: bytes
     records: tuple[Record, ...]
     next_cursor: bytes | None
     contacts: tuple[Contact, ...] = ()
+    digest: bytes | None = None
 
     def __post_init__(self) -> None:
         _check_rpc(self.rpc_id)
@@ -310,6 +326,7 @@ class Values:
         _need(all(type(r) is Record and r.key == self.key for r in self.records), "records must be under key")
         _check_cursor(self.next_cursor, "next_cursor")
         _check_contacts(self.contacts)
+        _need(self.digest is None or _is_bytes(self.digest, DIGEST_LEN), f"digest must be None or {DIGEST_LEN} bytes")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -390,13 +407,14 @@ def _body(msg: Message) -> _Raw:
             return [[_contact_raw(c) for c in contacts]]
         case FindValue(key=key, cursor=cursor):
             return [key, cursor]
-        case Values(key=key, records=records, next_cursor=cursor, contacts=contacts):
-            return [
+        case Values(key=key, records=records, next_cursor=cursor, contacts=contacts, digest=digest):
+            raw: list[object] = [
                 key,
                 [_record_raw(r, with_key=False) for r in records],
                 cursor,
                 [_contact_raw(c) for c in contacts],
             ]
+            return raw if digest is None else [*raw, digest]
         case Store(record=record):
             return [_record_raw(record, with_key=True)]
         case StoreAck(stored=stored, reason=reason):
@@ -466,8 +484,16 @@ def _contact_from(raw: object) -> Contact:
     pubkey, packed, port = _list(raw, 3)
     if type(packed) is not bytes or len(packed) not in (4, 16):
         raise DhtDropped("malformed", "contact address")
-    host = _host_of_packed(packed)
-    return Contact(pubkey=pubkey, host=host, port=port)  # type: ignore[arg-type]
+    if type(pubkey) is not bytes or type(port) is not int:
+        raise DhtDropped("malformed", "contact fields")
+    return _contact_of(pubkey, packed, port)
+
+
+@functools.lru_cache(maxsize=4096)
+def _contact_of(pubkey: bytes, packed: bytes, port: int) -> Contact:
+    """Contacts repeat in every answer: a checked one is shared (it is immutable), so the checks and the node id
+    hash run once per contact. Invalid input raises LocalProtocolError, which lru_cache does not store."""
+    return Contact(pubkey=pubkey, host=_host_of_packed(packed), port=port)
 
 
 def _record_from(raw: object, key: bytes | None) -> Record:
@@ -498,7 +524,13 @@ def _message_from(mtype: MessageType, rpc_id: bytes, body: list[object]) -> Mess
             key, cursor = _list(body, 2)
             return FindValue(rpc_id=rpc_id, key=key, cursor=cursor)  # type: ignore[arg-type]
         case MessageType.VALUES:
-            key, records, cursor, contacts = _list(body, 4)
+            if len(_list(body)) == 4:
+                key, records, cursor, contacts = body
+                digest = None
+            else:
+                key, records, cursor, contacts, digest = _list(body, 5)
+                if digest is None:
+                    raise DhtDropped("malformed", "values digest")  # absent is written by leaving it out
             if type(key) is not bytes:
                 raise DhtDropped("malformed", "values key")
             return Values(
@@ -507,6 +539,7 @@ def _message_from(mtype: MessageType, rpc_id: bytes, body: list[object]) -> Mess
                 records=tuple(_record_from(r, key) for r in _list(records)),
                 next_cursor=cursor,  # type: ignore[arg-type]
                 contacts=tuple(_contact_from(c) for c in _list(contacts)),
+                digest=digest,  # type: ignore[arg-type]
             )
         case MessageType.STORE:
             (record,) = _list(body, 1)
@@ -601,6 +634,7 @@ def pack_values(
     records: Iterable[Record],
     contacts: Iterable[Contact] = (),
     first_page: bool,
+    digest: bytes | None = None,
 ) -> Values:
     """Build the largest :class:`Values` page that fits in one datagram.
 
@@ -610,6 +644,8 @@ def pack_values(
         records: the records to send, ordered by publisher and starting after the request's cursor.
         contacts: closer contacts; sent only on the first page (request cursor ``None``).
         first_page: whether the request had ``cursor=None``.
+        digest: the :func:`records_digest` of all the records under ``key``; sent on a first page that does not
+            hold them all.
 
     Returns:
         A page with as many records as fit and ``next_cursor`` set when some did not (``b""`` if none fit on a
@@ -619,12 +655,18 @@ def pack_values(
         LocalProtocolError: a single record does not fit even on its own (cannot happen for valid records).
     """
     page_contacts = tuple(contacts)[:MAX_CONTACTS] if first_page else ()
+    page_digest = digest if first_page else None
     taken: list[Record] = []
     more = False
     for record in records:
         # sized with the longest cursor: the page sent may carry one (a publisher key) if more records follow
         trial = Values(
-            rpc_id=rpc_id, key=key, records=(*taken, record), next_cursor=_MAX_CURSOR_BYTES, contacts=page_contacts
+            rpc_id=rpc_id,
+            key=key,
+            records=(*taken, record),
+            next_cursor=_MAX_CURSOR_BYTES,
+            contacts=page_contacts,
+            digest=page_digest,
         )
         if _worst_case_size(trial) <= MAX_DATAGRAM:
             taken.append(record)
@@ -636,4 +678,11 @@ def pack_values(
     cursor: bytes | None = None
     if more:
         cursor = taken[-1].publisher if taken else b""
-    return Values(rpc_id=rpc_id, key=key, records=tuple(taken), next_cursor=cursor, contacts=page_contacts)
+    return Values(
+        rpc_id=rpc_id,
+        key=key,
+        records=tuple(taken),
+        next_cursor=cursor,
+        contacts=page_contacts,
+        digest=page_digest if more else None,
+    )

@@ -63,7 +63,7 @@ def test_stream_create_push_subscribe_status_close(tmp_path: Path) -> None:
         summary = json.loads(run.stdout)
         got = [json.loads(line) for line in out.read_text().splitlines()]
         assert [g["seq"] for g in got] == list(range(200))
-        assert [json.loads(g["payload"]) for g in got] == [{"n": i} for i in range(200)]
+        assert [g["payload"] for g in got] == [{"n": i} for i in range(200)]  # JSON packets are written as JSON
         assert summary["packets"] == 200
         assert summary["paid_satoshis"] == 200 * RATE
         assert summary["payments"] == 20

@@ -55,7 +55,7 @@ async def test_clear_errors_and_exit_codes(tmp_path: Path, start_node: NodeFacto
     missing = await cli("--data-dir", str(tmp_path / "none"), "ctl", "status")
     assert missing.exit_code == 5
     assert "no daemon is running for" in missing.stderr
-    assert "overlay-node run" in missing.stderr
+    assert f"overlay-node --data-dir {tmp_path / 'none'} run" in missing.stderr
     assert "Traceback" not in missing.output
 
     node = await start_node("a")

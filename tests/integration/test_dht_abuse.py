@@ -46,13 +46,13 @@ LIMIT = 15  # seconds per test
 class RawClient:
     """A DHT speaker on a bare non-blocking UDP socket, under its own identity."""
 
-    def __init__(self, clock: WallClock, identity: Identity | None = None) -> None:
+    def __init__(self, clock: WallClock, identity: Identity | None = None, *, host: str = "127.0.0.1") -> None:
         self.clock = clock
         self.identity = identity or Identity.generate()
         self.signer = Signer(self.identity)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
 
     @property
     def address(self) -> str:
@@ -265,6 +265,36 @@ async def test_a_flood_from_one_address_is_rate_limited(dht_net: DhtNet) -> None
         await honest.service.put(key, b"still fine", ttl=60)
         assert [r.value for r in await target.service.get(key)] == [b"still fine"]
         flooder.close()
+        prober.close()
+
+
+async def test_a_flood_from_many_ports_of_one_ip_shares_its_budget(dht_net: DhtNet) -> None:
+    with trio.fail_after(LIMIT):
+        # each port stays within its own budget (10 of 20); together the 20 ports are far over the IP's 60
+        target, honest = await dht_net.form(
+            2, max_datagrams_per_source=20, max_datagrams_per_ip=60, request_timeout=0.1
+        )
+        attacker = Identity.generate()
+        flooders = [RawClient(dht_net.clock, attacker, host="127.0.0.2") for _ in range(20)]
+        pings = [flooders[0].encode(Ping(rpc_id=new_rpc_id())) for _ in range(10)]
+        for flooder in flooders:
+            for ping in pings:
+                await flooder.send_raw(ping, target)
+        # an honest speaker on 127.0.0.1 is answered right after; its PING, sent last, is read after the flood
+        prober = RawClient(dht_net.clock)
+        assert isinstance(await prober.ask(Ping(rpc_id=new_rpc_id()), target), Pong)
+        answered = sum(isinstance(f.decode(data).message, Pong) for f in flooders for data in f.drain())
+        limited = target.drops("rate_limited")
+        assert answered + limited == 200
+        assert answered <= 120  # at most two one-second windows of the IP's budget
+        assert limited >= 80
+        # the honest node on 127.0.0.1 is answered too, and the node keeps serving
+        assert await honest.service.ping(target.address, expect_key=target.identity.public_key) > 0
+        key = dht_key("tag", "after-port-flood")
+        await honest.service.put(key, b"still fine", ttl=60)
+        assert [r.value for r in await target.service.get(key)] == [b"still fine"]
+        for flooder in flooders:
+            flooder.close()
         prober.close()
 
 

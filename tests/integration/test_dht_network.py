@@ -139,7 +139,8 @@ async def test_a_node_that_stops_answering_is_evicted_from_every_table(dht_net: 
 
 async def test_lookup_failures_evict_a_silent_contact(dht_net: DhtNet) -> None:
     with trio.fail_after(LIMIT):
-        peers = await dht_net.form(4, max_failures=2)
+        # lookups that wait out every request (no stall), so each get ends with the failure counted
+        peers = await dht_net.form(4, max_failures=2, stall_timeout=60.0)
         asker, gone = peers[0], peers[1]
         await dht_net.stop(gone)
         key = dht_key("tag", "anything")
@@ -149,3 +150,16 @@ async def test_lookup_failures_evict_a_silent_contact(dht_net: DhtNet) -> None:
         assert gone.service.node_id not in {c.node_id for c in asker.service.contacts()}
         failures = asker.metrics.registry.get_sample_value("overlay_dht_evictions_total", {"reason": "failures"})
         assert failures == 1
+
+
+async def test_a_dead_contact_holds_a_lookup_up_for_the_stall_time_not_the_request_timeout(dht_net: DhtNet) -> None:
+    request_timeout = 5.0
+    with trio.fail_after(LIMIT):
+        peers = await dht_net.form(4, request_timeout=request_timeout, stall_timeout=0.2)
+        asker, holder, gone = peers[0], peers[1], peers[2]
+        key = dht_key("tag", "despite-the-dead")
+        await holder.service.put(key, b"found", ttl=60)
+        await dht_net.stop(gone)
+        # without the stall the get would wait request_timeout * 2 sends for the dead node
+        with trio.fail_after(request_timeout / 2):
+            assert [r.value for r in await asker.service.get(key)] == [b"found"]

@@ -40,6 +40,7 @@ from overlay_node.wire.dht import (
     encode,
     new_rpc_id,
     pack_values,
+    records_digest,
 )
 
 K = 20
@@ -93,9 +94,12 @@ def test_closer_contacts_are_asked_before_farther_ones_and_own_id_never() -> Non
     (second,) = lookup.next_actions(0.1)
     assert second.contact == ordered[0]
     asked = [first.contact, second.contact]
+    waiting = [second.contact]
     while not lookup.finished:
-        lookup.on_response(asked[-1].node_id, [], now=0.2)
-        asked += [a.contact for a in lookup.next_actions(0.2) if isinstance(a, SendFindNode)]
+        for c in waiting:
+            lookup.on_response(c.node_id, [], now=0.2)
+        waiting = [a.contact for a in lookup.next_actions(0.2) if isinstance(a, SendFindNode)]
+        asked += waiting
     assert me not in asked
     assert lookup.result().closest == tuple(ordered[:3] + ordered[10:12])
 
@@ -157,6 +161,117 @@ def test_a_lost_page_fails_only_the_rest_of_that_node_and_pages_are_capped() -> 
     result = lookup.result()
     assert result.closest == (a, b)
     assert len(result.records) == 4
+
+
+def test_after_a_round_without_closer_contacts_every_one_of_the_k_closest_is_asked_at_once() -> None:
+    ordered = by_distance([contact(i) for i in range(1, 12)])
+    lookup = Lookup(TARGET, ordered, own_id=contact(0).node_id, k=8, alpha=2)
+    first = lookup.next_actions(0.0)
+    assert [a.contact for a in first if isinstance(a, SendFindNode)] == ordered[:2]
+    lookup.on_response(ordered[0].node_id, [ordered[5]], now=0.1)  # nothing closer than what we know
+    assert [a.contact for a in lookup.next_actions(0.1) if isinstance(a, SendFindNode)] == [ordered[2]]
+    lookup.on_response(ordered[1].node_id, [], now=0.1)  # a second answer in a row without progress: alpha of them
+    rest = [a.contact for a in lookup.next_actions(0.1) if isinstance(a, SendFindNode)]
+    assert rest == ordered[3:8], "the final round asks the rest of the k closest in parallel"
+
+
+def test_a_dead_node_costs_the_stall_time_and_a_late_answer_still_counts() -> None:
+    a, b, c, d = by_distance([contact(i) for i in range(1, 5)])
+    lookup = Lookup(TARGET, [a, b, c], own_id=contact(0).node_id, k=3, alpha=3, request_timeout=10.0, stall_timeout=0.5)
+    lookup.next_actions(0.0)
+    assert lookup.next_deadline() == 10.0, "no answer yet: nothing is slow before some node answered"
+    lookup.on_response(b.node_id, [d], now=0.01)
+    lookup.on_response(c.node_id, [], now=0.02)
+    assert lookup.next_deadline() == 0.5
+    assert lookup.next_actions(0.49) == []
+    # a is slow: it leaves the k closest (no failure reported yet), and d takes its place
+    assert lookup.next_actions(0.5) == [SendFindNode(contact=d, target=TARGET)]
+    lookup.on_response(d.node_id, [], now=0.6)
+    assert lookup.finished, "the lookup does not wait for a's request timeout"
+    assert lookup.result().closest == (b, c, d)
+
+    # a late answer before the lookup finished is taken; the slow node's backstop is the request timeout
+    lookup = Lookup(TARGET, [a, b, c, d], own_id=contact(0).node_id, k=3, request_timeout=10.0, stall_timeout=0.5)
+    lookup.next_actions(0.0)  # a, b, c
+    lookup.on_response(b.node_id, [], now=0.01)
+    assert lookup.next_actions(0.6) == [SendFindNode(contact=d, target=TARGET)], "a and c are slow"
+    lookup.on_response(a.node_id, [], now=0.7)  # late, and taken
+    assert not lookup.result().finished, "d is still within its stall time (4 times a's 0.7 s)"
+    assert lookup.next_actions(10.0) == [ContactFailed(contact=c)], "c's request timed out"
+    assert lookup.finished
+    assert lookup.result().closest == (a, b)
+
+
+def test_the_slowest_answer_sets_a_longer_stall_time() -> None:
+    a, b = by_distance([contact(1), contact(2)])
+    lookup = Lookup(TARGET, [a, b], own_id=contact(0).node_id, k=2, request_timeout=10.0, stall_timeout=0.1)
+    lookup.next_actions(0.0)
+    lookup.on_response(b.node_id, [], now=0.2)
+    assert lookup.next_deadline() == pytest.approx(0.8), "4 times the slowest answer (0.2 s) is above 0.1 s"
+
+
+def test_holders_naming_one_digest_are_paged_once() -> None:
+    nodes = by_distance([contact(i) for i in range(1, 5)])
+    records = sorted([_record(1, 1), _record(2, 1), _record(3, 1)], key=lambda r: r.publisher)
+    digest = records_digest(records)
+    lookup = Lookup(TARGET, nodes, own_id=contact(0).node_id, find_value=True, k=4, alpha=4)
+    lookup.next_actions(0.0)
+    cursor = records[0].publisher
+    for node in nodes[:3]:
+        lookup.on_response(node.node_id, [], records[:1], next_cursor=cursor, digest=digest, now=0.1)
+    # one holder per digest is paged; the others wait for it
+    assert lookup.next_actions(0.1) == [SendFindValue(contact=nodes[0], target=TARGET, cursor=cursor)]
+    lookup.on_response(nodes[0].node_id, [], records[1:], now=0.2)
+    assert not lookup.result().finished, "nodes[3] has not answered"
+    assert lookup.next_actions(0.2) == []
+    # a holder answering after the digest is complete is not paged either
+    lookup.on_response(nodes[3].node_id, [], records[:1], next_cursor=cursor, digest=digest, now=0.3)
+    assert lookup.finished
+    result = lookup.result()
+    assert result.records == tuple(records)
+    assert all(result.holders[n.node_id] == {r.publisher for r in records} for n in nodes)
+
+
+def test_a_digest_the_pages_do_not_match_sends_the_waiting_holders_paging() -> None:
+    a, b, c = by_distance([contact(i) for i in range(1, 4)])
+    records = sorted([_record(1, 1), _record(2, 1), _record(3, 1)], key=lambda r: r.publisher)
+    digest = records_digest(records)
+    lookup = Lookup(TARGET, [a, b, c], own_id=contact(0).node_id, find_value=True, k=3, alpha=3, request_timeout=1.0)
+    lookup.next_actions(0.0)
+    cursor = records[0].publisher
+    for node in (a, b, c):
+        lookup.on_response(node.node_id, [], records[:1], next_cursor=cursor, digest=digest, now=0.1)
+    assert lookup.next_actions(0.1) == [SendFindValue(contact=a, target=TARGET, cursor=cursor)]
+    lookup.on_response(a.node_id, [], records[1:2], now=0.2)  # a lied: its pages lack a record
+    assert lookup.next_actions(0.2) == [
+        SendFindValue(contact=b, target=TARGET, cursor=cursor),
+        SendFindValue(contact=c, target=TARGET, cursor=cursor),
+    ]
+    # b's pages match: c is not asked for more; a lost page of the paged holder releases the others the same way
+    lookup.on_response(b.node_id, [], records[1:], now=0.3)
+    lookup.on_response(c.node_id, [], records[1:], now=0.3)
+    assert lookup.finished
+    assert lookup.result().records == tuple(records)
+
+
+def test_a_slow_page_of_the_paged_holder_sends_the_waiting_holders_paging() -> None:
+    a, b = by_distance([contact(i) for i in range(1, 3)])
+    records = sorted([_record(1, 1), _record(2, 1)], key=lambda r: r.publisher)
+    digest = records_digest(records)
+    lookup = Lookup(
+        TARGET, [a, b], own_id=contact(0).node_id, find_value=True, k=2, request_timeout=10.0, stall_timeout=0.5
+    )
+    lookup.next_actions(0.0)
+    cursor = records[0].publisher
+    lookup.on_response(a.node_id, [], records[:1], next_cursor=cursor, digest=digest, now=0.1)
+    lookup.on_response(b.node_id, [], records[:1], next_cursor=cursor, digest=digest, now=0.1)
+    assert lookup.next_actions(0.1) == [SendFindValue(contact=a, target=TARGET, cursor=cursor)]
+    assert lookup.next_deadline() == pytest.approx(0.6)
+    assert lookup.next_actions(0.6) == [SendFindValue(contact=b, target=TARGET, cursor=cursor)], "a's page is slow"
+    lookup.on_response(b.node_id, [], records[1:], now=0.7)
+    lookup.on_response(a.node_id, [], records[1:], now=0.8)
+    assert lookup.finished
+    assert lookup.result().records == tuple(records)
 
 
 # -- simulated networks ------------------------------------------------------------------------------------------

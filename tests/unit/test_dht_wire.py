@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import cbor2
@@ -33,6 +34,7 @@ from overlay_node.wire.dht import (
     new_rpc_id,
     node_id_of,
     pack_values,
+    records_digest,
 )
 
 NOW = 1_700_000_000.25
@@ -111,6 +113,7 @@ def values_messages(draw: st.DrawFn) -> Values:
         records=tuple(draw(st.lists(records_for(st.just(key)), max_size=3))),
         next_cursor=draw(st.one_of(st.none(), st.binary(max_size=33))),
         contacts=tuple(draw(st.lists(contacts, max_size=4))),
+        digest=draw(st.one_of(st.none(), st.binary(min_size=16, max_size=16))),
     )
 
 
@@ -331,3 +334,32 @@ def test_signed_cbor_of_any_shape_raises_only_dht_dropped(obj: object) -> None:
         except DhtDropped:
             continue
         assert env.message.rpc_id == b"r" * 8
+
+
+def test_a_first_page_with_more_names_the_digest_of_all_records_and_old_answers_still_decode() -> None:
+    records = sorted((_record(i, size=300) for i in range(3)), key=lambda r: r.publisher)
+    digest = records_digest(records)
+    assert len(digest) == 16
+    assert digest != records_digest(records[:2])
+    bumped = [records[0], records[1], dataclasses.replace(records[2], seq=records[2].seq + 1)]
+    assert digest != records_digest(bumped), "a newer record of one publisher changes the digest"
+    first = pack_values(rpc_id=new_rpc_id(), key=records[0].key, records=records, first_page=True, digest=digest)
+    assert first.next_cursor is not None
+    assert first.digest == digest
+    assert _recv(_send(first)).message == first
+    # a page that holds everything, and a later page, carry no digest (four elements, as before)
+    whole = pack_values(rpc_id=new_rpc_id(), key=records[0].key, records=records[:1], first_page=True, digest=digest)
+    assert whole.next_cursor is None
+    assert whole.digest is None
+    later = pack_values(rpc_id=new_rpc_id(), key=records[0].key, records=records, first_page=False, digest=digest)
+    assert later.digest is None
+    assert len(cbor2.loads(cbor2.loads(_send(later))[0])[5]) == 4
+    # a digest of the wrong size, or a null fifth element, is malformed
+    fields: list[object] = [1, 6, ALICE.pub, NOW, b"r" * 8, [b"k" * 32, [], None, [], b"d" * 15]]
+    assert _reason(_resigned(fields)) == "malformed"
+    fields[5] = [b"k" * 32, [], None, [], None]
+    assert _reason(_resigned(fields)) == "malformed"
+    fields[5] = [b"k" * 32, [], None, [], b"d" * 16]
+    answer = _recv(_resigned(fields)).message
+    assert isinstance(answer, Values)
+    assert answer.digest == b"d" * 16

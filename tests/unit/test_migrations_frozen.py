@@ -23,6 +23,7 @@ SHIPPED = {
     "0007_content": "891c306638ad14ae",
     "0008_overlay": "8382f0fdaacf85d6",
     "0009_overlay_sync": "59ecea3ea783c943",
+    "0010_reports": "1b8d7ee44fce4a94",
 }
 
 
