@@ -8,7 +8,8 @@ Invariants:
    hashes) and lists the SHA-256 of each. A manifest only speeds up detecting a bad holder: a download is good
    when the whole-content SHA-256 equals the id, whoever supplied the manifest.
 2. A replica moves ``pending -> transferring -> available`` or ends ``failed``; ``failed`` may be retried
-   (back to ``pending``). Only ``available`` counts towards the replication factor.
+   (back to ``pending``). Only ``available`` counts towards the replication factor. A repair pass moves an
+   ``available`` replica whose holder does not answer to ``unreachable`` (and back when it answers again).
 3. Placement ranks candidate nodes by XOR distance between their node id (SHA-256 of the identity key) and the
    content id; the closest that accept hold the replicas. The same rule picks who repairs (the closest live
    holder) and who trims (the farthest).
@@ -129,13 +130,16 @@ class ReplicaState(enum.StrEnum):
     PENDING = "pending"
     TRANSFERRING = "transferring"
     AVAILABLE = "available"
+    #: was available; did not answer the last live-holder check (or its provider record is gone)
+    UNREACHABLE = "unreachable"
     FAILED = "failed"
 
 
 _TRANSITIONS: Final = {
     ReplicaState.PENDING: {ReplicaState.TRANSFERRING, ReplicaState.AVAILABLE, ReplicaState.FAILED},
     ReplicaState.TRANSFERRING: {ReplicaState.AVAILABLE, ReplicaState.FAILED},
-    ReplicaState.AVAILABLE: {ReplicaState.FAILED, ReplicaState.AVAILABLE},
+    ReplicaState.AVAILABLE: {ReplicaState.FAILED, ReplicaState.AVAILABLE, ReplicaState.UNREACHABLE},
+    ReplicaState.UNREACHABLE: {ReplicaState.AVAILABLE, ReplicaState.PENDING, ReplicaState.FAILED},
     ReplicaState.FAILED: {ReplicaState.PENDING, ReplicaState.AVAILABLE},
 }
 

@@ -107,6 +107,10 @@ class Repairer:
         providers.setdefault(me, ProviderRecord(content_id=cid, size=item.size))
         live = list(await live_holders(svc, cid, providers))
         replicas = [k for k in live if k != item.producer]
+        # what `content status` shows: every holder's last confirmed time, those that stopped answering marked
+        # unreachable within one pass, and replicas any node's repair placed (they have provider records)
+        holders = [k for k in providers if k not in (me, item.producer)]
+        await svc.store.content.confirm_holders(item.hash, holders, replicas, svc.wall())
         target = item.replication
         ranked = rank_by_distance(cid, live)
         logger.debug(

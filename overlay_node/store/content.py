@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Collection, Iterable
+
     from overlay_node.store.engine import Database
 
 __all__ = ["ContentItem", "ContentRepository", "ReplicaRow"]
@@ -75,12 +77,19 @@ class ReplicaRow:
     detail: str
     updated_at: float
 
+    @property
+    def last_confirmed(self) -> float | None:
+        """When the holder was last seen holding it: an ``available`` row's time, or the time an ``unreachable``
+        one keeps from when it was last available (see :meth:`ContentRepository.confirm_holders`)."""
+        return self.updated_at if self.state in ("available", "unreachable") else None
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "identity_key": self.identity_key,
             "state": self.state,
             "detail": self.detail,
             "updated_at": self.updated_at,
+            "last_confirmed": self.last_confirmed,
         }
 
 
@@ -191,6 +200,36 @@ class ContentRepository:
                 """,
                 (content_hash, identity_key, state, detail[:500], now),
             )
+
+        await self._db.write(write)
+
+    async def confirm_holders(
+        self, content_hash: str, holders: Iterable[str], live: Collection[str], now: float
+    ) -> None:
+        """Record one live-holder check in one transaction: each of ``holders`` (those with a provider record) in
+        ``live`` is ``available``, confirmed at ``now`` (a row is added for one that another node placed); an
+        ``available`` row whose holder is not in ``live`` becomes ``unreachable`` and keeps its time, which is when
+        it was last confirmed. Rows in other states (a placement under way, a failure) are left to the placer."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            rows = {
+                str(r["identity_key"]): (str(r["state"]), float(r["updated_at"]))
+                for r in conn.execute(
+                    "SELECT identity_key, state, updated_at FROM content_replicas WHERE hash = ?", (content_hash,)
+                )
+            }
+            upsert = """
+                INSERT INTO content_replicas (hash, identity_key, state, detail, updated_at) VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT (hash, identity_key) DO UPDATE SET
+                    state = excluded.state, detail = excluded.detail, updated_at = excluded.updated_at
+            """
+            listed = set(holders)
+            for key in listed & set(live):
+                conn.execute(upsert, (content_hash, key, "available", "confirmed", now))
+            for key, (state, updated_at) in rows.items():
+                if state == "available" and key not in live:
+                    why = "no answer to the live-holder check" if key in listed else "no provider record"
+                    conn.execute(upsert, (content_hash, key, "unreachable", why, updated_at))
 
         await self._db.write(write)
 
