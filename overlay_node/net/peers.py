@@ -407,10 +407,13 @@ class PeerManager:
 
     async def _serve_connection(self, request: WebSocketRequest) -> None:
         """One inbound websocket (runs in trio-websocket's handler task; must not raise for a peer's sake)."""
-        remote = request.remote
-        ip = str(remote.address) if isinstance(remote, Endpoint) else str(remote)
-        address = f"{remote.address}:{remote.port}" if isinstance(remote, Endpoint) else str(remote)
+        address = "(gone)"
         try:
+            # the peer's address comes from the socket: a client that reset the connection after its upgrade request
+            # makes getpeername fail (ENOTCONN), which must end this connection only, not the listener
+            remote = request.remote
+            ip = str(remote.address) if isinstance(remote, Endpoint) else str(remote)
+            address = f"{remote.address}:{remote.port}" if isinstance(remote, Endpoint) else str(remote)
             if request.path != PROTOCOL_PATH:
                 await request.reject(404, body=b"not a peer-link endpoint\n")
                 return

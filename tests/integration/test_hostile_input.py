@@ -12,6 +12,7 @@ import json
 import re
 import resource
 import socket
+import struct
 import subprocess
 import sys
 import urllib.parse
@@ -127,6 +128,31 @@ async def test_handshakes_in_progress_are_bounded_in_all(nursery: trio.Nursery) 
                 await b.manager.connect(a.url)
             assert refused(a, "too_many_handshakes") == 4
             flooding.cancel_scope.cancel()
+
+
+async def test_upgrade_requests_reset_at_once_end_only_their_own_connection(nursery: trio.Nursery) -> None:
+    # a client that sends its upgrade request and resets the connection before the server looks at it: the server's
+    # getpeername fails (ENOTCONN); before, that escaped the connection's handler and stopped the whole listener
+    a = await start_good_node(nursery)
+    b = await start_good_node(nursery)
+    host, port = host_port(a.url)
+    upgrade = (
+        b"GET /p2p/1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with trio.fail_after(LIMIT):
+        for _ in range(50):
+            sock = trio.socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends a reset
+            await sock.connect((host, port))
+            await sock.send(upgrade)
+            sock.close()
+        # the listener still serves: honest peers link and talk (a crash would also fail the test's nursery)
+        link = await b.manager.connect(a.url)
+        assert await link.request("echo", {"n": 1}) == {"from": b.key, "body": {"n": 1}}
+        await link.aclose()
+        again = await b.manager.connect(a.url)
+        assert await again.request("echo", {}) == {"from": b.key, "body": {}}
 
 
 # -- JSON built to break the parser ----------------------------------------------------------------------------------
