@@ -137,6 +137,57 @@ TARGETS: tuple[Target, ...] = (
         _path("bench_content", "dead_first_chunk_s"),
     ),
     Target("overlay engine submit vs the reference, 1 client", "bench_engine", "x reference", ">=", 5, _engine_ratio),
+    *(
+        Target(
+            f"5 daemons: `{op}` p95 through the control API",
+            "bench_scenarios",
+            "ms",
+            "<",
+            500,
+            _path("bench_scenarios", "latency", op, "p95_ms"),
+        )
+        for op in ("discover", "search", "quote", "pay", "access")
+    ),
+    Target(
+        "5 daemons: payments/s, all paying each other",
+        "bench_scenarios",
+        "payments/s",
+        ">=",
+        100,
+        _path("bench_scenarios", "payments", "per_s"),
+    ),
+    Target(
+        "5 daemons: content accesses/s, free and priced",
+        "bench_scenarios",
+        "accesses/s",
+        ">=",
+        50,
+        _path("bench_scenarios", "access", "per_s"),
+    ),
+    Target(
+        "5 daemons: stream push -> receipt p95, W=10",
+        "bench_scenarios",
+        "ms",
+        "<",
+        100,
+        _path("bench_scenarios", "stream", "p95_ms"),
+    ),
+    Target(
+        "5 daemons: new advert seen by direct peers p95",
+        "bench_scenarios",
+        "ms",
+        "<",
+        200,
+        _path("bench_scenarios", "adverts", "p95_ms"),
+    ),
+    Target(
+        "5 daemons: success rate, all operations",
+        "bench_scenarios",
+        "%",
+        ">=",
+        99,
+        _path("bench_scenarios", "success", "success_percent"),
+    ),
 )
 
 
