@@ -48,5 +48,27 @@ bench: $(STAMP)
 	rm -f bench/results/.round
 	$(BIN)/python bench/summary.py
 
+# 7 daemons and a devnet ledger worked for MINUTES while a seeded loop kills and restarts nodes (SEED= repeats a run),
+# then invariants checked from both sides' records; the table goes to bench/results/soak.json (tests/soak/, not
+# collected by `make test`)
+MINUTES ?= 5
+SEED ?=
+.PHONY: soak
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak --minutes $(MINUTES) $(if $(SEED),--seed $(SEED))
+
+# every parsing surface fuzzed for FUZZ_SECONDS each: the hypothesis properties of tests/fuzz/ (not collected by
+# `make test`), the atheris entries where atheris is installed, and one in-process node attacked on its sockets;
+# inputs, crashes, RSS and open files printed and saved to bench/results/fuzz.json
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz: $(STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/pytest -m fuzz -s -q -o faulthandler_timeout=0 tests/fuzz
+	if $(BIN)/python -c 'import atheris' 2>/dev/null; then \
+		for surface in frames http; do \
+			$(BIN)/python -m tests.fuzz.atheris_entry $$surface $(FUZZ_SECONDS) || exit 1; \
+		done; \
+	else echo "fuzz: atheris is not installed in $(VENV): hypothesis alone"; fi
+
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

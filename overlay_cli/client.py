@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,22 +84,27 @@ class ControlClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _send(
-        self, method: str, path: str, body: dict[str, Any] | None, timeout: float | None
-    ) -> http.client.HTTPResponse:
-        """Connect, send one request, read the answer's head (a fresh connection per request)."""
+    def _connect(self, timeout: float | None) -> _UnixConnection:
+        """A fresh connection to the control socket."""
         conn = _UnixConnection(self._socket, timeout)
         self._open.append(conn)
-        payload = None if body is None else json.dumps(body).encode()
-        headers = {"Accept": "application/json"}
-        if payload is not None:
-            headers["Content-Type"] = "application/json"
         try:
             conn.connect()
         except (FileNotFoundError, ConnectionRefusedError):
             raise self._not_running() from None
         except OSError as exc:
             raise DaemonNotRunning(f"cannot reach the daemon of {self.data_dir}: {exc.strerror or exc}") from None
+        return conn
+
+    def _send(
+        self, method: str, path: str, body: dict[str, Any] | None, timeout: float | None
+    ) -> http.client.HTTPResponse:
+        """Connect, send one request, read the answer's head (a fresh connection per request)."""
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        conn = self._connect(timeout)
         try:
             conn.request(method, path, body=payload, headers=headers)
             return conn.getresponse()
@@ -139,6 +145,30 @@ class ControlClient:
             raise self._closed(method, path) from None
         except ValueError:
             raise ApiError(f"the daemon sent a malformed line for {path}", code="truncated", status=0) from None
+
+    def feed(self, path: str, chunks: Iterable[bytes]) -> Any:
+        """POST a body sent as ``chunks`` come (chunked transfer encoding, no time limit: a live feed) and return
+        the decoded JSON answer. An answer that arrives before the body ends (the daemon refused the feed) stops
+        the sending at the next chunk, and its error is raised."""
+        conn = self._connect(None)
+        sock = conn.sock
+
+        def body() -> Iterator[bytes]:
+            for chunk in chunks:
+                if select.select([sock], [], [], 0)[0]:
+                    return  # the daemon answered already: an error; stop sending and read it
+                yield chunk
+
+        try:
+            conn.request("POST", path, body=body(), headers={"Accept": "application/json"})
+        except _CLOSED:
+            pass  # the daemon stopped reading: it answered early (read below) or it is gone
+        try:
+            response = conn.getresponse()
+            raw = response.read()
+        except _CLOSED:
+            raise self._closed("POST", path) from None
+        return self._decode(response.status, raw)
 
     @staticmethod
     def _decode(status: int, raw: bytes) -> Any:

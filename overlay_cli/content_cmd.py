@@ -20,6 +20,7 @@ from overlay_cli.output import (
     print_fields,
     print_rows,
     table,
+    when,
 )
 from overlay_node.errors import ApiError, exit_code_for
 
@@ -118,9 +119,12 @@ def guess_content_type(name: str) -> str:
 
 
 def _replica_rows(out: Console, data: dict[str, Any]) -> None:
-    rows = [(r["identity_key"], r["state"], r.get("detail", "")) for r in data.get("replicas", [])]
+    rows = [
+        (r["identity_key"], r["state"], when(r.get("last_confirmed")), r.get("detail", ""))
+        for r in data.get("replicas", [])
+    ]
     if rows:
-        out.print(table(None, ["replica", "state", "detail"], rows))
+        out.print(table(None, ["replica", "state", "last confirmed", "detail"], rows))
 
 
 def publish(
@@ -227,7 +231,8 @@ def search(
     max_price: Annotated[int | None, typer.Option("--max-price", min=0, help="Highest price.")] = None,
     _json: JsonOption = False,
 ) -> None:
-    """Find content by tags (DHT) or, without tags, among what this node knows."""
+    """Find content by tags (DHT tag records) and streams by tags (their adverts), or, without tags, content among
+    what this node knows. Each result has a kind: content or stream."""
     state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
         body: dict[str, Any] = {
@@ -240,13 +245,19 @@ def search(
         data = client.call("POST", "/v1/content/search", body)
 
         def human(out: Console) -> None:
-            rows = [
-                (r["uhrp_url"], r["title"], r["content_type"], r["size"], r["price"], r["producer"])
-                for r in data["results"]
-            ]
-            print_rows(out, ["uhrp url", "title", "type", "size", "price", "producer"], rows, empty="nothing found")
+            rows = [_search_row(r) for r in data["results"]]
+            cols = ["kind", "uhrp url / stream", "title", "type", "size", "price", "producer"]
+            print_rows(out, cols, rows, empty="nothing found")
 
         emit(state, data, human)
+
+
+def _search_row(r: dict[str, Any]) -> tuple[Any, ...]:
+    """One table row of a search result: content (its UHRP URL) or a stream (its id; price per packet or second)."""
+    if r.get("kind") == "stream":
+        price = f"{r['price']} {r['pricing_model']}"
+        return ("stream", r["stream_id"], "", "", "", price, r["producer"])
+    return ("content", r["uhrp_url"], r["title"], r["content_type"], r["size"], r["price"], r["producer"])
 
 
 @app.command()

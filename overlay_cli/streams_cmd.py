@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from overlay_cli.client import control_client
+from overlay_cli.client import ControlClient, control_client
 from overlay_cli.output import (
     CliState,
     JsonOption,
@@ -22,7 +25,7 @@ from overlay_cli.output import (
     print_rows,
     table,
 )
-from overlay_node.errors import BadRequest, exit_code_for
+from overlay_node.errors import BadRequest, Conflict, exit_code_for
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -31,6 +34,11 @@ app = typer.Typer(help="Produce paid live streams.", no_args_is_help=True)
 
 #: lines sent per push request
 PUSH_BATCH = 2000
+#: seconds a live feed (``push --follow``) may be silent before a blank line keeps its request alive (the control
+#: server ends a request body that stalls for a minute)
+FEED_KEEPALIVE = 20.0
+#: bytes read from a live feed's input at once
+READ_SIZE = 64 * 1024
 
 
 @app.command("create")
@@ -65,11 +73,27 @@ def push(
     ctx: typer.Context,
     stream_id: Annotated[str, typer.Argument(help="The stream.")],
     file: Annotated[Path | None, typer.Option("--file", help="Read packets from this file (default: stdin).")] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="A live feed: send each line as soon as it is read, in one continuous request, until the input "
+            "ends or Ctrl-C (e.g. `tail -f feed.log | overlay-node ctl stream push S --follow`).",
+        ),
+    ] = False,
     _json: JsonOption = False,
 ) -> None:
-    """Push packets: one per line (NDJSON or raw text) from --file or stdin."""
+    """Push packets: one per line (NDJSON or raw text) from --file or stdin; --follow for a live feed."""
     state: CliState = ctx.obj
     with cli_errors(state), control_client(state) as client:
+        if follow:
+            data = _follow(client, stream_id, file)
+            emit(
+                state,
+                data,
+                lambda out: out.print(f"pushed {data['pushed']} packets to {stream_id} (head {data['head']})"),
+            )
+            return
         pushed, head = 0, 0
         source: IO[str]
         try:
@@ -96,6 +120,41 @@ def push(
                 source.close()
         data = {"stream_id": stream_id, "pushed": pushed, "head": head}
         emit(state, data, lambda out: out.print(f"pushed {pushed} packets to {stream_id} (head {head})"))
+
+
+def _follow(client: ControlClient, stream_id: str, file: Path | None) -> dict[str, Any]:
+    """Feed the lines of ``file`` (stdin without it) to the stream as they are read (``/v1/streams/S/feed``)."""
+    if client.call("GET", f"/v1/streams/{stream_id}")["closed"]:  # an unknown stream: its error, before any input
+        raise Conflict(f"stream {stream_id!r} is closed: create another with `overlay-node ctl stream create`")
+    try:
+        fd = os.open(file, os.O_RDONLY) if file is not None else sys.stdin.fileno()
+    except OSError as exc:
+        raise BadRequest(f"cannot read {file}: {exc.strerror}") from None
+    try:
+        answer: dict[str, Any] = client.feed(f"/v1/streams/{stream_id}/feed", _live_chunks(fd))
+    finally:
+        if file is not None:
+            os.close(fd)
+    return {"stream_id": stream_id, **answer}
+
+
+def _live_chunks(fd: int) -> Iterator[bytes]:
+    """The input's bytes as they come (a read returns what a pipe holds now, so each line leaves at once). After
+    :data:`FEED_KEEPALIVE` seconds of silence between lines a blank line, which the daemon skips, keeps the request
+    alive. Ctrl-C ends the feed; what was sent stays pushed."""
+    line_open = False
+    try:
+        while True:
+            if not line_open and not select.select([fd], [], [], FEED_KEEPALIVE)[0]:
+                yield b"\n"
+                continue
+            data = os.read(fd, READ_SIZE)
+            if not data:
+                return
+            line_open = not data.endswith(b"\n")
+            yield data
+    except KeyboardInterrupt:
+        return
 
 
 @app.command("list")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar, overload
@@ -61,7 +62,8 @@ async def read_body(request: Request, limit: int) -> bytes:
         BadRequest: too large (declared or sent), or the client went away before it was complete.
     """
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    # str.isdigit takes "²", which int() refuses (our HTTP parser lets only ASCII digits through, another may not)
+    if declared is not None and (not (declared.isascii() and declared.isdigit()) or int(declared) > limit):
         raise BadRequest(f"request body too large (limit {limit} bytes)")
     body = bytearray()
     try:
@@ -89,31 +91,53 @@ def _number(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         if len(text) > JSON_MAX_NUMBER:
             raise _JsonLimit(f"a number longer than {JSON_MAX_NUMBER} characters")
-        return convert(text)
+        value = convert(text)
+        if isinstance(value, float) and math.isinf(value):
+            raise _JsonLimit(f"the number {text} is out of range")
+        return value
 
     return parse
 
 
-_DECODER: Final = json.JSONDecoder(parse_int=_number(int), parse_float=_number(float))
+def _no_constant(name: str) -> Any:
+    raise _JsonLimit(f"{name} is not a JSON value (numbers are finite)")
 
 
-def _too_deep(value: Any) -> bool:
-    """Whether ``value`` nests arrays and objects more than :data:`JSON_MAX_DEPTH` deep (without recursion)."""
-    stack = [(value, 1)] if isinstance(value, dict | list) else []
+# Python's reader takes NaN, Infinity and -Infinity, and 1e999 reads as infinity: none is JSON, and a handler that
+# turns such a number into an int or a time fails, so they are refused here
+_DECODER: Final = json.JSONDecoder(parse_int=_number(int), parse_float=_number(float), parse_constant=_no_constant)
+
+
+#: a UTF-16 surrogate left alone in a decoded string (a pair decodes to one character outside this range)
+_LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _refusal(value: Any) -> str | None:
+    """Why ``value`` is refused, or None: arrays and objects nested more than :data:`JSON_MAX_DEPTH` deep, or a
+    string (or key) holding a lone surrogate: JSON's ``"\\ud800"`` escape decodes to one, which no UTF-8 text can
+    hold, so writing it anywhere later (a key hashed, an error message naming it) would fail. Without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        if depth > JSON_MAX_DEPTH:
-            return True
-        for child in node.values() if isinstance(node, dict) else node:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
-    return False
+        if isinstance(node, str):
+            if not node.isascii() and _LONE_SURROGATE.search(node):
+                return "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)"
+        elif isinstance(node, dict | list):
+            if depth > JSON_MAX_DEPTH:
+                return f"nested deeper than {JSON_MAX_DEPTH} levels"
+            if isinstance(node, dict):
+                stack.extend((key, depth) for key in node)
+                stack.extend((child, depth + 1) for child in node.values())
+            else:
+                stack.extend((child, depth + 1) for child in node)
+    return None
 
 
 def parse_json(data: bytes | str, *, what: str = "request body", limit: int | None = None) -> Any:
     """``data`` as JSON, bounded: at most ``limit`` bytes (None: the caller bounded it already), arrays and objects
-    at most :data:`JSON_MAX_DEPTH` deep, numbers of at most :data:`JSON_MAX_NUMBER` characters. The one JSON
-    reader of outside input in the apps (request bodies, JSON headers).
+    at most :data:`JSON_MAX_DEPTH` deep, numbers of at most :data:`JSON_MAX_NUMBER` characters and finite (no NaN or
+    Infinity, nor a number too large for a float), strings without lone surrogates. The one JSON reader of outside
+    input in the apps (request bodies, JSON headers).
 
     Raises:
         BadRequest: ``"<what> is not valid JSON: <reason>"`` (the reason cut short), or too large.
@@ -129,8 +153,9 @@ def parse_json(data: bytes | str, *, what: str = "request body", limit: int | No
         raise BadRequest(f"{what} is not valid JSON: nested deeper than {JSON_MAX_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BadRequest(f"{what} is not valid JSON: {str(exc)[:200]}") from None
-    if _too_deep(value):
-        raise BadRequest(f"{what} is not valid JSON: nested deeper than {JSON_MAX_DEPTH} levels")
+    refusal = _refusal(value)
+    if refusal is not None:
+        raise BadRequest(f"{what} is not valid JSON: {refusal}")
     return value
 
 

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from overlay_node.api.common import Body, guarded, served
+from overlay_node.api.control_adverts import AdvertsTarget
 from overlay_node.crypto.uhrp import url_for_hash
 from overlay_node.errors import OverlayError
 from overlay_node.services import content_access
@@ -143,12 +144,14 @@ async def access(request: Request) -> Response:
 
 @guarded
 async def search(request: Request) -> Response:
+    """Content by tag records, and streams by their adverts' capabilities (each result has its ``kind``)."""
     body = await Body.read(request, BODY_LIMIT)
     results = await _content(request).search(
         tags=tuple(body.strings("tags", max_items=16)),
         content_type=body.text("content_type", "", max_len=128),
         producer=body.text("producer", "", max_len=66),
         max_price=body.integer("max_price", None),
+        adverts=cast(AdvertsTarget, served(request)).adverts,
     )
     return JSONResponse({"results": results})
 

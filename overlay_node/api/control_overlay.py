@@ -53,7 +53,8 @@ def _beef(body: Body) -> bytes:
 
 def _outpoint(text: str) -> tuple[str, int]:
     txid, sep, vout = text.strip().rpartition(".")
-    if not sep or len(txid) != 64 or not vout.isdigit():
+    # str.isdigit takes "²", which int() refuses; an output index is a 32-bit number
+    if not sep or len(txid) != 64 or not (vout.isascii() and vout.isdigit() and len(vout) <= 10):
         raise BadRequest(f"bad outpoint {text!r}: expected TXID.VOUT")
     try:
         bytes.fromhex(txid)

@@ -22,7 +22,7 @@ import functools
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -205,8 +205,15 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
+#: the largest count, score or index the GASP routes take: JavaScript's largest exact integer (what a reference
+#: client can send), well inside what the store can compare with
+_MAX_COUNT: Final = 2**53
+
+
 def _count(value: Any, what: str) -> int:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0 or value != int(value):
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= _MAX_COUNT:
+        raise BadRequest(f"{what} must be a non-negative whole number (at most 2**53)")
+    if value != int(value):
         raise BadRequest(f"{what} must be a non-negative whole number")
     return int(value)
 

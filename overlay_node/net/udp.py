@@ -82,7 +82,8 @@ def parse_host_port(text: str) -> tuple[str, int]:
         host, sep, port_text = text.rpartition(":")
         if not sep or ":" in host:
             raise BadRequest(f"bad address {text!r}: expected host:port")
-    if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    # str.isdigit takes "²", which int() refuses
+    if not host or not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise BadRequest(f"bad address {text!r}: expected host:port with a port in 1..65535")
     return host, int(port_text)
 

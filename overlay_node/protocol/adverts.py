@@ -33,7 +33,7 @@ from typing import Any, Final
 import cbor2
 
 from overlay_node.crypto.brc42 import ProtocolID
-from overlay_node.crypto.keys import Identity, public_key_hex
+from overlay_node.crypto.keys import Identity
 from overlay_node.crypto.pushdrop import ANYONE, KEY_ID, read_public_key, token_locking_key
 from overlay_node.errors import BadRequest, RemoteProtocolError
 from overlay_node.topics.ship import (
@@ -383,7 +383,7 @@ def decode_advert(value: bytes, *, publisher: bytes) -> Advert:
     )
     if advert.identity_key != publisher:
         raise AdvertError(
-            f"advert for {public_key_hex(advert.identity_key)[:16]} published by {publisher.hex()[:16]}",
+            f"advert for {advert.identity_key.hex()[:16]} published by {publisher.hex()[:16]}",
             reason="publisher_mismatch",
         )
     if not signature_is_linked(advert):

@@ -222,7 +222,7 @@ def parse_payment_required(headers: Mapping[str, str]) -> PaymentRequest:
             reason="bad_payment_request",
         )
     required = headers.get(H_REQUIRED, "")
-    if not required.isdigit() or int(required) <= 0:
+    if not (required.isascii() and required.isdigit()) or int(required) <= 0:  # str.isdigit takes "²"
         raise RemoteProtocolError(
             "Invalid or missing x-bsv-payment-satoshis-required response header.", reason="bad_payment_request"
         )

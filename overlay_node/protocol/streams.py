@@ -355,10 +355,12 @@ class ProducerCredit:
 
     # -- events ------------------------------------------------------------------------------------------------
 
-    def resume_at(self, from_seq: int, *, oldest: int, head: int) -> int:
+    def resume_at(self, from_seq: int, *, oldest: int, head: int, held: bool = True) -> int:
         """A (re)subscription asks to start at ``from_seq``: the consumer holds everything below it, so nothing
-        below it is charged again, and a crash that lost our count is repaired from it. Returns the
-        sequence number sending starts at (``oldest`` if older packets are gone).
+        below it is charged again, and a crash that lost our count is repaired from it (only when ``held``: the
+        consumer named ``from_seq`` itself; a start we chose, such as the oldest packet kept, says nothing of what
+        it received, and packets it never got are never charged). Returns the sequence number sending starts at
+        (``oldest`` if older packets are gone).
 
         Raises:
             BadRequest: ``from_seq`` is beyond the stream head.
@@ -367,7 +369,7 @@ class ProducerCredit:
             raise BadRequest("'from_seq' must be a sequence number")
         if from_seq > head:
             raise BadRequest(f"from_seq {from_seq} is beyond the stream head {head}")
-        if from_seq > self.charged_through and self.pricing_model == "per-packet":
+        if held and from_seq > self.charged_through and self.pricing_model == "per-packet":
             self.packets += from_seq - self.charged_through
         start = max(from_seq, oldest)
         self.charged_through = max(self.charged_through, start)

@@ -3,7 +3,8 @@
 Theory of operation:
 1. An advert is our own signed DHT record under ``ship:<topic>`` or ``slap:<service>`` whose value is the encoded
    :class:`~overlay_node.protocol.adverts.Advert`. The DHT service stores it at the k closest nodes and republishes
-   it before expiry; revoking publishes a tombstone with a higher seq.
+   it before expiry; revoking publishes a tombstone with a higher seq. The advert names its own expiry too, which
+   the DHT cannot renew: that is the renewer's job (6).
 2. Direct peers see a new advert (or a revocation) at once: the signed record is pushed over every peer link as an
    ``advert.push`` notice, and the receiver checks it exactly as a STORE (record signature, limits) plus the
    advert's own checks before it keeps it.
@@ -18,13 +19,21 @@ Theory of operation:
 5. Addresses: the swarm endpoints of the hosts discovery returned are remembered (bounded), and with the DHT
    ``node:`` records they are what the peer manager dials a peer by identity with (:meth:`seen_addresses`,
    :meth:`node_addresses`, wired by the node as resolvers of ``PeerManager.reach``).
+6. Renewal: every advert of ours (``ctl advertise``, a stream's ``ls_stream``: one mechanism for all) is put again,
+   the same advert with this run's endpoints and a fresh expiry, once less than half its lifetime is left
+   (:meth:`AdvertService.renew_due`, run by :meth:`AdvertService.run`), and pushed to direct peers, until it is
+   revoked. Each renewal first reads our current record under its key, with no checkpoint between that read and
+   the put: a revoked advert (a tombstone), an expired one or one replaced by something else is dropped from the
+   schedule, never put back. Its lifetime is the ``ttl`` it was published with (``adverts.ttl`` for adverts loaded
+   at start, until they are published again).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import trio
@@ -32,7 +41,14 @@ import trio
 from overlay_node.clock import wall_time
 from overlay_node.config import AdvertsSection
 from overlay_node.crypto.keys import Identity
-from overlay_node.errors import BadRequest, NotFound, OverlayError, PaymentError, RemoteProtocolError
+from overlay_node.errors import (
+    BadRequest,
+    NotFound,
+    OverlayError,
+    PaymentError,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from overlay_node.lru import LruMap
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
@@ -65,6 +81,14 @@ MAX_INDEXED = 64
 INDEX_FETCHES = 8
 #: hosts whose advertised swarm endpoints are remembered for reaching them by identity
 SEEN_HOSTS = 4096
+#: an advert of ours is renewed once less than this part of its lifetime is left (module doc, 6)
+RENEW_AT = 0.5
+#: seconds (trio's clock) the renewer waits between passes over its schedule: at most (so that a jump of the wall
+#: clock is noticed) and at least (an advert of a 1 s lifetime is not put again and again)
+RENEW_CHECK_MAX = 60.0
+RENEW_CHECK_MIN = 0.5
+#: seconds before a renewal that failed is tried again
+RENEW_RETRY = 5.0
 
 
 class TokenMaker(Protocol):
@@ -89,6 +113,21 @@ class HostHealth:
     @property
     def score(self) -> float:
         return host_score(self.latency_ms, self.failures, self.successes)
+
+
+@dataclass(slots=True, kw_only=True)
+class _Renewal:
+    """When one advert of ours is renewed: ``seq`` of the record this was learned from, the advert's own expiry,
+    the lifetime each renewal gives it, and the wall time before which a failed renewal is not tried again."""
+
+    seq: int
+    expires: int
+    ttl: float
+    retry_at: float = 0.0
+
+    @property
+    def due(self) -> float:
+        return max(self.expires - self.ttl * RENEW_AT, self.retry_at)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,7 +158,7 @@ def record_from_wire(raw: object) -> Record:
     key, value, publisher, seq, expires, sig = raw
     try:
         return Record(key=key, value=value, publisher=publisher, seq=seq, expires=expires, sig=sig)
-    except (RemoteProtocolError, TypeError, ValueError) as exc:
+    except (ProtocolError, TypeError, ValueError) as exc:  # Record's own checks raise LocalProtocolError
         raise RemoteProtocolError(f"pushed record is malformed: {exc}", reason="malformed_advert") from exc
 
 
@@ -157,18 +196,23 @@ class AdvertService:
         self._seen: LruMap[str, tuple[str, ...]] = LruMap(SEEN_HOSTS)
         self._endpoints_known = trio.Event()
         self._janitor_pass = trio.Event()
+        #: our adverts the renewer keeps alive, by DHT key (module doc, 6), and its wake-up call
+        self._renewals: dict[bytes, _Renewal] = {}
+        self._renewals_changed = trio.Event()
         #: puts adverts on chain too (set by the node once its wallet and overlay engine run)
         self.tokens: TokenMaker | None = None
         peers.on_notice(PUSH_METHOD, self._on_push)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the janitor until cancelled."""
-        task_status.started()
-        if self._config.janitor_interval <= 0:
-            await trio.sleep_forever()
-        while True:
-            await trio.sleep(self._config.janitor_interval)
-            await self.run_janitor()
+        """Renew our adverts (module doc, 6) and run the janitor, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_renewed)
+            task_status.started()
+            if self._config.janitor_interval <= 0:
+                await trio.sleep_forever()
+            while True:
+                await trio.sleep(self._config.janitor_interval)
+                await self.run_janitor()
 
     # -- producer side -------------------------------------------------------------------------------------------
 
@@ -216,6 +260,7 @@ class AdvertService:
         key = dht_key(*advert.dht_key_name)
         before = self._own_advert(key)
         outcome = await self._dht.put(key, encode_advert(advert), ttl=ttl)
+        self._schedule(key, outcome.seq, advert.expires, ttl)
         await self._push(key)
         await self._reindex(index_terms(advert.offer) | (index_terms(before.offer) if before else set()))
         self._metrics.adverts_published.labels(advert.kind).inc()
@@ -281,11 +326,86 @@ class AdvertService:
         before = self._own_advert(key)
         if before is None:
             raise NotFound(f"no advert of ours for {name}{'/' + resource if resource else ''}")
+        self._renewals.pop(key, None)
         outcome = await self._dht.remove(key)
         await self._push(key)
         await self._reindex(index_terms(before.offer))
         logger.info("revoked %s %s%s", kind, name, f"/{resource}" if resource else "")
         return outcome.stored
+
+    # -- renewal (module doc, 6) ---------------------------------------------------------------------------------
+
+    def _schedule(self, key: bytes, seq: int, expires: int, ttl: float, *, wake: bool = True) -> None:
+        """Keep the advert just put under ``key`` renewed; a put that finished after a newer one changes nothing."""
+        known = self._renewals.get(key)
+        if known is None or seq >= known.seq:
+            self._renewals[key] = _Renewal(seq=seq, expires=expires, ttl=ttl)
+            if wake:
+                self._renewals_changed.set()
+
+    def _live_own(self, key: bytes) -> Advert | None:
+        """Our current advert under ``key``, or None when it is revoked, expired or not an advert (no checkpoint)."""
+        me = self._identity.public_key
+        record = next((r for r in self._dht.local_records(key) if r.publisher == me), None)
+        if record is None:
+            return None
+        try:
+            advert = decode_advert(record.value, publisher=record.publisher)
+        except AdvertError:
+            return None
+        renewal = self._renewals.get(key)
+        if renewal is not None and renewal.seq != record.seq:  # renewed by the DHT, or published meanwhile
+            renewal.seq, renewal.expires = record.seq, advert.expires
+        return advert
+
+    async def renew_due(self) -> int:
+        """Put again, with this run's endpoints and a fresh expiry, each advert of ours that has less than half its
+        lifetime left, and push it to direct peers; returns how many were renewed. Revoked ones are forgotten."""
+        renewed = 0
+        for key in list(self._renewals):
+            now = self._wall()
+            renewal = self._renewals.get(key)
+            if renewal is None or renewal.due > now:
+                continue
+            advert = self._live_own(key)
+            if advert is None:
+                del self._renewals[key]
+                continue
+            if renewal.due > now:
+                continue  # renewed while we were not looking
+            fresh = replace(advert, endpoints=self._endpoints(), expires=int(now + renewal.ttl))
+            try:
+                # no checkpoint since _live_own read the record: a revocation cannot slip in between
+                outcome = await self._dht.put(key, encode_advert(fresh), ttl=renewal.ttl)
+            except OverlayError as exc:
+                renewal.retry_at = now + RENEW_RETRY
+                logger.warning("advert %s not renewed (trying again in %gs): %s", fresh.name, RENEW_RETRY, exc)
+                continue
+            self._schedule(key, outcome.seq, fresh.expires, renewal.ttl, wake=False)
+            await self._push(key)
+            renewed += 1
+            where = f"{fresh.name}/{fresh.resource}" if fresh.resource else fresh.name
+            logger.debug("renewed %s %s until %d", fresh.kind, where, fresh.expires)
+        return renewed
+
+    async def _keep_renewed(self) -> None:
+        """Renew our adverts as they come due (and the ones a previous run left in the DHT), until cancelled."""
+        await self.wait_ready()  # a renewed advert names this run's endpoints
+        for record in self._dht.own_records():
+            if record.is_tombstone or record.expires <= self._wall():
+                continue
+            try:
+                advert = decode_advert(record.value, publisher=record.publisher)
+            except AdvertError:
+                continue  # one of our other records (content, streams): not an advert
+            if record.key not in self._renewals:
+                self._schedule(record.key, record.seq, advert.expires, self._config.ttl, wake=False)
+        while True:
+            self._renewals_changed = trio.Event()
+            await self.renew_due()
+            due = min((r.due for r in self._renewals.values()), default=math.inf) - self._wall()
+            with trio.move_on_after(min(max(due, RENEW_CHECK_MIN), RENEW_CHECK_MAX)):
+                await self._renewals_changed.wait()
 
     def _own_advert(self, key: bytes) -> Advert | None:
         return next((a for a in self.own() if dht_key(*a.dht_key_name) == key), None)

@@ -44,7 +44,7 @@ from overlay_node.crypto.uhrp import parse_uhrp, url_for_hash
 from overlay_node.errors import BadRequest, NotFound, OverlayError, PaymentError, TransportError
 from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
-from overlay_node.protocol.adverts import Endpoints
+from overlay_node.protocol.adverts import Endpoints, Filter
 from overlay_node.protocol.content import (
     AccessGrant,
     ProviderRecord,
@@ -79,11 +79,13 @@ from overlay_node.services.content_common import no_progress as _no_progress
 from overlay_node.services.content_receive import ReplicaReceiver
 from overlay_node.services.content_repair import Repairer
 from overlay_node.services.dht import DhtService, dht_key
+from overlay_node.services.streams import STREAM_SERVICE
 from overlay_node.store.content import ContentItem, ReplicaRow
 from overlay_node.store.db import Store
 from overlay_node.store.reports import ConsumptionRow
 
 if TYPE_CHECKING:
+    from overlay_node.services.adverts import AdvertService
     from overlay_node.services.payments import Payments
 
 logger = logging.getLogger(__name__)
@@ -673,44 +675,87 @@ class ContentService:
         content_type: str = "",
         producer: str = "",
         max_price: int | None = None,
+        adverts: AdvertService | None = None,
     ) -> list[dict[str, Any]]:
-        """Content listed under any of ``tags`` in the DHT (and local metadata), filtered; without tags, only
-        what this node knows."""
+        """Content listed under any of ``tags`` in the DHT (and local metadata) and, given ``adverts``, the streams
+        whose ``ls_stream`` adverts name one of them as a capability (found through the ``index:cap:<tag>`` records),
+        filtered; each result says its ``kind``, ``content`` or ``stream`` (a stream has no content type: a
+        ``content_type`` filter leaves streams out). Without tags, only the content this node knows."""
+        wanted = [t for t in (tag.strip() for tag in tags) if t]
+        found = await self._tagged_content(wanted) if wanted else await self._known_content()
+        if wanted and adverts is not None and not content_type:
+            found |= await _tagged_streams(adverts, wanted, max_price)
+        out = [
+            entry
+            for entry in found.values()
+            if (not content_type or entry.get("content_type") == content_type)
+            and (not producer or entry["producer"] == producer)
+            and (max_price is None or entry["price"] <= max_price)
+        ]
+        out.sort(key=lambda e: (e["price"], e["kind"], e.get("hash") or e["stream_id"], e["producer"]))
+        return out
+
+    async def _tagged_content(self, tags: list[str]) -> dict[str, dict[str, Any]]:
+        """The content the ``tag:<tag>`` records of ``tags`` (lower case) list, by hash."""
         found: dict[str, dict[str, Any]] = {}
-        for tag in tags:
-            tag = tag.strip().lower()
-            if not tag:
-                continue
+        for tag in dict.fromkeys(t.lower() for t in tags):
             for record in await self.dht.get(dht_key("tag", tag)):
                 try:
                     items = decode_tag_items(record.value)
                 except BadRequest:
                     continue
                 for it in items:
-                    entry = found.setdefault(
-                        it.content_id.hex(), {**it.as_dict(), "producer": record.publisher.hex(), "tags": []}
-                    )
+                    entry = found.setdefault(it.content_id.hex(), _content_entry(it.as_dict(), record.publisher.hex()))
                     entry["tags"] = sorted({*entry["tags"], tag})
-        if not tags:
-            for item in await self.store.content.list():
-                found[item.hash] = {
-                    "hash": item.hash,
-                    "size": item.size,
-                    "price": item.price,
-                    "content_type": item.content_type,
-                    "title": item.title,
-                    "producer": item.producer,
-                    "tags": list(item.tags),
-                }
-        out = []
-        for entry in found.values():
-            if content_type and entry["content_type"] != content_type:
+        return found
+
+    async def _known_content(self) -> dict[str, dict[str, Any]]:
+        """The content this node has metadata of, by hash."""
+        found: dict[str, dict[str, Any]] = {}
+        for item in await self.store.content.list():
+            meta = {
+                "hash": item.hash,
+                "size": item.size,
+                "price": item.price,
+                "content_type": item.content_type,
+                "title": item.title,
+            }
+            found[item.hash] = {**_content_entry(meta, item.producer), "tags": list(item.tags)}
+        return found
+
+
+def _content_entry(meta: dict[str, Any], producer: str) -> dict[str, Any]:
+    """A search result for content: its metadata, producer, UHRP URL and kind."""
+    return {
+        "kind": "content",
+        **meta,
+        "producer": producer,
+        "tags": [],
+        "uhrp_url": url_for_hash(bytes.fromhex(meta["hash"])),
+    }
+
+
+async def _tagged_streams(adverts: AdvertService, tags: list[str], max_price: int | None) -> dict[str, dict[str, Any]]:
+    """The streams advertised (``ls_stream`` adverts of one stream each) with any of ``tags`` as a capability, as
+    typed or in lower case (stream tags keep their case), by ``stream:<producer>:<id>``."""
+    found: dict[str, dict[str, Any]] = {}
+    for tag in dict.fromkeys(variant for typed in tags for variant in (typed, typed.lower())):
+        for hit in await adverts.discover(None, Filter(capabilities=(tag,), max_price=max_price)):
+            advert = hit.advert
+            if advert.name != STREAM_SERVICE or not advert.resource:
                 continue
-            if producer and entry["producer"] != producer:
-                continue
-            if max_price is not None and entry["price"] > max_price:
-                continue
-            entry["uhrp_url"] = url_for_hash(bytes.fromhex(entry["hash"]))
-            out.append(entry)
-        out.sort(key=lambda e: (e["price"], e["hash"]))
-        return out
+            entry = found.setdefault(
+                f"stream:{advert.identity_hex}:{advert.resource}",
+                {
+                    "kind": "stream",
+                    "stream_id": advert.resource,
+                    "producer": advert.identity_hex,
+                    "pricing_model": advert.offer.pricing_model,
+                    "price": advert.offer.price,
+                    "tags": [],
+                    "capabilities": list(advert.offer.capabilities),
+                    "expires": advert.expires,
+                },
+            )
+            entry["tags"] = sorted({*entry["tags"], tag})
+    return found

@@ -96,6 +96,8 @@ __all__ = ["DhtService", "DhtStats", "PutOutcome", "dht_key"]
 logger = logging.getLogger(__name__)
 
 #: (key, publisher) pairs remembered as passed to ``on_record`` callbacks, so one record is announced once
+#: a routing table with fewer contacts than this (or than k) is filled again from ``dht.bootstrap`` by maintenance
+THIN_TABLE: Final = 8
 _NOTIFIED_CACHE: Final = 65536
 #: most unconfirmed senders being pinged at once (a flood of new identities costs at most this many pings)
 _MAX_CONFIRMING: Final = 256
@@ -778,7 +780,8 @@ class DhtService:
 
         Drops expired records, renews or pushes again our own records that are due, refreshes buckets not looked
         up for ``refresh_interval``, pings contacts silent for ``contact_check_interval`` (evicting those that do
-        not answer), and bootstraps again if the table is empty. Returns when all of that is done.
+        not answer), and bootstraps again if the table is thin (fewer than ``THIN_TABLE`` contacts). Returns when
+        all of that is done.
         """
         async with self._maintenance_lock:
             cfg = self._config
@@ -814,7 +817,9 @@ class DhtService:
                     nursery.start_soon(self._refresh, target)
                 for contact in silent:
                     nursery.start_soon(self._check_contact, contact)
-            if not len(self._table) and cfg.bootstrap:
+            if len(self._table) < min(cfg.k, THIN_TABLE) and cfg.bootstrap:
+                # a thin table (a restart while the bootstrap nodes were down left one contact or none) is filled
+                # again from them now, not only after refresh_interval: a ping each and a lookup of our own id
                 await self.bootstrap(cfg.bootstrap)
             self._update_gauges()
 

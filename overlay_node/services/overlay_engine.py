@@ -555,7 +555,7 @@ class OverlayEngine:
             BadRequest: the reference's messages: no such output, or no such transaction in its graph.
         """
         root_txid, _, root_vout = graph_id.rpartition(".")
-        if not root_vout.isdigit():
+        if not (root_vout.isascii() and root_vout.isdigit() and len(root_vout) <= 10):  # str.isdigit takes "²"
             raise BadRequest(f"bad graphID {graph_id!r}: expected TXID.VOUT")
         found, beefs = await self._store.overlay.outputs_with_beefs([(root_txid, int(root_vout))])
         root = found.get((root_txid, int(root_vout)))

@@ -13,7 +13,8 @@ Rules the figures follow:
   ``seen`` or ``mined``; on the producer's side the ``payments`` row is ``settled`` or ``mined``), else *unsettled*.
 - Resources name what was paid for: ``stream:<id>`` (a stream), ``uhrp:<hex>`` (content); anything else is
   ``other`` (a plain ``ctl pay``, an HTTP route).
-- Stream packets are the subscription's own count (``stream_subs``), for subscriptions updated within the range;
+- Stream packets and payload bytes are the subscription's own counts (``stream_subs``: bytes received by the consumer,
+  sent by the producer, each packet once), for subscriptions updated within the range;
   content bytes and packets (chunks) are what each purchase delivered (``consumption``), and on the producer's side
   the content's size times its sales.
 - A time range is ``24h``, ``7d``, ``30m`` (the last N hours, days or minutes), ``all``, or ``FROM..TO`` with ISO
@@ -247,7 +248,7 @@ class ReportsService:
             ],
             "streams": [
                 {"stream_id": sid, "provider": key, **t.money(), "fees": t.fees, "packets": t.packets}
-                | {"state": states.get((sid, key), "")}
+                | {"bytes": t.bytes, "state": states.get((sid, key), "")}
                 for (sid, key), t in sorted(streams.items())
             ],
             "content": [
@@ -286,6 +287,7 @@ class ReportsService:
             states[(s.stream_id, s.peer)] = s.state
             for tally in (providers[s.peer], streams[(s.stream_id, s.peer)], totals):
                 tally.packets += s.packets
+                tally.bytes += s.bytes
         for c in consumed:
             kind, name = _kind(c.resource)
             group = content if kind == "content" else streams
@@ -298,8 +300,8 @@ class ReportsService:
 
     async def analytics(self, report_type: str = "revenue", time_range: str = "all") -> dict[str, Any]:
         """What this node sold in ``time_range``: ``revenue`` (per consumer, stream and content, settled and
-        unsettled), ``usage`` (packets per stream and subscriber, bytes per content) or ``access`` (who bought or
-        subscribed to what); each with the totals and hourly ``buckets``.
+        unsettled), ``usage`` (packets and bytes per stream and subscriber, bytes per content) or ``access`` (who
+        bought or subscribed to what); each with the totals and hourly ``buckets``.
 
         Raises:
             BadRequest: an unknown report type or a bad time range.
@@ -374,7 +376,11 @@ def _stream_rows(
         for key in keys:
             money = payers[key].money() if key in payers else _Tally().money()
             sub = packets[sid].get(key)
-            entry: dict[str, Any] = {"identity_key": key, "packets": sub.packets if sub else 0}
+            entry: dict[str, Any] = {
+                "identity_key": key,
+                "packets": sub.packets if sub else 0,
+                "bytes": sub.bytes if sub else 0,
+            }
             if report_type != "usage":
                 entry |= money
             if report_type == "access":
@@ -386,6 +392,7 @@ def _stream_rows(
                 "stream_id": sid,
                 **total.money(),
                 "packets": sum(s.packets for s in packets[sid].values()),
+                "bytes": sum(s.bytes for s in packets[sid].values()),
                 "subscribers": subscribers,
             }
         )

@@ -39,7 +39,7 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -82,7 +82,7 @@ from overlay_node.services.payments import Payments
 from overlay_node.store.db import Store
 from overlay_node.store.streams import StreamRow, SubRow
 
-__all__ = ["StreamProducer", "stream_metrics"]
+__all__ = ["StreamProducer", "payload_bytes", "stream_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,11 @@ _SEQ_BLOCK = 10_000
 #: the advert every open stream is published as: ``ls_stream`` of that stream, service type ``streaming``
 STREAM_SERVICE = "ls_stream"
 STREAM_SERVICE_TYPE = "streaming"
+
+
+def payload_bytes(payloads: Iterable[str]) -> int:
+    """The UTF-8 bytes of packet payloads (what ``check_payload`` limits); ASCII text is counted without encoding."""
+    return sum(len(p) if p.isascii() else len(p.encode("utf-8", "surrogatepass")) for p in payloads)
 
 
 def stream_metrics(metrics: Metrics) -> tuple[Any, Any, Any]:
@@ -119,6 +124,7 @@ class _Sub:
     wake: trio.Event = field(default_factory=trio.Event)
     reason: str = ""
     dirty: bool = True
+    bytes: int = 0  # payload bytes sent, each packet once (written with the row)
 
     def row(self, now: float) -> SubRow:
         c = self.credit
@@ -135,6 +141,7 @@ class _Sub:
             state=c.state,
             reason=self.reason,
             updated_at=now,
+            bytes=self.bytes,
         )
 
 
@@ -461,12 +468,11 @@ class StreamProducer:
             logger.warning("could not publish the advert of stream %s: %s", terms.stream_id, exc)
 
     async def _keep_advertised(self) -> None:
-        """Advertise the open streams now and again every half ``advert_ttl`` (an advert names its expiry)."""
-        while True:
-            for stream in list(self._streams.values()):
-                if stream.closed_at is None:
-                    await self._advertise(stream)
-            await trio.sleep(self._config.advert_ttl / 2)
+        """Advertise the open streams once at start (this run's endpoints); from then on the DHT renews the stream
+        records and the adverts service its adverts (with a fresh expiry inside) until :meth:`close` revokes both."""
+        for stream in list(self._streams.values()):
+            if stream.closed_at is None:
+                await self._advertise(stream)
 
     async def _withdraw(self, stream_id: str) -> None:
         if self.adverts is None:
@@ -521,14 +527,16 @@ class StreamProducer:
                 now=now,
             )
             sub = _Sub(stream=stream, key=key, window=window, start_seq=row.start_seq if row else start, credit=credit)
+            sub.bytes = row.bytes if row is not None else 0
             stream.subs[key] = sub
         else:
             start = sub.credit.cursor if from_seq is None else from_seq
             sub.window = sub.credit.window = window
             sub.credit.ahead = ahead
+        held = from_seq is not None  # the consumer says what it holds; otherwise we chose where to start
         if from_seq is None:
             from_seq = max(min(start, stream.next_seq), stream.oldest)
-        begin = sub.credit.resume_at(from_seq, oldest=stream.oldest, head=stream.next_seq)
+        begin = sub.credit.resume_at(from_seq, oldest=stream.oldest, head=stream.next_seq, held=held)
         sub.credit.on_paid(0, now)
         sub.reason = ""
         sub.dirty = True
@@ -699,10 +707,11 @@ class StreamProducer:
                     )
                     for action in actions:
                         match action:
-                            case SendPackets(first=first, count=count):
+                            case SendPackets(first=first, count=count, free=free):
                                 offset = first - stream.oldest
                                 payloads = tuple(stream.buffer[offset + i] for i in range(count))
                                 batch = PacketBatch(stream_id=sid, first=first, payloads=payloads, head=head)
+                                sub.bytes += payload_bytes(payloads[free:])  # resent ones were counted before
                                 sub.dirty = True
                                 await link.notify("stream.packets", batch.to_wire())
                                 self._m_sent.inc(count)

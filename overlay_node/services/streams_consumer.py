@@ -74,7 +74,7 @@ from overlay_node.protocol.streams import (
 )
 from overlay_node.services.dht import DhtService, dht_key
 from overlay_node.services.payments import Payments
-from overlay_node.services.streams import stream_metrics
+from overlay_node.services.streams import payload_bytes, stream_metrics
 from overlay_node.services.wallet import PreparedTx, Wallet
 from overlay_node.store.db import Store
 from overlay_node.store.streams import SubRow
@@ -141,6 +141,10 @@ class Subscription:
         self._change_key = f"stream {secrets.token_hex(12)}"  # one change key for the subscription's payments
         self.link: PeerLink | None = None
         self.fees = 0
+        self.bytes = 0  # payload bytes received (written with the row at the end)
+        #: what earlier subscriptions to this stream from this producer recorded: the row keeps the totals of them
+        #: all (the summary is this subscription's alone)
+        self.before: SubRow | None = None
         self.skipped = 0
         self.reconnects = 0
         self.reason = ""
@@ -185,6 +189,7 @@ class Subscription:
             "window": self.window,
             "ahead": c.ahead if c else self.ahead,
             "packets": c.packets if c else 0,
+            "bytes": self.bytes,
             "paid_satoshis": c.paid if c else 0,
             "payments": c.payments if c else 0,
             "fees": self.fees,
@@ -580,6 +585,7 @@ class Subscription:
             self.error = exc
             self.stop("protocol_error")
             return
+        self.bytes += payload_bytes(batch.payloads)
         self._hold = False
         self._changed.set()
         self._consumer.m_received.inc(len(packets))
@@ -607,6 +613,7 @@ class Subscription:
 
     def row(self) -> SubRow:
         c = self.credit
+        b = self.before
         return SubRow(
             stream_id=self.stream_id,
             peer=self.producer,
@@ -614,12 +621,13 @@ class Subscription:
             window=self.window,
             start_seq=0,
             charged_through=c.next_seq if c else 0,
-            packets=c.packets if c else 0,
-            paid=c.paid if c else 0,
-            payments=c.payments if c else 0,
+            packets=(c.packets if c else 0) + (b.packets if b else 0),
+            paid=(c.paid if c else 0) + (b.paid if b else 0),
+            payments=(c.payments if c else 0) + (b.payments if b else 0),
             state="closed" if self._done.is_set() else "active",
             reason=self.reason,
             updated_at=self._consumer.wall(),
+            bytes=self.bytes + (b.bytes if b else 0),
         )
 
 
@@ -725,6 +733,8 @@ class StreamConsumer:
             max_price=max_price,
             duration=duration,
         )
+        rows = await self.store.streams.subs(stream_id, role="consumer")
+        sub.before = next((r for r in rows if r.peer == key), None)
         link = await self._link_to(stream_id, key, addresses)
         await sub._subscribe(link)
         self._subs[(key, stream_id)] = sub

@@ -531,3 +531,9 @@ def _reports(conn: sqlite3.Connection) -> None:
     # reports read payments made and received by time range
     conn.execute("CREATE INDEX wallet_history_created ON wallet_history (created_at)")
     conn.execute("CREATE INDEX payments_accepted ON payments (accepted_at)")
+
+
+@MIGRATIONS.register("0011_stream_bytes")
+def _stream_bytes(conn: sqlite3.Connection) -> None:
+    # payload bytes of each subscription (store/streams.py): received (consumer) or sent (producer), each packet once
+    conn.execute("ALTER TABLE stream_subs ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0")

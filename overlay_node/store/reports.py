@@ -4,8 +4,9 @@ delivered.
 
 Every figure comes from a durable table, never from a counter in memory: payments made are ``wallet_history``
 entries (``direction = 'out'``, ``kind = 'payment'``) joined with their settlement job; payments received are the
-``payments`` table; stream packets are ``stream_subs``; content bytes are ``consumption`` (written when a purchase is
-made) and, for the producer, the ``content`` row's size. Times are wall-clock seconds; a range is ``[since, until)``.
+``payments`` table; stream packets and payload bytes are ``stream_subs`` (bytes: migration ``0011_stream_bytes``);
+content bytes are ``consumption`` (written when a purchase is made) and, for the producer, the ``content`` row's size.
+Times are wall-clock seconds; a range is ``[since, until)``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class SubUsage:
     payments: int
     state: str
     updated_at: float
+    bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,7 +168,7 @@ class ReportsRepository:
 
         def txn(conn: sqlite3.Connection) -> list[SubUsage]:
             rows = conn.execute(
-                "SELECT stream_id, peer, packets, paid, payments, state, updated_at FROM stream_subs "
+                "SELECT stream_id, peer, packets, bytes, paid, payments, state, updated_at FROM stream_subs "
                 "WHERE role = ? AND updated_at >= ? ORDER BY stream_id, peer",
                 (role, since),
             )
@@ -179,6 +181,7 @@ class ReportsRepository:
                     payments=int(r["payments"]),
                     state=str(r["state"]),
                     updated_at=float(r["updated_at"]),
+                    bytes=int(r["bytes"]),
                 )
                 for r in rows
             ]

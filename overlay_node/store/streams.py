@@ -3,8 +3,9 @@ sides (migration ``0006_streams``, tables ``streams`` and ``stream_subs``).
 
 The producer's revenue per subscriber is read from the durable ``payments`` table (resource
 ``stream:<id>``), never from a counter of ours, so a restart cannot lose or double count a payment. Packet
-counts and sequence positions are written by the streams service when they change (batched by its flush
-task, and at shutdown); a consumer's resume position repairs what a crash lost (see ``protocol/streams.py``).
+counts, payload bytes (``bytes``, migration ``0011_stream_bytes``) and sequence positions are written by the streams
+service when they change (batched by its flush task, and at shutdown: the same one statement per subscription, never
+one per packet); a consumer's resume position repairs what a crash lost (see ``protocol/streams.py``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ class StreamRow:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SubRow:
     """One subscription's accounting, on the producer's side (``peer`` = the subscriber) or the consumer's
-    (``peer`` = the producer). ``charged_through``: packets below it were paid for (consumer: received)."""
+    (``peer`` = the producer). ``charged_through``: packets below it were paid for (consumer: received).
+    ``bytes``: the UTF-8 payload bytes of the packets counted (producer: sent, consumer: received), each packet
+    once (a packet sent again after a resume is not counted again)."""
 
     stream_id: str
     peer: str
@@ -54,6 +57,7 @@ class SubRow:
     state: str
     reason: str
     updated_at: float
+    bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +97,7 @@ def _sub(row: sqlite3.Row) -> SubRow:
         state=str(row["state"]),
         reason=str(row["reason"]),
         updated_at=float(row["updated_at"]),
+        bytes=int(row["bytes"]),
     )
 
 
@@ -154,12 +159,13 @@ class StreamsRepository:
                 conn.execute(
                     """
                     INSERT INTO stream_subs (stream_id, peer, role, window, start_seq, charged_through, packets,
-                                             paid, payments, state, reason, updated_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                             paid, payments, state, reason, updated_at, bytes)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     ON CONFLICT (stream_id, peer, role) DO UPDATE SET
                         window = excluded.window,
                         charged_through = max(charged_through, excluded.charged_through),
                         packets = max(packets, excluded.packets),
+                        bytes = max(bytes, excluded.bytes),
                         paid = excluded.paid,
                         payments = excluded.payments,
                         state = excluded.state,
@@ -179,6 +185,7 @@ class StreamsRepository:
                         s.state,
                         s.reason,
                         s.updated_at,
+                        s.bytes,
                     ),
                 )
 

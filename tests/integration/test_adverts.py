@@ -6,11 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
+import trio.testing
 
 from overlay_node.node import Node
-from overlay_node.protocol.adverts import Filter
+from overlay_node.protocol.adverts import Filter, decode_advert
 from overlay_node.services.adverts import NO_FILTER
 from overlay_node.services.dht import dht_key
+from overlay_node.wire.dht import Record
 from tests.conftest import MovableClock, NodeFactory
 
 
@@ -103,3 +105,49 @@ async def test_direct_peers_see_a_new_advert_and_its_revocation_at_once(start_no
         await a.adverts.revoke("tm_news")
         await revoked.wait()
     assert await discovered(b, "tm_news") == set()
+
+
+async def test_an_advert_is_renewed_with_a_fresh_expiry_until_it_is_revoked(
+    start_node: NodeFactory, virtual_clock: trio.testing.MockClock
+) -> None:
+    # the DHT renews the record, but only the publisher can renew the expiry signed inside the advert: its adverts
+    # service puts it again before then, until it is revoked (both clocks jump: no real waiting)
+    ttl, step = 20.0, 11.0
+    clock = MovableClock()
+    quiet = {"adverts.janitor_interval": 0, "content.repair_interval": 0}
+    with trio.fail_after(30 + 4 * step):  # the jumps count too
+        a = await start_node("a", wall_clock=clock, **quiet)
+        b = await start_node("b", wall_clock=clock, **{"dht.bootstrap": [a.info.dht]}, **quiet)
+        await a.peers.connect(b.info.swarm[0])  # pushed over the link as well as stored through the DHT
+        await b.peers.wait_linked(a.info.identity_key)
+        kept, gone = dht_key("ship", "tm_kept"), dht_key("ship", "tm_gone")
+        newest: dict[bytes, int] = {kept: 0, gone: 0}
+        renewed = {kept: trio.Event(), gone: trio.Event()}
+
+        def on_record(record: Record) -> None:
+            if record.key in newest and not record.is_tombstone:
+                expires = decode_advert(record.value, publisher=record.publisher).expires
+                if expires > newest[record.key]:  # a new advert, not the same one in a record the DHT renewed
+                    newest[record.key] = expires
+                    renewed[record.key].set()
+
+        b.dht.on_record(on_record)
+        started = clock()
+        await a.adverts.publish("tm_kept", ttl=ttl)
+        await a.adverts.publish("tm_gone", ttl=ttl)
+        await renewed[kept].wait()
+        await renewed[gone].wait()
+        for i in range(4):  # 4 x 11 s: past twice the lifetime
+            renewed = {kept: trio.Event(), gone: trio.Event()}
+            clock.offset += step
+            virtual_clock.jump(step)
+            await renewed[kept].wait()
+            if i == 0:
+                await renewed[gone].wait()
+                await a.adverts.revoke("tm_gone")  # renewed once, then revoked
+        assert clock() - started > 2 * ttl
+        assert newest[kept] > clock()
+        assert await discovered(b, "tm_kept") == {a.info.identity_key}
+        assert await discovered(b, "tm_gone") == set()
+        assert [advert.name for advert in a.adverts.own()] == ["tm_kept"]
+        assert b.dht.local_records(gone) == []  # never put back after its revocation

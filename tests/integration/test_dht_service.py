@@ -34,6 +34,27 @@ async def test_bootstrap_from_config_joins_both_ways(dht_net: DhtNet) -> None:
         assert seed.service.contacts()[0].port == int(joiner.address.rsplit(":", 1)[1])
 
 
+async def test_a_thin_table_is_filled_again_from_the_bootstrap_nodes(dht_net: DhtNet) -> None:
+    # a node restarted while its bootstrap node was down knows one contact; once the bootstrap node is back, the
+    # next maintenance pass fills the table from it (before, only an empty table bootstrapped again)
+    with trio.fail_after(LIMIT):
+        holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        holder.bind(("127.0.0.1", 0))
+        down_port = holder.getsockname()[1]
+        holder.close()  # nothing answers there until the bootstrap node starts on it
+        lone = await dht_net.start("lone")
+        node = await dht_net.start("node", bootstrap=(f"127.0.0.1:{down_port}", lone.address))
+        await node.service.wait_bootstrapped()
+        assert [c.node_id for c in node.service.contacts()] == [lone.service.node_id]
+        boot = await dht_net.start("boot", port=down_port)
+        others = [await dht_net.start(f"other{i}", bootstrap=(boot.address,)) for i in range(3)]
+        for other in others:
+            await other.service.wait_bootstrapped()
+        await node.service.run_maintenance()
+        known = {c.node_id for c in node.service.contacts()}
+        assert {boot.service.node_id, *(o.service.node_id for o in others)} <= known
+
+
 async def test_requests_time_out_after_their_retries(dht_net: DhtNet) -> None:
     with trio.fail_after(LIMIT):
         node = await dht_net.start("node", request_timeout=0.2, request_retries=2)

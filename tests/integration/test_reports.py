@@ -182,3 +182,85 @@ def test_time_ranges() -> None:
     for bad in ("yesterday", "5x", "2026-13-01..", "2026-12-02..2026-12-01"):
         with pytest.raises(BadRequest, match="--time-range"):
             parse_time_range(bad, now)
+
+
+async def stream_and_viewer(start_node: NodeFactory, stream_id: str) -> tuple[Node, Node]:
+    """A producer with a per-packet stream ``stream_id`` and a funded viewer, on one devnet ledger."""
+    bank = await start_node("bank", **{"wallet.devnet_block_interval": 0}, **FAST)
+    shared = {"wallet.arc_url": bank.status()["ledger"], "dht.bootstrap": [bank.info.dht], **FAST}
+    producer = await start_node("producer", **shared)
+    viewer = await start_node("viewer", **shared)
+    await viewer.wallet.faucet(100_000)
+    await producer.streams.producer.create(stream_id, pricing_model="per-packet", rate=RATE)
+    return producer, viewer
+
+
+async def test_a_paid_streams_bytes_reconcile_and_are_the_payload_bytes_sent(start_node: NodeFactory) -> None:
+    with trio.fail_after(60):
+        producer, viewer = await stream_and_viewer(start_node, "words")
+        sub = await viewer.streams.consumer.subscribe("words", window=10, max_price=RATE)
+        # multi-byte UTF-8 text: the bytes counted are the payloads' bytes, not their characters
+        payloads = [f'{{"i": {i}, "w": "{"€ü" * (i % 7)}"}}' for i in range(40)]
+        sent = sum(len(p.encode()) for p in payloads)
+        assert sent > sum(len(p) for p in payloads)
+        got: list[Packet] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, sub, len(payloads), got)
+            await trio.testing.wait_all_tasks_blocked()
+            producer.streams.producer.push("words", payloads)
+        assert [p.payload for p in got] == payloads
+        assert sub.summary()["bytes"] == sent
+        await producer.streams.producer.flush()
+
+        # the consumer's report: per stream, per provider and in total (no content bought)
+        seen = await viewer.reports.consumer_report("24h")
+        [stream] = seen["streams"]
+        assert (stream["stream_id"], stream["packets"], stream["bytes"]) == ("words", 40, sent)
+        [provider] = seen["providers"]
+        assert (provider["bytes"], seen["total_bytes"]) == (sent, sent)
+
+        # the producer's analytics: per stream and per subscriber, in every report type
+        for report_type in ("usage", "revenue", "access"):
+            sold = await producer.reports.analytics(report_type, "24h")
+            [words] = sold["streams"]
+            assert (words["stream_id"], words["bytes"]) == ("words", sent)
+            assert [(s["identity_key"], s["bytes"]) for s in words["subscribers"]] == [(viewer.info.identity_key, sent)]
+
+        # the CLI carries them: JSON and the CSV's stream row
+        out = await cli("--data-dir", str(viewer.data_dir.path), "ctl", "report", "--json")
+        assert out.exit_code == 0, out.output
+        assert json.loads(out.stdout)["streams"][0]["bytes"] == sent
+        out = await cli("--data-dir", str(viewer.data_dir.path), "ctl", "report", "--format", "csv")
+        assert out.exit_code == 0, out.output
+        rows = list(csv.DictReader(io.StringIO(out.stdout)))
+        assert next(r for r in rows if r["level"] == "stream")["bytes"] == str(sent)
+        out = await cli(
+            "--data-dir", str(producer.data_dir.path), "ctl", "analytics", "--report-type", "usage", "--json"
+        )
+        assert out.exit_code == 0, out.output
+        assert json.loads(out.stdout)["streams"][0]["bytes"] == sent
+
+
+async def test_the_consumers_report_sums_every_subscription_to_a_stream(start_node: NodeFactory) -> None:
+    # two subscriptions, one after the other: the consumer's row keeps the totals of both (each subscription
+    # counted from zero, and the row kept the larger of them), so the report equals what was received and paid
+    with trio.fail_after(60):
+        producer, viewer = await stream_and_viewer(start_node, "ticks")
+        received: list[int] = []
+        paid = 0
+        for session, count in enumerate((12, 8)):
+            sub = await viewer.streams.consumer.subscribe("ticks", window=4, max_price=RATE)
+            got: list[Packet] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect, sub, count, got)
+                await trio.testing.wait_all_tasks_blocked()
+                producer.streams.producer.push("ticks", [f"s{session}p{i}" for i in range(count)])
+            await sub.wait_finished()
+            received.append(len(got))
+            paid += sub.summary()["paid_satoshis"]
+        assert received == [12, 8]
+        seen = await viewer.reports.consumer_report("24h")
+        [stream] = seen["streams"]
+        assert stream["packets"] == 20
+        [row] = await viewer.store.streams.subs("ticks", role="consumer")
+        assert (row.packets, row.paid) == (20, paid)

@@ -24,6 +24,7 @@ SHIPPED = {
     "0008_overlay": "8382f0fdaacf85d6",
     "0009_overlay_sync": "59ecea3ea783c943",
     "0010_reports": "1b8d7ee44fce4a94",
+    "0011_stream_bytes": "df67e06841fc29f8",
 }
 
 

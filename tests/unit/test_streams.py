@@ -105,6 +105,26 @@ def test_resume_resends_paid_packets_free_and_repairs_lost_counts() -> None:
         q.resume_at(21, oldest=0, head=20)
 
 
+def test_a_start_the_producer_chose_charges_nothing_it_did_not_send() -> None:
+    # after a producer restart the stream's oldest packet is far past what this subscriber was charged for (the
+    # restart reserves a gap of sequence numbers): a fresh subscribe that names no from_seq starts at the oldest
+    # packet, and the gap, which it never received, is not charged
+    p = producer(window=10, rate=1)
+    p.paid = 20
+    p.packets = 20
+    p.charged_through = 20
+    assert p.resume_at(10_040, oldest=10_040, head=10_040, held=False) == 10_040
+    assert p.packets == 20
+    assert p.credit == 0
+    # the same start named by the consumer ("I hold everything below it") repairs a lost count: charged
+    q = producer(window=10, rate=1)
+    q.paid = 20
+    q.packets = 20
+    q.charged_through = 20
+    q.resume_at(30, oldest=0, head=40)
+    assert q.packets == 30
+
+
 def test_lagging_subscriber_is_closed_and_a_closed_stream_ends() -> None:
     p = producer(rate=1)
     p.on_paid(10, 0.0)
