@@ -581,11 +581,13 @@ class ContentService:
         """Delete our copy of ``item`` and revoke our provider record (metadata kept for published content)."""
         cid = bytes.fromhex(item.hash)
         self.forget_row(item.hash)
-        await self.blobs.delete(cid)
+        # the row first: a crash between the two leaves a stray blob file, never a row that says we hold a copy
+        # that is gone
         if item.published:
             await self.store.content.upsert(item.with_(local=False))
         else:
             await self.store.content.delete(item.hash)
+        await self.blobs.delete(cid)
         self._held_since.pop(cid, None)
         await self._update_gauges()
         try:
