@@ -42,7 +42,7 @@ import logging
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -219,6 +219,9 @@ class DhtService:
         self._endpoint: UdpEndpoint | None = None
         self._nursery: trio.Nursery | None = None
         self._maintenance_lock = trio.Lock()
+        # tasks started by _spawn still running, and an event set whenever that count drops to zero
+        self._background = 0
+        self._idle = trio.Event()
         self._bootstrapped = trio.Event()
         self._saver = RecordSaver(store.dht)
 
@@ -298,12 +301,29 @@ class DhtService:
         must not block."""
         self._callbacks.append(callback)
 
-    def _spawn(self, fn: Callable[..., object], *args: object) -> bool:
+    def _spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> bool:
         """Start ``fn(*args)`` in the service's nursery; False (nothing started) once the service has stopped."""
         if self._nursery is None:
             return False
-        self._nursery.start_soon(fn, *args)  # type: ignore[arg-type]
+        self._background += 1
+        self._nursery.start_soon(self._tracked, fn, args)
         return True
+
+    async def _tracked(self, fn: Callable[..., Awaitable[object]], args: tuple[object, ...]) -> None:
+        try:
+            await fn(*args)
+        finally:
+            self._background -= 1
+            if not self._background:
+                self._idle.set()
+
+    async def wait_background(self) -> None:
+        """Wait until the background work started so far has ended: requests a finished lookup left in flight
+        (their answers or timeouts still update the routing table), address checks, replication."""
+        while self._background:
+            if self._idle.is_set():
+                self._idle = trio.Event()
+            await self._idle.wait()
 
     # -- the public operations -------------------------------------------------------------------------------
 
