@@ -314,6 +314,11 @@ class Subscription:
                     return
                 except (DialError, ConnectionLost, PeerTimeout, NotFound) as exc:
                     logger.debug("stream %s: reconnect failed: %s", self.stream_id, exc)
+                except OverlayError as exc:
+                    # a producer that has just restarted links before its streams service has taken its methods
+                    if exc.code != "unknown_method":
+                        raise
+                    logger.debug("stream %s: the producer is starting: %s", self.stream_id, exc)
                 with trio.move_on_after(delay):
                     await self._done.wait()
                 delay = min(delay * 2, cfg.reconnect_max)
