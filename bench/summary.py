@@ -7,9 +7,12 @@ Run from the repository root (``make bench`` runs it last)::
 ``make bench`` runs every benchmark three times and keeps each round's JSON files in ``bench/results/runs/<round>/``;
 a figure's value here is the median over the rounds that have it, and its spread the lowest and highest of them
 (figures a benchmark already reports as a median over its own rounds, such as the link throughput, take that
-median from each run). Without ``runs/`` the single files in ``bench/results/`` are read: one run, no spread. A
-figure no run recorded shows as missing. The table is printed and saved as Markdown; the exit status is 0 either
-way (figures are for reading: the machine is shared and its load shows in them).
+median from each run). Without ``runs/`` the single files in ``bench/results/`` are read: one run, no spread; so is
+a bench whose file there is not one of the rounds' copies (it ran alone after ``make bench``). A figure no run
+recorded shows as missing, and a bench with no file at all says which script makes it. Below the table, each
+bench's source and when its file was saved: a table older than a file is stale. The table is printed and saved
+as Markdown; the exit status is 0 either way (figures are for reading: the machine is shared and its load shows in
+them).
 """
 
 from __future__ import annotations
@@ -191,22 +194,66 @@ TARGETS: tuple[Target, ...] = (
 )
 
 
-def load_runs(results: Path) -> list[dict[str, dict[str, Any]]]:
-    """Each run as ``{bench name: its JSON}``: the rounds under ``runs/``, else the files in ``results`` as one."""
-    rounds = sorted(p for p in (results / "runs").glob("*") if p.is_dir()) if (results / "runs").is_dir() else []
-    dirs = rounds or [results]
-    runs = []
-    for directory in dirs:
-        files: dict[str, dict[str, Any]] = {}
-        for path in sorted(directory.glob("bench_*.json")):
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict):
-                files[path.stem] = data
-        runs.append(files)
-    return runs
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_runs(results: Path) -> tuple[list[dict[str, dict[str, Any]]], dict[str, str]]:
+    """Each run as ``{bench name: its JSON}``, and where each bench's figures come from.
+
+    A bench's figures come from the rounds under ``runs/`` that have its file, unless its file in ``results`` is not
+    one of those copies (it ran alone after ``make bench``, or ``make bench`` never ran it): then from that file
+    alone, as one run. Without ``runs/`` every bench is read from its file in ``results``.
+    """
+    runs_dir = results / "runs"
+    rounds = sorted(p for p in runs_dir.glob("*") if p.is_dir()) if runs_dir.is_dir() else []
+    runs: list[dict[str, dict[str, Any]]] = [{} for _ in rounds]
+    sources: dict[str, str] = {}
+    names = {p.stem for p in results.glob("bench_*.json")} | {p.stem for r in rounds for p in r.glob("bench_*.json")}
+    for name in sorted(names):
+        single = results / f"{name}.json"
+        copies = [(i, r / f"{name}.json") for i, r in enumerate(rounds) if (r / f"{name}.json").is_file()]
+        if copies and (not single.is_file() or any(_same(single, copy) for _, copy in copies)):
+            for i, copy in copies:
+                data = _read(copy)
+                if data is not None:
+                    runs[i][name] = data
+            sources[name] = f"{len(copies)} round(s) in runs/"
+            continue
+        data = _read(single)
+        if data is None:
+            continue
+        if not runs:
+            runs.append({})
+        runs[-1][name] = data
+        sources[name] = f"{single.name}" + (" (after the rounds in runs/)" if rounds else "")
+    return runs or [{}], sources
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
+def _saved(results: Path, name: str, data: dict[str, Any] | None) -> str:
+    """When and on what a bench's file was saved: its time (UTC) and the commit it records."""
+    import datetime
+
+    path = results / f"{name}.json"
+    when = (
+        datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        if path.is_file()
+        else "?"
+    )
+    source = (data or {}).get("source")
+    commit = source.get("commit", "?") if isinstance(source, dict) else "?"
+    return f"{when}, commit {commit}"
 
 
 def _fmt(value: float) -> str:
@@ -217,13 +264,13 @@ def _fmt(value: float) -> str:
     return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
 
 
-def table(runs: list[dict[str, dict[str, Any]]], source: str) -> str:
-    """The Markdown table of every target over ``runs``."""
+def table(runs: list[dict[str, dict[str, Any]]], sources: dict[str, str], results: Path = RESULTS) -> str:
+    """The Markdown table of every target over ``runs``, then where each bench's figures come from."""
     lines = [
         "# Benchmark summary",
         "",
-        f"{len(runs)} run(s) of each benchmark ({source}); value: the median over the runs, spread: lowest .. "
-        "highest, n: runs that recorded the figure.",
+        "value: the median over the runs that recorded the figure, spread: lowest .. highest, n: those runs; where "
+        "each bench's runs come from is listed below the table.",
         "",
         "| figure | bench | value | spread | n | target | met |",
         "|---|---|---:|---|---:|---|---|",
@@ -232,7 +279,8 @@ def table(runs: list[dict[str, dict[str, Any]]], source: str) -> str:
         values = [v for v in (t.extract(run) for run in runs) if v is not None]
         target = f"{t.op} {_fmt(t.bound)} {t.unit}"
         if not values:
-            lines.append(f"| {t.name} | {t.bench} | missing | | 0 | {target} | ? |")
+            why = "missing" if t.bench in sources else f"missing (no {t.bench}.json: run bench/{t.bench}.py)"
+            lines.append(f"| {t.name} | {t.bench} | {why} | | 0 | {target} | ? |")
             continue
         median = statistics.median(values)
         met = median >= t.bound if t.op == ">=" else median < t.bound
@@ -241,11 +289,15 @@ def table(runs: list[dict[str, dict[str, Any]]], source: str) -> str:
             f"| {t.name} | {t.bench} | {_fmt(median)} {t.unit} | {spread} | {len(values)} | {target} | "
             f"{'yes' if met else 'NO'} |"
         )
+    lines += ["", "| bench | runs from | its file in bench/results saved |", "|---|---|---|"]
+    for name, source in sorted(sources.items()):
+        latest = next((run[name] for run in reversed(runs) if name in run), None)
+        lines.append(f"| {name} | {source} | {_saved(results, name, latest)} |")
     lines += [
         "",
         "Notes: the engine ratio needs a `bench_engine.py --with-reference` run (`make bench` runs it without, as "
         "the reference needs node and npm); the figures depend on the machine's load while they ran (each bench's "
-        "JSON records it).",
+        "JSON records it). A bench run alone after this table was saved is not in it: run `bench/summary.py` again.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -255,9 +307,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--out", type=Path, default=None, help="default: <results>/summary.md")
     args = parser.parse_args()
-    runs = load_runs(args.results)
-    source = "bench/results/runs/*" if (args.results / "runs").is_dir() else "the single files in bench/results"
-    text = table(runs, source)
+    runs, sources = load_runs(args.results)
+    text = table(runs, sources, args.results)
     out = args.out or args.results / "summary.md"
     out.write_text(text)
     print(text, end="")

@@ -135,10 +135,7 @@ class ControlClient:
         try:
             if response.status >= 400:
                 self._decode(response.status, response.read())
-            while True:
-                line = response.readline()
-                if not line:
-                    return
+            for line in _lines(response):
                 if line.strip():
                     yield json.loads(line)
         except _CLOSED:
@@ -188,6 +185,30 @@ class ControlClient:
                 )
             raise ApiError(f"HTTP {status}", code="http", status=status, exit_code=exit_code_for("http"))
         return data
+
+
+def _lines(response: http.client.HTTPResponse) -> Iterator[bytes]:
+    """The lines of an answer as they arrive, until its body ends as its framing says it ends.
+
+    A body cut short raises IncompleteRead (an ``HTTPException``): a chunked body that stops before its last
+    (empty) chunk, or one shorter than its ``Content-Length``. ``HTTPResponse.readline`` would return ``b""`` there
+    instead, as for a body that is complete, when the daemon's end of the socket closes quietly (a daemon killed
+    with nothing unread on its side of the connection), so a caller would take a dead daemon's answer for a
+    finished one. ``read1`` raises instead.
+    """
+    pending = b""
+    while True:
+        data = response.read1()
+        if not data:
+            if response.length:  # a Content-Length body that ended early (read1 reports it as the end)
+                raise http.client.IncompleteRead(pending, response.length)
+            if pending:
+                yield pending
+            return
+        pending += data
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line + b"\n"
 
 
 def control_client(state: CliState) -> ControlClient:

@@ -31,12 +31,15 @@ app = typer.Typer(help="UHRP content held and published by this node.", no_args_
 
 
 def _run_stream(state: CliState, events: Iterator[dict[str, Any]], label: str) -> dict[str, Any]:
-    """Follow an NDJSON operation with a progress bar (not with --json); return its result or raise its error."""
+    """Follow an NDJSON operation with a progress bar on a terminal (not with --json; elsewhere each replica's state
+    as a line); return its result or raise its error."""
     if state.json:
         return _result_of(events, None)
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     err = console(stderr=True)
+    if not err.is_terminal:  # a bar on a pipe or a file is only a stray blank line left where it was
+        return _result_of(events, lambda event: _replica_line(err, event))
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -63,11 +66,17 @@ def _run_stream(state: CliState, events: Iterator[dict[str, Any]], label: str) -
                 task(f"{label}: download", event.get("size"))
             elif kind == "chunk" and f"{label}: download" in tasks:
                 bar.update(tasks[f"{label}: download"], completed=event.get("done", 0))
-            elif kind == "replica":
-                detail = f" ({event['detail']})" if event.get("detail") else ""
-                err.print(f"replica {event.get('identity_key', '')}: {event.get('state')}{detail}")
+            else:
+                _replica_line(err, event)
 
         return _result_of(events, show)
+
+
+def _replica_line(err: Console, event: dict[str, Any]) -> None:
+    """A ``replica`` event's line: its holder and state."""
+    if event.get("event") == "replica":
+        detail = f" ({event['detail']})" if event.get("detail") else ""
+        err.print(f"replica {event.get('identity_key', '')}: {event.get('state')}{detail}")
 
 
 def _result_of(events: Iterator[dict[str, Any]], show: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
