@@ -46,7 +46,8 @@ threads) per operation and in cores, and the client's own CPU.
 
 ``--rounds K`` measures both servers K times (ours first in odd rounds, the reference first in even ones) and the
 table shows the median with (min-max). ``--quick``: ``-n 300 --lookups 1000 --duplicates 100`` (about 1 minute with
-the reference once it is installed). ``--profile DIR``: ours only, the submit phases and then the lookup phases
+the reference once it is installed). ``--profile DIR``: ours only (one ``--conc`` level is enough: then there is no
+lookup by txid, every output of the first level being spent), the submit phases and then the lookup phases
 each under ``py-spy record`` of the node's process (``.venv/bin/py-spy``, 100 Hz, every thread): collapsed stacks in
 ``DIR/ours_submit.txt`` and ``DIR/ours_lookup.txt``, and the busy samples per part of a request's path printed for
 the trio loop's thread and for the worker threads (SQLite) apart; the figures of a profiled run are slowed by the
@@ -750,6 +751,8 @@ def main() -> None:
     args.lookup_conc = [int(c) for c in args.lookup_conc.split(",")]
     if len(args.conc) < 2 and not args.profile:
         parser.error("--conc needs at least two levels (the lookups by txid read the levels after the first)")
+    if len(args.conc) < 2:
+        args.lookup_conc = []  # a profile of one submit level: no unspent output to look up by txid
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
         args.with_reference = False

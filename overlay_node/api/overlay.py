@@ -46,6 +46,8 @@ CORS_HEADERS = {
     "Access-Control-Expose-Headers": "*",
     "Access-Control-Allow-Private-Network": "true",
 }
+#: the same, as the raw header pairs a response carries (added to each answer without a copy of its headers)
+_CORS_RAW = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in CORS_HEADERS.items()]
 _MAX_TOPICS = 256
 
 
@@ -83,7 +85,7 @@ def _answer(handler: Handler) -> Handler:
         except Exception:
             logger.exception("%s %s failed", request.method, request.url.path)
             return _error("Unexpected error", 500)
-        response.headers.update(CORS_HEADERS)
+        response.raw_headers += _CORS_RAW  # no handler sets them itself
         return response
 
     return run
@@ -109,6 +111,14 @@ def output_list_json(outputs: Sequence[AnswerOutput]) -> bytes:
     return ('{"type":"output-list","outputs":[' + ",".join(items) + "]}").encode()
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_topics(header: str | None) -> list[str]:
     """``X-Topics``: a JSON array of names (what the official TypeScript client sends) or a comma list (py-sdk).
 
@@ -131,6 +141,9 @@ def parse_topics(header: str | None) -> list[str]:
     topics = [t for t in topics if t]
     if not topics:
         raise BadRequest("x-topics names no topic")
+    if not all(t.isascii() or _utf8(t) for t in topics):
+        # a JSON escape of half a surrogate pair: no text, and an answer naming it could not be written
+        raise BadRequest("x-topics names a topic that is not valid UTF-8 text")
     if len(topics) > _MAX_TOPICS:
         raise BadRequest(f"x-topics names more than {_MAX_TOPICS} topics")
     return topics

@@ -10,14 +10,17 @@ Theory of operation (the reference engine's, ``@bsv/overlay`` ``Engine``, with o
    transaction's scripts, balance and ``overlay.fee_rate`` (:func:`overlay_node.chain.spv.verify_beef`).
 3. Per topic, read-only: a transaction the topic already applied is a duplicate (empty instructions); the inputs
    that spend the topic's outputs are its previous coins; the topic manager names the outputs to admit and the
-   previous coins to retain. A manager that raises refuses its own topic only.
+   previous coins to retain. A manager that raises refuses its own topic only. The read is skipped when the
+   filter of applied txids (``overlay_known.py``) shows that neither the transaction nor any it spends was
+   applied here: its answer would be empty.
 4. Unless the mode is historical, an unproven transaction is broadcast to ARC **before** anything is stored. ARC
    refusing it for good (invalid, double spend) refuses the submission; ARC unreachable is logged and the
    submission goes on (the reference's default), since the node's settlement of its own payments retries anyway.
-5. One durable transaction (group-committed with other submissions) marks the previous coins spent, deletes the
-   unretained ones with their unretained history, admits the outputs with their BEEF and BRC-64 links, records the
-   applied transaction and the lookup services' index entries. The STEAK is answered **after** that commit, so an
-   acknowledged admission survives a crash (the reference answers before its writes).
+5. One durable transaction (written alone when no other submission is being written, else group-committed with
+   the others) marks the previous coins spent, deletes the unretained ones with their unretained history, admits
+   the outputs with their BEEF and BRC-64 links, records the applied transaction and the lookup services' index
+   entries. The STEAK is answered **after** that commit, so an acknowledged admission survives a crash (the
+   reference answers before its writes).
 6. After the commit: the lookup services that have the optional hooks of
    :class:`~overlay_node.topics.plugins.LookupEvents` hear of each output admitted, spent and evicted (what they
    raise is logged), and in ``current-tx`` mode the transaction is propagated to the other hosts of the topics that
@@ -46,8 +49,16 @@ from overlay_node.config import OverlaySection
 from overlay_node.errors import BadRequest, OverlayError
 from overlay_node.metrics import Metrics
 from overlay_node.services.group_commit import GroupCommit
+from overlay_node.services.overlay_known import KnownTxids
 from overlay_node.store.db import Store
-from overlay_node.store.overlay import IndexWrite, StoredOutput, SubmitOutcome, SubmitWrite, TopicWrite
+from overlay_node.store.overlay import (
+    IndexWrite,
+    PreviousCoins,
+    StoredOutput,
+    SubmitOutcome,
+    SubmitWrite,
+    TopicWrite,
+)
 from overlay_node.topics.plugins import (
     SUBMIT_MODES,
     Admittance,
@@ -65,6 +76,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["AnswerOutput", "Applied", "OverlayEngine", "Steak"]
 
 Outpoint = tuple[str, int]
+#: applied transactions read per page when the filter of known txids is filled at start
+_KNOWN_PAGE = 10_000
 _HOOKS = ("output_admitted", "output_spent", "output_evicted")
 #: BRC-22's STEAK: per topic, ``outputsToAdmit``, ``coinsToRetain`` and (once applied) ``coinsRemoved``
 Steak = dict[str, dict[str, list[int]]]
@@ -194,9 +207,18 @@ class OverlayEngine:
         self._clock = clock
         self._policy = Policy(mining_fee_satoshis=config.fee_rate, mining_fee_bytes=1000)
         self._unindex_on_spend = tuple(name for name, s in self.services.items() if not s.keeps_spent)
+        #: the lookup services that have after-commit hooks (``_notify``)
+        self._listening = [(name, s) for name, s in self.services.items() if any(hasattr(s, h) for h in _HOOKS)]
+        # the instruments each submission counts with, each looked up once (on first use)
+        self._counters: dict[tuple[str, str], Any] = {}
         self._indexes = {name: _Index(store, name) for name in self.services}
         self._writer = GroupCommit[SubmitWrite, SubmitOutcome](self._write, max_batch=config.commit_batch)
         self._slots = trio.Semaphore(config.max_concurrent_submits)
+        self._pending = 0  # submissions handed to the store and not yet committed (or failed)
+        #: the txids applied so far (``overlay_known.py``): a fresh transaction's first read is skipped
+        self.known = KnownTxids()
+        #: set once :attr:`known` holds every txid applied before this start (or failed to: then it stays unready)
+        self.known_loaded = trio.Event()
         self._last_score = 0
         self._listeners: list[Callable[[Applied], None]] = []
         self._before_lookup: dict[str, LookupHook] = {}
@@ -206,7 +228,27 @@ class OverlayEngine:
         """Write admitted submissions until cancelled."""
         # scores keep increasing across restarts (GASP peers page from the last one they saw)
         self._last_score = await self._store.overlay.max_score()
-        await self._writer.run(task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._load_known)
+            await self._writer.run(task_status=task_status)
+
+    async def _load_known(self) -> None:
+        """Fill :attr:`known` with every txid applied before this start, a page at a time (submissions go on
+        meanwhile, each reading the store)."""
+        after: tuple[str, str] | None = None
+        try:
+            while True:
+                page = await self._store.overlay.applied_txids(after, _KNOWN_PAGE)
+                self.known.add_all(txid for _, txid in page)
+                if len(page) < _KNOWN_PAGE:
+                    break
+                after = page[-1]
+        except OverlayError:
+            logger.warning("cannot load the applied transactions: every submission reads the store", exc_info=True)
+        else:
+            self.known.ready = True
+        finally:
+            self.known_loaded.set()
 
     def before_lookup(self, service: str, hook: LookupHook) -> None:
         """Run ``hook(service, query)`` before ``service`` answers (e.g. to admit what the DHT knows of)."""
@@ -252,13 +294,21 @@ class OverlayEngine:
         for topic in topic_list:
             if topic not in self.managers:
                 raise BadRequest(f"This server does not support this topic: {topic}")
-        async with self._slots:
-            try:
-                steak = await self._submit(beef, topic_list, off_chain, mode)
-            except OverlayError as exc:
-                self._metrics.overlay_submissions.labels("refused").inc()
-                logger.debug("submission refused: %s", exc)
-                raise
+        try:
+            # a free slot costs no turn of the event loop: a submission that writes yields there, the others at
+            # their end (so that a client's stream of duplicates or refusals never starves the other tasks)
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._slots.acquire()
+        try:
+            steak = await self._submit(beef, topic_list, off_chain, mode)
+        except OverlayError as exc:
+            self._counter("submissions", "refused").inc()
+            logger.debug("submission refused: %s", exc)
+            await trio.lowlevel.checkpoint()
+            raise
+        finally:
+            self._slots.release()
         return steak
 
     def _read(self, beef: bytes) -> Submission:
@@ -293,13 +343,20 @@ class OverlayEngine:
         tagged = TaggedTx(beef=beef, submission=submission, off_chain=off_chain, mode=mode)
         tx = tagged.tx
         spends = [(i.txid, i.vout) for i in tx.inputs]
-        found = await self._store.overlay.previous_coins(tx.txid, topics, spends)
+        known = self.known
+        if known.may_hold(tx.txid) or any(known.may_hold(txid) for txid, _ in spends):
+            found = await self._store.overlay.previous_coins(tx.txid, topics, spends)
+        else:  # neither applied here nor spending anything a topic holds (overlay_known.py)
+            found = PreviousCoins()
         plans = [self._plan(tagged, topic, found.applied, found.outputs.get(topic, set())) for topic in topics]
         if mode != "historical-tx" and self._broadcaster is not None and tx.bump is None:
             await self._broadcaster(beef, tx.txid)
         write = self._write_for(tagged, plans)
-        slot = await self._writer.submit(write) if write.topics else None
-        outcome = slot if slot is not None else SubmitOutcome()
+        if write.topics:
+            outcome = await self._commit(write)
+        else:
+            outcome = SubmitOutcome()
+            await trio.lowlevel.checkpoint()
         steak: Steak = {}
         relevant: list[str] = []
         for plan in plans:
@@ -312,9 +369,9 @@ class OverlayEngine:
             steak[plan.topic] = instructions
         await self._notify(write, outcome)
         duplicate = all(p.duplicate or p.topic in outcome.duplicate_topics for p in plans)
-        self._metrics.overlay_submissions.labels("duplicate" if duplicate else "applied").inc()
+        self._counter("submissions", "duplicate" if duplicate else "applied").inc()
         for topic in relevant:
-            self._metrics.overlay_admitted.labels(topic).inc(len(steak[topic]["outputsToAdmit"]))
+            self._counter("admitted", topic).inc(len(steak[topic]["outputsToAdmit"]))
         applied = Applied(txid=tx.txid, beef=beef, mode=mode, steak=steak, relevant=tuple(relevant))
         event = self._applied_events.pop(tx.txid, None)
         if event is not None:
@@ -325,6 +382,13 @@ class OverlayEngine:
             except Exception:
                 logger.exception("overlay listener failed")
         return steak
+
+    def _counter(self, family: str, label: str) -> Any:
+        counter = self._counters.get((family, label))
+        if counter is None:
+            parent = self._metrics.overlay_submissions if family == "submissions" else self._metrics.overlay_admitted
+            counter = self._counters[(family, label)] = parent.labels(label)
+        return counter
 
     def _plan(self, tagged: TaggedTx, topic: str, applied: set[str], held: set[Outpoint]) -> _Plan:
         tx = tagged.tx
@@ -395,7 +459,7 @@ class OverlayEngine:
 
     async def _notify(self, write: SubmitWrite, outcome: SubmitOutcome) -> None:
         """The optional after-commit hooks of the lookup services (see the module docstring)."""
-        listening = [(name, s) for name, s in self.services.items() if any(hasattr(s, h) for h in _HOOKS)]
+        listening = self._listening
         if not listening:
             return
         tx = parse_submission(write.beef).subject
@@ -421,6 +485,22 @@ class OverlayEngine:
                         await method(*args)
                     except Exception:
                         logger.warning("lookup service %s failed in %s", name, hook, exc_info=True)
+
+    async def _commit(self, write: SubmitWrite) -> SubmitOutcome:
+        """Write one submission durably: alone, straight from this task, when no other is being written (the
+        writer thread wakes this task after its commit, with no group commit task in between: a lone client's
+        submissions each save two turns of the event loop); else through the group commit, with whatever else
+        waits. Writes reach the writer thread in the order of their scores either way: a submission goes alone
+        only when none is pending, and the group commit keeps its queue's order."""
+        self.known.add(write.txid)  # before the store has it (overlay_known.py, invariant 1)
+        self._pending += 1
+        try:
+            if self._pending == 1:
+                (outcome,) = await self._store.overlay.apply([write], durable=self._config.durable)
+                return outcome
+            return await self._writer.submit(write)
+        finally:
+            self._pending -= 1
 
     async def _write(self, writes: list[SubmitWrite]) -> list[SubmitOutcome]:
         return await self._store.overlay.apply(writes, durable=self._config.durable)

@@ -189,6 +189,22 @@ class OverlayRepository:
 
         return await self._read(read, small=len(spends) <= _INLINE_ROWS)
 
+    async def applied_txids(self, after: tuple[str, str] | None, limit: int) -> list[tuple[str, str]]:
+        """One page of the ``(topic, txid)`` applied so far, in key order, after ``after`` (None: from the start):
+        the engine's filter of known transactions pages through them at start."""
+
+        def read(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            if after is None:
+                rows = conn.execute("SELECT topic, txid FROM overlay_applied ORDER BY topic, txid LIMIT ?", (limit,))
+            else:
+                rows = conn.execute(
+                    "SELECT topic, txid FROM overlay_applied WHERE (topic, txid) > (?, ?) ORDER BY topic, txid LIMIT ?",
+                    (*after, limit),
+                )
+            return [(str(r[0]), str(r[1])) for r in rows]
+
+        return await self._db.read(read)
+
     async def apply(self, writes: Sequence[SubmitWrite], *, durable: bool) -> list[SubmitOutcome]:
         """Write ``writes`` in one transaction (see the module docstring); one outcome each, in order.
 
