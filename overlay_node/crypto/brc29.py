@@ -32,6 +32,8 @@ __all__ = [
 BRC29_PROTOCOL: Final[ProtocolID] = (2, "3241645161d8")
 
 _NONCE = re.compile(r"^[A-Za-z0-9+/=_-]{4,64}$")
+#: ``"2-3241645161d8-"``: the invoice number of every payment key up to its key id (BRC-43, built once)
+_INVOICE_HEAD: Final = invoice_number(BRC29_PROTOCOL, "x")[:-1]
 
 
 def new_nonce() -> str:
@@ -58,7 +60,8 @@ def brc29_invoice(prefix: str, suffix: str) -> str:
     """
     check_nonce(prefix, "derivation prefix")
     check_nonce(suffix, "derivation suffix")
-    return invoice_number(BRC29_PROTOCOL, f"{prefix} {suffix}")
+    # the key id is at most 129 bytes of base64 and a space: always a valid key id for the constant protocol
+    return f"{_INVOICE_HEAD}{prefix} {suffix}"
 
 
 def payer_locking_script(payer: Identity, payee: str | bytes, prefix: str, suffix: str) -> bytes:

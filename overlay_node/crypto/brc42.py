@@ -23,7 +23,9 @@ validates its protocol ids and key ids; the hot paths (a payment per packet: a p
 a receipt signed, a receipt checked) call the functions under it with invoice numbers they built from constants:
 :func:`child_secret`, :func:`own_child_public`, :func:`own_child_key`, :func:`derive_child_public_key`,
 :func:`sign_for_anyone` and :func:`verify_for_anyone`. They compute a child private key as an integer (no key
-object, no public key computed for nothing) and a child public key with one point addition, and they remember
+object, no public key computed for nothing), our own child public key from its private scalar and a
+counterparty's as ``h*G`` plus its key (``h*G`` by libsecp256k1's table-driven multiplication of G, cheaper than
+a general one), and they remember
 through the identity's :class:`~overlay_node.crypto.keys.KeyCache` (bounded LRU maps it owns): ECDH results and
 parsed counterparty keys, and the child keys of the BRC-3 signatures made and checked for ``anyone``. The one cache
 no node owns is :data:`ANYONE`'s (see there).
@@ -172,11 +174,17 @@ def _child_scalar(identity: Identity, tweak: bytes) -> bytes:
 
 
 def _own_child_point(identity: Identity, raw: bytes, invoice: str) -> PublicKey:
-    return identity.private_key.public_key.add(brc42_tweak(identity.shared_secret(raw), invoice))
+    # from the child private scalar (one multiplication of G, libsecp256k1's table-driven ecmult_gen), not as
+    # ``Pub + h*G`` (a general multiplication and an addition): the same point, about a third cheaper
+    # (a zero scalar, probability about 2**-256, raises ValueError as the addition's infinity did)
+    return PublicKey.from_valid_secret(_child_scalar(identity, brc42_tweak(identity.shared_secret(raw), invoice)))
 
 
 def _their_child_point(identity: Identity, raw: bytes, invoice: str) -> PublicKey:
-    return _point(identity, raw).add(brc42_tweak(identity.shared_secret(raw), invoice))
+    # ``Pub + h*G`` as h*G (table-driven, as above) plus one point addition: a quarter cheaper than libsecp256k1's
+    # tweak_add, whose h*G is a general multiplication (a zero tweak or a sum at infinity raise ValueError alike)
+    tweak = PublicKey.from_valid_secret(brc42_tweak(identity.shared_secret(raw), invoice))
+    return PublicKey.combine_keys([_point(identity, raw), tweak])
 
 
 def checked_key_hex(identity: Identity, key: str | bytes) -> str:

@@ -236,8 +236,11 @@ class Quote:
         )
         if not signed:
             return unsigned
-        sig = sign_for_anyone(payee, QUOTE_PROTOCOL, unsigned.quote_id, unsigned.signing_bytes())
-        return cls(**{**unsigned.as_fields(), "sig": sig})
+        # signed in place: nothing else has seen the new instance yet (a second construction costs more)
+        object.__setattr__(
+            unsigned, "sig", sign_for_anyone(payee, QUOTE_PROTOCOL, unsigned.quote_id, unsigned.signing_bytes())
+        )
+        return unsigned
 
     def verify(self) -> bool:
         """Whether ``sig`` is the payee's signature over this quote."""
@@ -428,7 +431,8 @@ class Receipt:
             key_id=check_key_id(key_id) if key_id else "",
         )
         sig = sign_for_anyone(payee, RECEIPT_PROTOCOL, unsigned.signing_key_id, unsigned.signing_bytes())
-        return cls(**{**unsigned.as_fields(), "sig": sig})
+        object.__setattr__(unsigned, "sig", sig)  # as Quote.issue: the new instance is ours alone
+        return unsigned
 
     @property
     def signing_key_id(self) -> str:

@@ -45,6 +45,7 @@ from overlay_node.chain.spv import claims
 from overlay_node.clock import wall_time
 from overlay_node.config import WalletSection
 from overlay_node.crypto.brc29 import new_nonce, payee_locking_script, payer_locking_script
+from overlay_node.crypto.brc42 import checked_key_hex
 from overlay_node.crypto.keys import Identity, public_key_hex
 from overlay_node.errors import (
     BadRequest,
@@ -529,10 +530,13 @@ class Payments:
 
     async def _link(self, peer_key: str) -> PeerLink:
         """The link to the payee, dialled by its identity key alone if need be (``PeerManager.reach``)."""
-        key = public_key_hex(peer_key)
+        # a key of the right length is parsed once per payee (the identity's cache), not twice per payment; any
+        # other is refused by public_key_hex, with its message
+        key = checked_key_hex(self._identity, peer_key) if len(peer_key) == 66 else public_key_hex(peer_key)
         if key == self._me:
             raise BadRequest("a node cannot pay itself")
-        return await self._peers.reach(key)
+        link = self._peers.link(key)  # the live link, as reach() would find first (without parsing the key again)
+        return link if link is not None else await self._peers.reach(key)
 
     async def request_quote(
         self, peer_key: str, resource: str, amount: int | None = None, *, max_price: int | None = None

@@ -27,6 +27,7 @@ from overlay_node.crypto.keys import Identity
 from overlay_node.crypto.sighash import P2pkhSpend, outpoint_bytes, sign_p2pkh
 from overlay_node.devnet import DevnetInfo, DevnetSettings, run_devnet
 from overlay_node.errors import (
+    BadRequest,
     Conflict,
     InsufficientPayment,
     InvalidPayment,
@@ -561,3 +562,26 @@ async def test_payments_written_ahead_together_get_an_outcome_each(
         written = {entry.txid for entry in await a.wallet.history()}
         assert first.txid in written
         assert second.txid not in written
+
+
+async def test_the_payee_is_named_by_its_key_in_any_case_and_a_bad_key_changes_nothing(
+    tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory
+) -> None:
+    """The payer finds its link to the payee by the key (parsed once per payee, upper-case hex taken as the
+    same key); a key that is not one, or the payer's own, is refused before anything is asked or reserved."""
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        a, b = await funded_pair(nursery, tmp_path, devnet.url, 10_000)
+        quote = await a.payments.request_quote(b.key.upper(), "file:upper", 1_000)
+        assert quote.payee == b.key
+        receipt = await a.payments.pay(quote)
+        assert receipt.verify()
+        assert receipt.payee == b.key
+        balance = a.wallet.balance()
+        for bad in ["zz" * 33, "04" + "00" * 32, b.key[:-2], b.key + "00", " " * 66]:
+            with pytest.raises(BadRequest, match="public key"):
+                await a.payments.request_quote(bad, "file:bad", 1_000)
+        with pytest.raises(BadRequest, match="cannot pay itself"):
+            await a.payments.request_quote(a.key.upper(), "file:self", 1_000)
+        assert a.wallet.balance() == balance
+        assert b.wallet.balance().satoshis == 1_000
