@@ -71,6 +71,7 @@ def bench_config() -> DhtSection:
         maintenance_interval=3600.0,
         max_datagrams_per_source=1_000_000,
         max_datagrams_per_ip=1_000_000,
+        max_verifies_per_second=1_000_000,
         socket_buffer=4 * 1024 * 1024,
     )
 

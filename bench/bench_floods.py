@@ -12,22 +12,25 @@ the honest clients, all in this process on 127.0.0.1, are not charged for the at
 
 - ``http_idle`` / ``swarm_idle``: as many TCP connections as the attacker can hold (``--conns``, 5,000), opened as
   fast as they connect and then silent; each one the node closes is opened again;
-- ``slowloris``: 2,000 connections to the http port, each sending a request head one header line every
-  ``--drip`` seconds (3), reconnecting when the node closes it;
+- ``slowloris`` / ``slowloris_many_ips``: 2,000 connections to the http port from 127.0.0.2 alone (over
+  ``http.max_connections_per_ip``) or spread over 127.0.0.3-127.0.0.66, each sending a request head one header line
+  every ``--drip`` seconds (3), reconnecting when the node closes it;
 - ``ws_one_ip`` / ``ws_many_ips``: 500 websocket upgrades to ``/p2p/1`` at once, from 127.0.0.2 alone or spread
   over 127.0.0.3-127.0.0.66, each holding its link silent (never sending the BRC-103 ``initialRequest``) until the
   node closes it, then upgrading again;
 - ``dht_pings`` / ``dht_garbage``: datagrams as fast as 64 sockets of 127.0.0.5 send them: signed PINGs (20,000
-  distinct ones, cycled) or random bytes;
+  distinct ones, cycled) or random bytes; ``dht_pings_many_ips``: the signed PINGs from 64 sockets spread over
+  127.0.0.3-127.0.0.66 (against the node-wide ``dht.max_verifies_per_second``);
 - ``http_big_body``: 50 connections each POSTing ``/submit`` with ``Content-Length: 100000000`` and sending the
   body as fast as the node takes it; ``http_submit_bodies``: 16 connections each POSTing a 30 MB body (garbage,
   under ``overlay.max_submit_bytes``) over and over: what bodies within the limits cost in memory while they are
-  read;
+  read; ``http_many_bodies``: the same from 64 connections at once (against ``http.max_body_memory``);
 - ``ws_big_message``: 20 upgraded links each sending one websocket message of 8 MiB (over the peer-link limit,
   ``swarm.max_frame`` plus framing).
 
 During each flood, honest probes run one after the other (each as soon as the last answered, at least 0.1 s
-apart): ``http``: ``GET /health/live`` on a new connection; ``control``: ``GET /v1/status`` over the control
+apart): ``http``: ``GET /health/live`` on a new connection; ``http_post``: a small ``POST /lookup`` on a new
+connection (any answer but a 5xx counts); ``control``: ``GET /v1/status`` over the control
 socket (what ``overlay-node ctl status`` asks); ``dht_ping``: a signed DHT PING from an honest DHT node and
 ``dht_lookup``: an iterative lookup of a random key from it (the node is its only contact); ``peer``: a
 ``node.info`` request on a peer link an honest peer on 127.0.0.1 set up before the floods; ``ws_upgrade``: a new
@@ -40,7 +43,8 @@ Per flood it prints what the attacker offered and what got through, per second, 
 and longest gap between two answers, RSS and descriptors before/peak/after, and whether the node still answers
 each vital probe once the flood is over; it saves ``bench/results/bench_floods.json``. It never fails on time: it
 exits non-zero only when the node process dies, an honest probe (``http``, ``control``, ``dht_ping``, ``peer``) went
-more than 5 s without an answer during a flood, or one goes unanswered (5 s) after it.
+more than 5 s without an answer during a flood (except where ``UNDEFENDED`` says the flood takes what that probe
+needs by design), or one goes unanswered (5 s) after it.
 """
 
 from __future__ import annotations
@@ -92,6 +96,13 @@ SAMPLE_INTERVAL = 0.25
 SETTLE_LIMIT = 20.0
 #: the probes whose silence fails the run (ws_upgrade is informational: its 503 is the node's designed answer)
 VITAL = ("http", "control", "dht_ping", "peer")
+#: floods that take what a probe needs by design (docs/security.md, "Not defended"): that probe's silence during
+#: them is reported, not a failure (slow heads from 64 addresses hold every http slot; signed requests from 64
+#: addresses take the DHT's node-wide signature budget, and honest requests to the node are dropped with theirs)
+UNDEFENDED: dict[str, tuple[str, ...]] = {
+    "slowloris_many_ips": ("http",),
+    "dht_pings_many_ips": ("dht_ping",),
+}
 
 
 # -- the node process ---------------------------------------------------------------------------------------------
@@ -206,46 +217,12 @@ def upgrade_request(host: str, port: int) -> bytes:
     ).encode()
 
 
-async def slot_idle(t: Tally, target: tuple[str, int], source: str, end: float) -> None:
-    """Connect and stay silent until the node closes; again, until ``end``."""
-    while trio.current_time() < end:
-        t.attempts += 1
-        sock = await open_tcp(target, source, end)
-        if sock is None:
-            t.failed += 1
-            await trio.sleep(0.05)
-            continue
-        t.connected += 1
-        with sock, trio.move_on_at(end):
-            t.closed_by_node += await until_closed(sock)
+SessionFn = Callable[[trio.socket.SocketType], Awaitable[None]]
 
 
-async def slot_slowloris(t: Tally, target: tuple[str, int], source: str, end: float, drip: float) -> None:
-    """Send a request head one header line every ``drip`` seconds, reconnecting when the node closes."""
-    while trio.current_time() < end:
-        t.attempts += 1
-        sock = await open_tcp(target, source, end)
-        if sock is None:
-            t.failed += 1
-            await trio.sleep(0.05)
-            continue
-        t.connected += 1
-        with sock, trio.move_on_at(end):
-            try:
-                await sock.send(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
-                while True:
-                    with trio.move_on_after(drip):
-                        if not await sock.recv(4096):
-                            t.closed_by_node += 1
-                            break
-                    t.bytes_sent += await sock.send(b"X-a: b\r\n")
-            except OSError:
-                t.closed_by_node += 1
-
-
-async def slot_upgrade(t: Tally, target: tuple[str, int], sources: list[str], end: float, message: int) -> None:
-    """Upgrade to a websocket on ``/p2p/1`` and hold it silent (``message`` 0) or send one binary message of
-    ``message`` bytes, until the node closes it; again, until ``end``."""
+async def reconnecting(t: Tally, target: tuple[str, int], sources: list[str], end: float, session: SessionFn) -> None:
+    """One attacker slot: connect (from ``sources`` in turn), run ``session`` on the connection until it returns or
+    ``end``, and again, until ``end``. A failed connect is counted and retried after 50 ms."""
     turn = 0
     while trio.current_time() < end:
         source = sources[turn % len(sources)]
@@ -258,18 +235,57 @@ async def slot_upgrade(t: Tally, target: tuple[str, int], sources: list[str], en
             continue
         t.connected += 1
         with sock, trio.move_on_at(end):
-            try:
-                await sock.send(upgrade_request(*target))
-                code = t.status(await read_head(sock))
-                if code != 101:
-                    t.refused += 1
-                    continue
-                t.upgraded += 1
-                if message:
-                    await send_big_message(t, sock, message)
-                t.closed_by_node += await until_closed(sock)
-            except OSError:
-                t.closed_by_node += 1
+            await session(sock)
+
+
+def idle_session(t: Tally) -> SessionFn:
+    """Stay silent until the node closes."""
+
+    async def session(sock: trio.socket.SocketType) -> None:
+        t.closed_by_node += await until_closed(sock)
+
+    return session
+
+
+def slowloris_session(t: Tally, drip: float) -> SessionFn:
+    """Send a request head one header line every ``drip`` seconds until the node answers or closes."""
+
+    async def session(sock: trio.socket.SocketType) -> None:
+        try:
+            await sock.send(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+            while True:
+                with trio.move_on_after(drip):
+                    data = await sock.recv(4096)
+                    if data:
+                        t.status(data)  # a refusal (503 too_many_connections) or a 408
+                    t.closed_by_node += 1
+                    return
+                t.bytes_sent += await sock.send(b"X-a: b\r\n")
+        except OSError:
+            t.closed_by_node += 1
+
+    return session
+
+
+def upgrade_session(t: Tally, target: tuple[str, int], message: int) -> SessionFn:
+    """Upgrade to a websocket on ``/p2p/1`` and hold it silent (``message`` 0) or send one binary message of
+    ``message`` bytes, until the node closes it."""
+
+    async def session(sock: trio.socket.SocketType) -> None:
+        try:
+            await sock.send(upgrade_request(*target))
+            code = t.status(await read_head(sock))
+            if code != 101:
+                t.refused += 1
+                return
+            t.upgraded += 1
+            if message:
+                await send_big_message(t, sock, message)
+            t.closed_by_node += await until_closed(sock)
+        except OSError:
+            t.closed_by_node += 1
+
+    return session
 
 
 async def send_big_message(t: Tally, sock: trio.socket.SocketType, size: int) -> None:
@@ -284,45 +300,40 @@ async def send_big_message(t: Tally, sock: trio.socket.SocketType, size: int) ->
         left -= n
 
 
-async def slot_big_body(t: Tally, target: tuple[str, int], source: str, end: float, length: int) -> None:
-    """POST /submit with a body of ``length`` bytes, sent as fast as the node takes it."""
+def big_body_session(t: Tally, length: int) -> SessionFn:
+    """POST /submit with a body of ``length`` bytes, sent as fast as the node takes it; the answer's status."""
     head = (
         b"POST /submit HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
         b'x-topics: ["tm_ship"]\r\nContent-Length: %d\r\n\r\n' % length
     )
     piece = os.urandom(65536)
-    while trio.current_time() < end:
-        t.attempts += 1
-        sock = await open_tcp(target, source, end)
-        if sock is None:
-            t.failed += 1
-            await trio.sleep(0.05)
-            continue
-        t.connected += 1
-        with sock, trio.move_on_at(end):
-            answer = b""
 
-            async def read_answer(cancel: trio.CancelScope, s: trio.socket.SocketType = sock) -> None:
-                nonlocal answer
-                answer = await read_head(s)
-                cancel.cancel()
+    async def session(sock: trio.socket.SocketType) -> None:
+        answer = b""
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(read_answer, nursery.cancel_scope)
-                try:
-                    await sock.send(head)
-                    left = length
-                    while left > 0:
-                        sent = await sock.send(piece[: min(left, len(piece))])
-                        t.bytes_sent += sent
-                        left -= sent
-                except OSError:
-                    pass
-                await trio.sleep(5.0)  # the answer, if the node sends one after the body
-                nursery.cancel_scope.cancel()
-            if answer:
-                t.status(answer)
-            t.closed_by_node += 1
+        async def read_answer(cancel: trio.CancelScope) -> None:
+            nonlocal answer
+            answer = await read_head(sock)
+            cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_answer, nursery.cancel_scope)
+            try:
+                await sock.send(head)
+                left = length
+                while left > 0:
+                    sent = await sock.send(piece[: min(left, len(piece))])
+                    t.bytes_sent += sent
+                    left -= sent
+            except OSError:
+                pass
+            await trio.sleep(5.0)  # the answer, if the node sends one after the body
+            nursery.cancel_scope.cancel()
+        if answer:
+            t.status(answer)
+        t.closed_by_node += 1
+
+    return session
 
 
 def dht_datagrams(signed: bool) -> list[bytes]:
@@ -339,12 +350,14 @@ def dht_datagrams(signed: bool) -> list[bytes]:
     return [encode(Ping(rpc_id=new_rpc_id()), sender_pub=pub, now=now, sign=sign) for _ in range(20_000)]
 
 
-async def dht_flood(t: Tally, target: tuple[str, int], end: float, datagrams: list[bytes], sockets: int) -> None:
-    """``datagrams`` (cycled) from ``sockets`` ports of DHT_IP as fast as they go; answers counted."""
+async def dht_flood(
+    t: Tally, target: tuple[str, int], end: float, datagrams: list[bytes], sockets: int, sources: list[str]
+) -> None:
+    """``datagrams`` (cycled) from ``sockets`` ports of ``sources`` (in turn) as fast as they go; answers counted."""
 
     async def one(n: int) -> None:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        await sock.bind((DHT_IP, 0))
+        await sock.bind((sources[n % len(sources)], 0))
 
         async def reader() -> None:
             while True:
@@ -379,21 +392,21 @@ async def attack(spec: dict[str, Any]) -> dict[str, Any]:
     started = trio.current_time()
     end = started + spec["seconds"]
     slots = spec.get("slots", 0)
+    sessions: dict[str, Callable[[], SessionFn]] = {
+        "idle": lambda: idle_session(t),
+        "slowloris": lambda: slowloris_session(t, spec["drip"]),
+        "upgrade": lambda: upgrade_session(t, target, spec.get("message", 0)),
+        "big_body": lambda: big_body_session(t, spec["length"]),
+    }
     async with trio.open_nursery() as nursery:
         for i in range(slots):
-            if kind == "idle":
-                nursery.start_soon(slot_idle, t, target, ONE_IP, end)
-            elif kind == "slowloris":
-                nursery.start_soon(slot_slowloris, t, target, ONE_IP, end, spec["drip"])
-            elif kind == "upgrade":
-                sources = MANY_IPS[i % len(MANY_IPS) :] + MANY_IPS[: i % len(MANY_IPS)] if spec["many"] else [ONE_IP]
-                nursery.start_soon(slot_upgrade, t, target, sources, end, spec.get("message", 0))
-            elif kind == "big_body":
-                nursery.start_soon(slot_big_body, t, target, ONE_IP, end, spec["length"])
+            sources = MANY_IPS[i % len(MANY_IPS) :] + MANY_IPS[: i % len(MANY_IPS)] if spec.get("many") else [ONE_IP]
+            nursery.start_soon(reconnecting, t, target, sources, end, sessions[kind]())
             if i % 100 == 99:
                 await trio.lowlevel.checkpoint()  # let the first slots connect while the others start
         if kind in ("dht_pings", "dht_garbage"):
-            nursery.start_soon(dht_flood, t, target, end, datagrams, 64)
+            sources = MANY_IPS if spec.get("many") else [DHT_IP]
+            nursery.start_soon(dht_flood, t, target, end, datagrams, 64, sources)
     elapsed = trio.current_time() - started
     return {"seconds": round(elapsed, 2), "nofile": spec["nofile"], **asdict(t)}
 
@@ -469,6 +482,7 @@ class Honest:
     def probes(self) -> dict[str, Callable[[], Awaitable[object]]]:
         return {
             "http": lambda: http_get(self.open_http, "/health/live"),
+            "http_post": self.small_post,
             "control": lambda: http_get(self.open_control, "/v1/status"),
             "dht_ping": lambda: self.dht.ping(self.info["dht"], expect_key=bytes.fromhex(self.info["identity_key"])),
             "dht_lookup": lambda: self.dht.get(os.urandom(32)),
@@ -480,6 +494,28 @@ class Honest:
         """``node.info`` on the link to the node (the one set up before the floods, or a new one if it dropped)."""
         link = await self.peers.connect(self.info["swarm"], expect_key=self.info["identity_key"])
         return await link.request("node.info", {})
+
+    async def small_post(self) -> bytes:
+        """A small ``POST /lookup`` on a new connection; the status line (raises on a 5xx: any other answer is
+        the route's own)."""
+        body = b'{"service":"ls_ship","query":{"findAll":true}}'
+        stream = await self.open_http()
+        async with stream:
+            await stream.send_all(
+                b"POST /lookup HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            data = b""
+            while b"\r\n" not in data:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                data += chunk
+        line = data.split(b"\r\n", 1)[0]
+        parts = line.split(b" ")
+        if len(parts) < 2 or not parts[1].isdigit() or int(parts[1]) >= 500:
+            raise RuntimeError(f"answered {line!r}")
+        return line
 
     async def open_http(self) -> trio.abc.Stream:
         return await trio.open_tcp_stream(*self.http)
@@ -615,12 +651,15 @@ FLOODS = (
     "http_idle",
     "swarm_idle",
     "slowloris",
+    "slowloris_many_ips",
     "ws_one_ip",
     "ws_many_ips",
     "dht_pings",
+    "dht_pings_many_ips",
     "dht_garbage",
     "http_big_body",
     "http_submit_bodies",
+    "http_many_bodies",
     "ws_big_message",
 )
 
@@ -641,12 +680,15 @@ def flood_spec(info: dict[str, Any], args: argparse.Namespace, name: str) -> dic
         "http_idle": {"kind": "idle", "target": http, "slots": args.conns},
         "swarm_idle": {"kind": "idle", "target": swarm, "slots": args.conns},
         "slowloris": {"kind": "slowloris", "target": http, "slots": 2000, "drip": args.drip},
+        "slowloris_many_ips": {"kind": "slowloris", "target": http, "slots": 2000, "drip": args.drip, "many": True},
         "ws_one_ip": {"kind": "upgrade", "target": swarm, "slots": 500, "many": False},
         "ws_many_ips": {"kind": "upgrade", "target": swarm, "slots": 500, "many": True},
         "dht_pings": {"kind": "dht_pings", "target": info["dht"]},
+        "dht_pings_many_ips": {"kind": "dht_pings", "target": info["dht"], "many": True},
         "dht_garbage": {"kind": "dht_garbage", "target": info["dht"]},
         "http_big_body": {"kind": "big_body", "target": http, "slots": 50, "length": 100_000_000},
         "http_submit_bodies": {"kind": "big_body", "target": http, "slots": 16, "length": 30_000_000},
+        "http_many_bodies": {"kind": "big_body", "target": http, "slots": 64, "length": 30_000_000},
         "ws_big_message": {"kind": "upgrade", "target": swarm, "slots": 20, "many": False, "message": 8 << 20},
     }
     return {"seconds": args.seconds} | specs[name]
@@ -744,7 +786,7 @@ def verdict(results: dict[str, Any]) -> list[str]:
             problems.append(f"{r['name']}: the node process died")
         for name in VITAL:
             gap = r.get("honest", {}).get(name, {}).get("longest_gap_s", 0.0)
-            if gap > STALL_LIMIT:
+            if gap > STALL_LIMIT and name not in UNDEFENDED.get(r["name"], ()):
                 problems.append(f"{r['name']}: {name} unanswered for {gap} s")
         silent = [name for name, ok in r.get("answering_after", {}).items() if not ok]
         if silent:

@@ -57,7 +57,8 @@ class SwarmSection:
     handshake_timeout: float = field(default=10.0, metadata=_range(0.1, 600))
     request_timeout: float = field(default=30.0, metadata=_range(0.1, 3600))
     idle_timeout: float = field(default=120.0, metadata=_range(1, 86_400))
-    keepalive_interval: float = field(default=30.0, metadata=_range(0.1, 86_400))
+    keepalive_interval: float = field(default=5.0, metadata=_range(0.1, 86_400))
+    keepalive_timeout: float = field(default=10.0, metadata=_range(0.1, 86_400))
     reconnect_min: float = field(default=0.5, metadata=_range(0.01, 3600))
     reconnect_max: float = field(default=30.0, metadata=_range(0.01, 86_400))
     transfer_window: int = field(default=8, metadata=_range(1, 1024))
@@ -73,6 +74,8 @@ class HttpSection:
     max_body: int = field(default=64 * MiB, metadata=_range(1 * KiB, 1024 * MiB))
     max_head: int = field(default=256 * KiB, metadata=_range(4 * KiB, 16 * MiB))
     max_connections: int = field(default=1000, metadata=_range(1, 1_000_000))
+    max_connections_per_ip: int = field(default=256, metadata=_range(1, 1_000_000))
+    max_body_memory: int = field(default=128 * MiB, metadata=_range(1 * MiB, 64 * 1024 * MiB))
     head_timeout: float = field(default=10.0, metadata=_range(0.1, 3600))
     keep_alive_timeout: float = field(default=30.0, metadata=_range(0.1, 86_400))
     tls_cert: str = ""
@@ -124,8 +127,9 @@ class DhtSection:
     max_records_per_key: int = field(default=128, metadata=_range(1, 1_000_000))
     max_records_per_publisher: int = field(default=256, metadata=_range(1, 1_000_000))
     max_store_bytes: int = field(default=64 * MiB, metadata=_range(1 * KiB, 64 * 1024 * MiB))
-    max_datagrams_per_source: int = field(default=500, metadata=_range(1, 10_000_000))
-    max_datagrams_per_ip: int = field(default=5000, metadata=_range(1, 10_000_000))
+    max_datagrams_per_source: int = field(default=250, metadata=_range(1, 10_000_000))
+    max_datagrams_per_ip: int = field(default=500, metadata=_range(1, 10_000_000))
+    max_verifies_per_second: int = field(default=1000, metadata=_range(1, 10_000_000))
     socket_buffer: int = field(default=1 * MiB, metadata=_range(0, 256 * MiB))
     flush_timeout: float = field(default=5.0, metadata=_range(0.1, 600))
 
@@ -162,6 +166,7 @@ class WalletSection:
     settle_retry_max: float = field(default=300.0, metadata=_range(0.01, 86_400))
     settle_poll_interval: float = field(default=5.0, metadata=_range(0.01, 86_400))
     unanswered_timeout: float = field(default=600.0, metadata=_range(1, 86_400 * 30))
+    change_wait: float = field(default=5.0, metadata=_range(0, 600))
     devnet_block_interval: float = field(default=5.0, metadata=_range(0, 86_400))
     settle_delay: float = field(default=0.0, metadata=_range(0, 86_400))
 
@@ -207,6 +212,7 @@ class StreamsSection:
     resume_timeout: float = field(default=60.0, metadata=_range(0.1, 86_400))
     pay_ahead: int = field(default=256, metadata=_range(1, 1_000_000))
     max_pay_ahead: int = field(default=1024, metadata=_range(1, 1_000_000))
+    pay_live_ahead: bool = False
 
 
 @dataclass(frozen=True, slots=True)

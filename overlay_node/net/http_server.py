@@ -36,9 +36,19 @@ Theory of operation:
 6. At most ``max_connections`` connections: at the limit, when a new client is waiting in the listen backlog, the
    longest-idle keep-alive connection is closed to make room; when every connection is busy, new clients wait in the
    backlog until one ends or goes idle (no 503: accepting a client only to refuse it costs what serving it would).
+   With ``max_connections_per_ip``, a TCP client whose IP address already has that many connections open is
+   answered ``503 too_many_connections`` with ``Retry-After`` and closed at once, so that one address (slowloris)
+   cannot hold the slots every other client waits for.
 7. Graceful shutdown (``shutdown_trigger`` returns): the listening socket is closed, idle keep-alive connections
    are closed at once, requests in flight finish within ``graceful_timeout`` (their responses say
    ``Connection: close``), then everything left is cancelled.
+8. With ``max_body_memory``, the request bodies of the requests in progress hold at most that many bytes, all
+   connections together: a ``Content-Length`` body over ``SMALL_BODY`` (64 KiB) takes its room when the application
+   first asks for it (before ``100 Continue``), a chunked one as its bytes past ``SMALL_BODY`` arrive, and the room
+   is given back when the application returns. A body that finds no room waits (unread: TCP pushes back on the
+   client) in order of arrival, at most ``body_wait``; then it is answered ``503 busy`` with ``Retry-After`` and
+   the connection closed. Small bodies never wait (together they are bounded by ``max_connections`` times
+   ``SMALL_BODY``); a body larger than the whole budget gets in when it is the only one.
 
 The lifespan protocol is not spoken: our Starlette apps have no lifespan handlers.
 """
@@ -90,6 +100,11 @@ RECEIVE_SIZE: Final = 64 * 1024
 LINGER_BYTES: Final = 256 * 1024
 #: and for at most this long
 LINGER_SECONDS: Final = 2.0
+#: a request body up to this size takes no room in ``max_body_memory`` (all of them together are bounded by
+#: ``max_connections`` times this)
+SMALL_BODY: Final = 64 * 1024
+#: seconds a client refused for ``max_connections_per_ip`` or ``max_body_memory`` is asked to wait (Retry-After)
+RETRY_AFTER: Final = 1
 #: bounds of the deadline watcher's period (a quarter of the shortest timeout)
 TICK_MIN: Final = 0.005
 TICK_MAX: Final = 1.0
@@ -146,6 +161,13 @@ class HttpServerConfig:
     #: an unread request body of up to this many bytes is read and dropped to keep the connection; a larger one
     #: closes it
     drain_limit: int = 64 * 1024
+    #: most connections open at once from one client IP address (None: no such limit; see the module's rule 6)
+    max_connections_per_ip: int | None = None
+    #: most bytes of request bodies held by requests in progress, all connections together (None: no budget; see
+    #: the module's rule 8)
+    max_body_memory: int | None = None
+    #: how long a request body waits for room in ``max_body_memory`` before it is answered 503
+    body_wait: float = 5.0
 
     def __post_init__(self) -> None:
         limits = ("max_request_line", "max_head", "max_headers", "max_body", "max_connections", "backlog")
@@ -157,6 +179,12 @@ class HttpServerConfig:
                 raise ConfigError(f"http server: {name} must be above 0")
         if self.drain_limit < 0:
             raise ConfigError("http server: drain_limit must not be negative")
+        for name in ("max_connections_per_ip", "max_body_memory"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"http server: {name} must be at least 1")
+        if not self.body_wait > 0:
+            raise ConfigError("http server: body_wait must be above 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +199,90 @@ class ServerStatistics:
     requests: int
     #: accept attempts that failed for lack of resources (EMFILE, ENFILE, ...)
     accept_failures: int
+    #: connections refused because their IP address had ``max_connections_per_ip`` open
+    refused_per_ip: int = 0
+    #: bytes of ``max_body_memory`` held by requests in progress now, and the most ever held
+    body_bytes: int = 0
+    body_bytes_peak: int = 0
+    #: request bodies answered 503 because ``max_body_memory`` stayed full for ``body_wait``
+    body_refused: int = 0
+
+
+class BodyBudgetFull(HttpError):
+    """The node-wide budget of request body bytes stayed full for ``body_wait``: 503 with ``Retry-After``."""
+
+    code = "busy"
+    http_status = 503
+
+
+class _BodyBudget:
+    """Bytes of request bodies that requests in progress may hold, all connections together (rule 8).
+
+    A request takes room before its body is read (a ``Content-Length`` body all at once, a chunked one piece by
+    piece) and gives it back when its exchange ends. Requests that find no room wait in order of arrival; a body
+    larger than the whole budget gets in when it is the only one. Waiters hold nothing, so waiting cannot deadlock.
+    """
+
+    __slots__ = ("held", "limit", "peak", "refused", "waiters")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self.refused = 0
+        #: the waiting requests in order: the event set when their room is taken for them -> the bytes they want
+        self.waiters: dict[trio.Event, int] = {}
+
+    def _fits(self, size: int) -> bool:
+        return self.held == 0 or self.held + size <= self.limit
+
+    def _take(self, size: int) -> None:
+        self.held += size
+        self.peak = max(self.peak, self.held)
+
+    async def acquire(self, size: int, wait: float) -> bool:
+        """Take ``size`` bytes, waiting at most ``wait`` seconds for room; whether they were taken."""
+        if not self.waiters and self._fits(size):
+            self._take(size)
+            return True
+        ready = trio.Event()
+        self.waiters[ready] = size
+        try:
+            with trio.move_on_after(wait):
+                await ready.wait()
+        except BaseException:  # cancelled while waiting (the connection ends): give back what we hold
+            if ready.is_set():
+                self.release(size)
+            else:
+                del self.waiters[ready]
+                self._wake()
+            raise
+        if ready.is_set():
+            return True  # taken for us by release()
+        del self.waiters[ready]
+        self._wake()  # a large waiter at the head gave up: those behind it may fit
+        self.refused += 1
+        return False
+
+    def release(self, size: int) -> None:
+        self.held -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        """Hand room to the waiters at the head of the line, in order, while they fit."""
+        while self.waiters:
+            ready, size = next(iter(self.waiters.items()))
+            if not self._fits(size):
+                return
+            del self.waiters[ready]
+            self._take(size)
+            ready.set()
+
+
+def with_retry_after(answer: bytes, seconds: int = RETRY_AFTER) -> bytes:
+    """``answer`` (a whole response from ``error_response``) with a ``Retry-After`` header."""
+    status_line, crlf, rest = answer.partition(b"\r\n")
+    return b"%s%sRetry-After: %d\r\n%s" % (status_line, crlf, seconds, rest)
 
 
 # -- transports -----------------------------------------------------------------------------------------------------
@@ -288,6 +400,8 @@ class _Exchange:
         "error_sent",
         "final_sent",
         "request",
+        "reserved",
+        "seen",
         "writer",
     )
 
@@ -306,6 +420,10 @@ class _Exchange:
         self.broken = False
         self.continue_sent = False
         self.disconnect_wait: trio.CancelScope | None = None
+        #: bytes of the server's body budget this request holds (given back when its exchange ends)
+        self.reserved = 0
+        #: body bytes of a chunked request handed out so far
+        self.seen = 0
 
     @property
     def started(self) -> bool:
@@ -318,6 +436,11 @@ class _Exchange:
             return {"type": "http.disconnect"}
         conn = self.conn
         parser = conn.parser
+        budget = conn.server.body_budget
+        if budget is not None and not self.reserved:
+            length = self.request.content_length
+            if length and length > SMALL_BODY and not await self._reserve(budget, length):
+                return {"type": "http.disconnect"}
         try:
             data, done = parser.read_body()
             while not data and not done:
@@ -344,9 +467,29 @@ class _Exchange:
             conn.must_close = True
             self.final_sent = True
             return {"type": "http.disconnect"}
+        if budget is not None and self.request.chunked and data:
+            # a chunked body takes room as it arrives (past its first SMALL_BODY bytes)
+            self.seen += len(data)
+            wanted = self.seen - SMALL_BODY - self.reserved
+            if wanted > 0 and not await self._reserve(budget, wanted):
+                return {"type": "http.disconnect"}
         if done:
             self.final_sent = self.body_done = True
         return {"type": "http.request", "body": data, "more_body": not done}
+
+    async def _reserve(self, budget: _BodyBudget, size: int) -> bool:
+        """Take ``size`` bytes of the body budget for this request (rule 8); when it stays full for ``body_wait``
+        the body is refused (503 with Retry-After, the connection closed) and False returned."""
+        if await budget.acquire(size, self.conn.config.body_wait):
+            self.reserved += size
+            return True
+        logger.debug("%s: request body refused: the body budget is full", self.conn.label)
+        self.body_error = BodyBudgetFull(
+            f"the server is reading too many request bodies at once; retry after {RETRY_AFTER} s"
+        )
+        self.conn.must_close = True
+        self.final_sent = True
+        return False
 
     async def _wait_disconnect(self) -> None:
         """Until the client closes its side or the response is complete; bytes of a pipelined request that arrive
@@ -395,7 +538,7 @@ class _Exchange:
             if self.writer is not None or self.error_sent:
                 raise LocalProtocolError("the response was already started")
             if self.body_error is not None:
-                await self.conn.send_error(self.body_error.http_status, self.body_error.code, str(self.body_error))
+                await self.conn.send_refusal(self.body_error)
                 self.error_sent = True
                 return
             request = self.request
@@ -512,6 +655,16 @@ class _Connection:
         """Our own JSON error answer, with ``Connection: close``."""
         try:
             await self.write(error_response(status, code, message, date=self.server.date()))
+        except ClientDisconnected:
+            self.eof = True
+
+    async def send_refusal(self, error: HttpError) -> None:
+        """The answer to a request refused while its body was read (503 ones say when to retry)."""
+        answer = error_response(error.http_status, error.code, str(error), date=self.server.date())
+        if error.http_status == 503:
+            answer = with_retry_after(answer)
+        try:
+            await self.write(answer)
         except ClientDisconnected:
             self.eof = True
 
@@ -635,12 +788,18 @@ class _Connection:
         except Exception as exc:  # noqa: BLE001 -- the app boundary: a failing app gets a 500, the server goes on
             self.current = None
             return await self._app_failed(exchange, exc)
+        finally:
+            budget = server.body_budget
+            if exchange.reserved and budget is not None:  # the application is done with the body
+                budget.release(exchange.reserved)
+                exchange.reserved = 0
         # (left set when cancelled: the connection's timeout handler looks at it)
         self.current = None
         if exchange.body_error is not None:
             if not exchange.started:
-                error = exchange.body_error
-                await self.send_error(error.http_status, error.code, str(error))
+                await self.send_refusal(exchange.body_error)
+            if isinstance(exchange.body_error, BodyBudgetFull):
+                await self._linger()  # the client may still be sending the body: let it read the 503 first
             return False
         writer = exchange.writer
         if writer is None or not writer.started:
@@ -662,8 +821,7 @@ class _Connection:
             # the client went away (or sent a bad body): the application's failure is a consequence
             logger.debug("%s %s failed after the client went away: %r", request.method, request.path, exc)
             if exchange.body_error is not None and not exchange.started:
-                error = exchange.body_error
-                await self.send_error(error.http_status, error.code, str(error))
+                await self.send_refusal(exchange.body_error)
             return False
         logger.error("%s %s failed", request.method, request.path.decode("ascii", "replace"), exc_info=exc)
         if not exchange.started:
@@ -736,21 +894,31 @@ class HttpServer:
         self._all_closed: trio.Event | None = None
         self._requests = 0
         self._accept_failures = 0
+        #: open connections per client IP address (TCP), when ``max_connections_per_ip`` is set
+        self._per_ip: dict[str, int] = {}
+        self._refused_per_ip = 0
+        cfg = self.config
+        #: the body budget (rule 8), when ``max_body_memory`` is set
+        self.body_budget = _BodyBudget(cfg.max_body_memory) if cfg.max_body_memory is not None else None
         self._on_accept_failure = on_accept_failure
         self._accept_quiet_until = -_INF
         self._date_second = -1
         self._date = b""
-        cfg = self.config
         timeouts = (cfg.head_timeout, cfg.keep_alive_timeout, cfg.read_timeout, cfg.write_timeout)
         #: how often connection deadlines are checked: a timeout fires up to this much late
         self.tick = min(max(min(*timeouts, cfg.tls_handshake_timeout) / 4, TICK_MIN), TICK_MAX)
 
     def statistics(self) -> ServerStatistics:
+        budget = self.body_budget
         return ServerStatistics(
             connections=len(self._connections),
             idle=len(self._idle),
             requests=self._requests,
             accept_failures=self._accept_failures,
+            refused_per_ip=self._refused_per_ip,
+            body_bytes=budget.held if budget is not None else 0,
+            body_bytes_peak=budget.peak if budget is not None else 0,
+            body_refused=budget.refused if budget is not None else 0,
         )
 
     def date(self) -> bytes:
@@ -815,6 +983,7 @@ class HttpServer:
     async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
         cfg = self.config
         tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
+        per_ip = cfg.max_connections_per_ip
         backoff = 0.0
         failures = 0
         reported = False
@@ -855,16 +1024,38 @@ class HttpServer:
                 reported = False
             sock.setblocking(False)
             if tcp:
+                ip = str(peer[0])
+                if per_ip is not None and self._per_ip.get(ip, 0) >= per_ip:
+                    self._refuse_per_ip(sock)
+                    continue
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                client: tuple[str, int] | None = (str(peer[0]), int(peer[1]))
+                client: tuple[str, int] | None = (ip, int(peer[1]))
                 label = f"http {peer[0]}:{peer[1]}"
             else:
                 client = None
                 label = f"http unix fd {sock.fileno()}"
             conn = _Connection(self, _SocketIO(sock), client, label)
             self._connections.add(conn)
+            if client is not None and per_ip is not None:
+                self._per_ip[client[0]] = self._per_ip.get(client[0], 0) + 1
             nursery.start_soon(conn.run, self.ssl_context, sock)
             await trio.lowlevel.checkpoint()
+
+    def _refuse_per_ip(self, sock: socket.socket) -> None:
+        """Rule 6: the client's IP address has ``max_connections_per_ip`` connections open: a best-effort 503 and
+        close (one non-blocking write; the slots stay with the other addresses)."""
+        self._refused_per_ip += 1
+        answer = error_response(
+            503,
+            "too_many_connections",
+            f"too many connections from your address; close some or retry after {RETRY_AFTER} s",
+            date=self.date(),
+        )
+        try:
+            sock.send(with_retry_after(answer))
+        except OSError:
+            pass
+        sock.close()
 
     async def _wait_for_room(self, listener: socket.socket) -> None:
         """At the connection limit: once a client waits in the backlog, close the longest-idle connection, else
@@ -895,6 +1086,11 @@ class HttpServer:
 
     def _connection_closed(self, conn: _Connection) -> None:
         self._connections.discard(conn)
+        client = conn.client
+        if client is not None and self.config.max_connections_per_ip is not None:
+            left = self._per_ip.pop(client[0], 1) - 1
+            if left > 0:
+                self._per_ip[client[0]] = left
         self._wake_acceptor()
         if self._all_closed is not None and not self._connections:
             self._all_closed.set()

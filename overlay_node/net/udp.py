@@ -13,8 +13,12 @@ Invariants:
    source address can be used as a dictionary key and compared with a contact's address.
 3. Errors the kernel reports on receive for earlier sends (ICMP port unreachable on some platforms) are not the
    receiver's business: :meth:`UdpEndpoint.receive` skips them and keeps reading.
-4. :meth:`UdpEndpoint.receive` and :meth:`UdpEndpoint.send` are trio checkpoints, and a datagram taken off the
-   socket is returned even if the caller is cancelled right then (it is never lost in between).
+4. :meth:`UdpEndpoint.receive`, :meth:`UdpEndpoint.receive_batch` and :meth:`UdpEndpoint.send` are trio
+   checkpoints, and a datagram taken off the socket is returned even if the caller is cancelled right then (it is
+   never lost in between).
+5. :meth:`UdpEndpoint.receive_batch` takes every datagram already waiting (up to its limit) with one checkpoint:
+   under a flood the reader keeps up with the socket at the cost of a system call per datagram, so that the
+   kernel's buffer does not fill and drop honest datagrams with the flood's.
 """
 
 from __future__ import annotations
@@ -166,6 +170,47 @@ class UdpEndpoint:
             # a datagram was taken off the socket: yield, but never drop it for a cancellation
             await trio.lowlevel.cancel_shielded_checkpoint()
             return data, source
+
+    async def receive_batch(self, limit: int) -> list[tuple[bytes, Address]]:
+        """Wait for the next datagram and return it with up to ``limit - 1`` more that are already waiting, each
+        with its source address (invariant 5).
+
+        Raises:
+            TransportError: the socket failed or was closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        sock = self._sock
+        sources = self._sources
+        batch: list[tuple[bytes, Address]] = []
+        while True:
+            try:
+                data, raw = sock.recvfrom(RECEIVE_SIZE)
+            except BlockingIOError:
+                if batch:
+                    break
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except trio.ClosedResourceError as exc:
+                    raise TransportError(f"udp endpoint {format_address(self._address)} closed") from exc
+                continue
+            except OSError as exc:
+                if exc.errno in _SEND_ECHO_ERRNOS:
+                    continue
+                if batch:
+                    break  # handed out now; the error shows again on the next call
+                raise TransportError(f"udp receive on {format_address(self._address)} failed: {exc}") from exc
+            source = sources.get(raw)
+            if source is None:
+                try:
+                    source = self._source(raw)
+                except ValueError:  # pragma: no cover - the kernel gives IP literals
+                    continue
+            batch.append((data, source))
+            if len(batch) >= limit:
+                break
+        # datagrams were taken off the socket: yield, but never drop them for a cancellation
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return batch
 
     async def send(self, data: bytes, address: Address) -> None:
         """Send one datagram to ``address``.

@@ -1,12 +1,16 @@
 """The DHT's datagram layer on trio: signing, verification, per-source rate limits, and requests with retries.
 
 Theory of operation: :meth:`DhtRpc.serve` is the one task that reads the UDP endpoint. For each datagram it
-checks the source's rate budget (before any parsing, so a flood costs a dictionary lookup per datagram), decodes
-and verifies it (``wire.dht.decode``: size, canonical CBOR, fields, timestamp, signature), and then
+checks the source's rate budget (before any parsing, so a flood costs a dictionary lookup per datagram), decodes it
+(``wire.dht.decode``: size, canonical CBOR, fields, timestamp; the signature is checked last, here), and then
 
 - an answer (PONG, NODES, VALUES, STORE_ACK) resolves the pending request with its rpc id, if it came from the
-  node asked and is the answer type the request expects; otherwise it is dropped (``unexpected``/``bad_node_id``);
-- a request (PING, FIND_NODE, FIND_VALUE, STORE) goes to the handler, whose answer is signed and sent back.
+  node asked and is the answer type the request expects (otherwise it is dropped, ``unexpected``/``bad_node_id``,
+  before its signature is checked) and its signature verifies;
+- a request (PING, FIND_NODE, FIND_VALUE, STORE) takes one signature check from the node-wide budget
+  (``max_verifies_per_second``; over it the request is dropped, ``overloaded``), and if its signature verifies goes
+  to the handler, whose answer is signed and sent back. Answers to our own requests do not take from that budget:
+  their number is bounded by the requests we send, and a flood of requests must not stop our own lookups.
 
 Every verified sender is reported to the handler (``on_heard``), which feeds the routing table. A dropped datagram
 is counted in ``overlay_dht_drops{reason}`` and changes nothing else.
@@ -18,19 +22,23 @@ Invariants:
 2. A request is outstanding under a fresh random rpc id until answered or given up, after at most
    ``request_retries + 1`` sends of the same bytes, ``request_timeout`` apart. A retry reuses the rpc id, so an
    answer to any of the sends completes the request.
-3. The rate limiter keeps one counter per source address ``(ip, port)`` and one per source IP for the current whole
-   second of protocol time; a datagram over either budget is dropped, so many ports of one IP share the IP's
-   budget. Its memory is bounded by the datagrams of one second.
+3. The rate limiter gives each source address ``(ip, port)`` and each source IP a smooth rate with bursts of
+   :data:`BURST_SECONDS` worth (the generic cell rate algorithm: one float per address); a datagram over either is
+   dropped, so many ports of one IP share the IP's budget. The per-IP rate is kept well below what the node can
+   check and answer, so that the rest of a flood from one IP is dropped for the price of a dictionary lookup and
+   others are answered meanwhile. Its memory is bounded by the addresses heard from in the last
+   ``BURST_SECONDS + 1`` seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, NoReturn, Protocol
+from typing import Final, Generic, NoReturn, Protocol, TypeVar
 
 import trio
 from coincurve import PublicKey
@@ -57,12 +65,21 @@ from overlay_node.wire.dht import (
     node_id_of,
 )
 
-__all__ = ["Deliver", "DhtHandler", "DhtRpc", "RpcStats", "Signer", "SourceRateLimiter"]
+__all__ = ["BURST_SECONDS", "Deliver", "DhtHandler", "DhtRpc", "RateLimit", "RpcStats", "Signer", "SourceRateLimiter"]
 
 logger = logging.getLogger(__name__)
 
 #: public keys parsed and kept for verification (parsing costs about a sixth of a verify)
 _KEY_CACHE: Final = 4096
+K = TypeVar("K")
+
+#: the rate limits allow bursts of this many seconds' worth of their rate at once (a lookup's fan-out, many nodes
+#: joining through one bootstrap address), then the rate itself, spread evenly
+BURST_SECONDS: Final = 0.5
+#: datagrams taken off the socket per wakeup of the receiving task
+RECEIVE_BATCH: Final = 64
+#: how often a rate limiter forgets the addresses whose budget is whole again
+_SWEEP_INTERVAL: Final = 1.0
 
 #: the answer each request expects
 _ANSWER: Final[dict[type[Message], type[Message]]] = {
@@ -108,32 +125,51 @@ class Signer:
         return ecdsa_verify_digest(key, signature, digest)
 
 
-class SourceRateLimiter:
-    """At most ``per_second`` datagrams per source address ``(ip, port)``, and at most ``per_ip`` from all the ports
-    of one IP together, in each whole second of protocol time. (Every datagram counts against its IP, even one the
-    per-address budget drops: a flood from one port uses up nothing of its neighbours' budget but its IP's.)"""
+class RateLimit(Generic[K]):
+    """``rate`` events per second per key, with bursts of up to ``burst`` seconds' worth: the generic cell rate
+    algorithm, which keeps one float per key (when its budget will be whole again, less one burst) and no timers.
+    Keys whose budget is whole again are forgotten about once a second."""
 
-    def __init__(self, per_second: int, per_ip: int | None = None) -> None:
+    __slots__ = ("_due", "_interval", "_sweep_at", "_tolerance")
+
+    def __init__(self, rate: float, burst: float = BURST_SECONDS) -> None:
+        self._interval = 1.0 / rate
+        #: how far ahead of now a key's next slot may be: ``burst * rate`` events at once (at least one)
+        self._tolerance = max(burst * rate - 1.0, 0.0) * self._interval
+        self._due: dict[K, float] = {}
+        self._sweep_at = -math.inf
+
+    def allow(self, key: K, now: float) -> bool:
+        """Take one event of ``key``'s budget at ``now``; False (and nothing taken) when it is spent."""
+        due = self._due.get(key, now)
+        if due < now:
+            due = now
+        elif due - now > self._tolerance:
+            return False
+        self._due[key] = due + self._interval
+        if now >= self._sweep_at:
+            self._sweep_at = now + _SWEEP_INTERVAL
+            self._due = {k: t for k, t in self._due.items() if t > now}
+        return True
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+
+class SourceRateLimiter:
+    """At most ``per_second`` datagrams a second per source address ``(ip, port)``, and at most ``per_ip`` from all
+    the ports of one IP together, each with bursts of :data:`BURST_SECONDS` worth. A datagram its address's budget
+    drops takes nothing from its IP's: a flood from one port uses up nothing of its neighbours' budget."""
+
+    def __init__(self, per_second: int, per_ip: int | None = None, *, burst: float = BURST_SECONDS) -> None:
         self.per_second = per_second
         self.per_ip = per_ip if per_ip is not None else per_second
-        self._window = -1
-        self._counts: dict[Address, int] = {}
-        self._ip_counts: dict[str, int] = {}
+        self._sources: RateLimit[Address] = RateLimit(per_second, burst)
+        self._ips: RateLimit[str] = RateLimit(self.per_ip, burst)
 
     def allow(self, source: Address, now: float) -> bool:
-        """Count one datagram from ``source`` at ``now``; False once its address's or its IP's budget for this
-        second is spent."""
-        window = int(now)
-        if window != self._window:
-            self._window = window
-            self._counts.clear()
-            self._ip_counts.clear()
-        ip = source[0]
-        ip_count = self._ip_counts.get(ip, 0) + 1
-        self._ip_counts[ip] = ip_count
-        count = self._counts.get(source, 0) + 1
-        self._counts[source] = count
-        return count <= self.per_second and ip_count <= self.per_ip
+        """Count one datagram from ``source`` at ``now``; False when its address's or its IP's budget is spent."""
+        return self._sources.allow(source, now) and self._ips.allow(source[0], now)
 
 
 class DhtHandler(Protocol):
@@ -210,6 +246,10 @@ class DhtRpc:
         self._wall = wall_clock
         self.signer = Signer(identity)
         self._limiter = SourceRateLimiter(config.max_datagrams_per_source, config.max_datagrams_per_ip)
+        #: signature checks of requests, node-wide (a flood spread over many addresses)
+        self._verifies: RateLimit[None] = RateLimit(config.max_verifies_per_second)
+        #: what ``decode`` asked to verify, checked after it returns (see ``_defer_verify``)
+        self._unverified: tuple[bytes, bytes, bytes] = (b"", b"", b"")
         self._pending: dict[bytes, _Pending] = {}
         self._endpoint: UdpEndpoint | None = None
         self._in = 0
@@ -221,6 +261,7 @@ class DhtRpc:
         self._m_in_bytes = metrics.dht_bytes.labels("in")
         self._m_out_bytes = metrics.dht_bytes.labels("out")
         self._m_ok = {method: metrics.dht_requests.labels(method, "ok") for method in _METHOD.values()}
+        self._m_rate_limited = metrics.dht_drops.labels("rate_limited")
 
     # -- counters --------------------------------------------------------------------------------------------
 
@@ -348,22 +389,50 @@ class DhtRpc:
         """Read and handle datagrams from ``endpoint`` until cancelled; requests may be sent once started."""
         self._endpoint = endpoint
         task_status.started()
+        allow = self._limiter.allow
         try:
             while True:
-                data, source = await endpoint.receive()
-                await self._handle_datagram(data, source)
+                batch = await endpoint.receive_batch(RECEIVE_BATCH)
+                now = trio.current_time()
+                self._in += len(batch)
+                self._m_in.inc(len(batch))
+                self._m_in_bytes.inc(sum(len(data) for data, _ in batch))
+                # the rate limits come first: a flood's datagram costs a dictionary lookup (invariant 3); they are
+                # counted before any datagram of the batch is answered
+                admitted = [(data, source) for data, source in batch if allow(source, now)]
+                limited = len(batch) - len(admitted)
+                if limited:
+                    self._drops["rate_limited"] = self._drops.get("rate_limited", 0) + limited
+                    self._m_rate_limited.inc(limited)
+                for i, (data, source) in enumerate(admitted):
+                    if i:
+                        # as with one datagram per wakeup: a task an answer woke (a lookup) runs before the next
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    await self._handle_datagram(data, source, now)
         finally:
             self._endpoint = None
 
-    async def _handle_datagram(self, data: bytes, source: Address) -> None:
-        self._in += 1
-        self._m_in.inc()
-        self._m_in_bytes.inc(len(data))
-        if not self._limiter.allow(source, trio.current_time()):
-            self._drop("rate_limited")
-            return
+    def _defer_verify(self, pubkey: bytes, message: bytes, signature: bytes) -> bool:
+        """The ``verify`` given to ``decode``, whose last check is the signature: it keeps what is to be verified
+        and says yes, and :meth:`_verified` checks it once we know whether the datagram is worth a check."""
+        self._unverified = (pubkey, message, signature)
+        return True
+
+    def _verified(self) -> bool:
+        pubkey, message, signature = self._unverified
+        self._unverified = (b"", b"", b"")
         try:
-            envelope = decode(data, now=self._wall(), verify=self.signer.verify, max_skew=self._config.max_skew)
+            if self.signer.verify(pubkey, message, signature):
+                return True
+        except ValueError:  # pragma: no cover - the verifier returns False for malformed input
+            pass
+        self._drop("bad_signature")
+        return False
+
+    async def _handle_datagram(self, data: bytes, source: Address, now: float) -> None:
+        try:
+            # everything but the signature; no field of the envelope is acted on before _verified() says yes
+            envelope = decode(data, now=self._wall(), verify=self._defer_verify, max_skew=self._config.max_skew)
         except DhtDropped as exc:
             self._drop(exc.reason)
             logger.debug("dht: dropped datagram from %s: %s", format_address(source), exc)
@@ -374,6 +443,11 @@ class DhtRpc:
         msg = envelope.message
         if isinstance(msg, Pong | Nodes | Values | StoreAck):
             self._resolve(envelope, msg)
+            return
+        if not self._verifies.allow(None, now):
+            self._drop("overloaded")
+            return
+        if not self._verified():
             return
         self._handler.on_heard(envelope, source, answer=False)
         reply = self._handler.handle_request(envelope, source)
@@ -402,6 +476,8 @@ class DhtRpc:
             return
         if type(msg) is not pending.answer:
             self._drop("unexpected")
+            return
+        if not self._verified():
             return
         pending.answered = True
         self._m_ok[pending.method].inc()

@@ -36,7 +36,7 @@ from overlay_node.wire.dht import (
     encode,
     new_rpc_id,
 )
-from tests.integration.dht_fixtures import DhtNet, DhtPeer, WallClock, dht_net
+from tests.integration.dht_fixtures import DhtNet, DhtPeer, WallClock, dht_net, settle
 
 __all__ = ["dht_net"]
 
@@ -329,3 +329,32 @@ async def test_malformed_datagrams_are_dropped_and_counted(dht_net: DhtNet) -> N
         await honest.service.put(key, b"ok", ttl=60)
         assert [r.value for r in await target.service.get(key)] == [b"ok"]
         client.close()
+
+
+async def test_a_flood_spread_over_many_ips_is_bounded_by_the_signature_budget(dht_net: DhtNet) -> None:
+    """Forty addresses, each far within its own budget, together over the node-wide budget of signature checks:
+    the requests beyond it are dropped unchecked, and the node's own lookups go on (answers to its requests are
+    not charged to that budget)."""
+    with trio.fail_after(LIMIT):
+        honest = await dht_net.start("honest", request_timeout=0.1)
+        target = await dht_net.start("target", request_timeout=0.1, max_verifies_per_second=1)
+        # the target asks, the honest node answers: nothing of that is charged to the target's budget
+        assert await target.service.bootstrap([honest.address]) == 1
+        await settle()
+        attacker = Identity.generate()
+        flooders = [RawClient(dht_net.clock, attacker, host=f"127.0.0.{i}") for i in range(2, 42)]
+        overloaded = target.drops("overloaded")
+        for flooder in flooders:
+            for _ in range(5):
+                await flooder.send(Ping(rpc_id=new_rpc_id()), target)
+        await settle()  # loopback delivers during sendto: once every task waits, the target has read them all
+        answered = sum(len(f.drain()) for f in flooders)
+        assert target.drops("rate_limited") == 0  # every address stayed within its own budget
+        assert answered <= 2  # one check a second (a second one if the budget refilled meanwhile)
+        assert target.drops("overloaded") - overloaded == 200 - answered
+        # the spent budget does not stop the target's own lookups
+        key = dht_key("tag", "after-spread-flood")
+        await honest.service.put(key, b"still fine", ttl=60)
+        assert [r.value for r in await target.service.get(key)] == [b"still fine"]
+        for flooder in flooders:
+            flooder.close()
