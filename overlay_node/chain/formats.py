@@ -13,7 +13,6 @@ bsv-sdk does not read back identically). Merkle paths are checked with :func:`ov
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,9 @@ ATOMIC_BEEF = b"\x01\x01\x01\x01"
 _SDK_ERRORS = (ValueError, IndexError, KeyError, TypeError, OverflowError, StopIteration, AttributeError)
 
 Format = Literal["raw", "ef", "beef"]
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,20 +135,24 @@ class Cursor:
         return self.data[self.pos : self.pos + n]
 
     def take(self, n: int) -> bytes:
-        if n > self.remaining:
-            raise Refusal(ArcCode.MALFORMED, f"truncated data: {n} bytes needed at offset {self.pos}")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
+        pos = self.pos
+        if n > len(self.data) - pos:
+            raise Refusal(ArcCode.MALFORMED, f"truncated data: {n} bytes needed at offset {pos}")
+        self.pos = pos + n
+        return self.data[pos : pos + n]
 
     def u8(self) -> int:
-        return self.take(1)[0]
+        pos = self.pos
+        if pos >= len(self.data):
+            raise Refusal(ArcCode.MALFORMED, f"truncated data: 1 bytes needed at offset {pos}")
+        self.pos = pos + 1
+        return self.data[pos]
 
     def u32(self) -> int:
-        return int(struct.unpack("<I", self.take(4))[0])
+        return int(_U32.unpack(self.take(4))[0])
 
     def u64(self) -> int:
-        return int(struct.unpack("<Q", self.take(8))[0])
+        return int(_U64.unpack(self.take(8))[0])
 
     def varint(self) -> int:
         first = self.u8()
@@ -161,7 +167,7 @@ class Cursor:
     def count(self, what: str, min_size: int) -> int:
         """A varint item count, refused when that many items of ``min_size`` bytes cannot fit."""
         n = self.varint()
-        if n * min_size > self.remaining:
+        if n * min_size > len(self.data) - self.pos:
             raise Refusal(ArcCode.MALFORMED, f"{what} count {n} at offset {self.pos} exceeds the data")
         return n
 
@@ -179,35 +185,30 @@ def _plain_tx(data: bytes, pos: int) -> tuple[ParsedTx, int] | None:
     if p >= end or (n_in := data[p]) >= 0xFD:
         return None
     p += 1
+    u32 = _U32.unpack_from
     inputs: list[TxInput] = []
     for _ in range(n_in):
         if p + 37 > end or (size := data[p + 36]) >= 0xFD:
             return None
-        outpoint = data[p : p + 36]
-        p += 37
-        script = data[p : p + size]
-        p += size + 4
+        at = p
+        p += 41 + size
         if p > end:
             return None
-        inputs.append(
-            TxInput(
-                outpoint[31::-1].hex(),
-                int.from_bytes(outpoint[32:], "little"),
-                script,
-                int.from_bytes(data[p - 4 : p], "little"),
-            )
-        )
+        script = data[at + 37 : p - 4]
+        inputs.append(TxInput(data[at : at + 32][::-1].hex(), u32(data, at + 32)[0], script, u32(data, p - 4)[0]))
     if p >= end or (n_out := data[p]) >= 0xFD:
         return None
     p += 1
+    u64 = _U64.unpack_from
     outputs: list[TxOutput] = []
     for _ in range(n_out):
         if p + 9 > end or (size := data[p + 8]) >= 0xFD:
             return None
-        satoshis = int.from_bytes(data[p : p + 8], "little")
-        p += 9
-        outputs.append(TxOutput(satoshis, data[p : p + size]))
-        p += size
+        at = p + 9
+        p = at + size
+        if p > end:
+            return None
+        outputs.append(TxOutput(u64(data, at - 9)[0], data[at:p]))
     p += 4
     if p > end:
         return None
@@ -304,7 +305,16 @@ def _with_bump(ptx: ParsedTx, bump: tuple[bytes, int]) -> ParsedTx:
             f"the BUMP given for {ptx.txid} does not prove it: {exc}",
             txid=ptx.txid,
         ) from exc
-    return dataclasses.replace(ptx, bump=blob, bump_root=root, block_height=height)
+    return ParsedTx(
+        txid=ptx.txid,
+        raw=ptx.raw,
+        inputs=ptx.inputs,
+        outputs=ptx.outputs,
+        ef_sources=ptx.ef_sources,
+        bump=blob,
+        bump_root=root,
+        block_height=height,
+    )
 
 
 def _read_beef(cur: Cursor) -> Submission:

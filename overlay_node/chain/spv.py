@@ -74,7 +74,8 @@ def verify_beef(
             )
     sources: dict[Outpoint, SourceOutput] = {}
     fees: dict[str, int] = {}
-    for ptx in submission.txs:
+    last = len(submission.txs) - 1
+    for at, ptx in enumerate(submission.txs):
         if ptx.block_height is not None:
             if roots is not None and roots.get(ptx.block_height) != ptx.bump_root:
                 raise Refusal(
@@ -94,6 +95,7 @@ def verify_beef(
             if fee is None:  # not the common case: the full check decides, and says what is wrong
                 fee = check_transaction(ptx, sources, policy).fee
             fees[ptx.txid] = fee
-        for vout, (satoshis, script) in enumerate(ptx.outputs):
-            sources[(ptx.txid, vout)] = SourceOutput(satoshis=satoshis, locking_script=script)
+        if at < last:  # the outputs a later transaction of the BEEF may spend (nothing comes after the subject)
+            for vout, (satoshis, script) in enumerate(ptx.outputs):
+                sources[(ptx.txid, vout)] = SourceOutput(satoshis=satoshis, locking_script=script)
     return Verified(fees=fees)

@@ -537,3 +537,109 @@ def _reports(conn: sqlite3.Connection) -> None:
 def _stream_bytes(conn: sqlite3.Connection) -> None:
     # payload bytes of each subscription (store/streams.py): received (consumer) or sent (producer), each packet once
     conn.execute("ALTER TABLE stream_subs ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0")
+
+
+@MIGRATIONS.register("0012_fewer_index_pages")
+def _fewer_index_pages(conn: sqlite3.Connection) -> None:
+    # Every index a row goes into is one more page a commit dirties (a WAL frame each), and a key of random values
+    # (a txid) lands on a different leaf each time. A submitted BEEF's table becomes a WITHOUT ROWID table keyed by
+    # txid (one b-tree instead of the table and its key's index); two indexes that only duplicated the leading
+    # columns of a uniqueness rule go, the rule reordered so that it serves their queries; the wallet's index of
+    # outputs by state becomes an index of the spendable ones by time. Every uniqueness rule stays. Tables are
+    # rebuilt (copy, drop, rename), all in this migration's transaction. (Tables with large rows keyed by random
+    # values, payments and wallet_txs, stay rowid tables: as WITHOUT ROWID tables a leaf holds a few rows, and a
+    # batch of payments dirtied more pages than the table and its key's index together.)
+
+    # a submitted BEEF, once per txid
+    conn.execute(
+        """
+        CREATE TABLE overlay_txs_new (
+            txid         TEXT PRIMARY KEY,
+            beef         BLOB NOT NULL,
+            block_height INTEGER,
+            created_at   REAL NOT NULL
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute(
+        "INSERT INTO overlay_txs_new (txid, beef, block_height, created_at) "
+        "SELECT txid, beef, block_height, created_at FROM overlay_txs"
+    )
+    conn.execute("DROP TABLE overlay_txs")
+    conn.execute("ALTER TABLE overlay_txs_new RENAME TO overlay_txs")
+
+    # admitted outputs: the outpoint first in the uniqueness rule (lookups by txid use it: no index of their own)
+    conn.execute(
+        """
+        CREATE TABLE overlay_outputs_new (
+            id          INTEGER PRIMARY KEY,
+            topic       TEXT NOT NULL,
+            txid        TEXT NOT NULL,
+            vout        INTEGER NOT NULL,
+            script      BLOB NOT NULL,
+            satoshis    INTEGER NOT NULL,
+            spent       INTEGER NOT NULL DEFAULT 0,
+            score       REAL NOT NULL,
+            consumed    TEXT NOT NULL DEFAULT '',
+            consumed_by TEXT NOT NULL DEFAULT '',
+            UNIQUE (txid, vout, topic)
+        )
+        """
+    )
+    conn.execute(
+        "INSERT INTO overlay_outputs_new (id, topic, txid, vout, script, satoshis, spent, score, consumed, "
+        "consumed_by) SELECT id, topic, txid, vout, script, satoshis, spent, score, consumed, consumed_by "
+        "FROM overlay_outputs"
+    )
+    conn.execute("DROP TABLE overlay_outputs")
+    conn.execute("ALTER TABLE overlay_outputs_new RENAME TO overlay_outputs")
+    conn.execute("CREATE INDEX overlay_outputs_unspent ON overlay_outputs (topic, score) WHERE spent = 0")
+
+    # lookup index items, the same way; their fields reference them (ON DELETE CASCADE), so the fields are set
+    # aside first (dropping the items would otherwise delete them) and put back under the same definition
+    conn.execute(
+        "CREATE TABLE overlay_index_fields_copy (item INTEGER NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL)"
+    )
+    conn.execute(
+        "INSERT INTO overlay_index_fields_copy (item, field, value) SELECT item, field, value FROM overlay_index_fields"
+    )
+    conn.execute("DROP TABLE overlay_index_fields")
+    conn.execute(
+        """
+        CREATE TABLE overlay_index_items_new (
+            seq     INTEGER PRIMARY KEY,
+            service TEXT NOT NULL,
+            topic   TEXT NOT NULL,
+            txid    TEXT NOT NULL,
+            vout    INTEGER NOT NULL,
+            UNIQUE (txid, vout, service, topic)
+        )
+        """
+    )
+    conn.execute(
+        "INSERT INTO overlay_index_items_new (seq, service, topic, txid, vout) "
+        "SELECT seq, service, topic, txid, vout FROM overlay_index_items"
+    )
+    conn.execute("DROP TABLE overlay_index_items")
+    conn.execute("ALTER TABLE overlay_index_items_new RENAME TO overlay_index_items")
+    conn.execute("CREATE INDEX overlay_index_items_service ON overlay_index_items (service, seq)")
+    conn.execute(
+        """
+        CREATE TABLE overlay_index_fields (
+            item  INTEGER NOT NULL REFERENCES overlay_index_items (seq) ON DELETE CASCADE,
+            field TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (field, value, item)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute(
+        "INSERT INTO overlay_index_fields (item, field, value) SELECT item, field, value FROM overlay_index_fields_copy"
+    )
+    conn.execute("DROP TABLE overlay_index_fields_copy")
+    conn.execute("CREATE INDEX overlay_index_fields_item ON overlay_index_fields (item)")
+
+    # the wallet's spendable outputs, oldest first (coin selection): by admission time rather than by
+    # (state, txid, vout), whose random keys dirtied a leaf of their own for every output recorded
+    conn.execute("DROP INDEX wallet_utxos_state")
+    conn.execute("CREATE INDEX wallet_utxos_spendable ON wallet_utxos (created_at) WHERE state = 'spendable'")

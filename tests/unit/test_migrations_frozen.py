@@ -25,6 +25,7 @@ SHIPPED = {
     "0009_overlay_sync": "59ecea3ea783c943",
     "0010_reports": "1b8d7ee44fce4a94",
     "0011_stream_bytes": "df67e06841fc29f8",
+    "0012_fewer_index_pages": "4bbe2c330dbdaaa8",
 }
 
 
