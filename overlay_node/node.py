@@ -198,7 +198,11 @@ class Node:
         async with trio.open_nursery() as servers, trio.open_nursery() as services:
             for step in self._start_order():
                 await step.start(boot, servers if step.drains else services)
-            task_status.started(self._report_ready(boot))
+            info = self._report_ready(boot)
+            # what the node says about itself is known now (a node.info that came during the start waited for it)
+            self.peers.on_request("node.info", self._serve_node_info)
+            self.peers.all_methods_registered()
+            task_status.started(info)
             await self._shutdown.wait()
             logger.info("node %s shutting down", identity.public_key_hex[:16])
             self._ready = False
@@ -226,13 +230,15 @@ class Node:
         control_sock = bind_unix(control_path)
         self._control_path = control_path
         peers = PeerManager(identity, cfg.swarm, self.metrics)
+        # links are accepted from the first step on; a peer's request for a method whose service has not started
+        # yet waits for the last step instead of being answered unknown_method
+        peers.hold_unknown_methods()
         self._peers = peers
         dht = DhtService(identity, cfg.dht, store, self.metrics, wall_clock=self.wall_clock)
         self._dht = dht
         self._adverts = AdvertService(
             identity, cfg.adverts, dht, peers, self.metrics, self._endpoints, wall_clock=self.wall_clock
         )
-        peers.on_request("node.info", self._serve_node_info)
         peers.on_link(self._remember_link)
         # reaching a peer by its identity key: the live link, then these, in order
         peers.add_resolver(self._known_addresses)
@@ -446,6 +452,8 @@ class Node:
                     max_body=cfg.http.max_body,
                     max_head=cfg.http.max_head,
                     max_connections=cfg.http.max_connections,
+                    max_connections_per_ip=cfg.http.max_connections_per_ip,
+                    max_body_memory=cfg.http.max_body_memory,
                     head_timeout=cfg.http.head_timeout,
                     keep_alive_timeout=cfg.http.keep_alive_timeout,
                 ),

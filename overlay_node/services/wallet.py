@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -45,7 +45,15 @@ from overlay_node.crypto.brc42 import ProtocolID, child_secret, own_child_key
 from overlay_node.crypto.keys import Identity
 from overlay_node.crypto.scripts import p2pkh_for_key
 from overlay_node.crypto.sighash import Spend, UnlockForm, outpoint_bytes
-from overlay_node.errors import ApiError, BadRequest, ConfigError, Conflict, DialError, OverlayError
+from overlay_node.errors import (
+    ApiError,
+    BadRequest,
+    ConfigError,
+    Conflict,
+    DialError,
+    InsufficientFunds,
+    OverlayError,
+)
 from overlay_node.lru import LruMap
 from overlay_node.metrics import Metrics, instrument
 from overlay_node.services.arc import DevnetClient
@@ -175,6 +183,12 @@ class Wallet:
         # invoice -> its private key (a stream's change shares one)
         self._own_secrets: LruMap[str, bytes] = LruMap(_TX_CACHE)
         self._known: dict[str, LruMap[str, bool]] = {}  # peer -> txids it holds
+        # txid -> the change of a payment prepared and not yet answered (its coins reserved)
+        self._incoming: dict[str, tuple[UtxoRecord, ...]] = {}
+        # txid -> the task that prepared it, until it begins; the tasks waiting for change (see _select)
+        self._preparers: dict[str, trio.lowlevel.Task] = {}
+        self._waiting: set[trio.lowlevel.Task] = set()
+        self._coins_changed = trio.Event()  # set (and replaced) when coins become free: see _select
         self._tracker: ChainTracker | None = None
         self._fee_rate = config.fee_rate
         self._ready = trio.Event()
@@ -352,6 +366,7 @@ class Wallet:
         self._remember_txs(records)
         self._queued.put(payout.txid, True)
         self._update_gauge()
+        self._wake()
         self.on_job_queued()
         logger.debug("faucet paid %d satoshis to the wallet in %s", satoshis, payout.txid)
         return {"txid": payout.txid, "vout": payout.vout, "satoshis": satoshis}
@@ -386,25 +401,17 @@ class Wallet:
 
         Cancellation and errors: the reservation is released before the exception leaves.
 
+        Coins reserved by payments in flight: when the free coins fall short and the change of those payments
+        would cover it, this waits for that change (at most ``wallet.change_wait`` seconds).
+
         Raises:
-            InsufficientFunds: not enough spendable, unreserved coins.
+            InsufficientFunds: not enough spendable, unreserved coins, nor change on its way to make up for it.
         """
         paid = sum(s for _, s in outputs)
         brought = sum(e.satoshis for e in extra_inputs)
         amount = max(0, paid - brought)
-        free = self._coins.free()
         lens = [len(s) for s, _ in outputs]
-        parts = max(1, change_parts)
-        n_extra = len(extra_inputs)
-        picked, fee, change_sats = select_coins(
-            free, amount, lens, self._fee_rate, change_outputs=parts, extra_inputs=n_extra
-        )
-        if change_sats and parts > 1 and change_sats < parts * _MIN_CHANGE_PART:
-            # too little for that many parts: as many as it makes (and the fee of those)
-            parts = max(1, change_sats // _MIN_CHANGE_PART)
-            picked, fee, change_sats = select_coins(
-                free, amount, lens, self._fee_rate, change_outputs=parts, extra_inputs=n_extra
-            )
+        picked, fee, change_sats, parts = await self._select(amount, lens, max(1, change_parts), len(extra_inputs))
         surplus = max(0, brought - paid)  # what the extra inputs bring beyond the outputs
         if change_sats:
             change_sats += surplus
@@ -412,6 +419,7 @@ class Wallet:
             fee += surplus  # no change output to take it (a satoshi or so of a token)
         reservation = [c.outpoint for c in picked]
         self._coins.reserve(picked)
+        txid = ""
         try:
             changes: list[UtxoRecord] = []
             all_outputs = list(outputs)
@@ -440,6 +448,9 @@ class Wallet:
                 picked, all_outputs, self._private_key, fee=fee, public_for=self._public_key, extra=extra
             )
             change = tuple(dataclasses.replace(c, txid=built.txid) for c in changes)
+            txid = built.txid
+            self._incoming[txid] = change  # before the first await: a payment waiting for change counts on it
+            self._preparers[txid] = trio.lowlevel.current_task()
             parents = [*(c.txid for c in picked), *(e.txid for e in extra_inputs)]
             record = TxRecord(txid=built.txid, raw=built.raw, parents=tuple(dict.fromkeys(parents)))
             peer_known: Collection[str] = (self._known.get(recipient) or ()) if recipient else ()
@@ -462,12 +473,84 @@ class Wallet:
                 outputs=built.outputs,
             )
         except BaseException:
+            self._incoming.pop(txid, None)
+            self._preparers.pop(txid, None)
             self._coins.release(reservation)
+            self._wake()
             raise
+
+    async def _select(
+        self, amount: int, lens: Sequence[int], parts: int, n_extra: int
+    ) -> tuple[list[UtxoRecord], int, int, int]:
+        """Coins for ``amount`` (see ``select_coins``) and how many change parts they make: ``(coins, fee, change,
+        parts)``.
+
+        When the free coins fall short but the change of payments in flight would cover it (their coins are
+        reserved: one coin and several payments at once), wait for that change, at most ``wallet.change_wait``
+        seconds; when even that change could not cover it, fail at once. A payment prepared and not begun by this
+        very task, or by a task waiting here too, does not count: it cannot go out while they wait (a stream's payer
+        prepares a batch of payments, then sends them together; two such payers must not wait for each other).
+
+        Raises:
+            InsufficientFunds: not enough now, nor in the change on its way (or it did not come in time).
+        """
+        deadline = trio.current_time() + self._config.change_wait
+        while True:
+            free = self._coins.free()
+            try:
+                return self._pick(free, amount, lens, parts, n_extra)
+            except InsufficientFunds as exc:
+                short = exc
+            me = trio.lowlevel.current_task()
+            stuck = {me, *self._waiting}
+            coming = [
+                c for txid, change in self._incoming.items() if self._preparers.get(txid) not in stuck for c in change
+            ]
+            # not even with the change on its way: say so now
+            if (
+                not coming
+                or trio.current_time() >= deadline
+                or not self._covers([*free, *coming], amount, lens, n_extra)
+            ):
+                raise short
+            self._waiting.add(me)
+            try:
+                with trio.move_on_at(deadline):
+                    await self._coins_changed.wait()
+            finally:
+                self._waiting.discard(me)
+
+    def _pick(
+        self, free: Sequence[UtxoRecord], amount: int, lens: Sequence[int], parts: int, n_extra: int
+    ) -> tuple[list[UtxoRecord], int, int, int]:
+        rate = self._fee_rate
+        picked, fee, change_sats = select_coins(free, amount, lens, rate, change_outputs=parts, extra_inputs=n_extra)
+        if change_sats and parts > 1 and change_sats < parts * _MIN_CHANGE_PART:
+            # too little for that many parts: as many as it makes (and the fee of those)
+            parts = max(1, change_sats // _MIN_CHANGE_PART)
+            picked, fee, change_sats = select_coins(
+                free, amount, lens, rate, change_outputs=parts, extra_inputs=n_extra
+            )
+        return picked, fee, change_sats, parts
+
+    def _covers(self, coins: Sequence[UtxoRecord], amount: int, lens: Sequence[int], n_extra: int) -> bool:
+        try:
+            select_coins(coins, amount, lens, self._fee_rate, extra_inputs=n_extra)
+        except InsufficientFunds:
+            return False
+        return True
+
+    def _wake(self) -> None:
+        """Coins became free (or change stopped being on its way): payments waiting in :meth:`_select` look again."""
+        self._coins_changed.set()
+        self._coins_changed = trio.Event()
 
     def release(self, prepared: PreparedTx) -> None:
         """Give back the coins of a transaction that will not be committed."""
+        self._incoming.pop(prepared.txid, None)
+        self._preparers.pop(prepared.txid, None)
         self._coins.release(c.outpoint for c in prepared.spends)
+        self._wake()
 
     async def begin(self, prepared: PreparedTx, history: HistoryRecord) -> None:
         """Write a payment ahead of sending it: its coins spent, its change pending, its history entry
@@ -490,6 +573,8 @@ class Wallet:
         """:meth:`begin` for several payments at once (one wait for the group commit); one outcome each: None
         (written), or the Conflict or StoreError that stopped it (its reservation released)."""
         now = self._wall()
+        for prepared, _ in payments:
+            self._preparers.pop(prepared.txid, None)  # on its way: a payment waiting for its change may count on it
         outs = [self._outgoing(prepared, history, now) for prepared, history in payments]
         try:
             with trio.CancelScope(shield=True):
@@ -528,8 +613,11 @@ class Wallet:
         """The payee took a payment written with :meth:`begin`: its change is ours to spend now and its job
         submits it. The database follows in the background (:meth:`flush` waits for it)."""
         self._spent(prepared)
+        self._incoming.pop(prepared.txid, None)
+        self._preparers.pop(prepared.txid, None)
         for coin in prepared.change:
             self._coins.add(coin)
+        self._wake()
         self._queued.put(prepared.txid, True)
         if prepared.recipient is not None:
             known = self._known.setdefault(prepared.recipient, LruMap(_KNOWN_PER_PEER))
@@ -541,6 +629,9 @@ class Wallet:
         """A payment written with :meth:`begin` got no answer: its coins stay spent and its change pending
         while the settlement queue watches for the transaction (history ``unknown``)."""
         self._spent(prepared)
+        self._preparers.pop(prepared.txid, None)
+        self._incoming.pop(prepared.txid, None)  # its change comes only if the watch finds the transaction
+        self._wake()
         self._note_sent(SentUpdate(txid=prepared.txid, answered=False, detail=detail))
 
     async def abort(self, prepared: PreparedTx) -> None:
@@ -555,6 +646,7 @@ class Wallet:
                 if coin.outpoint not in self._coins:  # taken out by unanswered()
                     self._coins.add(coin)
             self._update_gauge()
+            self._wake()
 
     async def flush(self) -> None:
         """Wait until the outcomes of payments noted so far are in the database."""
@@ -620,14 +712,31 @@ class Wallet:
         public: bytes | None = self._own_publics.get(coin.invoice)
         return public
 
-    async def _ancestry(self, record: TxRecord, stop: Collection[str]) -> dict[str, TxRecord]:
-        """``record`` and its unproven ancestors (memory first, then the database), not past ``stop``."""
+    async def _ancestry(self, record: TxRecord, peer_known: Collection[str]) -> dict[str, TxRecord]:
+        """``record`` and its unproven ancestors (memory first, then the database), not past a transaction both the
+        recipient (``peer_known``) and our settlement queue hold: both BEEFs name it by txid only. (Stopping at what
+        the recipient alone holds lost the ancestors the settlement BEEF needs after a restart, which empties the
+        queue's memory: "ancestor ... is not in the wallet".)
+
+        An ancestor missing all the same is repaired from the ledger (:meth:`_repair`).
+        """
+        found = await self._walk(record, peer_known)
+        gaps = self._gaps(found, peer_known)
+        if gaps:
+            await self._repair(gaps, {t: tx for t, tx in found.items() if t != record.txid})
+            found = await self._walk(record, peer_known)
+        return found
+
+    def _stop(self, txid: str, peer_known: Collection[str]) -> bool:
+        return txid in peer_known and txid in self._queued
+
+    async def _walk(self, record: TxRecord, peer_known: Collection[str]) -> dict[str, TxRecord]:
         found: dict[str, TxRecord] = {record.txid: record}
         missing: set[str] = set()
         todo = list(record.parents)
         while todo:
             txid = todo.pop()
-            if txid in found or txid in stop:
+            if txid in found or self._stop(txid, peer_known):
                 continue
             tx = self._txs.get(txid)
             if tx is None:
@@ -637,8 +746,72 @@ class Wallet:
             if not tx.proven:
                 todo.extend(tx.parents)
         if missing:
-            found.update(await self._store.wallet.ancestry(missing, stop={*stop, *found}))
+            small, large = sorted((peer_known, self._queued), key=len)
+            both = {t for t in small if t in large}
+            found.update(await self._store.wallet.ancestry(missing, stop={*both, *found}))
         return found
+
+    def _gaps(self, found: Mapping[str, TxRecord], peer_known: Collection[str]) -> dict[str, str]:
+        """Ancestors a BEEF needs that ``found`` lacks: missing txid -> the transaction of ours that spends it."""
+        gaps: dict[str, str] = {}
+        for tx in found.values():
+            if tx.proven:
+                continue
+            for parent in tx.parents:
+                if parent not in found and not self._stop(parent, peer_known):
+                    gaps.setdefault(parent, tx.txid)
+        return gaps
+
+    async def _repair(self, gaps: Mapping[str, str], held: Mapping[str, TxRecord]) -> None:
+        """Fetch what the ancestors in ``gaps`` (missing txid -> its child) stand for from the ledger, and keep it.
+
+        First, when the child is a transaction we hold (``held``) and it is mined by now, its merkle path (ARC's
+        ``GET /v1/tx/{txid}``): the ancestry ends there, the missing one is not needed. Else the ledger's BEEF of the
+        missing transaction (its unmined ancestors down to mined ones with their merkle paths; the devnet's
+        ``/v1/tx/{txid}/beef``). What cannot be repaired is left: building the BEEF then fails with ``PaymentError``
+        naming the ancestor, and the next payment tries again (the settlement queue records the child's merkle path
+        once it is mined).
+        """
+        kept: list[TxRecord] = []
+        for txid, child in gaps.items():
+            proof = await self._ledger_proof(held[child]) if child in held else None
+            records = [proof] if proof is not None else await self._ledger_beef(txid)
+            kept.extend(records or ())
+        if not kept:
+            return
+        with trio.CancelScope(shield=True):
+            await self._store.wallet.keep_txs(kept, now=self._wall())
+        self._remember_txs(kept)
+        for tx in kept:
+            if tx.proven:
+                self._coins.mark_proven(tx.txid)
+        self._update_gauge()
+        logger.warning(
+            "wallet: repaired the ancestry of its coins from the ledger at %s: %s",
+            self._url,
+            ", ".join(sorted(gaps)),
+        )
+
+    async def _ledger_beef(self, txid: str) -> list[TxRecord] | None:
+        try:
+            submission = parse_submission(await self.arc.beef(txid))
+        except (ApiError, DialError, Refusal) as exc:
+            logger.info("wallet: the ledger has no BEEF of %s: %s", txid, exc)
+            return None
+        records = [tx_record(t) for t in submission.txs]
+        # the txids are the hashes of the bytes: the ledger cannot hand us another transaction under this txid
+        return records if any(r.txid == txid for r in records) else None
+
+    async def _ledger_proof(self, child: TxRecord) -> TxRecord | None:
+        try:
+            status = await self.arc.status(child.txid)
+        except (ApiError, DialError) as exc:
+            logger.info("wallet: no status of %s from the ledger: %s", child.txid, exc)
+            return None
+        if not status.mined or not status.merkle_path:
+            return None
+        path = bytes.fromhex(status.merkle_path)
+        return dataclasses.replace(child, merkle_path=path, block_height=status.block_height)
 
     # -- receiving (the payments service) --------------------------------------------------------------------
 
@@ -664,6 +837,7 @@ class Wallet:
         self._outputs.put(coin.txid, list(outputs))
         self._queued.put(coin.txid, True)
         self._update_gauge()
+        self._wake()
         self.on_job_queued()
 
     async def held_outputs(self, txids: Collection[str]) -> dict[str, list[SourceOutput]]:
@@ -698,6 +872,8 @@ class Wallet:
             for txid in {op[0] for op in effects.dead}:
                 self._queued.pop(txid, None)
         self._update_gauge()
+        if effects.restored:
+            self._wake()
 
     def _remember_txs(self, txs: Iterable[TxRecord]) -> None:
         for tx in txs:

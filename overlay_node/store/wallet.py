@@ -382,6 +382,11 @@ class WalletRepository:
 
         await self._db.write(txn)
 
+    async def keep_txs(self, txs: Sequence[TxRecord], *, now: float) -> None:
+        """Add transactions the wallet lacked (an ancestor fetched from the ledger); a known one gains a merkle path
+        it lacked."""
+        await self._db.write(lambda conn: insert_txs(conn, txs, now))
+
     async def commit_outgoing(self, outs: Sequence[Outgoing], *, now: float) -> list[Conflict | None]:
         """Record transactions we made (see :class:`Outgoing`) in one database transaction, each on its own: one
         whose input is no longer spendable is not recorded (its outcome is that Conflict), the others are.

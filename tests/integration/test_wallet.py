@@ -74,7 +74,8 @@ async def test_reserved_coins_are_never_picked_twice(
 ) -> None:
     with trio.fail_after(LIMIT):
         devnet = await start_devnet()
-        a = await start_paynode(nursery, tmp_path, "a", devnet.url)
+        # no waiting for the change of the payments prepared here (test_wallet_resilience.py covers that)
+        a = await start_paynode(nursery, tmp_path, "a", devnet.url, config=wallet_config(change_wait=0))
         b = await start_paynode(nursery, tmp_path, "b", devnet.url)
         await link(a, b)
         await a.fund(5_000)

@@ -3,9 +3,12 @@
 - :func:`publisher`: content of random size (up to :data:`MAX_BLOB`) published with R = :data:`REPLICATION` and
   ``wait``; an answered result makes it acknowledged (remembered with its hash).
 - :func:`fetcher`: acknowledged content fetched from random nodes; the bytes must hash to the id.
-- :func:`payer`: quote -> pay between random pairs; a receipt makes the payment acknowledged.
+- :func:`payer`: quote -> pay between random pairs; a receipt makes the payment acknowledged. A payer that cannot
+  build the BEEF of a coin it holds (here or in a subscription's summary) is a violation: a restarted wallet must
+  be able to pay with every coin it considers spendable.
 - :func:`pusher` and :func:`subscriber`: paid streams fed by their producer and read by subscribers (W = 1 and
-  W = 10), every packet's sequence number remembered; a subscriber whose session ends subscribes again.
+  W = 10), every packet's sequence number remembered; a subscriber whose session ends subscribes again (once both
+  it and the producer are up).
 
 An operation on a node that is down, or that dies during it, fails and is counted by its error code; only a wrong
 answer (bytes that do not hash to their id, a receipt for another amount) is a violation here.
@@ -32,6 +35,15 @@ STREAM_RATE = 2
 #: (stream id, packets pushed per tick) of each stream; a tick is PUSH_TICK seconds
 STREAMS = (("soak-w1", 1), ("soak-w10", 5))
 PUSH_TICK = 0.5
+
+
+#: what a wallet says when it cannot build the BEEF of a coin it considers spendable (an invariant: never)
+UNBUILDABLE = "cannot build a BEEF"
+
+
+def _check_payable(world: World, node: int, message: str) -> None:
+    if UNBUILDABLE in message:
+        world.violation("wallets", f"node{node} cannot pay with a coin it holds: {message[:300]}")
 
 
 def _pause(world: World, rng: random.Random, low: float, high: float) -> None:
@@ -125,6 +137,7 @@ def payer(world: World, rng: random.Random) -> None:
             receipt = world.call(payer_i, "POST", "/v1/pay", {"quote_id": str(quote["quote_id"])})
         except FAILURES as exc:
             world.count("pay", exc)
+            _check_payable(world, payer_i, str(exc))
         else:
             world.count("pay")
             if receipt.get("amount") != amount or receipt.get("payee") != world.key(payee_i):
@@ -160,7 +173,9 @@ def subscriber(world: World, sub: Sub) -> None:
         "producer": world.key(sub.producer),
     }
     while not world.stop.is_set():
-        if sub.consumer not in world.live():
+        live = world.live()
+        if sub.consumer not in live or sub.producer not in live:
+            # a subscription to a producer that is down fails to dial it (dial_failed), which says nothing new
             world.stop.wait(0.5)
             continue
         with world.lock:
@@ -173,6 +188,7 @@ def subscriber(world: World, sub: Sub) -> None:
                 elif "summary" in event:
                     with world.lock:
                         sub.summaries.append(event["summary"])
+                    _check_payable(world, sub.consumer, json.dumps(event["summary"].get("error") or {}))
         except FAILURES as exc:
             world.count(f"subscribe W={sub.window}", exc)
         else:
