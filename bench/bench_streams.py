@@ -4,7 +4,7 @@ real payments.
 Run from the repository root::
 
     .venv/bin/python bench/bench_streams.py [--packets 20000] [--w1-packets 1000] [--subscribers 10]
-        [--defer-settlement] [--one-process] [--prepay N]
+        [--defer-settlement] [--one-process] [--prepay N] [--w1-only]
 
 Measures, with 1 KiB packets at 1 satoshi each (every window paid by a BRC-29 transaction the producer checks
 and commits before its receipt):
@@ -17,7 +17,9 @@ and commits before its receipt):
   took from this virtual machine (steal; ``/proc/stat``): whether the run was CPU-bound, and how noisy;
 - the same to ``--subscribers`` subscribers at once (aggregate packets/s over all of them);
 - packet latency (push -> read by the subscriber) p50/p99 at 1,000 packets/s with W = 100, first under its own load
-  (its payments settling live), and again at the end while the settlement of the throughput runs catches up.
+  (its payments settling live), then the same with the live stream's next window paid before it exists
+  (``pay_live_ahead``, ``streams.pay_live_ahead``: otherwise the first packet of each window waits for a pause and a
+  payment round trip), and again at the end while the settlement of the throughput runs catches up.
 
 Processes: the devnet ledger runs as a separate process (``python -m overlay_node.devnet --port 0 --json``, blocks
 every ``--block-interval`` seconds) and settlement is live: every payment is submitted to it, and mined, during the
@@ -37,7 +39,8 @@ packet carries its push stamp, and the subscriber subtracts it from the time it 
 ``--prepay N`` is passed to ``Consumer.subscribe`` as ``prepay=N`` (only when given; every subscribe call takes the
 keyword arguments of :func:`subscribe_kwargs`). It prints a table against the targets and saves
 ``bench/results/bench_streams.json`` (``bench_streams_deferred.json`` with ``--defer-settlement``: ARC
-submissions held back during the run), recording which mode ran; it never fails on time.
+submissions held back during the run), recording which mode ran; it never fails on time. ``--w1-only`` runs the
+W = 1 run to one subscriber alone (with its CPU per payment) and saves nothing: a quick A/B of the payment path.
 """
 
 from __future__ import annotations
@@ -329,25 +332,20 @@ async def run_nodes(args: argparse.Namespace, root: Path, url: str, ledger_pid: 
             solo = await start([NodeSpec(str(root), "l0", shared)], consumer_ops)
             await solo.call("faucet", 5_000_000)
             n = args.subscribers
+            if args.w1_only:
+                results.update(await w1_run(producer, solo, ledger_pid, args, kwargs))
+                return results
             # latency first, under its own load only (its payments settle live); again at the end, while the
             # settlement of the thousands of payments of the throughput runs is still catching up
             results["latency"] = await latency(producer, solo, 100, 1000, args.latency_seconds, kwargs)
+            # the same with the next window of the live stream paid before it exists (streams.pay_live_ahead): the
+            # default makes the first packet of each window wait for a pause and a payment round trip
+            live = kwargs | {"pay_live_ahead": True}
+            results["latency_live_ahead"] = await latency(
+                producer, solo, 100, 1000, args.latency_seconds, live, stream="latency_live"
+            )
             results["w100_1"] = await throughput(producer, solo, "w100", 100, args.packets, 1, kwargs)
-            before, machine, wall = cpu_snapshot(producer, solo, ledger_pid), system_cpu_seconds(), time.perf_counter()
-            results["w1_1"] = await throughput(producer, solo, "w1", 1, args.w1_packets, 1, kwargs)
-            after, wall = cpu_snapshot(producer, solo, ledger_pid), time.perf_counter() - wall
-            payments = max(1, results["w1_1"]["payments"])
-            results["w1_1"]["cpu_ms_per_payment"] = {
-                k: round((after[k] - before[k]) / payments * 1000, 3) for k in after
-            }
-            # how busy the whole machine was meanwhile, in cores: is the run CPU-bound, and did the host take
-            # CPU time from this virtual machine (steal)?
-            ours = sum(after.values()) - sum(before.values())
-            results["w1_1"]["machine_cores"] = {
-                "cores": os.cpu_count(),
-                **{k: round((v - machine[k]) / wall, 2) for k, v in system_cpu_seconds().items()},
-                "these_three": round(ours / wall, 2),
-            }
+            results.update(await w1_run(producer, solo, ledger_pid, args, kwargs))
             results["w100_n"] = await throughput(producer, consumers, "w100n", 100, args.packets // 4, n, kwargs)
             results["w1_n"] = await throughput(producer, consumers, "w1n", 1, args.w1_packets // 4, n, kwargs)
             results["latency_backlog"] = await latency(
@@ -359,6 +357,26 @@ async def run_nodes(args: argparse.Namespace, root: Path, url: str, ledger_pid: 
     return results
 
 
+async def w1_run(
+    producer: NodeHost, solo: NodeHost, ledger_pid: int, args: argparse.Namespace, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The W = 1 run to the lone subscriber, with the CPU time each process spent per payment meanwhile."""
+    before, machine, wall = cpu_snapshot(producer, solo, ledger_pid), system_cpu_seconds(), time.perf_counter()
+    run = await throughput(producer, solo, "w1", 1, args.w1_packets, 1, kwargs)
+    after, wall = cpu_snapshot(producer, solo, ledger_pid), time.perf_counter() - wall
+    payments = max(1, run["payments"])
+    run["cpu_ms_per_payment"] = {k: round((after[k] - before[k]) / payments * 1000, 3) for k in after}
+    # how busy the whole machine was meanwhile, in cores: is the run CPU-bound, and did the host take CPU time
+    # from this virtual machine (steal)?
+    ours = sum(after.values()) - sum(before.values())
+    run["machine_cores"] = {
+        "cores": os.cpu_count(),
+        **{k: round((v - machine[k]) / wall, 2) for k, v in system_cpu_seconds().items()},
+        "these_three": round(ours / wall, 2),
+    }
+    return {"w1_1": run}
+
+
 def print_table(r: dict[str, Any]) -> None:
     def row(name: str, value: str, target: str = "") -> None:
         print(f"{name:<48} {value:>18} {target:>16}")
@@ -368,11 +386,15 @@ def print_table(r: dict[str, Any]) -> None:
         return f"{run['paid_packets_per_s']:.0f}" + ("" if run["complete"] else " INCOMPLETE")
 
     row("measure", "value", "target")
-    w100, w1, w100n, w1n, lat = r["w100_1"], r["w1_1"], r["w100_n"], r["w1_n"], r["latency"]
-    row("paid packets/s, 1 subscriber, W=100", rate(w100), ">= 20000")
+    w1 = r["w1_1"]
+    if "w100_1" in r:
+        w100 = r["w100_1"]
+        row("paid packets/s, 1 subscriber, W=100", rate(w100), ">= 20000")
     row("paid packets/s, 1 subscriber, W=1", rate(w1), ">= 2000")
-    row(f"paid packets/s, {w100n['subscribers']} subscribers, W=100 (total)", rate(w100n))
-    row(f"paid packets/s, {w1n['subscribers']} subscribers, W=1 (total)", rate(w1n))
+    if "w100_n" in r:
+        w100n, w1n = r["w100_n"], r["w1_n"]
+        row(f"paid packets/s, {w100n['subscribers']} subscribers, W=100 (total)", rate(w100n))
+        row(f"paid packets/s, {w1n['subscribers']} subscribers, W=1 (total)", rate(w1n))
     row("payments/s (W=1, 1 subscriber)", f"{w1['payments_per_s']:.0f}", ">= 100")
     cpu = w1["cpu_ms_per_payment"]
     row(
@@ -385,8 +407,15 @@ def print_table(r: dict[str, Any]) -> None:
             f"  cores busy (of {m['cores']}): all, these three, host steal",
             f"{m['busy']:.2f} {m['these_three']:.2f} {m['steal']:.2f}",
         )
+    if "latency" not in r:  # --w1-only
+        print(f"nodes: {r['nodes']}; settlement: {r['settlement']}; W=1 run only")
+        return
+    lat = r["latency"]
     row("latency p50 at 1000 packets/s, W=100 (ms)", f"{lat['p50_ms']:.2f}")
     row("latency p99 at 1000 packets/s, W=100 (ms)", f"{lat['p99_ms']:.2f}", "< 5")
+    ahead = r["latency_live_ahead"]
+    row("  the same paying the live stream ahead: p50 (ms)", f"{ahead['p50_ms']:.2f}")
+    row("  the same paying the live stream ahead: p99 (ms)", f"{ahead['p99_ms']:.2f}", "< 5")
     back = r["latency_backlog"]
     row("  the same while settling the runs above: p50 (ms)", f"{back['p50_ms']:.2f}")
     row("  the same while settling the runs above: p99 (ms)", f"{back['p99_ms']:.2f}")
@@ -405,12 +434,16 @@ def main() -> None:
     parser.add_argument(
         "--prepay", type=int, default=None, help="pay-ahead depth in packets, passed to subscribe (default: not passed)"
     )
+    parser.add_argument(
+        "--w1-only", action="store_true", help="only the W = 1 run to one subscriber (quick A/B; results not saved)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     results = trio.run(run, args)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    path = RESULTS.with_name("bench_streams_deferred.json") if args.defer_settlement else RESULTS
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    if not args.w1_only:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        path = RESULTS.with_name("bench_streams_deferred.json") if args.defer_settlement else RESULTS
+        path.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
 
 

@@ -17,13 +17,21 @@ Invariants (who signs what, and when a payment counts):
    its ancestors, output 0 pays the derived key at least the price) and **committed it durably**, with the
    **receipt** it signs for it (protocol ``(2, "overlay payment receipt")``, key id = the quote id or the
    receipt's own ``key_id``, counterparty ``anyone``) over the quote id, txid, amount, payer, payee, resource,
-   price and time; only then does the receipt leave the payee.
+   price and time (or over a batch of such receipts, invariant 6); only then does the receipt leave the payee.
 4. A prefix is used by at most one accepted payment: the payee keeps it unique in its store, so a replayed
    payment message is refused however it is timed.
 5. A receipt may also carry ``next_quote``, the SHA-256 of the signing bytes of the quote the payee offers
    for the next payment (a stream's next window). That quote travels **unsigned** beside the receipt: the
    receipt's signature signs it, so a window costs the payee one signature, not two. Whoever holds both checks
    the quote by its digest (:meth:`Receipt.signs_quote`).
+6. Receipts of payments accepted together (a stream's ``stream.pay`` batch) may share **one signature**: the
+   payee signs the list of the SHA-256 digests of their bodies (``batch``, at most :data:`MAX_RECEIPT_BATCH`,
+   signing bytes tagged apart from a single receipt's) and each receipt carries that list and the signature, so
+   each stays a proof on its own: its body's digest is in the list and the signature is the payee's over the
+   list (:meth:`Receipt.verify`). Every batched receipt names a ``next_quote``: the list is signed before the
+   database has recorded the payments, and a payment it then refuses (a replay, a double spend) keeps its digest
+   in the list, but its body signs a fresh quote that never left the payee (a random id and prefix), so nobody
+   can show a body with that digest.
 
 Signing bytes are the canonical CBOR of a tagged list of the fields in a fixed order, so both sides (and third
 parties) compute the same bytes from the wire values.
@@ -34,8 +42,8 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import cbor2
@@ -44,14 +52,17 @@ from overlay_node.crypto.brc29 import check_nonce, new_nonce
 from overlay_node.crypto.brc42 import ProtocolID, checked_key_hex, sign_for_anyone, verify_for_anyone
 from overlay_node.crypto.keys import Identity
 from overlay_node.errors import BadRequest, InsufficientPayment, InvalidPayment
+from overlay_node.lru import LruMap
 
 __all__ = [
+    "MAX_RECEIPT_BATCH",
     "MAX_SATOSHIS",
     "QUOTE_PROTOCOL",
     "RECEIPT_PROTOCOL",
     "PaymentMessage",
     "Quote",
     "Receipt",
+    "batch_signing_bytes",
     "check_amount",
     "check_key_id",
     "check_payment_output",
@@ -64,9 +75,14 @@ QUOTE_PROTOCOL: Final[ProtocolID] = (2, "overlay payment quote")
 RECEIPT_PROTOCOL: Final[ProtocolID] = (2, "overlay payment receipt")
 #: every satoshi there will ever be
 MAX_SATOSHIS: Final = 21_000_000 * 100_000_000
+#: receipts one batch signature covers at most (invariant 6): a receipt carries the digests of all of them
+MAX_RECEIPT_BATCH: Final = 16
 
 _QUOTE_TAG: Final = "overlay-node/quote/1"
 _RECEIPT_TAG: Final = "overlay-node/receipt/1"
+_BATCH_TAG: Final = "overlay-node/receipt-batch/1"
+#: batch signatures already checked, by (payee, key id, signature, batch): the receipts of a batch cost one check
+_VERIFIED_BATCHES: LruMap[tuple[str, str, bytes, tuple[bytes, ...]], bool] = LruMap(64)
 _QUOTE_ID = re.compile(r"^[0-9a-f]{32}$")
 _PUBKEY_HEX = re.compile(r"^0[23][0-9a-f]{64}$")
 _TXID = re.compile(r"^[0-9a-f]{64}$")
@@ -127,6 +143,25 @@ def _digest(body: dict[str, Any], key: str) -> bytes:
     if not isinstance(value, bytes) or len(value) not in (0, 32):
         raise BadRequest(f"{key!r} must be a 32-byte digest")
     return value
+
+
+def _batch(body: dict[str, Any]) -> tuple[bytes, ...]:
+    # optional: absent is a receipt signed alone
+    value = body.get("batch")
+    if value is None:
+        return ()
+    if (
+        not isinstance(value, list)
+        or not 1 <= len(value) <= MAX_RECEIPT_BATCH
+        or not all(isinstance(d, bytes) and len(d) == 32 for d in value)
+    ):
+        raise BadRequest(f"'batch' must be a list of 1-{MAX_RECEIPT_BATCH} 32-byte digests")
+    return tuple(value)
+
+
+def batch_signing_bytes(batch: Sequence[bytes]) -> bytes:
+    """The canonical bytes a batch of receipts is signed over: the list of their body digests (invariant 6)."""
+    return cbor2.dumps([_BATCH_TAG, list(batch)], canonical=True)
 
 
 def _sig(body: dict[str, Any]) -> bytes:
@@ -372,7 +407,9 @@ class Receipt:
     ``amount`` is what output 0 pays (at least ``price``); ``paid_ms`` is when the payee committed it;
     ``next_quote`` (empty, or 32 bytes) the digest of the quote it offers for the next payment (invariant 5);
     ``key_id`` the BRC-3 key id of the signature when it is not the quote id (a stream's producer signs all its
-    receipts with one key, the stream's resource id, so that a subscriber derives that key once, not per receipt).
+    receipts with one key, the stream's resource id, so that a subscriber derives that key once, not per receipt);
+    ``batch`` (empty, or the digests of the bodies of receipts signed together, this one's among them) makes ``sig``
+    the signature over that list (invariant 6).
     """
 
     quote_id: str
@@ -385,9 +422,17 @@ class Receipt:
     paid_ms: int
     next_quote: bytes = b""
     key_id: str = ""
+    batch: tuple[bytes, ...] = ()
     sig: bytes = b""
+    #: :meth:`to_bytes` of a signed receipt, once made (the payee stores them and sends them; no copy carries it)
+    _stored: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def signing_bytes(self) -> bytes:
+        """The canonical bytes ``sig`` signs: the body's (:meth:`body_bytes`), or the batch's (invariant 6)."""
+        return batch_signing_bytes(self.batch) if self.batch else self.body_bytes()
+
+    def body_bytes(self) -> bytes:
+        """The canonical bytes of the receipt's fields (what a receipt alone is signed over)."""
         fields: list[Any] = [
             _RECEIPT_TAG,
             self.quote_id,
@@ -414,10 +459,11 @@ class Receipt:
         paid_ms: int,
         next_quote: Quote | None = None,
         key_id: str = "",
+        signed: bool = True,
     ) -> Receipt:
         """The receipt ``payee`` signs for a committed payment of ``quote`` by transaction ``txid``; with
         ``next_quote``, it signs that quote too (by its digest, invariant 5); with ``key_id``, with that BRC-3
-        key id instead of the quote id."""
+        key id instead of the quote id. ``signed=False``: without a signature, for :meth:`sign_batch`."""
         unsigned = cls(
             quote_id=quote.quote_id,
             payee=payee.public_key_hex,
@@ -430,9 +476,34 @@ class Receipt:
             next_quote=next_quote.digest() if next_quote is not None else b"",
             key_id=check_key_id(key_id) if key_id else "",
         )
+        if not signed:
+            return unsigned
         sig = sign_for_anyone(payee, RECEIPT_PROTOCOL, unsigned.signing_key_id, unsigned.signing_bytes())
         object.__setattr__(unsigned, "sig", sig)  # as Quote.issue: the new instance is ours alone
         return unsigned
+
+    @staticmethod
+    def sign_batch(payee: Identity, receipts: Sequence[Receipt]) -> None:
+        """Sign unsigned receipts of ``payee`` (from :meth:`issue` with ``signed=False``) with one signature over
+        the list of their body digests, in place (invariant 6): all with one key id, each naming a next quote.
+
+        Raises:
+            ValueError: none, more than :data:`MAX_RECEIPT_BATCH`, signed already, another payee or key id, or a
+                receipt without a next quote (a caller's bug).
+        """
+        if not 1 <= len(receipts) <= MAX_RECEIPT_BATCH:
+            raise ValueError(f"a receipt batch holds 1-{MAX_RECEIPT_BATCH} receipts")
+        key_id = receipts[0].signing_key_id
+        for receipt in receipts:
+            if receipt.sig or receipt.payee != payee.public_key_hex or receipt.signing_key_id != key_id:
+                raise ValueError("a receipt batch is unsigned receipts of one payee and key id")
+            if not receipt.next_quote:
+                raise ValueError("a batched receipt names its next quote (invariant 6)")
+        batch = tuple(hashlib.sha256(r.body_bytes()).digest() for r in receipts)
+        sig = sign_for_anyone(payee, RECEIPT_PROTOCOL, key_id, batch_signing_bytes(batch))
+        for receipt in receipts:  # the unsigned instances are the caller's alone (as in issue)
+            object.__setattr__(receipt, "batch", batch)
+            object.__setattr__(receipt, "sig", sig)
 
     @property
     def signing_key_id(self) -> str:
@@ -440,8 +511,21 @@ class Receipt:
         return self.key_id or self.quote_id
 
     def verify(self) -> bool:
-        """Whether ``sig`` is the payee's signature over this receipt (anyone can check it)."""
-        return verify_for_anyone(self.payee, RECEIPT_PROTOCOL, self.signing_key_id, self.signing_bytes(), self.sig)
+        """Whether ``sig`` is the payee's signature over this receipt, or over a batch that lists this receipt's
+        body digest (invariant 6); anyone can check it. A batch's signature is checked once for all its receipts."""
+        if not self.batch:
+            return verify_for_anyone(self.payee, RECEIPT_PROTOCOL, self.signing_key_id, self.body_bytes(), self.sig)
+        if hashlib.sha256(self.body_bytes()).digest() not in self.batch:
+            return False
+        key = (self.payee, self.signing_key_id, self.sig, self.batch)
+        if key in _VERIFIED_BATCHES:
+            return True
+        valid = verify_for_anyone(
+            self.payee, RECEIPT_PROTOCOL, self.signing_key_id, batch_signing_bytes(self.batch), self.sig
+        )
+        if valid:
+            _VERIFIED_BATCHES.put(key, True)
+        return valid
 
     def signs_quote(self, quote: Quote) -> bool:
         """Whether this receipt names ``quote`` as the next one (check :meth:`verify` too): the same payee and
@@ -477,6 +561,7 @@ class Receipt:
             "paid_ms": self.paid_ms,
             **({"next_quote": self.next_quote} if self.next_quote else {}),
             **({"key_id": self.key_id} if self.key_id else {}),
+            **({"batch": list(self.batch)} if self.batch else {}),
         }
 
     def to_wire(self) -> dict[str, Any]:
@@ -486,6 +571,8 @@ class Receipt:
         fields = self.as_fields()
         if self.next_quote:
             fields["next_quote"] = self.next_quote.hex()
+        if self.batch:
+            fields["batch"] = [d.hex() for d in self.batch]
         return {**fields, "sig": self.sig.hex()}
 
     @classmethod
@@ -508,18 +595,28 @@ class Receipt:
             paid_ms=_int(body, "paid_ms", 0, _MAX_MS),
             next_quote=_digest(body, "next_quote"),
             key_id=check_key_id(body["key_id"]) if "key_id" in body else "",
+            batch=_batch(body),
             sig=_sig(body),
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Receipt:
-        """A receipt stored with :meth:`to_bytes`."""
+        """A receipt from the bytes of :meth:`to_bytes` (as stored, or as a stream's producer sends it).
+
+        Raises:
+            BadRequest: not CBOR, or a missing or malformed field.
+        """
         try:
             body = cbor2.loads(data)
         except (cbor2.CBORDecodeError, ValueError, TypeError) as exc:
-            raise BadRequest(f"stored receipt is not CBOR: {exc}") from exc
+            raise BadRequest(f"the receipt's bytes are not CBOR: {exc}") from exc
         return cls.from_wire(body)
 
     def to_bytes(self) -> bytes:
-        """The receipt as canonical CBOR (how it is stored)."""
-        return cbor2.dumps(self.to_wire(), canonical=True)
+        """The receipt as canonical CBOR (how it is stored, and how a stream's producer sends it); made once."""
+        stored = self._stored
+        if not stored:
+            stored = cbor2.dumps(self.to_wire(), canonical=True)
+            if self.sig:  # an unsigned receipt is still to be signed (sign_batch)
+                object.__setattr__(self, "_stored", stored)
+        return stored

@@ -33,7 +33,12 @@ Invariants:
    so that the stream runs at ``A - 1`` windows per payment round trip instead of one.
 3. The consumer pays when its credit plus its payments in flight is at most ``A - 1`` windows **and** the
    producer has more packets than that covers (``head`` is announced with every batch and pause). A stream
-   whose length is a multiple of ``W`` is therefore paid exactly: ``paid == packets * rate``.
+   whose length is a multiple of ``W`` is therefore paid exactly: ``paid == packets * rate``. Unless the
+   consumer pays live streams ahead (``live_ahead``): on a live stream (the last batch moved the head and
+   brought us up to it: the producer pushes as we read) it then pays the next window once less than half a
+   window of what it paid is left, before any packet of it exists, so that the window's first packet does not
+   wait for a payment round trip (a pause, then the payment); when a live stream stops, such a consumer has
+   paid for at most one window it did not get.
 4. Sequence numbers are contiguous per stream, from 0. The producer sends a subscriber the packets from its
    cursor on, in order; the consumer accepts a batch only if it starts exactly at the next sequence number it
    expects (a gap, a repeat or a reorder is a protocol error and grants nothing).
@@ -476,10 +481,19 @@ class ConsumerCredit:
         next_seq: the next sequence number expected.
         max_price: the highest rate (satoshis per unit) this consumer pays, or None.
         ahead: how many windows may be paid ahead (the producer's answer; invariant 2).
+        live_ahead: pay a live stream's next window before it exists (invariant 3).
     """
 
     def __init__(
-        self, *, terms: StreamTerms, me: str, window: int, next_seq: int, max_price: int | None, ahead: int = 2
+        self,
+        *,
+        terms: StreamTerms,
+        me: str,
+        window: int,
+        next_seq: int,
+        max_price: int | None,
+        ahead: int = 2,
+        live_ahead: bool = False,
     ) -> None:
         self.terms = terms
         self.me = me
@@ -494,6 +508,8 @@ class ConsumerCredit:
         self.head = next_seq
         self.in_flight = 0  # payments sent, not yet answered
         self.paused = False
+        self.live_ahead = live_ahead
+        self.live = False  # the last batch moved the head and brought us up to it (invariant 3)
 
     @property
     def charged(self) -> int:
@@ -532,12 +548,8 @@ class ConsumerCredit:
                 problem = "it is not the quote the receipt signs"
         elif not quote.verify():
             problem = "it is not signed by the producer"
-        elif quote.payee != self.terms.producer or quote.payer != self.me:
-            problem = "it names another payee or payer"
-        elif quote.resource != stream_resource(self.terms.stream_id):
-            problem = "it is for another stream"
-        elif quote.expired(now_ms):
-            problem = "it has expired"
+        # however it is signed, it must be the producer's quote, to us, for this stream, and current
+        problem = problem or self._quote_problem(quote, now_ms)
         if problem is not None:
             raise RemoteProtocolError(f"the producer's window quote is invalid: {problem}", reason="bad_quote")
         if self.max_price is not None and quote.amount > self.max_price * self.window:
@@ -550,6 +562,15 @@ class ConsumerCredit:
             )
         return quote
 
+    def _quote_problem(self, quote: Quote, now_ms: int) -> str | None:
+        if quote.payee != self.terms.producer or quote.payer != self.me:
+            return "it names another payee or payer"
+        if quote.resource != stream_resource(self.terms.stream_id):
+            return "it is for another stream"
+        if quote.expired(now_ms):
+            return "it has expired"
+        return None
+
     def wants_payment(self) -> bool:
         """Whether to pay the next window now (invariant 3)."""
         if self.in_flight >= self.ahead - 1:
@@ -561,7 +582,10 @@ class ConsumerCredit:
             return False
         if self.terms.pricing_model == "per-second":
             return True
-        return self.head * self.terms.rate > (self.next_seq * self.terms.rate + prepaid)
+        if self.head * self.terms.rate > (self.next_seq * self.terms.rate + prepaid):
+            return True
+        # a live stream: the next window before its first packet exists, once less than half of one is left
+        return self.live_ahead and self.live and 2 * prepaid <= self.window_price
 
     def on_packets(self, batch: PacketBatch) -> list[Packet]:
         """Accept a batch; returns its packets.
@@ -578,6 +602,7 @@ class ConsumerCredit:
         n = len(batch.payloads)
         self.next_seq += n
         self.packets += n
+        self.live = batch.head > self.head and self.next_seq >= batch.head
         self.head = max(self.head, batch.head)
         self.paused = False
         return batch.packets()

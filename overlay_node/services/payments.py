@@ -75,6 +75,7 @@ from overlay_node.protocol.http_payment import (
     payment_quote_id,
 )
 from overlay_node.protocol.payments import (
+    MAX_RECEIPT_BATCH,
     PaymentMessage,
     Quote,
     Receipt,
@@ -123,18 +124,24 @@ class _Issued:
 
 @dataclass(frozen=True, slots=True)
 class _Checked:
-    """A payment that passed every check but the database's: its receipt, record and the outputs it adds."""
+    """A payment that passed every check but the database's: its receipt (unsigned while it waits for its batch's
+    signature), the outputs it adds, and how its record is made once the receipt is signed (:meth:`seal`)."""
 
     receipt: Receipt
-    record: IncomingRecord
+    prefix: str
+    make_record: Callable[[bytes], IncomingRecord]
     outputs: list[SourceOutput]
+
+    def seal(self) -> tuple[IncomingRecord, list[SourceOutput]]:
+        """The record to write, with the signed receipt's stored bytes."""
+        return self.make_record(self.receipt.to_bytes()), self.outputs
 
 
 def _refusal(checked: _Checked, outcome: RecordOutcome | None) -> OverlayError | None:
     """The error for a payment the database refused to record (None: recorded)."""
     assert outcome is not None
     if outcome.result == "replayed":
-        quote_id, prefix = checked.record.quote_id, checked.record.prefix
+        quote_id, prefix = checked.receipt.quote_id, checked.prefix
         return PaymentReplayed(f"quote {quote_id} (prefix {prefix}) was already paid")
     if outcome.result == "double_spend":
         assert outcome.conflict is not None
@@ -302,12 +309,19 @@ class Payments:
         return outcome
 
     async def accept_payments(
-        self, payer: str, items: Sequence[tuple[PaymentMessage, Quote | None]], *, key_id: str = ""
+        self,
+        payer: str,
+        items: Sequence[tuple[PaymentMessage, Quote | None]],
+        *,
+        key_id: str = "",
+        batched: bool = False,
     ) -> list[Receipt | OverlayError]:
         """:meth:`accept_payment` for several payments of ``payer`` (each with its ``next_quote``): checked in
         order, the accepted ones recorded together (one wait for the group commit, not one per payment). One
         outcome each: the receipt, or the error that refused that payment. ``key_id``: the BRC-3 key id the
-        receipts are signed with (default: each its quote id)."""
+        receipts are signed with (default: each its quote id). ``batched``: the receipts of the payments that pass
+        the checks share one signature per :data:`MAX_RECEIPT_BATCH` (``protocol/payments.py``, invariant 6; each
+        needs its ``next_quote`` and ``key_id``)."""
         outcomes: list[Receipt | OverlayError] = []
         ready: list[tuple[int, _Issued, _Checked]] = []
         entry: _Issued | None = None
@@ -318,7 +332,7 @@ class Payments:
                     entry = self._check_quote(payer, message)
                     entry.state = "inflight"
                     entry.checked = trio.Event()
-                    checked = await self._verify(payer, message, next_quote, key_id)
+                    checked = await self._verify(payer, message, next_quote, key_id, signed=not batched)
                 except OverlayError as exc:
                     if entry is not None:
                         self._settle(entry, "open")
@@ -328,7 +342,11 @@ class Payments:
                 ready.append((len(outcomes), entry, checked))
                 outcomes.append(checked.receipt)
             entry = None
-            slots = await self._records.submit_many([(c.record, c.outputs) for _, _, c in ready])
+            if batched:
+                for start in range(0, len(ready), MAX_RECEIPT_BATCH):
+                    chunk = ready[start : start + MAX_RECEIPT_BATCH]
+                    Receipt.sign_batch(self._identity, [c.receipt for _, _, c in chunk])
+            slots = await self._records.submit_many([c.seal() for _, _, c in ready])
         except BaseException:
             # cancelled (or a bug) before the outcomes were known: the quotes stay open for a correct payment
             for _, waiting, _ in ready:
@@ -444,8 +462,11 @@ class Payments:
             raise QuoteExpired(f"quote {quote.quote_id} expired: ask for a new one")
         return entry
 
-    async def _verify(self, payer: str, message: PaymentMessage, next_quote: Quote | None, key_id: str) -> _Checked:
-        """Check a payment (all but what the database decides) and make its record and receipt."""
+    async def _verify(
+        self, payer: str, message: PaymentMessage, next_quote: Quote | None, key_id: str, *, signed: bool = True
+    ) -> _Checked:
+        """Check a payment (all but what the database decides) and make its receipt (``signed=False``: unsigned,
+        for a batch signature) and how to make its record."""
         quote = message.quote
         submission = parse_payment_beef(message.transaction, max_txs=self._config.max_beef_txs)
         claimed = claims(submission)
@@ -468,6 +489,7 @@ class Payments:
             paid_ms=int(now * 1000),
             next_quote=next_quote,
             key_id=key_id,
+            signed=signed,
         )
         coin = self._wallet.payment_coin(
             txid=checked.txid,
@@ -477,35 +499,37 @@ class Payments:
             suffix=message.derivation_suffix,
             payer=payer,
         )
-        receipt_bytes = receipt.to_bytes()
-        record = IncomingRecord(
-            quote_id=quote.quote_id,
-            prefix=quote.prefix,
-            suffix=message.derivation_suffix,
-            payer=payer,
-            resource=quote.resource,
-            price=quote.amount,
-            amount=checked.output_satoshis,
-            txid=checked.txid,
-            receipt=receipt_bytes,
-            accepted_at=now,
-            spends=checked.spends,
-            txs=checked.txs,
-            utxo=coin,
-            history=HistoryRecord(
-                txid=checked.txid,
-                direction="in",
-                kind="payment",
-                amount=checked.output_satoshis,
-                counterparty=payer,
+
+        def record(receipt_bytes: bytes) -> IncomingRecord:
+            return IncomingRecord(
                 quote_id=quote.quote_id,
+                prefix=quote.prefix,
+                suffix=message.derivation_suffix,
+                payer=payer,
                 resource=quote.resource,
+                price=quote.amount,
+                amount=checked.output_satoshis,
+                txid=checked.txid,
                 receipt=receipt_bytes,
-            ),
-            job=NewJob(txid=checked.txid, beef=message.transaction, next_at=now),
-        )
+                accepted_at=now,
+                spends=checked.spends,
+                txs=checked.txs,
+                utxo=coin,
+                history=HistoryRecord(
+                    txid=checked.txid,
+                    direction="in",
+                    kind="payment",
+                    amount=checked.output_satoshis,
+                    counterparty=payer,
+                    quote_id=quote.quote_id,
+                    resource=quote.resource,
+                    receipt=receipt_bytes,
+                ),
+                job=NewJob(txid=checked.txid, beef=message.transaction, next_at=now),
+            )
+
         outputs = [SourceOutput(satoshis=o.satoshis, locking_script=o.script) for o in submission.subject.outputs]
-        return _Checked(receipt, record, outputs)
+        return _Checked(receipt, quote.prefix, record, outputs)
 
     async def _write_records(self, items: list[tuple[IncomingRecord, list[SourceOutput]]]) -> list[RecordOutcome]:
         return await self._store.payments.record([record for record, _ in items])

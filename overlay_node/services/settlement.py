@@ -8,7 +8,8 @@ Theory of operation:
 2. One task works the queue: it takes the due jobs (oldest first), submits the ``submit`` jobs (``pending``,
    and those ARC accepted already, to learn their status: a resubmission is answered with it) in one
    ``POST /v1/txs`` (in queue order: a later transaction may spend an earlier one), asks ARC the status of
-   the ``watch`` jobs, applies all answers in one durable write, then sleeps until the next job is due or a
+   the ``watch`` jobs, applies all answers in one durable write (a few statements per table for the whole
+   batch, not several per job: ``store.settlement.apply_many``), then sleeps until the next job is due or a
    new one is queued (:meth:`Settlement.kick`), and then ``settle_linger`` more so that a busy stream's
    payments travel many per request (those queued meanwhile, and those coming due one after another: a
    stream's payments come due milliseconds apart, and without the linger each would be a request of its own).

@@ -22,8 +22,9 @@ Theory of operation (producer):
 4. ``stream.pay`` (one payment, or several at once) checks each is for this stream and answers one of the
    subscription's open window quotes (``ahead`` of them, granted at subscribe from the consumer's ask and
    ``max_pay_ahead``), and that the credit plus the payments being checked stays within ``ahead - 1``
-   windows; then :meth:`Payments.accept_payment` checks and commits it durably (settlement queued; payments
-   checked together share one group commit) before its receipt goes back with a fresh window quote.
+   windows; then :meth:`Payments.accept_payments` checks and commits it durably (settlement queued; payments
+   checked together share one group commit and one receipt signature, ``protocol/payments.py`` invariant 6)
+   before its receipt goes back with a fresh window quote.
 5. Accounting: revenue per subscriber is read from the durable ``payments`` table; packet counts and
    positions are flushed every ``flush_interval`` and at shutdown. A resumed subscriber's ``from_seq`` is
    never charged again (and repairs counts a crash lost).
@@ -86,7 +87,8 @@ __all__ = ["StreamProducer", "payload_bytes", "stream_metrics"]
 
 logger = logging.getLogger(__name__)
 
-#: what became of one window payment: its receipt and the next quote (wire maps), or the error that refused it
+#: what became of one window payment: its receipt (stored bytes) and the next quote (a wire map), or the error that
+#: refused it
 _Outcome = dict[str, Any] | OverlayError
 
 #: sequence numbers reserved durably ahead of a stream's head (invariant 6)
@@ -618,9 +620,13 @@ class StreamProducer:
             taken.append((len(results), message, self._new_quote(sub, signed=False)))
             results.append({})
         try:
-            # one signing key for the stream's receipts: a subscriber derives it once
+            # one signing key for the stream's receipts (a subscriber derives it once), one signature for the
+            # receipts of the message (a subscriber checks it once; protocol/payments.py, invariant 6)
             outcomes = await self._payments.accept_payments(
-                link.peer_key, [(m, fresh) for _, m, fresh in taken], key_id=stream_resource(stream.terms.stream_id)
+                link.peer_key,
+                [(m, fresh) for _, m, fresh in taken],
+                key_id=stream_resource(stream.terms.stream_id),
+                batched=True,
             )
         finally:
             credit.pending -= sum(m.quote.amount for _, m, _ in taken)
@@ -636,7 +642,8 @@ class StreamProducer:
             sub.dirty = True
             sub.wake.set()
             self._m_accepted.inc()
-            results[i] = {"receipt": outcome.to_wire(), "quote": fresh.to_wire()}
+            # the receipt as the bytes it was stored as: the consumer stores them as they come
+            results[i] = {"receipt": outcome.to_bytes(), "quote": fresh.to_wire()}
         return results
 
     def _window_payment(self, stream: _Stream, sub: _Sub, wire: object) -> PaymentMessage:
@@ -734,9 +741,8 @@ class StreamProducer:
                         deadline = sub.credit.deadline()
                         with trio.move_on_at(deadline if math.isfinite(deadline) else math.inf):
                             await sub.wake.wait()
-                    else:
-                        # let other subscribers' senders run between batches
-                        await trio.lowlevel.checkpoint()
+                    # else: the notice's socket send was a turn of the event loop, in which other subscribers'
+                    # senders ran
             except OverlayError as exc:  # this subscriber's link failed; the others go on
                 logger.info("stream %s: sending to %s stopped: %s", sid, sub.key[:16], exc)
             finally:

@@ -23,7 +23,15 @@ Theory of operation:
    producer never charges again.
 5. The subscription ends at its duration, when the reader stops, when the producer closes it (end of the
    stream, ``payment_timeout``, ``lagging``), when a price exceeds ``max_price``, or on a protocol error;
-   its accounting is written to ``stream_subs`` (role ``consumer``).
+   its accounting is written to ``stream_subs`` (role ``consumer``). A ``payment_timeout`` that comes while a
+   payment of ours is on its way (held up by a partition, then delivered late) is not an end: the subscription
+   resumes as in 4.
+6. That row is kept durable while the subscription runs, so a crash of the consumer loses from its report no packet
+   it paid for beyond its pay-ahead: a task of its own writes it (``NORMAL``, urgent, like the payments'
+   write-ahead) before each batch of payments is written ahead -- the batch waits for it -- and ``_ROW_LINGER``
+   after packets that no payment follows; one write at a time, so under a fast stream a write covers many packets.
+   Whatever a crash took back, the payments' history entries (written ahead) cover at most ``ahead`` windows
+   beyond the packets the row counts.
 """
 
 from __future__ import annotations
@@ -91,6 +99,8 @@ _MAX_BATCH = 16
 _DRAIN_TIMEOUT = 5.0
 #: final summaries of ended subscriptions kept for `stop` and the status listing
 _RECENT = 100
+#: seconds a subscription's row waits, after packets came, for a payment that writes it anyway (theory, 6)
+_ROW_LINGER = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +137,10 @@ class Subscription:
         ahead: int,
         max_price: int | None,
         duration: float | None,
+        live_ahead: bool = False,
     ) -> None:
         self._consumer = consumer
+        self.live_ahead = live_ahead
         self.stream_id = stream_id
         self.producer = producer
         self.addresses = addresses
@@ -155,17 +167,34 @@ class Subscription:
         self._done = trio.Event()
         self._finished = trio.Event()
         self._unanswered: list[tuple[Quote, PreparedTx]] = []
+        self._late_close_at = -1  # packets received when a payment_timeout last came with a payment on its way
         self._failure: OverlayError | _Finished | None = None
         self._hold = False  # a payment came too early: wait for news before the next
         self._deliveries: set[trio.CancelScope] = set()  # batches being handed to the reader
         self._last_tick = trio.current_time()
+        # the durable row (theory of operation, 6): changed since written; a payment waits for it; written
+        self._row_dirty = trio.Event()
+        self._row_demand = trio.Event()
+        self._row_saved = trio.Event()
+        self._saved_through = 0  # this subscription's packets the durable row counts
+        self._row_error: OverlayError | None = None
 
     # -- reader API ----------------------------------------------------------------------------------------------
 
     async def packets(self) -> AsyncIterator[Packet]:
         """The packets in order, until the subscription ends."""
-        async with self._recv:
-            async for packet in self._recv:
+        recv = self._recv
+        async with recv:
+            while True:
+                try:
+                    packet = recv.receive_nowait()  # a batch's packets without a turn of the event loop each
+                except trio.WouldBlock:
+                    try:
+                        packet = await recv.receive()
+                    except trio.EndOfChannel:
+                        return
+                except trio.EndOfChannel:
+                    return
                 yield packet
 
     def queued(self) -> int:
@@ -234,6 +263,7 @@ class Subscription:
                 next_seq=start,
                 max_price=self.max_price,
                 ahead=ahead,
+                live_ahead=self.live_ahead,
             )
             self.credit.check_price()
         else:
@@ -262,6 +292,7 @@ class Subscription:
             async with trio.open_nursery() as nursery:
                 if self.duration is not None:
                     nursery.start_soon(self._stop_after, self.duration)
+                nursery.start_soon(self._keep_row)
                 try:
                     await self._run()
                 except (_Finished, OverlayError) as exc:  # raised bare below, not in the nursery's group
@@ -286,6 +317,45 @@ class Subscription:
     async def _stop_after(self, seconds: float) -> None:
         await trio.sleep(seconds)
         self.stop("duration")  # a stop, not a cancellation: the payments in flight get their answers
+
+    async def _keep_row(self) -> None:
+        """Keep the subscription's row durable (theory of operation, 6): when it changed, write it as soon as a
+        payment asks for it, else ``_ROW_LINGER`` later; one write at a time. A failed write is kept for the payments
+        that wait (they fail with it) and ends this task; the row is written once more when the subscription ends."""
+        streams = self._consumer.store.streams
+        while True:
+            await self._row_dirty.wait()
+            if not self._row_demand.is_set():
+                with trio.move_on_after(_ROW_LINGER):
+                    await self._row_demand.wait()
+            self._row_dirty = trio.Event()
+            self._row_demand = trio.Event()
+            through = self.credit.packets if self.credit is not None else 0
+            try:
+                await streams.save([], [self.row()], durable=False, urgent=True)
+            except OverlayError as exc:
+                self._row_error = exc
+            else:
+                self._saved_through = max(self._saved_through, through)
+            saved, self._row_saved = self._row_saved, trio.Event()
+            saved.set()
+            if self._row_error is not None:
+                logger.warning("stream %s: could not write the subscription's row: %s", self.stream_id, self._row_error)
+                return
+
+    async def _row_through(self, packets: int) -> None:
+        """Wait until the durable row counts this subscription's first ``packets`` packets.
+
+        Raises:
+            StoreError: the row could not be written.
+        """
+        while self._saved_through < packets and self._row_error is None:
+            saved = self._row_saved
+            self._row_dirty.set()
+            self._row_demand.set()
+            await saved.wait()
+        if self._row_error is not None:
+            raise self._row_error
 
     async def _run(self) -> None:
         while True:
@@ -478,14 +548,25 @@ class Subscription:
         )
         return _Payment(quote, message, prepared, history)
 
-    async def _send_payments(self, link: PeerLink, batch: list[_Payment]) -> None:
-        """Write the payments ahead (the wallet writes them in one transaction), send them in one message and
-        take each answer: a receipt adds credit, a refusal undoes that payment, no answer leaves them all to be
-        collected on resume."""
+    async def _write_ahead(self, batch: list[_Payment]) -> list[_Payment]:
+        """Write the subscription's row, then the payments ahead (the wallet writes them in one transaction); returns
+        the payments written (the others are undone, and the first error ends the session)."""
         credit = self.credit
         assert credit is not None
-        consumer = self._consumer
-        errors = await consumer.wallet.begin_many([(p.prepared, p.history) for p in batch])
+        wallet = self._consumer.wallet
+        try:
+            # the packets this batch pays beyond are counted durably before the batch is (theory of operation, 6)
+            await self._row_through(credit.packets)
+        except BaseException as exc:
+            for payment in reversed(batch):  # the quotes go back in their order
+                wallet.release(payment.prepared)
+                credit.payment_failed()
+                self.quotes.appendleft(payment.quote)
+            if not isinstance(exc, OverlayError):
+                raise
+            self._fail(exc)
+            return []
+        errors = await wallet.begin_many([(p.prepared, p.history) for p in batch])
         written = []
         for payment, error in zip(batch, errors, strict=True):
             if error is None:
@@ -494,6 +575,15 @@ class Subscription:
             credit.payment_failed()
             self.quotes.appendleft(payment.quote)
             self._fail(error)
+        return written
+
+    async def _send_payments(self, link: PeerLink, batch: list[_Payment]) -> None:
+        """Write the payments ahead (:meth:`_write_ahead`), send them in one message and take each answer: a receipt
+        adds credit, a refusal undoes that payment, no answer leaves them all to be collected on resume."""
+        credit = self.credit
+        assert credit is not None
+        consumer = self._consumer
+        written = await self._write_ahead(batch)
         if not written:
             return
         # the producer keeps its open quotes: each payment names its quote by id
@@ -557,15 +647,17 @@ class Subscription:
         credit = self.credit
         assert credit is not None
         wallet = self._consumer.wallet
+        raw = answer.get("receipt")  # its canonical CBOR bytes (a map from a producer that sends one)
         try:
-            receipt = Receipt.from_wire(answer.get("receipt"))
+            receipt = Receipt.from_bytes(raw) if isinstance(raw, bytes) else Receipt.from_wire(raw)
             credit.on_receipt(receipt, quote, prepared.txid)
         except (BadRequest, RemoteProtocolError) as exc:
             wallet.sent(prepared, None, detail="the producer's receipt is invalid")
             error = exc if isinstance(exc, RemoteProtocolError) else RemoteProtocolError(str(exc), reason="bad_receipt")
             raise _Finished("bad_receipt", error) from None
-        wallet.sent(prepared, receipt.to_bytes())
+        wallet.sent(prepared, raw if isinstance(raw, bytes) else receipt.to_bytes())  # stored as it came
         self.fees += prepared.fee
+        self._row_dirty.set()
         self._consumer.m_paid.inc()
         try:
             fresh = Quote.from_wire(answer.get("quote"), signed=False)  # the receipt signs it
@@ -593,14 +685,19 @@ class Subscription:
         self.bytes += payload_bytes(batch.payloads)
         self._hold = False
         self._changed.set()
+        self._row_dirty.set()
         self._consumer.m_received.inc(len(packets))
         # the credit counted the whole batch: hand all of it over even if the link closes meanwhile (a slow reader
         # still pushes back: the shielded send waits for room; the subscription's end cancels it)
         with trio.CancelScope(shield=True) as delivery:
             self._deliveries.add(delivery)
+            send = self._send
             try:
                 for packet in packets:
-                    await self._send.send(packet)
+                    try:
+                        send.send_nowait(packet)  # no turn of the event loop per packet while the queue has room
+                    except trio.WouldBlock:
+                        await send.send(packet)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.stop("reader_gone")
             finally:
@@ -613,6 +710,16 @@ class Subscription:
             self._changed.set()
 
     def on_closed(self, reason: str) -> None:
+        credit = self.credit
+        late = reason == "payment_timeout" and credit is not None and bool(credit.in_flight or self._unanswered)
+        if late and credit is not None and credit.packets > self._late_close_at:
+            # the producer stopped waiting while a payment of ours was on its way (a network partition, a stalled
+            # link): subscribe again from our next sequence number, the payment collected or undone on the way; once
+            # per packet received (a producer that never takes our payments ends the subscription the second time)
+            self._late_close_at = credit.packets
+            logger.info("stream %s: closed by the producer while a payment was on its way; resuming", self.stream_id)
+            self._fail(ConnectionLost("the producer closed the subscription while a payment was on its way"))
+            return
         self.reason = self.reason or {"end": "closed"}.get(reason, reason)
         self._done.set()
 
@@ -706,9 +813,12 @@ class StreamConsumer:
         duration: float | None = None,
         producer: str | None = None,
         prepay: int | None = None,
+        pay_live_ahead: bool | None = None,
     ) -> Subscription:
         """Find the stream, subscribe, and start paying and receiving (see the module doc). ``prepay``: how
-        many packets may be paid ahead (default ``streams.pay_ahead``; at least two windows).
+        many packets may be paid ahead (default ``streams.pay_ahead``; at least two windows). ``pay_live_ahead``:
+        pay a live stream's next window before it exists (default ``streams.pay_live_ahead``; see
+        ``protocol/streams.py``, invariant 3).
 
         Raises:
             BadRequest: bad arguments. NotFound: no producer advertises the stream. Conflict: already
@@ -737,6 +847,7 @@ class StreamConsumer:
             ahead=ahead_windows(window, self.config.pay_ahead if prepay is None else prepay),
             max_price=max_price,
             duration=duration,
+            live_ahead=self.config.pay_live_ahead if pay_live_ahead is None else pay_live_ahead,
         )
         rows = await self.store.streams.subs(stream_id, role="consumer")
         sub.before = next((r for r in rows if r.peer == key), None)

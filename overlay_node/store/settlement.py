@@ -26,6 +26,7 @@ from overlay_node.store.records import (
     insert_job,
     utxo_from_row,
 )
+from overlay_node.store.rows import MAX_PARAMS, execute_rows, marks
 
 if TYPE_CHECKING:
     from overlay_node.store.engine import Database
@@ -222,10 +223,12 @@ class SettlementRepository:
     async def apply_many(
         self, items: Sequence[tuple[SettlementJob, JobUpdate]], *, now: float
     ) -> list[SettlementEffects]:
-        """:meth:`apply` for several jobs in one durable transaction (one commit for a batch of ARC answers)."""
+        """:meth:`apply` for several jobs in one durable transaction (one commit for a batch of ARC answers), one
+        effects each, in order; the jobs that went on (seen, mined: nearly all of a paid stream's) in a few
+        statements for the whole batch (``store/rows.py``: each statement is a GIL hand-off per step)."""
 
         def txn(conn: sqlite3.Connection) -> list[SettlementEffects]:
-            return [_apply_job(conn, job, update, now) for job, update in items]
+            return _apply_jobs(conn, items, now)
 
         return await self._db.write(txn, durable=True)
 
@@ -296,6 +299,94 @@ def _apply_failed(conn: sqlite3.Connection, txid: str, update: JobUpdate, now: f
         restored=tuple(restored),
         failed_payments=tuple(str(r["quote_id"]) for r in failed),
     )
+
+
+#: a batch of jobs' new states, as :func:`_apply_job` writes one (``clear``: the job is done, its BEEF goes)
+_UPDATE_JOBS = (
+    "WITH q(id, state, attempts, next_at, arc_status, detail, now, clear) AS (VALUES (?, ?, ?, ?, ?, ?, ?, ?)) "
+    "UPDATE settlement SET state = q.state, attempts = q.attempts, next_at = q.next_at, arc_status = q.arc_status, "
+    "detail = q.detail, updated_at = q.now, beef = CASE WHEN q.clear THEN x'' ELSE settlement.beef END "
+    "FROM q WHERE settlement.id = q.id"
+)
+#: a batch of mined transactions' merkle paths
+_UPDATE_PROVEN = (
+    "WITH q(t, path, height) AS (VALUES (?, ?, ?)) "
+    "UPDATE wallet_txs SET merkle_path = q.path, block_height = q.height, state = 'proven' "
+    "FROM q WHERE wallet_txs.txid = q.t"
+)
+
+
+def _chunks(values: Sequence[str], room: int = MAX_PARAMS - 1) -> list[Sequence[str]]:
+    return [values[i : i + room] for i in range(0, len(values), room)]
+
+
+def _apply_jobs(
+    conn: sqlite3.Connection, items: Sequence[tuple[SettlementJob, JobUpdate]], now: float
+) -> list[SettlementEffects]:
+    """What :func:`_apply_job` does for each of ``items``, with one statement per table for the whole batch (per
+    :data:`~overlay_node.store.rows.MAX_PARAMS` parameters) instead of several per job; a failure (rare) is applied
+    job by job. A job's statements touch only its own transaction's rows, so the order between jobs is free."""
+    ids = [job.id for job, _ in items]
+    open_ids: set[int] = set()
+    for start in range(0, len(ids), MAX_PARAMS):
+        some = ids[start : start + MAX_PARAMS]
+        states = conn.execute(f"SELECT id, state FROM settlement WHERE id IN ({marks(len(some))})", some).fetchall()
+        open_ids.update(int(r["id"]) for r in states if str(r["state"]) not in TERMINAL_STATES)
+    live = [(job, update) for job, update in items if job.id in open_ids]
+    execute_rows(
+        conn,
+        _UPDATE_JOBS,
+        [
+            (job.id, u.state, u.attempts, u.next_at, u.arc_status, u.detail, now, u.state in TERMINAL_STATES)
+            for job, u in live
+        ],
+    )
+    effects: dict[int, SettlementEffects] = {}
+    for job, update in live:
+        if update.state in ("failed", "abandoned"):
+            effects[job.id] = _apply_failed(conn, job.txid, update, now)
+    found = [job.txid for job, u in live if u.state in ("progressing", "seen", "mined")]
+    restored: dict[str, list[UtxoRecord]] = {}
+    for part in _chunks(found):
+        pending = conn.execute(f"{UTXO_SELECT} WHERE u.txid IN ({marks(len(part))}) AND u.state = 'pending'", part)
+        for row in pending.fetchall():
+            restored.setdefault(str(row["txid"]), []).append(utxo_from_row(row))
+    for part in _chunks(list(restored)):
+        conn.execute(
+            f"UPDATE wallet_utxos SET state = 'spendable' WHERE txid IN ({marks(len(part))}) AND state = 'pending'",
+            part,
+        )
+    for part in _chunks(found):
+        conn.execute(
+            "UPDATE wallet_history SET status = 'unconfirmed', updated_at = ? "
+            f"WHERE txid IN ({marks(len(part))}) AND status IN ('sending', 'unknown')",
+            [now, *part],
+        )
+    for part in _chunks([job.txid for job, u in live if u.state == "seen"]):
+        conn.execute(
+            "UPDATE payments SET status = 'settled', updated_at = ? "
+            f"WHERE txid IN ({marks(len(part))}) AND status = 'accepted'",
+            [now, *part],
+        )
+    mined = [(job, u) for job, u in live if u.state == "mined"]
+    execute_rows(conn, _UPDATE_PROVEN, [(job.txid, u.merkle_path, u.block_height) for job, u in mined])
+    for part in _chunks([job.txid for job, _ in mined]):
+        conn.execute(
+            "UPDATE wallet_history SET status = 'confirmed', detail = '', updated_at = ? "
+            f"WHERE txid IN ({marks(len(part))})",
+            [now, *part],
+        )
+        conn.execute(
+            f"UPDATE payments SET status = 'mined', updated_at = ? WHERE txid IN ({marks(len(part))}) "
+            "AND status != 'failed'",
+            [now, *part],
+        )
+    for job, update in live:
+        if update.state in ("progressing", "seen", "mined"):
+            effects[job.id] = SettlementEffects(
+                proven=(job.txid,) if update.state == "mined" else (), restored=tuple(restored.get(job.txid, ()))
+            )
+    return [effects.get(job.id, SettlementEffects()) for job, _ in items]
 
 
 def _apply_job(conn: sqlite3.Connection, job: SettlementJob, update: JobUpdate, now: float) -> SettlementEffects:

@@ -4,8 +4,11 @@ sides (migration ``0006_streams``, tables ``streams`` and ``stream_subs``).
 The producer's revenue per subscriber is read from the durable ``payments`` table (resource
 ``stream:<id>``), never from a counter of ours, so a restart cannot lose or double count a payment. Packet
 counts, payload bytes (``bytes``, migration ``0011_stream_bytes``) and sequence positions are written by the streams
-service when they change (batched by its flush task, and at shutdown: the same one statement per subscription, never
-one per packet); a consumer's resume position repairs what a crash lost (see ``protocol/streams.py``).
+service when they change (the producer's batched by its flush task, and at shutdown: the same one statement per
+subscription, never one per packet); a consumer's resume position repairs what a crash lost on the producer's side
+(see ``protocol/streams.py``). A consumer's row is written before each of its payments is written ahead, and shortly
+after packets that no payment follows (``services/streams_consumer.py``), so a crash of the consumer loses from its
+report no packet it paid for beyond its pay-ahead.
 """
 
 from __future__ import annotations
@@ -142,11 +145,19 @@ class StreamsRepository:
         return await self._db.read(txn)
 
     async def save(
-        self, streams: list[tuple[str, int, float | None]], subs: list[SubRow], *, exact: bool = False
+        self,
+        streams: list[tuple[str, int, float | None]],
+        subs: list[SubRow],
+        *,
+        exact: bool = False,
+        durable: bool = True,
+        urgent: bool = False,
     ) -> None:
         """Write stream positions ``(stream_id, next_seq, closed_at)`` and subscription rows in one transaction
-        (durable: called at shutdown and by the flush task). ``next_seq`` only grows, unless ``exact`` (the
-        last write of a clean shutdown, which gives back the numbers reserved but never used)."""
+        (durable by default: called at shutdown and by the flush task). ``next_seq`` only grows, unless ``exact``
+        (the last write of a clean shutdown, which gives back the numbers reserved but never used). A consumer's
+        running row goes with ``durable=False, urgent=True``: it is written ahead of its payments' write-ahead,
+        which is ``NORMAL`` and urgent too (docs/design.md, Persistence and durability)."""
         grow = "?" if exact else "max(next_seq, ?)"
 
         def txn(conn: sqlite3.Connection) -> None:
@@ -189,7 +200,7 @@ class StreamsRepository:
                     ),
                 )
 
-        await self._db.write(txn, durable=True)
+        await self._db.write(txn, durable=durable, urgent=urgent)
 
     async def reserve(self, stream_id: str, next_seq: int) -> None:
         """Durably move a stream's restart position up to ``next_seq`` (sequence numbers reserved ahead)."""

@@ -7,6 +7,7 @@ nothing sleeps and polls.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -15,10 +16,11 @@ import pytest
 import trio
 import trio.testing
 
+from overlay_node.crypto.brc42 import verify_for_anyone
 from overlay_node.errors import BadRequest, InvalidPayment, OverlayError, PaymentReplayed
 from overlay_node.net.peers import PeerLink
 from overlay_node.node import Node
-from overlay_node.protocol.payments import PaymentMessage, Quote, Receipt
+from overlay_node.protocol.payments import RECEIPT_PROTOCOL, PaymentMessage, Quote, Receipt, batch_signing_bytes
 from overlay_node.protocol.streams import Packet, stream_resource
 from overlay_node.services.streams_consumer import StreamConsumer, Subscription
 from tests.conftest import MovableClock, NodeFactory
@@ -112,6 +114,27 @@ async def test_three_subscribers_w1_w10_w100_every_packet_paid_and_settled(start
                 await producer.settlement.wait_for(txid, "seen", "mined")
                 answer = await ledger.get(f"/v1/tx/{txid}")
                 assert answer.status_code == 200, answer.text
+
+        # the receipts of a stream.pay message share one signature, and each stored receipt is a proof on its own
+        # (checked here as a third party would, from its bytes alone): the producer's copy and the payer's agree
+        stored = await producer._store.payments.recent(limit=10_000, resource=stream_resource("ticks"))
+        payer_receipts: dict[str, bytes | None] = {}
+        for consumer in consumers:
+            assert consumer._store is not None
+            for entry in await consumer._store.wallet.history(limit=10_000):
+                if entry.direction == "out" and entry.kind == "payment":
+                    payer_receipts[entry.txid] = entry.receipt
+        sizes = []
+        for payment in stored:
+            receipt = Receipt.from_bytes(payment.receipt)
+            assert (receipt.txid, receipt.quote_id, receipt.amount) == (payment.txid, payment.quote_id, payment.amount)
+            assert (receipt.payee, receipt.payer) == (producer.info.identity_key, payment.payer)
+            assert hashlib.sha256(receipt.body_bytes()).digest() in receipt.batch
+            signed = batch_signing_bytes(receipt.batch)
+            assert verify_for_anyone(receipt.payee, RECEIPT_PROTOCOL, stream_resource("ticks"), signed, receipt.sig)
+            assert payer_receipts[payment.txid] == payment.receipt
+            sizes.append(len(receipt.batch))
+        assert max(sizes) > 1  # the W = 1 subscriber's payments travel several per message
 
 
 def stop_paying_after(monkeypatch: pytest.MonkeyPatch, consumer: StreamConsumer, payments: int) -> None:
@@ -212,6 +235,33 @@ async def test_dropped_link_resumes_from_last_seq_without_paying_twice(start_nod
         assert row["paid_satoshis"] == 100 * RATE
 
 
+@pytest.mark.parametrize("live_ahead", [False, True])
+async def test_a_live_stream_is_paid_exactly_or_a_window_ahead(start_node: NodeFactory, live_ahead: bool) -> None:
+    # packets pushed one at a time, each once the last was read: the producer pushes as the consumer reads. Paid
+    # exactly, the first packet of each window waits for a pause and a payment; paid ahead (streams.pay_live_ahead)
+    # the next window goes when half of the last is left, so the stream ends with one window paid and not received
+    with trio.fail_after(30):
+        _, producer, (consumer,) = await network(start_node, 1)
+        await producer.streams.producer.create("live", rate=RATE)
+        sub = await consumer.streams.consumer.subscribe("live", window=10, pay_live_ahead=live_ahead)
+        reader = Reader(sub)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            for seq in range(30):
+                producer.streams.producer.push("live", lines(1, seq))
+                await reader.reached(seq + 1)
+            sub.stop()
+        assert [p.payload for p in reader.packets] == lines(30)
+        summary = sub.summary()
+        assert summary["packets"] == 30
+        assert summary["paid_satoshis"] == (40 if live_ahead else 30) * RATE
+        assert summary["payments"] == (4 if live_ahead else 3)
+        status = await producer.streams.producer.status("live")
+        (row,) = status["subscribers"]
+        assert row["packets"] == 30
+        assert row["paid_satoshis"] == summary["paid_satoshis"]
+
+
 async def test_producer_restart_consumers_reconnect_nothing_double_counted(start_node: NodeFactory) -> None:
     with trio.fail_after(40):
         bank, producer, consumers = await network(start_node, 2)
@@ -268,7 +318,7 @@ async def test_bad_input_gets_clear_errors_and_no_credit(start_node: NodeFactory
             await link.request("stream.pay", {"stream_id": "s2", "payment": message.to_wire()})
         # the right one, then the same payment replayed
         answer = await link.request("stream.pay", {"stream_id": "s1", "payment": message.to_wire()})
-        receipt = Receipt.from_wire(answer["receipt"])
+        receipt = Receipt.from_bytes(answer["receipt"])  # as the producer stored it
         # the next window's quote comes without a signature of its own: the receipt signs it
         assert receipt.verify()
         assert "sig" not in answer["quote"]

@@ -5,6 +5,7 @@ the settlement queue reads ARC's answers (``settlement.decide``)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import cbor2
@@ -17,7 +18,7 @@ from overlay_node.chain.formats import BeefEntry, SourceOutput, atomic_beef, enc
 from overlay_node.chain.validation import Policy, fast_check
 from overlay_node.config import WalletSection
 from overlay_node.crypto.brc29 import payee_locking_script, payer_locking_script
-from overlay_node.crypto.brc42 import child_secret, own_child_key, own_child_public
+from overlay_node.crypto.brc42 import child_secret, own_child_key, own_child_public, sign_for_anyone, verify_for_anyone
 from overlay_node.crypto.brc42 import derive_child_public_key as their_child_public
 from overlay_node.crypto.keys import SECP256K1_N, Identity
 from overlay_node.crypto.scripts import p2pkh_for_key
@@ -29,9 +30,12 @@ from overlay_node.errors import (
     PaymentError,
 )
 from overlay_node.protocol.payments import (
+    MAX_RECEIPT_BATCH,
+    RECEIPT_PROTOCOL,
     PaymentMessage,
     Quote,
     Receipt,
+    batch_signing_bytes,
     check_payment_output,
     check_resource,
 )
@@ -193,6 +197,89 @@ def test_a_receipt_may_be_signed_with_a_key_id_of_its_own() -> None:
     for bad in ("", "a\nb", 7, "x" * 513):
         with pytest.raises(BadRequest, match="key id"):
             Receipt.from_wire({**receipt.to_wire(), "key_id": bad})
+
+
+def _batch(n: int, *, key_id: str = "stream:news") -> list[tuple[Quote, str, Receipt]]:
+    """``n`` payments' quotes, txids and receipts signed with one batch signature."""
+    items = [(_quote(), f"{i:02x}" * 32) for i in range(n)]
+    receipts = [
+        Receipt.issue(
+            PAYEE,
+            quote,
+            txid=txid,
+            amount=1_000,
+            paid_ms=NOW_MS,
+            next_quote=_quote(signed=False),
+            key_id=key_id,
+            signed=False,
+        )
+        for quote, txid in items
+    ]
+    Receipt.sign_batch(PAYEE, receipts)
+    return [(quote, txid, receipt) for (quote, txid), receipt in zip(items, receipts, strict=True)]
+
+
+def test_receipts_of_a_batch_share_one_signature_and_each_verifies_on_its_own() -> None:
+    batch = _batch(5)
+    sigs = {receipt.sig for _, _, receipt in batch}
+    assert len(sigs) == 1
+    for quote, txid, receipt in batch:
+        assert len(receipt.batch) == 5
+        assert receipt.matches(quote, txid)
+        # as a third party holds it: the stored bytes alone, checked without any memory of the batch
+        stored = Receipt.from_bytes(receipt.to_bytes())
+        assert stored == receipt
+        assert verify_for_anyone(
+            PAYEE.public_key_hex, RECEIPT_PROTOCOL, "stream:news", batch_signing_bytes(stored.batch), stored.sig
+        )
+        assert hashlib.sha256(stored.body_bytes()).digest() in stored.batch
+        assert stored.verify()
+        assert receipt.as_json()["batch"] == [d.hex() for d in receipt.batch]
+    # a receipt alone signs its body; one of a batch signs the list (a different message: never interchangeable)
+    single = Receipt.issue(PAYEE, batch[0][0], txid=batch[0][1], amount=1_000, paid_ms=NOW_MS, key_id="stream:news")
+    assert single.signing_bytes() == single.body_bytes() != batch[0][2].signing_bytes()
+
+
+def test_a_forged_or_mismatched_batch_receipt_fails() -> None:
+    (quote, _, receipt), (_, other_txid, other) = _batch(2)
+    # any change to the body: its digest is no longer in the signed list
+    for change in ({"amount": 1_201}, {"txid": other_txid}, {"payer": PAYEE.public_key_hex}, {"paid_ms": 1}):
+        assert not dataclasses.replace(receipt, **change).verify()
+    # a receipt's body with another batch's list and signature (both genuine) does not verify
+    (_, _, elsewhere), _ = _batch(2)
+    assert not dataclasses.replace(receipt, batch=elsewhere.batch, sig=elsewhere.sig).verify()
+    # a list with a digest added or swapped is not the one signed
+    forged_digest = hashlib.sha256(dataclasses.replace(receipt, amount=9_999).body_bytes()).digest()
+    assert not dataclasses.replace(receipt, amount=9_999, batch=(*receipt.batch, forged_digest)).verify()
+    assert not dataclasses.replace(receipt, batch=(forged_digest, receipt.batch[1])).verify()
+    # signed by someone else over the same list, or with another key id
+    stranger = Identity.generate()
+    foreign = sign_for_anyone(stranger, RECEIPT_PROTOCOL, "stream:news", batch_signing_bytes(receipt.batch))
+    assert not dataclasses.replace(receipt, sig=foreign).verify()
+    assert not dataclasses.replace(receipt, key_id="stream:other").verify()
+    # the genuine receipt acknowledges its own payment, not its neighbour's
+    assert receipt.verify()
+    assert other.verify()
+    assert not receipt.matches(quote, other_txid)
+    assert not other.matches(quote, other_txid)
+    # wire limits
+    for bad in ([], [b"x" * 31], "ab", [b"x" * 32] * (MAX_RECEIPT_BATCH + 1)):
+        with pytest.raises(BadRequest, match="batch"):
+            Receipt.from_wire({**receipt.to_wire(), "batch": bad})
+
+
+def test_a_batch_is_signed_only_as_the_payee_s_unsigned_receipts_with_next_quotes() -> None:
+    quote = _quote()
+    plain = Receipt.issue(PAYEE, quote, txid="ab" * 32, amount=1_000, paid_ms=NOW_MS, key_id="k", signed=False)
+    with pytest.raises(ValueError, match="next quote"):
+        Receipt.sign_batch(PAYEE, [plain])
+    with pytest.raises(ValueError, match="1-16"):
+        Receipt.sign_batch(PAYEE, [])
+    with pytest.raises(ValueError, match="one payee"):
+        Receipt.sign_batch(PAYER, [dataclasses.replace(plain, next_quote=b"x" * 32)])
+    _, _, signed = _batch(1)[0]
+    with pytest.raises(ValueError, match="one payee"):
+        Receipt.sign_batch(PAYEE, [dataclasses.replace(signed, batch=())])
 
 
 def test_payment_message_names_its_quote_by_id_for_a_payee_that_keeps_its_quotes() -> None:

@@ -216,6 +216,56 @@ def test_forged_or_mismatched_receipts_and_quotes_grant_nothing() -> None:
     dear = ConsumerCredit(terms=terms(rate=5), me=CONSUMER.public_key_hex, window=1, next_seq=0, max_price=4)
     with pytest.raises(PaymentError, match="above --max-price"):
         dear.check_price()
+    # a quote a receipt signs is still checked for its stream and its expiry
+    for change, problem in (
+        ({"resource": stream_resource("t")}, "another stream"),
+        ({"expires_ms": NOW_MS}, "expired"),
+    ):
+        odd = dataclasses.replace(following, **change)
+        naming = Receipt.issue(PRODUCER, q, txid="ab" * 32, amount=20, paid_ms=NOW_MS, next_quote=odd)
+        with pytest.raises(RemoteProtocolError, match=problem):
+            c.check_quote(odd, NOW_MS, receipt=naming)
+
+
+def _batched(qs: list[Quote], txids: list[str], signer: Identity = PRODUCER) -> list[Receipt]:
+    """Receipts for ``qs`` paid by ``txids``, signed by ``signer`` with one batch signature (a stream.pay answer)."""
+    receipts = [
+        Receipt.issue(
+            signer,
+            q,
+            txid=txid,
+            amount=q.amount,
+            paid_ms=NOW_MS,
+            next_quote=quote(),
+            key_id="stream:s",
+            signed=False,
+        )
+        for q, txid in zip(qs, txids, strict=True)
+    ]
+    Receipt.sign_batch(signer, receipts)
+    return receipts
+
+
+def test_a_batch_of_receipts_grants_each_payment_and_a_forged_or_mismatched_one_nothing() -> None:
+    c = ConsumerCredit(terms=terms(), me=CONSUMER.public_key_hex, window=10, next_seq=0, max_price=3, ahead=4)
+    qs, txids = [quote(), quote(), quote()], ["aa" * 32, "bb" * 32, "cc" * 32]
+    genuine = _batched(qs, txids)
+    # a receipt of the batch shown for another payment of it, or with its body changed
+    with pytest.raises(RemoteProtocolError, match="receipt is invalid"):
+        c.on_receipt(genuine[0], qs[1], txids[1])
+    with pytest.raises(RemoteProtocolError, match="receipt is invalid"):
+        c.on_receipt(dataclasses.replace(genuine[1], txid=txids[0]), qs[1], txids[0])
+    # the same list signed by another key, and another batch's genuine list and signature
+    (forged,) = _batched(qs[:1], txids[:1], signer=OTHER)
+    with pytest.raises(RemoteProtocolError, match="receipt is invalid"):
+        c.on_receipt(dataclasses.replace(forged, payee=PRODUCER.public_key_hex), qs[0], txids[0])
+    other = _batched([quote()], ["dd" * 32])[0]
+    with pytest.raises(RemoteProtocolError, match="receipt is invalid"):
+        c.on_receipt(dataclasses.replace(genuine[0], batch=other.batch, sig=other.sig), qs[0], txids[0])
+    assert (c.paid, c.payments) == (0, 0)
+    for q, txid, receipt in zip(qs, txids, genuine, strict=True):
+        c.on_receipt(receipt, q, txid)
+    assert (c.paid, c.payments) == (60, 3)
 
 
 def test_batches_from_the_wire_are_bounded() -> None:
@@ -326,6 +376,46 @@ def test_a_deeper_pipeline_keeps_ahead_minus_one_payments_in_flight_and_no_more(
     c.on_packets(PacketBatch(stream_id="s", first=0, payloads=("x",), head=100))
     assert c.wants_payment()
     p.check_payment(2)
+
+
+def test_a_live_stream_pays_the_next_window_before_its_first_packet_a_burst_exactly() -> None:
+    def credit(live_ahead: bool = True) -> ConsumerCredit:
+        me = CONSUMER.public_key_hex
+        return ConsumerCredit(terms=terms(rate=1), me=me, window=10, next_seq=0, max_price=None, live_ahead=live_ahead)
+
+    def paid(c: ConsumerCredit, amount: int = 10) -> None:
+        q = quote(amount=amount)
+        c.begin_payment()
+        c.on_receipt(Receipt.issue(PRODUCER, q, txid="ab" * 32, amount=amount, paid_ms=NOW_MS), q, "ab" * 32)
+
+    # live: packets pushed one at a time as the consumer reads them (each batch moves the head to its end)
+    live = credit()
+    live.on_pause(head=1, paid=0)
+    paid(live)
+    for seq in range(4):
+        live.on_packets(PacketBatch(stream_id="s", first=seq, payloads=("x",), head=seq + 1))
+        assert not live.wants_payment()  # more than half a window of what it paid is left
+    live.on_packets(PacketBatch(stream_id="s", first=4, payloads=("x",), head=5))
+    assert live.wants_payment()  # half a window left: the next one goes before packet 10 exists
+    paid(live)
+    assert not live.wants_payment()
+
+    # without live_ahead (the default) the same live stream is paid exactly: the window waits until it exists
+    exact = credit(live_ahead=False)
+    exact.on_pause(head=1, paid=0)
+    paid(exact)
+    for seq in range(10):
+        exact.on_packets(PacketBatch(stream_id="s", first=seq, payloads=("x",), head=seq + 1))
+        assert not exact.wants_payment()
+
+    # a burst pushed before it was read: nothing beyond the head is paid, even once the consumer caught up
+    burst = credit()
+    burst.on_pause(head=10, paid=0)
+    paid(burst)
+    burst.on_packets(PacketBatch(stream_id="s", first=0, payloads=("x",) * 5, head=10))
+    burst.on_packets(PacketBatch(stream_id="s", first=5, payloads=("x",) * 5, head=10))
+    assert not burst.wants_payment()
+    assert burst.paid == 10
 
 
 def test_only_packets_that_exist_are_paid_ahead() -> None:
