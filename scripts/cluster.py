@@ -36,7 +36,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,6 +53,40 @@ def _cli() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "overlay_cli.main"]
 
 
+class UpDown:
+    """A context manager over ``up()`` and ``down()``; ``down`` also runs when ``up`` fails half-way."""
+
+    def up(self) -> object:
+        raise NotImplementedError
+
+    def down(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+
+class Placement:
+    """Where a cluster's processes run and the address each binds: every one here, on 127.0.0.1. A test that puts
+    each process in a network namespace of its own (tests/partition) passes a subclass."""
+
+    def host(self, name: str) -> str:  # noqa: ARG002 - the same for every process here
+        """The address process ``name`` (``devnet``, ``node0``, ...) binds."""
+        return "127.0.0.1"
+
+    def command(self, name: str, args: list[str]) -> list[str]:  # noqa: ARG002 - the same for every process here
+        """The command line that starts process ``name`` with ``args``."""
+        return args
+
+
 @dataclass(slots=True)
 class Member:
     name: str
@@ -65,7 +99,7 @@ class Member:
     control: str
 
 
-class Cluster:
+class Cluster(UpDown):
     """N daemons as subprocesses; a context manager that stops them all on exit."""
 
     def __init__(
@@ -77,6 +111,7 @@ class Cluster:
         extra_args: list[str] | None = None,
         block_interval: float = 2.0,
         tls: bool = True,
+        placement: Placement | None = None,
     ) -> None:
         if n < 1:
             raise ValueError("a cluster needs at least one node")
@@ -86,6 +121,7 @@ class Cluster:
         self.extra_args = extra_args or []
         self.block_interval = block_interval
         self.tls = tls
+        self.placement = placement or Placement()
         self.members: list[Member] = []
         self.ledger = ""
         self.ledger_pid = 0
@@ -93,25 +129,14 @@ class Cluster:
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
-    def __enter__(self) -> Cluster:
-        try:
-            self.up()
-        except BaseException:
-            self.down()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.down()
-
     def _start_devnet(self) -> str:
         """One devnet ledger for the whole cluster; every node settles through it."""
         data_dir = self.root / "devnet"
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         port = "0" if self.base_port is None else str(self.base_port - 1)
-        args = [*_cli(), "devnet", "--json", "--port", port, "--data-dir", str(data_dir)]
-        args += ["--block-interval", str(self.block_interval)]
-        info, self.ledger_pid = self._spawn(args, data_dir, "devnet")
+        args = [*_cli(), "devnet", "--json", "--host", self.placement.host("devnet"), "--port", port]
+        args += ["--data-dir", str(data_dir), "--block-interval", str(self.block_interval)]
+        info, self.ledger_pid = self._spawn(self.placement.command("devnet", args), data_dir, "devnet")
         return str(info["url"])
 
     def _spawn(self, args: list[str], data_dir: Path, name: str) -> tuple[dict[str, Any], int]:
@@ -148,23 +173,25 @@ class Cluster:
         data_dir = self.root / f"node{i}"
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         base = self.base_port
+        name = f"node{i}"
+        host = self.placement.host(name)
         if ports is None:
             ports = ("0", "0", "0") if base is None else (str(base + 2 * i), str(base + 2 * i + 1), str(base + 2 * i))
         args = [
             *_cli(), "--data-dir", str(data_dir), "--json", "run",
-            "--name", f"node{i}", "--swarm-host", "127.0.0.1", "--swarm-port", ports[0], "--http-port", ports[1],
-            "--set", "dht.host=127.0.0.1", "--dht-port", ports[2],
+            "--name", name, "--swarm-host", host, "--swarm-port", ports[0],
+            "--http-host", host, "--http-port", ports[1], "--set", f"dht.host={host}", "--dht-port", ports[2],
             *self.extra_args,
         ]  # fmt: skip
         if self.tls:
-            args += self._tls_args(data_dir)
+            args += self._tls_args(data_dir, host)
         if bootstrap:
             args += ["--bootstrap", bootstrap.swarm[0], "--dht-bootstrap", bootstrap.dht]
         if self.ledger:
             args += ["--set", f"wallet.arc_url={self.ledger}"]
-        info, pid = self._spawn(args, data_dir, f"node{i}")
+        info, pid = self._spawn(self.placement.command(name, args), data_dir, name)
         return Member(
-            name=f"node{i}",
+            name=name,
             data_dir=str(data_dir),
             pid=pid,
             identity_key=info["identity_key"],
@@ -179,13 +206,13 @@ class Cluster:
         """The cluster's CA certificate (what clients trust to reach the nodes over https)."""
         return self.root / "ca" / "ca.pem"
 
-    def _tls_args(self, data_dir: Path) -> list[str]:
+    def _tls_args(self, data_dir: Path, host: str) -> list[str]:
         from overlay_node.tls import ensure_ca, issue_certificate
 
         ca = ensure_ca(self.root / "ca", "overlay-node cluster CA")
         cert, key = data_dir / "tls" / "cert.pem", data_dir / "tls" / "key.pem"
         if not cert.exists() or not key.exists():
-            issue_certificate(ca, cert, key, ["127.0.0.1", "localhost"])
+            issue_certificate(ca, cert, key, list(dict.fromkeys(["127.0.0.1", "localhost", host])))
         return [
             "--set", f"http.tls_cert={cert}", "--set", f"http.tls_key={key}", "--set", f"http.tls_ca={ca.cert}",
         ]  # fmt: skip

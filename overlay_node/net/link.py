@@ -11,7 +11,8 @@ Error handling:
 
 - A :class:`~overlay_node.errors.RemoteProtocolError` from the session (or from transfer bookkeeping) drops the
   link: a websocket close with code 1008 and the reason, ``metrics.peer_drops{reason}``, a WARNING log naming the
-  peer. Only that link ends. The same happens for ``handshake_timeout`` and ``idle_timeout``.
+  peer. Only that link ends. The same happens for ``handshake_timeout``, ``idle_timeout`` and ``keepalive_timeout``
+  (see :meth:`PeerLink._keepalive`).
 - Before the link is established, ``run`` raises (``RemoteProtocolError``, :class:`~overlay_node.errors.PeerTimeout`,
   :class:`~overlay_node.errors.ConnectionLost`, or :class:`LinkSuperseded` when the manager keeps another link to
   the same peer: a dialer learns that before it sends its Hello, a responder before it sends its own); afterwards
@@ -107,6 +108,9 @@ SHUTDOWN_GRACE: Final = 0.05
 WS_SLACK: Final = 64 * 1024
 #: CBOR bytes around the data of a chunk frame (map, kind, id) -- kept out of a chunk's payload size
 _CHUNK_FRAME_OVERHEAD: Final = 64
+#: frames a link counts before it adds them to the node's metrics (each add takes the metric's lock); the rest are
+#: added at every keepalive and when the link ends
+_METRICS_BATCH: Final = 64
 
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
@@ -268,8 +272,13 @@ class PeerLink:
         self._notice_tx, self._notice_rx = trio.open_memory_channel[tuple[NoticeHandler, Notice]](config.max_inflight)
         self._ping_nonces = itertools.count()
         self._ping_sent: tuple[int, float] | None = None
+        #: the reader's idle scope: its deadline minus ``idle_timeout`` is when the reader began waiting for the
+        #: peer's next message (infinite while it is busy with one), which the keepalive reads as "silent since"
+        self._idle_scope: trio.CancelScope | None = None
         self.rtt_ms: float | None = None
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
+        # what the counters above hold beyond what was added to the metrics (``_METRICS_BATCH``)
+        self._counted = (0, 0, 0, 0)
         self._m_frames_in = metrics.frames.labels("in")
         self._m_frames_out = metrics.frames.labels("out")
         self._m_bytes_in = metrics.frame_bytes.labels("in")
@@ -480,6 +489,7 @@ class PeerLink:
         session = self._session
         try:
             with trio.CancelScope(deadline=trio.current_time() + idle) as idle_scope:
+                self._idle_scope = idle_scope
                 while True:
                     try:
                         message = await self._ws.get_message()
@@ -503,25 +513,70 @@ class PeerLink:
         except _DropLink as exc:
             await self._drop(exc.reason, str(exc))
 
+    def _silent_since(self) -> float:
+        """When the reader began waiting for the peer's next message; infinite while it is busy with one (a slow
+        handler holding it up is our own back-pressure, not a silent peer) or before it has begun."""
+        scope = self._idle_scope
+        return math.inf if scope is None else scope.deadline - self._config.idle_timeout
+
     async def _keepalive(self) -> None:
-        interval = self._config.keepalive_interval
+        """Liveness: after ``keepalive_interval`` in which nothing arrived, a ping; if nothing at all arrives in the
+        ``keepalive_timeout`` after it was written, the link is dropped (``keepalive_timeout``).
+
+        Any frame is proof of life, so a busy link never pings and a pong is only needed on a quiet one. The
+        timeout counts from when the ping was handed to the socket: a ping that waits behind our own sends (the
+        peer's window is full) is a slow peer's, not a dead one's, and a send held up past ``request_timeout``
+        closes the link by itself (``send_stalled``).
+        """
+        cfg = self._config
+        #: while a ping is unanswered: since when the peer has been silent, and when the ping was written
+        unanswered: tuple[float, float] | None = None
         while not self.closed:
-            await trio.sleep(interval)
-            nonce = next(self._ping_nonces)
-            self._ping_sent = (nonce, trio.current_time())
-            try:
-                await self._send_frame(Ping(nonce=nonce))
-            except ConnectionLost:
-                return
+            since = self._silent_since()
+            if unanswered is not None and unanswered[0] != since:
+                unanswered = None  # heard from the peer (or the reader is busy with a message from it)
+            now = trio.current_time()
+            if unanswered is not None:
+                if now >= unanswered[1] + cfg.keepalive_timeout:
+                    # closing the websocket ends the reader too (its next read sees the close)
+                    message = f"nothing received for {cfg.keepalive_timeout:g}s after a keepalive ping"
+                    await self._drop("keepalive_timeout", message)
+                    return
+                wake = min(unanswered[1] + cfg.keepalive_timeout, now + cfg.keepalive_interval)
+            elif since == math.inf:
+                wake = now + cfg.keepalive_interval
+            elif now >= since + cfg.keepalive_interval:
+                nonce = next(self._ping_nonces)
+                try:
+                    await self._send_frame(Ping(nonce=nonce))
+                except ConnectionLost:
+                    return
+                self._ping_sent = (nonce, trio.current_time())
+                unanswered = (since, self._ping_sent[1])
+                continue
+            else:
+                wake = since + cfg.keepalive_interval
+            await trio.sleep_until(wake)
+            self._add_metrics()
 
     # -- receiving ----------------------------------------------------------------------------------------------
 
     def _count_in(self, message: str | bytes) -> None:
-        size = len(message)
         self.frames_in += 1
-        self.bytes_in += size
-        self._m_frames_in.inc()
-        self._m_bytes_in.inc(size)
+        self.bytes_in += len(message)
+        if self.frames_in - self._counted[0] >= _METRICS_BATCH:
+            self._add_metrics()
+
+    def _add_metrics(self) -> None:
+        """Add the frames and bytes counted since the last call to the node's metrics."""
+        frames_in, bytes_in, frames_out, bytes_out = self._counted
+        self._counted = (self.frames_in, self.bytes_in, self.frames_out, self.bytes_out)
+        if self.frames_in > frames_in:
+            self._m_frames_in.inc(self.frames_in - frames_in)
+            self._m_bytes_in.inc(self.bytes_in - bytes_in)
+        if self.frames_out > frames_out:
+            self._m_frames_out.inc(self.frames_out - frames_out)
+            self._m_bytes_out.inc(self.bytes_out - bytes_out)
 
     async def _dispatch(self, frame: Frame) -> bool:
         """Act on one frame; returns True when the peer closed the link. Raises RemoteProtocolError."""
@@ -665,11 +720,25 @@ class PeerLink:
             logger.debug("no handler for notice %s from %s", frame.method, self.peer_key[:16])
             return
         # waits when max_inflight notices are queued: the reader stops reading, TCP pushes back on the peer
-        await self._notice_tx.send((handler, frame))
+        try:
+            self._notice_tx.send_nowait((handler, frame))
+        except trio.WouldBlock:
+            await self._notice_tx.send((handler, frame))
 
     async def _serve_notices(self) -> None:
-        """Run notice handlers one at a time, in arrival order (streams rely on the order)."""
-        async for handler, frame in self._notice_rx:
+        """Run notice handlers one at a time, in arrival order (streams rely on the order). Notices already queued
+        are taken without a turn of the event loop (the queue holds at most ``max_inflight``)."""
+        receive = self._notice_rx
+        while True:
+            try:
+                handler, frame = receive.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    handler, frame = await receive.receive()
+                except trio.EndOfChannel:
+                    return
+            except trio.EndOfChannel:
+                return
             try:
                 await handler(self, frame.body)
             except OverlayError as exc:
@@ -744,21 +813,31 @@ class PeerLink:
     async def _send_frame(self, frame: Frame) -> None:
         if self.closed:
             raise ConnectionLost(f"link to {self.peer_key[:16]} is closed ({self.close_reason})")
-        async with self._send_lock:
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()  # the common case: nobody else is sending (no turn of the event loop for the lock)
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             if self.closed or not self._session.is_open:
                 raise ConnectionLost(f"link to {self.peer_key[:16]} is closed ({self.close_reason})")
             # anything the session queued (its Hello) goes first: sequence numbers follow sealing order
-            messages = [*self._session.data_to_send(), self._session.send(frame)]
+            queued = self._session.data_to_send()
+            sealed = self._session.send(frame)
             # sealed messages are numbered: one lost between sealing and the socket would leave a gap that the peer
             # refuses by dropping the link. So the caller's cancellation (a timeout, an interrupted download) waits
-            # until they are out, bounded by the request timeout; a link that cannot take them in that time is closed.
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(self._config.request_timeout) as stalled:
-                    for message in messages:
-                        await self._ws_send(message)
-                if stalled.cancelled_caught:
+            # until they are out, bounded by the request timeout (the shielded scope's own deadline still applies);
+            # a link that cannot take them in that time is closed.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + self._config.request_timeout) as sending:
+                for message in queued:
+                    await self._ws_send(message)
+                await self._ws_send(sealed)
+            if sending.cancelled_caught:
+                with trio.CancelScope(shield=True):
                     await self._close_ws(CLOSE_GOING_AWAY, "send_stalled")
-                    raise ConnectionLost(f"link to {self.peer_key[:16]} closed: a send stalled")
+                raise ConnectionLost(f"link to {self.peer_key[:16]} closed: a send stalled")
+        finally:
+            lock.release()
 
     async def _ws_send(self, message: str | bytes) -> None:
         try:
@@ -768,11 +847,10 @@ class PeerLink:
             if self.close_reason is None:
                 self.close_reason = reason
             raise ConnectionLost(f"link to {self.peer_key[:16] or self.address} is closed: {reason}") from None
-        size = len(message)
         self.frames_out += 1
-        self.bytes_out += size
-        self._m_frames_out.inc()
-        self._m_bytes_out.inc(size)
+        self.bytes_out += len(message)
+        if self.frames_out - self._counted[2] >= _METRICS_BATCH:
+            self._add_metrics()
 
     # -- closing ------------------------------------------------------------------------------------------------
 
@@ -816,6 +894,7 @@ class PeerLink:
         for receiver in self._in.values():
             receiver._on_lost()
         await self._close_ws(CLOSE_GOING_AWAY if self._stopping else CLOSE_NORMAL, self.close_reason)
+        self._add_metrics()
         self._closed.set()
         if self._on_closed is not None and self._established:
             self._on_closed(self)

@@ -44,7 +44,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, TypeVar
 
 import trio
 from prometheus_client import Counter
@@ -123,6 +123,26 @@ REDIAL_ATTEMPTS: Final = 6
 #: ``await resolver(identity_key) -> addresses`` where a peer may be dialled (see :meth:`PeerManager.reach`)
 Resolver = Callable[[str], Awaitable[Sequence[str]]]
 _DIAL_FAILURES: Final = (DialError, PeerTimeout, RemoteProtocolError, ConnectionLost)
+
+
+_H = TypeVar("_H")
+
+
+class _Registry(dict[str, _H]):
+    """Handlers by method name. While ``starting()`` (the node has not finished starting), a method without a
+    handler yet gets ``held(method)`` instead of nothing: a handler that waits for the start to finish, then serves
+    with the handler registered by then (or refuses as before)."""
+
+    def __init__(self, starting: Callable[[], bool], held: Callable[[str], _H]) -> None:
+        super().__init__()
+        self._starting = starting
+        self._held = held
+
+    def get(self, method: str, default: Any = None) -> Any:  # the links look a method up only this way
+        handler = super().get(method)
+        if handler is not None:
+            return handler
+        return self._held(method) if self._starting() else default
 
 
 def parse_address(address: str) -> str:
@@ -248,7 +268,13 @@ class PeerManager:
         self._identity = identity
         self._config = config
         self._metrics = metrics
-        self._handlers = Handlers()
+        # set by hold_unknown_methods(), until all_methods_registered(): see there
+        self._starting: trio.Event | None = None
+        self._handlers = Handlers(
+            requests=_Registry(self._is_starting, self._held_request),
+            notices=_Registry(self._is_starting, self._held_notice),
+            transfers=_Registry(self._is_starting, self._held_transfer),
+        )
         self._on_link: list[Callable[[PeerLink], None]] = []
         self._links: dict[str, PeerLink] = {}
         self._link_events: dict[str, trio.Event] = {}
@@ -291,6 +317,56 @@ class PeerManager:
     def on_transfer(self, method: str, handler: TransferHandler) -> None:
         """Receive transfers for ``method``: ``await handler(link, header, receiver)``; iterate ``receiver``."""
         self._handlers.transfers[method] = handler
+
+    def hold_unknown_methods(self) -> None:
+        """Until :meth:`all_methods_registered`, a peer's request, notice or transfer for a method that has no handler
+        yet waits for it instead of being refused with ``unknown_method``. The node calls this before the peer
+        manager runs, because links are accepted before every service has registered its methods (a peer that
+        reconnects to a restarting node must not be told that its streams or payments do not exist). What waits
+        counts against ``swarm.max_inflight`` as any request does, and the peer's own timeout bounds it."""
+        if self._starting is None:
+            self._starting = trio.Event()
+
+    def all_methods_registered(self) -> None:
+        """Every service has registered its methods: what waits is served (or refused as unknown) now."""
+        if self._starting is not None:
+            self._starting.set()
+
+    def _is_starting(self) -> bool:
+        return self._starting is not None and not self._starting.is_set()
+
+    async def _started(self) -> None:
+        if self._starting is not None:
+            await self._starting.wait()
+
+    def _held_request(self, method: str) -> RequestHandler:
+        async def held(link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+            await self._started()
+            handler: RequestHandler | None = self._handlers.requests.get(method)
+            if handler is None:
+                raise PeerError(f"no handler for {method!r}", code="unknown_method")
+            return await handler(link, body)
+
+        return held
+
+    def _held_notice(self, method: str) -> NoticeHandler:
+        async def held(link: PeerLink, body: dict[str, Any]) -> None:
+            await self._started()  # notices are handled one at a time: the ones after it wait too (their order)
+            handler: NoticeHandler | None = self._handlers.notices.get(method)
+            if handler is not None:
+                await handler(link, body)
+
+        return held
+
+    def _held_transfer(self, method: str) -> TransferHandler:
+        async def held(link: PeerLink, header: dict[str, Any], receiver: TransferReceiver) -> None:
+            await self._started()
+            handler: TransferHandler | None = self._handlers.transfers.get(method)
+            if handler is None:
+                raise PeerError(f"no handler for {method!r}", code="unknown_method")
+            await handler(link, header, receiver)
+
+        return held
 
     def on_link(self, callback: Callable[[PeerLink], None]) -> None:
         """Call ``callback(link)`` (synchronously) each time a link is authenticated and registered."""
@@ -596,7 +672,13 @@ class PeerManager:
         try:
             link: PeerLink = await self._nursery.start(self._outbound, url, key)
         except BaseException as exc:
-            pending.error = exc
+            # the callers waiting on this dial get its error; never the first caller's cancellation (a Cancelled
+            # raised in another task would cancel whatever that task's nursery holds: the manager's own nursery)
+            pending.error = (
+                exc
+                if isinstance(exc, Exception)
+                else DialError(f"the dial to {url} was abandoned by its first caller; try again")
+            )
             if isinstance(exc, RemoteProtocolError):
                 outcome = exc.reason
             else:
@@ -722,12 +804,16 @@ class PeerManager:
                 await trio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, cfg.reconnect_max)
                 continue
+            began = trio.current_time()
             try:
                 link = await self._dial(url, key)
                 key = link.peer_key
             except (DialError, PeerTimeout, RemoteProtocolError, ConnectionLost) as exc:
-                logger.info("dial %s failed (%s); retrying in %.2gs", url, exc, delay)
-                await trio.sleep(delay * random.uniform(0.5, 1.0))
+                # the backoff counts from the start of the attempt: a dial that timed out (nothing answers, as
+                # across a network cut) has waited already, and the next one goes out sooner after a heal
+                pause = max(0.0, delay * random.uniform(0.5, 1.0) - (trio.current_time() - began))
+                logger.info("dial %s failed (%s); retrying in %.2gs", url, exc, pause)
+                await trio.sleep(pause)
                 delay = min(delay * 2, cfg.reconnect_max)
 
     # -- reaching a peer by identity ------------------------------------------------------------------------------
