@@ -57,18 +57,34 @@ SEED ?=
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak --minutes $(MINUTES) $(if $(SEED),--seed $(SEED))
 
-# every parsing surface fuzzed for FUZZ_SECONDS each: the hypothesis properties of tests/fuzz/ (not collected by
-# `make test`), the atheris entries where atheris is installed, and one in-process node attacked on its sockets;
-# inputs, crashes, RSS and open files printed and saved to bench/results/fuzz.json
+# 7 daemons, each in a network namespace of its own, split 4/3 for 30 s and healed; the seconds each property takes
+# to converge after the heal printed and saved to bench/results/partition.json (tests/partition/, needs root and
+# iproute2; also collected by `make test`, where it skips without them)
+.PHONY: partition
+partition: $(STAMP)
+	$(BIN)/pytest -q -s tests/partition
+
+# every decoder surface fuzzed in-process by a seeded mutation fuzzer (tests/fuzz/fast.py), INPUTS inputs each
+# (`make fuzz INPUTS=1000000`: a million), then one subprocess node attacked on its http, control, swarm and DHT
+# ports while `ctl status` is timed every 0.5 s (tests/fuzz/live.py); one table (inputs, refused, crashes, inputs/s,
+# RSS before/after, slowest status) printed and saved to bench/results/fuzz.json, a crash's input to
+# bench/results/fuzz-crashes/ (SEED= repeats a run). Then the coverage-guided atheris entries for FUZZ_SECONDS each
+# where atheris is installed. `make fuzz-properties`: the hypothesis properties of tests/fuzz/, FUZZ_SECONDS each
+# (not collected by `make test`), saved to bench/results/fuzz-properties.json.
+INPUTS ?= 100000
+FUZZ_JOBS ?= 2
 FUZZ_SECONDS ?= 60
-.PHONY: fuzz
+.PHONY: fuzz fuzz-properties
 fuzz: $(STAMP)
-	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/pytest -m fuzz -s -q -o faulthandler_timeout=0 tests/fuzz
+	$(BIN)/python -m tests.fuzz.fast --inputs $(INPUTS) --jobs $(FUZZ_JOBS) $(if $(SEED),--seed $(SEED))
 	if $(BIN)/python -c 'import atheris' 2>/dev/null; then \
-		for surface in frames http; do \
+		for surface in frames http dht json chain; do \
 			$(BIN)/python -m tests.fuzz.atheris_entry $$surface $(FUZZ_SECONDS) || exit 1; \
 		done; \
-	else echo "fuzz: atheris is not installed in $(VENV): hypothesis alone"; fi
+	else echo "fuzz: atheris is not installed in $(VENV): no coverage-guided runs"; fi
+
+fuzz-properties: $(STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/pytest -m fuzz -s -q -o faulthandler_timeout=0 tests/fuzz
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -1,11 +1,14 @@
-"""Coverage-guided fuzzing (atheris, libFuzzer) of the two hottest surfaces: ``frames`` (peer-link frames, every
-message of every link) and ``http`` (the HTTP/1.1 request parser, every request on the public and control ports).
+"""Coverage-guided fuzzing (atheris, libFuzzer) of the hottest surfaces: ``frames`` (peer-link frames, every
+message of every link), ``http`` (the HTTP/1.1 request parser, every request on the public and control ports),
+``dht`` (datagram envelopes and messages, the signature check skipped), ``json`` (the bounded JSON reader of every
+control and overlay body) and ``chain`` (raw, Extended Format and BEEF transaction streams).
 
-``python -m tests.fuzz.atheris_entry <frames|http> <seconds>`` runs libFuzzer for that long in a child process,
-seeded with the real encodings of ``tests/fuzz/seeds.py``, then adds its figures (inputs, crashes) to
-``bench/results/fuzz.json``. The same documented-errors property as the hypothesis tests: only
-``RemoteProtocolError`` (``HttpError`` is one) may escape; anything else is a crash, saved by libFuzzer with the
-input that caused it. Needs ``atheris`` (``.venv/bin/pip install atheris``); ``make fuzz`` skips it without."""
+``python -m tests.fuzz.atheris_entry <frames|http|dht|json|chain> <seconds>`` runs libFuzzer for that long in a
+child process, seeded with the real encodings of ``tests/fuzz/seeds.py``, then adds its figures (inputs, crashes)
+to ``bench/results/fuzz.json``. The same documented-errors property as the hypothesis tests: only the surface's
+refusal (``RemoteProtocolError``, ``BadRequest``, ``Refusal``) may escape; anything else is a crash, saved by
+libFuzzer with the input that caused it. Needs ``atheris`` (``.venv/bin/pip install atheris``); ``make fuzz``
+skips it without."""
 
 from __future__ import annotations
 
@@ -57,13 +60,59 @@ def one_http(data: bytes) -> None:
         return
 
 
-TARGETS = {"frames": one_frame, "http": one_http}
+def one_dht(data: bytes) -> None:
+    from overlay_node.errors import RemoteProtocolError
+    from overlay_node.wire import dht
+
+    # no signature check (every input would stop there): the envelope and message decoders behind it
+    try:
+        dht.decode(data, now=_NOW[0], verify=lambda *_: True, max_skew=1e12)
+    except RemoteProtocolError:
+        return
+
+
+_NOW = [0.0]
+
+
+def one_json(data: bytes) -> None:
+    from overlay_node.api.common import parse_json
+    from overlay_node.errors import BadRequest
+
+    try:
+        parse_json(data, limit=8192)
+    except BadRequest:
+        return
+
+
+def one_chain(data: bytes) -> None:
+    from overlay_node.chain.formats import parse_stream
+    from overlay_node.chain.refusals import Refusal
+
+    try:
+        parse_stream(data, max_items=4)
+    except Refusal:
+        return
+
+
+TARGETS = {"frames": one_frame, "http": one_http, "dht": one_dht, "json": one_json, "chain": one_chain}
+
+
+def _seed_items(surface: str) -> tuple[bytes, ...]:
+    from . import seeds
+
+    if surface == "frames":
+        return seeds.frame_bytes()
+    if surface == "dht":
+        return seeds.dht_datagrams()
+    if surface == "json":
+        return seeds.json_texts()
+    if surface == "chain":
+        return seeds.chain_seeds().all
+    return tuple(b"\x10" + r for r in seeds.HTTP_REQUESTS)
 
 
 def corpus(surface: str, where: Path) -> None:
-    from . import seeds
-
-    items = seeds.frame_bytes() if surface == "frames" else tuple(b"\x10" + r for r in seeds.HTTP_REQUESTS)
+    items = _seed_items(surface)
     for i, item in enumerate(items):
         (where / f"seed-{i}").write_bytes(item)
 
@@ -73,8 +122,14 @@ def child(surface: str, args: list[str]) -> None:
 
     target = TARGETS[surface]
     with atheris.instrument_imports(include=["overlay_node", "cbor2"]):
+        import overlay_node.api.common
+        import overlay_node.chain.formats
+        import overlay_node.wire.dht
         import overlay_node.wire.frames
         import overlay_node.wire.http1  # noqa: F401
+    from . import seeds
+
+    _NOW[0] = seeds.NOW
     atheris.Setup([sys.argv[0], *args], target)
     atheris.Fuzz()
 

@@ -1,6 +1,7 @@
 """The fuzz run: a time budget per surface (``FUZZ_SECONDS``, default 60), a hypothesis runner driven by that
 budget, and the report (inputs per surface, crashes, RSS and open files) printed at the end and saved to
-``bench/results/fuzz.json``."""
+``bench/results/fuzz-properties.json`` (``make fuzz-properties``; ``make fuzz`` runs the fast fuzzer of
+``fast.py``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 T = TypeVar("T")
 
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "fuzz.json"
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "fuzz-properties.json"
 
 
 def fuzz_seconds() -> float:

@@ -36,7 +36,7 @@ from tests.conftest import NodeFactory
 from tests.integration.peer_fixtures import RawInitiator
 
 from . import seeds
-from .mutate import RandomChooser, mutate, mutate_value
+from .mutate import RandomChooser, mutate, mutate_value, random_value
 from .runner import FuzzReport, Surface, fuzz_seconds
 
 pytestmark = pytest.mark.fuzz
@@ -140,33 +140,6 @@ async def exchange(
     finally:
         await stream.aclose()
     return bytes(answer)
-
-
-def random_value(rng: random.Random, depth: int = 0, *, json_safe: bool = False) -> Any:
-    """A plain value of the kind CBOR frames carry (``json_safe``: of the kind JSON bodies carry, without bytes)."""
-    kind = rng.randint(0, 9 if depth < 3 else 6)
-    if json_safe and kind == 6:
-        kind = 4
-    if kind == 0:
-        return None
-    if kind == 1:
-        return rng.random() < 0.5
-    if kind == 2:
-        return rng.choice([0, 1, -1, 2**31, 2**53, 2**63 - 1, 2**64 - 1, 10**20, rng.randint(-(2**40), 2**40)])
-    if kind == 3:
-        return rng.choice([0.5, -0.0, 1e300, 1e20, rng.random()])
-    if kind == 4:
-        return "".join(
-            chr(rng.choice([rng.randint(32, 126), rng.randint(0, 0x2FFF)])) for _ in range(rng.randint(0, 12))
-        )
-    if kind == 5:
-        return rng.choice(["02" + "ab" * 32, "ab" * 32, "ab" * 32 + ".0", "ab" * 32 + ".\u00b2", "tm_ship", "s1", ""])
-    if kind == 6:
-        return rng.randbytes(rng.choice([0, 8, 32, 33, rng.randint(0, 64)]))
-    if kind in (7, 8):
-        return [random_value(rng, depth + 1, json_safe=json_safe) for _ in range(rng.randint(0, 4))]
-    key = rng.choice(["id", "hash", "key", "stream_id", "quote_id", "x"])
-    return {key: random_value(rng, depth + 1, json_safe=json_safe)}
 
 
 # -- http -----------------------------------------------------------------------------------------------------------
