@@ -76,4 +76,25 @@ class RecordSaver:
             self._save, self._delete, self._own = {}, set(), {}
             if writes:
                 logger.debug("dht: saving %d records, deleting %d", len(writes.save), len(writes.delete))
-            await self._repository.apply(writes)
+            try:
+                await self._repository.apply(writes)
+            except trio.Cancelled:
+                # cancelled mid-write (the service stopping): the batch goes back in the queue, so the final flush
+                # writes it (written twice at worst: each write is an upsert)
+                self._requeue(writes)
+                raise
+
+    def _requeue(self, writes: DhtWrites) -> None:
+        """Put back a batch whose write did not finish; a change queued since then is newer and wins."""
+        for record in writes.save:
+            slot = (record.key, record.publisher)
+            if slot not in self._save and slot not in self._delete:
+                self._save[slot] = record
+        for slot in writes.delete:
+            if slot not in self._save:
+                self._delete.add(slot)
+        for own in writes.save_own:
+            self._own.setdefault(own.record.key, own)
+        for key in writes.delete_own:
+            self._own.setdefault(key, None)
+        self._dirty.set()

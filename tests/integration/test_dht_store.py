@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from overlay_node.config import StoreSection
 from overlay_node.crypto.keys import Identity
@@ -14,6 +16,7 @@ from overlay_node.errors import BadRequest, DialError, TransportError
 from overlay_node.net.udp import format_address, open_udp_endpoint, parse_host_port, resolve_address
 from overlay_node.protocol.dht_records import make_record
 from overlay_node.services.dht_rpc import Signer
+from overlay_node.services.dht_saver import RecordSaver
 from overlay_node.store import MIGRATIONS, open_store
 from overlay_node.store.dht import DhtWrites, OwnRecord
 from overlay_node.wire.dht import MAX_DATAGRAM, Contact, Record, encode, pack_values
@@ -115,3 +118,32 @@ def test_every_packed_values_page_encodes() -> None:
             )
             data = encode(page, sender_pub=ALICE.public_key, now=float(NOW), sign=signer.sign)
             assert len(data) <= MAX_DATAGRAM
+
+
+async def test_a_save_cancelled_while_queued_behind_another_write_is_written_by_the_next_flush(tmp_path: Path) -> None:
+    """The service stopping cancels the saver while its batch waits for the writer (the write is withdrawn): the
+    batch goes back in the queue, and the final flush writes it (it was lost before, and a restarted node forgot a
+    record it had acknowledged)."""
+    with trio.fail_after(LIMIT):
+        async with open_store(tmp_path / "n.db", CONFIG) as store:
+            saver = RecordSaver(store.dht)
+            held = record(ALICE, 1, b"held")
+            saver.save(held)
+            release = threading.Event()
+            async with trio.open_nursery() as nursery:
+                # the writer busy with another write, so the saver's batch waits in its queue
+                nursery.start_soon(store._db.write, lambda _conn: release.wait(LIMIT))
+                await trio.testing.wait_all_tasks_blocked()
+                with trio.CancelScope() as scope:
+                    nursery.start_soon(lambda: _cancel_when_blocked(scope))
+                    await saver.flush()
+                assert scope.cancelled_caught
+                release.set()
+            assert await store.dht.load_records() == []  # the cancelled batch was not written
+            await saver.flush()
+            assert await store.dht.load_records() == [held]
+
+
+async def _cancel_when_blocked(scope: trio.CancelScope) -> None:
+    await trio.testing.wait_all_tasks_blocked()
+    scope.cancel()
