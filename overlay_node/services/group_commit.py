@@ -59,6 +59,15 @@ def _item_of(slot: Slot[I, O]) -> I:
     return slot.item
 
 
+async def _wait_all(slots: Sequence[Slot[I, O]]) -> None:
+    """Wait until every slot is done. A slot done already is not waited for: ``Event.wait`` on a set event is still
+    a checkpoint, a whole turn of the event loop, and on a busy payee one turn per slot kept a batch of 16 payments
+    waiting 16 turns (each another message's checks) after its commit."""
+    for slot in slots:
+        if not slot.done.is_set():
+            await slot.done.wait()
+
+
 class GroupCommit(Generic[I, O]):
     """Write items many at a time (see the module docstring).
 
@@ -142,8 +151,7 @@ class GroupCommit(Generic[I, O]):
                 for slot in slots:
                     slot.error = exc
                 return slots
-            for slot in slots:
-                await slot.done.wait()
+            await _wait_all(slots)
             return slots
         if not self._running:
             await self._write_batch(slots)
@@ -153,8 +161,7 @@ class GroupCommit(Generic[I, O]):
                 self._send.send_nowait(slot)  # the writer is woken by the first; no yield per item
             except trio.WouldBlock:
                 await self._send.send(slot)
-        for slot in slots:
-            await slot.done.wait()
+        await _wait_all(slots)
         return slots
 
     async def _write_batch(self, batch: list[Slot[I, O]]) -> None:

@@ -13,7 +13,8 @@ Theory of operation:
    :class:`~overlay_node.protocol.streams.ConsumerCredit`; a payer task pays a window whenever the credit says
    so, with one of the open quotes the subscribe answer and the receipts brought (no extra round trip). Up to
    ``ahead`` payments may be in flight at once (``streams.pay_ahead`` packets, at least two windows); each
-   spends its own coin: the first payment splits its change into that many coins.
+   spends its own coin: the first payment splits its change into that many coins. Payments ready together go
+   ``_MAX_BATCH`` to a ``stream.pay``, each batch written ahead and sent while the next one is prepared.
 3. A payment is built and written ahead in the wallet (``Wallet.begin``) by the payer task, in order, and
    sent with ``stream.pay`` by a task of its own; the receipt makes it ``sent``; a refusal undoes it; no answer
    leaves it to the settlement watch and, after a reconnect, the consumer asks ``pay.receipt`` for it, so an
@@ -465,6 +466,10 @@ class Subscription:
                     self._fail(exc)
                 if batch:
                     nursery.start_soon(self._send_payments, link, batch)
+                    # a turn of the loop before the next batch: this one is written ahead and sent while that one is
+                    # prepared (a burst of packets wants ~16 batches; prepared all at once, the first left only after
+                    # the last, the producer idle meanwhile)
+                    await trio.lowlevel.checkpoint()
                 elif self._failure is None and not self._done.is_set():
                     with trio.move_on_after(self._tick_interval()):
                         await self._changed.wait()

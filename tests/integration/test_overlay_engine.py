@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from overlay_node.chain.formats import BeefEntry, encode_beef, parse_submission
-from overlay_node.crypto.bump import varint_at
+from overlay_node.crypto.bump import varint_at, varint_bytes
 from overlay_node.node import Node
 from overlay_node.services.arc import DevnetClient
 from tests.conftest import NodeFactory
@@ -217,6 +217,49 @@ async def test_bad_input_on_every_route_changes_nothing(start_node: NodeFactory)
             # nothing was stored, and the node still serves a good submission
             assert await node.overlay.counts() == ({}, {})
             assert (await submit(h, beef)).json()["tm_demo"]["outputsToAdmit"] == [0]
+
+
+async def test_submit_body_forms(start_node: NodeFactory) -> None:
+    """/submit reads a chunked body, and ``x-includes-off-chain-values`` (VarInt(length) || BEEF || values); a
+    chunked body over ``overlay.max_submit_bytes`` and a length prefix past the body are refused, every answer
+    with the CORS headers."""
+    with trio.fail_after(LIMIT):
+        node = await demo_node(start_node, "a", **{"overlay.max_submit_bytes": 65536})
+        alice = Spender()
+        async with http(node) as h, devnet_of(node) as devnet:
+            first, beef = alice.spend(await alice.fund(devnet, 10_000))
+            second, beef2 = alice.spend(await alice.fund(devnet, 10_000))
+
+            async def pieces(data: bytes, size: int) -> Any:
+                for at in range(0, len(data), size):
+                    yield data[at : at + size]
+
+            headers = {"Content-Type": "application/octet-stream", "X-Topics": '["tm_demo"]'}
+            chunked = await h.post("/submit", content=pieces(beef, 50), headers=headers)
+            assert chunked.status_code == 200, chunked.text
+            assert chunked.json()["tm_demo"]["outputsToAdmit"] == [0]
+            assert chunked.headers["access-control-allow-origin"] == "*"
+            assert chunked.headers["content-type"] == "application/json"
+            values = b"off-chain values"
+            with_values = await submit(
+                h, varint_bytes(len(beef2)) + beef2 + values, **{"x-includes-off-chain-values": "true"}
+            )
+            assert with_values.status_code == 200, with_values.text
+            assert with_values.json()["tm_demo"]["outputsToAdmit"] == [0]
+            # the BEEF alone was stored, without the prefix and the values
+            (stored,) = (await lookup(h, {"txid": second.txid})).json()["outputs"]
+            assert bytes(stored["beef"]) == beef2
+            too_large = await h.post("/submit", content=pieces(b"\x01\x00\xbe\xef" * 20_000, 4096), headers=headers)
+            assert too_large.status_code == 400, too_large.text
+            assert "too large" in too_large.json()["message"]
+            assert too_large.headers["access-control-allow-origin"] == "*"
+            short = await submit(h, varint_bytes(len(beef) + 1) + beef, **{"x-includes-off-chain-values": "true"})
+            assert short.status_code == 400, short.text
+            assert short.json()["status"] == "error"
+            assert "VarInt(length) || BEEF" in short.json()["message"]
+        topics, _ = await node.overlay.counts()
+        assert topics == {"tm_demo": (2, 2)}
+        assert first.txid != second.txid
 
 
 async def test_listings_and_documentation(start_node: NodeFactory) -> None:

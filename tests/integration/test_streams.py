@@ -438,3 +438,43 @@ async def test_a_first_batch_from_few_coins_splits_the_change_once(start_node: N
         # 3 coins, 16 wanted: the first payment splits into 13, the two beside it keep one change coin each (each
         # splitting into 13 would leave about 40)
         assert consumer.wallet.coin_count() <= 17
+
+
+async def test_a_burst_of_packets_sends_its_first_payments_while_the_rest_are_prepared(
+    start_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A W = 1 subscriber that sees many packets at once pays them in batches of 16; the first batch is written
+    ahead and sent while the next ones are prepared (prepared all before the first left, the producer waited idle
+    for the consumer's whole burst of signing)."""
+    with trio.fail_after(30):
+        _bank, producer, (consumer,) = await network(start_node, 1)
+        await producer.streams.producer.create("burst", pricing_model="per-packet", rate=RATE)
+        prepared = 0
+        at_send: list[tuple[int, int]] = []  # (payments in the batch, payments prepared so far) at each send
+        prepare = consumer.payments.prepare_payment
+
+        async def counting_prepare(*args: Any, **kwargs: Any) -> Any:
+            nonlocal prepared
+            prepared += 1
+            return await prepare(*args, **kwargs)
+
+        send = Subscription._send_payments
+
+        async def noting_send(self: Subscription, link: PeerLink, batch: list[Any]) -> None:
+            at_send.append((len(batch), prepared))
+            await send(self, link, batch)
+
+        monkeypatch.setattr(consumer.payments, "prepare_payment", counting_prepare)
+        monkeypatch.setattr(Subscription, "_send_payments", noting_send)
+        sub = await consumer.streams.consumer.subscribe("burst", window=1, max_price=RATE, prepay=64)
+        got: list[Packet] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, sub, 64, got)
+            await trio.testing.wait_all_tasks_blocked()
+            producer.streams.producer.push("burst", lines(64))
+        assert [p.seq for p in got] == list(range(64))
+        # the first payment goes alone (one coin: its change makes the others); then 63 at once, in batches of 16
+        first = next(i for i, (n, _) in enumerate(at_send) if n == 16)
+        assert first > 0, at_send
+        # prepared since the lone payment was sent: this batch and at most the next (63 when all went first)
+        assert at_send[first][1] - at_send[first - 1][1] < 3 * 16, at_send
