@@ -22,11 +22,9 @@ from overlay_node.chain.formats import parse_stream, parse_transaction
 from overlay_node.chain.refusals import Refusal
 from overlay_node.chain.validation import check_transaction, fast_check
 from overlay_node.crypto.bump import path_root
-from overlay_node.crypto.keys import Identity
 from overlay_node.crypto.sighash import txid_of_raw
 from overlay_node.errors import OverlayError, RemoteProtocolError
-from overlay_node.protocol.handshake import HandshakeInitiator
-from overlay_node.protocol.session import FrameSealer, Session, SessionState
+from overlay_node.protocol.session import FrameSealer, SessionState
 from overlay_node.wire import dht
 from overlay_node.wire import frames as f
 
@@ -121,30 +119,12 @@ def check_handshake(data: bytes) -> None:
             assert p.responder.state is SessionState.CLOSED, "a refused message left the session open"
             raise
         raise AssertionError("a made-up sealed message was accepted")
-    k = seeds.keys()
-    hello = f.Hello(agent="fuzz")
-    if role == 0:
-        session = Session(k.bob, initiator=False, hello=hello)
-    elif role == 1:
-        session = Session(k.alice, initiator=True, hello=hello)
-        session.start()
-        session.data_to_send()
-    else:
-        session = Session(k.bob, initiator=False, hello=hello)
-        session.receive_message(HandshakeInitiator(_stranger()).initial_request())
-        session.data_to_send()
-        if isinstance(message, bytes):
-            message = FrameSealer(b"\x07" * 32).seal(message)
+    session, message = link_props.handshake_session(role, message)
     try:
         session.receive_message(message)
     except RemoteProtocolError:
         assert session.state is SessionState.CLOSED, "a refused handshake message left the session open"
         raise
-
-
-@functools.cache
-def _stranger() -> Identity:
-    return Identity.generate()
 
 
 # -- HTTP/1.1 --------------------------------------------------------------------------------------------------------

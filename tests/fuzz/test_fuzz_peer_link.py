@@ -7,6 +7,7 @@ session and a new pair is made); mangled handshake messages and MAC'd messages a
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -111,7 +112,20 @@ def _handshake_input() -> st.SearchStrategy[tuple[int, str | bytes]]:
 
 
 def check_handshake(case: tuple[int, str | bytes]) -> None:
-    role, message = case
+    session, message = handshake_session(*case)
+    try:
+        session.receive_message(message)
+    except RemoteProtocolError:
+        assert session.state is SessionState.CLOSED
+
+
+@functools.cache
+def _stranger() -> Identity:
+    return Identity.generate()
+
+
+def handshake_session(role: int, message: str | bytes) -> tuple[Session, str | bytes]:
+    """The session a handshake message in ``role`` (0, 1 or 2) is fed to, and the message as it is to be fed."""
     k = seeds.keys()
     hello = f.Hello(agent="fuzz")
     if role == 0:
@@ -125,14 +139,11 @@ def check_handshake(case: tuple[int, str | bytes]) -> None:
     else:
         # a responder that answered, fed a mangled message where the Hello belongs (sealed with a made-up key)
         session = Session(k.bob, initiator=False, hello=hello)
-        session.receive_message(HandshakeInitiator(Identity.generate()).initial_request())
+        session.receive_message(HandshakeInitiator(_stranger()).initial_request())
         session.data_to_send()
         if isinstance(message, bytes):
             message = FrameSealer(b"\x07" * 32).seal(message)
-    try:
-        session.receive_message(message)
-    except RemoteProtocolError:
-        assert session.state is SessionState.CLOSED
+    return session, message
 
 
 def test_handshake_messages(fuzz_report: FuzzReport) -> None:
