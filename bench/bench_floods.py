@@ -448,17 +448,23 @@ def _pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[min(98, max(0, round(p) - 1))]
 
 
+async def _status_line(stream: trio.abc.Stream) -> bytes:
+    """What the server sent until the end of its status line (or until it closed)."""
+    data = b""
+    while b"\r\n" not in data:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 async def http_get(connect: Callable[[], Awaitable[trio.abc.Stream]], path: str) -> bytes:
     """One ``GET path`` on a new connection; the status line (raises if it is not 200)."""
     stream = await connect()
     async with stream:
         await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while b"\r\n" not in data:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = await _status_line(stream)
         while await stream.receive_some(65536):
             pass
     line = data.split(b"\r\n", 1)[0]
@@ -505,12 +511,7 @@ class Honest:
                 b"POST /lookup HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
             )
-            data = b""
-            while b"\r\n" not in data:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = await _status_line(stream)
         line = data.split(b"\r\n", 1)[0]
         parts = line.split(b" ")
         if len(parts) < 2 or not parts[1].isdigit() or int(parts[1]) >= 500:
