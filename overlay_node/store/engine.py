@@ -10,13 +10,13 @@ batch is being written form the next batch, which the thread starts as soon as t
 
 Invariants:
 
-1. Only one thread uses the write connection: the writer thread (started by the first write; it ends when
-   :meth:`Database.aclose` has seen the queue drained). The queue is guarded by ``self._cond``.
-   A write marked ``urgent`` (a payment on its way to a receipt) goes before the ordinary writes that wait:
-   an ordinary write lets pass the urgent writes queued when it came, and one more (the next group commit of a
-   paid stream), then goes before later urgent ones, so it is never starved. Under a paid stream's steady flow
-   of group commits, background work (settlement batches, accounting) slips in between them instead of ahead
-   of them.
+1. Only one thread uses the write connection at a time: the writer thread (started by the first write; it ends
+   when :meth:`Database.aclose` has seen the queue drained), or the event loop's for an inline write (invariant
+   8). The queue is guarded by ``self._cond``. A write marked ``urgent`` (a payment on its way to a receipt)
+   goes before the ordinary writes that wait: an ordinary write lets pass the urgent writes queued when it came,
+   and one more (the next group commit of a paid stream), then goes before later urgent ones, so it is never
+   starved. Under a paid stream's steady flow of group commits, background work (settlement batches,
+   accounting) slips in between them instead of ahead of them.
 2. Every write runs inside ``BEGIN IMMEDIATE ... COMMIT``. Anything raised inside rolls back, so a write lands
    whole or not at all. ``durable=True`` commits with ``synchronous=FULL``, every other write with ``NORMAL``
    (the writer switches the level only when it changes).
@@ -34,6 +34,20 @@ Invariants:
    thread as :meth:`Database.read` would), and a function given to it must stay that small.
 7. A write's caller is woken only after its ``COMMIT`` returned (for a ``durable`` write: after the fsync), so
    nothing acknowledged on the strength of a write can be lost.
+8. ``write(inline=True)`` is the one exception to "every write runs in the writer thread": when the writer thread
+   is idle with nothing queued and no checkpoint due, and the last commit was quick (under ``INLINE_COMMIT_LIMIT``),
+   the write runs on the calling (event loop) thread, on the write connection, which the writer thread leaves alone
+   meanwhile (``_inline``, under ``_cond``). It is for a caller with nothing else to wait for (the overlay engine's
+   lone submission): a hand-off to the writer thread and back is two thread wake-ups, which on a virtual machine
+   whose idle CPU has halted cost a third of a durable commit. The event loop is blocked for the commit (its
+   fsync): a slow commit (a busy disk) sends the following inline writes to the writer thread until one is quick.
+9. Checkpoints (the log copied into the database file, which is then fsynced) run in the writer thread between
+   writes, once the log holds ``CHECKPOINT_PAGES`` pages (a write that comes meanwhile waits for it, as it would
+   for a write); none runs inside a commit, so none on the event loop's thread. After each commit the log's length
+   is read from the wal-index header (``mxFrame``, in the ``-shm`` file: SQLite's documented WAL format). SQLite's
+   own checkpoint inside a commit is left as a bound only, at twice that. A checkpoint's cost is mostly the fsync
+   of the database pages it copies, in a stall of a few ms that the commit which triggers it used to pay whole;
+   between writes, the event loop goes on meanwhile, and a group commit gathers what comes.
 
 The functions given to :meth:`Database.write`, :meth:`Database.write_batches` and :meth:`Database.read` run in
 another thread: they must only touch the connection they are given, fetch all rows before returning, and never
@@ -42,9 +56,13 @@ another thread: they must only touch the connection they are given, fetch all ro
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
+import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -71,6 +89,13 @@ TxnFn = Callable[[sqlite3.Connection], T]
 
 #: the writer thread's name (in thread dumps and profiles)
 WRITER_THREAD = "overlay-store-writer"
+#: pages of log (4 KiB each) past which the writer thread checkpoints between writes (invariant 9)
+CHECKPOINT_PAGES = 2000
+#: where the wal-index header (at the start of the ``-shm`` file) keeps ``mxFrame``, the pages in the log
+_MX_FRAME = struct.Struct("=I")
+_MX_FRAME_OFFSET = 16
+#: a commit longer than this (seconds) sends the next inline writes to the writer thread (invariant 8)
+INLINE_COMMIT_LIMIT = 0.002
 
 
 def _name(fn: Callable[..., object]) -> str:
@@ -110,7 +135,22 @@ class _Job(Generic[T]):
 
     def execute(self, db: Database) -> None:
         result = outcome.capture(db._write_in_thread, self.fn, self.durable)
+        db._release()
         db._post(trio.lowlevel.reschedule, self.task, result)
+
+
+class _Checkpoint:
+    """What the writer thread runs between writes once a checkpoint is due (invariant 9)."""
+
+    urgent = False
+    turn = 0
+
+    def execute(self, db: Database) -> None:
+        db._checkpoint()
+        db._release()
+
+
+_CHECKPOINT = _Checkpoint()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +215,7 @@ class WriteBatches(Generic[E, R]):
 
         txn.__qualname__ = _name(fn)
         result = outcome.capture(db._write_in_thread, txn, self.durable)
+        db._release()
         db._post(self.done, batch, result)
         with db._cond:
             if self._pending:  # came while this batch was written: the next batch, without the event loop
@@ -204,6 +245,15 @@ class Database:
         self._ordinary_queue: deque[_Work] = deque()
         self._urgent_started = 0  # urgent writes the writer thread has started so far
         self._stopping = False
+        self._running = False  # the writer thread is running a write or a checkpoint
+        self._inline = False  # the event loop's thread is running a write (invariant 8)
+        self._checkpoint_due = False  # the log holds CHECKPOINT_PAGES pages (invariant 9)
+        self._checkpoint_at = CHECKPOINT_PAGES  # the log's length that makes the next checkpoint due
+        self._shm: int | None = None  # the -shm file, read for the log's length (by whoever holds the writer)
+        self._quick = True  # the last commit took less than INLINE_COMMIT_LIMIT
+        #: writes run on the event loop's thread, and checkpoints run by the writer thread, so far
+        self.inline_writes = 0
+        self.checkpoints = 0
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._thread_done = trio.Event()
@@ -272,6 +322,7 @@ class Database:
                 if str(mode).lower() != "wal":
                     raise StoreError(f"database {self._path} cannot use WAL mode (journal_mode is {mode})")
                 conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute(f"PRAGMA wal_autocheckpoint = {2 * CHECKPOINT_PAGES}")
             else:
                 conn.execute("PRAGMA query_only = ON")
         except sqlite3.Error as exc:
@@ -293,6 +344,10 @@ class Database:
             readers.append(inline)
         for conn in readers:
             conn.close()
+        shm, self._shm = self._shm, None
+        if shm is not None:
+            with contextlib.suppress(OSError):
+                os.close(shm)
         writer, self._writer = self._writer, None
         if writer is not None:
             try:
@@ -307,7 +362,7 @@ class Database:
 
     # -- writes -----------------------------------------------------------------------------------------------
 
-    async def write(self, fn: TxnFn[T], *, durable: bool = False, urgent: bool = False) -> T:
+    async def write(self, fn: TxnFn[T], *, durable: bool = False, urgent: bool = False, inline: bool = False) -> T:
         """Run ``fn(conn)`` in one write transaction (``BEGIN IMMEDIATE ... COMMIT``) and return its result.
 
         Internal to ``store/``: repositories call this; nothing else should.
@@ -317,10 +372,13 @@ class Database:
             durable: commit with ``synchronous=FULL`` (fsync the WAL before returning), for commits that precede
                 a receipt or an acknowledgement.
             urgent: go before ordinary writes still waiting (invariant 1): for the writes a payment waits on.
+            inline: run on this (the event loop's) thread when the writer thread is idle (invariant 8): for a
+                caller with nothing else to wait for.
 
         Cancellation:
             A write that has started in the writer thread runs to its end (commit or rollback) before the
-            cancellation is delivered; one still waiting in the queue is simply withdrawn.
+            cancellation is delivered; one still waiting in the queue is simply withdrawn. An inline write is
+            synchronous: a cancellation comes at the caller's next checkpoint.
 
         Raises:
             StoreError: the store is closed or SQLite failed; the transaction was rolled back.
@@ -328,6 +386,19 @@ class Database:
         self._check_open()
         await trio.lowlevel.checkpoint_if_cancelled()
         self._start_writer()
+        if inline and self._quick:
+            with self._cond:
+                idle = not (self._running or self._checkpoint_due or self._urgent_queue or self._ordinary_queue)
+                self._inline = idle
+            if idle:
+                self.inline_writes += 1
+                try:
+                    return self._write_in_thread(fn, durable)
+                finally:
+                    with self._cond:
+                        self._inline = False
+                        if self._checkpoint_due or self._urgent_queue or self._ordinary_queue:
+                            self._cond.notify()
         job = _Job(fn, durable, urgent, trio.lowlevel.current_task())
         with self._cond:
             self._enqueue(job)
@@ -381,15 +452,25 @@ class Database:
         self._cond.notify()
 
     def _next_work(self) -> _Work | None:
-        """The next write to run, waiting for one; None once stopping with nothing left (holds ``_cond``)."""
+        """The next write (or a checkpoint that is due) to run, waiting for one; None once stopping with nothing
+        left (holds ``_cond``)."""
+        self._running = False
         while True:
             ordinary, urgent = self._ordinary_queue, self._urgent_queue
-            if ordinary and (not urgent or self._urgent_started >= ordinary[0].turn):
+            if self._inline:  # the event loop's thread has the write connection (invariant 8)
+                pass
+            elif self._checkpoint_due:
+                self._checkpoint_due = False
+                self._running = True
+                return _CHECKPOINT
+            elif ordinary and (not urgent or self._urgent_started >= ordinary[0].turn):
+                self._running = True
                 return ordinary.popleft()
-            if urgent:
+            elif urgent:
                 self._urgent_started += 1
+                self._running = True
                 return urgent.popleft()
-            if self._stopping:
+            elif self._stopping:
                 return None
             self._cond.wait()
 
@@ -406,6 +487,12 @@ class Database:
                     logger.exception("the writer thread of %s failed to run a write", self._path)
         finally:
             self._post(self._thread_done.set)
+
+    def _release(self) -> None:
+        """The writer thread is done with the write connection (before it wakes the waiting task, so that the
+        task's next inline write finds it free: invariant 8)."""
+        with self._cond:
+            self._running = False
 
     def _post(self, fn: Callable[..., object], *args: object) -> None:
         """Run ``fn(*args)`` on the event loop's thread (from the writer thread)."""
@@ -425,6 +512,8 @@ class Database:
         await self._thread_done.wait()
 
     def _write_in_thread(self, fn: TxnFn[T], durable: bool) -> T:
+        """One write transaction, by whoever holds the write connection: the writer thread, or the event loop's
+        thread for an inline write (invariant 8)."""
         conn = self._writer
         if conn is None:
             raise StoreError(f"database {self._path} is closed")
@@ -435,6 +524,7 @@ class Database:
                 self._sync_full = False
                 conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
                 self._sync_full = durable
+            started = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(conn)
@@ -442,9 +532,42 @@ class Database:
             except BaseException:
                 _rollback(conn)
                 raise
+            self._quick = time.perf_counter() - started < INLINE_COMMIT_LIMIT
+            if self._log_pages() >= self._checkpoint_at:
+                self._checkpoint_due = True  # the writer thread sees it before its next write
         except sqlite3.Error as exc:
             raise StoreError(f"store write {_name(fn)} failed on {self._path}: {exc}") from exc
         return result
+
+    def _log_pages(self) -> int:
+        """The pages in the log now (0 if the ``-shm`` file cannot be read: then SQLite's own checkpoint, inside
+        a commit, is all there is)."""
+        if self._shm is None:
+            try:
+                self._shm = os.open(f"{self._path}-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                return 0
+        try:
+            head = os.pread(self._shm, _MX_FRAME.size, _MX_FRAME_OFFSET)
+        except OSError:
+            return 0
+        return _MX_FRAME.unpack(head)[0] if len(head) == _MX_FRAME.size else 0
+
+    def _checkpoint(self) -> None:
+        """Copy the log into the database file (in the writer thread, between writes: invariant 9); the next
+        write then starts the log afresh. One that could not copy it all (a read still needs part of it) is tried
+        again a quarter of the way on. A failure is logged: SQLite's own checkpoint remains."""
+        conn = self._writer
+        if conn is None:
+            return
+        try:
+            busy, logged, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+        except sqlite3.Error:
+            logger.warning("store %s: checkpoint failed", self._path, exc_info=True)
+            busy, logged, copied = 1, self._log_pages(), 0
+        done = not busy and logged == copied
+        self._checkpoint_at = CHECKPOINT_PAGES if done else logged + CHECKPOINT_PAGES // 4
+        self.checkpoints += 1
 
     # -- reads ------------------------------------------------------------------------------------------------
 

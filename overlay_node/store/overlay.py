@@ -205,13 +205,14 @@ class OverlayRepository:
 
         return await self._db.read(read)
 
-    async def apply(self, writes: Sequence[SubmitWrite], *, durable: bool) -> list[SubmitOutcome]:
-        """Write ``writes`` in one transaction (see the module docstring); one outcome each, in order.
+    async def apply(self, writes: Sequence[SubmitWrite], *, durable: bool, inline: bool = False) -> list[SubmitOutcome]:
+        """Write ``writes`` in one transaction (see the module docstring); one outcome each, in order. ``inline``:
+        on the calling thread when the writer thread is idle (``Database.write``).
 
         Raises:
             StoreError: the database failed; nothing was written.
         """
-        return await self._db.write(lambda conn: [_apply_one(conn, w) for w in writes], durable=durable)
+        return await self._db.write(lambda conn: [_apply_one(conn, w) for w in writes], durable=durable, inline=inline)
 
     # -- reads ----------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from overlay_node.chain.formats import BeefEntry, encode_beef, parse_submission
 from overlay_node.crypto.bump import varint_at, varint_bytes
 from overlay_node.node import Node
 from overlay_node.services.arc import DevnetClient
+from overlay_node.store import engine
 from tests.conftest import NodeFactory
 from tests.plugins import demo
 
@@ -329,3 +330,38 @@ def test_the_json_answer_is_what_json_dumps_writes() -> None:
     }
     assert json.loads(output_list_json(outputs)) == expected
     assert json.loads(output_list_json([])) == {"type": "output-list", "outputs": []}
+
+
+async def test_a_lone_clients_submissions_are_written_on_the_event_loop_thread(
+    start_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone client's submissions after its first are written without the hand-off to the writer thread
+    (``store/engine.py`` invariant 8); submissions in flight together go through the writer thread."""
+    monkeypatch.setattr(engine, "INLINE_COMMIT_LIMIT", 60.0)  # no commit here counts as slow
+    with trio.fail_after(LIMIT):
+        node = await demo_node(start_node)
+        db = node.store._db
+        alice = Spender()
+        async with http(node) as h, devnet_of(node) as devnet:
+            coins = [await alice.fund(devnet, 10_000) for _ in range(4)]
+            before = db.inline_writes
+            coin = coins[0]
+            for _ in range(6):
+                coin, beef = alice.spend(coin)
+                answer = await submit(h, beef)
+                assert answer.json()["tm_demo"]["outputsToAdmit"] == [0], answer.text
+            # all but the first, unless the node's own background writes had the writer thread busy just then
+            assert 4 <= db.inline_writes - before <= 5
+            before = db.inline_writes
+            answers: list[httpx.Response] = []
+
+            async def one(beef: bytes) -> None:
+                answers.append(await submit(h, beef))
+
+            async with trio.open_nursery() as nursery:
+                for other in coins[1:]:
+                    nursery.start_soon(one, alice.spend(other)[1])
+            assert [a.json()["tm_demo"]["outputsToAdmit"] for a in answers] == [[0], [0], [0]]
+            assert db.inline_writes - before <= 1  # the first may have found the engine idle and been done alone
+        topics, _ = await node.overlay.counts()
+        assert topics == {"tm_demo": (9, 4)}
