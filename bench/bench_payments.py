@@ -32,7 +32,9 @@ Run from the repository root::
    the change of the one before). Payments/s = all payments / (last receipt - first start); latency p50/p99 per
    payment (quote asked -> receipt checked, also split into the quote and the payment) in the payers' processes.
    Settlement is live (the payee submits each payment to the ledger at once) unless ``--defer-settlement``. CPU
-   ms per payment of the payee's process, the payers' processes together and the ledger's, from ``/proc``.
+   ms per payment of the payee's process, the payers' processes together and the ledger's, from ``/proc``, and
+   of the payee's and the payers' by thread (the trio loop's ``MainThread``, the stores' writer threads, worker
+   threads: ``nodeproc.THREAD_CPU_OP``).
 
 ``--quick``: 30 rounds, 40 payments per payer, 2,000 signatures (about 10 s). ``--profile DIR`` writes a cProfile
 dump of the measured payee rounds (part 1) to ``DIR/payee.prof``. Prints a table against the targets and saves
@@ -65,6 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nodeproc import (  # noqa: E402  # bench/ is on sys.path as a script
+    THREAD_CPU_OP,
     Host,
     NodeHost,
     NodeSpec,
@@ -325,6 +328,15 @@ async def payee_path(args: argparse.Namespace, root: Path, url: str) -> dict[str
 # -- 2. end to end: whole nodes in their own processes ------------------------------------------------------------
 
 
+def _thread_ms(before: list[dict[str, float]], after: list[dict[str, float]], n: int) -> dict[str, float]:
+    """CPU ms per payment by thread name, over processes (``thread_cpu`` answers before and after the run)."""
+    out: dict[str, float] = {}
+    for b, a in zip(before, after, strict=True):
+        for name, seconds in a.items():
+            out[name] = out.get(name, 0.0) + seconds - b.get(name, 0.0)
+    return {name: round(s / n * 1000, 3) for name, s in sorted(out.items(), key=lambda kv: -kv[1]) if s > 0}
+
+
 def describe(node: Node) -> dict[str, Any]:
     return {"identity_key": node.info.identity_key, "swarm": node.info.swarm[0]}
 
@@ -415,11 +427,13 @@ async def end_to_end(args: argparse.Namespace, root: Path, url: str, ledger_pid:
             key = payee.info["identity_key"]
             await on_all(groups, "setup", payee.info["swarm"], key, FUNDS)
             await on_all(groups, "pay", key, 2, "warm")  # links, BEEF with the faucet's ancestry, block roots
+            threads_before = await on_all([payee, *groups], THREAD_CPU_OP)
             before = cpu(payee, groups)
             machine, wall = system_cpu_seconds(), time.perf_counter()
             runs = await on_all(groups, "pay", key, args.payments, "run")
             wall = time.perf_counter() - wall
             after = cpu(payee, groups)
+            threads_after = await on_all([payee, *groups], THREAD_CPU_OP)
             latencies = [x for r in runs for x in r["latencies"]]
             n = len(latencies)
             elapsed = max(r["t_end"] for r in runs) - min(r["t0"] for r in runs)
@@ -432,6 +446,10 @@ async def end_to_end(args: argparse.Namespace, root: Path, url: str, ledger_pid:
                     "quote_latency": _ms_quantiles([quote for quote, _ in latencies]),
                     "pay_latency": _ms_quantiles([total - quote for quote, total in latencies]),
                     "cpu_ms_per_payment": {k: round((after[k] - before[k]) / n * 1000, 3) for k in after},
+                    "cpu_ms_per_payment_by_thread": {
+                        "payee": _thread_ms(threads_before[:1], threads_after[:1], n),
+                        "payers": _thread_ms(threads_before[1:], threads_after[1:], n),
+                    },
                     "machine_cores": {
                         "cores": os.cpu_count(),
                         **{k: round((v - machine[k]) / wall, 2) for k, v in system_cpu_seconds().items()},
@@ -520,6 +538,9 @@ def print_table(r: dict[str, Any]) -> None:
         row("    of which quote, then pay: p50 (ms)", f"{q['p50_ms']:.1f}, {y['p50_ms']:.1f}")
         c = e["cpu_ms_per_payment"]
         row("  CPU ms per payment: payee, payers, ledger", f"{c['payee']:.2f}, {c['payers']:.2f}, {c['ledger']:.2f}")
+        for side, threads in e.get("cpu_ms_per_payment_by_thread", {}).items():
+            top = ", ".join(f"{name} {ms:.2f}" for name, ms in list(threads.items())[:3])
+            print(f"    {side} by thread: {top}")
         m = e["machine_cores"]
         if "busy" in m:
             row(

@@ -21,6 +21,10 @@ hosts run in parallel.
 Profiling: with ``OVERLAY_BENCH_PROFILE=DIR`` in the environment, each process host runs under ``cProfile`` (its
 main thread, where the nodes' trio loop runs) and writes ``DIR/<first node's name>.prof`` when it stops (read it
 with ``python -m pstats``).
+
+Every process host also answers the op ``"thread_cpu"`` itself (:data:`THREAD_CPU_OP`): the CPU seconds of its
+threads so far, by thread name (the trio loop's ``MainThread``, each store's writer, worker threads), so that a
+benchmark can say where a process's CPU goes.
 """
 
 from __future__ import annotations
@@ -118,6 +122,30 @@ def system_cpu_seconds() -> dict[str, float]:
     return {"busy": (user + nice + system + irq + softirq) / hz, "steal": steal / hz}
 
 
+#: the op every process host answers itself (before the benchmark's op function): :func:`thread_cpu_seconds`
+THREAD_CPU_OP = "thread_cpu"
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) of this process's live threads so far, summed by thread name with the digits
+    left out ("Trio thread 3" counts as "Trio thread"); Linux ``/proc``, empty elsewhere. Threads that ended are
+    not counted: compare it with :meth:`NodeHost.cpu_seconds` over the same span."""
+    import re
+    import threading
+
+    hz = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+        except (OSError, TypeError):
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        name = re.sub(r"\s*\d+$", "", thread.name) or "thread"
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / hz
+    return out
+
+
 async def start_node(nursery: trio.Nursery, spec: NodeSpec) -> Node:
     """Create the spec's data dir and run its node in ``nursery``; returns once the node is ready."""
     from overlay_node.node import Node
@@ -174,6 +202,9 @@ def _serve(
                 op, args = await trio.to_thread.run_sync(conn.recv)
                 if op == "stop":
                     break
+                if op == THREAD_CPU_OP:
+                    conn.send(("ok", thread_cpu_seconds()))
+                    continue
                 try:
                     conn.send(("ok", await ops(host, op, args)))
                 except Exception as exc:  # noqa: BLE001 -- any op failure goes to the benchmark, which stops

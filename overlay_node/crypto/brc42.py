@@ -25,9 +25,12 @@ a receipt signed, a receipt checked) call the functions under it with invoice nu
 :func:`sign_for_anyone` and :func:`verify_for_anyone`. They compute a child private key as an integer (no key
 object, no public key computed for nothing), our own child public key from its private scalar and a
 counterparty's as ``h*G`` plus its key (``h*G`` by libsecp256k1's table-driven multiplication of G, cheaper than
-a general one), and they remember
+a general one), check a signature of a counterparty's child key without computing that key (one ECDSA verification
+against the counterparty's own key with the digest moved by the tweak: ``keys.ecdsa_verify_tweaked``; a quote's
+key id is its id, so each quote and each receipt would otherwise derive a child key once), and they remember
 through the identity's :class:`~overlay_node.crypto.keys.KeyCache` (bounded LRU maps it owns): ECDH results and
-parsed counterparty keys, and the child keys of the BRC-3 signatures made and checked for ``anyone``. The one cache
+parsed counterparty keys, the child keys of the BRC-3 signatures made for ``anyone`` and the tweaks of those checked.
+The one cache
 no node owns is :data:`ANYONE`'s (see there).
 """
 
@@ -40,7 +43,14 @@ from typing import Final
 
 from coincurve import PrivateKey, PublicKey
 
-from overlay_node.crypto.keys import SECP256K1_N, Identity, ecdsa_verify_digest, parse_public_key, sign_digest
+from overlay_node.crypto.keys import (
+    SECP256K1_N,
+    Identity,
+    ecdsa_verify_digest,
+    ecdsa_verify_tweaked,
+    parse_public_key,
+    sign_digest,
+)
 from overlay_node.errors import BadRequest
 
 __all__ = [
@@ -261,13 +271,15 @@ def verify_for_anyone(signer: str | bytes, protocol: ProtocolID, key_id: str, da
     publics = ANYONE.cache.publics
     try:
         raw = _raw_key(signer)
-        pub = publics.get((raw, invoice))
-        if pub is None:
-            pub = _their_child_point(ANYONE, raw, invoice)
-            publics.put((raw, invoice), pub)
-    except (BadRequest, ValueError):  # not a key, or the child would be the point at infinity
+        known = publics.get((raw, invoice))
+        if known is None:
+            # the signer's key and the tweak: the child key itself is never computed (ecdsa_verify_tweaked)
+            tweak = int.from_bytes(brc42_tweak(ANYONE.shared_secret(raw), invoice), "big")
+            known = (_point(ANYONE, raw), tweak)
+            publics.put((raw, invoice), known)
+    except (BadRequest, ValueError):  # not a key
         return False
-    return ecdsa_verify_digest(pub, sig, hashlib.sha256(data).digest())
+    return ecdsa_verify_tweaked(known[0], known[1], sig, hashlib.sha256(data).digest())
 
 
 # -- the reference API -----------------------------------------------------------------------------------------

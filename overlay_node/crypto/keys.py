@@ -23,6 +23,7 @@ __all__ = [
     "Identity",
     "KeyCache",
     "ecdsa_verify_digest",
+    "ecdsa_verify_tweaked",
     "parse_public_key",
     "public_key_hex",
 ]
@@ -90,20 +91,40 @@ def public_key_hex(key: bytes | str) -> str:
     return parse_public_key(key).format(compressed=True).hex()
 
 
+def ecdsa_verify_tweaked(public_key: PublicKey, tweak: int, signature: bytes, digest: bytes) -> bool:
+    """:func:`ecdsa_verify_digest` against the key ``public_key + tweak*G`` (a BRC-42 child key), without computing
+    that key: ECDSA accepts ``(r, s)`` for ``Q = P + t*G`` and digest ``z`` exactly when ``u1*G + u2*Q``, which is
+    ``(u1 + u2*t)*G + u2*P`` (``u1 = z/s``, ``u2 = r/s``), has x coordinate ``r``: when it accepts ``(r, s)`` for
+    ``P`` and digest ``z + r*t`` (mod n). One verification, where deriving ``Q`` costs a multiplication of G and a
+    point addition besides."""
+    der = _low_s_der(signature, digest)  # canonical: 0x30 len 0x02 len(r) r 0x02 len(s) s
+    if der is None:
+        return False
+    r = int.from_bytes(der[4 : 4 + der[3]], "big")
+    z = (int.from_bytes(digest, "big") + r * tweak) % SECP256K1_N
+    return public_key.verify(der, z.to_bytes(32, "big"), hasher=None)
+
+
 def ecdsa_verify_digest(public_key: PublicKey, signature: bytes, digest: bytes) -> bool:
     """Verify a DER ECDSA signature over a 32-byte digest; high-S signatures are accepted (normalised first).
 
     libsecp256k1 only accepts low-S signatures, while other BSV libraries may produce either form, so the signature
     is normalised before it is checked. A signature that is not DER is simply invalid.
     """
+    der = _low_s_der(signature, digest)
+    return der is not None and public_key.verify(der, digest, hasher=None)
+
+
+def _low_s_der(signature: bytes, digest: bytes) -> bytes | None:
+    """The signature as canonical low-S DER, or None when it (or the digest) cannot be checked at all."""
     if len(digest) != 32 or not 8 <= len(signature) <= 73:
-        return False
+        return None
     try:
         cdata = der_to_cdata(signature)
     except ValueError:
-        return False
+        return None
     _, normalised = signature_normalize(cdata)
-    return public_key.verify(cdata_to_der(normalised), digest, hasher=None)
+    return bytes(cdata_to_der(normalised))
 
 
 class KeyCache:
@@ -115,8 +136,9 @@ class KeyCache:
     - ``points``: peer key -> the parsed point (a BRC-42 child public key is that point plus a tweak);
     - ``secrets``: (counterparty key, invoice) -> our BRC-42 child private key, for the keys we sign with (a
       stream's receipts are all signed with one);
-    - ``publics``: (counterparty key, invoice) -> the counterparty's BRC-42 child public key, for the keys whose
-      signatures we check (a subscriber checks every receipt of a stream with one).
+    - ``publics``: (counterparty key, invoice) -> the counterparty's parsed key and its BRC-42 tweak (the child key
+      is the one plus the other times G), for the keys whose signatures we check (a subscriber checks every
+      receipt of a stream with one; :func:`ecdsa_verify_tweaked` checks them without computing the child key).
 
     ``crypto/brc42.py`` decides what goes in the last three; nothing else reads them.
     """
@@ -127,7 +149,7 @@ class KeyCache:
         self.ecdh: LruMap[bytes, bytes] = LruMap(peers)
         self.points: LruMap[bytes, PublicKey] = LruMap(peers)
         self.secrets: LruMap[tuple[bytes, str], bytes] = LruMap(children)
-        self.publics: LruMap[tuple[bytes, str], PublicKey] = LruMap(children)
+        self.publics: LruMap[tuple[bytes, str], tuple[PublicKey, int]] = LruMap(children)
 
 
 class Identity:

@@ -10,9 +10,10 @@ Theory of operation:
    ``POST /v1/txs`` (in queue order: a later transaction may spend an earlier one), asks ARC the status of
    the ``watch`` jobs, applies all answers in one durable write (a few statements per table for the whole
    batch, not several per job: ``store.settlement.apply_many``), then sleeps until the next job is due or a
-   new one is queued (:meth:`Settlement.kick`), and then ``settle_linger`` more so that a busy stream's
-   payments travel many per request (those queued meanwhile, and those coming due one after another: a
-   stream's payments come due milliseconds apart, and without the linger each would be a request of its own).
+   new one is queued that is due earlier (:meth:`Settlement.kick`), and then ``settle_linger`` more so that a
+   busy stream's payments travel many per request (those queued meanwhile, and those coming due one after
+   another: a stream's payments come due milliseconds apart, and without the linger each would be a request of
+   its own).
 3. :func:`decide` (pure) turns each ARC answer into the job's next state with ARC's (docs/design.md, Payments)
    semantics: MINED -> ``mined`` with the merkle path; SEEN_ON_NETWORK -> ``seen`` (settled; polled again
    until mined); PROGRESSING (SEEN_IN_ORPHAN_MEMPOOL included) -> ``progressing``, polled again; FAILED
@@ -35,7 +36,9 @@ thereby learns the merkle path of its change, and any failure, without depending
 settlement. That copy is due ``settle_poll_interval`` after the receipt, not at once: the payee has broadcast
 the payment already, so the payer's one submission usually comes back MINED with its merkle path, where an
 immediate one would be answered SEEN and asked about again (a paid stream at one payment per packet saves a
-request per payment on each side of ARC). A payment whose answer never came stays a ``watch`` job (see point
+request per payment on each side of ARC). It is rounded up to a whole step (a fifth of the interval, at least
+``settle_linger``: ``Wallet._copy_due``), so that the copies of a busy payer's payments come due together and go
+many per request. A payment whose answer never came stays a ``watch`` job (see point
 4).
 """
 
@@ -177,15 +180,23 @@ class Settlement:
         self._store = store
         self._wallet = wallet
         self._kicked = trio.Event()
+        #: kicks for jobs due before this (wall clock) wake the worker: while it sleeps, when it wakes by itself;
+        #: while it reads when the next job is due, +inf (that read may miss a job committed meanwhile); while it
+        #: works or lingers, -inf (that read, still to come, sees what is queued meanwhile)
+        self._wake_at = -math.inf
         self._changed = trio.Event()
         self._lock = trio.Lock()
         self._results = _counter(metrics)
         self._by_state: dict[str, Any] = {}
         wallet.on_job_queued = self.kick
 
-    def kick(self) -> None:
-        """Wake the worker (a job was queued)."""
-        self._kicked.set()
+    def kick(self, due_at: float = -math.inf) -> None:
+        """Wake the worker: a job was queued, due at ``due_at`` (wall clock; default: now). A job due no earlier
+        than the worker's own next wake-up leaves it asleep (a payer's outcomes queue its copy of each payment a
+        poll interval ahead: kicked for each, the worker looked at the queue once per ``settle_linger`` for
+        nothing)."""
+        if due_at < self._wake_at:
+            self._kicked.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Work the queue until cancelled; open jobs from before a restart are taken up at once."""
@@ -198,13 +209,18 @@ class Settlement:
             await trio.sleep(self._config.settle_delay)
         while True:
             self._kicked = trio.Event()
+            self._wake_at = -math.inf
             await self.process()
+            self._wake_at = math.inf
             next_due = await self._store.settlement.next_due(self._wall())
             # the clock is read after the query, right before the sleep starts, so that the sleep ends when the job
             # comes due even if time moved on (or a test moved the clocks) while the query ran
             delay = math.inf if next_due is None else max(0.0, next_due - self._wall())
+            # from here on (no checkpoint before the sleep) a kick for a job due no earlier is left out
+            self._wake_at = math.inf if next_due is None else next_due
             with trio.move_on_after(delay):
                 await self._kicked.wait()
+            self._wake_at = -math.inf
             # let more jobs gather, those queued meanwhile and those coming due one after another (a paid stream's
             # payments come due milliseconds apart): one request and one durable write for many payments
             await trio.sleep(self._config.settle_linger)

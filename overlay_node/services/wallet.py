@@ -17,7 +17,9 @@ Theory of operation:
    already holds (we sent it to them before) is written as a BEEF V2 txid-only entry.
 5. A payment is written ahead (:meth:`Wallet.begin`: coins spent, change pending, a job watching for it)
    before it is sent; the payee's answer makes the change spendable at once in memory, and the database
-   follows in batches off the critical path (:meth:`Wallet.sent`); a refusal undoes the write
+   follows in batches off the critical path (:meth:`Wallet.sent`): the outcome rides with the next payment's
+   write-ahead (one transaction for both, where it would be a write of its own), else it is written after
+   ``_SENT_LINGER``; a refusal undoes the write
    (:meth:`Wallet.abort`); no answer leaves it to the watch (:meth:`Wallet.unanswered`). A crash at any
    point loses nothing: the watch finds out from ARC whether the payee took it.
 6. Every transaction we make or receive goes into the settlement queue in the same write that records it;
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import secrets
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -81,6 +84,11 @@ _TX_CACHE = 20_000
 _KNOWN_PER_PEER = 20_000
 #: change is split into coins of at least this many satoshis, else kept whole
 _MIN_CHANGE_PART = 1_000
+#: how long the outcomes of sent payments wait for the next write-ahead to take them along (one transaction for
+#: both) before they are written on their own
+_SENT_LINGER = 0.05
+#: our copies of payments come due at whole steps of this fraction of ``settle_poll_interval`` (see _copy_due)
+_COPY_STEPS = 5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,16 +202,20 @@ class Wallet:
         self._ready = trio.Event()
         self._sent_queue: list[SentUpdate] = []
         self._sent_wakeup = trio.Event()
+        self._sent_now = trio.Event()  # set by flush(): write the queue without lingering
         self._sent_done = trio.Event()
         self._sent_writing = False
+        self._sent_riding = 0  # outcomes taken along by write-aheads not committed yet
         # payments written ahead, many per database transaction (a paid stream makes many at once)
         # written ahead by the store's writer thread itself (group commit): the next batch starts as soon as the
         # last one is committed
         self._ahead = GroupCommit[Outgoing, Conflict | None](
-            store.wallet.outgoing_txn(now=lambda: self._wall()), max_batch=config.record_batch
+            store.wallet.outgoing_txn(now=lambda: self._wall(), submit_at=self._copy_due),
+            max_batch=config.record_batch,
         )
-        #: called after a job was queued (the settlement service sets it to wake itself)
-        self.on_job_queued: Callable[[], None] = lambda: None
+        #: called after a job was queued, with when it is due (wall clock; -inf: now); the settlement service sets
+        #: it to wake itself
+        self.on_job_queued: Callable[[float], None] = lambda _due_at: None
         gauge = _gauge(metrics)
         self._gauges = (gauge.labels("confirmed"), gauge.labels("unconfirmed"), gauge.labels("reserved"))
         receive_pub = self._own_key(RECEIVE_KEY_ID)
@@ -367,7 +379,7 @@ class Wallet:
         self._queued.put(payout.txid, True)
         self._update_gauge()
         self._wake()
-        self.on_job_queued()
+        self.on_job_queued(-math.inf)
         logger.debug("faucet paid %d satoshis to the wallet in %s", satoshis, payout.txid)
         return {"txid": payout.txid, "vout": payout.vout, "satoshis": satoshis}
 
@@ -576,13 +588,25 @@ class Wallet:
         for prepared, _ in payments:
             self._preparers.pop(prepared.txid, None)  # on its way: a payment waiting for its change may count on it
         outs = [self._outgoing(prepared, history, now) for prepared, history in payments]
+        # the outcomes of earlier payments not written yet ride along: one transaction for both
+        riding, self._sent_queue = self._sent_queue, []
+        if riding:
+            outs[0] = dataclasses.replace(outs[0], sent=tuple(riding))
+            self._sent_riding += len(riding)
+        written = False
         try:
             with trio.CancelScope(shield=True):
                 slots = await self._ahead.submit_many(outs)
+            written = slots[0].error is None
         except BaseException:
             for prepared, _ in payments:
                 self.release(prepared)
             raise
+        finally:
+            if riding:
+                self._rode(riding, written)
+        if written:  # the watch jobs are due a poll interval from now (the copies of those riding along later)
+            self.on_job_queued(now + self._config.settle_poll_interval)
         errors: list[OverlayError | None] = []
         for (prepared, _), slot in zip(payments, slots, strict=True):
             error = slot.error or slot.outcome
@@ -650,8 +674,20 @@ class Wallet:
 
     async def flush(self) -> None:
         """Wait until the outcomes of payments noted so far are in the database."""
-        while self._sent_queue or self._sent_writing:
+        while self._sent_queue or self._sent_writing or self._sent_riding:
+            if self._sent_queue:
+                self._sent_now.set()  # no lingering for them
             await self._sent_done.wait()
+
+    def _rode(self, riding: list[SentUpdate], written: bool) -> None:
+        """The write-ahead that took ``riding`` along ended: written, or back in the queue (its batch failed)."""
+        self._sent_riding -= len(riding)
+        if written:
+            done, self._sent_done = self._sent_done, trio.Event()
+            done.set()
+        else:
+            self._sent_queue[:0] = riding
+            self._sent_wakeup.set()
 
     def _spent(self, prepared: PreparedTx) -> None:
         for coin in prepared.spends:
@@ -665,25 +701,51 @@ class Wallet:
         self._sent_wakeup.set()
 
     async def _serve_sent(self) -> None:
-        """Write the outcomes of sent payments, many at a time, off the payer's critical path."""
-        while True:
-            while not self._sent_queue:
-                await self._sent_wakeup.wait()
-                self._sent_wakeup = trio.Event()
-            batch, self._sent_queue = self._sent_queue, []
-            self._sent_writing = True
-            try:
-                now = self._wall()
-                # our copy goes to ARC one poll interval later: the payee broadcasts at once, and by then our one
-                # submission usually learns the merkle path (a resubmission is answered with the status)
-                submit_at = now + self._config.settle_poll_interval
-                with trio.CancelScope(shield=True):
-                    await self._store.wallet.record_sent(batch, now=now, submit_at=submit_at)
-            finally:
-                self._sent_writing = False
-                done, self._sent_done = self._sent_done, trio.Event()
-                done.set()
-            self.on_job_queued()
+        """Write the outcomes of sent payments, many at a time, off the payer's critical path: those that the next
+        write-ahead did not take along within ``_SENT_LINGER`` (at once when :meth:`flush` asks; and when the
+        service stops, those still waiting)."""
+        try:
+            while True:
+                while not self._sent_queue:
+                    await self._sent_wakeup.wait()
+                    self._sent_wakeup = trio.Event()
+                if not self._sent_now.is_set():
+                    with trio.move_on_after(_SENT_LINGER):
+                        await self._sent_now.wait()
+                self._sent_now = trio.Event()
+                if self._sent_queue:  # else a write-ahead took them along
+                    await self._write_sent()
+        finally:
+            pending = len(self._sent_queue)
+            if pending:
+                try:
+                    with trio.CancelScope(shield=True):
+                        await self._write_sent()
+                except OverlayError as exc:  # the watch of each payment finds out from ARC instead
+                    logger.warning("wallet: the outcomes of %d payments were not recorded: %s", pending, exc)
+
+    async def _write_sent(self) -> None:
+        batch, self._sent_queue = self._sent_queue, []
+        self._sent_writing = True
+        try:
+            submit_at = self._copy_due(self._wall())
+            with trio.CancelScope(shield=True):
+                await self._store.wallet.record_sent(batch, now=self._wall(), submit_at=submit_at)
+        finally:
+            self._sent_writing = False
+            done, self._sent_done = self._sent_done, trio.Event()
+            done.set()
+        self.on_job_queued(submit_at)
+
+    def _copy_due(self, now: float) -> float:
+        """When our copy of a payment the payee took (at ``now``) goes to ARC: one poll interval later (the payee
+        broadcasts at once, and by then our one submission usually learns the merkle path: a resubmission is
+        answered with the status), rounded up to a whole ``_COPY_STEPS``-th of the interval (at least
+        ``settle_linger``), so that the copies of the payments of that step come due together and go in one
+        request (one per ``settle_linger`` made a busy payer's settlement about a tenth of its CPU)."""
+        poll = self._config.settle_poll_interval
+        step = max(self._config.settle_linger, poll / _COPY_STEPS)
+        return math.ceil((now + poll) / step) * step
 
     def _private_key(self, coin: UtxoRecord) -> bytes:
         if coin.counterparty != "self":
@@ -838,7 +900,7 @@ class Wallet:
         self._queued.put(coin.txid, True)
         self._update_gauge()
         self._wake()
-        self.on_job_queued()
+        self.on_job_queued(-math.inf)
 
     async def held_outputs(self, txids: Collection[str]) -> dict[str, list[SourceOutput]]:
         """The outputs of the transactions among ``txids`` that we hold (for BEEF txid-only entries)."""

@@ -282,7 +282,8 @@ class Deposit:
 class Outgoing:
     """A transaction we made: the outputs it spends, itself (and any ancestors to keep), its change, the
     history entry and the settlement job. ``change_state`` is ``pending`` for a payment written ahead of
-    sending it (the change becomes spendable when the payee answers or ARC sees the transaction)."""
+    sending it (the change becomes spendable when the payee answers or ARC sees the transaction). ``sent``: the
+    outcomes of earlier payments that ride along (one transaction for both)."""
 
     txid: str
     spends: tuple[Outpoint, ...]
@@ -291,6 +292,9 @@ class Outgoing:
     history: HistoryRecord
     job: NewJob
     change_state: Literal["spendable", "pending"] = "spendable"
+    #: what became of payments written ahead before this one, recorded in the same transaction (applied whether or
+    #: not this one's coins are still spendable; see :meth:`WalletRepository.record_sent`)
+    sent: tuple[SentUpdate, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -305,8 +309,45 @@ class SentUpdate:
     detail: str = ""
 
 
-def _commit_outgoing(conn: sqlite3.Connection, outs: Sequence[Outgoing], now: float) -> list[Conflict | None]:
+def _apply_sent(conn: sqlite3.Connection, updates: Sequence[SentUpdate], now: float, submit_at: float) -> None:
+    """:meth:`WalletRepository.record_sent` in the open transaction."""
+    # one statement each for the batch (an answer after "no answer" for the same payment still wins: the
+    # unanswered go first, and an answer moves history on from 'unknown' too)
+    answered = [u for u in updates if u.answered]
+    unanswered = [(u.detail, now, u.txid) for u in updates if not u.answered]
+    if unanswered:
+        conn.executemany(
+            "UPDATE wallet_history SET status = 'unknown', detail = ?, updated_at = ? "
+            "WHERE txid = ? AND direction = 'out' AND status = 'sending'",
+            unanswered,
+        )
+    if not answered:
+        return
+    conn.executemany(
+        "UPDATE wallet_history SET status = 'unconfirmed', detail = ?, receipt = ?, updated_at = ? "
+        "WHERE txid = ? AND direction = 'out' AND status IN ('sending', 'unknown')",
+        [(u.detail, u.receipt, now, u.txid) for u in answered],
+    )
+    for start in range(0, len(answered), MAX_PARAMS - 2):
+        txids = [u.txid for u in answered[start : start + MAX_PARAMS - 2]]
+        conn.execute(
+            f"UPDATE wallet_utxos SET state = 'spendable' WHERE txid IN ({marks(len(txids))}) AND state = 'pending'",
+            txids,
+        )
+        conn.execute(
+            "UPDATE settlement SET kind = 'submit', deadline = NULL, next_at = ?, updated_at = ? "
+            f"WHERE txid IN ({marks(len(txids))}) AND kind = 'watch'",
+            [submit_at, now, *txids],
+        )
+
+
+def _commit_outgoing(
+    conn: sqlite3.Connection, outs: Sequence[Outgoing], now: float, submit_at: float | None = None
+) -> list[Conflict | None]:
     """:meth:`WalletRepository.commit_outgoing` in the open transaction."""
+    riding = [u for out in outs for u in out.sent]
+    if riding:  # first, and kept whatever becomes of the payments below
+        _apply_sent(conn, riding, now, now if submit_at is None else submit_at)
     # the common case: every coin still spendable, one insert per table for the whole batch; else the batch is
     # undone and goes one by one, so that only the payments that lost a coin are refused
     conn.execute("SAVEPOINT outgoing_all")
@@ -387,52 +428,36 @@ class WalletRepository:
         it lacked."""
         await self._db.write(lambda conn: insert_txs(conn, txs, now))
 
-    async def commit_outgoing(self, outs: Sequence[Outgoing], *, now: float) -> list[Conflict | None]:
+    async def commit_outgoing(
+        self, outs: Sequence[Outgoing], *, now: float, submit_at: float | None = None
+    ) -> list[Conflict | None]:
         """Record transactions we made (see :class:`Outgoing`) in one database transaction, each on its own: one
-        whose input is no longer spendable is not recorded (its outcome is that Conflict), the others are.
+        whose input is no longer spendable is not recorded (its outcome is that Conflict), the others are. The
+        outcomes riding along (``Outgoing.sent``) are recorded as :meth:`record_sent` does (their jobs due at
+        ``submit_at``, default ``now``), whatever becomes of the others.
 
         Raises:
             StoreError: the database failed; nothing was recorded.
         """
-        return await self._db.write(lambda conn: _commit_outgoing(conn, outs, now), urgent=True)  # payments wait
+        return await self._db.write(lambda conn: _commit_outgoing(conn, outs, now, submit_at), urgent=True)
 
-    def outgoing_txn(self, *, now: Callable[[], float]) -> BatchTxn[Outgoing, Conflict | None]:
+    def outgoing_txn(
+        self, *, now: Callable[[], float], submit_at: Callable[[float], float] | None = None
+    ) -> BatchTxn[Outgoing, Conflict | None]:
         """:meth:`commit_outgoing` as a group commit's transaction (urgent), for ``GroupCommit`` to run in the
-        store's writer thread; ``now()`` is read there, when the batch is written."""
-        return BatchTxn(self._db, lambda conn, outs: _commit_outgoing(conn, outs, now()), urgent=True)
+        store's writer thread; ``now()`` is read there, when the batch is written, and the jobs of the outcomes
+        riding along are due at ``submit_at(now)`` (default ``now``)."""
+
+        def txn(conn: sqlite3.Connection, outs: list[Outgoing]) -> list[Conflict | None]:
+            at = now()
+            return _commit_outgoing(conn, outs, at, None if submit_at is None else submit_at(at))
+
+        return BatchTxn(self._db, txn, urgent=True)
 
     async def record_sent(self, updates: Sequence[SentUpdate], *, now: float, submit_at: float) -> None:
         """Apply what became of payments written ahead (see :class:`SentUpdate`), in one transaction; the jobs
         of the answered ones become submissions, due at ``submit_at``."""
-
-        def txn(conn: sqlite3.Connection) -> None:
-            # one statement each for the batch (an answer after "no answer" for the same payment still wins:
-            # the unanswered go first, and an answer moves history on from 'unknown' too)
-            answered = [u for u in updates if u.answered]
-            conn.executemany(
-                "UPDATE wallet_history SET status = 'unknown', detail = ?, updated_at = ? "
-                "WHERE txid = ? AND direction = 'out' AND status = 'sending'",
-                [(u.detail, now, u.txid) for u in updates if not u.answered],
-            )
-            conn.executemany(
-                "UPDATE wallet_history SET status = 'unconfirmed', detail = ?, receipt = ?, updated_at = ? "
-                "WHERE txid = ? AND direction = 'out' AND status IN ('sending', 'unknown')",
-                [(u.detail, u.receipt, now, u.txid) for u in answered],
-            )
-            for start in range(0, len(answered), MAX_PARAMS - 2):
-                txids = [u.txid for u in answered[start : start + MAX_PARAMS - 2]]
-                conn.execute(
-                    f"UPDATE wallet_utxos SET state = 'spendable' WHERE txid IN ({marks(len(txids))}) "
-                    "AND state = 'pending'",
-                    txids,
-                )
-                conn.execute(
-                    "UPDATE settlement SET kind = 'submit', deadline = NULL, next_at = ?, updated_at = ? "
-                    f"WHERE txid IN ({marks(len(txids))}) AND kind = 'watch'",
-                    [submit_at, now, *txids],
-                )
-
-        await self._db.write(txn)
+        await self._db.write(lambda conn: _apply_sent(conn, updates, now, submit_at))
 
     async def abort_outgoing(self, txid: str) -> None:
         """Undo a payment written ahead that the payee refused: its coins are spendable again and it leaves

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,16 @@ from overlay_node.net.peers import PeerLink
 from overlay_node.services.payments import Payments
 from overlay_node.services.wallet import Wallet
 
-from .test_payments import LIMIT, DevnetFactory, PayNode, link, start_devnet, start_paynode, wallet_config
+from .test_payments import (
+    LIMIT,
+    DevnetFactory,
+    PayNode,
+    funded_pair,
+    link,
+    start_devnet,
+    start_paynode,
+    wallet_config,
+)
 
 __all__ = ["start_devnet"]  # a fixture, imported to be used here
 
@@ -176,6 +186,65 @@ async def test_unanswered_payment_is_watched_then_abandoned(
         assert job.kind == "watch"
         assert a.wallet.balance().satoshis == 6_000
         assert (await a.wallet.history())[0].status == "abandoned"
+
+
+async def test_a_payments_outcome_rides_with_the_next_write_ahead(
+    tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory, virtual_clock: trio.testing.MockClock
+) -> None:
+    """The payer records what became of a payment (history, change, its job) in the transaction that writes the
+    next payment ahead, one write for both, instead of a write of its own; alone, it is written after a short
+    linger, at once when flushed."""
+    devnet = await start_devnet()
+    a, b = await funded_pair(nursery, tmp_path, devnet.url, 50_000)
+    virtual_clock.rate = 0  # trio time stands still now: the linger ends only when the test moves it
+    try:
+
+        async def recorded(txid: str) -> tuple[str, str]:
+            # a few turns of the event loop (a background writer of the outcome would queue its write), then an
+            # ordinary write: one queued before it has committed by then
+            for _ in range(5):
+                await trio.lowlevel.checkpoint()
+            await a.store.wallet.keep_txs([], now=0.0)
+            (entry,) = await a.store.wallet.history_for(txid)
+            job = await a.store.settlement.get(txid)
+            assert job is not None
+            return entry.status, job.kind
+
+        first = await a.payments.pay(await a.payments.request_quote(b.key, "file:1", 1_000))
+        assert await recorded(first.txid) == ("sending", "watch")  # lingering
+        second = await a.payments.pay(await a.payments.request_quote(b.key, "file:2", 1_000))
+        # the second payment's write-ahead took the first one's outcome along
+        assert await recorded(first.txid) == ("unconfirmed", "submit")
+        assert await recorded(second.txid) == ("sending", "watch")
+        virtual_clock.jump(1.0)  # past the linger: the outcome is written on its own
+        await a.wallet.flush()
+        assert await recorded(second.txid) == ("unconfirmed", "submit")
+        assert [h.status for h in await a.wallet.history()][:2] == ["unconfirmed", "unconfirmed"]
+    finally:
+        virtual_clock.rate = 1.0  # for the teardown
+
+
+async def test_the_payers_copies_come_due_together(
+    tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory
+) -> None:
+    """The payer's own copy of each payment the payee took goes to ARC a poll interval later, at a whole step of
+    it: the copies of the payments of one step come due at one moment and go in one request."""
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        a, b = await funded_pair(nursery, tmp_path, devnet.url, 50_000)
+        poll = a.wallet._config.settle_poll_interval
+        step = poll / 5  # above settle_linger here
+        receipts = []
+        for i in range(3):
+            before = time.time()
+            receipts.append(await a.payments.pay(await a.payments.request_quote(b.key, f"file:{i}", 1_000)))
+            after = time.time()
+            await a.wallet.flush()
+            job = await a.store.settlement.get(receipts[-1].txid)
+            assert job is not None
+            assert job.kind == "submit"
+            assert before + poll <= job.next_at < after + poll + step
+            assert job.next_at / step == pytest.approx(round(job.next_at / step), abs=1e-6)
 
 
 # -- control routes and CLI ----------------------------------------------------------------------------------

@@ -279,3 +279,70 @@ def test_tweak_is_reduced_mod_n() -> None:
     # any shared secret and invoice give a scalar below n
     tweak = brc42.brc42_tweak(hashlib.sha256(b"x").digest(), "inv")
     assert int.from_bytes(tweak, "big") < SECP256K1_N
+
+
+# -- checking a child key's signature without computing the child key -------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    secret=st.integers(min_value=1, max_value=SECP256K1_N - 1),
+    tweak=st.integers(min_value=0, max_value=SECP256K1_N - 1),
+    digest=st.binary(min_size=32, max_size=32),
+    other=st.binary(min_size=32, max_size=32),
+    high_s=st.booleans(),
+)
+def test_tweaked_verification_agrees_with_the_child_key(
+    secret: int, tweak: int, digest: bytes, other: bytes, high_s: bool
+) -> None:
+    from coincurve import PrivateKey, PublicKey
+    from coincurve.ecdsa import cdata_to_der, der_to_cdata
+
+    from overlay_node.crypto.keys import ecdsa_verify_digest, ecdsa_verify_tweaked
+
+    child_secret = (secret + tweak) % SECP256K1_N
+    if child_secret == 0:
+        return
+    base = PrivateKey(secret.to_bytes(32, "big")).public_key
+    child = PublicKey.from_valid_secret(child_secret.to_bytes(32, "big"))
+    sig = PrivateKey(child_secret.to_bytes(32, "big")).sign(digest, hasher=None)
+    if high_s:  # the same signature with s -> n - s, as other libraries may write it
+        der = cdata_to_der(der_to_cdata(sig))
+        r_len = der[3]
+        r = int.from_bytes(der[4 : 4 + r_len], "big")
+        s = int.from_bytes(der[6 + r_len :], "big")
+        sig = _der(r, SECP256K1_N - s)
+    assert ecdsa_verify_digest(child, sig, digest)
+    assert ecdsa_verify_tweaked(base, tweak, sig, digest)
+    if other != digest:
+        assert not ecdsa_verify_tweaked(base, tweak, sig, other)
+    assert not ecdsa_verify_tweaked(base, (tweak + 1) % SECP256K1_N, sig, digest)
+    assert not ecdsa_verify_tweaked(base, tweak, b"\x30\x02\x05\x00", digest)
+
+
+def _der(r: int, s: int) -> bytes:
+    def integer(v: int) -> bytes:
+        body = v.to_bytes((v.bit_length() + 8) // 8, "big")  # a leading zero when the top bit is set
+        return b"\x02" + bytes([len(body)]) + body
+
+    inner = integer(r) + integer(s)
+    return b"\x30" + bytes([len(inner)]) + inner
+
+
+def test_a_signature_for_anyone_is_checked_without_deriving_the_child_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quote or receipt signed under a fresh key id (its quote id) costs one ECDSA verification: the signer's
+    child key (a multiplication of G and a point addition) is not computed."""
+    signer = Identity.generate()
+    data = b"a quote"
+    protocol = (2, "overlay payment quote")
+    sig = brc42.sign_for_anyone(signer, protocol, "a fresh key id", data)
+
+    def computed(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the child key was computed")
+
+    from coincurve import PublicKey
+
+    monkeypatch.setattr(PublicKey, "from_valid_secret", computed)
+    monkeypatch.setattr(PublicKey, "combine_keys", computed)
+    assert brc42.verify_for_anyone(signer.public_key_hex, protocol, "a fresh key id", data, sig)
+    assert not brc42.verify_for_anyone(signer.public_key_hex, protocol, "another key id", data, sig)
