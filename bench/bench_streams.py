@@ -18,8 +18,9 @@ and commits before its receipt):
 - the same to ``--subscribers`` subscribers at once (aggregate packets/s over all of them);
 - packet latency (push -> read by the subscriber) p50/p99 at 1,000 packets/s with W = 100, first under its own load
   (its payments settling live), then the same with the live stream's next window paid before it exists
-  (``pay_live_ahead``, ``streams.pay_live_ahead``: otherwise the first packet of each window waits for a pause and a
-  payment round trip), and again at the end while the settlement of the throughput runs catches up.
+  (``pay_live_ahead``, ``streams.pay_live_ahead``: by default the consumer pays it so too, and the producer holds
+  that payment until the window's first packet comes; with the option it would pay so even a producer that does not
+  hold payments), and again at the end while the settlement of the throughput runs catches up.
 
 Processes: the devnet ledger runs as a separate process (``python -m overlay_node.devnet --port 0 --json``, blocks
 every ``--block-interval`` seconds) and settlement is live: every payment is submitted to it, and mined, during the
@@ -338,8 +339,8 @@ async def run_nodes(args: argparse.Namespace, root: Path, url: str, ledger_pid: 
             # latency first, under its own load only (its payments settle live); again at the end, while the
             # settlement of the thousands of payments of the throughput runs is still catching up
             results["latency"] = await latency(producer, solo, 100, 1000, args.latency_seconds, kwargs)
-            # the same with the next window of the live stream paid before it exists (streams.pay_live_ahead): the
-            # default makes the first packet of each window wait for a pause and a payment round trip
+            # the same with streams.pay_live_ahead: the default pays the live stream's next window before it exists
+            # too (held by the producer until it begins), so the two should agree
             live = kwargs | {"pay_live_ahead": True}
             results["latency_live_ahead"] = await latency(
                 producer, solo, 100, 1000, args.latency_seconds, live, stream="latency_live"

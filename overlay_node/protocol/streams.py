@@ -7,9 +7,10 @@ Exchange (over one authenticated peer link; the consumer's identity is the link'
     consumer                                   producer
     stream.subscribe {stream_id, window W, ahead A, from_seq?}  ->
                                            <-  {terms, quotes (A open, W units each), ahead (granted),
-                                                start_seq, head, paid, packets}
-    stream.pay {stream_id, payments: [...]}    ->    (BRC-29 payments of open quotes, W units each; a payment
-                                                      names its quote by quote_id; "payment": one, the same)
+                                                start_seq, head, paid, packets, holds}
+    stream.pay {stream_id, payments: [...],    ->    (BRC-29 payments of open quotes, W units each; a payment
+                hold?}                                names its quote by quote_id; "payment": one, the same;
+                                                      hold: seconds it may wait for its window, invariant 8)
                                            <-  {results: [{receipt, quote} | {error}], credit}
                                                 (receipt signed with the key id stream:<id>; the next window's
                                                 quote unsigned, signed by the receipt through its digest)
@@ -37,8 +38,9 @@ Invariants:
    consumer pays live streams ahead (``live_ahead``): on a live stream (the last batch moved the head and
    brought us up to it: the producer pushes as we read) it then pays the next window once less than half a
    window of what it paid is left, before any packet of it exists, so that the window's first packet does not
-   wait for a payment round trip (a pause, then the payment); when a live stream stops, such a consumer has
-   paid for at most one window it did not get.
+   wait for a payment round trip (a pause, then the payment). A producer that holds payments (invariant 8; it
+   says ``holds`` at subscribe) is always paid so: the stream stays paid exactly. With another, when a live
+   stream stops, such a consumer has paid for at most one window it did not get.
 4. Sequence numbers are contiguous per stream, from 0. The producer sends a subscriber the packets from its
    cursor on, in order; the consumer accepts a batch only if it starts exactly at the next sequence number it
    expects (a gap, a repeat or a reorder is a protocol error and grants nothing).
@@ -50,6 +52,15 @@ Invariants:
 7. A receipt counts only if it carries the producer's signature and acknowledges the quote that was paid
    with the transaction that was sent; anything else is a protocol error and adds no credit. The quote that
    comes with it counts only if the receipt names its digest (``next_quote``): one signature per window.
+8. A payment sent with ``hold`` that comes when the credit and the payments being checked already cover every
+   packet pushed (per-packet: it pays for a window none of whose packets exists yet) is checked and held,
+   unrecorded, for at most ``min(hold, HOLD_SECONDS)`` seconds: when a packet is pushed that the credit does not
+   cover, the producer takes it (commit, receipt, then the packet: :class:`Release` instead of a pause); when
+   the hold runs out, the subscription detaches or the stream ends, it is refused as paid too early and nothing
+   was taken (the consumer gets its coins back). So a consumer pays the next window of a live stream before it
+   exists, its first packet waits for a commit instead of a payment round trip, and the consumer never pays for
+   a window that is not begun. While payments are being checked (held or not) a per-packet producer waits for
+   them instead of pausing.
 
 Theory of operation: the service keeps one :class:`ProducerCredit` per (stream, subscriber) and calls
 :meth:`ProducerCredit.plan` whenever a packet was pushed, a payment was accepted, or the deadline it reported
@@ -69,6 +80,7 @@ from overlay_node.errors import BadRequest, InvalidPayment, PaidTooEarly, Paymen
 from overlay_node.protocol.payments import MAX_SATOSHIS, Quote, Receipt
 
 __all__ = [
+    "HOLD_SECONDS",
     "MAX_AHEAD",
     "PAID_TOO_EARLY",
     "PRICING_MODELS",
@@ -80,6 +92,7 @@ __all__ = [
     "PricingModel",
     "ProducerAction",
     "ProducerCredit",
+    "Release",
     "SendPackets",
     "StreamTerms",
     "ahead_windows",
@@ -100,6 +113,8 @@ _MAX_TAGS: Final = 16
 MAX_AHEAD: Final = 256
 #: the words of the refusal of a payment that came before the credit was used (the consumer waits, then pays)
 PAID_TOO_EARLY: Final = "pay when it is used"
+#: the longest a producer holds a payment for a window that has not begun (invariant 8)
+HOLD_SECONDS: Final = 5.0
 
 
 def ahead_windows(window: int, packets: int) -> int:
@@ -287,7 +302,12 @@ class Close:
     reason: str
 
 
-ProducerAction = SendPackets | Pause | Close
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Release:
+    """Take the held payments now (invariant 8): a packet waits that the credit does not cover."""
+
+
+ProducerAction = SendPackets | Pause | Close | Release
 
 
 class ProducerCredit:
@@ -323,7 +343,8 @@ class ProducerCredit:
         self.rate = rate
         self.window = check_window(window)
         self.ahead = ahead
-        self.pending = 0  # satoshis of payments being checked
+        self.pending = 0  # satoshis of payments being checked (the held ones included)
+        self.held = 0  # payments held until their window begins (invariant 8)
         self.cursor = cursor
         self.charged_through = max(charged_through, 0)
         self.paid = paid
@@ -383,6 +404,14 @@ class ProducerCredit:
             self.state = "active"
         return start
 
+    def holds(self, head: int) -> bool:
+        """Whether a payment that comes now, asking to be held, is held (invariant 8): a per-packet stream whose
+        credit and payments being checked cover every packet pushed (``head``: the next sequence number)."""
+        if self.pricing_model != "per-packet" or self.state == "closed":
+            return False
+        unsent = head - max(self.cursor, self.charged_through)
+        return unsent * self.rate <= self.credit + self.pending
+
     def check_payment(self, amount: int) -> None:
         """Whether a payment of ``amount`` may be checked now; the caller adds it to :attr:`pending` while it
         checks it, and takes it off after.
@@ -440,6 +469,10 @@ class ProducerCredit:
                 paid_count = 0
         total = free + paid_count
         if total == 0:
+            if self.held:
+                return [Release()]  # the next window is paid already, held until now (invariant 8)
+            if self.pending and self.pricing_model == "per-packet":
+                return []  # a payment is being checked: its outcome comes before any pause (time is not sold meanwhile)
             if self.state == "active":
                 self.state = "paused"
                 self.paused_at = now

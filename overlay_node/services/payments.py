@@ -315,13 +315,16 @@ class Payments:
         *,
         key_id: str = "",
         batched: bool = False,
+        before_commit: Callable[[], Awaitable[OverlayError | None]] | None = None,
     ) -> list[Receipt | OverlayError]:
         """:meth:`accept_payment` for several payments of ``payer`` (each with its ``next_quote``): checked in
         order, the accepted ones recorded together (one wait for the group commit, not one per payment). One
         outcome each: the receipt, or the error that refused that payment. ``key_id``: the BRC-3 key id the
         receipts are signed with (default: each its quote id). ``batched``: the receipts of the payments that pass
         the checks share one signature per :data:`MAX_RECEIPT_BATCH` (``protocol/payments.py``, invariant 6; each
-        needs its ``next_quote`` and ``key_id``)."""
+        needs its ``next_quote`` and ``key_id``). ``before_commit``: awaited once the checks are done and the
+        receipts signed, before the commit (a paid stream holds a payment there until its window begins); an error
+        it returns refuses every payment that passed the checks, and nothing is recorded."""
         outcomes: list[Receipt | OverlayError] = []
         ready: list[tuple[int, _Issued, _Checked]] = []
         entry: _Issued | None = None
@@ -346,6 +349,13 @@ class Payments:
                 for start in range(0, len(ready), MAX_RECEIPT_BATCH):
                     chunk = ready[start : start + MAX_RECEIPT_BATCH]
                     Receipt.sign_batch(self._identity, [c.receipt for _, _, c in chunk])
+            refusal = await before_commit() if before_commit is not None and ready else None
+            if refusal is not None:
+                for i, waiting, _ in ready:
+                    self._settle(waiting, "open")
+                    self._refused.inc()
+                    outcomes[i] = refusal
+                return outcomes
             slots = await self._records.submit_many([c.seal() for _, _, c in ready])
         except BaseException:
             # cancelled (or a bug) before the outcomes were known: the quotes stay open for a correct payment
@@ -515,6 +525,7 @@ class Payments:
                 spends=checked.spends,
                 txs=checked.txs,
                 utxo=coin,
+                # the receipt is kept once, in the payment's row (a stream's is about 1 KB: half the bytes written)
                 history=HistoryRecord(
                     txid=checked.txid,
                     direction="in",
@@ -523,7 +534,6 @@ class Payments:
                     counterparty=payer,
                     quote_id=quote.quote_id,
                     resource=quote.resource,
-                    receipt=receipt_bytes,
                 ),
                 job=NewJob(txid=checked.txid, beef=message.transaction, next_at=now),
             )

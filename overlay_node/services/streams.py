@@ -24,7 +24,10 @@ Theory of operation (producer):
    ``max_pay_ahead``), and that the credit plus the payments being checked stays within ``ahead - 1``
    windows; then :meth:`Payments.accept_payments` checks and commits it durably (settlement queued; payments
    checked together share one group commit and one receipt signature, ``protocol/payments.py`` invariant 6)
-   before its receipt goes back with a fresh window quote.
+   before its receipt goes back with a fresh window quote. A message that asks to be held and pays for a window
+   none of whose packets exists yet waits first (``protocol/streams.py``, invariant 8): the sender takes it when
+   a packet needs it (instead of pausing), and it is refused as paid too early when the hold runs out, the
+   subscriber detaches or the stream ends.
 5. Accounting: revenue per subscriber is read from the durable ``payments`` table; packet counts and
    positions are flushed every ``flush_interval`` and at shutdown. A resumed subscriber's ``from_seq`` is
    never charged again (and repairs counts a crash lost).
@@ -40,7 +43,7 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -57,6 +60,7 @@ from overlay_node.errors import (
     InvalidPayment,
     NotFound,
     OverlayError,
+    PaidTooEarly,
     PaymentReplayed,
 )
 from overlay_node.metrics import Metrics, instrument
@@ -64,11 +68,14 @@ from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.adverts import MAX_CAPABILITIES, MAX_TEXT
 from overlay_node.protocol.payments import PaymentMessage, Quote
 from overlay_node.protocol.streams import (
+    HOLD_SECONDS,
     MAX_AHEAD,
+    PAID_TOO_EARLY,
     Close,
     PacketBatch,
     Pause,
     ProducerCredit,
+    Release,
     SendPackets,
     StreamTerms,
     ahead_windows,
@@ -90,6 +97,8 @@ logger = logging.getLogger(__name__)
 #: what became of one window payment: its receipt (stored bytes) and the next quote (a wire map), or the error that
 #: refused it
 _Outcome = dict[str, Any] | OverlayError
+#: the outcomes of a message's payments, in order (a module-level name: ``list`` is a method of the producer)
+_Outcomes = list[_Outcome]
 
 #: sequence numbers reserved durably ahead of a stream's head (invariant 6)
 _SEQ_BLOCK = 10_000
@@ -114,6 +123,20 @@ def stream_metrics(metrics: Metrics) -> tuple[Any, Any, Any]:
 
 
 @dataclass(eq=False)
+class _Hold:
+    """A ``stream.pay`` message held until its window begins (``protocol/streams.py``, invariant 8): ``taken`` when
+    the sender wants it, refused when its event fires without."""
+
+    link: PeerLink
+    event: trio.Event = field(default_factory=trio.Event)
+    taken: bool = False
+
+
+#: the payments of a message that passed the subscription's checks: (position, payment, the quote that follows it)
+_Taken = list[tuple[int, PaymentMessage, Quote]]
+
+
+@dataclass(eq=False)
 class _Sub:
     stream: _Stream
     key: str
@@ -127,6 +150,7 @@ class _Sub:
     reason: str = ""
     dirty: bool = True
     bytes: int = 0  # payload bytes sent, each packet once (written with the row)
+    holds: list[_Hold] = field(default_factory=list)  # messages held until their window begins
 
     def row(self, now: float) -> SubRow:
         c = self.credit
@@ -260,6 +284,7 @@ class StreamProducer:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 for stream in self._streams.values():
                     for sub in stream.subs.values():
+                        self._drop_holds(sub)
                         sub.credit.detach(trio.current_time())
                         sub.dirty = True
                     stream.dirty = True
@@ -562,9 +587,11 @@ class StreamProducer:
             "paid": sub.credit.paid,
             "packets": sub.credit.packets,
             "credit": sub.credit.credit,
+            "holds": True,  # a payment sent with "hold" waits for its window (protocol/streams.py, invariant 8)
         }
 
     def _attach(self, sub: _Sub, link: PeerLink) -> None:
+        self._drop_holds(sub, keep=link)
         if sub.scope is not None:
             sub.scope.cancel()
         if sub.link is None:
@@ -578,7 +605,8 @@ class StreamProducer:
 
     async def _serve_pay(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
         """``stream.pay``: one payment (``payment``: refused with an error) or several at once (``payments``:
-        checked together, one outcome each, so a consumer with several payments ready sends one message)."""
+        checked together, one outcome each, so a consumer with several payments ready sends one message); ``hold``:
+        seconds the message may wait for its window (``protocol/streams.py``, invariant 8)."""
         stream = self._stream(check_stream_id(body.get("stream_id")))
         sub = stream.subs.get(link.peer_key)
         if sub is None or sub.link is not link:
@@ -586,10 +614,24 @@ class StreamProducer:
         batch = body.get("payments")
         if batch is not None and (not isinstance(batch, list) or not 1 <= len(batch) <= sub.credit.ahead):
             raise BadRequest(f"'payments' must be a list of 1-{sub.credit.ahead} payments")
+        hold = body.get("hold", 0)
+        if not isinstance(hold, int | float) or isinstance(hold, bool) or not 0 <= hold <= 3600:
+            raise BadRequest("'hold' must be a number of seconds")
+        # decided before this message's payments count as being checked
+        held = hold > 0 and sub.credit.holds(min(stream.next_seq, stream.reserved))
+        results, taken = self._take_windows(stream, sub, [body.get("payment")] if batch is None else batch)
+
+        async def window_begun() -> OverlayError | None:
+            # checked and signed, held until the window begins (or refused): only its commit is left then
+            if await self._wait_for_window(sub, link, min(float(hold), HOLD_SECONDS)):
+                return None
+            return PaidTooEarly(f"the window has not begun: nothing was taken; {PAID_TOO_EARLY}")
+
         # shielded: a payment that gets recorded must also be credited, even if the link drops meanwhile (the
-        # consumer then collects its receipt with pay.receipt after resuming)
+        # consumer then collects its receipt with pay.receipt after resuming); a hold ends when the subscriber
+        # detaches
         with trio.CancelScope(shield=True):
-            results = await self._accept_windows(link, stream, sub, [body.get("payment")] if batch is None else batch)
+            await self._accept_windows(link, stream, sub, results, taken, window_begun if held else None)
         if batch is None:
             (result,) = results
             if isinstance(result, OverlayError):
@@ -600,15 +642,12 @@ class StreamProducer:
         ]
         return {"results": answers, "credit": sub.credit.credit}
 
-    async def _accept_windows(
-        self, link: PeerLink, stream: _Stream, sub: _Sub, wires: Sequence[object]
-    ) -> Sequence[_Outcome]:
-        """Check and accept window payments of ``sub``, in order (the credit bound counts them in order); one
-        outcome each: its receipt and the next window's quote (unsigned: the receipt signs it by its digest), or
-        the error that refused it. A payment may name its quote by id (``quote_id``) or bring it back."""
-        credit = sub.credit
-        results: list[_Outcome] = []
-        taken: list[tuple[int, PaymentMessage, Quote]] = []  # (position, payment, the quote that follows it)
+    def _take_windows(self, stream: _Stream, sub: _Sub, wires: Sequence[object]) -> tuple[_Outcomes, _Taken]:
+        """Parse window payments of ``sub`` and check each against the subscription, in order (the credit bound
+        counts them in order): the refused ones get their error in the results, the others (with the next window's
+        quote, unsigned: the receipt signs it by its digest) count as being checked from now on."""
+        results: _Outcomes = []
+        taken: _Taken = []
         for wire in wires:
             try:
                 message = self._window_payment(stream, sub, wire)
@@ -616,9 +655,63 @@ class StreamProducer:
                 self._m_refused.inc()
                 results.append(exc)
                 continue
-            credit.pending += message.quote.amount
+            sub.credit.pending += message.quote.amount
             taken.append((len(results), message, self._new_quote(sub, signed=False)))
             results.append({})
+        return results, taken
+
+    @staticmethod
+    async def _wait_for_window(sub: _Sub, link: PeerLink, seconds: float) -> bool:
+        """Hold a message until the sender takes it (True), or until the hold runs out, the subscriber detaches or
+        the stream ends (False)."""
+        if sub.link is not link:
+            return False
+        hold = _Hold(link)
+        sub.holds.append(hold)
+        sub.credit.held = len(sub.holds)
+        sub.wake.set()  # a packet pushed while it was being checked may want it already
+        try:
+            with trio.move_on_after(seconds):
+                await hold.event.wait()
+        finally:
+            if hold in sub.holds:
+                sub.holds.remove(hold)
+                sub.credit.held = len(sub.holds)
+        return hold.taken
+
+    @staticmethod
+    def _release(sub: _Sub) -> None:
+        """The sender wants the held messages (:class:`Release`): they go on to be checked."""
+        for hold in sub.holds:
+            hold.taken = True
+            hold.event.set()
+        sub.holds.clear()
+        sub.credit.held = 0
+
+    @staticmethod
+    def _drop_holds(sub: _Sub, *, keep: PeerLink | None = None) -> None:
+        """Refuse the held messages (but those that came over ``keep``): the subscriber left or the stream ended."""
+        for hold in [h for h in sub.holds if h.link is not keep]:
+            sub.holds.remove(hold)
+            hold.event.set()
+        sub.credit.held = len(sub.holds)
+
+    async def _accept_windows(
+        self,
+        link: PeerLink,
+        stream: _Stream,
+        sub: _Sub,
+        results: _Outcomes,
+        taken: _Taken,
+        window_begun: Callable[[], Awaitable[OverlayError | None]] | None,
+    ) -> None:
+        """Accept the window payments of ``sub`` that :meth:`_take_windows` took (its ``results`` get their outcomes):
+        each its receipt and the next window's quote, or the error that refused it (``window_begun``: what the
+        checked payments wait for before their commit). A payment may name its quote by id (``quote_id``) or bring
+        it back."""
+        credit = sub.credit
+        if not taken:
+            return
         try:
             # one signing key for the stream's receipts (a subscriber derives it once), one signature for the
             # receipts of the message (a subscriber checks it once; protocol/payments.py, invariant 6)
@@ -627,9 +720,11 @@ class StreamProducer:
                 [(m, fresh) for _, m, fresh in taken],
                 key_id=stream_resource(stream.terms.stream_id),
                 batched=True,
+                before_commit=window_begun,
             )
         finally:
             credit.pending -= sum(m.quote.amount for _, m, _ in taken)
+            sub.wake.set()  # credit, or a refusal the sender may pause for
         now = trio.current_time()
         for (i, message, fresh), outcome in zip(taken, outcomes, strict=True):
             if isinstance(outcome, OverlayError):
@@ -640,11 +735,9 @@ class StreamProducer:
             sub.quotes[fresh.quote_id] = fresh
             credit.on_paid(outcome.amount, now)
             sub.dirty = True
-            sub.wake.set()
             self._m_accepted.inc()
             # the receipt as the bytes it was stored as: the consumer stores them as they come
             results[i] = {"receipt": outcome.to_bytes(), "quote": fresh.to_wire()}
-        return results
 
     def _window_payment(self, stream: _Stream, sub: _Sub, wire: object) -> PaymentMessage:
         """Parse a window payment and check it answers an open quote of ``sub`` within the credit bound."""
@@ -676,6 +769,7 @@ class StreamProducer:
             self._detach(sub)
 
     def _detach(self, sub: _Sub) -> None:
+        self._drop_holds(sub)
         if sub.scope is not None:
             sub.scope.cancel()
         if sub.link is not None:
@@ -712,6 +806,7 @@ class StreamProducer:
                         now=now,
                         max_batch=max(limit, 1),
                     )
+                    idle = not actions
                     for action in actions:
                         match action:
                             case SendPackets(first=first, count=count, free=free):
@@ -731,13 +826,16 @@ class StreamProducer:
                                     "paid": paid,
                                 }
                                 await link.notify("stream.paused", body)
+                            case Release():
+                                self._release(sub)
+                                idle = True  # their outcome wakes us
                             case Close(reason=reason):
                                 sub.reason = reason
                                 logger.info("stream %s: subscription of %s closed (%s)", sid, sub.key[:16], reason)
                                 with trio.move_on_after(1):
                                     await link.notify("stream.closed", {"stream_id": sid, "reason": reason})
                                 return
-                    if not actions:
+                    if idle:
                         deadline = sub.credit.deadline()
                         with trio.move_on_at(deadline if math.isfinite(deadline) else math.inf):
                             await sub.wake.wait()

@@ -18,7 +18,10 @@ Theory of operation:
 3. A payment is built and written ahead in the wallet (``Wallet.begin``) by the payer task, in order, and
    sent with ``stream.pay`` by a task of its own; the receipt makes it ``sent``; a refusal undoes it; no answer
    leaves it to the settlement watch and, after a reconnect, the consumer asks ``pay.receipt`` for it, so an
-   accepted payment is counted once and a lost one never.
+   accepted payment is counted once and a lost one never. A producer that says ``holds`` at subscribe gets every
+   message with ``hold``: a live stream's next window, paid before its first packet exists, waits there until the
+   packet comes (``protocol/streams.py``, invariants 3 and 8), and a stopping subscription with payments on their
+   way unsubscribes once they have left, so that one held is refused at once (nothing taken, its coins back).
 4. If the link drops, the subscription redials (DHT lookup again: a restarted producer may listen elsewhere)
    with backoff for up to ``resume_timeout`` and subscribes again from its next sequence number, which the
    producer never charges again.
@@ -72,6 +75,7 @@ from overlay_node.net.link import rebuild_error
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.payments import PaymentMessage, Quote, Receipt
 from overlay_node.protocol.streams import (
+    HOLD_SECONDS,
     MAX_AHEAD,
     ConsumerCredit,
     Packet,
@@ -142,6 +146,7 @@ class Subscription:
     ) -> None:
         self._consumer = consumer
         self.live_ahead = live_ahead
+        self.holds = False  # the producer holds a payment until its window begins (protocol/streams.py, inv. 8)
         self.stream_id = stream_id
         self.producer = producer
         self.addresses = addresses
@@ -171,6 +176,8 @@ class Subscription:
         self._late_close_at = -1  # packets received when a payment_timeout last came with a payment on its way
         self._failure: OverlayError | _Finished | None = None
         self._hold = False  # a payment came too early: wait for news before the next
+        self._leaving = 0  # payments of batches handed to _send_payments and not yet sent
+        self._unsubscribed = False  # stopping: unsubscribed while payments were on their way
         self._deliveries: set[trio.CancelScope] = set()  # batches being handed to the reader
         self._last_tick = trio.current_time()
         # the durable row (theory of operation, 6): changed since written; a payment waits for it; written
@@ -256,6 +263,10 @@ class Subscription:
             ) from None
         if terms.producer != link.peer_key or terms.stream_id != self.stream_id:
             raise RemoteProtocolError("the producer answered for another stream or key", reason="bad_answer")
+        # a producer that holds payments takes a live stream's next window paid ahead only once it begins: paying
+        # it early then costs nothing and spares its first packet a payment round trip (invariant 3)
+        self.holds = answer.get("holds") is True
+        live_ahead = self.live_ahead or self.holds
         if self.credit is None:
             self.credit = ConsumerCredit(
                 terms=terms,
@@ -264,7 +275,7 @@ class Subscription:
                 next_seq=start,
                 max_price=self.max_price,
                 ahead=ahead,
-                live_ahead=self.live_ahead,
+                live_ahead=live_ahead,
             )
             self.credit.check_price()
         else:
@@ -276,6 +287,7 @@ class Subscription:
                 self.credit.next_seq = start
             self.credit.in_flight = 0
             self.credit.ahead = ahead
+            self.credit.live_ahead = live_ahead
         self.credit.head = max(self.credit.head, head)
         now_ms = int(self._consumer.wall() * 1000)
         sent = {q.quote_id for q, _ in self._unanswered}  # paid, answer unknown: not to be paid again
@@ -465,6 +477,7 @@ class Subscription:
                 except (OverlayError, _Finished) as exc:
                     self._fail(exc)
                 if batch:
+                    self._leaving += len(batch)
                     nursery.start_soon(self._send_payments, link, batch)
                     # a turn of the loop before the next batch: this one is written ahead and sent while that one is
                     # prepared (a burst of packets wants ~16 batches; prepared all at once, the first left only after
@@ -475,6 +488,8 @@ class Subscription:
                         await self._changed.wait()
             # stopping: the payments in flight get their answers first (their coins come back with them)
             with trio.move_on_after(_DRAIN_TIMEOUT):
+                if credit.in_flight and self.holds:
+                    await self._unsubscribe_after_sent(link)
                 while credit.in_flight and self._failure is None:
                     self._changed = trio.Event()
                     await self._changed.wait()
@@ -482,9 +497,24 @@ class Subscription:
         if self._failure is not None:
             raise self._failure
 
+    async def _unsubscribe_after_sent(self, link: PeerLink) -> None:
+        """Stopping with payments on their way: once every one has left, unsubscribe, so that a producer holding one
+        for a window that has not begun refuses it at once (nothing taken) rather than after ``HOLD_SECONDS``; the
+        others are answered as usual, or refused if the producer saw the unsubscribe first (nothing taken)."""
+        while self._leaving and self._failure is None:
+            self._changed = trio.Event()
+            await self._changed.wait()
+        self._unsubscribed = True
+        try:
+            await link.notify("stream.unsubscribe", {"stream_id": self.stream_id})
+        except ConnectionLost:
+            pass
+
     def _reset_payer(self) -> None:
         self._failure = None
         self._hold = False
+        self._leaving = 0
+        self._unsubscribed = False
 
     def _fail(self, failure: OverlayError | _Finished) -> None:
         if self._failure is None:
@@ -588,11 +618,21 @@ class Subscription:
         credit = self.credit
         assert credit is not None
         consumer = self._consumer
-        written = await self._write_ahead(batch)
+        try:
+            written = await self._write_ahead(batch)
+        finally:
+            self._leaving -= len(batch)  # they leave now (their frame goes before any later notice) or never
+            if self._done.is_set():
+                self._changed.set()  # a stopping payer waits for them to leave before it unsubscribes
         if not written:
             return
         # the producer keeps its open quotes: each payment names its quote by id
-        body = {"stream_id": self.stream_id, "payments": [p.message.to_wire(quote_by_id=True) for p in written]}
+        body: dict[str, Any] = {
+            "stream_id": self.stream_id,
+            "payments": [p.message.to_wire(quote_by_id=True) for p in written],
+        }
+        if self.holds:
+            body["hold"] = HOLD_SECONDS  # a payment for a window that has not begun waits for it (invariant 8)
         try:
             answer = await link.request("stream.pay", body)
             results = answer.get("results")
@@ -644,6 +684,9 @@ class Subscription:
             self._changed.set()
             return
         if isinstance(exc, QuoteExpired):  # it expired on the way: pay again with another quote
+            self._changed.set()
+            return
+        if self._unsubscribed:  # stopping: the producer saw our unsubscribe first, and took nothing
             self._changed.set()
             return
         self._fail(_Finished("payment_refused", exc))

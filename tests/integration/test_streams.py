@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from overlay_node.errors import BadRequest, InvalidPayment, OverlayError, Paymen
 from overlay_node.net.peers import PeerLink
 from overlay_node.node import Node
 from overlay_node.protocol.payments import RECEIPT_PROTOCOL, PaymentMessage, Quote, Receipt, batch_signing_bytes
-from overlay_node.protocol.streams import Packet, stream_resource
+from overlay_node.protocol.streams import HOLD_SECONDS, Packet, stream_resource
 from overlay_node.services.streams_consumer import StreamConsumer, Subscription
 from tests.conftest import MovableClock, NodeFactory
 
@@ -235,31 +236,131 @@ async def test_dropped_link_resumes_from_last_seq_without_paying_twice(start_nod
         assert row["paid_satoshis"] == 100 * RATE
 
 
+@pytest.mark.parametrize("ending", ["stop", "close"])
 @pytest.mark.parametrize("live_ahead", [False, True])
-async def test_a_live_stream_is_paid_exactly_or_a_window_ahead(start_node: NodeFactory, live_ahead: bool) -> None:
-    # packets pushed one at a time, each once the last was read: the producer pushes as the consumer reads. Paid
-    # exactly, the first packet of each window waits for a pause and a payment; paid ahead (streams.pay_live_ahead)
-    # the next window goes when half of the last is left, so the stream ends with one window paid and not received
+async def test_a_live_stream_pays_each_window_before_it_begins_and_exactly(
+    start_node: NodeFactory, live_ahead: bool, ending: str
+) -> None:
+    # packets pushed one at a time, each once the last was read: the producer pushes as the consumer reads. The
+    # consumer pays the next window once half of the last is left, before any packet of it exists; the producer
+    # holds that payment until the window's first packet comes (protocol/streams.py, invariant 8), so the packet
+    # waits for no payment round trip, and however the stream ends (the consumer stops, the producer closes it) the
+    # payment for the window never begun is refused and its coins come back: paid exactly, with or without
+    # streams.pay_live_ahead
     with trio.fail_after(30):
         _, producer, (consumer,) = await network(start_node, 1)
         await producer.streams.producer.create("live", rate=RATE)
+        before = consumer.wallet.balance().satoshis
         sub = await consumer.streams.consumer.subscribe("live", window=10, pay_live_ahead=live_ahead)
         reader = Reader(sub)
+        pushed: list[float] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader.run)
             for seq in range(30):
+                if seq % 10 == 0:
+                    # a live stream's packets come at their own pace: here the next one waits until the consumer
+                    # has done what it does about the last (no task ready to run for 10 ms)
+                    await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+                pushed.append(time.time())
                 producer.streams.producer.push("live", lines(1, seq))
                 await reader.reached(seq + 1)
-            sub.stop()
+            stopping = trio.current_time()
+            if ending == "close":
+                await producer.streams.producer.close("live")
+            else:
+                sub.stop()
+            await sub.wait_finished()
+            # the payment held for the fourth window is refused at once, not when its hold runs out
+            assert trio.current_time() - stopping < HOLD_SECONDS / 2
         assert [p.payload for p in reader.packets] == lines(30)
         summary = sub.summary()
         assert summary["packets"] == 30
-        assert summary["paid_satoshis"] == (40 if live_ahead else 30) * RATE
-        assert summary["payments"] == (4 if live_ahead else 3)
+        assert summary["paid_satoshis"] == 30 * RATE
+        assert summary["payments"] == 3
+        # the second and third windows were paid (written ahead) before their first packets were pushed
+        paid_at = sorted(h.created_at for h in await consumer.wallet.history() if h.direction == "out")
+        assert len(paid_at) == 3
+        assert paid_at[1] < pushed[10]
+        assert paid_at[2] < pushed[20]
+        assert consumer.wallet.balance().satoshis == before - 30 * RATE - summary["fees"]
         status = await producer.streams.producer.status("live")
         (row,) = status["subscribers"]
         assert row["packets"] == 30
-        assert row["paid_satoshis"] == summary["paid_satoshis"]
+        assert row["paid_satoshis"] == 30 * RATE
+
+
+async def test_a_held_payment_whose_window_does_not_come_is_refused_and_its_coins_come_back(
+    start_node: NodeFactory, virtual_clock: trio.testing.MockClock
+) -> None:
+    # the next window's payment waits at the producer for at most HOLD_SECONDS (protocol/streams.py, invariant 8);
+    # when the stream is quiet longer, it is refused with nothing taken, and the window is paid again once it begins
+    with trio.fail_after(30):
+        _, producer, (consumer,) = await network(start_node, 1)
+        await producer.streams.producer.create("quiet", rate=RATE)
+        before = consumer.wallet.balance().satoshis
+        sub = await consumer.streams.consumer.subscribe("quiet", window=10)
+        reader = Reader(sub)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            for seq in range(10):
+                producer.streams.producer.push("quiet", lines(1, seq))
+                await reader.reached(seq + 1)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.01)  # the second window's payment is held
+            assert sub.credit is not None
+            assert sub.credit.in_flight == 1
+            virtual_clock.jump(HOLD_SECONDS)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            assert sub.credit.in_flight == 0
+            assert consumer.wallet.balance().satoshis == before - 10 * RATE - sub.summary()["fees"]
+            for seq in range(10, 20):
+                producer.streams.producer.push("quiet", lines(1, seq))
+                await reader.reached(seq + 1)
+            sub.stop()
+            await sub.wait_finished()
+        summary = sub.summary()
+        assert summary["packets"] == 20
+        assert summary["paid_satoshis"] == 20 * RATE
+        assert summary["payments"] == 2
+        assert consumer.wallet.balance().satoshis == before - 20 * RATE - summary["fees"]
+
+
+async def test_a_link_dropped_while_a_payment_is_held_takes_nothing_and_the_stream_goes_on(
+    start_node: NodeFactory,
+) -> None:
+    # the next window's payment waits at the producer when the link drops: the producer refuses it (nothing taken),
+    # the consumer resumes, learns with pay.receipt that it was never taken, gets its coins back, and pays the window
+    # again once it begins: paid exactly
+    with trio.fail_after(30):
+        _, producer, (consumer,) = await network(start_node, 1)
+        await producer.streams.producer.create("cut", rate=RATE)
+        before = consumer.wallet.balance().satoshis
+        sub = await consumer.streams.consumer.subscribe("cut", window=10)
+        reader = Reader(sub)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            for seq in range(10):
+                producer.streams.producer.push("cut", lines(1, seq))
+                await reader.reached(seq + 1)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.01)  # the second window's payment is held
+            assert sub.credit is not None
+            assert sub.credit.in_flight == 1
+            link = consumer.peers.link(producer.info.identity_key)
+            assert link is not None
+            await link.aclose("test: drop the link")
+            for seq in range(10, 20):
+                producer.streams.producer.push("cut", lines(1, seq))
+                await reader.reached(seq + 1)
+            sub.stop()
+            await sub.wait_finished()
+        assert [p.payload for p in reader.packets] == lines(20)
+        summary = sub.summary()
+        assert summary["reconnects"] >= 1
+        assert summary["paid_satoshis"] == 20 * RATE
+        assert summary["payments"] == 2
+        assert consumer.wallet.balance().satoshis == before - 20 * RATE - summary["fees"]
+        status = await producer.streams.producer.status("cut")
+        (row,) = status["subscribers"]
+        assert row["paid_satoshis"] == 20 * RATE
 
 
 async def test_producer_restart_consumers_reconnect_nothing_double_counted(start_node: NodeFactory) -> None:

@@ -240,6 +240,16 @@ def test_receipts_of_a_batch_share_one_signature_and_each_verifies_on_its_own() 
     assert single.signing_bytes() == single.body_bytes() != batch[0][2].signing_bytes()
 
 
+def test_a_receipt_s_stored_bytes_are_its_canonical_cbor_whatever_fields_it_carries() -> None:
+    # to_bytes writes the keys in canonical order itself instead of having cbor2 sort them: the same bytes
+    quote = _quote()
+    alone = Receipt.issue(PAYEE, quote, txid="ab" * 32, amount=1_000, paid_ms=NOW_MS)
+    keyed = Receipt.issue(PAYEE, quote, txid="ab" * 32, amount=1_001, paid_ms=NOW_MS, next_quote=_quote(), key_id="k")
+    for receipt in [alone, keyed, *(r for _, _, r in _batch(3))]:
+        assert receipt.to_bytes() == cbor2.dumps(receipt.to_wire(), canonical=True)
+        assert Receipt.from_bytes(receipt.to_bytes()) == receipt
+
+
 def test_a_forged_or_mismatched_batch_receipt_fails() -> None:
     (quote, _, receipt), (_, other_txid, other) = _batch(2)
     # any change to the body: its digest is no longer in the signed list

@@ -19,6 +19,7 @@ from overlay_node.protocol.streams import (
     PacketBatch,
     Pause,
     ProducerCredit,
+    Release,
     SendPackets,
     StreamTerms,
     ahead_windows,
@@ -83,6 +84,42 @@ def test_a_window_buys_w_packets_and_credit_never_exceeds_two_windows() -> None:
     assert isinstance(p.plan(head=100, oldest=0, closed=False, now=1.0, max_batch=15)[0], Pause)
     p.on_paid(20, 2.0)
     assert p.plan(head=100, oldest=0, closed=False, now=2.0, max_batch=50) == [SendPackets(first=20, count=10, free=0)]
+
+
+def test_a_payment_for_a_window_not_begun_is_held_and_taken_when_a_packet_needs_it() -> None:
+    # invariant 8: the credit covers every packet pushed, so a payment asking to be held waits for its window
+    p = producer(window=10, rate=2, ahead=3)
+    p.on_paid(20, 0.0)
+    assert p.plan(head=5, oldest=0, closed=False, now=0.0, max_batch=50) == [SendPackets(first=0, count=5, free=0)]
+    assert p.holds(head=5)  # 5 packets of credit left, none pushed beyond them
+    p.pending += 20
+    p.held = 1
+    assert p.plan(head=10, oldest=0, closed=False, now=0.0, max_batch=50) == [SendPackets(first=5, count=5, free=0)]
+    # packet 10 is the next window's first: the held payment is taken instead of a pause
+    assert p.plan(head=11, oldest=0, closed=False, now=0.0, max_batch=50) == [Release()]
+    assert p.state == "active"
+    p.held = 0  # taken: being checked and committed, no pause meanwhile
+    assert p.plan(head=11, oldest=0, closed=False, now=0.0, max_batch=50) == []
+    p.pending -= 20
+    p.on_paid(20, 0.0)
+    assert p.plan(head=11, oldest=0, closed=False, now=0.0, max_batch=50) == [SendPackets(first=10, count=1, free=0)]
+
+
+def test_a_payment_a_pushed_packet_waits_for_is_never_held() -> None:
+    p = producer(window=10, rate=2, ahead=3)
+    assert not p.holds(head=1)  # packet 0 waits for it
+    p.on_paid(20, 0.0)
+    assert not p.holds(head=11)  # packet 10 does
+    p.pending += 20
+    assert p.holds(head=20)  # credit and the payment being checked cover all twenty
+    assert not p.holds(head=21)
+    # a refused payment (nothing held, nothing pending) leaves the pause to come
+    q = producer(window=10, rate=2)
+    assert q.plan(head=1, oldest=0, closed=False, now=0.0, max_batch=50)[0] == Pause(
+        reason="payment_required", credit=0, paid=0
+    )
+    # per-second streams charge time as it passes: nothing is held
+    assert not producer(model="per-second").holds(head=0)
 
 
 def test_resume_resends_paid_packets_free_and_repairs_lost_counts() -> None:
