@@ -5,7 +5,7 @@ the reference anchor (``/work/shared/anchors/overlay-engine``: the official ``@b
 Run from the repository root::
 
     .venv/bin/python bench/bench_engine.py [--quick] [--with-reference] [--rounds 1] [-n 1000] [--lookups 3000]
-        [--conc 1,8,32] [--lookup-conc 1,8,32] [--duplicates 200] [--profile DIR]
+        [--conc 1,8,32] [--lookup-conc 1,8,32] [--duplicates 200] [--warmup 200] [--profile DIR]
 
 The workload (the anchor's ``lib.mjs``; generated before anything is timed, the same bytes for both servers):
 
@@ -17,7 +17,10 @@ The workload (the anchor's ``lib.mjs``; generated before anything is timed, the 
   ``MerklePath.fromCoinbaseTxidAndHeight``: one level, the txid alone) and a child spending it with a real P2PKH
   signature, outputs 6,000 sats to the known key (admitted) and 3,000 to another key. Byte-identical to the
   anchor's generator (checked against ``lib.mjs`` in ``--with-reference`` runs);
-- phases, in order: sanity (admitted, duplicate, a tampered transaction refused; not timed); submit ``-n`` fresh
+- phases, in order: sanity (admitted, duplicate, a tampered transaction refused; not timed); warm-up: ``--warmup``
+  fresh submissions (default 200) sent one at a time, reported but with no target, so that the timed phases measure
+  both servers and the client in their steady state (the reference's and the client's JIT compile their paths during
+  the first requests; our node fills its caches and prepared statements); submit ``-n`` fresh
   transactions at each ``--conc`` level (1 = sequential); spend of admitted: ``-n`` spends of the first level's
   outputs, each a BEEF (about 557 bytes) of parent+BUMP, the earlier unmined child and the spend (2 script checks; the
   previous coin is marked spent and removed), sequential; ``--duplicates`` resubmissions of the first level's
@@ -184,6 +187,9 @@ def tampered(made: Made) -> bytes:
 
 #: salts of the generated sets: the submit levels use 1, 2, 3, ...; the sanity pair SANITY_SALT
 SANITY_SALT = 15
+#: the warm-up submissions' salt: a transaction's tag keeps the low 4 bits of its salt, so this one must differ from
+#: every level's (1, 2, ...) and the sanity's there
+WARMUP_SALT = 14
 
 
 def make_workload(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -192,6 +198,7 @@ def make_workload(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, A
     batches = [[make_submission(i, level + 1) for i in range(args.n)] for level in range(len(args.conc))]
     spends = [make_spend_of(m) for m in batches[0]]
     sanity, bad = make_submission(0, SANITY_SALT), make_submission(1, SANITY_SALT)
+    warmup = [make_submission(i, WARMUP_SALT) for i in range(args.warmup)]
     seconds = time.perf_counter() - t
 
     def item(m: Made) -> dict[str, str]:
@@ -203,9 +210,10 @@ def make_workload(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, A
         "batches": [[item(m) for m in b] for b in batches],
         "spends": [item(m) for m in spends],
         "duplicates": [item(m) for m in batches[0][: args.duplicates]],
+        "warmup": [item(m) for m in warmup],
     }
     summary = {
-        "transactions": len(batches) * args.n + len(spends) + 2,
+        "transactions": len(batches) * args.n + len(spends) + len(warmup) + 2,
         "generation_s": round(seconds, 2),
         "submission_beef_bytes": len(batches[0][0].beef),
         "spend_beef_bytes": len(spends[0].beef),
@@ -575,8 +583,8 @@ def problems(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
                     out.append(f"round {i + 1}, {who}, {name}: {ph['errors']} errors, first: {ph['firstError']}")
             if who == "ours":
                 # every admitted output is stored and indexed: the sanity one and every level's (each spend replaced
-                # one output of the first level by its own)
-                want = 1 + len(args.conc) * args.n
+                # one output of the first level by its own), and the warm-up's
+                want = 1 + len(args.conc) * args.n + args.warmup
                 store = res["store"]
                 if list(store["topics"].get(TOPIC, ())) != [want, want] or store["services"].get("ls_bench") != want:
                     out.append(f"round {i + 1}, ours: stored {store}, expected {want} unspent outputs, all indexed")
@@ -612,6 +620,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
 
 LABELS = {
+    "warmupConc1": "warm-up submit, sequential (no target)",
     "submitConc": "submit, concurrency {}",
     "spendOfAdmittedConc1": "spend of admitted (2 scripts), sequential",
     "duplicateConc1": "duplicate submit, sequential",
@@ -737,6 +746,9 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=None, help="submissions per submit level (default 1000)")
     parser.add_argument("--lookups", type=int, default=None, help="lookups per lookup phase (default 3000)")
     parser.add_argument("--duplicates", type=int, default=None, help="duplicate submissions (default 200)")
+    parser.add_argument(
+        "--warmup", type=int, default=200, help="fresh submissions sent, at one client, before the timed phases"
+    )
     parser.add_argument("--conc", default="1,8,32", help="submit concurrency levels (the first is also the spends')")
     parser.add_argument("--lookup-conc", default="1,8,32", help="lookup-by-txid client counts")
     parser.add_argument("--reference-dir", default="/tmp/overlay-engine-anchor", help="scratch copy of the anchor")
@@ -765,6 +777,7 @@ def main() -> None:
         "lookups": args.lookups,
         "lookup_conc": args.lookup_conc,
         "duplicates": args.duplicates,
+        "warmup": args.warmup,
         "rounds": args.rounds,
         "profiled": bool(args.profile),
         "node": NODE_CONFIG,

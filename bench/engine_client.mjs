@@ -9,7 +9,7 @@
 //   pid:      the server process, whose CPU time (/proc/<pid>/stat, all threads) is read around each phase
 //   drain:    the server has the anchor's GET /stats: after each phase wait until it has no submission in
 //             flight (the reference answers from onSteakReady, before its writes; the CPU window includes them)
-//   workload: {sanity, tampered, batches: [[{txid, beef}]], spends, duplicates} (BEEF as hex)
+//   workload: {sanity, tampered, batches: [[{txid, beef}]], spends, duplicates, warmup} (BEEF as hex)
 //   floorPath: a GET route that does next to nothing (the HTTP floor of the server)
 //   checkRemoved: the STEAK of a spend must name the removed coin (``coinsRemoved``; the reference's early STEAK,
 //             sent from onSteakReady, has none: there a lookup of the spent outputs shows it)
@@ -134,6 +134,7 @@ const hex = h => Buffer.from(h, 'hex')
 const batches = work.batches.map(b => b.map(s => ({ txid: s.txid, beef: hex(s.beef) })))
 const spends = work.spends.map(s => ({ txid: s.txid, beef: hex(s.beef) }))
 const duplicates = work.duplicates.map(s => ({ txid: s.txid, beef: hex(s.beef) }))
+const warmup = (work.warmup ?? []).map(s => ({ txid: s.txid, beef: hex(s.beef) }))
 const result = { sanity: {}, phases: {} }
 const log = (...a) => console.error(...a)
 
@@ -154,6 +155,16 @@ async function submits () {
   if (again[TOPIC]?.outputsToAdmit?.length !== 0) problems.push('a duplicate was admitted again')
   if (tampered.status === 200) problems.push('a tampered transaction was accepted')
   log('sanity', JSON.stringify(result.sanity))
+
+  // -- warm-up: fresh transactions, one at a time, before any timed phase, so that those measure the servers and
+  // this client in their steady state (JIT-compiled paths, filled caches)
+  if (warmup.length) {
+    result.phases.warmupConc1 = await phase(warmup.length, 1, async i => {
+      const steak = await submit(warmup[i].beef)
+      if (JSON.stringify(steak[TOPIC]?.outputsToAdmit) !== '[0]') throw new Error('not admitted ' + JSON.stringify(steak))
+    })
+    log('warm-up c=1', JSON.stringify(result.phases.warmupConc1))
+  }
 
   // -- submissions: fresh transactions per level -------------------------------------------------------------
   for (let k = 0; k < config.conc.length; k++) {
