@@ -149,27 +149,8 @@ class UdpEndpoint:
         Raises:
             TransportError: the socket failed or was closed.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                data, raw = self._sock.recvfrom(RECEIVE_SIZE)
-            except BlockingIOError:
-                try:
-                    await trio.lowlevel.wait_readable(self._sock)
-                except trio.ClosedResourceError as exc:
-                    raise TransportError(f"udp endpoint {format_address(self._address)} closed") from exc
-                continue
-            except OSError as exc:
-                if exc.errno in _SEND_ECHO_ERRNOS:
-                    continue
-                raise TransportError(f"udp receive on {format_address(self._address)} failed: {exc}") from exc
-            try:
-                source = self._source(raw)
-            except ValueError:  # pragma: no cover - the kernel gives IP literals
-                continue
-            # a datagram was taken off the socket: yield, but never drop it for a cancellation
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return data, source
+        (item,) = await self.receive_batch(1)
+        return item
 
     async def receive_batch(self, limit: int) -> list[tuple[bytes, Address]]:
         """Wait for the next datagram and return it with up to ``limit - 1`` more that are already waiting, each

@@ -33,6 +33,8 @@ from typing import Any
 
 import cbor2
 
+from overlay_node.crypto.bump import varint_bytes
+
 from .mutate import TOKENS, RandomChooser, mutate_value, random_value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,13 +57,7 @@ def rss() -> int:
 
 def compact_size(n: int) -> bytes:
     """Bitcoin's VarInt (CompactSize) of ``n`` (any size: the top widths wrap)."""
-    if n < 0xFD:
-        return bytes([n])
-    if n <= 0xFFFF:
-        return b"\xfd" + n.to_bytes(2, "little")
-    if n <= 0xFFFFFFFF:
-        return b"\xfe" + n.to_bytes(4, "little")
-    return b"\xff" + (n % 2**64).to_bytes(8, "little")
+    return varint_bytes(n) if n <= 0xFFFFFFFF else b"\xff" + (n % 2**64).to_bytes(8, "little")
 
 
 class Mutator:
