@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -51,13 +50,12 @@ class Where:
         self.release = threading.Event()
         self.release.set()
 
-    def __call__(self, x: int, pause: float = 0.0) -> engine.TxnFn[None]:
+    def __call__(self, x: int) -> engine.TxnFn[None]:
         def txn(conn: sqlite3.Connection) -> None:
             self.threads.append(threading.current_thread().name)
             self.entered.set()
             if not self.release.wait(timeout=LIMIT):
                 raise AssertionError("never released")  # pragma: no cover
-            time.sleep(pause)
             conn.execute("INSERT INTO t (x) VALUES (?)", (x,))
 
         return txn
@@ -120,13 +118,14 @@ def partial_write(db: Database, fn: engine.TxnFn[None]) -> Callable[[], Awaitabl
 async def test_a_slow_commit_sends_the_next_inline_write_to_the_writer_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine, "INLINE_COMMIT_LIMIT", 0.5)  # the quick commits here take far less
     where = Where()
     loop_thread = threading.current_thread().name
     with trio.fail_after(LIMIT):
         db = await _open(tmp_path / "node.db")
         try:
-            await db.write(where(1, pause=1.0), inline=True)  # slow (a busy disk)
+            monkeypatch.setattr(engine, "INLINE_COMMIT_LIMIT", 0.0)  # every commit is slow (a busy disk)
+            await db.write(where(1), inline=True)
+            monkeypatch.setattr(engine, "INLINE_COMMIT_LIMIT", LIMIT)  # every commit is quick
             await db.write(where(2), inline=True)  # to the thread: the loop is not blocked twice in a row
             await db.write(where(3), inline=True)  # that commit was quick: inline again
         finally:
