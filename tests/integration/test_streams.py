@@ -175,6 +175,20 @@ class Reader:
         assert len(self.packets) >= n, str(self.sub.summary())
 
 
+async def push_live(producer: Node, stream_id: str, reader: Reader, seqs: range) -> None:
+    """Push ``seqs`` one packet at a time, each read before the next is pushed: a live stream."""
+    for seq in seqs:
+        producer.streams.producer.push(stream_id, lines(1, seq))
+        await reader.reached(seq + 1)
+
+
+async def next_window_held(sub: Subscription) -> None:
+    """Wait until the consumer has paid the next window and the producer holds that payment."""
+    await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+    assert sub.credit is not None
+    assert sub.credit.in_flight == 1
+
+
 async def test_non_payer_is_paused_and_closed_others_unaffected(
     start_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -302,19 +316,14 @@ async def test_a_held_payment_whose_window_does_not_come_is_refused_and_its_coin
         reader = Reader(sub)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader.run)
-            for seq in range(10):
-                producer.streams.producer.push("quiet", lines(1, seq))
-                await reader.reached(seq + 1)
-            await trio.testing.wait_all_tasks_blocked(cushion=0.01)  # the second window's payment is held
-            assert sub.credit is not None
-            assert sub.credit.in_flight == 1
+            await push_live(producer, "quiet", reader, range(10))
+            await next_window_held(sub)
             virtual_clock.jump(HOLD_SECONDS)
             await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            assert sub.credit is not None
             assert sub.credit.in_flight == 0
             assert consumer.wallet.balance().satoshis == before - 10 * RATE - sub.summary()["fees"]
-            for seq in range(10, 20):
-                producer.streams.producer.push("quiet", lines(1, seq))
-                await reader.reached(seq + 1)
+            await push_live(producer, "quiet", reader, range(10, 20))
             sub.stop()
             await sub.wait_finished()
         summary = sub.summary()
@@ -338,18 +347,12 @@ async def test_a_link_dropped_while_a_payment_is_held_takes_nothing_and_the_stre
         reader = Reader(sub)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader.run)
-            for seq in range(10):
-                producer.streams.producer.push("cut", lines(1, seq))
-                await reader.reached(seq + 1)
-            await trio.testing.wait_all_tasks_blocked(cushion=0.01)  # the second window's payment is held
-            assert sub.credit is not None
-            assert sub.credit.in_flight == 1
+            await push_live(producer, "cut", reader, range(10))
+            await next_window_held(sub)
             link = consumer.peers.link(producer.info.identity_key)
             assert link is not None
             await link.aclose("test: drop the link")
-            for seq in range(10, 20):
-                producer.streams.producer.push("cut", lines(1, seq))
-                await reader.reached(seq + 1)
+            await push_live(producer, "cut", reader, range(10, 20))
             sub.stop()
             await sub.wait_finished()
         assert [p.payload for p in reader.packets] == lines(20)
