@@ -180,7 +180,7 @@ class Node:
             identity = Identity.from_private_bytes(self.data_dir.load_identity())
             self._identity = identity
             try:
-                async with open_store(self.data_dir.db_path, self.config.store) as store:
+                async with open_store(self.data_dir.db_path, self.config.store, presize_log=True) as store:
                     self._store = store
                     await self._run_services(identity, store, task_status)
             finally:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar, overload
 
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from overlay_node.errors import BadRequest, OverlayError
@@ -65,15 +65,23 @@ async def read_body(request: Request, limit: int) -> bytes:
     # str.isdigit takes "²", which int() refuses (our HTTP parser lets only ASCII digits through, another may not)
     if declared is not None and (not (declared.isascii() and declared.isdigit()) or int(declared) > limit):
         raise BadRequest(f"request body too large (limit {limit} bytes)")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
+    # the ASGI messages read directly (``request.stream()`` is an async generator: one made, and registered with
+    # trio's hooks, per request)
+    receive = request.receive
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise BadRequest("client disconnected before the body was complete")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
                 raise BadRequest(f"request body too large (limit {limit} bytes)")
-    except ClientDisconnect:
-        raise BadRequest("client disconnected before the body was complete") from None
-    return bytes(body)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
 
 
 #: the deepest nesting of arrays and objects :func:`parse_json` takes

@@ -158,21 +158,46 @@ def _split_off_chain(body: bytes) -> tuple[bytes, bytes]:
     return beef, body[cur.pos :]
 
 
+#: ``X-Topics`` values read before and their topics (a client names the same topics in every submission)
+_TOPICS_SEEN: dict[str, tuple[str, ...]] = {}
+_TOPICS_SEEN_MAX = 64
+#: the STEAK's encoder, made once (``json.dumps`` with options, as ``JSONResponse`` calls it, makes one per call)
+_STEAK_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _topics(header: str | None) -> tuple[str, ...]:
+    """:func:`parse_topics`, remembered for the last few distinct headers."""
+    if header is not None:
+        known = _TOPICS_SEEN.get(header)
+        if known is not None:
+            return known
+    topics = tuple(parse_topics(header))
+    if len(_TOPICS_SEEN) >= _TOPICS_SEEN_MAX:
+        _TOPICS_SEEN.clear()
+    _TOPICS_SEEN[header or ""] = topics
+    return topics
+
+
 @_answer
 async def submit(request: Request) -> Response:
-    topics = parse_topics(request.headers.get("x-topics"))
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/octet-stream":
+    headers = request.headers
+    topics = _topics(headers.get("x-topics"))
+    content_type = headers.get("content-type", "")
+    if content_type != "application/octet-stream" and (
+        content_type.split(";")[0].strip().lower() != "application/octet-stream"
+    ):
         raise BadRequest("the body must be BEEF bytes sent as Content-Type: application/octet-stream")
     node = _node(request)
     body = await read_body(request, node.config.overlay.max_submit_bytes)
     off_chain: bytes | None = None
-    if request.headers.get("x-includes-off-chain-values", "").lower() == "true":
+    if headers.get("x-includes-off-chain-values", "").lower() == "true":
         body, off_chain = _split_off_chain(body)
     if not body:
         raise BadRequest("the body is empty: send the transaction's BEEF")
-    steak = await node.overlay.submit(body, topics, off_chain=off_chain)
-    return JSONResponse(steak)
+    # the server's only connection (``net/http_server.py``, rule 9): no other client's request waits to begin
+    sole = request.scope.get("connections") == 1
+    steak = await node.overlay.submit(body, topics, off_chain=off_chain, sole=sole)
+    return Response(_STEAK_JSON.encode(steak).encode(), media_type="application/json")
 
 
 @_answer

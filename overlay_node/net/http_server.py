@@ -50,6 +50,10 @@ Theory of operation:
    the connection closed. Small bodies never wait (together they are bounded by ``max_connections`` times
    ``SMALL_BODY``); a body larger than the whole budget gets in when it is the only one.
 
+9. Each request's scope says how many connections the server had open when its head was read
+   (``scope["connections"]``, a key of this server's): 1 means no other client's request is in progress or can
+   begin before this one yields, but on a connection not accepted yet (the overlay engine's lone submissions use it).
+
 The lifespan protocol is not spoken: our Starlette apps have no lifespan handlers.
 """
 
@@ -782,6 +786,7 @@ class _Connection:
             "headers": request.headers,
             "client": self.client,
             "server": server.address,
+            "connections": len(server._connections),
         }
         try:
             await server.app(scope, exchange.receive, exchange.send)

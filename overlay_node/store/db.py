@@ -82,13 +82,17 @@ class Store:
 
 
 @asynccontextmanager
-async def open_store(path: Path, config: StoreSection, *, migrations: Migrations = MIGRATIONS) -> AsyncIterator[Store]:
+async def open_store(
+    path: Path, config: StoreSection, *, migrations: Migrations = MIGRATIONS, presize_log: bool = False
+) -> AsyncIterator[Store]:
     """Open (creating if needed) the database at ``path``, migrate it, and close it when the block exits.
 
     Args:
         path: the SQLite file (normally ``DataDir.db_path``); its directory must exist.
         config: the ``[store]`` config section.
         migrations: the schema steps to apply; tests pass a subset or an extended copy of the default.
+        presize_log: write the log's file out at open (``store/engine.py``, invariant 10): the node's own store,
+            whose durable commits an acknowledgment waits on.
 
     Resource handling:
         On exit, running transactions finish, then every connection is closed. The close is shielded from
@@ -104,7 +108,7 @@ async def open_store(path: Path, config: StoreSection, *, migrations: Migrations
     if not _existing_database(path):
         await _create_database(path, config, migrations)
         _existing_database(path)  # ours, or one another process put there meanwhile: checked all the same
-    db = Database(path, config)
+    db = Database(path, config, presize_log=presize_log)
     await db.open()
     try:
         done = await migrations.apply(db)

@@ -48,6 +48,14 @@ Invariants:
    own checkpoint inside a commit is left as a bound only, at twice that. A checkpoint's cost is mostly the fsync
    of the database pages it copies, in a stall of a few ms that the commit which triggers it used to pay whole;
    between writes, the event loop goes on meanwhile, and a group commit gathers what comes.
+10. A store opened with ``presize_log`` writes the log's file out with zeros to ``LOG_PRESIZE_FRAMES`` frames
+    (what it holds between two checkpoints) and fsyncs it, when the write connection opens and before any write,
+    past the file's end only: the frames it holds are never touched. So the commits after a start overwrite
+    blocks the file already has instead of appending (an append's fsync also commits the file's new length and
+    blocks, and took half as long again as an overwrite's). SQLite reads a log's frames from its start up to the
+    first one whose salt and checksum do not follow (``walIndexRecover``); a frame of zeros never does, so a
+    zeroed tail is no more than the stale frames a log restarted after a checkpoint keeps anyway. SQLite never
+    shortens the log (no ``journal_size_limit``) and deletes it when the last connection closes.
 
 The functions given to :meth:`Database.write`, :meth:`Database.write_batches` and :meth:`Database.read` run in
 another thread: they must only touch the connection they are given, fetch all rows before returning, and never
@@ -60,6 +68,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import stat
 import struct
 import threading
 import time
@@ -96,6 +105,11 @@ _MX_FRAME = struct.Struct("=I")
 _MX_FRAME_OFFSET = 16
 #: a commit longer than this (seconds) sends the next inline writes to the writer thread (invariant 8)
 INLINE_COMMIT_LIMIT = 0.002
+#: the frames the log's file is written out to at open (invariant 10): a checkpoint's worth, and a commit's more
+LOG_PRESIZE_FRAMES = CHECKPOINT_PAGES + 64
+#: the sizes of the log's header and of each frame's header (SQLite's WAL format)
+_WAL_HEADER = 32
+_FRAME_HEADER = 24
 
 
 def _name(fn: Callable[..., object]) -> str:
@@ -232,11 +246,13 @@ class Database:
     Args:
         path: the database file; created if missing (its directory must exist).
         config: the ``[store]`` section: ``busy_timeout`` and ``read_connections``.
+        presize_log: write the log's file out at open (invariant 10), for a store whose commits wait on fsync.
     """
 
-    def __init__(self, path: Path, config: StoreSection) -> None:
+    def __init__(self, path: Path, config: StoreSection, *, presize_log: bool = False) -> None:
         self._path = Path(path)
         self._config = config
+        self._presize_log = presize_log
         self._writer: sqlite3.Connection | None = None
         self._write_limiter = trio.CapacityLimiter(1)
         # the writer thread and its queue (invariant 1), all guarded by _cond
@@ -334,7 +350,38 @@ class Database:
         return conn
 
     def _connect_writer(self) -> sqlite3.Connection:
-        return self._connect(writer=True)
+        conn = self._connect(writer=True)
+        if self._presize_log:
+            try:
+                self._presize(int(conn.execute("PRAGMA page_size").fetchone()[0]))
+            except (OSError, sqlite3.Error) as exc:  # only slower commits until the log has grown by itself
+                logger.warning("store %s: cannot presize its log: %s", self._path, exc)
+        return conn
+
+    def _presize(self, page_size: int) -> None:
+        """Write the log's file out with zeros past its end to ``LOG_PRESIZE_FRAMES`` frames, and fsync it (and the
+        directory, when the file is new): invariant 10. Runs before the first write, by the thread that opens."""
+        size = _WAL_HEADER + LOG_PRESIZE_FRAMES * (_FRAME_HEADER + page_size)
+        log = f"{self._path}-wal"
+        mode = stat.S_IMODE(os.stat(self._path).st_mode)  # SQLite gives its log the database's mode
+        created = not os.path.exists(log)
+        fd = os.open(log, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), mode)
+        try:
+            at = os.fstat(fd).st_size
+            if at >= size:
+                return
+            zeros = memoryview(bytes(1 << 20))
+            while at < size:
+                at += os.pwrite(fd, zeros[: size - at], at)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            dir_fd = os.open(self._path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
     def _close_all(self) -> None:
         with self._pool_lock:

@@ -100,6 +100,7 @@ class ProbeApp:
                 "query": scope["query_string"].decode(),
                 "client": scope["client"],
                 "server": scope["server"],
+                "connections": scope["connections"],
             }
         )
 
@@ -294,6 +295,30 @@ async def test_httpx_reuses_the_connection(nursery: trio.Nursery) -> None:
         assert body["client"][0] == "127.0.0.1"
         assert body["server"] == ["127.0.0.1", running.port]
         assert running.server.statistics().requests == 3
+
+
+async def test_the_scope_says_how_many_connections_are_open(nursery: trio.Nursery) -> None:
+    """Rule 9: a request on the server's only connection sees 1; with a second one open (idle), 2; once it has
+    closed, 1 again."""
+    running = await start(nursery, make_app(Probe()))
+    with trio.fail_after(10):
+
+        async def connections(client: RawClient) -> int:
+            await client.send(get("/info/x"))
+            response = await client.read_response()
+            assert response.status == 200
+            return int(json.loads(response.body)["connections"])
+
+        first = await running.connect()
+        assert await connections(first) == 1
+        second = await running.connect()
+        assert await connections(second) == 2
+        assert await connections(first) == 2
+        await second.aclose()
+        while running.server.statistics().connections > 1:  # the server sees the close at its next read
+            await trio.testing.wait_all_tasks_blocked()
+        assert await connections(first) == 1
+        await first.aclose()
 
 
 async def test_pipelined_requests_are_answered_in_order(nursery: trio.Nursery) -> None:

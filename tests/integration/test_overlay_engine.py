@@ -365,3 +365,42 @@ async def test_a_lone_clients_submissions_are_written_on_the_event_loop_thread(
             assert db.inline_writes - before <= 1  # the first may have found the engine idle and been done alone
         topics, _ = await node.overlay.counts()
         assert topics == {"tm_demo": (9, 4)}
+
+
+async def test_a_lone_submission_on_the_only_connection_is_written_without_a_turn_of_the_loop(
+    start_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone client's submission that came on the HTTP server's only connection (``sole``) is written inline at
+    once: no other client's request can be waiting to begin, so the two turns of the event loop that let one begin
+    first are skipped (no other task runs before its commit); without ``sole`` the loop turns first."""
+    monkeypatch.setattr(engine, "INLINE_COMMIT_LIMIT", 60.0)  # no commit here counts as slow
+    with trio.fail_after(LIMIT):
+        quiet: dict[str, Any] = {"overlay.spv": "scripts-only", "overlay.broadcast": False}  # no await but the commit
+        node = await demo_node(start_node, **quiet)
+        db = node.store._db
+        alice = Spender()
+        async with devnet_of(node) as devnet:
+            coin = await alice.fund(devnet, 10_000)
+        turns = 0
+
+        async def spin() -> None:
+            nonlocal turns
+            while True:
+                await trio.lowlevel.checkpoint()
+                turns += 1
+
+        seen: list[tuple[bool, int, int]] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(spin)
+            # the first of a run is written by the writer thread; the second and later inline (``_commit``)
+            for sole in (True, True, True, False, False, True):
+                coin, beef = alice.spend(coin)
+                turns_before, inline_before = turns, db.inline_writes
+                steak = await node.overlay.submit(beef, ["tm_demo"], sole=sole)
+                assert steak["tm_demo"]["outputsToAdmit"] == [0]
+                seen.append((sole, turns - turns_before, db.inline_writes - inline_before))
+            nursery.cancel_scope.cancel()
+        assert seen[0][2] == 0
+        for sole, turned, inline in seen[1:]:
+            assert inline == 1
+            assert (turned == 0) if sole else (turned >= 1), seen

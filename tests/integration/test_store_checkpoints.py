@@ -1,7 +1,8 @@
-"""Inline writes and checkpoints on a real SQLite file (``store/engine.py``, invariants 8 and 9): a write asked for
-inline runs on the event loop's thread only while the writer thread is idle and commits are quick; checkpoints run
-in the writer thread once the log holds ``CHECKPOINT_PAGES`` pages, never inside a commit; and a kill -9 in the
-middle of all this loses no acknowledged write."""
+"""Inline writes, checkpoints and the presized log on a real SQLite file (``store/engine.py``, invariants 8, 9 and
+10): a write asked for inline runs on the event loop's thread only while the writer thread is idle and commits are
+quick; checkpoints run in the writer thread once the log holds ``CHECKPOINT_PAGES`` pages, never inside a commit; a
+presized log's file is written out at open and then overwritten, never grown; and a kill -9 in the middle of all
+this loses no acknowledged write."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import trio.testing
 
 from overlay_node.config import StoreSection
 from overlay_node.store import engine
-from overlay_node.store.engine import CHECKPOINT_PAGES, WRITER_THREAD, Database
+from overlay_node.store.engine import CHECKPOINT_PAGES, LOG_PRESIZE_FRAMES, WRITER_THREAD, Database
 
 CONFIG = StoreSection(busy_timeout=5.0, read_connections=2)
 LIMIT = 30  # seconds per test
@@ -68,8 +69,8 @@ def _insert(x: int, pad: bytes | None) -> engine.TxnFn[None]:
     return txn
 
 
-async def _open(path: Path) -> Database:
-    db = Database(path, CONFIG)
+async def _open(path: Path, *, presize_log: bool = False) -> Database:
+    db = Database(path, CONFIG, presize_log=presize_log)
     await db.open()
     await db.write(lambda c: c.execute("CREATE TABLE t (x INTEGER PRIMARY KEY, pad BLOB)"))
     return db
@@ -169,7 +170,46 @@ async def test_checkpoints_run_in_the_writer_thread_between_writes_never_inside_
         assert _rows_in_main_file(path, scratch) == 3 * written
 
 
-#: the child: durable inline writes, each printed once its commit returned (a checkpoint every CHECKPOINT_PAGES)
+#: a presized log's file: its header and LOG_PRESIZE_FRAMES frames of 4 KiB pages
+PRESIZED = 32 + LOG_PRESIZE_FRAMES * (24 + 4096)
+
+
+async def test_a_presized_log_is_written_out_at_open_then_overwritten_never_grown(tmp_path: Path) -> None:
+    path = tmp_path / "node.db"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    wal = tmp_path / "node.db-wal"
+    pad = bytes(30_000)  # 8 to 10 pages of log a commit
+    with trio.fail_after(LIMIT):
+        db = await _open(path, presize_log=True)
+        try:
+            # written out (blocks on disk, not a sparse file) before the first commit that needs them
+            assert wal.stat().st_size == PRESIZED
+            assert wal.stat().st_blocks * 512 >= PRESIZED
+            written = 0
+            while db.checkpoints < 2:  # the log filled twice: from a fresh start, then from its start again
+                await db.write(_insert(written, pad), durable=True, inline=written % 2 == 0)
+                written += 1
+                assert wal.stat().st_size == PRESIZED
+            assert written * 8 > CHECKPOINT_PAGES
+            rows = await db.read(lambda c: [r[0] for r in c.execute("SELECT x FROM t ORDER BY x")])
+            assert rows == list(range(written))
+        finally:
+            await db.aclose()
+        assert not wal.exists()  # closing still checkpoints the whole log and deletes it
+        assert _rows_in_main_file(path, scratch) == written
+        # opened again: written out again, and nothing of the file's is lost
+        db = Database(path, CONFIG, presize_log=True)
+        await db.open()
+        try:
+            assert wal.stat().st_size == PRESIZED
+            assert await db.read(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == written
+        finally:
+            await db.aclose()
+
+
+#: the child: durable inline writes, each printed once its commit returned (a checkpoint every CHECKPOINT_PAGES);
+#: with a second argument, its log presized (invariant 10)
 _CHILD = textwrap.dedent(
     """
     import sys
@@ -179,7 +219,8 @@ _CHILD = textwrap.dedent(
     from overlay_node.store.engine import Database
 
     async def main() -> None:
-        db = Database(Path(sys.argv[1]), StoreSection(busy_timeout=5.0, read_connections=2))
+        config = StoreSection(busy_timeout=5.0, read_connections=2)
+        db = Database(Path(sys.argv[1]), config, presize_log=len(sys.argv) > 2)
         await db.open()
         await db.write(lambda c: c.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER PRIMARY KEY, pad BLOB)"))
         i = 0
@@ -194,13 +235,11 @@ _CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("after", [1500, 2300])  # 4 pages a commit: after 1 checkpoint and some, after 2
-async def test_kill_9_during_inline_writes_and_checkpoints_loses_no_acknowledged_write(
-    tmp_path: Path, after: int
-) -> None:
-    path = tmp_path / "node.db"
+async def _kill_9_after(path: Path, after: int, *extra: str) -> list[int]:
+    """Run the child on ``path`` until it has acknowledged ``after`` writes, then kill -9 it; the acknowledged."""
     acknowledged: list[int] = []
-    proc = await trio.lowlevel.open_process([sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE, cwd=ROOT)
+    command = [sys.executable, "-c", _CHILD, str(path), *extra]
+    proc = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, cwd=ROOT)
     try:
         with trio.fail_after(LIMIT):
             assert proc.stdout is not None
@@ -218,6 +257,27 @@ async def test_kill_9_during_inline_writes_and_checkpoints_loses_no_acknowledged
             proc.kill()
             await proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    return acknowledged
+
+
+#: 4 pages a commit: after 1 checkpoint and some, after 2; and the same with the log presized
+@pytest.mark.parametrize(("after", "presized"), [(1500, False), (2300, False), (300, True), (2300, True)])
+async def test_kill_9_during_inline_writes_and_checkpoints_loses_no_acknowledged_write(
+    tmp_path: Path, after: int, presized: bool
+) -> None:
+    path = tmp_path / "node.db"
+    acknowledged = await _kill_9_after(path, after, *(["presize"] if presized else []))
+    if presized:  # the log was written out past the frames the child wrote, then killed: kept as it was
+        assert (tmp_path / "node.db-wal").stat().st_size == PRESIZED
+        # opened again with its log presized: the frames a crash left are read back, none overwritten
+        with trio.fail_after(LIMIT):
+            db = Database(path, CONFIG, presize_log=True)
+            await db.open()
+            try:
+                stored = await db.read(lambda c: {int(r[0]) for r in c.execute("SELECT x FROM t")})
+            finally:
+                await db.aclose()
+        assert set(acknowledged) <= stored
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
