@@ -1,11 +1,17 @@
 """One authenticated peer link over one websocket: the I/O shell around :class:`~overlay_node.protocol.session.Session`.
 
 Resource handling: a :class:`PeerLink` owns its websocket. :meth:`PeerLink.run` performs the handshake under the
-handshake deadline, then runs one reader task, one keepalive task and one notice worker in its own nursery; request
-and transfer handlers run in that nursery too (each in its own task, at most ``max_inflight`` at once), so they are
-cancelled when the link ends. Notices are handled one at a time in arrival order (a stream's packets stay in order);
-when ``max_inflight`` notices are waiting, the reader stops reading and TCP pushes back on the peer. The websocket
-is always closed when ``run`` returns (with a short shielded grace for the close handshake).
+handshake deadline, then runs one reader task, one writer task, one keepalive task and one notice worker in its own
+nursery; request and transfer handlers run in that nursery too (each in its own task, at most ``max_inflight`` at
+once), so they are cancelled when the link ends. Notices are handled one at a time in arrival order (a stream's
+packets stay in order); when ``max_inflight`` notices are waiting, the reader stops reading and TCP pushes back on the
+peer. The websocket is always closed when ``run`` returns (with a short shielded grace for the close handshake).
+
+Sending: frames are sealed (numbered) in the caller's task and written in that order. ``notify`` queues its frame
+for the writer task and returns (it waits only while more than ``OUTBOX_BYTES`` are queued), so a caller sending
+notices in a loop takes no turn of the event loop per notice and its caller's cancellation cannot lose a sealed
+frame. Other frames are written by their caller when nobody is writing (under a shielded scope bounded by
+``request_timeout``), else queued behind the others, the caller waiting until the writer wrote them.
 
 Error handling:
 
@@ -28,6 +34,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -108,6 +115,10 @@ SHUTDOWN_GRACE: Final = 0.05
 WS_SLACK: Final = 64 * 1024
 #: CBOR bytes around the data of a chunk frame (map, kind, id) -- kept out of a chunk's payload size
 _CHUNK_FRAME_OVERHEAD: Final = 64
+#: bytes of sealed notices a link holds for its writer before ``notify`` waits until they are out (back-pressure)
+OUTBOX_BYTES: Final = 64 * 1024
+#: ``notify`` lets other tasks run (a turn of the event loop) at least once in this many notices
+NOTICE_TURN: Final = 16
 #: frames a link counts before it adds them to the node's metrics (each add takes the metric's lock); the rest are
 #: added at every keepalive and when the link ends
 _METRICS_BATCH: Final = 64
@@ -255,7 +266,21 @@ class PeerLink:
         #: hex identity key of the other side (set once authenticated)
         self.peer_key = ""
         self.connected_at = 0.0
-        self._send_lock = trio.Lock()
+        #: someone is writing to the websocket: a direct sender (:meth:`_send_frame`) or the writer task
+        self._sending = False
+        #: sealed messages waiting for the writer task (:meth:`_write`), in sequence order, and their bytes
+        self._outbox: deque[str | bytes] = deque()
+        self._outbox_bytes = 0
+        #: messages ever put in the outbox, and how many of them the writer wrote
+        self._queued = self._written = 0
+        #: callers waiting until the writer wrote their message: (its number in the outbox, woken by)
+        self._written_waiters: deque[tuple[int, trio.Event]] = deque()
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._writer_parked = False
+        #: notices queued since ``notify`` last let other tasks run
+        self._unyielded = 0
+        #: when the writer began writing its current message (infinite while it is not writing): the stall watch
+        self._write_began = math.inf
         self._nursery: trio.Nursery | None = None
         self._established = False
         self._closing = False
@@ -272,9 +297,9 @@ class PeerLink:
         self._notice_tx, self._notice_rx = trio.open_memory_channel[tuple[NoticeHandler, Notice]](config.max_inflight)
         self._ping_nonces = itertools.count()
         self._ping_sent: tuple[int, float] | None = None
-        #: the reader's idle scope: its deadline minus ``idle_timeout`` is when the reader began waiting for the
-        #: peer's next message (infinite while it is busy with one), which the keepalive reads as "silent since"
-        self._idle_scope: trio.CancelScope | None = None
+        #: when the reader began waiting for the peer's next message (infinite while it is busy with one, and before
+        #: it has begun): the keepalive's "silent since", from which it also counts the idle timeout
+        self._waiting_since = math.inf
         self.rtt_ms: float | None = None
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         # what the counters above hold beyond what was added to the metrics (``_METRICS_BATCH``)
@@ -365,8 +390,27 @@ class PeerLink:
         return answer.body
 
     async def notify(self, method: str, body: dict[str, Any]) -> None:
-        """Send a one-way notice. Raises ConnectionLost when the link is closed."""
-        await self._send_frame(Notice(method=method, body=body))
+        """Send a one-way notice: sealed at once and written by the link's writer task, in order with every other
+        frame. Returns once it is queued; while more than :data:`OUTBOX_BYTES` wait, once it is out.
+
+        A caller cancelled before the call gets Cancelled and nothing is sent. A caller sending notices in a loop
+        (a stream's sender) lets the other tasks run at least every :data:`NOTICE_TURN` notices, and whenever it
+        waits for the writer; the notices in between cost no turn of the event loop each.
+
+        Raises:
+            ConnectionLost: the link is closed (or closed before a notice we waited for was out).
+            LocalProtocolError: ``body`` holds values a frame cannot carry, or is too large for the peer.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        number = self._seal_and_queue(Notice(method=method, body=body))
+        if self._outbox_bytes > OUTBOX_BYTES:
+            self._unyielded = 0
+            await self._until_written(number)
+        else:
+            self._unyielded += 1
+            if self._unyielded >= NOTICE_TURN:
+                self._unyielded = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     def open_transfer(self, method: str, header: dict[str, Any]) -> AbstractAsyncContextManager[TransferSender]:
         """Open a chunked transfer to the peer's ``on_transfer`` handler for ``method``.
@@ -434,6 +478,7 @@ class PeerLink:
             task_status.started(self)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._write)
                 nursery.start_soon(self._keepalive)
                 nursery.start_soon(self._serve_notices)
                 await self._serve()
@@ -484,40 +529,37 @@ class PeerLink:
             await self._flush()
 
     async def _serve(self) -> None:
-        """The reader: one message at a time, until the websocket closes or the peer breaks the protocol."""
-        idle = self._config.idle_timeout
+        """The reader: one message at a time, until the websocket closes or the peer breaks the protocol.
+
+        The idle timeout is the keepalive task's (:meth:`_keepalive`): the reader only notes when it began waiting,
+        which costs far less per frame than moving a cancel scope's deadline twice."""
         session = self._session
+        current_time = trio.current_time
         try:
-            with trio.CancelScope(deadline=trio.current_time() + idle) as idle_scope:
-                self._idle_scope = idle_scope
-                while True:
-                    try:
-                        message = await self._ws.get_message()
-                    except ConnectionClosed as exc:
-                        await self._on_ws_closed(exc)
-                        return
-                    # the idle clock runs only while we wait for the peer, not while a slow handler holds us up
-                    idle_scope.deadline = math.inf
-                    self._count_in(message)
-                    frame = session.receive_message(message)
-                    assert not isinstance(frame, Established)
-                    assert frame is not None
-                    if await self._dispatch(frame):
-                        return
-                    idle_scope.deadline = trio.current_time() + idle
-            raise _DropLink("idle_timeout", f"nothing received for {idle:g}s")
+            while True:
+                # the idle clock runs only while we wait for the peer, not while a slow handler holds us up
+                self._waiting_since = current_time()
+                try:
+                    message = await self._ws.get_message()
+                except ConnectionClosed as exc:
+                    await self._on_ws_closed(exc)
+                    return
+                self._waiting_since = math.inf
+                self._count_in(message)
+                frame = session.receive_message(message)
+                assert not isinstance(frame, Established)
+                assert frame is not None
+                if await self._dispatch(frame):
+                    return
         except ConnectionLost:
             return  # our own send failed: the websocket is gone
         except RemoteProtocolError as exc:
-            await self._drop(exc.reason, str(exc))
-        except _DropLink as exc:
             await self._drop(exc.reason, str(exc))
 
     def _silent_since(self) -> float:
         """When the reader began waiting for the peer's next message; infinite while it is busy with one (a slow
         handler holding it up is our own back-pressure, not a silent peer) or before it has begun."""
-        scope = self._idle_scope
-        return math.inf if scope is None else scope.deadline - self._config.idle_timeout
+        return self._waiting_since
 
     async def _keepalive(self) -> None:
         """Liveness: after ``keepalive_interval`` in which nothing arrived, a ping; if nothing at all arrives in the
@@ -526,7 +568,9 @@ class PeerLink:
         Any frame is proof of life, so a busy link never pings and a pong is only needed on a quiet one. The
         timeout counts from when the ping was handed to the socket: a ping that waits behind our own sends (the
         peer's window is full) is a slow peer's, not a dead one's, and a send held up past ``request_timeout``
-        closes the link by itself (``send_stalled``).
+        closes the link by itself (``send_stalled``; a write of the writer task is checked here, at the next wake
+        after ``request_timeout``). A reader that has waited ``idle_timeout`` for the peer's next frame drops the
+        link too (``idle_timeout``).
         """
         cfg = self._config
         #: while a ping is unanswered: since when the peer has been silent, and when the ping was written
@@ -536,6 +580,13 @@ class PeerLink:
             if unanswered is not None and unanswered[0] != since:
                 unanswered = None  # heard from the peer (or the reader is busy with a message from it)
             now = trio.current_time()
+            if now >= since + cfg.idle_timeout:
+                await self._drop("idle_timeout", f"nothing received for {cfg.idle_timeout:g}s")
+                return
+            if now >= self._write_began + cfg.request_timeout:
+                # the writer task has been writing one message for that long; closing the websocket ends the write
+                await self._close_ws(CLOSE_GOING_AWAY, "send_stalled")
+                return
             if unanswered is not None:
                 if now >= unanswered[1] + cfg.keepalive_timeout:
                     # closing the websocket ends the reader too (its next read sees the close)
@@ -556,7 +607,7 @@ class PeerLink:
                 continue
             else:
                 wake = since + cfg.keepalive_interval
-            await trio.sleep_until(wake)
+            await trio.sleep_until(min(wake, since + cfg.idle_timeout))
             self._add_metrics()
 
     # -- receiving ----------------------------------------------------------------------------------------------
@@ -670,7 +721,9 @@ class PeerLink:
         return True
 
     def _start_request(self, frame: Request) -> None:
-        handler = self._handlers.requests.get(frame.method)
+        requests = self._handlers.requests
+        # a plain dict lookup first (the manager's registry overrides get() for methods not registered yet)
+        handler = dict.get(requests, frame.method) or requests.get(frame.method)
         assert self._nursery is not None
         if handler is None:
             self._metrics.requests.labels("unknown", "unknown_method").inc()
@@ -715,7 +768,9 @@ class PeerLink:
         await self._reply(reply)
 
     async def _queue_notice(self, frame: Notice) -> None:
-        handler = self._handlers.notices.get(frame.method)
+        notices = self._handlers.notices
+        # a plain dict lookup first (the manager's registry overrides get() for methods not registered yet)
+        handler = dict.get(notices, frame.method) or notices.get(frame.method)
         if handler is None:
             logger.debug("no handler for notice %s from %s", frame.method, self.peer_key[:16])
             return
@@ -806,24 +861,87 @@ class PeerLink:
     # -- sending ------------------------------------------------------------------------------------------------
 
     async def _flush(self) -> None:
-        async with self._send_lock:
+        """Send what the session queued during the handshake (its messages and Hellos)."""
+        self._sending = True
+        try:
             for message in self._session.data_to_send():
                 await self._ws_send(message)
+        finally:
+            self._release_sending()
+
+    def _seal_and_queue(self, frame: Frame) -> int:
+        """Seal ``frame`` and queue it for the writer; returns its number in the outbox (see :attr:`_written`).
+
+        Raises ConnectionLost (closed link) or LocalProtocolError (a frame the peer would refuse); then nothing was
+        sealed. Sealing and queueing happen without a turn of the event loop, so frames go out in sealing order.
+        """
+        session = self._session
+        if self.closed or not session.is_open:
+            raise ConnectionLost(f"link to {self.peer_key[:16]} is closed ({self.close_reason})")
+        queued = session.data_to_send()  # anything the session queued (its Hello) goes first
+        sealed = session.send(frame)
+        outbox = self._outbox
+        for message in queued:
+            outbox.append(message)
+            self._outbox_bytes += len(message)
+        outbox.append(sealed)
+        self._outbox_bytes += len(sealed)
+        self._queued += len(queued) + 1
+        if self._writer_parked and not self._sending:
+            self._writer_parked = False
+            self._writer_lot.unpark()
+        return self._queued
+
+    async def _until_written(self, number: int) -> None:
+        """Wait until the writer wrote message ``number`` of the outbox. Raises ConnectionLost if it never will.
+
+        A write of the writer's that takes ``request_timeout`` is a stall: the waiter closes the link
+        (``send_stalled``), which ends the write (the keepalive task watches writes nobody waits for)."""
+        if self._written >= number:
+            return
+        event = trio.Event()
+        self._written_waiters.append((number, event))
+        limit = self._config.request_timeout
+        while not event.is_set():
+            # the writer may not have begun yet (a direct sender is writing): look again after ``limit``
+            with trio.move_on_at(min(self._write_began, trio.current_time()) + limit):
+                await event.wait()
+            if not event.is_set() and trio.current_time() >= self._write_began + limit:
+                with trio.CancelScope(shield=True):
+                    await self._close_ws(CLOSE_GOING_AWAY, "send_stalled")
+                break
+        if self._written < number:
+            stalled = ": a send stalled" if self.close_reason == "send_stalled" else ""
+            raise ConnectionLost(f"link to {self.peer_key[:16]} closed{stalled} ({self.close_reason})")
+
+    def _wake_written_waiters(self) -> None:
+        waiters = self._written_waiters
+        while waiters:
+            waiters.popleft()[1].set()
+
+    def _release_sending(self) -> None:
+        self._sending = False
+        if self._outbox and self._writer_parked:
+            self._writer_parked = False
+            self._writer_lot.unpark()
 
     async def _send_frame(self, frame: Frame) -> None:
-        if self.closed:
+        """Send one frame and return once it is written.
+
+        On a link nobody is writing to, the caller writes it itself (no turn of another task). Otherwise it is
+        queued behind the frames already waiting and the caller waits until the writer task wrote it; cancelling
+        that wait does not take the frame back (it is sealed: its sequence number is spent).
+        """
+        if self._sending or self._outbox:
+            await self._until_written(self._seal_and_queue(frame))
+            return
+        session = self._session
+        if self.closed or not session.is_open:
             raise ConnectionLost(f"link to {self.peer_key[:16]} is closed ({self.close_reason})")
-        lock = self._send_lock
+        queued = session.data_to_send()  # anything the session queued (its Hello) goes first
+        sealed = session.send(frame)
+        self._sending = True
         try:
-            lock.acquire_nowait()  # the common case: nobody else is sending (no turn of the event loop for the lock)
-        except trio.WouldBlock:
-            await lock.acquire()
-        try:
-            if self.closed or not self._session.is_open:
-                raise ConnectionLost(f"link to {self.peer_key[:16]} is closed ({self.close_reason})")
-            # anything the session queued (its Hello) goes first: sequence numbers follow sealing order
-            queued = self._session.data_to_send()
-            sealed = self._session.send(frame)
             # sealed messages are numbered: one lost between sealing and the socket would leave a gap that the peer
             # refuses by dropping the link. So the caller's cancellation (a timeout, an interrupted download) waits
             # until they are out, bounded by the request timeout (the shielded scope's own deadline still applies);
@@ -837,7 +955,40 @@ class PeerLink:
                     await self._close_ws(CLOSE_GOING_AWAY, "send_stalled")
                 raise ConnectionLost(f"link to {self.peer_key[:16]} closed: a send stalled")
         finally:
-            lock.release()
+            self._release_sending()
+
+    async def _write(self) -> None:
+        """The link's writer task: writes the outbox in order whenever no direct sender is writing.
+
+        A message stays at the head of the outbox until it is written. A write that takes longer than
+        ``request_timeout`` is a stall: a caller waiting for it (:meth:`_until_written`), else the keepalive task,
+        closes the link (``send_stalled``), which ends the write. If the websocket fails, the link is closing:
+        waiting callers get ConnectionLost."""
+        outbox = self._outbox
+        waiters = self._written_waiters
+        current_time = trio.current_time
+        try:
+            while True:
+                while not outbox or self._sending:
+                    self._writer_parked = True
+                    await self._writer_lot.park()
+                self._sending = True
+                try:
+                    while outbox:
+                        message = outbox[0]
+                        self._write_began = current_time()
+                        await self._ws_send(message)
+                        outbox.popleft()
+                        self._outbox_bytes -= len(message)
+                        self._written += 1
+                        while waiters and waiters[0][0] <= self._written:
+                            waiters.popleft()[1].set()
+                finally:
+                    self._write_began = math.inf
+                    self._sending = False
+        except ConnectionLost:
+            self._closing = True
+            self._wake_written_waiters()
 
     async def _ws_send(self, message: str | bytes) -> None:
         try:
@@ -889,6 +1040,7 @@ class PeerLink:
         lost = ConnectionLost(f"link to {self.peer_key[:16] or self.address} closed ({self.close_reason})")
         for waiter in self._waiters.values():
             waiter.event.set()
+        self._wake_written_waiters()
         for sender in self._out.values():
             sender._on_lost(lost)
         for receiver in self._in.values():

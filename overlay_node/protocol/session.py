@@ -27,10 +27,11 @@ own frames with :meth:`Session.send` under its send lock (the sequence number is
 from __future__ import annotations
 
 import enum
+import hashlib
 import hmac
 import os
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from overlay_node.crypto.keys import Identity
 from overlay_node.errors import LocalProtocolError, RemoteProtocolError
@@ -41,6 +42,9 @@ from overlay_node.protocol.handshake import (
     RandomBytes,
 )
 from overlay_node.wire.frames import Frame, Hello, decode, encode
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 __all__ = [
     "FRAME_OVERHEAD",
@@ -82,13 +86,23 @@ def derive_link_keys(shared_secret: bytes, handshake: HandshakeResult) -> LinkKe
     )
 
 
+def _hmac_pads(key: bytes) -> tuple[_Hash, _Hash]:
+    """SHA-256 states that have absorbed the HMAC key's inner and outer pads (RFC 2104): a copy of each gives the
+    HMAC of a message without hashing the key again (two compression rounds saved per frame)."""
+    block = key.ljust(64, b"\0") if len(key) <= 64 else hashlib.sha256(key).digest().ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+    return inner, outer
+
+
 class FrameSealer:
     """Wraps outgoing CBOR frames: ``seq || frame || mac``; the sequence number grows by one per frame."""
 
-    __slots__ = ("_key", "_seq")
+    __slots__ = ("_inner", "_key", "_outer", "_seq")
 
     def __init__(self, key: bytes) -> None:
         self._key = key
+        self._inner, self._outer = _hmac_pads(key)
         self._seq = 0
 
     @property
@@ -98,16 +112,21 @@ class FrameSealer:
     def seal(self, payload: bytes) -> bytes:
         head = self._seq.to_bytes(SEQ_LEN, "big") + payload
         self._seq += 1
-        return head + hmac.digest(self._key, head, "sha256")
+        inner = self._inner.copy()
+        inner.update(head)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return head + outer.digest()
 
 
 class FrameOpener:
     """Checks incoming MAC'd messages and returns the CBOR frame inside (see the module's rule 4)."""
 
-    __slots__ = ("_key", "_limit", "_seq")
+    __slots__ = ("_inner", "_key", "_limit", "_outer", "_seq")
 
     def __init__(self, key: bytes, max_frame: int) -> None:
         self._key = key
+        self._inner, self._outer = _hmac_pads(key)
         self._limit = max_frame + FRAME_OVERHEAD
         self._seq = 0
 
@@ -124,8 +143,11 @@ class FrameOpener:
         if size <= FRAME_OVERHEAD:
             raise RemoteProtocolError(f"message of {size} bytes is too short", reason="malformed_frame")
         view = memoryview(data)
-        expected = hmac.digest(self._key, view[:-MAC_LEN], "sha256")
-        if not hmac.compare_digest(expected, view[-MAC_LEN:]):
+        inner = self._inner.copy()
+        inner.update(view[:-MAC_LEN])
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        if not hmac.compare_digest(outer.digest(), view[-MAC_LEN:]):
             raise RemoteProtocolError("frame MAC does not verify", reason="bad_mac")
         seq = int.from_bytes(view[:SEQ_LEN], "big")
         if seq != self._seq:

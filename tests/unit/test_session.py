@@ -3,7 +3,9 @@ and the credit-based transfer state machines."""
 
 from __future__ import annotations
 
+import hmac
 import json
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +17,7 @@ from overlay_node.protocol import handshake as hs
 from overlay_node.protocol.session import (
     FRAME_OVERHEAD,
     Established,
+    FrameOpener,
     FrameSealer,
     Session,
     SessionState,
@@ -106,6 +109,22 @@ def test_layout_is_seq_cbor_mac() -> None:
     assert int.from_bytes(data[:8], "big") == 1  # the Hello was frame 0
     assert f.decode(data[8:-32]) == frame
     assert len(data) == len(f.encode(frame)) + FRAME_OVERHEAD
+
+
+@pytest.mark.parametrize("key_len", [16, 32, 64, 65, 100])
+def test_the_precomputed_mac_states_give_hmac_sha256(key_len: int) -> None:
+    """Sealer and opener keep SHA-256 states keyed with the pads (RFC 2104); the MAC is still HMAC-SHA256(K, seq ||
+    frame), for any key length (keys longer than a block are hashed first)."""
+    key = os.urandom(key_len)
+    sealer, opener = FrameSealer(key), FrameOpener(key, 4096)
+    for seq, payload in enumerate([b"\xa0", os.urandom(1000), b"\xa0"]):
+        sealed = sealer.seal(payload)
+        head = seq.to_bytes(8, "big") + payload
+        assert sealed == head + hmac.digest(key, head, "sha256")
+        assert opener.open(sealed) == payload
+    with pytest.raises(RemoteProtocolError) as info:
+        FrameOpener(os.urandom(key_len), 4096).open(FrameSealer(key).seal(b"\xa0"))
+    assert info.value.reason == "bad_mac"
 
 
 def test_keys_are_per_direction_and_per_session() -> None:
