@@ -12,7 +12,9 @@ and commits before its receipt):
 - paid packets/s from one producer to one subscriber with W = 100 and with W = 1 (packets pushed at once; time
   from the push until the subscriber has read the last packet);
 - the CPU time per payment of the W = 1 run in each process: producer, lone subscriber, devnet ledger (user +
-  system, all threads, from ``/proc``; settlement of earlier payments that lands in that window is counted too),
+  system, all threads, from ``/proc``; settlement of earlier payments that lands in that window is counted too), and
+  of the producer's and the subscriber's threads by name (the trio loop's ``MainThread``, the store's writer:
+  ``nodeproc.THREAD_CPU_OP``),
   and how many cores the whole machine had busy meanwhile, those three processes' share, and the time the host
   took from this virtual machine (steal; ``/proc/stat``): whether the run was CPU-bound, and how noisy;
 - the same to ``--subscribers`` subscribers at once (aggregate packets/s over all of them);
@@ -66,6 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nodeproc import (  # noqa: E402  # bench/ is on sys.path as a script
+    THREAD_CPU_OP,
     Host,
     NodeHost,
     NodeSpec,
@@ -361,12 +364,26 @@ async def run_nodes(args: argparse.Namespace, root: Path, url: str, ledger_pid: 
 async def w1_run(
     producer: NodeHost, solo: NodeHost, ledger_pid: int, args: argparse.Namespace, kwargs: dict[str, Any]
 ) -> dict[str, Any]:
-    """The W = 1 run to the lone subscriber, with the CPU time each process spent per payment meanwhile."""
+    """The W = 1 run to the lone subscriber, with the CPU time each process spent per payment meanwhile (and, for
+    the producer and the subscriber in processes of their own, each thread: the trio loop, the store's writer)."""
+    threads = not args.one_process
+    hosts = {"producer": producer, "subscriber": solo}
+    threads_before = {k: await h.call(THREAD_CPU_OP) for k, h in hosts.items()} if threads else {}
     before, machine, wall = cpu_snapshot(producer, solo, ledger_pid), system_cpu_seconds(), time.perf_counter()
     run = await throughput(producer, solo, "w1", 1, args.w1_packets, 1, kwargs)
     after, wall = cpu_snapshot(producer, solo, ledger_pid), time.perf_counter() - wall
     payments = max(1, run["payments"])
     run["cpu_ms_per_payment"] = {k: round((after[k] - before[k]) / payments * 1000, 3) for k in after}
+    if threads:
+        threads_after = {k: await h.call(THREAD_CPU_OP) for k, h in hosts.items()}
+        run["thread_cpu_ms_per_payment"] = {
+            k: {
+                name: round((seconds - threads_before[k].get(name, 0.0)) / payments * 1000, 3)
+                for name, seconds in sorted(threads_after[k].items(), key=lambda kv: -kv[1])
+                if seconds - threads_before[k].get(name, 0.0) > 0
+            }
+            for k in hosts
+        }
     # how busy the whole machine was meanwhile, in cores: is the run CPU-bound, and did the host take CPU time
     # from this virtual machine (steal)?
     ours = sum(after.values()) - sum(before.values())
@@ -402,6 +419,8 @@ def print_table(r: dict[str, Any]) -> None:
         "  CPU ms per payment: producer, subscriber, ledger",
         f"{cpu['producer']:.2f} {cpu['subscriber']:.2f} {cpu['ledger']:.2f}",
     )
+    for side, by_thread in w1.get("thread_cpu_ms_per_payment", {}).items():
+        row(f"    {side} by thread", " ".join(f"{name} {ms:.2f}" for name, ms in list(by_thread.items())[:3]))
     m = w1["machine_cores"]
     if "busy" in m:
         row(

@@ -22,6 +22,9 @@ Profiling: with ``OVERLAY_BENCH_PROFILE=DIR`` in the environment, each process h
 main thread, where the nodes' trio loop runs) and writes ``DIR/<first node's name>.prof`` when it stops (read it
 with ``python -m pstats``).
 
+With ``OVERLAY_BENCH_PROFILE_WINDOW=DIR``, each process host profiles its main thread only between two
+``"thread_cpu"`` ops (the window a benchmark measures), written to ``DIR/<first node's name>.window.prof``.
+
 Every process host also answers the op ``"thread_cpu"`` itself (:data:`THREAD_CPU_OP`): the CPU seconds of its
 threads so far, by thread name (the trio loop's ``MainThread``, each store's writer, worker threads), so that a
 benchmark can say where a process's CPU goes.
@@ -179,6 +182,29 @@ async def _task_nursery(*, task_status: trio.TaskStatus[trio.Nursery] = trio.TAS
 # -- a host in its own process ------------------------------------------------------------------------------------
 
 
+class _Window:
+    """``OVERLAY_BENCH_PROFILE_WINDOW=DIR``: a cProfile of the host's main thread between two ``thread_cpu`` ops (a
+    benchmark asks for them right before and right after what it measures), written to ``DIR/<name>.window.prof``
+    at the second; again for each later pair (the file is overwritten)."""
+
+    def __init__(self, folder: str | None, name: str) -> None:
+        self._path = os.path.join(folder, name + ".window.prof") if folder else None
+        self._prof: Any = None
+
+    def toggle(self) -> None:
+        if self._path is None:
+            return
+        if self._prof is None:
+            import cProfile  # only when asked
+
+            self._prof = cProfile.Profile()
+            self._prof.enable()
+            return
+        self._prof.disable()
+        self._prof.dump_stats(self._path)
+        self._prof = None
+
+
 def _serve(
     specs: list[NodeSpec],
     ops_ref: OpFunction | str,
@@ -191,6 +217,7 @@ def _serve(
         logging.basicConfig(level=log_level)
     ops = _resolve(ops_ref)
     describe = _resolve(describe_ref)
+    window = _Window(os.environ.get("OVERLAY_BENCH_PROFILE_WINDOW"), specs[0].name if specs else f"host-{os.getpid()}")
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -204,6 +231,7 @@ def _serve(
                     break
                 if op == THREAD_CPU_OP:
                     conn.send(("ok", thread_cpu_seconds()))
+                    window.toggle()
                     continue
                 try:
                     conn.send(("ok", await ops(host, op, args)))

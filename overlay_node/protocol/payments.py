@@ -39,6 +39,7 @@ parties) compute the same bytes from the wire values.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import secrets
@@ -48,7 +49,7 @@ from typing import Any, Final
 
 import cbor2
 
-from overlay_node.crypto.brc29 import check_nonce, new_nonce
+from overlay_node.crypto.brc29 import check_nonce
 from overlay_node.crypto.brc42 import ProtocolID, checked_key_hex, sign_for_anyone, verify_for_anyone
 from overlay_node.crypto.keys import Identity
 from overlay_node.errors import BadRequest, InsufficientPayment, InvalidPayment
@@ -67,6 +68,7 @@ __all__ = [
     "check_key_id",
     "check_payment_output",
     "check_resource",
+    "new_prefix",
     "new_quote_id",
 ]
 
@@ -89,11 +91,23 @@ _TXID = re.compile(r"^[0-9a-f]{64}$")
 _MAX_RESOURCE = 512
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_MS = 2**53
+_MS_MASK = 2**48 - 1  # a time of issue in a fresh id or prefix: 48 bits of milliseconds (about 8,900 years)
 
 
-def new_quote_id() -> str:
-    """A fresh quote id: 32 lower-case hex characters."""
-    return secrets.token_hex(16)
+def new_quote_id(now_ms: int | None = None) -> str:
+    """A fresh quote id: 32 lower-case hex characters. With ``now_ms`` (the time of issue), the first 12 are that time
+    and the other 20 random (80 bits: unique all the same), so that ids issued together sort together: the payee's
+    index of quote ids then takes a batch of payments on its last page or two rather than on a random page each
+    (every page a commit changes is written whole to the log, and again by the checkpoint)."""
+    if now_ms is None:
+        return secrets.token_hex(16)
+    return f"{now_ms & _MS_MASK:012x}{secrets.token_hex(10)}"
+
+
+def new_prefix(now_ms: int) -> str:
+    """A fresh derivation prefix (base64 of 16 bytes, as ``crypto/brc29.new_nonce``): the time of issue (6 bytes, big
+    endian) and 10 random bytes, for the locality :func:`new_quote_id` gives (the payee's prefixes are unique)."""
+    return base64.b64encode((now_ms & _MS_MASK).to_bytes(6, "big") + secrets.token_bytes(10)).decode("ascii")
 
 
 def check_payment_output(script: bytes, satoshis: int, *, expected_script: bytes, price: int) -> None:
@@ -277,12 +291,12 @@ class Quote:
             BadRequest: a field out of range.
         """
         unsigned = cls(
-            quote_id=quote_id or new_quote_id(),
+            quote_id=quote_id or new_quote_id(now_ms),
             payee=payee.public_key_hex,
             payer=checked_key_hex(payee, payer),
             resource=check_resource(resource),
             amount=check_amount(amount, "price"),
-            prefix=check_nonce(prefix or new_nonce(), "derivation prefix"),
+            prefix=check_nonce(prefix, "derivation prefix") if prefix else new_prefix(now_ms),
             created_ms=now_ms,
             expires_ms=now_ms + ttl_ms,
         )

@@ -13,7 +13,9 @@ happens in the store's writer thread itself (``Database.write_batches``): items 
 committed make the next batch, which the writer thread starts the moment the commit returns, without waiting for
 the event loop to run this task; ``on_written`` and the callers' wake-ups then come on the event loop's thread
 (``TrioToken.run_sync_soon``) after the commit, in batch order. :meth:`run` has nothing to do then, and
-:meth:`submit` never writes an item alone.
+:meth:`submit` never writes an item alone. In that mode :meth:`submit_many` may also take ``before``, a transaction
+function of the caller's that runs first in the transaction of the batch its first item goes in (a paid stream's
+consumer writes its subscription's row so, in the one transaction of its payments' write-ahead).
 
 Used by the payee (payments recorded before their receipts, batched by :meth:`run`) and the payer (payments
 written ahead before they are sent, batched by the writer thread): both sit on a paid stream's critical path,
@@ -28,13 +30,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import outcome
 import trio
 
 from overlay_node.errors import OverlayError, StoreError
-from overlay_node.store.engine import BatchTxn, WriteBatches
+from overlay_node.store.engine import BatchTxn, TxnFn, WriteBatches
 
 __all__ = ["GroupCommit", "Slot"]
 
@@ -53,10 +55,22 @@ class Slot(Generic[I, O]):
     outcome: O | None = None
     written: bool = False
     error: OverlayError | None = None
+    #: run first in the transaction that writes this item (``submit_many``'s ``before``, on the first item)
+    before: TxnFn[None] | None = None
 
 
-def _item_of(slot: Slot[I, O]) -> I:
-    return slot.item
+def _with_before(txn: BatchTxn[I, O]) -> BatchTxn[Slot[I, O], O]:
+    """``txn`` over slots: the ``before`` functions of the batch's slots run first, in the same transaction."""
+    fn = txn.fn
+
+    def batch(conn: Any, slots: list[Slot[I, O]]) -> list[O]:
+        for slot in slots:
+            if slot.before is not None:
+                slot.before(conn)
+        return fn(conn, [slot.item for slot in slots])
+
+    batch.__qualname__ = getattr(fn, "__qualname__", batch.__qualname__)
+    return BatchTxn(txn.db, batch, txn.durable, txn.urgent)
 
 
 async def _wait_all(slots: Sequence[Slot[I, O]]) -> None:
@@ -91,7 +105,7 @@ class GroupCommit(Generic[I, O]):
         self._running = False
         self._batches: WriteBatches[Slot[I, O], list[O]] | None = None
         if isinstance(write, BatchTxn):
-            txn: BatchTxn[Slot[I, O], O] = write.over(_item_of)
+            txn = _with_before(write)
             self._batches = txn.db.write_batches(
                 txn.fn, self._written, durable=txn.durable, urgent=txn.urgent, max_batch=max_batch
             )
@@ -137,13 +151,21 @@ class GroupCommit(Generic[I, O]):
         assert slot.written
         return slot.outcome  # type: ignore[return-value]  # O itself may include None
 
-    async def submit_many(self, items: Sequence[I]) -> list[Slot[I, O]]:
+    async def submit_many(self, items: Sequence[I], *, before: TxnFn[None] | None = None) -> list[Slot[I, O]]:
         """Write ``items`` (in order, with whatever else is waiting; a batch may split them) and return their
         slots once all are written or failed: each has its outcome, or the error of the write it was in.
+        ``before`` (the writer thread's mode only): a transaction function run first in the transaction that writes
+        the first item, so that what it writes is committed no later than any of ``items``; if it raises, that
+        transaction's items all fail with the error.
 
         Cancellation: once queued, the items are written even if the caller is cancelled.
         """
         slots: list[Slot[I, O]] = [Slot(item) for item in items]
+        if before is not None:
+            if self._batches is None:
+                raise TypeError("'before' needs a group commit batched by the store's writer thread")
+            if slots:
+                slots[0].before = before
         if self._batches is not None:
             try:
                 self._batches.put(slots)

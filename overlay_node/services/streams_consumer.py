@@ -31,11 +31,14 @@ Theory of operation:
    payment of ours is on its way (held up by a partition, then delivered late) is not an end: the subscription
    resumes as in 4.
 6. That row is kept durable while the subscription runs, so a crash of the consumer loses from its report no packet
-   it paid for beyond its pay-ahead: a task of its own writes it (``NORMAL``, urgent, like the payments'
-   write-ahead) before each batch of payments is written ahead -- the batch waits for it -- and ``_ROW_LINGER``
-   after packets that no payment follows; one write at a time, so under a fast stream a write covers many packets.
-   Whatever a crash took back, the payments' history entries (written ahead) cover at most ``ahead`` windows
-   beyond the packets the row counts.
+   it paid for beyond its pay-ahead: each batch of payments takes it along into its write-ahead, one transaction for
+   both (``Wallet.begin_many``'s ``before``: one commit, where a row written first was a second writer round trip
+   on the payment's way), and a task of its own writes it alone (``NORMAL``, urgent, like the write-ahead) when it
+   changed and no write-ahead took it along for ``_ROW_LINGER`` with no payment on its way (packets that no payment
+   follows). A row written
+   alone and a write-ahead that carries it are never on their way at once, so the rows commit in the order they
+   were taken. Whatever a crash took back, the payments' history entries (written ahead) cover at most ``ahead``
+   windows beyond the packets the row counts.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ from overlay_node.services.payments import Payments
 from overlay_node.services.streams import payload_bytes, stream_metrics
 from overlay_node.services.wallet import PreparedTx, Wallet
 from overlay_node.store.db import Store
-from overlay_node.store.streams import SubRow
+from overlay_node.store.streams import SubRow, subs_txn
 from overlay_node.store.wallet import HistoryRecord
 
 __all__ = ["StreamConsumer", "Subscription"]
@@ -104,7 +107,7 @@ _MAX_BATCH = 16
 _DRAIN_TIMEOUT = 5.0
 #: final summaries of ended subscriptions kept for `stop` and the status listing
 _RECENT = 100
-#: seconds a subscription's row waits, after packets came, for a payment that writes it anyway (theory, 6)
+#: seconds a subscription's row waits, after it changed, for a payment's write-ahead to take it along (theory, 6)
 _ROW_LINGER = 0.05
 
 
@@ -180,12 +183,15 @@ class Subscription:
         self._unsubscribed = False  # stopping: unsubscribed while payments were on their way
         self._deliveries: set[trio.CancelScope] = set()  # batches being handed to the reader
         self._last_tick = trio.current_time()
-        # the durable row (theory of operation, 6): changed since written; a payment waits for it; written
+        # the durable row (theory of operation, 6): changed (wakes _keep_row); changes made, and those the last row
+        # on its way to the store holds; write-aheads on their way with it, and whether it is being written alone
         self._row_dirty = trio.Event()
-        self._row_demand = trio.Event()
-        self._row_saved = trio.Event()
-        self._saved_through = 0  # this subscription's packets the durable row counts
-        self._row_error: OverlayError | None = None
+        self._row_changes = 0
+        self._row_taken = 0
+        self._row_aheads = 0
+        self._row_alone = False
+        self._row_written = trio.Event()  # set (and replaced) when a write of the row ends
+        self._row_submits = 0  # write-aheads that took the row along
 
     # -- reader API ----------------------------------------------------------------------------------------------
 
@@ -331,44 +337,49 @@ class Subscription:
         await trio.sleep(seconds)
         self.stop("duration")  # a stop, not a cancellation: the payments in flight get their answers
 
+    def _row_changed(self) -> None:
+        self._row_changes += 1
+        self._row_dirty.set()
+
+    def _take_row(self) -> SubRow:
+        """The row as it is now, on its way to the store (the changes so far are covered)."""
+        self._row_taken = self._row_changes
+        return self.row()
+
+    def _row_ended(self) -> None:
+        ended, self._row_written = self._row_written, trio.Event()
+        ended.set()
+
     async def _keep_row(self) -> None:
-        """Keep the subscription's row durable (theory of operation, 6): when it changed, write it as soon as a
-        payment asks for it, else ``_ROW_LINGER`` later; one write at a time. A failed write is kept for the payments
-        that wait (they fail with it) and ends this task; the row is written once more when the subscription ends."""
+        """Keep the subscription's row durable when no payment takes it along (theory of operation, 6): once it
+        changed, wait ``_ROW_LINGER`` (again, while write-aheads keep taking it or payments are on their way: a row
+        written alone then would hold up the next write-ahead, which takes it anyway), then write what they did not
+        cover, alone, after the write-aheads on their way. A failed write ends this task (the write-aheads go on
+        taking the row along); the row is written once more when the subscription ends."""
         streams = self._consumer.store.streams
         while True:
             await self._row_dirty.wait()
-            if not self._row_demand.is_set():
-                with trio.move_on_after(_ROW_LINGER):
-                    await self._row_demand.wait()
             self._row_dirty = trio.Event()
-            self._row_demand = trio.Event()
-            through = self.credit.packets if self.credit is not None else 0
+            while True:
+                submits = self._row_submits
+                await trio.sleep(_ROW_LINGER)
+                if self._row_taken == self._row_changes:
+                    break  # covered
+                if self._row_submits == submits and not (self.credit is not None and self.credit.in_flight):
+                    break  # no payment follows (none came, none is on its way whose answer may bring the next)
+            while self._row_aheads:
+                await self._row_written.wait()
+            if self._row_taken == self._row_changes:
+                continue
+            self._row_alone = True
             try:
-                await streams.save([], [self.row()], durable=False, urgent=True)
+                await streams.save([], [self._take_row()], durable=False, urgent=True)
             except OverlayError as exc:
-                self._row_error = exc
-            else:
-                self._saved_through = max(self._saved_through, through)
-            saved, self._row_saved = self._row_saved, trio.Event()
-            saved.set()
-            if self._row_error is not None:
-                logger.warning("stream %s: could not write the subscription's row: %s", self.stream_id, self._row_error)
+                logger.warning("stream %s: could not write the subscription's row: %s", self.stream_id, exc)
                 return
-
-    async def _row_through(self, packets: int) -> None:
-        """Wait until the durable row counts this subscription's first ``packets`` packets.
-
-        Raises:
-            StoreError: the row could not be written.
-        """
-        while self._saved_through < packets and self._row_error is None:
-            saved = self._row_saved
-            self._row_dirty.set()
-            self._row_demand.set()
-            await saved.wait()
-        if self._row_error is not None:
-            raise self._row_error
+            finally:
+                self._row_alone = False
+                self._row_ended()
 
     async def _run(self) -> None:
         while True:
@@ -584,24 +595,29 @@ class Subscription:
         return _Payment(quote, message, prepared, history)
 
     async def _write_ahead(self, batch: list[_Payment]) -> list[_Payment]:
-        """Write the subscription's row, then the payments ahead (the wallet writes them in one transaction); returns
-        the payments written (the others are undone, and the first error ends the session)."""
+        """Write the payments ahead with the subscription's row, in one transaction; returns the payments written
+        (the others are undone, and the first error ends the session)."""
         credit = self.credit
         assert credit is not None
         wallet = self._consumer.wallet
         try:
-            # the packets this batch pays beyond are counted durably before the batch is (theory of operation, 6)
-            await self._row_through(credit.packets)
-        except BaseException as exc:
+            while self._row_alone:  # a row written alone is on its way: ours must not commit before it
+                await self._row_written.wait()
+        except BaseException:
             for payment in reversed(batch):  # the quotes go back in their order
                 wallet.release(payment.prepared)
                 credit.payment_failed()
                 self.quotes.appendleft(payment.quote)
-            if not isinstance(exc, OverlayError):
-                raise
-            self._fail(exc)
-            return []
-        errors = await wallet.begin_many([(p.prepared, p.history) for p in batch])
+            raise
+        # the packets this batch pays beyond are counted durably no later than the batch is (theory of operation, 6)
+        row = subs_txn([self._take_row()])
+        self._row_aheads += 1
+        self._row_submits += 1
+        try:
+            errors = await wallet.begin_many([(p.prepared, p.history) for p in batch], before=row)
+        finally:
+            self._row_aheads -= 1
+            self._row_ended()
         written = []
         for payment, error in zip(batch, errors, strict=True):
             if error is None:
@@ -705,7 +721,7 @@ class Subscription:
             raise _Finished("bad_receipt", error) from None
         wallet.sent(prepared, raw if isinstance(raw, bytes) else receipt.to_bytes())  # stored as it came
         self.fees += prepared.fee
-        self._row_dirty.set()
+        self._row_changed()
         self._consumer.m_paid.inc()
         try:
             fresh = Quote.from_wire(answer.get("quote"), signed=False)  # the receipt signs it
@@ -733,7 +749,7 @@ class Subscription:
         self.bytes += payload_bytes(batch.payloads)
         self._hold = False
         self._changed.set()
-        self._row_dirty.set()
+        self._row_changed()
         self._consumer.m_received.inc(len(packets))
         # the credit counted the whole batch: hand all of it over even if the link closes meanwhile (a slow reader
         # still pushes back: the shielded send waits for room; the subscription's end cancels it)

@@ -16,11 +16,11 @@ Theory of operation:
 4. BEEF stays small: a proven transaction (merkle path known) ends the ancestry; a transaction the recipient
    already holds (we sent it to them before) is written as a BEEF V2 txid-only entry.
 5. A payment is written ahead (:meth:`Wallet.begin`: coins spent, change pending, a job watching for it)
-   before it is sent; the payee's answer makes the change spendable at once in memory, and the database
-   follows in batches off the critical path (:meth:`Wallet.sent`): the outcome rides with the next payment's
-   write-ahead (one transaction for both, where it would be a write of its own), else it is written after
-   ``_SENT_LINGER``; a refusal undoes the write
-   (:meth:`Wallet.abort`); no answer leaves it to the watch (:meth:`Wallet.unanswered`). A crash at any
+   before it is sent (a lone one on the event loop's own thread, several at once by the store's writer thread);
+   the payee's answer makes the change spendable at once in memory, and the database follows in batches off the
+   critical path (:meth:`Wallet.sent`): the outcome rides with the next payment's write-ahead (one transaction for
+   both, where it would be a write of its own), else it is written after ``_SENT_LINGER``; a refusal undoes the
+   write (:meth:`Wallet.abort`); no answer leaves it to the watch (:meth:`Wallet.unanswered`). A crash at any
    point loses nothing: the watch finds out from ARC whether the payee took it.
 6. Every transaction we make or receive goes into the settlement queue in the same write that records it;
    the settlement service reports back through :meth:`Wallet.apply_effects`.
@@ -206,6 +206,7 @@ class Wallet:
         self._sent_done = trio.Event()
         self._sent_writing = False
         self._sent_riding = 0  # outcomes taken along by write-aheads not committed yet
+        self._ahead_inflight = 0  # write-aheads being written (a lone one is written inline: _write_ahead)
         # payments written ahead, many per database transaction (a paid stream makes many at once)
         # written ahead by the store's writer thread itself (group commit): the next batch starts as soon as the
         # last one is committed
@@ -217,7 +218,9 @@ class Wallet:
         #: it to wake itself
         self.on_job_queued: Callable[[float], None] = lambda _due_at: None
         gauge = _gauge(metrics)
-        self._gauges = (gauge.labels("confirmed"), gauge.labels("unconfirmed"), gauge.labels("reserved"))
+        # read from the coins when scraped, not set on every change of the coins (three locked sets per payment)
+        for i, state in enumerate(("confirmed", "unconfirmed", "reserved")):
+            gauge.labels(state).set_function(lambda i=i: self._coins.totals()[i])
         receive_pub = self._own_key(RECEIVE_KEY_ID)
         self._receive_pub = receive_pub
         self._receive_script = p2pkh_for_key(receive_pub)
@@ -291,7 +294,6 @@ class Wallet:
         self._coins = CoinSet()
         for coin in await self._store.wallet.spendable():
             self._coins.add(coin)
-        self._update_gauge()
 
     async def _refresh_policy(self) -> None:
         try:
@@ -377,7 +379,6 @@ class Wallet:
         self._coins.add(utxo)
         self._remember_txs(records)
         self._queued.put(payout.txid, True)
-        self._update_gauge()
         self._wake()
         self.on_job_queued(-math.inf)
         logger.debug("faucet paid %d satoshis to the wallet in %s", satoshis, payout.txid)
@@ -581,9 +582,13 @@ class Wallet:
         if error is not None:
             raise error
 
-    async def begin_many(self, payments: Sequence[tuple[PreparedTx, HistoryRecord]]) -> list[OverlayError | None]:
+    async def begin_many(
+        self, payments: Sequence[tuple[PreparedTx, HistoryRecord]], *, before: Callable[[Any], None] | None = None
+    ) -> list[OverlayError | None]:
         """:meth:`begin` for several payments at once (one wait for the group commit); one outcome each: None
-        (written), or the Conflict or StoreError that stopped it (its reservation released)."""
+        (written), or the Conflict or StoreError that stopped it (its reservation released). ``before``: a store
+        transaction function run first in the transaction that writes the first payment (a stream subscription's
+        row: ``GroupCommit.submit_many``); if it fails, so do the payments of that transaction."""
         now = self._wall()
         for prepared, _ in payments:
             self._preparers.pop(prepared.txid, None)  # on its way: a payment waiting for its change may count on it
@@ -596,8 +601,7 @@ class Wallet:
         written = False
         try:
             with trio.CancelScope(shield=True):
-                slots = await self._ahead.submit_many(outs)
-            written = slots[0].error is None
+                written, results = await self._write_ahead(outs, before)
         except BaseException:
             for prepared, _ in payments:
                 self.release(prepared)
@@ -607,13 +611,35 @@ class Wallet:
                 self._rode(riding, written)
         if written:  # the watch jobs are due a poll interval from now (the copies of those riding along later)
             self.on_job_queued(now + self._config.settle_poll_interval)
-        errors: list[OverlayError | None] = []
-        for (prepared, _), slot in zip(payments, slots, strict=True):
-            error = slot.error or slot.outcome
+        for (prepared, _), error in zip(payments, results, strict=True):
             if error is not None:
                 self.release(prepared)
-            errors.append(error)
-        return errors
+        return results
+
+    async def _write_ahead(
+        self, outs: list[Outgoing], before: Callable[[Any], None] | None
+    ) -> tuple[bool, list[OverlayError | None]]:
+        """Write payments ahead: whether their transaction committed, and one outcome each (None, or the Conflict or
+        StoreError that stopped it). A lone payment (no other write-ahead of this wallet in flight) is written on the
+        event loop's own thread while the store's writer thread is idle (``inline``: ``store/engine.py`` invariant 8;
+        a write-ahead is not durable, so no fsync blocks the loop): the hand-off to the writer thread and back, two
+        thread wake-ups, cost a payer more CPU than the write itself. Several at once go to the group commit, which
+        the writer thread batches."""
+        self._ahead_inflight += 1
+        try:
+            if len(outs) == 1 and before is None and self._ahead_inflight == 1:
+                now = self._wall()
+                try:
+                    outcomes = await self._store.wallet.commit_outgoing(
+                        outs, now=now, submit_at=self._copy_due(now), inline=True
+                    )
+                except OverlayError as exc:
+                    return False, [exc]
+                return True, list(outcomes)
+            slots = await self._ahead.submit_many(outs, before=before)
+        finally:
+            self._ahead_inflight -= 1
+        return slots[0].error is None, [slot.error or slot.outcome for slot in slots]
 
     def _outgoing(self, prepared: PreparedTx, history: HistoryRecord, now: float) -> Outgoing:
         job = NewJob(
@@ -669,7 +695,6 @@ class Wallet:
             for coin in prepared.spends:
                 if coin.outpoint not in self._coins:  # taken out by unanswered()
                     self._coins.add(coin)
-            self._update_gauge()
             self._wake()
 
     async def flush(self) -> None:
@@ -694,7 +719,6 @@ class Wallet:
             self._coins.remove(coin.outpoint)
         self._txs.put(prepared.txid, prepared.record)
         self._outputs.put(prepared.txid, list(prepared.outputs))
-        self._update_gauge()
 
     def _note_sent(self, update: SentUpdate) -> None:
         self._sent_queue.append(update)
@@ -847,7 +871,6 @@ class Wallet:
         for tx in kept:
             if tx.proven:
                 self._coins.mark_proven(tx.txid)
-        self._update_gauge()
         logger.warning(
             "wallet: repaired the ancestry of its coins from the ledger at %s: %s",
             self._url,
@@ -898,7 +921,6 @@ class Wallet:
         self._remember_txs(txs)
         self._outputs.put(coin.txid, list(outputs))
         self._queued.put(coin.txid, True)
-        self._update_gauge()
         self._wake()
         self.on_job_queued(-math.inf)
 
@@ -933,17 +955,12 @@ class Wallet:
         if effects.dead or effects.restored:
             for txid in {op[0] for op in effects.dead}:
                 self._queued.pop(txid, None)
-        self._update_gauge()
         if effects.restored:
             self._wake()
 
     def _remember_txs(self, txs: Iterable[TxRecord]) -> None:
         for tx in txs:
             self._txs.put(tx.txid, tx)
-
-    def _update_gauge(self) -> None:
-        for gauge, value in zip(self._gauges, self._coins.totals(), strict=True):
-            gauge.set(value)
 
 
 def _gauge(metrics: Metrics) -> Any:

@@ -6,22 +6,24 @@ The producer's revenue per subscriber is read from the durable ``payments`` tabl
 counts, payload bytes (``bytes``, migration ``0011_stream_bytes``) and sequence positions are written by the streams
 service when they change (the producer's batched by its flush task, and at shutdown: the same one statement per
 subscription, never one per packet); a consumer's resume position repairs what a crash lost on the producer's side
-(see ``protocol/streams.py``). A consumer's row is written before each of its payments is written ahead, and shortly
-after packets that no payment follows (``services/streams_consumer.py``), so a crash of the consumer loses from its
-report no packet it paid for beyond its pay-ahead.
+(see ``protocol/streams.py``). A consumer's row is written in the transaction of each batch of its payments'
+write-ahead (:func:`subs_txn`), and alone shortly after changes that no payment took along
+(``services/streams_consumer.py``), so a crash of the consumer loses from its report no packet it paid for beyond its
+pay-ahead.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from overlay_node.store.engine import Database
+    from overlay_node.store.engine import Database, TxnFn
 
-__all__ = ["PaidTotals", "StreamRow", "StreamsRepository", "SubRow"]
+__all__ = ["PaidTotals", "StreamRow", "StreamsRepository", "SubRow", "subs_txn"]
 
 Role = Literal["producer", "consumer"]
 
@@ -104,6 +106,57 @@ def _sub(row: sqlite3.Row) -> SubRow:
     )
 
 
+_SUB_UPSERT = """
+    INSERT INTO stream_subs (stream_id, peer, role, window, start_seq, charged_through, packets, paid, payments, state,
+                             reason, updated_at, bytes)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (stream_id, peer, role) DO UPDATE SET
+        window = excluded.window,
+        charged_through = max(charged_through, excluded.charged_through),
+        packets = max(packets, excluded.packets),
+        bytes = max(bytes, excluded.bytes),
+        paid = excluded.paid,
+        payments = excluded.payments,
+        state = excluded.state,
+        reason = excluded.reason,
+        updated_at = excluded.updated_at
+"""
+
+
+def _write_subs(conn: sqlite3.Connection, subs: Sequence[SubRow]) -> None:
+    for s in subs:
+        conn.execute(
+            _SUB_UPSERT,
+            (
+                s.stream_id,
+                s.peer,
+                s.role,
+                s.window,
+                s.start_seq,
+                s.charged_through,
+                s.packets,
+                s.paid,
+                s.payments,
+                s.state,
+                s.reason,
+                s.updated_at,
+                s.bytes,
+            ),
+        )
+
+
+def subs_txn(subs: Sequence[SubRow]) -> TxnFn[None]:
+    """Write subscription rows (as :meth:`StreamsRepository.save` does) inside another write's transaction: a
+    consumer's running row goes so with its payments' write-ahead (``Wallet.begin_many``'s ``before``), one commit
+    for both."""
+    rows = tuple(subs)
+
+    def txn(conn: sqlite3.Connection) -> None:
+        _write_subs(conn, rows)
+
+    return txn
+
+
 class StreamsRepository:
     """Typed access to ``streams`` and ``stream_subs``. Reach it as ``store.streams``."""
 
@@ -156,8 +209,8 @@ class StreamsRepository:
         """Write stream positions ``(stream_id, next_seq, closed_at)`` and subscription rows in one transaction
         (durable by default: called at shutdown and by the flush task). ``next_seq`` only grows, unless ``exact``
         (the last write of a clean shutdown, which gives back the numbers reserved but never used). A consumer's
-        running row goes with ``durable=False, urgent=True``: it is written ahead of its payments' write-ahead,
-        which is ``NORMAL`` and urgent too (docs/design.md, Persistence and durability)."""
+        running row, when no write-ahead takes it along (:func:`subs_txn`), goes with ``durable=False, urgent=True``,
+        as that write-ahead would (docs/design.md, Persistence and durability)."""
         grow = "?" if exact else "max(next_seq, ?)"
 
         def txn(conn: sqlite3.Connection) -> None:
@@ -166,39 +219,7 @@ class StreamsRepository:
                     f"UPDATE streams SET next_seq = {grow}, closed_at = coalesce(closed_at, ?) WHERE stream_id = ?",
                     (next_seq, closed_at, stream_id),
                 )
-            for s in subs:
-                conn.execute(
-                    """
-                    INSERT INTO stream_subs (stream_id, peer, role, window, start_seq, charged_through, packets,
-                                             paid, payments, state, reason, updated_at, bytes)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    ON CONFLICT (stream_id, peer, role) DO UPDATE SET
-                        window = excluded.window,
-                        charged_through = max(charged_through, excluded.charged_through),
-                        packets = max(packets, excluded.packets),
-                        bytes = max(bytes, excluded.bytes),
-                        paid = excluded.paid,
-                        payments = excluded.payments,
-                        state = excluded.state,
-                        reason = excluded.reason,
-                        updated_at = excluded.updated_at
-                    """,
-                    (
-                        s.stream_id,
-                        s.peer,
-                        s.role,
-                        s.window,
-                        s.start_seq,
-                        s.charged_through,
-                        s.packets,
-                        s.paid,
-                        s.payments,
-                        s.state,
-                        s.reason,
-                        s.updated_at,
-                        s.bytes,
-                    ),
-                )
+            _write_subs(conn, subs)
 
         await self._db.write(txn, durable=durable, urgent=urgent)
 

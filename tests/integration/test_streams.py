@@ -582,3 +582,61 @@ async def test_a_burst_of_packets_sends_its_first_payments_while_the_rest_are_pr
         assert first > 0, at_send
         # prepared since the lone payment was sent: this batch and at most the next (63 when all went first)
         assert at_send[first][1] - at_send[first - 1][1] < 3 * 16, at_send
+
+
+async def test_a_w1_subscription_writes_its_row_in_its_payments_write_ahead(
+    start_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer's subscription row goes in the transaction of each batch of its payments' write-ahead (one
+    commit, no separate write of the row before it): written alone only when no payment follows packets."""
+    with trio.fail_after(30):
+        _bank, producer, (consumer,) = await network(start_node, 1)
+        await producer.streams.producer.create("rows", pricing_model="per-packet", rate=RATE)
+        alone: list[int] = []  # packets the row counted, each time it was written on its own
+        aheads = 0
+        save = consumer.store.streams.save
+        begin_many = consumer.wallet.begin_many
+
+        async def noting_save(streams: Any, subs: Any, **kwargs: Any) -> None:
+            alone.extend(s.packets for s in subs)
+            await save(streams, subs, **kwargs)
+
+        async def noting_begin_many(payments: Any, **kwargs: Any) -> Any:
+            nonlocal aheads
+            aheads += 1
+            assert kwargs.get("before") is not None  # the row rides along
+            return await begin_many(payments, **kwargs)
+
+        monkeypatch.setattr(consumer.store.streams, "save", noting_save)
+        monkeypatch.setattr(consumer.wallet, "begin_many", noting_begin_many)
+        sub = await consumer.streams.consumer.subscribe("rows", window=1, max_price=RATE, prepay=32)
+        got: list[Packet] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, sub, 160, got)
+            await trio.testing.wait_all_tasks_blocked()
+            producer.streams.producer.push("rows", lines(160))
+        assert [p.seq for p in got] == list(range(160))
+        (row,) = await consumer.store.streams.subs("rows", role="consumer")
+    assert row.packets == 160
+    assert row.payments == sub.summary()["payments"] >= 160
+    # every batch of payments took the row along; the row was written alone only when no payment came or was on its
+    # way for a while (after the last packets) and at the end: not before every batch
+    assert aheads >= 160 // 16
+    assert len(alone) < aheads / 2, (alone, aheads)
+    assert alone[-1] == 160
+
+
+async def test_the_wallet_gauge_reads_the_coins_when_scraped(start_node: NodeFactory) -> None:
+    with trio.fail_after(30):
+        node = await start_node("gauge")
+        await node.wallet.faucet(7_000)
+        balance = node.wallet.balance()
+        async with httpx.AsyncClient(base_url=node.info.http, timeout=10) as h:
+            metrics = (await h.get("/metrics")).text
+    values = {
+        state: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        for state in ("confirmed", "unconfirmed", "reserved")
+        if line.startswith(f'overlay_wallet_satoshis{{state="{state}"}}')
+    }
+    assert values == {"confirmed": balance.confirmed, "unconfirmed": 7_000, "reserved": balance.reserved}

@@ -28,6 +28,8 @@ from overlay_node.net.listen import bind_unix, serve_app
 from overlay_node.net.peers import PeerLink
 from overlay_node.services.payments import Payments
 from overlay_node.services.wallet import Wallet
+from overlay_node.store import engine
+from overlay_node.store.wallet import HistoryRecord
 
 from .test_payments import (
     LIMIT,
@@ -222,6 +224,46 @@ async def test_a_payments_outcome_rides_with_the_next_write_ahead(
         assert [h.status for h in await a.wallet.history()][:2] == ["unconfirmed", "unconfirmed"]
     finally:
         virtual_clock.rate = 1.0  # for the teardown
+
+
+async def test_a_lone_write_ahead_is_written_on_the_event_loop_thread(
+    tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payer's lone write-ahead is written without the hand-off to the store's writer thread and back
+    (``store/engine.py`` invariant 8); payments written ahead together go through the group commit."""
+    monkeypatch.setattr(engine, "INLINE_COMMIT_LIMIT", 60.0)  # no commit here counts as slow
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        # no settlement task: nothing else of the payer's writes while it pays (its outcomes are flushed between)
+        a = await start_paynode(nursery, tmp_path, "a", devnet.url, settlement=False)
+        b = await start_paynode(nursery, tmp_path, "b", devnet.url)
+        await link(a, b)
+        await a.fund(50_000)
+        await a.fund(10_000)  # a second coin, for the two at once below
+        db = a.store._db
+        before = db.inline_writes
+        receipts = []
+        for i in range(3):
+            receipts.append(await a.payments.pay(await a.payments.request_quote(b.key, f"file:{i}", 1_000)))
+            await a.wallet.flush()
+        assert db.inline_writes - before == 3
+        statuses = {h.txid: h.status for h in await a.wallet.history()}
+        assert [statuses[r.txid] for r in receipts] == ["unconfirmed"] * 3
+        # two at once: one transaction of the group commit, in the writer thread
+        balance = a.wallet.balance().satoshis
+        prepared = [
+            (await a.payments.prepare_payment(await a.payments.request_quote(b.key, f"file:x{i}", 1_000)))[1]
+            for i in range(2)
+        ]
+        before = db.inline_writes
+        history = [HistoryRecord(txid=p.txid, direction="out", kind="payment", amount=p.amount) for p in prepared]
+        assert await a.wallet.begin_many(list(zip(prepared, history, strict=True))) == [None, None]
+        assert db.inline_writes == before
+        statuses = {h.txid: h.status for h in await a.wallet.history()}
+        assert [statuses[p.txid] for p in prepared] == ["sending", "sending"]
+        for p in prepared:
+            await a.wallet.abort(p)
+        assert a.wallet.balance().satoshis == balance
 
 
 async def test_the_payers_copies_come_due_together(

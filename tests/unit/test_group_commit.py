@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
 import trio
 import trio.testing
 
+from overlay_node.config import StoreSection
 from overlay_node.errors import StoreError
 from overlay_node.services.group_commit import GroupCommit
+from overlay_node.store.engine import BatchTxn, Database
 
 
 class Writer:
@@ -112,3 +117,54 @@ async def test_submit_many_waits_for_its_items_across_batches_each_with_its_own_
     assert batches == [[1, 2], [5]]
     assert [s.item for s in slots] == [1, 2, 3, 4, 5]
     assert [s.outcome if s.written else str(s.error) for s in slots] == [10, 20, "disk full", "disk full", 50]
+
+
+async def test_before_is_written_in_the_transaction_of_the_first_item_and_fails_with_it(tmp_path: Path) -> None:
+    db = Database(tmp_path / "node.db", StoreSection())
+    await db.open()
+    try:
+
+        def tables(conn: sqlite3.Connection) -> None:
+            conn.execute("CREATE TABLE marks (n INTEGER)")
+            conn.execute("CREATE TABLE items (i INTEGER)")
+
+        await db.write(tables)
+
+        def txn(conn: sqlite3.Connection, items: list[int]) -> list[int]:
+            if 99 in items:
+                raise StoreError("disk full")
+            conn.executemany("INSERT INTO items (i) VALUES (?)", [(i,) for i in items])
+            # what the items' transaction sees of the marks: the one written before it, in it
+            return [int(conn.execute("SELECT count(*) FROM marks").fetchone()[0])] * len(items)
+
+        def mark(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO marks (n) VALUES (1)")
+
+        def broken(_conn: sqlite3.Connection) -> None:
+            raise StoreError("the row could not be written")
+
+        group = GroupCommit(BatchTxn(db, txn, urgent=True), max_batch=2)
+        with trio.fail_after(5):
+            written = await group.submit_many([1, 2, 3], before=mark)
+            failed = await group.submit_many([99], before=mark)
+            refused = await group.submit_many([4], before=broken)
+
+        def counts(conn: sqlite3.Connection) -> tuple[int, int]:
+            marks = conn.execute("SELECT count(*) FROM marks").fetchone()[0]
+            return int(marks), int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
+
+        totals = await db.read(counts)
+    finally:
+        await db.aclose()
+    # the mark went with the first batch (items 1 and 2), before them; the next batch (3) saw it committed
+    assert [s.outcome for s in written] == [1, 1, 1]
+    # a batch that fails takes its mark back with it; a mark that fails fails its batch, whose items are not written
+    assert [str(s.error) for s in failed] == ["disk full"]
+    assert [str(s.error) for s in refused] == ["the row could not be written"]
+    assert totals == (1, 3)
+
+
+async def test_before_needs_the_writer_threads_batches() -> None:
+    group: GroupCommit[int, int] = GroupCommit(Writer().write, max_batch=10)
+    with pytest.raises(TypeError, match="writer thread"):
+        await group.submit_many([1], before=lambda _conn: None)

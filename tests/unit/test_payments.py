@@ -4,8 +4,10 @@ the settlement queue reads ARC's answers (``settlement.decide``)."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
+import re
 from typing import Any
 
 import cbor2
@@ -82,6 +84,18 @@ def test_quote_is_signed_by_the_payee_and_round_trips() -> None:
     assert not quote.expired(NOW_MS + 59_999)
     assert quote.expired(NOW_MS + 60_000)
     assert quote.as_json()["sig"] == quote.sig.hex()
+
+
+def test_quotes_issued_together_have_ids_and_prefixes_that_sort_together() -> None:
+    # the time of issue leads (the payee's unique indexes of quote ids and prefixes then take a batch of payments on
+    # their last pages, not on one random page each); the random rest keeps them unique
+    quotes = [_quote(now_ms=NOW_MS + i // 100) for i in range(200)]
+    assert len({q.quote_id for q in quotes}) == len({q.prefix for q in quotes}) == 200
+    assert all(q.quote_id.startswith(f"{NOW_MS + i // 100:012x}") for i, q in enumerate(quotes))
+    assert all(base64.b64decode(q.prefix)[:6] == (NOW_MS + i // 100).to_bytes(6, "big") for i, q in enumerate(quotes))
+    assert all(len(base64.b64decode(q.prefix)) == 16 and re.fullmatch("[0-9a-f]{32}", q.quote_id) for q in quotes)
+    given = _quote(quote_id="ab" * 16, prefix="AAAAAAAA")
+    assert (given.quote_id, given.prefix) == ("ab" * 16, "AAAAAAAA")
 
 
 @pytest.mark.parametrize(
