@@ -235,3 +235,21 @@ async def serve_adversary(
 
     server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
     return f"ws://127.0.0.1:{server.port}/p2p/1", identity, closes_rx
+
+
+class SlowSocket:
+    """A link's websocket whose first send is held up (a full socket buffer) until ``release`` is set."""
+
+    def __init__(self, link: PeerLink) -> None:
+        self.ws = link._ws
+        self.sending, self.release = trio.Event(), trio.Event()
+        link._ws = self  # type: ignore[assignment]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ws, name)
+
+    async def send_message(self, message: str | bytes) -> None:
+        if not self.sending.is_set():
+            self.sending.set()
+            await self.release.wait()
+        await self.ws.send_message(message)

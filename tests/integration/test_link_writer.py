@@ -6,8 +6,6 @@ Every test has a trio-clock time limit; nothing sleeps and polls: tests wait on 
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import trio
 import trio.lowlevel
@@ -15,29 +13,10 @@ import trio.testing
 
 from overlay_node.errors import ConnectionLost
 from overlay_node.net.link import NOTICE_TURN, OUTBOX_BYTES
-from overlay_node.net.peers import PeerLink
 
-from .peer_fixtures import start_good_node
+from .peer_fixtures import SlowSocket, start_good_node
 
 LIMIT = 20.0
-
-
-class HeldSocket:
-    """A link's websocket whose first send is held up (a full socket buffer) until ``release`` is set."""
-
-    def __init__(self, link: PeerLink) -> None:
-        self.ws = link._ws
-        self.sending, self.release = trio.Event(), trio.Event()
-        link._ws = self  # type: ignore[assignment]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.ws, name)
-
-    async def send_message(self, message: str | bytes) -> None:
-        if not self.sending.is_set():
-            self.sending.set()
-            await self.release.wait()
-        await self.ws.send_message(message)
 
 
 async def test_notices_sent_in_a_loop_take_a_turn_of_the_event_loop_only_every_few(nursery: trio.Nursery) -> None:
@@ -75,7 +54,7 @@ async def test_notify_returns_while_the_socket_is_held_until_outbox_bytes_wait(n
     count = OUTBOX_BYTES // len(pad) + 4
     with trio.fail_after(LIMIT):
         link = await a.manager.connect(b.url)
-        held = HeldSocket(link)
+        held = SlowSocket(link)
         returned = 0
 
         async def send_all() -> None:
@@ -104,7 +83,7 @@ async def test_a_caller_cancelled_while_its_frame_waits_for_the_writer_leaves_no
     b = await start_good_node(nursery)
     with trio.fail_after(LIMIT):
         link = await a.manager.connect(b.url)
-        held = HeldSocket(link)
+        held = SlowSocket(link)
         await link.notify("hello", {"seq": 0})  # queued; the writer is held writing it
         await held.sending.wait()
         async with trio.open_nursery() as calls:
@@ -131,7 +110,7 @@ async def test_a_queued_write_that_stalls_past_the_request_timeout_closes_the_li
     b = await start_good_node(nursery)
     with trio.fail_after(LIMIT):
         link = await a.manager.connect(b.url)
-        HeldSocket(link)  # never released
+        SlowSocket(link)  # never released
         await link.notify("hello", {"seq": 0})  # returns at once: queued for the writer
         await link.wait_closed()
         with pytest.raises(ConnectionLost):
@@ -145,7 +124,7 @@ async def test_a_stalled_write_nobody_waits_for_is_caught_by_the_keepalive(nurse
     with trio.fail_after(LIMIT):
         link = await a.manager.connect(b.url)
         back = b.link_to(a)
-        HeldSocket(link)  # never released
+        SlowSocket(link)  # never released
         await link.notify("hello", {"seq": 0})  # queued for the writer, which is held writing it; nobody waits
 
         async def keep_talking() -> None:

@@ -34,6 +34,7 @@ from overlay_node.wire import frames as f
 from .peer_fixtures import (
     GoodNode,
     RawInitiator,
+    SlowSocket,
     bad_signature_responder,
     impersonate,
     open_raw,
@@ -222,24 +223,6 @@ async def test_request_errors_map_to_overlay_errors(three: list[GoodNode]) -> No
     samples = b.metrics.registry.get_sample_value
     assert samples("overlay_peer_requests_total", {"method": "crash", "outcome": "internal"}) == 1
     assert samples("overlay_peer_requests_total", {"method": "fail", "outcome": "not_found"}) == 1
-
-
-class SlowSocket:
-    """A link's websocket whose first send is held up (a full socket buffer) until ``release`` is set."""
-
-    def __init__(self, link: PeerLink) -> None:
-        self.ws = link._ws
-        self.sending, self.release = trio.Event(), trio.Event()
-        link._ws = self  # type: ignore[assignment]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.ws, name)
-
-    async def send_message(self, message: str | bytes) -> None:
-        if not self.sending.is_set():
-            self.sending.set()
-            await self.release.wait()
-        await self.ws.send_message(message)
 
 
 async def test_a_request_cancelled_while_its_frame_is_on_the_way_keeps_the_link(nursery: trio.Nursery) -> None:
