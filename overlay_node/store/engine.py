@@ -90,7 +90,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 E = TypeVar("E")  # an entry of a group commit
-J = TypeVar("J")  # an item that carries an entry
 R = TypeVar("R")  # what a group commit's transaction returns
 
 #: a transaction function: runs in the writer (or a worker) thread with the connection inside an open transaction
@@ -176,16 +175,6 @@ class BatchTxn(Generic[E, R]):
     fn: Callable[[sqlite3.Connection, list[E]], list[R]]
     durable: bool = False
     urgent: bool = False
-
-    def over(self, key: Callable[[J], E]) -> BatchTxn[J, R]:
-        """The same transaction over items that each carry one of ours (``key(item)``)."""
-        fn = self.fn
-
-        def txn(conn: sqlite3.Connection, items: list[J]) -> list[R]:
-            return fn(conn, [key(item) for item in items])
-
-        txn.__qualname__ = _name(fn)
-        return BatchTxn(self.db, txn, self.durable, self.urgent)
 
 
 @dataclass(eq=False)
