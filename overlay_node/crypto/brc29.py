@@ -47,7 +47,7 @@ def check_nonce(value: object, what: str) -> str:
     Raises:
         BadRequest: otherwise.
     """
-    if not isinstance(value, str) or not _NONCE.match(value):
+    if not isinstance(value, str) or not _NONCE.fullmatch(value):
         raise BadRequest(f"{what} must be 4-64 base64 characters")
     return value
 

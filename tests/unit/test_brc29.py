@@ -16,6 +16,7 @@ from overlay_node.crypto import brc42
 from overlay_node.crypto.brc29 import (
     BRC29_PROTOCOL,
     brc29_invoice,
+    check_nonce,
     new_nonce,
     payee_locking_script,
     payer_locking_script,
@@ -105,8 +106,12 @@ def test_derivation_matches_bsv_sdk_proto_wallet(prefix_bytes: bytes, suffix_byt
     assert payee_locking_script(payee, payer.public_key_hex, prefix, suffix) == p2pkh_for_key(bytes.fromhex(own))
 
 
-@pytest.mark.parametrize("bad", ["", "abc", "a b c d", "x" * 65, "not~base64"])
+@pytest.mark.parametrize(
+    "bad", ["", "abc", "a b c d", "x" * 65, "not~base64", "Pr==\n", "c3VmZml4\n", "\nPr==", "Pr==\r\n", "Pr==\nPr=="]
+)
 def test_bad_prefixes_and_suffixes_are_refused(bad: str) -> None:
+    with pytest.raises(BadRequest, match="derivation prefix"):
+        check_nonce(bad, "derivation prefix")
     with pytest.raises(BadRequest, match="derivation prefix"):
         brc29_invoice(bad, "Su==")
     with pytest.raises(BadRequest, match="derivation suffix"):
