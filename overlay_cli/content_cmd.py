@@ -17,6 +17,7 @@ from overlay_cli.output import (
     console,
     emit,
     emit_fields,
+    print_error,
     print_fields,
     print_rows,
     table,
@@ -188,6 +189,21 @@ def publish(
             _replica_rows(out, data)
 
         emit(state, data, human)
+        _fail_if_short(data)
+
+
+def _fail_if_short(data: dict[str, Any]) -> None:
+    """End with an error (exit 1) when fewer replicas were placed than wanted: the answer is printed first and the
+    content stays published (the repair pass, or ``ctl distribute``, places the rest later)."""
+    placed, wanted = data.get("replicas_placed"), data.get("replicas_wanted")
+    if not isinstance(placed, int) or not isinstance(wanted, int) or placed >= wanted:
+        return
+    if placed == 0:
+        why = "no peer took them: check `overlay-node ctl peers`"
+    else:
+        why = f"see each replica's state: `overlay-node ctl content status {data['hash']}`"
+    print_error(f"placed {placed} of {wanted} replicas ({why})")
+    raise typer.Exit(exit_code_for("error"))
 
 
 def distribute(
@@ -211,6 +227,7 @@ def distribute(
             _replica_rows(out, data)
 
         emit(state, data, human)
+        _fail_if_short(data)
 
 
 def access(

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from overlay_node.crypto.uhrp import url_for_hash
 from overlay_node.errors import OverlayError
+from overlay_node.protocol.content import ReplicaState
 from overlay_node.services.content_common import ContentMeta, PaymentRequired, Progress
 
 if TYPE_CHECKING:
     from overlay_node.services.content import ContentService
-    from overlay_node.store.content import ContentItem
+    from overlay_node.store.content import ContentItem, ReplicaRow
 
 __all__ = ["GatewayRefusal", "distribute", "gateway_price", "gateway_refusal", "grant_holder", "publish", "servable"]
 
@@ -135,7 +136,8 @@ async def publish(
 ) -> dict[str, Any]:
     """Publish ``path`` (``replication``, ``ttl``: :meth:`ContentService.publish`'s; ``meta``: the fields of its
     :class:`ContentMeta`) and report it with its UHRP URL and its on-chain token (``token``, ``token_error``); with
-    ``wait``, place the replicas before answering (``replicas``) instead of in the background."""
+    ``wait``, place the replicas before answering (``replicas``, and ``replicas_placed`` of ``replicas_wanted``)
+    instead of in the background."""
     token: dict[str, Any] = {"token": None, "token_error": None}
 
     def tracking(event: dict[str, Any]) -> None:
@@ -147,15 +149,27 @@ async def publish(
         path, meta=ContentMeta(**meta), replication=replication, ttl=ttl, progress=tracking, replicate=not wait
     )
     out = {**item.as_dict(), "uhrp_url": url_for_hash(bytes.fromhex(item.hash)), **token}
-    if wait and item.replication > 0:
-        rows = await service.distribute(item.hash, progress=progress)
-        out["replicas"] = [r.as_dict() for r in rows]
+    if wait:
+        rows: list[ReplicaRow] = []
+        if item.replication > 0:
+            rows = await service.distribute(item.hash, progress=progress)
+            out["replicas"] = [r.as_dict() for r in rows]
+        out |= _placed(rows, item.replication)
     return out
 
 
 async def distribute(
     service: ContentService, content: str, *, replication: int | None, nodes: tuple[str, ...], progress: Progress
 ) -> dict[str, Any]:
-    """Place replicas of ``content`` (:meth:`ContentService.distribute`), then report its status with the rows."""
+    """Place replicas of ``content`` (:meth:`ContentService.distribute`), then report its status with the rows and
+    how many replicas are placed of those wanted."""
     rows = await service.distribute(content, replication=replication, nodes=nodes, progress=progress)
-    return await service.status(content) | {"replicas": [r.as_dict() for r in rows]}
+    status = await service.status(content)
+    wanted = status["replication"] if replication is None else replication
+    return status | {"replicas": [r.as_dict() for r in rows]} | _placed(rows, wanted)
+
+
+def _placed(rows: list[ReplicaRow], wanted: int) -> dict[str, int]:
+    """``replicas_placed`` (replicas available on other nodes) and ``replicas_wanted``: the CLI tells the user, and
+    ends with an error, when fewer were placed than wanted."""
+    return {"replicas_placed": sum(r.state == ReplicaState.AVAILABLE for r in rows), "replicas_wanted": wanted}

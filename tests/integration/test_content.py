@@ -18,6 +18,7 @@ from overlay_node.node import Node
 from overlay_node.protocol.content import ReplicaState
 from overlay_node.services.content_common import OFFER, REPLICATE, ContentMeta, PaymentRequired, StorageFull
 from overlay_node.services.content_fetch import ContentUnavailable, _Download, fetch
+from overlay_node.services.dht import dht_key
 from tests.conftest import NodeFactory
 
 MiB = 1024 * 1024
@@ -292,6 +293,7 @@ async def test_cli_publish_status_access_search(start_node: NodeFactory, tmp_pat
         assert data["hash"] == cid.hex()
         assert data["uhrp_url"] == url_for_hash(cid)
         assert [r["state"] for r in data["replicas"]] == ["available"]
+        assert (data["replicas_placed"], data["replicas_wanted"]) == (1, 1)
 
         st = await cli("--data-dir", dir_a, "--json", "ctl", "content", "status", data["uhrp_url"])
         assert st.exit_code == 0, st.output
@@ -319,6 +321,49 @@ async def test_cli_publish_status_access_search(start_node: NodeFactory, tmp_pat
         bad = await cli("--data-dir", dir_c, "ctl", "content", "status", "XUnotaurl")
         assert bad.exit_code == 2
         assert "UHRP" in bad.stderr
+
+
+async def test_cli_publish_wait_that_places_fewer_replicas_than_wanted_fails_and_keeps_the_content(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from overlay_cli.main import app
+
+    async def cli(*args: str) -> Any:
+        runner = CliRunner()
+        return await trio.to_thread.run_sync(lambda: runner.invoke(app, ["--data-dir", str(lone.data_dir.path), *args]))
+
+    with trio.fail_after(40):
+        lone = await start_node("lone", **FAST)  # no peer, no DHT contact: nobody to place a replica on
+        source = tmp_path / "doc.txt"
+        cid = write_random(source, 10_000)
+        line = "placed 0 of 2 replicas (no peer took them: check `overlay-node ctl peers`)"
+
+        out = await cli("--json", "ctl", "publish", str(source), "--replication", "2", "--wait")
+        assert out.exit_code == 1, out.output
+        data = json.loads(out.stdout)
+        assert (data["hash"], data["replicas_placed"], data["replicas_wanted"]) == (cid.hex(), 0, 2)
+        assert out.stderr == f"error: {line}\n"
+        # the content itself stays published: held here, its provider record in the DHT
+        assert [c.hash for c in await lone.content.list_items()] == [cid.hex()]
+        assert lone.dht.local_records(dht_key("uhrp", cid.hex()))
+
+        human = await cli("ctl", "publish", str(source), "--replication", "2", "--wait")
+        assert human.exit_code == 1, human.output
+        assert cid.hex() in human.stdout
+        assert human.stderr.splitlines()[-1] == f"error: {line}"
+
+        again = await cli("--json", "ctl", "distribute", cid.hex(), "--replication", "1")
+        assert again.exit_code == 1, again.output
+        assert (json.loads(again.stdout)["replicas_placed"], json.loads(again.stdout)["replicas_wanted"]) == (0, 1)
+        assert "placed 0 of 1 replicas" in again.stderr
+        # asking for nothing more than is placed succeeds, and so does --wait with R = 0
+        none = await cli("--json", "ctl", "distribute", cid.hex(), "--replication", "0")
+        assert none.exit_code == 0, none.output
+        free = await cli("--json", "ctl", "publish", str(source), "--replication", "0", "--wait")
+        assert free.exit_code == 0, free.output
+        assert (json.loads(free.stdout)["replicas_placed"], json.loads(free.stdout)["replicas_wanted"]) == (0, 0)
 
 
 async def repair_all(nodes: list[Node]) -> None:
