@@ -8,8 +8,10 @@ limits, requests and retries) and ``services.dht_lookups`` drives lookups over i
 Theory of operation:
 
 - ``run`` binds the UDP endpoint, loads the records saved in SQLite, reports ``host:port`` and bootstraps from
-  ``dht.bootstrap``: a PING to each address, then a lookup of our own id. Background tasks read datagrams, save
-  changed records in batches, and run :meth:`DhtService.run_maintenance` every ``maintenance_interval``.
+  ``dht.bootstrap`` and the contacts saved by the last run: a PING to each, then a lookup of our own id. Background
+  tasks read datagrams, save changed records in batches, and run :meth:`DhtService.run_maintenance` every
+  ``maintenance_interval``, which also saves the contacts closest to our id when they changed (and so does the
+  stop), so that a node restarted while its bootstrap nodes are down rejoins through the nodes it knew.
 - Every verified sender goes into the routing table: at once when it answers a request of ours, after answering a
   ping at its source address when it sent us a request (so a spoofed source or a replayed datagram cannot plant
   a contact or draw pushed records to a victim). A full bucket asks for a ping of its oldest contact, and a
@@ -51,7 +53,7 @@ import trio
 from overlay_node.clock import wall_time
 from overlay_node.config import DhtSection
 from overlay_node.crypto.keys import Identity
-from overlay_node.errors import BadRequest, DialError, LocalProtocolError, PeerTimeout
+from overlay_node.errors import BadRequest, DialError, LocalProtocolError, PeerTimeout, StoreError
 from overlay_node.metrics import Metrics
 from overlay_node.net.udp import Address, UdpEndpoint, format_address, open_udp_endpoint
 from overlay_node.protocol.dht_lookup import LookupResult
@@ -68,7 +70,7 @@ from overlay_node.protocol.dht_records import (
 from overlay_node.protocol.dht_routing import Evicted, PingOldest, RoutingAction, RoutingTable
 from overlay_node.services.dht_lookups import LookupDriver
 from overlay_node.services.dht_rpc import DhtRpc, endpoint_closed
-from overlay_node.services.dht_saver import RecordSaver
+from overlay_node.services.dht_saver import RecordSaver, load_contacts, save_contacts
 from overlay_node.store.db import Store
 from overlay_node.store.dht import OwnRecord
 from overlay_node.wire.dht import (
@@ -95,6 +97,8 @@ __all__ = ["DhtService", "DhtStats", "PutOutcome", "dht_key"]
 
 logger = logging.getLogger(__name__)
 
+#: contacts saved for the next start (the closest to our own id), pinged there beside ``dht.bootstrap``
+SAVED_CONTACTS: Final = 64
 #: (key, publisher) pairs remembered as passed to ``on_record`` callbacks, so one record is announced once
 #: a routing table with fewer contacts than this (or than k) is filled again from ``dht.bootstrap`` by maintenance
 THIN_TABLE: Final = 8
@@ -224,6 +228,8 @@ class DhtService:
         self._idle = trio.Event()
         self._bootstrapped = trio.Event()
         self._saver = RecordSaver(store.dht)
+        #: the contacts last saved for the next start
+        self._saved_contacts: frozenset[Contact] = frozenset()
 
     def _new_table(self, now: float) -> RoutingTable:
         cfg = self._config
@@ -250,6 +256,8 @@ class DhtService:
         cfg = self._config
         self._table = self._new_table(trio.current_time())
         await self._load()
+        saved = await load_contacts(self._store.meta)
+        self._saved_contacts = frozenset(saved)
         try:
             async with open_udp_endpoint(cfg.host, cfg.port, buffer_size=cfg.socket_buffer) as endpoint:
                 self._endpoint = endpoint
@@ -263,8 +271,9 @@ class DhtService:
                     nursery.start_soon(self._maintenance_loop)
                     logger.info("dht listening on %s as %s", self._address, self._own_id.hex()[:16])
                     task_status.started(self._address)
-                    if cfg.bootstrap:
-                        await self.bootstrap(cfg.bootstrap)
+                    if cfg.bootstrap or saved:
+                        await self.bootstrap(cfg.bootstrap, saved=saved)
+                        await self._save_contacts()
                     self._bootstrapped.set()
                     for record in self._own.records():
                         nursery.start_soon(self._push, record)
@@ -273,6 +282,7 @@ class DhtService:
             self._endpoint = None
             with trio.move_on_after(cfg.flush_timeout, shield=True) as scope:
                 await self.flush()
+                await self._save_contacts()
             if scope.cancelled_caught:
                 logger.error("dht: records not saved within %.1fs at shutdown", cfg.flush_timeout)
 
@@ -292,7 +302,8 @@ class DhtService:
         return self._own_id
 
     async def wait_bootstrapped(self) -> None:
-        """Wait until ``run`` has finished bootstrapping from ``dht.bootstrap`` (at once if there is none)."""
+        """Wait until ``run`` has finished bootstrapping from ``dht.bootstrap`` and the saved contacts (at once if
+        there are neither)."""
         await self._bootstrapped.wait()
 
     def on_record(self, callback: Callable[[Record], None]) -> None:
@@ -327,8 +338,9 @@ class DhtService:
 
     # -- the public operations -------------------------------------------------------------------------------
 
-    async def bootstrap(self, addresses: Sequence[str]) -> int:
-        """Ping each ``host:port``, then look up our own id; returns how many contacts the table holds."""
+    async def bootstrap(self, addresses: Sequence[str], *, saved: Sequence[Contact] = ()) -> int:
+        """Ping each ``host:port`` and each of the ``saved`` contacts (at its address, expecting its key), then look
+        up our own id; returns how many contacts the table holds."""
         endpoint = self._endpoint
         if endpoint is None:
             await endpoint_closed()
@@ -344,9 +356,16 @@ class DhtService:
         async with trio.open_nursery() as nursery:
             for address in resolved:
                 nursery.start_soon(self._ping_address, address)
+            for contact in saved:
+                nursery.start_soon(self._ping_saved, contact)
         if len(self._table):
             await self._lookup(self._own_id, find_value=False)
-        logger.info("dht bootstrapped from %d addresses: %d contacts", len(resolved), len(self._table))
+        logger.info(
+            "dht bootstrapped from %d addresses and %d saved contacts: %d contacts",
+            len(resolved),
+            len(saved),
+            len(self._table),
+        )
         self._update_gauges()
         return len(self._table)
 
@@ -355,6 +374,13 @@ class DhtService:
             await self._rpc.request(address, Ping(rpc_id=new_rpc_id()), expect_id=None)
         except (PeerTimeout, DialError) as exc:
             logger.warning("dht bootstrap: %s", exc)
+
+    async def _ping_saved(self, contact: Contact) -> None:
+        """Ping a contact saved by an earlier run; its answer puts it in the table (``on_heard``)."""
+        try:
+            await self._rpc.request((contact.host, contact.port), Ping(rpc_id=new_rpc_id()), expect_id=contact.node_id)
+        except (PeerTimeout, DialError) as exc:
+            logger.debug("dht: saved contact %s: %s", contact.node_id.hex()[:16], exc)
 
     async def put(self, key: bytes, value: bytes, *, ttl: float) -> PutOutcome:
         """Publish our record ``value`` under ``key`` for ``ttl`` seconds, replacing our earlier one.
@@ -842,6 +868,7 @@ class DhtService:
                 # again from them now, not only after refresh_interval: a ping each and a lookup of our own id
                 await self.bootstrap(cfg.bootstrap)
             self._update_gauges()
+            await self._save_contacts()
 
     async def _refresh(self, target: bytes) -> None:
         await self._lookup(target, find_value=False)
@@ -852,6 +879,19 @@ class DhtService:
         self._metrics.dht_own_records.set(len(self._own.records()))
 
     # -- persistence -----------------------------------------------------------------------------------------
+
+    async def _save_contacts(self) -> None:
+        """Save the contacts closest to our id (``SAVED_CONTACTS``) when they changed since the last save; an empty
+        table keeps what was saved, for the next start."""
+        contacts = self._table.closest(self._own_id, SAVED_CONTACTS)
+        if not contacts or frozenset(contacts) == self._saved_contacts:
+            return
+        try:
+            await save_contacts(self._store.meta, contacts)
+        except StoreError as exc:
+            logger.warning("dht: contacts not saved: %s", exc)
+            return
+        self._saved_contacts = frozenset(contacts)
 
     async def flush(self) -> None:
         """Write every record change made so far to the database; returns once it is committed.

@@ -1,5 +1,5 @@
 """Saving the DHT's record changes to SQLite from one task, coalesced, so that datagram handling never waits for
-the database.
+the database; and the routing table's contacts, saved for the next start (:func:`save_contacts`).
 
 Invariants:
 
@@ -11,16 +11,54 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
+from typing import Final
 
 import trio
 
+from overlay_node.errors import LocalProtocolError
 from overlay_node.store.dht import DhtRepository, DhtWrites, OwnRecord
-from overlay_node.wire.dht import Record
+from overlay_node.store.meta import MetaRepository
+from overlay_node.wire.dht import Contact, Record
 
-__all__ = ["RecordSaver"]
+__all__ = ["CONTACTS_KEY", "RecordSaver", "load_contacts", "save_contacts"]
 
 logger = logging.getLogger(__name__)
+
+#: the ``meta`` key the routing table's contacts are saved under: ``[[pubkey hex, host, port], ...]``
+CONTACTS_KEY: Final = "dht_contacts"
+
+
+async def save_contacts(meta: MetaRepository, contacts: Sequence[Contact]) -> None:
+    """Save ``contacts`` (replacing the ones saved before), for :func:`load_contacts` at the next start.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    await meta.set(CONTACTS_KEY, json.dumps([[c.pubkey.hex(), c.host, c.port] for c in contacts]))
+
+
+async def load_contacts(meta: MetaRepository) -> list[Contact]:
+    """The contacts saved by :func:`save_contacts` (none when nothing was saved; malformed entries are skipped).
+
+    Raises:
+        StoreError: the database failed.
+    """
+    text = await meta.get(CONTACTS_KEY)
+    try:
+        items = json.loads(text) if text else []
+    except ValueError:
+        items = []
+    contacts: list[Contact] = []
+    for item in items if isinstance(items, list) else []:
+        try:
+            pubkey, host, port = item
+            contacts.append(Contact(pubkey=bytes.fromhex(pubkey), host=host, port=port))
+        except (TypeError, ValueError, LocalProtocolError):
+            logger.debug("dht: skipping a malformed saved contact %.80r", item)
+    return contacts
 
 
 class RecordSaver:

@@ -14,6 +14,7 @@ from overlay_node.protocol.dht_records import PutResult, make_record
 from overlay_node.services.dht import dht_key
 from overlay_node.services.dht_rpc import Signer
 from overlay_node.wire.dht import node_id_of
+from tests.conftest import NodeFactory
 from tests.integration.dht_fixtures import DhtNet, dht_net, settle
 
 __all__ = ["dht_net"]
@@ -53,6 +54,56 @@ async def test_a_thin_table_is_filled_again_from_the_bootstrap_nodes(dht_net: Dh
         await node.service.run_maintenance()
         known = {c.node_id for c in node.service.contacts()}
         assert {boot.service.node_id, *(o.service.node_id for o in others)} <= known
+
+
+async def test_a_node_restarted_while_its_bootstrap_node_is_down_rejoins_through_its_saved_contacts(
+    dht_net: DhtNet,
+) -> None:
+    # A bootstraps B and C, which learn each other; B stops, then A; B restarts (on a new port) with A still down:
+    # the contacts B saved are pinged at start, so it finds C, and C learns B's new address from that ping
+    with trio.fail_after(LIMIT):
+        a = await dht_net.start("a")
+        b = await dht_net.start("b", bootstrap=(a.address,))
+        c = await dht_net.start("c", bootstrap=(a.address,))
+        await b.service.wait_bootstrapped()
+        await c.service.wait_bootstrapped()
+        await settle()
+        assert c.service.node_id in {x.node_id for x in b.service.contacts()}
+        await dht_net.stop(b)
+        await dht_net.stop(a)
+
+        again = await dht_net.start("b", identity=b.identity, bootstrap=(a.address,))
+        await again.service.wait_bootstrapped()
+        await settle()
+        assert [x.node_id for x in again.service.contacts()] == [c.service.node_id]
+        seen_by_c = {x.node_id: x.port for x in c.service.contacts()}
+        assert seen_by_c[again.service.node_id] == int(again.address.rsplit(":", 1)[1])
+        # and it works through them: a record C holds is found from B
+        key = dht_key("debug", "after-restart")
+        await c.service.put(key, b"v", ttl=600)
+        assert [r.value for r in await again.service.get(key)] == [b"v"]
+
+
+async def test_a_whole_node_restarted_while_its_bootstrap_node_is_down_finds_the_others(
+    start_node: NodeFactory,
+) -> None:
+    # the same through whole nodes (their data dirs, start order and readiness): B's status counts C at once
+    with trio.fail_after(LIMIT * 2):
+        fast = {"dht.request_timeout": 0.3}
+        a = await start_node("a", **fast)
+        boot = {"dht.bootstrap": [a.info.dht], **fast}
+        b = await start_node("b", **boot)
+        c = await start_node("c", **boot)
+        await b.dht.wait_background()  # B takes C in once C answered its ping (C's bootstrap asked B)
+        assert c.dht.node_id in {x.node_id for x in b.dht.contacts()}
+        for node in (b, a):
+            node.request_shutdown()
+            await node.wait_stopped()
+
+        again = await start_node("b", **boot)  # the same data dir: the same identity and node.db
+        assert again.info.identity_key == b.info.identity_key
+        assert [x.node_id for x in again.dht.contacts()] == [c.dht.node_id]
+        assert again.status()["dht_contacts"] == 1
 
 
 async def test_requests_time_out_after_their_retries(dht_net: DhtNet) -> None:
