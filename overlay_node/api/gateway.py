@@ -107,7 +107,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """
     if header is None:
         return None
-    m = _RANGE.match(header.strip())
+    m = _RANGE.fullmatch(header.strip())
     if m is None:
         raise BadRequest(f"unsupported Range header {header[:64]!r}: use one bytes=START-END range")
     first, last = m.group(1), m.group(2)

@@ -117,6 +117,6 @@ def parse_uhrp(text: str) -> bytes:
     Raises:
         BadRequest: neither form.
     """
-    if isinstance(text, str) and _HEX64.match(text.strip()):
+    if isinstance(text, str) and _HEX64.fullmatch(text.strip()):
         return bytes.fromhex(text.strip())
     return hash_from_url(text)

@@ -122,7 +122,7 @@ def check_resource(value: str) -> str:
     Raises:
         BadRequest: otherwise.
     """
-    if value and not _RESOURCE.match(value):
+    if value and not _RESOURCE.fullmatch(value):
         raise BadRequest("an advert's resource must be 1-128 characters of A-Z a-z 0-9 . _ : -")
     return value
 
@@ -315,7 +315,7 @@ _OUTPOINT: Final = re.compile(r"^[0-9a-f]{64}\.[0-9]{1,9}$")
 def _token(value: object) -> str:
     if value == "":
         return ""
-    if not isinstance(value, str) or not _OUTPOINT.match(value):
+    if not isinstance(value, str) or not _OUTPOINT.fullmatch(value):
         raise AdvertError("advert token is not a txid.vout outpoint", reason="malformed_advert")
     return value
 

@@ -133,7 +133,7 @@ def create_nonce(identity: Identity, *, counterparty: brc42.Counterparty = "self
 
 def verify_nonce(identity: Identity, text: object, *, counterparty: brc42.Counterparty = "self") -> bytes | None:
     """The 16-byte head of ``text`` when it is a nonce ``identity`` created for ``counterparty``, else None."""
-    if not isinstance(text, str) or len(text) != 64 or _BASE64.match(text) is None:
+    if not isinstance(text, str) or len(text) != 64 or _BASE64.fullmatch(text) is None:
         return None
     try:
         raw = base64.b64decode(text, validate=True)
@@ -264,7 +264,7 @@ def _identity_key(value: object) -> str:
 
 def _peer_nonce(value: object, what: str) -> str:
     """A nonce the other side made (we only need it as base64 text of a sane length)."""
-    if not isinstance(value, str) or not 0 < len(value) <= _MAX_PEER_NONCE or _BASE64.match(value) is None:
+    if not isinstance(value, str) or not 0 < len(value) <= _MAX_PEER_NONCE or _BASE64.fullmatch(value) is None:
         _refuse("bad_nonce", f"{what} must be base64 text of 1-{_MAX_PEER_NONCE} characters")
     try:
         _b64decode(value)
@@ -391,7 +391,7 @@ def verify_response(
         _refuse("bad_request_id", "the answer's request id is not base64")
     nonce = got.get(H_NONCE, "")
     signature_hex = got[H_SIGNATURE]
-    if _HEX.match(signature_hex) is None or len(signature_hex) > 2 * _MAX_SIGNATURE:
+    if _HEX.fullmatch(signature_hex) is None or len(signature_hex) > 2 * _MAX_SIGNATURE:
         _refuse("bad_signature", "the answer's signature is not hex")
     signature = bytes.fromhex(signature_hex)
     signed = signed_response_headers(pairs)
@@ -618,7 +618,7 @@ class AuthServer:
         """
         request_id_text = headers.get(H_REQUEST_ID, "")
         try:
-            request_id = _b64decode(request_id_text) if _BASE64.match(request_id_text) else b""
+            request_id = _b64decode(request_id_text) if _BASE64.fullmatch(request_id_text) else b""
         except (binascii.Error, ValueError):
             request_id = b""
         if len(request_id) != 32:
@@ -634,7 +634,7 @@ class AuthServer:
         signature_hex = headers.get(H_SIGNATURE, "")
         if not 0 < len(nonce) <= _MAX_PEER_NONCE or not 0 < len(your_nonce) <= _MAX_PEER_NONCE:
             _refuse("bad_headers", "x-bsv-auth-nonce and x-bsv-auth-your-nonce are required")
-        if _HEX.match(signature_hex) is None or len(signature_hex) > 2 * _MAX_SIGNATURE:
+        if _HEX.fullmatch(signature_hex) is None or len(signature_hex) > 2 * _MAX_SIGNATURE:
             _refuse("bad_headers", "x-bsv-auth-signature must be a hex DER signature")
         try:
             claimed = parse_public_key(headers.get(H_IDENTITY, "")).format(compressed=True).hex()

@@ -146,7 +146,7 @@ def parse_payment_header(text: str, *, max_bytes: int, check: Callable[[str], ob
         raise InvalidDerivationPrefix("The X-BSV-Payment-Derivation-Prefix header is not valid.")
     if check is not None:
         check(prefix)
-    if not isinstance(suffix, str) or _SUFFIX.match(suffix) is None:
+    if not isinstance(suffix, str) or _SUFFIX.fullmatch(suffix) is None:
         raise MalformedPayment("derivationSuffix must be 4-64 base64 characters")
     if not isinstance(tx, str) or not tx:
         raise MalformedPayment("transaction must be base64 Atomic BEEF")
@@ -227,7 +227,7 @@ def parse_payment_required(headers: Mapping[str, str]) -> PaymentRequest:
             "Invalid or missing x-bsv-payment-satoshis-required response header.", reason="bad_payment_request"
         )
     prefix = headers.get(H_PREFIX, "")
-    if not prefix or _SUFFIX.match(prefix) is None:
+    if not prefix or _SUFFIX.fullmatch(prefix) is None:
         raise RemoteProtocolError(
             "Missing or malformed x-bsv-payment-derivation-prefix response header.", reason="bad_payment_request"
         )

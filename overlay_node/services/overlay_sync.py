@@ -394,7 +394,7 @@ def _utxo_list(answer: Any, page: int) -> list[tuple[str, int, int]]:
         if not isinstance(item, dict):
             raise GaspError("a UTXOList item is not an object")
         txid, vout, score = item.get("txid"), item.get("outputIndex"), item.get("score")
-        if not isinstance(txid, str) or not _TXID.match(txid):
+        if not isinstance(txid, str) or not _TXID.fullmatch(txid):
             raise GaspError(f"a UTXOList txid is not 64 hex digits: {str(txid)[:80]!r}")
         if not isinstance(vout, int) or isinstance(vout, bool) or not 0 <= vout < 2**32:
             raise GaspError("a UTXOList outputIndex is not an output index")

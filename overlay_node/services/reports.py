@@ -98,7 +98,7 @@ def parse_time_range(text: str, now: float) -> TimeRange:
     spec = text.strip().lower()
     if spec in ("", "all"):
         return TimeRange(0.0, math.inf, "all")
-    span = _SPAN.match(spec)
+    span = _SPAN.fullmatch(spec)
     if span is not None:
         return TimeRange(now - int(span.group(1)) * _UNITS[span.group(2)], math.inf, spec)
     if ".." not in spec:

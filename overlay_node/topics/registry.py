@@ -93,7 +93,7 @@ def _load(
     out: dict[str, P] = {}
     for entry in entries:
         name, _, target = (part.strip() for part in entry.partition("="))
-        if not _NAME.match(name) or not name.startswith(kind):
+        if not _NAME.fullmatch(name) or not name.startswith(kind):
             raise ConfigError(
                 f"{key}: {name!r} is not a {kind}* name (BRC-87: lower-case letters in words joined by single "
                 "underscores, at most 50 characters)"
@@ -101,7 +101,7 @@ def _load(
         if name in out:
             raise ConfigError(f"{key}: {name} is listed twice")
         if target:
-            if not _TARGET.match(target):
+            if not _TARGET.fullmatch(target):
                 raise ConfigError(f"{key}: {entry!r}: expected name=module:attribute")
             factory: Factory | None = _import(target, key)
         else:

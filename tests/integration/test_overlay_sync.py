@@ -135,8 +135,8 @@ def _txid(beef: bytes) -> str:
 
 
 async def test_a_garbage_host_is_dropped(start_node: NodeFactory) -> None:
-    """Pages longer than asked, transactions that are not the ones asked for, non-JSON answers: the host is dropped
-    for the round, counted, and nothing is stored."""
+    """Pages longer than asked, transactions that are not the ones asked for, non-JSON answers, a txid with a
+    trailing line break: the host is dropped for the round, counted, and nothing is stored."""
     with trio.fail_after(LIMIT):
         node = await start_node("a", **{**HOSTS_DEMO, "overlay.sync_page": 5})
 
@@ -144,6 +144,9 @@ async def test_a_garbage_host_is_dropped(start_node: NodeFactory) -> None:
             await stream.receive_some(65536)
             if kind == "long":
                 utxos = [{"txid": "ab" * 32, "outputIndex": i, "score": i} for i in range(50)]
+                body = json.dumps({"UTXOList": utxos, "since": 0}).encode()
+            elif kind == "newline":
+                utxos = [{"txid": "ab" * 32 + "\n", "outputIndex": 0, "score": 1}]
                 body = json.dumps({"UTXOList": utxos, "since": 0}).encode()
             elif kind == "deep":
                 body = b"[" * 200_000
@@ -155,7 +158,7 @@ async def test_a_garbage_host_is_dropped(start_node: NodeFactory) -> None:
 
         async with trio.open_nursery() as servers:
             urls = []
-            for kind in ("long", "deep", "binary"):
+            for kind in ("long", "deep", "binary", "newline"):
                 serve = functools.partial(trio.serve_tcp, functools.partial(liar, kind=kind), 0, host="127.0.0.1")
                 listeners = await servers.start(serve)
                 urls.append(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}")
@@ -163,10 +166,11 @@ async def test_a_garbage_host_is_dropped(start_node: NodeFactory) -> None:
             servers.cancel_scope.cancel()
         assert all(r.error for r in reports), [r.as_json() for r in reports]
         assert "lists 50 outputs, 5 were asked for" in (reports[0].error or "")
+        assert "a UTXOList txid is not 64 hex digits" in (reports[3].error or ""), reports[3].as_json()
         assert await node.overlay.counts() == ({}, {})
         async with httpx.AsyncClient(base_url=node.info.http) as h:
             metrics = (await h.get("/metrics")).text
-        assert 'overlay_engine_sync_total{outcome="host_dropped"} 3.0' in metrics
+        assert 'overlay_engine_sync_total{outcome="host_dropped"} 4.0' in metrics
 
 
 async def test_a_hostile_host_cannot_stall_or_flood_the_sync(

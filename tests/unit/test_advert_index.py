@@ -42,7 +42,7 @@ def test_an_advert_of_one_resource_round_trips_under_its_own_key() -> None:
     assert whole.dht_key_name == ("slap", "ls_stream")
 
 
-@pytest.mark.parametrize("resource", ["", "-lead", "a/b", "x" * 129, "sp ace"])
+@pytest.mark.parametrize("resource", ["", "-lead", "a/b", "x" * 129, "sp ace", "tick.1\n"])
 def test_bad_resources_are_refused(resource: str) -> None:
     identity = Identity.generate()
     if resource == "":

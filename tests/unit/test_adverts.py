@@ -136,3 +136,15 @@ def test_filters_and_score() -> None:
     assert not Filter(region="us").matches(ad)
     assert host_score(None, 0, 0) == 0.5
     assert host_score(5.0, 0, 10) > host_score(50.0, 0, 10) > host_score(50.0, 5, 10)
+
+
+def test_a_token_outpoint_with_a_trailing_newline_is_refused() -> None:
+    identity = Identity.generate()
+    outpoint = "ab" * 32 + ".0"
+    ad = advert(identity, token=outpoint)
+    assert decode_advert(encode_advert(ad), publisher=identity.public_key).token == outpoint
+    data = cbor2.loads(encode_advert(ad))
+    data["o"] = outpoint + "\n"  # the token's outpoint is not among the signed fields: only its form guards it
+    with pytest.raises(AdvertError, match=r"not a txid\.vout outpoint") as info:
+        decode_advert(cbor2.dumps(data, canonical=True), publisher=identity.public_key)
+    assert info.value.reason == "malformed_advert"

@@ -491,3 +491,67 @@ def test_refusal_codes_and_402_parsing() -> None:
     ):
         with pytest.raises(RemoteProtocolError):
             hp.parse_payment_required(bad)
+
+
+# -- a value that only matches with a trailing line break (``$`` matches before a final "\n") -----------------
+
+
+def test_a_signature_with_a_trailing_newline_is_refused(server: Identity, client: Identity) -> None:
+    auth = ha.AuthServer(server, max_sessions=10, session_ttl=60, max_seen=100)
+    session = _handshake(auth, client, 0.0)
+    request_id, headers = ha.sign_request(client, session, method="GET", path="/a", search="", headers=[], body=b"")
+    sent = dict(headers)
+
+    def send(auth_headers: dict[str, str]) -> ha.Verified:
+        return auth.verify_request(
+            auth_headers, method="GET", path="/a", search="", signed_headers=[], body=b"", now=1.0
+        )
+
+    with pytest.raises(RemoteProtocolError, match="x-bsv-auth-signature must be a hex DER signature") as info:
+        send(sent | {"x-bsv-auth-signature": sent["x-bsv-auth-signature"] + "\n"})
+    assert info.value.reason == "bad_headers"
+    verified = send(sent)  # the exact signature still passes (and the refused request was not remembered)
+    assert verified.request_id == request_id
+    # the client's check of the server's signed answer
+    answer = dict(auth.sign_response(verified, 200, [], b"ok"))
+    newline = answer | {"x-bsv-auth-signature": answer["x-bsv-auth-signature"] + "\n"}
+    with pytest.raises(RemoteProtocolError, match="signature is not hex") as info:
+        ha.verify_response(client, session, request_id, 200, newline, b"ok")
+    assert info.value.reason == "bad_signature"
+    ha.verify_response(client, session, request_id, 200, answer, b"ok")
+
+
+def test_a_handshake_nonce_with_a_trailing_newline_is_refused(server: Identity, client: Identity) -> None:
+    auth = ha.AuthServer(server, max_sessions=10, session_ttl=60, max_seen=100)
+    good = ha.initial_request(client, ha.create_nonce(client))
+    newline = {**good, "initialNonce": good["initialNonce"] + "\n"}
+    with pytest.raises(RemoteProtocolError, match="initialNonce must be base64 text of 1-256 characters") as info:
+        auth.handle_message(json.dumps(newline).encode(), 0)
+    assert info.value.reason == "bad_nonce"
+    assert len(auth.sessions) == 0
+    # the client's check of the server's answer
+    answer, _ = auth.handle_message(json.dumps(good).encode(), 0)
+    bad = {**answer, "initialNonce": answer["initialNonce"] + "\n"}
+    with pytest.raises(RemoteProtocolError, match="initialNonce must be base64 text of 1-256 characters") as info:
+        ha.check_initial_response(client, good["initialNonce"], bad)
+    assert info.value.reason == "bad_nonce"
+    assert ha.check_initial_response(client, good["initialNonce"], answer).server_key == server.public_key_hex
+
+
+@pytest.mark.parametrize("text", ["c3VmZml4\n", "Pr==\n"])
+def test_a_payment_suffix_or_prefix_with_a_trailing_newline_is_refused(text: str) -> None:
+    tx = os.urandom(30)
+    header = hp.payment_header("p" * 64, text, tx)
+    with pytest.raises(MalformedPayment, match="derivationSuffix must be 4-64 base64 characters"):
+        hp.parse_payment_header(header, max_bytes=1000)
+    assert hp.parse_payment_header(hp.payment_header("p" * 64, text.strip(), tx), max_bytes=1000).suffix == text.strip()
+    required = {
+        "x-bsv-payment-version": "1.0",
+        "x-bsv-payment-satoshis-required": "7",
+        "x-bsv-payment-derivation-prefix": text,
+    }
+    with pytest.raises(RemoteProtocolError, match="malformed x-bsv-payment-derivation-prefix") as info:
+        hp.parse_payment_required(required)
+    assert info.value.reason == "bad_payment_request"
+    fixed = required | {"x-bsv-payment-derivation-prefix": text.strip()}
+    assert hp.parse_payment_required(fixed) == hp.PaymentRequest(7, text.strip())
