@@ -30,10 +30,12 @@ that it listens on 127.0.0.1 and a port the system picks): A dials, B listens. M
   inline would measure that wait rather than handshakes; the close times are reported beside. The listener's
   CPU per link gives what one listener core could accept (here the dialers, doing as much work, are the limit).
 
-CPU time per frame of each process comes from ``/proc``, and the cores the whole machine had busy meanwhile (other
-work on the machine shows there). ``--quick``: 20,000 frames per round, 1,000 round trips, 200 links per
-handshake mode (about 15 s). ``--profile DIR`` writes cProfile dumps of both processes' trio threads during one
-extra authenticated round, left out of the figures (``DIR/links-sender.prof``, ``DIR/links-receiver.prof``).
+CPU time per frame (one way) and per round trip (requester and responder) of each process comes from ``/proc``,
+and the cores the whole machine had busy meanwhile (other work on the machine shows there). ``--quick``: 20,000
+frames per round, 1,000 round trips, 200 links per handshake mode (about 15 s). ``--profile DIR`` writes cProfile
+dumps (CPU time of the trio thread) of both processes during one extra authenticated round and one extra run of
+round trips, left out of the figures (``DIR/links-sender.prof``, ``DIR/links-receiver.prof``,
+``DIR/rtt-requester.prof``, ``DIR/rtt-responder.prof``).
 Prints a table against the targets and saves ``bench/results/bench_links.json`` (with the commit and the files of
 ``overlay_node/`` changed in the working tree); never fails on time: it exits non-zero only when something is
 wrong (a frame lost, a wrong echo, a dial refused, a process that fails).
@@ -271,7 +273,7 @@ async def _op_profile(host: Host, args: list[Any]) -> Any:
     """(path) starts cProfile on this (the trio) thread; (None) stops it and writes the dump."""
     (path,) = args
     if path is not None:
-        prof = cProfile.Profile()
+        prof = cProfile.Profile(time.thread_time)  # CPU time of the trio thread: waits and preemption left out
         host.state["profile"] = (prof, path)
         prof.enable()
     else:
@@ -452,13 +454,30 @@ async def _measure(a: NodeProcess, b: NodeProcess, args: argparse.Namespace, out
         await b.call("profile", None)
 
     # round trips: authenticated request/echo, then the plain websocket echo, then again (order effects show)
-    auth_lat: list[float] = []
-    raw_lat: list[float] = []
+    lat: dict[str, list[float]] = {"rtt": [], "raw_rtt": []}
+    cpu_s: dict[str, list[float]] = {"rtt": [0.0, 0.0], "raw_rtt": [0.0, 0.0]}
     for _ in range(2):
-        auth_lat += await a.call("rtt", args.rtt // 2, size)
-        raw_lat += await a.call("raw_rtt", args.rtt // 2, size)
-    out["rtt_auth"] = _ms_quantiles(auth_lat)
-    out["rtt_raw"] = _ms_quantiles(raw_lat)
+        for op in ("rtt", "raw_rtt"):
+            cpu = a.cpu_seconds(), b.cpu_seconds()
+            lat[op] += await a.call(op, args.rtt // 2, size)
+            cpu_s[op][0] += a.cpu_seconds() - cpu[0]
+            cpu_s[op][1] += b.cpu_seconds() - cpu[1]
+    for op, name in (("rtt", "rtt_auth"), ("raw_rtt", "rtt_raw")):
+        n = len(lat[op])
+        out[name] = _ms_quantiles(lat[op])
+        # CPU per round trip of each process: A asks (request, then reads the answer), B answers (reads, handler,
+        # writes the answer)
+        out[name]["cpu_us_per_round_trip"] = {
+            "requester": round(cpu_s[op][0] / n * 1e6, 2),
+            "responder": round(cpu_s[op][1] / n * 1e6, 2),
+        }
+    if args.profile:  # one more authenticated RTT run under cProfile (slower: not in the figures)
+        folder = Path(args.profile)
+        await a.call("profile", str(folder / "rtt-requester.prof"))
+        await b.call("profile", str(folder / "rtt-responder.prof"))
+        await a.call("rtt", args.rtt // 2, size)
+        await a.call("profile", None)
+        await b.call("profile", None)
 
     for mode, fresh in (("reconnect", False), ("new_peer", True)):
         cpu = a.cpu_seconds(), b.cpu_seconds()
@@ -523,6 +542,10 @@ def print_table(r: dict[str, Any]) -> None:
         f"{ra['p99_ms']:.3f} / {rr['p99_ms']:.3f}",
         f"< {TARGETS['rtt_p99_ms']:g}",
     )
+    if "cpu_us_per_round_trip" in ra:
+        ca, cr = ra["cpu_us_per_round_trip"], rr["cpu_us_per_round_trip"]
+        for who in ("requester", "responder"):
+            row(f"  CPU us per round trip, {who}: auth / plain", f"{ca[who]:.1f} / {cr[who]:.1f}")
     for mode, label in (("reconnect", "reconnects, same identities"), ("new_peer", "new identity per link")):
         h = r[f"handshakes_{mode}"]
         row(f"handshakes/s, {label} ({h['workers']} dialers)", f"{h['per_s']:.0f}")

@@ -37,6 +37,8 @@ class Metrics:
         self.frames = Counter("overlay_frames", "Peer frames", ["direction"], registry=r)
         self.frame_bytes = Counter("overlay_frame_bytes", "Peer frame bytes", ["direction"], registry=r)
         self.requests = Counter("overlay_peer_requests", "Peer requests served", ["method", "outcome"], registry=r)
+        #: children of ``requests`` by (method, outcome) (see :meth:`peer_request`)
+        self._request_children: dict[tuple[str, str], Any] = {}
         self.dials = Counter("overlay_dials", "Outgoing dials", ["outcome"], registry=r)
         # DHT (services/dht.py)
         self.dht_datagrams = Counter("overlay_dht_datagrams", "DHT datagrams", ["direction"], registry=r)
@@ -100,6 +102,16 @@ class Metrics:
         )
         self.content_repairs = Counter("overlay_content_repairs", "Repair actions", ["action"], registry=r)
         self.gateway_requests = Counter("overlay_gateway_requests", "UHRP gateway requests", ["status"], registry=r)
+
+    def peer_request(self, method: str, outcome: str) -> Any:
+        """The ``requests`` counter for ``(method, outcome)``: a dict lookup per request served, where ``labels()``
+        costs several times that (the label values are checked and joined each call). Holds no more children than
+        the counter itself does."""
+        key = (method, outcome)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(method, outcome)
+        return child
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every instrument."""

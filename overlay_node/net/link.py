@@ -1,9 +1,10 @@
 """One authenticated peer link over one websocket: the I/O shell around :class:`~overlay_node.protocol.session.Session`.
 
 Resource handling: a :class:`PeerLink` owns its websocket. :meth:`PeerLink.run` performs the handshake under the
-handshake deadline, then runs one reader task, one writer task, one keepalive task and one notice worker in its own
-nursery; request and transfer handlers run in that nursery too (each in its own task, at most ``max_inflight`` at
-once), so they are cancelled when the link ends. Notices are handled one at a time in arrival order (a stream's
+handshake deadline, then runs one reader task, one writer task, one keepalive task, one notice worker and the request
+clock in its own nursery; request and transfer handlers run in that nursery too (each in a task of its own while it
+runs -- a request worker waiting for the next request serves it if one waits -- at most ``max_inflight`` at once),
+so they are cancelled when the link ends. Notices are handled one at a time in arrival order (a stream's
 packets stay in order); when ``max_inflight`` notices are waiting, the reader stops reading and TCP pushes back on the
 peer. The websocket is always closed when ``run`` returns (with a short shielded grace for the close handshake).
 
@@ -11,7 +12,10 @@ Sending: frames are sealed (numbered) in the caller's task and written in that o
 for the writer task and returns (it waits only while more than ``OUTBOX_BYTES`` are queued), so a caller sending
 notices in a loop takes no turn of the event loop per notice and its caller's cancellation cannot lose a sealed
 frame. Other frames are written by their caller when nobody is writing (under a shielded scope bounded by
-``request_timeout``), else queued behind the others, the caller waiting until the writer wrote them.
+``request_timeout``; the link's own answers and pongs, which only the link's end cancels, without one: the
+keepalive task watches those writes as it does the writer's), else queued behind the others, the caller waiting
+until the writer wrote them. A request made with the default timeout is timed out by the link's request clock
+(one task for all of them) rather than by a cancel scope of its own.
 
 Error handling:
 
@@ -122,6 +126,9 @@ NOTICE_TURN: Final = 16
 #: frames a link counts before it adds them to the node's metrics (each add takes the metric's lock); the rest are
 #: added at every keepalive and when the link ends
 _METRICS_BATCH: Final = 64
+#: request workers a link keeps waiting for the next request once they served one (a new task costs more than a
+#: turn of a waiting one)
+_IDLE_WORKERS: Final = 4
 
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
@@ -213,11 +220,25 @@ class LinkInfo:
 
 
 class _Waiter:
-    __slots__ = ("event", "frame")
+    __slots__ = ("event", "frame", "over", "timed_out")
 
     def __init__(self) -> None:
         self.event = trio.Event()
         self.frame: Response | ErrorResponse | None = None
+        #: the link's request clock (:meth:`PeerLink._expire_requests`) gave up on the answer
+        self.timed_out = False
+        #: the request has returned or raised: the clock can forget it
+        self.over = False
+
+
+class _Worker:
+    """A request worker of a link, waiting for its next request (``job``, set by whoever wakes it)."""
+
+    __slots__ = ("job", "task")
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.job: tuple[RequestHandler, Request] | None = None
 
 
 class _DropLink(Exception):
@@ -279,7 +300,8 @@ class PeerLink:
         self._writer_parked = False
         #: notices queued since ``notify`` last let other tasks run
         self._unyielded = 0
-        #: when the writer began writing its current message (infinite while it is not writing): the stall watch
+        #: when the writer task (or an ``owned`` direct sender, see :meth:`_send_frame`) began writing its current
+        #: message (infinite while none is writing): the stall watch
         self._write_began = math.inf
         self._nursery: trio.Nursery | None = None
         self._established = False
@@ -291,9 +313,13 @@ class PeerLink:
         self._transfer_ids = LocalIdSpace()
         self._peer_transfer_ids = PeerIdSpace()
         self._waiters: dict[int, _Waiter] = {}
+        #: (deadline, waiter) of requests with the default timeout, in deadline order (see :meth:`_expire_requests`)
+        self._deadlines: deque[tuple[float, _Waiter]] = deque()
         self._out: dict[int, TransferSender] = {}
         self._in: dict[int, TransferReceiver] = {}
         self._inflight = 0
+        #: request workers waiting for a request (see :meth:`_request_worker`)
+        self._idle_workers: list[_Worker] = []
         self._notice_tx, self._notice_rx = trio.open_memory_channel[tuple[NoticeHandler, Notice]](config.max_inflight)
         self._ping_nonces = itertools.count()
         self._ping_sent: tuple[int, float] | None = None
@@ -372,17 +398,40 @@ class PeerLink:
         rid = self._request_ids.allocate()
         frame = Request(id=rid, method=method, body=body)
         waiter = _Waiter()
-        self._waiters[rid] = waiter
-        limit = self._config.request_timeout if timeout is None else timeout
-        try:
-            with trio.move_on_after(limit) as scope:
+        limit = self._config.request_timeout
+        if (timeout is None or timeout == limit) and not (self._sending or self._outbox):
+            # the common case: the link's request clock times the answer out (no cancel scope of our own), and the
+            # frame is written at once (the direct write is bounded by the same timeout, see _send_frame)
+            deadlines = self._deadlines
+            while deadlines and deadlines[0][1].over:
+                deadlines.popleft()
+            if len(deadlines) > 2 * len(self._waiters) + 16:
+                # one slow request at the head holds many finished ones behind it: keep the pending ones (in order)
+                pending = [entry for entry in deadlines if not entry[1].over]
+                deadlines.clear()
+                deadlines.extend(pending)
+            deadlines.append((trio.current_time() + limit, waiter))
+            self._waiters[rid] = waiter
+            try:
                 await self._send_frame(frame)
                 await waiter.event.wait()
-        finally:
-            self._waiters.pop(rid, None)
+            finally:
+                waiter.over = True
+                self._waiters.pop(rid, None)
+            timed_out = waiter.timed_out
+        else:
+            limit = limit if timeout is None else timeout
+            self._waiters[rid] = waiter
+            try:
+                with trio.move_on_after(limit) as scope:
+                    await self._send_frame(frame)
+                    await waiter.event.wait()
+            finally:
+                self._waiters.pop(rid, None)
+            timed_out = scope.cancelled_caught
         answer = waiter.frame
         if answer is None:
-            if scope.cancelled_caught:
+            if timed_out:
                 raise PeerTimeout(f"{method} to {self.peer_key[:16]} timed out after {limit:g}s")
             raise ConnectionLost(f"link to {self.peer_key[:16]} closed during {method} ({self.close_reason})")
         if isinstance(answer, ErrorResponse):
@@ -481,6 +530,7 @@ class PeerLink:
                 nursery.start_soon(self._write)
                 nursery.start_soon(self._keepalive)
                 nursery.start_soon(self._serve_notices)
+                nursery.start_soon(self._expire_requests)
                 await self._serve()
                 nursery.cancel_scope.cancel()
         finally:
@@ -610,6 +660,24 @@ class PeerLink:
             await trio.sleep_until(min(wake, since + cfg.idle_timeout))
             self._add_metrics()
 
+    async def _expire_requests(self) -> None:
+        """The request clock: times out requests made with the default timeout (:meth:`request`), which then raise
+        PeerTimeout. One sleep for them all instead of a cancel scope per request.
+
+        Their deadlines are ``request_timeout`` after they were made, so they come in deadline order, and one made
+        while this task sleeps is never due before it wakes (it sleeps until the first deadline or, with none
+        pending, for ``request_timeout``)."""
+        deadlines = self._deadlines
+        limit = self._config.request_timeout
+        while True:
+            now = trio.current_time()
+            while deadlines and deadlines[0][0] <= now:
+                waiter = deadlines.popleft()[1]
+                if not waiter.over and not waiter.event.is_set():
+                    waiter.timed_out = True
+                    waiter.event.set()
+            await trio.sleep_until(deadlines[0][0] if deadlines else now + limit)
+
     # -- receiving ----------------------------------------------------------------------------------------------
 
     def _count_in(self, message: str | bytes) -> None:
@@ -685,7 +753,7 @@ class PeerLink:
         """Ping, Pong and Close; returns True when the link is over."""
         if isinstance(frame, Ping):
             try:
-                await self._send_frame(Pong(nonce=frame.nonce))
+                await self._send_frame(Pong(nonce=frame.nonce), owned=True)
             except ConnectionLost:
                 return True
         elif isinstance(frame, Pong):
@@ -726,19 +794,44 @@ class PeerLink:
         handler = dict.get(requests, frame.method) or requests.get(frame.method)
         assert self._nursery is not None
         if handler is None:
-            self._metrics.requests.labels("unknown", "unknown_method").inc()
+            self._metrics.peer_request("unknown", "unknown_method").inc()
             reply = ErrorResponse(id=frame.id, code="unknown_method", message=f"no handler for {frame.method!r}")
             self._nursery.start_soon(self._reply, reply)
         elif not self._admit():
-            self._metrics.requests.labels(frame.method, "busy").inc()
+            self._metrics.peer_request(frame.method, "busy").inc()
             busy = ErrorResponse(id=frame.id, code="busy", message=f"more than {self._config.max_inflight} in flight")
             self._nursery.start_soon(self._reply, busy)
+        elif self._idle_workers:
+            # an idle request worker takes it: a turn of that task, without the cost of a new one
+            worker = self._idle_workers.pop()
+            worker.job = (handler, frame)
+            trio.lowlevel.reschedule(worker.task)
         else:
-            self._nursery.start_soon(self._serve_request, handler, frame)
+            self._nursery.start_soon(self._request_worker, handler, frame)
+
+    async def _request_worker(self, handler: RequestHandler, frame: Request) -> None:
+        """Serve requests, one at a time, each in this task; between them wait (idle) for the next one from the
+        reader (:meth:`_start_request`). At most ``_IDLE_WORKERS`` wait; the others end."""
+        idle = self._idle_workers
+        me = _Worker(trio.lowlevel.current_task())
+
+        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+            idle.remove(me)  # the link is ending
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        while True:
+            await self._serve_request(handler, frame)
+            if len(idle) >= _IDLE_WORKERS:
+                return
+            idle.append(me)
+            await trio.lowlevel.wait_task_rescheduled(abort)
+            assert me.job is not None
+            (handler, frame), me.job = me.job, None
 
     async def _reply(self, frame: Frame) -> None:
+        """Send an answer; only from a task of the link's nursery, outside any handler (see ``owned``)."""
         try:
-            await self._send_frame(frame)
+            await self._send_frame(frame, owned=True)
         except ConnectionLost:
             pass
         except LocalProtocolError as exc:  # e.g. an answer larger than the peer's max_frame
@@ -764,7 +857,7 @@ class PeerLink:
             outcome = "internal"
         finally:
             self._inflight -= 1
-        self._metrics.requests.labels(frame.method, outcome).inc()
+        self._metrics.peer_request(frame.method, outcome).inc()
         await self._reply(reply)
 
     async def _queue_notice(self, frame: Notice) -> None:
@@ -841,7 +934,7 @@ class PeerLink:
         finally:
             self._inflight -= 1
             self._in.pop(receiver.id, None)
-        self._metrics.requests.labels(receiver.method, outcome).inc()
+        self._metrics.peer_request(receiver.method, outcome).inc()
         if state.state is TransferState.ABORTED:
             return  # the sender gave up; nothing to answer
         state.finish(TransferState.DONE if isinstance(answer, TransferAck) else TransferState.CANCELLED)
@@ -925,12 +1018,16 @@ class PeerLink:
             self._writer_parked = False
             self._writer_lot.unpark()
 
-    async def _send_frame(self, frame: Frame) -> None:
+    async def _send_frame(self, frame: Frame, *, owned: bool = False) -> None:
         """Send one frame and return once it is written.
 
         On a link nobody is writing to, the caller writes it itself (no turn of another task). Otherwise it is
         queued behind the frames already waiting and the caller waits until the writer task wrote it; cancelling
         that wait does not take the frame back (it is sealed: its sequence number is spent).
+
+        ``owned``: the caller is a task of the link's own nursery outside any handler (an answer, a pong), which is
+        cancelled only when the link ends; it writes without a shielded scope, and a write of its that takes
+        ``request_timeout`` is a stall the keepalive task catches, as it does the writer task's.
         """
         if self._sending or self._outbox:
             await self._until_written(self._seal_and_queue(frame))
@@ -941,6 +1038,16 @@ class PeerLink:
         queued = session.data_to_send()  # anything the session queued (its Hello) goes first
         sealed = session.send(frame)
         self._sending = True
+        if owned:
+            self._write_began = trio.current_time()
+            try:
+                for message in queued:
+                    await self._ws_send(message)
+                await self._ws_send(sealed)
+            finally:
+                self._write_began = math.inf
+                self._release_sending()
+            return
         try:
             # sealed messages are numbered: one lost between sealing and the socket would leave a gap that the peer
             # refuses by dropping the link. So the caller's cancellation (a timeout, an interrupted download) waits
