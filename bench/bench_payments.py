@@ -4,7 +4,8 @@ receipt between whole nodes in separate processes, with a devnet ledger in its o
 Run from the repository root::
 
     .venv/bin/python bench/bench_payments.py [--quick] [--chains 32] [--rounds 150] [--payers 16]
-        [--payments 200] [--ecdsa 10000] [--defer-settlement] [--skip-payee] [--skip-e2e] [--profile DIR]
+        [--payments 200] [--ecdsa 10000] [--defer-settlement] [--skip-payee] [--skip-e2e] [--quote-apart]
+        [--profile DIR]
 
 1. Payee path, in this one process (the benchmark's trio loop, its store's writer thread): a payee (store,
    wallet, payments service; no settlement, no peer manager running) and ``--chains`` payers (each its own
@@ -29,8 +30,11 @@ Run from the repository root::
    trio loop), the devnet ledger in another (``python -m overlay_node.devnet``, a block every
    ``--block-interval`` seconds). Every payer links to the payee, is funded, makes 2 warm-up payments, then all
    pay at once, each ``--payments`` times in a row: ``request_quote`` -> ``pay`` -> receipt (each payment spends
-   the change of the one before). Payments/s = all payments / (last receipt - first start); latency p50/p99 per
-   payment (quote asked -> receipt checked, also split into the quote and the payment) in the payers' processes.
+   the change of the one before; every payment has a quote of its own, which comes with the receipt of the payment
+   before it, ``pay(then=...)``, the ``next`` of ``pay.submit``: one round trip per payment, the first of each row
+   asked with ``pay.quote``; ``--quote-apart``: every quote asked with ``pay.quote``). Payments/s = all payments /
+   (last receipt - first start); latency p50/p99 per payment (quote asked -> receipt checked, also split into the
+   quote and the payment) in the payers' processes.
    Settlement is live (the payee submits each payment to the ledger at once) unless ``--defer-settlement``. CPU
    ms per payment of the payee's process, the payers' processes together and the ledger's, from ``/proc``, and
    of the payee's and the payers' by thread (the trio loop's ``MainThread``, the stores' writer threads, worker
@@ -356,12 +360,12 @@ async def payer_ops(host: Host, op: str, args: list[Any]) -> Any:
                 nursery.start_soon(_setup_payer, node, url, key, satoshis)
         return None
     if op == "pay":  # every payer pays ``count`` times in a row, all at once; latencies and times
-        key, count, tag = args
+        key, count, tag, apart = args
         latencies: list[tuple[float, float]] = []  # (quote, quote -> receipt) of each payment
         t0 = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for i, node in enumerate(host.nodes):
-                nursery.start_soon(_pay_loop, node, key, count, f"{tag}:{i}", latencies)
+                nursery.start_soon(_pay_loop, node, key, count, f"{tag}:{i}", apart, latencies)
         return {"t0": t0, "t_end": time.perf_counter(), "latencies": latencies}
     raise ValueError(f"unknown op {op}")
 
@@ -371,13 +375,17 @@ async def _setup_payer(node: Node, url: str, key: str, satoshis: int) -> None:
     await node.wallet.faucet(satoshis)
 
 
-async def _pay_loop(node: Node, key: str, count: int, tag: str, latencies: list[tuple[float, float]]) -> None:
+async def _pay_loop(
+    node: Node, key: str, count: int, tag: str, apart: bool, latencies: list[tuple[float, float]]
+) -> None:
     payments = node.payments
     for i in range(count):
         t = time.perf_counter()
         quote = await payments.request_quote(key, f"e2e:{tag}:{i}", AMOUNT)
         quoted = time.perf_counter()
-        receipt = await payments.pay(quote)
+        # the quote of the next payment comes with this one's receipt (pay.submit's next), unless --quote-apart
+        then = (f"e2e:{tag}:{i + 1}", AMOUNT) if i + 1 < count and not apart else None
+        receipt = await payments.pay(quote, then=then)
         latencies.append((quoted - t, time.perf_counter() - t))
         if receipt.amount != AMOUNT:
             raise RuntimeError(f"a receipt for {receipt.amount} satoshis, not {AMOUNT}")
@@ -388,7 +396,7 @@ async def end_to_end(args: argparse.Namespace, root: Path, url: str, ledger_pid:
     if args.defer_settlement:
         shared["wallet.settle_delay"] = 3600  # ARC submissions held back during the run
     hosts: list[NodeHost] = []
-    out: dict[str, Any] = {"payers": args.payers, "payments_each": args.payments}
+    out: dict[str, Any] = {"payers": args.payers, "payments_each": args.payments, "quote_apart": args.quote_apart}
     async with trio.open_nursery() as nursery:
 
         async def start(specs: list[NodeSpec], ops: Any) -> NodeHost:
@@ -426,11 +434,12 @@ async def end_to_end(args: argparse.Namespace, root: Path, url: str, ledger_pid:
             out["start_seconds"] = round(time.perf_counter() - t, 2)
             key = payee.info["identity_key"]
             await on_all(groups, "setup", payee.info["swarm"], key, FUNDS)
-            await on_all(groups, "pay", key, 2, "warm")  # links, BEEF with the faucet's ancestry, block roots
+            # links, BEEF with the faucet's ancestry, block roots
+            await on_all(groups, "pay", key, 2, "warm", args.quote_apart)
             threads_before = await on_all([payee, *groups], THREAD_CPU_OP)
             before = cpu(payee, groups)
             machine, wall = system_cpu_seconds(), time.perf_counter()
-            runs = await on_all(groups, "pay", key, args.payments, "run")
+            runs = await on_all(groups, "pay", key, args.payments, "run", args.quote_apart)
             wall = time.perf_counter() - wall
             after = cpu(payee, groups)
             threads_after = await on_all([payee, *groups], THREAD_CPU_OP)
@@ -563,6 +572,9 @@ def main() -> None:
     parser.add_argument("--block-interval", type=float, default=2.0, help="seconds between devnet blocks")
     parser.add_argument("--defer-settlement", action="store_true", help="hold ARC submissions back (part 2)")
     parser.add_argument("--skip-payee", action="store_true", help="leave out part 1")
+    parser.add_argument(
+        "--quote-apart", action="store_true", help="ask every quote with pay.quote (not with the payment before it)"
+    )
     parser.add_argument("--skip-e2e", action="store_true", help="leave out part 2")
     parser.add_argument("--profile", default=None, help="write a cProfile dump of part 1's measured rounds here")
     args = parser.parse_args()

@@ -70,6 +70,7 @@ __all__ = [
     "check_resource",
     "new_prefix",
     "new_quote_id",
+    "next_request",
 ]
 
 #: BRC-3 signatures over quotes and receipts
@@ -426,6 +427,22 @@ class PaymentMessage:
             sender_identity_key=_key(body, "sender_identity_key"),
             transaction=tx,
         )
+
+
+def next_request(body: object) -> tuple[str, int | None] | None:
+    """The ``next`` field of a ``pay.submit`` body: what the payer will pay for next, ``(resource, amount or
+    None)``, whose quote the payee may answer along with the receipt (None: not asked).
+
+    Raises:
+        BadRequest: ``next`` is there but not ``{resource, amount?}``.
+    """
+    value = body.get("next") if isinstance(body, dict) else None
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadRequest("'next' must be a map {resource, amount?}")
+    amount = value.get("amount")
+    return check_resource(value.get("resource")), None if amount is None else check_amount(amount)
 
 
 # -- receipts ------------------------------------------------------------------------------------------------

@@ -298,19 +298,21 @@ class ArcClient:
         items = [{"rawTx": p.hex()} for p in payloads]
         return await self._http.post(path, json=items if path.endswith("txs") else items[0])
 
-    async def submit(self, tx: bytes | Any, *, format: SubmitFormat = "binary") -> ArcResult:
+    async def submit(self, tx: bytes | Any, *, format: SubmitFormat = "binary", txid: str | None = None) -> ArcResult:
         """Submit one transaction: raw, Extended Format or BEEF bytes, or a bsv ``Transaction``.
 
         Args:
             tx: the transaction; bytes are sent as they are.
             format: how to encode the body: ``binary`` (application/octet-stream), ``json``
                 (``{"rawTx": hex}``) or ``text`` (hex).
+            txid: the transaction's id when the caller knows it (the settlement queue): the bytes are then sent
+                unparsed, as :meth:`submit_many` sends them.
 
         Returns:
             The interpreted answer; a transport failure is a RETRY result, bytes that are not a transaction a
             FAILED one (nothing is sent then).
         """
-        (result,) = await self._submit("/v1/tx", [tx], format)
+        (result,) = await self._submit("/v1/tx", [tx], format, None if txid is None else [txid])
         return result
 
     async def submit_many(

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import outcome
@@ -47,16 +47,38 @@ O = TypeVar("O")  # noqa: E741 - the outcome type
 
 
 @dataclass(slots=True)
+class _Waiter:
+    """The task of a :meth:`GroupCommit.submit_many` call waiting for its slots, and how many are not done yet (the
+    task is woken once, when the last one is; None once it stopped waiting)."""
+
+    task: trio.lowlevel.Task | None
+    left: int
+
+
+@dataclass(slots=True)
 class Slot(Generic[I, O]):
-    """One item submitted: ``written`` with its ``outcome``, or the ``error`` its batch failed with."""
+    """One item submitted: ``written`` with its ``outcome``, or the ``error`` its batch failed with; ``done`` once
+    either is known."""
 
     item: I
-    done: trio.Event = field(default_factory=trio.Event)
     outcome: O | None = None
     written: bool = False
     error: OverlayError | None = None
     #: run first in the transaction that writes this item (``submit_many``'s ``before``, on the first item)
     before: TxnFn[None] | None = None
+    done: bool = False
+    waiter: _Waiter | None = None
+
+    def finish(self) -> None:
+        """Mark the slot done, and wake its caller if it was the last one it waited for (on the event loop)."""
+        self.done = True
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter.left -= 1
+            if waiter.left == 0 and waiter.task is not None:
+                trio.lowlevel.reschedule(waiter.task)
+                waiter.task = None
 
 
 def _with_before(txn: BatchTxn[I, O]) -> BatchTxn[Slot[I, O], O]:
@@ -74,12 +96,22 @@ def _with_before(txn: BatchTxn[I, O]) -> BatchTxn[Slot[I, O], O]:
 
 
 async def _wait_all(slots: Sequence[Slot[I, O]]) -> None:
-    """Wait until every slot is done. A slot done already is not waited for: ``Event.wait`` on a set event is still
-    a checkpoint, a whole turn of the event loop, and on a busy payee one turn per slot kept a batch of 16 payments
-    waiting 16 turns (each another message's checks) after its commit."""
-    for slot in slots:
-        if not slot.done.is_set():
-            await slot.done.wait()
+    """Wait until every slot is done: the task sleeps once, and the last of its slots to be done wakes it (an event
+    per slot cost a payee two objects per payment, and a wait per slot a turn each). Slots done already are not
+    waited for: on a busy payee one turn per slot kept a batch of 16 payments waiting 16 turns (each another
+    message's checks) after its commit. Cancellation leaves the slots to be written (see ``submit_many``)."""
+    pending = [slot for slot in slots if not slot.done]
+    if not pending:
+        return
+    waiter = _Waiter(trio.lowlevel.current_task(), len(pending))
+    for slot in pending:
+        slot.waiter = waiter
+
+    def abort(_raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        waiter.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 class GroupCommit(Generic[I, O]):
@@ -198,7 +230,7 @@ class GroupCommit(Generic[I, O]):
             for slot in batch:
                 slot.error = exc
         for slot in batch:
-            slot.done.set()
+            slot.finish()
 
     def _written(self, batch: list[Slot[I, O]], result: outcome.Outcome[list[O]]) -> None:
         """A batch the writer thread committed (or failed), on the event loop's thread: set the outcomes, call
@@ -222,4 +254,4 @@ class GroupCommit(Generic[I, O]):
             for slot in batch:
                 slot.error = error
         for slot in batch:
-            slot.done.set()
+            slot.finish()

@@ -7,7 +7,9 @@ Peer methods (request/response over an authenticated link; the peer's identity i
   else the amount asked) and signs a quote with a fresh derivation prefix, bound to the asking peer.
 - ``pay.submit`` ``{quote, derivation_prefix, derivation_suffix, sender_identity_key, transaction}`` ->
   ``{receipt}``: the payee checks the payment (:meth:`Payments.accept_payment`), commits it durably with its
-  settlement job and its signed receipt, and only then returns the receipt.
+  settlement job and its signed receipt, and only then returns the receipt. With ``next: {resource, amount?}``
+  (what the payer pays for next) the answer also holds ``next_quote``, the quote ``pay.quote`` would have issued
+  for it (left out when it cannot be issued): a payer paying one payee again and again saves a round trip each.
 - ``pay.receipt`` ``{quote_id}`` -> ``{receipt}``: a receipt already issued to the asking peer (for a payer
   whose link broke before the answer came). A payment of that quote still being checked is waited for; when
   there is none, the answer is ``not_found`` and the quote becomes void (a late copy of the payment is refused),
@@ -82,13 +84,14 @@ from overlay_node.protocol.payments import (
     check_amount,
     check_payment_output,
     check_resource,
+    next_request,
 )
 from overlay_node.services.group_commit import GroupCommit
 from overlay_node.services.wallet import PreparedTx, Wallet
-from overlay_node.services.wallet_beef import check_payment_beef, parse_payment_beef
+from overlay_node.services.wallet_beef import CheckedPayment, check_payment_beef, parse_payment_beef
 from overlay_node.store.db import Store
 from overlay_node.store.payments import IncomingRecord, RecordOutcome
-from overlay_node.store.records import NewJob
+from overlay_node.store.records import NewJob, UtxoRecord
 from overlay_node.store.wallet import HistoryRecord
 
 __all__ = ["HttpAnswer", "Payments", "Pricer"]
@@ -119,22 +122,60 @@ _A = TypeVar("_A", bound=HttpAnswer)
 class _Issued:
     quote: Quote
     state: Literal["open", "inflight", "used", "void"] = "open"
-    checked: trio.Event | None = None  # set when a payment being checked was accepted or refused
+    # made by a pay.receipt that waits for a payment being checked, set (and dropped) when it is accepted or refused:
+    # a payment nobody asks about costs no event (a paid stream's payee keeps an entry per quote)
+    checked: trio.Event | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Checked:
     """A payment that passed every check but the database's: its receipt (unsigned while it waits for its batch's
-    signature), the outputs it adds, and how its record is made once the receipt is signed (:meth:`seal`)."""
+    signature), the outputs it adds, and what its record is made of once the receipt is signed (:meth:`seal`).
+    (Fields, not a closure over :meth:`Payments._verify`'s locals: a closure's cells were a dozen more objects per
+    payment for the garbage collector.)"""
 
     receipt: Receipt
-    prefix: str
-    make_record: Callable[[bytes], IncomingRecord]
+    message: PaymentMessage
+    payer: str
+    payment: CheckedPayment
+    coin: UtxoRecord
+    accepted_at: float
     outputs: list[SourceOutput]
+
+    @property
+    def prefix(self) -> str:
+        return self.message.quote.prefix
 
     def seal(self) -> tuple[IncomingRecord, list[SourceOutput]]:
         """The record to write, with the signed receipt's stored bytes."""
-        return self.make_record(self.receipt.to_bytes()), self.outputs
+        quote, payment, now = self.message.quote, self.payment, self.accepted_at
+        record = IncomingRecord(
+            quote_id=quote.quote_id,
+            prefix=quote.prefix,
+            suffix=self.message.derivation_suffix,
+            payer=self.payer,
+            resource=quote.resource,
+            price=quote.amount,
+            amount=payment.output_satoshis,
+            txid=payment.txid,
+            receipt=self.receipt.to_bytes(),
+            accepted_at=now,
+            spends=payment.spends,
+            txs=payment.txs,
+            utxo=self.coin,
+            # the receipt is kept once, in the payment's row (a stream's is about 1 KB: half the bytes written)
+            history=HistoryRecord(
+                txid=payment.txid,
+                direction="in",
+                kind="payment",
+                amount=payment.output_satoshis,
+                counterparty=self.payer,
+                quote_id=quote.quote_id,
+                resource=quote.resource,
+            ),
+            job=NewJob(txid=payment.txid, beef=self.message.transaction, next_at=now),
+        )
+        return record, self.outputs
 
 
 def _refusal(checked: _Checked, outcome: RecordOutcome | None) -> OverlayError | None:
@@ -185,6 +226,8 @@ class Payments:
         self._wallet = wallet
         self._issued: LruMap[str, _Issued] = LruMap(config.max_quotes)  # by quote id
         self._received: LruMap[str, Quote] = LruMap(config.max_quotes)  # by quote id (quotes we were given)
+        # (payee, resource, amount asked) -> a quote answered along with a receipt (pay(then=...)), not handed out yet
+        self._next_quotes: LruMap[tuple[str, str, int | None], Quote] = LruMap(config.max_quotes)
         # quote id -> True: asked for by pay.receipt, never paid
         self._voided: LruMap[str, bool] = LruMap(config.max_quotes)
         self._pricers: dict[str, Pricer] = {}
@@ -259,24 +302,39 @@ class Payments:
         resource = check_resource(body.get("resource"))
         asked = body.get("amount")
         amount = None if asked is None else check_amount(asked)
-        price = await self.price(resource, link.peer_key, amount)
-        quote = self.issue_quote(link.peer_key, resource, price)
-        logger.debug("quote %s to %s: %d satoshis for %s", quote.quote_id, link.peer_key[:16], price, resource)
-        return {"quote": quote.to_wire()}
+        return {"quote": (await self._quote_for(link.peer_key, resource, amount)).to_wire()}
+
+    async def _quote_for(self, payer: str, resource: str, amount: int | None) -> Quote:
+        """A signed quote for ``payer`` (``pay.quote``, and the next quote a ``pay.submit`` asks for)."""
+        price = await self.price(resource, payer, amount)
+        quote = self.issue_quote(payer, resource, price)
+        logger.debug("quote %s to %s: %d satoshis for %s", quote.quote_id, payer[:16], price, resource)
+        return quote
 
     # -- accepting payments (payee) --------------------------------------------------------------------------
 
     async def _serve_submit(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
+        then = next_request(body)  # checked before the payment: a malformed one changes nothing
         message = PaymentMessage.from_wire(body, max_bytes=self._config.max_payment_bytes)
         receipt = await self.accept_payment(link.peer_key, message)
-        return {"receipt": receipt.to_wire()}
+        answer: dict[str, Any] = {"receipt": receipt.to_wire()}
+        if then is not None:
+            # the quote of the payer's next payment, issued as pay.quote issues it, saves it that round trip; one
+            # that cannot be issued is left out (the payment stands), and pay.quote then says why
+            try:
+                answer["next_quote"] = (await self._quote_for(link.peer_key, *then)).to_wire()
+            except OverlayError as exc:
+                logger.debug("no next quote for %s: %s", link.peer_key[:16], exc)
+        return answer
 
     async def _serve_receipt(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
         quote_id = body.get("quote_id")
         if not isinstance(quote_id, str) or len(quote_id) > 64:
             raise BadRequest("'quote_id' must be a quote id")
         entry: _Issued | None = self._issued.get(quote_id)
-        if entry is not None and entry.state == "inflight" and entry.checked is not None:
+        if entry is not None and entry.state == "inflight":
+            if entry.checked is None:
+                entry.checked = trio.Event()
             await entry.checked.wait()  # a payment of it is being checked: its outcome decides the answer
         payment = await self._store.payments.get(quote_id)
         if payment is None or payment.payer != link.peer_key:
@@ -334,7 +392,6 @@ class Payments:
                 try:
                     entry = self._check_quote(payer, message)
                     entry.state = "inflight"
-                    entry.checked = trio.Event()
                     checked = await self._verify(payer, message, next_quote, key_id, signed=not batched)
                 except OverlayError as exc:
                     if entry is not None:
@@ -443,6 +500,7 @@ class Payments:
         entry.state = state
         if entry.checked is not None:
             entry.checked.set()
+            entry.checked = None  # a later payment of the quote (after a refusal) is waited for afresh
 
     def _check_quote(self, payer: str, message: PaymentMessage) -> _Issued:
         quote = message.quote
@@ -509,37 +567,8 @@ class Payments:
             suffix=message.derivation_suffix,
             payer=payer,
         )
-
-        def record(receipt_bytes: bytes) -> IncomingRecord:
-            return IncomingRecord(
-                quote_id=quote.quote_id,
-                prefix=quote.prefix,
-                suffix=message.derivation_suffix,
-                payer=payer,
-                resource=quote.resource,
-                price=quote.amount,
-                amount=checked.output_satoshis,
-                txid=checked.txid,
-                receipt=receipt_bytes,
-                accepted_at=now,
-                spends=checked.spends,
-                txs=checked.txs,
-                utxo=coin,
-                # the receipt is kept once, in the payment's row (a stream's is about 1 KB: half the bytes written)
-                history=HistoryRecord(
-                    txid=checked.txid,
-                    direction="in",
-                    kind="payment",
-                    amount=checked.output_satoshis,
-                    counterparty=payer,
-                    quote_id=quote.quote_id,
-                    resource=quote.resource,
-                ),
-                job=NewJob(txid=checked.txid, beef=message.transaction, next_at=now),
-            )
-
         outputs = [SourceOutput(satoshis=o.satoshis, locking_script=o.script) for o in submission.subject.outputs]
-        return _Checked(receipt, quote.prefix, record, outputs)
+        return _Checked(receipt, message, payer, checked, coin, now, outputs)
 
     async def _write_records(self, items: list[tuple[IncomingRecord, list[SourceOutput]]]) -> list[RecordOutcome]:
         return await self._store.payments.record([record for record, _ in items])
@@ -562,20 +591,26 @@ class Payments:
             raise QuoteExpired(f"no quote {quote_id} here: request a new quote")
         return quote
 
-    async def _link(self, peer_key: str) -> PeerLink:
-        """The link to the payee, dialled by its identity key alone if need be (``PeerManager.reach``)."""
+    def _payee_key(self, peer_key: str) -> str:
         # a key of the right length is parsed once per payee (the identity's cache), not twice per payment; any
         # other is refused by public_key_hex, with its message
         key = checked_key_hex(self._identity, peer_key) if len(peer_key) == 66 else public_key_hex(peer_key)
         if key == self._me:
             raise BadRequest("a node cannot pay itself")
+        return key
+
+    async def _link(self, peer_key: str) -> PeerLink:
+        """The link to the payee, dialled by its identity key alone if need be (``PeerManager.reach``)."""
+        key = self._payee_key(peer_key)
         link = self._peers.link(key)  # the live link, as reach() would find first (without parsing the key again)
         return link if link is not None else await self._peers.reach(key)
 
     async def request_quote(
         self, peer_key: str, resource: str, amount: int | None = None, *, max_price: int | None = None
     ) -> Quote:
-        """Ask ``peer_key`` for a quote for ``resource`` (at ``amount``, if given).
+        """Ask ``peer_key`` for a quote for ``resource`` (at ``amount``, if given). A quote for exactly that which
+        the payee answered along with a receipt (:meth:`pay` with ``then``) is handed out instead, without asking
+        again, while it has not expired.
 
         Raises:
             NotFound, DialError: the peer cannot be reached.
@@ -586,16 +621,31 @@ class Payments:
         resource = check_resource(resource)
         if amount is not None:
             check_amount(amount)
-        link = await self._link(peer_key)
-        answer = await link.request("pay.quote", {"resource": resource, "amount": amount})
+        quote = self._next_quotes.pop((self._payee_key(peer_key), resource, amount), None)
+        if quote is None or quote.expired(self._now_ms()):
+            link = await self._link(peer_key)
+            answer = await link.request("pay.quote", {"resource": resource, "amount": amount})
+            quote = self._quote_answer(answer.get("quote"), link.peer_key, resource, amount)
+        if max_price is not None and quote.amount > max_price:
+            raise PaymentError(f"the price {quote.amount} is above the maximum {max_price}")
+        self._received.put(quote.quote_id, quote)
+        return quote
+
+    def _quote_answer(self, body: object, payee: str, resource: str, amount: int | None) -> Quote:
+        """The quote ``payee`` answered for ``resource`` (at ``amount``), checked.
+
+        Raises:
+            RemoteProtocolError: it is malformed, not signed by ``payee``, for another payer, resource or amount, or
+                expired.
+        """
         try:
-            quote = Quote.from_wire(answer.get("quote"))
+            quote = Quote.from_wire(body)
         except BadRequest as exc:
             raise RemoteProtocolError(f"the peer's quote is malformed: {exc}", reason="bad_quote") from None
         problem = None
         if not quote.verify():
             problem = "it is not signed by the peer"
-        elif quote.payee != link.peer_key or quote.payer != self._me:
+        elif quote.payee != payee or quote.payer != self._me:
             problem = "it names another payee or payer"
         elif quote.resource != resource or (amount is not None and quote.amount != amount):
             problem = "it is for another resource or amount"
@@ -603,9 +653,6 @@ class Payments:
             problem = "it has expired already"
         if problem is not None:
             raise RemoteProtocolError(f"the peer's quote is invalid: {problem}", reason="bad_quote")
-        if max_price is not None and quote.amount > max_price:
-            raise PaymentError(f"the price {quote.amount} is above the maximum {max_price}")
-        self._received.put(quote.quote_id, quote)
         return quote
 
     async def prepare_payment(
@@ -640,8 +687,13 @@ class Payments:
         )
         return message, prepared
 
-    async def pay(self, quote: Quote | str) -> Receipt:
+    async def pay(self, quote: Quote | str, *, then: tuple[str, int | None] | None = None) -> Receipt:
         """Pay a quote (or a quote id this node received) and return the payee's receipt.
+
+        ``then``: the ``(resource, amount or None)`` this node will pay the same payee for next. The payee answers its
+        quote along with the receipt (checked as :meth:`request_quote` checks one), and :meth:`request_quote` for
+        exactly that hands it out without asking: one round trip per payment instead of two. A payee that does not
+        offer it (an older one, or one that cannot price it) changes nothing: the quote is asked for as usual.
 
         Outcomes: a receipt -> our coins are spent and the change is ours (committed); a refusal -> nothing
         changed (the coins are released) and the payee's error is raised; no answer (link lost, timeout,
@@ -655,13 +707,30 @@ class Payments:
         """
         if isinstance(quote, str):
             quote = self.received_quote(quote)
+        _next_wanted(then)  # a bad one is refused before any coin is reserved
         link = await self._link(quote.payee)
         message, prepared = await self.prepare_payment(quote)
-        return await self.send_payment(link, message, prepared)
+        return await self.send_payment(link, message, prepared, then=then)
 
-    async def send_payment(self, link: PeerLink, message: PaymentMessage, prepared: PreparedTx) -> Receipt:
-        """Send a prepared payment over ``link`` and commit or release it (see :meth:`pay`)."""
+    async def send_payment(
+        self,
+        link: PeerLink,
+        message: PaymentMessage,
+        prepared: PreparedTx,
+        *,
+        then: tuple[str, int | None] | None = None,
+    ) -> Receipt:
+        """Send a prepared payment over ``link`` and commit or release it (see :meth:`pay`, and ``then`` there)."""
         quote = message.quote
+        try:
+            wanted = _next_wanted(then)
+        except BadRequest:
+            self._wallet.release(prepared)
+            raise
+        body = message.to_wire()
+        if wanted is not None:
+            resource, amount = wanted
+            body["next"] = {"resource": resource} if amount is None else {"resource": resource, "amount": amount}
         history = HistoryRecord(
             txid=prepared.txid,
             direction="out",
@@ -674,7 +743,7 @@ class Payments:
         )
         await self._wallet.begin(prepared, history)
         try:
-            answer = await link.request("pay.submit", message.to_wire())
+            answer = await link.request("pay.submit", body)
         except (ConnectionLost, PeerTimeout) as exc:
             self._unanswered.inc()
             self._wallet.unanswered(prepared, str(exc))
@@ -696,6 +765,14 @@ class Payments:
             raise RemoteProtocolError("the payee accepted the payment with an invalid receipt", reason="bad_receipt")
         self._wallet.sent(prepared, receipt.to_bytes())
         self._paid.inc()
+        offered = answer.get("next_quote")
+        if wanted is not None and offered is not None:
+            try:
+                ahead = self._quote_answer(offered, link.peer_key, *wanted)
+            except RemoteProtocolError as exc:  # the payment stands; the next quote is asked for as usual
+                logger.debug("the next quote of %s is left out: %s", link.peer_key[:16], exc)
+            else:
+                self._next_quotes.put((link.peer_key, *wanted), ahead)
         logger.debug(
             "paid %d satoshis to %s in %s for %s",
             receipt.amount,
@@ -773,6 +850,14 @@ class Payments:
         self._unanswered.inc()
         self._wallet.unanswered(prepared, f"HTTP {answer.status} without x-bsv-payment-satoshis-paid")
         return answer, prepared.txid
+
+
+def _next_wanted(then: tuple[str, int | None] | None) -> tuple[str, int | None] | None:
+    """``then`` of :meth:`Payments.pay`, checked (BadRequest: a bad resource or amount)."""
+    if then is None:
+        return None
+    resource, amount = then
+    return check_resource(resource), None if amount is None else check_amount(amount)
 
 
 def _refusal_of(body: bytes) -> tuple[str, str]:

@@ -8,8 +8,10 @@ Theory of operation:
 2. One task works the queue: it takes the due jobs (oldest first), submits the ``submit`` jobs (``pending``,
    and those ARC accepted already, to learn their status: a resubmission is answered with it) in one
    ``POST /v1/txs`` (in queue order: a later transaction may spend an earlier one), asks ARC the status of
-   the ``watch`` jobs, applies all answers in one durable write (a few statements per table for the whole
-   batch, not several per job: ``store.settlement.apply_many``), then sleeps until the next job is due or a
+   the ``watch`` jobs and of those ARC accepted already whose BEEF is large (a faucet payout's carries the
+   devnet's thousand-output split: submitted again, ARC would parse all of it for a status), applies all
+   answers in one durable write (a few statements per table for the whole batch, not several per job:
+   ``store.settlement.apply_many``), then sleeps until the next job is due or a
    new one is queued that is due earlier (:meth:`Settlement.kick`), and then ``settle_linger`` more so that a
    busy stream's payments travel many per request (those queued meanwhile, and those coming due one after
    another: a stream's payments come due milliseconds apart, and without the linger each would be a request of
@@ -66,6 +68,9 @@ logger = logging.getLogger(__name__)
 
 #: status queries in flight at once
 _POLL_CONCURRENCY = 16
+#: the largest BEEF of a transaction ARC holds already that is submitted again to learn its status (a larger one is
+#: asked about with a status query: a resubmission costs ARC a parse of all of it)
+_RESUBMIT_BYTES = 4096
 
 
 def backoff(attempts: int, *, low: float, high: float) -> float:
@@ -239,9 +244,15 @@ class Settlement:
             await trio.lowlevel.checkpoint_if_cancelled()
             # a transaction ARC accepted already is asked about again by submitting it once more, many in one
             # POST /v1/txs (ARC answers a known transaction with its current status, merkle path included)
-            # instead of one GET per job; a watched payment is only ever asked about, never broadcast by us
+            # instead of one GET per job, unless its BEEF is large (one carrying a big ancestor, such as a faucet
+            # payout's): ARC would parse it all again for a status, so it gets a GET; a watched payment is only ever
+            # asked about, never broadcast by us
             submit = [
-                j for j in jobs if j.kind == "submit" and j.beef and j.state in ("pending", "progressing", "seen")
+                j
+                for j in jobs
+                if j.kind == "submit"
+                and j.beef
+                and (j.state == "pending" or (j.state in ("progressing", "seen") and len(j.beef) <= _RESUBMIT_BYTES))
             ]
             submitted = {j.id for j in submit}
             poll = [j for j in jobs if j.id not in submitted]
@@ -254,7 +265,7 @@ class Settlement:
     async def _submit(self, jobs: list[SettlementJob]) -> None:
         arc = self._wallet.arc
         if len(jobs) == 1:
-            results = [await arc.submit(jobs[0].beef)]
+            results = [await arc.submit(jobs[0].beef, txid=jobs[0].txid)]
         else:
             results = await arc.submit_many([j.beef for j in jobs], txids=[j.txid for j in jobs])
         await self._apply_all(list(zip(jobs, results, strict=True)))

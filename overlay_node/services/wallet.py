@@ -369,18 +369,22 @@ class Wallet:
             origin="faucet",
             proven=subject.proven,
         )
+        now = self._wall()
         deposit = Deposit(
             txs=records,
             utxo=utxo,
             history=HistoryRecord(txid=payout.txid, direction="in", kind="faucet", amount=satoshis),
-            job=NewJob(txid=payout.txid, beef=payout.beef, state="seen", next_at=self._wall()),
+            # seen already (the ledger made it): asked about again a poll interval on, when it may be mined
+            job=NewJob(
+                txid=payout.txid, beef=payout.beef, state="seen", next_at=now + self._config.settle_poll_interval
+            ),
         )
-        await self._store.wallet.add_deposit(deposit, now=self._wall())
+        await self._store.wallet.add_deposit(deposit, now=now)
         self._coins.add(utxo)
         self._remember_txs(records)
         self._queued.put(payout.txid, True)
         self._wake()
-        self.on_job_queued(-math.inf)
+        self.on_job_queued(deposit.job.next_at)
         logger.debug("faucet paid %d satoshis to the wallet in %s", satoshis, payout.txid)
         return {"txid": payout.txid, "vout": payout.vout, "satoshis": satoshis}
 

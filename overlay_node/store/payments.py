@@ -5,7 +5,10 @@ transaction, its ``payments`` row (quote id and derivation prefix unique: a repl
 the outputs its transaction spends (``payment_spends``: a second payment spending one of them is a double
 spend), the transactions of its BEEF, the output it pays us, a history entry and the settlement job
 (``store/wallet.py``'s helpers). :meth:`PaymentsRepository.record` takes a batch (group commit): every record is
-applied or refused on its own (a savepoint each) and the batch is committed with one fsync.
+applied or refused on its own and the batch is committed with one fsync. The rows go in first without a query (the
+tables' uniqueness rules are the checks: the common case, nothing replayed or double spent, costs the inserts
+alone); a batch that breaks a rule is rolled back and checked against the database, then recorded one by one if a
+rule no check covers is still broken.
 """
 
 from __future__ import annotations
@@ -100,6 +103,9 @@ _PAYMENT_INSERT = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?, ?)"
 )
 _SPENDS_INSERT = "INSERT OR IGNORE INTO payment_spends (txid, vout, payment_txid) VALUES (?, ?, ?)"
+#: the spends of a batch written before any check (:func:`_insert_unchecked`): an input spent already fails it
+_SPENDS_INSERT_STRICT = "INSERT INTO payment_spends (txid, vout, payment_txid) VALUES (?, ?, ?)"
+_RECORDED = RecordOutcome(result="recorded")
 
 
 def _payment_row(rec: IncomingRecord) -> tuple[object, ...]:
@@ -181,18 +187,36 @@ def _record_all(conn: sqlite3.Connection, records: Sequence[IncomingRecord]) -> 
         prefixes.add(rec.prefix)
         spent.update((outpoint, rec.txid) for outpoint in rec.spends)
         ok.append(rec)
-        outcomes.append(RecordOutcome(result="recorded"))
+        outcomes.append(_RECORDED)
     if ok:
-        execute_rows(conn, _PAYMENT_INSERT, [_payment_row(rec) for rec in ok])
-        execute_rows(conn, _SPENDS_INSERT, [(txid, vout, rec.txid) for rec in ok for txid, vout in rec.spends])
-        insert_many(
-            conn,
-            txs=[(tx, rec.accepted_at) for rec in ok for tx in rec.txs],
-            utxos=[(rec.utxo, rec.accepted_at, "spendable") for rec in ok],
-            histories=[(rec.history, rec.accepted_at) for rec in ok],
-            jobs=[(rec.job, rec.accepted_at) for rec in ok],
-        )
+        _insert(conn, ok, _SPENDS_INSERT)
     return outcomes
+
+
+def _insert(conn: sqlite3.Connection, records: Sequence[IncomingRecord], spends_sql: str) -> None:
+    """The rows of ``records``, one statement per table."""
+    execute_rows(conn, _PAYMENT_INSERT, [_payment_row(rec) for rec in records])
+    execute_rows(conn, spends_sql, [(txid, vout, rec.txid) for rec in records for txid, vout in rec.spends])
+    insert_many(
+        conn,
+        txs=[(tx, rec.accepted_at) for rec in records for tx in rec.txs],
+        utxos=[(rec.utxo, rec.accepted_at, "spendable") for rec in records],
+        histories=[(rec.history, rec.accepted_at) for rec in records],
+        jobs=[(rec.job, rec.accepted_at) for rec in records],
+    )
+
+
+def _insert_unchecked(conn: sqlite3.Connection, records: Sequence[IncomingRecord]) -> list[RecordOutcome]:
+    """Record every one of ``records`` without a query first: the database's uniqueness rules (the quote id and the
+    prefix of ``payments``, the outpoints of ``payment_spends``, the coin of ``wallet_utxos``) are what the checks of
+    :func:`_record_all` look for, so a batch that breaks none of them is a batch those checks pass whole; one that
+    breaks one raises (the caller rolls back and checks it).
+
+    Raises:
+        sqlite3.IntegrityError: a replay, a double spend, or a coin already ours, in the database or in the batch.
+    """
+    _insert(conn, records, _SPENDS_INSERT_STRICT)
+    return [_RECORDED] * len(records)
 
 
 class PaymentsRepository:
@@ -212,15 +236,17 @@ class PaymentsRepository:
         """
 
         def txn(conn: sqlite3.Connection) -> list[RecordOutcome]:
-            # the common case: every check passes in memory and the database, one insert per table for all
+            # the common case: nothing of the batch is known yet, and the uniqueness rules check it as the rows go
+            # in (no query first: each statement is a GIL hand-off with a busy event loop, see store/rows.py)
             conn.execute("SAVEPOINT batch")
-            try:
-                outcomes = _record_all(conn, records)
-            except sqlite3.IntegrityError:
-                conn.execute("ROLLBACK TO batch")
-            else:
-                conn.execute("RELEASE batch")
-                return outcomes
+            for write in (_insert_unchecked, _record_all):  # then: every check, in memory and the database
+                try:
+                    outcomes = write(conn, records)
+                except sqlite3.IntegrityError:
+                    conn.execute("ROLLBACK TO batch")
+                else:
+                    conn.execute("RELEASE batch")
+                    return outcomes
             conn.execute("RELEASE batch")
             # a constraint no check covers (the output is already ours): one by one, each refused on its own
             outcomes = []

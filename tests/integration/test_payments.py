@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from bsv.script.script import Script
 from bsv.transaction import Transaction
 
@@ -32,6 +33,7 @@ from overlay_node.errors import (
     InsufficientPayment,
     InvalidPayment,
     NotFound,
+    OverlayError,
     PaymentReplayed,
 )
 from overlay_node.metrics import Metrics
@@ -585,3 +587,47 @@ async def test_the_payee_is_named_by_its_key_in_any_case_and_a_bad_key_changes_n
             await a.payments.request_quote(a.key.upper(), "file:self", 1_000)
         assert a.wallet.balance() == balance
         assert b.wallet.balance().satoshis == 1_000
+
+
+async def test_a_receipt_asked_for_while_its_payment_is_checked_waits_for_the_outcome(
+    tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory
+) -> None:
+    """``pay.receipt`` for a quote whose payment is being checked waits for it (the payee makes the event it waits on
+    only then), answers the receipt once the payment is recorded, and a later ask waits afresh for a later payment."""
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        a = await start_paynode(nursery, tmp_path, "a", devnet.url, settlement=False)
+        b = await start_paynode(nursery, tmp_path, "b", devnet.url, settlement=False)
+        await link(a, b)
+        await a.fund(10_000)
+        quote = await a.payments.request_quote(b.key, "file:held", 1_000)
+        message, _ = await a.payments.prepare_payment(quote)
+        held, release = trio.Event(), trio.Event()
+
+        async def hold() -> None:
+            held.set()
+            await release.wait()
+
+        outcomes: list[Receipt | OverlayError] = []
+        answers: list[dict[str, Any]] = []
+
+        async def accept() -> None:
+            outcomes.extend(await b.payments.accept_payments(a.key, [(message, None)], before_commit=hold))
+
+        async def ask() -> None:
+            answers.append(await _link_to(a, b).request("pay.receipt", {"quote_id": quote.quote_id}))
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(accept)
+            await held.wait()  # checked and signed, not yet recorded
+            inner.start_soon(ask)
+            await trio.testing.wait_all_tasks_blocked()
+            assert answers == []  # waiting for the outcome, not answering "not found" (which would void the quote)
+            release.set()
+        (receipt,) = outcomes
+        assert isinstance(receipt, Receipt)
+        assert Receipt.from_wire(answers[0]["receipt"]) == receipt
+        assert answers[0]["status"] == "accepted"
+        # asked again once it is recorded: answered at once, and the quote is not void
+        again = await _link_to(a, b).request("pay.receipt", {"quote_id": quote.quote_id})
+        assert Receipt.from_wire(again["receipt"]) == receipt

@@ -29,7 +29,7 @@ async def test_the_upgrade_keeps_outputs_index_entries_payments_and_coins(tmp_pa
             before_unspent = await store.overlay.unspent("tm", since=0, limit=None)
             before_coins = await store.wallet.spendable()
         async with open_store(path, CONFIG) as store:
-            assert (await store.applied_migrations())[-1].name == "0012_fewer_index_pages"
+            assert "0012_fewer_index_pages" in [m.name for m in await store.applied_migrations()]
             assert (
                 await store.overlay.find_index("ls", {"kind": ["coin"]}, limit=None, skip=0, newest_first=False)
                 == before_find

@@ -168,3 +168,36 @@ async def test_before_needs_the_writer_threads_batches() -> None:
     group: GroupCommit[int, int] = GroupCommit(Writer().write, max_batch=10)
     with pytest.raises(TypeError, match="writer thread"):
         await group.submit_many([1], before=lambda _conn: None)
+
+
+async def test_a_cancelled_caller_leaves_its_items_to_be_written_and_the_others_of_its_batch_wake() -> None:
+    writer = Writer()
+    writer.gate = trio.Event()  # the write is held open until the caller is cancelled
+    written: list[tuple[int, int]] = []
+    group = GroupCommit(writer.write, on_written=lambda i, o: written.append((i, o)), max_batch=8)
+    cancelled = trio.CancelScope()
+    results: list[int] = []
+
+    async def first() -> None:
+        with cancelled:
+            await group.submit_many([1, 2])
+
+    async def second() -> None:
+        results.append(await group.submit(3))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(group.run)
+            async with trio.open_nursery() as callers:
+                callers.start_soon(first)
+                callers.start_soon(second)
+                await trio.testing.wait_all_tasks_blocked()
+                cancelled.cancel()  # the first caller stops waiting while its items are being written
+                await trio.testing.wait_all_tasks_blocked()
+                writer.gate.set()
+            nursery.cancel_scope.cancel()
+    assert cancelled.cancelled_caught
+    # one batch (the callers may queue in either order), written whole though its first caller left
+    assert [sorted(batch) for batch in writer.batches] == [[1, 2, 3]]
+    assert sorted(written) == [(1, 10), (2, 20), (3, 30)]
+    assert results == [30]

@@ -26,6 +26,7 @@ SHIPPED = {
     "0010_reports": "1b8d7ee44fce4a94",
     "0011_stream_bytes": "df67e06841fc29f8",
     "0012_fewer_index_pages": "4bbe2c330dbdaaa8",
+    "0013_coins_by_rowid": "38c41ebadd4359bc",
 }
 
 

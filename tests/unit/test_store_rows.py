@@ -53,3 +53,18 @@ def test_a_row_that_breaks_a_constraint_fails_its_statement() -> None:
     conn = _table()
     with pytest.raises(sqlite3.IntegrityError):
         execute_rows(conn, "INSERT INTO t (k, v) VALUES (?, ?)", [(1, "a"), (1, "b")])
+
+
+def test_blobs_and_nulls_are_bound_through_an_adapter_that_gives_them_back() -> None:
+    # without one, sqlite3 looks a BLOB's or a NULL's adapter up by attribute, formatting an AttributeError each time
+    protocol = sqlite3.PrepareProtocol
+    assert sqlite3.adapters[(bytes, protocol)](b"\x00raw") == b"\x00raw"
+    assert sqlite3.adapters[(type(None), protocol)](None) is None
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute("CREATE TABLE t (b BLOB, n BLOB, s TEXT, i INTEGER)")
+        execute_rows(conn, "INSERT INTO t (b, n, s, i) VALUES (?, ?, ?, ?)", [(b"\x01\x02", None, "x", 7)] * 3)
+        rows = conn.execute("SELECT b, typeof(b), n, typeof(n), s, i FROM t").fetchall()
+        assert rows == [(b"\x01\x02", "blob", None, "null", "x", 7)] * 3
+    finally:
+        conn.close()

@@ -1,0 +1,96 @@
+"""The payee's record path in the store: a batch of fresh payments goes in with its inserts alone (the tables'
+uniqueness rules are the checks), and migration ``0013_coins_by_rowid`` rebuilds the wallet's coins as a rowid table
+with every row and rule kept."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+
+from overlay_node.config import StoreSection
+from overlay_node.store import MIGRATIONS, open_store
+from overlay_node.store.engine import Database
+from tests.store_builders import payment
+
+CONFIG = StoreSection(busy_timeout=5.0, read_connections=2)
+LIMIT = 20  # seconds per test, on trio's clock
+
+
+async def test_a_batch_of_fresh_payments_is_recorded_without_a_query_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+    on = [False]
+    connect = Database._connect
+
+    def tracing(self: Database, *, writer: bool) -> sqlite3.Connection:
+        conn = connect(self, writer=writer)
+        conn.set_trace_callback(lambda sql: seen.append(sql.split(None, 1)[0].upper()) if on[0] else None)
+        return conn
+
+    monkeypatch.setattr(Database, "_connect", tracing)
+    with trio.fail_after(LIMIT):
+        async with open_store(tmp_path / "node.db", CONFIG) as store:
+            assert {o.result for o in await store.payments.record([payment(n) for n in range(3)])} == {"recorded"}
+            on[0] = True
+            outcomes = await store.payments.record([payment(n) for n in range(3, 11)])
+            on[0] = False
+            assert {o.result for o in outcomes} == {"recorded"}
+            # one statement per table and the transaction's own: nothing read first
+            assert "SELECT" not in seen, seen
+            assert "WITH" not in seen, seen
+            assert seen.count("INSERT") == 6, seen
+            # a batch that breaks a rule is rolled back and checked: only the replay is refused, nothing of it kept
+            seen.clear()
+            on[0] = True
+            again = await store.payments.record([payment(11), payment(5), payment(12)])
+            on[0] = False
+            assert [o.result for o in again] == ["recorded", "replayed", "recorded"]
+            assert "ROLLBACK" in seen
+            assert (await store.payments.get("quote-12")) is not None
+            assert len(await store.wallet.spendable()) == 13  # 0-12, 5 once
+
+
+async def test_the_coins_are_rebuilt_as_a_rowid_table_with_every_row_and_rule(tmp_path: Path) -> None:
+    path = tmp_path / "node.db"
+    before = MIGRATIONS.copy(stop_before="0013_coins_by_rowid")
+    with trio.fail_after(LIMIT):
+        async with open_store(path, CONFIG, migrations=before) as store:
+            assert [o.result for o in await store.payments.record([payment(n) for n in range(4)])] == ["recorded"] * 4
+            coins = await store.wallet.spendable()
+            states = await store.wallet.utxo_states([(c.txid, c.vout) for c in coins])
+        conn = sqlite3.connect(path)
+        try:
+            sql = conn.execute("SELECT sql FROM sqlite_schema WHERE name = 'wallet_utxos'").fetchone()[0]
+            assert sql.rstrip().upper().endswith("WITHOUT ROWID")  # as written before the migration
+        finally:
+            conn.close()
+        async with open_store(path, CONFIG) as store:
+            assert (await store.applied_migrations())[-1].name == "0013_coins_by_rowid"
+            assert await store.wallet.spendable() == coins
+            assert len(coins) == 4
+            assert await store.wallet.utxo_states([(c.txid, c.vout) for c in coins]) == states
+            # a coin is still ours once: a payment paying us the coin another gave us is refused
+            clash = dataclasses.replace(payment(9), utxo=payment(2).utxo)
+            assert [o.result for o in await store.payments.record([clash])] == ["replayed"]
+            assert [o.result for o in await store.payments.record([payment(5)])] == ["recorded"]
+            assert len(await store.wallet.spendable()) == 5
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        sql = conn.execute("SELECT sql FROM sqlite_schema WHERE name = 'wallet_utxos'").fetchone()[0]
+        assert "WITHOUT ROWID" not in sql.upper()
+        indexes = {str(row[1]) for row in conn.execute("PRAGMA index_list(wallet_utxos)")}
+        assert indexes == {"sqlite_autoindex_wallet_utxos_1", "wallet_utxos_spendable", "wallet_utxos_spent_by"}
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(
+                "INSERT INTO wallet_utxos (txid, vout, satoshis, script, protocol, key_id, counterparty, origin, "
+                "state, created_at) SELECT txid, vout, satoshis, script, protocol, key_id, counterparty, origin, "
+                "state, created_at FROM wallet_utxos LIMIT 1"
+            )
+    finally:
+        conn.close()
