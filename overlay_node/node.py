@@ -36,7 +36,7 @@ from overlay_node.api.control_streams import streams_routes
 from overlay_node.api.control_wallet import wallet_routes
 from overlay_node.api.gateway import gateway_routes, price_of
 from overlay_node.api.http_auth import HttpAuth, protect, route_pricer
-from overlay_node.api.overlay import overlay_routes
+from overlay_node.api.overlay import overlay_routes, with_hot_routes
 from overlay_node.api.public import public_app
 from overlay_node.clock import wall_time
 from overlay_node.config import Config
@@ -440,7 +440,7 @@ class Node:
             partial(
                 serve_app,
                 protect(
-                    public_app(self, [*gateway_routes(), *overlay_routes()]),
+                    with_hot_routes(public_app(self, [*gateway_routes(), *overlay_routes()])),
                     self.http_auth,
                     route_pricer(partial(price_of, self.content), cfg.auth.lookup_price),
                 ),

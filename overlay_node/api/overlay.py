@@ -13,7 +13,10 @@
 
 Every route parses and calls the engine once (the engine of the app's node: ``state.node``, ``api/common.py``); a bad
 request is a 400 with the reason and changes nothing; an unexpected failure is ``500
-{"status":"error","message":"Unexpected error"}`` (and logged).
+{"status":"error","message":"Unexpected error"}`` (and logged). The two hot routes, ``POST /submit`` and ``POST
+/lookup``, are ASGI apps themselves (:class:`_Endpoint`: no Request or Response object, no exception wrapper of
+Starlette's around them), with the same answers, and :func:`with_hot_routes` puts them in front of the public app
+(Starlette's routing and middlewares cost a lookup a tenth of its CPU).
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Protocol, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from overlay_node.api.common import Handler, parse_json, read_body, served
+from overlay_node.api.common import Handler, parse_json, read_body, receive_body, served
 from overlay_node.chain.formats import Cursor
 from overlay_node.chain.refusals import Refusal
 from overlay_node.errors import BadRequest, OverlayError
@@ -36,7 +40,7 @@ from overlay_node.services.overlay_engine import AnswerOutput, OverlayEngine
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CORS_HEADERS", "output_list_json", "overlay_routes", "parse_topics"]
+__all__ = ["CORS_HEADERS", "output_list_json", "overlay_routes", "parse_topics", "with_hot_routes"]
 
 #: what overlay-express sends with every answer
 CORS_HEADERS = {
@@ -61,6 +65,20 @@ class OverlayTarget(Protocol):
 
 def _node(request: Request) -> OverlayTarget:
     return cast(OverlayTarget, served(request))
+
+
+def _served(scope: Scope) -> OverlayTarget:
+    """:func:`_node` of an :class:`_Endpoint`'s request (``served`` reads the same ``app.state.node``)."""
+    return cast(OverlayTarget, scope["app"].state.node)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a request header (``name`` lower-case, as ASGI gives them), as Starlette's
+    ``Headers.get`` reads it."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 def _error(message: str, status: int = 400) -> JSONResponse:
@@ -91,24 +109,106 @@ def _answer(handler: Handler) -> Handler:
     return run
 
 
+_JSON_TYPE: Final = (b"content-type", b"application/json")
+_OCTET_TYPE: Final = (b"content-type", b"application/octet-stream")
+#: what ``JSONResponse`` writes an error body with
+_ERROR_JSON: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+#: an :class:`_Endpoint`'s handler: ``(scope, receive)`` -> the 200 answer's ``(content-type header, body)``
+RawHandler = Callable[[Scope, Receive], Awaitable[tuple[tuple[bytes, bytes], bytes]]]
+
+
+async def _send(send: Send, status: int, content_type: tuple[bytes, bytes], body: bytes) -> None:
+    headers = [content_type, (b"content-length", b"%d" % len(body)), *_CORS_RAW]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Endpoint:
+    """A route that is an ASGI app itself (Starlette calls an endpoint that is not a function with the scope as it
+    is): what :func:`_answer` does around a handler, without the Request and Response objects and Starlette's
+    exception wrapper (a tenth of a lookup's CPU). Only the hot routes are written so."""
+
+    def __init__(self, handler: RawHandler) -> None:
+        self._handler = handler
+        self.__name__ = handler.__name__  # the route's name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            content_type, body = await self._handler(scope, receive)
+        except BadRequest as exc:
+            await self._error(send, str(exc), 400)
+            return
+        except OverlayError as exc:
+            if exc.http_status < 500:
+                await self._error(send, str(exc), exc.http_status)
+                return
+            logger.warning("%s %s failed: %s", scope["method"], scope["path"], exc)
+            await self._error(send, "Unexpected error", 500)
+            return
+        except Exception:
+            logger.exception("%s %s failed", scope["method"], scope["path"])
+            await self._error(send, "Unexpected error", 500)
+            return
+        await _send(send, 200, content_type, body)
+
+    @staticmethod
+    async def _error(send: Send, message: str, status: int) -> None:
+        body = _ERROR_JSON.encode({"status": "error", "message": message}).encode()
+        await _send(send, status, _JSON_TYPE, body)
+
+
 #: each byte's decimal text: a BEEF as a JSON array of numbers is a join of these (the hot part of every answer)
 _BYTE_TEXT = [str(i) for i in range(256)]
 
 
-def _numbers(data: bytes) -> str:
-    return "[" + ",".join(map(_BYTE_TEXT.__getitem__, data)) + "]"
+def _numbers(data: bytes) -> bytes:
+    return ("[" + ",".join(map(_BYTE_TEXT.__getitem__, data)) + "]").encode()
+
+
+class _NumberTexts:
+    """The JSON text of the BEEFs answered lately, by the BEEF's bytes: lookups answer the same outputs again and
+    again, and writing a BEEF as numbers is most of what an answer costs. The key is the BEEF itself, so a text is
+    never another BEEF's nor stale: which outputs an answer holds, and their BEEFs, are read from the store each
+    time. Holds at most ``limit`` bytes (BEEFs and texts), and is emptied when that is reached; a BEEF over
+    ``largest`` bytes is written each time."""
+
+    __slots__ = ("_size", "_texts", "largest", "limit")
+
+    def __init__(self, limit: int, largest: int) -> None:
+        self.limit = limit
+        self.largest = largest
+        self._texts: dict[bytes, bytes] = {}
+        self._size = 0
+
+    def text(self, data: bytes) -> bytes:
+        text = self._texts.get(data)
+        if text is None:
+            text = _numbers(data)
+            if len(data) <= self.largest:
+                size = len(data) + len(text)
+                if self._size + size > self.limit:
+                    self._texts.clear()
+                    self._size = 0
+                self._texts[data] = text
+                self._size += size
+        return text
+
+
+#: a few thousand answers' BEEFs (a 365-byte BEEF is about 1.7 KB with its text)
+_BEEF_TEXTS: Final = _NumberTexts(limit=8 * 1024 * 1024, largest=64 * 1024)
 
 
 def output_list_json(outputs: Sequence[AnswerOutput]) -> bytes:
     """The JSON answer, ``{"type": "output-list", "outputs": [{"beef": [...], "outputIndex", "context"?}]}``, written
     directly: bytes as arrays of numbers, as the reference sends them."""
+    texts = _BEEF_TEXTS
     items = []
     for out in outputs:
-        item = f'{{"beef":{_numbers(out.beef)},"outputIndex":{out.vout}'
+        item = b'{"beef":' + texts.text(out.beef) + b',"outputIndex":%d' % out.vout
         if out.context:
-            item += f',"context":{_numbers(out.context)}'
-        items.append(item + "}")
-    return ('{"type":"output-list","outputs":[' + ",".join(items) + "]}").encode()
+            item += b',"context":' + _numbers(out.context)
+        items.append(item + b"}")
+    return b'{"type":"output-list","outputs":[' + b",".join(items) + b"]}"
 
 
 def _utf8(text: str) -> bool:
@@ -178,39 +278,37 @@ def _topics(header: str | None) -> tuple[str, ...]:
     return topics
 
 
-@_answer
-async def submit(request: Request) -> Response:
-    headers = request.headers
-    topics = _topics(headers.get("x-topics"))
-    content_type = headers.get("content-type", "")
+async def submit(scope: Scope, receive: Receive) -> tuple[tuple[bytes, bytes], bytes]:
+    topics = _topics(_header(scope, b"x-topics"))
+    content_type = _header(scope, b"content-type") or ""
     if content_type != "application/octet-stream" and (
         content_type.split(";")[0].strip().lower() != "application/octet-stream"
     ):
         raise BadRequest("the body must be BEEF bytes sent as Content-Type: application/octet-stream")
-    node = _node(request)
-    body = await read_body(request, node.config.overlay.max_submit_bytes)
+    node = _served(scope)
+    declared = _header(scope, b"content-length")
+    body = await receive_body(receive, declared, node.config.overlay.max_submit_bytes)
     off_chain: bytes | None = None
-    if headers.get("x-includes-off-chain-values", "").lower() == "true":
+    if (_header(scope, b"x-includes-off-chain-values") or "").lower() == "true":
         body, off_chain = _split_off_chain(body)
     if not body:
         raise BadRequest("the body is empty: send the transaction's BEEF")
     # the server's only connection (``net/http_server.py``, rule 9): no other client's request waits to begin
-    sole = request.scope.get("connections") == 1
+    sole = scope.get("connections") == 1
     steak = await node.overlay.submit(body, topics, off_chain=off_chain, sole=sole)
-    return Response(_STEAK_JSON.encode(steak).encode(), media_type="application/json")
+    return _JSON_TYPE, _STEAK_JSON.encode(steak).encode()
 
 
-@_answer
-async def lookup(request: Request) -> Response:
-    node = _node(request)
-    body = await read_body(request, node.config.overlay.max_lookup_bytes)
+async def lookup(scope: Scope, receive: Receive) -> tuple[tuple[bytes, bytes], bytes]:
+    node = _served(scope)
+    body = await receive_body(receive, _header(scope, b"content-length"), node.config.overlay.max_lookup_bytes)
     question = parse_json(body) if body else None
     if not isinstance(question, dict) or not isinstance(question.get("service"), str) or "query" not in question:
         raise BadRequest('Invalid request: body must contain "service" (string) and "query" fields')
     outputs = await node.overlay.lookup(question["service"], question["query"])
-    if request.headers.get("x-aggregation", "").lower() == "yes":
-        return Response(OverlayEngine.aggregate(outputs), media_type="application/octet-stream")
-    return Response(output_list_json(outputs), media_type="application/json")
+    if (_header(scope, b"x-aggregation") or "").lower() == "yes":
+        return _OCTET_TYPE, OverlayEngine.aggregate(outputs)
+    return _JSON_TYPE, output_list_json(outputs)
 
 
 @_answer
@@ -283,9 +381,9 @@ async def preflight(_request: Request) -> Response:
     return Response(status_code=200, headers=CORS_HEADERS)
 
 
-_ROUTES: list[tuple[str, Handler, str]] = [
-    ("/submit", submit, "POST"),
-    ("/lookup", lookup, "POST"),
+_ROUTES: list[tuple[str, Handler | _Endpoint, str]] = [
+    ("/submit", _Endpoint(submit), "POST"),
+    ("/lookup", _Endpoint(lookup), "POST"),
     ("/listTopicManagers", list_topic_managers, "GET"),
     ("/listLookupServiceProviders", list_lookup_services, "GET"),
     ("/getDocumentationForTopicManager", topic_documentation, "GET"),
@@ -293,6 +391,31 @@ _ROUTES: list[tuple[str, Handler, str]] = [
     ("/requestSyncResponse", sync_response, "POST"),
     ("/requestForeignGASPNode", foreign_node, "POST"),
 ]
+
+
+class _HotRoutes:
+    """See :func:`with_hot_routes`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._endpoints = {path: e for path, e, method in _ROUTES if isinstance(e, _Endpoint) and method == "POST"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            endpoint = self._endpoints.get(scope["path"])
+            if endpoint is not None:
+                scope["app"] = self.app  # what Starlette sets, and where the endpoint finds the node
+                await endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def with_hot_routes(app: ASGIApp) -> ASGIApp:
+    """``app`` (the public Starlette app, which mounts :func:`overlay_routes`) with the hot routes, ``POST /submit``
+    and ``POST /lookup``, answered in front of it, without Starlette's routing; every other request (those paths'
+    CORS preflight and other methods too) goes to ``app``. Wrap it before the BRC-104/105 middlewares
+    (``api/http_auth.py``), which see every request as before."""
+    return _HotRoutes(app)
 
 
 def overlay_routes() -> list[Route]:

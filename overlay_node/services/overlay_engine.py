@@ -408,7 +408,12 @@ class OverlayEngine:
     def _counter(self, family: str, label: str) -> Any:
         counter = self._counters.get((family, label))
         if counter is None:
-            parent = self._metrics.overlay_submissions if family == "submissions" else self._metrics.overlay_admitted
+            metrics = self._metrics
+            parent = {
+                "submissions": metrics.overlay_submissions,
+                "admitted": metrics.overlay_admitted,
+                "lookups": metrics.overlay_lookups,
+            }[family]
             counter = self._counters[(family, label)] = parent.labels(label)
         return counter
 
@@ -562,18 +567,18 @@ class OverlayEngine:
         try:
             formula = await plugin.lookup(query, self._indexes[service])
         except (BadRequest, ValueError, TypeError) as exc:
-            self._metrics.overlay_lookups.labels("refused").inc()
+            self._counter("lookups", "refused").inc()
             raise BadRequest(str(exc)) from None
         except OverlayError:
-            self._metrics.overlay_lookups.labels("failed").inc()
+            self._counter("lookups", "failed").inc()
             raise
         except Exception as exc:
-            self._metrics.overlay_lookups.labels("failed").inc()
+            self._counter("lookups", "failed").inc()
             logger.exception("lookup service %s failed", service)
             raise OverlayError(f"lookup service {service} failed") from exc
         items = list(formula)[: self._config.max_lookup_outputs]
         answer = await self.hydrate(items)
-        self._metrics.overlay_lookups.labels("answered").inc()
+        self._counter("lookups", "answered").inc()
         return answer
 
     async def hydrate(self, items: Sequence[FormulaItem]) -> list[AnswerOutput]:
@@ -581,8 +586,16 @@ class OverlayEngine:
         stored are left out, as the reference does."""
         if not items:
             return []
-        outputs, beefs = await self._store.overlay.outputs_with_beefs({(i.txid, i.vout) for i in items})
         answer: list[AnswerOutput] = []
+        if all(item.history is None or item.history < 1 for item in items):
+            # no history asked for: whether each is stored, and its BEEF (no output read whole)
+            found = await self._store.overlay.answerable({(i.txid, i.vout) for i in items})
+            for item in items:
+                beef = found.pop((item.txid, item.vout), None)  # popped: an outpoint named twice is answered once
+                if beef is not None:
+                    answer.append(AnswerOutput(txid=item.txid, vout=item.vout, beef=beef, context=item.context))
+            return answer
+        outputs, beefs = await self._store.overlay.outputs_with_beefs({(i.txid, i.vout) for i in items})
         seen: set[Outpoint] = set()
         for item in items:
             op = (item.txid, item.vout)

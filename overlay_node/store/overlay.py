@@ -16,6 +16,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -237,6 +238,27 @@ class OverlayRepository:
 
         return await self._read(read, small=len(outpoints) <= _INLINE_ROWS)
 
+    async def answerable(self, outpoints: Collection[Outpoint]) -> dict[Outpoint, bytes]:
+        """The outpoints among ``outpoints`` stored in any topic, each with its transaction's BEEF, in one read: what
+        a lookup's answer needs when it asks for no history (:meth:`outputs_with_beefs` builds every output whole).
+        One outpoint, the common case, is one statement."""
+        wanted = set(outpoints)
+        if len(wanted) == 1:
+            ((txid, vout),) = wanted
+
+            def one(conn: sqlite3.Connection) -> dict[Outpoint, bytes]:
+                row = conn.execute(_ANSWERABLE, (txid, txid, vout)).fetchone()
+                return {} if row is None else {(txid, vout): bytes(row[0])}
+
+            return await self._db.read_inline(one)
+
+        def read(conn: sqlite3.Connection) -> dict[Outpoint, bytes]:
+            found = _stored(conn, wanted)
+            beefs = _beefs(conn, {txid for txid, _ in found})
+            return {op: beefs[op[0]] for op in found if op[0] in beefs}
+
+        return await self._read(read, small=len(wanted) <= _INLINE_ROWS)
+
     async def find_index(
         self,
         service: str,
@@ -253,29 +275,11 @@ class OverlayRepository:
             conditions = list(where.items())
             if any(not values for _, values in conditions):
                 return []
-            order = "DESC" if newest_first else "ASC"
+            sql = _find_sql(tuple(len(values) for _, values in conditions), newest_first)
             params: list[object] = []
-            if conditions:
-                # driven by the first condition's (field, value) key (CROSS JOIN keeps that order: SQLite's planner
-                # would rather walk every item of the service in seq order), the others checked per item
-                (key, values), rest = conditions[0], conditions[1:]
-                sql = (
-                    "SELECT i.txid, i.vout FROM overlay_index_fields f CROSS JOIN overlay_index_items i "
-                    "ON i.seq = f.item "
-                    f"WHERE f.field = ? AND f.value IN ({marks(len(values))}) AND i.service = ?"
-                )
-                params += [key, *values, service]
-            else:
-                rest = []
-                sql = "SELECT i.txid, i.vout FROM overlay_index_items i WHERE i.service = ?"
-                params.append(service)
-            for key, values in rest:
-                sql += (
-                    " AND EXISTS (SELECT 1 FROM overlay_index_fields g WHERE g.item = i.seq AND g.field = ? "
-                    f"AND g.value IN ({marks(len(values))}))"
-                )
+            for key, values in conditions:
                 params += [key, *values]
-            sql += f" ORDER BY i.seq {order}"
+            params.insert(len(conditions[0][1]) + 1 if conditions else 0, service)
             # an outpoint indexed under several topics comes once: de-duplicated here, in admission order, so that
             # the scan stops as soon as the page is full
             found: list[Outpoint] = []
@@ -395,6 +399,50 @@ def _outputs(
             out = _output(row)
             if out.outpoint in wanted and out.outpoint not in found:
                 found[out.outpoint] = out
+    return found
+
+
+#: one outpoint's BEEF, if the outpoint is stored (the outpoint's key in ``overlay_outputs`` alone: no row read)
+_ANSWERABLE = (
+    "SELECT beef FROM overlay_txs WHERE txid = ? AND EXISTS (SELECT 1 FROM overlay_outputs WHERE txid = ? AND vout = ?)"
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _find_sql(counts: tuple[int, ...], newest_first: bool) -> str:
+    """:meth:`OverlayRepository.find_index`'s statement for conditions of ``counts`` values each; its parameters: the
+    first condition's field and values, the service, then each other condition's field and values."""
+    order = "DESC" if newest_first else "ASC"
+    if not counts:
+        return f"SELECT i.txid, i.vout FROM overlay_index_items i WHERE i.service = ? ORDER BY i.seq {order}"
+    # driven by the first condition's (field, value) key (CROSS JOIN keeps that order: SQLite's planner would rather
+    # walk every item of the service in seq order), the others checked per item; ordered by the key's own item
+    # column (the same number as i.seq), which the key already holds in order for one value: no sort, and the scan
+    # stops at the page's end
+    sql = (
+        "SELECT i.txid, i.vout FROM overlay_index_fields f CROSS JOIN overlay_index_items i ON i.seq = f.item "
+        f"WHERE f.field = ? AND f.value IN ({marks(counts[0])}) AND i.service = ?"
+    )
+    for count in counts[1:]:
+        sql += (
+            " AND EXISTS (SELECT 1 FROM overlay_index_fields g WHERE g.item = i.seq AND g.field = ? "
+            f"AND g.value IN ({marks(count)}))"
+        )
+    return sql + f" ORDER BY f.item {order}"
+
+
+def _stored(conn: sqlite3.Connection, wanted: set[Outpoint]) -> set[Outpoint]:
+    """Which of ``wanted`` are stored in some topic (read from the outpoint's key alone)."""
+    found: set[Outpoint] = set()
+    txids = sorted({t for t, _ in wanted})
+    for start in range(0, len(txids), MAX_PARAMS):
+        chunk = txids[start : start + MAX_PARAMS]
+        for txid, vout in conn.execute(
+            f"SELECT txid, vout FROM overlay_outputs WHERE txid IN ({marks(len(chunk))})", chunk
+        ):
+            op = (str(txid), int(vout))
+            if op in wanted:
+                found.add(op)
     return found
 
 

@@ -404,3 +404,30 @@ async def test_a_lone_submission_on_the_only_connection_is_written_without_a_tur
         for sole, turned, inline in seen[1:]:
             assert inline == 1
             assert (turned == 0) if sole else (turned >= 1), seen
+
+
+async def test_the_hot_routes_answer_as_the_app_would(start_node: NodeFactory) -> None:
+    """``POST /submit`` and ``POST /lookup`` are answered in front of Starlette (``with_hot_routes``): the same
+    headers, status codes and error bodies; their other methods still reach the app (preflight, 405)."""
+    with trio.fail_after(LIMIT):
+        node = await demo_node(start_node)
+        async with http(node) as h:
+            answer = await lookup(h, {"findAll": True})
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {"type": "output-list", "outputs": []}
+            assert answer.headers["content-type"] == "application/json"
+            assert answer.headers["access-control-allow-origin"] == "*"
+            assert answer.headers["access-control-allow-private-network"] == "true"
+            refused = await lookup(h, {}, service="ls_nope")
+            assert refused.status_code == 400
+            assert refused.json() == {"status": "error", "message": "Lookup service not found for provider: ls_nope"}
+            assert refused.headers["access-control-allow-origin"] == "*"
+            refused = await h.post("/submit", content=b"x", headers={"Content-Type": "application/octet-stream"})
+            assert refused.json() == {"status": "error", "message": "Missing x-topics header"}
+            for path in ("/submit", "/lookup"):
+                preflight = await h.options(path)
+                assert preflight.status_code == 200
+                assert preflight.headers["access-control-allow-methods"] == "*"
+                wrong = await h.get(path)
+                assert wrong.status_code == 405
+                assert wrong.json()["code"] == "method_not_allowed"

@@ -87,6 +87,8 @@ async def test_the_hot_queries_search_by_index(tmp_path: Path, monkeypatch: pyte
             await store.overlay.previous_coins(txid(100), ["tm"], [(txid(3), 0), (txid(4), 1)])
             await store.overlay.apply([submission(100, spends=3), submission(101, spends=100)], durable=True)
             await store.overlay.outputs_with_beefs([(txid(5), 0), (txid(6), 1)])
+            await store.overlay.answerable([(txid(5), 0)])
+            await store.overlay.answerable([(txid(5), 0), (txid(6), 1)])
             await store.overlay.outputs([(txid(5), 0)], topic="tm")
             await store.overlay.beefs([txid(5)])
             await store.overlay.find_index("ls", {"outpoint": [f"{txid(7)}.0"]}, limit=1, skip=0, newest_first=True)
