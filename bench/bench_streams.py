@@ -29,8 +29,10 @@ every ``--block-interval`` seconds) and settlement is live: every payment is sub
 run. The producer node runs in a process of its own; the single subscriber of the one-subscriber runs (throughput
 and latency) in a second, like a daemon of its own; the ``--subscribers`` consumers of the many-subscriber runs
 together in a third (one trio loop: ten nodes on one loop would add their background work to a lone
-subscriber's). All are started with ``bench/nodeproc.py``. ``--one-process`` runs the producer and the consumers in the
-benchmark's own trio loop instead (one core for everyone: a lower bound for separate daemons).
+subscriber's). All are started with ``bench/nodeproc.py``, which settles each process's heap once its nodes are
+ready, as ``overlay-node run`` does (``node.settle_heap``: the start's objects frozen out of the cyclic collector's
+sight). ``--one-process`` runs the producer and the consumers in the benchmark's own trio loop instead (one core for
+everyone: a lower bound for separate daemons).
 
 Timing across processes: ``time.perf_counter()`` is ``clock_gettime(CLOCK_MONOTONIC)`` on Linux, one clock for
 the whole system, so a stamp taken in the producer process can be compared with one taken in the consumer process

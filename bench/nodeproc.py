@@ -11,7 +11,8 @@ benchmark sends it, one at a time, through an *op function* the benchmark suppli
 An operation may start tasks that outlive it in ``host.nursery`` and keep values for later operations in
 ``host.state`` (for example: subscribe and start readers, answer "ready"; a later operation waits for the readers).
 The nodes of a host are described once at start by a *describe function* (``Node -> dict``); the descriptions are
-``host.infos`` (``host.info`` for the first node).
+``host.infos`` (``host.info`` for the first node). A process host with nodes settles its heap once they are ready
+(``node.settle_heap``), as ``overlay-node run`` does.
 
 In a process host the op and describe functions travel to the child by reference (the ``spawn`` start method
 re-imports them there), so they must be module-level functions, or their dotted names (``"module:function"`` or
@@ -224,6 +225,10 @@ def _serve(
             nodes = [await start_node(nursery, spec) for spec in specs]
             tasks: trio.Nursery = await nursery.start(_task_nursery)
             host = Host(nodes=nodes, nursery=tasks)
+            if nodes:  # a process of its own, as a daemon's: what `overlay-node run` does once its node is ready
+                from overlay_node.node import settle_heap
+
+                settle_heap()
             conn.send([describe(node) for node in nodes])
             while True:
                 op, args = await trio.to_thread.run_sync(conn.recv)

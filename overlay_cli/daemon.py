@@ -12,7 +12,7 @@ from overlay_node.config import Config
 from overlay_node.datadir import DataDir
 from overlay_node.errors import first_overlay_error
 from overlay_node.net.accept import raise_fd_limit
-from overlay_node.node import Node, NodeInfo
+from overlay_node.node import Node, NodeInfo, settle_heap
 from overlay_node.signals import relay_stop_signals
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ async def _main(dd: DataDir, cfg: Config, as_json: bool) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(relay_stop_signals, node.request_shutdown, nursery.cancel_scope, "overlay-node")
         info = await nursery.start(node.run)
+        settle_heap()  # what the start made stays: out of the cyclic collector's sight
         _announce(info, as_json=as_json)
         # node.run returns after a graceful shutdown; then stop listening for signals
         await node.wait_stopped()

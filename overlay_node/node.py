@@ -13,6 +13,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -688,6 +689,17 @@ class Node:
             ) or next(iter(link.listen_addresses), "")
             if address:
                 await store.peers.upsert(link.peer_key, address, self.wall_clock())
+
+
+def settle_heap() -> None:
+    """For a daemon's process once its node is ready: collect the garbage of the start once, then freeze what is left
+    (``gc.freeze``: modules, classes, config, the services' long-lived structures) out of the cyclic collector's sight.
+    Otherwise every full collection walks all of it: 40-300 ms with the event loop stopped, about once per thousand
+    payments of a paid stream (a W = 1 stream of 2,000 packets/s lost a tenth to a fifth of a run to one, and its
+    latency p99 jumped). Objects made later are collected as before. Not for a process that starts and stops many
+    nodes (tests): what a freeze pins is never collected."""
+    gc.collect()
+    gc.freeze()
 
 
 def _private_umask() -> None:

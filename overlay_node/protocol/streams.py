@@ -36,11 +36,12 @@ Invariants:
    producer has more packets than that covers (``head`` is announced with every batch and pause). A stream
    whose length is a multiple of ``W`` is therefore paid exactly: ``paid == packets * rate``. Unless the
    consumer pays live streams ahead (``live_ahead``): on a live stream (the last batch moved the head and
-   brought us up to it: the producer pushes as we read) it then pays the next window once less than half a
-   window of what it paid is left, before any packet of it exists, so that the window's first packet does not
-   wait for a payment round trip (a pause, then the payment). A producer that holds payments (invariant 8; it
-   says ``holds`` at subscribe) is always paid so: the stream stays paid exactly. With another, when a live
-   stream stops, such a consumer has paid for at most one window it did not get.
+   brought us up to it: the producer pushes as we read; or the subscription started at the head) it then pays
+   the next window once less than half a window of what it paid is left, before any packet of it exists, so
+   that the window's first packet does not wait for a payment round trip (a pause, then the payment). A
+   producer that holds payments (invariant 8; it says ``holds`` at subscribe) is always paid so: the stream
+   stays paid exactly. With another, when a live stream stops, such a consumer has paid for at most one window
+   it did not get.
 4. Sequence numbers are contiguous per stream, from 0. The producer sends a subscriber the packets from its
    cursor on, in order; the consumer accepts a batch only if it starts exactly at the next sequence number it
    expects (a gap, a repeat or a reorder is a protocol error and grants nothing).
@@ -542,7 +543,8 @@ class ConsumerCredit:
         self.in_flight = 0  # payments sent, not yet answered
         self.paused = False
         self.live_ahead = live_ahead
-        self.live = False  # the last batch moved the head and brought us up to it (invariant 3)
+        # the last batch moved the head and brought us up to it, or the subscription started at the head (invariant 3)
+        self.live = False
 
     @property
     def charged(self) -> int:

@@ -34,7 +34,8 @@ Theory of operation (producer):
 6. Sequence numbers are never used twice, even across a crash: a packet goes out only below the stream's
    durable reservation (``reserved``), which a background write moves ``_SEQ_BLOCK`` ahead of the head as
    pushes approach it. After a crash the stream goes on at the reservation (the numbers in between were never
-   sent; consumers count them as skipped); a clean shutdown writes the exact head.
+   sent; consumers count them as skipped); a clean shutdown writes the exact head. A new stream reserves its first
+   block when it is created, so its first packet does not wait for that write.
 """
 
 from __future__ import annotations
@@ -370,6 +371,7 @@ class StreamProducer:
             buffer=deque(maxlen=self._config.buffer_packets),
         )
         self._streams[stream_id] = stream
+        await self._reserve(stream, ahead=_SEQ_BLOCK)  # the first push need not wait for a durable write
         await self._advertise(stream)
         logger.info("stream %s created (%s, %d satoshis)", stream_id, pricing_model, rate)
         return stream.as_dict()

@@ -182,6 +182,9 @@ class Subscription:
         self._leaving = 0  # payments of batches handed to _send_payments and not yet sent
         self._unsubscribed = False  # stopping: unsubscribed while payments were on their way
         self._deliveries: set[trio.CancelScope] = set()  # batches being handed to the reader
+        #: payments prepared and not yet answered (txid): the coins their change will add to the wallet, less the one
+        #: each spends
+        self._change_coming: dict[str, int] = {}
         self._last_tick = trio.current_time()
         # the durable row (theory of operation, 6): changed (wakes _keep_row); changes made, and those the last row
         # on its way to the store holds; write-aheads on their way with it, and whether it is being written alone
@@ -295,6 +298,10 @@ class Subscription:
             self.credit.ahead = ahead
             self.credit.live_ahead = live_ahead
         self.credit.head = max(self.credit.head, head)
+        # a subscription that starts at the head is caught up with a live stream: its next window is paid ahead as
+        # after a live batch (invariant 3), so that the first packet pushed waits for a commit, not a pause and a
+        # payment round trip
+        self.credit.live = self.credit.next_seq >= self.credit.head
         now_ms = int(self._consumer.wall() * 1000)
         sent = {q.quote_id for q, _ in self._unanswered}  # paid, answer unknown: not to be paid again
         self.quotes = deque(self.credit.check_quote(q, now_ms) for q in quotes if q.quote_id not in sent)
@@ -479,9 +486,7 @@ class Subscription:
                     if not self.quotes and not credit.in_flight and not self._hold and credit.wants_payment():
                         await self._subscribe(link)  # out of open quotes (expired, refused): fresh ones
                     while len(batch) < _MAX_BATCH and self.quotes and not self._hold and credit.wants_payment():
-                        # coins the change of this batch's payments will add (not in the wallet yet)
-                        coming = sum(len(p.prepared.change) - 1 for p in batch)
-                        payment = await self._prepare_payment(link, coming)
+                        payment = await self._prepare_payment(link)
                         if payment is None:
                             break
                         batch.append(payment)
@@ -532,14 +537,19 @@ class Subscription:
             self._failure = failure
         self._changed.set()
 
-    def _change_parts(self, coming: int) -> int:
+    def _change_parts(self) -> int:
         """How many coins the change of the next payment becomes: enough for ``ahead`` payments in flight, each
-        spending its own coin (a payment in flight holds its coin reserved until its change comes back).
-        ``coming``: the coins the payments prepared just before this one will add (a first batch of payments
-        made from a few coins would otherwise split each of them as if it were the only one)."""
+        spending its own coin (a payment in flight holds its coin reserved until its change comes back), counting
+        the coins the change of the payments on their way will add (a first batch of payments made from a few coins,
+        or one behind the window paid ahead at subscribe, would otherwise split each as if it were the only one)."""
         credit = self.credit
         assert credit is not None
+        coming = sum(self._change_coming.values())
         return max(1, credit.ahead - self._consumer.wallet.coin_count() - coming)
+
+    def _landed(self, prepared: PreparedTx) -> None:
+        """A payment's outcome is known to the wallet (its change added, or never coming)."""
+        self._change_coming.pop(prepared.txid, None)
 
     def _tick(self) -> None:
         now = trio.current_time()
@@ -553,7 +563,7 @@ class Subscription:
             return math.inf
         return max(0.01, (c.credit - c.window_price) / c.terms.rate) if c.credit > c.window_price else 0.05
 
-    async def _prepare_payment(self, link: PeerLink, coming: int) -> _Payment | None:
+    async def _prepare_payment(self, link: PeerLink) -> _Payment | None:
         """Build the next payment (in order: coins are picked one payment at a time); None when there is nothing
         to pay with right now."""
         credit = self.credit
@@ -563,7 +573,7 @@ class Subscription:
         credit.begin_payment()
         try:
             message, prepared = await consumer.payments.prepare_payment(
-                quote, change_parts=self._change_parts(coming), change_key=self._change_key
+                quote, change_parts=self._change_parts(), change_key=self._change_key
             )
         except QuoteExpired:
             credit.payment_failed()
@@ -592,6 +602,7 @@ class Subscription:
             quote_id=quote.quote_id,
             resource=quote.resource,
         )
+        self._change_coming[prepared.txid] = len(prepared.change) - 1
         return _Payment(quote, message, prepared, history)
 
     async def _write_ahead(self, batch: list[_Payment]) -> list[_Payment]:
@@ -606,6 +617,7 @@ class Subscription:
         except BaseException:
             for payment in reversed(batch):  # the quotes go back in their order
                 wallet.release(payment.prepared)
+                self._landed(payment.prepared)
                 credit.payment_failed()
                 self.quotes.appendleft(payment.quote)
             raise
@@ -615,6 +627,10 @@ class Subscription:
         self._row_submits += 1
         try:
             errors = await wallet.begin_many([(p.prepared, p.history) for p in batch], before=row)
+        except BaseException:
+            for payment in batch:  # released by the wallet
+                self._landed(payment.prepared)
+            raise
         finally:
             self._row_aheads -= 1
             self._row_ended()
@@ -623,6 +639,7 @@ class Subscription:
             if error is None:
                 written.append(payment)
                 continue
+            self._landed(payment.prepared)
             credit.payment_failed()
             self.quotes.appendleft(payment.quote)
             self._fail(error)
@@ -659,6 +676,7 @@ class Subscription:
         except (ConnectionLost, PeerTimeout, RemoteProtocolError) as exc:
             for payment in written:
                 consumer.wallet.unanswered(payment.prepared, str(exc))
+                self._landed(payment.prepared)
                 credit.payment_failed()
                 self._unanswered.append((payment.quote, payment.prepared))
             consumer.m_payments.labels("consumer", "unanswered").inc(len(written))
@@ -667,6 +685,7 @@ class Subscription:
         except trio.Cancelled:
             for payment in written:
                 consumer.wallet.unanswered(payment.prepared, "cancelled while waiting for the producer")
+                self._landed(payment.prepared)
                 credit.payment_failed()
                 self._unanswered.append((payment.quote, payment.prepared))
             raise
@@ -690,6 +709,7 @@ class Subscription:
         """The producer refused ``payment``: undo it; paid too early -> pay it again after news, else the end."""
         credit = self.credit
         assert credit is not None
+        self._landed(payment.prepared)
         await self._consumer.wallet.abort(payment.prepared)
         credit.payment_failed()
         self._consumer.m_payments.labels("consumer", "refused").inc()
@@ -711,6 +731,7 @@ class Subscription:
         credit = self.credit
         assert credit is not None
         wallet = self._consumer.wallet
+        self._landed(prepared)
         raw = answer.get("receipt")  # its canonical CBOR bytes (a map from a producer that sends one)
         try:
             receipt = Receipt.from_bytes(raw) if isinstance(raw, bytes) else Receipt.from_wire(raw)

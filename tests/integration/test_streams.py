@@ -143,11 +143,11 @@ def stop_paying_after(monkeypatch: pytest.MonkeyPatch, consumer: StreamConsumer,
     on taking packets): a consumer that stops paying. Other consumers in the process pay as usual."""
     prepare = Subscription._prepare_payment
 
-    async def stingy(self: Subscription, link: PeerLink, coming: int) -> Any:
+    async def stingy(self: Subscription, link: PeerLink) -> Any:
         credit = self.credit
         if self._consumer is consumer and credit is not None and credit.payments + credit.in_flight >= payments:
             return None  # "nothing to pay with right now": the payer waits for news
-        return await prepare(self, link, coming)
+        return await prepare(self, link)
 
     monkeypatch.setattr(Subscription, "_prepare_payment", stingy)
 
@@ -301,6 +301,48 @@ async def test_a_live_stream_pays_each_window_before_it_begins_and_exactly(
         (row,) = status["subscribers"]
         assert row["packets"] == 30
         assert row["paid_satoshis"] == 30 * RATE
+
+
+async def test_a_subscription_at_the_head_pays_its_first_window_before_it_begins(
+    start_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a subscription that starts at the stream's head is caught up with a live stream: it pays its first window
+    # before any packet of it exists, the producer holds that payment (protocol/streams.py, invariants 3 and 8), and
+    # the first packet pushed waits for its commit, not for a pause and a payment round trip; the stream that is new
+    # has its first sequence numbers reserved already (no durable write before its first packet either)
+    pauses: list[object] = []
+    on_paused = Subscription.on_paused
+
+    def counting(self: Subscription, head: object, paid: object) -> None:
+        pauses.append(head)
+        on_paused(self, head, paid)
+
+    monkeypatch.setattr(Subscription, "on_paused", counting)
+    with trio.fail_after(30):
+        _, producer, (consumer,) = await network(start_node, 1)
+        await producer.streams.producer.create("fresh", rate=RATE)
+        (row,) = [r for r in await producer.store.streams.streams() if r.stream_id == "fresh"]
+        assert row.next_seq >= 10  # reserved durably when created: the first pushes go out at once
+        before = consumer.wallet.balance().satoshis
+        sub = await consumer.streams.consumer.subscribe("fresh", window=10)
+        reader = Reader(sub)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            await next_window_held(sub)
+            pushed = time.time()
+            producer.streams.producer.push("fresh", lines(10))
+            await reader.reached(10)
+            sub.stop()
+            await sub.wait_finished()
+        assert [p.payload for p in reader.packets] == lines(10)
+        assert pauses == []
+        paid_at = [h.created_at for h in await consumer.wallet.history() if h.direction == "out"]
+        assert len(paid_at) == 1
+        assert paid_at[0] < pushed
+        summary = sub.summary()
+        assert summary["payments"] == 1
+        assert summary["paid_satoshis"] == 10 * RATE
+        assert consumer.wallet.balance().satoshis == before - 10 * RATE - summary["fees"]
 
 
 async def test_a_held_payment_whose_window_does_not_come_is_refused_and_its_coins_come_back(
