@@ -89,7 +89,7 @@ def _hex(text: str, what: str) -> bytes:
 
 def _txid(request: Request) -> str:
     txid = str(request.path_params["txid"])
-    if not _TXID.match(txid):
+    if not _TXID.fullmatch(txid):
         raise Refusal(ArcCode.BAD_REQUEST, f"{txid[:80]!r} is not a txid (64 hex characters)")
     return txid.lower()
 

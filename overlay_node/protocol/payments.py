@@ -132,7 +132,7 @@ def check_payment_output(script: bytes, satoshis: int, *, expected_script: bytes
 
 def _str(body: dict[str, Any], key: str, pattern: re.Pattern[str], what: str) -> str:
     value = body.get(key)
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise BadRequest(f"{what} ({key!r}) is missing or malformed")
     return value
 
@@ -140,7 +140,7 @@ def _str(body: dict[str, Any], key: str, pattern: re.Pattern[str], what: str) ->
 def _key(body: dict[str, Any], key: str) -> str:
     # the form only: the curve point is checked where the key is used (every use parses it)
     value = body.get(key)
-    if not isinstance(value, str) or not _PUBKEY_HEX.match(value):
+    if not isinstance(value, str) or not _PUBKEY_HEX.fullmatch(value):
         raise BadRequest(f"{key!r} must be a compressed public key in lower-case hex")
     return value
 

@@ -130,7 +130,7 @@ def check_stream_id(value: object) -> str:
     Raises:
         BadRequest: otherwise.
     """
-    if not isinstance(value, str) or not _STREAM_ID.match(value):
+    if not isinstance(value, str) or not _STREAM_ID.fullmatch(value):
         raise BadRequest("stream id must be 1-128 characters of A-Z a-z 0-9 . _ : - (starting with a letter or digit)")
     return value
 

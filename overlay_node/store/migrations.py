@@ -67,7 +67,7 @@ class Migrations:
         Raises:
             StoreError: the name is malformed, already used, or not after the last registered name.
         """
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise StoreError(f"migration name {name!r} must look like 0003_words")
         if self._items and name <= self._items[-1].name:
             raise StoreError(f"migration {name!r} must sort after {self._items[-1].name!r}")

@@ -266,6 +266,7 @@ async def test_refusals_change_nothing(start_devnet: DevnetFactory) -> None:
             assert answer.status_code == 469, answer.text
 
             assert (await c.get("/v1/tx/nothex")).status_code == 400
+            assert (await c.get("/v1/tx/" + "ab" * 32 + "%0A")).status_code == 400
             assert (await c.get("/v1/headers/99")).status_code == 404
             assert (await c.get("/v1/headers/x1")).status_code == 400
             assert (await c.get("/v1/nope")).status_code == 404

@@ -125,6 +125,8 @@ def test_a_quote_signed_by_someone_else_fails() -> None:
         ({**_quote().to_wire(), "amount": 0}, "price"),
         ({**_quote().to_wire(), "amount": True}, "price"),
         ({**_quote().to_wire(), "payee": "zz"}, "public key"),
+        ({**_quote().to_wire(), "payee": _quote().payee + "\n"}, "public key"),
+        ({**_quote().to_wire(), "quote_id": _quote().quote_id + "\n"}, "quote id"),
         ({**_quote().to_wire(), "resource": "a\nb"}, "resource"),
         ({**_quote().to_wire(), "prefix": "has space"}, "derivation prefix"),
         ({**_quote().to_wire(), "sig": "nope"}, "sig"),

@@ -316,6 +316,7 @@ def test_batches_from_the_wire_are_bounded() -> None:
         {**good, "first": -1},
         {**good, "payloads": [b"bytes"]},
         {**good, "stream_id": ""},
+        {**good, "stream_id": "s\n"},
         [],
     ):
         with pytest.raises(RemoteProtocolError):
