@@ -223,7 +223,9 @@ def distribute(
         data.pop("event", None)
 
         def human(out: Console) -> None:
-            out.print(f"{data['available']} replicas available (target {data['replication']})")
+            # the target asked for (--replication), else the content's own
+            target = data.get("replicas_wanted", data["replication"])
+            out.print(f"{data['available']} replicas available (target {target})")
             _replica_rows(out, data)
 
         emit(state, data, human)

@@ -358,6 +358,8 @@ async def test_cli_publish_wait_that_places_fewer_replicas_than_wanted_fails_and
         assert again.exit_code == 1, again.output
         assert (json.loads(again.stdout)["replicas_placed"], json.loads(again.stdout)["replicas_wanted"]) == (0, 1)
         assert "placed 0 of 1 replicas" in again.stderr
+        told = await cli("ctl", "distribute", cid.hex(), "--replication", "1")
+        assert "0 replicas available (target 1)" in told.stdout, told.output  # the content's own is 2
         # asking for nothing more than is placed succeeds, and so does --wait with R = 0
         none = await cli("--json", "ctl", "distribute", cid.hex(), "--replication", "0")
         assert none.exit_code == 0, none.output
