@@ -8,7 +8,8 @@ limits, requests and retries) and ``services.dht_lookups`` drives lookups over i
 Theory of operation:
 
 - ``run`` binds the UDP endpoint, loads the records saved in SQLite, reports ``host:port`` and bootstraps from
-  ``dht.bootstrap`` and the contacts saved by the last run: a PING to each, then a lookup of our own id. Background
+  ``dht.bootstrap`` and the contacts saved by the last run: a PING to each, then, once the first answers, a lookup
+  of our own id (the other PINGs go on in the background: a dead one does not hold the start up). Background
   tasks read datagrams, save changed records in batches, and run :meth:`DhtService.run_maintenance` every
   ``maintenance_interval``, which also saves the contacts closest to our id when they changed (and so does the
   stop), so that a node restarted while its bootstrap nodes are down rejoins through the nodes it knew.
@@ -46,7 +47,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -340,7 +341,11 @@ class DhtService:
 
     async def bootstrap(self, addresses: Sequence[str], *, saved: Sequence[Contact] = ()) -> int:
         """Ping each ``host:port`` and each of the ``saved`` contacts (at its address, expecting its key), then look
-        up our own id; returns how many contacts the table holds."""
+        up our own id; returns how many contacts the table holds.
+
+        The lookup starts as soon as the first of them answers: the pings not answered yet go on in the background
+        (an answer still puts its contact in the table), so one dead bootstrap node or saved contact does not hold
+        a start up for its request timeout and retries. With no answer at all, it ends when every ping has failed."""
         endpoint = self._endpoint
         if endpoint is None:
             await endpoint_closed()
@@ -353,11 +358,27 @@ class DhtService:
                 continue
             if address != endpoint.address:  # a shared bootstrap list names us too
                 resolved.append(address)
-        async with trio.open_nursery() as nursery:
-            for address in resolved:
-                nursery.start_soon(self._ping_address, address)
-            for contact in saved:
-                nursery.start_soon(self._ping_saved, contact)
+        pings: list[tuple[Callable[[Any], Awaitable[bool]], object]] = [
+            *((self._ping_address, address) for address in resolved),
+            *((self._ping_saved, contact) for contact in saved),
+        ]
+        settled = trio.Event()  # the first answer, or the last failure
+        left = len(pings)
+
+        async def ping(fn: Callable[[Any], Awaitable[bool]], target: object) -> None:
+            nonlocal left
+            try:
+                if await fn(target):
+                    settled.set()
+            finally:
+                left -= 1
+                if not left:
+                    settled.set()
+
+        for fn, target in pings:
+            self._spawn(ping, fn, target)
+        if pings:
+            await settled.wait()
         if len(self._table):
             await self._lookup(self._own_id, find_value=False)
         logger.info(
@@ -369,18 +390,23 @@ class DhtService:
         self._update_gauges()
         return len(self._table)
 
-    async def _ping_address(self, address: Address) -> None:
+    async def _ping_address(self, address: Address) -> bool:
+        """Ping a bootstrap address; True when it answered (its answer puts it in the table)."""
         try:
             await self._rpc.request(address, Ping(rpc_id=new_rpc_id()), expect_id=None)
         except (PeerTimeout, DialError) as exc:
             logger.warning("dht bootstrap: %s", exc)
+            return False
+        return True
 
-    async def _ping_saved(self, contact: Contact) -> None:
-        """Ping a contact saved by an earlier run; its answer puts it in the table (``on_heard``)."""
+    async def _ping_saved(self, contact: Contact) -> bool:
+        """Ping a contact saved by an earlier run; True when it answered (``on_heard`` puts it in the table)."""
         try:
             await self._rpc.request((contact.host, contact.port), Ping(rpc_id=new_rpc_id()), expect_id=contact.node_id)
         except (PeerTimeout, DialError) as exc:
             logger.debug("dht: saved contact %s: %s", contact.node_id.hex()[:16], exc)
+            return False
+        return True
 
     async def put(self, key: bytes, value: bytes, *, ttl: float) -> PutOutcome:
         """Publish our record ``value`` under ``key`` for ``ttl`` seconds, replacing our earlier one.

@@ -106,6 +106,23 @@ async def test_a_whole_node_restarted_while_its_bootstrap_node_is_down_finds_the
         assert again.status()["dht_contacts"] == 1
 
 
+async def test_a_dead_bootstrap_address_does_not_hold_the_start_up(dht_net: DhtNet) -> None:
+    # one live address and one that never answers: the bootstrap is done once the live one answered and the lookup
+    # through it ended, not after the silent one's request timeout and retries (90 s here); its PING goes on
+    with trio.fail_after(LIMIT):
+        seed = await dht_net.start("seed")
+        node = await dht_net.start("node", request_timeout=30.0, request_retries=2)
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
+        try:
+            started = trio.current_time()
+            assert await node.service.bootstrap([f"127.0.0.1:{silent.getsockname()[1]}", seed.address]) == 1
+            assert trio.current_time() - started < 30.0
+            assert [c.node_id for c in node.service.contacts()] == [seed.service.node_id]
+        finally:
+            silent.close()
+
+
 async def test_requests_time_out_after_their_retries(dht_net: DhtNet) -> None:
     with trio.fail_after(LIMIT):
         node = await dht_net.start("node", request_timeout=0.2, request_retries=2)
