@@ -453,12 +453,13 @@ class DhtService:
         )
         return await self._publish(record, max(expires - wall, 1.0))
 
-    async def get(self, key: bytes) -> list[Record]:
+    async def get(self, key: bytes, *, tombstones: bool = False) -> list[Record]:
         """The newest live record of every publisher under ``key``, ordered by publisher.
 
         Runs an iterative FIND_VALUE over the k closest nodes (all pages of each, or of one holder per records
         digest; ``protocol.dht_lookup`` invariant 6), verifies every record, and merges
-        them with our own and locally held records; tombstones and expired records are left out.
+        them with our own and locally held records; expired records are left out, and so are tombstones unless
+        ``tombstones`` (a publisher whose newest record is one has revoked what it published there).
 
         Raises:
             BadRequest: the key is not 32 bytes.
@@ -475,7 +476,8 @@ class DhtService:
                 best[record.publisher] = record
                 if record.publisher != self._pub:
                     self._notify(record)
-        return sorted((r for r in best.values() if not r.is_tombstone and r.expires > wall), key=lambda r: r.publisher)
+        kept = (r for r in best.values() if (tombstones or not r.is_tombstone) and r.expires > wall)
+        return sorted(kept, key=lambda r: r.publisher)
 
     def local_records(self, key: bytes) -> list[Record]:
         """The live records this node holds under ``key`` (its own included), ordered by publisher; no I/O."""

@@ -906,9 +906,9 @@ class StreamConsumer:
         ``protocol/streams.py``, invariant 3).
 
         Raises:
-            BadRequest: bad arguments. NotFound: no producer advertises the stream. Conflict: already
-                subscribed. DialError, PeerTimeout: the producer cannot be reached. PaymentError: the price
-                is above ``max_price``. OverlayError: the producer refused (its error).
+            BadRequest: bad arguments. NotFound: no producer advertises the stream, or its producer closed it.
+                Conflict: already subscribed. DialError, PeerTimeout: the producer cannot be reached. PaymentError:
+                the price is above ``max_price``. OverlayError: the producer refused (its error).
         """
         stream_id = check_stream_id(stream_id)
         window = check_window(window)
@@ -943,11 +943,15 @@ class StreamConsumer:
         return sub
 
     async def _find(self, stream_id: str, producer: str | None) -> tuple[str, list[str]]:
-        records = await self.dht.get(dht_key("stream", stream_id))
+        records = await self.dht.get(dht_key("stream", stream_id), tombstones=True)
         best: tuple[int, str, list[str]] | None = None
+        ended: str | None = None  # a producer that revoked its record: the stream was closed
         for record in records:
             key = record.publisher.hex()
             if producer is not None and key != producer.lower():
+                continue
+            if record.is_tombstone:
+                ended = key
                 continue
             try:
                 value = json.loads(record.value)
@@ -959,6 +963,8 @@ class StreamConsumer:
             if best is None or record.seq > best[0]:
                 best = (record.seq, key, swarm[:_MAX_ADDRESSES])
         if best is None:
+            if ended is not None:
+                raise NotFound(f"stream {stream_id!r} has ended: its producer {ended[:16]}... closed it")
             if producer is not None:
                 return producer.lower(), []  # a named producer is reached by its key alone (PeerManager.reach)
             raise NotFound(f"no producer advertises stream {stream_id!r} in the DHT")

@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 from overlay_node.crypto.brc42 import verify_for_anyone
-from overlay_node.errors import BadRequest, InvalidPayment, OverlayError, PaymentReplayed
+from overlay_node.errors import BadRequest, InvalidPayment, NotFound, OverlayError, PaymentReplayed
 from overlay_node.net.peers import PeerLink
 from overlay_node.node import Node
 from overlay_node.protocol.payments import RECEIPT_PROTOCOL, PaymentMessage, Quote, Receipt, batch_signing_bytes
@@ -301,6 +301,9 @@ async def test_a_live_stream_pays_each_window_before_it_begins_and_exactly(
         (row,) = status["subscribers"]
         assert row["packets"] == 30
         assert row["paid_satoshis"] == 30 * RATE
+        if ending == "close":  # a closed stream is said to have ended, not to be unknown
+            with pytest.raises(NotFound, match="'live' has ended: its producer"):
+                await consumer.streams.consumer.subscribe("live", window=10)
 
 
 async def test_a_subscription_at_the_head_pays_its_first_window_before_it_begins(
