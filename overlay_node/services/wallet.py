@@ -438,25 +438,13 @@ class Wallet:
         self._coins.reserve(picked)
         txid = ""
         try:
-            changes: list[UtxoRecord] = []
+            change_keys: list[str] = []
             all_outputs = list(outputs)
             for i in range(parts if change_sats else 0):
                 sats = change_sats // parts + (1 if i < change_sats % parts else 0)
                 key_id = f"change {change_key or secrets.token_hex(12)}"
-                script = p2pkh_for_key(self._own_key(key_id))
-                all_outputs.append((script, sats))
-                changes.append(
-                    UtxoRecord(
-                        txid="",
-                        vout=len(all_outputs) - 1,
-                        satoshis=sats,
-                        script=script,
-                        protocol=_WALLET_PROTOCOL_TEXT,
-                        key_id=key_id,
-                        counterparty="self",
-                        origin="change",
-                    )
-                )
+                change_keys.append(key_id)
+                all_outputs.append((p2pkh_for_key(self._own_key(key_id)), sats))
             extra = [
                 Spend(outpoint_bytes(e.txid, e.vout), e.script, e.satoshis, e.secret, unlock=e.unlock)
                 for e in extra_inputs
@@ -464,7 +452,20 @@ class Wallet:
             built: BuiltTx = build_transaction(
                 picked, all_outputs, self._private_key, fee=fee, public_for=self._public_key, extra=extra
             )
-            change = tuple(dataclasses.replace(c, txid=built.txid) for c in changes)
+            first = len(outputs)  # the change outputs come after the payment's
+            change = tuple(
+                UtxoRecord(
+                    txid=built.txid,
+                    vout=first + i,
+                    satoshis=all_outputs[first + i][1],
+                    script=all_outputs[first + i][0],
+                    protocol=_WALLET_PROTOCOL_TEXT,
+                    key_id=key_id,
+                    counterparty="self",
+                    origin="change",
+                )
+                for i, key_id in enumerate(change_keys)
+            )
             txid = built.txid
             self._incoming[txid] = change  # before the first await: a payment waiting for change counts on it
             self._preparers[txid] = trio.lowlevel.current_task()
