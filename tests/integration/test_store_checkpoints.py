@@ -121,6 +121,8 @@ async def test_a_slow_commit_sends_the_next_inline_write_to_the_writer_thread(
 ) -> None:
     where = Where()
     loop_thread = threading.current_thread().name
+    # the commits of the open count as quick however loaded the machine is (the first write below goes inline)
+    monkeypatch.setattr(engine, "INLINE_COMMIT_LIMIT", LIMIT)
     with trio.fail_after(LIMIT):
         db = await _open(tmp_path / "node.db")
         try:
