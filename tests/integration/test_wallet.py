@@ -266,6 +266,26 @@ async def test_a_lone_write_ahead_is_written_on_the_event_loop_thread(
         assert a.wallet.balance().satoshis == balance
 
 
+async def test_a_payees_batch_is_recorded_on_the_event_loop_thread_when_the_writer_is_idle(
+    tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The payee's durable record of a batch of payments is written inline (``store/engine.py`` invariant 8) when
+    the writer thread has nothing else: one payment at a time, each its own batch, each inline."""
+    monkeypatch.setattr(engine, "INLINE_COMMIT_LIMIT", 60.0)  # no commit here counts as slow
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        a = await start_paynode(nursery, tmp_path, "a", devnet.url, settlement=False)
+        b = await start_paynode(nursery, tmp_path, "b", devnet.url, settlement=False)
+        await link(a, b)
+        await a.fund(50_000)
+        db = b.store._db
+        before = db.inline_writes
+        receipts = [await a.payments.pay(await a.payments.request_quote(b.key, f"file:{i}", 1_000)) for i in range(3)]
+        assert db.inline_writes - before == 3
+        recorded = {p.txid for p in await b.store.payments.recent()}
+        assert {r.txid for r in receipts} <= recorded
+
+
 async def test_the_payers_copies_come_due_together(
     tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory
 ) -> None:
