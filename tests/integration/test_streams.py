@@ -304,6 +304,14 @@ async def test_a_live_stream_pays_each_window_before_it_begins_and_exactly(
         if ending == "close":  # a closed stream is said to have ended, not to be unknown
             with pytest.raises(NotFound, match="'live' has ended: its producer"):
                 await consumer.streams.consumer.subscribe("live", window=10)
+            from typer.testing import CliRunner
+
+            from overlay_cli.main import app
+
+            args = ["--data-dir", str(consumer.data_dir.path), "ctl", "subscribe", "live"]
+            out = await trio.to_thread.run_sync(lambda: CliRunner().invoke(app, args))
+            assert out.exit_code == 9, out.output  # not found
+            assert "'live' has ended: its producer" in out.stderr
 
 
 async def test_a_subscription_at_the_head_pays_its_first_window_before_it_begins(
