@@ -700,10 +700,11 @@ class PeerManager:
             raise DialError(f"cannot dial {url}: {cfg.max_links} links already")
         deadline = trio.current_time() + cfg.handshake_timeout
         link: PeerLink | None = None
+        tcp: list[trio.abc.Stream] = []
         try:
             with _single_error():
                 async with trio.open_nursery() as ws_nursery:
-                    ws = await self._open_ws(ws_nursery, url, deadline)
+                    ws = await self._open_ws(ws_nursery, url, deadline, tcp)
                     link = self._new_link(ws, initiator=True, address=url, expect_key=key)
                     self._handshaking.add(link)
                     if key is not None:
@@ -733,14 +734,25 @@ class PeerManager:
                 logger.debug("link to %s ended: %s", url, exc)  # after started(): nobody waits for an error
                 return
             raise _dial_error(url, exc) from exc
+        finally:
+            # the TCP connection is closed here, whatever ended the dial or the link: a dial that failed after the
+            # connect (TLS, the upgrade, the deadline) leaves it open, and so can the websocket's close, which
+            # returns at once without closing its stream when the close handshake was done (or the peer's end went
+            # first); without this the socket stays open until the garbage collector finds it
+            for stream in tcp:
+                await trio.aclose_forcefully(stream)
 
-    async def _open_ws(self, nursery: trio.Nursery, url: str, deadline: float) -> WebSocketConnection:
-        """TCP (+ TLS for wss://) and the websocket upgrade, all before ``deadline``; failures are DialError."""
+    async def _open_ws(
+        self, nursery: trio.Nursery, url: str, deadline: float, tcp: list[trio.abc.Stream]
+    ) -> WebSocketConnection:
+        """TCP (+ TLS for wss://) and the websocket upgrade, all before ``deadline``; failures are DialError. The
+        TCP stream goes in ``tcp`` as soon as it is connected: the caller closes it when it is done."""
         parts = urllib.parse.urlsplit(url)
         host, port = parts.hostname or "", parts.port or 0
         try:
             with trio.fail_at(deadline):
                 stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+                tcp.append(stream)
                 if parts.scheme == "wss":
                     # the certificate is verified (system CAs unless client_ssl says otherwise): without that an
                     # active man in the middle could read the traffic, though never alter or forge it
