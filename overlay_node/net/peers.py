@@ -735,10 +735,9 @@ class PeerManager:
                 return
             raise _dial_error(url, exc) from exc
         finally:
-            # the TCP connection is closed here, whatever ended the dial or the link: a dial that failed after the
-            # connect (TLS, the upgrade, the deadline) leaves it open, and so can the websocket's close, which
-            # returns at once without closing its stream when the close handshake was done (or the peer's end went
-            # first); without this the socket stays open until the garbage collector finds it
+            # the TCP connection is closed here, whatever ended the dial or the link: the websocket's close returns
+            # at once without closing its stream when the close handshake is over already (a peer that shut down
+            # first), and the socket then stayed open until the garbage collector found it
             for stream in tcp:
                 await trio.aclose_forcefully(stream)
 
