@@ -85,24 +85,27 @@ def _error(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"status": "error", "message": message}, status_code=status, headers=CORS_HEADERS)
 
 
+def _failure(exc: Exception, method: str, path: str) -> tuple[str, int]:
+    """The reference's error mapping: our refusals (a ``BadRequest`` is 400) are their status with their message,
+    anything else is a logged 500 ``Unexpected error``; the answer's ``(message, status)``."""
+    if isinstance(exc, OverlayError):
+        if exc.http_status < 500:
+            return str(exc), exc.http_status
+        logger.warning("%s %s failed: %s", method, path, exc)
+    else:
+        logger.error("%s %s failed", method, path, exc_info=exc)
+    return "Unexpected error", 500
+
+
 def _answer(handler: Handler) -> Handler:
-    """The reference's error mapping around a handler: our refusals are 400 with their message, anything else
-    is a logged 500 ``Unexpected error``."""
+    """:func:`_failure`'s error mapping around a handler."""
 
     @functools.wraps(handler)
     async def run(request: Request) -> Response:
         try:
             response = await handler(request)
-        except BadRequest as exc:
-            return _error(str(exc))
-        except OverlayError as exc:
-            if exc.http_status < 500:
-                return _error(str(exc), exc.http_status)
-            logger.warning("%s %s failed: %s", request.method, request.url.path, exc)
-            return _error("Unexpected error", 500)
-        except Exception:
-            logger.exception("%s %s failed", request.method, request.url.path)
-            return _error("Unexpected error", 500)
+        except Exception as exc:  # noqa: BLE001 -- the route boundary: _failure logs what is not a refusal
+            return _error(*_failure(exc, request.method, request.url.path))
         response.raw_headers += _CORS_RAW  # no handler sets them itself
         return response
 
@@ -135,26 +138,12 @@ class _Endpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             content_type, body = await self._handler(scope, receive)
-        except BadRequest as exc:
-            await self._error(send, str(exc), 400)
-            return
-        except OverlayError as exc:
-            if exc.http_status < 500:
-                await self._error(send, str(exc), exc.http_status)
-                return
-            logger.warning("%s %s failed: %s", scope["method"], scope["path"], exc)
-            await self._error(send, "Unexpected error", 500)
-            return
-        except Exception:
-            logger.exception("%s %s failed", scope["method"], scope["path"])
-            await self._error(send, "Unexpected error", 500)
+        except Exception as exc:  # noqa: BLE001 -- the route boundary: _failure logs what is not a refusal
+            message, status = _failure(exc, scope["method"], scope["path"])
+            body = _ERROR_JSON.encode({"status": "error", "message": message}).encode()
+            await _send(send, status, _JSON_TYPE, body)
             return
         await _send(send, 200, content_type, body)
-
-    @staticmethod
-    async def _error(send: Send, message: str, status: int) -> None:
-        body = _ERROR_JSON.encode({"status": "error", "message": message}).encode()
-        await _send(send, status, _JSON_TYPE, body)
 
 
 #: each byte's decimal text: a BEEF as a JSON array of numbers is a join of these (the hot part of every answer)

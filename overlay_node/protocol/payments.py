@@ -66,10 +66,12 @@ __all__ = [
     "batch_signing_bytes",
     "check_amount",
     "check_key_id",
+    "check_next",
     "check_payment_output",
     "check_resource",
     "new_prefix",
     "new_quote_id",
+    "next_field",
     "next_request",
 ]
 
@@ -441,8 +443,21 @@ def next_request(body: object) -> tuple[str, int | None] | None:
         return None
     if not isinstance(value, dict):
         raise BadRequest("'next' must be a map {resource, amount?}")
-    amount = value.get("amount")
-    return check_resource(value.get("resource")), None if amount is None else check_amount(amount)
+    return check_next(value.get("resource"), value.get("amount"))
+
+
+def check_next(resource: object, amount: object) -> tuple[str, int | None]:
+    """A next payment's ``(resource, amount or None)``, checked.
+
+    Raises:
+        BadRequest: a bad resource or amount.
+    """
+    return check_resource(resource), None if amount is None else check_amount(amount)
+
+
+def next_field(resource: str, amount: int | None) -> dict[str, Any]:
+    """The ``next`` field of a ``pay.submit`` body that asks for the quote of ``resource`` (at ``amount``)."""
+    return {"resource": resource} if amount is None else {"resource": resource, "amount": amount}
 
 
 # -- receipts ------------------------------------------------------------------------------------------------

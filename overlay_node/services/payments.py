@@ -82,8 +82,10 @@ from overlay_node.protocol.payments import (
     Quote,
     Receipt,
     check_amount,
+    check_next,
     check_payment_output,
     check_resource,
+    next_field,
     next_request,
 )
 from overlay_node.services.group_commit import GroupCommit
@@ -729,8 +731,7 @@ class Payments:
             raise
         body = message.to_wire()
         if wanted is not None:
-            resource, amount = wanted
-            body["next"] = {"resource": resource} if amount is None else {"resource": resource, "amount": amount}
+            body["next"] = next_field(*wanted)
         history = HistoryRecord(
             txid=prepared.txid,
             direction="out",
@@ -854,10 +855,7 @@ class Payments:
 
 def _next_wanted(then: tuple[str, int | None] | None) -> tuple[str, int | None] | None:
     """``then`` of :meth:`Payments.pay`, checked (BadRequest: a bad resource or amount)."""
-    if then is None:
-        return None
-    resource, amount = then
-    return check_resource(resource), None if amount is None else check_amount(amount)
+    return None if then is None else check_next(*then)
 
 
 def _refusal_of(body: bytes) -> tuple[str, str]:

@@ -276,10 +276,11 @@ class OverlayRepository:
             if any(not values for _, values in conditions):
                 return []
             sql = _find_sql(tuple(len(values) for _, values in conditions), newest_first)
-            params: list[object] = []
-            for key, values in conditions:
+            # in the statement's order: the first condition's field and values, the service, then the others'
+            first = [conditions[0][0], *conditions[0][1]] if conditions else []
+            params: list[object] = [*first, service]
+            for key, values in conditions[1:]:
                 params += [key, *values]
-            params.insert(len(conditions[0][1]) + 1 if conditions else 0, service)
             # an outpoint indexed under several topics comes once: de-duplicated here, in admission order, so that
             # the scan stops as soon as the page is full
             found: list[Outpoint] = []
