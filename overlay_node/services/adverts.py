@@ -272,9 +272,13 @@ class AdvertService:
         maker set (``self.tokens``), first put the same advert on chain as a BRC-88 token, named in the DHT record.
         A token that cannot be made (no funds, no https URI) leaves the DHT advert standing and says why.
 
+        Raises:
+            BadRequest: a bad name (BRC-87), or as :meth:`publish`.
+
         Returns:
             ``{"advert", "stored", "token": outpoint or None, "token_error": reason or None}``.
         """
+        kind_of(name)  # a bad name is refused before anything is made (BadRequest)
         token, error = None, None
         if on_chain and self.tokens is not None:
             try:

@@ -29,12 +29,13 @@ from overlay_node.crypto import pushdrop
 from overlay_node.crypto.brc42 import ProtocolID
 from overlay_node.crypto.keys import Identity
 from overlay_node.errors import BadRequest, OverlayError
+from overlay_node.protocol.adverts import kind_of
 from overlay_node.services.overlay_engine import OverlayEngine
 from overlay_node.services.wallet import ForeignInput, PreparedTx, Wallet
 from overlay_node.store.db import Store
 from overlay_node.store.overlay import OwnToken
 from overlay_node.store.wallet import HistoryRecord
-from overlay_node.topics.ship import SHIP_PROTOCOL, SLAP_PROTOCOL, is_advertisable_uri, kind_for_name, ship_token
+from overlay_node.topics.ship import SHIP_PROTOCOL, SLAP_PROTOCOL, is_advertisable_uri, ship_token
 from overlay_node.topics.uhrp import UHRP_PROTOCOL, is_download_url, uhrp_token
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class OverlayTokens:
             BadRequest: a bad name, no acceptable URI, or the overlay refused it.
             InsufficientFunds: the wallet cannot pay for it.
         """
-        kind = kind_for_name(name)
+        kind = kind_of(name)
         script = ship_token(self._identity, kind, self.advert_uri(uri), name)
         return await self._create(kind, name, script)
 

@@ -68,7 +68,6 @@ __all__ = [
     "is_advertisable_uri",
     "is_valid_name",
     "js_truthy",
-    "kind_for_name",
     "page_arguments",
     "parse_url",
     "protocol_for",
@@ -101,17 +100,6 @@ def is_valid_name(name: str) -> bool:
     """A BRC-87 topic or service name as the reference checks it (``tm_``/``ls_``, lower-case letters in words
     joined by single underscores, at most 50 characters)."""
     return isinstance(name, str) and NAME_RE.match(name) is not None
-
-
-def kind_for_name(name: str) -> Kind:
-    """``SHIP`` for a ``tm_`` topic, ``SLAP`` for an ``ls_`` service.
-
-    Raises:
-        ValueError: not a valid BRC-87 name.
-    """
-    if not is_valid_name(name):
-        raise ValueError(f"not a BRC-87 topic or service name: {name!r}")
-    return "SHIP" if name.startswith("tm_") else "SLAP"
 
 
 def protocol_for(kind: Kind) -> ProtocolID:

@@ -5,6 +5,7 @@ by ls_ship/ls_uhrp, and revoked by spending."""
 from __future__ import annotations
 
 import hashlib
+import json
 import ssl
 from pathlib import Path
 from typing import Any
@@ -197,3 +198,50 @@ async def test_a_forged_ship_token_is_not_admitted(
         topics, services = await node.overlay.counts()
         assert topics.get("tm_ship") == (1, 1)
         assert services.get("ls_ship") == 1
+
+
+async def test_the_cli_contract_advertise_on_chain_then_lookup_ls_ship(
+    start_node: NodeFactory, start_devnet: DevnetFactory, tmp_path: Path, ca: Any
+) -> None:
+    """The commands scripts rely on, as written: ``ctl wallet faucet``, ``ctl advertise --topic tm_x`` (the token on
+    chain), then ``ctl lookup --service ls_ship --query '{"topics":["tm_x"]}' --json`` with each output's decoded
+    fields."""
+    from typer.testing import CliRunner
+
+    from overlay_cli.main import app
+
+    async def cli(*args: str) -> Any:
+        argv = ["--data-dir", str(b.data_dir.path), *args]
+        out = await trio.to_thread.run_sync(lambda: CliRunner().invoke(app, argv))
+        assert out.exit_code == 0, out.output
+        return json.loads(out.stdout) if "--json" in args else out.stdout
+
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        hosted = {"overlay.topic_managers": ["tm_ship", "tm_slap", "tm_uhrp", demo.TOPIC]}
+        b = await tls_node(start_node, tmp_path, ca, "b", devnet.info.url, **hosted)
+        await cli("ctl", "wallet", "faucet", "20000", "--json")
+        made = await cli("ctl", "advertise", "--topic", "tm_demo", "--json")
+        assert made["token"], made
+        await b.overlay.wait_applied(made["token"].split(".")[0], "tm_ship")
+        query = json.dumps({"topics": ["tm_demo"]})
+        found = await cli("ctl", "lookup", "--service", "ls_ship", "--query", query, "--json")
+        (output,) = found["outputs"]
+        assert f"{output['txid']}.{output['outputIndex']}" == made["token"]
+        decoded = output["decoded"]
+        assert (decoded["protocol"], decoded["identityKey"], decoded["domain"], decoded["topic"]) == (
+            "SHIP",
+            b.info.identity_key,
+            b.info.http,
+            "tm_demo",
+        )
+        human = await cli("ctl", "lookup", "--service", "ls_ship", "--query", query)
+        assert made["token"] in human
+        # a name the BRC-87 rules refuse is a bad request, with nothing advertised or spent (it was a 500)
+        balance = b.wallet.balance().satoshis
+        argv = ["--data-dir", str(b.data_dir.path), "ctl", "advertise", "--topic", "tm_demo=x:Y"]
+        bad = await trio.to_thread.run_sync(lambda: CliRunner().invoke(app, argv))
+        assert bad.exit_code == 2, bad.output
+        assert "bad topic or service name 'tm_demo=x:Y'" in bad.stderr
+        assert [a.get("topic") for a in (await cli("ctl", "adverts", "--json"))["adverts"]] == ["tm_demo"]
+        assert b.wallet.balance().satoshis == balance
