@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from overlay_node.chain.formats import SourceOutput, Submission
 from overlay_node.chain.refusals import ArcCode, Refusal
-from overlay_node.chain.validation import Outpoint, Policy, check_transaction, fast_check
+from overlay_node.chain.validation import Outpoint, Policy, check_transaction
 
 __all__ = ["Verified", "claims", "verify_beef"]
 
@@ -91,10 +91,7 @@ def verify_beef(
                     outputs = held.get(tx_in.txid)
                     if outputs is not None and tx_in.vout < len(outputs):
                         sources[outpoint] = outputs[tx_in.vout]
-            fee = fast_check(ptx.raw, sources, policy)
-            if fee is None:  # not the common case: the full check decides, and says what is wrong
-                fee = check_transaction(ptx, sources, policy).fee
-            fees[ptx.txid] = fee
+            fees[ptx.txid] = check_transaction(ptx, sources, policy).fee  # plain P2PKH on its fast path
         if at < last:  # the outputs a later transaction of the BEEF may spend (nothing comes after the subject)
             for vout, (satoshis, script) in enumerate(ptx.outputs):
                 sources[(ptx.txid, vout)] = SourceOutput(satoshis=satoshis, locking_script=script)

@@ -8,6 +8,12 @@ Order of checks (cheap first, as ARC does): inputs and outputs present and well-
 known, outputs do not exceed inputs, the fee meets the policy, then every input script through bsv-sdk's
 interpreter (``Spend``, the engine behind ``Transaction.verify``; called directly because ``verify`` is async,
 checks neither balance nor fee, and needs whole source transactions).
+
+A transaction of plain P2PKH spends and P2PKH outputs (a payment, its change, a faucet payout) takes a fast path
+first (:func:`fast_check`: the same checks, signatures verified by libsecp256k1 over the BIP143 digest computed
+here, no interpreter); anything else, or anything the fast path does not accept, goes through the interpreter,
+which accepts or names the problem. Every caller (the ledger, the payee's and the overlay engine's SPV checks)
+goes through :func:`check_transaction`; :func:`check_by_interpreter` is the interpreter's path alone.
 """
 
 from __future__ import annotations
@@ -102,6 +108,17 @@ def check_transaction(ptx: ParsedTx, sources: Mapping[Outpoint, SourceOutput], p
         Refusal: 462 (inputs), 463 (malformed), 464 (outputs / unbalanced), 465 (fee), 461 (scripts); the txid
             is set on every refusal.
     """
+    fee = fast_check(ptx.raw, sources, policy) if ptx.ef_sources is None else None
+    if fee is None:  # not plain P2PKH (or refused): the interpreter decides, and says what is wrong
+        return check_by_interpreter(ptx, sources, policy)
+    outputs = tuple(
+        NewOutput(vout=vout, satoshis=satoshis, script=script) for vout, (satoshis, script) in enumerate(ptx.outputs)
+    )
+    return NewTx(txid=ptx.txid, raw=ptx.raw, fee=fee, spends=tuple(ptx.spends()), outputs=outputs)
+
+
+def check_by_interpreter(ptx: ParsedTx, sources: Mapping[Outpoint, SourceOutput], policy: Policy) -> NewTx:
+    """:func:`check_transaction` without its fast path: every script through bsv-sdk's interpreter."""
     try:
         return _check(ptx, sources, policy)
     except Refusal as refusal:

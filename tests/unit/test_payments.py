@@ -608,10 +608,10 @@ def _signed(n_inputs: int = 2) -> tuple[bytes, dict[tuple[str, int], SourceOutpu
 def _interpreter_fee(raw: bytes, sources: dict[tuple[str, int], SourceOutput]) -> int | None:
     from overlay_node.chain.formats import parse_transaction
     from overlay_node.chain.refusals import Refusal
-    from overlay_node.chain.validation import check_transaction
+    from overlay_node.chain.validation import check_by_interpreter
 
     try:
-        return check_transaction(parse_transaction(raw), sources, Policy()).fee
+        return check_by_interpreter(parse_transaction(raw), sources, Policy()).fee
     except Refusal:
         return None
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from overlay_node.chain.formats import SourceOutput, parse_transaction
 from overlay_node.chain.refusals import Refusal
-from overlay_node.chain.validation import Policy, check_transaction, fast_check
+from overlay_node.chain.validation import Policy, check_by_interpreter, check_transaction, fast_check
 from overlay_node.crypto.bump import varint_bytes
 from overlay_node.crypto.keys import SECP256K1_N, sign_digest
 from overlay_node.crypto.scripts import hash160
@@ -137,9 +137,12 @@ def test_build_transaction_is_bsv_sdk_byte_for_byte_and_valid(case: Case) -> Non
     assert built.outputs == tuple(SourceOutput(satoshis=s, locking_script=script) for script, s in case.outputs)
     # every input passes bsv-sdk's interpreter, and the payee's fast path agrees (it takes P2PKH outputs only:
     # other scripts go to the interpreter's path)
-    assert check_transaction(parse_transaction(built.raw), case.sources, FREE).fee == case.fee
+    assert check_by_interpreter(parse_transaction(built.raw), case.sources, FREE).fee == case.fee
     plain = all(len(script) == 25 and script[:3] == b"\x76\xa9\x14" for script, _ in case.outputs)
     assert fast_check(built.raw, case.sources, FREE) == (case.fee if plain else None)
+    # and the check every caller runs (its fast path first) records the same transaction
+    checked = check_transaction(parse_transaction(built.raw), case.sources, FREE)
+    assert checked == check_by_interpreter(parse_transaction(built.raw), case.sources, FREE)
 
 
 @settings(max_examples=50, deadline=None)
@@ -186,6 +189,8 @@ def test_a_tampered_output_is_refused(case: Case, data: st.DataObject) -> None:
     tampered[at] ^= data.draw(st.integers(1, 255), label="mask")
     assert fast_check(bytes(tampered), case.sources, FREE) is None
     with pytest.raises(Refusal, match="script failed"):
+        check_by_interpreter(parse_transaction(bytes(tampered)), case.sources, FREE)
+    with pytest.raises(Refusal, match="script failed"):  # the fast path declines it; the interpreter refuses
         check_transaction(parse_transaction(bytes(tampered)), case.sources, FREE)
 
 
