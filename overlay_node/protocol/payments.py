@@ -21,8 +21,9 @@ Invariants (who signs what, and when a payment counts):
 4. A prefix is used by at most one accepted payment: the payee keeps it unique in its store, so a replayed
    payment message is refused however it is timed.
 5. A receipt may also carry ``next_quote``, the SHA-256 of the signing bytes of the quote the payee offers
-   for the next payment (a stream's next window). That quote travels **unsigned** beside the receipt: the
-   receipt's signature signs it, so a window costs the payee one signature, not two. Whoever holds both checks
+   for the next payment (a stream's next window, or the next quote of a ``pay.submit``). A stream's quote travels
+   **unsigned** beside the receipt: the receipt's signature signs it, so a window costs the payee one signature,
+   not two; a ``pay.submit``'s keeps its own signature too (older payers check that). Whoever holds both checks
    the quote by its digest (:meth:`Receipt.signs_quote`).
 6. Receipts of payments accepted together (a stream's ``stream.pay`` batch) may share **one signature**: the
    payee signs the list of the SHA-256 digests of their bodies (``batch``, at most :data:`MAX_RECEIPT_BATCH`,

@@ -10,6 +10,9 @@ Peer methods (request/response over an authenticated link; the peer's identity i
   settlement job and its signed receipt, and only then returns the receipt. With ``next: {resource, amount?}``
   (what the payer pays for next) the answer also holds ``next_quote``, the quote ``pay.quote`` would have issued
   for it (left out when it cannot be issued): a payer paying one payee again and again saves a round trip each.
+  That quote is issued before the receipt is signed, and the receipt names its digest (``protocol/payments.py``,
+  invariant 5): the payer checks it by that digest, one signature check less per payment. The quote keeps its own
+  signature (an older payer checks that, and this node vouches for it by it after a restart).
 - ``pay.receipt`` ``{quote_id}`` -> ``{receipt}``: a receipt already issued to the asking peer (for a payer
   whose link broke before the answer came). A payment of that quote still being checked is waited for; when
   there is none, the answer is ``not_found`` and the quote becomes void (a late copy of the payment is refused),
@@ -318,15 +321,19 @@ class Payments:
     async def _serve_submit(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
         then = next_request(body)  # checked before the payment: a malformed one changes nothing
         message = PaymentMessage.from_wire(body, max_bytes=self._config.max_payment_bytes)
-        receipt = await self.accept_payment(link.peer_key, message)
-        answer: dict[str, Any] = {"receipt": receipt.to_wire()}
+        ahead: Quote | None = None
         if then is not None:
             # the quote of the payer's next payment, issued as pay.quote issues it, saves it that round trip; one
-            # that cannot be issued is left out (the payment stands), and pay.quote then says why
+            # that cannot be issued is left out (the payment stands), and pay.quote then says why. Issued first, so
+            # that the receipt names it too (a refused payment leaves it open, as an unused pay.quote's)
             try:
-                answer["next_quote"] = (await self._quote_for(link.peer_key, *then)).to_wire()
+                ahead = await self._quote_for(link.peer_key, *then)
             except OverlayError as exc:
                 logger.debug("no next quote for %s: %s", link.peer_key[:16], exc)
+        receipt = await self.accept_payment(link.peer_key, message, next_quote=ahead)
+        answer: dict[str, Any] = {"receipt": receipt.to_wire()}
+        if ahead is not None:
+            answer["next_quote"] = ahead.to_wire()
         return answer
 
     async def _serve_receipt(self, link: PeerLink, body: dict[str, Any]) -> dict[str, Any]:
@@ -633,8 +640,11 @@ class Payments:
         self._received.put(quote.quote_id, quote)
         return quote
 
-    def _quote_answer(self, body: object, payee: str, resource: str, amount: int | None) -> Quote:
-        """The quote ``payee`` answered for ``resource`` (at ``amount``), checked.
+    def _quote_answer(
+        self, body: object, payee: str, resource: str, amount: int | None, *, receipt: Receipt | None = None
+    ) -> Quote:
+        """The quote ``payee`` answered for ``resource`` (at ``amount``), checked; one that ``receipt`` (checked
+        already) names as the next quote is vouched for by that receipt's signature, and its own is not checked.
 
         Raises:
             RemoteProtocolError: it is malformed, not signed by ``payee``, for another payer, resource or amount, or
@@ -645,7 +655,7 @@ class Payments:
         except BadRequest as exc:
             raise RemoteProtocolError(f"the peer's quote is malformed: {exc}", reason="bad_quote") from None
         problem = None
-        if not quote.verify():
+        if not (receipt is not None and receipt.signs_quote(quote)) and not quote.verify():
             problem = "it is not signed by the peer"
         elif quote.payee != payee or quote.payer != self._me:
             problem = "it names another payee or payer"
@@ -769,7 +779,7 @@ class Payments:
         offered = answer.get("next_quote")
         if wanted is not None and offered is not None:
             try:
-                ahead = self._quote_answer(offered, link.peer_key, *wanted)
+                ahead = self._quote_answer(offered, link.peer_key, *wanted, receipt=receipt)
             except RemoteProtocolError as exc:  # the payment stands; the next quote is asked for as usual
                 logger.debug("the next quote of %s is left out: %s", link.peer_key[:16], exc)
             else:

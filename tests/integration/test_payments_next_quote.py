@@ -6,12 +6,15 @@ with ``pay.quote`` is priced once more, one that came with a receipt is not.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import trio
 
+from overlay_node.clock import wall_time
 from overlay_node.errors import BadRequest, PaymentError, RemoteProtocolError
+from overlay_node.protocol.payments import Quote, Receipt
 
 from .test_payments import LIMIT, DevnetFactory, PayNode, _link_to, funded_pair, start_devnet
 
@@ -59,6 +62,12 @@ async def test_the_next_quote_comes_with_the_receipt_and_is_handed_out_without_a
             assert b.payments.issued(quote.quote_id) == quote
             assert receipt.verify()
             assert receipt.matches(quote, receipt.txid)
+            # the receipt names the quote that came beside it (the payer checks that one by its digest); the last
+            # payment asked for none
+            if i < 2:
+                assert receipt.signs_quote(quotes[i + 1])
+            else:
+                assert receipt.next_quote == b""
         assert b.wallet.balance().satoshis == 2_100
         for quote in quotes:
             assert (await b.store.payments.get(quote.quote_id)) is not None
@@ -131,3 +140,39 @@ async def test_a_malformed_next_is_refused_before_anything_changes(
         # and a price above the payer's maximum is refused for a handed-out quote as for an asked one
         with pytest.raises(PaymentError, match="above the maximum"):
             await a.payments.request_quote(b.key, "file:next", 300, max_price=299)
+
+
+async def test_the_payer_takes_a_next_quote_on_the_strength_of_the_receipt_that_names_it(
+    tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory
+) -> None:
+    # the payer's check of a next quote, on answers a payee could send: one its receipt names needs no signature of
+    # its own; one the receipt does not name needs its own, and one that has neither is refused
+    # (a quote on a link always carries a signature: here a wrong one)
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        a, b = await funded_pair(nursery, tmp_path, devnet.url, 10_000)
+        now_ms = int(wall_time() * 1000)
+        paid = Quote.issue(b.identity, payer=a.key, resource="r:0", amount=500, now_ms=now_ms, ttl_ms=60_000)
+        # a quote whose own signature is wrong (the payee's, over another quote)
+        bare = dataclasses.replace(
+            Quote.issue(
+                b.identity, payer=a.key, resource="r:1", amount=500, now_ms=now_ms, ttl_ms=60_000, signed=False
+            ),
+            sig=paid.sig,
+        )
+        assert not bare.verify()
+        signed = Quote.issue(b.identity, payer=a.key, resource="r:1", amount=500, now_ms=now_ms, ttl_ms=60_000)
+
+        def receipt(next_quote: Quote | None) -> Receipt:
+            return Receipt.issue(b.identity, paid, txid="ab" * 32, amount=500, paid_ms=now_ms, next_quote=next_quote)
+
+        check = a.payments._quote_answer
+        assert check(bare.to_wire(), b.key, "r:1", 500, receipt=receipt(bare)) == bare
+        assert check(signed.to_wire(), b.key, "r:1", 500, receipt=receipt(signed)) == signed
+        assert check(signed.to_wire(), b.key, "r:1", 500, receipt=receipt(None)) == signed
+        with pytest.raises(RemoteProtocolError, match="not signed by the peer"):
+            check(bare.to_wire(), b.key, "r:1", 500, receipt=receipt(None))
+        with pytest.raises(RemoteProtocolError, match="not signed by the peer"):
+            check(bare.to_wire(), b.key, "r:1", 500, receipt=receipt(signed))  # it names another quote
+        with pytest.raises(RemoteProtocolError, match="not signed by the peer"):
+            check(bare.to_wire(), b.key, "r:1", 500)
