@@ -38,7 +38,9 @@ Run from the repository root::
    Settlement is live (the payee submits each payment to the ledger at once) unless ``--defer-settlement``. CPU
    ms per payment of the payee's process, the payers' processes together and the ledger's, from ``/proc``, and
    of the payee's and the payers' by thread (the trio loop's ``MainThread``, the stores' writer threads, worker
-   threads: ``nodeproc.THREAD_CPU_OP``).
+   threads: ``nodeproc.THREAD_CPU_OP``). Beside it, the raw limit measured just before and after it (coincurve sign
+   + verify per core, as in part 1), and each process's CPU per payment in those units: this machine's speed varies
+   from hour to hour, and that figure compares runs made in different hours.
 
 ``--quick``: 30 rounds, 40 payments per payer, 2,000 signatures (about 10 s). ``--profile DIR`` writes a cProfile
 dump of the measured payee rounds (part 1) to ``DIR/payee.prof``. Prints a table against the targets and saves
@@ -99,6 +101,7 @@ TARGETS = {"payee_per_core": 3_000, "e2e_per_s": 1_000}
 AMOUNT = 1_000  # satoshis per payment
 FUNDS = 50_000_000  # satoshis each payer gets from the faucet
 SEGMENTS = 3  # the payee's measured rounds are timed in this many parts
+E2E_ECDSA = 4_000  # signatures of the raw limit measured before and after the end-to-end run
 # on top of nodeproc.LOOPBACK, for every node of the end-to-end run
 BASE: dict[str, Any] = {"node.shutdown_grace": 1.0, "node.log_level": "warning"}
 
@@ -498,7 +501,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["payee"]["ratio_to_sign_verify"] = round(results["payee"]["per_core"] / sv, 3)
             if not args.skip_e2e:
                 (root / "e2e").mkdir()
-                results["e2e"] = await end_to_end(args, root / "e2e", url, ledger.pid)
+                # the raw limit beside it too: how fast this machine signs and verifies right then (it varies
+                # from hour to hour here), and the CPU of a payment in those units, comparable across such hours
+                before = ecdsa_limits(E2E_ECDSA)
+                e2e = await end_to_end(args, root / "e2e", url, ledger.pid)
+                after = ecdsa_limits(E2E_ECDSA)
+                sv = statistics.mean([before["sign_verify_per_s"], after["sign_verify_per_s"]])
+                e2e["sign_verify_per_s"] = [before["sign_verify_per_s"], after["sign_verify_per_s"]]
+                e2e["cpu_in_sign_verifies"] = {
+                    k: round(ms / 1000 * sv, 2) for k, ms in e2e["cpu_ms_per_payment"].items()
+                }
+                results["e2e"] = e2e
         finally:
             ledger.terminate()
             ledger.wait(10)
@@ -557,6 +570,13 @@ def print_table(r: dict[str, Any]) -> None:
                 f"{m['busy']:.2f} {m['these_three']:.2f} {m['steal']:.2f}",
             )
         row("  settlement", e["settlement"].split(" ")[0])
+        if "sign_verify_per_s" in e:
+            sv, units = e["sign_verify_per_s"], e["cpu_in_sign_verifies"]
+            row("raw: coincurve sign + verify /s per core (before, after)", f"{sv[0]:.0f}, {sv[1]:.0f}")
+            row(
+                "  CPU per payment in sign + verify: payee, payers, ledger",
+                f"{units['payee']:.1f}, {units['payers']:.1f}, {units['ledger']:.1f}",
+            )
     print(f"fsync (4 KiB) median: {r['fsync_ms']} ms")
 
 
