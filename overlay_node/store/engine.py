@@ -102,8 +102,11 @@ CHECKPOINT_PAGES = 2000
 #: where the wal-index header (at the start of the ``-shm`` file) keeps ``mxFrame``, the pages in the log
 _MX_FRAME = struct.Struct("=I")
 _MX_FRAME_OFFSET = 16
-#: a commit longer than this (seconds) sends the next inline writes to the writer thread (invariant 8)
-INLINE_COMMIT_LIMIT = 0.002
+#: a commit longer than this (seconds) sends the next inline writes to the writer thread (invariant 8). Above the
+#: interpreter's switch interval (5 ms): a commit's time includes taking the GIL back after SQLite let it go, which in
+#: a busy process (a payee, several nodes on one loop) waits up to that interval. At 2 ms, such waits made most
+#: commits look slow, and a busy payee's records went through the writer thread: 0.3-0.45 ms more CPU per payment
+INLINE_COMMIT_LIMIT = 0.008
 #: the frames the log's file is written out to at open (invariant 10): a checkpoint's worth, and a commit's more
 LOG_PRESIZE_FRAMES = CHECKPOINT_PAGES + 64
 #: the sizes of the log's header and of each frame's header (SQLite's WAL format)
