@@ -3,7 +3,7 @@
 Every transaction of the BEEF is checked in order, parents first:
 1. A transaction with a merkle path (BUMP) is proven when the root its path computes is the merkle root of the
    block at the path's height; it is taken as valid without looking at its inputs.
-2. Any other transaction is checked fully (:func:`~overlay_node.chain.validation.check_transaction`: structure,
+2. Any other transaction is checked fully (:func:`~overlay_node.chain.validation.checked_fee`: structure,
    every input's script, outputs not above inputs, the fee policy) against the outputs it spends, which come from
    the BEEF's earlier transactions or, for parents the BEEF leaves out (V2 txid-only entries), from ``held``.
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from overlay_node.chain.formats import SourceOutput, Submission
 from overlay_node.chain.refusals import ArcCode, Refusal
-from overlay_node.chain.validation import Outpoint, Policy, check_transaction
+from overlay_node.chain.validation import Outpoint, Policy, checked_fee
 
 __all__ = ["Verified", "claims", "verify_beef"]
 
@@ -91,7 +91,7 @@ def verify_beef(
                     outputs = held.get(tx_in.txid)
                     if outputs is not None and tx_in.vout < len(outputs):
                         sources[outpoint] = outputs[tx_in.vout]
-            fees[ptx.txid] = check_transaction(ptx, sources, policy).fee  # plain P2PKH on its fast path
+            fees[ptx.txid] = checked_fee(ptx, sources, policy)  # plain P2PKH on its fast path
         if at < last:  # the outputs a later transaction of the BEEF may spend (nothing comes after the subject)
             for vout, (satoshis, script) in enumerate(ptx.outputs):
                 sources[(ptx.txid, vout)] = SourceOutput(satoshis=satoshis, locking_script=script)

@@ -13,7 +13,8 @@ A transaction of plain P2PKH spends and P2PKH outputs (a payment, its change, a 
 first (:func:`fast_check`: the same checks, signatures verified by libsecp256k1 over the BIP143 digest computed
 here, no interpreter); anything else, or anything the fast path does not accept, goes through the interpreter,
 which accepts or names the problem. Every caller (the ledger, the payee's and the overlay engine's SPV checks)
-goes through :func:`check_transaction`; :func:`check_by_interpreter` is the interpreter's path alone.
+goes through :func:`check_transaction` (or :func:`checked_fee`, which records nothing); :func:`check_by_interpreter` is
+the interpreter's path alone.
 """
 
 from __future__ import annotations
@@ -108,13 +109,26 @@ def check_transaction(ptx: ParsedTx, sources: Mapping[Outpoint, SourceOutput], p
         Refusal: 462 (inputs), 463 (malformed), 464 (outputs / unbalanced), 465 (fee), 461 (scripts); the txid
             is set on every refusal.
     """
-    fee = fast_check(ptx.raw, sources, policy) if ptx.ef_sources is None else None
+    fee = _fast_fee(ptx, sources, policy)
     if fee is None:  # not plain P2PKH (or refused): the interpreter decides, and says what is wrong
         return check_by_interpreter(ptx, sources, policy)
     outputs = tuple(
         NewOutput(vout=vout, satoshis=satoshis, script=script) for vout, (satoshis, script) in enumerate(ptx.outputs)
     )
     return NewTx(txid=ptx.txid, raw=ptx.raw, fee=fee, spends=tuple(ptx.spends()), outputs=outputs)
+
+
+def checked_fee(ptx: ParsedTx, sources: Mapping[Outpoint, SourceOutput], policy: Policy) -> int:
+    """:func:`check_transaction` for a caller that records nothing of ``ptx`` but its fee (an SPV check): the
+    same checks and refusals, without building the record on the fast path."""
+    fee = _fast_fee(ptx, sources, policy)
+    return check_by_interpreter(ptx, sources, policy).fee if fee is None else fee
+
+
+def _fast_fee(ptx: ParsedTx, sources: Mapping[Outpoint, SourceOutput], policy: Policy) -> int | None:
+    """:func:`fast_check` of a transaction that came in plain form (one in Extended Format has source outputs of
+    its own to compare, which the interpreter's path does)."""
+    return fast_check(ptx.raw, sources, policy) if ptx.ef_sources is None else None
 
 
 def check_by_interpreter(ptx: ParsedTx, sources: Mapping[Outpoint, SourceOutput], policy: Policy) -> NewTx:

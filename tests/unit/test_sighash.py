@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from overlay_node.chain.formats import SourceOutput, parse_transaction
 from overlay_node.chain.refusals import Refusal
-from overlay_node.chain.validation import Policy, check_by_interpreter, check_transaction, fast_check
+from overlay_node.chain.validation import Policy, check_by_interpreter, check_transaction, checked_fee, fast_check
 from overlay_node.crypto.bump import varint_bytes
 from overlay_node.crypto.keys import SECP256K1_N, sign_digest
 from overlay_node.crypto.scripts import hash160
@@ -143,6 +143,7 @@ def test_build_transaction_is_bsv_sdk_byte_for_byte_and_valid(case: Case) -> Non
     # and the check every caller runs (its fast path first) records the same transaction
     checked = check_transaction(parse_transaction(built.raw), case.sources, FREE)
     assert checked == check_by_interpreter(parse_transaction(built.raw), case.sources, FREE)
+    assert checked_fee(parse_transaction(built.raw), case.sources, FREE) == case.fee
 
 
 @settings(max_examples=50, deadline=None)
@@ -192,6 +193,8 @@ def test_a_tampered_output_is_refused(case: Case, data: st.DataObject) -> None:
         check_by_interpreter(parse_transaction(bytes(tampered)), case.sources, FREE)
     with pytest.raises(Refusal, match="script failed"):  # the fast path declines it; the interpreter refuses
         check_transaction(parse_transaction(bytes(tampered)), case.sources, FREE)
+    with pytest.raises(Refusal, match="script failed"):
+        checked_fee(parse_transaction(bytes(tampered)), case.sources, FREE)
 
 
 def _outputs_offset(raw: bytes, n_inputs: int) -> int:
