@@ -199,6 +199,7 @@ class Wallet:
         self._coins_changed = trio.Event()  # set (and replaced) when coins become free: see _select
         self._tracker: ChainTracker | None = None
         self._fee_rate = config.fee_rate
+        self._policy = Policy(mining_fee_satoshis=self._fee_rate, mining_fee_bytes=1000)
         self._ready = trio.Event()
         self._sent_queue: list[SentUpdate] = []
         self._sent_wakeup = trio.Event()
@@ -252,7 +253,9 @@ class Wallet:
     @property
     def policy(self) -> Policy:
         """The fee policy payments must meet (the higher of ours and ARC's)."""
-        return Policy(mining_fee_satoshis=self._fee_rate, mining_fee_bytes=1000)
+        if self._policy.mining_fee_satoshis != self._fee_rate:  # made once per rate: a payee reads it per payment
+            self._policy = Policy(mining_fee_satoshis=self._fee_rate, mining_fee_bytes=1000)
+        return self._policy
 
     @property
     def fee_rate(self) -> int:
