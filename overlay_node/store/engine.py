@@ -610,15 +610,18 @@ class Database:
 
     # -- reads ------------------------------------------------------------------------------------------------
 
-    async def read(self, fn: TxnFn[T]) -> T:
+    async def read(self, fn: TxnFn[T], *, inline: bool = False) -> T:
         """Run ``fn(conn)`` on a read connection, inside one read transaction, and return its result.
 
         Internal to ``store/``: repositories call this; nothing else should. Reads run concurrently with each
-        other (up to ``read_connections``) and with the writer; they see the last committed state.
+        other (up to ``read_connections``) and with the writer; they see the last committed state. ``inline``:
+        :meth:`read_inline` (a read that touches a few rows by key, invariant 6).
 
         Raises:
             StoreError: the store is closed, ``fn`` tried to write, or SQLite failed.
         """
+        if inline:
+            return await self.read_inline(fn)
         self._check_open()
         return await trio.to_thread.run_sync(self._read_in_thread, fn, limiter=self._read_limiter)
 

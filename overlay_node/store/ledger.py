@@ -209,6 +209,9 @@ class LedgerCounts:
 
 
 _BATCH = 400  # stays well below SQLite's bound-parameter limit
+#: a read of up to this many transactions or outputs (by key) runs on the event loop's thread (``Database.read_inline``,
+#: engine invariant 6): each submission reads three times, and a thread hand-off costs more than such a read
+_INLINE_ITEMS = 64
 
 
 class LedgerRepository:
@@ -306,7 +309,7 @@ class LedgerRepository:
                     found.update(str(r["txid"]) for r in rows)
             return found
 
-        return await self._db.read(txn)
+        return await self._db.read(txn, inline=len(txids) <= _INLINE_ITEMS)
 
     async def outputs(self, outpoints: Collection[Outpoint]) -> dict[Outpoint, StoredOutput]:
         """The known outputs among ``outpoints`` (spent or not)."""
@@ -323,7 +326,7 @@ class LedgerRepository:
                     out[(txid, vout)] = _stored_output(row)
             return out
 
-        return await self._db.read(txn)
+        return await self._db.read(txn, inline=len(outpoints) <= _INLINE_ITEMS)
 
     async def accept(self, groups: Sequence[Sequence[NewTx]], *, now: float) -> list[AcceptOutcome]:
         """Record each group of validated transactions (parents first) whole, or not at all (durably).
@@ -375,7 +378,7 @@ class LedgerRepository:
         def txn(conn: sqlite3.Connection) -> dict[str, TxStatusRecord | None]:
             return {txid: _status(conn, txid) for txid in txids}
 
-        return await self._db.read(txn)
+        return await self._db.read(txn, inline=len(txids) <= _INLINE_ITEMS)
 
     async def raw_tx(self, txid: str) -> bytes | None:
         def txn(conn: sqlite3.Connection) -> bytes | None:

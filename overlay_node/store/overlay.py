@@ -158,7 +158,7 @@ class OverlayRepository:
     async def _read(self, fn: Callable[[sqlite3.Connection], T], *, small: bool) -> T:
         """A read: on the event loop's thread when it touches a few rows by key (``Database.read_inline``: a lookup
         or a submission's previous coins, where a thread hand-off costs ten times the query), else in a thread."""
-        return await (self._db.read_inline(fn) if small else self._db.read(fn))
+        return await self._db.read(fn, inline=small)
 
     # -- submissions ----------------------------------------------------------------------------------------
 
