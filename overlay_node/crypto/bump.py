@@ -163,8 +163,23 @@ def path_root(data: bytes, txid: str) -> str:
         return sha256d(left + right)
 
     current = want
+    pairs = _PAIRS
     for h in range(tree_height):
         sibling = node(h, offset ^ 1, current)
-        current = sha256d(current + sibling) if offset % 2 == 0 else sha256d(sibling + current)
+        pair = current + sibling if offset % 2 == 0 else sibling + current
+        parent = pairs.get(pair)
+        if parent is None:
+            if len(pairs) >= _PAIRS_KEPT:
+                pairs.clear()
+            parent = pairs[pair] = sha256d(pair)
+        current = parent
         offset >>= 1
     return current[::-1].hex()
+
+
+#: the parent hashes computed on the way up the paths of :func:`path_root`, by the pair they hash (pure: a pair
+#: always hashes to the same parent). The paths of one block's transactions share their upper nodes: a payee shown
+#: the paths of a block's hundreds of payments one by one hashes each node of the tree about once, not once per
+#: path through it. Emptied when full (about 3 MB)
+_PAIRS: dict[bytes, bytes] = {}
+_PAIRS_KEPT = 16_384
