@@ -608,8 +608,7 @@ class Wallet:
             self._sent_riding += len(riding)
         written = False
         try:
-            with trio.CancelScope(shield=True):
-                written, results = await self._write_ahead(outs, before)
+            written, results = await self._write_ahead(outs, before)  # shielded inside, once anything is queued
         except BaseException:
             for prepared, _ in payments:
                 self.release(prepared)
@@ -632,19 +631,24 @@ class Wallet:
         event loop's own thread while the store's writer thread is idle (``inline``: ``store/engine.py`` invariant 8;
         a write-ahead is not durable, so no fsync blocks the loop): the hand-off to the writer thread and back, two
         thread wake-ups, cost a payer more CPU than the write itself. Several at once go to the group commit, which
-        the writer thread batches."""
+        the writer thread batches.
+
+        Cancellation: once a write is queued, it is waited for (shielded: the wallet must know whether the payment
+        was written); before, the cancellation comes with nothing written. The lone payment's shield is the store's
+        (``shielded``), so that an inline write costs no cancel scope of its own."""
         self._ahead_inflight += 1
         try:
             if len(outs) == 1 and before is None and self._ahead_inflight == 1:
                 now = self._wall()
                 try:
                     outcomes = await self._store.wallet.commit_outgoing(
-                        outs, now=now, submit_at=self._copy_due(now), inline=True
+                        outs, now=now, submit_at=self._copy_due(now), inline=True, shielded=True
                     )
                 except OverlayError as exc:
                     return False, [exc]
                 return True, list(outcomes)
-            slots = await self._ahead.submit_many(outs, before=before)
+            with trio.CancelScope(shield=True):
+                slots = await self._ahead.submit_many(outs, before=before)
         finally:
             self._ahead_inflight -= 1
         return slots[0].error is None, [slot.error or slot.outcome for slot in slots]

@@ -401,7 +401,9 @@ class Database:
 
     # -- writes -----------------------------------------------------------------------------------------------
 
-    async def write(self, fn: TxnFn[T], *, durable: bool = False, urgent: bool = False, inline: bool = False) -> T:
+    async def write(
+        self, fn: TxnFn[T], *, durable: bool = False, urgent: bool = False, inline: bool = False, shielded: bool = False
+    ) -> T:
         """Run ``fn(conn)`` in one write transaction (``BEGIN IMMEDIATE ... COMMIT``) and return its result.
 
         Internal to ``store/``: repositories call this; nothing else should.
@@ -413,11 +415,15 @@ class Database:
             urgent: go before ordinary writes still waiting (invariant 1): for the writes a payment waits on.
             inline: run on this (the event loop's) thread when the writer thread is idle (invariant 8): for a
                 caller with nothing else to wait for.
+            shielded: once the write is queued, the caller's cancellation waits for its outcome (a caller that
+                must know whether it was written); before, it comes at the first checkpoint, with nothing written.
+                The same as the caller's own shielded scope around the call, without the cost of one when the write
+                runs inline.
 
         Cancellation:
             A write that has started in the writer thread runs to its end (commit or rollback) before the
-            cancellation is delivered; one still waiting in the queue is simply withdrawn. An inline write is
-            synchronous: a cancellation comes at the caller's next checkpoint.
+            cancellation is delivered; one still waiting in the queue is simply withdrawn (``shielded``: it is not).
+            An inline write is synchronous: a cancellation comes at the caller's next checkpoint.
 
         Raises:
             StoreError: the store is closed or SQLite failed; the transaction was rolled back.
@@ -441,6 +447,10 @@ class Database:
         job = _Job(fn, durable, urgent, trio.lowlevel.current_task())
         with self._cond:
             self._enqueue(job)
+        if shielded:
+            with trio.CancelScope(shield=True):
+                written: T = await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+            return written
 
         def abort(_raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
             with self._cond:

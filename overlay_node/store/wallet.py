@@ -429,19 +429,26 @@ class WalletRepository:
         await self._db.write(lambda conn: insert_txs(conn, txs, now))
 
     async def commit_outgoing(
-        self, outs: Sequence[Outgoing], *, now: float, submit_at: float | None = None, inline: bool = False
+        self,
+        outs: Sequence[Outgoing],
+        *,
+        now: float,
+        submit_at: float | None = None,
+        inline: bool = False,
+        shielded: bool = False,
     ) -> list[Conflict | None]:
         """Record transactions we made (see :class:`Outgoing`) in one database transaction, each on its own: one
         whose input is no longer spendable is not recorded (its outcome is that Conflict), the others are. The
         outcomes riding along (``Outgoing.sent``) are recorded as :meth:`record_sent` does (their jobs due at
         ``submit_at``, default ``now``), whatever becomes of the others. ``inline``: on the event loop's thread when
-        the writer thread is idle (``Database.write``, invariant 8), for a payer's lone write-ahead.
+        the writer thread is idle (``Database.write``, invariant 8), for a payer's lone write-ahead; ``shielded``: as
+        ``Database.write``'s.
 
         Raises:
             StoreError: the database failed; nothing was recorded.
         """
         return await self._db.write(
-            lambda conn: _commit_outgoing(conn, outs, now, submit_at), urgent=True, inline=inline
+            lambda conn: _commit_outgoing(conn, outs, now, submit_at), urgent=True, inline=inline, shielded=shielded
         )
 
     def outgoing_txn(

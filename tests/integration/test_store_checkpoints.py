@@ -287,3 +287,50 @@ async def test_kill_9_during_inline_writes_and_checkpoints_loses_no_acknowledged
     finally:
         conn.close()
     assert set(acknowledged) <= stored
+
+
+async def test_a_shielded_write_once_queued_is_waited_for_through_a_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # write(shielded=True): the caller learns the outcome of a write it queued, even when it is cancelled meanwhile
+    # (the cancellation comes at its next checkpoint); cancelled before, nothing is written
+    monkeypatch.setattr(engine, "INLINE_COMMIT_LIMIT", 60.0)  # no commit here counts as slow
+    where = Where()
+    outcomes: list[object] = []
+    with trio.fail_after(LIMIT):
+        db = await _open(tmp_path / "node.db")
+        try:
+
+            async def shielded(x: int, scope: trio.CancelScope) -> None:
+                with scope:
+                    await db.write(where(x), inline=True, shielded=True)
+                    outcomes.append(("written", x))
+                    await trio.lowlevel.checkpoint()
+                    outcomes.append("not cancelled")  # pragma: no cover - the checkpoint raises
+                outcomes.append(("cancelled", scope.cancelled_caught))
+
+            # the writer thread busy: write 2 queues behind it, and its caller is cancelled while it waits
+            where.release.clear()
+            where.entered.clear()
+            scope = trio.CancelScope()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(db.write, where(1))
+                await trio.to_thread.run_sync(where.entered.wait)
+                nursery.start_soon(shielded, 2, scope)
+                await trio.testing.wait_all_tasks_blocked()
+                scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                assert outcomes == []  # still waiting for its write, not withdrawn
+                where.release.set()
+            assert outcomes == [("written", 2), ("cancelled", True)]
+
+            # cancelled before the call: nothing is written
+            outcomes.clear()
+            early = trio.CancelScope()
+            early.cancel()
+            await shielded(3, early)
+            assert outcomes == [("cancelled", True)]
+            rows = await db.read(lambda c: [r[0] for r in c.execute("SELECT x FROM t ORDER BY x")])
+            assert rows == [1, 2]
+        finally:
+            await db.aclose()
