@@ -751,6 +751,7 @@ class Payments:
             counterparty=quote.payee,
             quote_id=quote.quote_id,
             resource=quote.resource,
+            status="sending",  # what begin writes it as (made so here, not copied there)
         )
         await self._wallet.begin(prepared, history)
         try:

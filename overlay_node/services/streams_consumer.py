@@ -601,6 +601,7 @@ class Subscription:
             counterparty=quote.payee,
             quote_id=quote.quote_id,
             resource=quote.resource,
+            status="sending",  # what the write-ahead writes it as
         )
         self._change_coming[prepared.txid] = len(prepared.change) - 1
         return _Payment(quote, message, prepared, history)

@@ -666,7 +666,7 @@ class Wallet:
             spends=tuple(c.outpoint for c in prepared.spends),
             txs=(prepared.record,),
             change=prepared.change,
-            history=dataclasses.replace(history, status="sending"),
+            history=history if history.status == "sending" else dataclasses.replace(history, status="sending"),
             job=job,
             change_state="pending",
         )
