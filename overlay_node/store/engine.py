@@ -105,7 +105,8 @@ _MX_FRAME_OFFSET = 16
 #: a commit longer than this (seconds) sends the next inline writes to the writer thread (invariant 8). Above the
 #: interpreter's switch interval (5 ms): a commit's time includes taking the GIL back after SQLite let it go, which in
 #: a busy process (a payee, several nodes on one loop) waits up to that interval. At 2 ms, such waits made most
-#: commits look slow, and a busy payee's records went through the writer thread: 0.3-0.45 ms more CPU per payment
+#: commits look slow in a slow hour of the host, and a busy payee's records went through the writer thread (its
+#: share 0.30-0.37 ms per payment, against 0.06-0.07 at 8 ms: docs/design.md, "Inline writes")
 INLINE_COMMIT_LIMIT = 0.008
 #: the frames the log's file is written out to at open (invariant 10): a checkpoint's worth, and a commit's more
 LOG_PRESIZE_FRAMES = CHECKPOINT_PAGES + 64
@@ -417,8 +418,7 @@ class Database:
                 caller with nothing else to wait for.
             shielded: once the write is queued, the caller's cancellation waits for its outcome (a caller that
                 must know whether it was written); before, it comes at the first checkpoint, with nothing written.
-                The same as the caller's own shielded scope around the call, without the cost of one when the write
-                runs inline.
+                A shielded scope around the wait, made only when the write does not run inline.
 
         Cancellation:
             A write that has started in the writer thread runs to its end (commit or rollback) before the
