@@ -40,7 +40,9 @@ Run from the repository root::
    of the payee's and the payers' by thread (the trio loop's ``MainThread``, the stores' writer threads, worker
    threads: ``nodeproc.THREAD_CPU_OP``). Beside it, the raw limit measured just before and after it (coincurve sign
    + verify per core, as in part 1), and each process's CPU per payment in those units: this machine's speed varies
-   from hour to hour, and that figure compares runs made in different hours.
+   from hour to hour, and that figure says how slow the hour was. It compares runs of different hours only roughly:
+   Python code and libsecp256k1 do not slow down alike (in this project's slow hours the raw limit fell to about half
+   and the payee's CPU per payment in those units still rose by a tenth or more).
 
 ``--quick``: 30 rounds, 40 payments per payer, 2,000 signatures (about 10 s). ``--profile DIR`` writes a cProfile
 dump of the measured payee rounds (part 1) to ``DIR/payee.prof``. Prints a table against the targets and saves
@@ -502,7 +504,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if not args.skip_e2e:
                 (root / "e2e").mkdir()
                 # the raw limit beside it too: how fast this machine signs and verifies right then (it varies
-                # from hour to hour here), and the CPU of a payment in those units, comparable across such hours
+                # from hour to hour here), and the CPU of a payment in those units (see the module doc)
                 before = ecdsa_limits(E2E_ECDSA)
                 e2e = await end_to_end(args, root / "e2e", url, ledger.pid)
                 after = ecdsa_limits(E2E_ECDSA)
