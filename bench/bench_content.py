@@ -33,6 +33,7 @@ from typing import Any
 
 import trio
 from nodeproc import Host, NodeHost, NodeSpec, open_host  # bench/ is on sys.path when run as a script
+from results_io import source_state
 
 from overlay_node.node import Node
 from overlay_node.services.content_fetch import fetch
@@ -297,6 +298,7 @@ def main() -> None:
     for key, target in targets.items():
         print(f"{key:<28} {figures[key]:>10}  {target}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    figures["source"] = source_state()  # the commit it ran on (its own machine record stays)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"saved {args.out}")
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from results_io import source_state  # bench/ is on sys.path when run as a script
 
 from overlay_node.config import DhtSection, StoreSection
 from overlay_node.crypto.keys import Identity
@@ -521,6 +522,7 @@ def main() -> None:
     result = run_bench(args)
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    result["source"] = source_state()  # the commit it ran on (its own machine record stays)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nsaved {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
 

@@ -79,6 +79,7 @@ from nodeproc import (  # noqa: E402  # bench/ is on sys.path as a script
     process_cpu_seconds,
     system_cpu_seconds,
 )
+from results_io import source_state  # noqa: E402  # bench/ is on sys.path
 
 from overlay_node.node import Node  # noqa: E402
 
@@ -465,6 +466,7 @@ def main() -> None:
     if not args.w1_only:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         path = RESULTS.with_name("bench_streams_deferred.json") if args.defer_settlement else RESULTS
+        results["source"] = source_state()  # the commit it ran on (its own machine record stays)
         path.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
 
