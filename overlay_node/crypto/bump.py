@@ -118,6 +118,14 @@ def _read_levels(data: bytes) -> list[dict[int, bytes | None]]:
     return levels
 
 
+#: the parent hashes computed on the way up the paths of :func:`path_root`, by the pair they hash (pure: a pair
+#: always hashes to the same parent). The paths of one block's transactions share their upper nodes: a payee shown
+#: the paths of a block's hundreds of payments one by one hashes each node of the tree about once, not once per
+#: path through it. Emptied when full (about 3 MB)
+_PAIRS: dict[bytes, bytes] = {}
+_PAIRS_KEPT = 16_384
+
+
 @functools.lru_cache(maxsize=4096)
 def path_root(data: bytes, txid: str) -> str:
     """The merkle root (display hex) that the BUMP ``data`` proves for ``txid`` (display hex).
@@ -175,11 +183,3 @@ def path_root(data: bytes, txid: str) -> str:
         current = parent
         offset >>= 1
     return current[::-1].hex()
-
-
-#: the parent hashes computed on the way up the paths of :func:`path_root`, by the pair they hash (pure: a pair
-#: always hashes to the same parent). The paths of one block's transactions share their upper nodes: a payee shown
-#: the paths of a block's hundreds of payments one by one hashes each node of the tree about once, not once per
-#: path through it. Emptied when full (about 3 MB)
-_PAIRS: dict[bytes, bytes] = {}
-_PAIRS_KEPT = 16_384

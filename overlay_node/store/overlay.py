@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from overlay_node.store.rows import MAX_PARAMS, marks
 
@@ -39,8 +39,8 @@ __all__ = [
 ]
 
 Outpoint = tuple[str, int]
-T = TypeVar("T")
-#: reads of at most this many keys run inline (see ``OverlayRepository._read``)
+#: reads of at most this many keys run on the event loop's thread (``Database.read(inline=True)``: a lookup or a
+#: submission's previous coins, where a thread hand-off costs ten times the query); larger ones in a thread
 _INLINE_ROWS = 64
 
 
@@ -155,11 +155,6 @@ class OverlayRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T], *, small: bool) -> T:
-        """A read: on the event loop's thread when it touches a few rows by key (``Database.read_inline``: a lookup
-        or a submission's previous coins, where a thread hand-off costs ten times the query), else in a thread."""
-        return await self._db.read(fn, inline=small)
-
     # -- submissions ----------------------------------------------------------------------------------------
 
     async def previous_coins(self, txid: str, topics: Collection[str], spends: Collection[Outpoint]) -> PreviousCoins:
@@ -188,7 +183,7 @@ class OverlayRepository:
                         found.outputs.setdefault(str(row["topic"]), set()).add(op)
             return found
 
-        return await self._read(read, small=len(spends) <= _INLINE_ROWS)
+        return await self._db.read(read, inline=len(spends) <= _INLINE_ROWS)
 
     async def applied_txids(self, after: tuple[str, str] | None, limit: int) -> list[tuple[str, str]]:
         """One page of the ``(topic, txid)`` applied so far, in key order, after ``after`` (None: from the start):
@@ -236,7 +231,7 @@ class OverlayRepository:
             found = _outputs(conn, outpoints, topic)
             return found, _beefs(conn, {op[0] for op in found})
 
-        return await self._read(read, small=len(outpoints) <= _INLINE_ROWS)
+        return await self._db.read(read, inline=len(outpoints) <= _INLINE_ROWS)
 
     async def answerable(self, outpoints: Collection[Outpoint]) -> dict[Outpoint, bytes]:
         """The outpoints among ``outpoints`` stored in any topic, each with its transaction's BEEF, in one read: what
@@ -257,7 +252,7 @@ class OverlayRepository:
             beefs = _beefs(conn, {txid for txid, _ in found})
             return {op: beefs[op[0]] for op in found if op[0] in beefs}
 
-        return await self._read(read, small=len(wanted) <= _INLINE_ROWS)
+        return await self._db.read(read, inline=len(wanted) <= _INLINE_ROWS)
 
     async def find_index(
         self,
@@ -296,7 +291,7 @@ class OverlayRepository:
                     break
             return found[skip:]
 
-        return await self._read(read, small=limit is not None and skip + limit <= _INLINE_ROWS)
+        return await self._db.read(read, inline=limit is not None and skip + limit <= _INLINE_ROWS)
 
     async def index_fields(self, service: str, outpoint: Outpoint) -> dict[str, list[str]] | None:
         """What ``service`` indexed for ``outpoint`` (under any topic), or None."""
