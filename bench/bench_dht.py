@@ -16,6 +16,8 @@ by bootstrap alone: every one of them knows only the address of the first. The p
   ``on_record`` callback ran); ``get everywhere`` is the time until every node's own lookup, all started at once
   right after the put (so 30 concurrent lookups on the machine's cores), has returned it;
 - datagrams one node processes per second: signed PINGs answered (each costs a signature check and a signature),
+  MAC'd PINGs answered (version 2, under the key the flooder and the node share: an HMAC each way, no curve
+  operation once the node has the key; docs/protocol.md, section 10),
   from several sockets with a window of requests in flight, and junk datagrams dropped.
 
 A lookup's process also hosts the other services of its worker, which answer part of its requests on the same
@@ -53,7 +55,7 @@ from overlay_node.config import DhtSection, StoreSection
 from overlay_node.crypto.keys import Identity
 from overlay_node.metrics import Metrics
 from overlay_node.services.dht import DhtService, dht_key
-from overlay_node.services.dht_rpc import Signer
+from overlay_node.services.dht_rpc import Signer, mac
 from overlay_node.store.db import open_store
 from overlay_node.wire.dht import Ping, Record, encode, new_rpc_id
 
@@ -251,12 +253,20 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-async def flood(target: tuple[str, int], *, sockets: int, window: int, seconds: float) -> dict[str, float]:
-    """Signed PINGs from several sockets, ``window`` in flight on each; answered PINGs per second."""
+async def flood(
+    target: tuple[str, int], *, sockets: int, window: int, seconds: float, mac_for: bytes | None = None
+) -> dict[str, float]:
+    """Signed PINGs from several sockets, ``window`` in flight on each; answered PINGs per second. ``mac_for``: the
+    target's public key; the PINGs are MAC'd under the key the flooder shares with it instead."""
     identity = Identity.generate()
-    sign = Signer(identity).sign
+    signer = Signer(identity)
+    key = signer.mac_key(mac_for) if mac_for is not None else None
+    sign = signer.sign if key is None else partial(mac, key)
     pings = [
-        encode(Ping(rpc_id=new_rpc_id()), sender_pub=identity.public_key, now=time.time(), sign=sign) for _ in range(64)
+        encode(
+            Ping(rpc_id=new_rpc_id()), sender_pub=identity.public_key, now=time.time(), sign=sign, mac=key is not None
+        )
+        for _ in range(64)
     ]
     answered = 0
     deadline = trio.current_time() + seconds
@@ -370,6 +380,7 @@ def lookup_all_hosts(procs: list[Proc], args: argparse.Namespace) -> dict[str, A
     serial: list[float] = []
     serial_cpu: list[float] = []
     complete = total = 0
+    before = datagram_counts(procs)
     for p in procs:
         r = p.call(cmd="lookups", key=key.hex(), rounds=args.rounds, expect=args.publishers)
         serial += r["latencies_ms"]
@@ -381,6 +392,7 @@ def lookup_all_hosts(procs: list[Proc], args: argparse.Namespace) -> dict[str, A
         concurrent += r["latencies_ms"]
         complete += r["complete"]
         total += len(r["latencies_ms"])
+    sent, maced = (after - first for after, first in zip(datagram_counts(procs), before, strict=True))
     return {
         "publishers": args.publishers,
         "value_bytes": args.value_size,
@@ -389,7 +401,15 @@ def lookup_all_hosts(procs: list[Proc], args: argparse.Namespace) -> dict[str, A
         "concurrent_ms": summary(concurrent),
         "complete": complete,
         "total": total,
+        "datagrams_out": sent,
+        "mac_share": maced / sent if sent else 0.0,
     }
+
+
+def datagram_counts(procs: list[Proc]) -> tuple[int, int]:
+    """Datagrams all the services sent, and how many of them were MAC'd rather than signed."""
+    stats = [s for r in all_call(procs, cmd="stats") for s in r["stats"]]
+    return sum(s["datagrams_out"] for s in stats), sum(s["macs_out"] for s in stats)
 
 
 def new_record_visibility(procs: list[Proc], args: argparse.Namespace) -> dict[str, Any]:
@@ -426,13 +446,24 @@ def new_record_visibility(procs: list[Proc], args: argparse.Namespace) -> dict[s
 
 
 def datagram_throughput(procs: list[Proc], args: argparse.Namespace) -> dict[str, Any]:
-    """Signed PINGs one node answers per second, and junk datagrams it drops per second."""
-    host, port = procs[1 % len(procs)].addresses[0].rsplit(":", 1)
+    """Signed and MAC'd PINGs one node answers per second, and junk datagrams it drops per second."""
+    flooded = procs[1 % len(procs)]
+    host, port = flooded.addresses[0].rsplit(":", 1)
     target = (host, int(port))
     pings = trio.run(
         partial(flood, target, sockets=args.flood_sockets, window=args.flood_window, seconds=args.flood_seconds)
     )
-    flooded = procs[1 % len(procs)]
+    pub = bytes.fromhex(flooded.call(cmd="publisher", service=0)["pub"])
+    mac_pings = trio.run(
+        partial(
+            flood,
+            target,
+            sockets=args.flood_sockets,
+            window=args.flood_window,
+            seconds=args.flood_seconds,
+            mac_for=pub,
+        )
+    )
     base = sum(flooded.call(cmd="stats")["stats"][0]["drops"].values())
     t = time.monotonic()
     send_junk(target, count=args.junk)
@@ -446,6 +477,7 @@ def datagram_throughput(procs: list[Proc], args: argparse.Namespace) -> dict[str
     junk_s = last - t
     return {
         "pings": pings,
+        "mac_pings": mac_pings,
         "junk_sent": args.junk,
         "junk_dropped": dropped,
         "junk_per_second": round(dropped / junk_s) if junk_s else 0,
@@ -496,6 +528,8 @@ def print_table(r: dict[str, Any]) -> None:
     )
     row("gets right after put that saw it", f"{vis['visible_checks']} / {vis['checks']}")
     row("signed PINGs answered by one node, per s", f"{thr['pings']['per_second']}")
+    row("MAC'd PINGs answered by one node, per s", f"{thr['mac_pings']['per_second']}")
+    row("datagrams MAC'd (not signed) during the lookups", f"{look['mac_share']:.1%}")
     row("junk datagrams dropped by one node, per s", f"{thr['junk_per_second']}")
 
 

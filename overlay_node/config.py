@@ -130,6 +130,7 @@ class DhtSection:
     max_datagrams_per_source: int = field(default=250, metadata=_range(1, 10_000_000))
     max_datagrams_per_ip: int = field(default=500, metadata=_range(1, 10_000_000))
     max_verifies_per_second: int = field(default=1000, metadata=_range(1, 10_000_000))
+    mac_datagrams: bool = True
     socket_buffer: int = field(default=1 * MiB, metadata=_range(0, 256 * MiB))
     flush_timeout: float = field(default=5.0, metadata=_range(0.1, 600))
 

@@ -142,6 +142,8 @@ async def dht_status(request: Request) -> Response:
             "own_records": s.own_records,
             "drops": s.drops,
             "refusals": s.refusals,
+            "datagrams": {"in": s.datagrams_in, "out": s.datagrams_out, "macs_in": s.macs_in, "macs_out": s.macs_out},
+            "mac_peers": s.mac_peers,
         }
     )
 

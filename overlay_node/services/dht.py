@@ -86,7 +86,6 @@ from overlay_node.wire.dht import (
     Pong,
     Record,
     Values,
-    new_rpc_id,
     node_id_of,
     pack_values,
     records_digest,
@@ -154,6 +153,10 @@ class DhtStats:
     datagrams_out: int
     drops: dict[str, int]
     refusals: dict[str, int]
+    #: datagrams that came and went MAC'd instead of signed, and the peers known to take that (``services/dht_rpc.py``)
+    macs_in: int = 0
+    macs_out: int = 0
+    mac_peers: int = 0
 
 
 class DhtService:
@@ -393,7 +396,7 @@ class DhtService:
     async def _ping_address(self, address: Address) -> bool:
         """Ping a bootstrap address; True when it answered (its answer puts it in the table)."""
         try:
-            await self._rpc.request(address, Ping(rpc_id=new_rpc_id()), expect_id=None)
+            await self._rpc.request(address, Ping(rpc_id=self._rpc.new_rpc_id()), expect_id=None)
         except (PeerTimeout, DialError) as exc:
             logger.warning("dht bootstrap: %s", exc)
             return False
@@ -402,7 +405,9 @@ class DhtService:
     async def _ping_saved(self, contact: Contact) -> bool:
         """Ping a contact saved by an earlier run; True when it answered (``on_heard`` puts it in the table)."""
         try:
-            await self._rpc.request((contact.host, contact.port), Ping(rpc_id=new_rpc_id()), expect_id=contact.node_id)
+            await self._rpc.request(
+                (contact.host, contact.port), Ping(rpc_id=self._rpc.new_rpc_id()), expect_id=contact.node_id
+            )
         except (PeerTimeout, DialError) as exc:
             logger.debug("dht: saved contact %s: %s", contact.node_id.hex()[:16], exc)
             return False
@@ -515,7 +520,7 @@ class DhtService:
         expect_id = node_id_of(expect_key) if expect_key is not None else None
         started = trio.current_time()
         try:
-            await self._rpc.request(target, Ping(rpc_id=new_rpc_id()), expect_id=expect_id)
+            await self._rpc.request(target, Ping(rpc_id=self._rpc.new_rpc_id()), expect_id=expect_id)
         except PeerTimeout:
             # a failed health check of a known node counts against it like any failed request
             known = self._table.get(expect_id) if expect_id is not None else None
@@ -546,6 +551,9 @@ class DhtService:
             datagrams_out=rpc.datagrams_out,
             drops=rpc.drops,
             refusals=records.refusals,
+            macs_in=rpc.macs_in,
+            macs_out=rpc.macs_out,
+            mac_peers=rpc.mac_peers,
         )
 
     # -- own records -----------------------------------------------------------------------------------------
@@ -615,7 +623,7 @@ class DhtService:
         try:
             envelope = await self._rpc.request(
                 (contact.host, contact.port),
-                StoreMsg(rpc_id=new_rpc_id(), record=record),
+                StoreMsg(rpc_id=self._rpc.new_rpc_id(), record=record),
                 expect_id=contact.node_id,
             )
         except (PeerTimeout, DialError):
@@ -805,14 +813,16 @@ class DhtService:
     async def _check_contact(self, contact: Contact) -> None:
         """Ping ``contact``; evict it if it does not answer."""
         try:
-            await self._rpc.request((contact.host, contact.port), Ping(rpc_id=new_rpc_id()), expect_id=contact.node_id)
+            await self._rpc.request(
+                (contact.host, contact.port), Ping(rpc_id=self._rpc.new_rpc_id()), expect_id=contact.node_id
+            )
         except (PeerTimeout, DialError):
             self._routing_actions(self._table.on_ping_timeout(contact.node_id, trio.current_time()))
 
     async def _confirm_address(self, node_id: bytes, address: Address) -> None:
         """Ping ``address`` expecting ``node_id``; its answer puts the contact there (``on_heard``)."""
         try:
-            await self._rpc.request(address, Ping(rpc_id=new_rpc_id()), expect_id=node_id)
+            await self._rpc.request(address, Ping(rpc_id=self._rpc.new_rpc_id()), expect_id=node_id)
         except (PeerTimeout, DialError):
             pass
         finally:

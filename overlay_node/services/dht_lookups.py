@@ -32,7 +32,7 @@ from overlay_node.config import DhtSection
 from overlay_node.errors import DialError
 from overlay_node.protocol.dht_lookup import ContactFailed, Lookup, LookupResult, SendFindNode, SendFindValue
 from overlay_node.services.dht_rpc import DhtRpc
-from overlay_node.wire.dht import Contact, Envelope, FindNode, FindValue, Message, Nodes, Record, Values, new_rpc_id
+from overlay_node.wire.dht import Contact, Envelope, FindNode, FindValue, Message, Nodes, Record, Values
 
 __all__ = ["LookupDriver"]
 
@@ -116,9 +116,11 @@ class LookupDriver:
                 for action in actions:
                     match action:
                         case SendFindNode(contact=contact, target=t):
-                            await self._start(lookup, inbox, outgoing, contact, FindNode(rpc_id=new_rpc_id(), target=t))
+                            await self._start(
+                                lookup, inbox, outgoing, contact, FindNode(rpc_id=self._rpc.new_rpc_id(), target=t)
+                            )
                         case SendFindValue(contact=contact, target=t, cursor=cursor):
-                            msg = FindValue(rpc_id=new_rpc_id(), key=t, cursor=cursor)
+                            msg = FindValue(rpc_id=self._rpc.new_rpc_id(), key=t, cursor=cursor)
                             await self._start(lookup, inbox, outgoing, contact, msg)
                         case ContactFailed(contact=contact):
                             self._on_failed(contact)

@@ -1,4 +1,5 @@
-"""The DHT's datagram layer on trio: signing, verification, per-source rate limits, and requests with retries.
+"""The DHT's datagram layer on trio: signing (or MACs), verification, per-source rate limits, and requests with
+retries.
 
 Theory of operation: :meth:`DhtRpc.serve` is the one task that reads the UDP endpoint. For each datagram it
 checks the source's rate budget (before any parsing, so a flood costs a dictionary lookup per datagram), decodes it
@@ -15,10 +16,23 @@ checks the source's rate budget (before any parsing, so a flood costs a dictiona
 Every verified sender is reported to the handler (``on_heard``), which feeds the routing table. A dropped datagram
 is counted in ``overlay_dht_drops{reason}`` and changes nothing else.
 
+MACs instead of signatures (``dht.mac_datagrams``, on by default; ``docs/protocol.md`` section 10): a signature
+costs the sender one curve operation and the receiver another, per datagram, and a lookup sends dozens. Two nodes
+that both take version-2 datagrams authenticate them with an HMAC under a key only they can make (ECDH of their
+identity keys, computed once per peer and kept by node id), so a datagram between them costs microseconds. We mark
+our rpc ids (``wire.dht.RPC_MARK``); a peer that takes version 2 is learned from a verified version-2 datagram of
+its own, or from a verified request of it with a marked rpc id. Requests to it and answers to it are MAC'd from
+then on; everyone else gets signed datagrams, so a node that speaks version 1 only sees nothing new. A MAC'd
+request that goes unanswered forgets the peer's mark (it may have been replaced by a node that does not take
+them), and its next request is signed again.
+
 Invariants:
 
 1. Every datagram we send is signed with our identity over SHA-256 of ``SIGNING_DOMAIN + inner`` (in
-   ``wire.dht``); every one we accept carries a valid signature of the key its sender id derives from.
+   ``wire.dht``), or MAC'd under the key we share with its receiver, only to a peer we learned takes that; every one
+   we accept carries a valid signature of the key its sender id derives from, or a valid MAC under the key we share
+   with that key. A curve operation (a signature check, or the ECDH of a peer's first MAC) on a request takes one
+   from the node-wide budget; a MAC under a key we hold does not.
 2. A request is outstanding under a fresh random rpc id until answered or given up, after at most
    ``request_retries + 1`` sends of the same bytes, ``request_timeout`` apart. A retry reuses the rpc id, so an
    answer to any of the sends completes the request.
@@ -33,6 +47,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import math
 from collections import OrderedDict
@@ -46,6 +61,7 @@ from coincurve import PublicKey
 from overlay_node.config import DhtSection
 from overlay_node.crypto.keys import Identity, ecdsa_verify_digest, parse_public_key
 from overlay_node.errors import BadRequest, DialError, LocalProtocolError, PeerTimeout, TransportError
+from overlay_node.lru import LruMap
 from overlay_node.metrics import Metrics
 from overlay_node.net.udp import Address, UdpEndpoint, format_address
 from overlay_node.wire.dht import (
@@ -62,15 +78,19 @@ from overlay_node.wire.dht import (
     Values,
     decode,
     encode,
+    new_rpc_id,
     node_id_of,
+    takes_macs,
 )
 
 __all__ = ["BURST_SECONDS", "Deliver", "DhtHandler", "DhtRpc", "RateLimit", "RpcStats", "Signer", "SourceRateLimiter"]
 
 logger = logging.getLogger(__name__)
 
-#: public keys parsed and kept for verification (parsing costs about a sixth of a verify)
+#: public keys parsed and kept for verification (parsing costs about a sixth of a verify); as many MAC keys
 _KEY_CACHE: Final = 4096
+#: what a pair's MAC key is derived for, hashed with their ECDH secret
+MAC_KEY_DOMAIN: Final = b"overlay-node/dht/v2 mac key\n"
 K = TypeVar("K")
 
 #: the rate limits allow bursts of this many seconds' worth of their rate at once (a lookup's fan-out, many nodes
@@ -96,8 +116,14 @@ _METHOD: Final[dict[type[Message], str]] = {
 }
 
 
+def mac(key: bytes, message: bytes) -> bytes:
+    """The version-2 MAC of ``message`` under a pair's key: HMAC-SHA256."""
+    return hmac.digest(key, message, "sha256")
+
+
 class Signer:
-    """Signs with our identity and verifies others' signatures: ECDSA over SHA-256 of the message."""
+    """Signs with our identity and verifies others' signatures: ECDSA over SHA-256 of the message; derives the MAC
+    key we share with a peer."""
 
     def __init__(self, identity: Identity) -> None:
         self._identity = identity
@@ -123,6 +149,16 @@ class Signer:
             if len(self._keys) > _KEY_CACHE:
                 self._keys.popitem(last=False)
         return ecdsa_verify_digest(key, signature, digest)
+
+    def mac_key(self, pubkey: bytes) -> bytes | None:
+        """The key of our MACs with the node of ``pubkey``: SHA-256 of :data:`MAC_KEY_DOMAIN` and our ECDH secret
+        (libsecp256k1's: SHA-256 of the compressed shared point), the same from either side. None for a malformed
+        key. One curve operation: the caller keeps it."""
+        try:
+            shared = self._identity.private_key.ecdh(pubkey)
+        except ValueError:
+            return None
+        return hashlib.sha256(MAC_KEY_DOMAIN + shared).digest()
 
 
 class RateLimit(Generic[K]):
@@ -190,6 +226,10 @@ class RpcStats:
     datagrams_out: int
     pending: int
     drops: dict[str, int]
+    #: datagrams that came and went MAC'd (version 2), and the peers we know take them
+    macs_in: int = 0
+    macs_out: int = 0
+    mac_peers: int = 0
 
 
 #: receives the verified answer to a request
@@ -203,6 +243,7 @@ class _Pending:
     answer: type[Message]
     method: str
     deliver: Deliver
+    mac: bool = False
     answered: bool = False
 
 
@@ -245,15 +286,21 @@ class DhtRpc:
         self._handler = handler
         self._wall = wall_clock
         self.signer = Signer(identity)
+        self._macs = config.mac_datagrams
+        #: node id -> the MAC key we share, for the peers we learned take version-2 datagrams (module docstring)
+        self._mac_peers: LruMap[bytes, bytes] = LruMap(_KEY_CACHE)
         self._limiter = SourceRateLimiter(config.max_datagrams_per_source, config.max_datagrams_per_ip)
         #: signature checks of requests, node-wide (a flood spread over many addresses)
         self._verifies: RateLimit[None] = RateLimit(config.max_verifies_per_second)
         #: what ``decode`` asked to verify, checked after it returns (see ``_defer_verify``)
         self._unverified: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+        self._verify_mac = self._defer_verify if self._macs else None
         self._pending: dict[bytes, _Pending] = {}
         self._endpoint: UdpEndpoint | None = None
         self._in = 0
         self._out = 0
+        self._macs_in = 0
+        self._macs_out = 0
         self._drops: dict[str, int] = {}
         # the hot counters, resolved once (a labels() lookup costs more than the increment)
         self._m_in = metrics.dht_datagrams.labels("in")
@@ -276,12 +323,29 @@ class DhtRpc:
             datagrams_out=self._out,
             pending=len(self._pending),
             drops=dict(self._drops),
+            macs_in=self._macs_in,
+            macs_out=self._macs_out,
+            mac_peers=len(self._mac_peers),
         )
 
     # -- sending ---------------------------------------------------------------------------------------------
 
-    def encode(self, msg: Message) -> bytes:
-        """``msg`` as a signed datagram stamped with our wall clock."""
+    def new_rpc_id(self) -> bytes:
+        """A fresh rpc id for a request of ours, marked when we take version-2 datagrams."""
+        return new_rpc_id(takes_macs=self._macs)
+
+    def takes_macs(self, node_id: bytes) -> bool:
+        """Whether we MAC what we send to ``node_id`` (we learned that it takes version-2 datagrams)."""
+        return node_id in self._mac_peers
+
+    def encode(self, msg: Message, to: bytes | None = None) -> bytes:
+        """``msg`` as a datagram stamped with our wall clock: MAC'd for ``to`` (a node id) if it takes that, else
+        signed."""
+        key = self._mac_peers.get(to) if to is not None else None
+        if key is not None:
+            data = encode(msg, sender_pub=self._pub, now=self._wall(), sign=lambda m: mac(key, m), mac=True)
+            self._macs_out += 1
+            return data
         return encode(msg, sender_pub=self._pub, now=self._wall(), sign=self.signer.sign)
 
     async def _send_bytes(self, data: bytes, address: Address) -> None:
@@ -313,8 +377,9 @@ class DhtRpc:
         if msg.rpc_id in self._pending:
             raise RuntimeError("rpc id already in use")
         method = _METHOD[type(msg)]
-        data = self.encode(msg)
-        self._pending[msg.rpc_id] = _Pending(address, expect_id, _ANSWER[type(msg)], method, deliver)
+        data = self.encode(msg, expect_id)
+        maced = expect_id is not None and expect_id in self._mac_peers
+        self._pending[msg.rpc_id] = _Pending(address, expect_id, _ANSWER[type(msg)], method, deliver, maced)
         try:
             await self._send_bytes(data, address)
         except BaseException as exc:  # a refused send, or a cancellation: the request never started
@@ -338,6 +403,9 @@ class DhtRpc:
         pending = self._pending.pop(rpc_id, None)
         if pending is not None and timed_out and not pending.answered:
             self._metrics.dht_requests.labels(pending.method, "timeout").inc()
+            if pending.mac and pending.expect_id is not None:
+                # perhaps another node (one that does not take MACs) answers there now: sign the next request
+                self._mac_peers.pop(pending.expect_id, None)
 
     async def request(self, address: Address, msg: Message, *, expect_id: bytes | None) -> Envelope:
         """Send a request and wait for its answer, sending it again after each ``request_timeout``.
@@ -413,26 +481,51 @@ class DhtRpc:
             self._endpoint = None
 
     def _defer_verify(self, pubkey: bytes, message: bytes, signature: bytes) -> bool:
-        """The ``verify`` given to ``decode``, whose last check is the signature: it keeps what is to be verified
-        and says yes, and :meth:`_verified` checks it once we know whether the datagram is worth a check."""
+        """The ``verify`` (and ``verify_mac``) given to ``decode``, whose last check is the signature: it keeps what
+        is to be verified and says yes, and :meth:`_verified` checks it once we know whether the datagram is worth a
+        check (the envelope says which of the two it is)."""
         self._unverified = (pubkey, message, signature)
         return True
 
-    def _verified(self) -> bool:
+    def _verified(self, envelope: Envelope) -> bool:
         pubkey, message, signature = self._unverified
         self._unverified = (b"", b"", b"")
-        try:
-            if self.signer.verify(pubkey, message, signature):
+        if envelope.mac:
+            key = self._mac_peers.get(envelope.sender_id)
+            learned = key is None
+            if key is None:
+                key = self.signer.mac_key(pubkey)
+            if key is not None and hmac.compare_digest(mac(key, message), signature):
+                if learned:
+                    self._mac_peers.put(envelope.sender_id, key)  # it sent one: it takes them
+                self._macs_in += 1
                 return True
-        except ValueError:  # pragma: no cover - the verifier returns False for malformed input
-            pass
+        else:
+            try:
+                if self.signer.verify(pubkey, message, signature):
+                    return True
+            except ValueError:  # pragma: no cover - the verifier returns False for malformed input
+                pass
         self._drop("bad_signature")
         return False
+
+    def _learn(self, envelope: Envelope) -> None:
+        """A verified signed request whose rpc id is marked: its sender takes MACs (module docstring)."""
+        if envelope.sender_id not in self._mac_peers:
+            key = self.signer.mac_key(envelope.sender_pub)
+            if key is not None:
+                self._mac_peers.put(envelope.sender_id, key)
 
     async def _handle_datagram(self, data: bytes, source: Address, now: float) -> None:
         try:
             # everything but the signature; no field of the envelope is acted on before _verified() says yes
-            envelope = decode(data, now=self._wall(), verify=self._defer_verify, max_skew=self._config.max_skew)
+            envelope = decode(
+                data,
+                now=self._wall(),
+                verify=self._defer_verify,
+                max_skew=self._config.max_skew,
+                verify_mac=self._verify_mac,
+            )
         except DhtDropped as exc:
             self._drop(exc.reason)
             logger.debug("dht: dropped datagram from %s: %s", format_address(source), exc)
@@ -444,17 +537,20 @@ class DhtRpc:
         if isinstance(msg, Pong | Nodes | Values | StoreAck):
             self._resolve(envelope, msg)
             return
-        if not self._verifies.allow(None, now):
+        # a MAC under a key we hold costs no curve operation, so it takes nothing from the budget (invariant 1)
+        if not (envelope.mac and envelope.sender_id in self._mac_peers) and not self._verifies.allow(None, now):
             self._drop("overloaded")
             return
-        if not self._verified():
+        if not self._verified(envelope):
             return
+        if self._macs and not envelope.mac and takes_macs(msg.rpc_id):
+            self._learn(envelope)
         self._handler.on_heard(envelope, source, answer=False)
         reply = self._handler.handle_request(envelope, source)
         if reply is None:
             return
         try:
-            data = self.encode(reply)
+            data = self.encode(reply, envelope.sender_id)
         except LocalProtocolError:
             # our bug (an answer that does not fit): this request goes unanswered, the node carries on
             logger.exception("dht: cannot encode the answer to %s", type(msg).__name__)
@@ -477,7 +573,7 @@ class DhtRpc:
         if type(msg) is not pending.answer:
             self._drop("unexpected")
             return
-        if not self._verified():
+        if not self._verified(envelope):
             return
         pending.answered = True
         self._m_ok[pending.method].inc()

@@ -1,18 +1,24 @@
-"""The DHT datagram codec: every Kademlia RPC as a frozen dataclass, and its signed CBOR envelope.
+"""The DHT datagram codec: every Kademlia RPC as a frozen dataclass, and its signed (or MAC'd) CBOR envelope.
 
 Invariants:
 
 1. A datagram is the canonical CBOR array ``[inner, sig]``; ``inner`` is the canonical CBOR array
-   ``[version, type, sender_pub, timestamp, rpc_id, body]`` and ``sig`` is the sender's signature over
-   ``SIGNING_DOMAIN + inner``. Only one byte string decodes to a given message (canonical form is checked on
-   decode), so a relayed datagram cannot be re-encoded into a different but still valid one.
+   ``[version, type, sender_pub, timestamp, rpc_id, body]``. In version 1 ``sig`` is the sender's signature over
+   ``SIGNING_DOMAIN + inner``; in version 2 (:data:`MAC_VERSION`) it is a 32-byte HMAC-SHA256 over
+   ``MAC_DOMAIN + inner`` under the key the sender and the receiver share (``services/dht_rpc.py`` derives it by
+   ECDH), which only those two can make. Only one byte string decodes to a given message (canonical form is checked
+   on decode), so a relayed datagram cannot be re-encoded into a different but still valid one.
 2. The sender's node id is ``SHA-256(sender_pub)``; it is derived, never carried, so a datagram cannot claim an id
    that its key does not own. The same holds for every contact in ``NODES``/``VALUES``.
 3. No datagram is larger than :data:`MAX_DATAGRAM` bytes, on encode (``LocalProtocolError``) or decode
    (``DhtDropped("oversized")``). A ``FIND_VALUE`` answer that would not fit is paged: the responder packs what
    fits with :func:`pack_values` and returns a cursor; the asker repeats ``FIND_VALUE`` with that cursor.
 4. :func:`decode` raises nothing but :class:`DhtDropped` for any input bytes, whatever their content.
-5. Signing and verifying are injected callables, so this module has no crypto dependency; time is passed in.
+5. Signing and verifying (and MACs) are injected callables, so this module has no crypto dependency; time is passed
+   in. A version-2 datagram given to a :func:`decode` without ``verify_mac`` is dropped as ``version``, as a node
+   that speaks version 1 only drops it.
+6. An rpc id that begins with :data:`RPC_MARK` says its sender takes version-2 datagrams (:func:`takes_macs`): a
+   node that speaks version 1 only echoes the id, so the mark costs it nothing.
    A datagram replayed within ``max_skew`` still decodes: matching answers to our own rpc ids is the service's job.
 
 Theory of operation: the DHT service calls :func:`encode` with its key's ``sign`` for each outgoing message and
@@ -40,6 +46,9 @@ import cbor2
 from overlay_node.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
+    "MAC_DOMAIN",
+    "MAC_LEN",
+    "MAC_VERSION",
     "MAX_CONTACTS",
     "MAX_DATAGRAM",
     "MAX_SIGNATURE",
@@ -47,6 +56,7 @@ __all__ = [
     "NODE_ID_LEN",
     "PUBKEY_LEN",
     "RPC_ID_LEN",
+    "RPC_MARK",
     "SIGNING_DOMAIN",
     "Contact",
     "DhtDropped",
@@ -69,6 +79,7 @@ __all__ = [
     "node_id_of",
     "pack_values",
     "records_digest",
+    "takes_macs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -93,6 +104,13 @@ DIGEST_LEN: Final = 16
 MAX_SEQ: Final = 2**63 - 1
 MAX_REASON: Final = 32
 SIGNING_DOMAIN: Final = b"overlay-node/dht/v1\n"
+#: a datagram authenticated by the MAC of the pair of nodes instead of a signature (invariant 1)
+MAC_VERSION: Final = 2
+MAC_DOMAIN: Final = b"overlay-node/dht/v2\n"
+#: bytes of a version-2 datagram's MAC (HMAC-SHA256, not truncated)
+MAC_LEN: Final = 32
+#: the first bytes of the rpc ids of a node that takes version-2 datagrams (invariant 6)
+RPC_MARK: Final = b"dht2"
 
 DropReason = Literal["oversized", "malformed", "version", "stale", "bad_signature", "bad_node_id"]
 
@@ -120,9 +138,17 @@ def records_digest(records: Iterable[Record]) -> bytes:
     return h.digest()[:DIGEST_LEN]
 
 
-def new_rpc_id() -> bytes:
-    """A fresh random rpc id."""
+def new_rpc_id(*, takes_macs: bool = False) -> bytes:
+    """A fresh random rpc id; ``takes_macs``: marked as a version-2 node's (:data:`RPC_MARK` and 4 random bytes:
+    ids need only be unique among one node's requests in flight, an answer is matched to its sender too)."""
+    if takes_macs:
+        return RPC_MARK + os.urandom(RPC_ID_LEN - len(RPC_MARK))
     return os.urandom(RPC_ID_LEN)
+
+
+def takes_macs(rpc_id: bytes) -> bool:
+    """Whether the sender of a request with this rpc id takes version-2 datagrams (invariant 6)."""
+    return rpc_id.startswith(RPC_MARK)
 
 
 def _need(cond: bool, what: str) -> None:
@@ -371,11 +397,13 @@ _TYPE_OF: Final[dict[type[Message], MessageType]] = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Envelope:
-    """A decoded, verified datagram: who sent it, when (their wall clock), and the message."""
+    """A decoded, verified datagram: who sent it, when (their wall clock), and the message; ``mac``: it came as
+    version 2 (MAC'd, not signed)."""
 
     sender_pub: bytes
     timestamp: float
     message: Message
+    mac: bool = False
     sender_id: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -421,32 +449,40 @@ def _body(msg: Message) -> _Raw:
             return [stored, reason]
 
 
-def _inner(msg: Message, sender_pub: bytes, now: float) -> bytes:
-    raw = [PROTOCOL_VERSION, int(_TYPE_OF[type(msg)]), sender_pub, float(now), msg.rpc_id, _body(msg)]
+def _inner(msg: Message, sender_pub: bytes, now: float, version: int = PROTOCOL_VERSION) -> bytes:
+    raw = [version, int(_TYPE_OF[type(msg)]), sender_pub, float(now), msg.rpc_id, _body(msg)]
     return cbor2.dumps(raw, canonical=True)
 
 
-def encode(msg: Message, *, sender_pub: bytes, now: float, sign: Callable[[bytes], bytes]) -> bytes:
-    """Encode and sign one message as a datagram.
+def encode(msg: Message, *, sender_pub: bytes, now: float, sign: Callable[[bytes], bytes], mac: bool = False) -> bytes:
+    """Encode and sign (or MAC) one message as a datagram.
 
     Args:
         msg: the message.
         sender_pub: our 33-byte compressed public key.
         now: wall-clock seconds (``clock.wall_time()``), checked by the receiver against its clock.
-        sign: signs ``SIGNING_DOMAIN + inner`` with the key of ``sender_pub``.
+        sign: signs ``SIGNING_DOMAIN + inner`` with the key of ``sender_pub``; with ``mac``, the HMAC of
+            ``MAC_DOMAIN + inner`` under the key shared with the receiver.
+        mac: a version-2 datagram (invariant 1).
 
     Returns:
         The datagram bytes.
 
     Raises:
         LocalProtocolError: the datagram would be larger than :data:`MAX_DATAGRAM` (page with
-            :func:`pack_values`), the signature is too long, or ``sender_pub``/``now`` are invalid.
+            :func:`pack_values`), the signature is too long (a MAC not :data:`MAC_LEN` bytes), or
+            ``sender_pub``/``now`` are invalid.
     """
     _check_pubkey(sender_pub, "sender_pub")
     _need(math.isfinite(now), "now must be finite")
-    inner = _inner(msg, sender_pub, now)
-    sig = sign(SIGNING_DOMAIN + inner)
-    _need(_is_bytes(sig, max_size=MAX_SIGNATURE) and len(sig) > 0, "signature must be 1..80 bytes")
+    if mac:
+        inner = _inner(msg, sender_pub, now, MAC_VERSION)
+        sig = sign(MAC_DOMAIN + inner)
+        _need(_is_bytes(sig, MAC_LEN), f"a mac must be {MAC_LEN} bytes")
+    else:
+        inner = _inner(msg, sender_pub, now)
+        sig = sign(SIGNING_DOMAIN + inner)
+        _need(_is_bytes(sig, max_size=MAX_SIGNATURE) and len(sig) > 0, "signature must be 1..80 bytes")
     data = cbor2.dumps([inner, sig], canonical=True)
     if len(data) > MAX_DATAGRAM:
         raise LocalProtocolError(
@@ -556,11 +592,12 @@ def decode(
     verify: Callable[[bytes, bytes, bytes], bool],
     max_skew: float,
     expect_node_id: bytes | None = None,
+    verify_mac: Callable[[bytes, bytes, bytes], bool] | None = None,
 ) -> Envelope:
     """Parse, check and verify one datagram.
 
     Checks run cheapest first: size, CBOR shape and canonical form, message fields, timestamp, expected sender,
-    signature.
+    signature (or MAC).
 
     Args:
         data: the datagram as received.
@@ -568,6 +605,8 @@ def decode(
         verify: ``verify(pubkey, message, signature) -> bool``; must return False (not raise) for bad input.
         max_skew: largest accepted difference, in seconds, between the sender's timestamp and ``now``.
         expect_node_id: if given (an answer to a request we sent), the sender must have this node id.
+        verify_mac: ``verify_mac(pubkey, message, mac) -> bool`` for version 2 (the MAC under the key shared with
+            the sender); without it a version-2 datagram is dropped as ``version``.
 
     Returns:
         The verified envelope.
@@ -589,15 +628,20 @@ def decode(
     assert isinstance(sig, bytes)
     fields = _list(_loads_canonical(inner), 6)
     version, mtype, sender_pub, timestamp, rpc_id, body = fields
-    if version != PROTOCOL_VERSION or type(version) is not int:
+    if type(version) is not int or not (
+        version == PROTOCOL_VERSION or (version == MAC_VERSION and verify_mac is not None)
+    ):
         raise DhtDropped("version", f"version {version!r}")
+    mac = version == MAC_VERSION
+    if mac and len(sig) != MAC_LEN:
+        raise DhtDropped("malformed", "mac length")
     if type(mtype) is not int or not MessageType.PING <= mtype <= MessageType.STORE_ACK:
         raise DhtDropped("malformed", "unknown message type")
     if type(timestamp) is not float or not math.isfinite(timestamp):
         raise DhtDropped("malformed", "timestamp")
     try:
         message = _message_from(MessageType(mtype), rpc_id, _list(body))  # type: ignore[arg-type]
-        envelope = Envelope(sender_pub=sender_pub, timestamp=timestamp, message=message)  # type: ignore[arg-type]
+        envelope = Envelope(sender_pub=sender_pub, timestamp=timestamp, message=message, mac=mac)  # type: ignore[arg-type]
     except LocalProtocolError as exc:
         raise DhtDropped("malformed", str(exc)) from None
     except ValueError:  # unpacking a list of the wrong length
@@ -607,7 +651,11 @@ def decode(
     if expect_node_id is not None and envelope.sender_id != expect_node_id:
         raise DhtDropped("bad_node_id", "answer from another node than the one asked")
     try:
-        ok = verify(envelope.sender_pub, SIGNING_DOMAIN + inner, sig)
+        if mac:
+            assert verify_mac is not None  # a version-2 datagram got this far only with one
+            ok = verify_mac(envelope.sender_pub, MAC_DOMAIN + inner, sig)
+        else:
+            ok = verify(envelope.sender_pub, SIGNING_DOMAIN + inner, sig)
     except ValueError:  # a verifier that rejects a malformed key by raising
         ok = False
     if not ok:

@@ -8,6 +8,7 @@ PING from the same socket last and waits for the PONG: loopback keeps one socket
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import socket
 
 import cbor2
@@ -17,7 +18,7 @@ import trio.lowlevel
 from overlay_node.crypto.keys import Identity
 from overlay_node.protocol.dht_records import make_record
 from overlay_node.services.dht import dht_key
-from overlay_node.services.dht_rpc import Signer
+from overlay_node.services.dht_rpc import Signer, mac
 from overlay_node.wire.dht import (
     MAX_DATAGRAM,
     Contact,
@@ -58,12 +59,29 @@ class RawClient:
     def address(self) -> str:
         return f"127.0.0.1:{self.sock.getsockname()[1]}"
 
-    def encode(self, msg: Message, *, identity: Identity | None = None, skew: float = 0.0) -> bytes:
+    def encode(
+        self, msg: Message, *, identity: Identity | None = None, skew: float = 0.0, mac_key: bytes | None = None
+    ) -> bytes:
+        """Signed, or MAC'd (version 2) under ``mac_key``."""
         ident = identity or self.identity
+        if mac_key is not None:
+            return encode(
+                msg, sender_pub=ident.public_key, now=self.clock() + skew, sign=lambda m: mac(mac_key, m), mac=True
+            )
         return encode(msg, sender_pub=ident.public_key, now=self.clock() + skew, sign=Signer(ident).sign)
 
+    def mac_key(self, peer: DhtPeer) -> bytes:
+        """The MAC key this client shares with ``peer``."""
+        key = self.signer.mac_key(peer.identity.public_key)
+        assert key is not None
+        return key
+
+    def _verify_mac(self, pubkey: bytes, message: bytes, tag: bytes) -> bool:
+        key = self.signer.mac_key(pubkey)
+        return key is not None and hmac.compare_digest(mac(key, message), tag)
+
     def decode(self, data: bytes) -> Envelope:
-        return decode(data, now=self.clock(), verify=self.signer.verify, max_skew=300.0)
+        return decode(data, now=self.clock(), verify=self.signer.verify, max_skew=300.0, verify_mac=self._verify_mac)
 
     async def send_to(self, data: bytes, address: tuple[str, int]) -> None:
         self.sock.sendto(data, address)  # loopback takes a datagram at once
@@ -85,9 +103,10 @@ class RawClient:
                 continue
             return self.decode(data), source
 
-    async def ask(self, msg: Message, peer: DhtPeer) -> Message:
-        """Send a request and return the answer with its rpc id (skipping anything else)."""
-        await self.send(msg, peer)
+    async def ask(self, msg: Message, peer: DhtPeer, *, mac_key: bytes | None = None) -> Message:
+        """Send a request (MAC'd under ``mac_key`` if given) and return the answer with its rpc id (skipping anything
+        else)."""
+        await self.send_raw(self.encode(msg, mac_key=mac_key), peer)
         while True:
             envelope, _ = await self.receive()
             if envelope.message.rpc_id == msg.rpc_id:
@@ -348,7 +367,8 @@ async def test_a_flood_spread_over_many_ips_is_bounded_by_the_signature_budget(d
             for _ in range(5):
                 await flooder.send(Ping(rpc_id=new_rpc_id()), target)
         await settle()  # loopback delivers during sendto: once every task waits, the target has read them all
-        answered = sum(len(f.drain()) for f in flooders)
+        # answers only: the target also pings a sender it checked, before its routing table takes it
+        answered = sum(isinstance(f.decode(data).message, Pong) for f in flooders for data in f.drain())
         assert target.drops("rate_limited") == 0  # every address stayed within its own budget
         assert answered <= 2  # one check a second (a second one if the budget refilled meanwhile)
         assert target.drops("overloaded") - overloaded == 200 - answered
@@ -358,3 +378,50 @@ async def test_a_flood_spread_over_many_ips_is_bounded_by_the_signature_budget(d
         assert [r.value for r in await target.service.get(key)] == [b"still fine"]
         for flooder in flooders:
             flooder.close()
+
+
+async def test_a_marked_request_is_answered_with_macs_and_a_mac_costs_no_signature_check(dht_net: DhtNet) -> None:
+    """A signed request whose rpc id carries the mark is answered MAC'd, under the key the two share; from then on the
+    client's MAC'd requests are answered without a signature check, so they take nothing from a spent budget. A MAC
+    under another pair's key, or of other bytes, is dropped as a bad signature, and nothing answers it."""
+    with trio.fail_after(LIMIT):
+        target = await dht_net.start("target", max_verifies_per_second=1)
+        client = RawClient(dht_net.clock)
+        key = client.mac_key(target)
+        await client.send(Ping(rpc_id=new_rpc_id(takes_macs=True)), target)
+        envelope, _ = await client.receive()
+        assert isinstance(envelope.message, Pong)
+        assert envelope.mac
+        # the budget is spent: a signed request now is dropped unchecked, a MAC'd one is answered
+        await client.send(Ping(rpc_id=new_rpc_id()), target)
+        assert isinstance(await client.ask(Ping(rpc_id=new_rpc_id()), target, mac_key=key), Pong)
+        assert target.drops("overloaded") == 1
+        stranger = Signer(Identity.generate()).mac_key(target.identity.public_key)
+        inner, _tag = cbor2.loads(client.encode(Ping(rpc_id=new_rpc_id()), mac_key=key))
+        forged = [
+            client.encode(Ping(rpc_id=new_rpc_id()), mac_key=stranger),  # another pair's key
+            cbor2.dumps([inner, bytes(32)], canonical=True),  # a MAC of nothing
+        ]
+        for data in forged:
+            await client.send_raw(data, target)
+        assert isinstance(await client.ask(Ping(rpc_id=new_rpc_id()), target, mac_key=key), Pong)
+        assert target.drops("bad_signature") == 2
+        assert target.service.statistics().macs_in == 2
+        client.close()
+
+
+async def test_a_node_that_does_not_take_macs_drops_them_and_signs_its_answers(dht_net: DhtNet) -> None:
+    """``mac_datagrams = false`` is a node of version 1: a MAC'd request is dropped (``version``), and a marked one
+    is answered signed, as such a node answers it."""
+    with trio.fail_after(LIMIT):
+        old = await dht_net.start("old", mac_datagrams=False)
+        client = RawClient(dht_net.clock)
+        await client.send_raw(client.encode(Ping(rpc_id=new_rpc_id()), mac_key=client.mac_key(old)), old)
+        rpc_id = new_rpc_id(takes_macs=True)
+        await client.send(Ping(rpc_id=rpc_id), old)
+        envelope, _ = await client.receive()
+        assert envelope.message == Pong(rpc_id=rpc_id)
+        assert not envelope.mac
+        assert old.drops("version") == 1
+        assert old.service.statistics().macs_out == 0
+        client.close()

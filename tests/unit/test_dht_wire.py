@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 
 from overlay_node.errors import LocalProtocolError, RemoteProtocolError
 from overlay_node.wire.dht import (
+    MAC_DOMAIN,
+    MAC_LEN,
+    MAC_VERSION,
     MAX_CONTACTS,
     MAX_DATAGRAM,
     SIGNING_DOMAIN,
@@ -35,6 +38,7 @@ from overlay_node.wire.dht import (
     node_id_of,
     pack_values,
     records_digest,
+    takes_macs,
 )
 
 NOW = 1_700_000_000.25
@@ -245,6 +249,47 @@ def test_bad_signatures_are_dropped() -> None:
     # Alice's signature without the domain prefix
     assert _reason(cbor2.dumps([inner, ALICE.sign(inner)], canonical=True)) == "bad_signature"
     assert _reason(cbor2.dumps([inner, b"\x30\x00"], canonical=True)) == "bad_signature"
+
+
+def _mac_of(key: bytes, message: bytes) -> bytes:
+    return hashlib.sha256(key + message).digest()  # any 32-byte function of key and bytes: the codec only passes it on
+
+
+def test_a_mac_d_datagram_round_trips_and_a_wrong_or_absent_mac_is_dropped() -> None:
+    key = b"k" * 32
+    ping = FindNode(rpc_id=new_rpc_id(takes_macs=True), target=b"t" * 32)
+    data = encode(ping, sender_pub=ALICE.pub, now=NOW, sign=lambda m: _mac_of(key, m), mac=True)
+    inner, tag = cbor2.loads(data)
+    assert cbor2.loads(inner)[0] == MAC_VERSION
+    assert tag == _mac_of(key, MAC_DOMAIN + inner)
+    checked: list[bytes] = []
+
+    def verify_mac(pubkey: bytes, message: bytes, mac: bytes) -> bool:
+        checked.append(pubkey)
+        return mac == _mac_of(key, message)
+
+    def recv(raw: bytes) -> Envelope:
+        return decode(raw, now=NOW, verify=_verify, max_skew=SKEW, verify_mac=verify_mac)
+
+    envelope = recv(data)
+    assert envelope.message == ping
+    assert envelope.mac
+    assert checked == [ALICE.pub]
+    assert not recv(_send(ping)).mac  # a signed one still decodes beside it, by its signature
+    assert takes_macs(ping.rpc_id)
+    assert not takes_macs(new_rpc_id())
+    # another key's MAC, a MAC without the domain, a signature in a MAC's place, a MAC of the wrong length
+    for tag in (_mac_of(b"x" * 32, MAC_DOMAIN + inner), _mac_of(key, inner), ALICE.sign(MAC_DOMAIN + inner)[:MAC_LEN]):
+        with pytest.raises(DhtDropped) as info:
+            recv(cbor2.dumps([inner, tag], canonical=True))
+        assert info.value.reason == "bad_signature"
+    with pytest.raises(DhtDropped) as info:
+        recv(cbor2.dumps([inner, tag[:31]], canonical=True))
+    assert info.value.reason == "malformed"
+    # a node that takes no MACs (a decode without verify_mac) drops it as another version
+    assert _reason(data) == "version"
+    with pytest.raises(LocalProtocolError):
+        encode(ping, sender_pub=ALICE.pub, now=NOW, sign=ALICE.sign, mac=True)  # a signature is not a MAC
 
 
 def test_a_spoofed_answer_from_another_node_is_dropped() -> None:
