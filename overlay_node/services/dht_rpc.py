@@ -334,10 +334,6 @@ class DhtRpc:
         """A fresh rpc id for a request of ours, marked when we take version-2 datagrams."""
         return new_rpc_id(takes_macs=self._macs)
 
-    def takes_macs(self, node_id: bytes) -> bool:
-        """Whether we MAC what we send to ``node_id`` (we learned that it takes version-2 datagrams)."""
-        return node_id in self._mac_peers
-
     def encode(self, msg: Message, to: bytes | None = None) -> bytes:
         """``msg`` as a datagram stamped with our wall clock: MAC'd for ``to`` (a node id) if it takes that, else
         signed."""
@@ -492,11 +488,11 @@ class DhtRpc:
         self._unverified = (b"", b"", b"")
         if envelope.mac:
             key = self._mac_peers.get(envelope.sender_id)
-            learned = key is None
+            first = key is None
             if key is None:
                 key = self.signer.mac_key(pubkey)
             if key is not None and hmac.compare_digest(mac(key, message), signature):
-                if learned:
+                if first:
                     self._mac_peers.put(envelope.sender_id, key)  # it sent one: it takes them
                 self._macs_in += 1
                 return True
