@@ -26,6 +26,13 @@ Invariants:
    of that holder arrived and the (publisher, seq) pairs received hash to the digest it named, the holders naming
    the same digest are not asked for more pages (they hold nothing else); if they do not hash to it (or its pages
    fail, or one of them is slow: past the stall time of invariant 4), the waiting holders are paged as usual.
+7. What each event needs is kept up to date by the events that change it, not recounted over every candidate: the k
+   closest not-failed candidates (recomputed only after a candidate is added, fails, turns slow or answers after
+   being slow), the number of first requests in flight, whether a page may be due, and a time before which no
+   request in flight can be overdue (a lower bound: the earliest deadline when they were last all looked at, or the
+   deadline of a request sent since; reset when the first answer starts the stall time). They always agree with a
+   recount: the first two equal it, the flag is set whenever a page is due, and the time is never after the earliest
+   deadline (``tests/unit/test_dht_lookup.py`` checks it after every event of random lookups).
 
 Theory of operation: the service creates a :class:`Lookup` with the closest contacts of its routing table, sends
 what :meth:`Lookup.next_actions` returns, feeds each answer to :meth:`Lookup.on_response` (each timeout to
@@ -191,6 +198,16 @@ class Lookup:
         #: digests whose records we received in full (-> the publishers), and the holder being paged for each
         self._complete: dict[bytes, frozenset[bytes]] = {}
         self._paging: dict[bytes, bytes] = {}
+        # kept as the events change them, not counted again on every event (each answer took several passes over every
+        # candidate; invariant 7):
+        #: the k closest not failed and not slow (None: to be computed again)
+        self._top_cache: list[_Candidate] | None = None
+        #: candidates in the ASKED state (first requests in flight)
+        self._asked = 0
+        #: a candidate may have a page to ask for (a cursor was set, or a holder stopped waiting)
+        self._pages_due = False
+        #: nothing in flight can be overdue before this protocol time (-inf: look)
+        self._due_at = -math.inf
         self._add(initial)
 
     # -- candidates ----------------------------------------------------------------------------------------------
@@ -206,20 +223,31 @@ class Lookup:
             added = True
         if added:
             self._order.sort(key=lambda nid: self._candidates[nid].distance)
+            self._top_cache = None
 
     def _closest_distance(self) -> int | float:
         return self._candidates[self._order[0]].distance if self._order else math.inf
 
     def _top(self) -> list[_Candidate]:
-        """The k closest candidates that have not failed."""
-        top: list[_Candidate] = []
-        for node_id in self._order:
-            cand = self._candidates[node_id]
-            if cand.state is not _State.FAILED and cand.state is not _State.SLOW:
-                top.append(cand)
-                if len(top) == self.k:
-                    break
+        """The k closest candidates that have not failed (and are not slow); kept (invariant 7)."""
+        top = self._top_cache
+        if top is None:
+            top = []
+            for node_id in self._order:
+                cand = self._candidates[node_id]
+                if cand.state is not _State.FAILED and cand.state is not _State.SLOW:
+                    top.append(cand)
+                    if len(top) == self.k:
+                        break
+            self._top_cache = top
         return top
+
+    def _leave_top(self, cand: _Candidate, state: _State) -> None:
+        """``cand`` fails or turns slow: it leaves the k closest."""
+        if cand.state is _State.ASKED:
+            self._asked -= 1
+        cand.state = state
+        self._top_cache = None
 
     @property
     def finished(self) -> bool:
@@ -229,10 +257,10 @@ class Lookup:
     def _check_finished(self) -> None:
         if self._finished:
             return
-        if any(c.cursor is not None for c in self._candidates.values()):
-            return
-        # the top-k not-failed candidates (fewer if the network is small) have all answered
-        if all(c.state is _State.ANSWERED for c in self._top()):
+        # the top-k not-failed candidates (fewer if the network is small) have all answered, and no page is left
+        if all(c.state is _State.ANSWERED for c in self._top()) and all(
+            c.cursor is None for c in self._candidates.values()
+        ):
             self._finished = True
 
     # -- driving -------------------------------------------------------------------------------------------------
@@ -243,14 +271,18 @@ class Lookup:
 
     def _expire(self, now: float) -> list[LookupAction]:
         failed: list[LookupAction] = []
+        if now < self._due_at:
+            return failed
         stall = self._stall()
+        wait = min(stall, self.request_timeout)
+        due = math.inf
         for cand in self._candidates.values():
             # compared as in next_deadline(): now - sent_at could round below the timeout at that very deadline
             if cand.state in (_State.ASKED, _State.SLOW) and now >= cand.sent_at + self.request_timeout:
-                cand.state = _State.FAILED
+                self._leave_top(cand, _State.FAILED)
                 failed.append(ContactFailed(contact=cand.contact))
             elif cand.state is _State.ASKED and now >= cand.sent_at + stall:
-                cand.state = _State.SLOW
+                self._leave_top(cand, _State.SLOW)
             elif cand.page_sent_at is not None and now >= cand.page_sent_at + self.request_timeout:
                 # the node answered before, so it stays among the closest; only its remaining pages are lost
                 cand.page_sent_at = None
@@ -259,6 +291,13 @@ class Lookup:
                 failed.append(ContactFailed(contact=cand.contact))
             elif cand.page_sent_at is not None and now >= cand.page_sent_at + stall and self._pages_for_digest(cand):
                 self._release(cand)  # a slow page: the holders waiting on it are paged themselves
+            if cand.state is _State.ASKED:
+                due = min(due, cand.sent_at + wait)
+            elif cand.state is _State.SLOW:
+                due = min(due, cand.sent_at + self.request_timeout)
+            if cand.page_sent_at is not None:
+                due = min(due, cand.page_sent_at + wait)
+        self._due_at = due
         return failed
 
     def _pages_for_digest(self, cand: _Candidate) -> bool:
@@ -270,21 +309,23 @@ class Lookup:
         if self._finished:
             return []
         actions = self._expire(now)
-        if self.find_value:
+        # what is sent now is due no sooner than this (the stall time only grows once the first answer has set it)
+        self._due_at = min(self._due_at, now + min(self._stall(), self.request_timeout))
+        if self._pages_due:
+            self._pages_due = False
             for cand in self._candidates.values():
                 if cand.cursor is not None and cand.page_sent_at is None and not cand.waiting:
                     cand.page_sent_at = now
                     cand.pages += 1
                     actions.append(SendFindValue(contact=cand.contact, target=self.target, cursor=cand.cursor))
-        in_flight = sum(1 for c in self._candidates.values() if c.state is _State.ASKED)
         limit = self.k if self._no_progress >= self.alpha else self.alpha
         for cand in self._top():
-            if in_flight >= limit:
+            if self._asked >= limit:
                 break
             if cand.state is _State.NEW:
                 cand.state = _State.ASKED
                 cand.sent_at = now
-                in_flight += 1
+                self._asked += 1
                 if self.find_value:
                     actions.append(SendFindValue(contact=cand.contact, target=self.target))
                 else:
@@ -329,7 +370,13 @@ class Lookup:
             return
         first = cand.state in (_State.ASKED, _State.SLOW)
         if first:
+            if cand.state is _State.ASKED:
+                self._asked -= 1
+            else:
+                self._top_cache = None  # a slow one is back among the k closest
             cand.state = _State.ANSWERED
+            if not self._slowest:
+                self._due_at = -math.inf  # the stall time starts to count: requests in flight may be slow sooner
             self._slowest = max(self._slowest, now - cand.sent_at, 1e-9)
             closest = self._closest_distance()
             self._add(contacts)
@@ -344,6 +391,7 @@ class Lookup:
             self._merge(node_id, records)
             if next_cursor is not None and cand.pages < self.max_pages:
                 cand.cursor = next_cursor
+                self._pages_due = True
             if first and digest is not None and next_cursor is not None:
                 self._first_page(cand, digest)
             if cand.digest is not None:
@@ -392,6 +440,7 @@ class Lookup:
         for other in self._candidates.values():
             if other.waiting and other.digest == digest:
                 other.waiting = False
+                self._pages_due = True
 
     def _merge(self, node_id: bytes, records: Iterable[Record]) -> None:
         held = self._holders.setdefault(node_id, set())
@@ -413,7 +462,7 @@ class Lookup:
         if cand is None or self._finished:
             return
         if cand.state in (_State.ASKED, _State.SLOW):
-            cand.state = _State.FAILED
+            self._leave_top(cand, _State.FAILED)
         elif cand.page_sent_at is not None:
             cand.page_sent_at = None
             cand.cursor = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from overlay_node.protocol.dht_lookup import (
     LookupResult,
     SendFindNode,
     SendFindValue,
+    _State,
 )
 from overlay_node.protocol.dht_records import RecordStore, make_record
 from overlay_node.protocol.dht_routing import Evicted, PingOldest, RoutingTable, distance
@@ -272,6 +274,69 @@ def test_a_slow_page_of_the_paged_holder_sends_the_waiting_holders_paging() -> N
     lookup.on_response(a.node_id, [], records[1:], now=0.8)
     assert lookup.finished
     assert lookup.result().records == tuple(records)
+
+
+def _recounted(lookup: Lookup) -> None:
+    """What the lookup keeps (invariant 7) equals a recount over its candidates."""
+    cands = list(lookup._candidates.values())
+    assert lookup._asked == sum(1 for c in cands if c.state is _State.ASKED)
+    top = [
+        lookup._candidates[n] for n in lookup._order if lookup._candidates[n].state not in (_State.FAILED, _State.SLOW)
+    ][: lookup.k]
+    assert lookup._top() == top
+    wait = min(lookup._stall(), lookup.request_timeout)
+    deadlines = [c.sent_at + wait for c in cands if c.state is _State.ASKED]
+    deadlines += [c.sent_at + lookup.request_timeout for c in cands if c.state is _State.SLOW]
+    deadlines += [c.page_sent_at + wait for c in cands if c.page_sent_at is not None]
+    assert lookup._due_at <= min(deadlines, default=math.inf)
+    eligible = [c for c in cands if c.cursor is not None and c.page_sent_at is None and not c.waiting]
+    assert lookup._pages_due or not eligible or lookup.finished
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_what_a_lookup_keeps_equals_a_recount_after_every_event(seed: int) -> None:
+    rng = random.Random(seed)
+    universe = [contact(i) for i in range(1, rng.randint(4, 40))]
+    records = [_record(i, rng.randint(1, 3)) for i in range(rng.randint(0, 6))]
+    lookup = Lookup(
+        TARGET,
+        rng.sample(universe, rng.randint(1, len(universe))),
+        own_id=contact(0).node_id,
+        find_value=rng.random() < 0.6,
+        k=rng.randint(1, 8),
+        alpha=rng.randint(1, 3),
+        request_timeout=rng.choice([0.5, 2.0]),
+        max_pages=rng.randint(0, 3),
+        stall_timeout=rng.choice([0.05, 0.2, math.inf]),
+    )
+    now = 0.0
+    in_flight: list[Contact] = []
+    for _ in range(400):
+        if lookup.finished:
+            break
+        for action in lookup.next_actions(now):
+            if isinstance(action, SendFindNode | SendFindValue):
+                in_flight.append(action.contact)
+        _recounted(lookup)
+        roll = rng.random()
+        if in_flight and roll < 0.6:
+            asked = in_flight.pop(rng.randrange(len(in_flight)))
+            sent = sorted(rng.sample(records, rng.randint(0, len(records))), key=lambda r: r.publisher)
+            paged = rng.random() < 0.4
+            lookup.on_response(
+                asked.node_id,
+                rng.sample(universe, rng.randint(0, min(8, len(universe)))),
+                sent,
+                next_cursor=(sent[-1].publisher if sent else b"") if paged else None,
+                digest=records_digest(records) if paged and rng.random() < 0.7 else None,
+                now=now,
+            )
+        elif in_flight and roll < 0.7:
+            lookup.on_timeout(in_flight.pop(rng.randrange(len(in_flight))).node_id, now)
+        else:
+            deadline = lookup.next_deadline()
+            now = deadline if deadline is not None and rng.random() < 0.5 else now + rng.uniform(0.0, 0.3)
+        _recounted(lookup)
 
 
 # -- simulated networks ------------------------------------------------------------------------------------------
