@@ -16,10 +16,10 @@ Invariants:
 4. :func:`decode` raises nothing but :class:`DhtDropped` for any input bytes, whatever their content.
 5. Signing and verifying (and MACs) are injected callables, so this module has no crypto dependency; time is passed
    in. A version-2 datagram given to a :func:`decode` without ``verify_mac`` is dropped as ``version``, as a node
-   that speaks version 1 only drops it.
+   that speaks version 1 only drops it. A datagram replayed within ``max_skew`` still decodes: matching answers to
+   our own rpc ids is the service's job.
 6. An rpc id that begins with :data:`RPC_MARK` says its sender takes version-2 datagrams (:func:`takes_macs`): a
    node that speaks version 1 only echoes the id, so the mark costs it nothing.
-   A datagram replayed within ``max_skew`` still decodes: matching answers to our own rpc ids is the service's job.
 
 Theory of operation: the DHT service calls :func:`encode` with its key's ``sign`` for each outgoing message and
 :func:`decode` with a ``verify`` for each incoming datagram, counts ``DhtDropped.reason`` in metrics and moves on.
