@@ -450,20 +450,10 @@ def datagram_throughput(procs: list[Proc], args: argparse.Namespace) -> dict[str
     flooded = procs[1 % len(procs)]
     host, port = flooded.addresses[0].rsplit(":", 1)
     target = (host, int(port))
-    pings = trio.run(
-        partial(flood, target, sockets=args.flood_sockets, window=args.flood_window, seconds=args.flood_seconds)
-    )
+    flood_at = partial(flood, target, sockets=args.flood_sockets, window=args.flood_window, seconds=args.flood_seconds)
+    pings = trio.run(flood_at)
     pub = bytes.fromhex(flooded.call(cmd="publisher", service=0)["pub"])
-    mac_pings = trio.run(
-        partial(
-            flood,
-            target,
-            sockets=args.flood_sockets,
-            window=args.flood_window,
-            seconds=args.flood_seconds,
-            mac_for=pub,
-        )
-    )
+    mac_pings = trio.run(partial(flood_at, mac_for=pub))
     base = sum(flooded.call(cmd="stats")["stats"][0]["drops"].values())
     t = time.monotonic()
     send_junk(target, count=args.junk)
