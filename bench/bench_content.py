@@ -32,7 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from nodeproc import Host, NodeHost, NodeSpec, open_host  # bench/ is on sys.path when run as a script
+
+# the package of this checkout, not whichever one the environment installed (as bench_payments.py does)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nodeproc import Host, NodeHost, NodeSpec, open_host  # bench/ is on sys.path as a script
 from results_io import source_state
 
 from overlay_node.node import Node

@@ -49,17 +49,22 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from results_io import source_state  # bench/ is on sys.path when run as a script
 
-from overlay_node.config import DhtSection, StoreSection
-from overlay_node.crypto.keys import Identity
-from overlay_node.metrics import Metrics
-from overlay_node.services.dht import DhtService, dht_key
-from overlay_node.services.dht_rpc import Signer, mac
-from overlay_node.store.db import open_store
-from overlay_node.wire.dht import Ping, Record, encode, new_rpc_id
-
+# the package of this checkout, not whichever one the environment installed (a run from another worktree measures
+# that worktree's code); the worker processes run this file too
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from results_io import source_state  # noqa: E402  # bench/ is on sys.path when run as a script
+
+from overlay_node.config import DhtSection, StoreSection  # noqa: E402
+from overlay_node.crypto.keys import Identity  # noqa: E402
+from overlay_node.metrics import Metrics  # noqa: E402
+from overlay_node.services.dht import DhtService, dht_key  # noqa: E402
+from overlay_node.services.dht_rpc import Signer, mac  # noqa: E402
+from overlay_node.store.db import open_store  # noqa: E402
+from overlay_node.wire.dht import Ping, Record, encode, new_rpc_id  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "bench_dht.json"
 TARGET_P95_MS = 10.0
 TARGET_VISIBLE_MS = 1000.0

@@ -65,6 +65,7 @@ from overlay_node.lru import LruMap
 from overlay_node.metrics import Metrics
 from overlay_node.net.udp import Address, UdpEndpoint, format_address
 from overlay_node.wire.dht import (
+    BodyCache,
     DhtDropped,
     Envelope,
     FindNode,
@@ -289,6 +290,8 @@ class DhtRpc:
         self._macs = config.mac_datagrams
         #: node id -> the MAC key we share, for the peers we learned take version-2 datagrams (module docstring)
         self._mac_peers: LruMap[bytes, bytes] = LruMap(_KEY_CACHE)
+        # the bodies this node encodes and decodes again and again (answers repeat: wire/dht.py, invariant 7)
+        self._bodies = BodyCache()
         self._limiter = SourceRateLimiter(config.max_datagrams_per_source, config.max_datagrams_per_ip)
         #: signature checks of requests, node-wide (a flood spread over many addresses)
         self._verifies: RateLimit[None] = RateLimit(config.max_verifies_per_second)
@@ -339,10 +342,12 @@ class DhtRpc:
         signed."""
         key = self._mac_peers.get(to) if to is not None else None
         if key is not None:
-            data = encode(msg, sender_pub=self._pub, now=self._wall(), sign=lambda m: mac(key, m), mac=True)
+            data = encode(
+                msg, sender_pub=self._pub, now=self._wall(), sign=lambda m: mac(key, m), mac=True, cache=self._bodies
+            )
             self._macs_out += 1
             return data
-        return encode(msg, sender_pub=self._pub, now=self._wall(), sign=self.signer.sign)
+        return encode(msg, sender_pub=self._pub, now=self._wall(), sign=self.signer.sign, cache=self._bodies)
 
     async def _send_bytes(self, data: bytes, address: Address) -> None:
         if self._endpoint is None:
@@ -521,6 +526,7 @@ class DhtRpc:
                 verify=self._defer_verify,
                 max_skew=self._config.max_skew,
                 verify_mac=self._verify_mac,
+                cache=self._bodies,
             )
         except DhtDropped as exc:
             self._drop(exc.reason)

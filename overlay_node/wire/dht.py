@@ -20,6 +20,14 @@ Invariants:
    our own rpc ids is the service's job.
 6. An rpc id that begins with :data:`RPC_MARK` says its sender takes version-2 datagrams (:func:`takes_macs`): a
    node that speaks version 1 only echoes the id, so the mark costs it nothing.
+7. The envelope and the inner array's five fixed fields are written and read by hand, in the one shape every
+   encoder writes (small version and type, byte strings with the shortest head, a timestamp that needs 64 bits);
+   only the body goes through cbor2, loaded and checked canonical on its own (an array's canonical form is its head
+   and its items' canonical forms one after another). Whatever has another shape goes through cbor2 whole, as before,
+   so every input decodes to the same message, or is dropped for the same reason, either way. A :class:`BodyCache`
+   (one per node) keeps the encoded bytes of NODES and VALUES bodies by their fields, and the message each body's
+   bytes decoded to by (type, bytes): a body seen before skips its CBOR and its checks, never anything else (rpc id,
+   sender, timestamp, MAC or signature are read and checked for every datagram).
 
 Theory of operation: the DHT service calls :func:`encode` with its key's ``sign`` for each outgoing message and
 :func:`decode` with a ``verify`` for each incoming datagram, counts ``DhtDropped.reason`` in metrics and moves on.
@@ -30,6 +38,7 @@ that cursor (records whose publisher sorts after it; ``b""`` means from the firs
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import hashlib
@@ -37,6 +46,7 @@ import ipaddress
 import logging
 import math
 import os
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -44,8 +54,10 @@ from typing import Final, Literal
 import cbor2
 
 from overlay_node.errors import LocalProtocolError, RemoteProtocolError
+from overlay_node.lru import LruMap
 
 __all__ = [
+    "BODY_CACHE_SIZE",
     "MAC_DOMAIN",
     "MAC_LEN",
     "MAC_VERSION",
@@ -58,6 +70,7 @@ __all__ = [
     "RPC_ID_LEN",
     "RPC_MARK",
     "SIGNING_DOMAIN",
+    "BodyCache",
     "Contact",
     "DhtDropped",
     "DropReason",
@@ -449,12 +462,162 @@ def _body(msg: Message) -> _Raw:
             return [stored, reason]
 
 
-def _inner(msg: Message, sender_pub: bytes, now: float, version: int = PROTOCOL_VERSION) -> bytes:
-    raw = [version, int(_TYPE_OF[type(msg)]), sender_pub, float(now), msg.rpc_id, _body(msg)]
-    return cbor2.dumps(raw, canonical=True)
+# -- canonical CBOR by hand (invariant 7) ---------------------------------------------------------------------------
 
 
-def encode(msg: Message, *, sender_pub: bytes, now: float, sign: Callable[[bytes], bytes], mac: bool = False) -> bytes:
+def _bytes_item(value: bytes) -> bytes:
+    """The canonical CBOR item of a byte string (shorter than 65,536 bytes, as everything in a datagram is)."""
+    size = len(value)
+    if size < 24:
+        return bytes((0x40 | size,)) + value
+    if size < 0x100:
+        return bytes((0x58, size)) + value
+    return b"\x59" + size.to_bytes(2, "big") + value
+
+
+def _read_bytes_item(data: bytes, pos: int) -> tuple[bytes, int] | None:
+    """The byte string whose canonical CBOR item starts at ``pos`` and the position after it; None if none does
+    (another type, a longer head than the size needs, or too few bytes)."""
+    if pos >= len(data):
+        return None
+    head = data[pos]
+    if 0x40 <= head < 0x58:
+        size, start = head - 0x40, pos + 1
+    elif head == 0x58 and pos + 1 < len(data) and data[pos + 1] >= 24:
+        size, start = data[pos + 1], pos + 2
+    elif head == 0x59 and pos + 2 < len(data):
+        size, start = int.from_bytes(data[pos + 1 : pos + 3], "big"), pos + 3
+        if size < 0x100:
+            return None
+    else:
+        return None
+    end = start + size
+    if end > len(data):
+        return None
+    return data[start:end], end
+
+
+_F64: Final = struct.Struct(">d")
+_F32: Final = struct.Struct(">f")
+
+
+def _fits_float32(value: float) -> bool:
+    """Whether canonical CBOR writes ``value`` in 32 bits or fewer (a finite value a 32-bit float holds exactly)."""
+    try:
+        return bool(_F32.unpack(_F32.pack(value))[0] == value)
+    except OverflowError:
+        return False
+
+
+def _envelope_parts(data: bytes) -> tuple[bytes, bytes] | None:
+    """``inner`` and ``sig`` of a datagram that is the canonical array of two byte strings; None if it is not."""
+    if data[:1] != b"\x82":
+        return None
+    first = _read_bytes_item(data, 1)
+    if first is None:
+        return None
+    inner, pos = first
+    second = _read_bytes_item(data, pos)
+    if second is None or second[1] != len(data):
+        return None
+    return inner, second[0]
+
+
+def _inner_parts(inner: bytes) -> tuple[int, int, bytes, float, bytes, bytes] | None:
+    """Version, type, sender key, timestamp, rpc id and the body's bytes of an inner array in the shape every
+    encoder writes (small version and type, byte strings, a timestamp that needs 64 bits); None if it has another
+    shape, which the generic path then judges. Each part read here is canonical; the body is not checked."""
+    if len(inner) < 3 or inner[0] != 0x86 or inner[1] >= 24 or inner[2] >= 24:
+        return None
+    item = _read_bytes_item(inner, 3)
+    if item is None:
+        return None
+    sender_pub, pos = item
+    if inner[pos : pos + 1] != b"\xfb" or len(inner) < pos + 9:
+        return None
+    (timestamp,) = _F64.unpack_from(inner, pos + 1)
+    if not math.isfinite(timestamp) or _fits_float32(timestamp):
+        return None
+    item = _read_bytes_item(inner, pos + 9)
+    if item is None or item[1] >= len(inner):
+        return None
+    rpc_id, pos = item
+    return inner[1], inner[2], sender_pub, timestamp, rpc_id, inner[pos:]
+
+
+#: bodies each of a node's two caches holds (:class:`BodyCache`)
+BODY_CACHE_SIZE: Final = 1024
+#: the fields of each message besides its rpc id, in order
+_BODY_FIELDS: Final[dict[type[Message], tuple[str, ...]]] = {
+    cls: tuple(f.name for f in dataclasses.fields(cls) if f.name != "rpc_id") for cls in _TYPE_OF
+}
+
+
+class BodyCache:
+    """The message bodies one node sends and receives again and again, each encoded or decoded once (invariant 7).
+
+    Answers repeat: a holder sends every asker of a key the same records and much the same contacts, and a node
+    that looks a key up again gets the same answers, each under a new rpc id. Encoding keeps the bytes of the
+    bodies of :class:`Nodes` and :class:`Values` by their fields; decoding keeps the message each body's bytes
+    decoded to (after the checks that passed), by type and bytes. Bytes decode to one message whoever sends them,
+    so what is kept is only ever what the checks would give again (a flood of new bodies only pushes old ones out).
+    Each node (``services/dht_rpc.py``) has its own.
+    """
+
+    __slots__ = ("decoded", "encoded")
+
+    def __init__(self, size: int = BODY_CACHE_SIZE) -> None:
+        self.decoded: LruMap[tuple[int, bytes], Message] = LruMap(size)
+        self.encoded: LruMap[tuple[object, ...], bytes] = LruMap(size)
+
+
+def _body_bytes(msg: Message, cache: BodyCache | None) -> bytes:
+    if cache is None or not isinstance(msg, Values | Nodes):
+        return cbor2.dumps(_body(msg), canonical=True)
+    key = (type(msg), *(getattr(msg, name) for name in _BODY_FIELDS[type(msg)]))
+    body = cache.encoded.get(key)
+    if body is None:
+        body = cbor2.dumps(_body(msg), canonical=True)
+        cache.encoded.put(key, body)
+    return body
+
+
+def _with_rpc_id(template: Message, rpc_id: object) -> Message:
+    """``template`` (a checked message) under another rpc id, without checking its other fields again."""
+    _check_rpc(rpc_id)
+    cls = type(template)
+    message = object.__new__(cls)
+    object.__setattr__(message, "rpc_id", rpc_id)
+    for name in _BODY_FIELDS[cls]:
+        object.__setattr__(message, name, getattr(template, name))
+    return message
+
+
+def _inner(
+    msg: Message, sender_pub: bytes, now: float, version: int = PROTOCOL_VERSION, cache: BodyCache | None = None
+) -> bytes:
+    """The canonical CBOR of ``[version, type, sender_pub, now, rpc_id, body]``: an array's items one after another
+    behind its head, so the fixed fields are written by hand and the body may come from ``cache``."""
+    return b"".join(
+        (
+            bytes((0x86, version, _TYPE_OF[type(msg)])),
+            _bytes_item(sender_pub),
+            cbor2.dumps(float(now), canonical=True),
+            _bytes_item(msg.rpc_id),
+            _body_bytes(msg, cache),
+        )
+    )
+
+
+def encode(
+    msg: Message,
+    *,
+    sender_pub: bytes,
+    now: float,
+    sign: Callable[[bytes], bytes],
+    mac: bool = False,
+    cache: BodyCache | None = None,
+) -> bytes:
     """Encode and sign (or MAC) one message as a datagram.
 
     Args:
@@ -464,6 +627,7 @@ def encode(msg: Message, *, sender_pub: bytes, now: float, sign: Callable[[bytes
         sign: signs ``SIGNING_DOMAIN + inner`` with the key of ``sender_pub``; with ``mac``, the HMAC of
             ``MAC_DOMAIN + inner`` under the key shared with the receiver.
         mac: a version-2 datagram (invariant 1).
+        cache: the sender's :class:`BodyCache` (the bytes are the same with or without it).
 
     Returns:
         The datagram bytes.
@@ -476,14 +640,14 @@ def encode(msg: Message, *, sender_pub: bytes, now: float, sign: Callable[[bytes
     _check_pubkey(sender_pub, "sender_pub")
     _need(math.isfinite(now), "now must be finite")
     if mac:
-        inner = _inner(msg, sender_pub, now, MAC_VERSION)
+        inner = _inner(msg, sender_pub, now, MAC_VERSION, cache)
         sig = sign(MAC_DOMAIN + inner)
         _need(_is_bytes(sig, MAC_LEN), f"a mac must be {MAC_LEN} bytes")
     else:
-        inner = _inner(msg, sender_pub, now)
+        inner = _inner(msg, sender_pub, now, PROTOCOL_VERSION, cache)
         sig = sign(SIGNING_DOMAIN + inner)
         _need(_is_bytes(sig, max_size=MAX_SIGNATURE) and len(sig) > 0, "signature must be 1..80 bytes")
-    data = cbor2.dumps([inner, sig], canonical=True)
+    data = b"\x82" + _bytes_item(inner) + _bytes_item(sig)
     if len(data) > MAX_DATAGRAM:
         raise LocalProtocolError(
             f"dht datagram of {len(data)} bytes exceeds {MAX_DATAGRAM} ({type(msg).__name__})", reason="oversized"
@@ -585,6 +749,61 @@ def _message_from(mtype: MessageType, rpc_id: bytes, body: list[object]) -> Mess
             return StoreAck(rpc_id=rpc_id, stored=stored, reason=reason)  # type: ignore[arg-type]
 
 
+def _envelope(data: bytes) -> tuple[bytes, bytes]:
+    """``inner`` and ``sig`` of a datagram: by hand (invariant 7), else through cbor2, which says what is wrong."""
+    parts = _envelope_parts(data)
+    if parts is None:
+        inner, sig = _list(_loads_canonical(data), 2)
+    else:
+        inner, sig = parts
+    if not _is_bytes(inner) or not _is_bytes(sig, max_size=MAX_SIGNATURE) or not sig:
+        raise DhtDropped("malformed", "envelope fields")
+    assert isinstance(inner, bytes)  # narrowed for mypy by the check above
+    assert isinstance(sig, bytes)
+    return inner, sig
+
+
+@dataclass(slots=True)
+class _Fields:
+    """The inner array's fields as read, not checked yet; the body parsed, or the message it decoded to before."""
+
+    version: object
+    mtype: object
+    sender_pub: object
+    timestamp: object
+    rpc_id: object
+    body: object = None
+    known: Message | None = None
+    #: the body's bytes when the fixed fields were read by hand (a :class:`BodyCache` key with the type)
+    body_bytes: bytes | None = None
+
+
+def _fields(inner: bytes, cache: BodyCache | None) -> _Fields:
+    """Read the fields of ``inner``: by hand, the body checked canonical on its own or found in ``cache``
+    (invariant 7); else all through cbor2, which says what is wrong."""
+    fixed = _inner_parts(inner)
+    if fixed is None:
+        version, mtype, sender_pub, timestamp, rpc_id, body = _list(_loads_canonical(inner), 6)
+        return _Fields(version, mtype, sender_pub, timestamp, rpc_id, body)
+    version, mtype, sender_pub, timestamp, rpc_id, body_bytes = fixed
+    fields = _Fields(version, mtype, sender_pub, timestamp, rpc_id, body_bytes=body_bytes)
+    if cache is not None:
+        fields.known = cache.decoded.get((mtype, body_bytes))
+    if fields.known is None:
+        fields.body = _loads_canonical(body_bytes)
+    return fields
+
+
+def _message(fields: _Fields, cache: BodyCache | None) -> Message:
+    """The message of checked fixed fields: from the one its body decoded to before, or decoded (and kept)."""
+    if fields.known is not None:
+        return _with_rpc_id(fields.known, fields.rpc_id)
+    message = _message_from(MessageType(fields.mtype), fields.rpc_id, _list(fields.body))  # type: ignore[arg-type]
+    if cache is not None and fields.body_bytes is not None:
+        cache.decoded.put((fields.mtype, fields.body_bytes), message)  # type: ignore[arg-type]  # an int: checked
+    return message
+
+
 def decode(
     data: bytes,
     *,
@@ -593,6 +812,7 @@ def decode(
     max_skew: float,
     expect_node_id: bytes | None = None,
     verify_mac: Callable[[bytes, bytes, bytes], bool] | None = None,
+    cache: BodyCache | None = None,
 ) -> Envelope:
     """Parse, check and verify one datagram.
 
@@ -607,6 +827,7 @@ def decode(
         expect_node_id: if given (an answer to a request we sent), the sender must have this node id.
         verify_mac: ``verify_mac(pubkey, message, mac) -> bool`` for version 2 (the MAC under the key shared with
             the sender); without it a version-2 datagram is dropped as ``version``.
+        cache: the receiver's :class:`BodyCache` (the outcome is the same with or without it).
 
     Returns:
         The verified envelope.
@@ -619,15 +840,9 @@ def decode(
         raise DhtDropped("malformed", "not bytes")
     if len(data) > MAX_DATAGRAM:
         raise DhtDropped("oversized", f"{len(data)} bytes")
-    outer = _list(_loads_canonical(data), 2)
-    inner, sig = outer
-    if not _is_bytes(inner) or not _is_bytes(sig, max_size=MAX_SIGNATURE) or not sig:
-        raise DhtDropped("malformed", "envelope fields")
-    # narrowed for mypy by the check above
-    assert isinstance(inner, bytes)
-    assert isinstance(sig, bytes)
-    fields = _list(_loads_canonical(inner), 6)
-    version, mtype, sender_pub, timestamp, rpc_id, body = fields
+    inner, sig = _envelope(data)
+    fields = _fields(inner, cache)
+    version, timestamp = fields.version, fields.timestamp
     if type(version) is not int or not (
         version == PROTOCOL_VERSION or (version == MAC_VERSION and verify_mac is not None)
     ):
@@ -635,13 +850,13 @@ def decode(
     mac = version == MAC_VERSION
     if mac and len(sig) != MAC_LEN:
         raise DhtDropped("malformed", "mac length")
-    if type(mtype) is not int or not MessageType.PING <= mtype <= MessageType.STORE_ACK:
+    if type(fields.mtype) is not int or not MessageType.PING <= fields.mtype <= MessageType.STORE_ACK:
         raise DhtDropped("malformed", "unknown message type")
     if type(timestamp) is not float or not math.isfinite(timestamp):
         raise DhtDropped("malformed", "timestamp")
     try:
-        message = _message_from(MessageType(mtype), rpc_id, _list(body))  # type: ignore[arg-type]
-        envelope = Envelope(sender_pub=sender_pub, timestamp=timestamp, message=message, mac=mac)  # type: ignore[arg-type]
+        message = _message(fields, cache)
+        envelope = Envelope(sender_pub=fields.sender_pub, timestamp=timestamp, message=message, mac=mac)  # type: ignore[arg-type]
     except LocalProtocolError as exc:
         raise DhtDropped("malformed", str(exc)) from None
     except ValueError:  # unpacking a list of the wrong length
@@ -672,7 +887,7 @@ _MAX_CURSOR_BYTES: Final = b"\x00" * MAX_CURSOR
 def _worst_case_size(msg: Message) -> int:
     """Encoded datagram size of ``msg`` with the longest accepted signature."""
     inner = _inner(msg, _DUMMY_PUB, 1.0e9 + 0.5)
-    return len(cbor2.dumps([inner, b"\x00" * MAX_SIGNATURE], canonical=True))
+    return 1 + len(_bytes_item(inner)) + len(_bytes_item(bytes(MAX_SIGNATURE)))
 
 
 def pack_values(

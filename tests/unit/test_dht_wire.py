@@ -13,12 +13,14 @@ from hypothesis import strategies as st
 
 from overlay_node.errors import LocalProtocolError, RemoteProtocolError
 from overlay_node.wire.dht import (
+    _TYPE_OF,  # with _body: the fields a datagram carries, to compare the framing by hand with cbor2's
     MAC_DOMAIN,
     MAC_LEN,
     MAC_VERSION,
     MAX_CONTACTS,
     MAX_DATAGRAM,
     SIGNING_DOMAIN,
+    BodyCache,
     Contact,
     DhtDropped,
     Envelope,
@@ -32,6 +34,7 @@ from overlay_node.wire.dht import (
     Store,
     StoreAck,
     Values,
+    _body,
     decode,
     encode,
     new_rpc_id,
@@ -66,12 +69,32 @@ class Key:
 ALICE, BOB = Key(1), Key(2)
 
 
+#: one body cache for every encode and decode of this module: what one test put in it, a later one may hit
+_CACHE = BodyCache()
+
+
 def _send(msg: Message, key: Key = ALICE, now: float = NOW) -> bytes:
-    return encode(msg, sender_pub=key.pub, now=now, sign=key.sign)
+    data = encode(msg, sender_pub=key.pub, now=now, sign=key.sign)
+    # the same bytes through a body cache (the signature is deterministic, RFC 6979)
+    assert encode(msg, sender_pub=key.pub, now=now, sign=key.sign, cache=_CACHE) == data
+    return data
 
 
 def _recv(data: bytes, now: float = NOW, expect_node_id: bytes | None = None) -> Envelope:
-    return decode(data, now=now, verify=_verify, max_skew=SKEW, expect_node_id=expect_node_id)
+    """``decode`` without a body cache and with one: both come to the same envelope, or drop for the same reason."""
+    outcomes: list[Envelope | str] = []
+    for cache in (None, _CACHE):
+        try:
+            outcomes.append(
+                decode(data, now=now, verify=_verify, max_skew=SKEW, expect_node_id=expect_node_id, cache=cache)
+            )
+        except DhtDropped as exc:
+            outcomes.append(exc.reason)
+    plain, cached = outcomes
+    assert plain == cached
+    if isinstance(plain, str):
+        raise DhtDropped(plain)  # type: ignore[arg-type]  # a reason decode gave
+    return plain
 
 
 def _pub(i: int) -> bytes:
@@ -145,6 +168,71 @@ def test_every_message_round_trips(msg: Message) -> None:
     assert env.sender_pub == ALICE.pub
     assert env.sender_id == node_id_of(ALICE.pub) == hashlib.sha256(ALICE.pub).digest()
     assert env.timestamp == NOW
+
+
+def _reference(msg: Message, key: Key, now: float, version: int = 1) -> bytes:
+    """A datagram as cbor2 writes the whole of it (what the codec writes by hand must be byte for byte this)."""
+    inner = cbor2.dumps([version, int(_TYPE_OF[type(msg)]), key.pub, now, msg.rpc_id, _body(msg)], canonical=True)
+    return cbor2.dumps([inner, key.sign(SIGNING_DOMAIN + inner)], canonical=True)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    msg=messages,
+    now=st.one_of(
+        st.floats(min_value=0, max_value=2**40, allow_nan=False),
+        st.integers(0, 2**31).map(float),  # whole seconds: 32 bits or fewer, written shorter
+        st.sampled_from([0.0, 1.5, 65504.0, 1_700_000_000.0, NOW]),
+    ),
+)
+def test_the_envelope_and_fixed_fields_written_by_hand_are_canonical_cbor(msg: Message, now: float) -> None:
+    data = _send(msg, now=now)
+    assert data == _reference(msg, ALICE, now)
+    # read back whatever width the timestamp took (the usual 64 bits by hand, a shorter one through cbor2)
+    env = _recv(data, now=now)
+    assert env.message == msg
+    assert env.timestamp == now
+
+
+def test_a_body_seen_before_decodes_from_the_cache_under_the_new_rpc_id() -> None:
+    cache = BodyCache()
+    records = tuple(sorted((_record(i, size=200) for i in range(2)), key=lambda r: r.publisher))
+    contacts = tuple(Contact(pubkey=_pub(i), host="127.0.0.1", port=4000 + i) for i in range(3))
+    answers = [
+        Values(rpc_id=new_rpc_id(), key=b"k" * 32, records=records, next_cursor=None, contacts=contacts)
+        for _ in range(3)
+    ]
+    datagrams = [encode(a, sender_pub=BOB.pub, now=NOW, sign=BOB.sign, cache=cache) for a in answers]
+    assert len(cache.encoded) == 1, "one body for the three answers"
+    envelopes = [decode(d, now=NOW, verify=_verify, max_skew=SKEW, cache=cache) for d in datagrams]
+    assert len(cache.decoded) == 1
+    assert [e.message for e in envelopes] == answers
+    assert [e.message.rpc_id for e in envelopes] == [a.rpc_id for a in answers]
+    # decoded once: the later answers share the records the first one decoded to
+    assert all(e.message.records is envelopes[0].message.records for e in envelopes)  # type: ignore[union-attr]
+    # a hit still checks what the body does not hold: the rpc id, the sender, the timestamp and the signature
+    fields = cbor2.loads(cbor2.loads(datagrams[0])[0])
+    fields[4] = b"short"
+    for data, reason in (
+        (_resigned(fields), "malformed"),
+        (datagrams[1][:-3] + b"xyz", "bad_signature"),
+    ):
+        with pytest.raises(DhtDropped) as info:
+            decode(data, now=NOW, verify=_verify, max_skew=SKEW, cache=cache)
+        assert info.value.reason == reason
+    with pytest.raises(DhtDropped) as info:
+        decode(datagrams[2], now=NOW + 2 * SKEW, verify=_verify, max_skew=SKEW, cache=cache)
+    assert info.value.reason == "stale"
+    # bodies are kept by type too: a PING and a PONG carry the same empty body
+    ping, pong = Ping(rpc_id=new_rpc_id()), Pong(rpc_id=new_rpc_id())
+    for msg in (ping, pong, ping):
+        assert decode(_send(msg), now=NOW, verify=_verify, max_skew=SKEW, cache=cache).message == msg
+    # the cache holds at most its size: the oldest bodies go first
+    small = BodyCache(size=2)
+    for i in range(3):
+        page = Values(rpc_id=new_rpc_id(), key=b"k" * 32, records=records[:1], next_cursor=None, contacts=contacts[i:])
+        decode(_send(page), now=NOW, verify=_verify, max_skew=SKEW, cache=small)
+    assert len(small.decoded) == 2
 
 
 def test_contacts_derive_their_node_id_and_carry_ip_literals_only() -> None:
@@ -310,6 +398,23 @@ def test_oversized_truncated_trailing_and_non_canonical_datagrams_are_dropped() 
     loose = cbor2.dumps(fields)
     assert loose != cbor2.dumps(fields, canonical=True)
     assert _reason(cbor2.dumps([loose, sig])) == "malformed"
+
+
+def test_byte_strings_with_a_longer_head_than_their_size_needs_are_dropped() -> None:
+    rpc_id = new_rpc_id()
+    data = _send(Ping(rpc_id=rpc_id))
+    inner, sig = cbor2.loads(data)
+    assert _recv(cbor2.dumps([inner, ALICE.sign(SIGNING_DOMAIN + inner)])).message == Ping(rpc_id=rpc_id)
+    # the rpc id (8 bytes) with a one-byte size after its head, where the head alone says it
+    loose = inner.replace(b"\x48" + rpc_id, b"\x58\x08" + rpc_id)
+    assert cbor2.loads(loose) == cbor2.loads(inner)
+    assert _reason(b"\x82" + _item(loose) + _item(ALICE.sign(SIGNING_DOMAIN + loose))) == "malformed"
+    # the envelope's signature (about 71 bytes) with a two-byte size
+    assert _reason(b"\x82" + _item(inner) + b"\x59" + len(sig).to_bytes(2, "big") + sig) == "malformed"
+
+
+def _item(value: bytes) -> bytes:
+    return cbor2.dumps(value, canonical=True)
 
 
 def _resigned(fields: list[object]) -> bytes:
