@@ -12,6 +12,9 @@ Invariants:
    (:class:`PingOldest`, :class:`Evicted`) for the DHT service to carry out or record.
 5. A bucket has at most one ping to its oldest contact outstanding; another is asked for only after
    ``ping_timeout`` has passed without :meth:`RoutingTable.on_ping_timeout` or an answer.
+6. :meth:`RoutingTable.closest` answers a question it answered before from what it said then, as long as no contact
+   joined, left or moved (a new address) since: those are the only changes that alter its answer (being seen again
+   moves a contact within its bucket, which the XOR order ignores). Every such change starts a new set of answers.
 
 Theory of operation: every verified datagram's sender is passed to :meth:`RoutingTable.observe`. A known contact
 moves to the tail (most recently seen) and its failure count resets. A new contact goes into its bucket if there
@@ -49,6 +52,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: answers of closest() kept between changes of the table (invariant 6); past this many they start again
+_ANSWERS_KEPT: Final = 1024
 
 ID_BITS: Final = NODE_ID_LEN * 8
 ID_SPACE: Final = 1 << ID_BITS
@@ -183,6 +189,9 @@ class RoutingTable:
         self._los: list[int] = [0]
         self._splits = 0
         self._evictions = 0
+        #: answers of closest() since the last change that alters them (invariant 6): every node that asks about a
+        #: key gets much the same contacts, and computing them is a sort of the buckets near the key
+        self._answers: dict[tuple[bytes, int, frozenset[bytes]], tuple[Contact, ...]] = {}
 
     # -- lookup helpers ------------------------------------------------------------------------------------------
 
@@ -226,6 +235,8 @@ class RoutingTable:
             entry = bucket.entries.get(node_id)
             if entry is not None:
                 # a known contact: most recently seen now; a changed endpoint is taken as the node's move
+                if entry.contact != contact:
+                    self._answers.clear()
                 entry.contact = contact
                 entry.last_seen = now
                 entry.failures = 0
@@ -234,6 +245,7 @@ class RoutingTable:
                     bucket.pinging = None
                 return []
             if len(bucket.entries) < self.k:
+                self._answers.clear()
                 bucket.entries[node_id] = _Entry(contact, now)
                 bucket.replacements.pop(node_id, None)
                 return []
@@ -273,6 +285,7 @@ class RoutingTable:
         logger.debug("dht routing: split bucket at depth %d", low.depth)
 
     def _evict(self, bucket: Bucket, node_id: bytes, reason: str) -> Evicted:
+        self._answers.clear()
         entry = bucket.entries.pop(node_id)
         if bucket.pinging == node_id:
             bucket.pinging = None
@@ -343,6 +356,16 @@ class RoutingTable:
         count = self.k if n is None else n
         if count <= 0:
             return []
+        question = (target, count, exclude)
+        answer = self._answers.get(question)
+        if answer is None:
+            if len(self._answers) >= _ANSWERS_KEPT:
+                self._answers.clear()
+            answer = self._answers[question] = tuple(self._closest(target, count, exclude))
+        return list(answer)
+
+    def _closest(self, target: bytes, count: int, exclude: frozenset[bytes]) -> list[Contact]:
+        """What :meth:`closest` answers, worked out from the buckets."""
         t = id_to_int(target)
         order = sorted(self.buckets, key=lambda b: (b.lo ^ t) & ~(b.hi - b.lo - 1))
         found: list[tuple[int, Contact]] = []

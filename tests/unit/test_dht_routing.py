@@ -210,6 +210,41 @@ def test_closest_matches_brute_force(seeds: list[int], target: bytes, k: int, n:
         )
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["observe", "move", "fail", "ping_timeout", "remove", "ask"]), st.integers(0, 12)),
+        max_size=120,
+    ),
+    k=st.integers(1, 6),
+)
+def test_closest_answers_kept_between_changes_match_a_recount(steps: list[tuple[str, int]], k: int) -> None:
+    """Questions asked again and again while contacts join, move, fail and leave: every answer is the one a
+    recount over the table gives (invariant 6: a kept answer never outlives the change that alters it)."""
+    table = RoutingTable(OWN.node_id, k=k, max_failures=2)
+    targets = [hashlib.sha256(b"target%d" % i).digest() for i in range(3)]
+    now = 0.0
+    for op, seed in steps:
+        now += 1.0
+        contact = make_contact(seed)
+        if op == "observe":
+            table.observe(contact, now)
+        elif op == "move":
+            table.observe(make_contact(seed, port=5000 + int(now)), now)
+        elif op == "fail":
+            table.on_request_failed(contact.node_id, now)
+        elif op == "ping_timeout":
+            table.on_ping_timeout(contact.node_id, now)
+        elif op == "remove":
+            table.remove(contact.node_id)
+        for target in targets if op == "ask" else targets[:1]:
+            for n, skip in ((k, frozenset()), (2, frozenset({contact.node_id}))):
+                ordered = sorted(table.contacts(), key=lambda c: distance(c.node_id, target))
+                expected = [c for c in ordered if c.node_id not in skip][:n]
+                assert table.closest(target, n, exclude=skip) == expected  # contacts compare by address too
+    check_invariants(table)
+
+
 def test_closest_defaults_to_k() -> None:
     table = RoutingTable(OWN.node_id, k=3)
     for _ in range(50):
