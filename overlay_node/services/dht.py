@@ -792,7 +792,8 @@ class DhtService:
             self._heard[node_id] = now
             if known is None:
                 self._on_new_contact(contact)
-        self._routing_actions(actions)
+        if actions or known is None:  # else the table holds the same contacts (the gauge stays right)
+            self._routing_actions(actions)
 
     # -- routing table upkeep --------------------------------------------------------------------------------
 
