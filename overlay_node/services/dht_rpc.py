@@ -19,7 +19,8 @@ is counted in ``overlay_dht_drops{reason}`` and changes nothing else.
 MACs instead of signatures (``dht.mac_datagrams``, on by default; ``docs/protocol.md`` section 10): a signature
 costs the sender one curve operation and the receiver another, per datagram, and a lookup sends dozens. Two nodes
 that both take version-2 datagrams authenticate them with an HMAC under a key only they can make (ECDH of their
-identity keys, computed once per peer and kept by node id), so a datagram between them costs microseconds. We mark
+identity keys, computed once per peer and kept by node id, the peers heard from longest ago forgotten first when
+there are too many), so a datagram between them costs microseconds. We mark
 our rpc ids (``wire.dht.RPC_MARK``); a peer that takes version 2 is learned from a verified version-2 datagram of
 its own, or from a verified request of it with a marked rpc id. Requests to it and answers to it are MAC'd from
 then on; everyone else gets signed datagrams, so a node that speaks version 1 only sees nothing new. A MAC'd
@@ -493,12 +494,11 @@ class DhtRpc:
         self._unverified = (b"", b"", b"")
         if envelope.mac:
             key = self._mac_peers.get(envelope.sender_id)
-            first = key is None
             if key is None:
                 key = self.signer.mac_key(pubkey)
             if key is not None and hmac.compare_digest(mac(key, message), signature):
-                if first:
-                    self._mac_peers.put(envelope.sender_id, key)  # it sent one: it takes them
+                # it sent one: it takes them (kept, or kept longer: the least recently heard key goes first)
+                self._mac_peers.put(envelope.sender_id, key)
                 self._macs_in += 1
                 return True
         else:

@@ -9,6 +9,7 @@ import trio
 
 from overlay_node.errors import PeerTimeout
 from overlay_node.services.dht import dht_key
+from overlay_node.wire.dht import node_id_of
 from tests.integration.dht_fixtures import DhtNet, DhtPeer, dht_net, settle
 
 __all__ = ["dht_net"]
@@ -78,3 +79,29 @@ async def test_a_mac_d_request_that_goes_unanswered_is_signed_the_next_time(dht_
         assert a.service.statistics().mac_peers == 0
         await a.service.ping(b_old.address, expect_key=b.identity.public_key)
         assert macs(b_old) == (0, 0)
+
+
+async def test_the_mac_key_of_a_peer_heard_lately_outlives_an_older_one(dht_net: DhtNet) -> None:
+    """The MAC keys a node holds are an LRU by when each peer was last heard: when a new peer's key needs the room,
+    the one heard from longest ago goes, not the one learned first."""
+    with trio.fail_after(LIMIT):
+        a, b, c = await dht_net.form(3)
+        held = a.service._rpc._mac_peers  # the LRU itself is what this test is about
+        assert {node_id_of(b.identity.public_key), node_id_of(c.identity.public_key)} <= set(held)
+        for older, newer in ((c, b), (b, c)):
+            # `older` speaks, then `newer`: `older` is the one heard from longest ago
+            for peer in (older, newer):
+                await peer.service.ping(a.address, expect_key=a.identity.public_key)
+            for other in list(held):
+                if other not in (node_id_of(older.identity.public_key), node_id_of(newer.identity.public_key)):
+                    held.pop(other)  # only these two are in the race
+            held.size = 2  # full: the next new peer's key pushes one out
+            joiner = await dht_net.start(f"joiner-{len(dht_net.peers)}")
+            await joiner.service.bootstrap([a.address])
+            await settle()
+            assert node_id_of(newer.identity.public_key) in held
+            assert node_id_of(older.identity.public_key) not in held
+            assert node_id_of(joiner.identity.public_key) in held
+            # the one pushed out is learned again from its next datagram, as any new peer's
+            await older.service.ping(a.address, expect_key=a.identity.public_key)
+            assert node_id_of(older.identity.public_key) in held
