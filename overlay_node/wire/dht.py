@@ -25,9 +25,10 @@ Invariants:
    only the body goes through cbor2, loaded and checked canonical on its own (an array's canonical form is its head
    and its items' canonical forms one after another). Whatever has another shape goes through cbor2 whole, as before,
    so every input decodes to the same message, or is dropped for the same reason, either way. A :class:`BodyCache`
-   (one per node) keeps the encoded bytes of NODES and VALUES bodies by their fields, and the message each body's
-   bytes decoded to by (type, bytes): a body seen before skips its CBOR and its checks, never anything else (rpc id,
-   sender, timestamp, MAC or signature are read and checked for every datagram).
+   (one per node) keeps the encoded bytes of NODES and VALUES bodies by their fields, the message each body's bytes
+   decoded to by (type, bytes), and each record it decoded by its fields: a body (or a record) seen before skips its
+   CBOR and its checks, never anything else (rpc id, sender, timestamp, MAC or signature are read and checked for
+   every datagram).
 
 Theory of operation: the DHT service calls :func:`encode` with its key's ``sign`` for each outgoing message and
 :func:`decode` with a ``verify`` for each incoming datagram, counts ``DhtDropped.reason`` in metrics and moves on.
@@ -559,16 +560,18 @@ class BodyCache:
     Answers repeat: a holder sends every asker of a key the same records and much the same contacts, and a node
     that looks a key up again gets the same answers, each under a new rpc id. Encoding keeps the bytes of the
     bodies of :class:`Nodes` and :class:`Values` by their fields; decoding keeps the message each body's bytes
-    decoded to (after the checks that passed), by type and bytes. Bytes decode to one message whoever sends them,
+    decoded to (after the checks that passed), by type and bytes, and each record by its fields (the holders of a
+    key send the same records in bodies that differ, by their contacts). Bytes decode to one message whoever sends them,
     so what is kept is only ever what the checks would give again (a flood of new bodies only pushes old ones out).
     Each node (``services/dht_rpc.py``) has its own.
     """
 
-    __slots__ = ("decoded", "encoded")
+    __slots__ = ("decoded", "encoded", "records")
 
     def __init__(self, size: int = BODY_CACHE_SIZE) -> None:
         self.decoded: LruMap[tuple[int, bytes], Message] = LruMap(size)
         self.encoded: LruMap[tuple[object, ...], bytes] = LruMap(size)
+        self.records: LruMap[tuple[object, ...], Record] = LruMap(size)
 
 
 def _body_bytes(msg: Message, cache: BodyCache | None) -> bytes:
@@ -696,17 +699,31 @@ def _contact_of(pubkey: bytes, packed: bytes, port: int) -> Contact:
     return Contact(pubkey=pubkey, host=_host_of_packed(packed), port=port)
 
 
-def _record_from(raw: object, key: bytes | None) -> Record:
+def _record_from(raw: object, key: bytes | None, known: LruMap[tuple[object, ...], Record] | None = None) -> Record:
+    """The record of a decoded body's fields; ``known``: a node's records by their fields (:class:`BodyCache`), for
+    the records every holder of a key sends again."""
     fields = _list(raw, 5 if key is not None else 6)
     if key is None:
         key_obj, *fields = fields
     else:
         key_obj = key
     value, publisher, seq, expires, sig = fields
-    return Record(key=key_obj, value=value, publisher=publisher, seq=seq, expires=expires, sig=sig)  # type: ignore[arg-type]
+    slot = (key_obj, value, publisher, seq, expires, sig)
+    # only fields of the right types are looked up (a list would not even hash); the others fail the record's checks
+    typed = (
+        type(seq) is int and type(expires) is int and all(type(f) is bytes for f in (key_obj, value, publisher, sig))
+    )
+    record = known.get(slot) if known is not None and typed else None
+    if record is None:
+        record = Record(key=key_obj, value=value, publisher=publisher, seq=seq, expires=expires, sig=sig)  # type: ignore[arg-type]
+        if known is not None:
+            known.put(slot, record)  # the record's checks passed: its fields hash
+    return record
 
 
-def _message_from(mtype: MessageType, rpc_id: bytes, body: list[object]) -> Message:
+def _message_from(
+    mtype: MessageType, rpc_id: bytes, body: list[object], known: LruMap[tuple[object, ...], Record] | None = None
+) -> Message:
     match mtype:
         case MessageType.PING:
             _list(body, 0)
@@ -736,14 +753,14 @@ def _message_from(mtype: MessageType, rpc_id: bytes, body: list[object]) -> Mess
             return Values(
                 rpc_id=rpc_id,
                 key=key,
-                records=tuple(_record_from(r, key) for r in _list(records)),
+                records=tuple(_record_from(r, key, known) for r in _list(records)),
                 next_cursor=cursor,  # type: ignore[arg-type]
                 contacts=tuple(_contact_from(c) for c in _list(contacts)),
                 digest=digest,  # type: ignore[arg-type]
             )
         case MessageType.STORE:
             (record,) = _list(body, 1)
-            return Store(rpc_id=rpc_id, record=_record_from(record, None))
+            return Store(rpc_id=rpc_id, record=_record_from(record, None, known))
         case MessageType.STORE_ACK:
             stored, reason = _list(body, 2)
             return StoreAck(rpc_id=rpc_id, stored=stored, reason=reason)  # type: ignore[arg-type]
@@ -798,7 +815,8 @@ def _message(fields: _Fields, cache: BodyCache | None) -> Message:
     """The message of checked fixed fields: from the one its body decoded to before, or decoded (and kept)."""
     if fields.known is not None:
         return _with_rpc_id(fields.known, fields.rpc_id)
-    message = _message_from(MessageType(fields.mtype), fields.rpc_id, _list(fields.body))  # type: ignore[arg-type]
+    records = cache.records if cache is not None else None
+    message = _message_from(MessageType(fields.mtype), fields.rpc_id, _list(fields.body), records)  # type: ignore[arg-type]
     if cache is not None and fields.body_bytes is not None:
         cache.decoded.put((fields.mtype, fields.body_bytes), message)  # type: ignore[arg-type]  # an int: checked
     return message

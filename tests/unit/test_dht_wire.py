@@ -223,6 +223,11 @@ def test_a_body_seen_before_decodes_from_the_cache_under_the_new_rpc_id() -> Non
     with pytest.raises(DhtDropped) as info:
         decode(datagrams[2], now=NOW + 2 * SKEW, verify=_verify, max_skew=SKEW, cache=cache)
     assert info.value.reason == "stale"
+    # bodies that differ (other contacts) but carry the same records: each record decoded once
+    other = Values(rpc_id=new_rpc_id(), key=b"k" * 32, records=records, next_cursor=None, contacts=contacts[1:])
+    again = decode(_send(other), now=NOW, verify=_verify, max_skew=SKEW, cache=cache).message
+    assert again == other
+    assert all(a is b for a, b in zip(again.records, envelopes[0].message.records, strict=True))  # type: ignore[union-attr]
     # bodies are kept by type too: a PING and a PONG carry the same empty body
     ping, pong = Ping(rpc_id=new_rpc_id()), Pong(rpc_id=new_rpc_id())
     for msg in (ping, pong, ping):
