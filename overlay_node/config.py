@@ -97,6 +97,7 @@ class StoreSection:
 
     busy_timeout: float = field(default=10.0, metadata=_range(0.1, 600))
     read_connections: int = field(default=4, metadata=_range(1, 64))
+    cache_mib: int = field(default=16, metadata=_range(1, 4096))
 
 
 @dataclass(frozen=True, slots=True)

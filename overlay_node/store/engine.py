@@ -56,6 +56,16 @@ Invariants:
     first one whose salt and checksum do not follow (``walIndexRecover``); a frame of zeros never does, so a
     zeroed tail is no more than the stale frames a log restarted after a checkpoint keeps anyway. SQLite never
     shortens the log (no ``journal_size_limit``) and deletes it when the last connection closes.
+11. The write connection keeps its pages between commits in a cache of ``store.cache_mib`` (the readers keep
+    SQLite's default: a read transaction that begins after a commit drops its connection's whole cache anyway), and
+    its statement journals in memory (``temp_store = MEMORY``). A statement that may fail halfway (one with many
+    rows, or a constraint to check: the multi-row statements of ``rows.py``, the settlement's batches) keeps the
+    pages it changes as they were, to undo it alone; SQLite holds that journal in memory up to 64 KiB and then
+    spills it to a temporary file, where every further page is a write system call and the file is created and
+    deleted within the transaction. In memory it is a copy of the page. A migration may rewrite a whole table in
+    one statement, so the writes inside :meth:`Database.journals_on_disk` (``migrations.py``) spill as before. The
+    level is switched before a write's ``BEGIN`` (SQLite refuses it inside a transaction that holds temporary
+    storage), and only when it changes.
 
 The functions given to :meth:`Database.write`, :meth:`Database.write_batches` and :meth:`Database.read` run in
 another thread: they must only touch the connection they are given, fetch all rows before returning, and never
@@ -73,7 +83,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
@@ -238,7 +248,7 @@ class Database:
 
     Args:
         path: the database file; created if missing (its directory must exist).
-        config: the ``[store]`` section: ``busy_timeout`` and ``read_connections``.
+        config: the ``[store]`` section: ``busy_timeout``, ``read_connections`` and ``cache_mib``.
         presize_log: write the log's file out at open (invariant 10), for a store whose commits wait on fsync.
     """
 
@@ -267,6 +277,8 @@ class Database:
         self._token: trio.lowlevel.TrioToken | None = None
         self._thread_done = trio.Event()
         self._sync_full = False  # the write connection's synchronous level is FULL (writer thread only)
+        self._temp_store = "MEMORY"  # where the writes keep their statement journals (invariant 11)
+        self._temp_store_set = ""  # the write connection's temp_store (writer thread only)
         self._read_limiter = trio.CapacityLimiter(config.read_connections)
         self._idle_readers: list[sqlite3.Connection] = []
         self._inline_reader: sqlite3.Connection | None = None
@@ -331,6 +343,7 @@ class Database:
                 if str(mode).lower() != "wal":
                     raise StoreError(f"database {self._path} cannot use WAL mode (journal_mode is {mode})")
                 conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute(f"PRAGMA cache_size = {-1024 * self._config.cache_mib}")  # KiB when negative
                 conn.execute(f"PRAGMA wal_autocheckpoint = {2 * CHECKPOINT_PAGES}")
             else:
                 conn.execute("PRAGMA query_only = ON")
@@ -560,6 +573,17 @@ class Database:
             self._cond.notify()
         await self._thread_done.wait()
 
+    @contextlib.contextmanager
+    def journals_on_disk(self) -> Iterator[None]:
+        """The writes started inside keep their statement journals in memory only up to 64 KiB, then in temporary
+        files (SQLite's default): for migrations, one statement of which may rewrite a whole table (invariant 11).
+        Nothing else may write meanwhile."""
+        self._temp_store = "FILE"
+        try:
+            yield
+        finally:
+            self._temp_store = "MEMORY"
+
     def _write_in_thread(self, fn: TxnFn[T], durable: bool) -> T:
         """One write transaction, by whoever holds the write connection: the writer thread, or the event loop's
         thread for an inline write (invariant 8)."""
@@ -573,6 +597,9 @@ class Database:
                 self._sync_full = False
                 conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
                 self._sync_full = durable
+            if self._temp_store != self._temp_store_set:
+                conn.execute(f"PRAGMA temp_store = {self._temp_store}")
+                self._temp_store_set = self._temp_store
             started = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
             try:

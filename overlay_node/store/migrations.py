@@ -114,16 +114,17 @@ class Migrations:
                 "upgrade overlay-node or use another data dir"
             )
         done: list[str] = []
-        for m in self._items:
-            if m.name in applied:
-                continue
-            try:
-                ran = await db.write(functools.partial(_apply_one, m))
-            except StoreError as exc:
-                raise StoreError(f"migration {m.name} failed on {db.path}: {exc}") from exc
-            if ran:
-                logger.info("applied migration %s to %s", m.name, db.path)
-                done.append(m.name)
+        with db.journals_on_disk():  # a migration may rewrite a whole table in one statement
+            for m in self._items:
+                if m.name in applied:
+                    continue
+                try:
+                    ran = await db.write(functools.partial(_apply_one, m))
+                except StoreError as exc:
+                    raise StoreError(f"migration {m.name} failed on {db.path}: {exc}") from exc
+                if ran:
+                    logger.info("applied migration %s to %s", m.name, db.path)
+                    done.append(m.name)
         return done
 
 

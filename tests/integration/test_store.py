@@ -264,6 +264,63 @@ async def test_durable_write_restores_normal_sync(db_path: Path) -> None:
             assert await store._read(lambda c: c.execute("PRAGMA foreign_keys").fetchone()[0]) == 1
 
 
+def _temp_files() -> list[str]:
+    """SQLite's temporary files this process holds open (a statement journal spilled to disk is one)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = str(fd.readlink())
+        except OSError:  # closed meanwhile
+            continue
+        if "etilqs_" in target:
+            found.append(target)
+    return found
+
+
+def _fill_and_rewrite(conn: sqlite3.Connection) -> list[str]:
+    """A one-statement rewrite of about 300 pages that SQLite must be able to undo alone (a UNIQUE column): the
+    temporary files open before the transaction ends."""
+    conn.execute("CREATE TABLE IF NOT EXISTS wide (id INTEGER PRIMARY KEY, k INTEGER UNIQUE, v BLOB)")
+    conn.execute("DELETE FROM wide")
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) "
+        "INSERT INTO wide (k, v) SELECT i, zeroblob(500) FROM n"
+    )
+    conn.execute("UPDATE wide SET k = k + 100000")
+    return _temp_files()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see open files")
+async def test_statement_journals_stay_in_memory_but_a_migrations_spill_to_disk(db_path: Path) -> None:
+    # engine.py invariant 11: a multi-row statement's journal is a copy in memory, not a file of write system calls
+    seen: list[list[str]] = []
+    migrations = MIGRATIONS.copy()
+
+    @migrations.register("9000_rewrite")
+    def _rewrite(conn: sqlite3.Connection) -> None:
+        seen.append(_fill_and_rewrite(conn))
+
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG, migrations=migrations) as store:
+            (during_migration,) = seen
+            assert during_migration, "a migration's statement journal spills to a file past 64 KiB"
+            assert await store._write(_fill_and_rewrite) == []
+            assert await store._write(_fill_and_rewrite, durable=True) == []
+            assert await store._write(lambda c: c.execute("SELECT count(*) FROM wide").fetchone()[0]) == 2000
+
+
+async def test_the_write_connection_caches_store_cache_mib(db_path: Path) -> None:
+    config = dataclasses.replace(CONFIG, cache_mib=3)
+
+    def cache(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA cache_size").fetchone()[0])
+
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, config) as store:
+            assert await store._write(cache) == -3 * 1024  # KiB
+            assert await store._read(cache) == -2000  # SQLite's default: a reader's cache is dropped by each commit
+
+
 async def test_data_survives_close_and_reopen(db_path: Path) -> None:
     with trio.fail_after(LIMIT):
         async with open_store(db_path, CONFIG) as store:
