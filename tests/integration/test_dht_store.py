@@ -103,6 +103,32 @@ async def test_resolving_and_binding() -> None:
                     await second.resolve("[::1]:9")
 
 
+async def test_a_send_is_a_cancel_point_but_yields_only_for_room_in_the_buffer() -> None:
+    # net/udp.py invariant 4: a burst of sends runs without handing the loop to other tasks
+    with trio.fail_after(LIMIT):
+        async with open_udp_endpoint("127.0.0.1", 0) as first, open_udp_endpoint("127.0.0.1", 0) as second:
+            others_ran = 0
+
+            async def other() -> None:
+                nonlocal others_ran
+                others_ran += 1
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(other)
+                for n in range(20):
+                    await second.send(b"burst %d" % n, first.address)
+                assert others_ran == 0
+            assert others_ran == 1
+            for n in range(20):
+                assert await first.receive() == (b"burst %d" % n, second.address)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await second.send(b"never", first.address)
+            assert scope.cancelled_caught
+            await second.send(b"after", first.address)
+            assert await first.receive() == (b"after", second.address)
+
+
 def test_every_packed_values_page_encodes() -> None:
     """Regression: pages were sized without room for their ``next_cursor``, so a nearly full page that had a cursor
     did not fit in a datagram and the node failed to answer."""
