@@ -31,6 +31,22 @@ class MovableClock:
         return self._time() + self.offset
 
 
+async def runs_without_yielding(burst: Callable[[], Awaitable[None]]) -> bool:
+    """Whether ``burst`` ran to its end without a schedule point: a task started just before it had not run yet."""
+    others_ran = 0
+
+    async def other() -> None:
+        nonlocal others_ran
+        others_ran += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        await burst()
+        unyielding = others_ran == 0
+    assert others_ran == 1
+    return unyielding
+
+
 @pytest.fixture
 def virtual_clock() -> trio.testing.MockClock:
     """The test's trio clock: it runs at the real rate (timeouts and waits on real sockets behave as usual) and the

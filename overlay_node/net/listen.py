@@ -20,6 +20,7 @@ import trio
 from overlay_node.errors import DataDirError, TransportError
 from overlay_node.net.accept import AcceptGuard, GuardedListener
 from overlay_node.net.http_server import ASGIApp, HttpServerConfig, serve_asgi
+from overlay_node.net.tcp import EagerListener
 
 __all__ = ["bind_tcp", "bind_unix", "open_swarm_listeners", "serve_app", "server_ssl_context"]
 
@@ -59,7 +60,7 @@ async def open_swarm_listeners(
     endpoints = [(str(s.socket.getsockname()[0]), int(s.socket.getsockname()[1])) for s in sockets]
     listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
     for listener in sockets:
-        inner: trio.abc.Listener[Any] = listener
+        inner: trio.abc.Listener[Any] = EagerListener(listener)  # a frame's send yields only for a full buffer
         if ssl_context is not None:
             inner = trio.SSLListener(listener, ssl_context, https_compatible=True)
         listeners.append(GuardedListener(inner, guard))
