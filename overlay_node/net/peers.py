@@ -92,7 +92,6 @@ from overlay_node.net.link import (
     TransferSender,
 )
 from overlay_node.net.listen import open_swarm_listeners
-from overlay_node.net.tcp import eager_stream
 from overlay_node.protocol.session import FRAME_OVERHEAD, Session
 from overlay_node.wire.frames import MAX_ADDRESS_LEN, MAX_LISTEN, Hello
 
@@ -751,8 +750,7 @@ class PeerManager:
         host, port = parts.hostname or "", parts.port or 0
         try:
             with trio.fail_at(deadline):
-                # a frame's send yields only when the socket's buffer is full (net/tcp.py)
-                stream: trio.abc.Stream = eager_stream(await trio.open_tcp_stream(host, port))
+                stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)  # trio's own: net/tcp.py
                 tcp.append(stream)
                 if parts.scheme == "wss":
                     # the certificate is verified (system CAs unless client_ssl says otherwise): without that an
