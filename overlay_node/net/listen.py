@@ -62,7 +62,7 @@ async def open_swarm_listeners(
     for listener in sockets:
         inner: trio.abc.Listener[Any] = EagerListener(listener)  # a frame's send yields only for a full buffer
         if ssl_context is not None:
-            inner = trio.SSLListener(listener, ssl_context, https_compatible=True)
+            inner = trio.SSLListener(inner, ssl_context, https_compatible=True)
         listeners.append(GuardedListener(inner, guard))
     return listeners, endpoints
 

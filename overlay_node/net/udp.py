@@ -17,9 +17,9 @@ Invariants:
    the socket is returned even if the caller is cancelled right then (it is never lost in between).
    :meth:`UdpEndpoint.send` is a cancel point but a schedule point only when the socket's buffer is full: the
    kernel takes a datagram at once, and the DHT sends in bursts (a lookup's requests, the answers to a batch of
-   datagrams) whose callers wait on their own right after. A schedule point after every send cost a lookup a sixth
-   of its latency at p95 and a sixteenth of its CPU (``bench/bench_dht.py``, 8 runs in A-B-B-A order); a caller
-   that sends in a loop with no other wait must yield itself.
+   datagrams) whose callers wait on their own right after. A schedule point after every send cost a lookup 11 %
+   of its latency at p95 and 6 % of its CPU (``bench/bench_dht.py``, 8 runs in A-B-B-A order); a caller that sends
+   in a loop with no other wait must yield itself.
 5. :meth:`UdpEndpoint.receive_batch` takes every datagram already waiting (up to its limit) with one checkpoint:
    under a flood the reader keeps up with the socket at the cost of a system call per datagram, so that the
    kernel's buffer does not fill and drop honest datagrams with the flood's.
