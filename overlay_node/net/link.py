@@ -309,6 +309,8 @@ class PeerLink:
         self._stopping = False
         self._closed = trio.Event()
         self.close_reason: str | None = None
+        #: the websocket's close handshake did not finish within its grace (the link was closed all the same)
+        self.close_overran = False
         self._request_ids = LocalIdSpace()
         self._transfer_ids = LocalIdSpace()
         self._peer_transfer_ids = PeerIdSpace()
@@ -1134,8 +1136,10 @@ class PeerLink:
             self.close_reason = reason
         self._closing = True
         grace = SHUTDOWN_GRACE if self._stopping else CLOSE_GRACE
-        with trio.CancelScope(shield=True), trio.move_on_after(grace):
+        with trio.CancelScope(shield=True), trio.move_on_after(grace) as waited:
             await self._ws.aclose(code, _short(reason, 120))
+        if waited.cancelled_caught:
+            self.close_overran = True
 
     async def _finish(self) -> None:
         """Release everything: fail waiters and transfers, close the websocket, tell the manager."""

@@ -92,6 +92,7 @@ from overlay_node.net.link import (
     TransferSender,
 )
 from overlay_node.net.listen import open_swarm_listeners
+from overlay_node.net.tcp import eager_stream
 from overlay_node.protocol.session import FRAME_OVERHEAD, Session
 from overlay_node.wire.frames import MAX_ADDRESS_LEN, MAX_LISTEN, Hello
 
@@ -714,7 +715,13 @@ class PeerManager:
                     finally:
                         self._handshaking.discard(link)
                         self._claims.pop(link, None)
-                    ws_nursery.cancel_scope.cancel()
+                    # the websocket's reader (in ws_nursery) ends by itself once the peer closes the connection after
+                    # the close handshake; until then it is what completes a close another task may be waiting on
+                    # (``PeerLink.aclose``: cancelled here at once, that close waited out its whole grace). A peer
+                    # that never closes gets CLOSE_GRACE
+                    ws_nursery.cancel_scope.deadline = min(
+                        ws_nursery.cancel_scope.deadline, trio.current_time() + CLOSE_GRACE
+                    )
         except LinkSuperseded as exc:
             task_status.started(exc.winner)
         except ConnectionLost as exc:
@@ -750,7 +757,8 @@ class PeerManager:
         host, port = parts.hostname or "", parts.port or 0
         try:
             with trio.fail_at(deadline):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)  # trio's own: net/tcp.py
+                # a frame's send yields only when the socket's buffer is full (net/tcp.py)
+                stream: trio.abc.Stream = eager_stream(await trio.open_tcp_stream(host, port))
                 tcp.append(stream)
                 if parts.scheme == "wss":
                     # the certificate is verified (system CAs unless client_ssl says otherwise): without that an

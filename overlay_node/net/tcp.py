@@ -8,11 +8,11 @@ figures in ``docs/design.md``, "Peer links"). :func:`eager_stream` gives the sam
 socket whose ``send`` writes straight away (trio-websocket and the TLS layer take a ``SocketStream`` as before, and
 its peer address with it).
 
-Only the streams the swarm port accepts are eager (``listen.py``); those a node dials stay trio's. With dialed
-streams eager too, closing a dialed link waited out its whole close grace (``link.CLOSE_GRACE``, 1 s) in most
-rounds of ``tests/integration/test_simultaneous_dial.py``, inside trio-websocket's ``aclose`` after the websocket
-close handshake itself had completed, and the test's 30 rounds overran its time limit. Until that ordering is
-understood, the dialing side keeps trio's schedule points.
+Both the streams a node dials (``peers.py``) and those its swarm port accepts (``listen.py``) are eager. Making the
+dialed ones eager showed a race the schedule points had hidden: a dialed link's ``aclose`` could wait out its whole
+close grace, because the link's end cancelled the websocket's reader before the peer's close answer came in
+(``peers.py`` now lets that reader finish, up to the grace; ``tests/integration/test_simultaneous_dial.py`` checks
+that no close overran).
 
 Invariants:
 
