@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -15,6 +18,20 @@ from overlay_node.datadir import DataDir
 from overlay_node.node import Node
 
 NodeFactory = Callable[..., Awaitable[Node]]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_module(filename: str) -> ModuleType:
+    """A script of ``bench/`` imported as a module (``bench/`` is no package), under the name ``bench_<stem>``."""
+    stem = filename.removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(f"bench_{stem}", ROOT / "bench" / filename)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 class MovableClock:

@@ -4,24 +4,19 @@ missing."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
+from tests.conftest import bench_module
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _summary() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_summary", ROOT / "bench" / "summary.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("summary.py")
 
 
 SCENARIOS = {
