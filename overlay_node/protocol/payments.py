@@ -25,14 +25,16 @@ Invariants (who signs what, and when a payment counts):
    **unsigned** beside the receipt: the receipt's signature signs it, so a window costs the payee one signature,
    not two; a ``pay.submit``'s keeps its own signature too (older payers check that). Whoever holds both checks
    the quote by its digest (:meth:`Receipt.signs_quote`).
-6. Receipts of payments accepted together (a stream's ``stream.pay`` batch) may share **one signature**: the
-   payee signs the list of the SHA-256 digests of their bodies (``batch``, at most :data:`MAX_RECEIPT_BATCH`,
-   signing bytes tagged apart from a single receipt's) and each receipt carries that list and the signature, so
-   each stays a proof on its own: its body's digest is in the list and the signature is the payee's over the
-   list (:meth:`Receipt.verify`). Every batched receipt names a ``next_quote``: the list is signed before the
+6. Receipts of payments accepted together (a stream's ``stream.pay`` batch; the single payments of several payers
+   that one group commit records) may share **one signature**: the payee signs the list of the SHA-256 digests of
+   their bodies (``batch``, at most :data:`MAX_RECEIPT_BATCH`, signing bytes tagged apart from a single receipt's)
+   and each receipt carries that list and the signature, so each stays a proof on its own: its body's digest is in
+   the list and the signature is the payee's over the list (:meth:`Receipt.verify`). Every batched receipt's body
+   holds a secret of the payee's: a ``next_quote`` or a ``salt`` (16 random bytes). The list is signed before the
    database has recorded the payments, and a payment it then refuses (a replay, a double spend) keeps its digest
-   in the list, but its body signs a fresh quote that never left the payee (a random id and prefix), so nobody
-   can show a body with that digest.
+   in the list; but its body signs a fresh quote that never left the payee (a random id and prefix), or a salt that
+   never did, so nobody can show a body with that digest, not even the payer who knows every other field (the
+   payee's clock in ``paid_ms`` could be guessed).
 
 Signing bytes are the canonical CBOR of a tagged list of the fields in a fixed order, so both sides (and third
 parties) compute the same bytes from the wire values.
@@ -83,6 +85,8 @@ RECEIPT_PROTOCOL: Final[ProtocolID] = (2, "overlay payment receipt")
 MAX_SATOSHIS: Final = 21_000_000 * 100_000_000
 #: receipts one batch signature covers at most (invariant 6): a receipt carries the digests of all of them
 MAX_RECEIPT_BATCH: Final = 16
+#: the bytes of a receipt's ``salt`` (invariant 6)
+RECEIPT_SALT_BYTES: Final = 16
 
 _QUOTE_TAG: Final = "overlay-node/quote/1"
 _RECEIPT_TAG: Final = "overlay-node/receipt/1"
@@ -177,9 +181,18 @@ def _batch(body: dict[str, Any]) -> tuple[bytes, ...]:
     return tuple(value)
 
 
+def _salt(body: dict[str, Any]) -> bytes:
+    # optional: absent is empty
+    value = body.get("salt", b"")
+    if not isinstance(value, bytes) or len(value) not in (0, RECEIPT_SALT_BYTES):
+        raise BadRequest(f"'salt' must be {RECEIPT_SALT_BYTES} bytes")
+    return value
+
+
 #: the keys of a receipt's wire map in canonical CBOR order (shorter keys first, then bytewise; RFC 7049, 3.9)
 _RECEIPT_KEYS: Final = (
     "sig",
+    "salt",
     "txid",
     "batch",
     "payee",
@@ -473,7 +486,8 @@ class Receipt:
     ``key_id`` the BRC-3 key id of the signature when it is not the quote id (a stream's producer signs all its
     receipts with one key, the stream's resource id, so that a subscriber derives that key once, not per receipt);
     ``batch`` (empty, or the digests of the bodies of receipts signed together, this one's among them) makes ``sig``
-    the signature over that list (invariant 6).
+    the signature over that list (invariant 6); ``salt`` (empty, or 16 random bytes) keeps the body of a batched
+    receipt that names no next quote a secret until the payee sends it (invariant 6).
     """
 
     quote_id: str
@@ -487,6 +501,7 @@ class Receipt:
     next_quote: bytes = b""
     key_id: str = ""
     batch: tuple[bytes, ...] = ()
+    salt: bytes = b""
     sig: bytes = b""
     #: :meth:`to_bytes` of a signed receipt, once made (the payee stores them and sends them; no copy carries it)
     _stored: bytes = field(default=b"", init=False, repr=False, compare=False)
@@ -508,8 +523,10 @@ class Receipt:
             self.txid,
             self.paid_ms,
         ]
-        if self.next_quote:  # receipts without one keep the bytes they always had
+        if self.next_quote or self.salt:  # receipts without either keep the bytes they always had
             fields.append(self.next_quote)
+        if self.salt:
+            fields.append(self.salt)
         return cbor2.dumps(fields, canonical=True)
 
     @classmethod
@@ -524,10 +541,12 @@ class Receipt:
         next_quote: Quote | None = None,
         key_id: str = "",
         signed: bool = True,
+        salted: bool = False,
     ) -> Receipt:
         """The receipt ``payee`` signs for a committed payment of ``quote`` by transaction ``txid``; with
         ``next_quote``, it signs that quote too (by its digest, invariant 5); with ``key_id``, with that BRC-3
-        key id instead of the quote id. ``signed=False``: without a signature, for :meth:`sign_batch`."""
+        key id instead of the quote id. ``signed=False``: without a signature, for :meth:`sign_batch`;
+        ``salted``: with a fresh ``salt`` (invariant 6)."""
         unsigned = cls(
             quote_id=quote.quote_id,
             payee=payee.public_key_hex,
@@ -539,6 +558,7 @@ class Receipt:
             paid_ms=paid_ms,
             next_quote=next_quote.digest() if next_quote is not None else b"",
             key_id=check_key_id(key_id) if key_id else "",
+            salt=secrets.token_bytes(RECEIPT_SALT_BYTES) if salted else b"",
         )
         if not signed:
             return unsigned
@@ -553,7 +573,7 @@ class Receipt:
 
         Raises:
             ValueError: none, more than :data:`MAX_RECEIPT_BATCH`, signed already, another payee or key id, or a
-                receipt without a next quote (a caller's bug).
+                receipt with neither a next quote nor a salt (a caller's bug).
         """
         if not 1 <= len(receipts) <= MAX_RECEIPT_BATCH:
             raise ValueError(f"a receipt batch holds 1-{MAX_RECEIPT_BATCH} receipts")
@@ -561,8 +581,8 @@ class Receipt:
         for receipt in receipts:
             if receipt.sig or receipt.payee != payee.public_key_hex or receipt.signing_key_id != key_id:
                 raise ValueError("a receipt batch is unsigned receipts of one payee and key id")
-            if not receipt.next_quote:
-                raise ValueError("a batched receipt names its next quote (invariant 6)")
+            if not receipt.next_quote and not receipt.salt:
+                raise ValueError("a batched receipt names its next quote or carries a salt (invariant 6)")
         batch = tuple(hashlib.sha256(r.body_bytes()).digest() for r in receipts)
         sig = sign_for_anyone(payee, RECEIPT_PROTOCOL, key_id, batch_signing_bytes(batch))
         for receipt in receipts:  # the unsigned instances are the caller's alone (as in issue)
@@ -626,6 +646,7 @@ class Receipt:
             **({"next_quote": self.next_quote} if self.next_quote else {}),
             **({"key_id": self.key_id} if self.key_id else {}),
             **({"batch": list(self.batch)} if self.batch else {}),
+            **({"salt": self.salt} if self.salt else {}),
         }
 
     def to_wire(self) -> dict[str, Any]:
@@ -637,6 +658,8 @@ class Receipt:
             fields["next_quote"] = self.next_quote.hex()
         if self.batch:
             fields["batch"] = [d.hex() for d in self.batch]
+        if self.salt:
+            fields["salt"] = self.salt.hex()
         return {**fields, "sig": self.sig.hex()}
 
     @classmethod
@@ -660,6 +683,7 @@ class Receipt:
             next_quote=_digest(body, "next_quote"),
             key_id=check_key_id(body["key_id"]) if "key_id" in body else "",
             batch=_batch(body),
+            salt=_salt(body),
             sig=_sig(body),
         )
 

@@ -29,10 +29,14 @@ for the request (its id derived from the prefix, so a prefix pays once) and chec
 
 Hot path (a paid stream may pay every packet): quotes issued are kept in memory (an LRU) and checked by
 identity, so a payment costs one parse of its BEEF, one script check per unproven transaction (the P2PKH fast
-path of ``wallet_beef``, else bsv-sdk's interpreter), one key derivation, one signature, and a share of a group
+path of ``wallet_beef``, else bsv-sdk's interpreter), one key derivation, and a share of a signature and of a group
 commit: accepted payments waiting to be recorded are written together in one durable transaction
-(``wallet.record_batch`` at most), so many payments share one fsync; a stream's batch of payments is checked in
-order and waits for the group commit once (:meth:`Payments.accept_payments`).
+(``wallet.record_batch`` at most), so many payments share one fsync, and the receipts of the single payments in it
+(``pay.submit``, HTTP 402, whoever their payers) share one signature per :data:`MAX_RECEIPT_BATCH`, made just before
+the commit (``protocol/payments.py``, invariant 6: each carries a salt, or the next quote's digest, so the receipt
+of a payment the database refuses cannot be shown; all signed with the BRC-3 key id :data:`RECEIPTS_KEY_ID`);
+a stream's batch of payments is checked in order, its receipts signed together, and waits for the group commit
+once (:meth:`Payments.accept_payments`).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import trio
 
@@ -99,9 +103,13 @@ from overlay_node.store.payments import IncomingRecord, RecordOutcome
 from overlay_node.store.records import NewJob, UtxoRecord
 from overlay_node.store.wallet import HistoryRecord
 
-__all__ = ["HttpAnswer", "Payments", "Pricer"]
+__all__ = ["RECEIPTS_KEY_ID", "HttpAnswer", "Payments", "Pricer"]
 
 logger = logging.getLogger(__name__)
+
+#: the BRC-3 key id of the receipts of single payments (one derived key for all, so that a batch shares a signature
+#: and a payer derives the payee's receipt key once)
+RECEIPTS_KEY_ID: Final = "receipts"
 
 #: ``await pricer(resource, payer, amount_asked)`` -> the price in satoshis (raise an OverlayError to refuse)
 Pricer = Callable[[str, str, int | None], Awaitable[int]]
@@ -151,7 +159,7 @@ class _Checked:
     def prefix(self) -> str:
         return self.message.quote.prefix
 
-    def seal(self) -> tuple[IncomingRecord, list[SourceOutput]]:
+    def seal(self) -> IncomingRecord:
         """The record to write, with the signed receipt's stored bytes."""
         quote, payment, now = self.message.quote, self.payment, self.accepted_at
         record = IncomingRecord(
@@ -180,7 +188,7 @@ class _Checked:
             ),
             job=NewJob(txid=payment.txid, beef=self.message.transaction, next_at=now),
         )
-        return record, self.outputs
+        return record
 
 
 def _refusal(checked: _Checked, outcome: RecordOutcome | None) -> OverlayError | None:
@@ -240,7 +248,7 @@ class Payments:
         # event loop turn lets many payments gather, and each commit has a fixed cost (its statements are GIL
         # hand-offs with the loop); batched in the writer thread, the batches of 32 payers at once were a quarter
         # of the size and the payee's payments per core a quarter lower
-        self._records = GroupCommit[tuple[IncomingRecord, list[SourceOutput]], RecordOutcome](
+        self._records = GroupCommit[_Checked, RecordOutcome](
             self._write_records, on_written=self._recorded, max_batch=config.record_batch
         )
         counter = _counter(metrics)
@@ -387,11 +395,13 @@ class Payments:
         """:meth:`accept_payment` for several payments of ``payer`` (each with its ``next_quote``): checked in
         order, the accepted ones recorded together (one wait for the group commit, not one per payment). One
         outcome each: the receipt, or the error that refused that payment. ``key_id``: the BRC-3 key id the
-        receipts are signed with (default: each its quote id). ``batched``: the receipts of the payments that pass
-        the checks share one signature per :data:`MAX_RECEIPT_BATCH` (``protocol/payments.py``, invariant 6; each
-        needs its ``next_quote`` and ``key_id``). ``before_commit``: awaited once the checks are done and the
-        receipts signed, before the commit (a paid stream holds a payment there until its window begins); an error
-        it returns refuses every payment that passed the checks, and nothing is recorded."""
+        receipts are signed with (default: :data:`RECEIPTS_KEY_ID`). ``batched``: the receipts of the payments that
+        pass the checks share one signature per :data:`MAX_RECEIPT_BATCH`, made here (``protocol/payments.py``,
+        invariant 6); else they are signed with the other single payments of the
+        group commit that records them, just before it commits (each salted unless it names a next quote).
+        ``before_commit``: awaited once the checks are done (and a batch's receipts signed), before the commit (a
+        paid stream holds a payment there until its window begins); an error it returns refuses every payment that
+        passed the checks, and nothing is recorded."""
         outcomes: list[Receipt | OverlayError] = []
         ready: list[tuple[int, _Issued, _Checked]] = []
         entry: _Issued | None = None
@@ -401,7 +411,7 @@ class Payments:
                 try:
                     entry = self._check_quote(payer, message)
                     entry.state = "inflight"
-                    checked = await self._verify(payer, message, next_quote, key_id, signed=not batched)
+                    checked = await self._verify(payer, message, next_quote, key_id or RECEIPTS_KEY_ID)
                 except OverlayError as exc:
                     if entry is not None:
                         self._settle(entry, "open")
@@ -422,7 +432,7 @@ class Payments:
                     self._refused.inc()
                     outcomes[i] = refusal
                 return outcomes
-            slots = await self._records.submit_many([c.seal() for _, _, c in ready])
+            slots = await self._records.submit_many([c for _, _, c in ready])
         except BaseException:
             # cancelled (or a bug) before the outcomes were known: the quotes stay open for a correct payment
             for _, waiting, _ in ready:
@@ -539,11 +549,10 @@ class Payments:
             raise QuoteExpired(f"quote {quote.quote_id} expired: ask for a new one")
         return entry
 
-    async def _verify(
-        self, payer: str, message: PaymentMessage, next_quote: Quote | None, key_id: str, *, signed: bool = True
-    ) -> _Checked:
-        """Check a payment (all but what the database decides) and make its receipt (``signed=False``: unsigned,
-        for a batch signature) and how to make its record."""
+    async def _verify(self, payer: str, message: PaymentMessage, next_quote: Quote | None, key_id: str) -> _Checked:
+        """Check a payment (all but what the database decides) and make its receipt, unsigned (it is signed with
+        its batch: a stream's in :meth:`accept_payments`, the others in :meth:`_write_records`; salted when it names
+        no next quote) and how to make its record."""
         quote = message.quote
         submission = parse_payment_beef(message.transaction, max_txs=self._config.max_beef_txs)
         claimed = claims(submission)
@@ -566,7 +575,8 @@ class Payments:
             paid_ms=int(now * 1000),
             next_quote=next_quote,
             key_id=key_id,
-            signed=signed,
+            signed=False,
+            salted=next_quote is None,
         )
         coin = self._wallet.payment_coin(
             txid=checked.txid,
@@ -579,13 +589,21 @@ class Payments:
         outputs = [SourceOutput(satoshis=o.satoshis, locking_script=o.script) for o in submission.subject.outputs]
         return _Checked(receipt, message, payer, checked, coin, now, outputs)
 
-    async def _write_records(self, items: list[tuple[IncomingRecord, list[SourceOutput]]]) -> list[RecordOutcome]:
-        return await self._store.payments.record([record for record, _ in items])
+    async def _write_records(self, items: list[_Checked]) -> list[RecordOutcome]:
+        """Sign the receipts still unsigned (single payments: invariant 6 of ``protocol/payments.py``), then record
+        the batch in one durable transaction; nothing leaves before the commit."""
+        unsigned: dict[str, list[Receipt]] = {}
+        for c in items:
+            if not c.receipt.sig:
+                unsigned.setdefault(c.receipt.signing_key_id, []).append(c.receipt)
+        for receipts in unsigned.values():  # one key id per signature
+            for start in range(0, len(receipts), MAX_RECEIPT_BATCH):
+                Receipt.sign_batch(self._identity, receipts[start : start + MAX_RECEIPT_BATCH])
+        return await self._store.payments.record([c.seal() for c in items])
 
-    def _recorded(self, item: tuple[IncomingRecord, list[SourceOutput]], outcome: RecordOutcome) -> None:
-        record, outputs = item
+    def _recorded(self, checked: _Checked, outcome: RecordOutcome) -> None:
         if outcome.result == "recorded":
-            self._wallet.note_received(record.utxo, record.txs, outputs)
+            self._wallet.note_received(checked.coin, checked.payment.txs, checked.outputs)
 
     # -- paying (payer) --------------------------------------------------------------------------------------
 

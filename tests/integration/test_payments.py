@@ -40,7 +40,7 @@ from overlay_node.metrics import Metrics
 from overlay_node.net.peers import PeerLink, PeerManager
 from overlay_node.protocol.payments import PaymentMessage, Receipt
 from overlay_node.services.arc import ArcOutcome, DevnetClient
-from overlay_node.services.payments import Payments
+from overlay_node.services.payments import RECEIPTS_KEY_ID, Payments
 from overlay_node.services.settlement import Settlement
 from overlay_node.services.wallet import PreparedTx, Wallet
 from overlay_node.services.wallet_beef import beef_entries
@@ -631,3 +631,59 @@ async def test_a_receipt_asked_for_while_its_payment_is_checked_waits_for_the_ou
         # asked again once it is recorded: answered at once, and the quote is not void
         again = await _link_to(a, b).request("pay.receipt", {"quote_id": quote.quote_id})
         assert Receipt.from_wire(again["receipt"]) == receipt
+
+
+async def test_single_payments_committed_together_share_one_signature_and_each_receipt_stands_alone(
+    tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory
+) -> None:
+    """Two payers' single payments that one group commit records get receipts with one signature over the list of
+    both bodies' digests (key id ``receipts``), each salted (no next quote), each verifying alone, each the one the
+    payee stored (``pay.receipt``); the payers take them as they take any receipt."""
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        a = await start_paynode(nursery, tmp_path, "a", devnet.url, settlement=False)
+        c = await start_paynode(nursery, tmp_path, "c", devnet.url, settlement=False)
+        b = await start_paynode(nursery, tmp_path, "b", devnet.url, settlement=False)
+        for payer in (a, c):
+            await link(payer, b)
+            await payer.fund(10_000)
+        quotes = {p.key: await p.payments.request_quote(b.key, f"file:{p.key[:8]}", 1_000) for p in (a, c)}
+        prepared = {p.key: await p.payments.prepare_payment(quotes[p.key]) for p in (a, c)}
+        messages = {key: message for key, (message, _tx) in prepared.items()}
+        held, both_held, release = [0], trio.Event(), trio.Event()
+
+        async def hold() -> None:  # each waits, checked, until both are: then both go to one group commit
+            held[0] += 1
+            if held[0] == 2:
+                both_held.set()
+            await release.wait()
+
+        receipts: dict[str, Receipt | OverlayError] = {}
+
+        async def accept(payer: str) -> None:
+            (receipts[payer],) = await b.payments.accept_payments(payer, [(messages[payer], None)], before_commit=hold)
+
+        async with trio.open_nursery() as inner:
+            for payer in (a, c):
+                inner.start_soon(accept, payer.key)
+            await both_held.wait()
+            for payer in (a, c):
+                assert payer.key not in receipts  # nothing is answered before the commit
+            release.set()
+        ra, rc = receipts[a.key], receipts[c.key]
+        assert isinstance(ra, Receipt)
+        assert isinstance(rc, Receipt)
+        assert ra.sig == rc.sig
+        assert ra.batch == rc.batch
+        assert len(ra.batch) == 2
+        for payer, receipt in ((a, ra), (c, rc)):
+            assert receipt.key_id == RECEIPTS_KEY_ID
+            assert len(receipt.salt) == 16
+            assert receipt.next_quote == b""
+            assert receipt.matches(quotes[payer.key], prepared[payer.key][1].txid)
+            alone = Receipt.from_wire(receipt.to_wire())  # as its payer gets it, with nothing of the other
+            assert alone.verify()
+            assert not dataclasses.replace(alone, salt=bytes(16)).verify()  # the salt is signed
+            stored = await _link_to(payer, b).request("pay.receipt", {"quote_id": receipt.quote_id})
+            assert Receipt.from_wire(stored["receipt"]) == receipt
+        assert ra.salt != rc.salt

@@ -235,6 +235,47 @@ def _batch(n: int, *, key_id: str = "stream:news") -> list[tuple[Quote, str, Rec
     return [(quote, txid, receipt) for (quote, txid), receipt in zip(items, receipts, strict=True)]
 
 
+def _salted_batch(n: int) -> list[Receipt]:
+    """``n`` single payments' receipts (no next quote) signed together, as a payee's group commit signs them."""
+    receipts = [
+        Receipt.issue(
+            PAYEE,
+            _quote(),
+            txid=f"{i:02x}" * 32,
+            amount=1_000,
+            paid_ms=NOW_MS,
+            key_id="receipts",
+            signed=False,
+            salted=True,
+        )
+        for i in range(n)
+    ]
+    Receipt.sign_batch(PAYEE, receipts)
+    return receipts
+
+
+def test_a_salted_receipt_signs_its_salt_and_keeps_the_bytes_of_unsalted_ones() -> None:
+    first, second = _salted_batch(2)
+    assert len(first.salt) == 16
+    assert first.salt != second.salt
+    assert not first.next_quote
+    for receipt in (first, second):
+        assert receipt.verify()
+        assert Receipt.from_bytes(receipt.to_bytes()).verify()
+        assert receipt.as_json()["salt"] == receipt.salt.hex()
+    # the body without its salt is not the one listed: a refused payment's body cannot be rebuilt from its fields
+    assert not dataclasses.replace(first, salt=b"").verify()
+    assert not dataclasses.replace(first, salt=second.salt).verify()
+    # the fields signed: an unsalted receipt's as they always were; a salt follows the next quote's place (kept, empty)
+    fields = cbor2.loads(first.body_bytes())
+    assert fields[-2:] == [b"", first.salt]
+    assert cbor2.loads(dataclasses.replace(first, salt=b"").body_bytes()) == fields[:-2]
+    assert cbor2.loads(dataclasses.replace(first, next_quote=b"y" * 32).body_bytes())[-2:] == [b"y" * 32, first.salt]
+    for bad in (b"x" * 15, b"x" * 17, "ab" * 8):
+        with pytest.raises(BadRequest, match="salt"):
+            Receipt.from_wire({**first.to_wire(), "salt": bad})
+
+
 def test_receipts_of_a_batch_share_one_signature_and_each_verifies_on_its_own() -> None:
     batch = _batch(5)
     sigs = {receipt.sig for _, _, receipt in batch}
@@ -261,7 +302,8 @@ def test_a_receipt_s_stored_bytes_are_its_canonical_cbor_whatever_fields_it_carr
     quote = _quote()
     alone = Receipt.issue(PAYEE, quote, txid="ab" * 32, amount=1_000, paid_ms=NOW_MS)
     keyed = Receipt.issue(PAYEE, quote, txid="ab" * 32, amount=1_001, paid_ms=NOW_MS, next_quote=_quote(), key_id="k")
-    for receipt in [alone, keyed, *(r for _, _, r in _batch(3))]:
+    salted = _salted_batch(2)
+    for receipt in [alone, keyed, *(r for _, _, r in _batch(3)), *salted]:
         assert receipt.to_bytes() == cbor2.dumps(receipt.to_wire(), canonical=True)
         assert Receipt.from_bytes(receipt.to_bytes()) == receipt
 
@@ -297,7 +339,7 @@ def test_a_forged_or_mismatched_batch_receipt_fails() -> None:
 def test_a_batch_is_signed_only_as_the_payee_s_unsigned_receipts_with_next_quotes() -> None:
     quote = _quote()
     plain = Receipt.issue(PAYEE, quote, txid="ab" * 32, amount=1_000, paid_ms=NOW_MS, key_id="k", signed=False)
-    with pytest.raises(ValueError, match="next quote"):
+    with pytest.raises(ValueError, match="next quote or carries a salt"):
         Receipt.sign_batch(PAYEE, [plain])
     with pytest.raises(ValueError, match="1-16"):
         Receipt.sign_batch(PAYEE, [])
