@@ -14,7 +14,8 @@ Run from the repository root::
    r-1 by txid only, since the payee holds it by then); the payee issues the quotes. Then one task per chain
    feeds its payments to the payee in order, as ``pay.submit`` would: ``PaymentMessage.from_wire`` of the wire
    body, :meth:`Payments.accept_payment` (quote checks, BEEF parse, the input's script and signature, fee, the
-   output's derived key, the receipt's signature, and the group commit: ``synchronous=FULL``, recorded with its
+   output's derived key, and the group commit, which signs the receipts of its batch together (one signature
+   per 16) and records them: ``synchronous=FULL``, recorded with its
    settlement job before the receipt is returned), ``receipt.to_wire``. Round 0 warms up (BEEF with the faucet's
    ancestry, block roots fetched once) and is left out. Payments/s per core = payments / CPU seconds of this
    process (all threads, ``time.process_time``: nanoseconds, where ``/proc`` counts 10 ms ticks, a tenth of a
