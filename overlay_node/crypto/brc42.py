@@ -379,8 +379,12 @@ def create_hmac(
     key_id: str,
     counterparty: Counterparty = "self",
 ) -> bytes:
-    """HMAC-SHA256 of ``data`` under the derived symmetric key (reference ``ProtoWallet.createHmac``)."""
-    key = derive_symmetric_key(identity, protocol, key_id, counterparty)
+    """HMAC-SHA256 of ``data`` under the derived symmetric key (reference ``ProtoWallet.createHmac``).
+
+    The key is the x coordinate's minimal big-endian bytes, as the reference hands it to its HMAC (a big number's
+    ``toArray()``): when x begins with zero bytes (one key in 256) the key is shorter, and HMAC pads a short key on
+    the right, so a 32-byte key with its leading zero would give another MAC."""
+    key = derive_symmetric_key(identity, protocol, key_id, counterparty).lstrip(b"\x00")
     return hmac.digest(key, data, "sha256")
 
 

@@ -102,6 +102,17 @@ def _ours_request(req: dict[str, Any], request_id: bytes) -> bytes:
     return ha.request_payload(request_id, method, path, search, headers, (body or "").encode())
 
 
+def _head_with_a_short_key(client: Identity, server: Identity) -> str:
+    """A printable nonce head (hex) whose HMAC key, ``client``'s for ``server``, begins with a zero byte: the SDK
+    hands its HMAC the key's minimal bytes (one in 256 keys is shorter than 32), as ``brc42.create_hmac`` must."""
+    for n in range(100_000):
+        head = f"{n:016x}".encode()
+        key = brc42.derive_symmetric_key(client, ha.NONCE_PROTOCOL, head.decode("latin-1"), server.public_key_hex)
+        if key[0] == 0:
+            return head.hex()
+    raise AssertionError("no key with a leading zero byte in 100,000 heads")
+
+
 def test_payloads_signatures_and_nonces_match_the_sdk(server: Identity, client: Identity) -> None:
     request_ids = [os.urandom(32) for _ in REQUESTS]
     responses: list[dict[str, Any]] = [
@@ -123,10 +134,12 @@ def test_payloads_signatures_and_nonces_match_the_sdk(server: Identity, client: 
             "x-bsv-auth-request-id": base64.b64encode(rid).decode(),
         }
     ascii_heads = [os.urandom(16).hex()[:16].encode().hex() for _ in range(3)]  # printable ASCII heads
+    ascii_heads.append(_head_with_a_short_key(client, server))
     ours = [
         ha.create_nonce(client, head=bytes.fromhex(ascii_heads[0])),
         ha.create_nonce(client, head=bytes.fromhex(ascii_heads[1]), counterparty=server.public_key_hex),
         ha.create_nonce(server, head=bytes.fromhex(ascii_heads[2])),  # another key's: must not verify
+        ha.create_nonce(client, head=bytes.fromhex(ascii_heads[3]), counterparty=server.public_key_hex),
     ]
     sig_jobs = []
     for data, key_id in ((b"payload", "n1 n2"), (os.urandom(500), "a" * 44 + " " + "b" * 64)):
@@ -146,6 +159,7 @@ def test_payloads_signatures_and_nonces_match_the_sdk(server: Identity, client: 
                 {"head": ascii_heads[0], "counterparty": "self", "ours": ours[0]},
                 {"head": ascii_heads[1], "counterparty": server.public_key_hex, "ours": ours[1]},
                 {"head": ascii_heads[2], "counterparty": "self", "ours": ours[2]},
+                {"head": ascii_heads[3], "counterparty": server.public_key_hex, "ours": ours[3]},
             ],
             "signatures": sig_jobs,
         }
@@ -159,8 +173,8 @@ def test_payloads_signatures_and_nonces_match_the_sdk(server: Identity, client: 
         signed = ha.signed_response_headers(resp["headers"].items())
         assert ha.response_payload(rid, resp["status"], signed, body).hex() == theirs, resp
     # nonces: the same HMAC as the SDK's createNonce, and the SDK's verifyNonce takes ours (for the right key)
-    assert [n["sdk"] for n in out["nonces"][:2]] == ours[:2]
-    assert [n["verifies"] for n in out["nonces"]] == [True, True, False]
+    assert [n["sdk"] for n in out["nonces"]] == [ours[0], ours[1], out["nonces"][2]["sdk"], ours[3]]
+    assert [n["verifies"] for n in out["nonces"]] == [True, True, False, True]
     assert len(out["sdkNonce"]) == 64
     assert "=" not in out["sdkNonce"]
     # signatures: theirs verify with us, ours with them
