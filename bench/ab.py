@@ -54,6 +54,11 @@ class Figure:
     label: str
     index: int = 1
 
+    @property
+    def key(self) -> str:
+        """The figure as it was asked for (``LABEL`` or ``LABEL@N``): its key in the results."""
+        return self.label if self.index == 1 else f"{self.label}@{self.index}"
+
     @classmethod
     def parse(cls, spec: str) -> Figure:
         label, at, index = spec.rpartition("@")
@@ -158,7 +163,7 @@ def report(figures: list[Figure], results: dict[str, dict[str, Any]]) -> str:
     """The printed table: one block per figure."""
     lines = []
     for fig in figures:
-        r = results[fig.label if fig.index == 1 else f"{fig.label}@{fig.index}"]
+        r = results[fig.key]
         lines.append(fig.label + ("" if fig.index == 1 else f" (number {fig.index})"))
         for side in ("A", "B"):
             s = r[side]
@@ -212,17 +217,14 @@ def main() -> None:
                     note = "" if status == 0 else f"  (exit {status}: {output.strip().splitlines()[-1:]})"
                     print(f"round {n} {side}: {shown}  [{seconds:.0f} s]{note}", flush=True)
                     for fig, value in zip(figures, values, strict=True):
-                        got.setdefault(f"{fig.label}@{fig.index}", {"A": [], "B": []})[side].append(value)
+                        got.setdefault(fig.key, {"A": [], "B": []})[side].append(value)
                 for key, sides in got.items():
                     per_figure.setdefault(key, []).append(sides)
         finally:
             if args.base:
                 _drop_worktree(checkouts["A"])
 
-    results = {
-        (fig.label if fig.index == 1 else f"{fig.label}@{fig.index}"): compare(per_figure[f"{fig.label}@{fig.index}"])
-        for fig in figures
-    }
+    results = {fig.key: compare(per_figure[fig.key]) for fig in figures}
     print()
     print(report(figures, results))
     save(

@@ -589,6 +589,17 @@ class Receipt:
             object.__setattr__(receipt, "batch", batch)
             object.__setattr__(receipt, "sig", sig)
 
+    @staticmethod
+    def sign_batches(payee: Identity, receipts: Sequence[Receipt]) -> None:
+        """:meth:`sign_batch` for any number of unsigned receipts of ``payee``: one signature per key id and per
+        :data:`MAX_RECEIPT_BATCH` of them, in their order."""
+        by_key: dict[str, list[Receipt]] = {}
+        for receipt in receipts:
+            by_key.setdefault(receipt.signing_key_id, []).append(receipt)
+        for group in by_key.values():
+            for start in range(0, len(group), MAX_RECEIPT_BATCH):
+                Receipt.sign_batch(payee, group[start : start + MAX_RECEIPT_BATCH])
+
     @property
     def signing_key_id(self) -> str:
         """The BRC-3 key id the payee signs with: ``key_id``, else the quote id."""

@@ -84,7 +84,6 @@ from overlay_node.protocol.http_payment import (
     payment_quote_id,
 )
 from overlay_node.protocol.payments import (
-    MAX_RECEIPT_BATCH,
     PaymentMessage,
     Quote,
     Receipt,
@@ -422,9 +421,7 @@ class Payments:
                 outcomes.append(checked.receipt)
             entry = None
             if batched:
-                for start in range(0, len(ready), MAX_RECEIPT_BATCH):
-                    chunk = ready[start : start + MAX_RECEIPT_BATCH]
-                    Receipt.sign_batch(self._identity, [c.receipt for _, _, c in chunk])
+                Receipt.sign_batches(self._identity, [c.receipt for _, _, c in ready])
             refusal = await before_commit() if before_commit is not None and ready else None
             if refusal is not None:
                 for i, waiting, _ in ready:
@@ -592,13 +589,7 @@ class Payments:
     async def _write_records(self, items: list[_Checked]) -> list[RecordOutcome]:
         """Sign the receipts still unsigned (single payments: invariant 6 of ``protocol/payments.py``), then record
         the batch in one durable transaction; nothing leaves before the commit."""
-        unsigned: dict[str, list[Receipt]] = {}
-        for c in items:
-            if not c.receipt.sig:
-                unsigned.setdefault(c.receipt.signing_key_id, []).append(c.receipt)
-        for receipts in unsigned.values():  # one key id per signature
-            for start in range(0, len(receipts), MAX_RECEIPT_BATCH):
-                Receipt.sign_batch(self._identity, receipts[start : start + MAX_RECEIPT_BATCH])
+        Receipt.sign_batches(self._identity, [c.receipt for c in items if not c.receipt.sig])
         return await self._store.payments.record([c.seal() for c in items])
 
     def _recorded(self, checked: _Checked, outcome: RecordOutcome) -> None:
