@@ -42,13 +42,26 @@ request per payment on each side of ARC). It is rounded up to a whole step (a fi
 ``settle_linger``: ``Wallet._copy_due``), so that the copies of a busy payer's payments come due together and go
 many per request. A payment whose answer never came stays a ``watch`` job (see point
 4).
+
+6. A later transaction stands for the earlier ones it spends. Before a batch of submissions goes, the wallet's coins
+   of its transactions are read (``coins_of``): a transaction whose coins (it has at least one) are all spent by one
+   other transaction of the batch is not sent, and the answer about the end of that run of spenders (:func:`covered_by`)
+   decides for it too (:func:`implied`): mined, so is it (a block cannot hold a transaction before the one it
+   spends; it gets no merkle path of its own, and the wallet needs none: none of its coins is left, and the wallet's
+   BEEFs stop at the proven spender); seen on the network, so is it; anything else, it is sent on its own at once,
+   with one attempt more. A spender refused outright may have lacked those very transactions (a payee that never
+   broadcast them; its BEEF names them by txid): it is not failed but sent again at once, after them. Only jobs that
+   never needed a second try stand or are stood for, so a run that did not settle goes one by one the next time, as
+   every batch did before. So a payer whose payments spend each other's change (a run of payments to one payee, a
+   paid stream) sends one copy per run and batch instead of one per payment, and ARC parses one; a payee's coins
+   (the payments' outputs) are its own, and every payment it received is still sent.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import trio
@@ -60,9 +73,9 @@ from overlay_node.services.arc import ArcOutcome, ArcResult
 from overlay_node.services.wallet import Wallet
 from overlay_node.store.db import Store
 from overlay_node.store.records import JobState
-from overlay_node.store.settlement import JobUpdate, SettlementJob
+from overlay_node.store.settlement import TERMINAL_STATES, JobUpdate, SettlementJob
 
-__all__ = ["Settlement", "backoff", "decide"]
+__all__ = ["Settlement", "backoff", "covered_by", "decide", "implied"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +159,62 @@ def decide(job: SettlementJob, result: ArcResult, *, now: float, config: WalletS
         next_at=_not_past_deadline(job, now, now + delay),
         arc_status=job.arc_status,
         detail=result.detail,
+    )
+
+
+def covered_by(coins: Iterable[tuple[str, str, str | None]], due: Collection[str]) -> dict[str, str]:
+    """Which of the transactions ``due`` a later one of them stands for (pure; point 6 of the module docstring).
+
+    Args:
+        coins: the wallet's coins that the transactions of ``due`` made, as ``(txid, state, spent_by)``.
+        due: the txids of the submissions about to be sent.
+
+    Returns:
+        Each transaction of ``due`` whose coins (it has at least one) are all spent by one other transaction of
+        ``due``, mapped to that spender. Coins spent by two (a stream's change split in parts) keep a transaction out:
+        were one spender to fail, the coin it spent would be ours again, and its transaction would need a proof of
+        its own; the spenders of one run are mined together or not at all.
+    """
+    spenders: dict[str, str] = {}
+    kept: set[str] = set()
+    for txid, state, spent_by in coins:
+        if txid not in due:
+            continue
+        if state != "spent" or spent_by is None or spent_by == txid or spent_by not in due:
+            kept.add(txid)  # a coin still ours (or spent outside this batch): the transaction speaks for itself
+        elif spenders.setdefault(txid, spent_by) != spent_by:
+            kept.add(txid)
+    return {txid: spender for txid, spender in spenders.items() if txid not in kept}
+
+
+def _stand_in(txid: str, covers: Mapping[str, str]) -> str:
+    """The transaction sent for ``txid``: the end of its run of spenders in ``covers``."""
+    while txid in covers:
+        txid = covers[txid]
+    return txid
+
+
+def implied(job: SettlementJob, stand_in: str, update: JobUpdate, *, now: float) -> JobUpdate:
+    """The next state of ``job``, which was not sent because ``stand_in`` (a later transaction spending its coins)
+    was, after ARC's answer about ``stand_in`` moved it to ``update`` (pure; point 6 of the module docstring).
+
+    ``stand_in`` mined: so is ``job``'s transaction, which a block cannot hold after its spender (no merkle path of its
+    own). ``stand_in`` seen on the network: so is this one. Anything else says nothing about it: it is sent on its
+    own at once (one attempt more, so that nothing stands in for it again).
+    """
+    about = f"{stand_in[:16]}…, which spends it,"
+    if update.state == "mined":
+        return JobUpdate(state="mined", attempts=0, next_at=now, arc_status="MINED", detail=f"{about} is mined")
+    if update.state == "seen":
+        return JobUpdate(
+            state="seen", attempts=0, next_at=update.next_at, arc_status=update.arc_status, detail=f"{about} is seen"
+        )
+    return JobUpdate(
+        state=job.state,
+        attempts=job.attempts + 1,
+        next_at=now,
+        arc_status=job.arc_status,
+        detail=f"{about} is not settled ({update.state}): sent on its own",
     )
 
 
@@ -239,9 +308,6 @@ class Settlement:
         async with self._lock:
             now = math.inf if everything else self._wall()
             jobs = await self._store.settlement.due(now, limit=self._config.settle_batch)
-            # a read in a worker thread is not a cancellation point: if we are being stopped (and the wallet
-            # with us), stop here rather than reach for an ARC client that is closing
-            await trio.lowlevel.checkpoint_if_cancelled()
             # a transaction ARC accepted already is asked about again by submitting it once more, many in one
             # POST /v1/txs (ARC answers a known transaction with its current status, merkle path included)
             # instead of one GET per job, unless its BEEF is large (one carrying a big ancestor, such as a faucet
@@ -254,21 +320,57 @@ class Settlement:
                 and j.beef
                 and (j.state == "pending" or (j.state in ("progressing", "seen") and len(j.beef) <= _RESUBMIT_BYTES))
             ]
+            # a transaction whose coins one later one of the batch spends, all of them, is not sent: the later one
+            # stands for it (point 6); only those that never needed a second try (attempts == 0) stand or are
+            # stood for
+            fresh = [j.txid for j in submit if j.attempts == 0]
+            covers = covered_by(await self._store.settlement.coins_of(fresh), set(fresh)) if len(fresh) > 1 else {}
+            # a read in a worker thread is not a cancellation point: if we are being stopped (and the wallet
+            # with us), stop here rather than reach for an ARC client that is closing
+            await trio.lowlevel.checkpoint_if_cancelled()
             submitted = {j.id for j in submit}
             poll = [j for j in jobs if j.id not in submitted]
             if submit:
-                await self._submit(submit)
+                await self._submit(submit, covers)
             if poll:
                 await self._poll(poll)
             return len(jobs)
 
-    async def _submit(self, jobs: list[SettlementJob]) -> None:
+    async def _submit(self, jobs: list[SettlementJob], covers: Mapping[str, str]) -> None:
+        """Send ``jobs`` but those another stands for (``covers``: :func:`covered_by`), and apply the answers."""
         arc = self._wallet.arc
-        if len(jobs) == 1:
-            results = [await arc.submit(jobs[0].beef, txid=jobs[0].txid)]
+        sent = [j for j in jobs if j.txid not in covers]
+        if len(sent) == 1:
+            results = [await arc.submit(sent[0].beef, txid=sent[0].txid)]
         else:
-            results = await arc.submit_many([j.beef for j in jobs], txids=[j.txid for j in jobs])
-        await self._apply_all(list(zip(jobs, results, strict=True)))
+            results = await arc.submit_many([j.beef for j in sent], txids=[j.txid for j in sent])
+        now = self._wall()
+        decided: list[tuple[SettlementJob, ArcResult | None, JobUpdate]] = [
+            (job, result, decide(job, result, now=now, config=self._config))
+            for job, result in zip(sent, results, strict=True)
+        ]
+        if covers:
+            updates = {job.txid: update for job, _, update in decided}
+            standing = set(covers.values())
+            for i, (job, result, update) in enumerate(decided):
+                if job.txid in standing and update.state in ("failed", "abandoned"):
+                    # refused perhaps for lack of the transactions it stood for (a payee that never broadcast
+                    # them): tried again at once after them, each on its own
+                    again = JobUpdate(
+                        state=job.state,
+                        attempts=job.attempts + 1,
+                        next_at=now,
+                        arc_status=job.arc_status,
+                        detail=f"{update.detail}; sent again after the transactions it spends",
+                    )
+                    decided[i] = (job, result, again)
+            for job in jobs:
+                if job.txid in covers:
+                    stand_in = _stand_in(job.txid, covers)
+                    decided.append((job, None, implied(job, stand_in, updates[stand_in], now=now)))
+        await self._apply(decided, now)
+        if covers and any(u.next_at <= now and u.state not in TERMINAL_STATES for _, _, u in decided):
+            self.kick(now)  # those sent again at once (asked from outside the worker: wake it)
 
     async def _poll(self, jobs: list[SettlementJob]) -> None:
         arc = self._wallet.arc
@@ -287,17 +389,22 @@ class Settlement:
     async def _apply_all(self, answered: list[tuple[SettlementJob, ArcResult]]) -> None:
         """Apply ARC's answers for a batch of jobs in one durable transaction (one commit, not one per job)."""
         now = self._wall()
-        updates = [(job, decide(job, result, now=now, config=self._config)) for job, result in answered]
+        await self._apply(
+            [(job, result, decide(job, result, now=now, config=self._config)) for job, result in answered], now
+        )
+
+    async def _apply(self, decided: list[tuple[SettlementJob, ArcResult | None, JobUpdate]], now: float) -> None:
+        """Write the jobs' new states (each with ARC's answer about it, None when another's stood for it)."""
         with trio.CancelScope(shield=True):  # the write and the wallet's memory must not part ways
-            all_effects = await self._store.settlement.apply_many(updates, now=now)
+            all_effects = await self._store.settlement.apply_many([(job, u) for job, _, u in decided], now=now)
             for effects in all_effects:
                 self._wallet.apply_effects(effects)
-        for (job, result), (_, update) in zip(answered, updates, strict=True):
+        for job, result, update in decided:
             self._noted(job, result, update, now)
         self._changed.set()
         self._changed = trio.Event()
 
-    def _noted(self, job: SettlementJob, result: ArcResult, update: JobUpdate, now: float) -> None:
+    def _noted(self, job: SettlementJob, result: ArcResult | None, update: JobUpdate, now: float) -> None:
         counter = self._by_state.get(update.state)
         if counter is None:  # a child per state, looked up once (a paid stream settles a payment per packet)
             counter = self._by_state[update.state] = self._results.labels(update.state)
@@ -306,7 +413,7 @@ class Settlement:
             # per-payment detail is DEBUG (a paid stream makes many); a failure is worth a WARNING
             log = logger.warning if update.state in ("failed", "abandoned") else logger.debug
             log("settlement of %s: %s -> %s (%s)", job.txid, job.state, update.state, update.detail)
-        elif result.outcome is ArcOutcome.RETRY:
+        elif result is not None and result.outcome is ArcOutcome.RETRY:
             quiet = update.attempts not in (1, 5) and update.attempts % 20
             (logger.debug if quiet else logger.info)(
                 "settlement of %s: retry in %.1fs (%s)", job.txid, update.next_at - now, result.detail

@@ -97,10 +97,13 @@ class SettlementJob:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobUpdate:
-    """What one ARC answer does to a job (from ``services.settlement.decide``).
+    """What one ARC answer does to a job (from ``services.settlement.decide``, or ``implied`` for a job that a later
+    transaction's answer settles).
 
     ``double_spend`` (with a failure) says the inputs were spent by a competing transaction, so they are lost;
-    otherwise a failed transaction's inputs become spendable again.
+    otherwise a failed transaction's inputs become spendable again. ``mined`` without ``merkle_path``: mined as the
+    later transaction that spends it was (its transaction stays unproven in the wallet, which needs no proof of it:
+    none of its coins is left).
     """
 
     state: JobState
@@ -168,6 +171,21 @@ class SettlementRepository:
             hold = conn.execute(DUE_HOLD_SQL, (now,)).fetchone()[0]
             rows = conn.execute(DUE_SQL, (now, 2**62 if hold is None else int(hold), limit)).fetchall()
             return [_job(r) for r in rows]
+
+        return await self._db.read(txn)
+
+    async def coins_of(self, txids: Sequence[str]) -> list[tuple[str, str, str | None]]:
+        """The wallet's coins that ``txids`` made: ``(txid, state, spent_by)`` each (for the settlement queue to see
+        which of its transactions a later one stands for: ``services.settlement.covered_by``)."""
+
+        def txn(conn: sqlite3.Connection) -> list[tuple[str, str, str | None]]:
+            rows: list[tuple[str, str, str | None]] = []
+            for part in _chunks(list(txids), MAX_PARAMS):
+                found = conn.execute(
+                    f"SELECT txid, state, spent_by FROM wallet_utxos WHERE txid IN ({marks(len(part))})", part
+                )
+                rows.extend((str(r["txid"]), str(r["state"]), r["spent_by"]) for r in found.fetchall())
+            return rows
 
         return await self._db.read(txn)
 
@@ -246,10 +264,14 @@ def _apply_found(conn: sqlite3.Connection, txid: str, now: float) -> tuple[UtxoR
 
 
 def _apply_mined(conn: sqlite3.Connection, txid: str, update: JobUpdate, now: float) -> SettlementEffects:
-    conn.execute(
-        "UPDATE wallet_txs SET merkle_path = ?, block_height = ?, state = 'proven' WHERE txid = ?",
-        (update.merkle_path, update.block_height, txid),
-    )
+    if update.merkle_path is None:  # mined as a later transaction that spends it was: no proof of its own
+        proven: tuple[str, ...] = ()
+    else:
+        conn.execute(
+            "UPDATE wallet_txs SET merkle_path = ?, block_height = ?, state = 'proven' WHERE txid = ?",
+            (update.merkle_path, update.block_height, txid),
+        )
+        proven = (txid,)
     conn.execute(
         "UPDATE wallet_history SET status = 'confirmed', detail = '', updated_at = ? WHERE txid = ?",
         (now, txid),
@@ -258,7 +280,7 @@ def _apply_mined(conn: sqlite3.Connection, txid: str, update: JobUpdate, now: fl
         "UPDATE payments SET status = 'mined', updated_at = ? WHERE txid = ? AND status != 'failed'",
         (now, txid),
     )
-    return SettlementEffects(proven=(txid,))
+    return SettlementEffects(proven=proven)
 
 
 def _apply_failed(conn: sqlite3.Connection, txid: str, update: JobUpdate, now: float) -> SettlementEffects:
@@ -369,7 +391,8 @@ def _apply_jobs(
             [now, *part],
         )
     mined = [(job, u) for job, u in live if u.state == "mined"]
-    execute_rows(conn, _UPDATE_PROVEN, [(job.txid, u.merkle_path, u.block_height) for job, u in mined])
+    proofs = [(job.txid, u.merkle_path, u.block_height) for job, u in mined if u.merkle_path is not None]
+    execute_rows(conn, _UPDATE_PROVEN, proofs)
     for part in _chunks([job.txid for job, _ in mined]):
         conn.execute(
             "UPDATE wallet_history SET status = 'confirmed', detail = '', updated_at = ? "
@@ -383,8 +406,9 @@ def _apply_jobs(
         )
     for job, update in live:
         if update.state in ("progressing", "seen", "mined"):
+            proof = update.state == "mined" and update.merkle_path is not None
             effects[job.id] = SettlementEffects(
-                proven=(job.txid,) if update.state == "mined" else (), restored=tuple(restored.get(job.txid, ()))
+                proven=(job.txid,) if proof else (), restored=tuple(restored.get(job.txid, ()))
             )
     return [effects.get(job.id, SettlementEffects()) for job, _ in items]
 
