@@ -63,6 +63,8 @@ def populate(conn: sqlite3.Connection, jobs: int) -> None:
 
 def update(n: int) -> JobUpdate:
     outcome = OUTCOMES[n % len(OUTCOMES)]
+    if outcome == "mined" and n == 14:  # mined as a later transaction that spends it was: no proof of its own
+        return JobUpdate(state="mined", attempts=0, next_at=NOW, arc_status="MINED")
     if outcome == "mined":
         return JobUpdate(
             state="mined", attempts=0, next_at=NOW, arc_status="MINED", merkle_path=b"path", block_height=7
@@ -128,6 +130,15 @@ async def test_a_batch_of_answers_leaves_what_one_answer_at_a_time_leaves(tmp_pa
     for kind in ("restored", "proven", "dead", "failed_payments"):
         assert any(getattr(e, kind) for e in together), kind
     assert together[3] == together[11] == SettlementEffects()
+    assert together[14].proven == ()  # mined without a proof: its transaction stays unproven
+    conn = sqlite3.connect(many)
+    try:
+        row = conn.execute("SELECT state, merkle_path FROM wallet_txs WHERE txid = ?", (txid(14),)).fetchone()
+        assert row == ("unproven", None)
+        job = conn.execute("SELECT state FROM settlement WHERE txid = ?", (txid(14),)).fetchone()
+        assert job == ("mined",)
+    finally:
+        conn.close()
     # the jobs that went on cost a few statements for the whole batch; a failure still costs its own
     failures = sum(1 for n in range(16) if OUTCOMES[n % len(OUTCOMES)] in ("failed", "abandoned") and n not in (3, 11))
     assert len(statements) <= 10 + 10 * failures, statements
