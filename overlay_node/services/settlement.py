@@ -209,13 +209,12 @@ def implied(job: SettlementJob, stand_in: str, update: JobUpdate, *, now: float)
         return JobUpdate(
             state="seen", attempts=0, next_at=update.next_at, arc_status=update.arc_status, detail=f"{about} is seen"
         )
-    return JobUpdate(
-        state=job.state,
-        attempts=job.attempts + 1,
-        next_at=now,
-        arc_status=job.arc_status,
-        detail=f"{about} is not settled ({update.state}): sent on its own",
-    )
+    return _again(job, now, f"{about} is not settled ({update.state}): sent on its own")
+
+
+def _again(job: SettlementJob, now: float, detail: str) -> JobUpdate:
+    """``job`` as it was, sent again at once with one attempt more (so that it no longer stands or is stood for)."""
+    return JobUpdate(state=job.state, attempts=job.attempts + 1, next_at=now, arc_status=job.arc_status, detail=detail)
 
 
 def _not_past_deadline(job: SettlementJob, now: float, next_at: float) -> float:
@@ -356,14 +355,11 @@ class Settlement:
                 if job.txid in standing and update.state in ("failed", "abandoned"):
                     # refused perhaps for lack of the transactions it stood for (a payee that never broadcast
                     # them): tried again at once after them, each on its own
-                    again = JobUpdate(
-                        state=job.state,
-                        attempts=job.attempts + 1,
-                        next_at=now,
-                        arc_status=job.arc_status,
-                        detail=f"{update.detail}; sent again after the transactions it spends",
+                    decided[i] = (
+                        job,
+                        result,
+                        _again(job, now, f"{update.detail}; sent again after the ones it spends"),
                     )
-                    decided[i] = (job, result, again)
             for job in jobs:
                 if job.txid in covers:
                     stand_in = _stand_in(job.txid, covers)

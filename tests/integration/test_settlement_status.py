@@ -7,7 +7,6 @@ client's own httpx event hooks.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import httpx
@@ -75,17 +74,6 @@ def _requests(node: PayNode, sent: list[tuple[str, str, int]]) -> None:
     node.wallet.arc._http.event_hooks["request"].append(hook)
 
 
-async def _wallet_txs(node: PayNode, txids: list[str]) -> dict[str, bytes | None]:
-    """The merkle path the wallet holds of each of ``txids``."""
-    conn = sqlite3.connect(node.db_path)
-    try:
-        marks = ", ".join("?" * len(txids))
-        rows = conn.execute(f"SELECT txid, merkle_path FROM wallet_txs WHERE txid IN ({marks})", txids).fetchall()
-    finally:
-        conn.close()
-    return {str(t): p for t, p in rows}
-
-
 async def test_a_run_of_payments_is_settled_by_the_copy_of_its_last(
     tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory
 ) -> None:
@@ -112,9 +100,9 @@ async def test_a_run_of_payments_is_settled_by_the_copy_of_its_last(
         assert sent == [("POST", "/v1/tx", len(last.beef))]  # one copy, of the last payment
         for txid in (deposit, *(r.txid for r in receipts)):
             assert (await a.settlement.wait_for(txid, "mined")).state == "mined"
-        paths = await _wallet_txs(a, [deposit, *(r.txid for r in receipts)])
-        assert paths[receipts[-1].txid] is not None  # the last one's own proof
-        assert [paths[t] for t in (deposit, receipts[0].txid, receipts[1].txid)] == [None, None, None]
+        txs = await a.store.wallet.txs([deposit, *(r.txid for r in receipts)])
+        assert txs[receipts[-1].txid].merkle_path is not None  # the last one's own proof
+        assert [txs[t].merkle_path for t in (deposit, receipts[0].txid, receipts[1].txid)] == [None, None, None]
         spent = 50_000 - a.wallet.balance().satoshis
         assert a.wallet.balance().unconfirmed == 0
         assert [h.status for h in await a.wallet.history()] == ["confirmed"] * 4
