@@ -23,8 +23,11 @@ Invariants (who signs what, and when a payment counts):
 5. A receipt may also carry ``next_quote``, the SHA-256 of the signing bytes of the quote the payee offers
    for the next payment (a stream's next window, or the next quote of a ``pay.submit``). A stream's quote travels
    **unsigned** beside the receipt: the receipt's signature signs it, so a window costs the payee one signature,
-   not two; a ``pay.submit``'s keeps its own signature too (older payers check that). Whoever holds both checks
-   the quote by its digest (:meth:`Receipt.signs_quote`).
+   not two. A ``pay.submit``'s next quote carries the payee's **MAC** instead of a signature when the payer asks for
+   it (``next.mac``): the receipt signs it for the payer, and the MAC (HMAC-SHA256 under a key derived from the
+   payee's identity, so it holds across restarts) lets the payee alone vouch for it when it no longer remembers
+   it; a payer that does not ask (an older one) gets it signed, as before. Whoever holds both checks the quote by
+   its digest (:meth:`Receipt.signs_quote`).
 6. Receipts of payments accepted together (a stream's ``stream.pay`` batch; the single payments of several payers
    that one group commit records) may share **one signature**: the payee signs the list of the SHA-256 digests of
    their bodies (``batch``, at most :data:`MAX_RECEIPT_BATCH`, signing bytes tagged apart from a single receipt's)
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import re
 import secrets
 from collections.abc import Callable, Sequence
@@ -74,6 +78,7 @@ __all__ = [
     "check_resource",
     "new_prefix",
     "new_quote_id",
+    "next_by_mac",
     "next_field",
     "next_request",
 ]
@@ -271,6 +276,7 @@ class Quote:
     created_ms: int
     expires_ms: int
     sig: bytes = b""  # empty: unsigned, vouched for by the receipt that names its digest (invariant 5)
+    mac: bytes = b""  # the payee's MAC in place of ``sig``: a next quote that a receipt signs (invariant 5)
 
     def signing_bytes(self) -> bytes:
         """The canonical bytes the payee signs."""
@@ -300,9 +306,11 @@ class Quote:
         quote_id: str | None = None,
         prefix: str | None = None,
         signed: bool = True,
+        mac_key: bytes | None = None,
     ) -> Quote:
         """A new quote signed by ``payee`` (fresh id and prefix unless given). ``signed=False``: without a
-        signature, for a quote that a receipt will sign by its digest (invariant 5).
+        signature, for a quote that a receipt will sign by its digest (invariant 5); ``mac_key``: with the payee's
+        MAC under that key instead of a signature (:meth:`mac_ok`; for a receipt to sign too).
 
         Raises:
             BadRequest: a field out of range.
@@ -317,12 +325,13 @@ class Quote:
             created_ms=now_ms,
             expires_ms=now_ms + ttl_ms,
         )
-        if not signed:
-            return unsigned
-        # signed in place: nothing else has seen the new instance yet (a second construction costs more)
-        object.__setattr__(
-            unsigned, "sig", sign_for_anyone(payee, QUOTE_PROTOCOL, unsigned.quote_id, unsigned.signing_bytes())
-        )
+        # signed (or MAC'd) in place: nothing else has seen the new instance yet (a second construction costs more)
+        if mac_key is not None:
+            object.__setattr__(unsigned, "mac", hmac.digest(mac_key, unsigned.signing_bytes(), "sha256"))
+        elif signed:
+            object.__setattr__(
+                unsigned, "sig", sign_for_anyone(payee, QUOTE_PROTOCOL, unsigned.quote_id, unsigned.signing_bytes())
+            )
         return unsigned
 
     def verify(self) -> bool:
@@ -330,6 +339,10 @@ class Quote:
         return bool(self.sig) and verify_for_anyone(
             self.payee, QUOTE_PROTOCOL, self.quote_id, self.signing_bytes(), self.sig
         )
+
+    def mac_ok(self, mac_key: bytes) -> bool:
+        """Whether ``mac`` is the MAC of this quote under ``mac_key`` (which only the payee holds)."""
+        return bool(self.mac) and hmac.compare_digest(self.mac, hmac.digest(mac_key, self.signing_bytes(), "sha256"))
 
     def digest(self) -> bytes:
         """SHA-256 of the signing bytes: what a receipt names as its ``next_quote``."""
@@ -351,26 +364,35 @@ class Quote:
         }
 
     def to_wire(self) -> dict[str, Any]:
-        """The CBOR map sent over a peer link (no ``sig`` when unsigned)."""
+        """The CBOR map sent over a peer link (no ``sig`` when unsigned, ``mac`` only when MAC'd)."""
         fields = self.as_fields()
         if self.sig:
             fields["sig"] = self.sig
+        if self.mac:
+            fields["mac"] = self.mac
         return fields
 
     def as_json(self) -> dict[str, Any]:
-        """For the control API: the fields, the signature in hex."""
-        return {**self.as_fields(), "sig": self.sig.hex()}
+        """For the control API: the fields, the signature in hex (and the MAC, when MAC'd)."""
+        fields = {**self.as_fields(), "sig": self.sig.hex()}
+        if self.mac:
+            fields["mac"] = self.mac.hex()
+        return fields
 
     @classmethod
     def from_wire(cls, body: object, *, signed: bool = True) -> Quote:
-        """Parse a quote (signature not checked: call :meth:`verify`). ``signed=False`` also takes a quote
-        without ``sig`` (one that comes with the receipt that signs it).
+        """Parse a quote (signature not checked: call :meth:`verify`). A quote with a ``mac`` needs no ``sig``
+        (its receipt signs it for the payer; the payee checks the MAC); ``signed=False`` also takes a quote with
+        neither (one that comes with the receipt that signs it).
 
         Raises:
             BadRequest: a missing or malformed field.
         """
         if not isinstance(body, dict):
             raise BadRequest("quote must be a map")
+        mac = body.get("mac")
+        if mac is not None and (not isinstance(mac, bytes) or len(mac) != 32):
+            raise BadRequest("'mac' must be 32 bytes")
         return cls(
             quote_id=_str(body, "quote_id", _QUOTE_ID, "quote id"),
             payee=_key(body, "payee"),
@@ -380,7 +402,8 @@ class Quote:
             prefix=check_nonce(body.get("prefix"), "derivation prefix"),
             created_ms=_int(body, "created_ms", 0, _MAX_MS),
             expires_ms=_int(body, "expires_ms", 0, _MAX_MS),
-            sig=b"" if not signed and body.get("sig") is None else _sig(body),
+            sig=b"" if (not signed or mac is not None) and body.get("sig") is None else _sig(body),
+            mac=mac or b"",
         )
 
 
@@ -447,7 +470,8 @@ class PaymentMessage:
 
 def next_request(body: object) -> tuple[str, int | None] | None:
     """The ``next`` field of a ``pay.submit`` body: what the payer will pay for next, ``(resource, amount or
-    None)``, whose quote the payee may answer along with the receipt (None: not asked).
+    None)``, whose quote the payee may answer along with the receipt (None: not asked). Whether the payer takes
+    that quote with the payee's MAC instead of its signature: :func:`next_by_mac`.
 
     Raises:
         BadRequest: ``next`` is there but not ``{resource, amount?}``.
@@ -460,6 +484,12 @@ def next_request(body: object) -> tuple[str, int | None] | None:
     return check_next(value.get("resource"), value.get("amount"))
 
 
+def next_by_mac(body: dict[str, Any]) -> bool:
+    """Whether a ``pay.submit`` body's ``next`` (checked by :func:`next_request`) says ``mac: true``: the payer
+    takes the next quote MAC'd by the payee, its receipt's signature vouching for it (invariant 5)."""
+    return body["next"].get("mac") is True
+
+
 def check_next(resource: object, amount: object) -> tuple[str, int | None]:
     """A next payment's ``(resource, amount or None)``, checked.
 
@@ -470,8 +500,12 @@ def check_next(resource: object, amount: object) -> tuple[str, int | None]:
 
 
 def next_field(resource: str, amount: int | None) -> dict[str, Any]:
-    """The ``next`` field of a ``pay.submit`` body that asks for the quote of ``resource`` (at ``amount``)."""
-    return {"resource": resource} if amount is None else {"resource": resource, "amount": amount}
+    """The ``next`` field of a ``pay.submit`` body that asks for the quote of ``resource`` (at ``amount``), MAC'd
+    by the payee (its receipt signs it for us: invariant 5)."""
+    wanted: dict[str, Any] = {"resource": resource, "mac": True}
+    if amount is not None:
+        wanted["amount"] = amount
+    return wanted
 
 
 # -- receipts ------------------------------------------------------------------------------------------------

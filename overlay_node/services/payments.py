@@ -54,7 +54,7 @@ from overlay_node.chain.spv import claims
 from overlay_node.clock import wall_time
 from overlay_node.config import WalletSection
 from overlay_node.crypto.brc29 import new_nonce, payee_locking_script, payer_locking_script
-from overlay_node.crypto.brc42 import checked_key_hex
+from overlay_node.crypto.brc42 import checked_key_hex, derive_symmetric_key
 from overlay_node.crypto.keys import Identity, public_key_hex
 from overlay_node.errors import (
     BadRequest,
@@ -84,6 +84,7 @@ from overlay_node.protocol.http_payment import (
     payment_quote_id,
 )
 from overlay_node.protocol.payments import (
+    QUOTE_PROTOCOL,
     PaymentMessage,
     Quote,
     Receipt,
@@ -91,6 +92,7 @@ from overlay_node.protocol.payments import (
     check_next,
     check_payment_output,
     check_resource,
+    next_by_mac,
     next_field,
     next_request,
 )
@@ -243,6 +245,9 @@ class Payments:
         # quote id -> True: asked for by pay.receipt, never paid
         self._voided: LruMap[str, bool] = LruMap(config.max_quotes)
         self._pricers: dict[str, Pricer] = {}
+        # the key of the MAC a next quote carries in place of a signature (protocol/payments.py, invariant 5): derived
+        # from the identity, so that a quote issued before a restart still checks out
+        self._quote_mac = derive_symmetric_key(identity, QUOTE_PROTOCOL, "next quote mac", "self")
         # batched by its own task (not by the store's writer thread, as the payer's write-ahead is): a busy payee's
         # event loop turn lets many payments gather, and each commit has a fixed cost (its statements are GIL
         # hand-offs with the loop); batched in the writer thread, the batches of 32 payers at once were a quarter
@@ -285,9 +290,10 @@ class Payments:
             return check_amount(amount)
         return check_amount(await self._pricers[match](resource, payer, amount), "price")
 
-    def issue_quote(self, payer: str, resource: str, amount: int, *, signed: bool = True) -> Quote:
+    def issue_quote(self, payer: str, resource: str, amount: int, *, signed: bool = True, mac: bool = False) -> Quote:
         """Issue (sign and remember) a quote for ``payer`` to pay ``amount`` for ``resource``. ``signed=False``:
-        unsigned, for the receipt of the payment before it to sign (pass it as that payment's ``next_quote``).
+        unsigned, for the receipt of the payment before it to sign (pass it as that payment's ``next_quote``);
+        ``mac``: with this node's MAC instead of its signature, for that receipt to sign too.
 
         Raises:
             BadRequest: a malformed payer key, resource or amount.
@@ -301,6 +307,7 @@ class Payments:
             now_ms=now_ms,
             ttl_ms=int(self._config.quote_ttl * 1000),
             signed=signed,
+            mac_key=self._quote_mac if mac else None,
         )
         self._issued.put(quote.quote_id, _Issued(quote))
         return quote
@@ -316,10 +323,11 @@ class Payments:
         amount = None if asked is None else check_amount(asked)
         return {"quote": (await self._quote_for(link.peer_key, resource, amount)).to_wire()}
 
-    async def _quote_for(self, payer: str, resource: str, amount: int | None) -> Quote:
-        """A signed quote for ``payer`` (``pay.quote``, and the next quote a ``pay.submit`` asks for)."""
+    async def _quote_for(self, payer: str, resource: str, amount: int | None, *, mac: bool = False) -> Quote:
+        """A signed quote for ``payer`` (``pay.quote``, and the next quote a ``pay.submit`` asks for; ``mac``: one
+        MAC'd instead, for the receipt to sign)."""
         price = await self.price(resource, payer, amount)
-        quote = self.issue_quote(payer, resource, price)
+        quote = self.issue_quote(payer, resource, price, mac=mac)
         logger.debug("quote %s to %s: %d satoshis for %s", quote.quote_id, payer[:16], price, resource)
         return quote
 
@@ -334,7 +342,7 @@ class Payments:
             # that cannot be issued is left out (the payment stands), and pay.quote then says why. Issued first, so
             # that the receipt names it too (a refused payment leaves it open, as an unused pay.quote's)
             try:
-                ahead = await self._quote_for(link.peer_key, *then)
+                ahead = await self._quote_for(link.peer_key, *then, mac=next_by_mac(body))
             except OverlayError as exc:
                 logger.debug("no next quote for %s: %s", link.peer_key[:16], exc)
         receipt = await self.accept_payment(link.peer_key, message, next_quote=ahead)
@@ -536,12 +544,12 @@ class Payments:
                 raise InvalidPayment("the quote differs from the one issued")
             if entry.state != "open":
                 raise PaymentReplayed(f"quote {quote.quote_id} (prefix {quote.prefix}) was already paid")
-        elif quote.verify():
-            # issued before a restart, or forgotten by the LRU: our own signature vouches for it
+        elif quote.mac_ok(self._quote_mac) or quote.verify():
+            # issued before a restart, or forgotten by the LRU: our own MAC or signature vouches for it
             entry = _Issued(quote)
             self._issued.put(quote.quote_id, entry)
         else:
-            raise InvalidPayment("the quote does not carry this node's signature")
+            raise InvalidPayment("the quote does not carry this node's signature or MAC")
         if quote.expired(self._now_ms()):
             raise QuoteExpired(f"quote {quote.quote_id} expired: ask for a new one")
         return entry

@@ -13,10 +13,20 @@ import pytest
 import trio
 
 from overlay_node.clock import wall_time
-from overlay_node.errors import BadRequest, PaymentError, RemoteProtocolError
+from overlay_node.crypto.keys import Identity
+from overlay_node.errors import BadRequest, InvalidPayment, PaymentError, RemoteProtocolError
 from overlay_node.protocol.payments import Quote, Receipt
 
-from .test_payments import LIMIT, DevnetFactory, PayNode, _link_to, funded_pair, start_devnet
+from .test_payments import (
+    LIMIT,
+    DevnetFactory,
+    PayNode,
+    _link_to,
+    funded_pair,
+    link,
+    start_devnet,
+    start_paynode,
+)
 
 __all__ = ["start_devnet"]  # a fixture, imported to be used here
 
@@ -57,7 +67,12 @@ async def test_the_next_quote_comes_with_the_receipt_and_is_handed_out_without_a
         assert len({q.quote_id for q in quotes}) == 3
         assert len({q.prefix for q in quotes}) == 3
         for i, (quote, receipt) in enumerate(zip(quotes, receipts, strict=True)):
-            assert quote.verify()  # signed by the payee, as pay.quote signs
+            if i == 0:
+                assert quote.verify()  # asked with pay.quote: signed by the payee
+            else:  # came with a receipt: MAC'd by the payee (which alone can check it), the receipt signs it
+                assert quote.mac
+                assert not quote.sig
+                assert not quote.verify()
             assert (quote.payee, quote.payer, quote.resource, quote.amount) == (b.key, a.key, f"row:{i}", 700)
             assert b.payments.issued(quote.quote_id) == quote
             assert receipt.verify()
@@ -176,3 +191,50 @@ async def test_the_payer_takes_a_next_quote_on_the_strength_of_the_receipt_that_
             check(bare.to_wire(), b.key, "r:1", 500, receipt=receipt(signed))  # it names another quote
         with pytest.raises(RemoteProtocolError, match="not signed by the peer"):
             check(bare.to_wire(), b.key, "r:1", 500)
+
+
+async def test_a_macd_next_quote_is_paid_after_the_payee_restarts_and_a_payer_that_asks_no_mac_gets_it_signed(
+    tmp_path: Path, nursery: trio.Nursery, start_devnet: DevnetFactory
+) -> None:
+    # the payee's MAC vouches for a next quote it no longer remembers (its key comes from the identity); a changed
+    # quote keeps a MAC that no longer matches and is refused; a ``next`` without ``mac`` (an older payer) is answered
+    # with a signed quote, as before
+    with trio.fail_after(LIMIT):
+        devnet = await start_devnet()
+        a = await start_paynode(nursery, tmp_path, "a", devnet.url)
+        b_identity = Identity.generate()
+        b = await start_paynode(nursery, tmp_path, "b", devnet.url, identity=b_identity)
+        await link(a, b)
+        await a.fund(20_000)
+        _count_prices(b, "row:")
+        first = await a.payments.request_quote(b.key, "row:0", 700)
+        await a.payments.pay(first, then=("row:1", 700))
+        held = await a.payments.request_quote(b.key, "row:1", 700)  # handed out, not asked
+        assert held.mac
+        assert not held.sig
+
+        await b.stop()
+        b2 = await start_paynode(nursery, tmp_path, "b", devnet.url, identity=b_identity)
+        priced = _count_prices(b2, "row:")
+        await link(a, b2)
+        assert b2.payments.issued(held.quote_id) is None  # forgotten with the restart
+        balance = a.wallet.balance()
+        with pytest.raises(InvalidPayment, match="signature or MAC"):
+            await a.payments.pay(dataclasses.replace(held, amount=600))
+        assert a.wallet.balance() == balance
+        receipt = await a.payments.pay(held)
+        assert receipt.verify()
+        assert receipt.matches(held, receipt.txid)
+        assert (await b2.store.payments.get(held.quote_id)) is not None
+        assert b2.wallet.balance().satoshis == 1_400
+
+        quote = await a.payments.request_quote(b2.key, "row:2", 700)
+        message, _ = await a.payments.prepare_payment(quote)
+        answer = await _link_to(a, b2).request(
+            "pay.submit", {**message.to_wire(), "next": {"resource": "row:3", "amount": 700}}
+        )
+        offered = Quote.from_wire(answer["next_quote"])
+        assert offered.verify()
+        assert not offered.mac
+        assert Receipt.from_wire(answer["receipt"]).signs_quote(offered)
+        assert priced == ["row:2", "row:3"]

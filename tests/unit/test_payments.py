@@ -40,6 +40,8 @@ from overlay_node.protocol.payments import (
     batch_signing_bytes,
     check_payment_output,
     check_resource,
+    next_by_mac,
+    next_field,
 )
 from overlay_node.services.arc import ArcOutcome, ArcResult, interpret, transport_failure
 from overlay_node.services.settlement import backoff, decide
@@ -98,6 +100,28 @@ def test_quotes_issued_together_have_ids_and_prefixes_that_sort_together() -> No
     assert (given.quote_id, given.prefix) == ("ab" * 16, "AAAAAAAA")
 
 
+def test_a_macd_quote_checks_out_only_under_the_payee_s_key_and_round_trips_without_a_signature() -> None:
+    key, other = b"k" * 32, b"o" * 32
+    quote = _quote(mac_key=key)
+    assert len(quote.mac) == 32
+    assert quote.sig == b""
+    assert quote.mac_ok(key)
+    assert not quote.mac_ok(other)
+    assert not quote.verify()
+    wire = quote.to_wire()
+    assert "sig" not in wire
+    again = Quote.from_wire(cbor2.loads(cbor2.dumps(wire)))
+    assert again == quote
+    assert again.mac_ok(key)
+    assert quote.as_json()["mac"] == quote.mac.hex()
+    for change in ({"amount": 1}, {"resource": "file:other"}, {"expires_ms": NOW_MS + 10**9}):
+        assert not dataclasses.replace(quote, **change).mac_ok(key)
+    assert not _quote().mac_ok(key)  # a signed quote has no MAC
+    assert next_field("r", None) == {"resource": "r", "mac": True}
+    assert next_by_mac({"next": next_field("r", 5)})
+    assert not next_by_mac({"next": {"resource": "r"}})
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -130,6 +154,8 @@ def test_a_quote_signed_by_someone_else_fails() -> None:
         ({**_quote().to_wire(), "resource": "a\nb"}, "resource"),
         ({**_quote().to_wire(), "prefix": "has space"}, "derivation prefix"),
         ({**_quote().to_wire(), "sig": "nope"}, "sig"),
+        ({**_quote(mac_key=b"k" * 32).to_wire(), "mac": b"short"}, "'mac' must be 32 bytes"),
+        ({**_quote(signed=False).to_wire()}, "sig"),
         ({**_quote().to_wire(), "expires_ms": -1}, "expires_ms"),
     ],
 )
