@@ -167,7 +167,7 @@ def test_malformed_quotes_are_bad_requests(body: Any, fragment: str) -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.dictionaries(
-        st.sampled_from([*_quote().to_wire(), "x"]),
+        st.sampled_from([*_quote().to_wire(), "mac", "x"]),
         st.one_of(st.none(), st.integers(), st.text(), st.binary()),
     )
 )
