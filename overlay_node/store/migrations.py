@@ -681,3 +681,13 @@ def _coins_by_rowid(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE wallet_utxos_new RENAME TO wallet_utxos")
     conn.execute("CREATE INDEX wallet_utxos_spendable ON wallet_utxos (created_at) WHERE state = 'spendable'")
     conn.execute("CREATE INDEX wallet_utxos_spent_by ON wallet_utxos (spent_by) WHERE spent_by IS NOT NULL")
+
+
+@MIGRATIONS.register("0014_spent_by_unindexed")
+def _spent_by_unindexed(conn: sqlite3.Connection) -> None:
+    # The index of coins by the transaction that spent them keyed every coin spent by a txid (a random value): a leaf
+    # of its own, one log frame more, in every commit that spends a coin (each payment written ahead, a paid stream's
+    # batches). It served two rare writes only, a refused payment undone and a failed transaction's coins given
+    # back; they now find those coins among the outputs of the transaction's parents (``wallet_txs.parents``),
+    # through the outpoint's uniqueness rule (``store.records.spent_by``).
+    conn.execute("DROP INDEX IF EXISTS wallet_utxos_spent_by")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from overlay_node.store.rows import execute_rows
+from overlay_node.store.rows import MAX_PARAMS, execute_rows, marks
 
 __all__ = [
     "UTXO_SELECT",
@@ -23,6 +23,8 @@ __all__ = [
     "UtxoRecord",
     "insert_job",
     "insert_jobs",
+    "spent_by",
+    "unspend",
     "utxo_from_row",
 ]
 
@@ -110,3 +112,31 @@ def utxo_from_row(row: sqlite3.Row) -> UtxoRecord:
         origin=str(row["origin"]),
         proven=row["merkle_path"] is not None,
     )
+
+
+def spent_by(conn: sqlite3.Connection, txid: str) -> list[Outpoint]:
+    """The coins of ours that ``txid`` spends (state ``spent``, or ``dead`` after a double spend, ``spent_by`` it),
+    found among the outputs of its parents (``wallet_txs.parents``): the outpoint's uniqueness rule serves that
+    lookup, so ``spent_by`` needs no index of its own (migration ``0014_spent_by_unindexed``). A transaction the
+    wallet does not hold spends none of its coins."""
+    row = conn.execute("SELECT parents FROM wallet_txs WHERE txid = ?", (txid,)).fetchone()
+    parents = str(row["parents"]).split() if row is not None and row["parents"] else []
+    found: list[Outpoint] = []
+    for start in range(0, len(parents), MAX_PARAMS - 1):
+        part = parents[start : start + MAX_PARAMS - 1]
+        rows = conn.execute(
+            f"SELECT txid, vout FROM wallet_utxos WHERE txid IN ({marks(len(part))}) AND spent_by = ?", [*part, txid]
+        )
+        found.extend((str(r["txid"]), int(r["vout"])) for r in rows.fetchall())
+    return found
+
+
+def unspend(conn: sqlite3.Connection, txid: str) -> list[Outpoint]:
+    """Make the coins ``txid`` spent spendable again (a payment refused, a transaction failed): those of
+    :func:`spent_by` still ``spent``. Returns every coin it spent."""
+    coins = spent_by(conn, txid)
+    conn.executemany(
+        "UPDATE wallet_utxos SET state = 'spendable', spent_by = NULL WHERE txid = ? AND vout = ? AND state = 'spent'",
+        coins,
+    )
+    return coins

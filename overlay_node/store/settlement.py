@@ -24,6 +24,8 @@ from overlay_node.store.records import (
     Outpoint,
     UtxoRecord,
     insert_job,
+    spent_by,
+    unspend,
     utxo_from_row,
 )
 from overlay_node.store.rows import MAX_PARAMS, execute_rows, marks
@@ -291,21 +293,14 @@ def _apply_failed(conn: sqlite3.Connection, txid: str, update: JobUpdate, now: f
     dead: list[Outpoint] = [(txid, int(r["vout"])) for r in dead_rows]
     conn.execute("UPDATE wallet_utxos SET state = 'dead' WHERE txid = ? AND state IN ('spendable', 'pending')", (txid,))
     restored: list[UtxoRecord] = []
-    inputs = conn.execute("SELECT txid, vout FROM wallet_utxos WHERE spent_by = ?", (txid,)).fetchall()
     if update.double_spend:
-        conn.execute("UPDATE wallet_utxos SET state = 'dead' WHERE spent_by = ?", (txid,))
+        conn.executemany("UPDATE wallet_utxos SET state = 'dead' WHERE txid = ? AND vout = ?", spent_by(conn, txid))
     else:
-        conn.execute(
-            "UPDATE wallet_utxos SET state = 'spendable', spent_by = NULL WHERE spent_by = ? AND state = 'spent'",
-            (txid,),
-        )
-        for r in inputs:
-            row = conn.execute(
-                f"{UTXO_SELECT} WHERE u.txid = ? AND u.vout = ? AND u.state = 'spendable'",
-                (str(r["txid"]), int(r["vout"])),
-            ).fetchone()
-            if row is not None:
-                restored.append(utxo_from_row(row))
+        for outpoint in unspend(conn, txid):
+            row = conn.execute(f"{UTXO_SELECT} WHERE u.txid = ? AND u.vout = ? AND u.state = 'spendable'", outpoint)
+            found = row.fetchone()
+            if found is not None:
+                restored.append(utxo_from_row(found))
     conn.execute("UPDATE wallet_txs SET state = 'failed' WHERE txid = ? AND merkle_path IS NULL", (txid,))
     conn.execute(
         "UPDATE wallet_history SET status = ?, detail = ?, updated_at = ? WHERE txid = ?",

@@ -27,7 +27,16 @@ from typing import TYPE_CHECKING, Literal
 
 from overlay_node.errors import Conflict
 from overlay_node.store.engine import BatchTxn
-from overlay_node.store.records import UTXO_SELECT, NewJob, Outpoint, UtxoRecord, insert_job, insert_jobs, utxo_from_row
+from overlay_node.store.records import (
+    UTXO_SELECT,
+    NewJob,
+    Outpoint,
+    UtxoRecord,
+    insert_job,
+    insert_jobs,
+    unspend,
+    utxo_from_row,
+)
 from overlay_node.store.rows import MAX_PARAMS, execute_rows, marks
 
 if TYPE_CHECKING:
@@ -474,10 +483,7 @@ class WalletRepository:
         no trace (transaction, change, history entry, job)."""
 
         def txn(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE wallet_utxos SET state = 'spendable', spent_by = NULL WHERE spent_by = ? AND state = 'spent'",
-                (txid,),
-            )
+            unspend(conn, txid)
             conn.execute("DELETE FROM wallet_utxos WHERE txid = ?", (txid,))
             conn.execute("DELETE FROM wallet_history WHERE txid = ? AND direction = 'out'", (txid,))
             conn.execute("DELETE FROM settlement WHERE txid = ?", (txid,))

@@ -70,7 +70,7 @@ async def test_the_coins_are_rebuilt_as_a_rowid_table_with_every_row_and_rule(tm
         finally:
             conn.close()
         async with open_store(path, CONFIG) as store:
-            assert (await store.applied_migrations())[-1].name == "0013_coins_by_rowid"
+            assert "0013_coins_by_rowid" in [m.name for m in await store.applied_migrations()]
             assert await store.wallet.spendable() == coins
             assert len(coins) == 4
             assert await store.wallet.utxo_states([(c.txid, c.vout) for c in coins]) == states
@@ -85,7 +85,7 @@ async def test_the_coins_are_rebuilt_as_a_rowid_table_with_every_row_and_rule(tm
         sql = conn.execute("SELECT sql FROM sqlite_schema WHERE name = 'wallet_utxos'").fetchone()[0]
         assert "WITHOUT ROWID" not in sql.upper()
         indexes = {str(row[1]) for row in conn.execute("PRAGMA index_list(wallet_utxos)")}
-        assert indexes == {"sqlite_autoindex_wallet_utxos_1", "wallet_utxos_spendable", "wallet_utxos_spent_by"}
+        assert indexes == {"sqlite_autoindex_wallet_utxos_1", "wallet_utxos_spendable"}
         with pytest.raises(sqlite3.IntegrityError):
             conn.execute(
                 "INSERT INTO wallet_utxos (txid, vout, satoshis, script, protocol, key_id, counterparty, origin, "

@@ -18,7 +18,7 @@ from overlay_node.errors import Conflict, StoreError
 from overlay_node.store import MIGRATIONS, KnownPeer, Migrations, open_store
 from overlay_node.store.payments import IncomingRecord
 from overlay_node.store.records import NewJob, UtxoRecord
-from overlay_node.store.settlement import DUE_HOLD_SQL, DUE_SQL, NEXT_DUE_SQL
+from overlay_node.store.settlement import DUE_HOLD_SQL, DUE_SQL, NEXT_DUE_SQL, JobUpdate
 from overlay_node.store.wallet import HistoryRecord, Outgoing, TxRecord
 
 CONFIG = StoreSection(busy_timeout=5.0, read_connections=4)
@@ -500,3 +500,55 @@ async def test_payments_written_ahead_in_a_batch_are_recorded_as_one_by_one_woul
             assert states == {**dict.fromkeys(spent, "spent"), **dict.fromkeys(pending, "pending")}
             written = {entry.txid for entry in await wallet.history()}
             assert written == {f"{n:02x}" * 32 for n in (1, 2, 3, 4, 5, 7, 8)}
+
+
+async def test_coins_a_refused_or_failed_payment_spent_come_back_through_its_parents(db_path: Path) -> None:
+    """No index finds coins by the transaction that spent them (migration 0014): a refused payment undone and a
+    failed transaction find theirs among the outputs of their parents. On a database written before that migration,
+    exactly the coins each spent come back (or die, after a double spend), and a sibling coin another payment spent
+    stays spent."""
+    funding = _outgoing(1, (), change=4, state="spendable")
+    coin = [(funding.txid, v) for v in range(4)]
+    refused = _outgoing(2, (coin[0], coin[1]))
+    failed = _outgoing(3, (coin[2],))
+    sibling = _outgoing(4, (coin[3],))  # same parent as the refused payment's coins
+    child = _outgoing(5, ((failed.txid, 0),))  # spends the pending change of ``failed``
+    before = MIGRATIONS.copy(stop_before="0014_spent_by_unindexed")
+    with trio.fail_after(LIMIT):
+        async with open_store(db_path, CONFIG, migrations=before) as store:
+            for n, out in enumerate((funding, refused, failed, sibling, child)):
+                assert await store.wallet.commit_outgoing([out], now=1_000.0 + n) == [None]
+        async with open_store(db_path, CONFIG) as store:
+            wallet, settlement = store.wallet, store.settlement
+            await wallet.abort_outgoing(refused.txid)
+            assert await wallet.utxo_states([*coin, (refused.txid, 0)]) == {
+                coin[0]: "spendable",
+                coin[1]: "spendable",
+                coin[2]: "spent",
+                coin[3]: "spent",
+            }
+            job = await settlement.get(child.txid)
+            assert job is not None
+            effects = await settlement.apply(
+                job, JobUpdate(state="failed", attempts=1, next_at=2_000.0, detail="refused"), now=2_000.0
+            )
+            assert [(c.txid, c.vout) for c in effects.restored] == [(failed.txid, 0)]
+            job = await settlement.get(failed.txid)
+            assert job is not None
+            effects = await settlement.apply(
+                job,
+                JobUpdate(state="failed", attempts=1, next_at=2_001.0, detail="spent", double_spend=True),
+                now=2_001.0,
+            )
+            assert effects.restored == ()
+            assert await wallet.utxo_states([coin[2], (failed.txid, 0), (child.txid, 0)]) == {
+                coin[2]: "dead",
+                (failed.txid, 0): "dead",
+                (child.txid, 0): "dead",
+            }
+    conn = sqlite3.connect(db_path)
+    try:
+        indexes = {str(row[1]) for row in conn.execute("PRAGMA index_list(wallet_utxos)")}
+        assert "wallet_utxos_spent_by" not in indexes
+    finally:
+        conn.close()

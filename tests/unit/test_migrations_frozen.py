@@ -27,6 +27,7 @@ SHIPPED = {
     "0011_stream_bytes": "df67e06841fc29f8",
     "0012_fewer_index_pages": "4bbe2c330dbdaaa8",
     "0013_coins_by_rowid": "38c41ebadd4359bc",
+    "0014_spent_by_unindexed": "85b7d9acc2167e13",
 }
 
 

@@ -39,7 +39,7 @@ INDEXES = {
     },
     "payment_spends": {"sqlite_autoindex_payment_spends_1"},
     "wallet_txs": {"sqlite_autoindex_wallet_txs_1"},
-    "wallet_utxos": {"sqlite_autoindex_wallet_utxos_1", "wallet_utxos_spendable", "wallet_utxos_spent_by"},
+    "wallet_utxos": {"sqlite_autoindex_wallet_utxos_1", "wallet_utxos_spendable"},
     "wallet_history": {"wallet_history_txid", "wallet_history_created"},
     "settlement": {"sqlite_autoindex_settlement_1", "settlement_due"},
 }
