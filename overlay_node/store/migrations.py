@@ -691,3 +691,16 @@ def _spent_by_unindexed(conn: sqlite3.Connection) -> None:
     # back; they now find those coins among the outputs of the transaction's parents (``wallet_txs.parents``),
     # through the outpoint's uniqueness rule (``store.records.spent_by``).
     conn.execute("DROP INDEX IF EXISTS wallet_utxos_spent_by")
+
+
+@MIGRATIONS.register("0015_payments_unindexed_by_txid")
+def _payments_unindexed_by_txid(conn: sqlite3.Connection) -> None:
+    # The payments received were indexed by txid (a random value): a leaf of its own, one log frame more, for every
+    # payment a batch records. Only the settlement queue looked them up so, to move their status; it now reaches them
+    # through their history entries, which name the quote (``direction = 'in'``, written with every payment
+    # received). Entries that lack it (none should) get it first, through the index about to go.
+    conn.execute(
+        "UPDATE wallet_history SET quote_id = (SELECT p.quote_id FROM payments p WHERE p.txid = wallet_history.txid) "
+        "WHERE direction = 'in' AND quote_id IS NULL AND txid IN (SELECT txid FROM payments)"
+    )
+    conn.execute("DROP INDEX IF EXISTS payments_txid")

@@ -278,11 +278,36 @@ def _apply_mined(conn: sqlite3.Connection, txid: str, update: JobUpdate, now: fl
         "UPDATE wallet_history SET status = 'confirmed', detail = '', updated_at = ? WHERE txid = ?",
         (now, txid),
     )
-    conn.execute(
-        "UPDATE payments SET status = 'mined', updated_at = ? WHERE txid = ? AND status != 'failed'",
-        (now, txid),
-    )
+    _payments_mined(conn, [txid], now)
     return SettlementEffects(proven=proven)
+
+
+def _paid_by(count: int) -> str:
+    """``WHERE`` of the payments received in ``count`` transactions (their txids bound in): found through their
+    history entries (``direction = 'in'``, which name the quote), since ``payments`` has no index by txid (migration
+    ``0015_payments_unindexed_by_txid``)."""
+    return (
+        f"quote_id IN (SELECT quote_id FROM wallet_history WHERE txid IN ({marks(count)}) "
+        "AND direction = 'in' AND quote_id IS NOT NULL)"
+    )
+
+
+def _payments_settled(conn: sqlite3.Connection, txids: list[str], now: float) -> None:
+    """The payments received in ``txids`` (ARC has seen them) that were only accepted are settled."""
+    for part in _chunks(txids):
+        paid = _paid_by(len(part))
+        conn.execute(
+            f"UPDATE payments SET status = 'settled', updated_at = ? WHERE {paid} AND status = 'accepted'", [now, *part]
+        )
+
+
+def _payments_mined(conn: sqlite3.Connection, txids: list[str], now: float) -> None:
+    """The payments received in ``txids`` (mined) are mined, unless they failed."""
+    for part in _chunks(txids):
+        paid = _paid_by(len(part))
+        conn.execute(
+            f"UPDATE payments SET status = 'mined', updated_at = ? WHERE {paid} AND status != 'failed'", [now, *part]
+        )
 
 
 def _apply_failed(conn: sqlite3.Connection, txid: str, update: JobUpdate, now: float) -> SettlementEffects:
@@ -306,9 +331,9 @@ def _apply_failed(conn: sqlite3.Connection, txid: str, update: JobUpdate, now: f
         "UPDATE wallet_history SET status = ?, detail = ?, updated_at = ? WHERE txid = ?",
         (status, update.detail, now, txid),
     )
-    failed = conn.execute("SELECT quote_id FROM payments WHERE txid = ?", (txid,)).fetchall()
+    failed = conn.execute(f"SELECT quote_id FROM payments WHERE {_paid_by(1)}", (txid,)).fetchall()
     conn.execute(
-        "UPDATE payments SET status = 'failed', detail = ?, updated_at = ? WHERE txid = ?",
+        f"UPDATE payments SET status = 'failed', detail = ?, updated_at = ? WHERE {_paid_by(1)}",
         (update.detail, now, txid),
     )
     return SettlementEffects(
@@ -379,12 +404,7 @@ def _apply_jobs(
             f"WHERE txid IN ({marks(len(part))}) AND status IN ('sending', 'unknown')",
             [now, *part],
         )
-    for part in _chunks([job.txid for job, u in live if u.state == "seen"]):
-        conn.execute(
-            "UPDATE payments SET status = 'settled', updated_at = ? "
-            f"WHERE txid IN ({marks(len(part))}) AND status = 'accepted'",
-            [now, *part],
-        )
+    _payments_settled(conn, [job.txid for job, u in live if u.state == "seen"], now)
     mined = [(job, u) for job, u in live if u.state == "mined"]
     proofs = [(job.txid, u.merkle_path, u.block_height) for job, u in mined if u.merkle_path is not None]
     execute_rows(conn, _UPDATE_PROVEN, proofs)
@@ -394,11 +414,7 @@ def _apply_jobs(
             f"WHERE txid IN ({marks(len(part))})",
             [now, *part],
         )
-        conn.execute(
-            f"UPDATE payments SET status = 'mined', updated_at = ? WHERE txid IN ({marks(len(part))}) "
-            "AND status != 'failed'",
-            [now, *part],
-        )
+    _payments_mined(conn, [job.txid for job, _ in mined], now)
     for job, update in live:
         if update.state in ("progressing", "seen", "mined"):
             proof = update.state == "mined" and update.merkle_path is not None
@@ -434,10 +450,7 @@ def _apply_job(conn: sqlite3.Connection, job: SettlementJob, update: JobUpdate, 
     # ARC holds the transaction: a payment we wrote ahead and never heard back about went through
     restored = _apply_found(conn, job.txid, now)
     if update.state == "seen":
-        conn.execute(
-            "UPDATE payments SET status = 'settled', updated_at = ? WHERE txid = ? AND status = 'accepted'",
-            (now, job.txid),
-        )
+        _payments_settled(conn, [job.txid], now)
     if update.state == "mined":
         mined = _apply_mined(conn, job.txid, update, now)
         return dataclasses.replace(mined, restored=restored)

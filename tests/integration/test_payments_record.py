@@ -14,6 +14,7 @@ import trio
 from overlay_node.config import StoreSection
 from overlay_node.store import MIGRATIONS, open_store
 from overlay_node.store.engine import Database
+from overlay_node.store.settlement import JobUpdate
 from tests.store_builders import payment
 
 CONFIG = StoreSection(busy_timeout=5.0, read_connections=2)
@@ -92,5 +93,40 @@ async def test_the_coins_are_rebuilt_as_a_rowid_table_with_every_row_and_rule(tm
                 "state, created_at) SELECT txid, vout, satoshis, script, protocol, key_id, counterparty, origin, "
                 "state, created_at FROM wallet_utxos LIMIT 1"
             )
+    finally:
+        conn.close()
+
+
+async def test_settlement_moves_the_payments_received_through_their_history_entries(tmp_path: Path) -> None:
+    """``payments`` has no index by txid (migration 0015): the settlement queue reaches a transaction's payments
+    through its history entry, which names the quote. On a database written before that migration (one entry lacking
+    its quote id, which the migration fills in), a seen transaction settles its payment, a mined one mines it, and a
+    failed one fails it and reports its quote id; the others are left as they were."""
+    path = tmp_path / "node.db"
+    before = MIGRATIONS.copy(stop_before="0015_payments_unindexed_by_txid")
+    with trio.fail_after(LIMIT):
+        async with open_store(path, CONFIG, migrations=before) as store:
+            assert [o.result for o in await store.payments.record([payment(n) for n in range(4)])] == ["recorded"] * 4
+
+            def forget(conn: sqlite3.Connection) -> None:  # an entry as no release wrote it, to be sure
+                conn.execute("UPDATE wallet_history SET quote_id = NULL WHERE txid = ?", (payment(2).txid,))
+
+            await store._write(forget, durable=True)
+        async with open_store(path, CONFIG) as store:
+            settlement = store.settlement
+            for n, update in (
+                (0, JobUpdate(state="seen", attempts=1, next_at=60.0, arc_status="SEEN_ON_NETWORK")),
+                (1, JobUpdate(state="mined", attempts=1, next_at=60.0, merkle_path=b"path", block_height=7)),
+                (2, JobUpdate(state="failed", attempts=1, next_at=60.0, detail="refused")),
+            ):
+                job = await settlement.get(payment(n).txid)
+                assert job is not None
+                effects = await settlement.apply(job, update, now=60.0)
+                assert effects.failed_payments == (("quote-2",) if n == 2 else ())
+            statuses = [(await store.payments.get(f"quote-{n}")) for n in range(4)]
+            assert [p.status if p else None for p in statuses] == ["settled", "mined", "failed", "accepted"]
+    conn = sqlite3.connect(path)
+    try:
+        assert "payments_txid" not in {str(row[1]) for row in conn.execute("PRAGMA index_list(payments)")}
     finally:
         conn.close()

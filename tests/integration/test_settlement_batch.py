@@ -5,6 +5,7 @@ brought forward one way."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 from pathlib import Path
@@ -46,6 +47,11 @@ def populate(conn: sqlite3.Connection, jobs: int) -> None:
             "INSERT INTO wallet_history (txid, direction, kind, amount, fee, status, created_at, updated_at) "
             "VALUES (?, 'out', 'payment', 5, 1, ?, ?, ?)",
             (t, ("sending", "unknown", "unconfirmed")[n % 3], NOW, NOW),
+        )
+        conn.execute(  # the payee's entry of the payment received (it names the quote)
+            "INSERT INTO wallet_history (txid, direction, kind, amount, fee, quote_id, status, created_at, updated_at) "
+            "VALUES (?, 'in', 'payment', 5, 0, ?, 'unconfirmed', ?, ?)",
+            (t, f"q{n}", NOW, NOW),
         )
         conn.execute(
             "INSERT INTO payments (quote_id, derivation_prefix, derivation_suffix, payer, resource, price, amount, "
@@ -130,6 +136,20 @@ async def test_a_batch_of_answers_leaves_what_one_answer_at_a_time_leaves(tmp_pa
     for kind in ("restored", "proven", "dead", "failed_payments"):
         assert any(getattr(e, kind) for e in together), kind
     assert together[3] == together[11] == SettlementEffects()
+    # the payments received move with their transactions (reached through their history entries)
+    assert [e.failed_payments for e in together[:8]] == [(), (), (), (), (), ("q5",), (), ()]
+    with contextlib.closing(sqlite3.connect(many)) as conn:
+        statuses = dict(conn.execute("SELECT quote_id, status FROM payments").fetchall())
+    assert [statuses[f"q{n}"] for n in range(8)] == [
+        "settled",  # seen
+        "mined",
+        "accepted",  # progressing
+        "accepted",  # its job was mined already: nothing applied
+        "accepted",  # pending again
+        "failed",  # abandoned
+        "mined",
+        "settled",
+    ]
     assert together[14].proven == ()  # mined without a proof: its transaction stays unproven
     conn = sqlite3.connect(many)
     try:

@@ -28,6 +28,7 @@ SHIPPED = {
     "0012_fewer_index_pages": "4bbe2c330dbdaaa8",
     "0013_coins_by_rowid": "38c41ebadd4359bc",
     "0014_spent_by_unindexed": "85b7d9acc2167e13",
+    "0015_payments_unindexed_by_txid": "c8e5dc1aac6dfb0b",
 }
 
 

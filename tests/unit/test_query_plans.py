@@ -33,7 +33,6 @@ INDEXES = {
     "payments": {
         "sqlite_autoindex_payments_1",
         "sqlite_autoindex_payments_2",
-        "payments_txid",
         "payments_resource",
         "payments_accepted",
     },
