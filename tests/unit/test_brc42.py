@@ -168,9 +168,14 @@ def test_signatures_interoperate_with_bsv_sdk(data: bytes, key_id: str, level: i
     )
 
 
+def _seeded(n: int) -> Identity:
+    return Identity.from_private_bytes(hashlib.sha256(b"hmac key %d" % n).digest())
+
+
 @pytest.mark.parametrize("counterparty", ["self", "anyone", "other"])
 def test_hmacs_match_bsv_sdk(counterparty: str) -> None:
-    me, other = Identity.generate(), Identity.generate()
+    # fixed keys: bsv-sdk's own HMAC is wrong for about 1 key in 250 (the next test), so random ones made this flaky
+    me, other = _seeded(0), _seeded(3)
     cp = other.public_key_hex if counterparty == "other" else counterparty
     data = b"some data"
     ours = brc42.create_hmac(me, data, protocol=(2, "server hmac"), key_id="k", counterparty=cp)
@@ -178,6 +183,31 @@ def test_hmacs_match_bsv_sdk(counterparty: str) -> None:
     assert theirs["hmac"] == ours
     if counterparty == "other":  # the counterparty computes the same HMAC
         assert brc42.verify_hmac(other, data, ours, protocol=(2, "server hmac"), key_id="k", counterparty=me.public_key)
+
+
+@pytest.mark.parametrize(
+    ("secret", "counterparty", "expected"),
+    [
+        (
+            "1d42bc4a09531f58f4c56078291136d6a5692e344dcf0b4b0f1114f6fe2db471",
+            "self",
+            "4d2668349fb0d7ee308bd75e858e874c01cbb4ffdc0f5f1875dc824fa9b59fb8",
+        ),
+        (
+            "e65836413396a0a1fd167699a2cd828d32251d60f720df98bb5663e4dc445691",
+            "anyone",
+            "1c3404e3d9cf7f54d62b016819561dccf26f719962a1f24dc832e829c561cc44",
+        ),
+    ],
+)
+def test_hmacs_match_the_typescript_sdk_where_bsv_sdk_does_not(secret: str, counterparty: str, expected: str) -> None:
+    # ``expected``: @bsv/sdk 2.1.0's ProtoWallet.createHmac ([2, "server hmac"], key id "k", data "some data") for these
+    # keys, on which bsv-sdk's ProtoWallet.create_hmac gives another value (about 1 key in 250 for each counterparty:
+    # the HMAC key is the symmetric key's minimal bytes, shorter than 32 for those keys; see test_http_auth.py)
+    me = _identity(secret)
+    data = b"some data"
+    ours = brc42.create_hmac(me, data, protocol=(2, "server hmac"), key_id="k", counterparty=counterparty)
+    assert ours.hex() == expected
 
 
 def test_anyone_signature_is_checkable_by_everyone() -> None:
