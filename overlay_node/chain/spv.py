@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from overlay_node.chain.formats import SourceOutput, Submission
+from overlay_node.chain.formats import ParsedTx, SourceOutput, Submission
 from overlay_node.chain.refusals import ArcCode, Refusal
 from overlay_node.chain.validation import Outpoint, Policy, checked_fee
 
@@ -73,9 +73,9 @@ def verify_beef(
                 ArcCode.INPUTS, f"the BEEF names {txid} by txid only, and this node does not hold it", txid=txid
             )
     sources: dict[Outpoint, SourceOutput] = {}
+    earlier: dict[str, ParsedTx] = {}  # the BEEF's transactions before this one, whose outputs it may spend
     fees: dict[str, int] = {}
-    last = len(submission.txs) - 1
-    for at, ptx in enumerate(submission.txs):
+    for ptx in submission.txs:
         if ptx.block_height is not None:
             if roots is not None and roots.get(ptx.block_height) != ptx.bump_root:
                 raise Refusal(
@@ -86,13 +86,19 @@ def verify_beef(
         else:
             for tx_in in ptx.inputs:
                 outpoint = (tx_in.txid, tx_in.vout)
-                if outpoint not in sources:
-                    # only the outputs spent: a held parent may be a coin split with hundreds of outputs
-                    outputs = held.get(tx_in.txid)
-                    if outputs is not None and tx_in.vout < len(outputs):
-                        sources[outpoint] = outputs[tx_in.vout]
+                if outpoint in sources:
+                    continue
+                # only the outputs spent: a parent may be a coin split with a thousand outputs (the first payment
+                # of coins from a faucet carries the devnet's), proven or held
+                parent = earlier.get(tx_in.txid)
+                if parent is not None:
+                    if tx_in.vout < len(parent.outputs):
+                        satoshis, script = parent.outputs[tx_in.vout]
+                        sources[outpoint] = SourceOutput(satoshis=satoshis, locking_script=script)
+                    continue
+                outputs = held.get(tx_in.txid)
+                if outputs is not None and tx_in.vout < len(outputs):
+                    sources[outpoint] = outputs[tx_in.vout]
             fees[ptx.txid] = checked_fee(ptx, sources, policy)  # plain P2PKH on its fast path
-        if at < last:  # the outputs a later transaction of the BEEF may spend (nothing comes after the subject)
-            for vout, (satoshis, script) in enumerate(ptx.outputs):
-                sources[(ptx.txid, vout)] = SourceOutput(satoshis=satoshis, locking_script=script)
+        earlier[ptx.txid] = ptx
     return Verified(fees=fees)
