@@ -313,10 +313,10 @@ def _payments_mined(conn: sqlite3.Connection, txids: list[str], now: float) -> N
 def _apply_failed(conn: sqlite3.Connection, txid: str, update: JobUpdate, now: float) -> SettlementEffects:
     status = update.state  # failed | abandoned
     dead_rows = conn.execute(
-        "SELECT vout FROM wallet_utxos WHERE txid = ? AND state IN ('spendable', 'pending')", (txid,)
+        "UPDATE wallet_utxos SET state = 'dead' WHERE txid = ? AND state IN ('spendable', 'pending') RETURNING vout",
+        (txid,),
     ).fetchall()
     dead: list[Outpoint] = [(txid, int(r["vout"])) for r in dead_rows]
-    conn.execute("UPDATE wallet_utxos SET state = 'dead' WHERE txid = ? AND state IN ('spendable', 'pending')", (txid,))
     restored: list[UtxoRecord] = []
     if update.double_spend:
         conn.executemany("UPDATE wallet_utxos SET state = 'dead' WHERE txid = ? AND vout = ?", spent_by(conn, txid))
@@ -331,11 +331,10 @@ def _apply_failed(conn: sqlite3.Connection, txid: str, update: JobUpdate, now: f
         "UPDATE wallet_history SET status = ?, detail = ?, updated_at = ? WHERE txid = ?",
         (status, update.detail, now, txid),
     )
-    failed = conn.execute(f"SELECT quote_id FROM payments WHERE {_paid_by(1)}", (txid,)).fetchall()
-    conn.execute(
-        f"UPDATE payments SET status = 'failed', detail = ?, updated_at = ? WHERE {_paid_by(1)}",
+    failed = conn.execute(
+        f"UPDATE payments SET status = 'failed', detail = ?, updated_at = ? WHERE {_paid_by(1)} RETURNING quote_id",
         (update.detail, now, txid),
-    )
+    ).fetchall()
     return SettlementEffects(
         dead=tuple(dead),
         restored=tuple(restored),
